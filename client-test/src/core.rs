@@ -1,0 +1,353 @@
+//! The sans-IO bot client: login, snapshot reconstruction, inputs, and the metrics of a report.
+
+use glam::Vec3;
+use std::collections::{BTreeMap, VecDeque};
+use zonescaler_shared::NetId;
+use zonescaler_shared::codec;
+use zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS;
+use zonescaler_shared::protocol::*;
+use zonescaler_shared::quant::QPos;
+use zonescaler_shared::registry::ProtocolRegistry;
+use zonescaler_shared::rng::Rng;
+
+/// Complete snapshots a client keeps as possible delta baselines. The shard keeps
+/// `SNAPSHOT_HISTORY_TICKS`; the client keeps more so a baseline is never missing on its side.
+pub const CLIENT_HISTORY_TICKS: usize = 2 * zonescaler_shared::limits::SNAPSHOT_HISTORY_TICKS;
+/// Incomplete snapshots (waiting for parts) kept at once.
+const PARTIAL_SNAPSHOTS_MAX: usize = 8;
+
+/// What a bot does once logged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Walk to random waypoints at 90% of the max speed.
+    Wander,
+    /// Stand still (inputs still flow, so RTT is measured).
+    Idle,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 2] = [Scenario::Wander, Scenario::Idle];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wander => "wander",
+            Self::Idle => "idle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BotConfig {
+    pub name: String,
+    pub scenario: Scenario,
+    pub seed: u64,
+}
+
+/// One entity as the client sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewEntity {
+    pub pos: QPos,
+    pub components: Vec<ComponentBlob>,
+}
+
+/// The client's reconstruction of the world at one tick.
+pub type View = BTreeMap<NetId, ViewEntity>;
+
+/// Counters and samples a bot reports.
+#[derive(Clone, Debug, Default)]
+pub struct BotMetrics {
+    pub connected_at_us: Option<u64>,
+    pub welcomed_at_us: Option<u64>,
+    pub last_snapshot_at_us: Option<u64>,
+    /// Complete snapshots applied.
+    pub snapshots: u64,
+    pub snapshot_parts: u64,
+    pub bytes_down: u64,
+    pub snapshot_bytes: u64,
+    pub entity_updates: u64,
+    pub inputs_sent: u64,
+    /// Input sent → first snapshot part that reflects it, in microseconds.
+    pub rtt_us: Vec<u32>,
+    /// Snapshots in which the bot's own avatar was missing.
+    pub avatar_missing: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl BotMetrics {
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+#[derive(Debug)]
+struct Partial {
+    baseline: u64,
+    parts: Vec<Option<SnapshotPart>>,
+}
+
+/// Why a bot stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BotError {
+    #[error("shard closed the session: {code}: {detail}")]
+    Refused { code: &'static str, detail: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A headless client's whole state.
+#[derive(Debug)]
+pub struct BotClient {
+    cfg: BotConfig,
+    rng: Rng,
+    protocol_hash: u64,
+    welcome: Option<Welcome>,
+    history: VecDeque<(u64, View)>,
+    partial: BTreeMap<u64, Partial>,
+    latest_tick: u64,
+    next_seq: u32,
+    /// Inputs awaiting a snapshot that reflects them: (seq, sent at).
+    in_flight: VecDeque<(u32, u64)>,
+    waypoint: Vec3,
+    pub metrics: BotMetrics,
+}
+
+impl BotClient {
+    pub fn new(cfg: BotConfig) -> Self {
+        let hash = ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS)
+            .map(|r| r.hash())
+            .unwrap_or_default();
+        Self::with_protocol_hash(cfg, hash)
+    }
+
+    /// A bot presenting a specific protocol hash (tests use a wrong one on purpose).
+    pub fn with_protocol_hash(cfg: BotConfig, protocol_hash: u64) -> Self {
+        let rng = Rng::new(cfg.seed);
+        Self {
+            cfg,
+            rng,
+            protocol_hash,
+            welcome: None,
+            history: VecDeque::new(),
+            partial: BTreeMap::new(),
+            latest_tick: 0,
+            next_seq: 1,
+            in_flight: VecDeque::new(),
+            waypoint: Vec3::ZERO,
+            metrics: BotMetrics::default(),
+        }
+    }
+
+    /// The first control message: `Hello`.
+    pub fn hello(&mut self, now_us: u64) -> Vec<u8> {
+        self.metrics.connected_at_us = Some(now_us);
+        codec::encode(&ClientControl::Hello(Hello {
+            protocol_hash: self.protocol_hash,
+            name: self.cfg.name.clone(),
+        }))
+    }
+
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
+    }
+
+    /// The newest complete view and its tick.
+    pub fn view(&self) -> Option<(u64, &View)> {
+        self.history.back().map(|(t, v)| (*t, v))
+    }
+
+    /// Position of the bot's own avatar in its newest view.
+    pub fn avatar_pos(&self) -> Option<Vec3> {
+        let w = self.welcome.as_ref()?;
+        self.view()
+            .and_then(|(_, v)| v.get(&w.avatar))
+            .map(|e| e.pos.to_vec3())
+    }
+
+    /// A control message from the shard.
+    pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<(), BotError> {
+        self.metrics.bytes_down += bytes.len() as u64;
+        match codec::decode_server_control(bytes) {
+            Ok(ServerControl::Welcome(w)) => {
+                if w.protocol_hash != self.protocol_hash {
+                    self.metrics.error("protocol_mismatch");
+                    return Err(BotError::Protocol(
+                        "welcome carries another protocol hash".into(),
+                    ));
+                }
+                self.metrics.welcomed_at_us = Some(now_us);
+                self.waypoint = w.spawn.to_vec3();
+                self.welcome = Some(w);
+                Ok(())
+            }
+            Ok(ServerControl::Error(e)) => {
+                self.metrics.error(e.code.as_str());
+                Err(BotError::Refused {
+                    code: e.code.as_str(),
+                    detail: e.detail,
+                })
+            }
+            Err(e) => {
+                self.metrics.error("bad_control_message");
+                Err(BotError::Protocol(e.to_string()))
+            }
+        }
+    }
+
+    /// A datagram from the shard: a snapshot part.
+    pub fn on_datagram(&mut self, now_us: u64, bytes: &[u8]) {
+        self.metrics.bytes_down += bytes.len() as u64;
+        let part = match codec::decode_server_datagram(bytes) {
+            Ok(ServerDatagram::Snapshot(p)) => p,
+            Err(_) => {
+                self.metrics.error("bad_snapshot");
+                return;
+            }
+        };
+        if self.welcome.is_none() {
+            // A datagram can overtake the Welcome on its stream; nothing to apply it to yet.
+            self.metrics.error("snapshot_before_welcome");
+            return;
+        }
+        self.metrics.snapshot_parts += 1;
+        self.metrics.snapshot_bytes += bytes.len() as u64;
+        self.metrics.entity_updates += part.entity_updates() as u64;
+        while let Some(&(seq, sent)) = self.in_flight.front() {
+            if seq > part.last_input_seq {
+                break;
+            }
+            self.metrics
+                .rtt_us
+                .push(now_us.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+            self.in_flight.pop_front();
+        }
+        if part.tick <= self.latest_tick {
+            return; // duplicate or older than what we hold whole
+        }
+        let (tick, parts, baseline) = (part.tick, usize::from(part.parts), part.baseline);
+        let entry = self.partial.entry(tick).or_insert_with(|| Partial {
+            baseline,
+            parts: vec![None; parts],
+        });
+        if entry.parts.len() != parts
+            || entry.baseline != baseline
+            || usize::from(part.part) >= parts
+        {
+            self.metrics.error("inconsistent_parts");
+            return;
+        }
+        let slot = usize::from(part.part);
+        entry.parts[slot] = Some(part);
+        if entry.parts.iter().all(Option::is_some) {
+            let done = self
+                .partial
+                .remove(&tick)
+                .map(|p| p.parts)
+                .unwrap_or_default();
+            self.apply(now_us, tick, baseline, done.into_iter().flatten().collect());
+        }
+        while self.partial.len() > PARTIAL_SNAPSHOTS_MAX {
+            self.partial.pop_first();
+        }
+    }
+
+    fn apply(&mut self, now_us: u64, tick: u64, baseline: u64, parts: Vec<SnapshotPart>) {
+        let mut view = if baseline == 0 {
+            View::new()
+        } else {
+            match self.history.iter().find(|(t, _)| *t == baseline) {
+                Some((_, v)) => v.clone(),
+                None => {
+                    self.metrics.error("missing_baseline");
+                    return;
+                }
+            }
+        };
+        for p in &parts {
+            for id in &p.removed {
+                view.remove(id);
+            }
+        }
+        for p in parts {
+            let mut id = p.id_base;
+            for m in &p.moved {
+                id += m.id_gap;
+                match view.get_mut(&NetId(id)) {
+                    Some(e) => e.pos = QPos::apply_delta(e.pos, m.delta),
+                    None => self.metrics.error("delta_for_unknown_entity"),
+                }
+            }
+            for s in p.spawned {
+                view.insert(
+                    s.id,
+                    ViewEntity {
+                        pos: s.pos,
+                        components: s.components,
+                    },
+                );
+            }
+            for c in p.changed {
+                match view.get_mut(&c.id) {
+                    Some(e) => e.components = c.components,
+                    None => self.metrics.error("change_for_unknown_entity"),
+                }
+            }
+        }
+        if let Some(w) = &self.welcome
+            && !view.contains_key(&w.avatar)
+        {
+            self.metrics.avatar_missing += 1;
+        }
+        self.latest_tick = tick;
+        self.partial.retain(|t, _| *t > tick);
+        if self.history.len() >= CLIENT_HISTORY_TICKS {
+            self.history.pop_front();
+        }
+        self.history.push_back((tick, view));
+        self.metrics.snapshots += 1;
+        self.metrics.last_snapshot_at_us = Some(now_us);
+    }
+
+    /// The next input datagram; call once per client tick after login.
+    pub fn next_input(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        let w = self.welcome.clone()?;
+        if self.cfg.scenario == Scenario::Wander {
+            let here = self.avatar_pos().unwrap_or(w.spawn.to_vec3());
+            if here.distance(self.waypoint) < 1.0 {
+                let [min_x, min_z, max_x, max_z] = w.bounds;
+                let r = 60.0;
+                let x = (here.x + self.rng.range_f32(-r, r)).clamp(min_x, max_x);
+                let z = (here.z + self.rng.range_f32(-r, r)).clamp(min_z, max_z);
+                self.waypoint = Vec3::new(x, 0.0, z);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight.push_back((seq, now_us));
+        // Inputs the shard never reflects (lost, superseded) must not grow without bound.
+        while self.in_flight.len() > 256 {
+            self.in_flight.pop_front();
+        }
+        self.metrics.inputs_sent += 1;
+        let input = Input {
+            seq,
+            ack_tick: self.latest_tick,
+            target: QPos::quantize(self.waypoint),
+        };
+        Some(codec::encode(&ClientDatagram::Input(input)))
+    }
+
+    /// An input with an explicit target (tests of the shard's authority).
+    pub fn input_to(&mut self, target: QPos) -> Vec<u8> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        codec::encode(&ClientDatagram::Input(Input {
+            seq,
+            ack_tick: self.latest_tick,
+            target,
+        }))
+    }
+}

@@ -1,0 +1,212 @@
+//! The load-test report: per-bot metrics folded into the numbers an operator reads.
+
+use crate::core::BotMetrics;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What one bot contributes: its metrics and how long it was logged in.
+#[derive(Debug, Clone)]
+pub struct BotOutcome {
+    pub metrics: BotMetrics,
+    /// Seconds from `Welcome` to the end of the run (0 if it never logged in).
+    pub active_s: f64,
+    pub connected: bool,
+}
+
+/// The JSON report of `zonescaler-bots --report-json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub scenario: String,
+    pub duration_s: f64,
+    pub bots_requested: usize,
+    pub bots_connected: usize,
+    pub connect_failures: usize,
+    /// Median over bots of complete snapshots per second while logged in.
+    pub snapshots_per_sec_p50: f64,
+    pub snapshots_per_sec_min: f64,
+    /// Input sent → first snapshot reflecting it, over every input of every bot.
+    pub rtt_ms_p50: f64,
+    pub rtt_ms_p99: f64,
+    pub rtt_ms_max: f64,
+    pub rtt_samples: u64,
+    /// Mean over bots of bytes received per second while logged in.
+    pub bytes_down_per_sec_mean: f64,
+    /// Snapshot bytes divided by entity updates (moved + spawned + changed) they carried.
+    pub bytes_per_entity_update_mean: f64,
+    pub snapshots_total: u64,
+    pub entity_updates_total: u64,
+    pub snapshot_bytes_total: u64,
+    pub inputs_sent_total: u64,
+    /// Snapshots in which a bot did not see its own avatar (should be 0).
+    pub avatar_missing_total: u64,
+    /// Errors by kind (connect failures, refusals by code, decode problems).
+    pub errors: BTreeMap<String, u64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Report {
+    pub fn build(
+        scenario: &str,
+        duration_s: f64,
+        requested: usize,
+        outcomes: &[BotOutcome],
+        extra_errors: &BTreeMap<String, u64>,
+    ) -> Self {
+        // 1 µs to 1 h at 3 significant digits: bounds are fixed, so `new_with_bounds` cannot fail.
+        let mut rtt = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("invariant: valid static bounds");
+        let mut sps = Vec::new();
+        let mut bps = Vec::new();
+        let mut errors = extra_errors.clone();
+        let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing) = (0, 0, 0, 0, 0);
+        for o in outcomes {
+            let m = &o.metrics;
+            for &r in &m.rtt_us {
+                rtt.saturating_record(u64::from(r).max(1));
+            }
+            if o.connected && o.active_s > 0.0 {
+                sps.push(m.snapshots as f64 / o.active_s);
+                bps.push(m.bytes_down as f64 / o.active_s);
+            }
+            snaps += m.snapshots;
+            updates += m.entity_updates;
+            sbytes += m.snapshot_bytes;
+            inputs += m.inputs_sent;
+            missing += m.avatar_missing;
+            for (k, v) in &m.errors {
+                *errors.entry(k.clone()).or_default() += v;
+            }
+        }
+        let connected = outcomes.iter().filter(|o| o.connected).count();
+        let ms = |q: f64| {
+            if rtt.is_empty() {
+                0.0
+            } else {
+                rtt.value_at_quantile(q) as f64 / 1_000.0
+            }
+        };
+        Self {
+            scenario: scenario.to_string(),
+            duration_s,
+            bots_requested: requested,
+            bots_connected: connected,
+            connect_failures: requested - connected,
+            snapshots_per_sec_min: sps.iter().copied().reduce(f64::min).unwrap_or(0.0),
+            snapshots_per_sec_p50: median(&mut sps),
+            rtt_ms_p50: ms(0.5),
+            rtt_ms_p99: ms(0.99),
+            rtt_ms_max: if rtt.is_empty() {
+                0.0
+            } else {
+                rtt.max() as f64 / 1_000.0
+            },
+            rtt_samples: rtt.len(),
+            bytes_down_per_sec_mean: if bps.is_empty() {
+                0.0
+            } else {
+                bps.iter().sum::<f64>() / bps.len() as f64
+            },
+            bytes_per_entity_update_mean: if updates == 0 {
+                0.0
+            } else {
+                sbytes as f64 / updates as f64
+            },
+            snapshots_total: snaps,
+            entity_updates_total: updates,
+            snapshot_bytes_total: sbytes,
+            inputs_sent_total: inputs,
+            avatar_missing_total: missing,
+            errors,
+        }
+    }
+
+    /// The human-readable summary printed at the end of a run.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "scenario {} for {:.1}s\n\
+             bots            {} connected / {} requested ({} failed)\n\
+             snapshots/s     p50 {:.1}  min {:.1}  (per bot)\n\
+             rtt             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} inputs)\n\
+             bandwidth       {:.0} B/s down per bot (mean)\n\
+             entity update   {:.2} B mean ({} updates in {} B)\n\
+             avatar missing  {} snapshots\n",
+            self.scenario,
+            self.duration_s,
+            self.bots_connected,
+            self.bots_requested,
+            self.connect_failures,
+            self.snapshots_per_sec_p50,
+            self.snapshots_per_sec_min,
+            self.rtt_ms_p50,
+            self.rtt_ms_p99,
+            self.rtt_ms_max,
+            self.rtt_samples,
+            self.bytes_down_per_sec_mean,
+            self.bytes_per_entity_update_mean,
+            self.entity_updates_total,
+            self.snapshot_bytes_total,
+            self.avatar_missing_total,
+        );
+        if self.errors.is_empty() {
+            s.push_str("errors          none\n");
+        } else {
+            for (k, v) in &self.errors {
+                s.push_str(&format!("error           {k}: {v}\n"));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_per_bot_rates_and_global_ratios() {
+        let mk = |snaps, bytes, updates, rtts: Vec<u32>| BotOutcome {
+            metrics: BotMetrics {
+                snapshots: snaps,
+                bytes_down: bytes,
+                snapshot_bytes: bytes,
+                entity_updates: updates,
+                rtt_us: rtts,
+                ..Default::default()
+            },
+            active_s: 10.0,
+            connected: true,
+        };
+        let outcomes = vec![
+            mk(300, 1000, 100, vec![10_000; 99]),
+            mk(280, 3000, 300, vec![40_000]),
+            BotOutcome {
+                metrics: BotMetrics::default(),
+                active_s: 0.0,
+                connected: false,
+            },
+        ];
+        let r = Report::build("wander", 10.0, 3, &outcomes, &BTreeMap::new());
+        assert_eq!((r.bots_connected, r.connect_failures), (2, 1));
+        assert_eq!(r.snapshots_per_sec_p50, 29.0);
+        assert_eq!(r.snapshots_per_sec_min, 28.0);
+        assert_eq!(r.bytes_per_entity_update_mean, 10.0);
+        assert!(
+            (r.rtt_ms_p50 - 10.0).abs() < 0.1 && (r.rtt_ms_p99 - 10.0).abs() < 0.1,
+            "{r:?}"
+        );
+        assert!((r.rtt_ms_max - 40.0).abs() < 0.1);
+    }
+}

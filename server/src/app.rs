@@ -1,0 +1,305 @@
+//! [`ShardApp`]: one shard's `bevy_ecs` world and the schedule that runs once per tick.
+//!
+//! ```
+//! use zonescaler_server::{ShardApp, ShardSystems};
+//! use zonescaler_server::components::Position;
+//! use bevy_ecs::prelude::*;
+//!
+//! // A game system: runs in `Simulate` every tick, on entities this shard owns.
+//! fn gravity(mut q: Query<&mut Position>) {
+//!     for mut p in &mut q { p.0.y = p.0.y.max(0.0); }
+//! }
+//!
+//! let mut app = ShardApp::example(Default::default());
+//! app.add_systems(ShardSystems::Simulate, gravity);
+//! app.tick();
+//! assert_eq!(app.tick_number(), 1);
+//! ```
+
+use crate::components::{InCell, Networked, Owned, Position, ReplicatedComponents};
+use crate::interest::{self, AoiGrid, Frame};
+use crate::movement;
+use crate::net::{self, Clients, Registry};
+use crate::npc::NpcPlugin;
+use crate::replicate::{self, ReplicateScratch};
+use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
+use bevy_ecs::prelude::*;
+use bevy_ecs::schedule::{ScheduleConfigs, SingleThreadedExecutor};
+use bevy_ecs::system::ScheduleSystem;
+use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_shared::components::{Health, Kind, Replicated};
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::rng::Rng;
+use zonescaler_shared::{CellId, ShardId, Tick};
+
+/// The stages of one tick, in order. Game systems go into `Simulate`.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShardSystems {
+    /// Drain the inbox: logins, inputs, disconnects; bad messages close their connection.
+    Receive,
+    /// Game logic: inputs applied, NPCs wander, movers step. Add your systems here.
+    Simulate,
+    /// Authority bookkeeping: which cell each owned entity stands in.
+    Ownership,
+    /// Build this tick's entity frame and AOI grid.
+    Interest,
+    /// Compute each client's delta snapshot against its acknowledged baseline.
+    Replicate,
+    /// Encode snapshots into datagram-sized parts and queue them in the outbox.
+    Send,
+}
+
+/// Refreshes encoded replicated components; runs inside `Interest`, before the frame is built.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReplicationCache;
+
+/// Something that configures a shard app: systems, components, resources.
+pub trait Plugin {
+    fn build(&self, app: &mut ShardApp);
+}
+
+/// A shard's world, its schedule, and its protocol registry.
+pub struct ShardApp {
+    pub world: World,
+    schedule: Schedule,
+}
+
+impl std::fmt::Debug for ShardApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardApp")
+            .field("tick", &self.tick_number())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardApp {
+    /// The core shard: the six sets, networking, movement authority, interest and replication.
+    /// No NPCs and no replicated components yet; see [`Self::example`].
+    pub fn new(config: WorldConfig, shard: ShardId) -> Self {
+        let mut world = World::new();
+        world.insert_resource(TickClock {
+            tick: Tick(0),
+            dt: config.tick_dt(),
+            tick_hz: config.simulation.tick_hz,
+        });
+        world.insert_resource(ShardRng(Rng::new(
+            config.simulation.seed ^ u64::from(shard.0).wrapping_mul(0x9E37),
+        )));
+        world.insert_resource(IdAllocator::new(shard));
+        world.insert_resource(Config(config));
+        world.init_resource::<Inbox>();
+        world.init_resource::<Outbox>();
+        world.init_resource::<Clients>();
+        world.init_resource::<Registry>();
+        world.init_resource::<ShardStats>();
+        world.init_resource::<Frame>();
+        world.init_resource::<AoiGrid>();
+        world.init_resource::<ReplicateScratch>();
+
+        let mut schedule = Schedule::default();
+        schedule.set_executor(SingleThreadedExecutor::new());
+        use ShardSystems::*;
+        schedule.configure_sets((Receive, Simulate, Ownership, Interest, Replicate, Send).chain());
+        schedule.configure_sets(ReplicationCache.in_set(Interest));
+        schedule.add_systems(net::receive.in_set(Receive));
+        schedule.add_systems(
+            (movement::apply_inputs, movement::move_entities)
+                .chain()
+                .in_set(Simulate),
+        );
+        schedule.add_systems((net::drop_clients_without_avatar, update_cells).in_set(Ownership));
+        schedule.add_systems(
+            (interest::build_frame, interest::build_grid)
+                .chain()
+                .in_set(Interest)
+                .after(ReplicationCache),
+        );
+        schedule.add_systems(replicate::compute_deltas.in_set(Replicate));
+        schedule.add_systems(net::send_snapshots.in_set(Send));
+        Self { world, schedule }
+    }
+
+    /// The example game: core + wandering NPCs + `Kind` and `Health` replicated.
+    pub fn example(config: WorldConfig) -> Self {
+        let mut app = Self::new(config, ShardId(0));
+        app.add_plugin(ExampleGamePlugin).add_plugin(NpcPlugin);
+        app
+    }
+
+    pub fn add_plugin(&mut self, plugin: impl Plugin) -> &mut Self {
+        plugin.build(self);
+        self
+    }
+
+    /// Add systems to one of the tick's sets.
+    pub fn add_systems<M>(
+        &mut self,
+        set: ShardSystems,
+        systems: impl IntoScheduleConfigs<ScheduleSystem, M>,
+    ) -> &mut Self {
+        let configs: ScheduleConfigs<ScheduleSystem> = systems.into_configs();
+        self.schedule.add_systems(configs.in_set(set));
+        self
+    }
+
+    /// Replicate component `T` to clients: registered in the protocol registry (so it is part of
+    /// the protocol hash) and re-encoded whenever it changes.
+    ///
+    /// # Panics
+    /// If `T::NAME` is already registered: that is a bug in the app's setup, found at start.
+    pub fn replicate<T: Replicated>(&mut self) -> &mut Self {
+        let kind = self
+            .world
+            .resource_mut::<Registry>()
+            .0
+            .register(T::NAME)
+            .unwrap_or_else(|e| panic!("replicate::<{}>(): {e}", std::any::type_name::<T>()));
+        self.schedule.add_systems(
+            (move |mut q: Query<(&T, &mut ReplicatedComponents), bevy_ecs::query::Changed<T>>| {
+                for (value, mut cache) in &mut q {
+                    cache.set(kind, bitcode::encode(value));
+                }
+            })
+            .in_set(ReplicationCache),
+        );
+        self
+    }
+
+    /// Run one tick: `Receive` → `Simulate` → `Ownership` → `Interest` → `Replicate` → `Send`.
+    pub fn tick(&mut self) {
+        {
+            let mut clock = self.world.resource_mut::<TickClock>();
+            clock.tick = clock.tick.next();
+        }
+        self.schedule.run(&mut self.world);
+        let entities = self.world.resource::<Frame>().ids.len();
+        let mut stats = self.world.resource_mut::<ShardStats>();
+        stats.ticks += 1;
+        stats.entities = entities;
+    }
+
+    /// The tick last run (0 before the first).
+    pub fn tick_number(&self) -> u64 {
+        self.world.resource::<TickClock>().tick.0
+    }
+
+    /// Hand a network event to the next tick.
+    pub fn push_event(&mut self, event: NetEvent) {
+        self.world.resource_mut::<Inbox>().push(event);
+    }
+
+    /// Take everything the last tick wants sent.
+    pub fn drain_outbox(&mut self) -> Vec<NetCommand> {
+        std::mem::take(&mut self.world.resource_mut::<Outbox>().commands)
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        self.world.resource::<ShardStats>()
+    }
+
+    /// The protocol hash clients must present in `Hello`.
+    pub fn protocol_hash(&self) -> u64 {
+        self.world.resource::<Registry>().0.hash()
+    }
+
+    /// A hash of everything simulated: every networked entity's id, quantised position and
+    /// replication revision, in `NetId` order, plus the tick. Equal hashes on two runs mean
+    /// equal worlds (to the wire's precision).
+    pub fn state_hash(&mut self) -> u64 {
+        let mut rows: Vec<(u64, [i32; 3], u32)> = self
+            .world
+            .query::<(&Networked, &Position, &ReplicatedComponents)>()
+            .iter(&self.world)
+            .map(|(n, p, r)| (n.0.0, p.quantized().0, r.rev))
+            .collect();
+        rows.sort_unstable_by_key(|r| r.0);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.tick_number();
+        let mut eat = |v: u64| {
+            h ^= v;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        for (id, p, rev) in rows {
+            eat(id);
+            p.iter().for_each(|c| eat(*c as u32 as u64));
+            eat(u64::from(rev));
+        }
+        h
+    }
+}
+
+/// `Ownership`: keep each owned entity's base cell current.
+fn update_cells(
+    mut commands: Commands,
+    q: Query<
+        (Entity, &Position, Option<&InCell>),
+        (With<Owned>, bevy_ecs::query::Changed<Position>),
+    >,
+    config: Res<Config>,
+) {
+    let w = &config.0.world;
+    for (e, p, cell) in &q {
+        let cx = ((p.0.x - w.min_x) / w.base_cell_size_m).floor().max(0.0) as u32;
+        let cz = ((p.0.z - w.min_z) / w.base_cell_size_m).floor().max(0.0) as u32;
+        let now = CellId::base(cx, cz);
+        if cell.map(|c| c.0) != Some(now) {
+            commands.entity(e).insert(InCell(now));
+        }
+    }
+}
+
+/// The example game: replicates `Kind` and `Health`, gives every new networked entity full health.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExampleGamePlugin;
+
+impl Plugin for ExampleGamePlugin {
+    fn build(&self, app: &mut ShardApp) {
+        app.replicate::<Kind>().replicate::<Health>();
+        app.add_systems(ShardSystems::Simulate, give_health);
+    }
+}
+
+fn give_health(mut commands: Commands, q: Query<Entity, (Added<Networked>, Without<Health>)>) {
+    for e in &q {
+        commands.entity(e).insert(Health { hp: 100, max: 100 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS;
+    use zonescaler_shared::registry::ProtocolRegistry;
+
+    #[test]
+    fn example_registry_matches_what_clients_register() {
+        let app = ShardApp::example(WorldConfig::default());
+        let client =
+            ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS).expect("distinct names");
+        assert_eq!(
+            app.protocol_hash(),
+            client.hash(),
+            "bots and shards must agree on the protocol"
+        );
+    }
+
+    #[test]
+    fn npcs_wander_and_stay_in_the_world() {
+        let mut cfg = WorldConfig::default();
+        cfg.npc.count = 200;
+        let mut app = ShardApp::example(cfg.clone());
+        let before = app.state_hash();
+        for _ in 0..60 {
+            app.tick();
+        }
+        assert_ne!(before, app.state_hash(), "NPCs must move");
+        let w = &cfg.world;
+        let mut q = app.world.query::<&Position>();
+        for p in q.iter(&app.world) {
+            assert!(
+                (w.min_x..=w.max_x).contains(&p.0.x) && (w.min_z..=w.max_z).contains(&p.0.z),
+                "{p:?} left the world"
+            );
+        }
+        assert_eq!(app.stats().entities, 200);
+    }
+}

@@ -1,0 +1,66 @@
+//! Components every networked entity of a shard carries.
+
+use bevy_ecs::prelude::*;
+use glam::Vec3;
+use zonescaler_shared::protocol::ComponentBlob;
+use zonescaler_shared::quant::QPos;
+use zonescaler_shared::{CellId, ConnId, NetId};
+
+/// Marks an entity as networked and gives its cluster-wide id. Requires the replication cache.
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+#[require(ReplicatedComponents, Owned)]
+pub struct Networked(pub NetId);
+
+/// Simulated here: this shard is the only writer. (Proxies of other shards' entities arrive with
+/// multi-shard clusters; they will carry `Proxy` instead.)
+#[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owned;
+
+/// Authoritative position in metres (x, z on the ground, y height).
+#[derive(Component, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Position(pub Vec3);
+
+impl Position {
+    pub fn quantized(&self) -> QPos {
+        QPos::quantize(self.0)
+    }
+}
+
+/// The player avatar driven by one client connection.
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Avatar {
+    pub conn: ConnId,
+}
+
+/// Where a moving entity is heading, and how fast it may go (metres per second).
+#[derive(Component, Clone, Copy, Debug, PartialEq)]
+pub struct MoveTarget {
+    pub target: Vec3,
+    pub speed_mps: f32,
+}
+
+/// The base cell an entity stands in (kept by the `Ownership` set).
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InCell(pub CellId);
+
+/// Encoded replicated components of an entity, refreshed from `Changed<T>` for every type
+/// registered with `replicate::<T>()`. `rev` grows on every change so a snapshot can tell whether
+/// a client's baseline is stale without comparing bytes.
+#[derive(Component, Clone, Debug, Default, PartialEq)]
+pub struct ReplicatedComponents {
+    pub rev: u32,
+    /// Sorted by `kind`, at most one blob per kind.
+    pub blobs: Vec<ComponentBlob>,
+}
+
+impl ReplicatedComponents {
+    /// Replace (or add) the blob of `kind`; bumps `rev` only if the bytes changed.
+    pub fn set(&mut self, kind: u8, bytes: Vec<u8>) {
+        match self.blobs.binary_search_by_key(&kind, |b| b.kind) {
+            Ok(i) if self.blobs[i].bytes == bytes => return,
+            Ok(i) => self.blobs[i].bytes = bytes,
+            Err(i) => self.blobs.insert(i, ComponentBlob { kind, bytes }),
+        }
+        self.rev = self.rev.wrapping_add(1);
+    }
+}

@@ -1,0 +1,165 @@
+//! `zonescaler`: run a shard, or a local cluster.
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use zonescaler_server::cluster::{self, UpOptions};
+use zonescaler_server::runtime::{self, ShardOptions};
+use zonescaler_shared::config::WorldConfig;
+
+/// ZoneScaler: an authoritative game server for one seamless world run by many processes.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one shard process.
+    Shard {
+        /// World config (TOML).
+        #[arg(long, default_value = "assets/worlds/default.toml")]
+        world: PathBuf,
+        /// UDP address for QUIC clients.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        listen: SocketAddr,
+        /// Write the shard's TLS certificate (PEM) here once listening, for clients to trust.
+        #[arg(long)]
+        cert_out: Option<PathBuf>,
+        /// Seconds between tick-statistics log lines.
+        #[arg(long, default_value_t = 10)]
+        stats_every_s: u64,
+        /// Stop when standard input closes (set by `zonescaler up` so no child outlives it).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Run a local cluster as child processes; Ctrl-C stops every one of them.
+    Up {
+        /// Shard processes to start (one world needs the master role for more than one).
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+        /// World config (TOML).
+        #[arg(long, default_value = "assets/worlds/default.toml")]
+        world: PathBuf,
+        /// Also start `zonescaler-bots` with this many bots against shard 0.
+        #[arg(long, default_value_t = 0)]
+        bots: usize,
+        /// How long those bots play.
+        #[arg(long, default_value = "60s")]
+        bot_duration: String,
+        /// Host the shards listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// First shard's UDP port; shard i listens on port + i.
+        #[arg(long, default_value_t = 4433)]
+        port: u16,
+        /// Where certificates and run files go.
+        #[arg(long, default_value = "target/zonescaler-run")]
+        run_dir: PathBuf,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let result = match Cli::parse().command {
+        Cmd::Shard {
+            world,
+            listen,
+            cert_out,
+            stats_every_s,
+            exit_with_parent,
+        } => {
+            let config = match WorldConfig::load(&world) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("zonescaler: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if exit_with_parent {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut sink = [0u8; 64];
+                    while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+                    stop.store(true, Ordering::Relaxed);
+                });
+            }
+            let opts = ShardOptions {
+                config,
+                listen,
+                cert_out,
+                stats_every: Duration::from_secs(stats_every_s.max(1)),
+            };
+            runtime::run_shard(opts, stop)
+        }
+        Cmd::Up {
+            shards,
+            world,
+            bots,
+            bot_duration,
+            host,
+            port,
+            run_dir,
+        } => {
+            let s = stop.clone();
+            if let Err(e) = ctrlc_flag(s) {
+                eprintln!("zonescaler: cannot watch Ctrl-C: {e}");
+            }
+            cluster::up(
+                UpOptions {
+                    shards,
+                    world,
+                    bots,
+                    bot_duration,
+                    host,
+                    port,
+                    run_dir,
+                },
+                stop,
+            )
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("zonescaler: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Set `stop` on Ctrl-C or SIGTERM, from a small runtime on its own thread.
+fn ctrlc_flag(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                if let Ok(mut term) = signal(SignalKind::terminate()) {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                } else {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The `Receive` and `Send` sets: the only systems that touch the [`Inbox`] and [`Outbox`].
+//!
+//! `Receive` turns transport events into game state: a `Hello` spawns the client's avatar and
+//! answers `Welcome`; inputs are queued for `Simulate`; anything that does not decode, or is not
+//! allowed, closes that one connection with a logged reason and nothing else. `Send` cuts each
+//! client's snapshot into parts that fit its datagram size and queues them.
+
+use crate::components::{Avatar, MoveTarget, Networked, Position};
+use crate::replicate::{ClientSnapshot, SentSnapshot};
+use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
+use bevy_ecs::prelude::*;
+use bytes::Bytes;
+use glam::Vec3;
+use std::collections::{BTreeMap, VecDeque};
+use tracing::{debug, info, warn};
+use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_shared::codec::{self, DecodeError};
+use zonescaler_shared::components::Kind;
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::*;
+use zonescaler_shared::quant::QPos;
+use zonescaler_shared::registry::ProtocolRegistry;
+use zonescaler_shared::{ConnId, NetId};
+
+/// The shard's protocol registry (components registered with `replicate::<T>()`).
+#[derive(Resource, Debug, Default)]
+pub struct Registry(pub ProtocolRegistry);
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected; waiting for `Hello` since this tick.
+    AwaitHello { since_tick: u64 },
+    /// Logged in and driving `avatar`.
+    Playing { avatar: Entity, id: NetId },
+}
+
+/// One client connection of this shard.
+#[derive(Debug)]
+pub struct ClientState {
+    pub phase: Phase,
+    pub max_datagram_bytes: usize,
+    /// Newest input sequence number applied (or refused) so far.
+    pub last_input_seq: u32,
+    /// The newest input received since the last `Simulate`, if newer than `last_input_seq`.
+    pub pending_input: Option<Input>,
+    pub datagrams_this_tick: usize,
+    /// Newest snapshot tick the client says it holds whole.
+    pub ack_tick: u64,
+    /// Snapshots sent, newest last, at most [`limits::SNAPSHOT_HISTORY_TICKS`].
+    pub history: VecDeque<SentSnapshot>,
+    /// Built by `Replicate`, encoded and sent by `Send`.
+    pub outgoing: Option<ClientSnapshot>,
+}
+
+impl ClientState {
+    fn new(max_datagram_bytes: usize, tick: u64) -> Self {
+        Self {
+            phase: Phase::AwaitHello { since_tick: tick },
+            max_datagram_bytes,
+            last_input_seq: 0,
+            pending_input: None,
+            datagrams_this_tick: 0,
+            ack_tick: 0,
+            history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
+            outgoing: None,
+        }
+    }
+}
+
+/// Every connection of this shard, by id (ordered, so iteration is deterministic).
+#[derive(Resource, Debug, Default)]
+pub struct Clients(pub BTreeMap<ConnId, ClientState>);
+
+/// Queue an error for the client, close its connection, drop its state and despawn its avatar.
+fn close_client(
+    conn: ConnId,
+    code: ErrorCode,
+    reason: String,
+    clients: &mut Clients,
+    outbox: &mut Outbox,
+    commands: &mut Commands,
+    stats: &mut ShardStats,
+) {
+    warn!(conn = conn.0, code = code.as_str(), %reason, "closing client connection");
+    let mut detail = reason.clone();
+    detail.truncate(limits::ERROR_DETAIL_BYTES_MAX);
+    let msg = codec::encode(&ServerControl::Error(ErrorMsg { code, detail }));
+    outbox.commands.push(NetCommand::Control {
+        conn,
+        bytes: Bytes::from(msg),
+    });
+    outbox
+        .commands
+        .push(NetCommand::Close { conn, code, reason });
+    stats.count_close(code);
+    if let Some(ClientState {
+        phase: Phase::Playing { avatar, .. },
+        ..
+    }) = clients.0.remove(&conn)
+    {
+        commands.entity(avatar).despawn();
+    }
+}
+
+fn decode_error_code(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::WrongVersion { .. } => ErrorCode::WrongVersion,
+        _ => ErrorCode::BadMessage,
+    }
+}
+
+/// `Receive`: drain the inbox.
+pub fn receive(
+    mut commands: Commands,
+    mut inbox: ResMut<Inbox>,
+    mut outbox: ResMut<Outbox>,
+    mut clients: ResMut<Clients>,
+    mut ids: ResMut<IdAllocator>,
+    mut rng: ResMut<ShardRng>,
+    clock: Res<TickClock>,
+    config: Res<Config>,
+    registry: Res<Registry>,
+    mut stats: ResMut<ShardStats>,
+) {
+    let tick = clock.tick.0;
+    for c in clients.0.values_mut() {
+        c.datagrams_this_tick = 0;
+    }
+    let events = std::mem::take(&mut inbox.events);
+    for event in events {
+        match event {
+            NetEvent::Connected {
+                conn,
+                max_datagram_bytes,
+            } => {
+                if clients.0.len() >= limits::CLIENTS_PER_SHARD_MAX {
+                    let reason =
+                        format!("shard is full ({} clients)", limits::CLIENTS_PER_SHARD_MAX);
+                    close_client(
+                        conn,
+                        ErrorCode::ServerFull,
+                        reason,
+                        &mut clients,
+                        &mut outbox,
+                        &mut commands,
+                        &mut stats,
+                    );
+                    continue;
+                }
+                debug!(conn = conn.0, max_datagram_bytes, "client connected");
+                let mtu = max_datagram_bytes.max(limits::DATAGRAM_BYTES_MIN);
+                clients.0.insert(conn, ClientState::new(mtu, tick));
+            }
+            NetEvent::Disconnected { conn, reason } => {
+                if let Some(c) = clients.0.remove(&conn) {
+                    info!(conn = conn.0, %reason, "client disconnected");
+                    if let Phase::Playing { avatar, .. } = c.phase {
+                        commands.entity(avatar).despawn();
+                    }
+                }
+            }
+            NetEvent::Control { conn, bytes } => {
+                let Some(client) = clients.0.get_mut(&conn) else {
+                    continue;
+                };
+                let hello = match codec::decode_client_control(&bytes) {
+                    Ok(ClientControl::Hello(h)) => h,
+                    Err(e) => {
+                        let reason = format!("control message refused: {e}");
+                        close_client(
+                            conn,
+                            decode_error_code(&e),
+                            reason,
+                            &mut clients,
+                            &mut outbox,
+                            &mut commands,
+                            &mut stats,
+                        );
+                        continue;
+                    }
+                };
+                if !matches!(client.phase, Phase::AwaitHello { .. }) {
+                    let reason = "second Hello on one connection".to_string();
+                    close_client(
+                        conn,
+                        ErrorCode::Unexpected,
+                        reason,
+                        &mut clients,
+                        &mut outbox,
+                        &mut commands,
+                        &mut stats,
+                    );
+                    continue;
+                }
+                let expected = registry.0.hash();
+                if hello.protocol_hash != expected {
+                    let reason = format!(
+                        "protocol hash {:016x}, shard has {expected:016x}",
+                        hello.protocol_hash
+                    );
+                    close_client(
+                        conn,
+                        ErrorCode::ProtocolMismatch,
+                        reason,
+                        &mut clients,
+                        &mut outbox,
+                        &mut commands,
+                        &mut stats,
+                    );
+                    continue;
+                }
+                let w = &config.0.world;
+                let spawn = Vec3::new(
+                    rng.0.range_f32(w.min_x, w.max_x),
+                    0.0,
+                    rng.0.range_f32(w.min_z, w.max_z),
+                );
+                let id = ids.allocate();
+                let avatar = commands
+                    .spawn((
+                        Networked(id),
+                        Position(spawn),
+                        MoveTarget {
+                            target: spawn,
+                            speed_mps: config.0.simulation.max_speed_mps,
+                        },
+                        Avatar { conn },
+                        Kind::Player,
+                    ))
+                    .id();
+                client.phase = Phase::Playing { avatar, id };
+                info!(conn = conn.0, name = %hello.name, avatar = %id, "client logged in");
+                let welcome = ServerControl::Welcome(Welcome {
+                    avatar: id,
+                    spawn: QPos::quantize(spawn),
+                    tick,
+                    tick_hz: config.0.simulation.tick_hz as u16,
+                    protocol_hash: expected,
+                    bounds: [w.min_x, w.min_z, w.max_x, w.max_z],
+                    max_speed_mps: config.0.simulation.max_speed_mps,
+                    aoi_radius_m: config.0.interest.aoi_radius_m,
+                });
+                outbox.commands.push(NetCommand::Control {
+                    conn,
+                    bytes: Bytes::from(codec::encode(&welcome)),
+                });
+            }
+            NetEvent::Datagram { conn, bytes } => {
+                let Some(client) = clients.0.get_mut(&conn) else {
+                    continue;
+                };
+                client.datagrams_this_tick += 1;
+                if client.datagrams_this_tick > limits::CLIENT_DATAGRAMS_PER_TICK_MAX {
+                    stats.inputs_dropped_rate += 1;
+                    continue;
+                }
+                let input = match codec::decode_client_datagram(&bytes) {
+                    Ok(ClientDatagram::Input(i)) => i,
+                    Err(e) => {
+                        let reason = format!("datagram refused: {e}");
+                        close_client(
+                            conn,
+                            decode_error_code(&e),
+                            reason,
+                            &mut clients,
+                            &mut outbox,
+                            &mut commands,
+                            &mut stats,
+                        );
+                        continue;
+                    }
+                };
+                if input.ack_tick > tick {
+                    let reason = format!(
+                        "acknowledged tick {} which the shard has not reached ({tick})",
+                        input.ack_tick
+                    );
+                    close_client(
+                        conn,
+                        ErrorCode::BadMessage,
+                        reason,
+                        &mut clients,
+                        &mut outbox,
+                        &mut commands,
+                        &mut stats,
+                    );
+                    continue;
+                }
+                if !matches!(client.phase, Phase::Playing { .. }) {
+                    // A datagram may overtake the Hello on its stream; it carries nothing to keep.
+                    continue;
+                }
+                client.ack_tick = client.ack_tick.max(input.ack_tick);
+                let newer = input.seq > client.last_input_seq
+                    && client.pending_input.is_none_or(|p| input.seq > p.seq);
+                if newer {
+                    client.pending_input = Some(input);
+                } else {
+                    stats.inputs_stale += 1;
+                }
+            }
+        }
+    }
+    let timeout_ticks = limits::HELLO_TIMEOUT_MS * u64::from(clock.tick_hz) / 1_000;
+    let late: Vec<ConnId> = clients
+        .0
+        .iter()
+        .filter(|(_, c)| matches!(c.phase, Phase::AwaitHello { since_tick } if tick.saturating_sub(since_tick) > timeout_ticks))
+        .map(|(conn, _)| *conn)
+        .collect();
+    for conn in late {
+        let reason = format!("no Hello within {} ms", limits::HELLO_TIMEOUT_MS);
+        close_client(
+            conn,
+            ErrorCode::HelloTimeout,
+            reason,
+            &mut clients,
+            &mut outbox,
+            &mut commands,
+            &mut stats,
+        );
+    }
+    stats.clients = clients.0.len();
+}
+
+/// `Send`: encode every client's snapshot into datagram-sized parts and queue them.
+pub fn send_snapshots(
+    mut clients: ResMut<Clients>,
+    mut outbox: ResMut<Outbox>,
+    mut stats: ResMut<ShardStats>,
+) {
+    for (conn, client) in clients.0.iter_mut() {
+        let Some(snap) = client.outgoing.take() else {
+            continue;
+        };
+        let parts =
+            crate::replicate::encode_parts(&snap, client.last_input_seq, client.max_datagram_bytes);
+        for (bytes, updates) in parts {
+            stats.snapshot_bytes += bytes.len() as u64;
+            stats.snapshot_datagrams += 1;
+            stats.entity_updates += updates as u64;
+            outbox.commands.push(NetCommand::Datagram {
+                conn: *conn,
+                bytes: Bytes::from(bytes),
+            });
+        }
+    }
+}
+
+/// Despawned-avatar safety: a client whose avatar vanished (despawned by a game system) is closed
+/// rather than left driving nothing.
+pub fn drop_clients_without_avatar(
+    mut commands: Commands,
+    mut clients: ResMut<Clients>,
+    mut outbox: ResMut<Outbox>,
+    mut stats: ResMut<ShardStats>,
+    avatars: Query<(), With<Avatar>>,
+) {
+    let orphaned: Vec<ConnId> = clients
+        .0
+        .iter()
+        .filter(|(_, c)| matches!(c.phase, Phase::Playing { avatar, .. } if avatars.get(avatar).is_err()))
+        .map(|(conn, _)| *conn)
+        .collect();
+    for conn in orphaned {
+        if let Some(c) = clients.0.get_mut(&conn) {
+            // The entity is already gone; forget it so close_client does not despawn it again.
+            c.phase = Phase::AwaitHello { since_tick: 0 };
+        }
+        close_client(
+            conn,
+            ErrorCode::Unexpected,
+            "avatar was despawned".into(),
+            &mut clients,
+            &mut outbox,
+            &mut commands,
+            &mut stats,
+        );
+    }
+}

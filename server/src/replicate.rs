@@ -1,0 +1,231 @@
+//! `Replicate`: per-client delta snapshots.
+//!
+//! For each logged-in client: query the AOI grid around its avatar (frame indices in `NetId`
+//! order), then merge-join that list against the snapshot the client last acknowledged (its
+//! baseline, kept in a per-client ring of [`limits::SNAPSHOT_HISTORY_TICKS`]):
+//! - in view and in the baseline: a small position delta if it moved (`moved`), its replicated
+//!   components if their revision changed (`changed`), nothing if neither;
+//! - in view only: full state (`spawned`), also used when a jump does not fit an `i16` delta;
+//! - in the baseline only: `removed`.
+//!
+//! With no usable baseline (first snapshot, or an ack older than the ring) everything is
+//! `spawned`. The client rebuilds the same state from its own copy of the baseline.
+
+use crate::components::{Avatar, Position, ReplicatedComponents};
+use crate::interest::{AoiGrid, Frame};
+use crate::net::{Clients, Phase};
+use crate::resources::{Config, TickClock};
+use bevy_ecs::prelude::*;
+use zonescaler_shared::NetId;
+use zonescaler_shared::codec;
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::{
+    Changed, ComponentBlob, Moved, ServerDatagram, SnapshotPart, Spawned,
+};
+use zonescaler_shared::quant::QPos;
+
+/// What a client was sent at one tick: its view, for use as a later baseline.
+#[derive(Debug, Clone, Default)]
+pub struct SentSnapshot {
+    pub tick: u64,
+    pub ids: Vec<NetId>,
+    pub qpos: Vec<QPos>,
+    pub revs: Vec<u32>,
+}
+
+/// One client's snapshot for this tick, before it is cut into parts.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSnapshot {
+    pub tick: u64,
+    pub baseline: u64,
+    pub moved: Vec<(NetId, [i16; 3])>,
+    pub spawned: Vec<Spawned>,
+    pub changed: Vec<Changed>,
+    pub removed: Vec<NetId>,
+}
+
+impl ClientSnapshot {
+    fn entries(&self) -> usize {
+        self.moved.len() + self.spawned.len() + self.changed.len() + self.removed.len()
+    }
+}
+
+/// Reused per-tick buffers (no allocation per client once warm).
+#[derive(Resource, Debug, Default)]
+pub struct ReplicateScratch {
+    visible: Vec<u32>,
+}
+
+/// `Replicate`: compute every client's delta against its baseline and record what was sent.
+pub fn compute_deltas(
+    mut clients: ResMut<Clients>,
+    mut scratch: ResMut<ReplicateScratch>,
+    frame: Res<Frame>,
+    grid: Res<AoiGrid>,
+    clock: Res<TickClock>,
+    config: Res<Config>,
+    avatars: Query<&Position, With<Avatar>>,
+    blobs: Query<&ReplicatedComponents>,
+) {
+    let tick = clock.tick.0;
+    let radius = config.0.interest.aoi_radius_m;
+    let visible = &mut scratch.visible;
+    let components = |i: usize| -> Vec<ComponentBlob> {
+        blobs
+            .get(frame.entities[i])
+            .map(|r| r.blobs.clone())
+            .unwrap_or_default()
+    };
+    for client in clients.0.values_mut() {
+        let Phase::Playing { avatar, .. } = client.phase else {
+            continue;
+        };
+        let Ok(pos) = avatars.get(avatar) else {
+            continue;
+        };
+        grid.query(
+            &frame.xz,
+            [pos.0.x, pos.0.z],
+            radius,
+            limits::AOI_ENTITIES_PER_CLIENT_MAX,
+            visible,
+        );
+
+        let baseline = if client.ack_tick > 0 {
+            client.history.iter().find(|s| s.tick == client.ack_tick)
+        } else {
+            None
+        };
+        let empty = SentSnapshot::default();
+        let base = baseline.unwrap_or(&empty);
+        let mut out = ClientSnapshot {
+            tick,
+            baseline: baseline.map_or(0, |b| b.tick),
+            ..Default::default()
+        };
+        let mut sent = SentSnapshot {
+            tick,
+            ids: Vec::with_capacity(visible.len()),
+            qpos: Vec::with_capacity(visible.len()),
+            revs: Vec::with_capacity(visible.len()),
+        };
+        let mut j = 0;
+        for &vi in visible.iter() {
+            let i = vi as usize;
+            let (id, qp, rev) = (frame.ids[i], frame.qpos[i], frame.revs[i]);
+            while j < base.ids.len() && base.ids[j] < id {
+                out.removed.push(base.ids[j]);
+                j += 1;
+            }
+            if j < base.ids.len() && base.ids[j] == id {
+                let delta = if qp != base.qpos[j] {
+                    qp.delta_from(base.qpos[j])
+                } else {
+                    Some([0; 3])
+                };
+                match delta {
+                    Some(d) => {
+                        if d != [0; 3] {
+                            out.moved.push((id, d));
+                        }
+                        if rev != base.revs[j] {
+                            out.changed.push(Changed {
+                                id,
+                                components: components(i),
+                            });
+                        }
+                    }
+                    None => out.spawned.push(Spawned {
+                        id,
+                        pos: qp,
+                        components: components(i),
+                    }),
+                }
+                j += 1;
+            } else {
+                out.spawned.push(Spawned {
+                    id,
+                    pos: qp,
+                    components: components(i),
+                });
+            }
+            sent.ids.push(id);
+            sent.qpos.push(qp);
+            sent.revs.push(rev);
+        }
+        out.removed.extend_from_slice(&base.ids[j..]);
+        if client.history.len() >= limits::SNAPSHOT_HISTORY_TICKS {
+            client.history.pop_front();
+        }
+        client.history.push_back(sent);
+        client.outgoing = Some(out);
+    }
+}
+
+/// Cut a snapshot into encoded parts of at most `max_bytes` each. Returns each part's bytes and
+/// the entity updates it carries. A snapshot with nothing in it still yields one (empty) part:
+/// it tells the client the tick happened and which input was applied.
+pub fn encode_parts(
+    snap: &ClientSnapshot,
+    last_input_seq: u32,
+    max_bytes: usize,
+) -> Vec<(Vec<u8>, usize)> {
+    let total = snap.entries();
+    let mut parts = 1usize;
+    loop {
+        let encoded: Vec<(Vec<u8>, usize)> = (0..parts)
+            .map(|p| encode_part(snap, last_input_seq, p, parts))
+            .collect();
+        let fits = encoded.iter().all(|(b, _)| b.len() <= max_bytes);
+        if fits || parts >= total.max(1) || parts >= limits::SNAPSHOT_PARTS_MAX {
+            return encoded;
+        }
+        // Grow by the measured overshoot, at least one part, so most snapshots take two tries.
+        let biggest = encoded.iter().map(|(b, _)| b.len()).max().unwrap_or(0);
+        let grow = (parts * biggest).div_ceil(max_bytes * 9 / 10);
+        parts = grow.clamp(parts + 1, limits::SNAPSHOT_PARTS_MAX.min(total.max(1)));
+    }
+}
+
+/// Slice `v` into `parts` near-equal runs and return run `p`.
+fn slice_of<T>(v: &[T], p: usize, parts: usize) -> &[T] {
+    let (start, end) = (v.len() * p / parts, v.len() * (p + 1) / parts);
+    &v[start..end]
+}
+
+fn encode_part(
+    snap: &ClientSnapshot,
+    last_input_seq: u32,
+    p: usize,
+    parts: usize,
+) -> (Vec<u8>, usize) {
+    let moved_src = slice_of(&snap.moved, p, parts);
+    let id_base = moved_src.first().map_or(0, |(id, _)| id.0);
+    let mut prev = id_base;
+    let moved: Vec<Moved> = moved_src
+        .iter()
+        .map(|(id, d)| {
+            let gap = id.0 - prev;
+            prev = id.0;
+            Moved {
+                id_gap: gap,
+                delta: *d,
+            }
+        })
+        .collect();
+    let part = SnapshotPart {
+        tick: snap.tick,
+        baseline: snap.baseline,
+        // Both bounded by SNAPSHOT_PARTS_MAX (64).
+        part: p as u8,
+        parts: parts as u8,
+        last_input_seq,
+        id_base,
+        moved,
+        spawned: slice_of(&snap.spawned, p, parts).to_vec(),
+        changed: slice_of(&snap.changed, p, parts).to_vec(),
+        removed: slice_of(&snap.removed, p, parts).to_vec(),
+    };
+    let updates = part.entity_updates();
+    (codec::encode(&ServerDatagram::Snapshot(part)), updates)
+}

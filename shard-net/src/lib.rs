@@ -1,0 +1,14 @@
+//! `zonescaler-net`: the transport boundary of a shard.
+//!
+//! A shard never touches a socket. Its whole network is an inbox of [`NetEvent`]s and an outbox of
+//! [`NetCommand`]s ([`transport`]). Something outside fills and drains them:
+//! - [`quic`]: the production driver on quinn/tokio (TLS from [`tls`]);
+//! - [`mem`]: a seeded in-memory network with delay, jitter, loss, duplication and reordering,
+//!   used by the simulator and by tests, so the same shard code runs deterministically.
+
+pub mod mem;
+pub mod quic;
+pub mod tls;
+pub mod transport;
+
+pub use transport::{NetCommand, NetEvent};

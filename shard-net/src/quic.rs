@@ -1,0 +1,982 @@
+//! The production transport: QUIC (quinn) on tokio, driving the sans-IO shard.
+//!
+//! The shard is a synchronous world ticking on its own thread. This driver turns each client
+//! connection into [`NetEvent`]s on one bounded channel ([`QuicEvents`], drained by the shard
+//! between ticks) and carries out the shard's [`NetCommand`]s ([`QuicServer::dispatch`], a plain
+//! sync call). Per connection:
+//!
+//! - `Connected` is always its first event and `Disconnected` its last, exactly once, whoever
+//!   ended it and however (a supervisor task emits it after the connection's readers are done).
+//! - The client opens one bi-directional stream, the control stream, and writes first. Frames on
+//!   it are a `u32` little-endian length and a body; the length is checked against
+//!   `CONTROL_FRAME_BYTES_MAX` before anything is allocated. A bad frame closes the connection
+//!   with `ErrorCode::BadMessage`.
+//! - Datagrams pass through as they are, unless larger than any input could be (closed as
+//!   `BadMessage`) or the shard's inbox is full (dropped and counted: inputs are unreliable
+//!   anyway, and one flooding client must not make the driver buffer without bound).
+//! - Outbound control messages go through a bounded per-connection queue and one writer task, so
+//!   they are written in order and a `Close` is carried out only after what was queued before it
+//!   (or after [`CLOSE_FLUSH_TIMEOUT`] if the client stops reading). A client that lets the queue
+//!   fill is closed as too slow ([`CLOSE_CODE_TOO_SLOW`]) rather than buffered without bound.
+//!
+//! The client helpers at the end ([`client_endpoint`], [`connect`], [`read_frame`],
+//! [`write_frame`]) are what the bot load tester uses; they frame and check exactly like the
+//! server.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{ConnectionError, ReadError, ReadExactError, SendDatagramError, VarInt, WriteError};
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio::sync::{Notify, mpsc, oneshot};
+use zonescaler_shared::ConnId;
+use zonescaler_shared::codec::{self, DecodeError, FRAME_PREFIX_BYTES};
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::ErrorCode;
+
+use crate::tls::{self, ClientTrust, ServerIdentity, TlsError};
+use crate::transport::{NetCommand, NetEvent};
+
+/// QUIC application close code the driver uses for a client whose control queue overflowed: the
+/// shard never decided it, the driver did, to keep its memory bounded.
+pub const CLOSE_CODE_TOO_SLOW: u32 = ErrorCode::TooSlow.close_code();
+/// Longest close reason sent on the wire; longer ones are cut at a character boundary. The same
+/// bound as an error message's detail, and small enough to always fit one packet.
+pub const CLOSE_REASON_BYTES_MAX: usize = limits::ERROR_DETAIL_BYTES_MAX;
+/// Connections past which the driver refuses handshakes outright. The shard refuses clients past
+/// `CLIENTS_PER_SHARD_MAX` itself, politely, with `ServerFull` over a live connection; this much
+/// higher bound only stops a connection flood from outrunning that.
+pub const CONNECTIONS_HARD_MAX: usize = 2 * limits::CLIENTS_PER_SHARD_MAX;
+/// How long a `Close` waits for earlier control messages to be written (a client that stopped
+/// reading blocks the writes), for them to be acknowledged, or for a client that has not opened
+/// its control stream yet to do so, before closing anyway.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long [`QuicServer::shutdown`] waits for closes to reach the peers.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reason sent to every client when the server shuts down or is dropped.
+const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// Why a QUIC operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Endpoints and their tasks need a tokio runtime to live on.
+    #[error("QUIC endpoints must be created inside a tokio runtime")]
+    NoRuntime,
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP socket {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Certificates, keys or TLS settings were refused.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] TlsError),
+    /// The connection attempt could not even start (bad server name, endpoint closed).
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The peer closed the connection on purpose, saying why (the server's stated reason).
+    #[error("peer closed the connection with code {code}: {reason}")]
+    PeerClosed { code: u64, reason: String },
+    /// The connection failed or ended for any other reason (TLS failure, timeout, reset, local
+    /// close).
+    #[error("connection failed: {0}")]
+    Connection(ConnectionError),
+    /// Reading the control stream failed (e.g. the peer reset it).
+    #[error("control stream read failed: {0}")]
+    Read(ReadError),
+    /// Writing the control stream failed (e.g. the peer stopped it).
+    #[error("control stream write failed: {0}")]
+    Write(WriteError),
+    /// The peer finished its side of the control stream cleanly, between two frames.
+    #[error("control stream finished by the peer")]
+    StreamFinished,
+    /// The peer finished the control stream in the middle of a frame.
+    #[error("control stream ended in the middle of a frame")]
+    TruncatedFrame,
+    /// A frame's length is over `CONTROL_FRAME_BYTES_MAX` (read or about to be written).
+    #[error("bad control frame: {0}")]
+    BadFrame(#[from] DecodeError),
+}
+
+impl NetError {
+    /// The application close code, when the peer closed the connection on purpose.
+    pub fn close_code(&self) -> Option<u64> {
+        match self {
+            Self::PeerClosed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConnectionError> for NetError {
+    /// A peer's application close becomes [`NetError::PeerClosed`] so callers can report the
+    /// peer's own reason instead of quinn's generic wording.
+    fn from(err: ConnectionError) -> Self {
+        match err {
+            ConnectionError::ApplicationClosed(close) => Self::PeerClosed {
+                code: close.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            other => Self::Connection(other),
+        }
+    }
+}
+
+impl From<ReadError> for NetError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::ConnectionLost(e) => e.into(),
+            other => Self::Read(other),
+        }
+    }
+}
+
+impl From<WriteError> for NetError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::ConnectionLost(e) => e.into(),
+            other => Self::Write(other),
+        }
+    }
+}
+
+/// Counters of what the driver dropped or refused; all only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Inbound datagrams dropped because the shard's inbox was full.
+    pub datagrams_dropped_inbox_full: u64,
+    /// Datagrams `dispatch` could not hand to quinn (too large, connection gone, ...).
+    pub datagram_send_failures: u64,
+    /// Connections closed because their control queue overflowed.
+    pub closed_too_slow: u64,
+    /// Connections closed for a bad control frame or an oversize datagram.
+    pub closed_bad_message: u64,
+    /// Handshakes refused because [`CONNECTIONS_HARD_MAX`] was reached.
+    pub connections_refused: u64,
+    /// Commands for a connection that no longer exists (normal right after a disconnect).
+    pub commands_for_unknown_connections: u64,
+    /// Control messages `dispatch` refused to send because they exceed the frame limit.
+    pub control_messages_too_large: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    datagrams_dropped_inbox_full: AtomicU64,
+    datagram_send_failures: AtomicU64,
+    closed_too_slow: AtomicU64,
+    closed_bad_message: AtomicU64,
+    connections_refused: AtomicU64,
+    commands_for_unknown_connections: AtomicU64,
+    control_messages_too_large: AtomicU64,
+}
+
+/// Add one to `counter` and return the new total. Callers log at warn level only when the total
+/// is a power of two, so a fault repeated every tick cannot flood the log but is never silent.
+fn bump(counter: &AtomicU64) -> u64 {
+    counter.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// What the shard queued for one connection's writer task.
+#[derive(Debug)]
+enum Outbound {
+    Control(Bytes),
+    /// Marks where in the queue the shard asked to close; the code and reason are in
+    /// [`ConnEntry::close_request`].
+    Close,
+}
+
+/// A `NetCommand::Close` the writer has not carried out yet.
+#[derive(Clone, Debug)]
+struct CloseRequest {
+    at: std::time::Instant,
+    code: ErrorCode,
+    reason: String,
+}
+
+/// One live connection as `dispatch` sees it.
+struct ConnEntry {
+    id: ConnId,
+    conn: quinn::Connection,
+    outbox: mpsc::Sender<Outbound>,
+    /// Why *we* closed it, recorded before closing so the `Disconnected` event says it instead
+    /// of quinn's bare "closed".
+    local_close: Mutex<Option<String>>,
+    /// The shard's close request (the first one wins). It is kept here as well as queued so
+    /// that a writer stuck behind a client that stopped reading still closes after
+    /// [`CLOSE_FLUSH_TIMEOUT`], instead of when (never) the stuck write completes.
+    close_request: Mutex<Option<CloseRequest>>,
+    /// Wakes the writer when `close_request` is set.
+    close_notify: Notify,
+}
+
+impl ConnEntry {
+    /// Close with `code`, telling the peer `reason` and the shard `log_reason`. Only the first
+    /// close counts: if the connection is already closing (by us, the peer or a timeout) this
+    /// does nothing and returns false, so counters and the reported reason stay truthful.
+    fn close(&self, code: u32, reason: &str, log_reason: String) -> bool {
+        {
+            let mut local = lock(&self.local_close);
+            if local.is_some() || self.conn.close_reason().is_some() {
+                return false;
+            }
+            *local = Some(log_reason);
+        }
+        self.conn
+            .close(VarInt::from_u32(code), truncate_reason(reason).as_bytes());
+        true
+    }
+
+    fn close_bad_message(&self, shared: &Shared, detail: &str) {
+        if self.close(
+            ErrorCode::BadMessage.close_code(),
+            detail,
+            format!("bad message: {detail}"),
+        ) {
+            let n = bump(&shared.counters.closed_bad_message);
+            tracing::warn!(
+                conn = self.id.0,
+                total = n,
+                "closing connection: bad message: {detail}"
+            );
+        }
+    }
+
+    /// Carry out the shard's close request, if there is one.
+    fn close_as_requested(&self) {
+        let request = lock(&self.close_request).clone();
+        if let Some(CloseRequest { code, reason, .. }) = request {
+            self.close(code.close_code(), &reason, closed_by_server(code, &reason));
+        }
+    }
+
+    /// Resolves once the shard asked to close and [`CLOSE_FLUSH_TIMEOUT`] has passed since.
+    async fn close_deadline(&self) {
+        loop {
+            // Created before the check so a request made in between still wakes us.
+            let notified = self.close_notify.notified();
+            let at = lock(&self.close_request).as_ref().map(|r| r.at);
+            if let Some(at) = at {
+                let deadline = tokio::time::Instant::from_std(at + CLOSE_FLUSH_TIMEOUT);
+                tokio::time::sleep_until(deadline).await;
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn close_too_slow(&self, shared: &Shared) {
+        if self.close(
+            CLOSE_CODE_TOO_SLOW,
+            "too slow",
+            "too slow: control queue full".to_owned(),
+        ) {
+            let n = bump(&shared.counters.closed_too_slow);
+            tracing::warn!(
+                conn = self.id.0,
+                total = n,
+                "closing connection: control queue full"
+            );
+        }
+    }
+}
+
+/// State shared by the server handle and every connection task.
+struct Shared {
+    events: mpsc::Sender<NetEvent>,
+    conns: Mutex<HashMap<ConnId, Arc<ConnEntry>>>,
+    next_conn: AtomicU64,
+    counters: Counters,
+}
+
+impl Shared {
+    fn get(&self, id: ConnId) -> Option<Arc<ConnEntry>> {
+        lock(&self.conns).get(&id).cloned()
+    }
+}
+
+/// Lock ignoring poison: every critical section here is a single map or option operation that
+/// cannot leave the data half-updated, so a panic elsewhere must not take the driver down.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `reason` cut to at most [`CLOSE_REASON_BYTES_MAX`] bytes, on a character boundary.
+fn truncate_reason(reason: &str) -> &str {
+    &reason[..reason.floor_char_boundary(CLOSE_REASON_BYTES_MAX)]
+}
+
+/// The server side of the QUIC transport. Created inside a tokio runtime (its tasks live there);
+/// [`Self::dispatch`] is sync and meant to be called from the shard thread.
+pub struct QuicServer {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// The receiving half of the transport: every [`NetEvent`] of every connection, in one bounded
+/// channel the shard thread drains between ticks.
+pub struct QuicEvents {
+    rx: mpsc::Receiver<NetEvent>,
+    /// An event [`Self::wait`] received; handed out first by the next drain so none is lost.
+    pending: Option<NetEvent>,
+}
+
+impl QuicServer {
+    /// Bind a QUIC endpoint on `addr` presenting `identity`, and start accepting connections on
+    /// the current tokio runtime. Fails with [`NetError::NoRuntime`] outside one.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &ServerIdentity,
+    ) -> Result<(QuicServer, QuicEvents), NetError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+        let config = tls::server_config(identity)?;
+        let endpoint = {
+            // quinn finds its runtime through the current context.
+            let _guard = runtime.enter();
+            quinn::Endpoint::server(config, addr)
+                .map_err(|source| NetError::Bind { addr, source })?
+        };
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| NetError::Bind { addr, source })?;
+        let (tx, rx) = mpsc::channel(limits::INBOX_EVENTS_MAX);
+        let shared = Arc::new(Shared {
+            events: tx,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        runtime.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        tracing::info!(%local_addr, "QUIC server listening");
+        Ok((
+            QuicServer {
+                endpoint,
+                local_addr,
+                shared,
+            },
+            QuicEvents { rx, pending: None },
+        ))
+    }
+
+    /// The address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Carry out one command. Never blocks and never panics: failures are logged and counted,
+    /// and a command for a connection that is already gone is ignored (the shard may issue it
+    /// before it has drained that connection's `Disconnected`).
+    pub fn dispatch(&self, cmd: NetCommand) {
+        let id = cmd.conn();
+        let Some(entry) = self.shared.get(id) else {
+            bump(&self.shared.counters.commands_for_unknown_connections);
+            tracing::trace!(conn = id.0, "command for a connection that is gone");
+            return;
+        };
+        match cmd {
+            NetCommand::Datagram { bytes, .. } => {
+                if let Err(err) = entry.conn.send_datagram(bytes) {
+                    let n = bump(&self.shared.counters.datagram_send_failures);
+                    match err {
+                        // Normal while a disconnect is on its way to the shard.
+                        SendDatagramError::ConnectionLost(_) => {
+                            tracing::trace!(conn = id.0, "datagram to a closed connection")
+                        }
+                        _ if n.is_power_of_two() => {
+                            tracing::warn!(conn = id.0, total = n, %err, "datagram not sent")
+                        }
+                        _ => tracing::debug!(conn = id.0, %err, "datagram not sent"),
+                    }
+                }
+            }
+            NetCommand::Control { bytes, .. } => {
+                if bytes.len() > limits::CONTROL_FRAME_BYTES_MAX {
+                    // The client would close us for it; refusing here keeps the shard's bug
+                    // visible in its own log instead.
+                    let n = bump(&self.shared.counters.control_messages_too_large);
+                    tracing::error!(
+                        conn = id.0,
+                        len = bytes.len(),
+                        total = n,
+                        "control message over the frame limit not sent"
+                    );
+                    return;
+                }
+                match entry.outbox.try_send(Outbound::Control(bytes)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => entry.close_too_slow(&self.shared),
+                    // The writer is gone, so the connection is closing already.
+                    Err(TrySendError::Closed(_)) => {}
+                }
+            }
+            NetCommand::Close { code, reason, .. } => {
+                {
+                    let mut request = lock(&entry.close_request);
+                    if request.is_some() {
+                        return; // already closing as asked the first time
+                    }
+                    let at = std::time::Instant::now();
+                    *request = Some(CloseRequest { at, code, reason });
+                }
+                entry.close_notify.notify_one();
+                if entry.outbox.try_send(Outbound::Close).is_err() {
+                    // Queue full (the client is too slow to get what is queued anyway) or the
+                    // writer is gone: close right away.
+                    entry.close_as_requested();
+                }
+            }
+        }
+    }
+
+    /// Connections currently open (handshake done, `Disconnected` not yet emitted).
+    pub fn connections(&self) -> usize {
+        lock(&self.shared.conns).len()
+    }
+
+    /// Close every connection now with `code` and `reason`, without waiting for queued control
+    /// messages (this is for shutdown, when there is no time to be polite).
+    pub fn close_all(&self, code: ErrorCode, reason: &str) {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.shared.conns).values().cloned().collect();
+        for entry in entries {
+            entry.close(code.close_code(), reason, closed_by_server(code, reason));
+        }
+    }
+
+    /// Snapshot of the drop/refusal counters.
+    pub fn stats(&self) -> NetStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NetStats {
+            datagrams_dropped_inbox_full: get(&c.datagrams_dropped_inbox_full),
+            datagram_send_failures: get(&c.datagram_send_failures),
+            closed_too_slow: get(&c.closed_too_slow),
+            closed_bad_message: get(&c.closed_bad_message),
+            connections_refused: get(&c.connections_refused),
+            commands_for_unknown_connections: get(&c.commands_for_unknown_connections),
+            control_messages_too_large: get(&c.control_messages_too_large),
+        }
+    }
+
+    /// Close every connection (`ShuttingDown`) and the endpoint, then wait up to
+    /// [`SHUTDOWN_TIMEOUT`] for the closes to reach the peers, so clients learn the reason
+    /// instead of timing out.
+    pub async fn shutdown(&self) {
+        self.close_all(ErrorCode::ShuttingDown, SHUTDOWN_REASON);
+        self.endpoint.close(
+            VarInt::from_u32(ErrorCode::ShuttingDown.close_code()),
+            SHUTDOWN_REASON.as_bytes(),
+        );
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("QUIC shutdown: peers did not acknowledge the close in time");
+        }
+    }
+}
+
+impl Drop for QuicServer {
+    /// The accept loop holds its own endpoint handle, so without this a dropped server would keep
+    /// accepting clients nobody can answer.
+    fn drop(&mut self) {
+        self.endpoint.close(
+            VarInt::from_u32(ErrorCode::ShuttingDown.close_code()),
+            SHUTDOWN_REASON.as_bytes(),
+        );
+    }
+}
+
+/// What the shard is told when it closed a connection itself.
+fn closed_by_server(code: ErrorCode, reason: &str) -> String {
+    format!("closed by server: {}: {reason}", code.as_str())
+}
+
+impl QuicEvents {
+    /// Move up to `max` pending events into `out` without blocking; returns how many.
+    pub fn drain_into(&mut self, max: usize, out: &mut Vec<NetEvent>) -> usize {
+        let mut n = 0;
+        if max > 0
+            && let Some(event) = self.pending.take()
+        {
+            out.push(event);
+            n += 1;
+        }
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(event) => {
+                    out.push(event);
+                    n += 1;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        n
+    }
+
+    /// Await at least one event or the timeout (for tests and idle shards); returns false on
+    /// timeout, or if the server and all its tasks are gone. The event stays queued for the next
+    /// [`Self::drain_into`]. Must run on a tokio runtime (e.g. inside `Handle::block_on`).
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        if self.pending.is_some() || !self.rx.is_empty() {
+            return true;
+        }
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(event)) => {
+                self.pending = Some(event);
+                true
+            }
+            Ok(None) | Err(_) => false,
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if lock(&shared.conns).len() >= CONNECTIONS_HARD_MAX {
+            let n = bump(&shared.counters.connections_refused);
+            if n.is_power_of_two() {
+                let remote = incoming.remote_address();
+                tracing::warn!(%remote, total = n, "refusing connection: hard limit reached");
+            }
+            incoming.refuse();
+            continue;
+        }
+        // Each handshake on its own task, so a slow one never delays the next client.
+        tokio::spawn(supervise(shared.clone(), incoming));
+    }
+    tracing::debug!("QUIC accept loop ended");
+}
+
+/// Owns one connection from handshake to `Disconnected`.
+async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(err) => {
+            // Before `Connected`, so the shard never hears of it.
+            tracing::debug!(%remote, %err, "handshake failed");
+            return;
+        }
+    };
+    let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
+    let (outbox, outbox_rx) = mpsc::channel(limits::CONTROL_QUEUE_PER_CLIENT_MAX);
+    let entry = Arc::new(ConnEntry {
+        id,
+        conn: conn.clone(),
+        outbox,
+        local_close: Mutex::new(None),
+        close_request: Mutex::new(None),
+        close_notify: Notify::new(),
+    });
+    // In the map before `Connected` goes out, so the shard can answer as soon as it sees it.
+    lock(&shared.conns).insert(id, entry.clone());
+    tracing::debug!(conn = id.0, %remote, "connected");
+
+    let max_datagram_bytes = conn
+        .max_datagram_size()
+        .unwrap_or(limits::DATAGRAM_BYTES_MIN);
+    if shared
+        .events
+        .send(NetEvent::Connected {
+            conn: id,
+            max_datagram_bytes,
+        })
+        .await
+        .is_ok()
+    {
+        let (stream_tx, stream_rx) = oneshot::channel();
+        tokio::spawn(write_control(
+            shared.clone(),
+            entry.clone(),
+            stream_rx,
+            outbox_rx,
+        ));
+        // The readers run as their own task so that even a panic in them (there is no known
+        // way) ends only this connection, and still produces its `Disconnected`.
+        let readers = tokio::spawn({
+            let (shared, entry) = (shared.clone(), entry.clone());
+            async move {
+                tokio::join!(
+                    read_control(&shared, &entry, stream_tx),
+                    read_datagrams(&shared, &entry)
+                );
+            }
+        });
+        if let Err(err) = readers.await {
+            tracing::error!(conn = id.0, %err, "connection task failed");
+            entry.close(
+                ErrorCode::Unexpected.close_code(),
+                "internal error",
+                format!("driver task failed: {err}"),
+            );
+        }
+    } else {
+        // Nobody drains the events any more: the server is gone.
+        entry.close(
+            ErrorCode::ShuttingDown.close_code(),
+            SHUTDOWN_REASON,
+            SHUTDOWN_REASON.to_owned(),
+        );
+    }
+
+    // The datagram reader only stops once the connection is closed, so this returns at once in
+    // every path above; it also gives the remote side's reason when it was not us.
+    let err = conn.closed().await;
+    let reason = lock(&entry.local_close)
+        .take()
+        .unwrap_or_else(|| err.to_string());
+    lock(&shared.conns).remove(&id);
+    tracing::debug!(conn = id.0, %reason, "disconnected");
+    // Sent last, after both readers ended, so nothing for this connection can follow it.
+    let _ = shared
+        .events
+        .send(NetEvent::Disconnected { conn: id, reason })
+        .await;
+}
+
+/// Accept the control stream, hand its send half to the writer, and turn frames into events.
+async fn read_control(
+    shared: &Shared,
+    entry: &ConnEntry,
+    stream_tx: oneshot::Sender<quinn::SendStream>,
+) {
+    let (send, mut recv) = match entry.conn.accept_bi().await {
+        Ok(streams) => streams,
+        Err(_) => return, // the connection ended before the client opened its stream
+    };
+    // If the writer is gone the connection is closing; reading on is still harmless.
+    let _ = stream_tx.send(send);
+    loop {
+        match read_frame(&mut recv).await {
+            Ok(body) => {
+                let event = NetEvent::Control {
+                    conn: entry.id,
+                    bytes: Bytes::from(body),
+                };
+                if shared.events.send(event).await.is_err() {
+                    entry.close(
+                        ErrorCode::ShuttingDown.close_code(),
+                        SHUTDOWN_REASON,
+                        SHUTDOWN_REASON.to_owned(),
+                    );
+                    return;
+                }
+            }
+            // A client may end its side cleanly; it just cannot send control messages any more.
+            Err(NetError::StreamFinished) => {
+                tracing::debug!(conn = entry.id.0, "client finished its control stream");
+                return;
+            }
+            // The connection is gone; the supervisor reports why.
+            Err(NetError::PeerClosed { .. } | NetError::Connection(_)) => return,
+            Err(err) => {
+                entry.close_bad_message(shared, &err.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Forward datagrams until the connection ends.
+async fn read_datagrams(shared: &Shared, entry: &ConnEntry) {
+    while let Ok(datagram) = entry.conn.read_datagram().await {
+        if datagram.len() > limits::CLIENT_DATAGRAM_BYTES_MAX {
+            // No valid input is this big; refusing here keeps big datagrams out of the inbox.
+            let detail = format!(
+                "datagram of {} bytes exceeds the {}-byte limit",
+                datagram.len(),
+                limits::CLIENT_DATAGRAM_BYTES_MAX
+            );
+            entry.close_bad_message(shared, &detail);
+            return;
+        }
+        // Copied so a queued input does not keep quinn's whole receive buffer alive.
+        let bytes = Bytes::copy_from_slice(&datagram);
+        match shared.events.try_send(NetEvent::Datagram {
+            conn: entry.id,
+            bytes,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let n = bump(&shared.counters.datagrams_dropped_inbox_full);
+                if n.is_power_of_two() {
+                    tracing::warn!(total = n, "shard inbox full: dropping datagrams");
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                entry.close(
+                    ErrorCode::ShuttingDown.close_code(),
+                    SHUTDOWN_REASON,
+                    SHUTDOWN_REASON.to_owned(),
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The single writer of a connection's control stream: writes queued messages in order and
+/// carries out `Close` after them (or [`CLOSE_FLUSH_TIMEOUT`] after it was asked for, if a
+/// client that stopped reading holds the writes up).
+async fn write_control(
+    shared: Arc<Shared>,
+    entry: Arc<ConnEntry>,
+    mut stream_rx: oneshot::Receiver<quinn::SendStream>,
+    mut outbox: mpsc::Receiver<Outbound>,
+) {
+    // Until the client opens its control stream there is nothing to write on; what the shard
+    // queues meanwhile (say, a `ServerFull` error) waits here, bounded like the queue itself.
+    let mut early: VecDeque<Bytes> = VecDeque::new();
+    let mut send = loop {
+        tokio::select! {
+            stream = &mut stream_rx => match stream {
+                Ok(send) => break send,
+                Err(_) => return, // the reader ended without a stream: the connection is gone
+            },
+            msg = outbox.recv() => match msg {
+                None => return,
+                Some(Outbound::Control(bytes)) => {
+                    if early.len() >= limits::CONTROL_QUEUE_PER_CLIENT_MAX {
+                        entry.close_too_slow(&shared);
+                        return;
+                    }
+                    early.push_back(bytes);
+                }
+                Some(Outbound::Close) => {
+                    // Give the client a moment to open its stream so the queued messages
+                    // reach it.
+                    let stream = tokio::select! {
+                        stream = &mut stream_rx => stream.ok(),
+                        () = entry.close_deadline() => None,
+                    };
+                    if let Some(mut send) = stream {
+                        for bytes in early.drain(..) {
+                            if !write_guarded(&entry, &mut send, &bytes).await {
+                                break;
+                            }
+                        }
+                        flush(&mut send).await;
+                    }
+                    entry.close_as_requested();
+                    return;
+                }
+            },
+            () = closed(&entry.conn) => return,
+        }
+    };
+    for bytes in early.drain(..) {
+        if !write_guarded(&entry, &mut send, &bytes).await {
+            return;
+        }
+    }
+    loop {
+        let msg = tokio::select! {
+            msg = outbox.recv() => msg,
+            () = closed(&entry.conn) => return,
+        };
+        match msg {
+            None => return,
+            Some(Outbound::Control(bytes)) => {
+                if !write_guarded(&entry, &mut send, &bytes).await {
+                    return;
+                }
+            }
+            Some(Outbound::Close) => {
+                flush(&mut send).await;
+                entry.close_as_requested();
+                return;
+            }
+        }
+    }
+}
+
+/// Write one framed message. Returns false when the writer should stop: the write failed (the
+/// connection or stream is gone, which the readers report), or a requested close ran out of
+/// patience first (then the close is carried out here).
+async fn write_guarded(entry: &ConnEntry, send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
+    let frame = codec::frame(bytes);
+    tokio::select! {
+        written = send.write_all(&frame) => match written {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(conn = entry.id.0, %err, "control write failed");
+                false
+            }
+        },
+        () = entry.close_deadline() => {
+            entry.close_as_requested();
+            false
+        }
+    }
+}
+
+/// `Connection::closed` without its value, for `select!` arms.
+async fn closed(conn: &quinn::Connection) {
+    conn.closed().await;
+}
+
+/// A connection close discards stream data not yet delivered, so before closing, finish the
+/// stream and wait (bounded) until the peer has acknowledged everything written.
+async fn flush(send: &mut quinn::SendStream) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, send.stopped()).await;
+    }
+}
+
+/// A client endpoint on `0.0.0.0:0` (IPv4, the common case for bots) whose default client
+/// configuration trusts what `trust` says. Use [`client_endpoint_for`] to reach IPv6 servers.
+pub fn client_endpoint(trust: &ClientTrust) -> Result<quinn::Endpoint, NetError> {
+    client_endpoint_bound(trust, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+}
+
+/// Like [`client_endpoint`], but bound to the wildcard address of `server`'s family: dual-stack
+/// behaviour of an IPv6 socket differs between platforms, so matching the family is portable.
+pub fn client_endpoint_for(
+    trust: &ClientTrust,
+    server: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    let bind = match server {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    client_endpoint_bound(trust, bind)
+}
+
+fn client_endpoint_bound(
+    trust: &ClientTrust,
+    bind: SocketAddr,
+) -> Result<quinn::Endpoint, NetError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+    let config = tls::client_config(trust)?;
+    let _guard = runtime.enter();
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// A client connection (protocol-agnostic: it may or may not have logged in): the control
+/// stream's two halves and the connection that carries datagrams.
+pub struct ClientSession {
+    /// The connection (datagrams, close, stats).
+    pub conn: quinn::Connection,
+    /// Our half of the control stream.
+    pub send: quinn::SendStream,
+    /// The server's half of the control stream.
+    pub recv: quinn::RecvStream,
+}
+
+impl ClientSession {
+    /// Read the next control message. When the server closes, it first finishes the stream and
+    /// then closes the connection with its reason; this waits briefly for that close so the
+    /// caller gets [`NetError::PeerClosed`] with the server's stated reason, not just
+    /// [`NetError::StreamFinished`].
+    pub async fn read_control(&mut self) -> Result<Vec<u8>, NetError> {
+        match read_frame(&mut self.recv).await {
+            Err(NetError::StreamFinished) => {
+                match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT * 2, self.conn.closed()).await {
+                    Ok(err) => Err(err.into()),
+                    Err(_) => Err(NetError::StreamFinished),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Wait until the connection is closed and say why.
+    pub async fn closed(&self) -> NetError {
+        self.conn.closed().await.into()
+    }
+}
+
+/// Connect to `addr` (TLS name `server_name`), open the control stream and write
+/// `first_control_message` framed on it: the server only sees the stream once it carries data.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    first_control_message: &[u8],
+) -> Result<ClientSession, NetError> {
+    check_len(first_control_message)?;
+    let conn = endpoint.connect(addr, server_name)?.await?;
+    let (mut send, recv) = conn.open_bi().await?;
+    write_frame(&mut send, first_control_message).await?;
+    Ok(ClientSession { conn, send, recv })
+}
+
+/// Read one control frame; the length prefix is checked before the body is allocated.
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetError> {
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Err(NetError::StreamFinished),
+        Err(ReadExactError::FinishedEarly(_)) => return Err(NetError::TruncatedFrame),
+        Err(ReadExactError::ReadError(err)) => return Err(err.into()),
+    }
+    let len = codec::frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|err| match err {
+        ReadExactError::FinishedEarly(_) => NetError::TruncatedFrame,
+        ReadExactError::ReadError(err) => err.into(),
+    })?;
+    Ok(body)
+}
+
+/// Write one control frame (length prefix and body).
+pub async fn write_frame(send: &mut quinn::SendStream, msg: &[u8]) -> Result<(), NetError> {
+    check_len(msg)?;
+    send.write_all(&codec::frame(msg)).await?;
+    Ok(())
+}
+
+/// Refuse to send what the peer must refuse to read.
+fn check_len(msg: &[u8]) -> Result<(), NetError> {
+    if msg.len() > limits::CONTROL_FRAME_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            len: msg.len(),
+            max: limits::CONTROL_FRAME_BYTES_MAX,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_on_char_boundaries() {
+        assert_eq!(truncate_reason("short"), "short");
+        let long = "é".repeat(CLOSE_REASON_BYTES_MAX); // 2 bytes each
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= CLOSE_REASON_BYTES_MAX && cut.len() >= CLOSE_REASON_BYTES_MAX - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn server_handle_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<QuicServer>();
+        fn assert_send<T: Send>() {}
+        assert_send::<QuicEvents>();
+    }
+
+    #[test]
+    fn bind_outside_a_runtime_is_an_error() {
+        let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        assert!(matches!(
+            QuicServer::bind(addr, &id),
+            Err(NetError::NoRuntime)
+        ));
+        assert!(matches!(
+            client_endpoint(&ClientTrust::InsecureSkipVerify),
+            Err(NetError::NoRuntime)
+        ));
+    }
+}

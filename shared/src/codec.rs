@@ -1,0 +1,220 @@
+//! The codec: the only code that turns protocol messages into bytes and back.
+//!
+//! A message on the wire is `"ZS"`, the protocol version as a little-endian `u16`, then the
+//! `bitcode` encoding. Decoding checks, in this order and before any allocation that depends on
+//! the input: the length against the channel's limit, the magic, the version; then `bitcode`
+//! decodes (its lengths are bounded by the bytes present, which the first check bounded), and
+//! finally the message's own [`Validate`] checks run. Every failure is a [`DecodeError`]; none
+//! panics. Control-stream frames add a `u32` length prefix, checked before the body is read.
+
+use crate::limits;
+use crate::protocol::{
+    ClientControl, ClientDatagram, PROTOCOL_VERSION, ServerControl, ServerDatagram, Validate,
+};
+use bitcode::{DecodeOwned, Encode};
+
+/// First two bytes of every message.
+pub const MAGIC: [u8; 2] = *b"ZS";
+/// Magic plus version.
+pub const HEADER_BYTES: usize = 4;
+/// Bytes of a control frame's length prefix.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// Why bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("message of {len} bytes is shorter than its header")]
+    Truncated { len: usize },
+    #[error("bad magic bytes")]
+    BadMagic,
+    #[error("protocol version {got}, expected {PROTOCOL_VERSION}")]
+    WrongVersion { got: u16 },
+    #[error("malformed message body")]
+    Malformed,
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+/// Encode any wire message with the header.
+pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
+    let body = bitcode::encode(msg);
+    let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decode a message of type `T` from at most `max` bytes.
+pub fn decode<T: DecodeOwned + Validate>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    if bytes.len() < HEADER_BYTES {
+        return Err(DecodeError::Truncated { len: bytes.len() });
+    }
+    if bytes[..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = u16::from_le_bytes([bytes[2], bytes[3]]);
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::WrongVersion { got: version });
+    }
+    let msg: T = bitcode::decode(&bytes[HEADER_BYTES..]).map_err(|_| DecodeError::Malformed)?;
+    msg.validate().map_err(DecodeError::Invalid)?;
+    Ok(msg)
+}
+
+/// Client control message (the shard's side of the control stream).
+pub fn decode_client_control(bytes: &[u8]) -> Result<ClientControl, DecodeError> {
+    decode(bytes, limits::CONTROL_FRAME_BYTES_MAX)
+}
+
+/// Client datagram (input).
+pub fn decode_client_datagram(bytes: &[u8]) -> Result<ClientDatagram, DecodeError> {
+    decode(bytes, limits::CLIENT_DATAGRAM_BYTES_MAX)
+}
+
+/// Shard control message (the client's side of the control stream).
+pub fn decode_server_control(bytes: &[u8]) -> Result<ServerControl, DecodeError> {
+    decode(bytes, limits::CONTROL_FRAME_BYTES_MAX)
+}
+
+/// Shard datagram (snapshot part).
+pub fn decode_server_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeError> {
+    decode(bytes, limits::SERVER_DATAGRAM_BYTES_MAX)
+}
+
+/// Prefix a control message with its length, ready for a reliable stream.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + message.len());
+    out.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Read a frame's length prefix and check it against the control limit before the body is read.
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, DecodeError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > limits::CONTROL_FRAME_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: limits::CONTROL_FRAME_BYTES_MAX,
+        });
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NetId;
+    use crate::protocol::*;
+    use crate::quant::QPos;
+
+    fn hello() -> ClientControl {
+        ClientControl::Hello(Hello {
+            protocol_hash: 7,
+            name: "bot-1".into(),
+        })
+    }
+
+    #[test]
+    fn round_trips_every_channel() {
+        let h = hello();
+        assert_eq!(decode_client_control(&encode(&h)), Ok(h));
+        let i = ClientDatagram::Input(Input {
+            seq: 9,
+            ack_tick: 3,
+            target: QPos([1, 2, 3]),
+        });
+        assert_eq!(decode_client_datagram(&encode(&i)), Ok(i));
+        let s = ServerDatagram::Snapshot(SnapshotPart {
+            tick: 10,
+            parts: 1,
+            moved: vec![Moved {
+                id_gap: 0,
+                delta: [1, 0, -1],
+            }],
+            removed: vec![NetId(5)],
+            ..Default::default()
+        });
+        assert_eq!(decode_server_datagram(&encode(&s)), Ok(s));
+    }
+
+    #[test]
+    fn refuses_bad_bytes_without_panicking() {
+        let good = encode(&hello());
+        assert_eq!(
+            decode_client_control(&good[..2]),
+            Err(DecodeError::Truncated { len: 2 })
+        );
+        let mut wrong_version = good.clone();
+        wrong_version[2] = 99;
+        assert_eq!(
+            decode_client_control(&wrong_version),
+            Err(DecodeError::WrongVersion { got: 99 })
+        );
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert_eq!(
+            decode_client_control(&bad_magic),
+            Err(DecodeError::BadMagic)
+        );
+        let big = vec![0u8; limits::CLIENT_DATAGRAM_BYTES_MAX + 1];
+        assert!(matches!(
+            decode_client_datagram(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        // Every truncation of a valid message and a sweep of garbage: errors, never panics.
+        for n in HEADER_BYTES..good.len() {
+            assert!(
+                decode_client_control(&good[..n]).is_err(),
+                "truncated to {n} bytes"
+            );
+        }
+        let mut rng = crate::rng::Rng::new(3);
+        for len in 0..400 {
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if len >= 4 && rng.chance(0.5) {
+                junk[..4].copy_from_slice(&good[..4]);
+            }
+            let _ = decode_client_control(&junk);
+            let _ = decode_client_datagram(&junk);
+            let _ = decode_server_datagram(&junk);
+        }
+    }
+
+    #[test]
+    fn invalid_but_well_formed_messages_are_refused() {
+        let long = ClientControl::Hello(Hello {
+            protocol_hash: 1,
+            name: "x".repeat(200),
+        });
+        assert_eq!(
+            decode_client_control(&encode(&long)),
+            Err(DecodeError::Invalid("player name too long"))
+        );
+        let bad_parts = ServerDatagram::Snapshot(SnapshotPart {
+            parts: 2,
+            part: 2,
+            ..Default::default()
+        });
+        assert!(matches!(
+            decode_server_datagram(&encode(&bad_parts)),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn frame_lengths_are_checked_before_reading() {
+        let f = frame(&[1, 2, 3]);
+        assert_eq!(frame_len(f[..4].try_into().expect("4 bytes")), Ok(3));
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+    }
+}

@@ -1,0 +1,344 @@
+//! World configuration, read from TOML.
+//!
+//! Every field has a default (see `assets/worlds/default.toml` for the documented reference), an
+//! unknown key is an error (a typo must not silently fall back to a default), and
+//! [`WorldConfig::validate`] turns nonsense (a non-positive cell size, inverted bounds) into a
+//! [`ConfigError`] whose one-line message names the field.
+
+use crate::limits;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Why a config could not be used. `Display` is one line that names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read world config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid world config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid world config {path}: `{field}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// The whole world config file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldConfig {
+    pub world: WorldSection,
+    pub simulation: SimulationSection,
+    pub interest: InterestSection,
+    pub npc: NpcSection,
+    pub tls: TlsSection,
+}
+
+/// `[world]`: the ground rectangle (x, z) and its cells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldSection {
+    pub name: String,
+    pub min_x: f32,
+    pub min_z: f32,
+    pub max_x: f32,
+    pub max_z: f32,
+    /// Side of a base (level 0) cell in metres.
+    pub base_cell_size_m: f32,
+}
+
+/// `[simulation]`: tick rate, seed, movement authority.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulationSection {
+    pub tick_hz: u32,
+    /// Seed of the shard's RNG resource: the same seed and inputs give the same world.
+    pub seed: u64,
+    /// Fastest a player avatar may move; faster inputs are clamped to this.
+    pub max_speed_mps: f32,
+}
+
+/// `[interest]`: who sees what.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterestSection {
+    /// Clients receive every entity within this distance of their avatar.
+    pub aoi_radius_m: f32,
+    /// Owned entities this close to a foreign cell are mirrored to its shard as proxies.
+    pub interest_radius_m: f32,
+}
+
+/// `[npc]`: wandering NPCs so a shard has load without clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NpcSection {
+    pub count: usize,
+    pub speed_mps: f32,
+}
+
+/// `[tls]`: the shard's certificate. Both empty: a self-signed one is generated at start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert_pem: Option<PathBuf>,
+    /// PEM private key.
+    pub key_pem: Option<PathBuf>,
+}
+
+impl Default for WorldSection {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            min_x: -1024.0,
+            min_z: -1024.0,
+            max_x: 1024.0,
+            max_z: 1024.0,
+            base_cell_size_m: 256.0,
+        }
+    }
+}
+
+impl Default for SimulationSection {
+    fn default() -> Self {
+        Self {
+            tick_hz: 30,
+            seed: 1,
+            max_speed_mps: 8.0,
+        }
+    }
+}
+
+impl Default for InterestSection {
+    fn default() -> Self {
+        Self {
+            aoi_radius_m: 80.0,
+            interest_radius_m: 32.0,
+        }
+    }
+}
+
+impl Default for NpcSection {
+    fn default() -> Self {
+        Self {
+            count: 1_000,
+            speed_mps: 2.0,
+        }
+    }
+}
+
+impl WorldConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line_toml_error(&e, text),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Check every field against its meaning and the bounds in [`crate::limits`].
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            problem,
+        };
+        let w = &self.world;
+        let ext = limits::WORLD_EXTENT_M_MAX;
+        for (field, v) in [
+            ("world.min_x", w.min_x),
+            ("world.min_z", w.min_z),
+            ("world.max_x", w.max_x),
+            ("world.max_z", w.max_z),
+        ] {
+            if !v.is_finite() || v.abs() > ext {
+                return Err(bad(
+                    field,
+                    format!("must be a number within ±{ext} m (got {v})"),
+                ));
+            }
+        }
+        if w.max_x <= w.min_x {
+            return Err(bad(
+                "world.max_x",
+                format!(
+                    "must be greater than world.min_x (got {} <= {})",
+                    w.max_x, w.min_x
+                ),
+            ));
+        }
+        if w.max_z <= w.min_z {
+            return Err(bad(
+                "world.max_z",
+                format!(
+                    "must be greater than world.min_z (got {} <= {})",
+                    w.max_z, w.min_z
+                ),
+            ));
+        }
+        if !(w.base_cell_size_m.is_finite() && w.base_cell_size_m > 0.0) {
+            return Err(bad(
+                "world.base_cell_size_m",
+                format!("must be positive (got {})", w.base_cell_size_m),
+            ));
+        }
+        let cells = ((w.max_x - w.min_x) / w.base_cell_size_m).ceil()
+            * ((w.max_z - w.min_z) / w.base_cell_size_m).ceil();
+        if cells > 1_000_000.0 {
+            return Err(bad(
+                "world.base_cell_size_m",
+                format!("gives {cells} base cells; at most 1000000"),
+            ));
+        }
+        let s = &self.simulation;
+        if !(limits::TICK_HZ_MIN..=limits::TICK_HZ_MAX).contains(&s.tick_hz) {
+            return Err(bad(
+                "simulation.tick_hz",
+                format!(
+                    "must be in {}..={} (got {})",
+                    limits::TICK_HZ_MIN,
+                    limits::TICK_HZ_MAX,
+                    s.tick_hz
+                ),
+            ));
+        }
+        if !(s.max_speed_mps.is_finite() && s.max_speed_mps > 0.0) {
+            return Err(bad(
+                "simulation.max_speed_mps",
+                format!("must be positive (got {})", s.max_speed_mps),
+            ));
+        }
+        let i = &self.interest;
+        if !(i.aoi_radius_m.is_finite() && i.aoi_radius_m > 0.0) {
+            return Err(bad(
+                "interest.aoi_radius_m",
+                format!("must be positive (got {})", i.aoi_radius_m),
+            ));
+        }
+        if !(i.interest_radius_m.is_finite() && i.interest_radius_m >= 0.0) {
+            return Err(bad(
+                "interest.interest_radius_m",
+                format!("must be zero or positive (got {})", i.interest_radius_m),
+            ));
+        }
+        if self.npc.count > limits::NPC_COUNT_MAX {
+            return Err(bad(
+                "npc.count",
+                format!(
+                    "must be at most {} (got {})",
+                    limits::NPC_COUNT_MAX,
+                    self.npc.count
+                ),
+            ));
+        }
+        if !(self.npc.speed_mps.is_finite() && self.npc.speed_mps >= 0.0) {
+            return Err(bad(
+                "npc.speed_mps",
+                format!("must be zero or positive (got {})", self.npc.speed_mps),
+            ));
+        }
+        match (&self.tls.cert_pem, &self.tls.key_pem) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls.key_pem",
+                    "is required when tls.cert_pem is set".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls.cert_pem",
+                    "is required when tls.key_pem is set".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Seconds per tick.
+    pub fn tick_dt(&self) -> f32 {
+        1.0 / self.simulation.tick_hz as f32
+    }
+}
+
+/// toml's errors span several lines (a source excerpt); operators get one line with the position.
+fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WorldConfig, String> {
+        WorldConfig::parse(text, Path::new("w.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let cfg = parse("").expect("defaults are valid");
+        assert_eq!(cfg, WorldConfig::default());
+        assert_eq!(cfg.simulation.tick_hz, 30);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field_in_one_line() {
+        let cases = [
+            (
+                "[world]\nbase_cell_size_m = 0.0\n",
+                "world.base_cell_size_m",
+            ),
+            (
+                "[world]\nbase_cell_size_m = -5.0\n",
+                "world.base_cell_size_m",
+            ),
+            ("[world]\nmin_x = 10.0\nmax_x = -10.0\n", "world.max_x"),
+            ("[world]\nmin_z = 5.0\nmax_z = 5.0\n", "world.max_z"),
+            ("[world]\nbase_cel_size_m = 64.0\n", "base_cel_size_m"),
+            ("[simulation]\ntick_hz = 0\n", "simulation.tick_hz"),
+            ("[interest]\naoi_radius_m = -1.0\n", "interest.aoi_radius_m"),
+            ("[tls]\ncert_pem = \"a.pem\"\n", "tls.key_pem"),
+            ("[nope]\n", "nope"),
+        ];
+        for (text, field) in cases {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.contains(field),
+                "error for {text:?} must name {field}: {err}"
+            );
+            assert!(!err.contains('\n'), "error must be one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = WorldConfig::load(Path::new("/nonexistent/world.toml")).expect_err("no file");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/world.toml") && !msg.contains('\n'),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! `zonescaler-shared`: everything two ZoneScaler peers must agree on.
+//!
+//! Ids ([`ids`]), every bound in one place ([`limits`]), the world config ([`config`]), position
+//! quantisation ([`quant`]), the seeded RNG ([`rng`]), the wire types ([`protocol`]), the one codec
+//! that turns them into bytes ([`codec`]) and the protocol registry whose hash every handshake
+//! checks ([`registry`]). Nothing here does I/O or reads a clock.
+
+pub mod codec;
+pub mod components;
+pub mod config;
+pub mod ids;
+pub mod limits;
+pub mod protocol;
+pub mod quant;
+pub mod registry;
+pub mod rng;
+
+pub use ids::{CellId, ConnId, NetId, ShardId, Tick};

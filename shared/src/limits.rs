@@ -1,0 +1,78 @@
+//! Every bound in ZoneScaler, in one place, units last (`_bytes`, `_ms`, `_max`).
+//!
+//! A queue, a message or a table without a bound is a way to run a shard out of memory from the
+//! network; each constant below is the reason that cannot happen. The `const` asserts at the end
+//! tie the bounds to each other so changing one cannot silently break another.
+
+/// Smallest datagram every QUIC path must carry (RFC 9000 §14: 1200-byte UDP payload, minus QUIC
+/// overhead). Snapshots are split so no part exceeds the connection's limit, never below this.
+pub const DATAGRAM_BYTES_MIN: usize = 1_100;
+/// Largest inbound client datagram (an input) a shard will decode.
+pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 512;
+/// Largest control-stream frame either side will read (login, errors).
+pub const CONTROL_FRAME_BYTES_MAX: usize = 16 * 1024;
+/// Largest snapshot part a client will decode: one datagram of the largest MTU QUIC supports.
+pub const SERVER_DATAGRAM_BYTES_MAX: usize = 65_527;
+
+/// Entities one shard will hold, owned and proxies together.
+pub const ENTITIES_PER_SHARD_MAX: usize = 200_000;
+/// Client connections one shard will accept; the next one is refused with `ServerFull`.
+pub const CLIENTS_PER_SHARD_MAX: usize = 4_096;
+/// Entities one client receives per tick; past this the nearest are kept.
+pub const AOI_ENTITIES_PER_CLIENT_MAX: usize = 512;
+/// Parts one snapshot may be split into.
+pub const SNAPSHOT_PARTS_MAX: usize = 64;
+/// Entries per snapshot part a decoder accepts (updates + removals).
+pub const SNAPSHOT_PART_ENTRIES_MAX: usize = AOI_ENTITIES_PER_CLIENT_MAX;
+/// Replicated component payloads on one entity in one snapshot.
+pub const COMPONENTS_PER_ENTITY_MAX: usize = 32;
+/// Bytes of one replicated component's encoding.
+pub const COMPONENT_BYTES_MAX: usize = 256;
+/// Registered replicated component types (ids are `u8`).
+pub const REPLICATED_COMPONENTS_MAX: usize = 255;
+
+/// Snapshots per client remembered as delta baselines. An ack older than this gets a full snapshot.
+pub const SNAPSHOT_HISTORY_TICKS: usize = 32;
+/// Inputs one client may have applied per tick; extra inputs in the same tick are dropped.
+pub const INPUTS_PER_CLIENT_PER_TICK_MAX: usize = 4;
+/// Inbound datagrams one client may queue between two ticks before the rest are dropped.
+pub const CLIENT_DATAGRAMS_PER_TICK_MAX: usize = 16;
+/// Events the transport may queue into a shard's inbox between two ticks.
+pub const INBOX_EVENTS_MAX: usize = 262_144;
+/// Reliable control messages queued for one client before it is disconnected as too slow.
+pub const CONTROL_QUEUE_PER_CLIENT_MAX: usize = 64;
+/// Length of a player name in `Hello`.
+pub const PLAYER_NAME_BYTES_MAX: usize = 32;
+/// Length of the human-readable reason in an error message.
+pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
+
+/// Slowest and fastest tick rates a world config may ask for.
+pub const TICK_HZ_MIN: u32 = 1;
+pub const TICK_HZ_MAX: u32 = 240;
+/// World coordinates must stay within this many metres of the origin: f32 still resolves 3.9 mm
+/// there (so the 5 mm quantisation bound means something) and centimetres fit an `i32` easily.
+pub const WORLD_EXTENT_M_MAX: f32 = 32_768.0;
+/// NPCs a world config may ask for.
+pub const NPC_COUNT_MAX: usize = ENTITIES_PER_SHARD_MAX / 2;
+/// Cells of the uniform AOI grid; the grid grows its cell size to stay under this.
+pub const AOI_GRID_CELLS_MAX: usize = 1 << 20;
+
+/// How long a connecting client has to send `Hello` before it is closed.
+pub const HELLO_TIMEOUT_MS: u64 = 5_000;
+/// QUIC idle timeout: a peer silent this long is gone.
+pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// QUIC keep-alive interval, well under the idle timeout.
+pub const KEEP_ALIVE_MS: u64 = 2_000;
+
+const _: () = assert!(
+    DATAGRAM_BYTES_MIN <= 1_200,
+    "QUIC guarantees 1200-byte UDP payloads"
+);
+const _: () = assert!(CLIENT_DATAGRAM_BYTES_MAX <= DATAGRAM_BYTES_MIN);
+const _: () = assert!(SNAPSHOT_PART_ENTRIES_MAX >= AOI_ENTITIES_PER_CLIENT_MAX);
+const _: () = assert!(REPLICATED_COMPONENTS_MAX <= u8::MAX as usize);
+const _: () = assert!(COMPONENTS_PER_ENTITY_MAX <= REPLICATED_COMPONENTS_MAX);
+const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= 256);
+const _: () = assert!(KEEP_ALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
+const _: () = assert!(CLIENTS_PER_SHARD_MAX * CLIENT_DATAGRAMS_PER_TICK_MAX <= INBOX_EVENTS_MAX);
+const _: () = assert!(NPC_COUNT_MAX + CLIENTS_PER_SHARD_MAX <= ENTITIES_PER_SHARD_MAX);
