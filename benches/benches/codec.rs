@@ -4,7 +4,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use zonescaler_shared::NetId;
 use zonescaler_shared::codec;
-use zonescaler_shared::protocol::{ComponentBlob, Moved, ServerDatagram, SnapshotPart, Spawned};
+use zonescaler_shared::protocol::{
+    ComponentBlob, Moved, RareUpdates, ServerDatagram, SnapshotPart, Spawned,
+};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
 
@@ -12,17 +14,17 @@ fn delta_part() -> ServerDatagram {
     let mut rng = Rng::new(1);
     let moved = (0..64)
         .map(|_| Moved {
-            id_gap: 1 + rng.below(300),
+            index_gap: rng.below(2) as u32,
             delta: [rng.below(15) as i16 - 7, 0, rng.below(15) as i16 - 7],
         })
         .collect();
     ServerDatagram::Snapshot(SnapshotPart {
         tick: 1000,
-        baseline: 998,
+        baseline_age: 2,
         part: 0,
         parts: 1,
         last_input_seq: 990,
-        id_base: 17,
+        index_base: 0,
         moved,
         ..Default::default()
     })
@@ -52,10 +54,13 @@ fn full_part() -> ServerDatagram {
         .collect();
     ServerDatagram::Snapshot(SnapshotPart {
         tick: 1000,
-        baseline: 0,
+        baseline_age: 0,
         part: 0,
         parts: 1,
-        spawned,
+        rare: Some(RareUpdates {
+            spawned,
+            ..Default::default()
+        }),
         ..Default::default()
     })
 }

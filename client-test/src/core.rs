@@ -227,7 +227,7 @@ impl BotClient {
         if part.tick <= self.latest_tick {
             return; // duplicate or older than what we hold whole
         }
-        let (tick, parts, baseline) = (part.tick, usize::from(part.parts), part.baseline);
+        let (tick, parts, baseline) = (part.tick, usize::from(part.parts), part.baseline());
         let entry = self.partial.entry(tick).or_insert_with(|| Partial {
             baseline,
             parts: vec![None; parts],
@@ -266,21 +266,29 @@ impl BotClient {
                 }
             }
         };
+        // Moved entities are named by their index in the baseline's sorted ids: resolve them
+        // before removals and spawns change the view.
+        let base_ids: Vec<NetId> = view.keys().copied().collect();
+        let mut unknown = 0u64;
         for p in &parts {
-            for id in &p.removed {
+            let mut idx = u64::from(p.index_base);
+            for m in &p.moved {
+                idx += u64::from(m.index_gap);
+                match base_ids.get(idx as usize).and_then(|id| view.get_mut(id)) {
+                    Some(e) => e.pos = QPos::apply_delta(e.pos, m.delta),
+                    None => unknown += 1,
+                }
+                idx += 1;
+            }
+        }
+        for p in &parts {
+            for id in p.removed() {
                 view.remove(id);
             }
         }
         for p in parts {
-            let mut id = p.id_base;
-            for m in &p.moved {
-                id += m.id_gap;
-                match view.get_mut(&NetId(id)) {
-                    Some(e) => e.pos = QPos::apply_delta(e.pos, m.delta),
-                    None => self.metrics.error("delta_for_unknown_entity"),
-                }
-            }
-            for s in p.spawned {
+            let rare = p.rare.unwrap_or_default();
+            for s in rare.spawned {
                 view.insert(
                     s.id,
                     ViewEntity {
@@ -289,12 +297,19 @@ impl BotClient {
                     },
                 );
             }
-            for c in p.changed {
+            for c in rare.changed {
                 match view.get_mut(&c.id) {
                     Some(e) => e.components = c.components,
-                    None => self.metrics.error("change_for_unknown_entity"),
+                    None => unknown += 1,
                 }
             }
+        }
+        if unknown > 0 {
+            *self
+                .metrics
+                .errors
+                .entry("update_for_unknown_entity".into())
+                .or_default() += unknown;
         }
         if let Some(w) = &self.welcome
             && !view.contains_key(&w.avatar)

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use zonescaler_net::quic::{self, NetError};
 use zonescaler_net::tls::ClientTrust;
 use zonescaler_shared::protocol::ErrorCode;
+use zonescaler_shared::rng::Rng;
 
 /// How a swarm runs.
 #[derive(Clone, Debug)]
@@ -163,6 +164,7 @@ async fn run_bot(
     live: Arc<Live>,
 ) -> BotOutcome {
     let now_us = || start.elapsed().as_micros() as u64;
+    let seed = cfg.seed;
     let mut bot = BotClient::new(cfg);
     let hello = bot.hello(now_us());
     let fail = |mut bot: BotClient, kind: String, live: &Live| {
@@ -208,8 +210,12 @@ async fn run_bot(
             }
         }
     });
-    let mut inputs =
-        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(input_hz.max(1))));
+    // Start the input clock at a random phase. Starting it on Welcome would lock every bot to the
+    // moment just after a shard tick (when Welcome is sent), so each input would wait a whole tick:
+    // real clients run their own frame clocks at arbitrary phases.
+    let period = Duration::from_secs_f64(1.0 / f64::from(input_hz.max(1)));
+    let phase = period.mul_f32(Rng::new(seed ^ 0xC10C).next_f32());
+    let mut inputs = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     inputs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let end = tokio::time::sleep_until(deadline.into());
     tokio::pin!(end);

@@ -101,6 +101,7 @@ fn main() {
                 listen,
                 cert_out,
                 stats_every: Duration::from_secs(stats_every_s.max(1)),
+                ready: None,
             };
             runtime::run_shard(opts, stop)
         }

@@ -20,7 +20,7 @@ use zonescaler_shared::NetId;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    Changed, ComponentBlob, Moved, ServerDatagram, SnapshotPart, Spawned,
+    Changed, ComponentBlob, Moved, RareUpdates, ServerDatagram, SnapshotPart, Spawned,
 };
 use zonescaler_shared::quant::QPos;
 
@@ -38,7 +38,8 @@ pub struct SentSnapshot {
 pub struct ClientSnapshot {
     pub tick: u64,
     pub baseline: u64,
-    pub moved: Vec<(NetId, [i16; 3])>,
+    /// (index in the baseline's id list, position delta).
+    pub moved: Vec<(u32, [i16; 3])>,
     pub spawned: Vec<Spawned>,
     pub changed: Vec<Changed>,
     pub removed: Vec<NetId>,
@@ -126,7 +127,8 @@ pub fn compute_deltas(
                 match delta {
                     Some(d) => {
                         if d != [0; 3] {
-                            out.moved.push((id, d));
+                            // The baseline holds at most AOI_ENTITIES_PER_CLIENT_MAX ids.
+                            out.moved.push((j as u32, d));
                         }
                         if rev != base.revs[j] {
                             out.changed.push(Changed {
@@ -200,31 +202,43 @@ fn encode_part(
     parts: usize,
 ) -> (Vec<u8>, usize) {
     let moved_src = slice_of(&snap.moved, p, parts);
-    let id_base = moved_src.first().map_or(0, |(id, _)| id.0);
-    let mut prev = id_base;
+    let index_base = moved_src.first().map_or(0, |(i, _)| *i);
+    let mut next = index_base;
     let moved: Vec<Moved> = moved_src
         .iter()
-        .map(|(id, d)| {
-            let gap = id.0 - prev;
-            prev = id.0;
+        .map(|&(i, d)| {
+            let gap = i - next;
+            next = i + 1;
             Moved {
-                id_gap: gap,
-                delta: *d,
+                index_gap: gap,
+                delta: d,
             }
         })
         .collect();
+    let spawned = slice_of(&snap.spawned, p, parts);
+    let changed = slice_of(&snap.changed, p, parts);
+    let removed = slice_of(&snap.removed, p, parts);
+    let rare =
+        (!spawned.is_empty() || !changed.is_empty() || !removed.is_empty()).then(|| RareUpdates {
+            spawned: spawned.to_vec(),
+            changed: changed.to_vec(),
+            removed: removed.to_vec(),
+        });
     let part = SnapshotPart {
         tick: snap.tick,
-        baseline: snap.baseline,
+        // History holds at most SNAPSHOT_HISTORY_TICKS (< 256) snapshots, so the age fits.
+        baseline_age: if snap.baseline == 0 {
+            0
+        } else {
+            (snap.tick - snap.baseline) as u8
+        },
         // Both bounded by SNAPSHOT_PARTS_MAX (64).
         part: p as u8,
         parts: parts as u8,
         last_input_seq,
-        id_base,
+        index_base,
         moved,
-        spawned: slice_of(&snap.spawned, p, parts).to_vec(),
-        changed: slice_of(&snap.changed, p, parts).to_vec(),
-        removed: slice_of(&snap.removed, p, parts).to_vec(),
+        rare,
     };
     let updates = part.entity_updates();
     (codec::encode(&ServerDatagram::Snapshot(part)), updates)

@@ -29,6 +29,8 @@ pub struct ShardOptions {
     pub cert_out: Option<PathBuf>,
     /// How often to log tick statistics.
     pub stats_every: Duration,
+    /// Told the bound address once the shard listens (tests bind port 0 and need to know).
+    pub ready: Option<std::sync::mpsc::Sender<SocketAddr>>,
 }
 
 /// Run a shard until `stop` is set (or Ctrl-C / SIGTERM arrives).
@@ -55,6 +57,10 @@ pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     spawn_signal_watch(&rt, stop.clone());
+    if let Some(tx) = &opts.ready {
+        // The receiver may have given up waiting; the shard runs on regardless.
+        let _ = tx.send(addr);
+    }
 
     let mut app = ShardApp::example(opts.config.clone());
     let hz = opts.config.simulation.tick_hz;

@@ -138,10 +138,13 @@ mod tests {
             tick: 10,
             parts: 1,
             moved: vec![Moved {
-                id_gap: 0,
+                index_gap: 0,
                 delta: [1, 0, -1],
             }],
-            removed: vec![NetId(5)],
+            rare: Some(RareUpdates {
+                removed: vec![NetId(5)],
+                ..Default::default()
+            }),
             ..Default::default()
         });
         assert_eq!(decode_server_datagram(&encode(&s)), Ok(s));

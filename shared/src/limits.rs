@@ -72,7 +72,8 @@ const _: () = assert!(CLIENT_DATAGRAM_BYTES_MAX <= DATAGRAM_BYTES_MIN);
 const _: () = assert!(SNAPSHOT_PART_ENTRIES_MAX >= AOI_ENTITIES_PER_CLIENT_MAX);
 const _: () = assert!(REPLICATED_COMPONENTS_MAX <= u8::MAX as usize);
 const _: () = assert!(COMPONENTS_PER_ENTITY_MAX <= REPLICATED_COMPONENTS_MAX);
-const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= 256);
+// Baselines travel as a one-byte age.
+const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= u8::MAX as usize);
 const _: () = assert!(KEEP_ALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
 const _: () = assert!(CLIENTS_PER_SHARD_MAX * CLIENT_DATAGRAMS_PER_TICK_MAX <= INBOX_EVENTS_MAX);
 const _: () = assert!(NPC_COUNT_MAX + CLIENTS_PER_SHARD_MAX <= ENTITIES_PER_SHARD_MAX);

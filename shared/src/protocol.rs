@@ -155,19 +155,34 @@ pub enum ServerDatagram {
 /// One part of the snapshot for `tick`. A snapshot too big for one datagram is split into
 /// `parts` parts; the client applies it once all parts of that tick arrived.
 ///
-/// Entities unchanged since the `baseline` snapshot (one the client acknowledged) are omitted;
-/// `baseline == 0` means "no baseline": the part lists every visible entity in full.
+/// Entities unchanged since the baseline snapshot (one the client acknowledged, `baseline_age`
+/// ticks ago) are omitted; `baseline_age == 0` means "no baseline": the part lists every visible
+/// entity in full. The header is kept small on purpose: at a few entities in view it is most of
+/// the datagram.
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct SnapshotPart {
     pub tick: u64,
-    pub baseline: u64,
+    /// `tick - baseline tick`, or 0 for none. Baselines are at most
+    /// [`limits::SNAPSHOT_HISTORY_TICKS`] old, so a byte is enough.
+    pub baseline_age: u8,
     pub part: u8,
     pub parts: u8,
     /// Newest input sequence number of this client the shard had applied at `tick`.
     pub last_input_seq: u32,
-    /// Ids in `moved` are `id_base + Σ gaps` (sorted, gap-coded: a few bits each).
-    pub id_base: u64,
+    /// Entities in `moved` are named by their index in the baseline's sorted id list, which both
+    /// sides hold: `moved[0]` is at `index_base + moved[0].index_gap`, and each next one at the
+    /// previous index `+ 1 + index_gap`. When most entities move every gap is 0, which `bitcode`
+    /// packs into almost nothing.
+    pub index_base: u32,
     pub moved: Vec<Moved>,
+    /// Spawns, component changes and removals: absent from most steady-state parts, where they
+    /// then cost one bit instead of three list lengths.
+    pub rare: Option<RareUpdates>,
+}
+
+/// The less frequent kinds of snapshot entries.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct RareUpdates {
     /// Entities new to this client, or whose move did not fit a delta: full state.
     pub spawned: Vec<Spawned>,
     /// Entities whose replicated components changed (position handled by `moved`).
@@ -176,10 +191,11 @@ pub struct SnapshotPart {
     pub removed: Vec<NetId>,
 }
 
-/// A position change against the baseline, in quantised units.
+/// A position change against the baseline, in quantised units (centimetres).
 #[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
 pub struct Moved {
-    pub id_gap: u64,
+    /// Baseline entries skipped since the previous moved entity (see `SnapshotPart::index_base`).
+    pub index_gap: u32,
     pub delta: [i16; 3],
 }
 
@@ -204,9 +220,30 @@ pub struct ComponentBlob {
 }
 
 impl SnapshotPart {
+    /// The baseline's tick, 0 for none.
+    pub fn baseline(&self) -> u64 {
+        if self.baseline_age == 0 {
+            0
+        } else {
+            self.tick.saturating_sub(u64::from(self.baseline_age))
+        }
+    }
+
+    pub fn spawned(&self) -> &[Spawned] {
+        self.rare.as_ref().map_or(&[], |r| &r.spawned)
+    }
+
+    pub fn changed(&self) -> &[Changed] {
+        self.rare.as_ref().map_or(&[], |r| &r.changed)
+    }
+
+    pub fn removed(&self) -> &[NetId] {
+        self.rare.as_ref().map_or(&[], |r| &r.removed)
+    }
+
     /// Entity updates carried by this part (what `bytes_per_entity_update` divides by).
     pub fn entity_updates(&self) -> usize {
-        self.moved.len() + self.spawned.len() + self.changed.len()
+        self.moved.len() + self.spawned().len() + self.changed().len()
     }
 }
 
@@ -247,7 +284,10 @@ impl Validate for ServerDatagram {
         if s.parts == 0 || usize::from(s.parts) > limits::SNAPSHOT_PARTS_MAX || s.part >= s.parts {
             return Err("bad snapshot part numbering");
         }
-        if s.moved.len() + s.spawned.len() + s.changed.len() + s.removed.len()
+        if u64::from(s.baseline_age) > s.tick {
+            return Err("baseline before tick 0");
+        }
+        if s.moved.len() + s.spawned().len() + s.changed().len() + s.removed().len()
             > limits::SNAPSHOT_PART_ENTRIES_MAX
         {
             return Err("too many snapshot entries");
@@ -257,8 +297,8 @@ impl Validate for ServerDatagram {
                 && c.iter()
                     .all(|b| b.bytes.len() <= limits::COMPONENT_BYTES_MAX)
         };
-        if !s.spawned.iter().all(|e| blobs_ok(&e.components))
-            || !s.changed.iter().all(|e| blobs_ok(&e.components))
+        if !s.spawned().iter().all(|e| blobs_ok(&e.components))
+            || !s.changed().iter().all(|e| blobs_ok(&e.components))
         {
             return Err("component payload over limits");
         }

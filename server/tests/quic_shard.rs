@@ -1,0 +1,229 @@
+//! A live shard over real QUIC on loopback: bots play while attackers send garbage, truncated,
+//! oversize and wrong-version messages. Each attacker is closed with its reason; every bot keeps
+//! playing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use zonescaler_bots::swarm::{self, SwarmConfig};
+use zonescaler_bots::{BotClient, BotConfig, Scenario};
+use zonescaler_net::quic::{self, NetError};
+use zonescaler_net::tls::ClientTrust;
+use zonescaler_server::runtime::{ShardOptions, run_shard};
+use zonescaler_shared::codec;
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{ClientControl, ErrorCode, Hello, PROTOCOL_VERSION};
+
+struct Shard {
+    addr: SocketAddr,
+    trust: ClientTrust,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_shard(npcs: usize) -> Shard {
+    let mut config = WorldConfig::default();
+    config.npc.count = npcs;
+    let cert =
+        std::env::temp_dir().join(format!("zs-quic-shard-{}-{npcs}.pem", std::process::id()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = ShardOptions {
+        config,
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        cert_out: Some(cert.clone()),
+        stats_every: Duration::from_secs(60),
+        ready: Some(tx),
+    };
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || run_shard(opts, s));
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("shard must start listening");
+    let trust = ClientTrust::from_pem_file(&cert).expect("shard wrote its certificate");
+    Shard {
+        addr,
+        trust,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// Connect, log in properly, then misbehave with `attack`; return how the shard closed us.
+async fn attack_after_login(
+    shard_addr: SocketAddr,
+    trust: &ClientTrust,
+    attack: &[u8],
+) -> NetError {
+    let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
+    let mut bot = BotClient::new(BotConfig {
+        name: "attacker".into(),
+        scenario: Scenario::Idle,
+        seed: 9,
+    });
+    let mut s = quic::connect(&endpoint, shard_addr, "localhost", &bot.hello(0))
+        .await
+        .expect("connect");
+    let welcome = s.read_control().await.expect("welcome");
+    bot.on_control(0, &welcome).expect("a valid welcome");
+    s.conn
+        .send_datagram(attack.to_vec().into())
+        .expect("datagram sent");
+    tokio::time::timeout(Duration::from_secs(10), s.closed())
+        .await
+        .expect("the shard must close an attacker")
+}
+
+/// Connect and send `first` as the first control frame instead of a valid Hello.
+async fn attack_at_login(shard_addr: SocketAddr, trust: &ClientTrust, first: &[u8]) -> NetError {
+    let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
+    let s = quic::connect(&endpoint, shard_addr, "localhost", first)
+        .await
+        .expect("connect");
+    tokio::time::timeout(Duration::from_secs(10), s.closed())
+        .await
+        .expect("the shard must close an attacker")
+}
+
+/// Connect and write raw bytes on the control stream (bypassing framing), then finish it.
+async fn raw_control(shard_addr: SocketAddr, trust: &ClientTrust, raw: &[u8]) -> NetError {
+    let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
+    let conn = endpoint
+        .connect(shard_addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(raw).await.expect("write");
+    let _ = send.finish();
+    tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the shard must close an attacker")
+        .into()
+}
+
+fn code_of(e: &NetError) -> Option<ErrorCode> {
+    e.close_code().and_then(ErrorCode::from_close_code)
+}
+
+#[test]
+fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
+    let shard = start_shard(200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cfg = SwarmConfig {
+            addr: shard.addr,
+            server_name: "localhost".into(),
+            bots: 20,
+            duration: Duration::from_secs(3),
+            ramp: Duration::from_millis(200),
+            scenario: Scenario::Wander,
+            trust: shard.trust.clone(),
+            seed: 5,
+            input_hz: 30,
+            progress: false,
+        };
+        let swarm = tokio::spawn(swarm::run(cfg));
+        // Let the bots log in and play a little before the attacks start.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+
+        let garbage =
+            attack_after_login(shard.addr, &shard.trust, b"ZS\x01\x00\xff\xff\xff garbage").await;
+        assert_eq!(
+            code_of(&garbage),
+            Some(ErrorCode::BadMessage),
+            "garbage datagram: {garbage}"
+        );
+
+        let input = codec::encode(&zonescaler_shared::protocol::ClientDatagram::Input(
+            zonescaler_shared::protocol::Input {
+                seq: 1,
+                ack_tick: 0,
+                target: Default::default(),
+            },
+        ));
+        let truncated =
+            attack_after_login(shard.addr, &shard.trust, &input[..input.len() - 3]).await;
+        assert_eq!(
+            code_of(&truncated),
+            Some(ErrorCode::BadMessage),
+            "truncated datagram: {truncated}"
+        );
+
+        let oversize = attack_after_login(shard.addr, &shard.trust, &vec![7u8; 1_000]).await;
+        assert_eq!(
+            code_of(&oversize),
+            Some(ErrorCode::BadMessage),
+            "oversize datagram: {oversize}"
+        );
+
+        let mut old = codec::encode(&ClientControl::Hello(Hello {
+            protocol_hash: 1,
+            name: "old".into(),
+        }));
+        old[2..4].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
+        let wrong_version = attack_at_login(shard.addr, &shard.trust, &old).await;
+        assert_eq!(
+            code_of(&wrong_version),
+            Some(ErrorCode::WrongVersion),
+            "wrong version: {wrong_version}"
+        );
+        if let NetError::PeerClosed { reason, .. } = &wrong_version {
+            assert!(
+                reason.contains("version"),
+                "the close carries a readable reason: {reason}"
+            );
+        }
+
+        let junk_hello = attack_at_login(shard.addr, &shard.trust, &[9u8; 64]).await;
+        assert_eq!(
+            code_of(&junk_hello),
+            Some(ErrorCode::BadMessage),
+            "garbage control: {junk_hello}"
+        );
+
+        let oversize_frame = raw_control(shard.addr, &shard.trust, &u32::MAX.to_le_bytes()).await;
+        assert_eq!(
+            code_of(&oversize_frame),
+            Some(ErrorCode::BadMessage),
+            "oversize frame: {oversize_frame}"
+        );
+
+        let truncated_frame = raw_control(shard.addr, &shard.trust, &[100, 0, 0, 0, 1, 2, 3]).await;
+        assert_eq!(
+            code_of(&truncated_frame),
+            Some(ErrorCode::BadMessage),
+            "truncated frame: {truncated_frame}"
+        );
+
+        let report = swarm.await.expect("swarm task").expect("swarm ran");
+        assert_eq!(
+            report.bots_connected, 20,
+            "every bot stays connected through the attacks: {report:?}"
+        );
+        assert!(
+            report.errors.is_empty(),
+            "no bot saw an error: {:?}",
+            report.errors
+        );
+        assert!(
+            report.snapshots_per_sec_p50 >= 20.0,
+            "bots keep receiving snapshots: {report:?}"
+        );
+        assert_eq!(report.avatar_missing_total, 0);
+    });
+}
