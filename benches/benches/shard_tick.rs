@@ -30,10 +30,9 @@ fn shard_tick(c: &mut Criterion) {
                     })
                 },
             );
-            if clients > 0 {
+            if let Some(b) = f.bytes_per_entity_update() {
                 eprintln!(
-                    "  {entities} entities, {clients} clients: {:.2} bytes per entity update",
-                    f.bytes_per_entity_update()
+                    "  {entities} entities, {clients} clients: {b:.2} bytes per entity update"
                 );
             }
         }

@@ -64,6 +64,11 @@ impl TickFixture {
             f.app.tick();
             f.after_tick();
         }
+        // Count bytes only over measured ticks: warm-up is dominated by full first snapshots.
+        for (_, bot) in &mut f.bots {
+            bot.metrics.snapshot_bytes = 0;
+            bot.metrics.entity_updates = 0;
+        }
         f
     }
 
@@ -98,14 +103,15 @@ impl TickFixture {
         }
     }
 
-    /// Bytes per entity update seen by the clients so far.
-    pub fn bytes_per_entity_update(&self) -> f64 {
+    /// Bytes per entity update the clients received over the measured ticks (`None` if the
+    /// benchmark was filtered out and never ran).
+    pub fn bytes_per_entity_update(&self) -> Option<f64> {
         let (b, u) = self.bots.iter().fold((0u64, 0u64), |(b, u), (_, bot)| {
             (
                 b + bot.metrics.snapshot_bytes,
                 u + bot.metrics.entity_updates,
             )
         });
-        if u == 0 { 0.0 } else { b as f64 / u as f64 }
+        (u > 0).then(|| b as f64 / u as f64)
     }
 }

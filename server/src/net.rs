@@ -51,6 +51,8 @@ pub struct ClientState {
     pub history: VecDeque<SentSnapshot>,
     /// Built by `Replicate`, encoded and sent by `Send`.
     pub outgoing: Option<ClientSnapshot>,
+    /// The snapshot that last fell out of `history`, kept so its buffers are reused.
+    pub spare: SentSnapshot,
 }
 
 impl ClientState {
@@ -64,6 +66,7 @@ impl ClientState {
             ack_tick: 0,
             history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
             outgoing: None,
+            spare: SentSnapshot::default(),
         }
     }
 }
@@ -72,19 +75,17 @@ impl ClientState {
 #[derive(Resource, Debug, Default)]
 pub struct Clients(pub BTreeMap<ConnId, ClientState>);
 
-/// Queue an error for the client, close its connection, drop its state and despawn its avatar.
-fn close_client(
+/// Tell the client why, then close its connection. Touches no client state.
+fn send_close(
     conn: ConnId,
     code: ErrorCode,
     reason: String,
-    clients: &mut Clients,
     outbox: &mut Outbox,
-    commands: &mut Commands,
     stats: &mut ShardStats,
 ) {
     warn!(conn = conn.0, code = code.as_str(), %reason, "closing client connection");
     let mut detail = reason.clone();
-    detail.truncate(limits::ERROR_DETAIL_BYTES_MAX);
+    detail.truncate(detail.floor_char_boundary(limits::ERROR_DETAIL_BYTES_MAX));
     let msg = codec::encode(&ServerControl::Error(ErrorMsg { code, detail }));
     outbox.commands.push(NetCommand::Control {
         conn,
@@ -94,6 +95,19 @@ fn close_client(
         .commands
         .push(NetCommand::Close { conn, code, reason });
     stats.count_close(code);
+}
+
+/// Close a client: send the reason, forget its state and despawn its avatar.
+fn close_client(
+    conn: ConnId,
+    code: ErrorCode,
+    reason: String,
+    clients: &mut Clients,
+    outbox: &mut Outbox,
+    commands: &mut Commands,
+    stats: &mut ShardStats,
+) {
+    send_close(conn, code, reason, outbox, stats);
     if let Some(ClientState {
         phase: Phase::Playing { avatar, .. },
         ..
@@ -329,13 +343,18 @@ pub fn send_snapshots(
     mut clients: ResMut<Clients>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<ShardStats>,
+    mut buf: Local<bitcode::Buffer>,
 ) {
     for (conn, client) in clients.0.iter_mut() {
         let Some(snap) = client.outgoing.take() else {
             continue;
         };
-        let parts =
-            crate::replicate::encode_parts(&snap, client.last_input_seq, client.max_datagram_bytes);
+        let parts = crate::replicate::encode_parts(
+            &snap,
+            client.last_input_seq,
+            client.max_datagram_bytes,
+            &mut buf,
+        );
         for (bytes, updates) in parts {
             stats.snapshot_bytes += bytes.len() as u64;
             stats.snapshot_datagrams += 1;
@@ -348,10 +367,9 @@ pub fn send_snapshots(
     }
 }
 
-/// Despawned-avatar safety: a client whose avatar vanished (despawned by a game system) is closed
-/// rather than left driving nothing.
+/// `Ownership`: a client whose avatar vanished (despawned by a game system) is closed rather than
+/// left driving nothing.
 pub fn drop_clients_without_avatar(
-    mut commands: Commands,
     mut clients: ResMut<Clients>,
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<ShardStats>,
@@ -364,17 +382,13 @@ pub fn drop_clients_without_avatar(
         .map(|(conn, _)| *conn)
         .collect();
     for conn in orphaned {
-        if let Some(c) = clients.0.get_mut(&conn) {
-            // The entity is already gone; forget it so close_client does not despawn it again.
-            c.phase = Phase::AwaitHello { since_tick: 0 };
-        }
-        close_client(
+        // The avatar is already gone: forget the client, nothing to despawn.
+        clients.0.remove(&conn);
+        send_close(
             conn,
             ErrorCode::Unexpected,
             "avatar was despawned".into(),
-            &mut clients,
             &mut outbox,
-            &mut commands,
             &mut stats,
         );
     }

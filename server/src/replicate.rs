@@ -104,12 +104,12 @@ pub fn compute_deltas(
             baseline: baseline.map_or(0, |b| b.tick),
             ..Default::default()
         };
-        let mut sent = SentSnapshot {
-            tick,
-            ids: Vec::with_capacity(visible.len()),
-            qpos: Vec::with_capacity(visible.len()),
-            revs: Vec::with_capacity(visible.len()),
-        };
+        // Reuse the buffers of the snapshot that fell out of the history last tick.
+        let mut sent = std::mem::take(&mut client.spare);
+        sent.tick = tick;
+        sent.ids.clear();
+        sent.qpos.clear();
+        sent.revs.clear();
         let mut j = 0;
         for &vi in visible.iter() {
             let i = vi as usize;
@@ -156,8 +156,10 @@ pub fn compute_deltas(
             sent.revs.push(rev);
         }
         out.removed.extend_from_slice(&base.ids[j..]);
-        if client.history.len() >= limits::SNAPSHOT_HISTORY_TICKS {
-            client.history.pop_front();
+        if client.history.len() >= limits::SNAPSHOT_HISTORY_TICKS
+            && let Some(old) = client.history.pop_front()
+        {
+            client.spare = old;
         }
         client.history.push_back(sent);
         client.outgoing = Some(out);
@@ -171,12 +173,13 @@ pub fn encode_parts(
     snap: &ClientSnapshot,
     last_input_seq: u32,
     max_bytes: usize,
+    buf: &mut bitcode::Buffer,
 ) -> Vec<(Vec<u8>, usize)> {
     let total = snap.entries();
     let mut parts = 1usize;
     loop {
         let encoded: Vec<(Vec<u8>, usize)> = (0..parts)
-            .map(|p| encode_part(snap, last_input_seq, p, parts))
+            .map(|p| encode_part(snap, last_input_seq, p, parts, buf))
             .collect();
         let fits = encoded.iter().all(|(b, _)| b.len() <= max_bytes);
         if fits || parts >= total.max(1) || parts >= limits::SNAPSHOT_PARTS_MAX {
@@ -200,6 +203,7 @@ fn encode_part(
     last_input_seq: u32,
     p: usize,
     parts: usize,
+    buf: &mut bitcode::Buffer,
 ) -> (Vec<u8>, usize) {
     let moved_src = slice_of(&snap.moved, p, parts);
     let index_base = moved_src.first().map_or(0, |(i, _)| *i);
@@ -241,5 +245,7 @@ fn encode_part(
         rare,
     };
     let updates = part.entity_updates();
-    (codec::encode(&ServerDatagram::Snapshot(part)), updates)
+    let mut out = Vec::new();
+    codec::encode_into(buf, &ServerDatagram::Snapshot(part), &mut out);
+    (out, updates)
 }

@@ -129,3 +129,24 @@ fn a_client_moves_only_its_own_avatar() {
     );
     assert_ne!(avatar_pos(&mut h, 1), a_start);
 }
+
+#[test]
+fn a_client_whose_avatar_is_despawned_is_closed_not_left_driving_nothing() {
+    let mut h = Harness::new(small_world(0));
+    h.connect(1);
+    h.connect(2);
+    let e = {
+        let mut q = h.app.world.query::<(bevy_ecs::entity::Entity, &Avatar)>();
+        q.iter(&h.app.world)
+            .find(|(_, a)| a.conn == ConnId(1))
+            .map(|(e, _)| e)
+            .expect("avatar 1")
+    };
+    h.app.world.despawn(e);
+    h.step();
+    assert_eq!(
+        h.closed(1),
+        Some(zonescaler_shared::protocol::ErrorCode::Unexpected)
+    );
+    assert_eq!(h.closed(2), None, "the other client plays on");
+}

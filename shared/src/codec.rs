@@ -47,6 +47,17 @@ pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
     out
 }
 
+/// Encode into `out` (cleared first), reusing `buf`'s allocations: the hot-path form of
+/// [`encode`] for a shard encoding thousands of snapshot parts per tick.
+pub fn encode_into<T: Encode>(buf: &mut bitcode::Buffer, msg: &T, out: &mut Vec<u8>) {
+    let body = buf.encode(msg);
+    out.clear();
+    out.reserve(HEADER_BYTES + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(body);
+}
+
 /// Decode a message of type `T` from at most `max` bytes.
 pub fn decode<T: DecodeOwned + Validate>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
@@ -148,6 +159,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(decode_server_datagram(&encode(&s)), Ok(s));
+    }
+
+    #[test]
+    fn encode_into_matches_encode() {
+        let mut buf = bitcode::Buffer::new();
+        let mut out = vec![9; 3];
+        encode_into(&mut buf, &hello(), &mut out);
+        assert_eq!(out, encode(&hello()));
     }
 
     #[test]

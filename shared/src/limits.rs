@@ -33,8 +33,6 @@ pub const REPLICATED_COMPONENTS_MAX: usize = 255;
 
 /// Snapshots per client remembered as delta baselines. An ack older than this gets a full snapshot.
 pub const SNAPSHOT_HISTORY_TICKS: usize = 32;
-/// Inputs one client may have applied per tick; extra inputs in the same tick are dropped.
-pub const INPUTS_PER_CLIENT_PER_TICK_MAX: usize = 4;
 /// Inbound datagrams one client may queue between two ticks before the rest are dropped.
 pub const CLIENT_DATAGRAMS_PER_TICK_MAX: usize = 16;
 /// Events the transport may queue into a shard's inbox between two ticks.
