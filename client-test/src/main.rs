@@ -12,7 +12,7 @@ use zonescaler_net::tls::ClientTrust;
 /// Headless ZoneScaler bots: connect N clients over QUIC, play a scenario, report latency,
 /// bandwidth and errors.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Shard address to connect to (host:port).
     #[arg(long, default_value = "127.0.0.1:4433")]

@@ -11,15 +11,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// What `zonescaler up` was asked for.
-#[derive(Clone, Debug)]
+/// `zonescaler up`: run a local cluster as child processes; Ctrl-C stops every one of them.
+#[derive(Clone, Debug, clap::Args)]
 pub struct UpOptions {
+    /// Shard processes to start (one world needs the master role for more than one).
+    #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// World config (TOML).
+    #[arg(long, default_value = "assets/worlds/default.toml")]
     pub world: PathBuf,
+    /// Also start `zonescaler-bots` with this many bots against shard 0.
+    #[arg(long, default_value_t = 0)]
     pub bots: usize,
+    /// How long those bots play.
+    #[arg(long, default_value = "60s")]
     pub bot_duration: String,
+    /// Host the shards listen on.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// First shard's UDP port; shard i listens on port + i.
+    #[arg(long, default_value_t = 4433)]
     pub port: u16,
+    /// Where certificates and run files go.
+    #[arg(long, default_value = "target/zonescaler-run")]
     pub run_dir: PathBuf,
 }
 

@@ -13,7 +13,7 @@ use zonescaler_shared::config::WorldConfig;
 
 /// ZoneScaler: an authoritative game server for one seamless world run by many processes.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -40,29 +40,7 @@ enum Cmd {
         exit_with_parent: bool,
     },
     /// Run a local cluster as child processes; Ctrl-C stops every one of them.
-    Up {
-        /// Shard processes to start (one world needs the master role for more than one).
-        #[arg(long, default_value_t = 1)]
-        shards: usize,
-        /// World config (TOML).
-        #[arg(long, default_value = "assets/worlds/default.toml")]
-        world: PathBuf,
-        /// Also start `zonescaler-bots` with this many bots against shard 0.
-        #[arg(long, default_value_t = 0)]
-        bots: usize,
-        /// How long those bots play.
-        #[arg(long, default_value = "60s")]
-        bot_duration: String,
-        /// Host the shards listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// First shard's UDP port; shard i listens on port + i.
-        #[arg(long, default_value_t = 4433)]
-        port: u16,
-        /// Where certificates and run files go.
-        #[arg(long, default_value = "target/zonescaler-run")]
-        run_dir: PathBuf,
-    },
+    Up(UpOptions),
 }
 
 fn main() {
@@ -105,62 +83,25 @@ fn main() {
             };
             runtime::run_shard(opts, stop)
         }
-        Cmd::Up {
-            shards,
-            world,
-            bots,
-            bot_duration,
-            host,
-            port,
-            run_dir,
-        } => {
+        Cmd::Up(opts) => {
             let s = stop.clone();
-            if let Err(e) = ctrlc_flag(s) {
-                eprintln!("zonescaler: cannot watch Ctrl-C: {e}");
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    std::thread::spawn(move || {
+                        rt.block_on(runtime::shutdown_signal());
+                        s.store(true, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => eprintln!("zonescaler: cannot watch Ctrl-C: {e}"),
             }
-            cluster::up(
-                UpOptions {
-                    shards,
-                    world,
-                    bots,
-                    bot_duration,
-                    host,
-                    port,
-                    run_dir,
-                },
-                stop,
-            )
+            cluster::up(opts, stop)
         }
     };
     if let Err(e) = result {
         eprintln!("zonescaler: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Set `stop` on Ctrl-C or SIGTERM, from a small runtime on its own thread.
-fn ctrlc_flag(stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let Ok(mut term) = signal(SignalKind::terminate()) {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                } else {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        stop.store(true, Ordering::Relaxed);
-    });
-    Ok(())
 }

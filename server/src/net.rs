@@ -124,7 +124,15 @@ fn decode_error_code(e: &DecodeError) -> ErrorCode {
     }
 }
 
-/// `Receive`: drain the inbox.
+/// Why a connection is being closed: the code the client sees and the reason logged.
+type Refusal = (ErrorCode, String);
+
+fn decode_refusal(what: &str, e: &DecodeError) -> Refusal {
+    (decode_error_code(e), format!("{what} refused: {e}"))
+}
+
+/// `Receive`: drain the inbox. Each event handler either succeeds or returns a [`Refusal`], and
+/// a refusal closes that one connection.
 pub fn receive(
     mut commands: Commands,
     mut inbox: ResMut<Inbox>,
@@ -143,177 +151,63 @@ pub fn receive(
     }
     let events = std::mem::take(&mut inbox.events);
     for event in events {
-        match event {
+        let conn = event.conn();
+        let outcome = match event {
             NetEvent::Connected {
-                conn,
-                max_datagram_bytes,
+                max_datagram_bytes, ..
             } => {
                 if clients.0.len() >= limits::CLIENTS_PER_SHARD_MAX {
-                    let reason =
-                        format!("shard is full ({} clients)", limits::CLIENTS_PER_SHARD_MAX);
-                    close_client(
-                        conn,
+                    // Not registered, so close_client below only sends the refusal.
+                    Err((
                         ErrorCode::ServerFull,
-                        reason,
-                        &mut clients,
-                        &mut outbox,
-                        &mut commands,
-                        &mut stats,
-                    );
-                    continue;
+                        format!("shard is full ({} clients)", limits::CLIENTS_PER_SHARD_MAX),
+                    ))
+                } else {
+                    debug!(conn = conn.0, max_datagram_bytes, "client connected");
+                    let mtu = max_datagram_bytes.max(limits::DATAGRAM_BYTES_MIN);
+                    clients.0.insert(conn, ClientState::new(mtu, tick));
+                    Ok(())
                 }
-                debug!(conn = conn.0, max_datagram_bytes, "client connected");
-                let mtu = max_datagram_bytes.max(limits::DATAGRAM_BYTES_MIN);
-                clients.0.insert(conn, ClientState::new(mtu, tick));
             }
-            NetEvent::Disconnected { conn, reason } => {
+            NetEvent::Disconnected { reason, .. } => {
                 if let Some(c) = clients.0.remove(&conn) {
                     info!(conn = conn.0, %reason, "client disconnected");
                     if let Phase::Playing { avatar, .. } = c.phase {
                         commands.entity(avatar).despawn();
                     }
                 }
+                Ok(())
             }
-            NetEvent::Control { conn, bytes } => {
-                let Some(client) = clients.0.get_mut(&conn) else {
-                    continue;
-                };
-                let hello = match codec::decode_client_control(&bytes) {
-                    Ok(ClientControl::Hello(h)) => h,
-                    Err(e) => {
-                        let reason = format!("control message refused: {e}");
-                        close_client(
-                            conn,
-                            decode_error_code(&e),
-                            reason,
-                            &mut clients,
-                            &mut outbox,
-                            &mut commands,
-                            &mut stats,
-                        );
-                        continue;
-                    }
-                };
-                if !matches!(client.phase, Phase::AwaitHello { .. }) {
-                    let reason = "second Hello on one connection".to_string();
-                    close_client(
-                        conn,
-                        ErrorCode::Unexpected,
-                        reason,
-                        &mut clients,
-                        &mut outbox,
-                        &mut commands,
-                        &mut stats,
-                    );
-                    continue;
-                }
-                let expected = registry.0.hash();
-                if hello.protocol_hash != expected {
-                    let reason = format!(
-                        "protocol hash {:016x}, shard has {expected:016x}",
-                        hello.protocol_hash
-                    );
-                    close_client(
-                        conn,
-                        ErrorCode::ProtocolMismatch,
-                        reason,
-                        &mut clients,
-                        &mut outbox,
-                        &mut commands,
-                        &mut stats,
-                    );
-                    continue;
-                }
-                let w = &config.0.world;
-                let spawn = Vec3::new(
-                    rng.0.range_f32(w.min_x, w.max_x),
-                    0.0,
-                    rng.0.range_f32(w.min_z, w.max_z),
-                );
-                let id = ids.allocate();
-                let avatar = commands
-                    .spawn((
-                        Networked(id),
-                        Position(spawn),
-                        MoveTarget {
-                            target: spawn,
-                            speed_mps: config.0.simulation.max_speed_mps,
-                        },
-                        Avatar { conn },
-                        Kind::Player,
-                    ))
-                    .id();
-                client.phase = Phase::Playing { avatar, id };
-                info!(conn = conn.0, name = %hello.name, avatar = %id, "client logged in");
-                let welcome = ServerControl::Welcome(Welcome {
-                    avatar: id,
-                    spawn: QPos::quantize(spawn),
-                    tick,
-                    tick_hz: config.0.simulation.tick_hz as u16,
-                    protocol_hash: expected,
-                    bounds: [w.min_x, w.min_z, w.max_x, w.max_z],
-                    max_speed_mps: config.0.simulation.max_speed_mps,
-                    aoi_radius_m: config.0.interest.aoi_radius_m,
-                });
-                outbox.commands.push(NetCommand::Control {
+            NetEvent::Control { bytes, .. } => match clients.0.get_mut(&conn) {
+                None => Ok(()),
+                Some(client) => on_control(
                     conn,
-                    bytes: Bytes::from(codec::encode(&welcome)),
-                });
-            }
-            NetEvent::Datagram { conn, bytes } => {
-                let Some(client) = clients.0.get_mut(&conn) else {
-                    continue;
-                };
-                client.datagrams_this_tick += 1;
-                if client.datagrams_this_tick > limits::CLIENT_DATAGRAMS_PER_TICK_MAX {
-                    stats.inputs_dropped_rate += 1;
-                    continue;
-                }
-                let input = match codec::decode_client_datagram(&bytes) {
-                    Ok(ClientDatagram::Input(i)) => i,
-                    Err(e) => {
-                        let reason = format!("datagram refused: {e}");
-                        close_client(
-                            conn,
-                            decode_error_code(&e),
-                            reason,
-                            &mut clients,
-                            &mut outbox,
-                            &mut commands,
-                            &mut stats,
-                        );
-                        continue;
-                    }
-                };
-                if input.ack_tick > tick {
-                    let reason = format!(
-                        "acknowledged tick {} which the shard has not reached ({tick})",
-                        input.ack_tick
-                    );
-                    close_client(
-                        conn,
-                        ErrorCode::BadMessage,
-                        reason,
-                        &mut clients,
-                        &mut outbox,
-                        &mut commands,
-                        &mut stats,
-                    );
-                    continue;
-                }
-                if !matches!(client.phase, Phase::Playing { .. }) {
-                    // A datagram may overtake the Hello on its stream; it carries nothing to keep.
-                    continue;
-                }
-                client.ack_tick = client.ack_tick.max(input.ack_tick);
-                let newer = input.seq > client.last_input_seq
-                    && client.pending_input.is_none_or(|p| input.seq > p.seq);
-                if newer {
-                    client.pending_input = Some(input);
-                } else {
-                    stats.inputs_stale += 1;
-                }
-            }
+                    client,
+                    &bytes,
+                    &mut commands,
+                    &mut outbox,
+                    &mut ids,
+                    &mut rng,
+                    tick,
+                    &config,
+                    &registry,
+                ),
+            },
+            NetEvent::Datagram { bytes, .. } => match clients.0.get_mut(&conn) {
+                None => Ok(()),
+                Some(client) => on_datagram(client, &bytes, tick, &mut stats),
+            },
+        };
+        if let Err((code, reason)) = outcome {
+            close_client(
+                conn,
+                code,
+                reason,
+                &mut clients,
+                &mut outbox,
+                &mut commands,
+                &mut stats,
+            );
         }
     }
     let timeout_ticks = limits::HELLO_TIMEOUT_MS * u64::from(clock.tick_hz) / 1_000;
@@ -336,6 +230,112 @@ pub fn receive(
         );
     }
     stats.clients = clients.0.len();
+}
+
+/// A control message: only `Hello`, only once, only with our protocol hash. Spawns the avatar.
+fn on_control(
+    conn: ConnId,
+    client: &mut ClientState,
+    bytes: &[u8],
+    commands: &mut Commands,
+    outbox: &mut Outbox,
+    ids: &mut IdAllocator,
+    rng: &mut ShardRng,
+    tick: u64,
+    config: &Config,
+    registry: &Registry,
+) -> Result<(), Refusal> {
+    let ClientControl::Hello(hello) =
+        codec::decode_client_control(bytes).map_err(|e| decode_refusal("control message", &e))?;
+    if !matches!(client.phase, Phase::AwaitHello { .. }) {
+        return Err((
+            ErrorCode::Unexpected,
+            "second Hello on one connection".into(),
+        ));
+    }
+    let expected = registry.0.hash();
+    if hello.protocol_hash != expected {
+        return Err((
+            ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol hash {:016x}, shard has {expected:016x}",
+                hello.protocol_hash
+            ),
+        ));
+    }
+    let cfg = &config.0;
+    let w = &cfg.world;
+    let spawn = Vec3::new(
+        rng.0.range_f32(w.min_x, w.max_x),
+        0.0,
+        rng.0.range_f32(w.min_z, w.max_z),
+    );
+    let id = ids.allocate();
+    let avatar = commands
+        .spawn((
+            Networked(id),
+            Position(spawn),
+            MoveTarget {
+                target: spawn,
+                speed_mps: cfg.simulation.max_speed_mps,
+            },
+            Avatar { conn },
+            Kind::Player,
+        ))
+        .id();
+    client.phase = Phase::Playing { avatar, id };
+    info!(conn = conn.0, name = %hello.name, avatar = %id, "client logged in");
+    let welcome = ServerControl::Welcome(Welcome {
+        avatar: id,
+        spawn: QPos::quantize(spawn),
+        tick,
+        tick_hz: cfg.simulation.tick_hz as u16,
+        protocol_hash: expected,
+        bounds: [w.min_x, w.min_z, w.max_x, w.max_z],
+        max_speed_mps: cfg.simulation.max_speed_mps,
+        aoi_radius_m: cfg.interest.aoi_radius_m,
+    });
+    outbox.commands.push(NetCommand::Control {
+        conn,
+        bytes: Bytes::from(codec::encode(&welcome)),
+    });
+    Ok(())
+}
+
+/// A datagram: an input. Rate-limited per tick; the newest sequence number wins.
+fn on_datagram(
+    client: &mut ClientState,
+    bytes: &[u8],
+    tick: u64,
+    stats: &mut ShardStats,
+) -> Result<(), Refusal> {
+    client.datagrams_this_tick += 1;
+    if client.datagrams_this_tick > limits::CLIENT_DATAGRAMS_PER_TICK_MAX {
+        stats.inputs_dropped_rate += 1;
+        return Ok(());
+    }
+    let ClientDatagram::Input(input) =
+        codec::decode_client_datagram(bytes).map_err(|e| decode_refusal("datagram", &e))?;
+    if input.ack_tick > tick {
+        return Err((
+            ErrorCode::BadMessage,
+            format!(
+                "acknowledged tick {} which the shard has not reached ({tick})",
+                input.ack_tick
+            ),
+        ));
+    }
+    if !matches!(client.phase, Phase::Playing { .. }) {
+        // A datagram may overtake the Hello on its stream; it carries nothing to keep.
+        return Ok(());
+    }
+    client.ack_tick = client.ack_tick.max(input.ack_tick);
+    if input.seq > client.last_input_seq && client.pending_input.is_none_or(|p| input.seq > p.seq) {
+        client.pending_input = Some(input);
+    } else {
+        stats.inputs_stale += 1;
+    }
+    Ok(())
 }
 
 /// `Send`: encode every client's snapshot into datagram-sized parts and queue them.

@@ -133,24 +133,29 @@ pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()
 /// Ctrl-C and SIGTERM set `stop`; the tick loop finishes its tick and closes connections cleanly.
 fn spawn_signal_watch(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
     rt.spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot watch SIGTERM; Ctrl-C still stops the shard");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         stop.store(true, Ordering::Relaxed);
     });
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: the two ways operators stop a process.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGTERM; Ctrl-C still stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -276,15 +276,35 @@ impl WorldConfig {
     }
 }
 
-/// toml's errors span several lines (a source excerpt); operators get one line with the position.
+/// toml's errors span several lines (a source excerpt); operators get one line with the position
+/// and, where the error sits on a `key = value` line, the full dotted key (`npc.count`), which
+/// toml's own message leaves out for type errors.
 fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+    let Some(span) = e.span() else { return msg };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => {
+            let section = text
+                .lines()
+                .take(line_no - 1)
+                .filter_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+                .last();
+            let full =
+                section.map_or_else(|| key.to_string(), |sec| format!("{}.{key}", sec.trim()));
+            if msg.contains(&format!("`{key}`")) {
+                format!("line {line_no}: {msg}")
+            } else {
+                format!("line {line_no}: `{full}`: {msg}")
+            }
         }
-        None => msg,
+        None => format!("line {line_no}: {msg}"),
     }
 }
 
@@ -321,6 +341,8 @@ mod tests {
             ("[interest]\naoi_radius_m = -1.0\n", "interest.aoi_radius_m"),
             ("[tls]\ncert_pem = \"a.pem\"\n", "tls.key_pem"),
             ("[nope]\n", "nope"),
+            ("[npc]\ncount = -3\n", "npc.count"),
+            ("[simulation]\ntick_hz = \"fast\"\n", "simulation.tick_hz"),
         ];
         for (text, field) in cases {
             let err = parse(text).expect_err(text);

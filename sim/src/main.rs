@@ -8,7 +8,7 @@ use zonescaler_sim::{Sim, SimConfig};
 /// Deterministic ZoneScaler simulator: a shard and simulated clients over a seeded faulty network,
 /// invariants checked every tick.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Replay this one seed.
     #[arg(long, conflicts_with = "seeds")]
