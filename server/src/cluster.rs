@@ -85,22 +85,26 @@ fn run(
             .stdin(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start shard {i}"))?;
+        let pid = child.id();
         procs.push(Proc {
             name: format!("shard-{i}"),
             child,
         });
         wait_for_file(&cert, procs, Duration::from_secs(30))?;
-        endpoints.push((addr, cert));
+        endpoints.push((addr, cert, pid));
     }
     println!(
         "zonescaler up: {} shard(s) running world {}",
         opts.shards,
         opts.world.display()
     );
-    for (i, (addr, cert)) in endpoints.iter().enumerate() {
-        println!("  shard-{i}: {addr}  (certificate {})", cert.display());
+    for (i, (addr, cert, pid)) in endpoints.iter().enumerate() {
+        println!(
+            "  shard-{i}: {addr}  (pid {pid}, certificate {})",
+            cert.display()
+        );
     }
-    let (addr0, cert0) = &endpoints[0];
+    let (addr0, cert0, _) = &endpoints[0];
     println!(
         "connect bots with:\n  cargo run --release -p zonescaler-bots -- --connect {addr0} --cert {} --bots 100 --duration 30s",
         cert0.display()

@@ -83,3 +83,51 @@ fn up_refuses_what_it_cannot_do_yet_and_bad_configs_before_starting_anything() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+/// `up` may die any way at all (here SIGKILL, which it cannot catch): its shards must not
+/// outlive it.
+#[cfg(target_os = "linux")]
+#[test]
+fn shards_stop_when_up_is_killed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let run_dir = std::env::temp_dir().join(format!("zs-cli-up-{}", std::process::id()));
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let mut up = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(["up", "--port", &port.to_string(), "--run-dir"])
+        .arg(&run_dir)
+        .args([
+            "--world",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/worlds/default.toml"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("up starts");
+    let stdout = up.stdout.take().expect("piped stdout");
+    let pid: u32 = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split("(pid ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|p| p.parse().ok())
+        })
+        .expect("up prints each shard's pid once it listens");
+    let alive = |pid: u32| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    };
+    assert!(alive(pid), "the shard runs");
+    up.kill().expect("SIGKILL up");
+    up.wait().expect("reaped");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "shard {pid} outlived a killed `up`");
+}
