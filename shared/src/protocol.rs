@@ -270,10 +270,30 @@ impl Validate for ServerControl {
             Self::Error(e) if e.detail.len() > limits::ERROR_DETAIL_BYTES_MAX => {
                 Err("error detail too long")
             }
-            Self::Welcome(w) if !(w.bounds.iter().all(|b| b.is_finite())) => {
-                Err("non-finite world bounds")
+            Self::Error(_) => Ok(()),
+            Self::Welcome(w) => {
+                let [min_x, min_z, max_x, max_z] = w.bounds;
+                if !w
+                    .bounds
+                    .iter()
+                    .all(|b| b.is_finite() && b.abs() <= limits::WORLD_EXTENT_M_MAX)
+                {
+                    return Err("world bounds out of range");
+                }
+                if max_x <= min_x || max_z <= min_z {
+                    return Err("inverted world bounds");
+                }
+                if !(w.max_speed_mps.is_finite() && w.max_speed_mps > 0.0) {
+                    return Err("max speed not positive");
+                }
+                if !(w.aoi_radius_m.is_finite() && w.aoi_radius_m > 0.0) {
+                    return Err("AOI radius not positive");
+                }
+                if w.tick_hz == 0 || u32::from(w.tick_hz) > limits::TICK_HZ_MAX {
+                    return Err("tick rate out of range");
+                }
+                Ok(())
             }
-            _ => Ok(()),
         }
     }
 }
