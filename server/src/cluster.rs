@@ -76,13 +76,20 @@ fn run(
         let addr = format!("{}:{}", opts.host, opts.port + i as u16);
         let cert = opts.run_dir.join(format!("shard-{i}.pem"));
         let _ = std::fs::remove_file(&cert);
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["shard", "--world"])
             .arg(&opts.world)
             .args(["--listen", &addr, "--cert-out"])
             .arg(&cert)
             .arg("--exit-with-parent")
-            .stdin(Stdio::piped())
+            .stdin(Stdio::piped());
+        // A terminal's Ctrl-C signals the whole foreground process group. Shards get a group of
+        // their own so only `up` hears it and stops them in order (by closing their stdin),
+        // instead of racing them and reporting their exit as a crash.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start shard {i}"))?;
         let pid = child.id();

@@ -131,3 +131,74 @@ fn shards_stop_when_up_is_killed() {
     }
     assert!(!alive(pid), "shard {pid} outlived a killed `up`");
 }
+
+/// A terminal's Ctrl-C signals the whole foreground process group: `up` must stop its shards in
+/// order and exit 0, not race them and report their exit as a crash.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_to_the_process_group_stops_up_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let run_dir = std::env::temp_dir().join(format!("zs-cli-ctrlc-{}", std::process::id()));
+    let port = 30_000 + (std::process::id() % 9_000) as u16;
+    let mut up = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(["up", "--port", &port.to_string(), "--run-dir"])
+        .arg(&run_dir)
+        .args([
+            "--world",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/worlds/default.toml"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("up starts");
+    let mut lines = BufReader::new(up.stdout.take().expect("piped stdout"))
+        .lines()
+        .map_while(Result::ok);
+    let pid: u32 = lines
+        .find_map(|l| {
+            l.split("(pid ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|p| p.parse().ok())
+        })
+        .expect("up prints each shard's pid once it listens");
+    // Keep draining stdout so `up` never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let group = format!("-{}", up.id());
+    let sent = Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGINT sent to up's process group");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = up.try_wait().expect("poll up") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not stop within 15 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().expect("piped stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(
+        status.success(),
+        "up must exit 0 on Ctrl-C: {status}; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("unexpectedly"),
+        "a requested stop is not a crash: {stderr}"
+    );
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "shard {pid} outlived up");
+}
