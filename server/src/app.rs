@@ -27,10 +27,11 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{ScheduleConfigs, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
 use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_shared::cellmap::CellGrid;
 use zonescaler_shared::components::{Health, Kind, Replicated};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::rng::Rng;
-use zonescaler_shared::{CellId, ShardId, Tick};
+use zonescaler_shared::{ShardId, Tick};
 
 /// The stages of one tick, in order. Game systems go into `Simulate`.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +87,7 @@ impl ShardApp {
             config.simulation.seed ^ u64::from(shard.0).wrapping_mul(0x9E37),
         )));
         world.insert_resource(IdAllocator::new(shard));
+        world.insert_resource(Grid(CellGrid::from_config(&config)));
         world.insert_resource(Config(config));
         world.init_resource::<Inbox>();
         world.init_resource::<Outbox>();
@@ -234,18 +236,19 @@ fn update_cells(
         (Entity, &Position, Option<&InCell>),
         (With<Owned>, bevy_ecs::query::Changed<Position>),
     >,
-    config: Res<Config>,
+    grid: Res<Grid>,
 ) {
-    let w = &config.0.world;
     for (e, p, cell) in &q {
-        let cx = ((p.0.x - w.min_x) / w.base_cell_size_m).floor().max(0.0) as u32;
-        let cz = ((p.0.z - w.min_z) / w.base_cell_size_m).floor().max(0.0) as u32;
-        let now = CellId::base(cx, cz);
+        let now = grid.0.base_cell_at([p.0.x, p.0.z]);
         if cell.map(|c| c.0) != Some(now) {
             commands.entity(e).insert(InCell(now));
         }
     }
 }
+
+/// The world's base cell grid (from config).
+#[derive(Resource, Debug, Clone)]
+pub struct Grid(pub CellGrid);
 
 /// The example game: replicates `Kind` and `Health`, gives every new networked entity full health.
 #[derive(Debug, Default, Clone, Copy)]
@@ -301,5 +304,26 @@ mod tests {
             );
         }
         assert_eq!(app.stats().entities, 200);
+    }
+
+    #[test]
+    fn an_entity_on_the_world_max_edge_stands_in_the_last_cell() {
+        let cfg = WorldConfig::default();
+        let mut app = ShardApp::new(cfg.clone(), ShardId(0));
+        let corner = glam::Vec3::new(cfg.world.max_x, 0.0, cfg.world.max_z);
+        let id = zonescaler_shared::NetId(1);
+        let e = app.world.spawn((Networked(id), Position(corner))).id();
+        app.tick();
+        let cell = app
+            .world
+            .get::<InCell>(e)
+            .expect("the cell is set on the first tick")
+            .0;
+        let grid = CellGrid::from_config(&cfg);
+        assert_eq!(
+            cell.coords(),
+            (grid.cols() - 1, grid.rows() - 1),
+            "no cell past the grid"
+        );
     }
 }

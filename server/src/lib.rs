@@ -6,10 +6,13 @@
 //!   [`Inbox`] and [`Outbox`] resources, filled and drained by a driver.
 //! - [`npc`], [`movement`]: the built-in `Simulate` systems (wandering NPCs, authoritative input).
 //! - [`interest`]: the uniform AOI grid rebuilt every tick.
+//! - [`boundary`]: the R-tree over cell rectangles that tells which neighbour shards must hold a
+//!   proxy of an entity near a border (used by multi-shard worlds).
 //! - [`replicate`]: per-client delta snapshots.
 //! - [`runtime`]: the production loop (OS clock + QUIC driver), [`cluster`]: `zonescaler up`.
 
 pub mod app;
+pub mod boundary;
 pub mod cluster;
 pub mod components;
 pub mod interest;

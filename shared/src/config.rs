@@ -199,10 +199,13 @@ impl WorldConfig {
         }
         let cells = ((w.max_x - w.min_x) / w.base_cell_size_m).ceil()
             * ((w.max_z - w.min_z) / w.base_cell_size_m).ceil();
-        if cells > 1_000_000.0 {
+        if cells > limits::BASE_CELLS_MAX as f32 {
             return Err(bad(
                 "world.base_cell_size_m",
-                format!("gives {cells} base cells; at most 1000000"),
+                format!(
+                    "gives {cells} base cells; at most {}",
+                    limits::BASE_CELLS_MAX
+                ),
             ));
         }
         let s = &self.simulation;

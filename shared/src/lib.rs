@@ -1,10 +1,12 @@
 //! `zonescaler-shared`: everything two ZoneScaler peers must agree on.
 //!
-//! Ids ([`ids`]), every bound in one place ([`limits`]), the world config ([`config`]), position
+//! Ids ([`ids`]), every bound in one place ([`limits`]), the world config ([`config`]), the cell
+//! grid, cell map and contiguous placement ([`cellmap`]), position
 //! quantisation ([`quant`]), the seeded RNG ([`rng`]), the wire types ([`protocol`]), the one codec
 //! that turns them into bytes ([`codec`]) and the protocol registry whose hash every handshake
 //! checks ([`registry`]). Nothing here does I/O or reads a clock.
 
+pub mod cellmap;
 pub mod codec;
 pub mod components;
 pub mod config;

@@ -50,6 +50,8 @@ pub const TICK_HZ_MAX: u32 = 240;
 /// World coordinates must stay within this many metres of the origin: f32 still resolves 3.9 mm
 /// there (so the 5 mm quantisation bound means something) and centimetres fit an `i32` easily.
 pub const WORLD_EXTENT_M_MAX: f32 = 32_768.0;
+/// Base (level-0) cells a world config may have; the cell map is per-leaf state on every shard.
+pub const BASE_CELLS_MAX: usize = 1_000_000;
 /// NPCs a world config may ask for.
 pub const NPC_COUNT_MAX: usize = ENTITIES_PER_SHARD_MAX / 2;
 /// Cells of the uniform AOI grid; the grid grows its cell size to stay under this.
@@ -75,3 +77,5 @@ const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= u
 const _: () = assert!(KEEP_ALIVE_MS * 3 <= IDLE_TIMEOUT_MS);
 const _: () = assert!(CLIENTS_PER_SHARD_MAX * CLIENT_DATAGRAMS_PER_TICK_MAX <= INBOX_EVENTS_MAX);
 const _: () = assert!(NPC_COUNT_MAX + CLIENTS_PER_SHARD_MAX <= ENTITIES_PER_SHARD_MAX);
+// A base grid side within BASE_CELLS_MAX fits the 2^24 columns that level-8 Morton codes allow.
+const _: () = assert!(BASE_CELLS_MAX <= (1 << 24));
