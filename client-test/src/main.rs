@@ -50,6 +50,9 @@ struct Args {
     /// Do not show progress.
     #[arg(long)]
     quiet: bool,
+    /// Worker threads for the bots' async runtime (default: one per CPU core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -140,7 +143,14 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         ramp,
         args.duration
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        if n == 0 || n > 256 {
+            bail!("--threads must be in 1..=256");
+        }
+        builder.worker_threads(n);
+    }
+    let rt = builder
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
