@@ -21,13 +21,14 @@ use crate::interest::{self, AoiGrid, Frame};
 use crate::movement;
 use crate::net::{self, Clients, Registry};
 use crate::npc::NpcPlugin;
+use crate::proxy::{self, Mirrors, ProxyIndex, ShardInbox, ShardOutbox, Space};
 use crate::replicate::{self, ReplicateScratch};
 use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{ScheduleConfigs, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
 use zonescaler_net::{NetCommand, NetEvent};
-use zonescaler_shared::cellmap::CellGrid;
+use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::components::{Health, Kind, Replicated};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::rng::Rng;
@@ -87,7 +88,13 @@ impl ShardApp {
             config.simulation.seed ^ u64::from(shard.0).wrapping_mul(0x9E37),
         )));
         world.insert_resource(IdAllocator::new(shard));
-        world.insert_resource(Grid(CellGrid::from_config(&config)));
+        let grid = CellGrid::from_config(&config);
+        world.insert_resource(Space::new(shard, CellMap::single(grid, shard)));
+        world.insert_resource(Grid(grid));
+        world.init_resource::<ShardInbox>();
+        world.init_resource::<ShardOutbox>();
+        world.init_resource::<ProxyIndex>();
+        world.init_resource::<Mirrors>();
         world.insert_resource(Config(config));
         world.init_resource::<Inbox>();
         world.init_resource::<Outbox>();
@@ -103,7 +110,7 @@ impl ShardApp {
         use ShardSystems::*;
         schedule.configure_sets((Receive, Simulate, Ownership, Interest, Replicate, Send).chain());
         schedule.configure_sets(ReplicationCache.in_set(Interest));
-        schedule.add_systems(net::receive.in_set(Receive));
+        schedule.add_systems((proxy::receive_shard_messages, net::receive).in_set(Receive));
         schedule.add_systems(
             (movement::apply_inputs, movement::move_entities)
                 .chain()
@@ -116,16 +123,39 @@ impl ShardApp {
                 .in_set(Interest)
                 .after(ReplicationCache),
         );
-        schedule.add_systems(replicate::compute_deltas.in_set(Replicate));
+        schedule.add_systems((replicate::compute_deltas, proxy::mirror_proxies).in_set(Replicate));
         schedule.add_systems(net::send_snapshots.in_set(Send));
         Self { world, schedule }
     }
 
-    /// The example game: core + wandering NPCs + `Kind` and `Health` replicated.
+    /// The example game: core + wandering NPCs + `Kind` and `Health` replicated, on a one-shard
+    /// world.
     pub fn example(config: WorldConfig) -> Self {
         let mut app = Self::new(config, ShardId(0));
         app.add_plugin(ExampleGamePlugin).add_plugin(NpcPlugin);
         app
+    }
+
+    /// The example game as shard `me` of a world split by `map`: NPCs and avatars start in the
+    /// cells `me` owns, and entities near other shards' cells are mirrored to them as proxies.
+    pub fn example_in(config: WorldConfig, me: ShardId, map: CellMap) -> Self {
+        let mut app = Self::new(config, me);
+        app.world.insert_resource(Space::new(me, map));
+        app.add_plugin(ExampleGamePlugin).add_plugin(NpcPlugin);
+        app
+    }
+
+    /// Hand a message from shard `from` to the next tick.
+    pub fn push_shard_message(&mut self, from: ShardId, bytes: bytes::Bytes) {
+        self.world
+            .resource_mut::<ShardInbox>()
+            .messages
+            .push((from, bytes));
+    }
+
+    /// Take the shard-link messages the last tick wants sent, as (recipient, bytes).
+    pub fn drain_shard_outbox(&mut self) -> Vec<(ShardId, bytes::Bytes)> {
+        std::mem::take(&mut self.world.resource_mut::<ShardOutbox>().messages)
     }
 
     pub fn add_plugin(&mut self, plugin: impl Plugin) -> &mut Self {
@@ -261,7 +291,10 @@ impl Plugin for ExampleGamePlugin {
     }
 }
 
-fn give_health(mut commands: Commands, q: Query<Entity, (Added<Networked>, Without<Health>)>) {
+fn give_health(
+    mut commands: Commands,
+    q: Query<Entity, (Added<Networked>, With<Owned>, Without<Health>)>,
+) {
     for e in &q {
         commands.entity(e).insert(Health { hp: 100, max: 100 });
     }
@@ -312,7 +345,10 @@ mod tests {
         let mut app = ShardApp::new(cfg.clone(), ShardId(0));
         let corner = glam::Vec3::new(cfg.world.max_x, 0.0, cfg.world.max_z);
         let id = zonescaler_shared::NetId(1);
-        let e = app.world.spawn((Networked(id), Position(corner))).id();
+        let e = app
+            .world
+            .spawn((Networked(id), Owned, Position(corner)))
+            .id();
         app.tick();
         let cell = app
             .world

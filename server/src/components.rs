@@ -7,12 +7,13 @@ use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{CellId, ConnId, NetId};
 
 /// Marks an entity as networked and gives its cluster-wide id. Requires the replication cache.
+/// An entity this shard simulates also carries [`Owned`]; a neighbour's copy carries
+/// [`crate::proxy::Proxy`] instead.
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
-#[require(ReplicatedComponents, Owned)]
+#[require(ReplicatedComponents)]
 pub struct Networked(pub NetId);
 
-/// Simulated here: this shard is the only writer. (Proxies of other shards' entities arrive with
-/// multi-shard clusters; they will carry `Proxy` instead.)
+/// Simulated here: this shard is the only writer. Every simulation system filters on it.
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owned;
 

@@ -6,6 +6,7 @@
 //!   [`Inbox`] and [`Outbox`] resources, filled and drained by a driver.
 //! - [`npc`], [`movement`]: the built-in `Simulate` systems (wandering NPCs, authoritative input).
 //! - [`interest`]: the uniform AOI grid rebuilt every tick.
+//! - [`proxy`]: read-only copies of neighbour shards' entities near the borders.
 //! - [`boundary`]: the R-tree over cell rectangles that tells which neighbour shards must hold a
 //!   proxy of an entity near a border (used by multi-shard worlds).
 //! - [`replicate`]: per-client delta snapshots.
@@ -19,6 +20,7 @@ pub mod interest;
 pub mod movement;
 pub mod net;
 pub mod npc;
+pub mod proxy;
 pub mod replicate;
 pub mod resources;
 pub mod runtime;

@@ -5,7 +5,8 @@
 //! allowed, closes that one connection with a logged reason and nothing else. `Send` cuts each
 //! client's snapshot into parts that fit its datagram size and queues them.
 
-use crate::components::{Avatar, MoveTarget, Networked, Position};
+use crate::components::{Avatar, MoveTarget, Networked, Owned, Position};
+use crate::proxy::Space;
 use crate::replicate::{ClientSnapshot, SentSnapshot};
 use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
@@ -143,6 +144,7 @@ pub fn receive(
     clock: Res<TickClock>,
     config: Res<Config>,
     registry: Res<Registry>,
+    space: Res<Space>,
     mut stats: ResMut<ShardStats>,
 ) {
     let tick = clock.tick.0;
@@ -191,6 +193,7 @@ pub fn receive(
                     tick,
                     &config,
                     &registry,
+                    &space,
                 ),
             },
             NetEvent::Datagram { bytes, .. } => match clients.0.get_mut(&conn) {
@@ -244,6 +247,7 @@ fn on_control(
     tick: u64,
     config: &Config,
     registry: &Registry,
+    space: &Space,
 ) -> Result<(), Refusal> {
     let ClientControl::Hello(hello) =
         codec::decode_client_control(bytes).map_err(|e| decode_refusal("control message", &e))?;
@@ -265,15 +269,19 @@ fn on_control(
     }
     let cfg = &config.0;
     let w = &cfg.world;
-    let spawn = Vec3::new(
-        rng.0.range_f32(w.min_x, w.max_x),
-        0.0,
-        rng.0.range_f32(w.min_z, w.max_z),
-    );
+    // Avatars start in a cell this shard owns (any point, if it owns next to nothing).
+    let spawn = space.random_owned_point(&mut rng.0).unwrap_or_else(|| {
+        Vec3::new(
+            rng.0.range_f32(w.min_x, w.max_x),
+            0.0,
+            rng.0.range_f32(w.min_z, w.max_z),
+        )
+    });
     let id = ids.allocate();
     let avatar = commands
         .spawn((
             Networked(id),
+            Owned,
             Position(spawn),
             MoveTarget {
                 target: spawn,

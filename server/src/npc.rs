@@ -1,11 +1,13 @@
 //! Wandering NPCs, so a shard has load and something to watch without any client.
 
 use crate::app::{Plugin, ShardApp, ShardSystems};
-use crate::components::{MoveTarget, Networked, Position};
+use crate::components::{MoveTarget, Networked, Owned, Position};
+use crate::proxy::Space;
 use crate::resources::{Config, IdAllocator, ShardRng};
 use bevy_ecs::prelude::*;
 use glam::Vec3;
 use zonescaler_shared::components::Kind;
+use zonescaler_shared::rng::Rng;
 
 /// Marks an NPC that picks a new random target when it arrives at its current one.
 #[derive(Component, Clone, Copy, Debug, Default)]
@@ -21,18 +23,18 @@ pub struct NpcPlugin;
 impl Plugin for NpcPlugin {
     fn build(&self, app: &mut ShardApp) {
         let cfg = app.world.resource::<Config>().0.clone();
+        // NPCs start only in cells this shard owns; the RNG is taken out and put back so the
+        // draws stay part of the shard's one deterministic sequence.
+        let mut rng = std::mem::replace(&mut app.world.resource_mut::<ShardRng>().0, Rng::new(0));
+        let mut placed = 0;
         for _ in 0..cfg.npc.count {
-            let (x, z) = {
-                let mut rng = app.world.resource_mut::<ShardRng>();
-                (
-                    rng.0.range_f32(cfg.world.min_x, cfg.world.max_x),
-                    rng.0.range_f32(cfg.world.min_z, cfg.world.max_z),
-                )
+            let Some(p) = app.world.resource::<Space>().random_owned_point(&mut rng) else {
+                break;
             };
             let id = app.world.resource_mut::<IdAllocator>().allocate();
-            let p = Vec3::new(x, 0.0, z);
             app.world.spawn((
                 Networked(id),
+                Owned,
                 Position(p),
                 MoveTarget {
                     target: p,
@@ -41,6 +43,15 @@ impl Plugin for NpcPlugin {
                 Wander,
                 Kind::Npc,
             ));
+            placed += 1;
+        }
+        app.world.resource_mut::<ShardRng>().0 = rng;
+        if placed < cfg.npc.count {
+            tracing::warn!(
+                placed,
+                wanted = cfg.npc.count,
+                "this shard owns too little of the world to place every NPC"
+            );
         }
         app.add_systems(
             ShardSystems::Simulate,

@@ -9,7 +9,8 @@
 
 use crate::limits;
 use crate::protocol::{
-    ClientControl, ClientDatagram, PROTOCOL_VERSION, ServerControl, ServerDatagram, Validate,
+    ClientControl, ClientDatagram, PROTOCOL_VERSION, ServerControl, ServerDatagram, ShardMessage,
+    Validate,
 };
 use bitcode::{DecodeOwned, Encode};
 
@@ -99,6 +100,11 @@ pub fn decode_server_control(bytes: &[u8]) -> Result<ServerControl, DecodeError>
 /// Shard datagram (snapshot part).
 pub fn decode_server_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeError> {
     decode(bytes, limits::SERVER_DATAGRAM_BYTES_MAX)
+}
+
+/// Shard-to-shard message.
+pub fn decode_shard_message(bytes: &[u8]) -> Result<ShardMessage, DecodeError> {
+    decode(bytes, limits::SHARD_MESSAGE_BYTES_MAX)
 }
 
 /// Prefix a control message with its length, ready for a reliable stream.

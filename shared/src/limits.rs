@@ -11,6 +11,8 @@ pub const DATAGRAM_BYTES_MIN: usize = 1_100;
 pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 512;
 /// Largest control-stream frame either side will read (login, errors).
 pub const CONTROL_FRAME_BYTES_MAX: usize = 16 * 1024;
+/// Largest shard-to-shard message a shard will decode (one proxy's full state fits many times).
+pub const SHARD_MESSAGE_BYTES_MAX: usize = 16 * 1024;
 /// Largest snapshot part a client will decode: one datagram of the largest MTU QUIC supports.
 pub const SERVER_DATAGRAM_BYTES_MAX: usize = 65_527;
 
@@ -71,6 +73,8 @@ const _: () = assert!(
 const _: () = assert!(CLIENT_DATAGRAM_BYTES_MAX <= DATAGRAM_BYTES_MIN);
 const _: () = assert!(SNAPSHOT_PART_ENTRIES_MAX >= AOI_ENTITIES_PER_CLIENT_MAX);
 const _: () = assert!(REPLICATED_COMPONENTS_MAX <= u8::MAX as usize);
+const _: () =
+    assert!(COMPONENTS_PER_ENTITY_MAX * (COMPONENT_BYTES_MAX + 8) < SHARD_MESSAGE_BYTES_MAX);
 const _: () = assert!(COMPONENTS_PER_ENTITY_MAX <= REPLICATED_COMPONENTS_MAX);
 // Baselines travel as a one-byte age.
 const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= u8::MAX as usize);

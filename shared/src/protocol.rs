@@ -247,6 +247,47 @@ impl SnapshotPart {
     }
 }
 
+/// Shard → shard, on the link between two neighbours. Everything that depends on who owns what
+/// carries the cell-map epoch it was sent under; a receiver on another epoch drops it.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum ShardMessage {
+    /// Create or refresh the read-only proxy of an entity the sender owns.
+    ProxyUpsert(ProxyState),
+    /// The sender no longer mirrors this entity here (it left the border zone or was despawned).
+    ProxyRemove { epoch: u64, id: NetId },
+}
+
+/// An owned entity's replicated state, as mirrored to a neighbour.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ProxyState {
+    pub epoch: u64,
+    pub id: NetId,
+    pub pos: QPos,
+    /// The owner's replication revision; `components` is sent only when it changed.
+    pub rev: u32,
+    pub components: Option<Vec<ComponentBlob>>,
+}
+
+impl Validate for ShardMessage {
+    fn validate(&self) -> Result<(), &'static str> {
+        match self {
+            Self::ProxyUpsert(p) => match &p.components {
+                Some(c) if c.len() > limits::COMPONENTS_PER_ENTITY_MAX => {
+                    Err("too many components")
+                }
+                Some(c)
+                    if c.iter()
+                        .any(|b| b.bytes.len() > limits::COMPONENT_BYTES_MAX) =>
+                {
+                    Err("component payload too large")
+                }
+                _ => Ok(()),
+            },
+            Self::ProxyRemove { .. } => Ok(()),
+        }
+    }
+}
+
 impl Validate for ClientControl {
     fn validate(&self) -> Result<(), &'static str> {
         match self {
