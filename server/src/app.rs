@@ -21,7 +21,7 @@ use crate::interest::{self, AoiGrid, Frame};
 use crate::movement;
 use crate::net::{self, Clients, Registry};
 use crate::npc::NpcPlugin;
-use crate::proxy::{self, Mirrors, ProxyIndex, ShardInbox, ShardOutbox, Space};
+use crate::proxy::{self, Mirrors, ProxyApplyTick, ProxyIndex, ShardInbox, ShardOutbox, Space};
 use crate::replicate::{self, ReplicateScratch};
 use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
@@ -95,6 +95,7 @@ impl ShardApp {
         world.init_resource::<ShardOutbox>();
         world.init_resource::<ProxyIndex>();
         world.init_resource::<Mirrors>();
+        world.init_resource::<ProxyApplyTick>();
         world.insert_resource(Config(config));
         world.init_resource::<Inbox>();
         world.init_resource::<Outbox>();
@@ -117,6 +118,9 @@ impl ShardApp {
                 .in_set(Simulate),
         );
         schedule.add_systems((net::drop_clients_without_avatar, update_cells).in_set(Ownership));
+        // Proxies are read-only; catching a write costs a query per tick, so only in debug.
+        #[cfg(debug_assertions)]
+        schedule.add_systems(proxy::forbid_proxy_writes.in_set(Ownership));
         schedule.add_systems(
             (interest::build_frame, interest::build_grid)
                 .chain()

@@ -88,6 +88,11 @@ pub struct ShardOutbox {
     pub messages: Vec<(ShardId, Bytes)>,
 }
 
+/// The change tick at which `receive_shard_messages` last ran: the only legitimate writer of a
+/// proxy. Anything that changes a proxy after it is a bug ([`forbid_proxy_writes`]).
+#[derive(Resource, Debug, Default)]
+pub struct ProxyApplyTick(pub Option<bevy_ecs::change_detection::Tick>);
+
 /// Proxies on this shard by id.
 #[derive(Resource, Debug, Default)]
 pub struct ProxyIndex(pub BTreeMap<NetId, Entity>);
@@ -103,7 +108,10 @@ pub fn receive_shard_messages(
     mut index: ResMut<ProxyIndex>,
     space: Res<Space>,
     mut proxies: Query<(&mut Position, &mut ReplicatedComponents), With<Proxy>>,
+    mut applied: ResMut<ProxyApplyTick>,
+    ticks: bevy_ecs::system::SystemChangeTick,
 ) {
+    applied.0 = Some(ticks.this_run());
     let epoch = space.map.epoch().0;
     let messages = std::mem::take(&mut inbox.messages);
     for (from, bytes) in messages {
@@ -144,6 +152,25 @@ pub fn receive_shard_messages(
                 }
             }
             _ => inbox.stale += 1,
+        }
+    }
+}
+
+/// `Ownership`, debug builds only: proxies are read-only. A system that wrote a proxy's position
+/// (instead of sending a command to its owner) fails here, loudly, with `error[Z0001]`
+/// (`docs/errors/Z0001.md`). Spawns by the link (added and changed at once) are not writes.
+pub fn forbid_proxy_writes(
+    applied: Res<ProxyApplyTick>,
+    proxies: Query<(&Networked, &Proxy, Ref<Position>)>,
+) {
+    let Some(at) = applied.0 else { return };
+    for (net, proxy, pos) in &proxies {
+        if pos.is_changed_after(at) && pos.added() != pos.last_changed() {
+            panic!(
+                "error[Z0001]: a system wrote the position of {}, a read-only proxy of shard {}'s \
+                 entity; send the owner a command instead. See docs/errors/Z0001.md",
+                net.0, proxy.owner.0
+            );
         }
     }
 }

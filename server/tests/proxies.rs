@@ -224,3 +224,20 @@ fn a_bot_near_a_border_sees_entities_owned_by_the_other_shard() {
         bot.metrics.errors
     );
 }
+
+/// A game system that forgets `With<Owned>` and moves everything, proxies included.
+fn careless_push(mut q: bevy_ecs::system::Query<&mut Position>) {
+    for mut p in &mut q {
+        p.0.x += 0.01;
+    }
+}
+
+#[test]
+#[should_panic(expected = "error[Z0001]")]
+fn writing_a_proxy_fails_loudly_in_debug_builds() {
+    let mut c = Cluster::new(1_500);
+    c.shards[0].add_systems(zonescaler_server::ShardSystems::Simulate, careless_push);
+    for _ in 0..10 {
+        c.step();
+    }
+}
