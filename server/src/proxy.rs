@@ -114,6 +114,10 @@ pub fn receive_shard_messages(
     applied.0 = Some(ticks.this_run());
     let epoch = space.map.epoch().0;
     let messages = std::mem::take(&mut inbox.messages);
+    // Proxies new in this batch are spawned at the end: spawning goes through `Commands`, so a
+    // second message for the same entity in the same batch must find it here, not in the world
+    // (where it would not exist yet, and a second copy would be spawned and orphaned).
+    let mut spawns: BTreeMap<NetId, (ShardId, Position, ReplicatedComponents)> = BTreeMap::new();
     for (from, bytes) in messages {
         let msg = match codec::decode_shard_message(&bytes) {
             Ok(m) => m,
@@ -126,33 +130,46 @@ pub fn receive_shard_messages(
         match msg {
             ShardMessage::ProxyUpsert(p) if p.epoch == epoch => {
                 let pos = Position(p.pos.to_vec3());
-                match index.0.get(&p.id).and_then(|e| proxies.get_mut(*e).ok()) {
-                    Some((mut at, mut cache)) => {
-                        *at = pos;
-                        if let Some(blobs) = p.components {
-                            cache.blobs = blobs;
-                            cache.rev = p.rev;
-                        }
+                if let Some((_, at, cache)) = spawns.get_mut(&p.id) {
+                    *at = pos;
+                    if let Some(blobs) = p.components {
+                        *cache = ReplicatedComponents { rev: p.rev, blobs };
                     }
-                    None => {
-                        let cache = ReplicatedComponents {
-                            rev: p.rev,
-                            blobs: p.components.unwrap_or_default(),
-                        };
-                        let e = commands
-                            .spawn((Networked(p.id), pos, cache, Proxy { owner: from }))
-                            .id();
-                        index.0.insert(p.id, e);
+                } else if let Some((mut at, mut cache)) =
+                    index.0.get(&p.id).and_then(|e| proxies.get_mut(*e).ok())
+                {
+                    *at = pos;
+                    if let Some(blobs) = p.components {
+                        cache.blobs = blobs;
+                        cache.rev = p.rev;
                     }
+                } else {
+                    let cache = ReplicatedComponents {
+                        rev: p.rev,
+                        blobs: p.components.unwrap_or_default(),
+                    };
+                    spawns.insert(p.id, (from, pos, cache));
                 }
             }
             ShardMessage::ProxyRemove { epoch: e, id } if e == epoch => {
-                if let Some(entity) = index.0.remove(&id) {
+                if spawns.remove(&id).is_none()
+                    && let Some(entity) = index.0.remove(&id)
+                {
                     commands.entity(entity).despawn();
                 }
             }
             _ => inbox.stale += 1,
         }
+    }
+    for (id, (owner, pos, cache)) in spawns {
+        if let Some(old) = index.0.remove(&id) {
+            // The index named an entity that is gone (despawned elsewhere): replace it.
+            commands.entity(old).try_despawn();
+        }
+        let e = commands
+            .spawn((Networked(id), pos, cache, Proxy { owner }))
+            .id();
+        index.0.insert(id, e);
     }
 }
 

@@ -5,6 +5,8 @@
 //! choices, and the network's delay, jitter, loss, duplication and reordering. A failure prints its
 //! seed and tick; `cargo run -p zonescaler-sim -- --seed N` replays it exactly.
 
+pub mod cluster;
+
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use zonescaler_bots::{BotClient, BotConfig, Scenario};

@@ -3,6 +3,7 @@
 use anyhow::bail;
 use clap::Parser;
 use std::time::Instant;
+use zonescaler_sim::cluster::{ClusterConfig, ClusterSim};
 use zonescaler_sim::{Sim, SimConfig};
 
 /// Deterministic ZoneScaler simulator: a shard and simulated clients over a seeded faulty network,
@@ -22,6 +23,9 @@ struct Args {
     /// Override the number of clients.
     #[arg(long)]
     clients: Option<usize>,
+    /// Run the multi-shard world instead (2–4 shards, border proxies over delayed links).
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -56,24 +60,38 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut passed = 0u64;
     for seed in a..b {
-        let mut cfg = SimConfig::smoke(seed);
-        if let Some(t) = args.ticks {
-            cfg.ticks = t;
-        }
-        if let Some(c) = args.clients {
-            cfg.clients = c;
-        }
-        match Sim::new(cfg).run() {
-            Ok(o) => {
+        let result = if args.cluster {
+            let mut cfg = ClusterConfig::smoke(seed);
+            if let Some(t) = args.ticks {
+                cfg.ticks = t;
+            }
+            ClusterSim::new(cfg)
+                .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
+                .run()
+                .map(|proxies| format!("seed {seed}: ok, multi-shard, up to {proxies} proxies"))
+        } else {
+            let mut cfg = SimConfig::smoke(seed);
+            if let Some(t) = args.ticks {
+                cfg.ticks = t;
+            }
+            if let Some(c) = args.clients {
+                cfg.clients = c;
+            }
+            Sim::new(cfg).run().map(|o| {
+                format!(
+                    "seed {seed}: ok, {} ticks, {} snapshots applied, {} messages dropped, final hash {:016x}",
+                    o.ticks,
+                    o.snapshots_applied,
+                    o.messages_dropped,
+                    o.hashes.last().copied().unwrap_or(0)
+                )
+            })
+        };
+        match result {
+            Ok(line) => {
                 passed += 1;
                 if b - a == 1 {
-                    println!(
-                        "seed {seed}: ok, {} ticks, {} snapshots applied, {} messages dropped, final hash {:016x}",
-                        o.ticks,
-                        o.snapshots_applied,
-                        o.messages_dropped,
-                        o.hashes.last().copied().unwrap_or(0)
-                    );
+                    println!("{line}");
                 } else if (seed - a + 1) % 100 == 0 {
                     eprintln!(
                         "… {} / {} seeds ok ({:.1}s)",
@@ -85,7 +103,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
             }
             Err(v) => {
                 println!("FAIL {v}");
-                println!("replay: cargo run -p zonescaler-sim -- --seed {seed}");
+                let flag = if args.cluster { " --cluster" } else { "" };
+                println!("replay: cargo run -p zonescaler-sim --{flag} --seed {seed}");
                 return Ok(false);
             }
         }
