@@ -36,15 +36,9 @@ impl ClusterConfig {
     /// a few hundred NPCs each, link delay and jitter chosen by the seed.
     pub fn smoke(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0xC1A5);
-        let mut world = WorldConfig::default();
-        world.world.min_x = -256.0;
-        world.world.min_z = -256.0;
-        world.world.max_x = 256.0;
-        world.world.max_z = 256.0;
+        let mut world = crate::square_world(256.0, seed, 150 + rng.below(150) as usize);
         world.world.base_cell_size_m = 64.0;
-        world.npc.count = 150 + rng.below(150) as usize;
         world.npc.speed_mps = 2.0 + rng.range_f32(0.0, 4.0);
-        world.simulation.seed = seed;
         let link_faults = LinkFaults {
             delay_us: 1_000 + rng.below(60_000),
             jitter_us: rng.below(30_000),

@@ -37,13 +37,7 @@ impl SimConfig {
     /// on a lossy, jittery, duplicating, reordering network whose severity the seed chooses.
     pub fn smoke(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x5EED);
-        let mut world = WorldConfig::default();
-        world.world.min_x = -200.0;
-        world.world.min_z = -200.0;
-        world.world.max_x = 200.0;
-        world.world.max_z = 200.0;
-        world.npc.count = 150 + rng.below(150) as usize;
-        world.simulation.seed = seed;
+        let mut world = square_world(200.0, seed, 150 + rng.below(150) as usize);
         world.interest.aoi_radius_m = 40.0 + rng.range_f32(0.0, 40.0);
         let faults = LinkFaults {
             delay_us: 1_000 + rng.below(40_000),
@@ -61,6 +55,19 @@ impl SimConfig {
             churn: 0.25,
         }
     }
+}
+
+/// A square world of side `2 × half_m` centred on the origin, with `npcs` NPCs and the given seed:
+/// the small worlds the simulators' smoke configurations start from.
+pub fn square_world(half_m: f32, seed: u64, npcs: usize) -> WorldConfig {
+    let mut world = WorldConfig::default();
+    world.world.min_x = -half_m;
+    world.world.min_z = -half_m;
+    world.world.max_x = half_m;
+    world.world.max_z = half_m;
+    world.npc.count = npcs;
+    world.simulation.seed = seed;
+    world
 }
 
 /// What travels on the simulated wire.
