@@ -68,7 +68,10 @@ pub struct AoiGrid {
     /// `starts[c]..starts[c + 1]` indexes `items` for cell `c`.
     starts: Vec<u32>,
     items: Vec<u32>,
+    /// Per-cell count, then the fill cursor during a rebuild.
     counts: Vec<u32>,
+    /// Cell of each frame index (kept to reuse its allocation).
+    cells: Vec<u32>,
 }
 
 impl AoiGrid {
@@ -95,6 +98,7 @@ impl AoiGrid {
             starts: vec![0; cols * rows + 1],
             items: Vec::new(),
             counts: vec![0; cols * rows],
+            cells: Vec::new(),
         }
     }
 
@@ -110,29 +114,32 @@ impl AoiGrid {
 
     /// Rebuild from positions (index i of `xz` is frame index i).
     pub fn rebuild(&mut self, xz: &[[f32; 2]]) {
+        // Every buffer is kept across ticks: once warm, a rebuild allocates nothing.
+        let mut cells = std::mem::take(&mut self.cells);
+        cells.clear();
+        cells.extend(xz.iter().map(|&p| {
+            let (cx, cz) = self.cell_xy(p);
+            (cz * self.cols + cx) as u32
+        }));
         self.counts.iter_mut().for_each(|c| *c = 0);
-        let cells: Vec<u32> = xz
-            .iter()
-            .map(|&p| {
-                let (cx, cz) = self.cell_xy(p);
-                (cz * self.cols + cx) as u32
-            })
-            .collect();
         for &c in &cells {
             self.counts[c as usize] += 1;
         }
         let mut acc = 0u32;
-        for (i, c) in self.counts.iter().enumerate() {
+        for (i, c) in self.counts.iter_mut().enumerate() {
             self.starts[i] = acc;
-            acc += c;
+            acc += *c;
+            // From here on `counts` is the fill cursor of each cell.
+            *c = self.starts[i];
         }
         self.starts[self.counts.len()] = acc;
         self.items.resize(xz.len(), 0);
-        let mut fill: Vec<u32> = self.starts[..self.counts.len()].to_vec();
         for (i, &c) in cells.iter().enumerate() {
-            self.items[fill[c as usize] as usize] = i as u32;
-            fill[c as usize] += 1;
+            let at = &mut self.counts[c as usize];
+            self.items[*at as usize] = i as u32;
+            *at += 1;
         }
+        self.cells = cells;
     }
 
     /// Frame indices within `radius` of `center`, sorted ascending (= `NetId` order), at most

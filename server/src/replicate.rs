@@ -119,12 +119,7 @@ pub fn compute_deltas(
                 j += 1;
             }
             if j < base.ids.len() && base.ids[j] == id {
-                let delta = if qp != base.qpos[j] {
-                    qp.delta_from(base.qpos[j])
-                } else {
-                    Some([0; 3])
-                };
-                match delta {
+                match qp.delta_from(base.qpos[j]) {
                     Some(d) => {
                         if d != [0; 3] {
                             // The baseline holds at most AOI_ENTITIES_PER_CLIENT_MAX ids.
