@@ -37,11 +37,8 @@ impl TickFixture {
         let mut bots = Vec::with_capacity(clients);
         for i in 0..clients {
             let conn = ConnId(i as u64 + 1);
-            let mut bot = BotClient::new(BotConfig {
-                name: format!("b{i}"),
-                scenario: Scenario::Wander,
-                seed: i as u64,
-            });
+            let mut bot =
+                BotClient::new(BotConfig::new(format!("b{i}"), Scenario::Wander, i as u64));
             app.push_event(NetEvent::Connected {
                 conn,
                 max_datagram_bytes: 1_200,

@@ -23,15 +23,19 @@ pub enum Scenario {
     Wander,
     /// Stand still (inputs still flow, so RTT is measured).
     Idle,
+    /// Walk back and forth across a border between two shards (given by [`BotConfig::border`],
+    /// chosen from the cell map with [`border_walks`]); without one, wander.
+    Border,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 2] = [Scenario::Wander, Scenario::Idle];
+    pub const ALL: [Scenario; 3] = [Scenario::Wander, Scenario::Idle, Scenario::Border];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Wander => "wander",
             Self::Idle => "idle",
+            Self::Border => "border",
         }
     }
 
@@ -45,6 +49,84 @@ pub struct BotConfig {
     pub name: String,
     pub scenario: Scenario,
     pub seed: u64,
+    /// Where to ask to start (`Hello::spawn_hint`); the shard picks if `None`.
+    pub spawn_hint: Option<QPos>,
+    /// For [`Scenario::Border`]: the two ends of the walk, on either side of a border.
+    pub border: Option<(Vec3, Vec3)>,
+}
+
+impl BotConfig {
+    pub fn new(name: impl Into<String>, scenario: Scenario, seed: u64) -> Self {
+        Self {
+            name: name.into(),
+            scenario,
+            seed,
+            spawn_hint: None,
+            border: None,
+        }
+    }
+}
+
+/// How far (metres) each end of a border walk is from the border.
+pub const BORDER_WALK_HALF_M: f32 = 10.0;
+
+/// `n` border walks over `map`: for each, a random point on a border between two shards
+/// (weighted by border length, away from corners) and the two points `BORDER_WALK_HALF_M` to
+/// either side of it. Empty if the map has no border.
+pub fn border_walks(map: &CellMapView, n: usize, rng: &mut Rng) -> Vec<(Vec3, Vec3)> {
+    // Shared edges between leaves of different shards: (fixed coordinate, lo, hi, vertical).
+    let keep = BORDER_WALK_HALF_M;
+    let mut edges: Vec<(f32, f32, f32, bool)> = Vec::new();
+    for (i, a) in map.leaves.iter().enumerate() {
+        for b in &map.leaves[i + 1..] {
+            if a.shard == b.shard {
+                continue;
+            }
+            let [ax0, az0, ax1, az1] = a.rect;
+            let [bx0, bz0, bx1, bz1] = b.rect;
+            if ax1 == bx0 || bx1 == ax0 {
+                let (lo, hi) = (az0.max(bz0) + keep, az1.min(bz1) - keep);
+                if hi > lo {
+                    edges.push((if ax1 == bx0 { ax1 } else { ax0 }, lo, hi, true));
+                }
+            }
+            if az1 == bz0 || bz1 == az0 {
+                let (lo, hi) = (ax0.max(bx0) + keep, ax1.min(bx1) - keep);
+                if hi > lo {
+                    edges.push((if az1 == bz0 { az1 } else { az0 }, lo, hi, false));
+                }
+            }
+        }
+    }
+    let total: f32 = edges.iter().map(|e| e.2 - e.1).sum();
+    if edges.is_empty() || total <= 0.0 {
+        return Vec::new();
+    }
+    (0..n)
+        .map(|_| {
+            let mut at = rng.range_f32(0.0, total);
+            let e = edges
+                .iter()
+                .find(|e| {
+                    at -= e.2 - e.1;
+                    at <= 0.0
+                })
+                .unwrap_or(&edges[edges.len() - 1]);
+            let along = rng.range_f32(e.1, e.2);
+            let (a, b) = if e.3 {
+                (
+                    Vec3::new(e.0 - keep, 0.0, along),
+                    Vec3::new(e.0 + keep, 0.0, along),
+                )
+            } else {
+                (
+                    Vec3::new(along, 0.0, e.0 - keep),
+                    Vec3::new(along, 0.0, e.0 + keep),
+                )
+            };
+            if rng.next_f32() < 0.5 { (a, b) } else { (b, a) }
+        })
+        .collect()
 }
 
 /// One entity as the client sees it.
@@ -74,6 +156,10 @@ pub struct BotMetrics {
     pub rtt_us: Vec<u32>,
     /// Snapshots in which the bot's own avatar was missing.
     pub avatar_missing: u64,
+    /// Redirects after login: the avatar was handed off and the bot moved to its new shard.
+    pub handoffs: u64,
+    /// Redirect received → first complete snapshot from the new shard, in microseconds.
+    pub handoff_gap_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -112,6 +198,15 @@ pub struct BotClient {
     /// Inputs awaiting a snapshot that reflects them: (seq, sent at).
     in_flight: VecDeque<(u32, u64)>,
     waypoint: Vec3,
+    /// The newest cell map the shard sent.
+    cell_map: Option<CellMapView>,
+    /// When the pending redirect arrived (the first of a chain).
+    redirected_at_us: Option<u64>,
+    /// Set by the new shard's `Welcome` from `redirected_at_us`; its first complete snapshot
+    /// ends the handoff gap.
+    switched_from_us: Option<u64>,
+    /// The border walk's next end (true: the second).
+    walk_to_b: bool,
     pub metrics: BotMetrics,
 }
 
@@ -137,17 +232,49 @@ impl BotClient {
             next_seq: 1,
             in_flight: VecDeque::new(),
             waypoint: Vec3::ZERO,
+            cell_map: None,
+            redirected_at_us: None,
+            switched_from_us: None,
+            walk_to_b: true,
             metrics: BotMetrics::default(),
         }
     }
 
-    /// The first control message: `Hello`.
+    /// The first control message on the first connection: `Hello`.
     pub fn hello(&mut self, now_us: u64) -> Vec<u8> {
         self.metrics.connected_at_us = Some(now_us);
+        let spawn_hint = self.cfg.spawn_hint.or_else(|| {
+            self.cfg
+                .border
+                .filter(|_| self.cfg.scenario == Scenario::Border)
+                .map(|(a, _)| QPos::quantize(a))
+        });
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: self.protocol_hash,
             name: self.cfg.name.clone(),
+            token: None,
+            spawn_hint,
         }))
+    }
+
+    /// The first control message on the connection a [`Redirect`] asked for.
+    pub fn hello_redirected(&self, redirect: &Redirect) -> Vec<u8> {
+        codec::encode(&ClientControl::Hello(Hello {
+            protocol_hash: self.protocol_hash,
+            name: self.cfg.name.clone(),
+            token: Some(redirect.token.clone()),
+            spawn_hint: None,
+        }))
+    }
+
+    /// The redirect could not be followed (the bot stays where it is): it is no handoff.
+    pub fn redirect_abandoned(&mut self) {
+        self.redirected_at_us = None;
+    }
+
+    /// The newest cell map the shard sent.
+    pub fn cell_map(&self) -> Option<&CellMapView> {
+        self.cell_map.as_ref()
     }
 
     pub fn welcome(&self) -> Option<&Welcome> {
@@ -167,8 +294,10 @@ impl BotClient {
             .map(|e| e.pos.to_vec3())
     }
 
-    /// A control message from the shard.
-    pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<(), BotError> {
+    /// A control message from the shard. `Ok(Some(redirect))`: connect to `redirect.addr`, send
+    /// [`Self::hello_redirected`] there, and keep this connection until that one's `Welcome`
+    /// arrives (pass it here too: the bot then switches, and this connection can be closed).
+    pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<Option<Redirect>, BotError> {
         self.metrics.bytes_down += bytes.len() as u64;
         match codec::decode_server_control(bytes) {
             Ok(ServerControl::Welcome(w)) => {
@@ -178,10 +307,30 @@ impl BotClient {
                         "welcome carries another protocol hash".into(),
                     ));
                 }
-                self.metrics.welcomed_at_us = Some(now_us);
-                self.waypoint = w.spawn.to_vec3();
+                if self.welcome.is_some() {
+                    // A new shard: its ticks and baselines have nothing to do with the old one's.
+                    self.switched_from_us = self.redirected_at_us.take();
+                    self.history.clear();
+                    self.partial.clear();
+                    self.latest_tick = 0;
+                    self.in_flight.clear();
+                } else {
+                    self.metrics.welcomed_at_us = Some(now_us);
+                    self.waypoint = w.spawn.to_vec3();
+                }
                 self.welcome = Some(w);
-                Ok(())
+                Ok(None)
+            }
+            Ok(ServerControl::Redirect(r)) => {
+                if self.welcome.is_some() {
+                    // A chain of redirects is one handoff, timed from its first.
+                    self.redirected_at_us.get_or_insert(now_us);
+                }
+                Ok(Some(r))
+            }
+            Ok(ServerControl::CellMap(m)) => {
+                self.cell_map = Some(m);
+                Ok(None)
             }
             Ok(ServerControl::Error(e)) => {
                 self.metrics.error(e.code.as_str());
@@ -323,13 +472,21 @@ impl BotClient {
         }
         self.history.push_back((tick, view));
         self.metrics.snapshots += 1;
+        if let Some(at) = self.switched_from_us.take() {
+            self.metrics.handoffs += 1;
+            self.metrics
+                .handoff_gap_us
+                .push(now_us.saturating_sub(at).min(u64::from(u32::MAX)) as u32);
+        }
         self.metrics.last_snapshot_at_us = Some(now_us);
     }
 
     /// The next input datagram; call once per client tick after login.
     pub fn next_input(&mut self, now_us: u64) -> Option<Vec<u8>> {
         let w = self.welcome.clone()?;
-        if self.cfg.scenario == Scenario::Wander {
+        let wander = self.cfg.scenario == Scenario::Wander
+            || (self.cfg.scenario == Scenario::Border && self.cfg.border.is_none());
+        if wander {
             let here = self.avatar_pos().unwrap_or(w.spawn.to_vec3());
             if here.distance(self.waypoint) < 1.0 {
                 let [min_x, min_z, max_x, max_z] = w.bounds;
@@ -338,6 +495,14 @@ impl BotClient {
                 let z = (here.z + self.rng.range_f32(-r, r)).clamp(min_z, max_z);
                 self.waypoint = Vec3::new(x, 0.0, z);
             }
+        }
+        if let (Scenario::Border, Some((a, b))) = (self.cfg.scenario, self.cfg.border) {
+            let here = self.avatar_pos().unwrap_or(w.spawn.to_vec3());
+            let goal = if self.walk_to_b { b } else { a };
+            if here.distance(goal) < 1.0 {
+                self.walk_to_b = !self.walk_to_b;
+            }
+            self.waypoint = if self.walk_to_b { b } else { a };
         }
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -9,4 +9,4 @@ pub mod core;
 pub mod report;
 pub mod swarm;
 
-pub use core::{BotClient, BotConfig, Scenario};
+pub use core::{BotClient, BotConfig, Scenario, border_walks};

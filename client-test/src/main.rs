@@ -14,7 +14,8 @@ use zonescaler_net::tls::ClientTrust;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Shard address to connect to (host:port).
+    /// Shard address to connect to (host:port). Bots follow redirects to the cluster's other
+    /// shards from there.
     #[arg(long, default_value = "127.0.0.1:4433")]
     connect: String,
     /// Number of bots.
@@ -26,13 +27,16 @@ struct Args {
     /// Time over which bots connect, evenly spaced (default: 2 ms per bot, at most 5 s).
     #[arg(long, value_parser = parse_duration)]
     ramp: Option<Duration>,
-    /// What the bots do: wander, idle.
+    /// What the bots do: wander (random waypoints), idle (stand still), border (walk back and
+    /// forth across borders between shards, chosen from the cell map; needs a cluster of more
+    /// than one shard, e.g. `zonescaler up --shards 4`).
     #[arg(long, default_value = "wander", value_parser = parse_scenario)]
     scenario: Scenario,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report_json: Option<PathBuf>,
-    /// PEM certificate to trust (a shard started by `zonescaler up` writes its own).
+    /// PEM certificate to trust (`zonescaler up` writes one that every shard of its cluster
+    /// presents).
     #[arg(long, conflicts_with = "insecure")]
     cert: Option<PathBuf>,
     /// Accept any server certificate (local testing only).
@@ -176,5 +180,20 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn every_scenario_parses_and_the_help_names_it() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for s in Scenario::ALL {
+            assert_eq!(parse_scenario(s.name()), Ok(s));
+            assert!(help.contains(s.name()), "--help names `{}`", s.name());
+        }
+        assert!(
+            help.contains("more than one shard"),
+            "--help says border needs a multi-shard cluster"
+        );
+        assert!(parse_scenario("sideways").is_err());
     }
 }

@@ -40,8 +40,32 @@ pub struct Report {
     pub inputs_sent_total: u64,
     /// Snapshots in which a bot did not see its own avatar (should be 0).
     pub avatar_missing_total: u64,
+    /// Times a bot's avatar was handed to another shard and the bot followed it there.
+    pub handoffs: u64,
+    /// Redirect received → first complete snapshot from the new shard, over every handoff of
+    /// every bot (0 when there was none).
+    pub handoff_gap_ms_p50: f64,
+    pub handoff_gap_ms_p99: f64,
+    pub handoff_gap_ms_max: f64,
     /// Errors by kind (connect failures, refusals by code, decode problems).
     pub errors: BTreeMap<String, u64>,
+}
+
+/// A histogram of microsecond samples from 1 µs to 1 h at 3 significant digits.
+fn micros_histogram() -> Histogram<u64> {
+    // The bounds are fixed and valid, so `new_with_bounds` cannot fail.
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("invariant: valid static bounds")
+}
+
+/// `h`'s value at quantile `q` (1.0: the maximum), in milliseconds; 0 when it holds no sample.
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else if q >= 1.0 {
+        h.max() as f64 / 1_000.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1_000.0
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -65,17 +89,20 @@ impl Report {
         outcomes: &[BotOutcome],
         extra_errors: &BTreeMap<String, u64>,
     ) -> Self {
-        // 1 µs to 1 h at 3 significant digits: bounds are fixed, so `new_with_bounds` cannot fail.
-        let mut rtt = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("invariant: valid static bounds");
+        let mut rtt = micros_histogram();
+        let mut gaps = micros_histogram();
         let mut sps = Vec::new();
         let mut bps = Vec::new();
         let mut errors = extra_errors.clone();
-        let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing) = (0, 0, 0, 0, 0);
+        let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
+            (0, 0, 0, 0, 0, 0);
         for o in outcomes {
             let m = &o.metrics;
             for &r in &m.rtt_us {
                 rtt.saturating_record(u64::from(r).max(1));
+            }
+            for &g in &m.handoff_gap_us {
+                gaps.saturating_record(u64::from(g).max(1));
             }
             if o.connected && o.active_s > 0.0 {
                 sps.push(m.snapshots as f64 / o.active_s);
@@ -86,18 +113,12 @@ impl Report {
             sbytes += m.snapshot_bytes;
             inputs += m.inputs_sent;
             missing += m.avatar_missing;
+            handoffs += m.handoffs;
             for (k, v) in &m.errors {
                 *errors.entry(k.clone()).or_default() += v;
             }
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
-        let ms = |q: f64| {
-            if rtt.is_empty() {
-                0.0
-            } else {
-                rtt.value_at_quantile(q) as f64 / 1_000.0
-            }
-        };
         Self {
             scenario: scenario.to_string(),
             duration_s,
@@ -106,13 +127,9 @@ impl Report {
             connect_failures: requested - connected,
             snapshots_per_sec_min: sps.iter().copied().reduce(f64::min).unwrap_or(0.0),
             snapshots_per_sec_p50: median(&mut sps),
-            rtt_ms_p50: ms(0.5),
-            rtt_ms_p99: ms(0.99),
-            rtt_ms_max: if rtt.is_empty() {
-                0.0
-            } else {
-                rtt.max() as f64 / 1_000.0
-            },
+            rtt_ms_p50: quantile_ms(&rtt, 0.5),
+            rtt_ms_p99: quantile_ms(&rtt, 0.99),
+            rtt_ms_max: quantile_ms(&rtt, 1.0),
             rtt_samples: rtt.len(),
             bytes_down_per_sec_mean: if bps.is_empty() {
                 0.0
@@ -129,6 +146,10 @@ impl Report {
             snapshot_bytes_total: sbytes,
             inputs_sent_total: inputs,
             avatar_missing_total: missing,
+            handoffs,
+            handoff_gap_ms_p50: quantile_ms(&gaps, 0.5),
+            handoff_gap_ms_p99: quantile_ms(&gaps, 0.99),
+            handoff_gap_ms_max: quantile_ms(&gaps, 1.0),
             errors,
         }
     }
@@ -142,7 +163,8 @@ impl Report {
              rtt             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} inputs)\n\
              bandwidth       {:.0} B/s down per bot (mean)\n\
              entity update   {:.2} B mean ({} updates in {} B)\n\
-             avatar missing  {} snapshots\n",
+             avatar missing  {} snapshots\n\
+             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
             self.scenario,
             self.duration_s,
             self.bots_connected,
@@ -159,6 +181,10 @@ impl Report {
             self.entity_updates_total,
             self.snapshot_bytes_total,
             self.avatar_missing_total,
+            self.handoffs,
+            self.handoff_gap_ms_p50,
+            self.handoff_gap_ms_p99,
+            self.handoff_gap_ms_max,
         );
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
@@ -208,5 +234,60 @@ mod tests {
             "{r:?}"
         );
         assert!((r.rtt_ms_max - 40.0).abs() < 0.1);
+        assert_eq!(
+            (r.handoffs, r.handoff_gap_ms_p50, r.handoff_gap_ms_max),
+            (0, 0.0, 0.0),
+            "no handoff: the gap numbers are 0, not garbage"
+        );
+    }
+
+    #[test]
+    fn handoff_gaps_are_percentiles_over_every_handoff_of_every_bot() {
+        // Gaps of 1..=100 ms, spread unevenly over three bots (one of them failed to log in after
+        // a handoff, which must not hide its samples).
+        let gaps: Vec<u32> = (1..=100).map(|ms| ms * 1_000).collect();
+        let mk = |gaps: &[u32], connected| BotOutcome {
+            metrics: BotMetrics {
+                handoffs: gaps.len() as u64,
+                handoff_gap_us: gaps.to_vec(),
+                ..Default::default()
+            },
+            active_s: if connected { 10.0 } else { 0.0 },
+            connected,
+        };
+        let outcomes = vec![
+            mk(&gaps[..10], true),
+            mk(&gaps[10..95], true),
+            mk(&gaps[95..], false),
+        ];
+        let r = Report::build("border", 10.0, 3, &outcomes, &BTreeMap::new());
+        assert_eq!(r.handoffs, 100, "handoffs are summed over bots");
+        assert!(
+            (r.handoff_gap_ms_p50 - 50.0).abs() < 0.1,
+            "p50 of 1..=100 ms is 50 ms: {r:?}"
+        );
+        assert!(
+            (r.handoff_gap_ms_p99 - 99.0).abs() < 0.1,
+            "p99 of 1..=100 ms is 99 ms: {r:?}"
+        );
+        assert!(
+            (r.handoff_gap_ms_max - 100.0).abs() < 0.1,
+            "max is the largest gap: {r:?}"
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        for field in [
+            "handoffs",
+            "handoff_gap_ms_p50",
+            "handoff_gap_ms_p99",
+            "handoff_gap_ms_max",
+            "rtt_ms_p50",
+        ] {
+            assert!(json.get(field).is_some(), "the JSON report has `{field}`");
+        }
+        assert!(
+            r.render().contains("handoffs        100  gap p50 50.0 ms"),
+            "{}",
+            r.render()
+        );
     }
 }

@@ -1,26 +1,46 @@
-//! The QUIC swarm: thousands of [`BotClient`]s over real connections to a shard.
+//! The QUIC swarm: thousands of [`BotClient`]s over real connections to a cluster of shards.
 //!
 //! Bots ramp up evenly over `ramp`, each runs until the run's deadline, and every outcome
 //! (including connection failures and the shard's stated reason for a close) lands in the report.
+//!
+//! A bot follows its avatar from shard to shard. On a `Redirect` it connects to the new shard
+//! while the old connection keeps carrying snapshots and inputs (the old shard forwards them), and
+//! it switches only once the new shard has welcomed it, so a handoff costs the player no frozen
+//! frames. A login can be redirected too (the spawn point belongs to another shard); it is
+//! followed the same way before the first `Welcome`.
 
-use crate::core::{BotClient, BotConfig, Scenario};
+use crate::core::{BotClient, BotConfig, BotError, Scenario, border_walks};
 use crate::report::{BotOutcome, Report};
+use anyhow::{anyhow, bail};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use zonescaler_net::quic::{self, NetError};
+use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
-use zonescaler_shared::protocol::ErrorCode;
+use zonescaler_shared::codec;
+use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl};
 use zonescaler_shared::rng::Rng;
+
+/// How long a connection attempt may take, and then again the wait for the shard's first answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirects followed in a row without a `Welcome` in between. More means the shards keep
+/// pointing at each other (or the avatar outruns its client): give up rather than loop.
+const REDIRECTS_IN_A_ROW_MAX: u32 = 4;
+/// How long the scout of a border run may take to log in and receive the cell map.
+const SCOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a swarm runs.
 #[derive(Clone, Debug)]
 pub struct SwarmConfig {
+    /// The shard every bot logs in at; redirects take them to the others.
     pub addr: SocketAddr,
+    /// TLS name every shard is asked for (one certificate, or `--insecure`, covers the cluster).
     pub server_name: String,
     pub bots: usize,
     pub duration: Duration,
@@ -40,15 +60,39 @@ struct Live {
     connected: AtomicUsize,
     failed: AtomicUsize,
     snapshots: AtomicU64,
+    handoffs: AtomicU64,
 }
 
 /// Run the swarm to completion and build its report.
+///
+/// A [`Scenario::Border`] run first logs one scout in to read the cell map, and fails if the map
+/// has no border between two shards: there would be nothing to measure.
 pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let endpoints_n = (cfg.bots / 128 + 1).min(8);
     let mut endpoints = Vec::with_capacity(endpoints_n);
     for _ in 0..endpoints_n {
         endpoints.push(quic::client_endpoint_for(&cfg.trust, cfg.addr)?);
     }
+    let walks = if cfg.scenario == Scenario::Border {
+        let map = scout_cell_map(&endpoints[0], &cfg).await?;
+        if map.leaves.is_empty() {
+            bail!(
+                "the shard sent an empty cell map (shards leave out maps of more than {} \
+                 leaves), so no border walks can be chosen",
+                zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX
+            );
+        }
+        let walks = border_walks(&map, cfg.bots, &mut Rng::new(cfg.seed));
+        if walks.is_empty() {
+            bail!(
+                "the cell map has no border between shards: run against a cluster with more \
+                 than one shard, e.g. `zonescaler up --shards 4`"
+            );
+        }
+        walks
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let deadline = start + cfg.ramp + cfg.duration;
     let live = Arc::new(Live::default());
@@ -56,11 +100,12 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     for i in 0..cfg.bots {
         let endpoint = endpoints[i % endpoints_n].clone();
         let offset = cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
-        let bot_cfg = BotConfig {
-            name: format!("bot-{i}"),
-            scenario: cfg.scenario,
-            seed: cfg.seed.wrapping_add(i as u64 * 7919),
-        };
+        let mut bot_cfg = BotConfig::new(
+            format!("bot-{i}"),
+            cfg.scenario,
+            cfg.seed.wrapping_add(i as u64 * 7919),
+        );
+        bot_cfg.border = walks.get(i).copied();
         let (addr, name, live, input_hz) = (
             cfg.addr,
             cfg.server_name.clone(),
@@ -111,6 +156,44 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     ))
 }
 
+/// Log one idle client in and read the cell map the shard sends after `Welcome`: a border run
+/// chooses its walks from it.
+async fn scout_cell_map(
+    endpoint: &quinn::Endpoint,
+    cfg: &SwarmConfig,
+) -> anyhow::Result<CellMapView> {
+    let start = Instant::now();
+    let mut bot = BotClient::new(BotConfig::new("scout", Scenario::Idle, cfg.seed));
+    let hello = bot.hello(0);
+    let scout = async move {
+        let mut session = login(&mut bot, endpoint, cfg.addr, &cfg.server_name, hello, start)
+            .await
+            .map_err(|kind| anyhow!("the scout could not log in to {}: {kind}", cfg.addr))?;
+        let map = loop {
+            if let Some(map) = bot.cell_map() {
+                break map.clone();
+            }
+            let msg = session
+                .read_control()
+                .await
+                .map_err(|e| anyhow!("the scout lost its connection: {e}"))?;
+            // A redirect (the scout's avatar handed off) is ignored: the map comes first.
+            bot.on_control(micros_since(start), &msg)
+                .map_err(|e| anyhow!("the scout was refused: {e}"))?;
+        };
+        session.conn.close(0u32.into(), b"scouted");
+        Ok(map)
+    };
+    tokio::time::timeout(SCOUT_TIMEOUT, scout)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the scout got no cell map from {} within {SCOUT_TIMEOUT:?}",
+                cfg.addr
+            )
+        })?
+}
+
 fn spawn_progress(
     bots: usize,
     start: Instant,
@@ -137,10 +220,11 @@ fn spawn_progress(
             every.tick().await;
             let el = start.elapsed().as_secs();
             let msg = format!(
-                "{}/{bots} connected, {} failed, {} snapshots",
+                "{}/{bots} connected, {} failed, {} snapshots, {} handoffs",
                 live.connected.load(Ordering::Relaxed),
                 live.failed.load(Ordering::Relaxed),
-                live.snapshots.load(Ordering::Relaxed)
+                live.snapshots.load(Ordering::Relaxed),
+                live.handoffs.load(Ordering::Relaxed)
             );
             if tty {
                 bar.set_position(el.min(total));
@@ -153,6 +237,295 @@ fn spawn_progress(
     })
 }
 
+fn micros_since(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// A logged-in connection. Datagrams are read in the bot's loop; control messages on a task of
+/// their own, because reads from a stream are not cancel-safe.
+struct Link {
+    conn: quinn::Connection,
+    control: mpsc::Receiver<Result<Vec<u8>, NetError>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    fn new(mut session: ClientSession) -> Self {
+        let (tx, control) = mpsc::channel::<Result<Vec<u8>, NetError>>(4);
+        let conn = session.conn.clone();
+        // The task owns the session, so our half of the control stream lives as long as it does.
+        let reader = tokio::spawn(async move {
+            loop {
+                let r = session.read_control().await;
+                let stop = r.is_err();
+                if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Self {
+            conn,
+            control,
+            reader,
+        }
+    }
+
+    fn close(self, reason: &[u8]) {
+        self.conn.close(0u32.into(), reason);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Why opening a session (connect, say `Hello`, read the first answer) failed.
+#[derive(Debug)]
+enum OpenError {
+    /// A redirect's address was empty or did not resolve.
+    BadAddr,
+    Connect(NetError),
+    ConnectTimeout,
+    Read(NetError),
+    ReadTimeout,
+}
+
+impl OpenError {
+    /// The report's error kind. `redirect`: the connection was one a redirect asked for, not the
+    /// bot's first (whose kinds stay as they were before shards handed avatars off).
+    fn kind(&self, redirect: bool) -> String {
+        match (self, redirect) {
+            (Self::BadAddr, _) => "redirect_bad_addr".into(),
+            (Self::Connect(e), false) => error_kind("connect", e),
+            (Self::ConnectTimeout, false) => "connect_timeout".into(),
+            (Self::Read(e), false) => error_kind("login", e),
+            (Self::ReadTimeout, false) => "welcome_timeout".into(),
+            (Self::Connect(e), true) => error_kind("redirect: connect", e),
+            (Self::ConnectTimeout, true) => "redirect: connect_timeout".into(),
+            (Self::Read(e), true) => error_kind("redirect: login", e),
+            (Self::ReadTimeout, true) => "redirect: welcome_timeout".into(),
+        }
+    }
+}
+
+/// A session and the first control message its shard sent.
+type Opened = (ClientSession, Vec<u8>);
+
+/// A redirect being followed, polled inside the bot's loop so the old connection keeps being
+/// served; dropping it abandons the attempt.
+type Hop = Pin<Box<dyn Future<Output = Result<Opened, OpenError>> + Send>>;
+
+/// Connect to `addr`, send `hello` and read the shard's first answer.
+async fn open(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    hello: &[u8],
+) -> Result<Opened, OpenError> {
+    let connect = quic::connect(endpoint, addr, server_name, hello);
+    let mut session = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(OpenError::Connect(e)),
+        Err(_) => return Err(OpenError::ConnectTimeout),
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, session.read_control()).await {
+        Ok(Ok(first)) => Ok((session, first)),
+        Ok(Err(e)) => Err(OpenError::Read(e)),
+        Err(_) => Err(OpenError::ReadTimeout),
+    }
+}
+
+/// Open the connection a redirect asks for (`hello` carries its token). `via` is the shard that
+/// sent the redirect (see [`resolve_redirect`]).
+async fn follow(
+    endpoint: quinn::Endpoint,
+    server_name: String,
+    redirect_addr: String,
+    via: SocketAddr,
+    hello: Vec<u8>,
+) -> Result<Opened, OpenError> {
+    let addr =
+        match tokio::time::timeout(CONNECT_TIMEOUT, resolve_redirect(&redirect_addr, via)).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(OpenError::BadAddr),
+            Err(_) => return Err(OpenError::ConnectTimeout),
+        };
+    open(&endpoint, addr, &server_name, &hello).await
+}
+
+/// Where a redirect's `host:port` points: `None` if it is empty or does not resolve. Of several
+/// addresses, one of `via`'s family comes first (the bot's endpoints are bound to that family). A
+/// shard listening on a wildcard address may advertise it (`0.0.0.0:port`), which can only mean
+/// "the host you reach me on", so `via`'s IP stands in for it.
+async fn resolve_redirect(addr: &str, via: SocketAddr) -> Option<SocketAddr> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return None;
+    }
+    let found: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
+        Ok(a) => vec![a],
+        Err(_) => tokio::net::lookup_host(addr).await.ok()?.collect(),
+    };
+    let pick = found
+        .iter()
+        .find(|a| a.is_ipv4() == via.is_ipv4())
+        .or(found.first())
+        .copied()?;
+    Some(if pick.ip().is_unspecified() {
+        SocketAddr::new(via.ip(), pick.port())
+    } else {
+        pick
+    })
+}
+
+fn is_welcome(bytes: &[u8]) -> bool {
+    matches!(
+        codec::decode_server_control(bytes),
+        Ok(ServerControl::Welcome(_))
+    )
+}
+
+/// Log `bot` in at `addr` with `hello`, following the redirects a login may get (its spawn point
+/// belongs to another shard): the session that welcomed it, or the report's error kind.
+async fn login(
+    bot: &mut BotClient,
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    hello: Vec<u8>,
+    start: Instant,
+) -> Result<ClientSession, String> {
+    let (mut session, mut msg) = open(endpoint, addr, server_name, &hello)
+        .await
+        .map_err(|e| e.kind(false))?;
+    let mut redirects = 0;
+    loop {
+        match bot.on_control(micros_since(start), &msg) {
+            Ok(None) if is_welcome(&msg) => return Ok(session),
+            Ok(None) => {
+                return Err("login: the first answer was neither Welcome nor Redirect".into());
+            }
+            Ok(Some(r)) => {
+                redirects += 1;
+                if redirects > REDIRECTS_IN_A_ROW_MAX {
+                    return Err(format!(
+                        "login: redirected more than {REDIRECTS_IN_A_ROW_MAX} times in a row"
+                    ));
+                }
+                // No session to keep yet: the old shard has nothing of ours.
+                let via = session.conn.remote_address();
+                session.conn.close(0u32.into(), b"redirected");
+                let hello = bot.hello_redirected(&r);
+                (session, msg) =
+                    follow(endpoint.clone(), server_name.to_owned(), r.addr, via, hello)
+                        .await
+                        .map_err(|e| e.kind(true))?;
+            }
+            Err(e) => return Err(format!("login_refused: {e}")),
+        }
+    }
+}
+
+/// A bot's connections: the one it plays on, and the redirect it may be following.
+struct Connections {
+    link: Link,
+    /// False once `link` ended while a redirect was being followed: the old shard may let go of a
+    /// client whose avatar it handed off, and the new connection is on its way.
+    link_alive: bool,
+    hop: Option<Hop>,
+    /// Redirects since the last `Welcome`.
+    redirects: u32,
+    endpoint: quinn::Endpoint,
+    server_name: String,
+}
+
+impl Connections {
+    /// The current connection ended: an error for the report (`kind`), unless a redirect is under
+    /// way, whose outcome decides how the bot goes on.
+    fn lost(&mut self, bot: &mut BotClient, kind: impl FnOnce() -> String) {
+        if self.hop.is_none() {
+            bot.metrics.error(&kind());
+        }
+        self.link_alive = false;
+    }
+
+    /// Follow `r`, sent by the shard at `via`. A newer redirect supersedes one still being
+    /// followed.
+    fn follow(&mut self, bot: &mut BotClient, r: Redirect, via: SocketAddr) {
+        self.redirects += 1;
+        self.hop = if self.redirects > REDIRECTS_IN_A_ROW_MAX {
+            bot.metrics.error("redirect: too many in a row");
+            bot.redirect_abandoned();
+            None
+        } else {
+            Some(Box::pin(follow(
+                self.endpoint.clone(),
+                self.server_name.clone(),
+                r.addr.clone(),
+                via,
+                bot.hello_redirected(&r),
+            )))
+        };
+    }
+
+    /// The redirect being followed opened its connection, or failed to. Returns whether the bot
+    /// switched to the new shard. On any failure the bot stays where it is: the old shard keeps
+    /// forwarding its inputs.
+    fn arrived(
+        &mut self,
+        bot: &mut BotClient,
+        opened: Result<Opened, OpenError>,
+        now_us: u64,
+    ) -> bool {
+        let (session, first) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                bot.metrics.error(&e.kind(true));
+                bot.redirect_abandoned();
+                return false;
+            }
+        };
+        match bot.on_control(now_us, &first) {
+            Ok(None) if is_welcome(&first) => {
+                // The core has reset its snapshot state for the new shard, so from now on only
+                // the new connection counts. Datagrams that reached it before the Welcome waited
+                // unread in quinn; they are read now, after it.
+                let old = std::mem::replace(&mut self.link, Link::new(session));
+                old.close(b"redirected");
+                self.link_alive = true;
+                self.redirects = 0;
+                true
+            }
+            Ok(None) => {
+                session.conn.close(0u32.into(), b"no welcome");
+                bot.metrics
+                    .error("redirect: the first answer was neither Welcome nor Redirect");
+                bot.redirect_abandoned();
+                false
+            }
+            Ok(Some(r)) => {
+                // The avatar moved on before its client arrived: follow it.
+                let via = session.conn.remote_address();
+                session.conn.close(0u32.into(), b"redirected");
+                self.follow(bot, r, via);
+                false
+            }
+            Err(e) => {
+                session.conn.close(0u32.into(), b"refused");
+                // The core counted the shard's code too; this says it was a redirect's.
+                bot.metrics.error(&match e {
+                    BotError::Refused { code, .. } => format!("redirect: refused: {code}"),
+                    BotError::Protocol(_) => "redirect: protocol error".into(),
+                });
+                bot.redirect_abandoned();
+                false
+            }
+        }
+    }
+}
+
 async fn run_bot(
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
@@ -163,53 +536,32 @@ async fn run_bot(
     input_hz: u32,
     live: Arc<Live>,
 ) -> BotOutcome {
-    let now_us = || start.elapsed().as_micros() as u64;
+    let now_us = || micros_since(start);
     let seed = cfg.seed;
     let mut bot = BotClient::new(cfg);
     let hello = bot.hello(now_us());
-    let fail = |mut bot: BotClient, kind: String, live: &Live| {
-        live.failed.fetch_add(1, Ordering::Relaxed);
-        bot.metrics.error(&kind);
-        BotOutcome {
-            metrics: bot.metrics,
-            active_s: 0.0,
-            connected: false,
+    let session = match login(&mut bot, &endpoint, addr, &server_name, hello, start).await {
+        Ok(s) => s,
+        Err(kind) => {
+            live.failed.fetch_add(1, Ordering::Relaxed);
+            bot.metrics.error(&kind);
+            return BotOutcome {
+                metrics: bot.metrics,
+                active_s: 0.0,
+                connected: false,
+            };
         }
     };
-    let session = match tokio::time::timeout(
-        Duration::from_secs(10),
-        quic::connect(&endpoint, addr, &server_name, &hello),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return fail(bot, error_kind("connect", &e), &live),
-        Err(_) => return fail(bot, "connect_timeout".into(), &live),
-    };
-    let mut session = session;
-    let welcome = match tokio::time::timeout(Duration::from_secs(10), session.read_control()).await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return fail(bot, error_kind("login", &e), &live),
-        Err(_) => return fail(bot, "welcome_timeout".into(), &live),
-    };
-    if let Err(e) = bot.on_control(now_us(), &welcome) {
-        return fail(bot, format!("login_refused: {e}"), &live);
-    }
     live.connected.fetch_add(1, Ordering::Relaxed);
     let welcomed = Instant::now();
-    // Control frames after Welcome are read on their own task: reads are not cancel-safe.
-    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Result<Vec<u8>, NetError>>(4);
-    let conn = session.conn.clone();
-    let reader = tokio::spawn(async move {
-        loop {
-            let r = session.read_control().await;
-            let stop = r.is_err();
-            if ctrl_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let mut conns = Connections {
+        link: Link::new(session),
+        link_alive: true,
+        hop: None,
+        redirects: 0,
+        endpoint,
+        server_name,
+    };
     // Start the input clock at a random phase. Starting it on Welcome would lock every bot to the
     // moment just after a shard tick (when Welcome is sent), so each input would wait a whole tick:
     // real clients run their own frame clocks at arbitrary phases.
@@ -220,45 +572,57 @@ async fn run_bot(
     let end = tokio::time::sleep_until(deadline.into());
     tokio::pin!(end);
     let mut last_snaps = 0;
-    loop {
+    while conns.link_alive || conns.hop.is_some() {
         tokio::select! {
             _ = &mut end => break,
-            d = conn.read_datagram() => match d {
+            d = conns.link.conn.read_datagram(), if conns.link_alive => match d {
                 Ok(bytes) => {
                     bot.on_datagram(now_us(), &bytes);
-                    if bot.metrics.snapshots != last_snaps {
-                        live.snapshots.fetch_add(bot.metrics.snapshots - last_snaps, Ordering::Relaxed);
+                    let new = bot.metrics.snapshots - last_snaps;
+                    if new > 0 {
+                        live.snapshots.fetch_add(new, Ordering::Relaxed);
                         last_snaps = bot.metrics.snapshots;
                     }
                 }
-                Err(e) => {
-                    bot.metrics.error(&error_kind("connection", &NetError::from(e)));
-                    break;
-                }
+                Err(e) => conns.lost(&mut bot, || error_kind("connection", &NetError::from(e))),
             },
-            c = ctrl_rx.recv() => match c {
-                Some(Ok(bytes)) => {
-                    if bot.on_control(now_us(), &bytes).is_err() {
-                        break;
+            c = conns.link.control.recv(), if conns.link_alive => match c {
+                Some(Ok(bytes)) => match bot.on_control(now_us(), &bytes) {
+                    Ok(None) => {}
+                    Ok(Some(r)) => {
+                        let via = conns.link.conn.remote_address();
+                        conns.follow(&mut bot, r, via);
                     }
+                    // The core counted the refusal; the session is over unless a redirect is
+                    // under way.
+                    Err(_) => conns.link_alive = false,
+                },
+                Some(Err(e)) => conns.lost(&mut bot, || error_kind("control", &e)),
+                None => conns.link_alive = false,
+            },
+            r = async {
+                match conns.hop.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
                 }
-                Some(Err(e)) => {
-                    bot.metrics.error(&error_kind("control", &e));
-                    break;
+            }, if conns.hop.is_some() => {
+                conns.hop = None;
+                if conns.arrived(&mut bot, r, now_us()) {
+                    live.handoffs.fetch_add(1, Ordering::Relaxed);
                 }
-                None => break,
             },
             _ = inputs.tick() => {
-                if let Some(b) = bot.next_input(now_us())
-                    && conn.send_datagram(b.into()).is_err()
+                if conns.link_alive
+                    && let Some(b) = bot.next_input(now_us())
+                    && conns.link.conn.send_datagram(b.into()).is_err()
                 {
                     bot.metrics.error("send_input_failed");
                 }
             }
         }
     }
-    reader.abort();
-    conn.close(0u32.into(), b"run finished");
+    conns.hop = None; // abandon a redirect still being followed
+    conns.link.close(b"run finished");
     let active_s = Instant::now()
         .min(deadline)
         .saturating_duration_since(welcomed)
@@ -282,5 +646,65 @@ fn error_kind(stage: &str, e: &NetError) -> String {
             let short: String = s.chars().take(60).collect();
             format!("{stage}: {short}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redirect_addresses_resolve_or_are_refused() {
+        let via: SocketAddr = "127.0.0.1:4433".parse().expect("literal");
+        assert_eq!(
+            resolve_redirect("", via).await,
+            None,
+            "empty: nowhere to go"
+        );
+        assert_eq!(
+            resolve_redirect("  ", via).await,
+            None,
+            "blank: nowhere to go"
+        );
+        assert_eq!(
+            resolve_redirect("no port here", via).await,
+            None,
+            "an address without a port does not resolve"
+        );
+        assert_eq!(
+            resolve_redirect("10.1.2.3:5000", via).await,
+            Some("10.1.2.3:5000".parse().expect("literal")),
+            "a literal is taken as it is"
+        );
+        assert_eq!(
+            resolve_redirect("0.0.0.0:4434", via).await,
+            Some("127.0.0.1:4434".parse().expect("literal")),
+            "a wildcard address means the host the redirect came from"
+        );
+        let local = resolve_redirect("localhost:4435", via).await;
+        assert_eq!(
+            local.map(|a| (a.port(), a.ip().is_loopback())),
+            Some((4435, true)),
+            "a name resolves, keeping its port"
+        );
+    }
+
+    #[test]
+    fn first_connection_error_kinds_are_unchanged_and_redirect_ones_say_so() {
+        assert_eq!(OpenError::ConnectTimeout.kind(false), "connect_timeout");
+        assert_eq!(OpenError::ReadTimeout.kind(false), "welcome_timeout");
+        assert_eq!(
+            OpenError::ConnectTimeout.kind(true),
+            "redirect: connect_timeout"
+        );
+        assert_eq!(OpenError::BadAddr.kind(true), "redirect_bad_addr");
+        let closed = NetError::PeerClosed {
+            code: u64::from(ErrorCode::BadToken.close_code()),
+            reason: "expired".into(),
+        };
+        assert_eq!(
+            OpenError::Read(closed).kind(true),
+            "redirect: login: closed by shard: bad_token"
+        );
     }
 }

@@ -59,11 +59,7 @@ fn mutated_server_messages_never_crash_a_bot() {
     let mut rng = Rng::new(0xB07);
     let mut errors = 0u64;
     for round in 0..300u64 {
-        let mut bot = BotClient::new(BotConfig {
-            name: "fuzz".into(),
-            scenario: Scenario::Wander,
-            seed: round,
-        });
+        let mut bot = BotClient::new(BotConfig::new("fuzz", Scenario::Wander, round));
         let _ = bot.hello(0);
         bot.on_control(1, &welcome).expect("valid welcome");
         for t in 1..60u64 {

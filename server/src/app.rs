@@ -16,14 +16,19 @@
 //! assert_eq!(app.tick_number(), 1);
 //! ```
 
+use crate::commands::{self, CommandInbox, DeliveredCommands, GameCommands};
+use crate::components::NetIndex;
 use crate::components::{InCell, Networked, Owned, Position, ReplicatedComponents};
+use crate::handoff::{self, ClusterDirectory, HandoffState};
 use crate::interest::{self, AoiGrid, Frame};
 use crate::movement;
 use crate::net::{self, Clients, Registry};
 use crate::npc::NpcPlugin;
-use crate::proxy::{self, Mirrors, ProxyApplyTick, ProxyIndex, ShardInbox, ShardOutbox, Space};
+use crate::proxy::{self, Mirrors, ProxyApplyTick, ShardInbox, ShardOutbox, Space};
 use crate::replicate::{self, ReplicateScratch};
-use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
+use crate::resources::{
+    Config, DespawnLog, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock,
+};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{ScheduleConfigs, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
@@ -31,6 +36,7 @@ use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::components::{Health, Kind, Replicated};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{CommandKind, ComponentBlob};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{ShardId, Tick};
 
@@ -64,6 +70,8 @@ pub trait Plugin {
 pub struct ShardApp {
     pub world: World,
     schedule: Schedule,
+    /// Whether the driver set the cluster clock for the next tick (else it advances by a tick).
+    clock_set: bool,
 }
 
 impl std::fmt::Debug for ShardApp {
@@ -83,7 +91,10 @@ impl ShardApp {
             tick: Tick(0),
             dt: config.tick_dt(),
             tick_hz: config.simulation.tick_hz,
+            now_ms: 0,
         });
+        // First: the hooks of `Networked` keep it current from the first spawn on.
+        world.init_resource::<NetIndex>();
         world.insert_resource(ShardRng(Rng::new(
             config.simulation.seed ^ u64::from(shard.0).wrapping_mul(0x9E37),
         )));
@@ -93,8 +104,14 @@ impl ShardApp {
         world.insert_resource(Grid(grid));
         world.init_resource::<ShardInbox>();
         world.init_resource::<ShardOutbox>();
-        world.init_resource::<ProxyIndex>();
         world.init_resource::<Mirrors>();
+        world.init_resource::<HandoffState>();
+        world.init_resource::<ClusterDirectory>();
+        world.init_resource::<DespawnLog>();
+        world.init_resource::<GameCommands>();
+        world.init_resource::<DeliveredCommands>();
+        world.init_resource::<CommandInbox>();
+        world.init_resource::<ComponentCodecs>();
         world.init_resource::<ProxyApplyTick>();
         world.insert_resource(Config(config));
         world.init_resource::<Inbox>();
@@ -111,13 +128,31 @@ impl ShardApp {
         use ShardSystems::*;
         schedule.configure_sets((Receive, Simulate, Ownership, Interest, Replicate, Send).chain());
         schedule.configure_sets(ReplicationCache.in_set(Interest));
-        schedule.add_systems((proxy::receive_shard_messages, net::receive).in_set(Receive));
+        schedule.add_systems(
+            (
+                proxy::receive_shard_messages,
+                commands::deliver_commands,
+                net::receive,
+            )
+                .chain()
+                .in_set(Receive),
+        );
         schedule.add_systems(
             (movement::apply_inputs, movement::move_entities)
                 .chain()
                 .in_set(Simulate),
         );
-        schedule.add_systems((net::drop_clients_without_avatar, update_cells).in_set(Ownership));
+        schedule.add_systems(
+            (
+                net::drop_clients_without_avatar,
+                update_cells,
+                handoff::start_handoffs,
+                handoff::cancel_late_handoffs,
+                handoff::expire_awaiting_clients,
+                commands::queue_commands,
+            )
+                .in_set(Ownership),
+        );
         // Proxies are read-only; catching a write costs a query per tick, so only in debug.
         #[cfg(debug_assertions)]
         schedule.add_systems(proxy::forbid_proxy_writes.in_set(Ownership));
@@ -129,7 +164,11 @@ impl ShardApp {
         );
         schedule.add_systems((replicate::compute_deltas, proxy::mirror_proxies).in_set(Replicate));
         schedule.add_systems(net::send_snapshots.in_set(Send));
-        Self { world, schedule }
+        Self {
+            world,
+            schedule,
+            clock_set: false,
+        }
     }
 
     /// The example game: core + wandering NPCs + `Kind` and `Health` replicated, on a one-shard
@@ -190,6 +229,16 @@ impl ShardApp {
             .0
             .register(T::NAME)
             .unwrap_or_else(|e| panic!("replicate::<{}>(): {e}", std::any::type_name::<T>()));
+        self.world
+            .resource_mut::<ComponentCodecs>()
+            .0
+            .push(ComponentCodec {
+                kind,
+                insert: insert_decoded::<T>,
+                remove: |e| {
+                    e.remove::<T>();
+                },
+            });
         self.schedule.add_systems(
             (move |mut q: Query<(&T, &mut ReplicatedComponents), bevy_ecs::query::Changed<T>>| {
                 for (value, mut cache) in &mut q {
@@ -204,14 +253,25 @@ impl ShardApp {
     /// Run one tick: `Receive` → `Simulate` → `Ownership` → `Interest` → `Replicate` → `Send`.
     pub fn tick(&mut self) {
         {
+            let advance = !std::mem::take(&mut self.clock_set);
             let mut clock = self.world.resource_mut::<TickClock>();
             clock.tick = clock.tick.next();
+            if advance {
+                clock.now_ms += 1_000 / u64::from(clock.tick_hz);
+            }
         }
         self.schedule.run(&mut self.world);
         let entities = self.world.resource::<Frame>().ids.len();
         let mut stats = self.world.resource_mut::<ShardStats>();
         stats.ticks += 1;
         stats.entities = entities;
+    }
+
+    /// Set the cluster clock (milliseconds) for the next tick: the production loop passes Unix
+    /// time, the simulator its simulated time.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.world.resource_mut::<TickClock>().now_ms = now_ms;
+        self.clock_set = true;
     }
 
     /// The tick last run (0 before the first).
@@ -280,6 +340,59 @@ fn update_cells(
     }
 }
 
+/// How to turn one registered component's bytes back into the component (a handoff target
+/// rebuilds the entity from them) and how to take it off (a former owner keeps only bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct ComponentCodec {
+    pub kind: u8,
+    pub insert: fn(&mut EntityWorldMut, &[u8]) -> bool,
+    pub remove: fn(&mut EntityWorldMut),
+}
+
+/// Every registered component's codec, in registration order.
+#[derive(Resource, Debug, Default)]
+pub struct ComponentCodecs(pub Vec<ComponentCodec>);
+
+fn insert_decoded<T: Replicated>(e: &mut EntityWorldMut, bytes: &[u8]) -> bool {
+    match bitcode::decode::<T>(bytes) {
+        Ok(v) => {
+            e.insert(v);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Insert the typed components encoded in `blobs` on `entity` (unknown kinds and bytes that do
+/// not decode are skipped and logged: a handoff from a peer with the same protocol hash never
+/// has them).
+pub fn insert_replicated(world: &mut World, entity: Entity, blobs: &[ComponentBlob]) {
+    let codecs = world.resource::<ComponentCodecs>().0.clone();
+    let mut e = world.entity_mut(entity);
+    for blob in blobs {
+        let ok = codecs
+            .iter()
+            .find(|c| c.kind == blob.kind)
+            .is_some_and(|c| (c.insert)(&mut e, &blob.bytes));
+        if !ok {
+            tracing::warn!(
+                kind = blob.kind,
+                "replicated component did not decode; skipped"
+            );
+        }
+    }
+}
+
+/// Remove every registered typed component from `entity` (it became a proxy: only its bytes,
+/// kept fresh by the owner, remain).
+pub fn remove_replicated(world: &mut World, entity: Entity) {
+    let codecs = world.resource::<ComponentCodecs>().0.clone();
+    let mut e = world.entity_mut(entity);
+    for c in &codecs {
+        (c.remove)(&mut e);
+    }
+}
+
 /// The world's base cell grid (from config).
 #[derive(Resource, Debug, Clone)]
 pub struct Grid(pub CellGrid);
@@ -291,7 +404,17 @@ pub struct ExampleGamePlugin;
 impl Plugin for ExampleGamePlugin {
     fn build(&self, app: &mut ShardApp) {
         app.replicate::<Kind>().replicate::<Health>();
-        app.add_systems(ShardSystems::Simulate, give_health);
+        app.add_systems(ShardSystems::Simulate, (give_health, apply_damage));
+    }
+}
+
+/// `Simulate`: damage commands delivered to entities this shard owns.
+fn apply_damage(delivered: Res<DeliveredCommands>, mut health: Query<&mut Health, With<Owned>>) {
+    for (e, cmd) in &delivered.0 {
+        let CommandKind::Damage { hp } = *cmd;
+        if let Ok(mut h) = health.get_mut(*e) {
+            h.hp = h.hp.saturating_sub(hp);
+        }
     }
 }
 

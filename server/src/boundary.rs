@@ -106,6 +106,21 @@ impl BoundaryIndex {
         }
         out.sort_unstable();
     }
+
+    /// Whether `shard` owns a leaf touching the closed disc (`p`, `radius`): the handoff
+    /// hysteresis test ("is the entity still within the margin of its owner's cells?").
+    pub fn owns_near(&self, p: [f32; 2], radius: f32, shard: ShardId) -> bool {
+        if radius.is_nan() || radius < 0.0 {
+            return false;
+        }
+        let envelope = AABB::from_corners(
+            [p[0] - radius, p[1] - radius],
+            [p[0] + radius, p[1] + radius],
+        );
+        self.tree
+            .locate_in_envelope_intersecting(&envelope)
+            .any(|leaf| leaf.owner == shard && leaf.rect.intersects_circle(p, radius))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Components every networked entity of a shard carries.
 
+use bevy_ecs::lifecycle::HookContext;
 use bevy_ecs::prelude::*;
+use bevy_ecs::world::DeferredWorld;
 use glam::Vec3;
+use std::collections::HashMap;
 use zonescaler_shared::protocol::ComponentBlob;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{CellId, ConnId, NetId};
@@ -9,9 +12,43 @@ use zonescaler_shared::{CellId, ConnId, NetId};
 /// Marks an entity as networked and gives its cluster-wide id. Requires the replication cache.
 /// An entity this shard simulates also carries [`Owned`]; a neighbour's copy carries
 /// [`crate::proxy::Proxy`] instead.
+///
+/// Every `Networked` entity is in the [`NetIndex`] (kept by this component's hooks), so a message
+/// naming a `NetId` finds its entity, owned or proxy, without a scan.
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
-#[require(ReplicatedComponents)]
+#[require(ReplicatedComponents, Generation)]
+#[component(immutable, on_add = index_networked, on_remove = unindex_networked)]
 pub struct Networked(pub NetId);
+
+/// Every networked entity of this shard by id: owned, in transit or proxy.
+#[derive(Resource, Debug, Default)]
+pub struct NetIndex(pub HashMap<NetId, Entity>);
+
+fn index_networked(mut world: DeferredWorld, ctx: HookContext) {
+    let Some(&Networked(id)) = world.get::<Networked>(ctx.entity) else {
+        return;
+    };
+    if let Some(mut index) = world.get_resource_mut::<NetIndex>() {
+        index.0.insert(id, ctx.entity);
+    }
+}
+
+fn unindex_networked(mut world: DeferredWorld, ctx: HookContext) {
+    let Some(&Networked(id)) = world.get::<Networked>(ctx.entity) else {
+        return;
+    };
+    if let Some(mut index) = world.get_resource_mut::<NetIndex>() {
+        // Only if it still names this entity (a replacement may already be indexed).
+        if index.0.get(&id) == Some(&ctx.entity) {
+            index.0.remove(&id);
+        }
+    }
+}
+
+/// Ownership generation: 0 when created, one more after every handoff. Proxy updates and
+/// handoff answers carry it, so a message from a former owner is recognised as stale.
+#[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Generation(pub u32);
 
 /// Simulated here: this shard is the only writer. Every simulation system filters on it.
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -6,7 +6,9 @@
 //!   [`Inbox`] and [`Outbox`] resources, filled and drained by a driver.
 //! - [`npc`], [`movement`]: the built-in `Simulate` systems (wandering NPCs, authoritative input).
 //! - [`interest`]: the uniform AOI grid rebuilt every tick.
-//! - [`proxy`]: read-only copies of neighbour shards' entities near the borders.
+//! - [`proxy`]: read-only copies of neighbour shards' entities near the borders; [`handoff`]:
+//!   ownership moving to the neighbour when an entity crosses; [`commands`]: typed commands
+//!   routed to an entity's owner.
 //! - [`boundary`]: the R-tree over cell rectangles that tells which neighbour shards must hold a
 //!   proxy of an entity near a border (used by multi-shard worlds).
 //! - [`replicate`]: per-client delta snapshots.
@@ -15,7 +17,9 @@
 pub mod app;
 pub mod boundary;
 pub mod cluster;
+pub mod commands;
 pub mod components;
+pub mod handoff;
 pub mod interest;
 pub mod movement;
 pub mod net;

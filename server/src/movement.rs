@@ -5,13 +5,17 @@
 //! A client drives only its own avatar: an input carries no entity id at all, the shard applies it
 //! to the avatar of the connection it arrived on.
 
-use crate::components::{MoveTarget, Owned, Position};
+use crate::components::{MoveTarget, Networked, Owned, Position};
 use crate::net::{Clients, Phase};
+use crate::proxy::ShardOutbox;
 use crate::resources::{Config, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
+use bytes::Bytes;
 use glam::Vec3;
+use zonescaler_shared::codec;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::limits;
+use zonescaler_shared::protocol::ShardMessage;
 
 /// Is `p` a position inside the world rectangle (and a sane height)?
 pub fn in_world(cfg: &WorldConfig, p: Vec3) -> bool {
@@ -22,29 +26,53 @@ pub fn in_world(cfg: &WorldConfig, p: Vec3) -> bool {
         && p.y.abs() <= limits::WORLD_EXTENT_M_MAX
 }
 
-/// `Simulate`: apply each client's newest input to its own avatar.
+/// `Simulate`: apply each client's newest input to its own avatar. The input of a client whose
+/// avatar was handed off goes to the new owner until the client gets there; one whose avatar
+/// is in transit waits (only the newest is kept) for the handoff's outcome.
 pub fn apply_inputs(
     mut clients: ResMut<Clients>,
-    mut targets: Query<&mut MoveTarget>,
+    mut targets: Query<&mut MoveTarget, With<Owned>>,
+    nets: Query<&Networked>,
     config: Res<Config>,
     mut stats: ResMut<ShardStats>,
+    mut links: ResMut<ShardOutbox>,
 ) {
     for client in clients.0.values_mut() {
-        let Some(input) = client.pending_input.take() else {
+        let Some(input) = client.pending_input else {
             continue;
         };
-        let Phase::Playing { avatar, .. } = client.phase else {
-            continue;
-        };
-        client.last_input_seq = input.seq;
         let target = input.target.to_vec3();
-        if !in_world(&config.0, target) {
-            stats.inputs_refused_out_of_world += 1;
-            continue;
-        }
-        if let Ok(mut t) = targets.get_mut(avatar) {
-            t.target = target;
-            stats.inputs_applied += 1;
+        match client.phase {
+            Phase::Playing { avatar, .. } => {
+                let Ok(mut t) = targets.get_mut(avatar) else {
+                    // In transit: keep it for whoever owns the avatar next.
+                    continue;
+                };
+                client.pending_input = None;
+                client.last_input_seq = input.seq;
+                if !in_world(&config.0, target) {
+                    stats.inputs_refused_out_of_world += 1;
+                    continue;
+                }
+                t.target = target;
+                stats.inputs_applied += 1;
+            }
+            Phase::Redirected {
+                avatar: Some(view),
+                to,
+            } => {
+                client.pending_input = None;
+                client.last_input_seq = input.seq;
+                if let Ok(net) = nets.get(view) {
+                    let msg = ShardMessage::ForwardInput { id: net.0, input };
+                    links.messages.push((to, Bytes::from(codec::encode(&msg))));
+                    stats.inputs_forwarded += 1;
+                }
+            }
+            _ => {
+                client.pending_input = None;
+                client.last_input_seq = input.seq;
+            }
         }
     }
 }

@@ -5,10 +5,13 @@
 //! allowed, closes that one connection with a logged reason and nothing else. `Send` cuts each
 //! client's snapshot into parts that fit its datagram size and queues them.
 
-use crate::components::{Avatar, MoveTarget, Networked, Owned, Position};
-use crate::proxy::Space;
+use crate::components::{Avatar, MoveTarget, NetIndex, Networked, Owned, Position};
+use crate::handoff::{AwaitingClient, ClusterDirectory, InTransit};
+use crate::proxy::{Proxy, Space};
 use crate::replicate::{ClientSnapshot, SentSnapshot};
-use crate::resources::{Config, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock};
+use crate::resources::{
+    Config, DespawnLog, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock,
+};
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use glam::Vec3;
@@ -21,7 +24,8 @@ use zonescaler_shared::limits;
 use zonescaler_shared::protocol::*;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::registry::ProtocolRegistry;
-use zonescaler_shared::{ConnId, NetId};
+use zonescaler_shared::token::GrantKind;
+use zonescaler_shared::{ConnId, NetId, ShardId};
 
 /// The shard's protocol registry (components registered with `replicate::<T>()`).
 #[derive(Resource, Debug, Default)]
@@ -34,12 +38,29 @@ pub enum Phase {
     AwaitHello { since_tick: u64 },
     /// Logged in and driving `avatar`.
     Playing { avatar: Entity, id: NetId },
+    /// Sent to shard `to` (its avatar was handed off there, or its login belongs there). Until
+    /// the client hangs up, it keeps receiving snapshots around `avatar` (now a proxy) and its
+    /// inputs are forwarded to `to`.
+    Redirected { avatar: Option<Entity>, to: ShardId },
+}
+
+impl Phase {
+    /// The entity whose surroundings this client is shown.
+    pub fn view(&self) -> Option<Entity> {
+        match *self {
+            Self::Playing { avatar, .. } => Some(avatar),
+            Self::Redirected { avatar, .. } => avatar,
+            Self::AwaitHello { .. } => None,
+        }
+    }
 }
 
 /// One client connection of this shard.
 #[derive(Debug)]
 pub struct ClientState {
     pub phase: Phase,
+    /// The player's name from `Hello` (empty before it).
+    pub name: String,
     pub max_datagram_bytes: usize,
     /// Newest input sequence number applied (or refused) so far.
     pub last_input_seq: u32,
@@ -60,6 +81,7 @@ impl ClientState {
     fn new(max_datagram_bytes: usize, tick: u64) -> Self {
         Self {
             phase: Phase::AwaitHello { since_tick: tick },
+            name: String::new(),
             max_datagram_bytes,
             last_input_seq: 0,
             pending_input: None,
@@ -107,13 +129,19 @@ fn close_client(
     outbox: &mut Outbox,
     commands: &mut Commands,
     stats: &mut ShardStats,
+    despawned: &mut DespawnLog,
 ) {
     send_close(conn, code, reason, outbox, stats);
-    if let Some(ClientState {
-        phase: Phase::Playing { avatar, .. },
-        ..
-    }) = clients.0.remove(&conn)
-    {
+    if let Some(c) = clients.0.remove(&conn) {
+        forget_avatar(&c.phase, commands, despawned);
+    }
+}
+
+/// A client is gone: its avatar leaves the world with it. A redirected client's avatar is not
+/// its own any more (it is a proxy of the shard it moved to), so it stays.
+fn forget_avatar(phase: &Phase, commands: &mut Commands, despawned: &mut DespawnLog) {
+    if let Phase::Playing { avatar, id } = *phase {
+        despawned.0.push(id);
         commands.entity(avatar).despawn();
     }
 }
@@ -146,8 +174,11 @@ pub fn receive(
     registry: Res<Registry>,
     space: Res<Space>,
     mut stats: ResMut<ShardStats>,
+    mut despawned: ResMut<DespawnLog>,
+    login: LoginContext,
 ) {
     let tick = clock.tick.0;
+    let mut claimed = Vec::new();
     for c in clients.0.values_mut() {
         c.datagrams_this_tick = 0;
     }
@@ -174,9 +205,7 @@ pub fn receive(
             NetEvent::Disconnected { reason, .. } => {
                 if let Some(c) = clients.0.remove(&conn) {
                     info!(conn = conn.0, %reason, "client disconnected");
-                    if let Phase::Playing { avatar, .. } = c.phase {
-                        commands.entity(avatar).despawn();
-                    }
+                    forget_avatar(&c.phase, &mut commands, &mut despawned);
                 }
                 Ok(())
             }
@@ -190,10 +219,13 @@ pub fn receive(
                     &mut outbox,
                     &mut ids,
                     &mut rng,
-                    tick,
+                    &clock,
                     &config,
                     &registry,
                     &space,
+                    &login,
+                    &mut claimed,
+                    &mut stats,
                 ),
             },
             NetEvent::Datagram { bytes, .. } => match clients.0.get_mut(&conn) {
@@ -210,6 +242,7 @@ pub fn receive(
                 &mut outbox,
                 &mut commands,
                 &mut stats,
+                &mut despawned,
             );
         }
     }
@@ -230,12 +263,33 @@ pub fn receive(
             &mut outbox,
             &mut commands,
             &mut stats,
+            &mut despawned,
         );
     }
     stats.clients = clients.0.len();
 }
 
-/// A control message: only `Hello`, only once, only with our protocol hash. Spawns the avatar.
+/// What a login needs besides the connection: the cluster's tokens and the entities a token
+/// may name.
+#[derive(bevy_ecs::system::SystemParam)]
+pub struct LoginContext<'w, 's> {
+    directory: Res<'w, ClusterDirectory>,
+    index: Res<'w, NetIndex>,
+    entities: Query<
+        'w,
+        's,
+        (
+            &'static Position,
+            Option<&'static AwaitingClient>,
+            Option<&'static Proxy>,
+            Option<&'static InTransit>,
+        ),
+    >,
+}
+
+/// A control message: only `Hello`, only once, only with our protocol hash. Spawns the avatar,
+/// binds a handed-off one (with a token), or redirects the login to the shard that owns its
+/// spawn point.
 fn on_control(
     conn: ConnId,
     client: &mut ClientState,
@@ -244,10 +298,13 @@ fn on_control(
     outbox: &mut Outbox,
     ids: &mut IdAllocator,
     rng: &mut ShardRng,
-    tick: u64,
+    clock: &TickClock,
     config: &Config,
     registry: &Registry,
     space: &Space,
+    login: &LoginContext,
+    claimed: &mut Vec<Entity>,
+    stats: &mut ShardStats,
 ) -> Result<(), Refusal> {
     let ClientControl::Hello(hello) =
         codec::decode_client_control(bytes).map_err(|e| decode_refusal("control message", &e))?;
@@ -269,34 +326,115 @@ fn on_control(
     }
     let cfg = &config.0;
     let w = &cfg.world;
-    // Avatars start in a cell this shard owns (any point, if it owns next to nothing).
-    let spawn = space.random_owned_point(&mut rng.0).unwrap_or_else(|| {
-        Vec3::new(
-            rng.0.range_f32(w.min_x, w.max_x),
-            0.0,
-            rng.0.range_f32(w.min_z, w.max_z),
-        )
-    });
-    let id = ids.allocate();
-    let avatar = commands
-        .spawn((
-            Networked(id),
-            Owned,
-            Position(spawn),
-            MoveTarget {
-                target: spawn,
-                speed_mps: cfg.simulation.max_speed_mps,
-            },
-            Avatar { conn },
-            Kind::Player,
-        ))
-        .id();
+    client.name = hello.name.clone();
+    let redirect =
+        |client: &mut ClientState, outbox: &mut Outbox, to, what, stats: &mut ShardStats| {
+            let r = login.directory.redirect(to, what, clock.now_ms);
+            client.phase = Phase::Redirected { avatar: None, to };
+            stats.redirects += 1;
+            outbox.commands.push(NetCommand::Control {
+                conn,
+                bytes: Bytes::from(codec::encode(&ServerControl::Redirect(r))),
+            });
+            Ok(())
+        };
+    let grant = match &hello.token {
+        Some(t) => Some(
+            login
+                .directory
+                .key
+                .verify(t, space.me, clock.now_ms)
+                .map_err(|e| (ErrorCode::BadToken, e.to_string()))?,
+        ),
+        None => None,
+    };
+    let (avatar, id, at) = match grant.map(|g| g.what) {
+        Some(GrantKind::Avatar(id)) => {
+            let found = login
+                .index
+                .0
+                .get(&id)
+                .and_then(|e| login.entities.get(*e).ok().map(|q| (*e, q)));
+            match found {
+                Some((e, (pos, Some(awaiting), _, _))) if !claimed.contains(&e) => {
+                    claimed.push(e);
+                    client.name = awaiting.name.clone();
+                    client.last_input_seq = awaiting.last_input_seq;
+                    commands
+                        .entity(e)
+                        .remove::<AwaitingClient>()
+                        .insert(Avatar { conn });
+                    stats.redirected_in += 1;
+                    (e, id, pos.0)
+                }
+                // It moved on before its client arrived: follow it.
+                Some((_, (_, None, Some(proxy), _))) => {
+                    return redirect(client, outbox, proxy.owner, GrantKind::Avatar(id), stats);
+                }
+                Some((_, (_, None, None, Some(transit)))) => {
+                    return redirect(client, outbox, transit.to, GrantKind::Avatar(id), stats);
+                }
+                _ => {
+                    return Err((
+                        ErrorCode::BadToken,
+                        format!("avatar {id} is not waiting for a client here"),
+                    ));
+                }
+            }
+        }
+        grant_spawn => {
+            // A new player: where it asked (or was sent by another shard), else anywhere this
+            // shard owns.
+            let hint = match grant_spawn {
+                Some(GrantKind::Spawn { spawn, .. }) => Some(spawn),
+                _ => hello.spawn_hint,
+            };
+            let spawn = match hint.map(|q| q.to_vec3()).filter(|p| p.is_finite()) {
+                Some(p) => Vec3::new(
+                    p.x.clamp(w.min_x, w.max_x),
+                    0.0,
+                    p.z.clamp(w.min_z, w.max_z),
+                ),
+                None => space.random_owned_point(&mut rng.0).unwrap_or_else(|| {
+                    Vec3::new(
+                        rng.0.range_f32(w.min_x, w.max_x),
+                        0.0,
+                        rng.0.range_f32(w.min_z, w.max_z),
+                    )
+                }),
+            };
+            if let Some(owner) = space.map.owner_at([spawn.x, spawn.z])
+                && owner != space.me
+            {
+                let what = GrantKind::Spawn {
+                    name: hello.name.clone(),
+                    spawn: QPos::quantize(spawn),
+                };
+                return redirect(client, outbox, owner, what, stats);
+            }
+            let id = ids.allocate();
+            let avatar = commands
+                .spawn((
+                    Networked(id),
+                    Owned,
+                    Position(spawn),
+                    MoveTarget {
+                        target: spawn,
+                        speed_mps: cfg.simulation.max_speed_mps,
+                    },
+                    Avatar { conn },
+                    Kind::Player,
+                ))
+                .id();
+            (avatar, id, spawn)
+        }
+    };
     client.phase = Phase::Playing { avatar, id };
-    info!(conn = conn.0, name = %hello.name, avatar = %id, "client logged in");
+    info!(conn = conn.0, name = %client.name, avatar = %id, "client logged in");
     let welcome = ServerControl::Welcome(Welcome {
         avatar: id,
-        spawn: QPos::quantize(spawn),
-        tick,
+        spawn: QPos::quantize(at),
+        tick: clock.tick.0,
         tick_hz: cfg.simulation.tick_hz as u16,
         protocol_hash: expected,
         bounds: [w.min_x, w.min_z, w.max_x, w.max_z],
@@ -306,6 +444,10 @@ fn on_control(
     outbox.commands.push(NetCommand::Control {
         conn,
         bytes: Bytes::from(codec::encode(&welcome)),
+    });
+    outbox.commands.push(NetCommand::Control {
+        conn,
+        bytes: Bytes::from(codec::encode(&ServerControl::CellMap(space.client_view()))),
     });
     Ok(())
 }
@@ -333,7 +475,7 @@ fn on_datagram(
             ),
         ));
     }
-    if !matches!(client.phase, Phase::Playing { .. }) {
+    if matches!(client.phase, Phase::AwaitHello { .. }) {
         // A datagram may overtake the Hello on its stream; it carries nothing to keep.
         return Ok(());
     }
@@ -382,11 +524,18 @@ pub fn drop_clients_without_avatar(
     mut outbox: ResMut<Outbox>,
     mut stats: ResMut<ShardStats>,
     avatars: Query<(), With<Avatar>>,
+    views: Query<(), With<Networked>>,
 ) {
     let orphaned: Vec<ConnId> = clients
         .0
         .iter()
-        .filter(|(_, c)| matches!(c.phase, Phase::Playing { avatar, .. } if avatars.get(avatar).is_err()))
+        .filter(|(_, c)| match c.phase {
+            Phase::Playing { avatar, .. } => avatars.get(avatar).is_err(),
+            Phase::Redirected {
+                avatar: Some(e), ..
+            } => views.get(e).is_err(),
+            _ => false,
+        })
         .map(|(conn, _)| *conn)
         .collect();
     for conn in orphaned {

@@ -1,12 +1,15 @@
 //! Wandering NPCs, so a shard has load and something to watch without any client.
 
 use crate::app::{Plugin, ShardApp, ShardSystems};
+use crate::commands::GameCommands;
 use crate::components::{MoveTarget, Networked, Owned, Position};
+use crate::interest::{AoiGrid, Frame};
 use crate::proxy::Space;
 use crate::resources::{Config, IdAllocator, ShardRng};
 use bevy_ecs::prelude::*;
 use glam::Vec3;
 use zonescaler_shared::components::Kind;
+use zonescaler_shared::protocol::CommandKind;
 use zonescaler_shared::rng::Rng;
 
 /// Marks an NPC that picks a new random target when it arrives at its current one.
@@ -26,8 +29,21 @@ impl Plugin for NpcPlugin {
         // NPCs start only in cells this shard owns; the RNG is taken out and put back so the
         // draws stay part of the shard's one deterministic sequence.
         let mut rng = std::mem::replace(&mut app.world.resource_mut::<ShardRng>().0, Rng::new(0));
+        // `npc.count` is for the whole world: each shard places its share by the area it owns,
+        // so the same world has the same NPCs on one shard or on many.
+        let wanted = {
+            let space = app.world.resource::<Space>();
+            let world_area = space.grid().world().area();
+            let owned: f32 = space
+                .map
+                .cells_of(space.me)
+                .map(|c| space.grid().rect(c).area())
+                .sum();
+            ((cfg.npc.count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round()
+                as usize
+        };
         let mut placed = 0;
-        for _ in 0..cfg.npc.count {
+        for _ in 0..wanted {
             let Some(p) = app.world.resource::<Space>().random_owned_point(&mut rng) else {
                 break;
             };
@@ -46,16 +62,18 @@ impl Plugin for NpcPlugin {
             placed += 1;
         }
         app.world.resource_mut::<ShardRng>().0 = rng;
-        if placed < cfg.npc.count {
+        if placed < wanted {
             tracing::warn!(
                 placed,
-                wanted = cfg.npc.count,
+                wanted,
                 "this shard owns too little of the world to place every NPC"
             );
         }
         app.add_systems(
             ShardSystems::Simulate,
-            wander.before(crate::movement::move_entities),
+            (adopt_npcs, wander, npc_attacks)
+                .chain()
+                .before(crate::movement::move_entities),
         );
     }
 }
@@ -76,5 +94,57 @@ pub fn wander(
         let z =
             (pos.0.z + rng.0.range_f32(-WANDER_RADIUS_M, WANDER_RADIUS_M)).clamp(w.min_z, w.max_z);
         mt.target = Vec3::new(x, 0.0, z);
+    }
+}
+
+/// `Simulate`: an NPC handed over by a neighbour wanders here too.
+pub fn adopt_npcs(
+    mut commands: Commands,
+    q: Query<(Entity, &Kind), (Added<Owned>, Without<Wander>)>,
+) {
+    for (e, kind) in &q {
+        if *kind == Kind::Npc {
+            commands.entity(e).insert(Wander);
+        }
+    }
+}
+
+/// Chance per NPC per tick of swinging at whatever stands nearest.
+pub const NPC_ATTACK_CHANCE: f32 = 0.002;
+/// How close (metres) an NPC must be to hit something.
+pub const NPC_ATTACK_RANGE_M: f32 = 4.0;
+
+/// `Simulate`: now and then an NPC hits the nearest other entity within reach for one hit point,
+/// with a command to its owner, so it works the same on a neighbour's proxy across a border.
+/// Uses last tick's frame and grid (this tick's are built later, in `Interest`).
+pub fn npc_attacks(
+    npcs: Query<(&Networked, &Position), (With<Wander>, With<Owned>)>,
+    frame: Res<Frame>,
+    grid: Res<AoiGrid>,
+    mut rng: ResMut<ShardRng>,
+    mut out: ResMut<GameCommands>,
+    mut near: Local<Vec<u32>>,
+) {
+    if frame.ids.is_empty() {
+        return;
+    }
+    for (net, pos) in &npcs {
+        if rng.0.next_f32() >= NPC_ATTACK_CHANCE {
+            continue;
+        }
+        let p = [pos.0.x, pos.0.z];
+        grid.query(&frame.xz, p, NPC_ATTACK_RANGE_M, 8, &mut near);
+        let d2 = |i: u32| {
+            let q = frame.xz[i as usize];
+            (q[0] - p[0]).powi(2) + (q[1] - p[1]).powi(2)
+        };
+        let target = near
+            .iter()
+            .copied()
+            .filter(|i| frame.ids[*i as usize] != net.0)
+            .min_by(|a, b| d2(*a).total_cmp(&d2(*b)));
+        if let Some(i) = target {
+            out.send(frame.ids[i as usize], CommandKind::Damage { hp: 1 });
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! Messages carry the cell-map epoch; one sent under another epoch is dropped.
 
 use crate::boundary::BoundaryIndex;
-use crate::components::{Networked, Owned, Position, ReplicatedComponents};
+use crate::components::{Generation, NetIndex, Networked, Owned, Position, ReplicatedComponents};
+use crate::handoff::InTransit;
 use crate::resources::Config;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use tracing::warn;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::codec;
-use zonescaler_shared::protocol::{ProxyState, ShardMessage};
+use zonescaler_shared::protocol::{CellMapView, LeafView, ProxyState, ShardMessage};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{NetId, ShardId};
 
@@ -64,6 +65,30 @@ impl Space {
     pub fn grid(&self) -> &CellGrid {
         self.map.grid()
     }
+
+    /// The map as clients get it (no leaves if it is too big to send).
+    pub fn client_view(&self) -> CellMapView {
+        let leaves = self.map.leaves();
+        let leaves = if leaves.len() > zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX {
+            Vec::new()
+        } else {
+            leaves
+                .iter()
+                .map(|(cell, shard)| {
+                    let r = self.grid().rect(*cell);
+                    LeafView {
+                        rect: [r.min[0], r.min[1], r.max[0], r.max[1]],
+                        shard: *shard,
+                    }
+                })
+                .filter(|l| l.rect[2] > l.rect[0] && l.rect[3] > l.rect[1])
+                .collect()
+        };
+        CellMapView {
+            epoch: self.map.epoch().0,
+            leaves,
+        }
+    }
 }
 
 /// A read-only copy of an entity `owner` simulates.
@@ -93,84 +118,110 @@ pub struct ShardOutbox {
 #[derive(Resource, Debug, Default)]
 pub struct ProxyApplyTick(pub Option<bevy_ecs::change_detection::Tick>);
 
-/// Proxies on this shard by id.
+/// What this shard has mirrored to each neighbour, by entity.
 #[derive(Resource, Debug, Default)]
-pub struct ProxyIndex(pub BTreeMap<NetId, Entity>);
+pub struct Mirrors(pub BTreeMap<ShardId, BTreeMap<NetId, Mirrored>>);
 
-/// What this shard has mirrored to each neighbour: id → (position, revision, tick last seen).
-#[derive(Resource, Debug, Default)]
-pub struct Mirrors(pub BTreeMap<ShardId, BTreeMap<NetId, (QPos, u32, u64)>>);
+/// The last state of one entity sent to one neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mirrored {
+    pub pos: QPos,
+    pub rev: u32,
+    pub generation: u32,
+    /// The tick it was last in that neighbour's border zone.
+    pub seen: u64,
+}
 
-/// `Receive`: apply proxy updates from neighbours.
-pub fn receive_shard_messages(
-    mut commands: Commands,
-    mut inbox: ResMut<ShardInbox>,
-    mut index: ResMut<ProxyIndex>,
-    space: Res<Space>,
-    mut proxies: Query<(&mut Position, &mut ReplicatedComponents), With<Proxy>>,
-    mut applied: ResMut<ProxyApplyTick>,
-    ticks: bevy_ecs::system::SystemChangeTick,
-) {
-    applied.0 = Some(ticks.this_run());
-    let epoch = space.map.epoch().0;
-    let messages = std::mem::take(&mut inbox.messages);
-    // Proxies new in this batch are spawned at the end: spawning goes through `Commands`, so a
-    // second message for the same entity in the same batch must find it here, not in the world
-    // (where it would not exist yet, and a second copy would be spawned and orphaned).
-    let mut spawns: BTreeMap<NetId, (ShardId, Position, ReplicatedComponents)> = BTreeMap::new();
+/// `Receive`: apply every shard-link message in arrival order (links are ordered, and a handoff
+/// answer must be applied before a proxy update sent after it). Exclusive, so each message sees
+/// the world as the previous one left it: a proxy spawned by one message is there for the next.
+pub fn receive_shard_messages(world: &mut World) {
+    let this_run = world.change_tick();
+    world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
+    let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
+    let epoch = world.resource::<Space>().map.epoch().0;
     for (from, bytes) in messages {
         let msg = match codec::decode_shard_message(&bytes) {
             Ok(m) => m,
             Err(e) => {
-                inbox.refused += 1;
+                world.resource_mut::<ShardInbox>().refused += 1;
                 warn!(from = from.0, error = %e, "shard message refused");
                 continue;
             }
         };
-        match msg {
-            ShardMessage::ProxyUpsert(p) if p.epoch == epoch => {
-                let pos = Position(p.pos.to_vec3());
-                if let Some((_, at, cache)) = spawns.get_mut(&p.id) {
-                    *at = pos;
-                    if let Some(blobs) = p.components {
-                        *cache = ReplicatedComponents { rev: p.rev, blobs };
-                    }
-                } else if let Some((mut at, mut cache)) =
-                    index.0.get(&p.id).and_then(|e| proxies.get_mut(*e).ok())
-                {
-                    *at = pos;
-                    if let Some(blobs) = p.components {
-                        cache.blobs = blobs;
-                        cache.rev = p.rev;
-                    }
-                } else {
-                    let cache = ReplicatedComponents {
-                        rev: p.rev,
-                        blobs: p.components.unwrap_or_default(),
-                    };
-                    spawns.insert(p.id, (from, pos, cache));
-                }
-            }
-            ShardMessage::ProxyRemove { epoch: e, id } if e == epoch => {
-                if spawns.remove(&id).is_none()
-                    && let Some(entity) = index.0.remove(&id)
-                {
-                    commands.entity(entity).despawn();
-                }
-            }
-            _ => inbox.stale += 1,
+        let applied = match msg {
+            ShardMessage::ProxyUpsert(p) if p.epoch == epoch => upsert_proxy(world, from, p),
+            ShardMessage::ProxyRemove {
+                epoch: e,
+                id,
+                generation,
+            } if e == epoch => remove_proxy(world, from, id, generation),
+            ShardMessage::ProxyUpsert(_) | ShardMessage::ProxyRemove { .. } => false,
+            other => crate::handoff::on_message(world, from, other),
+        };
+        if !applied {
+            world.resource_mut::<ShardInbox>().stale += 1;
         }
     }
-    for (id, (owner, pos, cache)) in spawns {
-        if let Some(old) = index.0.remove(&id) {
-            // The index named an entity that is gone (despawned elsewhere): replace it.
-            commands.entity(old).try_despawn();
-        }
-        let e = commands
-            .spawn((Networked(id), pos, cache, Proxy { owner }))
-            .id();
-        index.0.insert(id, e);
+}
+
+/// Create or refresh the proxy of `p.id`. Refused (false) when this shard owns the entity, or
+/// already has it from a newer owner generation.
+fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyState) -> bool {
+    let pos = Position(p.pos.to_vec3());
+    let existing = world.resource::<NetIndex>().0.get(&p.id).copied();
+    let Some(e) = existing else {
+        let cache = ReplicatedComponents {
+            rev: p.rev,
+            blobs: p.components.unwrap_or_default(),
+        };
+        world.spawn((
+            Networked(p.id),
+            pos,
+            cache,
+            Generation(p.generation),
+            Proxy { owner: from },
+        ));
+        return true;
+    };
+    let mut entity = world.entity_mut(e);
+    let (Some(proxy), Some(generation)) = (entity.get::<Proxy>(), entity.get::<Generation>())
+    else {
+        // Owned (or in transit) here: this shard is the authority, the sender is stale.
+        return false;
+    };
+    let newer = p.generation > generation.0;
+    if !(newer || (p.generation == generation.0 && proxy.owner == from)) {
+        return false;
     }
+    if newer {
+        entity.insert((Proxy { owner: from }, Generation(p.generation)));
+    }
+    entity.insert(pos);
+    if let Some(blobs) = p.components
+        && let Some(mut cache) = entity.get_mut::<ReplicatedComponents>()
+    {
+        cache.blobs = blobs;
+        cache.rev = p.rev;
+    }
+    true
+}
+
+/// Despawn the proxy of `id` if it is `from`'s at `generation` (a remove from a former owner
+/// must not delete the copy the new owner keeps fresh).
+fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool {
+    let Some(e) = world.resource::<NetIndex>().0.get(&id).copied() else {
+        return false;
+    };
+    let entity = world.entity(e);
+    let matches = entity.get::<Proxy>().is_some_and(|p| p.owner == from)
+        && entity
+            .get::<Generation>()
+            .is_some_and(|g| g.0 == generation);
+    if matches {
+        world.despawn(e);
+    }
+    matches
 }
 
 /// `Ownership`, debug builds only: proxies are read-only. A system that wrote a proxy's position
@@ -199,7 +250,16 @@ pub fn mirror_proxies(
     mut mirrors: ResMut<Mirrors>,
     mut outbox: ResMut<ShardOutbox>,
     mut scratch: Local<Vec<ShardId>>,
-    owned: Query<(&Networked, &Position, &ReplicatedComponents), With<Owned>>,
+    owned: Query<
+        (
+            &Networked,
+            &Position,
+            &ReplicatedComponents,
+            &Generation,
+            Option<&InTransit>,
+        ),
+        Or<(With<Owned>, With<InTransit>)>,
+    >,
     clock: Res<crate::resources::TickClock>,
 ) {
     if !space.has_neighbours {
@@ -208,7 +268,7 @@ pub fn mirror_proxies(
     let tick = clock.tick.0;
     let epoch = space.map.epoch().0;
     let radius = config.0.interest.interest_radius_m;
-    for (net, pos, cache) in &owned {
+    for (net, pos, cache, generation, transit) in &owned {
         let p = [pos.0.x, pos.0.z];
         // An entity deeper than the radius inside a leaf this shard owns cannot be near a
         // foreign cell: skip the R-tree for the vast majority of entities.
@@ -228,17 +288,24 @@ pub fn mirror_proxies(
             .foreign_shards_near(p, radius, space.me, &mut scratch);
         let qpos = pos.quantized();
         for &to in scratch.iter() {
-            let sent = mirrors.0.entry(to).or_default();
-            let prev = sent.get(&net.0).copied();
-            let entry = sent.entry(net.0).or_insert((qpos, cache.rev, tick));
-            entry.2 = tick;
-            let components_changed = prev.is_none_or(|(_, rev, _)| rev != cache.rev);
-            if prev.is_none_or(|(q, _, _)| q != qpos) || components_changed {
-                entry.0 = qpos;
-                entry.1 = cache.rev;
+            if transit.is_some_and(|t| t.to == to) {
+                // The handoff target is taking the entity over: it needs no proxy from here.
+                continue;
+            }
+            let now = Mirrored {
+                pos: qpos,
+                rev: cache.rev,
+                generation: generation.0,
+                seen: tick,
+            };
+            let prev = mirrors.0.entry(to).or_default().insert(net.0, now);
+            let components_changed =
+                prev.is_none_or(|m| m.rev != cache.rev || m.generation != generation.0);
+            if prev.is_none_or(|m| m.pos != qpos) || components_changed {
                 let msg = ShardMessage::ProxyUpsert(ProxyState {
                     epoch,
                     id: net.0,
+                    generation: generation.0,
                     pos: qpos,
                     rev: cache.rev,
                     components: components_changed.then(|| cache.blobs.clone()),
@@ -248,11 +315,16 @@ pub fn mirror_proxies(
         }
     }
     // Whatever was not seen this tick left the border zone (or was despawned): remove it there.
+    // Entries of entities handed off are dropped by the handoff itself, with their generation.
     for (to, sent) in mirrors.0.iter_mut() {
-        sent.retain(|id, (_, _, seen)| {
-            let keep = *seen == tick;
+        sent.retain(|id, m| {
+            let keep = m.seen == tick;
             if !keep {
-                let msg = ShardMessage::ProxyRemove { epoch, id: *id };
+                let msg = ShardMessage::ProxyRemove {
+                    epoch,
+                    id: *id,
+                    generation: m.generation,
+                };
                 outbox
                     .messages
                     .push((*to, Bytes::from(codec::encode(&msg))));

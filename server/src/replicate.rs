@@ -11,9 +11,9 @@
 //! With no usable baseline (first snapshot, or an ack older than the ring) everything is
 //! `spawned`. The client rebuilds the same state from its own copy of the baseline.
 
-use crate::components::{Avatar, Position, ReplicatedComponents};
+use crate::components::{Position, ReplicatedComponents};
 use crate::interest::{AoiGrid, Frame};
-use crate::net::{Clients, Phase};
+use crate::net::Clients;
 use crate::resources::{Config, TickClock};
 use bevy_ecs::prelude::*;
 use zonescaler_shared::NetId;
@@ -65,7 +65,7 @@ pub fn compute_deltas(
     grid: Res<AoiGrid>,
     clock: Res<TickClock>,
     config: Res<Config>,
-    avatars: Query<&Position, With<Avatar>>,
+    avatars: Query<&Position>,
     blobs: Query<&ReplicatedComponents>,
 ) {
     let tick = clock.tick.0;
@@ -78,10 +78,7 @@ pub fn compute_deltas(
             .unwrap_or_default()
     };
     for client in clients.0.values_mut() {
-        let Phase::Playing { avatar, .. } = client.phase else {
-            continue;
-        };
-        let Ok(pos) = avatars.get(avatar) else {
+        let Some(pos) = client.phase.view().and_then(|e| avatars.get(e).ok()) else {
             continue;
         };
         grid.query(

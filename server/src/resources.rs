@@ -17,7 +17,17 @@ pub struct TickClock {
     /// Seconds per tick.
     pub dt: f32,
     pub tick_hz: u32,
+    /// Milliseconds on the cluster's clock (Unix time in production, simulated time in the
+    /// simulator), set by the driver before each tick; used only for what crosses shards
+    /// (token expiry, time in transit). Advances by one tick's worth if the driver does not set it.
+    pub now_ms: u64,
 }
+
+/// Networked entities the engine despawned on purpose this tick (a player left, a handed-off
+/// avatar's client never came): the simulator's `no_lost_entities` checker tells these from losses.
+/// Drained by whoever reads it; bounded by the entities despawned in one tick.
+#[derive(Resource, Debug, Default)]
+pub struct DespawnLog(pub Vec<zonescaler_shared::NetId>);
 
 /// The shard's seeded RNG; every random choice a system makes comes from here.
 #[derive(Resource, Debug)]
@@ -87,6 +97,12 @@ pub struct ShardStats {
     pub inputs_refused_out_of_world: u64,
     pub inputs_dropped_rate: u64,
     pub inputs_stale: u64,
+    /// Inputs of redirected clients forwarded to their avatar's new owner.
+    pub inputs_forwarded: u64,
+    /// Clients sent to another shard (after a handoff, or a login whose spawn point is there).
+    pub redirects: u64,
+    /// Clients that arrived with a valid redirect token.
+    pub redirected_in: u64,
     pub closed: BTreeMap<&'static str, u64>,
 }
 

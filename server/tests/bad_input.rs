@@ -64,7 +64,14 @@ fn ev_datagram(bytes: Vec<u8>) -> NetEvent {
 #[test]
 fn garbage_datagram_closes_only_its_sender() {
     assert_closes_only_sender(
-        ev_datagram(b"ZS\x01\x00this is not bitcode at all".to_vec()),
+        ev_datagram(
+            [
+                b"ZS".as_slice(),
+                &zonescaler_shared::protocol::PROTOCOL_VERSION.to_le_bytes(),
+                b"this is not bitcode at all",
+            ]
+            .concat(),
+        ),
         ErrorCode::BadMessage,
     );
 }
@@ -116,12 +123,7 @@ fn garbage_control_message_closes_only_its_sender() {
 
 #[test]
 fn second_hello_closes_only_its_sender() {
-    let hello = BotClient::new(BotConfig {
-        name: "again".into(),
-        scenario: Scenario::Idle,
-        seed: 1,
-    })
-    .hello(0);
+    let hello = BotClient::new(BotConfig::new("again", Scenario::Idle, 1)).hello(0);
     assert_closes_only_sender(ev_control(hello), ErrorCode::Unexpected);
 }
 
@@ -138,14 +140,7 @@ fn ack_of_a_future_tick_closes_only_its_sender() {
 #[test]
 fn wrong_protocol_hash_is_refused_at_hello() {
     let mut h = Harness::new(small_world(10));
-    let mut bot = BotClient::with_protocol_hash(
-        BotConfig {
-            name: "old".into(),
-            scenario: Scenario::Idle,
-            seed: 3,
-        },
-        0xDEAD,
-    );
+    let mut bot = BotClient::with_protocol_hash(BotConfig::new("old", Scenario::Idle, 3), 0xDEAD);
     h.raw(NetEvent::Connected {
         conn: ConnId(7),
         max_datagram_bytes: 1_200,

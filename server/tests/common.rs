@@ -44,11 +44,11 @@ impl Harness {
     /// Connect a bot on `conn` and log it in (one tick for Hello → Welcome).
     pub fn connect(&mut self, conn: u64) -> usize {
         let conn = ConnId(conn);
-        let mut bot = BotClient::new(BotConfig {
-            name: format!("t{}", conn.0),
-            scenario: Scenario::Idle,
-            seed: conn.0,
-        });
+        let mut bot = BotClient::new(BotConfig::new(
+            format!("t{}", conn.0),
+            Scenario::Idle,
+            conn.0,
+        ));
         self.app.push_event(NetEvent::Connected {
             conn,
             max_datagram_bytes: 1_200,

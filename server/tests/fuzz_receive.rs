@@ -45,14 +45,8 @@ fn mutated_messages_never_crash_the_shard_or_disturb_a_bystander() {
         ack_tick: 1,
         target: QPos([10, 0, 10]),
     }));
-    let hello_of = |i: u64| {
-        BotClient::new(BotConfig {
-            name: format!("f{i}"),
-            scenario: Scenario::Idle,
-            seed: i,
-        })
-        .hello(0)
-    };
+    let hello_of =
+        |i: u64| BotClient::new(BotConfig::new(format!("f{i}"), Scenario::Idle, i)).hello(0);
     let before = h.snapshots(bystander);
     for round in 0..2_000u64 {
         let conn = ConnId(1_000 + round);

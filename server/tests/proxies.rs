@@ -163,11 +163,7 @@ fn a_bot_near_a_border_sees_entities_owned_by_the_other_shard() {
     let spot = glam::Vec3::new(0.0, 0.0, z - 10.0);
 
     let conn = ConnId(1);
-    let mut bot = BotClient::new(BotConfig {
-        name: "border".into(),
-        scenario: Scenario::Idle,
-        seed: 1,
-    });
+    let mut bot = BotClient::new(BotConfig::new("border", Scenario::Idle, 1));
     c.shards[0].push_event(NetEvent::Connected {
         conn,
         max_datagram_bytes: 1_200,
@@ -191,7 +187,9 @@ fn a_bot_near_a_border_sees_entities_owned_by_the_other_shard() {
         let out = c.step();
         for cmd in &out[0] {
             match cmd {
-                NetCommand::Control { bytes, .. } => bot.on_control(now, bytes).expect("welcome"),
+                NetCommand::Control { bytes, .. } => {
+                    bot.on_control(now, bytes).expect("welcome");
+                }
                 NetCommand::Datagram { bytes, .. } => bot.on_datagram(now, bytes),
                 NetCommand::Close { .. } => panic!("the bot must not be closed"),
             }

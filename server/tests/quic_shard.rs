@@ -66,11 +66,7 @@ async fn attack_after_login(
     attack: &[u8],
 ) -> NetError {
     let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
-    let mut bot = BotClient::new(BotConfig {
-        name: "attacker".into(),
-        scenario: Scenario::Idle,
-        seed: 9,
-    });
+    let mut bot = BotClient::new(BotConfig::new("attacker", Scenario::Idle, 9));
     let mut s = quic::connect(&endpoint, shard_addr, "localhost", &bot.hello(0))
         .await
         .expect("connect");
@@ -141,8 +137,17 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
         // Let the bots log in and play a little before the attacks start.
         tokio::time::sleep(Duration::from_millis(800)).await;
 
-        let garbage =
-            attack_after_login(shard.addr, &shard.trust, b"ZS\x01\x00\xff\xff\xff garbage").await;
+        let garbage = attack_after_login(
+            shard.addr,
+            &shard.trust,
+            &[
+                b"ZS".as_slice(),
+                &zonescaler_shared::protocol::PROTOCOL_VERSION.to_le_bytes(),
+                b"\xff\xff\xff garbage",
+            ]
+            .concat(),
+        )
+        .await;
         assert_eq!(
             code_of(&garbage),
             Some(ErrorCode::BadMessage),
@@ -174,6 +179,8 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
         let mut old = codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: 1,
             name: "old".into(),
+            token: None,
+            spawn_hint: None,
         }));
         old[2..4].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
         let wrong_version = attack_at_login(shard.addr, &shard.trust, &old).await;

@@ -69,6 +69,11 @@ impl Rect {
 
     /// True when the rectangle has no area. Leaves split off past the world's max edge clip to
     /// such a sliver: they hold no point of the world.
+    /// Area in square metres (0 for an empty rectangle).
+    pub fn area(&self) -> f32 {
+        (self.max[0] - self.min[0]).max(0.0) * (self.max[1] - self.min[1]).max(0.0)
+    }
+
     pub fn is_empty(&self) -> bool {
         (0..2).any(|i| self.min[i] >= self.max[i])
     }

@@ -138,6 +138,8 @@ mod tests {
         ClientControl::Hello(Hello {
             protocol_hash: 7,
             name: "bot-1".into(),
+            token: None,
+            spawn_hint: None,
         })
     }
 
@@ -223,6 +225,8 @@ mod tests {
         let long = ClientControl::Hello(Hello {
             protocol_hash: 1,
             name: "x".repeat(200),
+            token: None,
+            spawn_hint: None,
         });
         assert_eq!(
             decode_client_control(&encode(&long)),

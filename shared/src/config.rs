@@ -36,6 +36,35 @@ pub struct WorldConfig {
     pub interest: InterestSection,
     pub npc: NpcSection,
     pub tls: TlsSection,
+    pub cluster: ClusterSection,
+}
+
+/// Shortest cluster secret accepted (bytes): 128 bits.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+
+/// `[cluster]`: how shards of one world work together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// An entity is handed to a neighbour only once it is this far (metres) from every cell its
+    /// owner holds, so one pacing on a border does not flap.
+    pub handoff_margin_m: f32,
+    /// A handoff unanswered this long is cancelled (the entity stays frozen until the answer).
+    pub handoff_timeout_ms: u64,
+    /// The cluster secret (at least 16 bytes) that proves membership on shard links and signs
+    /// client redirect tokens. Prefer the `ZONESCALER_CLUSTER_SECRET` environment variable, which
+    /// overrides this, to keeping a secret in a file.
+    pub secret: Option<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            handoff_margin_m: 2.0,
+            handoff_timeout_ms: 2_000,
+            secret: None,
+        }
+    }
 }
 
 /// `[world]`: the ground rectangle (x, z) and its cells.
@@ -269,6 +298,30 @@ impl WorldConfig {
                 ));
             }
             _ => {}
+        }
+        let c = &self.cluster;
+        if !(c.handoff_margin_m.is_finite() && c.handoff_margin_m >= 0.0) {
+            return Err(bad(
+                "cluster.handoff_margin_m",
+                format!("must be zero or positive (got {})", c.handoff_margin_m),
+            ));
+        }
+        if !(100..=60_000).contains(&c.handoff_timeout_ms) {
+            return Err(bad(
+                "cluster.handoff_timeout_ms",
+                format!("must be in 100..=60000 (got {})", c.handoff_timeout_ms),
+            ));
+        }
+        if let Some(secret) = &c.secret
+            && secret.len() < CLUSTER_SECRET_BYTES_MIN
+        {
+            return Err(bad(
+                "cluster.secret",
+                format!(
+                    "must be at least {CLUSTER_SECRET_BYTES_MIN} bytes (got {})",
+                    secret.len()
+                ),
+            ));
         }
         Ok(())
     }

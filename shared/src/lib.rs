@@ -4,7 +4,8 @@
 //! grid, cell map and contiguous placement ([`cellmap`]), position
 //! quantisation ([`quant`]), the seeded RNG ([`rng`]), the wire types ([`protocol`]), the one codec
 //! that turns them into bytes ([`codec`]) and the protocol registry whose hash every handshake
-//! checks ([`registry`]). Nothing here does I/O or reads a clock.
+//! checks ([`registry`]), and the signed redirect tokens that
+//! move a client between shards ([`token`]). Nothing here does I/O or reads a clock.
 
 pub mod cellmap;
 pub mod codec;
@@ -16,5 +17,6 @@ pub mod protocol;
 pub mod quant;
 pub mod registry;
 pub mod rng;
+pub mod token;
 
 pub use ids::{CellId, ConnId, NetId, ShardId, Tick};

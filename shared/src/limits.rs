@@ -45,6 +45,10 @@ pub const CONTROL_QUEUE_PER_CLIENT_MAX: usize = 64;
 pub const PLAYER_NAME_BYTES_MAX: usize = 32;
 /// Length of the human-readable reason in an error message.
 pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
+/// Leaves of the cell map sent to a client after `Welcome`; a bigger map is not sent.
+pub const CELL_MAP_LEAVES_TO_CLIENTS_MAX: usize = 1_024;
+/// Length of a `host:port` address in a redirect.
+pub const ADDR_BYTES_MAX: usize = 128;
 
 /// Slowest and fastest tick rates a world config may ask for.
 pub const TICK_HZ_MIN: u32 = 1;
@@ -65,6 +69,17 @@ pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// QUIC keep-alive interval, well under the idle timeout.
 pub const KEEP_ALIVE_MS: u64 = 2_000;
+
+/// Handoffs one shard has in flight at once (entities frozen, waiting for the target's answer).
+pub const HANDOFFS_IN_FLIGHT_MAX: usize = 4_096;
+/// A handed-off avatar whose client has not arrived with its token after this long is despawned
+/// (the player left mid-redirect).
+pub const REDIRECT_WAIT_MS: u64 = 15_000;
+/// Generations a target remembers having accepted or cancelled, so a duplicate request or a late
+/// cancel gets the same answer; older entries are forgotten.
+pub const HANDOFF_RECORDS_MAX: usize = 65_536;
+/// Commands queued for entities per tick; more are dropped (counted).
+pub const COMMANDS_PER_TICK_MAX: usize = 16_384;
 
 const _: () = assert!(
     DATAGRAM_BYTES_MIN <= 1_200,

@@ -8,13 +8,13 @@
 //! Bytes are produced and checked only by [`crate::codec`]; every type here implements
 //! [`Validate`] so the codec rejects a well-formed but oversized message before anything uses it.
 
-use crate::NetId;
 use crate::limits;
 use crate::quant::QPos;
+use crate::{NetId, ShardId};
 use bitcode::{Decode, Encode};
 
 /// Bumped on every incompatible change to a type in this module.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Semantic checks the codec runs after decoding (lengths, ranges).
 pub trait Validate {
@@ -33,6 +33,12 @@ pub struct Hello {
     /// [`crate::registry::ProtocolRegistry::hash`] of the client's build; must match the shard's.
     pub protocol_hash: u64,
     pub name: String,
+    /// A redirect token from another shard of the cluster ([`crate::token`]): bind to the avatar
+    /// it names (after a handoff) or spawn where it says (a login that came through another shard).
+    pub token: Option<Vec<u8>>,
+    /// Where a new player would like to start; the shard clamps it to the world. A login whose
+    /// spawn point another shard owns is redirected there.
+    pub spawn_hint: Option<QPos>,
 }
 
 /// Client → shard as a datagram.
@@ -59,6 +65,35 @@ pub enum ServerControl {
     Welcome(Welcome),
     /// Sent just before the shard closes the connection.
     Error(ErrorMsg),
+    /// Your avatar now lives on another shard (or your login belongs there): connect to `addr`
+    /// with `token` in `Hello`, then close this connection. Until then this shard keeps sending
+    /// snapshots and forwards your inputs, so there is no gap.
+    Redirect(Redirect),
+    /// Which shard owns which part of the world, sent after `Welcome` (empty when the map has
+    /// more than [`limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX`] leaves). For debug views and for load
+    /// testers that walk bots across borders.
+    CellMap(CellMapView),
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct CellMapView {
+    pub epoch: u64,
+    pub leaves: Vec<LeafView>,
+}
+
+/// One leaf of the cell map: its rectangle `[min_x, min_z, max_x, max_z]` and owner.
+#[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
+pub struct LeafView {
+    pub rect: [f32; 4],
+    pub shard: ShardId,
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct Redirect {
+    pub shard: ShardId,
+    /// The target's client address (`host:port`); empty where the transport routes by shard id.
+    pub addr: String,
+    pub token: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -92,6 +127,8 @@ pub enum ErrorCode {
     /// The client did not read its control stream fast enough; the driver closed it to keep
     /// memory bounded.
     TooSlow,
+    /// The redirect token in `Hello` did not verify, expired, or names nothing to take over.
+    BadToken,
 }
 
 impl ErrorCode {
@@ -106,6 +143,7 @@ impl ErrorCode {
             Self::HelloTimeout => 6,
             Self::ShuttingDown => 7,
             Self::TooSlow => 8,
+            Self::BadToken => 9,
         }
     }
 
@@ -120,6 +158,7 @@ impl ErrorCode {
             Self::HelloTimeout,
             Self::ShuttingDown,
             Self::TooSlow,
+            Self::BadToken,
         ]
         .into_iter()
         .find(|c| u64::from(c.close_code()) == code)
@@ -136,6 +175,7 @@ impl ErrorCode {
             Self::HelloTimeout => "hello_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::TooSlow => "too_slow",
+            Self::BadToken => "bad_token",
         }
     }
 }
@@ -254,7 +294,88 @@ pub enum ShardMessage {
     /// Create or refresh the read-only proxy of an entity the sender owns.
     ProxyUpsert(ProxyState),
     /// The sender no longer mirrors this entity here (it left the border zone or was despawned).
-    ProxyRemove { epoch: u64, id: NetId },
+    /// Applies only to a proxy of this sender at this ownership generation.
+    ProxyRemove {
+        epoch: u64,
+        id: NetId,
+        generation: u32,
+    },
+    /// Handoff step 1: the sender stopped simulating `id` and offers it, full state, to the
+    /// receiver, which owns the cell at `state.pos` (under `epoch`).
+    HandoffRequest(HandoffRequest),
+    /// Handoff step 2: the receiver owns `id` from generation `generation` on.
+    HandoffAck { id: NetId, generation: u32 },
+    /// The receiver will not take `id` at `generation` (and never will: a refusal is final for that
+    /// generation), so the sender resumes simulating it.
+    HandoffRefuse {
+        id: NetId,
+        generation: u32,
+        reason: RefuseReason,
+    },
+    /// The sender waited past its handoff timeout: "answer now, and if you have not taken it,
+    /// never take it". Answered with `HandoffAck` or `HandoffRefuse { reason: Cancelled }`.
+    HandoffCancel { id: NetId, generation: u32 },
+    /// An input for a handed-off avatar whose client has not reached its new shard yet.
+    ForwardInput { id: NetId, input: Input },
+    /// A typed game command for an entity the receiver owns (or owned: it is forwarded on).
+    Command(EntityCommand),
+}
+
+/// Why a handoff was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum RefuseReason {
+    /// The request was sent under another cell-map epoch.
+    StaleEpoch,
+    /// The receiver does not own the cell at the entity's position.
+    NotOwner,
+    /// The receiver is at its entity limit.
+    Full,
+    /// The sender cancelled after its timeout before the receiver took it.
+    Cancelled,
+    /// The receiver already has this entity at a newer generation, or as its own.
+    Conflict,
+}
+
+/// Everything a shard needs to simulate an entity it did not create.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct HandoffRequest {
+    pub epoch: u64,
+    pub id: NetId,
+    /// The ownership generation the receiver takes it at (the sender's + 1).
+    pub generation: u32,
+    /// Exact position (metres), not quantised: the simulation continues from it.
+    pub pos: [f32; 3],
+    pub move_target: [f32; 3],
+    pub speed_mps: f32,
+    /// Replication revision and every replicated component's bytes.
+    pub rev: u32,
+    pub components: Vec<ComponentBlob>,
+    /// Set when the entity is a player's avatar: its client follows with a redirect token.
+    pub player: Option<PlayerHandoff>,
+    /// The sender's clock when it stopped simulating (milliseconds), to measure time in transit.
+    pub sent_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct PlayerHandoff {
+    pub name: String,
+    pub last_input_seq: u32,
+}
+
+/// A command addressed to an entity, applied by its owner on the owner's next tick.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct EntityCommand {
+    pub target: NetId,
+    /// Hops left: a command for an entity that moved on is forwarded at most this many times.
+    pub hops: u8,
+    pub kind: CommandKind,
+}
+
+/// The typed commands of the example game.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum CommandKind {
+    /// Take `hp` hit points (never below zero).
+    Damage { hp: u16 },
 }
 
 /// An owned entity's replicated state, as mirrored to a neighbour.
@@ -262,28 +383,56 @@ pub enum ShardMessage {
 pub struct ProxyState {
     pub epoch: u64,
     pub id: NetId,
+    /// Ownership generation: grows by one on every handoff, so a proxy update from a former
+    /// owner that arrives after one from the new owner is recognised as stale.
+    pub generation: u32,
     pub pos: QPos,
     /// The owner's replication revision; `components` is sent only when it changed.
     pub rev: u32,
     pub components: Option<Vec<ComponentBlob>>,
 }
 
+fn blobs_within_limits(c: &[ComponentBlob]) -> bool {
+    c.len() <= limits::COMPONENTS_PER_ENTITY_MAX
+        && c.iter()
+            .all(|b| b.bytes.len() <= limits::COMPONENT_BYTES_MAX)
+}
+
 impl Validate for ShardMessage {
     fn validate(&self) -> Result<(), &'static str> {
         match self {
             Self::ProxyUpsert(p) => match &p.components {
-                Some(c) if c.len() > limits::COMPONENTS_PER_ENTITY_MAX => {
-                    Err("too many components")
-                }
-                Some(c)
-                    if c.iter()
-                        .any(|b| b.bytes.len() > limits::COMPONENT_BYTES_MAX) =>
-                {
-                    Err("component payload too large")
-                }
+                Some(c) if !blobs_within_limits(c) => Err("component payload over limits"),
                 _ => Ok(()),
             },
-            Self::ProxyRemove { .. } => Ok(()),
+            Self::HandoffRequest(h) => {
+                if !blobs_within_limits(&h.components) {
+                    return Err("component payload over limits");
+                }
+                if !h
+                    .pos
+                    .iter()
+                    .chain(&h.move_target)
+                    .all(|c| c.is_finite() && c.abs() <= limits::WORLD_EXTENT_M_MAX)
+                {
+                    return Err("handoff position out of range");
+                }
+                if !(h.speed_mps.is_finite() && h.speed_mps >= 0.0) {
+                    return Err("handoff speed not a speed");
+                }
+                match &h.player {
+                    Some(p) if p.name.len() > limits::PLAYER_NAME_BYTES_MAX => {
+                        Err("player name too long")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Self::ProxyRemove { .. }
+            | Self::HandoffAck { .. }
+            | Self::HandoffRefuse { .. }
+            | Self::HandoffCancel { .. }
+            | Self::ForwardInput { .. }
+            | Self::Command(_) => Ok(()),
         }
     }
 }
@@ -293,6 +442,13 @@ impl Validate for ClientControl {
         match self {
             Self::Hello(h) if h.name.len() > limits::PLAYER_NAME_BYTES_MAX => {
                 Err("player name too long")
+            }
+            Self::Hello(h)
+                if h.token
+                    .as_ref()
+                    .is_some_and(|t| t.len() > crate::token::TOKEN_BYTES_MAX) =>
+            {
+                Err("token too long")
             }
             Self::Hello(_) => Ok(()),
         }
@@ -312,6 +468,26 @@ impl Validate for ServerControl {
                 Err("error detail too long")
             }
             Self::Error(_) => Ok(()),
+            Self::Redirect(r)
+                if r.addr.len() > limits::ADDR_BYTES_MAX
+                    || r.token.len() > crate::token::TOKEN_BYTES_MAX =>
+            {
+                Err("redirect over limits")
+            }
+            Self::Redirect(_) => Ok(()),
+            Self::CellMap(m) if m.leaves.len() > limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX => {
+                Err("cell map too large")
+            }
+            Self::CellMap(m) => {
+                if m.leaves
+                    .iter()
+                    .all(|l| l.rect.iter().all(|c| c.is_finite()))
+                {
+                    Ok(())
+                } else {
+                    Err("cell map rectangle not finite")
+                }
+            }
             Self::Welcome(w) => {
                 let [min_x, min_z, max_x, max_z] = w.bounds;
                 if !w
@@ -353,11 +529,7 @@ impl Validate for ServerDatagram {
         {
             return Err("too many snapshot entries");
         }
-        let blobs_ok = |c: &[ComponentBlob]| {
-            c.len() <= limits::COMPONENTS_PER_ENTITY_MAX
-                && c.iter()
-                    .all(|b| b.bytes.len() <= limits::COMPONENT_BYTES_MAX)
-        };
+        let blobs_ok = blobs_within_limits;
         if !s.spawned().iter().all(|e| blobs_ok(&e.components))
             || !s.changed().iter().all(|e| blobs_ok(&e.components))
         {

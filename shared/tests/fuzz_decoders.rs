@@ -48,6 +48,8 @@ fn corpus() -> Vec<Vec<u8>> {
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: 0xABCD,
             name: "player-one".into(),
+            token: None,
+            spawn_hint: None,
         })),
         codec::encode(&ClientDatagram::Input(Input {
             seq: 5,

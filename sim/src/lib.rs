@@ -205,11 +205,11 @@ impl Sim {
             let b = &mut self.bots[i];
             if !b.connected && b.connect_at == next_tick {
                 b.generation += 1;
-                let cfg = BotConfig {
-                    name: format!("sim-{i}"),
-                    scenario: Scenario::Wander,
-                    seed: self.cfg.seed ^ (i as u64) << 20 ^ b.generation,
-                };
+                let cfg = BotConfig::new(
+                    format!("sim-{i}"),
+                    Scenario::Wander,
+                    self.cfg.seed ^ (i as u64) << 20 ^ b.generation,
+                );
                 let mut bot = BotClient::new(cfg);
                 let hello = bot.hello(now);
                 b.bot = Some(bot);
@@ -338,7 +338,7 @@ impl Sim {
             .iter()
             .filter_map(|(c, s)| match s.phase {
                 Phase::Playing { id, .. } => Some((*c, id)),
-                Phase::AwaitHello { .. } => None,
+                Phase::AwaitHello { .. } | Phase::Redirected { .. } => None,
             })
             .collect();
         playing.sort();

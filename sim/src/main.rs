@@ -40,6 +40,14 @@ fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 fn main() {
+    // Quiet unless asked: `RUST_LOG=debug` shows every handoff of a replayed seed.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let args = Args::parse();
     match run(args) {
         Ok(true) => {}
@@ -68,7 +76,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
             ClusterSim::new(cfg)
                 .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
                 .run()
-                .map(|proxies| format!("seed {seed}: ok, multi-shard, up to {proxies} proxies"))
+                .map(|o| {
+                    format!(
+                        "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots)",
+                        o.max_proxies, o.handoffs, o.bot_handoffs
+                    )
+                })
         } else {
             let mut cfg = SimConfig::smoke(seed);
             if let Some(t) = args.ticks {
