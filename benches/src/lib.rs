@@ -4,6 +4,11 @@
 //! sockets): the benchmark times `ShardApp::tick` alone, while the clients' work (decoding
 //! snapshots, producing inputs and acks) happens outside the timed section, so deltas are taken
 //! against real acknowledged baselines exactly as in production.
+//!
+//! [`cluster::ClusterScene`] is one world split over N shards, with bots that cross the borders;
+//! the `cluster_tax` binary compares its cost on one shard and on N.
+
+pub mod cluster;
 
 use bytes::Bytes;
 use zonescaler_bots::{BotClient, BotConfig, Scenario};

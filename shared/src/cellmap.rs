@@ -281,6 +281,8 @@ pub enum CellMapError {
         a: ShardId,
         b: ShardId,
     },
+    #[error("the leaves do not tile the world: {0}")]
+    NotATiling(&'static str),
     #[error("no shard with a positive capacity weight to place cells on")]
     NoCapacity,
     #[error("shard {} is listed twice", .0.0)]
@@ -307,6 +309,43 @@ impl CellMap {
             grid,
             leaves: grid.base_cells().map(|c| (c, shard)).collect(),
         }
+    }
+
+    /// A map received from the master: `leaves` at `epoch` over `grid`. Refused unless the
+    /// leaves tile the world exactly (every base cell covered once, no leaf inside another).
+    pub fn from_leaves(
+        grid: CellGrid,
+        epoch: Epoch,
+        leaves: BTreeMap<CellId, ShardId>,
+    ) -> Result<Self, CellMapError> {
+        let base: BTreeSet<CellId> = grid.base_cells().collect();
+        // Per base cell: the area its leaves cover, in units of the deepest level's cells.
+        let unit = |level: u8| 1u128 << (2 * u32::from(CellId::MAX_LEVEL - level.min(CellId::MAX_LEVEL)));
+        let mut covered: BTreeMap<CellId, u128> = BTreeMap::new();
+        for leaf in leaves.keys() {
+            if leaf.level > CellId::MAX_LEVEL {
+                return Err(CellMapError::NotATiling("a leaf is deeper than the deepest level"));
+            }
+            let mut up = *leaf;
+            while let Some(parent) = up.parent() {
+                if leaves.contains_key(&parent) {
+                    return Err(CellMapError::NotATiling("a leaf lies inside another leaf"));
+                }
+                up = parent;
+            }
+            if !base.contains(&up) {
+                return Err(CellMapError::NotATiling("a leaf lies outside the grid"));
+            }
+            *covered.entry(up).or_default() += unit(leaf.level);
+        }
+        if covered.len() != base.len() || covered.values().any(|a| *a != unit(0)) {
+            return Err(CellMapError::NotATiling("some base cells are not covered exactly once"));
+        }
+        Ok(Self {
+            epoch,
+            grid,
+            leaves,
+        })
     }
 
     /// The current epoch.
@@ -608,6 +647,28 @@ mod tests {
             }
             assert_tiles(map);
         }
+    }
+
+    #[test]
+    fn a_pushed_map_is_accepted_only_if_it_tiles_the_world() {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let mut map = CellMap::single(grid, ShardId(0));
+        let first = *map.leaves().keys().next().expect("cells");
+        map.split(first).expect("split");
+        let again = CellMap::from_leaves(grid, map.epoch(), map.leaves().clone());
+        assert_eq!(again.as_ref(), Ok(&map), "a real map round-trips");
+        let mut missing = map.leaves().clone();
+        missing.pop_last();
+        assert!(
+            CellMap::from_leaves(grid, map.epoch(), missing).is_err(),
+            "a hole is refused"
+        );
+        let mut overlap = map.leaves().clone();
+        overlap.insert(first, ShardId(0));
+        assert!(
+            CellMap::from_leaves(grid, map.epoch(), overlap).is_err(),
+            "a leaf inside another is refused"
+        );
     }
 
     #[test]

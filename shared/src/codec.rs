@@ -9,8 +9,8 @@
 
 use crate::limits;
 use crate::protocol::{
-    ClientControl, ClientDatagram, PROTOCOL_VERSION, ServerControl, ServerDatagram, ShardMessage,
-    Validate,
+    ClientControl, ClientDatagram, LinkMessage, PROTOCOL_VERSION, ServerControl, ServerDatagram,
+    ShardMessage, Validate,
 };
 use bitcode::{DecodeOwned, Encode};
 
@@ -103,6 +103,10 @@ pub fn decode_server_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeErro
 }
 
 /// Shard-to-shard message.
+pub fn decode_link_message(bytes: &[u8]) -> Result<LinkMessage, DecodeError> {
+    decode(bytes, limits::LINK_MESSAGE_BYTES_MAX)
+}
+
 pub fn decode_shard_message(bytes: &[u8]) -> Result<ShardMessage, DecodeError> {
     decode(bytes, limits::SHARD_MESSAGE_BYTES_MAX)
 }

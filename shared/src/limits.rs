@@ -78,6 +78,16 @@ pub const REDIRECT_WAIT_MS: u64 = 15_000;
 /// Generations a target remembers having accepted or cancelled, so a duplicate request or a late
 /// cancel gets the same answer; older entries are forgotten.
 pub const HANDOFF_RECORDS_MAX: usize = 65_536;
+/// Shards in one cluster (ids are `u16`; the master pushes every member to every shard).
+pub const SHARDS_MAX: usize = 1_024;
+/// Shard messages in one link batch (one tick's worth for one neighbour).
+pub const LINK_BATCH_MESSAGES_MAX: usize = 262_144;
+/// Largest link frame a shard decodes: a full cell map or one tick's batch for a neighbour.
+pub const LINK_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// How often a shard reports its load to the master.
+pub const HEARTBEAT_MS: u64 = 200;
+/// A shard silent this long is declared dead by the master.
+pub const SHARD_DEAD_AFTER_MS: u64 = 3_000;
 /// Commands queued for entities per tick; more are dropped (counted).
 pub const COMMANDS_PER_TICK_MAX: usize = 16_384;
 

@@ -321,6 +321,102 @@ pub enum ShardMessage {
     Command(EntityCommand),
 }
 
+/// One frame on a shard-to-shard link (after the link's own membership handshake).
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum LinkMessage {
+    /// Joiner → master: a new shard of this cluster.
+    Join(JoinRequest),
+    /// Master → joiner: its shard id (the map follows once every expected shard has joined).
+    Joined { id: ShardId },
+    /// Master → every shard: the cell map and the members.
+    Map(MapPush),
+    /// Between two non-master shards, first frame of the dialer: who it is.
+    Peer { id: ShardId },
+    /// Shard → master, every `HEARTBEAT_MS`: load and counters.
+    Heartbeat(ShardLoad),
+    /// One tick's shard messages for the receiver, each already encoded (`ShardMessage`).
+    Batch(Vec<Vec<u8>>),
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct JoinRequest {
+    /// Where the joiner's clients connect (`host:port`).
+    pub client_addr: String,
+    /// Where the joiner's links are accepted (`host:port`).
+    pub link_addr: String,
+    /// Capacity weight: its share of the cells is proportional to it.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct MapPush {
+    pub epoch: u64,
+    pub leaves: Vec<(crate::CellId, ShardId)>,
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct MemberInfo {
+    pub id: ShardId,
+    pub client_addr: String,
+    pub link_addr: String,
+    pub weight: u32,
+}
+
+/// What a shard tells the master about itself.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct ShardLoad {
+    pub tick: u64,
+    pub owned_entities: u32,
+    pub in_transit: u32,
+    pub proxies: u32,
+    pub clients: u32,
+    pub tick_ms_p99: f32,
+    pub handoffs_out: u64,
+    pub handoffs_in: u64,
+    pub handoff_transit_ms_p99: f32,
+    /// Players who logged in (or arrived by redirect) / left since the last heartbeat.
+    pub players_arrived: Vec<String>,
+    pub players_left: Vec<String>,
+}
+
+impl Validate for LinkMessage {
+    fn validate(&self) -> Result<(), &'static str> {
+        let addr_ok = |a: &str| a.len() <= limits::ADDR_BYTES_MAX;
+        match self {
+            Self::Join(j) if !addr_ok(&j.client_addr) || !addr_ok(&j.link_addr) => {
+                Err("address too long")
+            }
+            Self::Map(m) if m.members.len() > limits::SHARDS_MAX => Err("too many members"),
+            Self::Map(m) if m.leaves.len() > limits::BASE_CELLS_MAX => Err("too many leaves"),
+            Self::Map(m)
+                if m.members
+                    .iter()
+                    .any(|x| !addr_ok(&x.client_addr) || !addr_ok(&x.link_addr)) =>
+            {
+                Err("address too long")
+            }
+            Self::Heartbeat(h)
+                if h.players_arrived.len() + h.players_left.len()
+                    > limits::CLIENTS_PER_SHARD_MAX * 2
+                    || h.players_arrived
+                        .iter()
+                        .chain(&h.players_left)
+                        .any(|n| n.len() > limits::PLAYER_NAME_BYTES_MAX) =>
+            {
+                Err("player list over limits")
+            }
+            Self::Batch(b)
+                if b.len() > limits::LINK_BATCH_MESSAGES_MAX
+                    || b.iter().any(|m| m.len() > limits::SHARD_MESSAGE_BYTES_MAX) =>
+            {
+                Err("batch over limits")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Why a handoff was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum RefuseReason {

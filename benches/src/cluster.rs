@@ -1,0 +1,348 @@
+//! [`ClusterScene`]: one world split over N in-process shards, with bots that walk across the
+//! borders and follow their avatars from shard to shard; the fixture of the `cluster_tax` binary.
+//!
+//! Everything is driven by hand, tick by tick, on one thread: no sockets, no tasks, simulated
+//! time. Shard links have zero delay (a message a shard sends during tick `t` is in its
+//! recipient's inbox before tick `t + 1`), client connections too. Only the shard side is timed:
+//! each `ShardApp::tick()` and the hand-over of its link messages, which is what the shard
+//! processes would spend; the bots' decoding and input generation runs outside the timed sections.
+
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
+use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_server::ShardApp;
+use zonescaler_server::components::Networked;
+use zonescaler_server::handoff::HandoffState;
+use zonescaler_server::proxy::{Proxy, Space};
+use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::rng::Rng;
+use zonescaler_shared::{ConnId, ShardId, limits};
+
+/// The cell map of `world` cut into `shards` equal contiguous regions (see [`assign_contiguous`]).
+pub fn equal_split(world: &WorldConfig, shards: usize) -> Result<CellMap, CellMapError> {
+    let weights: Vec<(ShardId, u32)> = (0..shards).map(|i| (ShardId(i as u16), 1)).collect();
+    assign_contiguous(&CellGrid::from_config(world), &weights)
+}
+
+/// `bots` [`Scenario::Border`] bots walking back and forth across the borders of `map` (10 m to
+/// either side, see [`border_walks`]). Pass the same bots to the one-shard scene: they walk the
+/// same lines there, where those lines are no border.
+pub fn border_bots(map: &CellMap, bots: usize, seed: u64) -> Vec<BotConfig> {
+    let view = Space::new(ShardId(0), map.clone()).client_view();
+    let walks = border_walks(&view, bots, &mut Rng::new(seed));
+    (0..bots)
+        .map(|i| {
+            let mut c = BotConfig::new(
+                format!("bench-{i}"),
+                Scenario::Border,
+                seed ^ ((i as u64) << 20),
+            );
+            c.border = walks.get(i).copied();
+            c
+        })
+        .collect()
+}
+
+/// A bot and its connections. It is `ConnId(index + 1)` on every shard: it holds at most one
+/// connection per shard, and closes one before it could come back.
+struct SceneBot {
+    bot: BotClient,
+    /// The shard it plays on (after that shard's `Welcome`).
+    shard: Option<usize>,
+    /// The shard a login or redirect sent it to, until that shard's `Welcome`.
+    pending: Option<usize>,
+    /// Refused or closed: it no longer plays.
+    gone: bool,
+}
+
+/// Shard-side time spent over the ticks since the last [`ClusterScene::reset_counters`].
+#[derive(Clone, Debug, Default)]
+pub struct ShardTime {
+    /// Per shard: its `tick()` calls plus handing its link messages to their recipients.
+    pub per_shard: Vec<Duration>,
+    /// Of that, the hand-over of link messages alone (all shards).
+    pub links: Duration,
+}
+
+impl ShardTime {
+    pub fn total(&self) -> Duration {
+        self.per_shard.iter().sum()
+    }
+}
+
+/// Counters since the last [`ClusterScene::reset_counters`].
+#[derive(Clone, Debug, Default)]
+pub struct SceneCounters {
+    pub ticks: u64,
+    /// Link messages (batches of shard messages, as the shards emit them) and their bytes.
+    pub link_messages: u64,
+    pub link_bytes: u64,
+    /// Proxies summed over shards, summed over ticks (divide by `ticks` for the mean).
+    pub proxy_ticks: u64,
+}
+
+/// One world on N shards with bots connected in-process.
+pub struct ClusterScene {
+    shards: Vec<ShardApp>,
+    bots: Vec<SceneBot>,
+    now_us: u64,
+    tick_us: u64,
+    time: ShardTime,
+    counters: SceneCounters,
+    /// Handoffs completed before the last reset (subtracted from [`Self::handoffs`]).
+    handoffs_base: u64,
+    bot_handoffs_base: u64,
+}
+
+impl std::fmt::Debug for ClusterScene {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterScene")
+            .field("shards", &self.shards.len())
+            .field("bots", &self.bots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterScene {
+    /// The world `world` (its `npc.count` NPCs in all) split by `map`, and one bot per entry of
+    /// `bots`. Each bot logs in on the shard that owns its spawn point, as a directory would send
+    /// it; the login happens during the first tick.
+    pub fn new(world: &WorldConfig, map: &CellMap, bots: &[BotConfig]) -> Self {
+        let n = map
+            .leaves()
+            .values()
+            .map(|s| usize::from(s.0) + 1)
+            .max()
+            .unwrap_or(1);
+        let mut shards: Vec<ShardApp> = (0..n)
+            .map(|i| ShardApp::example_in(world.clone(), ShardId(i as u16), map.clone()))
+            .collect();
+        let mut scene_bots = Vec::with_capacity(bots.len());
+        for (i, cfg) in bots.iter().enumerate() {
+            let via = cfg
+                .border
+                .and_then(|(a, _)| map.owner_at([a.x, a.z]))
+                .map_or(0, |s| usize::from(s.0));
+            let mut bot = BotClient::new(cfg.clone());
+            let conn = ConnId(i as u64 + 1);
+            shards[via].push_event(NetEvent::Connected {
+                conn,
+                max_datagram_bytes: limits::DATAGRAM_BYTES_MIN,
+            });
+            shards[via].push_event(NetEvent::Control {
+                conn,
+                bytes: Bytes::from(bot.hello(0)),
+            });
+            scene_bots.push(SceneBot {
+                bot,
+                shard: None,
+                pending: Some(via),
+                gone: false,
+            });
+        }
+        Self {
+            time: ShardTime {
+                per_shard: vec![Duration::ZERO; n],
+                links: Duration::ZERO,
+            },
+            shards,
+            bots: scene_bots,
+            now_us: 0,
+            tick_us: 1_000_000 / u64::from(world.simulation.tick_hz),
+            counters: SceneCounters::default(),
+            handoffs_base: 0,
+            bot_handoffs_base: 0,
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// One tick of every shard, then the shards' output to the bots and the bots' inputs.
+    pub fn step(&mut self) {
+        self.now_us += self.tick_us;
+        let now = self.now_us;
+        let n = self.shards.len();
+        // Timed: the shards' work. Every shard ticks, then the link messages of all of them are
+        // handed over, so every message waits exactly until its recipient's next tick whatever
+        // the order of the shards.
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            let t0 = Instant::now();
+            shard.set_now_ms(now / 1_000);
+            shard.tick();
+            self.time.per_shard[i] += t0.elapsed();
+        }
+        for i in 0..n {
+            let t0 = Instant::now();
+            let out = self.shards[i].drain_shard_outbox();
+            let (mut messages, mut bytes) = (0, 0);
+            for (to, msg) in out {
+                messages += 1;
+                bytes += msg.len() as u64;
+                if let Some(dst) = self.shards.get_mut(usize::from(to.0)) {
+                    dst.push_shard_message(ShardId(i as u16), msg);
+                }
+            }
+            let dt = t0.elapsed();
+            self.time.per_shard[i] += dt;
+            self.time.links += dt;
+            self.counters.link_messages += messages;
+            self.counters.link_bytes += bytes;
+        }
+        self.counters.ticks += 1;
+
+        // Untimed: the clients' side.
+        for i in 0..n {
+            for cmd in self.shards[i].drain_outbox() {
+                self.deliver_to_bot(i, cmd);
+            }
+        }
+        for (i, b) in self.bots.iter_mut().enumerate() {
+            let Some(shard) = b.shard.filter(|_| !b.gone) else {
+                continue;
+            };
+            if let Some(input) = b.bot.next_input(now) {
+                self.shards[shard].push_event(NetEvent::Datagram {
+                    conn: ConnId(i as u64 + 1),
+                    bytes: Bytes::from(input),
+                });
+            }
+        }
+        for s in &mut self.shards {
+            let w = &mut s.world;
+            self.counters.proxy_ticks += w.query::<&Proxy>().iter(w).count() as u64;
+        }
+    }
+
+    /// A command of shard `from` for a bot: the same protocol as the simulator's `ClusterSim`,
+    /// with zero delay. On a `Redirect` the bot connects to the new shard and keeps the old
+    /// connection until the new `Welcome`, then hangs up on the old one.
+    fn deliver_to_bot(&mut self, from: usize, cmd: NetCommand) {
+        let now = self.now_us;
+        let Some(i) = (cmd.conn().0 as usize).checked_sub(1) else {
+            return;
+        };
+        let conn = cmd.conn();
+        let Some(b) = self.bots.get_mut(i) else {
+            return;
+        };
+        if b.gone {
+            return;
+        }
+        let current = b.shard == Some(from);
+        let pending = b.pending == Some(from);
+        match cmd {
+            NetCommand::Control { bytes, .. } if current || pending => {
+                match b.bot.on_control(now, &bytes) {
+                    Ok(Some(redirect)) => {
+                        let to = usize::from(redirect.shard.0);
+                        if to >= self.shards.len() {
+                            b.bot.redirect_abandoned();
+                            return;
+                        }
+                        if pending {
+                            // A login redirected onwards: this connection has nothing to keep.
+                            self.shards[from].push_event(NetEvent::Disconnected {
+                                conn,
+                                reason: "redirected".into(),
+                            });
+                        }
+                        b.pending = Some(to);
+                        let hello = b.bot.hello_redirected(&redirect);
+                        self.shards[to].push_event(NetEvent::Connected {
+                            conn,
+                            max_datagram_bytes: limits::DATAGRAM_BYTES_MIN,
+                        });
+                        self.shards[to].push_event(NetEvent::Control {
+                            conn,
+                            bytes: Bytes::from(hello),
+                        });
+                    }
+                    Ok(None) => {
+                        if pending && b.bot.welcome().is_some() {
+                            // The new shard's Welcome: switch, and hang up on the old one.
+                            if let Some(old) = b.shard.filter(|o| *o != from) {
+                                self.shards[old].push_event(NetEvent::Disconnected {
+                                    conn,
+                                    reason: "redirected".into(),
+                                });
+                            }
+                            b.shard = Some(from);
+                            b.pending = None;
+                        }
+                    }
+                    Err(_) => b.gone = true,
+                }
+            }
+            NetCommand::Datagram { bytes, .. } if current => b.bot.on_datagram(now, &bytes),
+            NetCommand::Close { .. } if current => b.gone = true,
+            _ => {}
+        }
+    }
+
+    /// Start counting afresh (after a warm-up).
+    pub fn reset_counters(&mut self) {
+        self.time = ShardTime {
+            per_shard: vec![Duration::ZERO; self.shards.len()],
+            links: Duration::ZERO,
+        };
+        self.counters = SceneCounters::default();
+        self.handoffs_base = self.handoffs_total();
+        self.bot_handoffs_base = self.bot_handoffs_total();
+    }
+
+    pub fn time(&self) -> &ShardTime {
+        &self.time
+    }
+
+    pub fn counters(&self) -> &SceneCounters {
+        &self.counters
+    }
+
+    fn handoffs_total(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.world.resource::<HandoffState>().out)
+            .sum()
+    }
+
+    fn bot_handoffs_total(&self) -> u64 {
+        self.bots.iter().map(|b| b.bot.metrics.handoffs).sum()
+    }
+
+    /// Handoffs completed since the last reset (sources that got an ack), NPCs and avatars.
+    pub fn handoffs(&self) -> u64 {
+        self.handoffs_total() - self.handoffs_base
+    }
+
+    /// Bot redirects completed since the last reset (the bot is on its avatar's new shard).
+    pub fn bot_handoffs(&self) -> u64 {
+        self.bot_handoffs_total() - self.bot_handoffs_base
+    }
+
+    /// Networked entities that are no proxy, over all shards: every entity of the world once
+    /// (owned, or frozen in a handoff on its source).
+    pub fn entities(&mut self) -> usize {
+        self.shards
+            .iter_mut()
+            .map(|s| {
+                let w = &mut s.world;
+                w.query::<(&Networked, Option<&Proxy>)>()
+                    .iter(w)
+                    .filter(|(_, p)| p.is_none())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Bots that are logged in and playing (welcomed, not refused or closed).
+    pub fn bots_playing(&self) -> usize {
+        self.bots
+            .iter()
+            .filter(|b| b.shard.is_some() && !b.gone)
+            .count()
+    }
+}
