@@ -6,6 +6,7 @@
 //! - [`mem`]: a seeded in-memory network with delay, jitter, loss, duplication and reordering,
 //!   used by the simulator and by tests, so the same shard code runs deterministically.
 
+mod closing;
 pub mod mem;
 pub mod quic;
 pub mod tls;
