@@ -75,9 +75,10 @@ pub(crate) async fn close_endpoint(
     }
 }
 
-/// A close we carried out: what the local side is told.
+/// A close we carried out: the application code and what the local side is told.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalClose {
+    pub code: u32,
     pub log_reason: String,
 }
 
@@ -123,7 +124,7 @@ impl Closer {
             if local.is_some() || self.conn.close_reason().is_some() {
                 return false;
             }
-            *local = Some(LocalClose { log_reason });
+            *local = Some(LocalClose { code, log_reason });
         }
         self.conn
             .close(VarInt::from_u32(code), truncate_reason(reason).as_bytes());
