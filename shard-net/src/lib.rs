@@ -5,7 +5,12 @@
 //! - [`quic`]: the production driver on quinn/tokio (TLS from [`tls`]);
 //! - [`mem`]: a seeded in-memory network with delay, jitter, loss, duplication and reordering,
 //!   used by the simulator and by tests, so the same shard code runs deterministically.
+//!
+//! Shards talk to each other over [`link`]: authenticated QUIC links that deliver nothing until
+//! both ends have proven membership of the cluster.
 
+mod closing;
+pub mod link;
 pub mod mem;
 pub mod quic;
 pub mod tls;

@@ -26,35 +26,30 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ConnectionError, ReadError, ReadExactError, SendDatagramError, VarInt, WriteError};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use zonescaler_shared::ConnId;
 use zonescaler_shared::codec::{self, DecodeError, FRAME_PREFIX_BYTES};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::ErrorCode;
 
+pub use crate::closing::{CLOSE_FLUSH_TIMEOUT, CLOSE_REASON_BYTES_MAX};
+use crate::closing::{Closer, bump, close_endpoint, closed, flush, lock};
 use crate::tls::{self, ClientTrust, ServerIdentity, TlsError};
 use crate::transport::{NetCommand, NetEvent};
 
 /// QUIC application close code the driver uses for a client whose control queue overflowed: the
 /// shard never decided it, the driver did, to keep its memory bounded.
 pub const CLOSE_CODE_TOO_SLOW: u32 = ErrorCode::TooSlow.close_code();
-/// Longest close reason sent on the wire; longer ones are cut at a character boundary. The same
-/// bound as an error message's detail, and small enough to always fit one packet.
-pub const CLOSE_REASON_BYTES_MAX: usize = limits::ERROR_DETAIL_BYTES_MAX;
 /// Connections past which the driver refuses handshakes outright. The shard refuses clients past
 /// `CLIENTS_PER_SHARD_MAX` itself, politely, with `ServerFull` over a live connection; this much
 /// higher bound only stops a connection flood from outrunning that.
 pub const CONNECTIONS_HARD_MAX: usize = 2 * limits::CLIENTS_PER_SHARD_MAX;
-/// How long a `Close` waits for earlier control messages to be written (a client that stopped
-/// reading blocks the writes), for them to be acknowledged, or for a client that has not opened
-/// its control stream yet to do so, before closing anyway.
-pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long [`QuicServer::shutdown`] waits for closes to reach the peers.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reason sent to every client when the server shuts down or is dropped.
@@ -97,7 +92,9 @@ pub enum NetError {
     /// The peer finished the control stream in the middle of a frame.
     #[error("control stream ended in the middle of a frame")]
     TruncatedFrame,
-    /// A frame's length is over `CONTROL_FRAME_BYTES_MAX` (read or about to be written).
+    /// A frame's length is over its stream's limit (read or about to be written):
+    /// `CONTROL_FRAME_BYTES_MAX` on a client's control stream, smaller or larger bounds on a
+    /// shard link's handshake and message frames.
     #[error("bad control frame: {0}")]
     BadFrame(#[from] DecodeError),
 }
@@ -174,60 +171,31 @@ struct Counters {
     control_messages_too_large: AtomicU64,
 }
 
-/// Add one to `counter` and return the new total. Callers log at warn level only when the total
-/// is a power of two, so a fault repeated every tick cannot flood the log but is never silent.
-fn bump(counter: &AtomicU64) -> u64 {
-    counter.fetch_add(1, Ordering::Relaxed) + 1
-}
-
 /// What the shard queued for one connection's writer task.
 #[derive(Debug)]
 enum Outbound {
     Control(Bytes),
-    /// Marks where in the queue the shard asked to close; the code and reason are in
-    /// [`ConnEntry::close_request`].
+    /// Marks where in the queue the shard asked to close; the code and reason are in the
+    /// connection's [`Closer`].
     Close,
-}
-
-/// A `NetCommand::Close` the writer has not carried out yet.
-#[derive(Clone, Debug)]
-struct CloseRequest {
-    at: std::time::Instant,
-    code: ErrorCode,
-    reason: String,
 }
 
 /// One live connection as `dispatch` sees it.
 struct ConnEntry {
     id: ConnId,
-    conn: quinn::Connection,
+    /// The connection, and how the driver or the shard closed it.
+    closer: Closer,
     outbox: mpsc::Sender<Outbound>,
-    /// Why *we* closed it, recorded before closing so the `Disconnected` event says it instead
-    /// of quinn's bare "closed".
-    local_close: Mutex<Option<String>>,
-    /// The shard's close request (the first one wins). It is kept here as well as queued so
-    /// that a writer stuck behind a client that stopped reading still closes after
-    /// [`CLOSE_FLUSH_TIMEOUT`], instead of when (never) the stuck write completes.
-    close_request: Mutex<Option<CloseRequest>>,
-    /// Wakes the writer when `close_request` is set.
-    close_notify: Notify,
 }
 
 impl ConnEntry {
-    /// Close with `code`, telling the peer `reason` and the shard `log_reason`. Only the first
-    /// close counts: if the connection is already closing (by us, the peer or a timeout) this
-    /// does nothing and returns false, so counters and the reported reason stay truthful.
+    fn conn(&self) -> &quinn::Connection {
+        &self.closer.conn
+    }
+
+    /// See [`Closer::close`]: only the first close counts.
     fn close(&self, code: u32, reason: &str, log_reason: String) -> bool {
-        {
-            let mut local = lock(&self.local_close);
-            if local.is_some() || self.conn.close_reason().is_some() {
-                return false;
-            }
-            *local = Some(log_reason);
-        }
-        self.conn
-            .close(VarInt::from_u32(code), truncate_reason(reason).as_bytes());
-        true
+        self.closer.close(code, reason, log_reason)
     }
 
     fn close_bad_message(&self, shared: &Shared, detail: &str) {
@@ -242,29 +210,6 @@ impl ConnEntry {
                 total = n,
                 "closing connection: bad message: {detail}"
             );
-        }
-    }
-
-    /// Carry out the shard's close request, if there is one.
-    fn close_as_requested(&self) {
-        let request = lock(&self.close_request).clone();
-        if let Some(CloseRequest { code, reason, .. }) = request {
-            self.close(code.close_code(), &reason, closed_by_server(code, &reason));
-        }
-    }
-
-    /// Resolves once the shard asked to close and [`CLOSE_FLUSH_TIMEOUT`] has passed since.
-    async fn close_deadline(&self) {
-        loop {
-            // Created before the check so a request made in between still wakes us.
-            let notified = self.close_notify.notified();
-            let at = lock(&self.close_request).as_ref().map(|r| r.at);
-            if let Some(at) = at {
-                let deadline = tokio::time::Instant::from_std(at + CLOSE_FLUSH_TIMEOUT);
-                tokio::time::sleep_until(deadline).await;
-                return;
-            }
-            notified.await;
         }
     }
 
@@ -296,17 +241,6 @@ impl Shared {
     fn get(&self, id: ConnId) -> Option<Arc<ConnEntry>> {
         lock(&self.conns).get(&id).cloned()
     }
-}
-
-/// Lock ignoring poison: every critical section here is a single map or option operation that
-/// cannot leave the data half-updated, so a panic elsewhere must not take the driver down.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// `reason` cut to at most [`CLOSE_REASON_BYTES_MAX`] bytes, on a character boundary.
-fn truncate_reason(reason: &str) -> &str {
-    &reason[..reason.floor_char_boundary(CLOSE_REASON_BYTES_MAX)]
 }
 
 /// The server side of the QUIC transport. Created inside a tokio runtime (its tasks live there);
@@ -379,7 +313,7 @@ impl QuicServer {
         };
         match cmd {
             NetCommand::Datagram { bytes, .. } => {
-                if let Err(err) = entry.conn.send_datagram(bytes) {
+                if let Err(err) = entry.conn().send_datagram(bytes) {
                     let n = bump(&self.shared.counters.datagram_send_failures);
                     match err {
                         // Normal while a disconnect is on its way to the shard.
@@ -414,19 +348,14 @@ impl QuicServer {
                 }
             }
             NetCommand::Close { code, reason, .. } => {
-                {
-                    let mut request = lock(&entry.close_request);
-                    if request.is_some() {
-                        return; // already closing as asked the first time
-                    }
-                    let at = std::time::Instant::now();
-                    *request = Some(CloseRequest { at, code, reason });
+                let log_reason = closed_by_server(code, &reason);
+                if !entry.closer.request(code.close_code(), reason, log_reason) {
+                    return; // already closing as asked the first time
                 }
-                entry.close_notify.notify_one();
                 if entry.outbox.try_send(Outbound::Close).is_err() {
                     // Queue full (the client is too slow to get what is queued anyway) or the
                     // writer is gone: close right away.
-                    entry.close_as_requested();
+                    entry.closer.close_as_requested();
                 }
             }
         }
@@ -466,16 +395,13 @@ impl QuicServer {
     /// instead of timing out.
     pub async fn shutdown(&self) {
         self.close_all(ErrorCode::ShuttingDown, SHUTDOWN_REASON);
-        self.endpoint.close(
-            VarInt::from_u32(ErrorCode::ShuttingDown.close_code()),
-            SHUTDOWN_REASON.as_bytes(),
-        );
-        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!("QUIC shutdown: peers did not acknowledge the close in time");
-        }
+        close_endpoint(
+            &self.endpoint,
+            ErrorCode::ShuttingDown.close_code(),
+            SHUTDOWN_REASON,
+            SHUTDOWN_TIMEOUT,
+        )
+        .await;
     }
 }
 
@@ -566,11 +492,8 @@ async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let (outbox, outbox_rx) = mpsc::channel(limits::CONTROL_QUEUE_PER_CLIENT_MAX);
     let entry = Arc::new(ConnEntry {
         id,
-        conn: conn.clone(),
+        closer: Closer::new(conn.clone()),
         outbox,
-        local_close: Mutex::new(None),
-        close_request: Mutex::new(None),
-        close_notify: Notify::new(),
     });
     // In the map before `Connected` goes out, so the shard can answer as soon as it sees it.
     lock(&shared.conns).insert(id, entry.clone());
@@ -626,9 +549,10 @@ async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
     // The datagram reader only stops once the connection is closed, so this returns at once in
     // every path above; it also gives the remote side's reason when it was not us.
     let err = conn.closed().await;
-    let reason = lock(&entry.local_close)
-        .take()
-        .unwrap_or_else(|| err.to_string());
+    let reason = entry
+        .closer
+        .take_local()
+        .map_or_else(|| err.to_string(), |local| local.log_reason);
     lock(&shared.conns).remove(&id);
     tracing::debug!(conn = id.0, %reason, "disconnected");
     // Sent last, after both readers ended, so nothing for this connection can follow it.
@@ -644,7 +568,7 @@ async fn read_control(
     entry: &ConnEntry,
     stream_tx: oneshot::Sender<quinn::SendStream>,
 ) {
-    let (send, mut recv) = match entry.conn.accept_bi().await {
+    let (send, mut recv) = match entry.conn().accept_bi().await {
         Ok(streams) => streams,
         Err(_) => return, // the connection ended before the client opened its stream
     };
@@ -683,7 +607,7 @@ async fn read_control(
 
 /// Forward datagrams until the connection ends.
 async fn read_datagrams(shared: &Shared, entry: &ConnEntry) {
-    while let Ok(datagram) = entry.conn.read_datagram().await {
+    while let Ok(datagram) = entry.conn().read_datagram().await {
         if datagram.len() > limits::CLIENT_DATAGRAM_BYTES_MAX {
             // No valid input is this big; refusing here keeps big datagrams out of the inbox.
             let detail = format!(
@@ -751,7 +675,7 @@ async fn write_control(
                     // reach it.
                     let stream = tokio::select! {
                         stream = &mut stream_rx => stream.ok(),
-                        () = entry.close_deadline() => None,
+                        () = entry.closer.deadline() => None,
                     };
                     if let Some(mut send) = stream {
                         for bytes in early.drain(..) {
@@ -761,11 +685,11 @@ async fn write_control(
                         }
                         flush(&mut send).await;
                     }
-                    entry.close_as_requested();
+                    entry.closer.close_as_requested();
                     return;
                 }
             },
-            () = closed(&entry.conn) => return,
+            () = closed(entry.conn()) => return,
         }
     };
     for bytes in early.drain(..) {
@@ -776,7 +700,7 @@ async fn write_control(
     loop {
         let msg = tokio::select! {
             msg = outbox.recv() => msg,
-            () = closed(&entry.conn) => return,
+            () = closed(entry.conn()) => return,
         };
         match msg {
             None => return,
@@ -787,44 +711,17 @@ async fn write_control(
             }
             Some(Outbound::Close) => {
                 flush(&mut send).await;
-                entry.close_as_requested();
+                entry.closer.close_as_requested();
                 return;
             }
         }
     }
 }
 
-/// Write one framed message. Returns false when the writer should stop: the write failed (the
-/// connection or stream is gone, which the readers report), or a requested close ran out of
-/// patience first (then the close is carried out here).
+/// Write one framed control message; see [`Closer::write_guarded`].
 async fn write_guarded(entry: &ConnEntry, send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
-    let frame = codec::frame(bytes);
-    tokio::select! {
-        written = send.write_all(&frame) => match written {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::debug!(conn = entry.id.0, %err, "control write failed");
-                false
-            }
-        },
-        () = entry.close_deadline() => {
-            entry.close_as_requested();
-            false
-        }
-    }
-}
-
-/// `Connection::closed` without its value, for `select!` arms.
-async fn closed(conn: &quinn::Connection) {
-    conn.closed().await;
-}
-
-/// A connection close discards stream data not yet delivered, so before closing, finish the
-/// stream and wait (bounded) until the peer has acknowledged everything written.
-async fn flush(send: &mut quinn::SendStream) {
-    if send.finish().is_ok() {
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, send.stopped()).await;
-    }
+    let mut frame = [Bytes::from(codec::frame(bytes))];
+    entry.closer.write_guarded(send, &mut frame).await
 }
 
 /// A client endpoint on `0.0.0.0:0` (IPv4, the common case for bots) whose default client
@@ -910,6 +807,16 @@ pub async fn connect(
 
 /// Read one control frame; the length prefix is checked before the body is allocated.
 pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetError> {
+    let len = read_frame_len(recv, limits::CONTROL_FRAME_BYTES_MAX).await?;
+    read_frame_body(recv, len).await
+}
+
+/// Read a frame's length prefix and refuse it if it exceeds `max`, so the caller can check (and
+/// reserve) the length before [`read_frame_body`] allocates anything.
+pub(crate) async fn read_frame_len(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<usize, NetError> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -917,7 +824,19 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetErro
         Err(ReadExactError::FinishedEarly(_)) => return Err(NetError::TruncatedFrame),
         Err(ReadExactError::ReadError(err)) => return Err(err.into()),
     }
-    let len = codec::frame_len(prefix)?;
+    // `codec::frame_len` is this check for the control limit; other streams have other limits.
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max }.into());
+    }
+    Ok(len)
+}
+
+/// Read a frame body of `len` bytes (already checked by [`read_frame_len`]).
+pub(crate) async fn read_frame_body(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+) -> Result<Vec<u8>, NetError> {
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|err| match err {
         ReadExactError::FinishedEarly(_) => NetError::TruncatedFrame,
@@ -948,15 +867,6 @@ fn check_len(msg: &[u8]) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn close_reasons_are_cut_on_char_boundaries() {
-        assert_eq!(truncate_reason("short"), "short");
-        let long = "é".repeat(CLOSE_REASON_BYTES_MAX); // 2 bytes each
-        let cut = truncate_reason(&long);
-        assert!(cut.len() <= CLOSE_REASON_BYTES_MAX && cut.len() >= CLOSE_REASON_BYTES_MAX - 1);
-        assert!(cut.chars().all(|c| c == 'é'));
-    }
 
     #[test]
     fn server_handle_is_send_and_sync() {

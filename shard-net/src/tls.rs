@@ -198,7 +198,8 @@ pub enum ClientTrust {
     /// Trust exactly these certificates (typically the shard's self-signed one) as roots.
     Certs(Vec<CertificateDer<'static>>),
     /// Accept any certificate. Only for load tests against a server whose certificate the bots
-    /// were not given; it gives no protection against an impostor.
+    /// were not given; it gives no protection against an impostor. Shard links use it too,
+    /// because there the acceptor proves itself with the cluster secret instead (`link`).
     InsecureSkipVerify,
 }
 

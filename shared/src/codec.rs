@@ -104,7 +104,7 @@ pub fn decode_server_datagram(bytes: &[u8]) -> Result<ServerDatagram, DecodeErro
 
 /// Shard-to-shard message.
 pub fn decode_link_message(bytes: &[u8]) -> Result<LinkMessage, DecodeError> {
-    decode(bytes, limits::LINK_MESSAGE_BYTES_MAX)
+    decode(bytes, limits::LINK_FRAME_BYTES_MAX)
 }
 
 pub fn decode_shard_message(bytes: &[u8]) -> Result<ShardMessage, DecodeError> {

@@ -82,14 +82,39 @@ pub const HANDOFF_RECORDS_MAX: usize = 65_536;
 pub const SHARDS_MAX: usize = 1_024;
 /// Shard messages in one link batch (one tick's worth for one neighbour).
 pub const LINK_BATCH_MESSAGES_MAX: usize = 262_144;
-/// Largest link frame a shard decodes: a full cell map or one tick's batch for a neighbour.
-pub const LINK_MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// How often a shard reports its load to the master.
 pub const HEARTBEAT_MS: u64 = 200;
 /// A shard silent this long is declared dead by the master.
 pub const SHARD_DEAD_AFTER_MS: u64 = 3_000;
 /// Commands queued for entities per tick; more are dropped (counted).
 pub const COMMANDS_PER_TICK_MAX: usize = 16_384;
+/// Shortest cluster secret a shard accepts. The secret is the only thing that proves a process
+/// belongs to the cluster, so it must be too long to guess: 16 bytes is 128 bits when random.
+pub const LINK_SECRET_BYTES_MIN: usize = 16;
+/// How long a shard link has, from the first packet (or from `dial`) to both membership proofs
+/// checked, before it is closed as `handshake_timeout`. A process that completes TLS and then
+/// says nothing holds a connection slot at most this long.
+pub const LINK_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Largest frame on a shard link, either way; a larger length prefix closes the link before the
+/// body is allocated. Far above any single shard message (`SHARD_MESSAGE_BYTES_MAX`) so batches
+/// and future bulk transfers (a region's entities during handoff) fit one frame.
+pub const LINK_FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Frames queued for one link's writer; past this the link is closed as too slow.
+pub const LINK_QUEUE_FRAMES_MAX: usize = 4_096;
+/// Bytes queued for one link's writer; past this the link is closed as too slow. Without it a
+/// queue bounded only in frames could hold `LINK_QUEUE_FRAMES_MAX` 4 MiB frames (16 GiB).
+pub const LINK_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes of received link messages waiting, all links together, for the shard to drain them.
+/// When it is reached the links stop reading, so QUIC flow control slows the senders down.
+pub const LINK_INBOX_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Link events (up, message, down) waiting for the shard to drain them.
+pub const LINK_EVENTS_MAX: usize = 16_384;
+/// Shard links one shard holds at once, dials in progress included; the next dial fails and the
+/// next incoming link is refused.
+pub const LINKS_MAX: usize = 256;
+/// Incoming links still proving membership at once; past this new ones are refused, so a flood
+/// of strangers cannot hold more than this many TLS sessions for `LINK_HANDSHAKE_TIMEOUT_MS`.
+pub const LINK_HANDSHAKES_PENDING_MAX: usize = 64;
 
 const _: () = assert!(
     DATAGRAM_BYTES_MIN <= 1_200,
@@ -108,3 +133,10 @@ const _: () = assert!(CLIENTS_PER_SHARD_MAX * CLIENT_DATAGRAMS_PER_TICK_MAX <= I
 const _: () = assert!(NPC_COUNT_MAX + CLIENTS_PER_SHARD_MAX <= ENTITIES_PER_SHARD_MAX);
 // A base grid side within BASE_CELLS_MAX fits the 2^24 columns that level-8 Morton codes allow.
 const _: () = assert!(BASE_CELLS_MAX <= (1 << 24));
+// A link frame's length travels as a u32, and one frame must fit every budget it passes through.
+const _: () = assert!(LINK_FRAME_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(SHARD_MESSAGE_BYTES_MAX <= LINK_FRAME_BYTES_MAX);
+const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
+const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_INBOX_BYTES_MAX);
+const _: () = assert!(LINK_HANDSHAKES_PENDING_MAX <= LINKS_MAX);
+const _: () = assert!(LINK_HANDSHAKE_TIMEOUT_MS < IDLE_TIMEOUT_MS);
