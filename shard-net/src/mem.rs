@@ -150,14 +150,16 @@ impl<P: Clone> MemNetwork<P> {
                 continue;
             };
             if self.is_cut(m.from, m.to) {
-                held.push((seq, m));
+                held.push((at, seq, m));
                 continue;
             }
             out.push((m.from, m.to, m.payload));
         }
-        for (seq, m) in held {
-            // Retry a little later, keeping the original order among held messages.
-            self.queue.push(Reverse((now_us + 1_000, seq)));
+        for (at, seq, m) in held {
+            // Retried at the next poll under its original delivery time: a later message on the
+            // same link can never get ahead of it (a new time, even 1 ms on, would let one whose
+            // own time fell in between overtake it once the partition heals).
+            self.queue.push(Reverse((at, seq)));
             self.in_flight.insert(seq, m);
         }
         out
@@ -234,5 +236,26 @@ mod tests {
         net.set_partition(0, 1, false);
         let got: Vec<u8> = net.poll(20_000).into_iter().map(|(_, _, p)| p).collect();
         assert_eq!(got, vec![2]);
+    }
+
+    /// Regression (cluster simulator seed 238): a message sent on a partitioned link just before
+    /// it healed, whose delivery time fell within a millisecond after the poll that held the
+    /// earlier ones, was delivered before them, so a proxy removal overtook the updates before
+    /// it and a stale proxy was left behind.
+    #[test]
+    fn held_reliable_messages_keep_their_order_after_a_partition() {
+        let delay = |d| LinkFaults {
+            delay_us: d,
+            ..LinkFaults::PERFECT
+        };
+        let mut net = MemNetwork::new(1, delay(1_000));
+        net.set_partition(0, 1, true);
+        net.send(0, 0, 1, 1u8, true); // due at 1 ms: held by the poll at 10 ms
+        assert!(net.poll(10_000).is_empty());
+        net.set_faults(0, 1, delay(500));
+        net.send(10_000, 0, 1, 2u8, true); // due at 10.5 ms: within 1 ms of that poll
+        net.set_partition(0, 1, false);
+        let got: Vec<u8> = net.poll(20_000).into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(got, vec![1, 2], "a reliable link delivers in send order");
     }
 }

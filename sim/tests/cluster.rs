@@ -50,6 +50,14 @@ fn regression_cluster_seed_1_no_duplicate_proxies() {
     run_cluster_seed(1).unwrap_or_else(|v| panic!("{v}"));
 }
 
+/// Regression: cluster seed 238 found the simulated network delivering a proxy removal, sent
+/// just before a partition healed, ahead of the updates held by the partition (a reliable link
+/// must keep its order), which left a stale proxy behind.
+#[test]
+fn regression_cluster_seed_238_partition_keeps_link_order() {
+    run_cluster_seed(238).unwrap_or_else(|v| panic!("{v}"));
+}
+
 fn sabotaged(seed: u64, f: impl FnMut(&mut [ShardApp], u64) + 'static) -> Violation {
     let mut cfg = ClusterConfig::smoke(seed);
     // No partitions: they would excuse late proxies and hide the sabotage.
