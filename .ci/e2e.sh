@@ -2,7 +2,9 @@
 # End-to-end check: start `zonescaler up`, run BOTS bots for DURATION, assert from the JSON report
 # that every bot connected and snapshots flowed, then stop the cluster with Ctrl-C (SIGINT) and
 # check that no shard process is left behind.
-# Usage: bash .ci/e2e.sh [BOTS] [DURATION] [extra zonescaler-bots args...]
+# Usage: [SHARDS=N] bash .ci/e2e.sh [BOTS] [DURATION] [extra zonescaler-bots args...]
+# With SHARDS > 1 it also checks the master's GET /api/cluster during the run, and that bots were
+# handed off (use `--scenario border`) without errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bots=${1:-100}
@@ -11,30 +13,61 @@ shift 2 || true
 run_dir=$(mktemp -d)
 report="$run_dir/report.json"
 port=$(( 20000 + RANDOM % 20000 ))
+shards=${SHARDS:-1}
+link_port=$(( port + 100 ))
+http="127.0.0.1:$(( port + 200 ))"
 
 cargo build -q --release -p zonescaler-server -p zonescaler-bots
-./target/release/zonescaler up --shards 1 --port "$port" --run-dir "$run_dir" >"$run_dir/up.log" 2>&1 &
+./target/release/zonescaler up --shards "$shards" --port "$port" --link-port "$link_port" --http "$http" \
+  --run-dir "$run_dir" >"$run_dir/up.log" 2>&1 &
 up_pid=$!
 cleanup() { kill -INT "$up_pid" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 300); do
-  [ -f "$run_dir/shard-0.pem" ] && break
+last_cert="$run_dir/shard-$(( shards - 1 )).pem"
+for _ in $(seq 1 600); do
+  [ -f "$run_dir/shard-0.pem" ] && [ -f "$last_cert" ] && break
   kill -0 "$up_pid" 2>/dev/null || { cat "$run_dir/up.log"; echo "e2e: zonescaler up died"; exit 1; }
   sleep 0.1
 done
-[ -f "$run_dir/shard-0.pem" ] || { cat "$run_dir/up.log"; echo "e2e: shard did not start"; exit 1; }
+[ -f "$last_cert" ] || { cat "$run_dir/up.log"; echo "e2e: shards did not start"; exit 1; }
 
-./target/release/zonescaler-bots --connect "127.0.0.1:$port" --cert "$run_dir/shard-0.pem" \
-  --bots "$bots" --duration "$duration" --report-json "$report" --quiet "$@"
+./target/release/zonescaler-bots --connect "127.0.0.1:$port" --cert "$run_dir/cluster.pem" \
+  --bots "$bots" --duration "$duration" --report-json "$report" --quiet "$@" &
+bots_pid=$!
+if [ "$shards" -gt 1 ]; then
+  # Sample the master's view while the bots play: the world's entities stay put (NPCs plus the
+  # bots logged in), every shard is alive, handoffs happen.
+  python3 - "$http" "$shards" <<'PY'
+import json, sys, time, urllib.request
+http, shards = sys.argv[1], int(sys.argv[2])
+seen = []
+for _ in range(8):
+    time.sleep(1)
+    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+    missing = [k for k in ("epoch", "total_entities", "handoffs_total", "shards") if k not in v]
+    assert not missing, f"/api/cluster lacks {missing}"
+    assert len(v["shards"]) == shards and all(s["alive"] for s in v["shards"]), v["shards"]
+    for s in v["shards"]:
+        for k in ("id", "addr", "alive", "weight", "cells", "owned_entities", "proxies", "clients", "tick_ms_p99"):
+            assert k in s, f"shard view lacks {k}"
+    seen.append((v["total_entities"], sum(s["clients"] for s in v["shards"]), v["handoffs_total"]))
+print("e2e: /api/cluster (total_entities, clients, handoffs_total) per second:", seen)
+PY
+fi
+wait "$bots_pid"
 
-python3 - "$report" "$bots" <<'PY'
+python3 - "$report" "$bots" "$shards" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); want = int(sys.argv[2])
+r = json.load(open(sys.argv[1])); want = int(sys.argv[2]); shards = int(sys.argv[3])
 problems = []
 if r["bots_connected"] != want: problems.append(f"connected {r['bots_connected']} of {want}")
 if r["snapshots_total"] <= 0: problems.append("no snapshots flowed")
 if r["snapshots_per_sec_p50"] < 20: problems.append(f"snapshots_per_sec_p50 {r['snapshots_per_sec_p50']:.1f} < 20")
 if r["avatar_missing_total"] != 0: problems.append(f"avatar missing in {r['avatar_missing_total']} snapshots")
+if shards > 1:
+    if r["handoffs"] <= 0: problems.append("no bot was handed off")
+    if r["errors"]: problems.append(f"errors {r['errors']}")
+    print(f"e2e: {r['handoffs']} handoffs, gap p50 {r['handoff_gap_ms_p50']:.1f} ms, p99 {r['handoff_gap_ms_p99']:.1f} ms, max {r['handoff_gap_ms_max']:.1f} ms")
 print(f"e2e: {r['bots_connected']}/{want} connected, {r['snapshots_per_sec_p50']:.1f} snapshots/s p50, "
       f"rtt p99 {r['rtt_ms_p99']:.1f} ms, {r['bytes_per_entity_update_mean']:.2f} B/entity update")
 if problems:
@@ -46,7 +79,7 @@ for _ in $(seq 1 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; don
 if kill -0 "$up_pid" 2>/dev/null; then echo "e2e: zonescaler up did not stop on Ctrl-C"; exit 1; fi
 trap - EXIT
 # Every shard child has the run dir's certificate path on its command line.
-if pgrep -f "$run_dir/shard-0.pem" >/dev/null; then
+if pgrep -f "$run_dir/shard-" >/dev/null; then
   echo "e2e: a shard process outlived zonescaler up"; exit 1
 fi
 tail -n 3 "$run_dir/up.log"

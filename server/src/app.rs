@@ -27,7 +27,7 @@ use crate::npc::NpcPlugin;
 use crate::proxy::{self, Mirrors, ProxyApplyTick, ShardInbox, ShardOutbox, Space};
 use crate::replicate::{self, ReplicateScratch};
 use crate::resources::{
-    Config, DespawnLog, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock,
+    Config, DespawnLog, IdAllocator, Inbox, Outbox, PlayerLog, ShardRng, ShardStats, TickClock,
 };
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{ScheduleConfigs, SingleThreadedExecutor};
@@ -108,6 +108,7 @@ impl ShardApp {
         world.init_resource::<HandoffState>();
         world.init_resource::<ClusterDirectory>();
         world.init_resource::<DespawnLog>();
+        world.init_resource::<PlayerLog>();
         world.init_resource::<GameCommands>();
         world.init_resource::<DeliveredCommands>();
         world.init_resource::<CommandInbox>();
@@ -291,6 +292,54 @@ impl ShardApp {
 
     pub fn stats(&self) -> &ShardStats {
         self.world.resource::<ShardStats>()
+    }
+
+    /// What the master hears about this shard (its tick time is the runtime's to add). Drains
+    /// the player arrivals and departures since the last call.
+    pub fn load(&mut self) -> zonescaler_shared::protocol::ShardLoad {
+        use crate::handoff::{HandoffState, InTransit};
+        use crate::proxy::Proxy;
+        let owned = self
+            .world
+            .query_filtered::<(), With<crate::components::Owned>>()
+            .iter(&self.world)
+            .count();
+        let in_transit = self
+            .world
+            .query_filtered::<(), With<InTransit>>()
+            .iter(&self.world)
+            .count();
+        let proxies = self
+            .world
+            .query_filtered::<(), With<Proxy>>()
+            .iter(&self.world)
+            .count();
+        let clients = self.world.resource::<ShardStats>().clients;
+        let mut log = self.world.resource_mut::<PlayerLog>();
+        let players_arrived = log.arrived.drain(..).collect();
+        let players_left = log.left.drain(..).collect();
+        let h = self.world.resource::<HandoffState>();
+        zonescaler_shared::protocol::ShardLoad {
+            tick: self.tick_number(),
+            owned_entities: owned as u32,
+            in_transit: in_transit as u32,
+            proxies: proxies as u32,
+            clients: clients as u32,
+            tick_ms_p99: 0.0,
+            handoffs_out: h.out,
+            handoffs_in: h.accepted_total,
+            handoff_transit_ms_p99: h.transit_ms.value_at_quantile(0.99) as f32,
+            players_arrived,
+            players_left,
+        }
+    }
+
+    /// The example game's protocol hash (what shards of the example game check on their links).
+    pub fn example_protocol_hash() -> u64 {
+        zonescaler_shared::registry::ProtocolRegistry::with_components(
+            &zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS,
+        )
+        .map_or(0, |r| r.hash())
     }
 
     /// The protocol hash clients must present in `Hello`.

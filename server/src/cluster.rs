@@ -1,5 +1,10 @@
 //! `zonescaler up`: a local cluster as child processes.
 //!
+//! With `--shards N` (N > 1), shard 0 holds the master role (`--expect-shards N`) and the others
+//! join it (`--join`); `up` generates a cluster secret (passed in the environment, never on a
+//! command line) and one TLS certificate that every shard presents, so bots trust the whole
+//! cluster with one `--cert` file and follow redirects between shards.
+//!
 //! Every child shard is started with its standard input piped from this process and the hidden
 //! flag `--exit-with-parent`: when this process exits for any reason (Ctrl-C, a crash, `kill -9`)
 //! the pipe closes and each child stops itself, so no shard is ever left orphaned.
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 /// `zonescaler up`: run a local cluster as child processes; Ctrl-C stops every one of them.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpOptions {
-    /// Shard processes to start (one world needs the master role for more than one).
+    /// Shard processes to start; with more than one, shard 0 holds the master role.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
     /// World config (TOML).
@@ -29,9 +34,18 @@ pub struct UpOptions {
     /// Host the shards listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// First shard's UDP port; shard i listens on port + i.
+    /// First shard's UDP port for clients; shard i listens on port + i.
     #[arg(long, default_value_t = 4433)]
     pub port: u16,
+    /// First shard's UDP port for shard links; shard i uses link-port + i.
+    #[arg(long, default_value_t = 5433)]
+    pub link_port: u16,
+    /// Where the master serves the HTTP API (`GET /api/cluster`).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
+    /// What the `--bots` do (wander, idle, border).
+    #[arg(long, default_value = "wander")]
+    pub bot_scenario: String,
     /// Where certificates and run files go.
     #[arg(long, default_value = "target/zonescaler-run")]
     pub run_dir: PathBuf,
@@ -47,12 +61,17 @@ pub fn up(opts: UpOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if opts.shards == 0 {
         bail!("--shards must be at least 1");
     }
-    if opts.shards > 1 {
+    if opts.shards > zonescaler_shared::limits::SHARDS_MAX {
         bail!(
-            "--shards {}: one world on several shards needs the master role, proxies and handoff, \
-             which this build does not have yet; run --shards 1",
-            opts.shards
+            "--shards {}: at most {}",
+            opts.shards,
+            zonescaler_shared::limits::SHARDS_MAX
         );
+    }
+    if usize::from(opts.port) + opts.shards > usize::from(u16::MAX)
+        || usize::from(opts.link_port) + opts.shards > usize::from(u16::MAX)
+    {
+        bail!("--port / --link-port + --shards runs past port 65535");
     }
     // Validate before starting anything, so a bad config is one clear line, not a child's crash.
     zonescaler_shared::config::WorldConfig::load(&opts.world)?;
@@ -72,6 +91,22 @@ fn run(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut endpoints = Vec::new();
+    // One certificate for every shard, so a client trusts the whole cluster with one file.
+    let identity =
+        zonescaler_net::tls::ServerIdentity::self_signed(&["localhost", "127.0.0.1", &opts.host])
+            .context("cannot make the cluster's certificate")?;
+    let (cluster_cert, cluster_key) = (
+        opts.run_dir.join("cluster.pem"),
+        opts.run_dir.join("cluster.key"),
+    );
+    std::fs::write(&cluster_cert, identity.cert_pem())
+        .with_context(|| format!("cannot write {}", cluster_cert.display()))?;
+    write_private(&cluster_key, &identity.key_pem())?;
+    let secret = match std::env::var("ZONESCALER_CLUSTER_SECRET") {
+        Ok(s) => s,
+        Err(_) => random_secret()?,
+    };
+    let master_links = format!("{}:{}", opts.host, opts.link_port);
     for i in 0..opts.shards {
         let addr = format!("{}:{}", opts.host, opts.port + i as u16);
         let cert = opts.run_dir.join(format!("shard-{i}.pem"));
@@ -82,8 +117,27 @@ fn run(
             .arg(&opts.world)
             .args(["--listen", &addr, "--cert-out"])
             .arg(&cert)
+            .arg("--tls-cert")
+            .arg(&cluster_cert)
+            .arg("--tls-key")
+            .arg(&cluster_key)
             .arg("--exit-with-parent")
+            .env("ZONESCALER_CLUSTER_SECRET", &secret)
             .stdin(Stdio::piped());
+        if opts.shards > 1 {
+            let links = format!("{}:{}", opts.host, opts.link_port + i as u16);
+            command.args(["--link-listen", &links]);
+            if i == 0 {
+                command.args([
+                    "--expect-shards",
+                    &opts.shards.to_string(),
+                    "--http",
+                    &opts.http,
+                ]);
+            } else {
+                command.args(["--join", &master_links]);
+            }
+        }
         // A terminal's Ctrl-C signals the whole foreground process group. Shards get a group of
         // their own so only `up` hears it and stops them in order (by closing their stdin),
         // instead of racing them and reporting their exit as a crash.
@@ -97,8 +151,11 @@ fn run(
             name: format!("shard-{i}"),
             child,
         });
-        wait_for_file(&cert, procs, Duration::from_secs(30))?;
         endpoints.push((addr, cert, pid));
+    }
+    // Each shard writes its certificate once it serves: in a cluster, once the cluster formed.
+    for (_, cert, _) in &endpoints {
+        wait_for_file(cert, procs, Duration::from_secs(90))?;
     }
     println!(
         "zonescaler up: {} shard(s) running world {}",
@@ -111,10 +168,19 @@ fn run(
             cert.display()
         );
     }
-    let (addr0, cert0, _) = &endpoints[0];
+    let (addr0, _, _) = &endpoints[0];
+    let cert0 = &cluster_cert;
+    if opts.shards > 1 {
+        println!("  cluster API: http://{}/api/cluster", opts.http);
+    }
     println!(
-        "connect bots with:\n  cargo run --release -p zonescaler-bots -- --connect {addr0} --cert {} --bots 100 --duration 30s",
-        cert0.display()
+        "connect bots with:\n  cargo run --release -p zonescaler-bots -- --connect {addr0} --cert {} --bots 100 --duration 30s{}",
+        cert0.display(),
+        if opts.shards > 1 {
+            " --scenario border"
+        } else {
+            ""
+        }
     );
     println!("press Ctrl-C to stop the cluster");
     if opts.bots > 0 {
@@ -134,6 +200,8 @@ fn run(
                 &opts.bots.to_string(),
                 "--duration",
                 &opts.bot_duration,
+                "--scenario",
+                &opts.bot_scenario,
             ])
             .stdin(Stdio::null())
             .spawn()
@@ -168,13 +236,36 @@ fn run(
     Ok(())
 }
 
+/// A fresh 256-bit cluster secret, hex-encoded.
+fn random_secret() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Write a private key readable by this user only.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn wait_for_file(path: &Path, procs: &mut [Proc], timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while !path.exists() {
-        if let Some(p) = procs.last_mut()
-            && let Some(status) = p.child.try_wait()?
-        {
-            bail!("{} exited during start ({status})", p.name);
+        for p in procs.iter_mut() {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited during start ({status})", p.name);
+            }
         }
         if start.elapsed() > timeout {
             bail!(

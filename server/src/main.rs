@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use zonescaler_server::cluster::{self, UpOptions};
-use zonescaler_server::runtime::{self, ShardOptions};
+use zonescaler_server::node::Role;
+use zonescaler_server::runtime::{self, ClusterOptions, ShardOptions};
 use zonescaler_shared::config::WorldConfig;
 
 /// ZoneScaler: an authoritative game server for one seamless world run by many processes.
@@ -38,9 +39,83 @@ enum Cmd {
         /// Stop when standard input closes (set by `zonescaler up` so no child outlives it).
         #[arg(long, hide = true)]
         exit_with_parent: bool,
+        /// Hold the master role of a new cluster and wait for this many shards in all (itself
+        /// included) before placing the cells. Needs a cluster secret.
+        #[arg(long, conflicts_with = "join")]
+        expect_shards: Option<usize>,
+        /// Join the cluster whose master's shard links listen at this address. Needs the
+        /// cluster's secret.
+        #[arg(long)]
+        join: Option<SocketAddr>,
+        /// UDP address for shard links (cluster mode).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        link_listen: SocketAddr,
+        /// Capacity weight: this shard's share of the cells (1..=1000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Serve the HTTP API here (`GET /api/cluster` on the master).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// TLS certificate chain (PEM) for clients and links; overrides `[tls]` in the config.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM); overrides `[tls]` in the config.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run a local cluster as child processes; Ctrl-C stops every one of them.
     Up(UpOptions),
+}
+
+/// Environment variable holding the cluster secret (preferred over `[cluster] secret`).
+const SECRET_ENV: &str = "ZONESCALER_CLUSTER_SECRET";
+
+/// Cluster mode from the flags: `--expect-shards N` (N > 1) holds the master role, `--join`
+/// joins; either needs the secret. `None`: a one-shard world.
+fn cluster_options(
+    config: &WorldConfig,
+    expect_shards: Option<usize>,
+    join: Option<SocketAddr>,
+    link_listen: SocketAddr,
+    weight: u32,
+) -> Result<Option<ClusterOptions>, String> {
+    let role = match (expect_shards, join) {
+        (Some(0), _) => return Err("--expect-shards must be at least 1".into()),
+        (Some(n), None) if n > zonescaler_shared::limits::SHARDS_MAX => {
+            return Err(format!(
+                "--expect-shards {n}: at most {} shards",
+                zonescaler_shared::limits::SHARDS_MAX
+            ));
+        }
+        (Some(1) | None, None) => return Ok(None),
+        (Some(n), None) => Role::Master { expect_shards: n },
+        (_, Some(master)) => Role::Join { master },
+    };
+    if !(1..=1_000).contains(&weight) {
+        return Err(format!("--weight must be in 1..=1000 (got {weight})"));
+    }
+    let secret = match std::env::var(SECRET_ENV) {
+        Ok(s) => s,
+        Err(_) => config.cluster.secret.clone().ok_or_else(|| {
+            format!(
+                "a cluster needs a secret: set {SECRET_ENV} (at least {} bytes) or `[cluster] secret` in the world config",
+                zonescaler_shared::config::CLUSTER_SECRET_BYTES_MIN
+            )
+        })?,
+    };
+    if secret.len() < zonescaler_shared::config::CLUSTER_SECRET_BYTES_MIN {
+        return Err(format!(
+            "{SECRET_ENV} must be at least {} bytes (got {})",
+            zonescaler_shared::config::CLUSTER_SECRET_BYTES_MIN,
+            secret.len()
+        ));
+    }
+    Ok(Some(ClusterOptions {
+        role,
+        link_listen,
+        weight,
+        secret: secret.into_bytes(),
+    }))
 }
 
 fn main() {
@@ -58,8 +133,26 @@ fn main() {
             cert_out,
             stats_every_s,
             exit_with_parent,
+            expect_shards,
+            join,
+            link_listen,
+            weight,
+            http,
+            tls_cert,
+            tls_key,
         } => {
-            let config = match WorldConfig::load(&world) {
+            let mut config = match WorldConfig::load(&world) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("zonescaler: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if tls_cert.is_some() {
+                config.tls.cert_pem = tls_cert;
+                config.tls.key_pem = tls_key;
+            }
+            let cluster = match cluster_options(&config, expect_shards, join, link_listen, weight) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("zonescaler: {e}");
@@ -80,6 +173,8 @@ fn main() {
                 cert_out,
                 stats_every: Duration::from_secs(stats_every_s.max(1)),
                 ready: None,
+                cluster,
+                http,
             };
             runtime::run_shard(opts, stop)
         }

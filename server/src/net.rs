@@ -10,7 +10,7 @@ use crate::handoff::{AwaitingClient, ClusterDirectory, InTransit};
 use crate::proxy::{Proxy, Space};
 use crate::replicate::{ClientSnapshot, SentSnapshot};
 use crate::resources::{
-    Config, DespawnLog, IdAllocator, Inbox, Outbox, ShardRng, ShardStats, TickClock,
+    Config, DespawnLog, IdAllocator, Inbox, Outbox, PlayerLog, ShardRng, ShardStats, TickClock,
 };
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
@@ -130,18 +130,25 @@ fn close_client(
     commands: &mut Commands,
     stats: &mut ShardStats,
     despawned: &mut DespawnLog,
+    players: &mut PlayerLog,
 ) {
     send_close(conn, code, reason, outbox, stats);
     if let Some(c) = clients.0.remove(&conn) {
-        forget_avatar(&c.phase, commands, despawned);
+        forget_avatar(&c, commands, despawned, players);
     }
 }
 
 /// A client is gone: its avatar leaves the world with it. A redirected client's avatar is not
 /// its own any more (it is a proxy of the shard it moved to), so it stays.
-fn forget_avatar(phase: &Phase, commands: &mut Commands, despawned: &mut DespawnLog) {
-    if let Phase::Playing { avatar, id } = *phase {
+fn forget_avatar(
+    client: &ClientState,
+    commands: &mut Commands,
+    despawned: &mut DespawnLog,
+    players: &mut PlayerLog,
+) {
+    if let Phase::Playing { avatar, id } = client.phase {
         despawned.0.push(id);
+        players.left(&client.name);
         commands.entity(avatar).despawn();
     }
 }
@@ -175,6 +182,7 @@ pub fn receive(
     space: Res<Space>,
     mut stats: ResMut<ShardStats>,
     mut despawned: ResMut<DespawnLog>,
+    mut players: ResMut<PlayerLog>,
     login: LoginContext,
 ) {
     let tick = clock.tick.0;
@@ -205,7 +213,7 @@ pub fn receive(
             NetEvent::Disconnected { reason, .. } => {
                 if let Some(c) = clients.0.remove(&conn) {
                     info!(conn = conn.0, %reason, "client disconnected");
-                    forget_avatar(&c.phase, &mut commands, &mut despawned);
+                    forget_avatar(&c, &mut commands, &mut despawned, &mut players);
                 }
                 Ok(())
             }
@@ -226,6 +234,7 @@ pub fn receive(
                     &login,
                     &mut claimed,
                     &mut stats,
+                    &mut players,
                 ),
             },
             NetEvent::Datagram { bytes, .. } => match clients.0.get_mut(&conn) {
@@ -243,6 +252,7 @@ pub fn receive(
                 &mut commands,
                 &mut stats,
                 &mut despawned,
+                &mut players,
             );
         }
     }
@@ -264,6 +274,7 @@ pub fn receive(
             &mut commands,
             &mut stats,
             &mut despawned,
+            &mut players,
         );
     }
     stats.clients = clients.0.len();
@@ -305,6 +316,7 @@ fn on_control(
     login: &LoginContext,
     claimed: &mut Vec<Entity>,
     stats: &mut ShardStats,
+    players: &mut PlayerLog,
 ) -> Result<(), Refusal> {
     let ClientControl::Hello(hello) =
         codec::decode_client_control(bytes).map_err(|e| decode_refusal("control message", &e))?;
@@ -430,6 +442,7 @@ fn on_control(
         }
     };
     client.phase = Phase::Playing { avatar, id };
+    players.arrived(&client.name);
     info!(conn = conn.0, name = %client.name, avatar = %id, "client logged in");
     let welcome = ServerControl::Welcome(Welcome {
         avatar: id,

@@ -23,6 +23,36 @@ pub struct TickClock {
     pub now_ms: u64,
 }
 
+/// Players who arrived on this shard (logged in, or followed a handoff here) and who left it,
+/// since the runtime last reported them to the master's directory. Bounded: past
+/// [`PLAYER_LOG_MAX`] entries the oldest reports are dropped (the directory then catches up on
+/// the player's next move).
+#[derive(Resource, Debug, Default)]
+pub struct PlayerLog {
+    pub arrived: std::collections::VecDeque<String>,
+    pub left: std::collections::VecDeque<String>,
+}
+
+/// Entries each list of the [`PlayerLog`] holds.
+pub const PLAYER_LOG_MAX: usize = 2 * zonescaler_shared::limits::CLIENTS_PER_SHARD_MAX;
+
+impl PlayerLog {
+    fn push(list: &mut std::collections::VecDeque<String>, name: &str) {
+        if list.len() >= PLAYER_LOG_MAX {
+            list.pop_front();
+        }
+        list.push_back(name.to_string());
+    }
+
+    pub fn arrived(&mut self, name: &str) {
+        Self::push(&mut self.arrived, name);
+    }
+
+    pub fn left(&mut self, name: &str) {
+        Self::push(&mut self.left, name);
+    }
+}
+
 /// Networked entities the engine despawned on purpose this tick (a player left, a handed-off
 /// avatar's client never came): the simulator's `no_lost_entities` checker tells these from losses.
 /// Drained by whoever reads it; bounded by the entities despawned in one tick.

@@ -70,10 +70,13 @@ fn a_missing_config_file_is_one_clear_line() {
 }
 
 #[test]
-fn up_refuses_what_it_cannot_do_yet_and_bad_configs_before_starting_anything() {
-    let (code, stderr) = zonescaler(&["up", "--shards", "4"]);
+fn up_refuses_nonsense_and_bad_configs_before_starting_anything() {
+    let (code, stderr) = zonescaler(&["up", "--shards", "0"]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("--shards 4"), "{stderr}");
+    assert!(stderr.contains("--shards must be at least 1"), "{stderr}");
+    let (code, stderr) = zonescaler(&["up", "--shards", "5000"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--shards 5000: at most"), "{stderr}");
     let path = write_config("up", "[npc]\ncount = -3\n");
     let (code, stderr) = zonescaler(&["up", "--world", path.to_str().expect("utf-8 path")]);
     assert_ne!(code, 0);

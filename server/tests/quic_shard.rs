@@ -44,6 +44,8 @@ fn start_shard(npcs: usize) -> Shard {
         cert_out: Some(cert.clone()),
         stats_every: Duration::from_secs(60),
         ready: Some(tx),
+        cluster: None,
+        http: None,
     };
     let s = stop.clone();
     let thread = std::thread::spawn(move || run_shard(opts, s));

@@ -220,6 +220,11 @@ pub fn transport_config() -> quinn::TransportConfig {
         IDLE_TIMEOUT_MS_U32,
     ))))
     .keep_alive_interval(Some(Duration::from_millis(limits::KEEP_ALIVE_MS)))
+    // quinn assumes 333 ms before it has measured a path, so a lost handshake packet is resent
+    // only after about a second. A client following a handoff redirect opens a new connection
+    // in the middle of play, where that second is a frozen player; game servers and their
+    // clients sit on paths far shorter than that.
+    .initial_rtt(Duration::from_millis(limits::INITIAL_RTT_MS))
     .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER_BYTES))
     .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER_BYTES)
     // The protocol has exactly one stream, opened by the client; allowing more would only

@@ -320,11 +320,14 @@ impl CellMap {
     ) -> Result<Self, CellMapError> {
         let base: BTreeSet<CellId> = grid.base_cells().collect();
         // Per base cell: the area its leaves cover, in units of the deepest level's cells.
-        let unit = |level: u8| 1u128 << (2 * u32::from(CellId::MAX_LEVEL - level.min(CellId::MAX_LEVEL)));
+        let unit =
+            |level: u8| 1u128 << (2 * u32::from(CellId::MAX_LEVEL - level.min(CellId::MAX_LEVEL)));
         let mut covered: BTreeMap<CellId, u128> = BTreeMap::new();
         for leaf in leaves.keys() {
             if leaf.level > CellId::MAX_LEVEL {
-                return Err(CellMapError::NotATiling("a leaf is deeper than the deepest level"));
+                return Err(CellMapError::NotATiling(
+                    "a leaf is deeper than the deepest level",
+                ));
             }
             let mut up = *leaf;
             while let Some(parent) = up.parent() {
@@ -339,7 +342,9 @@ impl CellMap {
             *covered.entry(up).or_default() += unit(leaf.level);
         }
         if covered.len() != base.len() || covered.values().any(|a| *a != unit(0)) {
-            return Err(CellMapError::NotATiling("some base cells are not covered exactly once"));
+            return Err(CellMapError::NotATiling(
+                "some base cells are not covered exactly once",
+            ));
         }
         Ok(Self {
             epoch,

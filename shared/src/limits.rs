@@ -67,6 +67,9 @@ pub const AOI_GRID_CELLS_MAX: usize = 1 << 20;
 pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 /// QUIC idle timeout: a peer silent this long is gone.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// The round trip QUIC assumes before it has measured one: it sets how soon a lost handshake
+/// packet is resent (about three times this).
+pub const INITIAL_RTT_MS: u64 = 100;
 /// QUIC keep-alive interval, well under the idle timeout.
 pub const KEEP_ALIVE_MS: u64 = 2_000;
 

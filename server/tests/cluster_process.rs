@@ -1,0 +1,197 @@
+//! Shard processes forming a cluster for real (QUIC links on loopback): only a process with the
+//! cluster secret can join, and the master's `GET /api/cluster` shows the formed cluster.
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const SECRET: &str = "the-cluster-secret-of-this-test";
+const WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/worlds/default.toml");
+
+/// A running shard process; killed when dropped.
+struct Shard {
+    child: Child,
+    /// Lines of its standard output, as they come.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Shard {
+    fn start(args: &[&str], secret: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+            .arg("shard")
+            .args([
+                "--world",
+                WORLD,
+                "--listen",
+                "127.0.0.1:0",
+                "--link-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("ZONESCALER_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zonescaler starts");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The first output line containing `marker` (waits up to 30 s).
+    fn line_with(&self, marker: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(marker) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no line with `{marker}` within 30 s"),
+            }
+        }
+    }
+
+    /// Exit status and standard error once it exits (waits up to 30 s).
+    fn wait_exit(mut self) -> (i32, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.code().unwrap_or(-1), err);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `http://ADDR/api/cluster` from a line like `... HTTP API on http://127.0.0.1:1234/api/cluster`.
+fn http_get(line: &str) -> (u16, String) {
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("an HTTP address");
+    let mut s = std::net::TcpStream::connect(addr).expect("HTTP connects");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /api/cluster HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn only_a_process_with_the_cluster_secret_can_join() {
+    let master = Shard::start(&["--expect-shards", "2", "--http", "127.0.0.1:0"], SECRET);
+    let http = master.line_with("HTTP API on");
+    let waiting = master.line_with("master waiting");
+    let links = waiting
+        .rsplit(' ')
+        .next()
+        .expect("the master's link address")
+        .to_string();
+
+    let intruder = Shard::start(&["--join", &links], "not-the-secret-of-this-cluster");
+    let (code, stderr) = intruder.wait_exit();
+    assert_ne!(code, 0, "a process without the secret must not join");
+    assert!(
+        stderr.contains("not a member") || stderr.contains("not_a_member"),
+        "the refusal says why: {stderr}"
+    );
+    let (status, body) = http_get(&http);
+    assert_eq!(
+        status, 503,
+        "the cluster has not formed: the intruder is no member ({body})"
+    );
+
+    let member = Shard::start(&["--join", &links], SECRET);
+    member.line_with("linked");
+    master.line_with("linked");
+    // The master publishes its view once its world is built, a moment after linking.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = http_get(&http);
+        if status == 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "{body}");
+    for field in [
+        "\"epoch\":1",
+        "\"total_entities\":",
+        "\"handoffs_total\":",
+        "\"shards\":",
+        "\"tick_ms_p99\":",
+        "\"owned_entities\":",
+        "\"proxies\":",
+        "\"clients\":",
+        "\"cells\":",
+        "\"alive\":true",
+        "\"weight\":1",
+    ] {
+        assert!(body.contains(field), "/api/cluster has {field}: {body}");
+    }
+    assert!(
+        body.contains("\"id\":0") && body.contains("\"id\":1") && !body.contains("\"id\":2"),
+        "two members, the intruder not among them: {body}"
+    );
+}
+
+#[test]
+fn a_cluster_without_a_secret_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(["shard", "--expect-shards", "2", "--world", WORLD])
+        .env_remove("ZONESCALER_CLUSTER_SECRET")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ZONESCALER_CLUSTER_SECRET"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(["shard", "--expect-shards", "2", "--world", WORLD])
+        .env("ZONESCALER_CLUSTER_SECRET", "short")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16 bytes"), "{err}");
+}
