@@ -3,7 +3,8 @@
 //! then partitioned (messages wait, as a stream retransmits); client datagrams also see loss,
 //! duplication and reordering. NPCs wander across borders and are handed off; bots walk back and
 //! forth across borders and follow their avatar from shard to shard with redirect tokens.
-//! Every tick is checked for:
+//! The master role places the cells (shard 0 holds it, the others join with random weights) and
+//! hears every shard's load as heartbeats. Every tick is checked for:
 //! - `single_authority`: no `NetId` owned by two shards;
 //! - `no_lost_entities`: every entity that existed still exists (owned somewhere, or frozen in a
 //!   handoff), unless the engine despawned it on purpose (its player left);
@@ -23,10 +24,12 @@ use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
 use zonescaler_server::components::{Networked, Owned, Position};
 use zonescaler_server::handoff::InTransit;
+use zonescaler_server::master::Master;
 use zonescaler_server::proxy::{Proxy, Space};
 use zonescaler_server::resources::DespawnLog;
-use zonescaler_shared::cellmap::{CellGrid, CellMap, assign_contiguous};
+use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{ConnId, NetId, ShardId, limits};
@@ -137,6 +140,8 @@ pub struct ClusterSim {
     partitions: BTreeMap<(usize, usize), u64>,
     /// Pairs partitioned recently, and the last tick they were.
     disturbed: BTreeMap<(usize, usize), u64>,
+    /// The master role (placement done; heartbeats keep its view and directory current).
+    pub master: Master,
     /// Handoffs completed (acks seen by sources), for reports and tests.
     pub handoffs: u64,
     /// Fault injection for checker tests.
@@ -182,10 +187,32 @@ impl ClusterSim {
     pub fn new(cfg: ClusterConfig) -> Result<Self, String> {
         let grid = CellGrid::from_config(&cfg.world);
         let mut rng = Rng::new(cfg.seed);
-        let weights: Vec<(ShardId, u32)> = (0..cfg.shards)
-            .map(|i| (ShardId(i as u16), 1 + rng.below(3) as u32))
-            .collect();
-        let map = assign_contiguous(&grid, &weights).map_err(|e| e.to_string())?;
+        // The master role places the cells, as in a real cluster: shard 0 holds it, the others
+        // join with random capacity weights.
+        let member = |i: usize, weight: u32| JoinRequest {
+            client_addr: String::new(),
+            link_addr: format!("sim:{i}"),
+            weight,
+        };
+        let first = member(0, 1 + rng.below(3) as u32);
+        let mut master = Master::new(
+            grid,
+            cfg.shards,
+            MemberInfo {
+                id: ShardId(0),
+                client_addr: first.client_addr,
+                link_addr: first.link_addr,
+                weight: first.weight,
+            },
+            0,
+        );
+        for i in 1..cfg.shards {
+            master
+                .join(member(i, 1 + rng.below(3) as u32), 0)
+                .map_err(|e| e.to_string())?;
+        }
+        master.place().map_err(|e| e.to_string())?;
+        let map = master.map().cloned().ok_or("the master placed no map")?;
         let mut shards: Vec<ShardApp> = (0..cfg.shards)
             .map(|i| ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone()))
             .collect();
@@ -237,6 +264,7 @@ impl ClusterSim {
             transit_for: BTreeMap::new(),
             partitions: BTreeMap::new(),
             disturbed: BTreeMap::new(),
+            master,
             handoffs: 0,
             sabotage: None,
         })
@@ -343,6 +371,17 @@ impl ClusterSim {
         for s in &mut self.shards {
             s.set_now_ms(now / 1_000);
             s.tick();
+        }
+        if next_tick
+            % (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1)
+            == 0
+        {
+            for (i, s) in self.shards.iter_mut().enumerate() {
+                self.master
+                    .heartbeat(ShardId(i as u16), s.load(), now / 1_000);
+            }
+            let dead = self.master.check_liveness(now / 1_000);
+            debug_assert!(dead.is_empty(), "every simulated shard reports");
         }
         for i in 0..n {
             for (to, bytes) in self.shards[i].drain_shard_outbox() {
