@@ -372,10 +372,9 @@ impl ClusterSim {
             s.set_now_ms(now / 1_000);
             s.tick();
         }
-        if next_tick
-            % (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1)
-            == 0
-        {
+        let heartbeat_ticks =
+            (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1);
+        if next_tick.is_multiple_of(heartbeat_ticks) {
             for (i, s) in self.shards.iter_mut().enumerate() {
                 self.master
                     .heartbeat(ShardId(i as u16), s.load(), now / 1_000);
