@@ -37,11 +37,11 @@ bots_pid=$!
 if [ "$shards" -gt 1 ]; then
   # Sample the master's view while the bots play: the world's entities stay put (NPCs plus the
   # bots logged in), every shard is alive, handoffs happen.
-  python3 - "$http" "$shards" <<'PY'
+  python3 - "$http" "$shards" "${SAMPLES:-8}" <<'PY'
 import json, sys, time, urllib.request
-http, shards = sys.argv[1], int(sys.argv[2])
+http, shards, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seen = []
-for _ in range(8):
+for _ in range(samples):
     time.sleep(1)
     v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
     missing = [k for k in ("epoch", "total_entities", "handoffs_total", "shards") if k not in v]
@@ -50,8 +50,10 @@ for _ in range(8):
     for s in v["shards"]:
         for k in ("id", "addr", "alive", "weight", "cells", "owned_entities", "proxies", "clients", "tick_ms_p99"):
             assert k in s, f"shard view lacks {k}"
-    seen.append((v["total_entities"], sum(s["clients"] for s in v["shards"]), v["handoffs_total"]))
-print("e2e: /api/cluster (total_entities, clients, handoffs_total) per second:", seen)
+    seen.append((v["total_entities"], sum(s["clients"] for s in v["shards"]), v["handoffs_total"],
+                 max(s["handoff_transit_ms_p99"] for s in v["shards"]), max(s["tick_ms_p99"] for s in v["shards"])))
+print("e2e: /api/cluster (total_entities, clients, handoffs_total, max handoff_transit_ms_p99, max tick_ms_p99) per second:")
+for row in seen: print("  ", row)
 PY
 fi
 wait "$bots_pid"

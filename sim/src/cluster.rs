@@ -425,59 +425,44 @@ impl ClusterSim {
     /// A packet from shard `from` to bot `i`.
     fn deliver_to_bot(&mut self, now: u64, from: usize, i: usize, packet: Packet) {
         let n = self.n();
-        let b = &mut self.bots[i];
+        let Self { bots, net, .. } = self;
+        let b = &mut bots[i];
         if b.gone {
             return;
         }
+        let me = (n + i) as u32;
+        // Everything a bot sends on its control streams is reliable and ordered.
+        let mut send = |to: usize, p: Packet| net.send(now, me, to as u32, p, true);
         let current = b.shard == Some(from);
         let pending = b.pending == Some(from);
         match packet {
-            Packet::Control(bytes) if current || pending => {
-                match b.bot.on_control(now, &bytes) {
-                    Ok(Some(redirect)) => {
-                        let to = usize::from(redirect.shard.0);
-                        if pending {
-                            // A login redirected onwards: this connection has nothing to keep.
-                            self.net.send(
-                                now,
-                                (n + i) as u32,
-                                from as u32,
-                                Packet::Close("redirected".into()),
-                                true,
-                            );
-                        }
-                        b.pending = Some(to);
-                        let hello = b.bot.hello_redirected(&redirect);
-                        self.net
-                            .send(now, (n + i) as u32, to as u32, Packet::Connect, true);
-                        self.net.send(
-                            now,
-                            (n + i) as u32,
-                            to as u32,
-                            Packet::Control(Bytes::from(hello)),
-                            true,
-                        );
+            Packet::Control(bytes) if current || pending => match b.bot.on_control(now, &bytes) {
+                Ok(Some(redirect)) => {
+                    let to = usize::from(redirect.shard.0);
+                    if pending {
+                        // A login redirected onwards: this connection has nothing to keep.
+                        send(from, Packet::Close("redirected".into()));
                     }
-                    Ok(None) => {
-                        if pending && b.bot.welcome().is_some() {
-                            // The new shard's Welcome: switch, and hang up on the old one.
-                            if let Some(old) = b.shard.filter(|o| *o != from) {
-                                self.net.send(
-                                    now,
-                                    (n + i) as u32,
-                                    old as u32,
-                                    Packet::Close("redirected".into()),
-                                    true,
-                                );
-                            }
-                            b.shard = Some(from);
-                            b.pending = None;
-                            b.welcomed = true;
-                        }
-                    }
-                    Err(_) => b.gone = true,
+                    b.pending = Some(to);
+                    send(to, Packet::Connect);
+                    send(
+                        to,
+                        Packet::Control(Bytes::from(b.bot.hello_redirected(&redirect))),
+                    );
                 }
-            }
+                Ok(None) => {
+                    if pending && b.bot.welcome().is_some() {
+                        // The new shard's Welcome: switch, and hang up on the old one.
+                        if let Some(old) = b.shard.filter(|o| *o != from) {
+                            send(old, Packet::Close("redirected".into()));
+                        }
+                        b.shard = Some(from);
+                        b.pending = None;
+                        b.welcomed = true;
+                    }
+                }
+                Err(_) => b.gone = true,
+            },
             Packet::Datagram(bytes) if current && b.welcomed => b.bot.on_datagram(now, &bytes),
             Packet::Close(_) if current => b.gone = true,
             _ => {}
