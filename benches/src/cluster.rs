@@ -346,3 +346,54 @@ impl ClusterScene {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark measures the sharding tax only if the split scene really hands entities and
+    /// bots over while the one-shard scene, with the same bots, does not.
+    #[test]
+    fn split_scene_hands_off_and_single_scene_does_not() {
+        let mut world = WorldConfig::default();
+        world.npc.count = 400;
+        let split = equal_split(&world, 2).expect("64 cells split in two");
+        let single = equal_split(&world, 1).expect("one shard");
+        let bots = border_bots(&split, 8, 7);
+        assert!(
+            bots.iter().all(|b| b.border.is_some()),
+            "a two-shard map has a border to walk across"
+        );
+        for (map, shards) in [(&single, 1), (&split, 2)] {
+            let mut scene = ClusterScene::new(&world, map, &bots);
+            assert_eq!(scene.shards(), shards);
+            for _ in 0..30 {
+                scene.step();
+            }
+            scene.reset_counters();
+            let before = scene.entities();
+            for _ in 0..150 {
+                scene.step();
+            }
+            assert_eq!(before, 408, "NPCs and avatars, each once");
+            assert_eq!(scene.entities(), before, "no entity lost or duplicated");
+            assert_eq!(scene.bots_playing(), 8, "every bot stays logged in");
+            assert_eq!(scene.counters().ticks, 150);
+            if shards == 1 {
+                assert_eq!(scene.handoffs(), 0, "one shard has nobody to hand over to");
+                assert_eq!(scene.counters().link_messages, 0);
+            } else {
+                assert!(
+                    scene.bot_handoffs() >= 8,
+                    "each bot crosses its border at least once in 5 s, got {}",
+                    scene.bot_handoffs()
+                );
+                assert!(scene.handoffs() >= scene.bot_handoffs());
+                assert!(
+                    scene.counters().proxy_ticks > 0,
+                    "border entities are mirrored"
+                );
+            }
+        }
+    }
+}

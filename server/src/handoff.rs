@@ -190,19 +190,18 @@ pub fn start_handoffs(
     mut state: ResMut<HandoffState>,
     mut mirrors: ResMut<Mirrors>,
     clients: Res<Clients>,
+    moved: Query<(Entity, &Position), (With<Owned>, bevy_ecs::query::Changed<Position>)>,
     q: Query<
         (
-            Entity,
             &Networked,
             &Generation,
-            &Position,
             Option<&MoveTarget>,
             &ReplicatedComponents,
             Option<&Avatar>,
             Option<&AwaitingClient>,
             Option<&HandoffBackoff>,
         ),
-        (With<Owned>, bevy_ecs::query::Changed<Position>),
+        With<Owned>,
     >,
 ) {
     if !space.has_neighbours {
@@ -210,15 +209,21 @@ pub fn start_handoffs(
     }
     let tick = clock.tick.0;
     let margin = config.0.cluster.handoff_margin_m;
-    for (e, net, generation, pos, mt, cache, avatar, awaiting, backoff) in &q {
-        if backoff.is_some_and(|b| tick < b.until_tick) {
-            continue;
-        }
+    // Two queries: the narrow one walks every moved entity, the wide one is read only for the
+    // few that stand in another shard's cell.
+    for (e, pos) in &moved {
         let p = [pos.0.x, pos.0.z];
-        let Some(to) = space.map.owner_at(p) else {
+        // Most moved entities stand in a base cell this shard owns whole: one table read.
+        let Some(to) = space.owner_at(p) else {
             continue;
         };
         if to == space.me || space.boundary.owns_near(p, margin, space.me) {
+            continue;
+        }
+        let Ok((net, generation, mt, cache, avatar, awaiting, backoff)) = q.get(e) else {
+            continue;
+        };
+        if backoff.is_some_and(|b| tick < b.until_tick) {
             continue;
         }
         if state.in_flight >= limits::HANDOFFS_IN_FLIGHT_MAX {
@@ -349,7 +354,9 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             crate::commands::receive(world, cmd);
             true
         }
-        ShardMessage::ProxyUpsert(_) | ShardMessage::ProxyRemove { .. } => false,
+        ShardMessage::ProxyUpsert(_)
+        | ShardMessage::ProxyRemove { .. }
+        | ShardMessage::ProxyBatch(_) => false,
     }
 }
 

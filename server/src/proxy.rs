@@ -1,24 +1,29 @@
 //! Border proxies: read-only copies of a neighbour shard's entities.
 //!
 //! Every tick, each owned entity within `interest_radius_m` of a cell owned by another shard is
-//! mirrored to that shard: a `ProxyUpsert` when it is new there or its quantised position or
-//! replication revision changed (components only when the revision changed), a `ProxyRemove`
-//! when it leaves the border zone or is despawned. The receiving shard keeps the proxy as an
-//! ordinary networked entity without `Owned`, so clients near the border see it through the
-//! normal AOI and snapshots, and no simulation system (all of which filter on `Owned`) moves it.
-//! Messages carry the cell-map epoch; one sent under another epoch is dropped.
+//! mirrored to that shard: an upsert when it is new there or its quantised position or
+//! replication revision changed (components only when the revision changed), a remove when it
+//! leaves the border zone or is despawned. One tick's upserts and removes for one neighbour
+//! travel as one `ProxyBatch` message. The receiving shard keeps the proxy as an ordinary
+//! networked entity without `Owned`, so clients near the border see it through the normal AOI
+//! and snapshots, and no simulation system (all of which filter on `Owned`) moves it. Messages
+//! carry the cell-map epoch; one sent under another epoch is dropped.
 
-use crate::boundary::BoundaryIndex;
+use crate::boundary::{BoundaryIndex, NearLists, OwnedCore};
 use crate::components::{Generation, NetIndex, Networked, Owned, Position, ReplicatedComponents};
 use crate::handoff::InTransit;
 use crate::resources::Config;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use tracing::warn;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::codec;
-use zonescaler_shared::protocol::{CellMapView, LeafView, ProxyState, ShardMessage};
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::{
+    CellMapView, LeafView, PROXY_BATCH_ENTRIES_MAX, ProxyBatch, ProxyUpdate, ShardMessage,
+};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{NetId, ShardId};
 
@@ -30,6 +35,8 @@ pub struct Space {
     pub boundary: BoundaryIndex,
     /// Whether any cell belongs to another shard (if not, there is nothing to mirror).
     pub has_neighbours: bool,
+    /// The bulk of this shard's region, for [`Self::owner_at`].
+    core: OwnedCore,
 }
 
 impl Space {
@@ -49,17 +56,37 @@ impl Space {
     pub fn new(me: ShardId, map: CellMap) -> Self {
         let boundary = BoundaryIndex::new(&map);
         let has_neighbours = map.leaves().values().any(|s| *s != me);
+        let core = boundary.owned_core(me);
         Self {
             me,
             map,
             boundary,
             has_neighbours,
+            core,
         }
     }
 
     /// Whether this shard owns the leaf under `p`.
     pub fn owns(&self, p: [f32; 2]) -> bool {
-        self.map.owner_at(p) == Some(self.me)
+        self.owner_at(p) == Some(self.me)
+    }
+
+    /// The owner of the leaf under `p`: `map.owner_at(p)`, answered without the descent
+    /// through the map where it can be: inside the bulk of this shard's region (four
+    /// comparisons per block), else from the base-cell table where one shard owns the whole
+    /// base cell (the common case, and the only one on an unsplit map).
+    pub fn owner_at(&self, p: [f32; 2]) -> Option<ShardId> {
+        // The index is built with the map; a map changed in place (not through `Space::new`)
+        // is answered by the map alone.
+        if self.boundary.epoch() == self.map.epoch() {
+            if self.core.contains(p) {
+                return Some(self.me);
+            }
+            if let Some(owner) = self.boundary.base_owner_at(p) {
+                return Some(owner);
+            }
+        }
+        self.map.owner_at(p)
     }
 
     pub fn grid(&self) -> &CellGrid {
@@ -103,7 +130,9 @@ pub struct ShardInbox {
     pub messages: Vec<(ShardId, Bytes)>,
     /// Messages that did not decode (a link error).
     pub refused: u64,
-    /// Messages sent under another cell-map epoch.
+    /// Messages sent under another cell-map epoch, or stale for another reason (a proxy update
+    /// from a former owner, an answer to a handoff no longer in flight). Each entry of a
+    /// `ProxyBatch` counts as one message.
     pub stale: u64,
 }
 
@@ -120,7 +149,34 @@ pub struct ProxyApplyTick(pub Option<bevy_ecs::change_detection::Tick>);
 
 /// What this shard has mirrored to each neighbour, by entity.
 #[derive(Resource, Debug, Default)]
-pub struct Mirrors(pub BTreeMap<ShardId, BTreeMap<NetId, Mirrored>>);
+pub struct Mirrors(pub BTreeMap<ShardId, MirrorMap>);
+
+/// What this shard has mirrored to one neighbour, by entity. Looked up for every border entity
+/// every tick, so a hash map; with a fixed hasher, so the order in which the removes of a tick
+/// go out is the same in every run of a seed.
+pub type MirrorMap = HashMap<NetId, Mirrored, BuildHasherDefault<NetIdHasher>>;
+
+/// FxHash's multiply-rotate over the one `u64` of a [`NetId`]. Ids are spread already (a counter
+/// under the shard bits), the keys are the ids this shard owns (nothing an outsider picks, so no
+/// need for SipHash's flood resistance), and it is a handful of cycles.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetIdHasher(u64);
+
+impl Hasher for NetIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 
 /// The last state of one entity sent to one neighbour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +191,12 @@ pub struct Mirrored {
 /// `Receive`: apply every shard-link message in arrival order (links are ordered, and a handoff
 /// answer must be applied before a proxy update sent after it). Exclusive, so each message sees
 /// the world as the previous one left it: a proxy spawned by one message is there for the next.
-pub fn receive_shard_messages(world: &mut World) {
+pub fn receive_shard_messages(
+    world: &mut World,
+    proxies: &mut QueryState<ProxyParts>,
+    mut hints: Local<ProxyHints>,
+) {
+    let hints = &mut *hints;
     let this_run = world.change_tick();
     world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
     let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
@@ -149,25 +210,106 @@ pub fn receive_shard_messages(world: &mut World) {
                 continue;
             }
         };
-        let applied = match msg {
-            ShardMessage::ProxyUpsert(p) if p.epoch == epoch => upsert_proxy(world, from, p),
+        let stale = match msg {
+            ShardMessage::ProxyBatch(batch) if batch.epoch == epoch => {
+                let mut stale = 0;
+                for u in batch.upserts {
+                    if let Some(u) = refresh_proxy(world, proxies, hints, from, u) {
+                        stale += u64::from(!upsert_proxy(world, from, u));
+                    }
+                }
+                for (id, generation) in batch.removes {
+                    hints.0.remove(&id);
+                    stale += u64::from(!remove_proxy(world, from, id, generation));
+                }
+                stale
+            }
+            ShardMessage::ProxyBatch(batch) => batch.len() as u64,
+            ShardMessage::ProxyUpsert(p) if p.epoch == epoch => {
+                let update = ProxyUpdate {
+                    id: p.id,
+                    generation: p.generation,
+                    pos: p.pos,
+                    rev: p.rev,
+                    components: p.components,
+                };
+                u64::from(!upsert_proxy(world, from, update))
+            }
             ShardMessage::ProxyRemove {
                 epoch: e,
                 id,
                 generation,
-            } if e == epoch => remove_proxy(world, from, id, generation),
-            ShardMessage::ProxyUpsert(_) | ShardMessage::ProxyRemove { .. } => false,
-            other => crate::handoff::on_message(world, from, other),
+            } if e == epoch => u64::from(!remove_proxy(world, from, id, generation)),
+            ShardMessage::ProxyUpsert(_) | ShardMessage::ProxyRemove { .. } => 1,
+            other => u64::from(!crate::handoff::on_message(world, from, other)),
         };
-        if !applied {
-            world.resource_mut::<ShardInbox>().stale += 1;
+        if stale > 0 {
+            world.resource_mut::<ShardInbox>().stale += stale;
         }
     }
 }
 
+/// Where the proxies refreshed lately are: a guess, checked against the entity's `Networked`
+/// before use, that saves the [`NetIndex`] lookup (SipHash) for the hundreds of proxies a
+/// neighbour refreshes every tick. Entries of proxies gone are dropped with their remove, and
+/// all at once should the map ever outgrow the shard's entities (a proxy despawned otherwise).
+#[derive(Debug, Default)]
+pub struct ProxyHints(HashMap<NetId, Entity, BuildHasherDefault<NetIdHasher>>);
+
+/// What `receive_shard_messages` reads and writes on a proxy it refreshes.
+pub type ProxyParts = (
+    &'static Networked,
+    &'static Proxy,
+    &'static Generation,
+    &'static mut Position,
+    &'static mut ReplicatedComponents,
+);
+
+/// The common case of [`upsert_proxy`], through a cached query: the proxy exists, is `from`'s,
+/// and at `p`'s generation, so only its position and maybe components change. Gives `p` back for
+/// every other case.
+fn refresh_proxy(
+    world: &mut World,
+    proxies: &mut QueryState<ProxyParts>,
+    hints: &mut ProxyHints,
+    from: ShardId,
+    p: ProxyUpdate,
+) -> Option<ProxyUpdate> {
+    let e = match hints.0.get(&p.id) {
+        Some(&e) => e,
+        None => {
+            let index = &world.resource::<NetIndex>().0;
+            let Some(&e) = index.get(&p.id) else {
+                return Some(p);
+            };
+            if hints.0.len() > index.len() {
+                hints.0.clear();
+            }
+            hints.0.insert(p.id, e);
+            e
+        }
+    };
+    let found = proxies.get_mut(world, e);
+    let Some((_, proxy, generation, mut pos, mut cache)) = found.ok().filter(|f| f.0.0 == p.id)
+    else {
+        // Despawned, or no longer a proxy: the general path decides.
+        hints.0.remove(&p.id);
+        return Some(p);
+    };
+    if proxy.owner != from || generation.0 != p.generation {
+        return Some(p);
+    }
+    *pos = Position(p.pos.to_vec3());
+    if let Some(blobs) = p.components {
+        cache.blobs = blobs;
+        cache.rev = p.rev;
+    }
+    None
+}
+
 /// Create or refresh the proxy of `p.id`. Refused (false) when this shard owns the entity, or
 /// already has it from a newer owner generation.
-fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyState) -> bool {
+fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyUpdate) -> bool {
     let pos = Position(p.pos.to_vec3());
     let existing = world.resource::<NetIndex>().0.get(&p.id).copied();
     let Some(e) = existing else {
@@ -197,7 +339,14 @@ fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyState) -> bool {
     if newer {
         entity.insert((Proxy { owner: from }, Generation(p.generation)));
     }
-    entity.insert(pos);
+    // Written in place rather than inserted: the same change tick, without the archetype
+    // lookup an insert does (a proxy always has a position; inserting covers one that has not).
+    match entity.get_mut::<Position>() {
+        Some(mut at) => *at = pos,
+        None => {
+            entity.insert(pos);
+        }
+    }
     if let Some(blobs) = p.components
         && let Some(mut cache) = entity.get_mut::<ReplicatedComponents>()
     {
@@ -243,13 +392,48 @@ pub fn forbid_proxy_writes(
     }
 }
 
-/// `Replicate`: mirror owned entities near foreign cells to those cells' shards.
+/// What [`mirror_proxies`] keeps between ticks.
+#[derive(Default)]
+pub struct MirrorScratch {
+    near: NearLists,
+    shards: Vec<ShardId>,
+    /// Per neighbour, this tick's batch (emptied after sending, allocations kept), in the order
+    /// the neighbours first had traffic: a fixed order, so runs of a seed send alike.
+    batches: Vec<(ShardId, ProxyBatch)>,
+    buf: bitcode::Buffer,
+}
+
+impl std::fmt::Debug for MirrorScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorScratch")
+            .field("near", &self.near)
+            .field("batches", &self.batches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorScratch {
+    fn batch(batches: &mut Vec<(ShardId, ProxyBatch)>, to: ShardId) -> &mut ProxyBatch {
+        let i = match batches.iter().position(|(s, _)| *s == to) {
+            Some(i) => i,
+            None => {
+                batches.push((to, ProxyBatch::default()));
+                batches.len() - 1
+            }
+        };
+        &mut batches[i].1
+    }
+}
+
+/// `Replicate`: mirror owned entities near foreign cells to those cells' shards, one
+/// `ProxyBatch` per neighbour with traffic. It runs after `Ownership`, where handoff requests are
+/// queued, so on each link this tick's proxy updates follow them, as the receiver expects.
 pub fn mirror_proxies(
     space: Res<Space>,
     config: Res<Config>,
     mut mirrors: ResMut<Mirrors>,
     mut outbox: ResMut<ShardOutbox>,
-    mut scratch: Local<Vec<ShardId>>,
+    mut scratch: Local<MirrorScratch>,
     owned: Query<
         (
             &Networked,
@@ -268,26 +452,22 @@ pub fn mirror_proxies(
     let tick = clock.tick.0;
     let epoch = space.map.epoch().0;
     let radius = config.0.interest.interest_radius_m;
+    let MirrorScratch {
+        near,
+        shards,
+        batches,
+        buf,
+    } = &mut *scratch;
     for (net, pos, cache, generation, transit) in &owned {
         let p = [pos.0.x, pos.0.z];
-        // An entity deeper than the radius inside a leaf this shard owns cannot be near a
-        // foreign cell: skip the R-tree for the vast majority of entities.
-        let leaf = space.map.leaf_at(p);
-        if space.map.owner_of(leaf) == Some(space.me) {
-            let r = space.grid().rect(leaf);
-            let inner = (p[0] - r.min[0])
-                .min(r.max[0] - p[0])
-                .min(p[1] - r.min[1])
-                .min(r.max[1] - p[1]);
-            if inner > radius {
-                continue;
-            }
+        // Most entities are in the safe part of a block or cell (four comparisons); the rest
+        // test their disc against the few foreign leaves near their base cell, no tree walk.
+        near.foreign_shards_near(&space.boundary, p, radius, space.me, shards);
+        if shards.is_empty() {
+            continue;
         }
-        space
-            .boundary
-            .foreign_shards_near(p, radius, space.me, &mut scratch);
         let qpos = pos.quantized();
-        for &to in scratch.iter() {
+        for &to in shards.iter() {
             if transit.is_some_and(|t| t.to == to) {
                 // The handoff target is taking the entity over: it needs no proxy from here.
                 continue;
@@ -302,34 +482,211 @@ pub fn mirror_proxies(
             let components_changed =
                 prev.is_none_or(|m| m.rev != cache.rev || m.generation != generation.0);
             if prev.is_none_or(|m| m.pos != qpos) || components_changed {
-                let msg = ShardMessage::ProxyUpsert(ProxyState {
-                    epoch,
+                MirrorScratch::batch(batches, to).upserts.push(ProxyUpdate {
                     id: net.0,
                     generation: generation.0,
                     pos: qpos,
                     rev: cache.rev,
                     components: components_changed.then(|| cache.blobs.clone()),
                 });
-                outbox.messages.push((to, Bytes::from(codec::encode(&msg))));
             }
         }
     }
     // Whatever was not seen this tick left the border zone (or was despawned): remove it there.
     // Entries of entities handed off are dropped by the handoff itself, with their generation.
     for (to, sent) in mirrors.0.iter_mut() {
+        let batch = MirrorScratch::batch(batches, *to);
         sent.retain(|id, m| {
             let keep = m.seen == tick;
             if !keep {
-                let msg = ShardMessage::ProxyRemove {
-                    epoch,
-                    id: *id,
-                    generation: m.generation,
-                };
-                outbox
-                    .messages
-                    .push((*to, Bytes::from(codec::encode(&msg))));
+                batch.removes.push((*id, m.generation));
             }
             keep
         });
+    }
+    for (to, batch) in batches.iter_mut() {
+        if batch.is_empty() {
+            continue;
+        }
+        batch.epoch = epoch;
+        let msg = ShardMessage::ProxyBatch(std::mem::take(batch));
+        let msg = push_batch(&mut outbox, *to, msg, buf);
+        // Keep the vectors' allocations for the next tick.
+        if let Some(ShardMessage::ProxyBatch(mut kept)) = msg {
+            kept.upserts.clear();
+            kept.removes.clear();
+            *batch = kept;
+        }
+    }
+}
+
+/// Encode `msg` (a `ProxyBatch`) into the outbox as one message, or, past
+/// [`PROXY_BATCH_ENTRIES_MAX`] entries or `SHARD_MESSAGE_BYTES_MAX` bytes, as several consecutive
+/// batches that apply the same way (the entries in the same order). Returns the message when it
+/// went out whole, so its allocations can be reused.
+fn push_batch(
+    outbox: &mut ShardOutbox,
+    to: ShardId,
+    msg: ShardMessage,
+    buf: &mut bitcode::Buffer,
+) -> Option<ShardMessage> {
+    let ShardMessage::ProxyBatch(batch) = &msg else {
+        return Some(msg);
+    };
+    if batch.len() <= PROXY_BATCH_ENTRIES_MAX {
+        let mut bytes = Vec::new();
+        codec::encode_into(buf, &msg, &mut bytes);
+        // One entry always fits (`limits` bounds one entity's components well below a
+        // message), so halving ends.
+        if bytes.len() <= limits::SHARD_MESSAGE_BYTES_MAX || batch.len() <= 1 {
+            outbox.messages.push((to, Bytes::from(bytes)));
+            return Some(msg);
+        }
+    }
+    let ShardMessage::ProxyBatch(mut first) = msg else {
+        return None;
+    };
+    let half = first.len() / 2;
+    let mut second = ProxyBatch {
+        epoch: first.epoch,
+        ..ProxyBatch::default()
+    };
+    if half <= first.upserts.len() {
+        second.upserts = first.upserts.split_off(half);
+        second.removes = std::mem::take(&mut first.removes);
+    } else {
+        second.removes = first.removes.split_off(half - first.upserts.len());
+    }
+    push_batch(outbox, to, ShardMessage::ProxyBatch(first), buf);
+    push_batch(outbox, to, ShardMessage::ProxyBatch(second), buf);
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zonescaler_shared::protocol::ComponentBlob;
+
+    fn update(i: u64, blob_bytes: usize) -> ProxyUpdate {
+        ProxyUpdate {
+            id: NetId(i),
+            generation: 1,
+            pos: QPos([i as i32, 0, -(i as i32)]),
+            rev: 2,
+            components: (blob_bytes > 0).then(|| {
+                vec![ComponentBlob {
+                    kind: 0,
+                    bytes: vec![i as u8; blob_bytes],
+                }]
+            }),
+        }
+    }
+
+    /// Decode what `push_batch` queued and flatten it back into one batch.
+    fn sent(outbox: &ShardOutbox) -> ProxyBatch {
+        let mut all = ProxyBatch::default();
+        for (to, bytes) in &outbox.messages {
+            assert_eq!(*to, ShardId(2));
+            assert!(bytes.len() <= limits::SHARD_MESSAGE_BYTES_MAX);
+            let Ok(ShardMessage::ProxyBatch(b)) = codec::decode_shard_message(bytes) else {
+                panic!("each message is a batch the receiver accepts");
+            };
+            assert!(!b.is_empty() && b.len() <= PROXY_BATCH_ENTRIES_MAX);
+            all.epoch = b.epoch;
+            all.upserts.extend(b.upserts);
+            all.removes.extend(b.removes);
+        }
+        all
+    }
+
+    #[test]
+    fn a_small_batch_is_one_message() {
+        let batch = ProxyBatch {
+            epoch: 7,
+            upserts: (0..300).map(|i| update(i, 0)).collect(),
+            removes: (300..310).map(|i| (NetId(i), 1)).collect(),
+        };
+        let mut outbox = ShardOutbox::default();
+        let back = push_batch(
+            &mut outbox,
+            ShardId(2),
+            ShardMessage::ProxyBatch(batch.clone()),
+            &mut bitcode::Buffer::new(),
+        );
+        assert_eq!(outbox.messages.len(), 1, "a tick's traffic is one message");
+        assert_eq!(sent(&outbox), batch);
+        assert_eq!(
+            back,
+            Some(ShardMessage::ProxyBatch(batch)),
+            "the batch comes back for its allocations"
+        );
+    }
+
+    #[test]
+    fn a_batch_over_the_limits_splits_in_order() {
+        for (upserts, blob_bytes, removes) in [(400, 200, 30), (9_000, 0, 500), (3, 0, 5_000)] {
+            let batch = ProxyBatch {
+                epoch: 3,
+                upserts: (0..upserts).map(|i| update(i, blob_bytes)).collect(),
+                removes: (0..removes).map(|i| (NetId(100_000 + i), 4)).collect(),
+            };
+            let mut outbox = ShardOutbox::default();
+            push_batch(
+                &mut outbox,
+                ShardId(2),
+                ShardMessage::ProxyBatch(batch.clone()),
+                &mut bitcode::Buffer::new(),
+            );
+            assert!(outbox.messages.len() > 1, "{upserts} upserts need several");
+            assert_eq!(
+                sent(&outbox),
+                batch,
+                "the pieces carry every entry once, upserts before removes, in order"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_over_the_entry_limit_is_refused_on_the_wire() {
+        let batch = ProxyBatch {
+            epoch: 1,
+            upserts: Vec::new(),
+            removes: (0..=PROXY_BATCH_ENTRIES_MAX as u64)
+                .map(|i| (NetId(i), 1))
+                .collect(),
+        };
+        let bytes = codec::encode(&ShardMessage::ProxyBatch(batch));
+        assert!(bytes.len() <= limits::SHARD_MESSAGE_BYTES_MAX);
+        assert_eq!(
+            codec::decode_shard_message(&bytes),
+            Err(codec::DecodeError::Invalid("proxy batch too long"))
+        );
+        let mut big = update(1, limits::COMPONENT_BYTES_MAX + 1);
+        let batch = ProxyBatch {
+            epoch: 1,
+            upserts: vec![update(0, 1), big.clone()],
+            removes: Vec::new(),
+        };
+        assert_eq!(
+            codec::decode_shard_message(&codec::encode(&ShardMessage::ProxyBatch(batch))),
+            Err(codec::DecodeError::Invalid("component payload over limits")),
+            "each upsert's components are checked as in a ProxyUpsert"
+        );
+        big.components = Some(vec![
+            ComponentBlob {
+                kind: 0,
+                bytes: Vec::new()
+            };
+            limits::COMPONENTS_PER_ENTITY_MAX + 1
+        ]);
+        let batch = ProxyBatch {
+            epoch: 1,
+            upserts: vec![big],
+            removes: Vec::new(),
+        };
+        assert_eq!(
+            codec::decode_shard_message(&codec::encode(&ShardMessage::ProxyBatch(batch))),
+            Err(codec::DecodeError::Invalid("component payload over limits"))
+        );
     }
 }

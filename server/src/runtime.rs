@@ -95,10 +95,6 @@ pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = server.local_addr();
     spawn_signal_watch(&rt, stop.clone());
-    if let Some(tx) = &opts.ready {
-        // The receiver may have given up waiting; the shard runs on regardless.
-        let _ = tx.send(addr);
-    }
     let view: Arc<Mutex<Option<ClusterView>>> = Arc::new(Mutex::new(None));
     if let Some(http) = opts.http {
         let listener = rt
@@ -145,6 +141,11 @@ pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()
         std::fs::write(&tmp, identity.cert_pem())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // After the certificate is written: a caller told the address may read it at once.
+    if let Some(tx) = &opts.ready {
+        // The receiver may have given up waiting; the shard runs on regardless.
+        let _ = tx.send(addr);
     }
     let mut app = match &node {
         None => ShardApp::example(opts.config.clone()),

@@ -291,7 +291,8 @@ impl SnapshotPart {
 /// carries the cell-map epoch it was sent under; a receiver on another epoch drops it.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub enum ShardMessage {
-    /// Create or refresh the read-only proxy of an entity the sender owns.
+    /// Create or refresh the read-only proxy of an entity the sender owns. (Mirroring sends
+    /// [`Self::ProxyBatch`] now; a single upsert is still applied.)
     ProxyUpsert(ProxyState),
     /// The sender no longer mirrors this entity here (it left the border zone or was despawned).
     /// Applies only to a proxy of this sender at this ownership generation.
@@ -319,6 +320,50 @@ pub enum ShardMessage {
     ForwardInput { id: NetId, input: Input },
     /// A typed game command for an entity the receiver owns (or owned: it is forwarded on).
     Command(EntityCommand),
+    /// One tick's proxy traffic to the receiver in one message: each upsert as a `ProxyUpsert`,
+    /// then each remove as a `ProxyRemove`, in that order, all under `epoch`. One message per
+    /// neighbour per tick instead of one per proxy: a header, and one `bitcode` pass that packs
+    /// the columns of hundreds of entries, instead of hundreds (see [`ProxyBatch`]).
+    ProxyBatch(ProxyBatch),
+}
+
+/// Entries in one [`ProxyBatch`], upserts and removes together. A sender splits a tick's traffic
+/// into several batches past this (or past `limits::SHARD_MESSAGE_BYTES_MAX` encoded), so it
+/// bounds the receiver's work per message, not the traffic. A proxy update is at least a few
+/// bytes, so the byte limit alone allows a few thousand; this keeps the same order of magnitude.
+/// (Beside the one message it bounds; `limits.rs`, which holds every other bound, is its natural
+/// home, with a `const` assert tying it to `LINK_BATCH_MESSAGES_MAX`.)
+pub const PROXY_BATCH_ENTRIES_MAX: usize = 4_096;
+
+/// One tick's proxy upserts and removes for one neighbour, under one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct ProxyBatch {
+    pub epoch: u64,
+    /// Applied first, in order, each exactly as a `ProxyUpsert` of the same fields.
+    pub upserts: Vec<ProxyUpdate>,
+    /// Then these, in order: `(id, generation)`, each exactly as a `ProxyRemove`.
+    pub removes: Vec<(NetId, u32)>,
+}
+
+/// [`ProxyState`] without the epoch, which its [`ProxyBatch`] carries once.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ProxyUpdate {
+    pub id: NetId,
+    pub generation: u32,
+    pub pos: QPos,
+    pub rev: u32,
+    pub components: Option<Vec<ComponentBlob>>,
+}
+
+impl ProxyBatch {
+    /// Upserts and removes together.
+    pub fn len(&self) -> usize {
+        self.upserts.len() + self.removes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
 }
 
 /// One frame on a shard-to-shard link (after the link's own membership handshake).
@@ -521,6 +566,21 @@ impl Validate for ShardMessage {
                         Err("player name too long")
                     }
                     _ => Ok(()),
+                }
+            }
+            Self::ProxyBatch(b) => {
+                if b.len() > PROXY_BATCH_ENTRIES_MAX {
+                    return Err("proxy batch too long");
+                }
+                let blobs_ok = b
+                    .upserts
+                    .iter()
+                    .filter_map(|u| u.components.as_deref())
+                    .all(blobs_within_limits);
+                if blobs_ok {
+                    Ok(())
+                } else {
+                    Err("component payload over limits")
                 }
             }
             Self::ProxyRemove { .. }

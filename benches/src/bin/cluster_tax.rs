@@ -17,14 +17,18 @@ use zonescaler_shared::limits;
 
 /// Sharding tax: shard CPU-seconds per entity-tick of one scene on 1 shard and on N shards.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "cluster_tax", version)]
 struct Args {
     /// Networked entities in the whole world: the bots' avatars plus wandering NPCs.
-    #[arg(long, default_value_t = 10_000)]
-    entities: usize,
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=limits::ENTITIES_PER_SHARD_MAX as u64)
+    )]
+    entities: u64,
     /// Bots walking back and forth across the borders of the N-shard split.
     #[arg(long, default_value_t = 500)]
-    bots: usize,
+    bots: u64,
     /// Measured ticks per run (after the warm-up).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     ticks: u64,
@@ -35,7 +39,11 @@ struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
     /// Shards of the split scene (equal contiguous regions of the default world).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(
+        long,
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u64).range(2..=limits::SHARDS_MAX as u64)
+    )]
     shards: u64,
     /// Seed of the world (NPC placement and wandering) and of the bots' walks.
     #[arg(long, default_value_t = 1)]
@@ -235,6 +243,7 @@ fn fail(kind: ErrorKind, message: String) -> ! {
 fn main() {
     let args = Args::parse();
     let shards = args.shards as usize;
+    let (entities, bot_count) = (args.entities as usize, args.bots as usize);
     if args.bots > args.entities {
         fail(
             ErrorKind::ValueValidation,
@@ -244,7 +253,7 @@ fn main() {
             ),
         );
     }
-    if args.bots > limits::CLIENTS_PER_SHARD_MAX {
+    if bot_count > limits::CLIENTS_PER_SHARD_MAX {
         fail(
             ErrorKind::ValueValidation,
             format!(
@@ -254,9 +263,21 @@ fn main() {
             ),
         );
     }
+    if entities - bot_count > limits::NPC_COUNT_MAX {
+        fail(
+            ErrorKind::ValueValidation,
+            format!(
+                "--entities {} with --bots {} makes {} NPCs; the most is {} (NPC_COUNT_MAX)",
+                args.entities,
+                args.bots,
+                entities - bot_count,
+                limits::NPC_COUNT_MAX
+            ),
+        );
+    }
     let mut world = WorldConfig::default();
     world.simulation.seed = args.seed;
-    world.npc.count = args.entities - args.bots;
+    world.npc.count = entities - bot_count;
     if let Err(e) = world.validate(std::path::Path::new("<default world>")) {
         fail(ErrorKind::ValueValidation, format!("--entities: {e}"));
     }
@@ -271,13 +292,17 @@ fn main() {
             ),
         );
     }
-    let split = equal_split(&world, shards)
-        .unwrap_or_else(|e| fail(ErrorKind::ValueValidation, format!("--shards {shards}: {e}")));
+    let split = equal_split(&world, shards).unwrap_or_else(|e| {
+        fail(
+            ErrorKind::ValueValidation,
+            format!("--shards {shards}: {e}"),
+        )
+    });
     let single = equal_split(&world, 1)
         .unwrap_or_else(|e| fail(ErrorKind::ValueValidation, format!("one shard: {e}")));
     // The same bots on both sides: their walks cross the borders of the split, and follow the
     // same lines on one shard, where nothing happens there.
-    let bots = border_bots(&split, args.bots, args.seed);
+    let bots = border_bots(&split, bot_count, args.seed);
 
     println!(
         "cluster_tax: {} entities ({} NPCs + {} border bots), default world, {} ticks after {} warm-up, {} runs, seed {}",
@@ -311,7 +336,14 @@ fn main() {
                 r.handoffs,
                 started.elapsed().as_secs_f64(),
             );
-            if r.bots_playing < args.bots {
+            if r.entities != entities {
+                // The per-entity-tick numbers stay per entity, but the scenes differ.
+                eprintln!(
+                    "  warning: the scene holds {} entities, not {entities}: NPC placement fell short",
+                    r.entities
+                );
+            }
+            if r.bots_playing < bot_count {
                 eprintln!(
                     "  warning: only {} of {} bots are playing at the end",
                     r.bots_playing, args.bots
@@ -449,11 +481,7 @@ fn table(s: &[Summary]) -> String {
         "link KiB per tick",
         f(&|x| format!("{:.1}", x.link_bytes_per_tick / 1024.0)),
     );
-    row(
-        &mut out,
-        "entities",
-        f(&|x| format!("{:.0}", x.entities)),
-    );
+    row(&mut out, "entities", f(&|x| format!("{:.0}", x.entities)));
     row(
         &mut out,
         "bots playing at the end",
@@ -462,7 +490,10 @@ fn table(s: &[Summary]) -> String {
     row(
         &mut out,
         "waited for a CPU (% of wall)",
-        f(&|x| x.cpu_wait.map_or("-".into(), |w| format!("{:.1}", 100.0 * w))),
+        f(&|x| {
+            x.cpu_wait
+                .map_or("-".into(), |w| format!("{:.1}", 100.0 * w))
+        }),
     );
     out.pop();
     out
