@@ -15,12 +15,11 @@
 //!   bound) that entity, at a position the owner held within that bound; and every entity that
 //!   stayed near a neighbour's cells for longer than the bound has a proxy there.
 
-use crate::Violation;
+use crate::{Packet, Violation};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
-use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
 use zonescaler_server::components::{Networked, Owned, Position};
 use zonescaler_server::handoff::InTransit;
@@ -93,16 +92,6 @@ impl ClusterConfig {
 
 /// Owned entities of one shard at one tick: id → (quantised position, exact ground position).
 type OwnedAt = BTreeMap<NetId, (QPos, [f32; 2])>;
-
-/// What travels on the simulated wire: shard links and client connections share it.
-#[derive(Clone, Debug)]
-enum Packet {
-    Link(Bytes),
-    Connect,
-    Control(Bytes),
-    Datagram(Bytes),
-    Close(String),
-}
 
 /// A bot and its connections: `shard` is the one it plays on, `pending` the one a redirect sent
 /// it to (until that one's `Welcome`).
@@ -352,18 +341,9 @@ impl ClusterSim {
                     }
                     continue;
                 }
-                let conn = ConnId((from - n) as u64);
-                let ev = match packet {
-                    Packet::Connect => NetEvent::Connected {
-                        conn,
-                        max_datagram_bytes: limits::DATAGRAM_BYTES_MIN,
-                    },
-                    Packet::Control(bytes) => NetEvent::Control { conn, bytes },
-                    Packet::Datagram(bytes) => NetEvent::Datagram { conn, bytes },
-                    Packet::Close(reason) => NetEvent::Disconnected { conn, reason },
-                    Packet::Link(_) => continue,
-                };
-                self.shards[to].push_event(ev);
+                if let Some(ev) = packet.into_event(ConnId((from - n) as u64)) {
+                    self.shards[to].push_event(ev);
+                }
             } else {
                 self.deliver_to_bot(now, from, to - n, packet);
             }
@@ -389,20 +369,8 @@ impl ClusterSim {
             }
             for cmd in self.shards[i].drain_outbox() {
                 let to = (n as u64 + cmd.conn().0) as u32;
-                match cmd {
-                    NetCommand::Control { bytes, .. } => {
-                        self.net
-                            .send(now, i as u32, to, Packet::Control(bytes), true)
-                    }
-                    NetCommand::Datagram { bytes, .. } => {
-                        self.net
-                            .send(now, i as u32, to, Packet::Datagram(bytes), false)
-                    }
-                    NetCommand::Close { reason, .. } => {
-                        self.net
-                            .send(now, i as u32, to, Packet::Close(reason), true)
-                    }
-                }
+                let (packet, reliable) = Packet::from_command(cmd);
+                self.net.send(now, i as u32, to, packet, reliable);
             }
         }
         for (i, b) in self.bots.iter_mut().enumerate() {

@@ -70,14 +70,43 @@ pub fn square_world(half_m: f32, seed: u64, npcs: usize) -> WorldConfig {
     world
 }
 
-/// What travels on the simulated wire.
+/// What travels on the simulated wire: client connections, and in the multi-shard simulator
+/// shard links too.
 #[derive(Clone, Debug)]
 enum Packet {
+    /// A shard-link message (the multi-shard simulator only).
+    Link(Bytes),
     Connect,
     Control(Bytes),
     Datagram(Bytes),
     /// The shard closed the connection, or the client hung up.
     Close(String),
+}
+
+impl Packet {
+    /// The shard's event for this client packet on connection `conn`; `None` for a link message.
+    fn into_event(self, conn: ConnId) -> Option<NetEvent> {
+        Some(match self {
+            Self::Connect => NetEvent::Connected {
+                conn,
+                max_datagram_bytes: limits::DATAGRAM_BYTES_MIN,
+            },
+            Self::Control(bytes) => NetEvent::Control { conn, bytes },
+            Self::Datagram(bytes) => NetEvent::Datagram { conn, bytes },
+            Self::Close(reason) => NetEvent::Disconnected { conn, reason },
+            Self::Link(_) => return None,
+        })
+    }
+
+    /// A shard's command as a packet, and whether it travels reliably (control stream) or not
+    /// (datagrams).
+    fn from_command(cmd: NetCommand) -> (Self, bool) {
+        match cmd {
+            NetCommand::Control { bytes, .. } => (Self::Control(bytes), true),
+            NetCommand::Datagram { bytes, .. } => (Self::Datagram(bytes), false),
+            NetCommand::Close { reason, .. } => (Self::Close(reason), true),
+        }
+    }
 }
 
 /// A broken invariant: which, when, and what was seen.
@@ -226,17 +255,9 @@ impl Sim {
         }
         for (from, to, packet) in self.net.poll(now) {
             if to == 0 {
-                let conn = ConnId(u64::from(from));
-                let ev = match packet {
-                    Packet::Connect => NetEvent::Connected {
-                        conn,
-                        max_datagram_bytes: limits::DATAGRAM_BYTES_MIN,
-                    },
-                    Packet::Control(bytes) => NetEvent::Control { conn, bytes },
-                    Packet::Datagram(bytes) => NetEvent::Datagram { conn, bytes },
-                    Packet::Close(reason) => NetEvent::Disconnected { conn, reason },
-                };
-                self.app.push_event(ev);
+                if let Some(ev) = packet.into_event(ConnId(u64::from(from))) {
+                    self.app.push_event(ev);
+                }
             } else {
                 let b = &mut self.bots[to as usize - 1];
                 let Some(bot) = b.bot.as_mut().filter(|_| b.connected) else {
@@ -250,24 +271,15 @@ impl Sim {
                     }
                     Packet::Datagram(bytes) => bot.on_datagram(now, &bytes),
                     Packet::Close(_) => b.connected = false,
-                    Packet::Connect => {}
+                    Packet::Connect | Packet::Link(_) => {}
                 }
             }
         }
         self.app.tick();
         for cmd in self.app.drain_outbox() {
             let to = cmd.conn().0 as u32;
-            match cmd {
-                NetCommand::Control { bytes, .. } => {
-                    self.net.send(now, 0, to, Packet::Control(bytes), true)
-                }
-                NetCommand::Datagram { bytes, .. } => {
-                    self.net.send(now, 0, to, Packet::Datagram(bytes), false)
-                }
-                NetCommand::Close { reason, .. } => {
-                    self.net.send(now, 0, to, Packet::Close(reason), true)
-                }
-            }
+            let (packet, reliable) = Packet::from_command(cmd);
+            self.net.send(now, 0, to, packet, reliable);
         }
         for i in 0..self.bots.len() {
             let b = &mut self.bots[i];
