@@ -27,8 +27,10 @@ const HANDOFF_TOKEN: &[u8] = b"avatar 7";
 /// What a fake shard answers a `Hello` with.
 #[derive(Clone, Debug)]
 enum Answer {
-    /// Welcome (then the cell map) and a snapshot every tick; after `redirect_after` snapshots,
-    /// redirect the client to `to` (a handoff).
+    /// Welcome (then the cell map) and a snapshot every tick; once `redirect_after` inputs have
+    /// arrived on the connection, redirect the client to `to` (a handoff). Counting the bot's
+    /// inputs rather than our own ticks keeps the test independent of how the two clocks drift
+    /// on a loaded machine.
     Play {
         redirect_after: Option<(u64, Redirect)>,
     },
@@ -95,7 +97,7 @@ fn fake_shard(
     let log = seen.clone();
     let task = tokio::spawn(async move {
         let hash = protocol_hash();
-        // Per playing connection: (snapshots sent, newest input seq, pending handoff).
+        // Per playing connection: (inputs received, newest input seq, pending handoff).
         let mut playing: BTreeMap<ConnId, (u64, u32, Option<(u64, Redirect)>)> = BTreeMap::new();
         let mut tick = 0u64;
         let mut every = tokio::time::interval(TICK);
@@ -150,6 +152,7 @@ fn fake_shard(
                                 .entry(conn)
                                 .or_default() += 1;
                             if let Some(p) = playing.get_mut(&conn) {
+                                p.0 += 1;
                                 p.1 = p.1.max(input.seq);
                             }
                         }
@@ -164,7 +167,7 @@ fn fake_shard(
                     NetEvent::Connected { .. } => {}
                 }
             }
-            for (conn, (sent, last_input_seq, redirect)) in &mut playing {
+            for (conn, (inputs, last_input_seq, redirect)) in &mut playing {
                 // A full snapshot every tick: the avatar alone, where it spawned.
                 let part = SnapshotPart {
                     tick,
@@ -184,8 +187,7 @@ fn fake_shard(
                     conn: *conn,
                     bytes: Bytes::from(codec::encode(&ServerDatagram::Snapshot(part))),
                 });
-                *sent += 1;
-                if redirect.as_ref().is_some_and(|(after, _)| *sent == *after)
+                if redirect.as_ref().is_some_and(|(after, _)| *inputs >= *after)
                     && let Some((_, r)) = redirect.take()
                 {
                     server.dispatch(NetCommand::Control {
