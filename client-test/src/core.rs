@@ -2,6 +2,7 @@
 
 use glam::Vec3;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use zonescaler_shared::NetId;
 use zonescaler_shared::codec;
 use zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS;
@@ -53,6 +54,10 @@ pub struct BotConfig {
     pub spawn_hint: Option<QPos>,
     /// For [`Scenario::Border`]: the two ends of the walk, on either side of a border.
     pub border: Option<(Vec3, Vec3)>,
+    /// For [`Scenario::Border`]: where along the walk the bot starts, from 0 (the first end) to 1
+    /// (the second); it then heads for the second end. The swarm spreads its bots over the whole
+    /// walk so that their crossings are spread over time instead of coming in waves.
+    pub border_start: f32,
 }
 
 impl BotConfig {
@@ -63,6 +68,7 @@ impl BotConfig {
             seed,
             spawn_hint: None,
             border: None,
+            border_start: 0.0,
         }
     }
 }
@@ -133,7 +139,10 @@ pub fn border_walks(map: &CellMapView, n: usize, rng: &mut Rng) -> Vec<(Vec3, Ve
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewEntity {
     pub pos: QPos,
-    pub components: Vec<ComponentBlob>,
+    /// Shared between the views of successive ticks: every snapshot starts from a copy of its
+    /// baseline view, and components change rarely, so copying them would be most of a bot's
+    /// work (it was a third of the swarm's CPU at 500 bots).
+    pub components: Arc<[ComponentBlob]>,
 }
 
 /// The client's reconstruction of the world at one tick.
@@ -247,7 +256,7 @@ impl BotClient {
             self.cfg
                 .border
                 .filter(|_| self.cfg.scenario == Scenario::Border)
-                .map(|(a, _)| QPos::quantize(a))
+                .map(|(a, b)| QPos::quantize(a.lerp(b, self.cfg.border_start.clamp(0.0, 1.0))))
         });
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: self.protocol_hash,
@@ -442,13 +451,13 @@ impl BotClient {
                     s.id,
                     ViewEntity {
                         pos: s.pos,
-                        components: s.components,
+                        components: s.components.into(),
                     },
                 );
             }
             for c in rare.changed {
                 match view.get_mut(&c.id) {
-                    Some(e) => e.components = c.components,
+                    Some(e) => e.components = c.components.into(),
                     None => unknown += 1,
                 }
             }

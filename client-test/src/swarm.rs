@@ -96,6 +96,10 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let start = Instant::now();
     let deadline = start + cfg.ramp + cfg.duration;
     let live = Arc::new(Live::default());
+    // Each border bot starts somewhere along its walk, so the swarm's crossings are spread over
+    // the walk's period (a real crowd does not cross in step). The ramp alone would leave them
+    // in waves: 500 bots ramped over 1 s on a 2.5 s walk crossed within the same second.
+    let mut phases = Rng::new(cfg.seed ^ 0x5048_4153_4553);
     let mut tasks = Vec::with_capacity(cfg.bots);
     for i in 0..cfg.bots {
         let endpoint = endpoints[i % endpoints_n].clone();
@@ -106,6 +110,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
             cfg.seed.wrapping_add(i as u64 * 7919),
         );
         bot_cfg.border = walks.get(i).copied();
+        bot_cfg.border_start = phases.next_f32();
         let (addr, name, live, input_hz) = (
             cfg.addr,
             cfg.server_name.clone(),

@@ -126,7 +126,8 @@ fn run(
             .stdin(Stdio::piped());
         if opts.shards > 1 {
             let links = format!("{}:{}", opts.host, opts.link_port + i as u16);
-            command.args(["--link-listen", &links]);
+            // The shards share this machine: one network thread each (see NET_THREADS_DEFAULT).
+            command.args(["--link-listen", &links, "--net-threads", "1"]);
             if i == 0 {
                 command.args([
                     "--expect-shards",

@@ -62,6 +62,11 @@ enum Cmd {
         /// TLS private key (PEM); overrides `[tls]` in the config.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Worker threads for networking (QUIC, shard links, HTTP), 1..=64; the tick has its own
+        /// thread. `zonescaler up --shards N` (N > 1) runs its shards with 1.
+        #[arg(long, default_value_t = runtime::NET_THREADS_DEFAULT as u16,
+              value_parser = clap::value_parser!(u16).range(1..=runtime::NET_THREADS_MAX as i64))]
+        net_threads: u16,
     },
     /// Run a local cluster as child processes; Ctrl-C stops every one of them.
     Up(UpOptions),
@@ -140,6 +145,7 @@ fn main() {
             http,
             tls_cert,
             tls_key,
+            net_threads,
         } => {
             let mut config = match WorldConfig::load(&world) {
                 Ok(c) => c,
@@ -175,6 +181,7 @@ fn main() {
                 ready: None,
                 cluster,
                 http,
+                net_threads: usize::from(net_threads),
             };
             runtime::run_shard(opts, stop)
         }

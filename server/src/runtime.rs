@@ -46,7 +46,17 @@ pub struct ShardOptions {
     pub cluster: Option<ClusterOptions>,
     /// Serve the HTTP API here (`GET /api/cluster` on the master).
     pub http: Option<SocketAddr>,
+    /// Worker threads of the network runtime (QUIC for clients and links, HTTP); the tick runs
+    /// on its own thread besides these. See [`NET_THREADS_DEFAULT`].
+    pub net_threads: usize,
 }
+
+/// Network worker threads of a shard that has the machine to itself. Shards sharing a machine
+/// (`zonescaler up --shards N`) run one each: idle workers of many runtimes waking one another
+/// cost more in context switches than a second worker gains.
+pub const NET_THREADS_DEFAULT: usize = 2;
+/// The most network worker threads a shard accepts.
+pub const NET_THREADS_MAX: usize = 64;
 
 /// How a shard takes part in a cluster.
 #[derive(Clone)]
@@ -80,8 +90,14 @@ fn unix_ms() -> u64 {
 
 /// Run a shard until `stop` is set (or Ctrl-C / SIGTERM arrives).
 pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    if !(1..=NET_THREADS_MAX).contains(&opts.net_threads) {
+        anyhow::bail!(
+            "network threads must be 1..={NET_THREADS_MAX} (got {})",
+            opts.net_threads
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(opts.net_threads)
         .thread_name("zs-net")
         .enable_all()
         .build()

@@ -46,6 +46,7 @@ fn start_shard(npcs: usize) -> Shard {
         ready: Some(tx),
         cluster: None,
         http: None,
+        net_threads: zonescaler_server::runtime::NET_THREADS_DEFAULT,
     };
     let s = stop.clone();
     let thread = std::thread::spawn(move || run_shard(opts, s));

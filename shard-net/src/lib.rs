@@ -15,5 +15,6 @@ pub mod mem;
 pub mod quic;
 pub mod tls;
 pub mod transport;
+mod udp;
 
 pub use transport::{NetCommand, NetEvent};

@@ -948,7 +948,7 @@ impl ClusterLinks {
         let endpoint = {
             // quinn finds its runtime through the current context.
             let _guard = runtime.enter();
-            quinn::Endpoint::server(server_config, listen).map_err(|source| NetError::Bind {
+            crate::udp::endpoint(listen, Some(server_config)).map_err(|source| NetError::Bind {
                 addr: listen,
                 source,
             })?

@@ -271,7 +271,7 @@ impl QuicServer {
         let endpoint = {
             // quinn finds its runtime through the current context.
             let _guard = runtime.enter();
-            quinn::Endpoint::server(config, addr)
+            crate::udp::endpoint(addr, Some(config))
                 .map_err(|source| NetError::Bind { addr, source })?
         };
         let local_addr = endpoint
@@ -751,7 +751,7 @@ fn client_endpoint_bound(
     let config = tls::client_config(trust)?;
     let _guard = runtime.enter();
     let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+        crate::udp::endpoint(bind, None).map_err(|source| NetError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

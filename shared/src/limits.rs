@@ -70,6 +70,12 @@ pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// The round trip QUIC assumes before it has measured one: it sets how soon a lost handshake
 /// packet is resent (about three times this).
 pub const INITIAL_RTT_MS: u64 = 100;
+/// Receive and send buffer asked for on every QUIC socket. The kernel's default (~208 KiB on
+/// Linux) overflows when a busy process leaves a socket carrying hundreds of connections unread
+/// for a few milliseconds, and every datagram it drops is a lost snapshot or, worse, a lost
+/// handshake packet that costs a redirect hundreds of milliseconds. The kernel caps the request
+/// at `net.core.rmem_max` / `wmem_max`; the endpoint logs what it got.
+pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// QUIC keep-alive interval, well under the idle timeout.
 pub const KEEP_ALIVE_MS: u64 = 2_000;
 
