@@ -1,6 +1,6 @@
 //! `zonescaler-sim`: replay one seed, or sweep a range, and print the first violated invariant.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use std::time::Instant;
 use zonescaler_sim::cluster::{ClusterConfig, ClusterSim};
@@ -59,6 +59,12 @@ fn main() {
     }
 }
 
+/// One line on stdout. A closed pipe (`| head`) is an error for `main` to report, not a panic.
+fn say(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to standard output")
+}
+
 fn run(args: Args) -> anyhow::Result<bool> {
     let (a, b) = match (&args.seed, &args.seeds) {
         (Some(s), _) => (*s, *s + 1),
@@ -104,7 +110,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Ok(line) => {
                 passed += 1;
                 if b - a == 1 {
-                    println!("{line}");
+                    say(&line)?;
                 } else if (seed - a + 1) % 100 == 0 {
                     eprintln!(
                         "… {} / {} seeds ok ({:.1}s)",
@@ -115,17 +121,19 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
             Err(v) => {
-                println!("FAIL {v}");
+                say(&format!("FAIL {v}"))?;
                 let flag = if args.cluster { " --cluster" } else { "" };
-                println!("replay: cargo run -p zonescaler-sim --{flag} --seed {seed}");
+                say(&format!(
+                    "replay: cargo run -p zonescaler-sim --{flag} --seed {seed}"
+                ))?;
                 return Ok(false);
             }
         }
     }
-    println!(
+    say(&format!(
         "{passed} passed, 0 failed ({} seeds in {:.1}s)",
         b - a,
         started.elapsed().as_secs_f64()
-    );
+    ))?;
     Ok(true)
 }
