@@ -53,7 +53,7 @@ enum Cmd {
         /// Capacity weight: this shard's share of the cells (1..=1000).
         #[arg(long, default_value_t = 1)]
         weight: u32,
-        /// Serve the HTTP API here (`GET /api/cluster` on the master).
+        /// Serve the HTTP API here (`GET /api/cluster`, `GET /api/players/{name}` on the master).
         #[arg(long)]
         http: Option<SocketAddr>,
         /// TLS certificate chain (PEM) for clients and links; overrides `[tls]` in the config.

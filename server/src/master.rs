@@ -16,6 +16,7 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
 use zonescaler_shared::limits;
@@ -218,6 +219,7 @@ impl Master {
             handoffs_total: shards.iter().map(|s| s.handoffs_out).sum(),
             players: self.players.len(),
             shards,
+            directory: Arc::new(self.players.clone()),
         }
     }
 }
@@ -236,6 +238,37 @@ pub struct ClusterView {
     /// Players in the directory.
     pub players: usize,
     pub shards: Vec<ShardView>,
+    /// The player directory itself (name → shard), for `GET /api/players/{name}`; not part of
+    /// `/api/cluster`, which stays the same size however many players log in.
+    #[serde(skip)]
+    pub directory: Arc<BTreeMap<String, ShardId>>,
+}
+
+/// What `GET /api/players/{name}` says of a logged-in player.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlayerView {
+    pub name: String,
+    /// The shard the player is on.
+    pub shard: u16,
+    /// Where that shard takes client connections.
+    pub addr: String,
+}
+
+impl ClusterView {
+    /// Where the directory says `name` is, with that shard's client address.
+    pub fn player(&self, name: &str) -> Option<PlayerView> {
+        let shard = *self.directory.get(name)?;
+        Some(PlayerView {
+            name: name.to_owned(),
+            shard: shard.0,
+            addr: self
+                .shards
+                .iter()
+                .find(|s| s.id == shard.0)
+                .map(|s| s.addr.clone())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -324,6 +357,34 @@ mod tests {
         assert_eq!(m.player("ann"), Some(ShardId(1)));
         let v = m.view();
         assert_eq!((v.total_entities, v.handoffs_total, v.players), (11, 4, 1));
+        assert_eq!(
+            v.player("ann"),
+            Some(PlayerView {
+                name: "ann".into(),
+                shard: 1,
+                addr: "b".into()
+            }),
+            "the view says where a player is, and where to connect"
+        );
+        assert_eq!(v.player("bob"), None);
+        // Ann moves to shard 0; shard 1's late report of her departure does not lose her.
+        m.heartbeat(
+            ShardId(0),
+            ShardLoad {
+                players_arrived: vec!["ann".into()],
+                ..ShardLoad::default()
+            },
+            1_100,
+        );
+        m.heartbeat(
+            ShardId(1),
+            ShardLoad {
+                players_left: vec!["ann".into()],
+                ..ShardLoad::default()
+            },
+            1_200,
+        );
+        assert_eq!(m.view().player("ann").map(|p| p.shard), Some(0));
         // Shard 0 (the master itself) reports too; shard 1 then falls silent.
         m.heartbeat(ShardId(0), ShardLoad::default(), 4_500);
         assert_eq!(m.check_liveness(4_500), vec![ShardId(1)]);

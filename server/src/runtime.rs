@@ -44,7 +44,7 @@ pub struct ShardOptions {
     pub ready: Option<std::sync::mpsc::Sender<SocketAddr>>,
     /// Run as a member of a multi-shard cluster.
     pub cluster: Option<ClusterOptions>,
-    /// Serve the HTTP API here (`GET /api/cluster` on the master).
+    /// Serve the HTTP API here (`GET /api/cluster` and `GET /api/players/{name}` on the master).
     pub http: Option<SocketAddr>,
     /// Worker threads of the network runtime (QUIC for clients and links, HTTP); the tick runs
     /// on its own thread besides these. See [`NET_THREADS_DEFAULT`].
@@ -344,31 +344,67 @@ fn on_link_message(app: &mut ShardApp, node: &mut Node, from: ShardId, msg: Link
     }
 }
 
-/// `GET /api/cluster`: the master's view as JSON (503 on a shard without the master role).
+/// The HTTP API, served on `--http` by every shard; only the master has a view to give.
+/// - `GET /api/cluster`: the master's view as JSON.
+/// - `GET /api/players/{name}`: which shard the directory says a player is on, and that shard's
+///   client address; 404 if no such player is logged in.
+///
+/// Both answer 503 on a shard without the master role (or before the cluster formed).
 async fn serve_http(listener: tokio::net::TcpListener, view: Arc<Mutex<Option<ClusterView>>>) {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    let router = axum::Router::new().route(
-        "/api/cluster",
-        axum::routing::get(move || {
-            let v = view.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            async move {
-                match v {
-                    Some(v) => axum::Json(v).into_response(),
-                    None => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(serde_json::json!({
-                            "error": "this shard does not hold the master role (or the cluster has not formed yet); ask shard 0"
-                        })),
-                    )
-                        .into_response(),
-                }
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, router).await {
+    if let Err(e) = axum::serve(listener, api_router(view)).await {
         error!(error = %e, "HTTP API stopped");
     }
+}
+
+fn api_router(view: Arc<Mutex<Option<ClusterView>>>) -> axum::Router {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    fn no_master() -> Response {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "error": "this shard does not hold the master role (or the cluster has not formed yet); ask shard 0"
+            })),
+        )
+            .into_response()
+    }
+    let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let cluster = current.clone();
+    axum::Router::new()
+        .route(
+            "/api/cluster",
+            axum::routing::get(move || {
+                let v = cluster();
+                async move {
+                    match v {
+                        Some(v) => axum::Json(v).into_response(),
+                        None => no_master(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/players/{name}",
+            axum::routing::get(move |Path(name): Path<String>| {
+                let v = current();
+                async move {
+                    match v {
+                        None => no_master(),
+                        Some(v) => match v.player(&name) {
+                            Some(p) => axum::Json(p).into_response(),
+                            None => (
+                                StatusCode::NOT_FOUND,
+                                axum::Json(serde_json::json!({
+                                    "error": format!("no player named {name:?} is logged in")
+                                })),
+                            )
+                                .into_response(),
+                        },
+                    }
+                }
+            }),
+        )
 }
 
 async fn wait_for_stop(stop: Arc<AtomicBool>) {
@@ -405,4 +441,92 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::Master;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zonescaler_shared::config::WorldConfig;
+    use zonescaler_shared::protocol::{JoinRequest, MemberInfo, ShardLoad};
+
+    /// `GET path` over a real TCP connection: (status, body).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("request sent");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("response read");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn the_api_says_which_shard_a_player_is_on() {
+        let view: Arc<Mutex<Option<ClusterView>>> = Arc::new(Mutex::new(None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(serve_http(listener, view.clone()));
+
+        let (status, body) = get(addr, "/api/players/ann").await;
+        assert_eq!(status, 503, "no master view yet: {body}");
+
+        let me = MemberInfo {
+            id: ShardId(0),
+            client_addr: "127.0.0.1:4433".into(),
+            link_addr: "127.0.0.1:5433".into(),
+            weight: 1,
+        };
+        let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
+        let joined = m
+            .join(
+                JoinRequest {
+                    client_addr: "127.0.0.1:4434".into(),
+                    link_addr: "127.0.0.1:5434".into(),
+                    weight: 1,
+                },
+                0,
+            )
+            .expect("joins");
+        m.place().expect("placed");
+        m.heartbeat(
+            joined,
+            ShardLoad {
+                players_arrived: vec!["ann".into()],
+                ..ShardLoad::default()
+            },
+            10,
+        );
+        *view.lock().expect("not poisoned") = Some(m.view());
+
+        let (status, body) = get(addr, "/api/players/ann").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["shard"], 1, "{body}");
+        assert_eq!(v["addr"], "127.0.0.1:4434", "{body}");
+
+        let (status, body) = get(addr, "/api/players/bob").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body.contains("no player named \\\"bob\\\" is logged in"),
+            "{body}"
+        );
+
+        let (status, body) = get(addr, "/api/cluster").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("\"players\":1") && !body.contains("ann"),
+            "the cluster view counts players without listing them: {body}"
+        );
+    }
 }
