@@ -3,7 +3,8 @@
 # that every bot connected and snapshots flowed, then stop the cluster with Ctrl-C (SIGINT) and
 # check that no shard process is left behind.
 # Usage: [SHARDS=N] bash .ci/e2e.sh [BOTS] [DURATION] [extra zonescaler-bots args...]
-# With SHARDS > 1 it also checks the master's GET /api/cluster during the run, and that bots were
+# With SHARDS > 1 it also checks the master's GET /api/cluster and GET /api/players/NAME during the
+# run, and that bots were
 # handed off (use `--scenario border`) without errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ if [ "$shards" -gt 1 ]; then
   # Sample the master's view while the bots play: the world's entities stay put (NPCs plus the
   # bots logged in), every shard is alive, handoffs happen.
   python3 - "$http" "$shards" "${SAMPLES:-8}" <<'PY'
-import json, sys, time, urllib.request
+import json, sys, time, urllib.error, urllib.request
 http, shards, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seen = []
 for _ in range(samples):
@@ -54,6 +55,22 @@ for _ in range(samples):
                  max(s["handoff_transit_ms_p99"] for s in v["shards"]), max(s["tick_ms_p99"] for s in v["shards"])))
 print("e2e: /api/cluster (total_entities, clients, handoffs_total, max handoff_transit_ms_p99, max tick_ms_p99) per second:")
 for row in seen: print("  ", row)
+# The player directory: the first bots are logged in by now, each on one of the shards.
+addrs = {s["id"]: s["addr"] for s in v["shards"]}
+found = []
+for name in [f"bot-{i}" for i in range(10)]:
+    try: p = json.load(urllib.request.urlopen(f"http://{http}/api/players/{name}", timeout=5))
+    except urllib.error.HTTPError as e:
+        assert e.code == 404, f"/api/players/{name}: HTTP {e.code}"; continue
+    assert p["name"] == name and addrs.get(p["shard"]) == p["addr"], f"/api/players/{name}: {p}"
+    found.append((name, p["shard"]))
+assert found, "/api/players knows none of bot-0..bot-9"
+try:
+    urllib.request.urlopen(f"http://{http}/api/players/nobody-logged-in", timeout=5)
+    raise AssertionError("/api/players/nobody-logged-in answered 200")
+except urllib.error.HTTPError as e:
+    assert e.code == 404, f"/api/players/nobody-logged-in: HTTP {e.code}"
+print("e2e: /api/players:", found)
 PY
 fi
 wait "$bots_pid"

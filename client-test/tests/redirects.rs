@@ -208,7 +208,9 @@ fn swarm_config(addr: SocketAddr, bots: usize, scenario: Scenario) -> SwarmConfi
         addr,
         server_name: "localhost".into(),
         bots,
-        duration: Duration::from_millis(1_500),
+        // ~90 ticks of play: the thresholds below ("> 30 snapshots") leave a starved CI machine
+        // two seconds of slack.
+        duration: Duration::from_millis(3_000),
         ramp: Duration::ZERO,
         scenario,
         trust: ClientTrust::InsecureSkipVerify,
@@ -252,8 +254,8 @@ async fn a_handed_off_bot_moves_to_the_new_shard_and_keeps_playing() {
         "one redirect after login is one handoff: {r:?}"
     );
     assert!(
-        r.handoff_gap_ms_max > 0.0 && r.handoff_gap_ms_max < 1_000.0,
-        "the gap is measured: {r:?}"
+        r.handoff_gap_ms_max > 0.0 && r.handoff_gap_ms_max < 5_000.0,
+        "the gap is measured (a latency bound is the end-to-end run's business): {r:?}"
     );
     assert!(
         r.snapshots_total > 30,

@@ -230,9 +230,11 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
             "no bot saw an error: {:?}",
             report.errors
         );
+        // A third of the 30 Hz ticks for every bot: a shard stalled by the attacks would fall
+        // far below that, while a slow (debug-built, shared) CI machine stays above it.
         assert!(
-            report.snapshots_per_sec_p50 >= 20.0,
-            "bots keep receiving snapshots: {report:?}"
+            report.snapshots_per_sec_min >= 10.0,
+            "every bot keeps receiving snapshots: {report:?}"
         );
         assert_eq!(report.avatar_missing_total, 0);
     });
