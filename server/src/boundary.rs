@@ -365,9 +365,7 @@ impl OwnedCore {
     /// nothing). A NaN coordinate is never inside.
     #[inline]
     pub fn contains(&self, p: [f32; 2]) -> bool {
-        self.spans
-            .iter()
-            .any(|s| s.min[0] <= p[0] && p[0] < s.max[0] && s.min[1] <= p[1] && p[1] < s.max[1])
+        self.spans.iter().any(|s| s.contains(p))
     }
 }
 
@@ -425,6 +423,13 @@ struct Span {
     safe: Rect,
 }
 
+/// Whether `p` is inside the open rectangle `r` (a safe rectangle's edges are not safe). A NaN
+/// coordinate is never inside.
+#[inline]
+fn strictly_inside(r: &Rect, p: [f32; 2]) -> bool {
+    r.min[0] < p[0] && p[0] < r.max[0] && r.min[1] < p[1] && p[1] < r.max[1]
+}
+
 /// A rectangle no point is strictly inside.
 const NOWHERE: Rect = Rect {
     min: [f32::INFINITY; 2],
@@ -463,11 +468,7 @@ impl NearLists {
             self.leaves.clear();
             self.fill_blocks(index, radius, own);
         }
-        if self
-            .safe_blocks
-            .iter()
-            .any(|s| s.min[0] < p[0] && p[0] < s.max[0] && s.min[1] < p[1] && p[1] < s.max[1])
-        {
+        if self.safe_blocks.iter().any(|s| strictly_inside(s, p)) {
             return;
         }
         let cell = index.base.index(p);
@@ -475,7 +476,7 @@ impl NearLists {
             self.fill(index, cell, radius, own);
         }
         let Span { start, len, safe } = self.spans[cell];
-        if p[0] > safe.min[0] && p[0] < safe.max[0] && p[1] > safe.min[1] && p[1] < safe.max[1] {
+        if strictly_inside(&safe, p) {
             return;
         }
         if start == Self::USE_TREE {
@@ -629,6 +630,17 @@ mod tests {
         CellGrid::from_config(&config)
     }
 
+    /// 8 x 8 cells of 10 m, two equal shards: shard 1 owns rows 0–3 (z 0–40), shard 2 rows 4–7.
+    fn two_stripes() -> (CellMap, BoundaryIndex) {
+        let map = assign_contiguous(
+            &grid([80.0, 80.0], 10.0),
+            &[(ShardId(1), 1), (ShardId(2), 1)],
+        )
+        .expect("capacity");
+        let index = BoundaryIndex::new(&map);
+        (map, index)
+    }
+
     fn brute_force(map: &CellMap, p: [f32; 2], radius: f32, own: ShardId) -> Vec<ShardId> {
         let mut shards: Vec<ShardId> = map
             .leaves()
@@ -763,9 +775,7 @@ mod tests {
                         "p {p:?}, radius {radius}, own shard {}",
                         own.0
                     );
-                    let inside = |s: &Rect| {
-                        p[0] > s.min[0] && p[0] < s.max[0] && p[1] > s.min[1] && p[1] < s.max[1]
-                    };
+                    let inside = |s: &Rect| strictly_inside(s, p);
                     let span = lists.spans[index.base.index(p)];
                     skipped += usize::from(inside(&span.safe));
                     skipped_by_block += usize::from(lists.safe_blocks.iter().any(inside));
@@ -802,10 +812,7 @@ mod tests {
 
     #[test]
     fn a_border_cell_is_safe_away_from_its_border_side() {
-        // 8 x 8 cells of 10 m; shard 1 owns rows 0–3, shard 2 rows 4–7.
-        let g = grid([80.0, 80.0], 10.0);
-        let map = assign_contiguous(&g, &[(ShardId(1), 1), (ShardId(2), 1)]).expect("capacity");
-        let index = BoundaryIndex::new(&map);
+        let (_map, index) = two_stripes();
         let mut lists = NearLists::default();
         let mut out = Vec::new();
         // With a 4 m radius, shard 1's region (z 0–40) is safe below z = 36.
@@ -935,10 +942,7 @@ mod tests {
 
     #[test]
     fn an_entity_deep_inside_its_region_has_no_foreign_shards() {
-        // 8 x 8 cells of 10 m, two equal shards: shard 1 owns rows 0–3, shard 2 rows 4–7.
-        let g = grid([80.0, 80.0], 10.0);
-        let map = assign_contiguous(&g, &[(ShardId(1), 1), (ShardId(2), 1)]).expect("capacity");
-        let index = BoundaryIndex::new(&map);
+        let (_map, index) = two_stripes();
         let mut out = vec![ShardId(99)];
         index.foreign_shards_near([40.0, 15.0], 20.0, ShardId(1), &mut out);
         assert!(
@@ -965,9 +969,7 @@ mod tests {
 
     #[test]
     fn rebuild_if_stale_rebuilds_only_on_a_new_epoch() {
-        let g = grid([80.0, 80.0], 10.0);
-        let mut map = assign_contiguous(&g, &[(ShardId(1), 1), (ShardId(2), 1)]).expect("capacity");
-        let mut index = BoundaryIndex::new(&map);
+        let (mut map, mut index) = two_stripes();
         assert_eq!(index.epoch(), map.epoch());
         assert!(!index.rebuild_if_stale(&map), "same epoch: nothing to do");
 

@@ -354,9 +354,7 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             crate::commands::receive(world, cmd);
             true
         }
-        ShardMessage::ProxyUpsert(_)
-        | ShardMessage::ProxyRemove { .. }
-        | ShardMessage::ProxyBatch(_) => false,
+        ShardMessage::ProxyBatch(_) => false,
     }
 }
 
@@ -486,11 +484,11 @@ fn on_ack(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool 
         send(
             world,
             to,
-            &ShardMessage::ProxyRemove {
+            &ShardMessage::ProxyBatch(ProxyBatch {
                 epoch,
-                id,
-                generation: old_generation,
-            },
+                upserts: Vec::new(),
+                removes: vec![(id, old_generation)],
+            }),
         );
     }
     if let Some(a) = avatar {

@@ -52,7 +52,8 @@ pub struct Master {
     expected: usize,
     members: BTreeMap<ShardId, Member>,
     map: Option<CellMap>,
-    players: BTreeMap<String, ShardId>,
+    /// Shared with the views handed out (copied only when it changes while one holds it).
+    players: Arc<BTreeMap<String, ShardId>>,
 }
 
 impl Master {
@@ -73,7 +74,7 @@ impl Master {
             expected: expected.max(1),
             members,
             map: None,
-            players: BTreeMap::new(),
+            players: Arc::default(),
         }
     }
 
@@ -142,14 +143,17 @@ impl Master {
 
     /// A shard's load report. Arrivals and departures update the player directory.
     pub fn heartbeat(&mut self, from: ShardId, load: ShardLoad, now_ms: u64) {
-        for name in &load.players_left {
-            if self.players.get(name) == Some(&from) {
-                self.players.remove(name);
+        if !load.players_left.is_empty() || !load.players_arrived.is_empty() {
+            let players = Arc::make_mut(&mut self.players);
+            for name in &load.players_left {
+                if players.get(name) == Some(&from) {
+                    players.remove(name);
+                }
             }
-        }
-        for name in &load.players_arrived {
-            if self.players.len() < limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX {
-                self.players.insert(name.clone(), from);
+            for name in &load.players_arrived {
+                if players.len() < limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX {
+                    players.insert(name.clone(), from);
+                }
             }
         }
         if let Some(m) = self.members.get_mut(&from) {
@@ -219,7 +223,7 @@ impl Master {
             handoffs_total: shards.iter().map(|s| s.handoffs_out).sum(),
             players: self.players.len(),
             shards,
-            directory: Arc::new(self.players.clone()),
+            directory: self.players.clone(),
         }
     }
 }

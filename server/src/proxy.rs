@@ -225,22 +225,6 @@ pub fn receive_shard_messages(
                 stale
             }
             ShardMessage::ProxyBatch(batch) => batch.len() as u64,
-            ShardMessage::ProxyUpsert(p) if p.epoch == epoch => {
-                let update = ProxyUpdate {
-                    id: p.id,
-                    generation: p.generation,
-                    pos: p.pos,
-                    rev: p.rev,
-                    components: p.components,
-                };
-                u64::from(!upsert_proxy(world, from, update))
-            }
-            ShardMessage::ProxyRemove {
-                epoch: e,
-                id,
-                generation,
-            } if e == epoch => u64::from(!remove_proxy(world, from, id, generation)),
-            ShardMessage::ProxyUpsert(_) | ShardMessage::ProxyRemove { .. } => 1,
             other => u64::from(!crate::handoff::on_message(world, from, other)),
         };
         if stale > 0 {
@@ -509,10 +493,8 @@ pub fn mirror_proxies(
             continue;
         }
         batch.epoch = epoch;
-        let msg = ShardMessage::ProxyBatch(std::mem::take(batch));
-        let msg = push_batch(&mut outbox, *to, msg, buf);
         // Keep the vectors' allocations for the next tick.
-        if let Some(ShardMessage::ProxyBatch(mut kept)) = msg {
+        if let Some(mut kept) = push_batch(&mut outbox, *to, std::mem::take(batch), buf) {
             kept.upserts.clear();
             kept.removes.clear();
             *batch = kept;
@@ -520,32 +502,41 @@ pub fn mirror_proxies(
     }
 }
 
-/// Encode `msg` (a `ProxyBatch`) into the outbox as one message, or, past
-/// [`PROXY_BATCH_ENTRIES_MAX`] entries or `SHARD_MESSAGE_BYTES_MAX` bytes, as several consecutive
-/// batches that apply the same way (the entries in the same order). Returns the message when it
-/// went out whole, so its allocations can be reused.
+/// Encode `batch` into the outbox as one message, or, past [`PROXY_BATCH_ENTRIES_MAX`] entries
+/// or `SHARD_MESSAGE_BYTES_MAX` bytes, as several consecutive batches that apply the same way
+/// (the entries in the same order). Returns the batch when it went out whole, so its
+/// allocations can be reused.
 fn push_batch(
     outbox: &mut ShardOutbox,
     to: ShardId,
-    msg: ShardMessage,
+    batch: ProxyBatch,
     buf: &mut bitcode::Buffer,
-) -> Option<ShardMessage> {
-    let ShardMessage::ProxyBatch(batch) = &msg else {
-        return Some(msg);
-    };
-    if batch.len() <= PROXY_BATCH_ENTRIES_MAX {
-        let mut bytes = Vec::new();
-        codec::encode_into(buf, &msg, &mut bytes);
-        // One entry always fits (`limits` bounds one entity's components well below a
-        // message), so halving ends.
-        if bytes.len() <= limits::SHARD_MESSAGE_BYTES_MAX || batch.len() <= 1 {
-            outbox.messages.push((to, Bytes::from(bytes)));
-            return Some(msg);
-        }
+) -> Option<ProxyBatch> {
+    if batch.len() > PROXY_BATCH_ENTRIES_MAX {
+        return split_batch(outbox, to, batch, buf);
     }
-    let ShardMessage::ProxyBatch(mut first) = msg else {
-        return None;
+    let msg = ShardMessage::ProxyBatch(batch);
+    let mut bytes = Vec::new();
+    codec::encode_into(buf, &msg, &mut bytes);
+    let ShardMessage::ProxyBatch(batch) = msg else {
+        unreachable!("built as a batch just above");
     };
+    // One entry always fits (`limits` bounds one entity's components well below a message),
+    // so halving ends.
+    if bytes.len() <= limits::SHARD_MESSAGE_BYTES_MAX || batch.len() <= 1 {
+        outbox.messages.push((to, Bytes::from(bytes)));
+        return Some(batch);
+    }
+    split_batch(outbox, to, batch, buf)
+}
+
+/// [`push_batch`] of each half of `first`, in order.
+fn split_batch(
+    outbox: &mut ShardOutbox,
+    to: ShardId,
+    mut first: ProxyBatch,
+    buf: &mut bitcode::Buffer,
+) -> Option<ProxyBatch> {
     let half = first.len() / 2;
     let mut second = ProxyBatch {
         epoch: first.epoch,
@@ -557,8 +548,8 @@ fn push_batch(
     } else {
         second.removes = first.removes.split_off(half - first.upserts.len());
     }
-    push_batch(outbox, to, ShardMessage::ProxyBatch(first), buf);
-    push_batch(outbox, to, ShardMessage::ProxyBatch(second), buf);
+    push_batch(outbox, to, first, buf);
+    push_batch(outbox, to, second, buf);
     None
 }
 
@@ -610,14 +601,14 @@ mod tests {
         let back = push_batch(
             &mut outbox,
             ShardId(2),
-            ShardMessage::ProxyBatch(batch.clone()),
+            batch.clone(),
             &mut bitcode::Buffer::new(),
         );
         assert_eq!(outbox.messages.len(), 1, "a tick's traffic is one message");
         assert_eq!(sent(&outbox), batch);
         assert_eq!(
             back,
-            Some(ShardMessage::ProxyBatch(batch)),
+            Some(batch),
             "the batch comes back for its allocations"
         );
     }
@@ -634,7 +625,7 @@ mod tests {
             push_batch(
                 &mut outbox,
                 ShardId(2),
-                ShardMessage::ProxyBatch(batch.clone()),
+                batch.clone(),
                 &mut bitcode::Buffer::new(),
             );
             assert!(outbox.messages.len() > 1, "{upserts} upserts need several");
@@ -670,7 +661,7 @@ mod tests {
         assert_eq!(
             codec::decode_shard_message(&codec::encode(&ShardMessage::ProxyBatch(batch))),
             Err(codec::DecodeError::Invalid("component payload over limits")),
-            "each upsert's components are checked as in a ProxyUpsert"
+            "each upsert's components are checked against the limits"
         );
         big.components = Some(vec![
             ComponentBlob {

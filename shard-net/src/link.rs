@@ -945,14 +945,7 @@ impl ClusterLinks {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let server_config = link_server_config(identity)?;
         let client_config = link_client_config()?;
-        let endpoint = {
-            // quinn finds its runtime through the current context.
-            let _guard = runtime.enter();
-            crate::udp::endpoint(listen, Some(server_config)).map_err(|source| NetError::Bind {
-                addr: listen,
-                source,
-            })?
-        };
+        let endpoint = crate::udp::endpoint(listen, Some(server_config))?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: listen,
             source,

@@ -268,12 +268,7 @@ impl QuicServer {
     ) -> Result<(QuicServer, QuicEvents), NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let config = tls::server_config(identity)?;
-        let endpoint = {
-            // quinn finds its runtime through the current context.
-            let _guard = runtime.enter();
-            crate::udp::endpoint(addr, Some(config))
-                .map_err(|source| NetError::Bind { addr, source })?
-        };
+        let endpoint = crate::udp::endpoint(addr, Some(config))?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| NetError::Bind { addr, source })?;
@@ -747,11 +742,8 @@ fn client_endpoint_bound(
     trust: &ClientTrust,
     bind: SocketAddr,
 ) -> Result<quinn::Endpoint, NetError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
     let config = tls::client_config(trust)?;
-    let _guard = runtime.enter();
-    let mut endpoint =
-        crate::udp::endpoint(bind, None).map_err(|source| NetError::Bind { addr: bind, source })?;
+    let mut endpoint = crate::udp::endpoint(bind, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

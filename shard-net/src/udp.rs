@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use zonescaler_shared::limits;
 
+use crate::quic::NetError;
+
 /// A UDP socket bound to `addr`, asking for [`limits::UDP_SOCKET_BUFFER_BYTES`] of receive and
 /// send buffer (an IPv6 one is dual-stack where the system allows). A buffer the kernel caps
 /// lower is logged, not an error: the endpoint still works, it just drops sooner under load.
@@ -37,17 +39,23 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// A quinn endpoint on a [`bind`] socket, on the tokio runtime of the current context.
+/// A quinn endpoint on a [`bind`] socket, on the tokio runtime of the current context (the
+/// caller runs inside one: the socket registers with its reactor).
 pub(crate) fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
-) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        bind(addr)?,
-        Arc::new(quinn::TokioRuntime),
-    )
+) -> Result<quinn::Endpoint, NetError> {
+    tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+    bind(addr)
+        .and_then(|socket| {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                server,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+        })
+        .map_err(|source| NetError::Bind { addr, source })
 }
 
 #[cfg(test)]

@@ -291,16 +291,6 @@ impl SnapshotPart {
 /// carries the cell-map epoch it was sent under; a receiver on another epoch drops it.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub enum ShardMessage {
-    /// Create or refresh the read-only proxy of an entity the sender owns. (Mirroring sends
-    /// [`Self::ProxyBatch`] now; a single upsert is still applied.)
-    ProxyUpsert(ProxyState),
-    /// The sender no longer mirrors this entity here (it left the border zone or was despawned).
-    /// Applies only to a proxy of this sender at this ownership generation.
-    ProxyRemove {
-        epoch: u64,
-        id: NetId,
-        generation: u32,
-    },
     /// Handoff step 1: the sender stopped simulating `id` and offers it, full state, to the
     /// receiver, which owns the cell at `state.pos` (under `epoch`).
     HandoffRequest(HandoffRequest),
@@ -320,10 +310,10 @@ pub enum ShardMessage {
     ForwardInput { id: NetId, input: Input },
     /// A typed game command for an entity the receiver owns (or owned: it is forwarded on).
     Command(EntityCommand),
-    /// One tick's proxy traffic to the receiver in one message: each upsert as a `ProxyUpsert`,
-    /// then each remove as a `ProxyRemove`, in that order, all under `epoch`. One message per
-    /// neighbour per tick instead of one per proxy: a header, and one `bitcode` pass that packs
-    /// the columns of hundreds of entries, instead of hundreds (see [`ProxyBatch`]).
+    /// Proxy traffic to the receiver, all under `epoch`: upserts (create or refresh the
+    /// read-only proxy of an entity the sender owns), then removes (the sender no longer mirrors
+    /// that entity here). Mirroring sends one per neighbour per tick: a header, and one `bitcode`
+    /// pass that packs the columns of hundreds of entries, instead of hundreds of messages.
     ProxyBatch(ProxyBatch),
 }
 
@@ -339,18 +329,22 @@ pub const PROXY_BATCH_ENTRIES_MAX: usize = 4_096;
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct ProxyBatch {
     pub epoch: u64,
-    /// Applied first, in order, each exactly as a `ProxyUpsert` of the same fields.
+    /// Applied first, in order: create or refresh each proxy.
     pub upserts: Vec<ProxyUpdate>,
-    /// Then these, in order: `(id, generation)`, each exactly as a `ProxyRemove`.
+    /// Then these, in order: `(id, generation)`, the proxy of `id` to drop. Applies only to a
+    /// proxy of this sender at this ownership generation.
     pub removes: Vec<(NetId, u32)>,
 }
 
-/// [`ProxyState`] without the epoch, which its [`ProxyBatch`] carries once.
+/// An owned entity's replicated state, as mirrored to a neighbour (under its batch's epoch).
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct ProxyUpdate {
     pub id: NetId,
+    /// Ownership generation: grows by one on every handoff, so a proxy update from a former
+    /// owner that arrives after one from the new owner is recognised as stale.
     pub generation: u32,
     pub pos: QPos,
+    /// The owner's replication revision; `components` is sent only when it changed.
     pub rev: u32,
     pub components: Option<Vec<ComponentBlob>>,
 }
@@ -519,20 +513,6 @@ pub enum CommandKind {
     Damage { hp: u16 },
 }
 
-/// An owned entity's replicated state, as mirrored to a neighbour.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub struct ProxyState {
-    pub epoch: u64,
-    pub id: NetId,
-    /// Ownership generation: grows by one on every handoff, so a proxy update from a former
-    /// owner that arrives after one from the new owner is recognised as stale.
-    pub generation: u32,
-    pub pos: QPos,
-    /// The owner's replication revision; `components` is sent only when it changed.
-    pub rev: u32,
-    pub components: Option<Vec<ComponentBlob>>,
-}
-
 fn blobs_within_limits(c: &[ComponentBlob]) -> bool {
     c.len() <= limits::COMPONENTS_PER_ENTITY_MAX
         && c.iter()
@@ -542,10 +522,6 @@ fn blobs_within_limits(c: &[ComponentBlob]) -> bool {
 impl Validate for ShardMessage {
     fn validate(&self) -> Result<(), &'static str> {
         match self {
-            Self::ProxyUpsert(p) => match &p.components {
-                Some(c) if !blobs_within_limits(c) => Err("component payload over limits"),
-                _ => Ok(()),
-            },
             Self::HandoffRequest(h) => {
                 if !blobs_within_limits(&h.components) {
                     return Err("component payload over limits");
@@ -583,8 +559,7 @@ impl Validate for ShardMessage {
                     Err("component payload over limits")
                 }
             }
-            Self::ProxyRemove { .. }
-            | Self::HandoffAck { .. }
+            Self::HandoffAck { .. }
             | Self::HandoffRefuse { .. }
             | Self::HandoffCancel { .. }
             | Self::ForwardInput { .. }

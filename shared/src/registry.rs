@@ -10,8 +10,7 @@ use crate::limits;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// Revision of the message layout in [`crate::protocol`]; bump with any field change.
-const SCHEMA_REVISION: &str =
-    "zonescaler-wire/snapshot-age-baseline-index-moved-rare/proxy-batch-handoff-redirect-cellmap/5";
+const SCHEMA_REVISION: &str = "zonescaler-wire/snapshot-age-baseline-index-moved-rare/proxy-batch-only-handoff-redirect-cellmap/6";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProtocolRegistry {
