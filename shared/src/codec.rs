@@ -142,8 +142,8 @@ mod tests {
         ClientControl::Hello(Hello {
             protocol_hash: 7,
             name: "bot-1".into(),
+            ticket: None,
             token: None,
-            spawn_hint: None,
         })
     }
 
@@ -229,8 +229,8 @@ mod tests {
         let long = ClientControl::Hello(Hello {
             protocol_hash: 1,
             name: "x".repeat(200),
+            ticket: None,
             token: None,
-            spawn_hint: None,
         });
         assert_eq!(
             decode_client_control(&encode(&long)),

@@ -1,4 +1,5 @@
-//! Components that cross the wire: the replication contract and the example game's components.
+//! What a game puts on the wire: the replication and command contracts, and the demo game's
+//! components.
 
 use bevy_ecs::component::Component;
 use bitcode::{Decode, DecodeOwned, Encode};
@@ -9,6 +10,13 @@ use bitcode::{Decode, DecodeOwned, Encode};
 pub trait Replicated:
     Component + Encode + DecodeOwned + Clone + PartialEq + Send + Sync + 'static
 {
+    const NAME: &'static str;
+}
+
+/// A typed command a game registers (`app.command::<T>()` or `app.client_command::<T>()`):
+/// sent to an entity's owner, which applies it on its next tick. `NAME` is its stable wire name
+/// (part of the protocol hash), as for [`Replicated`].
+pub trait GameCommand: Encode + DecodeOwned + Send + Sync + 'static {
     const NAME: &'static str;
 }
 

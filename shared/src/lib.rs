@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod quant;
 pub mod registry;
 pub mod rng;
+pub mod ticket;
 pub mod token;
 
 pub use ids::{CellId, ConnId, NetId, ShardId, Tick};

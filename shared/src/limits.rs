@@ -11,8 +11,9 @@ pub const DATAGRAM_BYTES_MIN: usize = 1_100;
 pub const CLIENT_DATAGRAM_BYTES_MAX: usize = 512;
 /// Largest control-stream frame either side will read (login, errors).
 pub const CONTROL_FRAME_BYTES_MAX: usize = 16 * 1024;
-/// Largest shard-to-shard message a shard will decode (one proxy's full state fits many times).
-pub const SHARD_MESSAGE_BYTES_MAX: usize = 16 * 1024;
+/// Largest shard-to-shard message a shard will decode: a handoff request with an entity's every
+/// replicated and migrating component at their limits fits (asserted below).
+pub const SHARD_MESSAGE_BYTES_MAX: usize = 32 * 1024;
 /// Largest snapshot part a client will decode: one datagram of the largest MTU QUIC supports.
 pub const SERVER_DATAGRAM_BYTES_MAX: usize = 65_527;
 
@@ -41,8 +42,31 @@ pub const CLIENT_DATAGRAMS_PER_TICK_MAX: usize = 16;
 pub const INBOX_EVENTS_MAX: usize = 262_144;
 /// Reliable control messages queued for one client before it is disconnected as too slow.
 pub const CONTROL_QUEUE_PER_CLIENT_MAX: usize = 64;
-/// Length of a player name in `Hello`.
+/// Length of a player name in `Hello` (and of an account name in a login ticket).
 pub const PLAYER_NAME_BYTES_MAX: usize = 32;
+/// Length of one chat line or game message to a player.
+pub const CHAT_TEXT_BYTES_MAX: usize = 256;
+/// Bytes of one game command's encoding (from a client or between shards).
+pub const COMMAND_BYTES_MAX: usize = 256;
+/// Game command types a game may register (ids are `u8`).
+pub const COMMAND_KINDS_MAX: usize = 255;
+/// Server-only component types a game may register with `migrate::<T>()` (ids are `u8`).
+pub const MIGRATING_COMPONENTS_MAX: usize = 255;
+/// Game commands one client may send per tick; more close the connection as abusive only
+/// past [`CLIENT_CONTROL_PER_TICK_MAX`], below it they are dropped (counted).
+pub const CLIENT_COMMANDS_PER_TICK_MAX: usize = 4;
+/// Chat lines one client may send per second; more are dropped (counted).
+pub const CLIENT_SAYS_PER_SECOND_MAX: u32 = 2;
+/// Control messages (commands, chat) one client may send per tick before it is closed as
+/// flooding.
+pub const CLIENT_CONTROL_PER_TICK_MAX: usize = 64;
+/// Messages queued for players per tick (tells, shouts and their deliveries); more are dropped
+/// (counted).
+pub const PLAYER_MESSAGES_PER_TICK_MAX: usize = 4_096;
+/// Logins one shard may have waiting for the master's answer about their account.
+pub const LOGINS_PENDING_MAX: usize = 1_024;
+/// A login waiting this long for the master's answer about its account is refused.
+pub const LOGIN_CLAIM_TIMEOUT_MS: u64 = 5_000;
 /// Length of the human-readable reason in an error message.
 pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
 /// Leaves of the cell map sent to a client after `Welcome`; a bigger map is not sent.
@@ -132,8 +156,18 @@ const _: () = assert!(
 const _: () = assert!(CLIENT_DATAGRAM_BYTES_MAX <= DATAGRAM_BYTES_MIN);
 const _: () = assert!(SNAPSHOT_PART_ENTRIES_MAX >= AOI_ENTITIES_PER_CLIENT_MAX);
 const _: () = assert!(REPLICATED_COMPONENTS_MAX <= u8::MAX as usize);
-const _: () =
-    assert!(COMPONENTS_PER_ENTITY_MAX * (COMPONENT_BYTES_MAX + 8) < SHARD_MESSAGE_BYTES_MAX);
+const _: () = assert!(COMMAND_KINDS_MAX <= u8::MAX as usize);
+const _: () = assert!(MIGRATING_COMPONENTS_MAX <= u8::MAX as usize);
+const _: () = assert!(CLIENT_COMMANDS_PER_TICK_MAX <= CLIENT_CONTROL_PER_TICK_MAX);
+// A command (with its header) and a chat line fit a control frame and a shard message.
+const _: () = assert!(COMMAND_BYTES_MAX + 64 <= CONTROL_FRAME_BYTES_MAX);
+const _: () = assert!(COMMAND_BYTES_MAX + 64 <= SHARD_MESSAGE_BYTES_MAX);
+const _: () = assert!(CHAT_TEXT_BYTES_MAX + PLAYER_NAME_BYTES_MAX + 64 <= CONTROL_FRAME_BYTES_MAX);
+// A handoff request carries an entity's replicated and migrating components, each list at its
+// limits, plus a header (ids, positions, the player's name: well under 1 KiB).
+const _: () = assert!(
+    2 * COMPONENTS_PER_ENTITY_MAX * (COMPONENT_BYTES_MAX + 8) + 1_024 < SHARD_MESSAGE_BYTES_MAX
+);
 const _: () = assert!(COMPONENTS_PER_ENTITY_MAX <= REPLICATED_COMPONENTS_MAX);
 // Baselines travel as a one-byte age.
 const _: () = assert!(SNAPSHOT_HISTORY_TICKS >= 2 && SNAPSHOT_HISTORY_TICKS <= u8::MAX as usize);

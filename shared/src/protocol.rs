@@ -2,7 +2,7 @@
 //!
 //! | channel | client → shard | shard → client |
 //! |---|---|---|
-//! | reliable control stream | [`ClientControl`] (`Hello`) | [`ServerControl`] (`Welcome`, `Error`) |
+//! | reliable control stream | [`ClientControl`] (`Hello`, `Command`, `Say`) | [`ServerControl`] (`Welcome`, `Error`, `Redirect`, `CellMap`, `Message`) |
 //! | unreliable datagrams | [`ClientDatagram`] (`Input`) | [`ServerDatagram`] (snapshot parts) |
 //!
 //! Bytes are produced and checked only by [`crate::codec`]; every type here implements
@@ -14,7 +14,7 @@ use crate::{NetId, ShardId};
 use bitcode::{Decode, Encode};
 
 /// Bumped on every incompatible change to a type in this module.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Semantic checks the codec runs after decoding (lengths, ranges).
 pub trait Validate {
@@ -26,19 +26,42 @@ pub trait Validate {
 pub enum ClientControl {
     /// First message on a connection; anything else first closes it.
     Hello(Hello),
+    /// A game command the client's player sends (attack, pick up, use...): one of the commands
+    /// the game registered as sendable by clients. It always acts as the client's own avatar.
+    Command(ClientCommand),
+    /// A chat line: to one player (by account) wherever they play, or to everyone.
+    Say(Say),
+}
+
+/// A client's game command: `kind` indexes the game's client-sendable commands (in registration
+/// order, see [`crate::registry::ProtocolRegistry::client_commands`]), `bytes` is its `bitcode`.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ClientCommand {
+    pub kind: u8,
+    pub bytes: Vec<u8>,
+}
+
+/// A chat line from a client: `to` an account, or everyone (`None`).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Say {
+    pub to: Option<String>,
+    pub text: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct Hello {
     /// [`crate::registry::ProtocolRegistry::hash`] of the client's build; must match the shard's.
     pub protocol_hash: u64,
+    /// The player's name on a server that takes logins without tickets (`[login]` with no keys:
+    /// development only). With login keys configured the name comes from the ticket and this is
+    /// ignored.
     pub name: String,
+    /// A login ticket signed by the game's account service ([`crate::ticket`]): which account
+    /// this is and where the game wants it to start. Required when the server has login keys.
+    pub ticket: Option<Vec<u8>>,
     /// A redirect token from another shard of the cluster ([`crate::token`]): bind to the avatar
     /// it names (after a handoff) or spawn where it says (a login that came through another shard).
     pub token: Option<Vec<u8>>,
-    /// Where a new player would like to start; the shard clamps it to the world. A login whose
-    /// spawn point another shard owns is redirected there.
-    pub spawn_hint: Option<QPos>,
 }
 
 /// Client → shard as a datagram.
@@ -73,6 +96,25 @@ pub enum ServerControl {
     /// more than [`limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX`] leaves). For debug views and for load
     /// testers that walk bots across borders.
     CellMap(CellMapView),
+    /// A chat line or a game's message to this player: a tell (to this account) or a shout.
+    Message(PlayerMessage),
+}
+
+/// A message delivered to a player.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PlayerMessage {
+    /// Who sent it: an account, or the game (empty).
+    pub from: String,
+    pub text: String,
+    pub scope: MessageScope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum MessageScope {
+    /// To this one account.
+    Tell,
+    /// To everyone in the world.
+    Shout,
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -129,6 +171,12 @@ pub enum ErrorCode {
     TooSlow,
     /// The redirect token in `Hello` did not verify, expired, or names nothing to take over.
     BadToken,
+    /// The login ticket is missing, forged, expired or signed by a key this server does not know.
+    BadTicket,
+    /// The account is already playing and the server refuses a second session.
+    AccountInUse,
+    /// The account logged in again elsewhere and that session took over from this one.
+    SessionTakenOver,
 }
 
 impl ErrorCode {
@@ -144,6 +192,9 @@ impl ErrorCode {
             Self::ShuttingDown => 7,
             Self::TooSlow => 8,
             Self::BadToken => 9,
+            Self::BadTicket => 10,
+            Self::AccountInUse => 11,
+            Self::SessionTakenOver => 12,
         }
     }
 
@@ -159,6 +210,9 @@ impl ErrorCode {
             Self::ShuttingDown,
             Self::TooSlow,
             Self::BadToken,
+            Self::BadTicket,
+            Self::AccountInUse,
+            Self::SessionTakenOver,
         ]
         .into_iter()
         .find(|c| u64::from(c.close_code()) == code)
@@ -176,6 +230,9 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::TooSlow => "too_slow",
             Self::BadToken => "bad_token",
+            Self::BadTicket => "bad_ticket",
+            Self::AccountInUse => "account_in_use",
+            Self::SessionTakenOver => "session_taken_over",
         }
     }
 }
@@ -375,6 +432,51 @@ pub enum LinkMessage {
     Heartbeat(ShardLoad),
     /// One tick's shard messages for the receiver, each already encoded (`ShardMessage`).
     Batch(Vec<Vec<u8>>),
+    /// Shard → master: a request only the master can answer (it holds the player directory).
+    ToMaster(MasterRequest),
+    /// Master → shard: an answer or an order.
+    FromMaster(MasterNotice),
+}
+
+/// What a shard asks of the master.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum MasterRequest {
+    /// A login for `account` is waiting on this shard (as `session`, the shard's own number for
+    /// it): may it play? Answered with [`MasterNotice::Claim`].
+    Claim { account: String, session: u64 },
+    /// Deliver `msg` to the player `to`, wherever the directory has them.
+    Tell { to: String, msg: PlayerMessage },
+    /// Deliver `msg` to every player of the world.
+    Shout(PlayerMessage),
+}
+
+/// What the master tells a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum MasterNotice {
+    /// The answer to a [`MasterRequest::Claim`].
+    Claim {
+        account: String,
+        session: u64,
+        outcome: ClaimOutcome,
+    },
+    /// Close the session of `account` on this shard: it logged in elsewhere and took over.
+    Kick { account: String },
+    /// Deliver `msg` to `to` (an account on this shard), or to every client here (`None`).
+    Deliver {
+        to: Option<String>,
+        msg: PlayerMessage,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ClaimOutcome {
+    /// Nobody plays this account: go ahead.
+    Granted,
+    /// It plays elsewhere and the cluster's rule takes the old session over: go ahead (the old
+    /// one is being kicked).
+    TookOver,
+    /// It plays elsewhere and the rule refuses a second session.
+    InUse,
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -451,6 +553,29 @@ impl Validate for LinkMessage {
             {
                 Err("batch over limits")
             }
+            Self::ToMaster(MasterRequest::Claim { account, .. })
+            | Self::FromMaster(MasterNotice::Claim { account, .. })
+            | Self::FromMaster(MasterNotice::Kick { account })
+                if account.len() > limits::PLAYER_NAME_BYTES_MAX =>
+            {
+                Err("account name too long")
+            }
+            Self::ToMaster(MasterRequest::Tell { to, msg })
+                if to.len() > limits::PLAYER_NAME_BYTES_MAX || !msg.within_limits() =>
+            {
+                Err("message over limits")
+            }
+            Self::ToMaster(MasterRequest::Shout(msg))
+            | Self::FromMaster(MasterNotice::Deliver { msg, .. })
+                if !msg.within_limits() =>
+            {
+                Err("message over limits")
+            }
+            Self::FromMaster(MasterNotice::Deliver { to: Some(to), .. })
+                if to.len() > limits::PLAYER_NAME_BYTES_MAX =>
+            {
+                Err("account name too long")
+            }
             _ => Ok(()),
         }
     }
@@ -485,6 +610,10 @@ pub struct HandoffRequest {
     /// Replication revision and every replicated component's bytes.
     pub rev: u32,
     pub components: Vec<ComponentBlob>,
+    /// Every server-only component the game registered with `migrate::<T>()` that the entity
+    /// has (AI state, cooldowns, inventory): never sent to clients or proxies, only to the next
+    /// owner.
+    pub migrating: Vec<ComponentBlob>,
     /// Set when the entity is a player's avatar: its client follows with a redirect token.
     pub player: Option<PlayerHandoff>,
     /// The sender's clock when it stopped simulating (milliseconds), to measure time in transit.
@@ -498,19 +627,24 @@ pub struct PlayerHandoff {
 }
 
 /// A command addressed to an entity, applied by its owner on the owner's next tick.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct EntityCommand {
     pub target: NetId,
     /// Hops left: a command for an entity that moved on is forwarded at most this many times.
     pub hops: u8,
-    pub kind: CommandKind,
+    /// The command's id in the game's registry (registration order of `app.command::<T>()`).
+    pub kind: u8,
+    /// Its `bitcode` encoding, at most [`limits::COMMAND_BYTES_MAX`].
+    pub bytes: Vec<u8>,
+    /// The entity on whose behalf it was sent (a player's avatar for a client's command), if any.
+    pub from: Option<NetId>,
 }
 
-/// The typed commands of the example game.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
-pub enum CommandKind {
-    /// Take `hp` hit points (never below zero).
-    Damage { hp: u16 },
+impl PlayerMessage {
+    fn within_limits(&self) -> bool {
+        self.from.len() <= limits::PLAYER_NAME_BYTES_MAX
+            && self.text.len() <= limits::CHAT_TEXT_BYTES_MAX
+    }
 }
 
 fn blobs_within_limits(c: &[ComponentBlob]) -> bool {
@@ -523,7 +657,7 @@ impl Validate for ShardMessage {
     fn validate(&self) -> Result<(), &'static str> {
         match self {
             Self::HandoffRequest(h) => {
-                if !blobs_within_limits(&h.components) {
+                if !blobs_within_limits(&h.components) || !blobs_within_limits(&h.migrating) {
                     return Err("component payload over limits");
                 }
                 if !h
@@ -559,6 +693,9 @@ impl Validate for ShardMessage {
                     Err("component payload over limits")
                 }
             }
+            Self::Command(c) if c.bytes.len() > limits::COMMAND_BYTES_MAX => {
+                Err("command over limits")
+            }
             Self::HandoffAck { .. }
             | Self::HandoffRefuse { .. }
             | Self::HandoffCancel { .. }
@@ -581,7 +718,27 @@ impl Validate for ClientControl {
             {
                 Err("token too long")
             }
+            Self::Hello(h)
+                if h.ticket
+                    .as_ref()
+                    .is_some_and(|t| t.len() > crate::ticket::TICKET_BYTES_MAX) =>
+            {
+                Err("ticket too long")
+            }
             Self::Hello(_) => Ok(()),
+            Self::Command(c) if c.bytes.len() > limits::COMMAND_BYTES_MAX => {
+                Err("command over limits")
+            }
+            Self::Command(_) => Ok(()),
+            Self::Say(s)
+                if s.text.len() > limits::CHAT_TEXT_BYTES_MAX
+                    || s.to
+                        .as_ref()
+                        .is_some_and(|t| t.len() > limits::PLAYER_NAME_BYTES_MAX) =>
+            {
+                Err("chat line over limits")
+            }
+            Self::Say(_) => Ok(()),
         }
     }
 }
@@ -606,6 +763,8 @@ impl Validate for ServerControl {
                 Err("redirect over limits")
             }
             Self::Redirect(_) => Ok(()),
+            Self::Message(m) if !m.within_limits() => Err("message over limits"),
+            Self::Message(_) => Ok(()),
             Self::CellMap(m) if m.leaves.len() > limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX => {
                 Err("cell map too large")
             }

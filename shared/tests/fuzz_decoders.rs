@@ -48,8 +48,21 @@ fn corpus() -> Vec<Vec<u8>> {
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: 0xABCD,
             name: "player-one".into(),
+            ticket: Some(vec![7; 40]),
             token: None,
-            spawn_hint: None,
+        })),
+        codec::encode(&ClientControl::Command(ClientCommand {
+            kind: 1,
+            bytes: vec![1, 2, 3],
+        })),
+        codec::encode(&ClientControl::Say(Say {
+            to: Some("ann".into()),
+            text: "hello".into(),
+        })),
+        codec::encode(&ServerControl::Message(PlayerMessage {
+            from: "bob".into(),
+            text: "hi".into(),
+            scope: MessageScope::Tell,
         })),
         codec::encode(&ClientDatagram::Input(Input {
             seq: 5,
