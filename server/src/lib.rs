@@ -1,35 +1,55 @@
-//! `zonescaler-server`: the shard app and the `zonescaler` binary.
+//! `zonescaler-server`: the shard framework, the master role, and the `zonescaler` binary.
 //!
-//! - [`app`]: [`ShardApp`], a `bevy_ecs` world and one schedule per tick with the named sets of
-//!   [`ShardSystems`]; plugins and `replicate::<T>()` for game developers.
-//! - [`net`]: the `Receive` and `Send` systems: the shard's only contact with the network is the
-//!   [`Inbox`] and [`Outbox`] resources, filled and drained by a driver.
-//! - [`npc`], [`movement`]: the built-in `Simulate` systems (wandering NPCs, authoritative input).
-//! - [`interest`]: the uniform AOI grid rebuilt every tick.
-//! - [`proxy`]: read-only copies of neighbour shards' entities near the borders; [`handoff`]:
-//!   ownership moving to the neighbour when an entity crosses; [`commands`]: typed commands
-//!   routed to an entity's owner.
-//! - [`boundary`]: the R-tree over cell rectangles that tells which neighbour shards must hold a
-//!   proxy of an entity near a border (used by multi-shard worlds).
-//! - [`replicate`]: per-client delta snapshots.
-//! - [`runtime`]: the production loop (OS clock + QUIC driver), [`cluster`]: `zonescaler up`.
+//! A game is its own crate: it depends on this one, writes Bevy-style plugins, and calls
+//! [`main_with`] to get the whole command line (`shard`, `up`, `ticket`, `keygen`):
+//!
+//! ```no_run
+//! use zonescaler_server::prelude::*;
+//!
+//! struct MyGame;
+//! impl Plugin for MyGame {
+//!     fn build(&self, app: &mut ShardApp) {
+//!         // app.replicate::<Health>().migrate::<Brain>().command::<Heal>() ...
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     zonescaler_server::main_with(|app| {
+//!         app.add_plugins(MyGame);
+//!     })
+//! }
+//! ```
+//!
+//! The modules are layers, each importing only the ones below it (a test checks):
+//! [`runtime`] → [`cluster`] → [`app`] → [`demo`] → [`authority`] → [`client`] → [`interest`]
+//! → [`core`]. `ARCHITECTURE.md` has the map.
 
 pub mod app;
-pub mod boundary;
+pub mod authority;
+pub mod client;
 pub mod cluster;
-pub mod commands;
-pub mod components;
-pub mod handoff;
+pub mod core;
+pub mod demo;
 pub mod interest;
-pub mod master;
-pub mod movement;
-pub mod net;
-pub mod node;
-pub mod npc;
-pub mod proxy;
-pub mod replicate;
-pub mod resources;
 pub mod runtime;
 
-pub use app::{ExampleGamePlugin, Plugin, ShardApp, ShardSystems};
-pub use resources::{Inbox, Outbox, ShardRng, ShardStats, TickClock};
+pub use app::{GameSetup, ShardPlugins};
+pub use core::{Plugin, ShardApp, ShardSystems};
+pub use demo::ExampleGamePlugin;
+pub use runtime::cli::main_with;
+
+/// What a game needs in scope: the app and its plugins and sets, the components and filters
+/// every game system uses, commands and messages, and bevy's own prelude.
+pub mod prelude {
+    pub use crate::core::commands::{Delivered, Delivery, GameCommands};
+    pub use crate::core::components::{
+        Avatar, InCell, MoveTarget, Networked, Owned, OwnedOnly, Player, Position, Proxy,
+    };
+    pub use crate::core::messages::PlayerMessages;
+    pub use crate::core::registry::Migrating;
+    pub use crate::core::resources::{Config, ShardRng, TickClock};
+    pub use crate::core::{Plugin, ShardApp, ShardSystems, Startup};
+    pub use bevy_ecs::prelude::*;
+    pub use zonescaler_shared::NetId;
+    pub use zonescaler_shared::components::{GameCommand, Replicated};
+}

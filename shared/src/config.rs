@@ -37,6 +37,31 @@ pub struct WorldConfig {
     pub npc: NpcSection,
     pub tls: TlsSection,
     pub cluster: ClusterSection,
+    pub login: LoginSection,
+}
+
+/// `[login]`: who may play. With `keys` set, every login needs a ticket signed by one of those
+/// keys (the game's account service holds the private halves) and plays the account it names;
+/// without, anyone may log in under any name (development only: the shard says so at start).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    /// Login key file (TOML `[[key]]` tables with `id` and `public`; see `zonescaler ticket`).
+    pub keys: Option<PathBuf>,
+    /// What a second login of an account that is already playing does.
+    pub duplicate: DuplicateLogin,
+}
+
+/// The rule for a second session of one account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateLogin {
+    /// The new login plays; the old session is closed with `session_taken_over` (a player who
+    /// lost their connection logs straight back in).
+    #[default]
+    Takeover,
+    /// The new login is refused with `account_in_use` while the old one plays.
+    Refuse,
 }
 
 /// Shortest cluster secret accepted (bytes): 128 bits.

@@ -115,6 +115,8 @@ pub const HANDOFF_RECORDS_MAX: usize = 65_536;
 pub const SHARDS_MAX: usize = 1_024;
 /// Shard messages in one link batch (one tick's worth for one neighbour).
 pub const LINK_BATCH_MESSAGES_MAX: usize = 262_144;
+/// Cells a heartbeat reports the load of (the busiest first).
+pub const CELL_LOADS_PER_HEARTBEAT_MAX: usize = 4_096;
 /// How often a shard reports its load to the master.
 pub const HEARTBEAT_MS: u64 = 200;
 /// A shard silent this long is declared dead by the master.

@@ -485,6 +485,8 @@ pub struct JoinRequest {
     pub client_addr: String,
     /// Where the joiner's links are accepted (`host:port`).
     pub link_addr: String,
+    /// Where the joiner serves `/metrics` (`host:port`; empty when it does not).
+    pub metrics_addr: String,
     /// Capacity weight: its share of the cells is proportional to it.
     pub weight: u32,
 }
@@ -501,6 +503,7 @@ pub struct MemberInfo {
     pub id: ShardId,
     pub client_addr: String,
     pub link_addr: String,
+    pub metrics_addr: String,
     pub weight: u32,
 }
 
@@ -519,13 +522,28 @@ pub struct ShardLoad {
     /// Players who logged in (or arrived by redirect) / left since the last heartbeat.
     pub players_arrived: Vec<String>,
     pub players_left: Vec<String>,
+    /// Entities and clients per owned base cell (only cells with any), at most
+    /// [`limits::CELL_LOADS_PER_HEARTBEAT_MAX`] of the busiest.
+    pub cells: Vec<CellLoad>,
+}
+
+/// What one cell holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct CellLoad {
+    pub cell: crate::CellId,
+    pub entities: u32,
+    pub clients: u32,
 }
 
 impl Validate for LinkMessage {
     fn validate(&self) -> Result<(), &'static str> {
         let addr_ok = |a: &str| a.len() <= limits::ADDR_BYTES_MAX;
         match self {
-            Self::Join(j) if !addr_ok(&j.client_addr) || !addr_ok(&j.link_addr) => {
+            Self::Join(j)
+                if !addr_ok(&j.client_addr)
+                    || !addr_ok(&j.link_addr)
+                    || !addr_ok(&j.metrics_addr) =>
+            {
                 Err("address too long")
             }
             Self::Map(m) if m.members.len() > limits::SHARDS_MAX => Err("too many members"),
@@ -533,7 +551,11 @@ impl Validate for LinkMessage {
             Self::Map(m)
                 if m.members
                     .iter()
-                    .any(|x| !addr_ok(&x.client_addr) || !addr_ok(&x.link_addr)) =>
+                    .any(|x| {
+                        !addr_ok(&x.client_addr)
+                            || !addr_ok(&x.link_addr)
+                            || !addr_ok(&x.metrics_addr)
+                    }) =>
             {
                 Err("address too long")
             }
@@ -546,6 +568,9 @@ impl Validate for LinkMessage {
                         .any(|n| n.len() > limits::PLAYER_NAME_BYTES_MAX) =>
             {
                 Err("player list over limits")
+            }
+            Self::Heartbeat(h) if h.cells.len() > limits::CELL_LOADS_PER_HEARTBEAT_MAX => {
+                Err("cell loads over limits")
             }
             Self::Batch(b)
                 if b.len() > limits::LINK_BATCH_MESSAGES_MAX

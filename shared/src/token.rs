@@ -101,6 +101,18 @@ impl TokenKey {
     }
 }
 
+/// The operator's API token of a cluster (hex), derived from the cluster secret and
+/// domain-separated from the link proofs and the redirect tokens: whoever holds the secret can
+/// compute it, and it proves nothing on a link.
+pub fn api_token(cluster_secret: &[u8]) -> String {
+    let derive = hmac::Key::new(hmac::HMAC_SHA256, cluster_secret);
+    hmac::sign(&derive, b"zonescaler operator api token v1")
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

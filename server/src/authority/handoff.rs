@@ -20,35 +20,33 @@
 //!    timeout with no answer at all (a partition) leaves the entity frozen, owned by no one
 //!    simulating it but held by the source, until the link comes back. Nothing is ever owned twice
 //!    or by no one.
+//!
+//! The request carries everything the entity is: its replicated components (which stay on the
+//! source, typed, as the proxy's) and the server-only components the game registered with
+//! `migrate::<T>()` (encoded when the offer is sent, taken off the source on the ack).
 
-use crate::components::{
-    Avatar, Generation, MoveTarget, NetIndex, Networked, Owned, Position, ReplicatedComponents,
+use crate::client::{ClusterDirectory, Clients, Phase, send_control};
+use crate::core::components::{
+    Avatar, AwaitingClient, Generation, InTransit, MoveTarget, NetIndex, Networked, Owned, Player,
+    Position, Proxy, ReplicatedComponents,
 };
-use crate::net::{Clients, Phase};
-use crate::proxy::{Mirrors, Proxy, ShardOutbox, Space};
-use crate::resources::{Config, Outbox, ShardStats, TickClock};
+use crate::core::registry::{apply_replicated, encode_migrating, insert_migrating, remove_migrating};
+use crate::core::resources::{
+    Config, DespawnLog, HandoffStats, Outbox, ShardOutbox, ShardStats, TickClock,
+};
+use crate::core::space::Space;
+use crate::interest::Viewers;
+use super::proxy::Mirrors;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use glam::Vec3;
-use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tracing::{debug, warn};
-use zonescaler_net::NetCommand;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::*;
-use zonescaler_shared::token::{Grant, GrantKind, TOKEN_LIFETIME_MS, TokenKey};
+use zonescaler_shared::token::GrantKind;
 use zonescaler_shared::{NetId, ShardId};
-
-/// Frozen on the source while its handoff is answered: not simulated (no `Owned`), not a proxy.
-#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InTransit {
-    pub to: ShardId,
-    /// The generation the target takes it at.
-    pub generation: u32,
-    pub since_tick: u64,
-    pub cancel_sent: bool,
-}
 
 /// After a refusal, the source waits until this tick before offering the entity again.
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,53 +54,8 @@ pub struct HandoffBackoff {
     pub until_tick: u64,
 }
 
-/// A handed-off player avatar whose client has not arrived with its token yet. Inputs forwarded
-/// by the source drive it meanwhile; past [`limits::REDIRECT_WAIT_MS`] it is despawned.
-#[derive(Component, Clone, Debug, PartialEq, Eq)]
-pub struct AwaitingClient {
-    pub name: String,
-    pub since_ms: u64,
-    pub last_input_seq: u32,
-}
-
-/// The cluster's token key (from the cluster secret) and where each shard's clients connect.
-#[derive(Resource, Debug, Clone)]
-pub struct ClusterDirectory {
-    pub key: TokenKey,
-    /// Client-facing `host:port` of each shard (empty where the transport routes by shard id).
-    pub client_addrs: BTreeMap<ShardId, String>,
-}
-
-impl Default for ClusterDirectory {
-    fn default() -> Self {
-        // A single process needs no secret: its tokens never leave it. Multi-process clusters
-        // always replace this with the configured cluster secret (the runtime refuses to start
-        // without one).
-        Self {
-            key: TokenKey::new(b"zonescaler single-process key"),
-            client_addrs: BTreeMap::new(),
-        }
-    }
-}
-
-impl ClusterDirectory {
-    /// A signed redirect for `what` on shard `to`, valid for [`TOKEN_LIFETIME_MS`] from `now_ms`.
-    pub fn redirect(&self, to: ShardId, what: GrantKind, now_ms: u64) -> Redirect {
-        let token = self.key.sign(&Grant {
-            shard: to,
-            what,
-            expires_ms: now_ms + TOKEN_LIFETIME_MS,
-        });
-        Redirect {
-            shard: to,
-            addr: self.client_addrs.get(&to).cloned().unwrap_or_default(),
-            token,
-        }
-    }
-}
-
-/// The target's memory of its answers, and the counters the cluster API reports.
-#[derive(Resource, Debug)]
+/// The target's memory of its answers, and the source's count of entities it has frozen.
+#[derive(Resource, Debug, Default)]
 pub struct HandoffState {
     /// Highest generation accepted per entity (bounded: oldest forgotten first).
     accepted: BTreeMap<NetId, u32>,
@@ -111,38 +64,12 @@ pub struct HandoffState {
     cancelled_order: VecDeque<(NetId, u32)>,
     /// Entities frozen on this shard waiting for an answer.
     pub in_flight: usize,
-    pub started: u64,
-    /// Handoffs this shard completed as source (acked).
-    pub out: u64,
-    /// Handoffs this shard accepted as target.
-    pub accepted_total: u64,
-    pub refused_sent: u64,
-    pub refused_received: u64,
-    pub cancels_sent: u64,
-    /// Milliseconds from the source freezing an entity to this shard simulating it.
-    pub transit_ms: Histogram<u64>,
 }
 
-impl Default for HandoffState {
-    fn default() -> Self {
-        Self {
-            accepted: BTreeMap::new(),
-            accepted_order: VecDeque::new(),
-            cancelled: BTreeSet::new(),
-            cancelled_order: VecDeque::new(),
-            in_flight: 0,
-            started: 0,
-            out: 0,
-            accepted_total: 0,
-            refused_sent: 0,
-            refused_received: 0,
-            cancels_sent: 0,
-            // 1 ms .. 1 h, 2 significant digits: static bounds, cannot fail.
-            transit_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
-                .expect("invariant: valid static bounds"),
-        }
-    }
-}
+/// Handoff requests built this tick, waiting for their migrating components (which need the
+/// whole world to encode) before they are sent.
+#[derive(Resource, Debug, Default)]
+pub struct OutgoingOffers(Vec<(Entity, ShardId, HandoffRequest)>);
 
 impl HandoffState {
     fn record_accepted(&mut self, id: NetId, generation: u32) {
@@ -179,30 +106,53 @@ fn send(world: &mut World, to: ShardId, msg: &ShardMessage) {
         .push((to, Bytes::from(codec::encode(msg))));
 }
 
+/// Who an avatar's player is, for the target: from its client, or from what a previous
+/// handoff carried while the client is still on its way.
+fn player_of(
+    avatar: Option<&Avatar>,
+    awaiting: Option<&AwaitingClient>,
+    clients: &Clients,
+    viewers: &Viewers,
+) -> Option<PlayerHandoff> {
+    match (avatar, awaiting) {
+        (Some(a), _) => clients.0.get(&a.conn).map(|c| PlayerHandoff {
+            name: c.name.clone(),
+            last_input_seq: viewers.0.get(&a.conn).map_or(0, |v| v.last_input_seq),
+        }),
+        (None, Some(w)) => Some(PlayerHandoff {
+            name: w.name.clone(),
+            last_input_seq: w.last_input_seq,
+        }),
+        (None, None) => None,
+    }
+}
+
+/// What `start_handoffs` reads of an owned entity it offers.
+type OfferParts = (
+    &'static Networked,
+    &'static Generation,
+    Option<&'static MoveTarget>,
+    &'static ReplicatedComponents,
+    Option<&'static Avatar>,
+    Option<&'static AwaitingClient>,
+    Option<&'static HandoffBackoff>,
+);
+
 /// `Ownership`: offer every owned entity that stands clearly inside another shard's cell to
-/// that shard.
+/// that shard. The request goes out in [`send_offers`], once its migrating state is encoded.
 pub fn start_handoffs(
     mut commands: Commands,
     space: Res<Space>,
     config: Res<Config>,
     clock: Res<TickClock>,
-    mut outbox: ResMut<ShardOutbox>,
     mut state: ResMut<HandoffState>,
+    mut stats: ResMut<HandoffStats>,
     mut mirrors: ResMut<Mirrors>,
+    mut offers: ResMut<OutgoingOffers>,
     clients: Res<Clients>,
-    moved: Query<(Entity, &Position), (With<Owned>, bevy_ecs::query::Changed<Position>)>,
-    q: Query<
-        (
-            &Networked,
-            &Generation,
-            Option<&MoveTarget>,
-            &ReplicatedComponents,
-            Option<&Avatar>,
-            Option<&AwaitingClient>,
-            Option<&HandoffBackoff>,
-        ),
-        With<Owned>,
-    >,
+    viewers: Res<Viewers>,
+    moved: Query<(Entity, &Position), (With<Owned>, Changed<Position>)>,
+    q: Query<OfferParts, With<Owned>>,
 ) {
     if !space.has_neighbours {
         return;
@@ -229,20 +179,9 @@ pub fn start_handoffs(
         if state.in_flight >= limits::HANDOFFS_IN_FLIGHT_MAX {
             break;
         }
-        let player = match (avatar, awaiting) {
-            (Some(a), _) => clients.0.get(&a.conn).map(|c| PlayerHandoff {
-                name: c.name.clone(),
-                last_input_seq: c.last_input_seq,
-            }),
-            (None, Some(w)) => Some(PlayerHandoff {
-                name: w.name.clone(),
-                last_input_seq: w.last_input_seq,
-            }),
-            (None, None) => None,
-        };
         let next = generation.0.wrapping_add(1);
         let (target, speed) = mt.map_or((pos.0, 0.0), |m| (m.target, m.speed_mps));
-        let req = ShardMessage::HandoffRequest(HandoffRequest {
+        let req = HandoffRequest {
             epoch: space.map.epoch().0,
             id: net.0,
             generation: next,
@@ -251,10 +190,11 @@ pub fn start_handoffs(
             speed_mps: speed,
             rev: cache.rev,
             components: cache.blobs.clone(),
-            player,
+            migrating: Vec::new(),
+            player: player_of(avatar, awaiting, &clients, &viewers),
             sent_ms: clock.now_ms,
-        });
-        outbox.messages.push((to, Bytes::from(codec::encode(&req))));
+        };
+        offers.0.push((e, to, req));
         // The target promotes its proxy: it must not get a remove for it from here.
         if let Some(sent) = mirrors.0.get_mut(&to) {
             sent.remove(&net.0);
@@ -269,8 +209,18 @@ pub fn start_handoffs(
                 cancel_sent: false,
             });
         state.in_flight += 1;
-        state.started += 1;
+        stats.started += 1;
         debug!(id = %net.0, to = to.0, generation = next, "handoff offered");
+    }
+}
+
+/// `Ownership`, after [`start_handoffs`]: encode each offered entity's migrating components
+/// into its request and send it (before this tick's proxy updates, which follow on the link).
+pub fn send_offers(world: &mut World) {
+    let offers = std::mem::take(&mut world.resource_mut::<OutgoingOffers>().0);
+    for (e, to, mut req) in offers {
+        req.migrating = encode_migrating(world, e);
+        send(world, to, &ShardMessage::HandoffRequest(req));
     }
 }
 
@@ -281,7 +231,7 @@ pub fn cancel_late_handoffs(
     clock: Res<TickClock>,
     config: Res<Config>,
     mut outbox: ResMut<ShardOutbox>,
-    mut state: ResMut<HandoffState>,
+    mut stats: ResMut<HandoffStats>,
 ) {
     let timeout_ticks = config.0.cluster.handoff_timeout_ms * u64::from(clock.tick_hz) / 1_000;
     for (net, mut t) in &mut q {
@@ -289,7 +239,7 @@ pub fn cancel_late_handoffs(
             continue;
         }
         t.cancel_sent = true;
-        state.cancels_sent += 1;
+        stats.cancels_sent += 1;
         warn!(id = %net.0, to = t.to.0, "handoff unanswered: cancelling");
         let msg = ShardMessage::HandoffCancel {
             id: net.0,
@@ -306,7 +256,7 @@ pub fn expire_awaiting_clients(
     mut commands: Commands,
     q: Query<(Entity, &Networked, &AwaitingClient), With<Owned>>,
     clock: Res<TickClock>,
-    mut despawned: ResMut<crate::resources::DespawnLog>,
+    mut despawned: ResMut<DespawnLog>,
 ) {
     for (e, net, w) in &q {
         if clock.now_ms.saturating_sub(w.since_ms) > limits::REDIRECT_WAIT_MS {
@@ -331,35 +281,42 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             reason,
         } => on_refuse(world, from, id, generation, reason),
         ShardMessage::HandoffCancel { id, generation } => {
-            let answer = if world
-                .resource::<HandoffState>()
-                .has_accepted(id, generation)
-            {
-                ShardMessage::HandoffAck { id, generation }
-            } else {
-                world
-                    .resource_mut::<HandoffState>()
-                    .record_cancelled(id, generation);
-                ShardMessage::HandoffRefuse {
-                    id,
-                    generation,
-                    reason: RefuseReason::Cancelled,
-                }
-            };
-            send(world, from, &answer);
+            on_cancel(world, from, id, generation);
             true
         }
         ShardMessage::ForwardInput { id, input } => on_forwarded_input(world, id, input),
         ShardMessage::Command(cmd) => {
-            crate::commands::receive(world, cmd);
+            world
+                .resource_mut::<crate::core::commands::CommandInbox>()
+                .push(cmd);
             true
         }
         ShardMessage::ProxyBatch(_) => false,
     }
 }
 
+/// The target's answer to a cancel: the same as to the request if it took it, else never.
+fn on_cancel(world: &mut World, from: ShardId, id: NetId, generation: u32) {
+    let answer = if world
+        .resource::<HandoffState>()
+        .has_accepted(id, generation)
+    {
+        ShardMessage::HandoffAck { id, generation }
+    } else {
+        world
+            .resource_mut::<HandoffState>()
+            .record_cancelled(id, generation);
+        ShardMessage::HandoffRefuse {
+            id,
+            generation,
+            reason: RefuseReason::Cancelled,
+        }
+    };
+    send(world, from, &answer);
+}
+
 fn refuse(world: &mut World, to: ShardId, id: NetId, generation: u32, reason: RefuseReason) {
-    world.resource_mut::<HandoffState>().refused_sent += 1;
+    world.resource_mut::<HandoffStats>().refused_sent += 1;
     debug!(id = %id, to = to.0, ?reason, "handoff refused");
     send(
         world,
@@ -370,6 +327,21 @@ fn refuse(world: &mut World, to: ShardId, id: NetId, generation: u32, reason: Re
             reason,
         },
     );
+}
+
+/// Why the target will not take `req`, if it will not.
+fn refusal(world: &World, req: &HandoffRequest) -> Option<RefuseReason> {
+    let space = world.resource::<Space>();
+    if req.epoch != space.map.epoch().0 {
+        return Some(RefuseReason::StaleEpoch);
+    }
+    if space.map.owner_at([req.pos[0], req.pos[2]]) != Some(space.me) {
+        return Some(RefuseReason::NotOwner);
+    }
+    if world.resource::<NetIndex>().0.len() >= limits::ENTITIES_PER_SHARD_MAX {
+        return Some(RefuseReason::Full);
+    }
+    None
 }
 
 /// Target side of step 2.
@@ -383,15 +355,8 @@ fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
         // A duplicate: the same answer again.
         return send(world, from, &ShardMessage::HandoffAck { id, generation });
     }
-    let space = world.resource::<Space>();
-    if req.epoch != space.map.epoch().0 {
-        return refuse(world, from, id, generation, RefuseReason::StaleEpoch);
-    }
-    if space.map.owner_at([req.pos[0], req.pos[2]]) != Some(space.me) {
-        return refuse(world, from, id, generation, RefuseReason::NotOwner);
-    }
-    if world.resource::<NetIndex>().0.len() >= limits::ENTITIES_PER_SHARD_MAX {
-        return refuse(world, from, id, generation, RefuseReason::Full);
+    if let Some(reason) = refusal(world, &req) {
+        return refuse(world, from, id, generation, reason);
     }
     let existing = world.resource::<NetIndex>().0.get(&id).copied();
     let entity = match existing {
@@ -409,38 +374,50 @@ fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
         }
         None => world.spawn(Networked(id)).id(),
     };
+    promote(world, entity, req);
+    send(world, from, &ShardMessage::HandoffAck { id, generation });
+}
+
+/// Make `entity` this shard's, from the state `req` carried; `Owned` last, so from there on it is
+/// simulated.
+fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
     let now_ms = world.resource::<TickClock>().now_ms;
-    let pos = Vec3::from_array(req.pos);
     let mut ent = world.entity_mut(entity);
     ent.insert((
-        Position(pos),
+        Position(Vec3::from_array(req.pos)),
         MoveTarget {
             target: Vec3::from_array(req.move_target),
             speed_mps: req.speed_mps,
         },
-        Generation(generation),
+        Generation(req.generation),
         ReplicatedComponents {
             rev: req.rev,
             blobs: req.components.clone(),
         },
     ));
     if let Some(p) = req.player {
-        ent.insert(AwaitingClient {
-            name: p.name,
-            since_ms: now_ms,
-            last_input_seq: p.last_input_seq,
-        });
+        ent.insert((
+            Player {
+                account: p.name.clone(),
+            },
+            AwaitingClient {
+                name: p.name,
+                since_ms: now_ms,
+                last_input_seq: p.last_input_seq,
+            },
+        ));
     }
-    // Typed game components from their bytes, then `Owned` last: from here on it is simulated.
-    crate::app::insert_replicated(world, entity, &req.components);
+    apply_replicated(world, entity, &req.components);
+    insert_migrating(world, entity, &req.migrating);
     world.entity_mut(entity).insert(Owned);
-    let mut state = world.resource_mut::<HandoffState>();
-    state.record_accepted(id, generation);
-    state.accepted_total += 1;
-    state
-        .transit_ms
-        .saturating_record(now_ms.saturating_sub(req.sent_ms).max(1));
-    send(world, from, &ShardMessage::HandoffAck { id, generation });
+    world
+        .resource_mut::<HandoffState>()
+        .record_accepted(req.id, req.generation);
+    let transit_ms = now_ms.saturating_sub(req.sent_ms).max(1);
+    let mut stats = world.resource_mut::<HandoffStats>();
+    stats.accepted += 1;
+    stats.transit_ms.saturating_record(transit_ms);
+    metrics::histogram!("zonescaler_handoff_transit_seconds").record(transit_ms as f64 / 1_000.0);
 }
 
 /// The entity `id` frozen here for a handoff to `to` at `generation`, if any.
@@ -464,14 +441,16 @@ fn on_ack(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool 
         Avatar,
         AwaitingClient,
         HandoffBackoff,
+        Player,
     )>();
     ent.insert((Proxy { owner: from }, Generation(generation)));
-    crate::app::remove_replicated(world, e);
-    {
-        let mut state = world.resource_mut::<HandoffState>();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        state.out += 1;
-    }
+    // Its replicated components stay, typed, as the proxy's; its server-only state went with it.
+    remove_migrating(world, e);
+    world.resource_mut::<HandoffState>().in_flight = world
+        .resource::<HandoffState>()
+        .in_flight
+        .saturating_sub(1);
+    world.resource_mut::<HandoffStats>().out += 1;
     // Other neighbours' proxies of it were ours: the new owner mirrors it from now on.
     let epoch = world.resource::<Space>().map.epoch().0;
     let holders: Vec<ShardId> = world
@@ -517,13 +496,11 @@ fn redirect_client(
         avatar: Some(e),
         to,
     };
-    world
-        .resource_mut::<Outbox>()
-        .commands
-        .push(NetCommand::Control {
-            conn,
-            bytes: Bytes::from(codec::encode(&ServerControl::Redirect(redirect))),
-        });
+    send_control(
+        conn,
+        &ServerControl::Redirect(redirect),
+        &mut world.resource_mut::<Outbox>(),
+    );
     world.resource_mut::<ShardStats>().redirects += 1;
 }
 
@@ -548,7 +525,7 @@ fn on_refuse(
     ));
     let mut state = world.resource_mut::<HandoffState>();
     state.in_flight = state.in_flight.saturating_sub(1);
-    state.refused_received += 1;
+    world.resource_mut::<HandoffStats>().refused_received += 1;
     debug!(id = %id, from = from.0, ?reason, "handoff refused: resuming");
     true
 }
@@ -559,7 +536,7 @@ fn on_forwarded_input(world: &mut World, id: NetId, input: Input) -> bool {
         return false;
     };
     let target = input.target.to_vec3();
-    if !crate::movement::in_world(&world.resource::<Config>().0, target) {
+    if !crate::core::movement::in_world(&world.resource::<Config>().0, target) {
         return false;
     }
     let mut ent = world.entity_mut(e);

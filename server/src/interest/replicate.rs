@@ -11,18 +11,57 @@
 //! With no usable baseline (first snapshot, or an ack older than the ring) everything is
 //! `spawned`. The client rebuilds the same state from its own copy of the baseline.
 
-use crate::components::{Position, ReplicatedComponents};
-use crate::interest::{AoiGrid, Frame};
-use crate::net::Clients;
-use crate::resources::{Config, TickClock};
+use super::grid::{AoiGrid, Frame};
+use crate::core::components::{Position, ReplicatedComponents};
+use crate::core::resources::{Config, Outbox, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
-use zonescaler_shared::NetId;
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use zonescaler_net::NetCommand;
+use zonescaler_shared::{ConnId, NetId};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
     Changed, ComponentBlob, Moved, RareUpdates, ServerDatagram, SnapshotPart, Spawned,
 };
 use zonescaler_shared::quant::QPos;
+
+/// One client connection as replication sees it: what it is shown and what it has.
+#[derive(Debug)]
+pub struct Viewer {
+    /// The entity whose surroundings the client is shown (`None` before login).
+    pub view: Option<Entity>,
+    pub max_datagram_bytes: usize,
+    /// Newest input sequence number applied (or refused) so far; echoed in every snapshot.
+    pub last_input_seq: u32,
+    /// Newest snapshot tick the client says it holds whole.
+    pub ack_tick: u64,
+    /// Snapshots sent, newest last, at most [`limits::SNAPSHOT_HISTORY_TICKS`].
+    pub history: VecDeque<SentSnapshot>,
+    /// Built by `Replicate`, encoded and sent by `Send`.
+    pub outgoing: Option<ClientSnapshot>,
+    /// The snapshot that last fell out of `history`, kept so its buffers are reused.
+    pub spare: SentSnapshot,
+}
+
+impl Viewer {
+    pub fn new(max_datagram_bytes: usize) -> Self {
+        Self {
+            view: None,
+            max_datagram_bytes,
+            last_input_seq: 0,
+            ack_tick: 0,
+            history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
+            outgoing: None,
+            spare: SentSnapshot::default(),
+        }
+    }
+}
+
+/// Every client connection's replication state, by connection (ordered, so iteration is
+/// deterministic). The client plugin adds and removes them and says what each views.
+#[derive(Resource, Debug, Default)]
+pub struct Viewers(pub BTreeMap<ConnId, Viewer>);
 
 /// What a client was sent at one tick: its view, for use as a later baseline.
 #[derive(Debug, Clone, Default)]
@@ -59,7 +98,7 @@ pub struct ReplicateScratch {
 
 /// `Replicate`: compute every client's delta against its baseline and record what was sent.
 pub fn compute_deltas(
-    mut clients: ResMut<Clients>,
+    mut viewers: ResMut<Viewers>,
     mut scratch: ResMut<ReplicateScratch>,
     frame: Res<Frame>,
     grid: Res<AoiGrid>,
@@ -77,8 +116,8 @@ pub fn compute_deltas(
             .map(|r| r.blobs.clone())
             .unwrap_or_default()
     };
-    for client in clients.0.values_mut() {
-        let Some(pos) = client.phase.view().and_then(|e| avatars.get(e).ok()) else {
+    for client in viewers.0.values_mut() {
+        let Some(pos) = client.view.and_then(|e| avatars.get(e).ok()) else {
             continue;
         };
         grid.query(
@@ -155,6 +194,35 @@ pub fn compute_deltas(
         }
         client.history.push_back(sent);
         client.outgoing = Some(out);
+    }
+}
+
+/// `Send`: encode every client's snapshot into datagram-sized parts and queue them.
+pub fn send_snapshots(
+    mut viewers: ResMut<Viewers>,
+    mut outbox: ResMut<Outbox>,
+    mut stats: ResMut<ShardStats>,
+    mut buf: Local<bitcode::Buffer>,
+) {
+    for (conn, client) in viewers.0.iter_mut() {
+        let Some(snap) = client.outgoing.take() else {
+            continue;
+        };
+        let parts = encode_parts(
+            &snap,
+            client.last_input_seq,
+            client.max_datagram_bytes,
+            &mut buf,
+        );
+        for (bytes, updates) in parts {
+            stats.snapshot_bytes += bytes.len() as u64;
+            stats.snapshot_datagrams += 1;
+            stats.entity_updates += updates as u64;
+            outbox.commands.push(NetCommand::Datagram {
+                conn: *conn,
+                bytes: Bytes::from(bytes),
+            });
+        }
     }
 }
 

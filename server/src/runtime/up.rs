@@ -40,9 +40,12 @@ pub struct UpOptions {
     /// First shard's UDP port for shard links; shard i uses link-port + i.
     #[arg(long, default_value_t = 5433)]
     pub link_port: u16,
-    /// Where the master serves the HTTP API (`GET /api/cluster`).
+    /// Where the master serves the dashboard and the HTTP API (`/`, `GET /api/cluster`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// First shard's port for Prometheus metrics (`GET /metrics`); shard i uses metrics-port + i.
+    #[arg(long, default_value_t = 9100)]
+    pub metrics_port: u16,
     /// What the `--bots` do (wander, idle, border).
     #[arg(long, default_value = "wander")]
     pub bot_scenario: String,
@@ -68,10 +71,11 @@ pub fn up(opts: UpOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             zonescaler_shared::limits::SHARDS_MAX
         );
     }
-    if usize::from(opts.port) + opts.shards > usize::from(u16::MAX)
-        || usize::from(opts.link_port) + opts.shards > usize::from(u16::MAX)
+    if [opts.port, opts.link_port, opts.metrics_port]
+        .iter()
+        .any(|p| usize::from(*p) + opts.shards > usize::from(u16::MAX))
     {
-        bail!("--port / --link-port + --shards runs past port 65535");
+        bail!("--port / --link-port / --metrics-port + --shards runs past port 65535");
     }
     // Validate before starting anything, so a bad config is one clear line, not a child's crash.
     zonescaler_shared::config::WorldConfig::load(&opts.world)?;
@@ -106,6 +110,16 @@ fn run(
         Ok(s) => s,
         Err(_) => random_secret()?,
     };
+    // The operator's API token (player lookups), readable by this user only.
+    write_private(
+        &opts.run_dir.join("api.token"),
+        &zonescaler_shared::token::api_token(secret.as_bytes()),
+    )?;
+    // A login key for this local cluster: shards get the public half, the bots (and
+    // `zonescaler ticket`) mint tickets with the private one, as a game's account service would.
+    let (login_key, login_pub) = (opts.run_dir.join("login.key"), opts.run_dir.join("login.pub"));
+    zonescaler_shared::ticket::TicketSigner::generate_files("local", &login_key, &login_pub)
+        .context("cannot make the cluster's login key")?;
     let master_links = format!("{}:{}", opts.host, opts.link_port);
     for i in 0..opts.shards {
         let addr = format!("{}:{}", opts.host, opts.port + i as u16);
@@ -122,6 +136,12 @@ fn run(
             .arg("--tls-key")
             .arg(&cluster_key)
             .arg("--exit-with-parent")
+            .arg("--login-keys")
+            .arg(&login_pub)
+            .args([
+                "--metrics",
+                &format!("{}:{}", opts.host, opts.metrics_port + i as u16),
+            ])
             .env("ZONESCALER_CLUSTER_SECRET", &secret)
             .stdin(Stdio::piped());
         if opts.shards > 1 {

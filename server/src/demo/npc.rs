@@ -1,15 +1,15 @@
 //! Wandering NPCs, so a shard has load and something to watch without any client.
 
-use crate::app::{Plugin, ShardApp, ShardSystems};
-use crate::commands::GameCommands;
-use crate::components::{MoveTarget, Networked, Owned, Position};
+use super::Damage;
+use crate::core::commands::GameCommands;
+use crate::core::components::{MoveTarget, Networked, Owned, Position};
+use crate::core::resources::{Config, IdAllocator, ShardRng};
+use crate::core::space::Space;
+use crate::core::{Plugin, ShardApp, ShardSystems};
 use crate::interest::{AoiGrid, Frame};
-use crate::proxy::Space;
-use crate::resources::{Config, IdAllocator, ShardRng};
 use bevy_ecs::prelude::*;
 use glam::Vec3;
 use zonescaler_shared::components::Kind;
-use zonescaler_shared::protocol::CommandKind;
 use zonescaler_shared::rng::Rng;
 
 /// Marks an NPC that picks a new random target when it arrives at its current one.
@@ -25,55 +25,60 @@ pub struct NpcPlugin;
 
 impl Plugin for NpcPlugin {
     fn build(&self, app: &mut ShardApp) {
-        let cfg = app.world.resource::<Config>().0.clone();
-        // NPCs start only in cells this shard owns; the RNG is taken out and put back so the
-        // draws stay part of the shard's one deterministic sequence.
-        let mut rng = std::mem::replace(&mut app.world.resource_mut::<ShardRng>().0, Rng::new(0));
-        // `npc.count` is for the whole world: each shard places its share by the area it owns,
-        // so the same world has the same NPCs on one shard or on many.
-        let wanted = {
-            let space = app.world.resource::<Space>();
-            let world_area = space.grid().world().area();
-            let owned: f32 = space
-                .map
-                .cells_of(space.me)
-                .map(|c| space.grid().rect(c).area())
-                .sum();
-            ((cfg.npc.count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round()
-                as usize
-        };
-        let mut placed = 0;
-        for _ in 0..wanted {
-            let Some(p) = app.world.resource::<Space>().random_owned_point(&mut rng) else {
-                break;
-            };
-            let id = app.world.resource_mut::<IdAllocator>().allocate();
-            app.world.spawn((
-                Networked(id),
-                Owned,
-                Position(p),
-                MoveTarget {
-                    target: p,
-                    speed_mps: cfg.npc.speed_mps,
-                },
-                Wander,
-                Kind::Npc,
-            ));
-            placed += 1;
-        }
-        app.world.resource_mut::<ShardRng>().0 = rng;
-        if placed < wanted {
-            tracing::warn!(
-                placed,
-                wanted,
-                "this shard owns too little of the world to place every NPC"
-            );
-        }
+        app.add_startup_systems(spawn_npcs);
         app.add_systems(
             ShardSystems::Simulate,
             (adopt_npcs, wander, npc_attacks)
                 .chain()
-                .before(crate::movement::move_entities),
+                .before(crate::core::movement::move_entities),
+        );
+    }
+}
+
+/// Startup: this shard's share of `[npc] count`, in the cells it owns. `npc.count` is for the
+/// whole world: each shard places its share by the area it owns, so the same world has the
+/// same NPCs on one shard or on many.
+pub fn spawn_npcs(world: &mut World) {
+    let cfg = world.resource::<Config>().0.clone();
+    // The RNG is taken out and put back so the draws stay part of the shard's one
+    // deterministic sequence.
+    let mut rng = std::mem::replace(&mut world.resource_mut::<ShardRng>().0, Rng::new(0));
+    let wanted = {
+        let space = world.resource::<Space>();
+        let world_area = space.grid().world().area();
+        let owned: f32 = space
+            .map
+            .cells_of(space.me)
+            .map(|c| space.grid().rect(c).area())
+            .sum();
+        ((cfg.npc.count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round()
+            as usize
+    };
+    let mut placed = 0;
+    for _ in 0..wanted {
+        let Some(p) = world.resource::<Space>().random_owned_point(&mut rng) else {
+            break;
+        };
+        let id = world.resource_mut::<IdAllocator>().allocate();
+        world.spawn((
+            Networked(id),
+            Owned,
+            Position(p),
+            MoveTarget {
+                target: p,
+                speed_mps: cfg.npc.speed_mps,
+            },
+            Wander,
+            Kind::Npc,
+        ));
+        placed += 1;
+    }
+    world.resource_mut::<ShardRng>().0 = rng;
+    if placed < wanted {
+        tracing::warn!(
+            placed,
+            wanted,
+            "this shard owns too little of the world to place every NPC"
         );
     }
 }
@@ -144,7 +149,7 @@ pub fn npc_attacks(
             .filter(|i| frame.ids[*i as usize] != net.0)
             .min_by(|a, b| d2(*a).total_cmp(&d2(*b)));
         if let Some(i) = target {
-            out.send(frame.ids[i as usize], CommandKind::Damage { hp: 1 });
+            out.send_from(net.0, frame.ids[i as usize], Damage { hp: 1 });
         }
     }
 }

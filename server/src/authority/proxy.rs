@@ -6,146 +6,26 @@
 //! leaves the border zone or is despawned. One tick's upserts and removes for one neighbour
 //! travel as one `ProxyBatch` message. The receiving shard keeps the proxy as an ordinary
 //! networked entity without `Owned`, so clients near the border see it through the normal AOI
-//! and snapshots, and no simulation system (all of which filter on `Owned`) moves it. Messages
-//! carry the cell-map epoch; one sent under another epoch is dropped.
+//! and snapshots, and no simulation system (all of which filter on `Owned`) moves it. Its
+//! replicated components are held typed, so a neighbour's system reads a proxy's `Health` as a
+//! `Health`. Messages carry the cell-map epoch; one sent under another epoch is dropped.
 
-use crate::boundary::{BoundaryIndex, NearLists, OwnedCore};
-use crate::components::{Generation, NetIndex, Networked, Owned, Position, ReplicatedComponents};
-use crate::handoff::InTransit;
-use crate::resources::Config;
+use crate::core::boundary::NearLists;
+use crate::core::components::{
+    Generation, InTransit, NetIndex, Networked, Owned, Position, Proxy, ReplicatedComponents,
+};
+use crate::core::registry::apply_replicated;
+use crate::core::resources::{Config, ShardOutbox, TickClock};
+use crate::core::space::Space;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use tracing::warn;
-use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
-use zonescaler_shared::protocol::{
-    CellMapView, LeafView, PROXY_BATCH_ENTRIES_MAX, ProxyBatch, ProxyUpdate, ShardMessage,
-};
+use zonescaler_shared::protocol::{PROXY_BATCH_ENTRIES_MAX, ProxyBatch, ProxyUpdate, ShardMessage};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{NetId, ShardId};
-
-/// This shard's place in the cluster's space.
-#[derive(Resource, Debug)]
-pub struct Space {
-    pub me: ShardId,
-    pub map: CellMap,
-    pub boundary: BoundaryIndex,
-    /// Whether any cell belongs to another shard (if not, there is nothing to mirror).
-    pub has_neighbours: bool,
-    /// The bulk of this shard's region, for [`Self::owner_at`].
-    core: OwnedCore,
-}
-
-impl Space {
-    /// A point in a cell this shard owns, drawn from `rng` (64 tries; `None` if the shard owns
-    /// (almost) nothing).
-    pub fn random_owned_point(&self, rng: &mut zonescaler_shared::rng::Rng) -> Option<glam::Vec3> {
-        let w = self.grid().world();
-        (0..64).find_map(|_| {
-            let p = [
-                rng.range_f32(w.min[0], w.max[0]),
-                rng.range_f32(w.min[1], w.max[1]),
-            ];
-            self.owns(p).then(|| glam::Vec3::new(p[0], 0.0, p[1]))
-        })
-    }
-
-    pub fn new(me: ShardId, map: CellMap) -> Self {
-        let boundary = BoundaryIndex::new(&map);
-        let has_neighbours = map.leaves().values().any(|s| *s != me);
-        let core = boundary.owned_core(me);
-        Self {
-            me,
-            map,
-            boundary,
-            has_neighbours,
-            core,
-        }
-    }
-
-    /// Whether this shard owns the leaf under `p`.
-    pub fn owns(&self, p: [f32; 2]) -> bool {
-        self.owner_at(p) == Some(self.me)
-    }
-
-    /// The owner of the leaf under `p`: `map.owner_at(p)`, answered without the descent
-    /// through the map where it can be: inside the bulk of this shard's region (four
-    /// comparisons per block), else from the base-cell table where one shard owns the whole
-    /// base cell (the common case, and the only one on an unsplit map).
-    pub fn owner_at(&self, p: [f32; 2]) -> Option<ShardId> {
-        // The index is built with the map; a map changed in place (not through `Space::new`)
-        // is answered by the map alone.
-        if self.boundary.epoch() == self.map.epoch() {
-            if self.core.contains(p) {
-                return Some(self.me);
-            }
-            if let Some(owner) = self.boundary.base_owner_at(p) {
-                return Some(owner);
-            }
-        }
-        self.map.owner_at(p)
-    }
-
-    pub fn grid(&self) -> &CellGrid {
-        self.map.grid()
-    }
-
-    /// The map as clients get it (no leaves if it is too big to send).
-    pub fn client_view(&self) -> CellMapView {
-        let leaves = self.map.leaves();
-        let leaves = if leaves.len() > zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX {
-            Vec::new()
-        } else {
-            leaves
-                .iter()
-                .map(|(cell, shard)| {
-                    let r = self.grid().rect(*cell);
-                    LeafView {
-                        rect: [r.min[0], r.min[1], r.max[0], r.max[1]],
-                        shard: *shard,
-                    }
-                })
-                .filter(|l| l.rect[2] > l.rect[0] && l.rect[3] > l.rect[1])
-                .collect()
-        };
-        CellMapView {
-            epoch: self.map.epoch().0,
-            leaves,
-        }
-    }
-}
-
-/// A read-only copy of an entity `owner` simulates.
-#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Proxy {
-    pub owner: ShardId,
-}
-
-/// Shard-link messages for the next `Receive`, as (sender, bytes). Filled by a link driver.
-#[derive(Resource, Debug, Default)]
-pub struct ShardInbox {
-    pub messages: Vec<(ShardId, Bytes)>,
-    /// Messages that did not decode (a link error).
-    pub refused: u64,
-    /// Messages sent under another cell-map epoch, or stale for another reason (a proxy update
-    /// from a former owner, an answer to a handoff no longer in flight). Each entry of a
-    /// `ProxyBatch` counts as one message.
-    pub stale: u64,
-}
-
-/// Shard-link messages to send, as (recipient, bytes).
-#[derive(Resource, Debug, Default)]
-pub struct ShardOutbox {
-    pub messages: Vec<(ShardId, Bytes)>,
-}
-
-/// The change tick at which `receive_shard_messages` last ran: the only legitimate writer of a
-/// proxy. Anything that changes a proxy after it is a bug ([`forbid_proxy_writes`]).
-#[derive(Resource, Debug, Default)]
-pub struct ProxyApplyTick(pub Option<bevy_ecs::change_detection::Tick>);
 
 /// What this shard has mirrored to each neighbour, by entity.
 #[derive(Resource, Debug, Default)]
@@ -188,57 +68,12 @@ pub struct Mirrored {
     pub seen: u64,
 }
 
-/// `Receive`: apply every shard-link message in arrival order (links are ordered, and a handoff
-/// answer must be applied before a proxy update sent after it). Exclusive, so each message sees
-/// the world as the previous one left it: a proxy spawned by one message is there for the next.
-pub fn receive_shard_messages(
-    world: &mut World,
-    proxies: &mut QueryState<ProxyParts>,
-    mut hints: Local<ProxyHints>,
-) {
-    let hints = &mut *hints;
-    let this_run = world.change_tick();
-    world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
-    let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
-    let epoch = world.resource::<Space>().map.epoch().0;
-    for (from, bytes) in messages {
-        let msg = match codec::decode_shard_message(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                world.resource_mut::<ShardInbox>().refused += 1;
-                warn!(from = from.0, error = %e, "shard message refused");
-                continue;
-            }
-        };
-        let stale = match msg {
-            ShardMessage::ProxyBatch(batch) if batch.epoch == epoch => {
-                let mut stale = 0;
-                for u in batch.upserts {
-                    if let Some(u) = refresh_proxy(world, proxies, hints, from, u) {
-                        stale += u64::from(!upsert_proxy(world, from, u));
-                    }
-                }
-                for (id, generation) in batch.removes {
-                    hints.0.remove(&id);
-                    stale += u64::from(!remove_proxy(world, from, id, generation));
-                }
-                stale
-            }
-            ShardMessage::ProxyBatch(batch) => batch.len() as u64,
-            other => u64::from(!crate::handoff::on_message(world, from, other)),
-        };
-        if stale > 0 {
-            world.resource_mut::<ShardInbox>().stale += stale;
-        }
-    }
-}
-
 /// Where the proxies refreshed lately are: a guess, checked against the entity's `Networked`
 /// before use, that saves the [`NetIndex`] lookup (SipHash) for the hundreds of proxies a
 /// neighbour refreshes every tick. Entries of proxies gone are dropped with their remove, and
 /// all at once should the map ever outgrow the shard's entities (a proxy despawned otherwise).
 #[derive(Debug, Default)]
-pub struct ProxyHints(HashMap<NetId, Entity, BuildHasherDefault<NetIdHasher>>);
+pub struct ProxyHints(pub(crate) HashMap<NetId, Entity, BuildHasherDefault<NetIdHasher>>);
 
 /// What `receive_shard_messages` reads and writes on a proxy it refreshes.
 pub type ProxyParts = (
@@ -246,13 +81,12 @@ pub type ProxyParts = (
     &'static Proxy,
     &'static Generation,
     &'static mut Position,
-    &'static mut ReplicatedComponents,
 );
 
 /// The common case of [`upsert_proxy`], through a cached query: the proxy exists, is `from`'s,
-/// and at `p`'s generation, so only its position and maybe components change. Gives `p` back for
-/// every other case.
-fn refresh_proxy(
+/// and at `p`'s generation, and only its position changed. Gives `p` back for every other case
+/// (components changed too: their typed values need the world).
+pub(crate) fn refresh_proxy(
     world: &mut World,
     proxies: &mut QueryState<ProxyParts>,
     hints: &mut ProxyHints,
@@ -274,40 +108,39 @@ fn refresh_proxy(
         }
     };
     let found = proxies.get_mut(world, e);
-    let Some((_, proxy, generation, mut pos, mut cache)) = found.ok().filter(|f| f.0.0 == p.id)
+    let Some((_, proxy, generation, mut pos)) = found.ok().filter(|f| f.0.0 == p.id)
     else {
         // Despawned, or no longer a proxy: the general path decides.
         hints.0.remove(&p.id);
         return Some(p);
     };
-    if proxy.owner != from || generation.0 != p.generation {
+    if proxy.owner != from || generation.0 != p.generation || p.components.is_some() {
         return Some(p);
     }
     *pos = Position(p.pos.to_vec3());
-    if let Some(blobs) = p.components {
-        cache.blobs = blobs;
-        cache.rev = p.rev;
-    }
     None
 }
 
 /// Create or refresh the proxy of `p.id`. Refused (false) when this shard owns the entity, or
 /// already has it from a newer owner generation.
-fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyUpdate) -> bool {
+pub(crate) fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyUpdate) -> bool {
     let pos = Position(p.pos.to_vec3());
     let existing = world.resource::<NetIndex>().0.get(&p.id).copied();
     let Some(e) = existing else {
-        let cache = ReplicatedComponents {
-            rev: p.rev,
-            blobs: p.components.unwrap_or_default(),
-        };
-        world.spawn((
-            Networked(p.id),
-            pos,
-            cache,
-            Generation(p.generation),
-            Proxy { owner: from },
-        ));
+        let blobs = p.components.unwrap_or_default();
+        let e = world
+            .spawn((
+                Networked(p.id),
+                pos,
+                ReplicatedComponents {
+                    rev: p.rev,
+                    blobs: blobs.clone(),
+                },
+                Generation(p.generation),
+                Proxy { owner: from },
+            ))
+            .id();
+        apply_replicated(world, e, &blobs);
         return true;
     };
     let mut entity = world.entity_mut(e);
@@ -331,18 +164,21 @@ fn upsert_proxy(world: &mut World, from: ShardId, p: ProxyUpdate) -> bool {
             entity.insert(pos);
         }
     }
-    if let Some(blobs) = p.components
-        && let Some(mut cache) = entity.get_mut::<ReplicatedComponents>()
-    {
-        cache.blobs = blobs;
+    if let Some(mut cache) = entity.get_mut::<ReplicatedComponents>() {
         cache.rev = p.rev;
+    }
+    if let Some(blobs) = p.components {
+        if let Some(mut cache) = entity.get_mut::<ReplicatedComponents>() {
+            cache.blobs = blobs.clone();
+        }
+        apply_replicated(world, e, &blobs);
     }
     true
 }
 
 /// Despawn the proxy of `id` if it is `from`'s at `generation` (a remove from a former owner
 /// must not delete the copy the new owner keeps fresh).
-fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool {
+pub(crate) fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool {
     let Some(e) = world.resource::<NetIndex>().0.get(&id).copied() else {
         return false;
     };
@@ -355,25 +191,6 @@ fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generation: u32) ->
         world.despawn(e);
     }
     matches
-}
-
-/// `Ownership`, debug builds only: proxies are read-only. A system that wrote a proxy's position
-/// (instead of sending a command to its owner) fails here, loudly, with `error[Z0001]`
-/// (`docs/errors/Z0001.md`). Spawns by the link (added and changed at once) are not writes.
-pub fn forbid_proxy_writes(
-    applied: Res<ProxyApplyTick>,
-    proxies: Query<(&Networked, &Proxy, Ref<Position>)>,
-) {
-    let Some(at) = applied.0 else { return };
-    for (net, proxy, pos) in &proxies {
-        if pos.is_changed_after(at) && pos.added() != pos.last_changed() {
-            panic!(
-                "error[Z0001]: a system wrote the position of {}, a read-only proxy of shard {}'s \
-                 entity; send the owner a command instead. See docs/errors/Z0001.md",
-                net.0, proxy.owner.0
-            );
-        }
-    }
 }
 
 /// What [`mirror_proxies`] keeps between ticks.
@@ -428,7 +245,7 @@ pub fn mirror_proxies(
         ),
         Or<(With<Owned>, With<InTransit>)>,
     >,
-    clock: Res<crate::resources::TickClock>,
+    clock: Res<TickClock>,
 ) {
     if !space.has_neighbours {
         return;

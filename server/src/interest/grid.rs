@@ -6,8 +6,8 @@
 //! visits the 3×3 grid cells around its avatar and returns frame indices in `NetId` order, which
 //! is the order the delta encoder merges in.
 
-use crate::components::{Networked, Position, ReplicatedComponents};
-use crate::resources::Config;
+use crate::core::components::{Networked, Position, ReplicatedComponents};
+use crate::core::resources::{Config, ShardStats};
 use bevy_ecs::prelude::*;
 use zonescaler_shared::NetId;
 use zonescaler_shared::limits;
@@ -34,6 +34,7 @@ impl Frame {
 /// `Interest`: flatten positions and replication revisions into the frame.
 pub fn build_frame(
     mut frame: ResMut<Frame>,
+    mut stats: ResMut<ShardStats>,
     q: Query<(Entity, &Networked, &Position, &ReplicatedComponents)>,
 ) {
     let frame = &mut *frame;
@@ -56,6 +57,7 @@ pub fn build_frame(
         frame.xz.push(xz);
         frame.revs.push(rev);
     }
+    stats.entities = frame.ids.len();
 }
 
 /// A uniform grid of frame indices (counting sort by cell).

@@ -12,15 +12,37 @@
 //!   [`limits::SHARD_DEAD_AFTER_MS`] is marked dead (reported by the API and logged; recovering
 //!   its cells is failover, not built yet).
 //! - **Player directory**: which shard each logged-in player is on, from the arrivals and
-//!   departures in the heartbeats.
+//!   departures in the heartbeats, and the logins it granted. A login claims its account here
+//!   first ([`Master::request`]): one session per account, cluster-wide; a second one takes the
+//!   first over or is refused (`[login] duplicate`).
+//! - **Messages to players**: a tell goes to the shard the directory has the player on (or back
+//!   to its sender as "not online"); a shout goes to every live shard.
+//! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
+use zonescaler_shared::config::DuplicateLogin;
 use zonescaler_shared::limits;
-use zonescaler_shared::protocol::{JoinRequest, MapPush, MemberInfo, ShardLoad};
+use zonescaler_shared::protocol::{
+    CellLoad, ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo,
+    MessageScope, PlayerMessage, ShardLoad,
+};
+use zonescaler_shared::{CellId, ShardId};
+
+/// Events the master keeps for the dashboard (oldest forgotten first).
+pub const EVENTS_MAX: usize = 256;
+
+/// Something that happened to the cluster, for people to read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterEvent {
+    /// The master's clock (Unix milliseconds in production).
+    pub at_ms: u64,
+    /// `joined`, `placed`, `dead`.
+    pub kind: &'static str,
+    pub text: String,
+}
 
 /// One member as the master knows it.
 #[derive(Clone, Debug)]
@@ -54,6 +76,9 @@ pub struct Master {
     map: Option<CellMap>,
     /// Shared with the views handed out (copied only when it changes while one holds it).
     players: Arc<BTreeMap<String, ShardId>>,
+    duplicate: DuplicateLogin,
+    events: VecDeque<ClusterEvent>,
+    now_ms: u64,
 }
 
 impl Master {
@@ -75,7 +100,27 @@ impl Master {
             members,
             map: None,
             players: Arc::default(),
+            duplicate: DuplicateLogin::default(),
+            events: VecDeque::new(),
+            now_ms,
         }
+    }
+
+    /// The rule for a second login of a playing account (`[login] duplicate`).
+    pub fn with_duplicate_rule(mut self, rule: DuplicateLogin) -> Self {
+        self.duplicate = rule;
+        self
+    }
+
+    fn event(&mut self, kind: &'static str, text: String) {
+        if self.events.len() >= EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(ClusterEvent {
+            at_ms: self.now_ms,
+            kind,
+            text,
+        });
     }
 
     /// Admit a shard; its id.
@@ -90,6 +135,11 @@ impl Master {
             return Err(JoinRefused::BadWeight(req.weight));
         }
         let id = ShardId(self.members.keys().next_back().map_or(0, |last| last.0 + 1));
+        self.now_ms = now_ms;
+        self.event(
+            "joined",
+            format!("shard {} joined from {}", id.0, req.client_addr),
+        );
         self.members.insert(
             id,
             Member {
@@ -97,6 +147,7 @@ impl Master {
                     id,
                     client_addr: req.client_addr,
                     link_addr: req.link_addr,
+                    metrics_addr: req.metrics_addr,
                     weight: req.weight,
                 },
                 alive: true,
@@ -121,6 +172,15 @@ impl Master {
             .collect();
         let map = assign_contiguous(&self.grid, &weights)?;
         let push = Self::push_of(&map, &self.members);
+        self.event(
+            "placed",
+            format!(
+                "epoch {}: {} cells placed on {} shards",
+                map.epoch().0,
+                map.leaves().len(),
+                self.members.len()
+            ),
+        );
         self.map = Some(map);
         Ok(push)
     }
@@ -169,6 +229,7 @@ impl Master {
 
     /// Mark members silent for too long as dead; the ones newly marked.
     pub fn check_liveness(&mut self, now_ms: u64) -> Vec<ShardId> {
+        self.now_ms = now_ms;
         let mut dead = Vec::new();
         for m in self.members.values_mut() {
             if m.alive && now_ms.saturating_sub(m.last_heard_ms) > limits::SHARD_DEAD_AFTER_MS {
@@ -176,7 +237,105 @@ impl Master {
                 dead.push(m.info.id);
             }
         }
+        for id in &dead {
+            self.event(
+                "dead",
+                format!(
+                    "shard {} silent for {} ms: declared dead",
+                    id.0,
+                    limits::SHARD_DEAD_AFTER_MS
+                ),
+            );
+        }
         dead
+    }
+
+    /// A shard's request: the notices to send, to whom.
+    pub fn request(
+        &mut self,
+        from: ShardId,
+        req: MasterRequest,
+        now_ms: u64,
+    ) -> Vec<(ShardId, MasterNotice)> {
+        self.now_ms = now_ms;
+        match req {
+            MasterRequest::Claim { account, session } => self.claim(from, account, session),
+            MasterRequest::Tell { to, msg } => match self.players.get(&to) {
+                Some(&holder) => vec![(
+                    holder,
+                    MasterNotice::Deliver {
+                        to: Some(to),
+                        msg,
+                    },
+                )],
+                None if msg.from.is_empty() => Vec::new(),
+                None => vec![(
+                    from,
+                    MasterNotice::Deliver {
+                        to: Some(msg.from.clone()),
+                        msg: PlayerMessage {
+                            from: String::new(),
+                            text: format!("no player named {to} is online"),
+                            scope: MessageScope::Tell,
+                        },
+                    },
+                )],
+            },
+            MasterRequest::Shout(msg) => self
+                .members
+                .values()
+                .filter(|m| m.alive)
+                .map(|m| {
+                    (
+                        m.info.id,
+                        MasterNotice::Deliver {
+                            to: None,
+                            msg: msg.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// One session per account: a login on `from` may play `account` unless it plays elsewhere
+    /// and the rule refuses a second session.
+    fn claim(
+        &mut self,
+        from: ShardId,
+        account: String,
+        session: u64,
+    ) -> Vec<(ShardId, MasterNotice)> {
+        let answer = |outcome| MasterNotice::Claim {
+            account: account.clone(),
+            session,
+            outcome,
+        };
+        let holder = self
+            .players
+            .get(&account)
+            .copied()
+            .filter(|s| self.members.get(s).is_some_and(|m| m.alive));
+        let mut out = Vec::new();
+        let outcome = match (holder, self.duplicate) {
+            (Some(_), DuplicateLogin::Refuse) => return vec![(from, answer(ClaimOutcome::InUse))],
+            (Some(old), DuplicateLogin::Takeover) => {
+                out.push((
+                    old,
+                    MasterNotice::Kick {
+                        account: account.clone(),
+                    },
+                ));
+                ClaimOutcome::TookOver
+            }
+            (None, _) => ClaimOutcome::Granted,
+        };
+        let players = Arc::make_mut(&mut self.players);
+        if players.len() < limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX {
+            players.insert(account.clone(), from);
+        }
+        out.push((from, answer(outcome)));
+        out
     }
 
     /// The shard a player is on, per the directory.
@@ -186,6 +345,47 @@ impl Master {
 
     /// What `GET /api/cluster` returns.
     pub fn view(&self) -> ClusterView {
+        let mut view = self.shard_view();
+        view.cells = self.cell_views();
+        view.events = self.events.iter().cloned().collect();
+        let w = self.grid.world();
+        view.world = WorldView {
+            min_x: w.min[0],
+            min_z: w.min[1],
+            max_x: w.max[0],
+            max_z: w.max[1],
+        };
+        view
+    }
+
+    /// Every leaf of the map with its owner and what the owner last reported of it.
+    fn cell_views(&self) -> Vec<CellView> {
+        let Some(map) = &self.map else {
+            return Vec::new();
+        };
+        let loads: BTreeMap<CellId, CellLoad> = self
+            .members
+            .values()
+            .flat_map(|m| m.load.cells.iter().map(|c| (c.cell, *c)))
+            .collect();
+        map.leaves()
+            .iter()
+            .map(|(cell, shard)| {
+                let r = self.grid.rect(*cell);
+                let load = loads.get(cell);
+                CellView {
+                    id: cell.to_string(),
+                    level: cell.level,
+                    rect: [r.min[0], r.min[1], r.max[0], r.max[1]],
+                    shard: shard.0,
+                    entities: load.map_or(0, |l| l.entities),
+                    clients: load.map_or(0, |l| l.clients),
+                }
+            })
+            .collect()
+    }
+
+    fn shard_view(&self) -> ClusterView {
         let cells_of = |id: ShardId| {
             self.map
                 .as_ref()
@@ -198,6 +398,7 @@ impl Master {
                 id: m.info.id.0,
                 addr: m.info.client_addr.clone(),
                 link_addr: m.info.link_addr.clone(),
+                metrics_addr: m.info.metrics_addr.clone(),
                 alive: m.alive,
                 weight: m.info.weight,
                 cells: cells_of(m.info.id),
@@ -224,6 +425,7 @@ impl Master {
             players: self.players.len(),
             shards,
             directory: self.players.clone(),
+            ..ClusterView::default()
         }
     }
 }
@@ -241,7 +443,13 @@ pub struct ClusterView {
     pub handoffs_total: u64,
     /// Players in the directory.
     pub players: usize,
+    /// The world rectangle, in metres.
+    pub world: WorldView,
     pub shards: Vec<ShardView>,
+    /// Every leaf of the cell map.
+    pub cells: Vec<CellView>,
+    /// The latest cluster events, oldest first.
+    pub events: Vec<ClusterEvent>,
     /// The player directory itself (name → shard), for `GET /api/players/{name}`; not part of
     /// `/api/cluster`, which stays the same size however many players log in.
     #[serde(skip)]
@@ -275,12 +483,37 @@ impl ClusterView {
     }
 }
 
+/// The world rectangle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct WorldView {
+    pub min_x: f32,
+    pub min_z: f32,
+    pub max_x: f32,
+    pub max_z: f32,
+}
+
+/// One leaf of the cell map.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CellView {
+    /// `L{level}({column},{row})`.
+    pub id: String,
+    pub level: u8,
+    /// `[min_x, min_z, max_x, max_z]`, metres.
+    pub rect: [f32; 4],
+    pub shard: u16,
+    /// Entities the owner simulates in it, and players among them (at its last heartbeat).
+    pub entities: u32,
+    pub clients: u32,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ShardView {
     pub id: u16,
     /// Where its clients connect.
     pub addr: String,
     pub link_addr: String,
+    /// Where it serves `/metrics` (empty when it does not).
+    pub metrics_addr: String,
     pub alive: bool,
     pub weight: u32,
     pub cells: usize,
@@ -305,6 +538,7 @@ mod tests {
             id: ShardId(0),
             client_addr: addr.into(),
             link_addr: addr.into(),
+            metrics_addr: String::new(),
             weight: 1,
         }
     }
@@ -313,8 +547,160 @@ mod tests {
         JoinRequest {
             client_addr: addr.into(),
             link_addr: addr.into(),
+            metrics_addr: String::new(),
             weight,
         }
+    }
+
+    fn placed_pair(rule: DuplicateLogin) -> Master {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let mut m = Master::new(grid, 2, info("a"), 0).with_duplicate_rule(rule);
+        m.join(join("b", 1), 0).expect("join");
+        m.place().expect("placement");
+        m
+    }
+
+    fn claim(m: &mut Master, from: u16, account: &str, session: u64) -> Vec<(ShardId, MasterNotice)> {
+        m.request(
+            ShardId(from),
+            MasterRequest::Claim {
+                account: account.into(),
+                session,
+            },
+            10,
+        )
+    }
+
+    #[test]
+    fn one_session_per_account_takes_over_or_refuses_by_the_rule() {
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        let granted = claim(&mut m, 1, "ann", 7);
+        assert_eq!(
+            granted,
+            vec![(
+                ShardId(1),
+                MasterNotice::Claim {
+                    account: "ann".into(),
+                    session: 7,
+                    outcome: ClaimOutcome::Granted
+                }
+            )]
+        );
+        assert_eq!(m.player("ann"), Some(ShardId(1)), "a granted claim holds the account");
+        let again = claim(&mut m, 0, "ann", 3);
+        assert_eq!(
+            again,
+            vec![
+                (
+                    ShardId(1),
+                    MasterNotice::Kick {
+                        account: "ann".into()
+                    }
+                ),
+                (
+                    ShardId(0),
+                    MasterNotice::Claim {
+                        account: "ann".into(),
+                        session: 3,
+                        outcome: ClaimOutcome::TookOver
+                    }
+                )
+            ],
+            "the old session is kicked and the new one plays"
+        );
+        assert_eq!(m.player("ann"), Some(ShardId(0)));
+
+        let mut m = placed_pair(DuplicateLogin::Refuse);
+        claim(&mut m, 1, "ann", 7);
+        assert_eq!(
+            claim(&mut m, 0, "ann", 3),
+            vec![(
+                ShardId(0),
+                MasterNotice::Claim {
+                    account: "ann".into(),
+                    session: 3,
+                    outcome: ClaimOutcome::InUse
+                }
+            )],
+            "refused, and the first session is left alone"
+        );
+        assert_eq!(m.player("ann"), Some(ShardId(1)));
+    }
+
+    #[test]
+    fn tells_go_where_the_player_is_and_shouts_everywhere() {
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        claim(&mut m, 1, "ann", 7);
+        let msg = |from: &str| PlayerMessage {
+            from: from.into(),
+            text: "hi".into(),
+            scope: MessageScope::Tell,
+        };
+        assert_eq!(
+            m.request(
+                ShardId(0),
+                MasterRequest::Tell {
+                    to: "ann".into(),
+                    msg: msg("bob")
+                },
+                20
+            ),
+            vec![(
+                ShardId(1),
+                MasterNotice::Deliver {
+                    to: Some("ann".into()),
+                    msg: msg("bob")
+                }
+            )]
+        );
+        let nobody = m.request(
+            ShardId(0),
+            MasterRequest::Tell {
+                to: "zed".into(),
+                msg: msg("bob"),
+            },
+            20,
+        );
+        assert!(
+            matches!(&nobody[..], [(ShardId(0), MasterNotice::Deliver { to: Some(b), msg })]
+                if b == "bob" && msg.text.contains("no player named zed")),
+            "the sender learns nobody of that name is online: {nobody:?}"
+        );
+        let shout = m.request(ShardId(1), MasterRequest::Shout(msg("ann")), 20);
+        assert_eq!(shout.len(), 2, "every live shard: {shout:?}");
+    }
+
+    #[test]
+    fn the_view_lists_every_cell_with_its_owner_and_load_and_the_events() {
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        let leaves: Vec<(CellId, ShardId)> = m
+            .map()
+            .expect("placed")
+            .leaves()
+            .iter()
+            .map(|(c, s)| (*c, *s))
+            .collect();
+        let (busy, owner) = leaves[0];
+        m.heartbeat(
+            owner,
+            ShardLoad {
+                cells: vec![CellLoad {
+                    cell: busy,
+                    entities: 12,
+                    clients: 3,
+                }],
+                ..ShardLoad::default()
+            },
+            5,
+        );
+        let v = m.view();
+        assert_eq!(v.cells.len(), leaves.len());
+        let c = v.cells.iter().find(|c| c.id == busy.to_string()).expect("listed");
+        assert_eq!((c.shard, c.entities, c.clients), (owner.0, 12, 3));
+        assert!(c.rect[2] > c.rect[0] && c.rect[3] > c.rect[1]);
+        assert_eq!(v.world.min_x, -1024.0);
+        let kinds: Vec<&str> = v.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["joined", "placed"]);
     }
 
     #[test]

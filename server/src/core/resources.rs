@@ -1,8 +1,12 @@
-//! Resources of a shard world: clock, randomness, id allocation, the network boundary, stats.
+//! Resources of a shard world: clock, randomness, id allocation, the network boundary (clients,
+//! shard links, the master), stats.
 
 use bevy_ecs::prelude::*;
 use std::collections::BTreeMap;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
 use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_shared::protocol::{MasterNotice, MasterRequest};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::ErrorCode;
 use zonescaler_shared::rng::Rng;
@@ -133,11 +137,90 @@ pub struct ShardStats {
     pub redirects: u64,
     /// Clients that arrived with a valid redirect token.
     pub redirected_in: u64,
+    /// Game commands clients sent (queued for their avatars' owners) and dropped over the
+    /// per-tick bound.
+    pub client_commands: u64,
+    pub client_commands_dropped: u64,
+    /// Chat lines dropped over the per-second bound.
+    pub says_dropped: u64,
+    /// Messages delivered to players here (tells, shouts, chat).
+    pub messages_delivered: u64,
+    /// Client messages that did not decode (each closed its connection).
+    pub decode_errors: u64,
     pub closed: BTreeMap<&'static str, u64>,
 }
 
 impl ShardStats {
     pub fn count_close(&mut self, code: ErrorCode) {
         *self.closed.entry(code.as_str()).or_default() += 1;
+    }
+}
+
+/// Shard-link messages for the next `Receive`, as (sender, bytes). Filled by a link driver.
+#[derive(Resource, Debug, Default)]
+pub struct ShardInbox {
+    pub messages: Vec<(ShardId, Bytes)>,
+    /// Messages that did not decode (a link error).
+    pub refused: u64,
+    /// Messages sent under another cell-map epoch, or stale for another reason (a proxy update
+    /// from a former owner, an answer to a handoff no longer in flight). Each entry of a
+    /// `ProxyBatch` counts as one message.
+    pub stale: u64,
+}
+
+/// Shard-link messages to send, as (recipient, bytes).
+#[derive(Resource, Debug, Default)]
+pub struct ShardOutbox {
+    pub messages: Vec<(ShardId, Bytes)>,
+}
+
+/// Requests for the master (login claims, tells, shouts), drained by whoever carries them: the
+/// runtime over the link to the master (or straight into it on the master's own shard), the
+/// simulator into its master. Bounded by what one tick produces (logins and messages are).
+#[derive(Resource, Debug, Default)]
+pub struct MasterOutbox(pub Vec<MasterRequest>);
+
+/// The master's answers and orders, for the next `Receive`.
+#[derive(Resource, Debug, Default)]
+pub struct MasterInbox(pub Vec<MasterNotice>);
+
+/// Whether this shard is one of several: its logins are claimed with the master and its messages
+/// to players are routed through it. A lone shard (one-shard world) answers both itself.
+#[derive(Resource, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMode(pub bool);
+
+/// The change tick at which the link messages were last applied (the only legitimate writer of
+/// a proxy). Anything that changes a proxy's replicated state after it is a bug (`error[Z0001]`).
+#[derive(Resource, Debug, Default)]
+pub struct ProxyApplyTick(pub Option<bevy_ecs::change_detection::Tick>);
+
+/// Handoffs this shard took part in, for its load report and metrics.
+#[derive(Resource, Debug)]
+pub struct HandoffStats {
+    pub started: u64,
+    /// Handoffs this shard completed as source (acked).
+    pub out: u64,
+    /// Handoffs this shard accepted as target.
+    pub accepted: u64,
+    pub refused_sent: u64,
+    pub refused_received: u64,
+    pub cancels_sent: u64,
+    /// Milliseconds from the source freezing an entity to this shard simulating it.
+    pub transit_ms: Histogram<u64>,
+}
+
+impl Default for HandoffStats {
+    fn default() -> Self {
+        Self {
+            started: 0,
+            out: 0,
+            accepted: 0,
+            refused_sent: 0,
+            refused_received: 0,
+            cancels_sent: 0,
+            // 1 ms .. 1 h, 2 significant digits: static bounds, cannot fail.
+            transit_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
+                .expect("invariant: valid static bounds"),
+        }
     }
 }

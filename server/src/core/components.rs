@@ -1,4 +1,8 @@
-//! Components every networked entity of a shard carries.
+//! Components every networked entity of a shard carries, and the markers of who simulates it.
+//!
+//! An entity is in exactly one authority state on a shard: [`Owned`] (simulated here, the only
+//! writer), [`InTransit`] (frozen while its handoff to a neighbour is answered) or [`Proxy`] (a
+//! read-only copy of a neighbour's entity). Game systems filter on [`OwnedOnly`].
 
 use bevy_ecs::lifecycle::HookContext;
 use bevy_ecs::prelude::*;
@@ -7,11 +11,11 @@ use glam::Vec3;
 use std::collections::HashMap;
 use zonescaler_shared::protocol::ComponentBlob;
 use zonescaler_shared::quant::QPos;
-use zonescaler_shared::{CellId, ConnId, NetId};
+use zonescaler_shared::{CellId, ConnId, NetId, ShardId};
 
 /// Marks an entity as networked and gives its cluster-wide id. Requires the replication cache.
 /// An entity this shard simulates also carries [`Owned`]; a neighbour's copy carries
-/// [`crate::proxy::Proxy`] instead.
+/// [`Proxy`] instead.
 ///
 /// Every `Networked` entity is in the [`NetIndex`] (kept by this component's hooks), so a message
 /// naming a `NetId` finds its entity, owned or proxy, without a scan.
@@ -54,6 +58,38 @@ pub struct Generation(pub u32);
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owned;
 
+/// The query filter for a game system that writes: the entities this shard simulates.
+/// `Query<&mut Health, OwnedOnly>` never touches a neighbour's read-only proxy (which debug
+/// builds refuse with `error[Z0001]`) nor an entity frozen in a handoff.
+pub type OwnedOnly = With<Owned>;
+
+/// A read-only copy of an entity `owner` simulates. Its replicated components are kept current
+/// by the owner's updates, as typed components: a system may read a proxy's `Health` as a
+/// `Health`, and act on it only through a command to the owner.
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proxy {
+    pub owner: ShardId,
+}
+
+/// Frozen on the source while its handoff is answered: not simulated (no `Owned`), not a proxy.
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InTransit {
+    pub to: ShardId,
+    /// The generation the target takes it at.
+    pub generation: u32,
+    pub since_tick: u64,
+    pub cancel_sent: bool,
+}
+
+/// A handed-off player avatar whose client has not arrived with its token yet. Inputs forwarded
+/// by the source drive it meanwhile; past `limits::REDIRECT_WAIT_MS` it is despawned.
+#[derive(Component, Clone, Debug, PartialEq, Eq)]
+pub struct AwaitingClient {
+    pub name: String,
+    pub since_ms: u64,
+    pub last_input_seq: u32,
+}
+
 /// Authoritative position in metres (x, z on the ground, y height).
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq)]
 pub struct Position(pub Vec3);
@@ -68,6 +104,12 @@ impl Position {
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Avatar {
     pub conn: ConnId,
+}
+
+/// The account a player's avatar belongs to (server-side; not replicated).
+#[derive(Component, Clone, Debug, PartialEq, Eq)]
+pub struct Player {
+    pub account: String,
 }
 
 /// Where a moving entity is heading, and how fast it may go (metres per second).
@@ -100,5 +142,14 @@ impl ReplicatedComponents {
             Err(i) => self.blobs.insert(i, ComponentBlob { kind, bytes }),
         }
         self.rev = self.rev.wrapping_add(1);
+    }
+
+    /// Drop the blob of `kind` (its component was removed); bumps `rev` if there was one, so
+    /// clients and proxies learn of the removal like of any change.
+    pub fn remove(&mut self, kind: u8) {
+        if let Ok(i) = self.blobs.binary_search_by_key(&kind, |b| b.kind) {
+            self.blobs.remove(i);
+            self.rev = self.rev.wrapping_add(1);
+        }
     }
 }

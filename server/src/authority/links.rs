@@ -1,0 +1,67 @@
+//! `Receive` for shard links: every message from a neighbour, in arrival order.
+
+use super::handoff;
+use super::proxy::{ProxyHints, ProxyParts, refresh_proxy, remove_proxy, upsert_proxy};
+use crate::core::resources::{ProxyApplyTick, ShardInbox};
+use crate::core::space::Space;
+use bevy_ecs::prelude::*;
+use tracing::warn;
+use zonescaler_shared::ShardId;
+use zonescaler_shared::codec;
+use zonescaler_shared::protocol::{ProxyBatch, ShardMessage};
+
+/// `Receive`: apply every shard-link message in arrival order (links are ordered, and a handoff
+/// answer must be applied before a proxy update sent after it). Exclusive, so each message sees
+/// the world as the previous one left it: a proxy spawned by one message is there for the next.
+pub fn receive_shard_messages(
+    world: &mut World,
+    proxies: &mut QueryState<ProxyParts>,
+    mut hints: Local<ProxyHints>,
+) {
+    let hints = &mut *hints;
+    let this_run = world.change_tick();
+    world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
+    let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
+    let epoch = world.resource::<Space>().map.epoch().0;
+    for (from, bytes) in messages {
+        let msg = match codec::decode_shard_message(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                world.resource_mut::<ShardInbox>().refused += 1;
+                warn!(from = from.0, error = %e, "shard message refused");
+                continue;
+            }
+        };
+        let stale = match msg {
+            ShardMessage::ProxyBatch(batch) if batch.epoch == epoch => {
+                apply_batch(world, proxies, hints, from, batch)
+            }
+            ShardMessage::ProxyBatch(batch) => batch.len() as u64,
+            other => u64::from(!handoff::on_message(world, from, other)),
+        };
+        if stale > 0 {
+            world.resource_mut::<ShardInbox>().stale += stale;
+        }
+    }
+}
+
+/// One neighbour's proxy batch: upserts, then removes. The entries it refused as stale.
+fn apply_batch(
+    world: &mut World,
+    proxies: &mut QueryState<ProxyParts>,
+    hints: &mut ProxyHints,
+    from: ShardId,
+    batch: ProxyBatch,
+) -> u64 {
+    let mut stale = 0;
+    for u in batch.upserts {
+        if let Some(u) = refresh_proxy(world, proxies, hints, from, u) {
+            stale += u64::from(!upsert_proxy(world, from, u));
+        }
+    }
+    for (id, generation) in batch.removes {
+        hints.0.remove(&id);
+        stale += u64::from(!remove_proxy(world, from, id, generation));
+    }
+    stale
+}

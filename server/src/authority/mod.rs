@@ -1,0 +1,39 @@
+//! Authority: who simulates each entity, and how that changes.
+//!
+//! - [`handoff`]: an owned entity that walks into a neighbour's cell is handed to it, with its
+//!   replicated and migrating state, and its player's client follows.
+//! - [`proxy`]: owned entities near a border are mirrored to the neighbour as read-only proxies.
+//! - [`commands`]: a command for an entity reaches its owner, wherever that is.
+//! - [`links`]: every message from a neighbour shard, applied in arrival order.
+
+pub mod commands;
+pub mod handoff;
+pub mod links;
+pub mod proxy;
+
+use crate::core::commands::CommandSystems;
+use crate::core::{Plugin, ReceiveSteps, ShardApp, ShardSystems};
+use bevy_ecs::prelude::*;
+
+/// Handoffs, proxies and command routing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuthorityPlugin;
+
+impl Plugin for AuthorityPlugin {
+    fn build(&self, app: &mut ShardApp) {
+        app.world.init_resource::<proxy::Mirrors>();
+        app.world.init_resource::<handoff::HandoffState>();
+        app.world.init_resource::<handoff::OutgoingOffers>();
+        app.add_systems_raw(links::receive_shard_messages.in_set(ReceiveSteps::Links));
+        app.add_systems_raw(commands::deliver_commands.in_set(CommandSystems::Route));
+        app.add_systems(
+            ShardSystems::Ownership,
+            (
+                (handoff::start_handoffs, handoff::send_offers).chain(),
+                handoff::cancel_late_handoffs,
+                handoff::expire_awaiting_clients,
+            ),
+        );
+        app.add_systems(ShardSystems::Replicate, proxy::mirror_proxies);
+    }
+}

@@ -1,0 +1,402 @@
+//! Logins: `Hello` → who the client is → may that account play → where its avatar is.
+//!
+//! 1. The protocol hash must be the game's client hash.
+//! 2. A redirect token (from another shard of the cluster) binds the client to the avatar it
+//!    names (after a handoff) or spawns it where the token says (a login that came in through
+//!    another shard, whose account was claimed there). Nothing else is asked.
+//! 3. Otherwise the account comes from the login ticket, checked against the configured login
+//!    keys (a server without keys takes the name in `Hello`: development only), and so does the
+//!    spawn point, if the game's account service chose one.
+//! 4. The account is claimed: with the master in a cluster (one session per account, cluster
+//!    wide; the answer comes back as a `MasterNotice::Claim`), in [`Sessions`] on a lone shard.
+//!    A second session takes over or is refused, by `[login] duplicate`.
+//! 5. The avatar spawns at the spawn point, or the login is redirected, with a signed spawn
+//!    grant, to the shard that owns that point.
+
+use super::directory::{ClusterDirectory, LoginPolicy};
+use super::{Closing, Phase, Refusal, send_control};
+use crate::core::components::{
+    Avatar, AwaitingClient, InTransit, MoveTarget, NetIndex, Networked, Owned, Player, Position,
+    Proxy,
+};
+use crate::core::registry::GameRegistry;
+use crate::core::resources::{ClusterMode, Config, IdAllocator, MasterOutbox, ShardRng, TickClock};
+use crate::core::space::Space;
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemParam;
+use glam::Vec3;
+use tracing::info;
+use zonescaler_shared::config::DuplicateLogin;
+use zonescaler_shared::protocol::{
+    ErrorCode, Hello, MasterRequest, ServerControl, Welcome,
+};
+use zonescaler_shared::quant::QPos;
+use zonescaler_shared::token::GrantKind;
+use zonescaler_shared::{ConnId, NetId, ShardId, limits};
+
+/// What a login needs besides the connection.
+#[derive(SystemParam)]
+pub struct Login<'w, 's> {
+    pub clock: Res<'w, TickClock>,
+    config: Res<'w, Config>,
+    space: Res<'w, Space>,
+    registry: Res<'w, GameRegistry>,
+    directory: Res<'w, ClusterDirectory>,
+    policy: Res<'w, LoginPolicy>,
+    cluster: Res<'w, ClusterMode>,
+    ids: ResMut<'w, IdAllocator>,
+    rng: ResMut<'w, ShardRng>,
+    master: ResMut<'w, MasterOutbox>,
+    index: Res<'w, NetIndex>,
+    entities: Query<
+        'w,
+        's,
+        (
+            &'static Position,
+            Option<&'static AwaitingClient>,
+            Option<&'static Proxy>,
+            Option<&'static InTransit>,
+        ),
+    >,
+    /// Handed-off avatars bound this tick (the binding is deferred, so a second token for the
+    /// same avatar in the same tick must see it taken).
+    claimed: Local<'s, Vec<Entity>>,
+    claimed_tick: Local<'s, u64>,
+}
+
+/// A `Hello`: only once, only with the game's protocol hash.
+pub fn on_hello(
+    conn: ConnId,
+    hello: Hello,
+    closing: &mut Closing,
+    login: &mut Login,
+) -> Result<(), Refusal> {
+    let Some(client) = closing.clients.0.get(&conn) else {
+        return Ok(());
+    };
+    if !matches!(client.phase, Phase::AwaitHello { .. }) {
+        return Err((
+            ErrorCode::Unexpected,
+            "second Hello on one connection".into(),
+        ));
+    }
+    let expected = login.registry.protocol.client_hash();
+    if hello.protocol_hash != expected {
+        return Err((
+            ErrorCode::ProtocolMismatch,
+            format!(
+                "protocol hash {:016x}, shard has {expected:016x}",
+                hello.protocol_hash
+            ),
+        ));
+    }
+    if let Some(token) = &hello.token {
+        return on_token(conn, token, closing, login);
+    }
+    let (account, spawn) = identify(&hello, login)?;
+    if let Some(c) = closing.clients.0.get_mut(&conn) {
+        c.name = account.clone();
+    }
+    if login.cluster.0 {
+        if !may_wait_for_claim(closing) {
+            return Err((
+                ErrorCode::ServerFull,
+                format!(
+                    "{} logins are waiting for the master already",
+                    limits::LOGINS_PENDING_MAX
+                ),
+            ));
+        }
+        login.master.0.push(MasterRequest::Claim {
+            account,
+            session: conn.0,
+        });
+        if let Some(c) = closing.clients.0.get_mut(&conn) {
+            c.phase = Phase::AwaitClaim {
+                since_tick: login.clock.tick.0,
+                spawn,
+            };
+        }
+        return Ok(());
+    }
+    claim_locally(conn, &account, login.policy.duplicate, closing)?;
+    finish_login(conn, spawn, closing, login)
+}
+
+/// The account and spawn point of a login without a token: from the ticket when the server has
+/// login keys, from `Hello.name` when it has none.
+fn identify(hello: &Hello, login: &Login) -> Result<(String, Option<QPos>), Refusal> {
+    let keys = &login.policy.keys;
+    if keys.is_empty() {
+        if hello.name.is_empty() {
+            return Err((ErrorCode::BadMessage, "Hello without a name".into()));
+        }
+        return Ok((hello.name.clone(), None));
+    }
+    let Some(ticket) = &hello.ticket else {
+        return Err((
+            ErrorCode::BadTicket,
+            "this server needs a login ticket from the game's account service".into(),
+        ));
+    };
+    let t = keys
+        .verify(ticket, login.clock.now_ms)
+        .map_err(|e| (ErrorCode::BadTicket, e.to_string()))?;
+    Ok((t.account, t.spawn))
+}
+
+/// The lone shard's rule for a second session of one account.
+fn claim_locally(
+    conn: ConnId,
+    account: &str,
+    rule: DuplicateLogin,
+    closing: &mut Closing,
+) -> Result<(), Refusal> {
+    if let Some(&old) = closing.sessions.0.get(account)
+        && old != conn
+    {
+        match rule {
+            DuplicateLogin::Refuse => {
+                return Err((
+                    ErrorCode::AccountInUse,
+                    format!("account {account:?} is already playing"),
+                ));
+            }
+            DuplicateLogin::Takeover => closing.close(
+                old,
+                ErrorCode::SessionTakenOver,
+                format!("account {account:?} logged in again elsewhere"),
+            ),
+        }
+    }
+    closing.sessions.0.insert(account.to_owned(), conn);
+    Ok(())
+}
+
+/// The master answered the claim of `conn`'s login: play (`granted`) or refuse.
+pub fn on_claim_answer(
+    conn: ConnId,
+    account: &str,
+    granted: bool,
+    closing: &mut Closing,
+    login: &mut Login,
+) {
+    let spawn = match closing.clients.0.get(&conn) {
+        Some(c) if c.name == account => match &c.phase {
+            Phase::AwaitClaim { spawn, .. } => *spawn,
+            _ => return,
+        },
+        // That login is gone (the client left while waiting).
+        _ => return,
+    };
+    let outcome = if granted {
+        finish_login(conn, spawn, closing, login)
+    } else {
+        Err((
+            ErrorCode::AccountInUse,
+            format!("account {account:?} is already playing"),
+        ))
+    };
+    if let Err((code, reason)) = outcome {
+        closing.close(conn, code, reason);
+    }
+}
+
+/// Where a new player starts: the ticket's point clamped to the world, else a random point this
+/// shard owns.
+fn spawn_point(hint: Option<QPos>, login: &mut Login) -> Vec3 {
+    let w = &login.config.0.world;
+    match hint.map(|q| q.to_vec3()).filter(|p| p.is_finite()) {
+        Some(p) => Vec3::new(
+            p.x.clamp(w.min_x, w.max_x),
+            0.0,
+            p.z.clamp(w.min_z, w.max_z),
+        ),
+        None => login
+            .space
+            .random_owned_point(&mut login.rng.0)
+            .unwrap_or_else(|| {
+                Vec3::new(
+                    login.rng.0.range_f32(w.min_x, w.max_x),
+                    0.0,
+                    login.rng.0.range_f32(w.min_z, w.max_z),
+                )
+            }),
+    }
+}
+
+/// Spawn the avatar of a claimed login, or send it to the shard that owns its spawn point.
+fn finish_login(
+    conn: ConnId,
+    hint: Option<QPos>,
+    closing: &mut Closing,
+    login: &mut Login,
+) -> Result<(), Refusal> {
+    let spawn = spawn_point(hint, login);
+    let Some(account) = closing.clients.0.get(&conn).map(|c| c.name.clone()) else {
+        return Ok(());
+    };
+    if let Some(owner) = login.space.map.owner_at([spawn.x, spawn.z])
+        && owner != login.space.me
+    {
+        let what = GrantKind::Spawn {
+            name: account,
+            spawn: QPos::quantize(spawn),
+        };
+        redirect(conn, owner, what, closing, login);
+        return Ok(());
+    }
+    let id = login.ids.allocate();
+    let speed = login.config.0.simulation.max_speed_mps;
+    let avatar = closing
+        .commands
+        .spawn((
+            Networked(id),
+            Owned,
+            Position(spawn),
+            MoveTarget {
+                target: spawn,
+                speed_mps: speed,
+            },
+            Avatar { conn },
+            Player {
+                account: account.clone(),
+            },
+        ))
+        .id();
+    welcome(conn, avatar, id, spawn, closing, login);
+    Ok(())
+}
+
+/// Send the client to shard `to` with a signed grant; it keeps this connection until it is
+/// welcomed there.
+fn redirect(conn: ConnId, to: ShardId, what: GrantKind, closing: &mut Closing, login: &Login) {
+    let r = login.directory.redirect(to, what, login.clock.now_ms);
+    if let Some(c) = closing.clients.0.get_mut(&conn) {
+        if matches!(c.phase, Phase::AwaitClaim { .. }) {
+            // The master noted the account here; the shard it goes to reports its arrival.
+            closing.players.left(&c.name);
+        }
+        c.phase = Phase::Redirected { avatar: None, to };
+    }
+    closing.stats.redirects += 1;
+    send_control(conn, &ServerControl::Redirect(r), &mut closing.outbox);
+}
+
+/// The client plays `avatar`: tell it so, with the world it plays in and the cell map.
+fn welcome(
+    conn: ConnId,
+    avatar: Entity,
+    id: NetId,
+    at: Vec3,
+    closing: &mut Closing,
+    login: &Login,
+) {
+    let Some(client) = closing.clients.0.get_mut(&conn) else {
+        return;
+    };
+    client.phase = Phase::Playing { avatar, id };
+    if let Some(v) = closing.viewers.0.get_mut(&conn) {
+        v.view = Some(avatar);
+    }
+    closing.players.arrived(&client.name);
+    info!(conn = conn.0, name = %client.name, avatar = %id, "client logged in");
+    let cfg = &login.config.0;
+    let w = &cfg.world;
+    let welcome = ServerControl::Welcome(Welcome {
+        avatar: id,
+        spawn: QPos::quantize(at),
+        tick: login.clock.tick.0,
+        tick_hz: cfg.simulation.tick_hz as u16,
+        protocol_hash: login.registry.protocol.client_hash(),
+        bounds: [w.min_x, w.min_z, w.max_x, w.max_z],
+        max_speed_mps: cfg.simulation.max_speed_mps,
+        aoi_radius_m: cfg.interest.aoi_radius_m,
+    });
+    send_control(conn, &welcome, &mut closing.outbox);
+    send_control(
+        conn,
+        &ServerControl::CellMap(login.space.client_view()),
+        &mut closing.outbox,
+    );
+}
+
+/// A `Hello` with a redirect token from another shard.
+fn on_token(
+    conn: ConnId,
+    token: &[u8],
+    closing: &mut Closing,
+    login: &mut Login,
+) -> Result<(), Refusal> {
+    let grant = login
+        .directory
+        .key
+        .verify(token, login.space.me, login.clock.now_ms)
+        .map_err(|e| (ErrorCode::BadToken, e.to_string()))?;
+    let id = match grant.what {
+        GrantKind::Spawn { name, spawn } => {
+            if let Some(c) = closing.clients.0.get_mut(&conn) {
+                c.name = name;
+            }
+            return finish_login(conn, Some(spawn), closing, login);
+        }
+        GrantKind::Avatar(id) => id,
+    };
+    if *login.claimed_tick != login.clock.tick.0 {
+        login.claimed.clear();
+        *login.claimed_tick = login.clock.tick.0;
+    }
+    let found = login
+        .index
+        .0
+        .get(&id)
+        .and_then(|e| login.entities.get(*e).ok().map(|q| (*e, q)));
+    match found {
+        Some((e, (pos, Some(awaiting), _, _))) if !login.claimed.contains(&e) => {
+            login.claimed.push(e);
+            let (name, seq, at) = (awaiting.name.clone(), awaiting.last_input_seq, pos.0);
+            if let Some(c) = closing.clients.0.get_mut(&conn) {
+                c.name = name;
+            }
+            if let Some(v) = closing.viewers.0.get_mut(&conn) {
+                v.last_input_seq = seq;
+            }
+            closing
+                .commands
+                .entity(e)
+                .remove::<AwaitingClient>()
+                .insert(Avatar { conn });
+            closing.stats.redirected_in += 1;
+            welcome(conn, e, id, at, closing, login);
+            Ok(())
+        }
+        // It moved on before its client arrived: follow it.
+        Some((_, (_, None, Some(proxy), _))) => {
+            redirect(conn, proxy.owner, GrantKind::Avatar(id), closing, login);
+            Ok(())
+        }
+        Some((_, (_, None, None, Some(transit)))) => {
+            redirect(conn, transit.to, GrantKind::Avatar(id), closing, login);
+            Ok(())
+        }
+        _ => Err((
+            ErrorCode::BadToken,
+            format!("avatar {id} is not waiting for a client here"),
+        )),
+    }
+}
+
+/// Logins waiting for the master's answer about their account.
+pub fn pending_logins(closing: &Closing) -> usize {
+    closing
+        .clients
+        .0
+        .values()
+        .filter(|c| matches!(c.phase, Phase::AwaitClaim { .. }))
+        .count()
+}
+
+/// Whether another login may wait for the master now (at most [`limits::LOGINS_PENDING_MAX`]).
+fn may_wait_for_claim(closing: &Closing) -> bool {
+    pending_logins(closing) < limits::LOGINS_PENDING_MAX
+}

@@ -1,0 +1,16 @@
+//! The cluster: membership and the master role, forming, and what a formed shard carries on its
+//! links.
+//!
+//! - [`master`]: a pure state machine of membership, placement, liveness, the player directory
+//!   and message routing, driven by joins, heartbeats, requests and the clock.
+//! - [`forming`]: joining or gathering a cluster as a state machine of link events and actions,
+//!   driven over QUIC by the runtime and over the seeded network by the simulator.
+//! - [`node`]: a formed shard's links during play.
+
+pub mod forming;
+pub mod master;
+pub mod node;
+
+pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
+pub use master::{ClusterView, Master};
+pub use node::Node;

@@ -1,0 +1,61 @@
+//! Authority over movement: targets become bounded steps, and every owned entity knows its cell.
+//!
+//! A mover heads for its `MoveTarget` at most `speed × dt` per tick and never leaves the world
+//! (inputs set avatars' targets in the client plugin; NPCs' are set by the game).
+
+use super::components::{InCell, MoveTarget, Owned, Position};
+use super::resources::{Config, TickClock};
+use super::space::Grid;
+use bevy_ecs::prelude::*;
+use glam::Vec3;
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::limits;
+
+/// Is `p` a position inside the world rectangle (and a sane height)?
+pub fn in_world(cfg: &WorldConfig, p: Vec3) -> bool {
+    let w = &cfg.world;
+    p.is_finite()
+        && (w.min_x..=w.max_x).contains(&p.x)
+        && (w.min_z..=w.max_z).contains(&p.z)
+        && p.y.abs() <= limits::WORLD_EXTENT_M_MAX
+}
+
+/// `Simulate`: step every owned mover towards its target, never faster than its speed, never out
+/// of the world.
+pub fn move_entities(
+    mut movers: Query<(&mut Position, &MoveTarget), With<Owned>>,
+    clock: Res<TickClock>,
+    config: Res<Config>,
+) {
+    let w = &config.0.world;
+    for (mut pos, mt) in &mut movers {
+        let to = mt.target - pos.0;
+        let dist = to.length();
+        if dist <= f32::EPSILON {
+            continue;
+        }
+        let step = mt.speed_mps * clock.dt;
+        let mut next = if dist <= step {
+            mt.target
+        } else {
+            pos.0 + to * (step / dist)
+        };
+        next.x = next.x.clamp(w.min_x, w.max_x);
+        next.z = next.z.clamp(w.min_z, w.max_z);
+        pos.0 = next;
+    }
+}
+
+/// `Ownership`: keep each owned entity's base cell current.
+pub fn update_cells(
+    mut commands: Commands,
+    q: Query<(Entity, &Position, Option<&InCell>), (With<Owned>, Changed<Position>)>,
+    grid: Res<Grid>,
+) {
+    for (e, p, cell) in &q {
+        let now = grid.0.base_cell_at([p.0.x, p.0.z]);
+        if cell.map(|c| c.0) != Some(now) {
+            commands.entity(e).insert(InCell(now));
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The HTTP API and the live map, served on `--http` (the master's is the one with a view).
+//!
+//! - `GET /` (and `/dashboard/app.js`, `/dashboard/style.css`): the live map of the world, static
+//!   files compiled into the binary; the page polls `/api/cluster`.
+//! - `GET /api/cluster`: the master's view as JSON (no player names in it).
+//! - `GET /api/players/{name}`: which shard the directory says a player is on, and that shard's
+//!   client address; 404 if no such player is logged in. It tells anyone who can ask where a
+//!   named player is, so it needs the operator's API token (`Authorization: Bearer TOKEN`,
+//!   derived from the cluster secret; `zonescaler up` writes it to its run directory): 401
+//!   without it.
+//!
+//! Both API routes answer 503 on a shard without the master role (or before the cluster formed).
+
+use crate::cluster::ClusterView;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, Mutex, PoisonError};
+use tracing::error;
+
+/// The view the API serves, replaced by the tick thread whenever the master's changes.
+pub type SharedView = Arc<Mutex<Option<ClusterView>>>;
+
+/// Serve the API and the dashboard until the runtime stops.
+pub async fn serve_http(listener: tokio::net::TcpListener, view: SharedView, api_token: String) {
+    if let Err(e) = axum::serve(listener, router(view, api_token)).await {
+        error!(error = %e, "HTTP API stopped");
+    }
+}
+
+fn no_master() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "error": "this shard does not hold the master role (or the cluster has not formed yet); ask shard 0"
+        })),
+    )
+        .into_response()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(serde_json::json!({
+            "error": "player lookups need the operator's API token: Authorization: Bearer TOKEN (zonescaler up writes it to api.token in its run directory)"
+        })),
+    )
+        .into_response()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    !token.is_empty() && ring::constant_time::verify_slices_are_equal(given.trim().as_bytes(), token.as_bytes()).is_ok()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The routes.
+pub fn router(view: SharedView, api_token: String) -> axum::Router {
+    let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let cluster = current.clone();
+    let token = Arc::new(api_token);
+    axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|| async {
+                asset("text/html; charset=utf-8", crate::runtime::dashboard::INDEX_HTML)
+            }),
+        )
+        .route(
+            "/dashboard/app.js",
+            axum::routing::get(|| async {
+                asset("text/javascript; charset=utf-8", crate::runtime::dashboard::APP_JS)
+            }),
+        )
+        .route(
+            "/dashboard/style.css",
+            axum::routing::get(|| async {
+                asset("text/css; charset=utf-8", crate::runtime::dashboard::STYLE_CSS)
+            }),
+        )
+        .route(
+            "/api/cluster",
+            axum::routing::get(move || {
+                let v = cluster();
+                async move {
+                    match v {
+                        Some(v) => axum::Json(v).into_response(),
+                        None => no_master(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/players/{name}",
+            axum::routing::get(move |Path(name): Path<String>, headers: HeaderMap| {
+                let allowed = authorized(&headers, &token);
+                let v = current();
+                async move {
+                    if !allowed {
+                        return unauthorized();
+                    }
+                    match v {
+                        None => no_master(),
+                        Some(v) => match v.player(&name) {
+                            Some(p) => axum::Json(p).into_response(),
+                            None => (
+                                StatusCode::NOT_FOUND,
+                                axum::Json(serde_json::json!({
+                                    "error": format!("no player named {name:?} is logged in")
+                                })),
+                            )
+                                .into_response(),
+                        },
+                    }
+                }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Master;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zonescaler_shared::ShardId;
+    use zonescaler_shared::cellmap::CellGrid;
+    use zonescaler_shared::config::WorldConfig;
+    use zonescaler_shared::protocol::{JoinRequest, MemberInfo, ShardLoad};
+
+    /// `GET path` over a real TCP connection, with an optional bearer token: (status, body).
+    async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("request sent");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("response read");
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn the_api_says_which_shard_a_player_is_on_to_the_operator_only() {
+        let view: SharedView = Arc::new(Mutex::new(None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(serve_http(listener, view.clone(), "s3cret".into()));
+        let op = Some("s3cret");
+
+        let (status, body) = get(addr, "/api/players/ann", op).await;
+        assert_eq!(status, 503, "no master view yet: {body}");
+
+        let me = MemberInfo {
+            id: ShardId(0),
+            client_addr: "127.0.0.1:4433".into(),
+            link_addr: "127.0.0.1:5433".into(),
+            metrics_addr: String::new(),
+            weight: 1,
+        };
+        let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
+        let joined = m
+            .join(
+                JoinRequest {
+                    client_addr: "127.0.0.1:4434".into(),
+                    link_addr: "127.0.0.1:5434".into(),
+                    metrics_addr: String::new(),
+                    weight: 1,
+                },
+                0,
+            )
+            .expect("joins");
+        m.place().expect("placed");
+        m.heartbeat(
+            joined,
+            ShardLoad {
+                players_arrived: vec!["ann".into()],
+                ..ShardLoad::default()
+            },
+            10,
+        );
+        *view.lock().expect("not poisoned") = Some(m.view());
+
+        let (status, body) = get(addr, "/api/players/ann", None).await;
+        assert_eq!(status, 401, "no token, no lookup: {body}");
+        assert!(body.contains("API token"), "{body}");
+        let (status, _) = get(addr, "/api/players/ann", Some("wrong")).await;
+        assert_eq!(status, 401, "a wrong token is no token");
+
+        let (status, body) = get(addr, "/api/players/ann", op).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["shard"], 1, "{body}");
+        assert_eq!(v["addr"], "127.0.0.1:4434", "{body}");
+
+        let (status, body) = get(addr, "/api/players/bob", op).await;
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body.contains("no player named \\\"bob\\\" is logged in"),
+            "{body}"
+        );
+
+        let (status, body) = get(addr, "/api/cluster", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("\"players\":1") && !body.contains("ann"),
+            "the cluster view counts players without listing them: {body}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["cells"].as_array().map(Vec::len), Some(64), "{body}");
+
+        let (status, body) = get(addr, "/", None).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("<html"), "the dashboard page: {body}");
+    }
+}

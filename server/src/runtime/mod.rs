@@ -1,0 +1,649 @@
+//! The production runtime: the only code that touches the OS clock, sockets and threads.
+//!
+//! A tokio runtime runs the QUIC driver, the shard links and the HTTP API; the calling thread
+//! paces ticks at `tick_hz`, moves transport events into the shard's inboxes, runs the schedule,
+//! and hands the outboxes to the drivers. If a tick overruns, the next starts at once; if the
+//! loop falls more than a few ticks behind it skips ahead (and says so) rather than spiralling.
+//!
+//! - [`run_shard`]: one shard process ([`Shard::start`] → [`Shard::run`] → shutdown).
+//! - [`cli`]: the command line every game binary gets (`main_with`).
+//! - [`up`]: a local cluster as supervised child processes.
+//! - [`http`]: the HTTP API and the dashboard; [`metrics`]: Prometheus metrics.
+
+pub mod cli;
+pub mod dashboard;
+pub mod http;
+pub mod metrics;
+pub mod up;
+
+use crate::app::GameSetup;
+use crate::client::{ClusterDirectory, LoginPolicy};
+use crate::cluster::{FormAction, FormEvent, Formed, Forming, Node};
+use crate::core::ShardApp;
+use crate::core::resources::ClusterMode;
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use http::SharedView;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+use zonescaler_net::link::{ClusterAuth, ClusterLinks, LinkEvent, LinkEvents};
+use zonescaler_net::quic::{QuicEvents, QuicServer};
+use zonescaler_net::tls::ServerIdentity;
+use zonescaler_shared::ShardId;
+use zonescaler_shared::cellmap::CellGrid;
+use zonescaler_shared::codec;
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::{ErrorCode, JoinRequest};
+use zonescaler_shared::ticket::LoginKeys;
+use zonescaler_shared::token::TokenKey;
+
+/// How to run one shard process.
+#[derive(Clone)]
+pub struct ShardOptions {
+    pub config: WorldConfig,
+    pub listen: SocketAddr,
+    /// Write the shard's certificate (PEM) here once it listens, for clients to trust.
+    pub cert_out: Option<PathBuf>,
+    /// How often to log tick statistics.
+    pub stats_every: Duration,
+    /// Told the bound address once the shard listens (tests bind port 0 and need to know).
+    pub ready: Option<std::sync::mpsc::Sender<SocketAddr>>,
+    /// Run as a member of a multi-shard cluster.
+    pub cluster: Option<ClusterOptions>,
+    /// Serve the HTTP API and the dashboard here (the master's has the cluster's view).
+    pub http: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) here.
+    pub metrics: Option<SocketAddr>,
+    /// Worker threads of the network runtime (QUIC for clients and links, HTTP); the tick runs
+    /// on its own thread besides these. See [`NET_THREADS_DEFAULT`].
+    pub net_threads: usize,
+    /// The game: what every shard app of this process is built with.
+    pub game: GameSetup,
+}
+
+impl std::fmt::Debug for ShardOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardOptions")
+            .field("listen", &self.listen)
+            .field("cluster", &self.cluster)
+            .field("http", &self.http)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardOptions {
+    /// Options for a lone shard of `game` on `listen`, everything else off.
+    pub fn new(config: WorldConfig, listen: SocketAddr, game: GameSetup) -> Self {
+        Self {
+            config,
+            listen,
+            cert_out: None,
+            stats_every: Duration::from_secs(10),
+            ready: None,
+            cluster: None,
+            http: None,
+            metrics: None,
+            net_threads: NET_THREADS_DEFAULT,
+            game,
+        }
+    }
+}
+
+/// Network worker threads of a shard that has the machine to itself. Shards sharing a machine
+/// (`zonescaler up --shards N`) run one each: idle workers of many runtimes waking one another
+/// cost more in context switches than a second worker gains.
+pub const NET_THREADS_DEFAULT: usize = 2;
+/// The most network worker threads a shard accepts.
+pub const NET_THREADS_MAX: usize = 64;
+/// How long forming the cluster may take before the process gives up.
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Who this process is in the cluster.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Hold the master role and wait for this many shards (itself included).
+    Master { expect_shards: usize },
+    /// Join the cluster whose master's links are at this address.
+    Join { master: SocketAddr },
+}
+
+/// How a shard takes part in a cluster.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub role: Role,
+    /// UDP address for shard links.
+    pub link_listen: SocketAddr,
+    /// Capacity weight (share of the cells).
+    pub weight: u32,
+    /// The cluster secret: proves membership on links and signs redirect tokens.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("role", &self.role)
+            .field("link_listen", &self.link_listen)
+            .field("weight", &self.weight)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the cluster clock (token expiry, time in transit).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Run a shard until `stop` is set (or Ctrl-C / SIGTERM arrives).
+pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    if !(1..=NET_THREADS_MAX).contains(&opts.net_threads) {
+        bail!(
+            "network threads must be 1..={NET_THREADS_MAX} (got {})",
+            opts.net_threads
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.net_threads)
+        .thread_name("zs-net")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let _guard = rt.enter();
+    spawn_signal_watch(&rt, stop.clone());
+    let Some(mut shard) = Shard::start(&rt, opts, &stop)? else {
+        return Ok(());
+    };
+    shard.run(&stop);
+    shard.shutdown(&rt);
+    Ok(())
+}
+
+/// A running shard process: its app, its transports, its place in the cluster.
+pub struct Shard {
+    app: ShardApp,
+    server: QuicServer,
+    events: QuicEvents,
+    node: Option<Node>,
+    view: SharedView,
+    addr: SocketAddr,
+    stats_every: Duration,
+    metrics: Option<metrics::ShardMetrics>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    /// Bind the transports, form the cluster (if any), build the app. `None`: stopped while
+    /// forming.
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        opts: ShardOptions,
+        stop: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Option<Self>> {
+        let keys = login_keys(&opts.config)?;
+        let identity = match (&opts.config.tls.cert_pem, &opts.config.tls.key_pem) {
+            (Some(c), Some(k)) => ServerIdentity::from_pem_files(c, k)?,
+            _ => ServerIdentity::self_signed(&["localhost", "127.0.0.1"])?,
+        };
+        let (server, events) = QuicServer::bind(opts.listen, &identity)
+            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        let addr = server.local_addr();
+        let metrics = opts.metrics.map(metrics::ShardMetrics::install).transpose()?;
+        let metrics_addr = metrics.as_ref().map(|m| m.addr().to_string());
+        let view: SharedView = Arc::new(Mutex::new(None));
+        if let Some(http) = opts.http {
+            let token = opts
+                .cluster
+                .as_ref()
+                .map(|c| zonescaler_shared::token::api_token(&c.secret))
+                .unwrap_or_default();
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(http))
+                .with_context(|| format!("cannot serve HTTP on {http}"))?;
+            println!(
+                "zonescaler: dashboard on http://{0}/ (API: http://{0}/api/cluster)",
+                listener.local_addr()?
+            );
+            rt.spawn(http::serve_http(listener, view.clone(), token));
+        }
+        let protocol = ShardApp::with_game(opts.config.clone(), None, &opts.game);
+        let node = match &opts.cluster {
+            None => None,
+            Some(c) => {
+                let me = JoinRequest {
+                    client_addr: addr.to_string(),
+                    link_addr: String::new(),
+                    metrics_addr: metrics_addr.clone().unwrap_or_default(),
+                    weight: c.weight,
+                };
+                match join_cluster(rt, c, &opts.config, &identity, me, protocol.cluster_hash(), stop)? {
+                    Some(n) => Some(n),
+                    None => return Ok(None),
+                }
+            }
+        };
+        drop(protocol);
+        announce_ready(&opts, &identity, addr)?;
+        let app = build_app(&opts, node.as_ref(), keys);
+        let mut shard = Self {
+            app,
+            server,
+            events,
+            node,
+            view,
+            addr,
+            stats_every: opts.stats_every,
+            metrics,
+        };
+        shard.after_forming();
+        let hz = opts.config.simulation.tick_hz;
+        info!(%addr, tick_hz = hz, npcs = opts.config.npc.count, world = %opts.config.world.name, "shard listening");
+        println!(
+            "zonescaler: shard listening on {addr} ({} Hz, {} NPCs in the world)",
+            hz, opts.config.npc.count
+        );
+        Ok(Some(shard))
+    }
+
+    /// The master's first view, and the link messages that came before the first tick.
+    fn after_forming(&mut self) {
+        if let Some(m) = self.node.as_ref().and_then(|n| n.master.as_ref()) {
+            *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
+        }
+        if let Some(n) = self.node.as_mut() {
+            let now = unix_ms();
+            for (from, msg) in std::mem::take(&mut n.early) {
+                n.on_link_message(&mut self.app, from, msg, now);
+            }
+        }
+    }
+
+    /// Tick until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let hz = self.app.world.resource::<crate::core::resources::TickClock>().tick_hz;
+        let mut pace = Pacing::new(hz, self.stats_every);
+        let mut buf = Buffers::default();
+        while !stop.load(Ordering::Relaxed) {
+            self.tick(&mut pace, &mut buf);
+            pace.wait();
+            if pace.report_due() {
+                self.report(&mut pace);
+            }
+        }
+    }
+
+    /// One tick: drain the transports, run the schedule, hand out what it produced.
+    fn tick(&mut self, pace: &mut Pacing, buf: &mut Buffers) {
+        self.events
+            .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.client_events);
+        for e in buf.client_events.drain(..) {
+            self.app.push_event(e);
+        }
+        let now = unix_ms();
+        if let Some(n) = self.node.as_mut() {
+            n.events.drain_into(limits::INBOX_EVENTS_MAX, &mut buf.link_events);
+            for ev in buf.link_events.drain(..) {
+                n.on_link_event(&mut self.app, ev, now);
+            }
+        }
+        let cpu0 = metrics::thread_cpu_ns();
+        let t0 = Instant::now();
+        self.app.set_now_ms(now);
+        self.app.tick();
+        let wall = t0.elapsed();
+        let cpu = metrics::thread_cpu_ns().saturating_sub(cpu0);
+        pace.record(wall);
+        for cmd in self.app.drain_outbox() {
+            self.server.dispatch(cmd);
+        }
+        if let Some(n) = self.node.as_mut() {
+            n.send_batches(self.app.drain_shard_outbox());
+            let reqs = self.app.drain_master_requests();
+            n.to_master(&mut self.app, reqs, now);
+        }
+        if pace.heartbeat_due() {
+            self.heartbeat(pace, now);
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            m.after_tick(&mut self.app, &self.server, self.node.as_ref(), wall, cpu);
+        }
+    }
+
+    /// Report load to the master; on the master, check liveness and refresh the API's view.
+    fn heartbeat(&mut self, pace: &Pacing, now: u64) {
+        let Some(n) = self.node.as_mut() else {
+            return;
+        };
+        let mut load = self.app.load();
+        load.tick_ms_p99 = pace.tick_ms(0.99) as f32;
+        n.heartbeat(load, now);
+        if let Some(m) = n.master.as_mut() {
+            for dead in m.check_liveness(now) {
+                error!(
+                    shard = dead.0,
+                    "shard silent for {} ms: declared dead (its cells are not recovered: failover is not built yet)",
+                    limits::SHARD_DEAD_AFTER_MS
+                );
+            }
+            *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
+        }
+    }
+
+    fn report(&mut self, pace: &mut Pacing) {
+        let s = self.app.stats();
+        info!(
+            tick = self.app.tick_number(),
+            clients = s.clients,
+            entities = s.entities,
+            tick_ms_p50 = pace.tick_ms(0.5),
+            tick_ms_p99 = pace.tick_ms(0.99),
+            snapshot_kib_per_s = pace.snapshot_kib_per_s(s.snapshot_bytes),
+            overruns = pace.overruns,
+            closed = ?s.closed,
+            "shard stats"
+        );
+        pace.reported(s.snapshot_bytes, self.node.is_none());
+    }
+
+    /// Close every connection and link politely.
+    pub fn shutdown(self, rt: &tokio::runtime::Runtime) {
+        info!(
+            "shard stopping: closing {} connections",
+            self.server.connections()
+        );
+        self.server
+            .close_all(ErrorCode::ShuttingDown, "shard is shutting down");
+        rt.block_on(self.server.shutdown());
+        if let Some(n) = &self.node {
+            rt.block_on(n.links.shutdown());
+        }
+        println!(
+            "zonescaler: shard on {} stopped after {} ticks",
+            self.addr,
+            self.app.tick_number()
+        );
+    }
+}
+
+/// The login keys of `config`, loaded (none: logins without tickets, which the shard says).
+fn login_keys(config: &WorldConfig) -> anyhow::Result<LoginKeys> {
+    match &config.login.keys {
+        Some(path) => {
+            let keys = LoginKeys::load(path)?;
+            info!(keys = ?keys.ids().collect::<Vec<_>>(), "logins need a ticket signed by these keys");
+            Ok(keys)
+        }
+        None => {
+            warn!(
+                "no login keys configured ([login] keys): anyone may log in under any name; \
+                 fine for development, never for players"
+            );
+            Ok(LoginKeys::default())
+        }
+    }
+}
+
+/// The app of this process: the game on its place in the cluster, with its keys and directory.
+fn build_app(opts: &ShardOptions, node: Option<&Node>, keys: LoginKeys) -> ShardApp {
+    let placement = node.map(|n| (n.me, n.map.clone()));
+    let mut app = ShardApp::with_game(opts.config.clone(), placement, &opts.game);
+    app.world.insert_resource(LoginPolicy {
+        keys,
+        duplicate: opts.config.login.duplicate,
+    });
+    if let (Some(n), Some(c)) = (node, &opts.cluster) {
+        app.world.insert_resource(ClusterDirectory {
+            key: TokenKey::new(&c.secret),
+            client_addrs: n.client_addrs(),
+        });
+        app.world.insert_resource(ClusterMode(true));
+    }
+    app.start();
+    app
+}
+
+/// Write the certificate (a launcher waits for the file) and tell a waiting caller the address.
+fn announce_ready(
+    opts: &ShardOptions,
+    identity: &ServerIdentity,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    // Written once the shard is ready to serve (in a cluster: once the cluster formed).
+    if let Some(path) = &opts.cert_out {
+        // Write then rename, so a launcher waiting for the file never reads half of it.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, identity.cert_pem())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // After the certificate is written: a caller told the address may read it at once.
+    if let Some(tx) = &opts.ready {
+        // The receiver may have given up waiting; the shard runs on regardless.
+        let _ = tx.send(addr);
+    }
+    Ok(())
+}
+
+/// Bind the link endpoint and form the cluster. `None`: stopped while forming.
+fn join_cluster(
+    rt: &tokio::runtime::Runtime,
+    c: &ClusterOptions,
+    config: &WorldConfig,
+    identity: &ServerIdentity,
+    mut me: JoinRequest,
+    cluster_hash: u64,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Option<Node>> {
+    let auth = ClusterAuth::new(&c.secret, cluster_hash).context("bad cluster secret")?;
+    let (links, mut events) = ClusterLinks::bind(c.link_listen, identity, auth)
+        .with_context(|| format!("cannot listen for shard links on {}", c.link_listen))?;
+    me.link_addr = links.local_addr().to_string();
+    let grid = CellGrid::from_config(config);
+    let duplicate = config.login.duplicate;
+    let (forming, acts) = match &c.role {
+        Role::Master { expect_shards } => Forming::master(
+            grid,
+            me,
+            *expect_shards,
+            |m| m.with_duplicate_rule(duplicate),
+            unix_ms(),
+        ),
+        Role::Join { master } => Forming::joiner(grid, me, master.to_string()),
+    };
+    let formed = rt.block_on(async {
+        tokio::select! {
+            f = form(forming, acts, &links, &mut events) => Some(f),
+            _ = wait_for_stop(stop.clone()) => None,
+        }
+    });
+    match formed {
+        Some(f) => Ok(Some(Node::new(f?, links, events))),
+        None => Ok(None),
+    }
+}
+
+/// Drive [`Forming`] over the links until the cluster formed (or failed, or timed out).
+async fn form(
+    mut forming: Forming,
+    mut acts: Vec<FormAction>,
+    links: &ClusterLinks,
+    events: &mut LinkEvents,
+) -> anyhow::Result<Formed> {
+    let deadline = Instant::now() + FORM_TIMEOUT;
+    loop {
+        for act in acts.drain(..) {
+            match act {
+                FormAction::Send(link, msg) => links.send(link, bytes::Bytes::from(codec::encode(&msg))),
+                FormAction::Dial(shard, addr) => {
+                    let addr: SocketAddr = addr.parse().with_context(|| {
+                        format!("shard {} has a bad link address {addr}", shard.0)
+                    })?;
+                    forming.dialed(shard, links.dial(addr));
+                }
+                FormAction::Close(link, reason) => links.close(link, &reason),
+                FormAction::Say(line) => println!("zonescaler: {line}"),
+            }
+        }
+        if forming.is_formed() {
+            return forming
+                .finish(unix_ms())
+                .context("the cluster formed but could not be taken");
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match tokio::time::timeout(left, events.recv()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => bail!("the link driver stopped"),
+            Err(_) => bail!("the cluster did not form within {FORM_TIMEOUT:?}"),
+        };
+        let ev = match ev {
+            LinkEvent::Up { link, .. } => FormEvent::Up(link),
+            LinkEvent::Failed { link, reason, .. } => FormEvent::Failed(link, reason),
+            LinkEvent::Down { link, reason, .. } => FormEvent::Down(link, reason),
+            LinkEvent::Message { link, bytes } => FormEvent::Message(
+                link,
+                codec::decode_link_message(&bytes)
+                    .with_context(|| format!("bad link message on {link}"))?,
+            ),
+        };
+        acts = forming.on_event(ev, unix_ms())?;
+    }
+}
+
+/// Reused buffers of the tick loop.
+#[derive(Default)]
+struct Buffers {
+    client_events: Vec<zonescaler_net::NetEvent>,
+    link_events: Vec<LinkEvent>,
+}
+
+/// The tick loop's clock: pacing, overruns, the tick-time histogram, when to heartbeat and report.
+struct Pacing {
+    period: Duration,
+    next: Instant,
+    tick_us: Histogram<u64>,
+    last_heartbeat: Instant,
+    last_report: Instant,
+    stats_every: Duration,
+    last_bytes: u64,
+    overruns: u64,
+}
+
+impl Pacing {
+    fn new(hz: u32, stats_every: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            period: Duration::from_secs_f64(1.0 / f64::from(hz.max(1))),
+            next: now,
+            // 1 µs .. 10 s at 3 significant digits: static bounds, cannot fail.
+            tick_us: Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)
+                .expect("invariant: valid static bounds"),
+            last_heartbeat: now,
+            last_report: now,
+            stats_every,
+            last_bytes: 0,
+            overruns: 0,
+        }
+    }
+
+    fn record(&mut self, wall: Duration) {
+        self.tick_us
+            .saturating_record(wall.as_micros().max(1) as u64);
+    }
+
+    fn tick_ms(&self, q: f64) -> f64 {
+        self.tick_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Sleep until the next tick is due; skip ahead rather than spiral when far behind.
+    fn wait(&mut self) {
+        self.next += self.period;
+        let now = Instant::now();
+        if now > self.next + self.period * 5 {
+            self.overruns += 1;
+            self.next = now;
+        } else if self.next > now {
+            std::thread::sleep(self.next - now);
+        }
+    }
+
+    fn heartbeat_due(&mut self) -> bool {
+        let due = self.last_heartbeat.elapsed() >= Duration::from_millis(limits::HEARTBEAT_MS);
+        if due {
+            self.last_heartbeat = Instant::now();
+        }
+        due
+    }
+
+    fn report_due(&self) -> bool {
+        self.last_report.elapsed() >= self.stats_every
+    }
+
+    fn snapshot_kib_per_s(&self, bytes: u64) -> f64 {
+        (bytes - self.last_bytes) as f64 / 1024.0 / self.last_report.elapsed().as_secs_f64()
+    }
+
+    /// After a report: a lone shard's tick times restart (a cluster's feed the heartbeat's p99).
+    fn reported(&mut self, bytes: u64, reset: bool) {
+        self.last_bytes = bytes;
+        if reset {
+            self.tick_us.reset();
+        }
+        self.last_report = Instant::now();
+    }
+}
+
+async fn wait_for_stop(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ctrl-C and SIGTERM set `stop`; the tick loop finishes its tick and closes connections cleanly.
+fn spawn_signal_watch(rt: &tokio::runtime::Runtime, stop: Arc<AtomicBool>) {
+    rt.spawn(async move {
+        shutdown_signal().await;
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: the two ways operators stop a process.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGTERM; Ctrl-C still stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The shard id a process ended up with (for logs of callers that embed a shard).
+pub fn shard_of(shard: &Shard) -> ShardId {
+    shard.app.shard_id()
+}
