@@ -44,6 +44,11 @@
 //!
 //! # Before the handshake completes
 //!
+//! Link endpoints speak their own protocol (ALPN `zs-link/1`, [`tls::ALPN_LINK`]), in both
+//! directions, so a game client that reaches a link port by mistake fails at TLS with an error
+//! naming the mix-up (and counts in [`LinkStats::handshakes_refused`]), and a link dialed to a
+//! client port fails the same way instead of talking link frames to a client driver.
+//!
 //! Nothing reaches the shard: no `Up`, no `Message`. The acceptor reads exactly one small frame
 //! (the hello, at most [`HANDSHAKE_FRAME_BYTES_MAX`]); datagrams are disabled on link
 //! connections (a peer that sends one violates the transport parameters and quinn closes the
@@ -523,17 +528,20 @@ fn link_transport_config(accepts_the_stream: bool) -> quinn::TransportConfig {
     t
 }
 
-/// The acceptor's QUIC configuration: `identity` as its certificate, link transport settings.
-fn link_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, NetError> {
-    let mut config = tls::server_config(identity)?;
+/// The acceptor's QUIC configuration: `identity` as its certificate, [`tls::ALPN_LINK`], link
+/// transport settings. Public so tools and tests can stand up an endpoint that speaks the link
+/// protocol without being a [`ClusterLinks`].
+pub fn link_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, NetError> {
+    let mut config = tls::server_config_for(identity, tls::ALPN_LINK)?;
     config.transport_config(Arc::new(link_transport_config(true)));
     Ok(config)
 }
 
 /// The dialer's QUIC configuration: any certificate, because the acceptor proves membership
-/// with its [`LinkWelcome`] instead (see the module docs), and link transport settings.
+/// with its [`LinkWelcome`] instead (see the module docs), [`tls::ALPN_LINK`], and link transport
+/// settings.
 pub fn link_client_config() -> Result<quinn::ClientConfig, NetError> {
-    let mut config = tls::client_config(&ClientTrust::InsecureSkipVerify)?;
+    let mut config = tls::client_config_for(&ClientTrust::InsecureSkipVerify, tls::ALPN_LINK)?;
     config.transport_config(Arc::new(link_transport_config(false)));
     Ok(config)
 }
@@ -574,7 +582,7 @@ async fn read_handshake_frame(
     };
     match frame.await {
         Ok(body) => Ok(body),
-        Err(err @ (NetError::PeerClosed { .. } | NetError::Connection(_))) => Err(err.into()),
+        Err(err) if err.is_connection_lost() => Err(err.into()),
         Err(err) => Err(refuse(
             conn,
             Refusal::new(LinkCloseCode::BadMessage, format!("no {what}: {err}")),
@@ -1484,7 +1492,7 @@ async fn read_link(shared: &Shared, entry: &LinkEntry, mut recv: quinn::RecvStre
 async fn read_failed(shared: &Shared, entry: &LinkEntry, err: NetError) {
     match err {
         // The connection is gone; the supervisor reports why.
-        NetError::PeerClosed { .. } | NetError::Connection(_) => {}
+        err if err.is_connection_lost() => {}
         // Everything the peer sent has been read. If we finished first, this is the peer's
         // answer to our close, so it has read everything too: close now (see `write_link`).
         NetError::StreamFinished if entry.finished.load(Ordering::Acquire) => {

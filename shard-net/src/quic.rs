@@ -3,7 +3,13 @@
 //! The shard is a synchronous world ticking on its own thread. This driver turns each client
 //! connection into [`NetEvent`]s on one bounded channel ([`QuicEvents`], drained by the shard
 //! between ticks) and carries out the shard's [`NetCommand`]s ([`QuicServer::dispatch`], a plain
-//! sync call). Per connection:
+//! sync call).
+//!
+//! The endpoint speaks the client protocol only (ALPN `zs-client/1`, [`tls::ALPN_CLIENT`]): a
+//! shard-link dialer pointed here by mistake, or a client that names no protocol, fails the TLS
+//! handshake with [`NetError::WrongProtocol`] and the shard never hears of it.
+//!
+//! Per connection:
 //!
 //! - `Connected` is always its first event and `Disconnected` its last, exactly once, whoever
 //!   ended it and however (a supervisor task emits it after the connection's readers are done).
@@ -30,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{ConnectionError, ReadError, ReadExactError, SendDatagramError, VarInt, WriteError};
+use quinn::{
+    ConnectionError, ReadError, ReadExactError, SendDatagramError, TransportErrorCode, VarInt,
+    WriteError,
+};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use zonescaler_shared::ConnId;
@@ -76,6 +85,14 @@ pub enum NetError {
     /// The peer closed the connection on purpose, saying why (the server's stated reason).
     #[error("peer closed the connection with code {code}: {reason}")]
     PeerClosed { code: u64, reason: String },
+    /// The TLS handshake failed because the two ends speak different protocols (ALPN, see
+    /// [`tls::ALPN_CLIENT`] and [`tls::ALPN_LINK`]), or one offered none: typically a client
+    /// port and a shard-link port mixed up in a configuration.
+    #[error(
+        "the peer does not speak this protocol (TLS ALPN mismatch: a client port and a shard \
+         link port mixed up?): {0}"
+    )]
+    WrongProtocol(ConnectionError),
     /// The connection failed or ended for any other reason (TLS failure, timeout, reset, local
     /// close).
     #[error("connection failed: {0}")]
@@ -107,6 +124,15 @@ impl NetError {
             _ => None,
         }
     }
+
+    /// Whether the connection itself is gone (closed by either side, failed, never set up), as
+    /// opposed to a fault of one stream or frame on a live connection.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::PeerClosed { .. } | Self::WrongProtocol(_) | Self::Connection(_)
+        )
+    }
 }
 
 impl From<ConnectionError> for NetError {
@@ -118,8 +144,20 @@ impl From<ConnectionError> for NetError {
                 code: close.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             },
+            other if is_alpn_mismatch(&other) => Self::WrongProtocol(other),
             other => Self::Connection(other),
         }
+    }
+}
+
+/// Whether `err` is a TLS `no_application_protocol` alert, sent by the peer or raised here.
+fn is_alpn_mismatch(err: &ConnectionError) -> bool {
+    let alpn =
+        TransportErrorCode::crypto(u8::from(rustls::AlertDescription::NoApplicationProtocol));
+    match err {
+        ConnectionError::ConnectionClosed(close) => close.error_code == alpn,
+        ConnectionError::TransportError(err) => err.code == alpn,
+        _ => false,
     }
 }
 
@@ -591,7 +629,7 @@ async fn read_control(
                 return;
             }
             // The connection is gone; the supervisor reports why.
-            Err(NetError::PeerClosed { .. } | NetError::Connection(_)) => return,
+            Err(err) if err.is_connection_lost() => return,
             Err(err) => {
                 entry.close_bad_message(shared, &err.to_string());
                 return;

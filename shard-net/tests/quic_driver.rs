@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -550,6 +551,41 @@ async fn certificates_are_checked_unless_told_not_to() {
             .contains("shutting_down")
     );
     tap.check_ordering();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_no_protocol_fails_the_handshake() {
+    let (id, server, mut tap) = start();
+    // quinn's own default client configuration offers no ALPN at all.
+    let mut roots = quinn::rustls::RootCertStore::empty();
+    roots.add(id.cert_chain[0].clone()).expect("root");
+    let plain = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("config");
+    let endpoint = quic::client_endpoint(&ClientTrust::InsecureSkipVerify).expect("endpoint");
+    let connecting = endpoint
+        .connect_with(plain, server.local_addr(), "localhost")
+        .expect("start");
+    let err = NetError::from(
+        within("refused handshake", connecting)
+            .await
+            .expect_err("a client that names no protocol must not connect"),
+    );
+    assert!(
+        matches!(err, NetError::WrongProtocol(_)) && err.to_string().contains("ALPN"),
+        "the client learns that it spoke the wrong protocol: {err}"
+    );
+
+    // The failed handshake never reached the shard: the first event is the good client's.
+    let good = trusting(&id);
+    let _client = within(
+        "connect",
+        quic::connect(&good, server.local_addr(), "localhost", b"hello"),
+    )
+    .await
+    .expect("connect");
+    let conn = expect_connected(&mut tap).await;
+    assert!(matches!(tap.next_for(conn).await, NetEvent::Control { .. }));
+    tap.check_ordering();
+    server.shutdown().await;
 }
 
 fn temp_path(tag: &str) -> PathBuf {
