@@ -9,6 +9,19 @@
 //! shard-link dialer pointed here by mistake, or a client that names no protocol, fails the TLS
 //! handshake with [`NetError::WrongProtocol`] and the shard never hears of it.
 //!
+//! Every incoming connection is judged at its first packet, before it costs a handshake
+//! ([`ServerLimits`]):
+//!
+//! - One source address (an IPv6 /64) holds at most `CONNECTIONS_PER_ADDRESS_MAX` connections,
+//!   counted from that first packet to the end, handshakes included. The shard's own bound,
+//!   `CLIENTS_PER_SHARD_MAX`, only applies once a client says `Hello`, so without this one host
+//!   could open every slot and hold it for `HELLO_TIMEOUT_MS` while real players are refused as
+//!   `ServerFull`. Past the bound the connection is refused (stateless `CONNECTION_REFUSED`).
+//! - Once `HANDSHAKES_BEFORE_RETRY` handshakes are in progress, a connection from an address that
+//!   has not proven it can receive there is answered with a QUIC Retry instead: spoofed sources
+//!   never answer, so a spoofed flood costs no state and cannot use up a real address's share; a
+//!   real client answers by itself and pays one round trip, only while the server is busy.
+//!
 //! Per connection:
 //!
 //! - `Connected` is always its first event and `Disconnected` its last, exactly once, whoever
@@ -30,7 +43,7 @@
 //! server.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,9 +68,10 @@ use crate::transport::{NetCommand, NetEvent};
 /// QUIC application close code the driver uses for a client whose control queue overflowed: the
 /// shard never decided it, the driver did, to keep its memory bounded.
 pub const CLOSE_CODE_TOO_SLOW: u32 = ErrorCode::TooSlow.close_code();
-/// Connections past which the driver refuses handshakes outright. The shard refuses clients past
-/// `CLIENTS_PER_SHARD_MAX` itself, politely, with `ServerFull` over a live connection; this much
-/// higher bound only stops a connection flood from outrunning that.
+/// Connections (handshaking or established) past which the driver refuses new ones outright.
+/// The shard refuses clients past `CLIENTS_PER_SHARD_MAX` itself, politely, with `ServerFull`
+/// over a live connection; this much higher bound only stops a connection flood from outrunning
+/// that.
 pub const CONNECTIONS_HARD_MAX: usize = 2 * limits::CLIENTS_PER_SHARD_MAX;
 /// How long [`QuicServer::shutdown`] waits for closes to reach the peers.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,9 +193,23 @@ impl From<WriteError> for NetError {
     }
 }
 
-/// Counters of what the driver dropped or refused; all only grow.
+/// Counters of what the driver accepted, refused or dropped. All only grow, except the one gauge,
+/// [`Self::handshakes_in_progress`], which says how many there are now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Incoming connections admitted to a handshake (not refused, not answered with a Retry).
+    pub connections_accepted: u64,
+    /// Admitted connections whose handshake failed (wrong protocol, bad certificate, timeout);
+    /// the shard never heard of them.
+    pub handshakes_failed: u64,
+    /// Gauge: handshakes admitted and not finished yet.
+    pub handshakes_in_progress: u64,
+    /// Incoming connections refused because their source address already held
+    /// [`ServerLimits::connections_per_address_max`] connections.
+    pub connections_refused_per_address: u64,
+    /// Incoming connections from an unvalidated address answered with a QUIC Retry because
+    /// [`ServerLimits::handshakes_before_retry`] handshakes were in progress.
+    pub retries_sent: u64,
     /// Inbound datagrams dropped because the shard's inbox was full.
     pub datagrams_dropped_inbox_full: u64,
     /// Datagrams `dispatch` could not hand to quinn (too large, connection gone, ...).
@@ -190,7 +218,7 @@ pub struct NetStats {
     pub closed_too_slow: u64,
     /// Connections closed for a bad control frame or an oversize datagram.
     pub closed_bad_message: u64,
-    /// Handshakes refused because [`CONNECTIONS_HARD_MAX`] was reached.
+    /// Incoming connections refused because [`CONNECTIONS_HARD_MAX`] connections were live.
     pub connections_refused: u64,
     /// Commands for a connection that no longer exists (normal right after a disconnect).
     pub commands_for_unknown_connections: u64,
@@ -200,6 +228,11 @@ pub struct NetStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    connections_accepted: AtomicU64,
+    handshakes_failed: AtomicU64,
+    handshakes_in_progress: AtomicU64,
+    connections_refused_per_address: AtomicU64,
+    retries_sent: AtomicU64,
     datagrams_dropped_inbox_full: AtomicU64,
     datagram_send_failures: AtomicU64,
     closed_too_slow: AtomicU64,
@@ -207,6 +240,28 @@ struct Counters {
     connections_refused: AtomicU64,
     commands_for_unknown_connections: AtomicU64,
     control_messages_too_large: AtomicU64,
+}
+
+/// Who may start a handshake with a [`QuicServer`]. [`Default`] takes the bounds from `limits`;
+/// tests lower them to reach them with a handful of clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections, handshaking or established, that one source address may hold; the next one
+    /// is refused. IPv6 sources count by their /64. Default `CONNECTIONS_PER_ADDRESS_MAX`.
+    pub connections_per_address_max: usize,
+    /// How many handshakes may be in progress before a connection from an address that has not
+    /// proven it receives there is answered with a QUIC Retry instead of a handshake; 0 retries
+    /// every such connection. Default `HANDSHAKES_BEFORE_RETRY`.
+    pub handshakes_before_retry: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_address_max: limits::CONNECTIONS_PER_ADDRESS_MAX,
+            handshakes_before_retry: limits::HANDSHAKES_BEFORE_RETRY,
+        }
+    }
 }
 
 /// What the shard queued for one connection's writer task.
@@ -271,6 +326,9 @@ impl ConnEntry {
 struct Shared {
     events: mpsc::Sender<NetEvent>,
     conns: Mutex<HashMap<ConnId, Arc<ConnEntry>>>,
+    /// Every connection from admission to its end, by source, for the admission bounds.
+    sources: Mutex<Sources>,
+    limits: ServerLimits,
     next_conn: AtomicU64,
     counters: Counters,
 }
@@ -299,10 +357,20 @@ pub struct QuicEvents {
 
 impl QuicServer {
     /// Bind a QUIC endpoint on `addr` presenting `identity`, and start accepting connections on
-    /// the current tokio runtime. Fails with [`NetError::NoRuntime`] outside one.
+    /// the current tokio runtime, with the default [`ServerLimits`]. Fails with
+    /// [`NetError::NoRuntime`] outside one.
     pub fn bind(
         addr: SocketAddr,
         identity: &ServerIdentity,
+    ) -> Result<(QuicServer, QuicEvents), NetError> {
+        Self::bind_with(addr, identity, ServerLimits::default())
+    }
+
+    /// [`Self::bind`] with explicit admission bounds.
+    pub fn bind_with(
+        addr: SocketAddr,
+        identity: &ServerIdentity,
+        limits: ServerLimits,
     ) -> Result<(QuicServer, QuicEvents), NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let config = tls::server_config(identity)?;
@@ -314,6 +382,8 @@ impl QuicServer {
         let shared = Arc::new(Shared {
             events: tx,
             conns: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
+            limits,
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
         });
@@ -408,11 +478,16 @@ impl QuicServer {
         }
     }
 
-    /// Snapshot of the drop/refusal counters.
+    /// Snapshot of the counters (see [`NetStats`] for which are gauges).
     pub fn stats(&self) -> NetStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         NetStats {
+            connections_accepted: get(&c.connections_accepted),
+            handshakes_failed: get(&c.handshakes_failed),
+            handshakes_in_progress: get(&c.handshakes_in_progress),
+            connections_refused_per_address: get(&c.connections_refused_per_address),
+            retries_sent: get(&c.retries_sent),
             datagrams_dropped_inbox_full: get(&c.datagrams_dropped_inbox_full),
             datagram_send_failures: get(&c.datagram_send_failures),
             closed_too_slow: get(&c.closed_too_slow),
@@ -493,31 +568,224 @@ impl QuicEvents {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Admission: what happens to a connection at its first packet.
+// ------------------------------------------------------------------------------------------
+
+/// The part of a source address that names one host: the IPv4 address, or the /64 of an IPv6
+/// one (what one host is usually given, so counting whole addresses would let it open a
+/// connection from each). IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+fn source_of(addr: SocketAddr) -> IpAddr {
+    match addr.ip().to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// Every connection from admission to its end (handshaking or established), by source.
+#[derive(Debug, Default)]
+struct Sources {
+    per_source: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+impl Sources {
+    fn count(&self, source: IpAddr) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, source: IpAddr) {
+        *self.per_source.entry(source).or_insert(0) += 1;
+        self.total += 1;
+    }
+
+    fn remove(&mut self, source: IpAddr) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            self.total -= 1;
+            if *n == 0 {
+                // Gone at zero, so the table is bounded by the live connections, not by every
+                // address that ever connected.
+                self.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// What the accept loop does with one incoming connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    Accept,
+    /// [`CONNECTIONS_HARD_MAX`] connections are live.
+    RefuseFull,
+    /// Its source holds [`ServerLimits::connections_per_address_max`] connections.
+    RefuseAddress,
+    /// Too many handshakes are in progress to start one for an address that has not proven it
+    /// receives there: answer with a Retry, which costs no state.
+    Retry,
+}
+
+/// The admission rule, given the connections live in all (`live`) and from this connection's
+/// source (`live_from_source`), the handshakes in progress, and whether the source address is
+/// validated (the client echoed a Retry token). Refusals come first so a host over its share
+/// learns at once, without a Retry round trip first.
+fn admission(
+    limits: &ServerLimits,
+    live: usize,
+    live_from_source: usize,
+    handshakes: u64,
+    validated: bool,
+) -> Admission {
+    if live >= CONNECTIONS_HARD_MAX {
+        Admission::RefuseFull
+    } else if live_from_source >= limits.connections_per_address_max {
+        Admission::RefuseAddress
+    } else if !validated && handshakes >= limits.handshakes_before_retry as u64 {
+        Admission::Retry
+    } else {
+        Admission::Accept
+    }
+}
+
+/// An admitted connection's place in [`Sources`]; given back when dropped, however the
+/// connection ends.
+struct SourceSlot {
+    shared: Arc<Shared>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        lock(&self.shared.sources).remove(self.source);
+    }
+}
+
+/// One handshake in [`NetStats::handshakes_in_progress`], until dropped.
+struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared
+            .counters
+            .handshakes_in_progress
+            .fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .handshakes_in_progress
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if lock(&shared.conns).len() >= CONNECTIONS_HARD_MAX {
-            let n = bump(&shared.counters.connections_refused);
-            if n.is_power_of_two() {
-                let remote = incoming.remote_address();
-                tracing::warn!(%remote, total = n, "refusing connection: hard limit reached");
-            }
-            incoming.refuse();
-            continue;
-        }
-        // Each handshake on its own task, so a slow one never delays the next client.
-        tokio::spawn(supervise(shared.clone(), incoming));
+        admit(&shared, incoming);
     }
     tracing::debug!("QUIC accept loop ended");
 }
 
-/// Owns one connection from handshake to `Disconnected`.
-async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Accept, refuse or Retry one incoming connection (see [`admission`]). Refusals and Retries
+/// are stateless and anyone can cause them, so they are logged loudly only at powers of two.
+fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let source = source_of(remote);
+    let counters = &shared.counters;
+    let handshakes = counters.handshakes_in_progress.load(Ordering::Relaxed);
+    let validated = incoming.remote_address_validated();
+    // Decided and counted under one lock; only this loop adds, so the bounds hold exactly.
+    let decision = {
+        let mut sources = lock(&shared.sources);
+        let decision = admission(
+            &shared.limits,
+            sources.total,
+            sources.count(source),
+            handshakes,
+            validated,
+        );
+        if decision == Admission::Accept {
+            sources.add(source);
+        }
+        decision
+    };
+    match decision {
+        Admission::Accept => {
+            let slot = SourceSlot {
+                shared: shared.clone(),
+                source,
+            };
+            let handshaking = Handshaking::start(shared);
+            bump(&counters.connections_accepted);
+            // Each handshake on its own task, so a slow one never delays the next client.
+            tokio::spawn(supervise(shared.clone(), incoming, slot, handshaking));
+        }
+        Admission::RefuseFull => {
+            let n = bump(&counters.connections_refused);
+            if n.is_power_of_two() {
+                tracing::warn!(%remote, total = n, "refusing connection: hard limit reached");
+            }
+            incoming.refuse();
+        }
+        Admission::RefuseAddress => {
+            let n = bump(&counters.connections_refused_per_address);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    %remote,
+                    %source,
+                    max = shared.limits.connections_per_address_max,
+                    total = n,
+                    "refusing connection: too many from one address"
+                );
+            }
+            incoming.refuse();
+        }
+        Admission::Retry => match incoming.retry() {
+            Ok(()) => {
+                let n = bump(&counters.retries_sent);
+                if n.is_power_of_two() {
+                    tracing::info!(
+                        %remote,
+                        handshakes,
+                        total = n,
+                        "handshake load: unvalidated addresses must answer a Retry first"
+                    );
+                }
+            }
+            // quinn guarantees that an unvalidated address may be retried; should that ever
+            // change, refusing is the stateless answer that is left.
+            Err(err) => {
+                tracing::debug!(%remote, "cannot retry: {err}");
+                err.into_incoming().refuse();
+            }
+        },
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// One connection.
+// ------------------------------------------------------------------------------------------
+
+/// Owns one connection from handshake to `Disconnected`; `slot` and `handshaking` are its
+/// places in the admission counts.
+async fn supervise(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    slot: SourceSlot,
+    handshaking: Handshaking,
+) {
+    let remote = incoming.remote_address();
+    let handshake = incoming.await;
+    drop(handshaking);
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(err) => {
             // Before `Connected`, so the shard never hears of it.
-            tracing::debug!(%remote, %err, "handshake failed");
+            let n = bump(&shared.counters.handshakes_failed);
+            tracing::debug!(%remote, %err, total = n, "handshake failed");
             return;
         }
     };
@@ -587,6 +855,8 @@ async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
         .take_local()
         .map_or_else(|| err.to_string(), |local| local.log_reason);
     lock(&shared.conns).remove(&id);
+    // Given back before `Disconnected` goes out, so whoever sees it can connect again at once.
+    drop(slot);
     tracing::debug!(conn = id.0, %reason, "disconnected");
     // Sent last, after both readers ended, so nothing for this connection can follow it.
     let _ = shared
@@ -904,6 +1174,87 @@ mod tests {
         assert_send_sync::<QuicServer>();
         fn assert_send<T: Send>() {}
         assert_send::<QuicEvents>();
+    }
+
+    #[test]
+    fn admission_refuses_first_and_retries_only_unvalidated_addresses_under_load() {
+        let limits = ServerLimits {
+            connections_per_address_max: 4,
+            handshakes_before_retry: 2,
+        };
+        let decide = |live, from_source, handshakes, validated| {
+            admission(&limits, live, from_source, handshakes, validated)
+        };
+        assert_eq!(decide(10, 3, 1, false), Admission::Accept);
+        assert_eq!(
+            decide(10, 4, 0, true),
+            Admission::RefuseAddress,
+            "a validated address is still held to its share"
+        );
+        assert_eq!(decide(10, 3, 2, false), Admission::Retry);
+        assert_eq!(
+            decide(10, 3, 2, true),
+            Admission::Accept,
+            "an address that answered a Retry is not sent another"
+        );
+        assert_eq!(
+            decide(10, 4, 2, false),
+            Admission::RefuseAddress,
+            "a host over its share learns it without a Retry round trip"
+        );
+        assert_eq!(
+            decide(CONNECTIONS_HARD_MAX, 0, 0, true),
+            Admission::RefuseFull
+        );
+        let retry_all = ServerLimits {
+            handshakes_before_retry: 0,
+            ..ServerLimits::default()
+        };
+        assert_eq!(admission(&retry_all, 0, 0, 0, false), Admission::Retry);
+        assert_eq!(admission(&retry_all, 0, 0, 0, true), Admission::Accept);
+    }
+
+    #[test]
+    fn sources_are_hosts_and_are_forgotten_at_zero() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("literal");
+        assert_eq!(
+            source_of(addr("10.0.0.1:1000")),
+            source_of(addr("10.0.0.1:2000")),
+            "a bot swarm on several ports is one source"
+        );
+        assert_eq!(
+            source_of(addr("[::ffff:10.0.0.1]:1000")),
+            source_of(addr("10.0.0.1:1000")),
+            "a dual-stack socket sees IPv4 clients as mapped addresses"
+        );
+        assert_eq!(
+            source_of(addr("[2001:db8:1:2:aaaa::1]:1000")),
+            source_of(addr("[2001:db8:1:2:bbbb::2]:1000")),
+            "one /64 is one host"
+        );
+        assert_ne!(
+            source_of(addr("[2001:db8:1:2::1]:1000")),
+            source_of(addr("[2001:db8:1:3::1]:1000"))
+        );
+
+        let mut sources = Sources::default();
+        let (a, b) = (source_of(addr("10.0.0.1:1")), source_of(addr("10.0.0.2:1")));
+        sources.add(a);
+        sources.add(a);
+        sources.add(b);
+        assert_eq!(
+            (sources.count(a), sources.count(b), sources.total),
+            (2, 1, 3)
+        );
+        sources.remove(a);
+        sources.remove(b);
+        sources.remove(b); // never added twice: ignored
+        assert_eq!(
+            (sources.count(a), sources.count(b), sources.total),
+            (1, 0, 1)
+        );
+        sources.remove(a);
+        assert!(sources.per_source.is_empty() && sources.total == 0);
     }
 
     #[test]

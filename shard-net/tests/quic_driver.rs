@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use quinn::{ConnectionError, VarInt};
-use zonescaler_net::quic::{self, CLOSE_CODE_TOO_SLOW, NetError, QuicEvents, QuicServer};
+use quinn::{ConnectionError, TransportErrorCode, VarInt};
+use zonescaler_net::quic::{
+    self, CLOSE_CODE_TOO_SLOW, NetError, QuicEvents, QuicServer, ServerLimits,
+};
 use zonescaler_net::tls::{ClientTrust, ServerIdentity, TlsError};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_shared::ConnId;
@@ -551,6 +553,149 @@ async fn certificates_are_checked_unless_told_not_to() {
             .contains("shutting_down")
     );
     tap.check_ordering();
+}
+
+/// Wait until `n` connections have reported `Disconnected`, whichever they are.
+async fn expect_disconnects(tap: &mut Tap, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        match tap.next().await {
+            NetEvent::Disconnected { .. } => seen += 1,
+            NetEvent::Connected { .. } => panic!("no connection was expected to open now"),
+            NetEvent::Control { .. } | NetEvent::Datagram { .. } => {}
+        }
+    }
+}
+
+/// Connect without opening a stream: a connection that holds a slot and says nothing, the way a
+/// flood would.
+async fn idle_connection(
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+) -> Result<quinn::Connection, ConnectionError> {
+    let connecting = endpoint
+        .connect(server, "localhost")
+        .expect("start connecting");
+    within("handshake", connecting).await
+}
+
+fn assert_refused(result: Result<quinn::Connection, ConnectionError>, why: &str) {
+    match result {
+        Err(ConnectionError::ConnectionClosed(close))
+            if close.error_code == TransportErrorCode::CONNECTION_REFUSED => {}
+        Err(other) => panic!("{why}: expected CONNECTION_REFUSED, got {other}"),
+        Ok(_) => panic!("{why}: the connection was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    const BOUND: usize = 8;
+    const EXTRA: usize = 5;
+    const CLOSED: usize = 3;
+    let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+    let limits = ServerLimits {
+        connections_per_address_max: BOUND,
+        ..ServerLimits::default()
+    };
+    let (server, events) = QuicServer::bind_with(loopback(), &id, limits).expect("bind");
+    let mut tap = Tap::new(events);
+    let addr = server.local_addr();
+    // Like a bot swarm: several endpoints, so several ports, on one host.
+    let endpoints: Vec<quinn::Endpoint> = (0..3).map(|_| trusting(&id)).collect();
+    let endpoint = |i: usize| &endpoints[i % endpoints.len()];
+
+    let mut idle = Vec::new();
+    for i in 0..BOUND {
+        let conn = idle_connection(endpoint(i), addr)
+            .await
+            .expect("connections up to the bound are accepted");
+        idle.push(conn);
+    }
+    for _ in 0..BOUND {
+        expect_connected(&mut tap).await;
+    }
+    for i in 0..EXTRA {
+        assert_refused(
+            idle_connection(endpoint(i), addr).await,
+            "one host past its bound, on any port, is refused",
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(server.connections(), BOUND);
+    assert_eq!(stats.connections_accepted, BOUND as u64);
+    assert_eq!(stats.connections_refused_per_address, EXTRA as u64);
+    assert_eq!(stats.handshakes_in_progress, 0);
+
+    // Closing gives the places back: exactly as many new ones are accepted, and no more.
+    for conn in idle.drain(..CLOSED) {
+        conn.close(VarInt::from_u32(0), b"bye");
+    }
+    expect_disconnects(&mut tap, CLOSED).await;
+    for i in 0..CLOSED {
+        let conn = idle_connection(endpoint(i), addr)
+            .await
+            .expect("a closed connection's place is free again");
+        idle.push(conn);
+        expect_connected(&mut tap).await;
+    }
+    assert_refused(
+        idle_connection(endpoint(0), addr).await,
+        "the freed places are taken again, and the bound still holds",
+    );
+    let stats = server.stats();
+    assert_eq!(server.connections(), BOUND);
+    assert_eq!(stats.connections_accepted, (BOUND + CLOSED) as u64);
+    assert_eq!(stats.connections_refused_per_address, EXTRA as u64 + 1);
+    tap.check_ordering();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_handshake_load_a_client_proves_its_address_with_a_retry() {
+    let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+    // 0: as if the server were always under load, so every unvalidated address gets a Retry.
+    let limits = ServerLimits {
+        handshakes_before_retry: 0,
+        ..ServerLimits::default()
+    };
+    let (server, events) = QuicServer::bind_with(loopback(), &id, limits).expect("bind");
+    let mut tap = Tap::new(events);
+    let endpoint = trusting(&id);
+    let mut client = within(
+        "connect through a Retry",
+        quic::connect(&endpoint, server.local_addr(), "localhost", b"hello"),
+    )
+    .await
+    .expect("a real client follows the Retry by itself");
+    let conn = expect_connected(&mut tap).await;
+    match tap.next_for(conn).await {
+        NetEvent::Control { bytes, .. } => assert_eq!(bytes.as_ref(), b"hello"),
+        other => panic!("expected the first control message, got {other:?}"),
+    }
+    server.dispatch(NetCommand::Control {
+        conn,
+        bytes: Bytes::from_static(b"welcome"),
+    });
+    assert_eq!(
+        within("control", client.read_control())
+            .await
+            .expect("read control"),
+        b"welcome"
+    );
+    let stats = server.stats();
+    // A retransmitted first packet may be answered with a second Retry; never with state.
+    assert!(
+        stats.retries_sent >= 1,
+        "the server asked for address validation: {stats:?}"
+    );
+    assert_eq!(
+        stats.connections_accepted, 1,
+        "only the validated attempt started a handshake: {stats:?}"
+    );
+    assert_eq!(stats.handshakes_in_progress, 0, "{stats:?}");
+    tap.check_ordering();
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
