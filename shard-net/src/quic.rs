@@ -38,6 +38,10 @@
 //!   (or after [`CLOSE_FLUSH_TIMEOUT`] if the client stops reading). A client that lets the queue
 //!   fill is closed as too slow ([`CLOSE_CODE_TOO_SLOW`]) rather than buffered without bound.
 //!
+//! Traffic, admissions and refusals are counted in [`NetStats`] for the shard to export as
+//! metrics: relaxed atomics bumped where the driver already holds the bytes, so counting costs no
+//! extra pass and no lock on the hot path.
+//!
 //! The client helpers at the end ([`client_endpoint`], [`connect`], [`read_frame`],
 //! [`write_frame`]) are what the bot load tester uses; they frame and check exactly like the
 //! server.
@@ -61,7 +65,7 @@ use zonescaler_shared::limits;
 use zonescaler_shared::protocol::ErrorCode;
 
 pub use crate::closing::{CLOSE_FLUSH_TIMEOUT, CLOSE_REASON_BYTES_MAX};
-use crate::closing::{Closer, bump, close_endpoint, closed, flush, lock};
+use crate::closing::{Closer, bump, close_endpoint, closed, count, flush, lock};
 use crate::tls::{self, ClientTrust, ServerIdentity, TlsError};
 use crate::transport::{NetCommand, NetEvent};
 
@@ -193,10 +197,28 @@ impl From<WriteError> for NetError {
     }
 }
 
-/// Counters of what the driver accepted, refused or dropped. All only grow, except the one gauge,
-/// [`Self::handshakes_in_progress`], which says how many there are now.
+/// Counters of what the driver carried, accepted, refused or dropped, for the shard to export as
+/// metrics. All only grow, except the one gauge, [`Self::handshakes_in_progress`], which says how
+/// many there are now. Byte counts are payload: datagram contents and control message bodies,
+/// without the frame's length prefix or QUIC's own overhead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Datagrams received from clients, every one, including those then dropped or refused.
+    pub datagrams_in: u64,
+    /// Bytes of [`Self::datagrams_in`].
+    pub datagram_bytes_in: u64,
+    /// Datagrams `dispatch` handed to quinn (which may still drop them on a congested path).
+    pub datagrams_out: u64,
+    /// Bytes of [`Self::datagrams_out`].
+    pub datagram_bytes_out: u64,
+    /// Control messages read from clients' control streams.
+    pub control_frames_in: u64,
+    /// Body bytes of [`Self::control_frames_in`].
+    pub control_bytes_in: u64,
+    /// Control messages written to clients' control streams.
+    pub control_frames_out: u64,
+    /// Body bytes of [`Self::control_frames_out`].
+    pub control_bytes_out: u64,
     /// Incoming connections admitted to a handshake (not refused, not answered with a Retry).
     pub connections_accepted: u64,
     /// Admitted connections whose handshake failed (wrong protocol, bad certificate, timeout);
@@ -228,6 +250,14 @@ pub struct NetStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    datagrams_in: AtomicU64,
+    datagram_bytes_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    datagram_bytes_out: AtomicU64,
+    control_frames_in: AtomicU64,
+    control_bytes_in: AtomicU64,
+    control_frames_out: AtomicU64,
+    control_bytes_out: AtomicU64,
     connections_accepted: AtomicU64,
     handshakes_failed: AtomicU64,
     handshakes_in_progress: AtomicU64,
@@ -416,6 +446,7 @@ impl QuicServer {
         };
         match cmd {
             NetCommand::Datagram { bytes, .. } => {
+                let len = bytes.len();
                 if let Err(err) = entry.conn().send_datagram(bytes) {
                     let n = bump(&self.shared.counters.datagram_send_failures);
                     match err {
@@ -428,6 +459,12 @@ impl QuicServer {
                         }
                         _ => tracing::debug!(conn = id.0, %err, "datagram not sent"),
                     }
+                } else {
+                    count(
+                        &self.shared.counters.datagrams_out,
+                        &self.shared.counters.datagram_bytes_out,
+                        len,
+                    );
                 }
             }
             NetCommand::Control { bytes, .. } => {
@@ -483,6 +520,14 @@ impl QuicServer {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         NetStats {
+            datagrams_in: get(&c.datagrams_in),
+            datagram_bytes_in: get(&c.datagram_bytes_in),
+            datagrams_out: get(&c.datagrams_out),
+            datagram_bytes_out: get(&c.datagram_bytes_out),
+            control_frames_in: get(&c.control_frames_in),
+            control_bytes_in: get(&c.control_bytes_in),
+            control_frames_out: get(&c.control_frames_out),
+            control_bytes_out: get(&c.control_bytes_out),
             connections_accepted: get(&c.connections_accepted),
             handshakes_failed: get(&c.handshakes_failed),
             handshakes_in_progress: get(&c.handshakes_in_progress),
@@ -880,6 +925,11 @@ async fn read_control(
     loop {
         match read_frame(&mut recv).await {
             Ok(body) => {
+                count(
+                    &shared.counters.control_frames_in,
+                    &shared.counters.control_bytes_in,
+                    body.len(),
+                );
                 let event = NetEvent::Control {
                     conn: entry.id,
                     bytes: Bytes::from(body),
@@ -911,6 +961,11 @@ async fn read_control(
 /// Forward datagrams until the connection ends.
 async fn read_datagrams(shared: &Shared, entry: &ConnEntry) {
     while let Ok(datagram) = entry.conn().read_datagram().await {
+        count(
+            &shared.counters.datagrams_in,
+            &shared.counters.datagram_bytes_in,
+            datagram.len(),
+        );
         if datagram.len() > limits::CLIENT_DATAGRAM_BYTES_MAX {
             // No valid input is this big; refusing here keeps big datagrams out of the inbox.
             let detail = format!(
@@ -982,7 +1037,7 @@ async fn write_control(
                     };
                     if let Some(mut send) = stream {
                         for bytes in early.drain(..) {
-                            if !write_guarded(&entry, &mut send, &bytes).await {
+                            if !write_guarded(&shared, &entry, &mut send, &bytes).await {
                                 break;
                             }
                         }
@@ -996,7 +1051,7 @@ async fn write_control(
         }
     };
     for bytes in early.drain(..) {
-        if !write_guarded(&entry, &mut send, &bytes).await {
+        if !write_guarded(&shared, &entry, &mut send, &bytes).await {
             return;
         }
     }
@@ -1008,7 +1063,7 @@ async fn write_control(
         match msg {
             None => return,
             Some(Outbound::Control(bytes)) => {
-                if !write_guarded(&entry, &mut send, &bytes).await {
+                if !write_guarded(&shared, &entry, &mut send, &bytes).await {
                     return;
                 }
             }
@@ -1021,10 +1076,23 @@ async fn write_control(
     }
 }
 
-/// Write one framed control message; see [`Closer::write_guarded`].
-async fn write_guarded(entry: &ConnEntry, send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
+/// Write one framed control message, counted once written; see [`Closer::write_guarded`].
+async fn write_guarded(
+    shared: &Shared,
+    entry: &ConnEntry,
+    send: &mut quinn::SendStream,
+    bytes: &[u8],
+) -> bool {
     let mut frame = [Bytes::from(codec::frame(bytes))];
-    entry.closer.write_guarded(send, &mut frame).await
+    let written = entry.closer.write_guarded(send, &mut frame).await;
+    if written {
+        count(
+            &shared.counters.control_frames_out,
+            &shared.counters.control_bytes_out,
+            bytes.len(),
+        );
+    }
+    written
 }
 
 /// A client endpoint on `0.0.0.0:0` (IPv4, the common case for bots) whose default client

@@ -184,6 +184,18 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Wait until `cond` holds, checking every few milliseconds up to the timeout. Only for counters
+/// a driver task bumps just after the thing the test can observe (a write completing), so there
+/// is no event to wait for; the condition, not the delay, decides.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// A plain quinn client that offers the link protocol (ALPN) and trusts any certificate: a
 /// stranger with a TLS stack and no secret, who knows which protocol to ask for (and, unlike a
 /// real dialer, would send datagrams).
@@ -320,6 +332,29 @@ async fn members_link_and_exchange_ordered_messages_both_ways() {
         "a send after Down is a counted no-op, not an error"
     );
     assert_eq!((a.links.links(), b.links.links()), (0, 0));
+
+    // Every frame is counted once on each side, with its body's bytes.
+    let bytes = |direction, range: std::ops::Range<u32>| -> u64 {
+        range.map(|i| frame(direction, i).len() as u64).sum()
+    };
+    let a_sent = (
+        u64::from(FRAMES) + 10,
+        bytes(b'a', 0..FRAMES) + bytes(b'z', 0..10),
+    );
+    let b_sent = (u64::from(FRAMES), bytes(b'b', 0..FRAMES));
+    let (a_stats, b_stats) = (a.links.stats(), b.links.stats());
+    assert_eq!((b_stats.frames_in, b_stats.frame_bytes_in), a_sent);
+    assert_eq!((a_stats.frames_in, a_stats.frame_bytes_in), b_sent);
+    eventually("a's writes counted", || {
+        let s = a.links.stats();
+        (s.frames_out, s.frame_bytes_out) == a_sent
+    })
+    .await;
+    eventually("b's writes counted", || {
+        let s = b.links.stats();
+        (s.frames_out, s.frame_bytes_out) == b_sent
+    })
+    .await;
     a.check_ordering();
     b.check_ordering();
 }
@@ -671,6 +706,10 @@ async fn client_and_link_ports_refuse_each_others_protocol() {
 
     // Neither side's shard heard of the other protocol's connections.
     assert_eq!(member.links.stats().handshakes_refused, 1);
+    eventually("the client port's failed handshakes counted", || {
+        server.stats().handshakes_failed == 2
+    })
+    .await;
     member
         .assert_next_event_is_a_new_member("a client at a link port never reaches the shard")
         .await;

@@ -154,6 +154,18 @@ async fn expect_disconnected(tap: &mut Tap, conn: ConnId) -> String {
     }
 }
 
+/// Wait until `cond` holds, checking every few milliseconds up to the timeout. Only for counters
+/// a driver task bumps just after the thing the test can observe (a write completing), so there
+/// is no event to wait for; the condition, not the delay, decides.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// Send `bytes` from a client and wait until the server sees it as a datagram from `conn`,
 /// resending on a timer: datagrams are unreliable by contract, even if loopback rarely drops.
 async fn datagram_to_server(
@@ -258,6 +270,27 @@ async fn control_and_datagrams_flow_both_ways() {
         .await
         .expect("read datagram");
     assert_eq!(datagram.as_ref(), b"snapshot");
+
+    // Everything above was counted once, with its payload bytes.
+    let stats = server.stats();
+    assert_eq!((stats.control_frames_in, stats.control_bytes_in), (1, 5));
+    assert_eq!((stats.datagrams_in, stats.datagram_bytes_in), (1, 7));
+    assert_eq!((stats.datagrams_out, stats.datagram_bytes_out), (1, 8));
+    assert_eq!(
+        (
+            stats.connections_accepted,
+            stats.retries_sent,
+            stats.handshakes_failed
+        ),
+        (1, 0, 0),
+        "one client on an idle server starts its handshake at once: {stats:?}"
+    );
+    assert_eq!(stats.handshakes_in_progress, 0);
+    eventually("the control write counted", || {
+        let s = server.stats();
+        (s.control_frames_out, s.control_bytes_out) == (1, 7)
+    })
+    .await;
 
     // The client leaving is reported once, with its reason, and the server forgets it.
     client.conn.close(VarInt::from_u32(0), b"bye");
@@ -624,8 +657,14 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     let stats = server.stats();
     assert_eq!(server.connections(), BOUND);
     assert_eq!(stats.connections_accepted, BOUND as u64);
-    assert_eq!(stats.connections_refused_per_address, EXTRA as u64);
+    // At least: a refusal keeps no state, so a client that resends its first packet before the
+    // refusal reaches it (a slow machine) is refused, and counted, once more.
+    assert!(
+        stats.connections_refused_per_address >= EXTRA as u64,
+        "{stats:?}"
+    );
     assert_eq!(stats.handshakes_in_progress, 0);
+    let refused = stats.connections_refused_per_address;
 
     // Closing gives the places back: exactly as many new ones are accepted, and no more.
     for conn in idle.drain(..CLOSED) {
@@ -646,7 +685,7 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     let stats = server.stats();
     assert_eq!(server.connections(), BOUND);
     assert_eq!(stats.connections_accepted, (BOUND + CLOSED) as u64);
-    assert_eq!(stats.connections_refused_per_address, EXTRA as u64 + 1);
+    assert!(stats.connections_refused_per_address > refused, "{stats:?}");
     tap.check_ordering();
     server.shutdown().await;
 }
@@ -718,6 +757,11 @@ async fn a_client_offering_no_protocol_fails_the_handshake() {
         matches!(err, NetError::WrongProtocol(_)) && err.to_string().contains("ALPN"),
         "the client learns that it spoke the wrong protocol: {err}"
     );
+
+    eventually("the failed handshake counted", || {
+        server.stats().handshakes_failed == 1
+    })
+    .await;
 
     // The failed handshake never reached the shard: the first event is the good client's.
     let good = trusting(&id);
