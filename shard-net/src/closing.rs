@@ -37,6 +37,13 @@ pub(crate) fn bump(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
 }
 
+/// Count one frame or datagram of `len` bytes. Relaxed: these are statistics, read as a snapshot,
+/// and order nothing else.
+pub(crate) fn count(items: &AtomicU64, bytes: &AtomicU64, len: usize) {
+    items.fetch_add(1, Ordering::Relaxed);
+    bytes.fetch_add(len as u64, Ordering::Relaxed);
+}
+
 /// `reason` cut to at most [`CLOSE_REASON_BYTES_MAX`] bytes, on a character boundary.
 pub(crate) fn truncate_reason(reason: &str) -> &str {
     &reason[..reason.floor_char_boundary(CLOSE_REASON_BYTES_MAX)]

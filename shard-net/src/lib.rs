@@ -9,6 +9,7 @@
 //! Shards talk to each other over [`link`]: authenticated QUIC links that deliver nothing until
 //! both ends have proven membership of the cluster.
 
+mod admission;
 mod closing;
 pub mod link;
 pub mod mem;

@@ -44,6 +44,11 @@
 //!
 //! # Before the handshake completes
 //!
+//! Link endpoints speak their own protocol (ALPN `zs-link/1`, [`tls::ALPN_LINK`]), in both
+//! directions, so a game client that reaches a link port by mistake fails at TLS with an error
+//! naming the mix-up (and counts in [`LinkStats::handshakes_refused`]), and a link dialed to a
+//! client port fails the same way instead of talking link frames to a client driver.
+//!
 //! Nothing reaches the shard: no `Up`, no `Message`. The acceptor reads exactly one small frame
 //! (the hello, at most [`HANDSHAKE_FRAME_BYTES_MAX`]); datagrams are disabled on link
 //! connections (a peer that sends one violates the transport parameters and quinn closes the
@@ -79,6 +84,10 @@
 //! - an incoming connection that does not prove membership reports nothing at all: it is
 //!   logged and counted ([`LinkStats::handshakes_refused`]).
 //!
+//! Frames and bytes each way are counted for the whole endpoint ([`LinkStats`]), not per link:
+//! metrics want the shard's link traffic, and per-link series would come and go with every
+//! rebalance.
+//!
 //! The sans-IO half is the proof and the two handshake messages ([`ClusterAuth`],
 //! [`LinkHello`], [`LinkWelcome`]): pure functions of the secret, the exporter bytes and the
 //! received bytes, unit-tested below without a socket. The rest maps them onto quinn the way
@@ -102,7 +111,7 @@ use zonescaler_shared::codec::{self, DecodeError};
 use zonescaler_shared::limits;
 
 use crate::closing::{
-    CLOSE_FLUSH_TIMEOUT, Closer, bump, close_endpoint, closed, lock, truncate_reason,
+    CLOSE_FLUSH_TIMEOUT, Closer, bump, close_endpoint, closed, count, lock, truncate_reason,
 };
 use crate::quic::{NetError, SHUTDOWN_TIMEOUT, read_frame_body, read_frame_len};
 use crate::tls::{self, ClientTrust, ServerIdentity};
@@ -523,17 +532,20 @@ fn link_transport_config(accepts_the_stream: bool) -> quinn::TransportConfig {
     t
 }
 
-/// The acceptor's QUIC configuration: `identity` as its certificate, link transport settings.
-fn link_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, NetError> {
-    let mut config = tls::server_config(identity)?;
+/// The acceptor's QUIC configuration: `identity` as its certificate, [`tls::ALPN_LINK`], link
+/// transport settings. Public so tools and tests can stand up an endpoint that speaks the link
+/// protocol without being a [`ClusterLinks`].
+pub fn link_server_config(identity: &ServerIdentity) -> Result<quinn::ServerConfig, NetError> {
+    let mut config = tls::server_config_for(identity, tls::ALPN_LINK)?;
     config.transport_config(Arc::new(link_transport_config(true)));
     Ok(config)
 }
 
 /// The dialer's QUIC configuration: any certificate, because the acceptor proves membership
-/// with its [`LinkWelcome`] instead (see the module docs), and link transport settings.
+/// with its [`LinkWelcome`] instead (see the module docs), [`tls::ALPN_LINK`], and link transport
+/// settings.
 pub fn link_client_config() -> Result<quinn::ClientConfig, NetError> {
-    let mut config = tls::client_config(&ClientTrust::InsecureSkipVerify)?;
+    let mut config = tls::client_config_for(&ClientTrust::InsecureSkipVerify, tls::ALPN_LINK)?;
     config.transport_config(Arc::new(link_transport_config(false)));
     Ok(config)
 }
@@ -574,7 +586,7 @@ async fn read_handshake_frame(
     };
     match frame.await {
         Ok(body) => Ok(body),
-        Err(err @ (NetError::PeerClosed { .. } | NetError::Connection(_))) => Err(err.into()),
+        Err(err) if err.is_connection_lost() => Err(err.into()),
         Err(err) => Err(refuse(
             conn,
             Refusal::new(LinkCloseCode::BadMessage, format!("no {what}: {err}")),
@@ -752,9 +764,20 @@ impl Default for LinkOptions {
     }
 }
 
-/// Counters of what the link driver refused or dropped; all only grow.
+/// Counters of what the link driver carried, refused or dropped, over the whole endpoint (every
+/// link, dialed and accepted), for the shard to export as metrics; all only grow. Frames are shard
+/// messages after the handshake; bytes are their bodies, without the length prefix or QUIC's own
+/// overhead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Frames read from peers (each one a [`LinkEvent::Message`]).
+    pub frames_in: u64,
+    /// Bytes of [`Self::frames_in`].
+    pub frame_bytes_in: u64,
+    /// Frames written to peers' link streams.
+    pub frames_out: u64,
+    /// Bytes of [`Self::frames_out`].
+    pub frame_bytes_out: u64,
     /// Incoming connections that did not become links: failed TLS, bad or missing hello, wrong
     /// proof, version or protocol hash, handshake timeout.
     pub handshakes_refused: u64,
@@ -772,6 +795,10 @@ pub struct LinkStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    frames_in: AtomicU64,
+    frame_bytes_in: AtomicU64,
+    frames_out: AtomicU64,
+    frame_bytes_out: AtomicU64,
     handshakes_refused: AtomicU64,
     connections_refused: AtomicU64,
     closed_too_slow: AtomicU64,
@@ -1111,11 +1138,15 @@ impl ClusterLinks {
             .count()
     }
 
-    /// Snapshot of the refusal and drop counters.
+    /// Snapshot of the counters.
     pub fn stats(&self) -> LinkStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         LinkStats {
+            frames_in: get(&c.frames_in),
+            frame_bytes_in: get(&c.frame_bytes_in),
+            frames_out: get(&c.frames_out),
+            frame_bytes_out: get(&c.frame_bytes_out),
             handshakes_refused: get(&c.handshakes_refused),
             connections_refused: get(&c.connections_refused),
             closed_too_slow: get(&c.closed_too_slow),
@@ -1401,7 +1432,7 @@ async fn run_link(
         dialed: is_dialed,
     };
     if shared.events.send(up).await.is_ok() {
-        tokio::spawn(write_link(entry.clone(), send, outbox_rx));
+        tokio::spawn(write_link(shared.clone(), entry.clone(), send, outbox_rx));
         // The reader runs as its own task so that even a panic in it (there is no known way)
         // ends only this link, and still produces its `Down`.
         let reader = tokio::spawn({
@@ -1469,6 +1500,11 @@ async fn read_link(shared: &Shared, entry: &LinkEntry, mut recv: quinn::RecvStre
                 return read_failed(shared, entry, err).await;
             }
         };
+        count(
+            &shared.counters.frames_in,
+            &shared.counters.frame_bytes_in,
+            body.len(),
+        );
         let event = LinkEvent::Message {
             link: entry.id,
             bytes: Bytes::from(body),
@@ -1484,7 +1520,7 @@ async fn read_link(shared: &Shared, entry: &LinkEntry, mut recv: quinn::RecvStre
 async fn read_failed(shared: &Shared, entry: &LinkEntry, err: NetError) {
     match err {
         // The connection is gone; the supervisor reports why.
-        NetError::PeerClosed { .. } | NetError::Connection(_) => {}
+        err if err.is_connection_lost() => {}
         // Everything the peer sent has been read. If we finished first, this is the peer's
         // answer to our close, so it has read everything too: close now (see `write_link`).
         NetError::StreamFinished if entry.finished.load(Ordering::Acquire) => {
@@ -1535,6 +1571,7 @@ async fn read_failed(shared: &Shared, entry: &LinkEntry, err: NetError) {
 /// ends closing one link at the same moment both finish first, and each closes when it reads
 /// the other's end, so there the last frames of the side that reads more slowly can be lost.
 async fn write_link(
+    shared: Arc<Shared>,
     entry: Arc<LinkEntry>,
     mut send: quinn::SendStream,
     mut outbox: mpsc::Receiver<Outbound>,
@@ -1555,6 +1592,11 @@ async fn write_link(
                 if !written {
                     return;
                 }
+                count(
+                    &shared.counters.frames_out,
+                    &shared.counters.frame_bytes_out,
+                    len,
+                );
             }
             Some(Outbound::Close) => {
                 entry.finished.store(true, Ordering::Release);

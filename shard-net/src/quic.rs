@@ -3,7 +3,26 @@
 //! The shard is a synchronous world ticking on its own thread. This driver turns each client
 //! connection into [`NetEvent`]s on one bounded channel ([`QuicEvents`], drained by the shard
 //! between ticks) and carries out the shard's [`NetCommand`]s ([`QuicServer::dispatch`], a plain
-//! sync call). Per connection:
+//! sync call).
+//!
+//! The endpoint speaks the client protocol only (ALPN `zs-client/1`, [`tls::ALPN_CLIENT`]): a
+//! shard-link dialer pointed here by mistake, or a client that names no protocol, fails the TLS
+//! handshake with [`NetError::WrongProtocol`] and the shard never hears of it.
+//!
+//! Every incoming connection is judged at its first packet, before it costs a handshake
+//! ([`ServerLimits`]):
+//!
+//! - One source address (an IPv6 /64) holds at most `CONNECTIONS_PER_ADDRESS_MAX` connections,
+//!   counted from that first packet to the end, handshakes included. The shard's own bound,
+//!   `CLIENTS_PER_SHARD_MAX`, only applies once a client says `Hello`, so without this one host
+//!   could open every slot and hold it for `HELLO_TIMEOUT_MS` while real players are refused as
+//!   `ServerFull`. Past the bound the connection is refused (stateless `CONNECTION_REFUSED`).
+//! - Once `HANDSHAKES_BEFORE_RETRY` handshakes are in progress, a connection from an address that
+//!   has not proven it can receive there is answered with a QUIC Retry instead: spoofed sources
+//!   never answer, so a spoofed flood costs no state and cannot use up a real address's share; a
+//!   real client answers by itself and pays one round trip, only while the server is busy.
+//!
+//! Per connection:
 //!
 //! - `Connected` is always its first event and `Disconnected` its last, exactly once, whoever
 //!   ended it and however (a supervisor task emits it after the connection's readers are done).
@@ -19,18 +38,25 @@
 //!   (or after [`CLOSE_FLUSH_TIMEOUT`] if the client stops reading). A client that lets the queue
 //!   fill is closed as too slow ([`CLOSE_CODE_TOO_SLOW`]) rather than buffered without bound.
 //!
+//! Traffic, admissions and refusals are counted in [`NetStats`] for the shard to export as
+//! metrics: relaxed atomics bumped where the driver already holds the bytes, so counting costs no
+//! extra pass and no lock on the hot path.
+//!
 //! The client helpers at the end ([`client_endpoint`], [`connect`], [`read_frame`],
 //! [`write_frame`]) are what the bot load tester uses; they frame and check exactly like the
 //! server.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::{ConnectionError, ReadError, ReadExactError, SendDatagramError, VarInt, WriteError};
+use quinn::{
+    ConnectionError, ReadError, ReadExactError, SendDatagramError, TransportErrorCode, VarInt,
+    WriteError,
+};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use zonescaler_shared::ConnId;
@@ -38,18 +64,16 @@ use zonescaler_shared::codec::{self, DecodeError, FRAME_PREFIX_BYTES};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::ErrorCode;
 
+use crate::admission::{Admission, Sources, admission, source_of};
+pub use crate::admission::{CONNECTIONS_HARD_MAX, ServerLimits};
 pub use crate::closing::{CLOSE_FLUSH_TIMEOUT, CLOSE_REASON_BYTES_MAX};
-use crate::closing::{Closer, bump, close_endpoint, closed, flush, lock};
+use crate::closing::{Closer, bump, close_endpoint, closed, count, flush, lock};
 use crate::tls::{self, ClientTrust, ServerIdentity, TlsError};
 use crate::transport::{NetCommand, NetEvent};
 
 /// QUIC application close code the driver uses for a client whose control queue overflowed: the
 /// shard never decided it, the driver did, to keep its memory bounded.
 pub const CLOSE_CODE_TOO_SLOW: u32 = ErrorCode::TooSlow.close_code();
-/// Connections past which the driver refuses handshakes outright. The shard refuses clients past
-/// `CLIENTS_PER_SHARD_MAX` itself, politely, with `ServerFull` over a live connection; this much
-/// higher bound only stops a connection flood from outrunning that.
-pub const CONNECTIONS_HARD_MAX: usize = 2 * limits::CLIENTS_PER_SHARD_MAX;
 /// How long [`QuicServer::shutdown`] waits for closes to reach the peers.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reason sent to every client when the server shuts down or is dropped.
@@ -76,6 +100,14 @@ pub enum NetError {
     /// The peer closed the connection on purpose, saying why (the server's stated reason).
     #[error("peer closed the connection with code {code}: {reason}")]
     PeerClosed { code: u64, reason: String },
+    /// The TLS handshake failed because the two ends speak different protocols (ALPN, see
+    /// [`tls::ALPN_CLIENT`] and [`tls::ALPN_LINK`]), or one offered none: typically a client
+    /// port and a shard-link port mixed up in a configuration.
+    #[error(
+        "the peer does not speak this protocol (TLS ALPN mismatch: a client port and a shard \
+         link port mixed up?): {0}"
+    )]
+    WrongProtocol(ConnectionError),
     /// The connection failed or ended for any other reason (TLS failure, timeout, reset, local
     /// close).
     #[error("connection failed: {0}")]
@@ -107,6 +139,15 @@ impl NetError {
             _ => None,
         }
     }
+
+    /// Whether the connection itself is gone (closed by either side, failed, never set up), as
+    /// opposed to a fault of one stream or frame on a live connection.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::PeerClosed { .. } | Self::WrongProtocol(_) | Self::Connection(_)
+        )
+    }
 }
 
 impl From<ConnectionError> for NetError {
@@ -118,8 +159,20 @@ impl From<ConnectionError> for NetError {
                 code: close.error_code.into_inner(),
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             },
+            other if is_alpn_mismatch(&other) => Self::WrongProtocol(other),
             other => Self::Connection(other),
         }
+    }
+}
+
+/// Whether `err` is a TLS `no_application_protocol` alert, sent by the peer or raised here.
+fn is_alpn_mismatch(err: &ConnectionError) -> bool {
+    let alpn =
+        TransportErrorCode::crypto(u8::from(rustls::AlertDescription::NoApplicationProtocol));
+    match err {
+        ConnectionError::ConnectionClosed(close) => close.error_code == alpn,
+        ConnectionError::TransportError(err) => err.code == alpn,
+        _ => false,
     }
 }
 
@@ -141,9 +194,41 @@ impl From<WriteError> for NetError {
     }
 }
 
-/// Counters of what the driver dropped or refused; all only grow.
+/// Counters of what the driver carried, accepted, refused or dropped, for the shard to export as
+/// metrics. All only grow, except the one gauge, [`Self::handshakes_in_progress`], which says how
+/// many there are now. Byte counts are payload: datagram contents and control message bodies,
+/// without the frame's length prefix or QUIC's own overhead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Datagrams received from clients, every one, including those then dropped or refused.
+    pub datagrams_in: u64,
+    /// Bytes of [`Self::datagrams_in`].
+    pub datagram_bytes_in: u64,
+    /// Datagrams `dispatch` handed to quinn (which may still drop them on a congested path).
+    pub datagrams_out: u64,
+    /// Bytes of [`Self::datagrams_out`].
+    pub datagram_bytes_out: u64,
+    /// Control messages read from clients' control streams.
+    pub control_frames_in: u64,
+    /// Body bytes of [`Self::control_frames_in`].
+    pub control_bytes_in: u64,
+    /// Control messages written to clients' control streams.
+    pub control_frames_out: u64,
+    /// Body bytes of [`Self::control_frames_out`].
+    pub control_bytes_out: u64,
+    /// Incoming connections admitted to a handshake (not refused, not answered with a Retry).
+    pub connections_accepted: u64,
+    /// Admitted connections whose handshake failed (wrong protocol, bad certificate, timeout);
+    /// the shard never heard of them.
+    pub handshakes_failed: u64,
+    /// Gauge: handshakes admitted and not finished yet.
+    pub handshakes_in_progress: u64,
+    /// Incoming connections refused because their source address already held
+    /// [`ServerLimits::connections_per_address_max`] connections.
+    pub connections_refused_per_address: u64,
+    /// Incoming connections from an unvalidated address answered with a QUIC Retry because
+    /// [`ServerLimits::handshakes_before_retry`] handshakes were in progress.
+    pub retries_sent: u64,
     /// Inbound datagrams dropped because the shard's inbox was full.
     pub datagrams_dropped_inbox_full: u64,
     /// Datagrams `dispatch` could not hand to quinn (too large, connection gone, ...).
@@ -152,7 +237,7 @@ pub struct NetStats {
     pub closed_too_slow: u64,
     /// Connections closed for a bad control frame or an oversize datagram.
     pub closed_bad_message: u64,
-    /// Handshakes refused because [`CONNECTIONS_HARD_MAX`] was reached.
+    /// Incoming connections refused because [`CONNECTIONS_HARD_MAX`] connections were live.
     pub connections_refused: u64,
     /// Commands for a connection that no longer exists (normal right after a disconnect).
     pub commands_for_unknown_connections: u64,
@@ -162,6 +247,19 @@ pub struct NetStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    datagrams_in: AtomicU64,
+    datagram_bytes_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    datagram_bytes_out: AtomicU64,
+    control_frames_in: AtomicU64,
+    control_bytes_in: AtomicU64,
+    control_frames_out: AtomicU64,
+    control_bytes_out: AtomicU64,
+    connections_accepted: AtomicU64,
+    handshakes_failed: AtomicU64,
+    handshakes_in_progress: AtomicU64,
+    connections_refused_per_address: AtomicU64,
+    retries_sent: AtomicU64,
     datagrams_dropped_inbox_full: AtomicU64,
     datagram_send_failures: AtomicU64,
     closed_too_slow: AtomicU64,
@@ -233,6 +331,9 @@ impl ConnEntry {
 struct Shared {
     events: mpsc::Sender<NetEvent>,
     conns: Mutex<HashMap<ConnId, Arc<ConnEntry>>>,
+    /// Every connection from admission to its end, by source, for the admission bounds.
+    sources: Mutex<Sources>,
+    limits: ServerLimits,
     next_conn: AtomicU64,
     counters: Counters,
 }
@@ -261,10 +362,20 @@ pub struct QuicEvents {
 
 impl QuicServer {
     /// Bind a QUIC endpoint on `addr` presenting `identity`, and start accepting connections on
-    /// the current tokio runtime. Fails with [`NetError::NoRuntime`] outside one.
+    /// the current tokio runtime, with the default [`ServerLimits`]. Fails with
+    /// [`NetError::NoRuntime`] outside one.
     pub fn bind(
         addr: SocketAddr,
         identity: &ServerIdentity,
+    ) -> Result<(QuicServer, QuicEvents), NetError> {
+        Self::bind_with(addr, identity, ServerLimits::default())
+    }
+
+    /// [`Self::bind`] with explicit admission bounds.
+    pub fn bind_with(
+        addr: SocketAddr,
+        identity: &ServerIdentity,
+        limits: ServerLimits,
     ) -> Result<(QuicServer, QuicEvents), NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let config = tls::server_config(identity)?;
@@ -276,6 +387,8 @@ impl QuicServer {
         let shared = Arc::new(Shared {
             events: tx,
             conns: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
+            limits,
             next_conn: AtomicU64::new(1),
             counters: Counters::default(),
         });
@@ -308,6 +421,7 @@ impl QuicServer {
         };
         match cmd {
             NetCommand::Datagram { bytes, .. } => {
+                let len = bytes.len();
                 if let Err(err) = entry.conn().send_datagram(bytes) {
                     let n = bump(&self.shared.counters.datagram_send_failures);
                     match err {
@@ -320,6 +434,12 @@ impl QuicServer {
                         }
                         _ => tracing::debug!(conn = id.0, %err, "datagram not sent"),
                     }
+                } else {
+                    count(
+                        &self.shared.counters.datagrams_out,
+                        &self.shared.counters.datagram_bytes_out,
+                        len,
+                    );
                 }
             }
             NetCommand::Control { bytes, .. } => {
@@ -370,11 +490,24 @@ impl QuicServer {
         }
     }
 
-    /// Snapshot of the drop/refusal counters.
+    /// Snapshot of the counters (see [`NetStats`] for which are gauges).
     pub fn stats(&self) -> NetStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         NetStats {
+            datagrams_in: get(&c.datagrams_in),
+            datagram_bytes_in: get(&c.datagram_bytes_in),
+            datagrams_out: get(&c.datagrams_out),
+            datagram_bytes_out: get(&c.datagram_bytes_out),
+            control_frames_in: get(&c.control_frames_in),
+            control_bytes_in: get(&c.control_bytes_in),
+            control_frames_out: get(&c.control_frames_out),
+            control_bytes_out: get(&c.control_bytes_out),
+            connections_accepted: get(&c.connections_accepted),
+            handshakes_failed: get(&c.handshakes_failed),
+            handshakes_in_progress: get(&c.handshakes_in_progress),
+            connections_refused_per_address: get(&c.connections_refused_per_address),
+            retries_sent: get(&c.retries_sent),
             datagrams_dropped_inbox_full: get(&c.datagrams_dropped_inbox_full),
             datagram_send_failures: get(&c.datagram_send_failures),
             closed_too_slow: get(&c.closed_too_slow),
@@ -455,31 +588,149 @@ impl QuicEvents {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// Admission: what happens to a connection at its first packet.
+// ------------------------------------------------------------------------------------------
+
+/// An admitted connection's place in [`Sources`]; given back when dropped, however the
+/// connection ends.
+struct SourceSlot {
+    shared: Arc<Shared>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        lock(&self.shared.sources).remove(self.source);
+    }
+}
+
+/// One handshake in [`NetStats::handshakes_in_progress`], until dropped.
+struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared
+            .counters
+            .handshakes_in_progress
+            .fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .handshakes_in_progress
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
-        if lock(&shared.conns).len() >= CONNECTIONS_HARD_MAX {
-            let n = bump(&shared.counters.connections_refused);
-            if n.is_power_of_two() {
-                let remote = incoming.remote_address();
-                tracing::warn!(%remote, total = n, "refusing connection: hard limit reached");
-            }
-            incoming.refuse();
-            continue;
-        }
-        // Each handshake on its own task, so a slow one never delays the next client.
-        tokio::spawn(supervise(shared.clone(), incoming));
+        admit(&shared, incoming);
     }
     tracing::debug!("QUIC accept loop ended");
 }
 
-/// Owns one connection from handshake to `Disconnected`.
-async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Accept, refuse or Retry one incoming connection (see [`admission`]). Refusals and Retries
+/// are stateless and anyone can cause them, so they are logged loudly only at powers of two.
+fn admit(shared: &Arc<Shared>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let source = source_of(remote);
+    let counters = &shared.counters;
+    let handshakes = counters.handshakes_in_progress.load(Ordering::Relaxed);
+    let validated = incoming.remote_address_validated();
+    // Decided and counted under one lock; only this loop adds, so the bounds hold exactly.
+    let decision = {
+        let mut sources = lock(&shared.sources);
+        let decision = admission(
+            &shared.limits,
+            sources.total,
+            sources.count(source),
+            handshakes,
+            validated,
+        );
+        if decision == Admission::Accept {
+            sources.add(source);
+        }
+        decision
+    };
+    match decision {
+        Admission::Accept => {
+            let slot = SourceSlot {
+                shared: shared.clone(),
+                source,
+            };
+            let handshaking = Handshaking::start(shared);
+            bump(&counters.connections_accepted);
+            // Each handshake on its own task, so a slow one never delays the next client.
+            tokio::spawn(supervise(shared.clone(), incoming, slot, handshaking));
+        }
+        Admission::RefuseFull => {
+            let n = bump(&counters.connections_refused);
+            if n.is_power_of_two() {
+                tracing::warn!(%remote, total = n, "refusing connection: hard limit reached");
+            }
+            incoming.refuse();
+        }
+        Admission::RefuseAddress => {
+            let n = bump(&counters.connections_refused_per_address);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    %remote,
+                    %source,
+                    max = shared.limits.connections_per_address_max,
+                    total = n,
+                    "refusing connection: too many from one address"
+                );
+            }
+            incoming.refuse();
+        }
+        Admission::Retry => match incoming.retry() {
+            Ok(()) => {
+                let n = bump(&counters.retries_sent);
+                if n.is_power_of_two() {
+                    tracing::info!(
+                        %remote,
+                        handshakes,
+                        total = n,
+                        "handshake load: unvalidated addresses must answer a Retry first"
+                    );
+                }
+            }
+            // quinn guarantees that an unvalidated address may be retried; should that ever
+            // change, refusing is the stateless answer that is left.
+            Err(err) => {
+                tracing::debug!(%remote, "cannot retry: {err}");
+                err.into_incoming().refuse();
+            }
+        },
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// One connection.
+// ------------------------------------------------------------------------------------------
+
+/// Owns one connection from handshake to `Disconnected`; `slot` and `handshaking` are its
+/// places in the admission counts.
+async fn supervise(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    slot: SourceSlot,
+    handshaking: Handshaking,
+) {
+    let remote = incoming.remote_address();
+    let handshake = incoming.await;
+    drop(handshaking);
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(err) => {
             // Before `Connected`, so the shard never hears of it.
-            tracing::debug!(%remote, %err, "handshake failed");
+            let n = bump(&shared.counters.handshakes_failed);
+            tracing::debug!(%remote, %err, total = n, "handshake failed");
             return;
         }
     };
@@ -549,6 +800,8 @@ async fn supervise(shared: Arc<Shared>, incoming: quinn::Incoming) {
         .take_local()
         .map_or_else(|| err.to_string(), |local| local.log_reason);
     lock(&shared.conns).remove(&id);
+    // Given back before `Disconnected` goes out, so whoever sees it can connect again at once.
+    drop(slot);
     tracing::debug!(conn = id.0, %reason, "disconnected");
     // Sent last, after both readers ended, so nothing for this connection can follow it.
     let _ = shared
@@ -572,6 +825,11 @@ async fn read_control(
     loop {
         match read_frame(&mut recv).await {
             Ok(body) => {
+                count(
+                    &shared.counters.control_frames_in,
+                    &shared.counters.control_bytes_in,
+                    body.len(),
+                );
                 let event = NetEvent::Control {
                     conn: entry.id,
                     bytes: Bytes::from(body),
@@ -591,7 +849,7 @@ async fn read_control(
                 return;
             }
             // The connection is gone; the supervisor reports why.
-            Err(NetError::PeerClosed { .. } | NetError::Connection(_)) => return,
+            Err(err) if err.is_connection_lost() => return,
             Err(err) => {
                 entry.close_bad_message(shared, &err.to_string());
                 return;
@@ -603,6 +861,11 @@ async fn read_control(
 /// Forward datagrams until the connection ends.
 async fn read_datagrams(shared: &Shared, entry: &ConnEntry) {
     while let Ok(datagram) = entry.conn().read_datagram().await {
+        count(
+            &shared.counters.datagrams_in,
+            &shared.counters.datagram_bytes_in,
+            datagram.len(),
+        );
         if datagram.len() > limits::CLIENT_DATAGRAM_BYTES_MAX {
             // No valid input is this big; refusing here keeps big datagrams out of the inbox.
             let detail = format!(
@@ -674,7 +937,7 @@ async fn write_control(
                     };
                     if let Some(mut send) = stream {
                         for bytes in early.drain(..) {
-                            if !write_guarded(&entry, &mut send, &bytes).await {
+                            if !write_guarded(&shared, &entry, &mut send, &bytes).await {
                                 break;
                             }
                         }
@@ -688,7 +951,7 @@ async fn write_control(
         }
     };
     for bytes in early.drain(..) {
-        if !write_guarded(&entry, &mut send, &bytes).await {
+        if !write_guarded(&shared, &entry, &mut send, &bytes).await {
             return;
         }
     }
@@ -700,7 +963,7 @@ async fn write_control(
         match msg {
             None => return,
             Some(Outbound::Control(bytes)) => {
-                if !write_guarded(&entry, &mut send, &bytes).await {
+                if !write_guarded(&shared, &entry, &mut send, &bytes).await {
                     return;
                 }
             }
@@ -713,10 +976,23 @@ async fn write_control(
     }
 }
 
-/// Write one framed control message; see [`Closer::write_guarded`].
-async fn write_guarded(entry: &ConnEntry, send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
+/// Write one framed control message, counted once written; see [`Closer::write_guarded`].
+async fn write_guarded(
+    shared: &Shared,
+    entry: &ConnEntry,
+    send: &mut quinn::SendStream,
+    bytes: &[u8],
+) -> bool {
     let mut frame = [Bytes::from(codec::frame(bytes))];
-    entry.closer.write_guarded(send, &mut frame).await
+    let written = entry.closer.write_guarded(send, &mut frame).await;
+    if written {
+        count(
+            &shared.counters.control_frames_out,
+            &shared.counters.control_bytes_out,
+            bytes.len(),
+        );
+    }
+    written
 }
 
 /// A client endpoint on `0.0.0.0:0` (IPv4, the common case for bots) whose default client

@@ -6,19 +6,33 @@
 //! [`ClientTrust`] says how a client decides to believe the server. The crypto provider is always
 //! named explicitly (ring) rather than taken from a process-wide default, so a binary that links
 //! two providers can never panic on "no default provider".
+//!
+//! Every endpoint names its protocol with ALPN ([`ALPN_CLIENT`] on client ports, [`ALPN_LINK`]
+//! on shard links), and QUIC's ALPN is strict (RFC 9001 §8.1): a peer that offers another
+//! protocol, or none, fails the TLS handshake with `no_application_protocol`. So a link dialer
+//! pointed at a client port (or a bot at a link port) learns of the mistake at once, from an
+//! error that says so, instead of its bytes reaching a shard that would read them as the wrong
+//! protocol; and a future `zs-client/2` can run beside version 1 on the same port.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig};
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use zonescaler_shared::limits;
+
+/// ALPN protocol id of the client protocol: bots and game clients to a shard's client port
+/// ([`server_config`], [`client_config`]).
+pub const ALPN_CLIENT: &[u8] = b"zs-client/1";
+/// ALPN protocol id of shard-to-shard links (`link`), both directions.
+pub const ALPN_LINK: &[u8] = b"zs-link/1";
 
 /// Application datagram bytes a connection buffers on receive ([`transport_config`]). A client
 /// receives a whole snapshot (up to `SNAPSHOT_PARTS_MAX` datagrams) every tick and must not lose
@@ -237,10 +251,30 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// The shard's QUIC server configuration for `id`: [`transport_config`] with per-connection
-/// datagram buffers shrunk to what one client needs (see [`SERVER_DATAGRAM_RECEIVE_BUFFER_BYTES`]).
+/// The shard's QUIC server configuration for `id`, speaking the client protocol
+/// ([`ALPN_CLIENT`]): [`transport_config`] with per-connection datagram buffers shrunk to what one
+/// client needs (see [`SERVER_DATAGRAM_RECEIVE_BUFFER_BYTES`]).
 pub fn server_config(id: &ServerIdentity) -> Result<quinn::ServerConfig, TlsError> {
-    let mut cfg = quinn::ServerConfig::with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
+    server_config_for(id, ALPN_CLIENT)
+}
+
+/// [`server_config`] for the protocol `alpn` names: a client offering anything else (or nothing)
+/// fails the TLS handshake with `no_application_protocol`. Shard links use it with
+/// [`ALPN_LINK`] and their own transport settings.
+pub fn server_config_for(
+    id: &ServerIdentity,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    // No 0-RTT: early data can be replayed by anyone who recorded it, and the first thing a
+    // client sends is its `Hello`, which may carry a redirect token. (QUIC allows only 0 or
+    // `u32::MAX` here.)
+    tls.max_early_data_size = 0;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = transport_config();
     transport
         .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_RECEIVE_BUFFER_BYTES))
@@ -249,9 +283,20 @@ pub fn server_config(id: &ServerIdentity) -> Result<quinn::ServerConfig, TlsErro
     Ok(cfg)
 }
 
-/// A client configuration (TLS 1.3 only, [`transport_config`]) trusting what `trust` says.
+/// A client configuration speaking the client protocol ([`ALPN_CLIENT`]; TLS 1.3 only,
+/// [`transport_config`]) trusting what `trust` says.
 pub fn client_config(trust: &ClientTrust) -> Result<quinn::ClientConfig, TlsError> {
-    let mut cfg = match trust {
+    client_config_for(trust, ALPN_CLIENT)
+}
+
+/// [`client_config`] offering the protocol `alpn` names, and nothing else: a server that speaks
+/// another one fails the handshake instead of taking the connection.
+pub fn client_config_for(
+    trust: &ClientTrust,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
         ClientTrust::Certs(certs) => {
             if certs.is_empty() {
                 return Err(TlsError::NoTrustedCertificates);
@@ -260,18 +305,19 @@ pub fn client_config(trust: &ClientTrust) -> Result<quinn::ClientConfig, TlsErro
             for cert in certs {
                 roots.add(cert.clone())?;
             }
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots))?
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()?
         }
-        ClientTrust::InsecureSkipVerify => {
-            let provider = provider();
-            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(SkipServerVerification(provider)))
-                .with_no_client_auth();
-            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?))
-        }
+        ClientTrust::InsecureSkipVerify => Arc::new(SkipServerVerification(provider.clone())),
     };
+    // `enable_early_data` stays off: the helpers here always wait for the full handshake.
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     cfg.transport_config(Arc::new(transport_config()));
     Ok(cfg)
 }

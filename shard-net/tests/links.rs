@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{ConnectionError, SendDatagramError};
+use zonescaler_net::NetEvent;
 use zonescaler_net::link::{
     self, ClusterAuth, ClusterLinks, LinkCloseCode, LinkEvent, LinkEvents, LinkHello, LinkId,
     LinkOptions, LinkWelcome,
 };
-use zonescaler_net::quic::{self, NetError};
+use zonescaler_net::quic::{self, NetError, QuicServer};
 use zonescaler_net::tls::{self, ClientTrust, ServerIdentity};
 use zonescaler_shared::limits;
 
@@ -183,9 +184,28 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// A plain quinn client that trusts any certificate: a stranger with a TLS stack and no secret.
+/// Wait until `cond` holds, checking every few milliseconds up to the timeout. Only for counters
+/// a driver task bumps just after the thing the test can observe (a write completing), so there
+/// is no event to wait for; the condition, not the delay, decides.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// A plain quinn client that offers the link protocol (ALPN) and trusts any certificate: a
+/// stranger with a TLS stack and no secret, who knows which protocol to ask for (and, unlike a
+/// real dialer, would send datagrams).
 fn stranger_endpoint() -> quinn::Endpoint {
-    quic::client_endpoint(&ClientTrust::InsecureSkipVerify).expect("client endpoint")
+    let mut endpoint =
+        quic::client_endpoint(&ClientTrust::InsecureSkipVerify).expect("client endpoint");
+    let config = tls::client_config_for(&ClientTrust::InsecureSkipVerify, tls::ALPN_LINK)
+        .expect("client config");
+    endpoint.set_default_client_config(config);
+    endpoint
 }
 
 /// A connection to `addr` that completes TLS and nothing else.
@@ -312,6 +332,29 @@ async fn members_link_and_exchange_ordered_messages_both_ways() {
         "a send after Down is a counted no-op, not an error"
     );
     assert_eq!((a.links.links(), b.links.links()), (0, 0));
+
+    // Every frame is counted once on each side, with its body's bytes.
+    let bytes = |direction, range: std::ops::Range<u32>| -> u64 {
+        range.map(|i| frame(direction, i).len() as u64).sum()
+    };
+    let a_sent = (
+        u64::from(FRAMES) + 10,
+        bytes(b'a', 0..FRAMES) + bytes(b'z', 0..10),
+    );
+    let b_sent = (u64::from(FRAMES), bytes(b'b', 0..FRAMES));
+    let (a_stats, b_stats) = (a.links.stats(), b.links.stats());
+    assert_eq!((b_stats.frames_in, b_stats.frame_bytes_in), a_sent);
+    assert_eq!((a_stats.frames_in, a_stats.frame_bytes_in), b_sent);
+    eventually("a's writes counted", || {
+        let s = a.links.stats();
+        (s.frames_out, s.frame_bytes_out) == a_sent
+    })
+    .await;
+    eventually("b's writes counted", || {
+        let s = b.links.stats();
+        (s.frames_out, s.frame_bytes_out) == b_sent
+    })
+    .await;
     a.check_ordering();
     b.check_ordering();
 }
@@ -499,7 +542,7 @@ async fn a_dialer_sends_nothing_to_an_acceptor_that_cannot_prove_membership() {
     // An impostor: valid TLS, reads the hello, answers with a made-up welcome.
     let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
     let impostor = {
-        let config = tls::server_config(&id).expect("server config");
+        let config = link::link_server_config(&id).expect("server config");
         quinn::Endpoint::server(config, loopback()).expect("impostor endpoint")
     };
     let impostor_addr = impostor.local_addr().expect("addr");
@@ -612,4 +655,78 @@ async fn shutdown_ends_every_link_with_a_reason() {
     a.check_ordering();
     b.check_ordering();
     c.check_ordering();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_link_ports_refuse_each_others_protocol() {
+    let mut member = Node::new(SECRET, HASH);
+    let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+    let (server, mut server_events) = QuicServer::bind(loopback(), &id).expect("bind client port");
+
+    // A bot pointed at a link port.
+    let bot = quic::client_endpoint(&ClientTrust::InsecureSkipVerify).expect("client endpoint");
+    let err = match within(
+        "refused handshake",
+        quic::connect(&bot, member.addr(), "localhost", b"hello"),
+    )
+    .await
+    {
+        Ok(_) => panic!("a client reached a link port"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(err, NetError::WrongProtocol(_)) && err.to_string().contains("ALPN"),
+        "a client at a link port fails the TLS handshake, saying why: {err}"
+    );
+
+    // A link dialer pointed at a client port, through `ClusterLinks` and byte by byte.
+    let dial = member.links.dial(server.local_addr());
+    let (code, reason) = member.expect_failed(dial).await;
+    assert_eq!(
+        code, None,
+        "no link close code: nothing link-level began: {reason}"
+    );
+    assert!(
+        reason.contains("ALPN"),
+        "a link dialed to a client port fails, saying why: {reason}"
+    );
+    let auth = ClusterAuth::new(SECRET, HASH).expect("secret");
+    match within(
+        "raw dial",
+        link::dial_raw(&stranger_endpoint(), server.local_addr(), &auth),
+    )
+    .await
+    {
+        Ok(_) => panic!("a link dialer reached a client port"),
+        Err(err) => assert!(
+            matches!(err, link::HandshakeError::Net(NetError::WrongProtocol(_))),
+            "{err}"
+        ),
+    }
+
+    // Neither side's shard heard of the other protocol's connections.
+    assert_eq!(member.links.stats().handshakes_refused, 1);
+    eventually("the client port's failed handshakes counted", || {
+        server.stats().handshakes_failed == 2
+    })
+    .await;
+    member
+        .assert_next_event_is_a_new_member("a client at a link port never reaches the shard")
+        .await;
+    let _client = within(
+        "connect",
+        quic::connect(&bot, server.local_addr(), "localhost", b"hello"),
+    )
+    .await
+    .expect("the right protocol on the client port connects");
+    assert!(server_events.wait(TIMEOUT).await, "no client event");
+    let mut events = Vec::new();
+    server_events.drain_into(1, &mut events);
+    assert!(
+        matches!(events.as_slice(), [NetEvent::Connected { .. }]),
+        "the first event on the client port is the real client's, so no link dialer reached \
+         the shard: {events:?}"
+    );
+    member.check_ordering();
+    server.shutdown().await;
 }

@@ -6,11 +6,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use quinn::{ConnectionError, VarInt};
-use zonescaler_net::quic::{self, CLOSE_CODE_TOO_SLOW, NetError, QuicEvents, QuicServer};
+use quinn::{ConnectionError, TransportErrorCode, VarInt};
+use zonescaler_net::quic::{
+    self, CLOSE_CODE_TOO_SLOW, NetError, QuicEvents, QuicServer, ServerLimits,
+};
 use zonescaler_net::tls::{ClientTrust, ServerIdentity, TlsError};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_shared::ConnId;
@@ -151,6 +154,18 @@ async fn expect_disconnected(tap: &mut Tap, conn: ConnId) -> String {
     }
 }
 
+/// Wait until `cond` holds, checking every few milliseconds up to the timeout. Only for counters
+/// a driver task bumps just after the thing the test can observe (a write completing), so there
+/// is no event to wait for; the condition, not the delay, decides.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// Send `bytes` from a client and wait until the server sees it as a datagram from `conn`,
 /// resending on a timer: datagrams are unreliable by contract, even if loopback rarely drops.
 async fn datagram_to_server(
@@ -255,6 +270,27 @@ async fn control_and_datagrams_flow_both_ways() {
         .await
         .expect("read datagram");
     assert_eq!(datagram.as_ref(), b"snapshot");
+
+    // Everything above was counted once, with its payload bytes.
+    let stats = server.stats();
+    assert_eq!((stats.control_frames_in, stats.control_bytes_in), (1, 5));
+    assert_eq!((stats.datagrams_in, stats.datagram_bytes_in), (1, 7));
+    assert_eq!((stats.datagrams_out, stats.datagram_bytes_out), (1, 8));
+    assert_eq!(
+        (
+            stats.connections_accepted,
+            stats.retries_sent,
+            stats.handshakes_failed
+        ),
+        (1, 0, 0),
+        "one client on an idle server starts its handshake at once: {stats:?}"
+    );
+    assert_eq!(stats.handshakes_in_progress, 0);
+    eventually("the control write counted", || {
+        let s = server.stats();
+        (s.control_frames_out, s.control_bytes_out) == (1, 7)
+    })
+    .await;
 
     // The client leaving is reported once, with its reason, and the server forgets it.
     client.conn.close(VarInt::from_u32(0), b"bye");
@@ -550,6 +586,195 @@ async fn certificates_are_checked_unless_told_not_to() {
             .contains("shutting_down")
     );
     tap.check_ordering();
+}
+
+/// Wait until `n` connections have reported `Disconnected`, whichever they are.
+async fn expect_disconnects(tap: &mut Tap, n: usize) {
+    let mut seen = 0;
+    while seen < n {
+        match tap.next().await {
+            NetEvent::Disconnected { .. } => seen += 1,
+            NetEvent::Connected { .. } => panic!("no connection was expected to open now"),
+            NetEvent::Control { .. } | NetEvent::Datagram { .. } => {}
+        }
+    }
+}
+
+/// Connect without opening a stream: a connection that holds a slot and says nothing, the way a
+/// flood would.
+async fn idle_connection(
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+) -> Result<quinn::Connection, ConnectionError> {
+    let connecting = endpoint
+        .connect(server, "localhost")
+        .expect("start connecting");
+    within("handshake", connecting).await
+}
+
+fn assert_refused(result: Result<quinn::Connection, ConnectionError>, why: &str) {
+    match result {
+        Err(ConnectionError::ConnectionClosed(close))
+            if close.error_code == TransportErrorCode::CONNECTION_REFUSED => {}
+        Err(other) => panic!("{why}: expected CONNECTION_REFUSED, got {other}"),
+        Ok(_) => panic!("{why}: the connection was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    const BOUND: usize = 8;
+    const EXTRA: usize = 5;
+    const CLOSED: usize = 3;
+    let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+    let limits = ServerLimits {
+        connections_per_address_max: BOUND,
+        ..ServerLimits::default()
+    };
+    let (server, events) = QuicServer::bind_with(loopback(), &id, limits).expect("bind");
+    let mut tap = Tap::new(events);
+    let addr = server.local_addr();
+    // Like a bot swarm: several endpoints, so several ports, on one host.
+    let endpoints: Vec<quinn::Endpoint> = (0..3).map(|_| trusting(&id)).collect();
+    let endpoint = |i: usize| &endpoints[i % endpoints.len()];
+
+    let mut idle = Vec::new();
+    for i in 0..BOUND {
+        let conn = idle_connection(endpoint(i), addr)
+            .await
+            .expect("connections up to the bound are accepted");
+        idle.push(conn);
+    }
+    for _ in 0..BOUND {
+        expect_connected(&mut tap).await;
+    }
+    for i in 0..EXTRA {
+        assert_refused(
+            idle_connection(endpoint(i), addr).await,
+            "one host past its bound, on any port, is refused",
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(server.connections(), BOUND);
+    assert_eq!(stats.connections_accepted, BOUND as u64);
+    // At least: a refusal keeps no state, so a client that resends its first packet before the
+    // refusal reaches it (a slow machine) is refused, and counted, once more.
+    assert!(
+        stats.connections_refused_per_address >= EXTRA as u64,
+        "{stats:?}"
+    );
+    assert_eq!(stats.handshakes_in_progress, 0);
+    let refused = stats.connections_refused_per_address;
+
+    // Closing gives the places back: exactly as many new ones are accepted, and no more.
+    for conn in idle.drain(..CLOSED) {
+        conn.close(VarInt::from_u32(0), b"bye");
+    }
+    expect_disconnects(&mut tap, CLOSED).await;
+    for i in 0..CLOSED {
+        let conn = idle_connection(endpoint(i), addr)
+            .await
+            .expect("a closed connection's place is free again");
+        idle.push(conn);
+        expect_connected(&mut tap).await;
+    }
+    assert_refused(
+        idle_connection(endpoint(0), addr).await,
+        "the freed places are taken again, and the bound still holds",
+    );
+    let stats = server.stats();
+    assert_eq!(server.connections(), BOUND);
+    assert_eq!(stats.connections_accepted, (BOUND + CLOSED) as u64);
+    assert!(stats.connections_refused_per_address > refused, "{stats:?}");
+    tap.check_ordering();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_handshake_load_a_client_proves_its_address_with_a_retry() {
+    let id = ServerIdentity::self_signed(&["localhost"]).expect("identity");
+    // 0: as if the server were always under load, so every unvalidated address gets a Retry.
+    let limits = ServerLimits {
+        handshakes_before_retry: 0,
+        ..ServerLimits::default()
+    };
+    let (server, events) = QuicServer::bind_with(loopback(), &id, limits).expect("bind");
+    let mut tap = Tap::new(events);
+    let endpoint = trusting(&id);
+    let mut client = within(
+        "connect through a Retry",
+        quic::connect(&endpoint, server.local_addr(), "localhost", b"hello"),
+    )
+    .await
+    .expect("a real client follows the Retry by itself");
+    let conn = expect_connected(&mut tap).await;
+    match tap.next_for(conn).await {
+        NetEvent::Control { bytes, .. } => assert_eq!(bytes.as_ref(), b"hello"),
+        other => panic!("expected the first control message, got {other:?}"),
+    }
+    server.dispatch(NetCommand::Control {
+        conn,
+        bytes: Bytes::from_static(b"welcome"),
+    });
+    assert_eq!(
+        within("control", client.read_control())
+            .await
+            .expect("read control"),
+        b"welcome"
+    );
+    let stats = server.stats();
+    // A retransmitted first packet may be answered with a second Retry; never with state.
+    assert!(
+        stats.retries_sent >= 1,
+        "the server asked for address validation: {stats:?}"
+    );
+    assert_eq!(
+        stats.connections_accepted, 1,
+        "only the validated attempt started a handshake: {stats:?}"
+    );
+    assert_eq!(stats.handshakes_in_progress, 0, "{stats:?}");
+    tap.check_ordering();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_no_protocol_fails_the_handshake() {
+    let (id, server, mut tap) = start();
+    // quinn's own default client configuration offers no ALPN at all.
+    let mut roots = quinn::rustls::RootCertStore::empty();
+    roots.add(id.cert_chain[0].clone()).expect("root");
+    let plain = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("config");
+    let endpoint = quic::client_endpoint(&ClientTrust::InsecureSkipVerify).expect("endpoint");
+    let connecting = endpoint
+        .connect_with(plain, server.local_addr(), "localhost")
+        .expect("start");
+    let err = NetError::from(
+        within("refused handshake", connecting)
+            .await
+            .expect_err("a client that names no protocol must not connect"),
+    );
+    assert!(
+        matches!(err, NetError::WrongProtocol(_)) && err.to_string().contains("ALPN"),
+        "the client learns that it spoke the wrong protocol: {err}"
+    );
+
+    eventually("the failed handshake counted", || {
+        server.stats().handshakes_failed == 1
+    })
+    .await;
+
+    // The failed handshake never reached the shard: the first event is the good client's.
+    let good = trusting(&id);
+    let _client = within(
+        "connect",
+        quic::connect(&good, server.local_addr(), "localhost", b"hello"),
+    )
+    .await
+    .expect("connect");
+    let conn = expect_connected(&mut tap).await;
+    assert!(matches!(tap.next_for(conn).await, NetEvent::Control { .. }));
+    tap.check_ordering();
+    server.shutdown().await;
 }
 
 fn temp_path(tag: &str) -> PathBuf {

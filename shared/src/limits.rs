@@ -89,6 +89,17 @@ pub const AOI_GRID_CELLS_MAX: usize = 1 << 20;
 
 /// How long a connecting client has to send `Hello` before it is closed.
 pub const HELLO_TIMEOUT_MS: u64 = 5_000;
+/// Client connections, handshaking or established, that one source address may hold on a shard;
+/// the next is refused at its first packet. Without it one host could take every one of the
+/// `CLIENTS_PER_SHARD_MAX` slots and hold them for `HELLO_TIMEOUT_MS` without logging in. Load
+/// tests run up to 1,000 bots from one machine, so it stays above that. An IPv6 source counts by
+/// its /64, the block one host is usually given.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 1_024;
+/// Client handshakes in progress past which a shard answers a new connection from a source
+/// address it has not validated with a QUIC Retry instead of starting a handshake, so a flood of
+/// spoofed-source packets costs it no state. A real client follows the Retry by itself, one
+/// round trip later; below this bound nobody pays that round trip.
+pub const HANDSHAKES_BEFORE_RETRY: usize = 256;
 /// QUIC idle timeout: a peer silent this long is gone.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// The round trip QUIC assumes before it has measured one: it sets how soon a lost handshake
@@ -185,3 +196,12 @@ const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_INBOX_BYTES_MAX);
 const _: () = assert!(LINK_HANDSHAKES_PENDING_MAX <= LINKS_MAX);
 const _: () = assert!(LINK_HANDSHAKE_TIMEOUT_MS < IDLE_TIMEOUT_MS);
+// One host cannot take every client slot, but a load test's bot swarm fits on one host.
+const _: () = assert!(CONNECTIONS_PER_ADDRESS_MAX < CLIENTS_PER_SHARD_MAX);
+const _: () = assert!(
+    CONNECTIONS_PER_ADDRESS_MAX >= 1_000,
+    "load tests run up to 1,000 bots from one host"
+);
+// Spoofed sources cannot fill a real address's allowance: once HANDSHAKES_BEFORE_RETRY
+// handshakes are in progress, every unvalidated source must first prove it receives there.
+const _: () = assert!(HANDSHAKES_BEFORE_RETRY < CONNECTIONS_PER_ADDRESS_MAX);
