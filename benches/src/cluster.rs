@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
-use zonescaler_server::components::Networked;
-use zonescaler_server::handoff::HandoffState;
-use zonescaler_server::proxy::{Proxy, Space};
+use zonescaler_server::core::components::{Networked, Proxy};
+use zonescaler_server::core::resources::HandoffStats;
+use zonescaler_server::core::space::Space;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::rng::Rng;
@@ -305,7 +305,7 @@ impl ClusterScene {
     fn handoffs_total(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.world.resource::<HandoffState>().out)
+            .map(|s| s.world.resource::<HandoffStats>().out)
             .sum()
     }
 

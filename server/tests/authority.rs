@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::{Harness, small_world};
 use glam::Vec3;
 use zonescaler_net::NetEvent;
-use zonescaler_server::components::{Avatar, Position};
+use zonescaler_server::core::components::{Avatar, Position};
 use zonescaler_shared::ConnId;
 use zonescaler_shared::quant::QPos;
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Harness, small_world};
-use zonescaler_server::components::{Avatar, Networked, Position};
+use zonescaler_server::core::components::{Avatar, Networked, Position};
 
 #[test]
 fn a_client_sees_exactly_the_entities_within_its_aoi() {

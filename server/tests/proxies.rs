@@ -6,49 +6,46 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use zonescaler_bots::{BotClient, BotConfig, Scenario};
 use zonescaler_net::{NetCommand, NetEvent};
-use zonescaler_server::ShardApp;
-use zonescaler_server::components::{Avatar, MoveTarget, Networked, Owned, Position};
-use zonescaler_server::proxy::Proxy;
-use zonescaler_shared::cellmap::{CellGrid, CellMap, assign_contiguous};
+use zonescaler_server::app::demo_game;
+use zonescaler_server::cluster::LocalCluster;
+use zonescaler_server::core::components::{
+    Avatar, MoveTarget, Networked, Owned, Position, Proxy,
+};
+use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{ConnId, NetId, ShardId};
 
 struct Cluster {
-    shards: Vec<ShardApp>,
+    inner: LocalCluster,
     map: CellMap,
     cfg: WorldConfig,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.inner
+    }
 }
 
 impl Cluster {
     fn new(npcs_per_shard: usize) -> Self {
         let mut cfg = WorldConfig::default();
         cfg.npc.count = npcs_per_shard;
-        let grid = CellGrid::from_config(&cfg);
-        let map =
-            assign_contiguous(&grid, &[(ShardId(0), 1), (ShardId(1), 1)]).expect("two shards");
-        let shards = (0..2)
-            .map(|i| ShardApp::example_in(cfg.clone(), ShardId(i), map.clone()))
-            .collect();
-        Self { shards, map, cfg }
-    }
-
-    /// Tick every shard, then deliver shard-link messages (a perfect link: they arrive for the
-    /// next tick). Returns each shard's client commands.
-    fn step(&mut self) -> Vec<Vec<NetCommand>> {
-        for s in &mut self.shards {
-            s.tick();
+        let inner = LocalCluster::new(cfg.clone(), 2, &demo_game()).expect("two shards");
+        let map = inner.map.clone();
+        Self {
+            inner,
+            map,
+            cfg,
         }
-        let mut mail = Vec::new();
-        for (i, s) in self.shards.iter_mut().enumerate() {
-            for (to, bytes) in s.drain_shard_outbox() {
-                mail.push((ShardId(i as u16), to, bytes));
-            }
-        }
-        for (from, to, bytes) in mail {
-            self.shards[usize::from(to.0)].push_shard_message(from, bytes);
-        }
-        self.shards.iter_mut().map(|s| s.drain_outbox()).collect()
     }
 
     /// Owned entities of shard `i`: id → (quantised position, exact ground position).
@@ -173,14 +170,17 @@ fn a_bot_near_a_border_sees_entities_owned_by_the_other_shard() {
         bytes: Bytes::from(bot.hello(0)),
     });
     let mut now = 0;
-    for tick in 0..40 {
-        if tick == 1 {
-            // Stand the avatar 10 m from the border, on shard 0's side.
+    let mut placed = false;
+    for _tick in 0..40 {
+        if !placed {
+            // Once the login went through (the master confirms the account first), stand the
+            // avatar 10 m from the border, on shard 0's side.
             let w = &mut c.shards[0].world;
             let mut q = w.query::<(&Avatar, &mut Position, &mut MoveTarget)>();
             for (_, mut p, mut t) in q.iter_mut(w) {
                 p.0 = spot;
                 t.target = spot;
+                placed = true;
             }
         }
         now += 33_333;

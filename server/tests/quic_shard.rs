@@ -38,16 +38,14 @@ fn start_shard(npcs: usize) -> Shard {
         std::env::temp_dir().join(format!("zs-quic-shard-{}-{npcs}.pem", std::process::id()));
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let opts = ShardOptions {
+    let mut opts = ShardOptions::new(
         config,
-        listen: "127.0.0.1:0".parse().expect("literal address"),
-        cert_out: Some(cert.clone()),
-        stats_every: Duration::from_secs(60),
-        ready: Some(tx),
-        cluster: None,
-        http: None,
-        net_threads: zonescaler_server::runtime::NET_THREADS_DEFAULT,
-    };
+        "127.0.0.1:0".parse().expect("literal address"),
+        zonescaler_server::app::demo_game(),
+    );
+    opts.cert_out = Some(cert.clone());
+    opts.stats_every = Duration::from_secs(60);
+    opts.ready = Some(tx);
     let s = stop.clone();
     let thread = std::thread::spawn(move || run_shard(opts, s));
     let addr = rx
@@ -182,8 +180,8 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
         let mut old = codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: 1,
             name: "old".into(),
+            ticket: None,
             token: None,
-            spawn_hint: None,
         }));
         old[2..4].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
         let wrong_version = attack_at_login(shard.addr, &shard.trust, &old).await;

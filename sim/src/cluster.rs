@@ -3,8 +3,13 @@
 //! then partitioned (messages wait, as a stream retransmits); client datagrams also see loss,
 //! duplication and reordering. NPCs wander across borders and are handed off; bots walk back and
 //! forth across borders and follow their avatar from shard to shard with redirect tokens.
-//! The master role places the cells (shard 0 holds it, the others join with random weights) and
-//! hears every shard's load as heartbeats. Every tick is checked for:
+//! The cluster forms as it does in production, through the same [`Forming`] state machine over
+//! the simulated links: shard 0 holds the master role, the others join it (one after the other,
+//! so process `i` is shard `i`) with random weights, the master places the cells and pushes the
+//! map, and every pair of shards links. During play the links carry one batch of shard messages
+//! per neighbour per tick, heartbeats to the master, and the master's traffic: logins claim their
+//! accounts there (bots log in with tickets the simulation's account key signed, spawning where
+//! their border walks start). Every tick is checked for:
 //! - `single_authority`: no `NetId` owned by two shards;
 //! - `no_lost_entities`: every entity that existed still exists (owned somewhere, or frozen in a
 //!   handoff), unless the engine despawned it on purpose (its player left);
@@ -19,18 +24,20 @@ use crate::{Packet, Violation};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
+use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
-use zonescaler_server::components::{Networked, Owned, Position};
-use zonescaler_server::handoff::InTransit;
-use zonescaler_server::master::Master;
-use zonescaler_server::proxy::{Proxy, Space};
-use zonescaler_server::resources::DespawnLog;
+use zonescaler_server::client::LoginPolicy;
+use zonescaler_server::cluster::{FormAction, FormEvent, Formed, Forming, Master};
+use zonescaler_server::core::components::{InTransit, Networked, Owned, Position, Proxy};
+use zonescaler_server::core::resources::{DespawnLog, HandoffStats};
+use zonescaler_server::core::space::Space;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
-use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
+use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MasterNotice, MasterRequest};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
+use zonescaler_shared::ticket::{LoginTicket, TicketSigner};
 use zonescaler_shared::{ConnId, NetId, ShardId, limits};
 
 /// One multi-shard run's shape.
@@ -176,34 +183,43 @@ impl ClusterSim {
     pub fn new(cfg: ClusterConfig) -> Result<Self, String> {
         let grid = CellGrid::from_config(&cfg.world);
         let mut rng = Rng::new(cfg.seed);
-        // The master role places the cells, as in a real cluster: shard 0 holds it, the others
-        // join with random capacity weights.
-        let member = |i: usize, weight: u32| JoinRequest {
-            client_addr: String::new(),
-            link_addr: format!("sim:{i}"),
-            weight,
-        };
-        let first = member(0, 1 + rng.below(3) as u32);
-        let mut master = Master::new(
-            grid,
-            cfg.shards,
-            MemberInfo {
-                id: ShardId(0),
-                client_addr: first.client_addr,
-                link_addr: first.link_addr,
-                weight: first.weight,
-            },
-            0,
-        );
-        for i in 1..cfg.shards {
-            master
-                .join(member(i, 1 + rng.below(3) as u32), 0)
-                .map_err(|e| e.to_string())?;
+        let mut net = MemNetwork::new(rng.next_u64(), cfg.client_faults);
+        for a in 0..cfg.shards as u32 {
+            for b in 0..cfg.shards as u32 {
+                if a != b {
+                    net.set_faults(a, b, cfg.link_faults);
+                }
+            }
         }
-        master.place().map_err(|e| e.to_string())?;
-        let map = master.map().cloned().ok_or("the master placed no map")?;
+        let weights: Vec<u32> = (0..cfg.shards).map(|_| 1 + rng.below(3) as u32).collect();
+        let mut now_us = 0;
+        let mut formed = form(&mut net, grid, &weights, &mut now_us)?;
+        let master = formed[0]
+            .master
+            .take()
+            .ok_or("shard 0 formed without the master role")?;
+        let map = formed[0].map.clone();
+        // The simulation is its own account service: a seeded key, so runs replay exactly.
+        let signer = TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
         let mut shards: Vec<ShardApp> = (0..cfg.shards)
-            .map(|i| ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone()))
+            .map(|i| {
+                let mut app = ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
+                app.world.insert_resource(LoginPolicy {
+                    keys: signer.public_keys(),
+                    ..LoginPolicy::default()
+                });
+                app.start();
+                app
+            })
+            .collect();
+        let early: Vec<(usize, ShardId, LinkMessage)> = formed
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, f)| {
+                std::mem::take(&mut f.early)
+                    .into_iter()
+                    .map(move |(from, m)| (i, from, m))
+            })
             .collect();
         let alive = shards
             .iter_mut()
@@ -227,6 +243,11 @@ impl ClusterSim {
                     cfg.seed ^ (i as u64) << 20,
                 );
                 c.border = walks.get(i).copied();
+                c.ticket = Some(signer.sign(&LoginTicket {
+                    account: c.name.clone(),
+                    spawn: c.border.map(|(a, _)| QPos::quantize(a)),
+                    expires_ms: u64::MAX,
+                }));
                 ClusterBot {
                     bot: BotClient::new(c),
                     shard: None,
@@ -237,13 +258,13 @@ impl ClusterSim {
             })
             .collect();
         let tick_us = 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
-        Ok(Self {
+        let mut sim = Self {
             cfg,
             shards,
             map,
             net,
             rng,
-            now_us: 0,
+            now_us,
             tick_us,
             bots,
             history: VecDeque::new(),
@@ -256,7 +277,11 @@ impl ClusterSim {
             master,
             handoffs: 0,
             sabotage: None,
-        })
+        };
+        for (to, from, msg) in early {
+            sim.on_link_message(to, usize::from(from.0), msg);
+        }
+        Ok(sim)
     }
 
     /// Run every tick; stop at the first violated invariant.
@@ -273,9 +298,7 @@ impl ClusterSim {
             .shards
             .iter()
             .map(|s| {
-                s.world
-                    .resource::<zonescaler_server::handoff::HandoffState>()
-                    .out
+                s.world.resource::<HandoffStats>().out
             })
             .sum();
         Ok(ClusterOutcome {
@@ -336,8 +359,8 @@ impl ClusterSim {
             let (from, to) = (from as usize, to as usize);
             if to < n {
                 if from < n {
-                    if let Packet::Link(bytes) = packet {
-                        self.shards[to].push_shard_message(ShardId(from as u16), bytes);
+                    if let Packet::Link(_, msg) = packet {
+                        self.on_link_message(to, from, msg);
                     }
                     continue;
                 }
@@ -355,17 +378,15 @@ impl ClusterSim {
         let heartbeat_ticks =
             (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1);
         if next_tick.is_multiple_of(heartbeat_ticks) {
-            for (i, s) in self.shards.iter_mut().enumerate() {
-                self.master
-                    .heartbeat(ShardId(i as u16), s.load(), now / 1_000);
+            for i in 0..n {
+                let load = self.shards[i].load();
+                self.to_master(i, LinkMessage::Heartbeat(load));
             }
-            let dead = self.master.check_liveness(now / 1_000);
-            debug_assert!(dead.is_empty(), "every simulated shard reports");
         }
         for i in 0..n {
-            for (to, bytes) in self.shards[i].drain_shard_outbox() {
-                self.net
-                    .send(now, i as u32, u32::from(to.0), Packet::Link(bytes), true);
+            self.send_batches(i);
+            for req in self.shards[i].drain_master_requests() {
+                self.to_master(i, LinkMessage::ToMaster(req));
             }
             for cmd in self.shards[i].drain_outbox() {
                 let to = (n as u64 + cmd.conn().0) as u32;
@@ -388,6 +409,70 @@ impl ClusterSim {
             }
         }
         self.shards[0].tick_number()
+    }
+
+    /// One tick's shard messages of shard `i`: one batch per neighbour, as a shard's node sends.
+    fn send_batches(&mut self, i: usize) {
+        let now = self.now_us;
+        let mut per: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
+        for (to, bytes) in self.shards[i].drain_shard_outbox() {
+            per.entry(to).or_default().push(bytes.to_vec());
+        }
+        for (to, msgs) in per {
+            let msg = LinkMessage::Batch(msgs);
+            self.net
+                .send(now, i as u32, u32::from(to.0), Packet::Link(LinkId(0), msg), true);
+        }
+    }
+
+    /// A message for the master (shard 0): over the link, or straight in on shard 0 itself.
+    fn to_master(&mut self, from: usize, msg: LinkMessage) {
+        if from == 0 {
+            self.on_link_message(0, 0, msg);
+        } else {
+            self.net
+                .send(self.now_us, from as u32, 0, Packet::Link(LinkId(0), msg), true);
+        }
+    }
+
+    /// A link message from shard `from` arrived at shard `to` (as a node handles it).
+    fn on_link_message(&mut self, to: usize, from: usize, msg: LinkMessage) {
+        let now_ms = self.now_us / 1_000;
+        match msg {
+            LinkMessage::Batch(msgs) => {
+                for m in msgs {
+                    self.shards[to].push_shard_message(ShardId(from as u16), Bytes::from(m));
+                }
+            }
+            LinkMessage::Heartbeat(load) if to == 0 => {
+                self.master.heartbeat(ShardId(from as u16), load, now_ms);
+                let dead = self.master.check_liveness(now_ms);
+                debug_assert!(dead.is_empty(), "every simulated shard reports");
+            }
+            LinkMessage::ToMaster(req) if to == 0 => self.master_request(from, req),
+            LinkMessage::FromMaster(notice) => self.shards[to].push_master_notice(notice),
+            _ => {}
+        }
+    }
+
+    /// The master answers shard `from`; its notices travel the links from shard 0.
+    fn master_request(&mut self, from: usize, req: MasterRequest) {
+        let notices = self
+            .master
+            .request(ShardId(from as u16), req, self.now_us / 1_000);
+        for (to, notice) in notices {
+            self.notify(usize::from(to.0), notice);
+        }
+    }
+
+    fn notify(&mut self, to: usize, notice: MasterNotice) {
+        if to == 0 {
+            self.shards[0].push_master_notice(notice);
+        } else {
+            let msg = LinkMessage::FromMaster(notice);
+            self.net
+                .send(self.now_us, 0, to as u32, Packet::Link(LinkId(0), msg), true);
+        }
     }
 
     /// A packet from shard `from` to bot `i`.
@@ -630,4 +715,112 @@ pub fn run_cluster_seed(seed: u64) -> Result<ClusterOutcome, Violation> {
         detail: e,
     })?;
     sim.run()
+}
+
+/// A 32-byte seed from a run's seed (for the simulation's login key).
+fn seed_bytes(seed: u64) -> [u8; 32] {
+    let mut rng = Rng::new(seed ^ 0x7111_C0DE);
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out
+}
+
+/// Form the cluster of `weights.len()` processes over the simulated links, as production does
+/// over QUIC: the same [`Forming`] state machine, its actions carried out on `net`. Joiners start
+/// one after the other (each once the previous has its id), so process `i` becomes shard `i`.
+fn form(
+    net: &mut MemNetwork<Packet>,
+    grid: CellGrid,
+    weights: &[u32],
+    now_us: &mut u64,
+) -> Result<Vec<Formed>, String> {
+    let n = weights.len();
+    let req = |i: usize| JoinRequest {
+        client_addr: String::new(),
+        link_addr: format!("sim:{i}"),
+        metrics_addr: String::new(),
+        weight: weights[i],
+    };
+    let mut procs: Vec<Option<Forming>> = Vec::with_capacity(n);
+    let mut queues: Vec<Vec<FormAction>> = Vec::with_capacity(n);
+    let (master, acts) = Forming::master(grid, req(0), n, |m| m, 0);
+    procs.push(Some(master));
+    queues.push(acts);
+    let mut links: BTreeMap<LinkId, (usize, usize)> = BTreeMap::new();
+    let mut started = 1;
+    let deadline = *now_us + 60_000_000;
+    loop {
+        // The next joiner starts once the one before it has its id.
+        if started < n && procs[started - 1].as_ref().is_some_and(|p| started == 1 || p.id().is_some()) {
+            let (j, acts) = Forming::joiner(grid, req(started), "sim:0".into());
+            procs.push(Some(j));
+            queues.push(acts);
+            started += 1;
+        }
+        for p in 0..procs.len() {
+            for act in std::mem::take(&mut queues[p]) {
+                carry_out(net, &mut procs, &mut links, p, act, *now_us)?;
+            }
+        }
+        if started == n && procs.iter().all(|p| p.as_ref().is_some_and(Forming::is_formed)) {
+            return Ok(procs
+                .into_iter()
+                .map(|p| p.and_then(|f| f.finish(0)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("a process formed but could not finish")?);
+        }
+        if *now_us > deadline {
+            return Err("the cluster did not form within 60 simulated seconds".into());
+        }
+        *now_us += 1_000;
+        for (from, to, packet) in net.poll(*now_us) {
+            let ev = match packet {
+                Packet::LinkUp(link) => FormEvent::Up(link),
+                Packet::Link(link, msg) => FormEvent::Message(link, msg),
+                _ => continue,
+            };
+            let _ = from;
+            let p = to as usize;
+            if let Some(f) = procs.get_mut(p).and_then(Option::as_mut) {
+                let acts = f.on_event(ev, *now_us / 1_000).map_err(|e| e.to_string())?;
+                queues[p].extend(acts);
+            }
+        }
+    }
+}
+
+/// One forming action of process `p`, carried out on the simulated links.
+fn carry_out(
+    net: &mut MemNetwork<Packet>,
+    procs: &mut [Option<Forming>],
+    links: &mut BTreeMap<LinkId, (usize, usize)>,
+    p: usize,
+    act: FormAction,
+    now_us: u64,
+) -> Result<(), String> {
+    match act {
+        FormAction::Dial(shard, addr) => {
+            let to: usize = addr
+                .strip_prefix("sim:")
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| format!("no simulated shard at {addr}"))?;
+            let link = LinkId(links.len() as u64 + 1);
+            links.insert(link, (p, to));
+            if let Some(f) = procs[p].as_mut() {
+                f.dialed(shard, link);
+            }
+            net.send(now_us, to as u32, p as u32, Packet::LinkUp(link), true);
+            net.send(now_us, p as u32, to as u32, Packet::LinkUp(link), true);
+        }
+        FormAction::Send(link, msg) => {
+            let (a, b) = *links.get(&link).ok_or("a message on no link")?;
+            let to = if a == p { b } else { a };
+            net.send(now_us, p as u32, to as u32, Packet::Link(link, msg), true);
+        }
+        FormAction::Close(_, reason) => return Err(format!("a simulated shard was refused: {reason}")),
+        FormAction::Say(_) => {}
+    }
+    Ok(())
 }

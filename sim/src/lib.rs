@@ -13,8 +13,9 @@ use zonescaler_bots::{BotClient, BotConfig, Scenario};
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
-use zonescaler_server::components::{Avatar, Networked, Position};
-use zonescaler_server::net::{Clients, Phase};
+use zonescaler_server::client::{Clients, Phase};
+use zonescaler_server::core::components::{Avatar, Networked, Position};
+use zonescaler_server::interest::Viewers;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{ConnId, NetId, limits};
@@ -74,8 +75,13 @@ pub fn square_world(half_m: f32, seed: u64, npcs: usize) -> WorldConfig {
 /// shard links too.
 #[derive(Clone, Debug)]
 enum Packet {
+    /// A shard link came up (the multi-shard simulator only): both ends hear it.
+    LinkUp(zonescaler_net::link::LinkId),
     /// A shard-link message (the multi-shard simulator only).
-    Link(Bytes),
+    Link(
+        zonescaler_net::link::LinkId,
+        zonescaler_shared::protocol::LinkMessage,
+    ),
     Connect,
     Control(Bytes),
     Datagram(Bytes),
@@ -94,7 +100,7 @@ impl Packet {
             Self::Control(bytes) => NetEvent::Control { conn, bytes },
             Self::Datagram(bytes) => NetEvent::Datagram { conn, bytes },
             Self::Close(reason) => NetEvent::Disconnected { conn, reason },
-            Self::Link(_) => return None,
+            Self::Link(..) | Self::LinkUp(_) => return None,
         })
     }
 
@@ -271,7 +277,7 @@ impl Sim {
                     }
                     Packet::Datagram(bytes) => bot.on_datagram(now, &bytes),
                     Packet::Close(_) => b.connected = false,
-                    Packet::Connect | Packet::Link(_) => {}
+                    Packet::Connect | Packet::Link(..) | Packet::LinkUp(_) => {}
                 }
             }
         }
@@ -345,12 +351,15 @@ impl Sim {
             .collect();
         avatars.sort();
         let clients = world.resource::<Clients>();
+        let viewers = world.resource::<Viewers>();
         let mut playing: Vec<(ConnId, NetId)> = clients
             .0
             .iter()
             .filter_map(|(c, s)| match s.phase {
                 Phase::Playing { id, .. } => Some((*c, id)),
-                Phase::AwaitHello { .. } | Phase::Redirected { .. } => None,
+                Phase::AwaitHello { .. }
+                | Phase::AwaitClaim { .. }
+                | Phase::Redirected { .. } => None,
             })
             .collect();
         playing.sort();
@@ -371,7 +380,7 @@ impl Sim {
                 continue;
             };
             let conn = ConnId(i as u64 + 1);
-            let Some(sent) = clients
+            let Some(sent) = viewers
                 .0
                 .get(&conn)
                 .and_then(|c| c.history.iter().find(|s| s.tick == vt))

@@ -1,8 +1,8 @@
 //! Each invariant checker fires on a deliberately broken run: a checker that cannot fail proves
 //! nothing.
 
-use zonescaler_server::components::{Avatar, Networked, Position};
-use zonescaler_server::net::Clients;
+use zonescaler_server::core::components::{Avatar, Networked, Position};
+use zonescaler_server::interest::Viewers;
 use zonescaler_shared::NetId;
 use zonescaler_sim::{Sim, SimConfig};
 
@@ -60,7 +60,7 @@ fn client_view_matches_server_fires_on_a_corrupted_baseline() {
     let v = sabotaged(|app, tick| {
         if tick == 100 {
             // Corrupt what the shard remembers having sent: the next comparison must catch it.
-            for c in app.world.resource_mut::<Clients>().0.values_mut() {
+            for c in app.world.resource_mut::<Viewers>().0.values_mut() {
                 for s in c.history.iter_mut() {
                     if let Some(p) = s.qpos.first_mut() {
                         p.0[0] += 7;

@@ -4,10 +4,8 @@
 use bevy_ecs::entity::Entity;
 use bevy_ecs::query::With;
 use zonescaler_server::ShardApp;
-use zonescaler_server::components::{Avatar, Networked, Owned, Position};
-use zonescaler_server::handoff::InTransit;
-use zonescaler_server::proxy::Proxy;
-use zonescaler_server::resources::DespawnLog;
+use zonescaler_server::core::components::{Avatar, InTransit, Networked, Owned, Position, Proxy};
+use zonescaler_server::core::resources::DespawnLog;
 use zonescaler_shared::ShardId;
 use zonescaler_sim::Violation;
 use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, run_cluster_seed};

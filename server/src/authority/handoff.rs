@@ -151,7 +151,7 @@ pub fn start_handoffs(
     mut offers: ResMut<OutgoingOffers>,
     clients: Res<Clients>,
     viewers: Res<Viewers>,
-    moved: Query<(Entity, &Position), (With<Owned>, Changed<Position>)>,
+    moved: Query<(Entity, &Position), (With<Owned>, bevy_ecs::query::Changed<Position>)>,
     q: Query<OfferParts, With<Owned>>,
 ) {
     if !space.has_neighbours {

@@ -293,8 +293,13 @@ pub fn mirror_proxies(
             }
         }
     }
-    // Whatever was not seen this tick left the border zone (or was despawned): remove it there.
-    // Entries of entities handed off are dropped by the handoff itself, with their generation.
+    remove_unseen(&mut mirrors, batches, tick);
+    flush(&mut outbox, batches, epoch, buf);
+}
+
+/// Whatever was not seen this tick left the border zone (or was despawned): remove it there.
+/// Entries of entities handed off are dropped by the handoff itself, with their generation.
+fn remove_unseen(mirrors: &mut Mirrors, batches: &mut Vec<(ShardId, ProxyBatch)>, tick: u64) {
     for (to, sent) in mirrors.0.iter_mut() {
         let batch = MirrorScratch::batch(batches, *to);
         sent.retain(|id, m| {
@@ -305,13 +310,21 @@ pub fn mirror_proxies(
             keep
         });
     }
+}
+
+/// Queue every neighbour's batch that has something in it, keeping the vectors' allocations.
+fn flush(
+    outbox: &mut ShardOutbox,
+    batches: &mut [(ShardId, ProxyBatch)],
+    epoch: u64,
+    buf: &mut bitcode::Buffer,
+) {
     for (to, batch) in batches.iter_mut() {
         if batch.is_empty() {
             continue;
         }
         batch.epoch = epoch;
-        // Keep the vectors' allocations for the next tick.
-        if let Some(mut kept) = push_batch(&mut outbox, *to, std::mem::take(batch), buf) {
+        if let Some(mut kept) = push_batch(outbox, *to, std::mem::take(batch), buf) {
             kept.upserts.clear();
             kept.removes.clear();
             *batch = kept;

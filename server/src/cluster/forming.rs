@@ -164,6 +164,16 @@ impl Forming {
         }
     }
 
+    /// This process's shard id, once the master gave it one.
+    pub fn id(&self) -> Option<ShardId> {
+        match &self.state {
+            State::Gathering(_) => Some(ShardId(0)),
+            State::Joining { id, .. } => *id,
+            State::Linking { me, .. } => Some(*me),
+            State::Done => None,
+        }
+    }
+
     /// Whether the cluster has formed: take it with [`Self::finish`].
     pub fn is_formed(&self) -> bool {
         matches!(self.state, State::Linking { .. }) && self.all_linked()

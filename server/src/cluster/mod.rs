@@ -8,9 +8,11 @@
 //! - [`node`]: a formed shard's links during play.
 
 pub mod forming;
+pub mod local;
 pub mod master;
 pub mod node;
 
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
+pub use local::LocalCluster;
 pub use master::{ClusterView, Master};
 pub use node::Node;

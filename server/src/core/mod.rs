@@ -15,7 +15,6 @@ pub mod space;
 
 pub use app::{Plugin, ReceiveSteps, ReplicationCache, ShardApp, ShardSystems, Startup};
 
-use bevy_ecs::prelude::*;
 
 /// The core systems and resources: movement, cells, the command queue, the registry.
 #[derive(Debug, Default, Clone, Copy)]

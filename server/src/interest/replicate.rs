@@ -127,66 +127,9 @@ pub fn compute_deltas(
             limits::AOI_ENTITIES_PER_CLIENT_MAX,
             visible,
         );
-
-        let baseline = if client.ack_tick > 0 {
-            client.history.iter().find(|s| s.tick == client.ack_tick)
-        } else {
-            None
-        };
-        let empty = SentSnapshot::default();
-        let base = baseline.unwrap_or(&empty);
-        let mut out = ClientSnapshot {
-            tick,
-            baseline: baseline.map_or(0, |b| b.tick),
-            ..Default::default()
-        };
         // Reuse the buffers of the snapshot that fell out of the history last tick.
         let mut sent = std::mem::take(&mut client.spare);
-        sent.tick = tick;
-        sent.ids.clear();
-        sent.qpos.clear();
-        sent.revs.clear();
-        let mut j = 0;
-        for &vi in visible.iter() {
-            let i = vi as usize;
-            let (id, qp, rev) = (frame.ids[i], frame.qpos[i], frame.revs[i]);
-            while j < base.ids.len() && base.ids[j] < id {
-                out.removed.push(base.ids[j]);
-                j += 1;
-            }
-            if j < base.ids.len() && base.ids[j] == id {
-                match qp.delta_from(base.qpos[j]) {
-                    Some(d) => {
-                        if d != [0; 3] {
-                            // The baseline holds at most AOI_ENTITIES_PER_CLIENT_MAX ids.
-                            out.moved.push((j as u32, d));
-                        }
-                        if rev != base.revs[j] {
-                            out.changed.push(Changed {
-                                id,
-                                components: components(i),
-                            });
-                        }
-                    }
-                    None => out.spawned.push(Spawned {
-                        id,
-                        pos: qp,
-                        components: components(i),
-                    }),
-                }
-                j += 1;
-            } else {
-                out.spawned.push(Spawned {
-                    id,
-                    pos: qp,
-                    components: components(i),
-                });
-            }
-            sent.ids.push(id);
-            sent.qpos.push(qp);
-            sent.revs.push(rev);
-        }
-        out.removed.extend_from_slice(&base.ids[j..]);
+        let out = diff(tick, client, visible, &frame, &components, &mut sent);
         if client.history.len() >= limits::SNAPSHOT_HISTORY_TICKS
             && let Some(old) = client.history.pop_front()
         {
@@ -195,6 +138,75 @@ pub fn compute_deltas(
         client.history.push_back(sent);
         client.outgoing = Some(out);
     }
+}
+
+/// Merge-join the entities `visible` now (frame indices in `NetId` order) against the snapshot
+/// the client acknowledged: what moved, changed, appeared and went. Fills `sent` with this
+/// tick's view, the next baseline.
+fn diff(
+    tick: u64,
+    client: &Viewer,
+    visible: &[u32],
+    frame: &Frame,
+    components: &impl Fn(usize) -> Vec<ComponentBlob>,
+    sent: &mut SentSnapshot,
+) -> ClientSnapshot {
+    let baseline = if client.ack_tick > 0 {
+        client.history.iter().find(|s| s.tick == client.ack_tick)
+    } else {
+        None
+    };
+    let empty = SentSnapshot::default();
+    let base = baseline.unwrap_or(&empty);
+    let mut out = ClientSnapshot {
+        tick,
+        baseline: baseline.map_or(0, |b| b.tick),
+        ..Default::default()
+    };
+    sent.tick = tick;
+    sent.ids.clear();
+    sent.qpos.clear();
+    sent.revs.clear();
+    let mut j = 0;
+    for &vi in visible {
+        let i = vi as usize;
+        let (id, qp, rev) = (frame.ids[i], frame.qpos[i], frame.revs[i]);
+        while j < base.ids.len() && base.ids[j] < id {
+            out.removed.push(base.ids[j]);
+            j += 1;
+        }
+        let delta = (j < base.ids.len() && base.ids[j] == id)
+            .then(|| qp.delta_from(base.qpos[j]))
+            .flatten();
+        match delta {
+            Some(d) => {
+                if d != [0; 3] {
+                    // The baseline holds at most AOI_ENTITIES_PER_CLIENT_MAX ids.
+                    out.moved.push((j as u32, d));
+                }
+                if rev != base.revs[j] {
+                    out.changed.push(Changed {
+                        id,
+                        components: components(i),
+                    });
+                }
+            }
+            // New to the client, or a jump no delta holds: full state.
+            None => out.spawned.push(Spawned {
+                id,
+                pos: qp,
+                components: components(i),
+            }),
+        }
+        if j < base.ids.len() && base.ids[j] == id {
+            j += 1;
+        }
+        sent.ids.push(id);
+        sent.qpos.push(qp);
+        sent.revs.push(rev);
+    }
+    out.removed.extend_from_slice(&base.ids[j..]);
+    out
 }
 
 /// `Send`: encode every client's snapshot into datagram-sized parts and queue them.

@@ -16,7 +16,7 @@ use crate::core::components::{InTransit, Owned, Proxy};
 use crate::core::resources::{HandoffStats, Inbox, ShardInbox, ShardStats, TickClock};
 use crate::interest::Viewers;
 use anyhow::Context;
-use bevy_ecs::prelude::*;
+use bevy_ecs::query::With;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -184,6 +184,11 @@ fn describe() {
         Unit::Seconds,
         "From the source freezing an entity to this shard simulating it."
     );
+    describe_transport();
+}
+
+/// Descriptions of the transport's and the process's metrics.
+fn describe_transport() {
     describe_counter!(
         "zonescaler_cell_moves_total",
         "Cells moved to or from this shard at runtime (cell moves arrive with the balancer)."
@@ -198,6 +203,18 @@ fn describe() {
         "Client datagrams, by direction."
     );
     describe_counter!("zonescaler_link_bytes_total", Unit::Bytes, "Bytes on shard links, by direction.");
+    describe_counter!(
+        "zonescaler_connections_total",
+        "Client connection attempts, by outcome (accepted, refused_per_address, refused_full, handshake_failed)."
+    );
+    describe_counter!(
+        "zonescaler_quic_retries_total",
+        "QUIC Retry packets sent to make new clients prove their address under handshake load."
+    );
+    describe_counter!(
+        "zonescaler_datagrams_dropped_total",
+        "Client datagrams dropped by the driver, by reason."
+    );
     describe_counter!(
         "zonescaler_connection_closes_total",
         "Client connections the shard closed, by reason."
@@ -279,14 +296,27 @@ fn publish_stats(app: &ShardApp) {
 /// What the transports counted.
 fn publish_transport(server: &QuicServer, node: Option<&Node>) {
     let n = server.stats();
-    counter!("zonescaler_client_bytes_total", "direction" => "in").absolute(n.bytes_in);
-    counter!("zonescaler_client_bytes_total", "direction" => "out").absolute(n.bytes_out);
+    counter!("zonescaler_client_bytes_total", "direction" => "in")
+        .absolute(n.datagram_bytes_in + n.control_bytes_in);
+    counter!("zonescaler_client_bytes_total", "direction" => "out")
+        .absolute(n.datagram_bytes_out + n.control_bytes_out);
     counter!("zonescaler_client_datagrams_total", "direction" => "in").absolute(n.datagrams_in);
     counter!("zonescaler_client_datagrams_total", "direction" => "out").absolute(n.datagrams_out);
+    counter!("zonescaler_connections_total", "outcome" => "accepted").absolute(n.connections_accepted);
+    counter!("zonescaler_connections_total", "outcome" => "refused_per_address")
+        .absolute(n.connections_refused_per_address);
+    counter!("zonescaler_connections_total", "outcome" => "refused_full").absolute(n.connections_refused);
+    counter!("zonescaler_connections_total", "outcome" => "handshake_failed").absolute(n.handshakes_failed);
+    counter!("zonescaler_quic_retries_total").absolute(n.retries_sent);
+    gauge!("zonescaler_queue_length", "queue" => "handshakes").set(n.handshakes_in_progress as f64);
+    counter!("zonescaler_datagrams_dropped_total", "reason" => "inbox_full")
+        .absolute(n.datagrams_dropped_inbox_full);
+    counter!("zonescaler_datagrams_dropped_total", "reason" => "send_failed")
+        .absolute(n.datagram_send_failures);
     if let Some(node) = node {
         let l = node.links.stats();
-        counter!("zonescaler_link_bytes_total", "direction" => "in").absolute(l.bytes_in);
-        counter!("zonescaler_link_bytes_total", "direction" => "out").absolute(l.bytes_out);
+        counter!("zonescaler_link_bytes_total", "direction" => "in").absolute(l.frame_bytes_in);
+        counter!("zonescaler_link_bytes_total", "direction" => "out").absolute(l.frame_bytes_out);
     }
 }
 

@@ -1,0 +1,123 @@
+//! A whole cluster in one process, stepped tick by tick: for tests of a game across borders.
+//!
+//! ```
+//! use zonescaler_server::cluster::LocalCluster;
+//! use zonescaler_server::app::demo_game;
+//! use zonescaler_shared::config::WorldConfig;
+//!
+//! let mut world = WorldConfig::default();
+//! world.npc.count = 100;
+//! let mut c = LocalCluster::new(world, 2, &demo_game()).expect("two shards");
+//! for _ in 0..30 {
+//!     c.step();
+//! }
+//! assert_eq!(c.shards.len(), 2);
+//! ```
+//!
+//! The master places the cells on `n` shards of equal weight; shard links are perfect (a message
+//! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
+//! are answered at once and its notices arrive for the next tick. Client traffic is the test's:
+//! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
+
+use super::master::Master;
+use crate::app::GameSetup;
+use crate::core::ShardApp;
+use zonescaler_net::NetCommand;
+use zonescaler_shared::ShardId;
+use zonescaler_shared::cellmap::{CellGrid, CellMap};
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
+
+/// `n` shards of one world and their master, in one process.
+pub struct LocalCluster {
+    pub shards: Vec<ShardApp>,
+    pub master: Master,
+    pub map: CellMap,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn member(i: usize) -> JoinRequest {
+    JoinRequest {
+        client_addr: format!("local:{i}"),
+        link_addr: format!("local:{i}"),
+        metrics_addr: String::new(),
+        weight: 1,
+    }
+}
+
+impl LocalCluster {
+    /// `n` shards of `game` on `config`'s world, the cells placed by the master.
+    pub fn new(config: WorldConfig, n: usize, game: &GameSetup) -> Result<Self, String> {
+        let grid = CellGrid::from_config(&config);
+        let first = member(0);
+        let me = MemberInfo {
+            id: ShardId(0),
+            client_addr: first.client_addr,
+            link_addr: first.link_addr,
+            metrics_addr: String::new(),
+            weight: 1,
+        };
+        let mut master = Master::new(grid, n, me, 0).with_duplicate_rule(config.login.duplicate);
+        for i in 1..n {
+            master.join(member(i), 0).map_err(|e| e.to_string())?;
+        }
+        master.place().map_err(|e| e.to_string())?;
+        let map = master.map().cloned().ok_or("the master placed no map")?;
+        let shards = (0..n)
+            .map(|i| {
+                let placement = Some((ShardId(i as u16), map.clone()));
+                ShardApp::with_game(config.clone(), placement, game)
+            })
+            .collect();
+        Ok(Self {
+            shards,
+            master,
+            map,
+            now_ms: 0,
+        })
+    }
+
+    /// One tick of every shard, then their link messages and the master's traffic delivered
+    /// for the next tick. Each shard's client commands, by shard.
+    pub fn step(&mut self) -> Vec<Vec<NetCommand>> {
+        self.now_ms += 1_000 / 30;
+        for s in &mut self.shards {
+            s.set_now_ms(self.now_ms);
+            s.tick();
+        }
+        let mut mail = Vec::new();
+        let mut notices = Vec::new();
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            let from = ShardId(i as u16);
+            for (to, bytes) in s.drain_shard_outbox() {
+                mail.push((from, to, bytes));
+            }
+            for req in s.drain_master_requests() {
+                notices.extend(self.master.request(from, req, self.now_ms));
+            }
+        }
+        for (from, to, bytes) in mail {
+            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+                s.push_shard_message(from, bytes);
+            }
+        }
+        for (to, notice) in notices {
+            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+                s.push_master_notice(notice);
+            }
+        }
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            let load = s.load();
+            self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
+        }
+        self.shards.iter_mut().map(|s| s.drain_outbox()).collect()
+    }
+}
