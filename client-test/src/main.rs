@@ -5,8 +5,8 @@ use clap::Parser;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
-use zonescaler_bots::Scenario;
 use zonescaler_bots::swarm::{self, SwarmConfig};
+use zonescaler_bots::{BotGame, Scenario};
 use zonescaler_net::tls::ClientTrust;
 
 /// Headless ZoneScaler bots: connect N clients over QUIC, play a scenario, report latency,
@@ -139,6 +139,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         input_hz: args.input_hz,
         progress: !args.quiet,
+        game: BotGame::demo(),
+        login: None,
     };
     eprintln!(
         "zonescaler-bots: {} bots → {addr} ({}), ramp {:?}, run {:?}",

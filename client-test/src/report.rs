@@ -1,6 +1,7 @@
 //! The load-test report: per-bot metrics folded into the numbers an operator reads.
 
 use crate::core::BotMetrics;
+use crate::timeline::{Timeline, TimelinePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -14,9 +15,27 @@ pub struct BotOutcome {
     pub connected: bool,
 }
 
+/// The run a report describes, besides its bots' outcomes.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The game the bots played ([`crate::game::BotGame::name`]).
+    pub game: String,
+    pub scenario: String,
+    /// How long every bot played after the ramp.
+    pub duration_s: f64,
+    pub bots_requested: usize,
+    /// Errors no bot's metrics hold (a bot's task failed).
+    pub errors: BTreeMap<String, u64>,
+    /// Per-second counters the swarm already took from its bots while they ran; merged with
+    /// what is left in each outcome's [`BotMetrics::timeline`].
+    pub timeline: Timeline,
+}
+
 /// The JSON report of `zonescaler-bots --report-json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
+    /// The game the bots played.
+    pub game: String,
     pub scenario: String,
     pub duration_s: f64,
     pub bots_requested: usize,
@@ -47,8 +66,15 @@ pub struct Report {
     pub handoff_gap_ms_p50: f64,
     pub handoff_gap_ms_p99: f64,
     pub handoff_gap_ms_max: f64,
+    /// Game commands and chat lines the bots' brains sent, and player messages they received.
+    pub commands_sent_total: u64,
+    pub says_sent_total: u64,
+    pub messages_received_total: u64,
     /// Errors by kind (connect failures, refusals by code, decode problems).
     pub errors: BTreeMap<String, u64>,
+    /// One point per second since the swarm started: bots logged in, handoffs, errors and
+    /// snapshots in that second.
+    pub timeline: Vec<TimelinePoint>,
 }
 
 /// A histogram of microsecond samples from 1 µs to 1 h at 3 significant digits.
@@ -82,18 +108,15 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 impl Report {
-    pub fn build(
-        scenario: &str,
-        duration_s: f64,
-        requested: usize,
-        outcomes: &[BotOutcome],
-        extra_errors: &BTreeMap<String, u64>,
-    ) -> Self {
+    pub fn build(run: &RunSummary, outcomes: &[BotOutcome]) -> Self {
+        let requested = run.bots_requested;
         let mut rtt = micros_histogram();
         let mut gaps = micros_histogram();
         let mut sps = Vec::new();
         let mut bps = Vec::new();
-        let mut errors = extra_errors.clone();
+        let mut errors = run.errors.clone();
+        let mut timeline = run.timeline.clone();
+        let (mut commands, mut says, mut messages) = (0, 0, 0);
         let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
             (0, 0, 0, 0, 0, 0);
         for o in outcomes {
@@ -114,17 +137,22 @@ impl Report {
             inputs += m.inputs_sent;
             missing += m.avatar_missing;
             handoffs += m.handoffs;
+            commands += m.commands_sent;
+            says += m.says_sent;
+            messages += m.messages_received;
             for (k, v) in &m.errors {
                 *errors.entry(k.clone()).or_default() += v;
             }
+            timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
         Self {
-            scenario: scenario.to_string(),
-            duration_s,
+            game: run.game.clone(),
+            scenario: run.scenario.clone(),
+            duration_s: run.duration_s,
             bots_requested: requested,
             bots_connected: connected,
-            connect_failures: requested - connected,
+            connect_failures: requested.saturating_sub(connected),
             snapshots_per_sec_min: sps.iter().copied().reduce(f64::min).unwrap_or(0.0),
             snapshots_per_sec_p50: median(&mut sps),
             rtt_ms_p50: quantile_ms(&rtt, 0.5),
@@ -150,21 +178,27 @@ impl Report {
             handoff_gap_ms_p50: quantile_ms(&gaps, 0.5),
             handoff_gap_ms_p99: quantile_ms(&gaps, 0.99),
             handoff_gap_ms_max: quantile_ms(&gaps, 1.0),
+            commands_sent_total: commands,
+            says_sent_total: says,
+            messages_received_total: messages,
             errors,
+            timeline: timeline.points(),
         }
     }
 
     /// The human-readable summary printed at the end of a run.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "scenario {} for {:.1}s\n\
+            "game {}, scenario {} for {:.1}s\n\
              bots            {} connected / {} requested ({} failed)\n\
              snapshots/s     p50 {:.1}  min {:.1}  (per bot)\n\
              rtt             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} inputs)\n\
              bandwidth       {:.0} B/s down per bot (mean)\n\
              entity update   {:.2} B mean ({} updates in {} B)\n\
              avatar missing  {} snapshots\n\
-             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
+             game traffic    {} commands, {} chat lines sent; {} messages received\n",
+            self.game,
             self.scenario,
             self.duration_s,
             self.bots_connected,
@@ -185,6 +219,9 @@ impl Report {
             self.handoff_gap_ms_p50,
             self.handoff_gap_ms_p99,
             self.handoff_gap_ms_max,
+            self.commands_sent_total,
+            self.says_sent_total,
+            self.messages_received_total,
         );
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
@@ -200,6 +237,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(scenario: &str, bots_requested: usize) -> RunSummary {
+        RunSummary {
+            game: "demo".into(),
+            scenario: scenario.into(),
+            duration_s: 10.0,
+            bots_requested,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn aggregates_per_bot_rates_and_global_ratios() {
@@ -224,7 +271,7 @@ mod tests {
                 connected: false,
             },
         ];
-        let r = Report::build("wander", 10.0, 3, &outcomes, &BTreeMap::new());
+        let r = Report::build(&run("wander", 3), &outcomes);
         assert_eq!((r.bots_connected, r.connect_failures), (2, 1));
         assert_eq!(r.snapshots_per_sec_p50, 29.0);
         assert_eq!(r.snapshots_per_sec_min, 28.0);
@@ -260,7 +307,7 @@ mod tests {
             mk(&gaps[10..95], true),
             mk(&gaps[95..], false),
         ];
-        let r = Report::build("border", 10.0, 3, &outcomes, &BTreeMap::new());
+        let r = Report::build(&run("border", 3), &outcomes);
         assert_eq!(r.handoffs, 100, "handoffs are summed over bots");
         assert!(
             (r.handoff_gap_ms_p50 - 50.0).abs() < 0.1,
@@ -289,5 +336,38 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn the_report_merges_the_swarms_timeline_with_what_bots_kept() {
+        let s = 1_000_000;
+        let mut swarm = Timeline::default();
+        let mut bot = BotMetrics::default();
+        bot.timeline.connected(0);
+        bot.timeline.connected(s);
+        swarm.merge(&bot.timeline.drain_before(s));
+        bot.timeline.handoff(s + 1);
+        bot.error_at(2 * s, "connection: reset");
+        let summary = RunSummary {
+            timeline: swarm,
+            ..run("border", 1)
+        };
+        let o = BotOutcome {
+            metrics: bot,
+            active_s: 2.0,
+            connected: true,
+        };
+        let r = Report::build(&summary, &[o]);
+        let got: Vec<(u32, u32, u32, u32)> = r
+            .timeline
+            .iter()
+            .map(|p| (p.t_s, p.connected, p.handoffs, p.errors))
+            .collect();
+        assert_eq!(got, [(0, 1, 0, 0), (1, 1, 1, 0), (2, 0, 0, 1)]);
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        let first = &json["timeline"][1];
+        for field in ["t_s", "connected", "handoffs", "errors", "snapshots"] {
+            assert!(first.get(field).is_some(), "a timeline point has `{field}`");
+        }
     }
 }
