@@ -4,10 +4,12 @@
 //! send. The QUIC swarm ([`swarm`]) and the simulator drive the same core, so what the simulator
 //! proves about snapshot reconstruction holds for the load tester too. A game plugs in through
 //! [`game::BotGame`]: its protocol registry and a brain that plays it. [`report`] aggregates
-//! per-bot metrics (and their [`timeline`]) into the JSON report.
+//! per-bot metrics (and their [`timeline`]) into the JSON report, and [`html`] renders it as a
+//! page people read.
 
 pub mod core;
 pub mod game;
+pub mod html;
 pub mod report;
 pub mod swarm;
 pub mod timeline;

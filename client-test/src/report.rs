@@ -6,6 +6,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Bins a histogram of the report has at most. Each is one bar of a chart 640 pixels wide.
+pub const HISTOGRAM_BINS_MAX: usize = 40;
+/// Bins aimed for: the bin width is the next round number (1, 2 or 5 × 10ⁿ) above
+/// range / this, which gives between this and `HISTOGRAM_BINS_MAX` bins.
+const HISTOGRAM_BINS_AIM: f64 = 30.0;
+
 /// What one bot contributes: its metrics and how long it was logged in.
 #[derive(Debug, Clone)]
 pub struct BotOutcome {
@@ -29,6 +35,77 @@ pub struct RunSummary {
     /// Per-second counters the swarm already took from its bots while they ran; merged with
     /// what is left in each outcome's [`BotMetrics::timeline`].
     pub timeline: Timeline,
+}
+
+/// Samples counted in equal bins from 0: bin `i` holds values in `[i·bin_width, (i+1)·bin_width)`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Distribution {
+    /// 0 when there is no sample (and no bin).
+    pub bin_width: f64,
+    pub counts: Vec<u64>,
+    /// Samples past the last bin. The bins stop near 1.5 × p99 when the maximum is further out,
+    /// so one outlier does not squeeze the rest into the first bar.
+    pub above: u64,
+    /// The largest sample (0 when none).
+    pub max: f64,
+}
+
+impl Distribution {
+    /// Bin weighted samples (`(value, count)`, values ≥ 0) whose 99th percentile is `p99` and
+    /// maximum `max`.
+    fn of(samples: impl Iterator<Item = (f64, u64)>, p99: f64, max: f64) -> Self {
+        let samples: Vec<(f64, u64)> = samples.filter(|(_, c)| *c > 0).collect();
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let hi = if max <= 2.0 * p99 { max } else { 1.5 * p99 };
+        let bin_width = nice_step(hi / HISTOGRAM_BINS_AIM);
+        // `nice_step` rounds up, so `hi / bin_width` ≤ the aim and the cast is small.
+        let bins = ((hi / bin_width).floor() as usize + 1).clamp(1, HISTOGRAM_BINS_MAX);
+        let mut d = Self {
+            bin_width,
+            counts: vec![0; bins],
+            above: 0,
+            max,
+        };
+        for (v, c) in samples {
+            let i = (v.max(0.0) / bin_width).floor();
+            match d.counts.get_mut(i as usize).filter(|_| i.is_finite()) {
+                Some(n) => *n += c,
+                None => d.above += c,
+            }
+        }
+        d
+    }
+
+    /// Samples counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum::<u64>() + self.above
+    }
+}
+
+/// The smallest of 1, 2, 5 × 10ⁿ that is at least `x` (1 for nothing positive).
+pub(crate) fn nice_step(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return 1.0;
+    }
+    let mag = 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= x * (1.0 - 1e-9))
+        .unwrap_or(10.0 * mag)
+}
+
+/// The distributions the HTML report draws.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Histograms {
+    /// Input round trip, milliseconds, one sample per input.
+    pub rtt_ms: Distribution,
+    /// Complete snapshots per second while logged in, one sample per bot.
+    pub snapshots_per_sec: Distribution,
+    /// Handoff gap, milliseconds, one sample per handoff.
+    pub handoff_gap_ms: Distribution,
 }
 
 /// The JSON report of `zonescaler-bots --report-json`.
@@ -75,6 +152,7 @@ pub struct Report {
     /// One point per second since the swarm started: bots logged in, handoffs, errors and
     /// snapshots in that second.
     pub timeline: Vec<TimelinePoint>,
+    pub histograms: Histograms,
 }
 
 /// A histogram of microsecond samples from 1 µs to 1 h at 3 significant digits.
@@ -105,6 +183,25 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// `h`'s microsecond samples as milliseconds, binned.
+fn micros_distribution(h: &Histogram<u64>) -> Distribution {
+    Distribution::of(
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64 / 1_000.0, v.count_at_value())),
+        quantile_ms(h, 0.99),
+        quantile_ms(h, 1.0),
+    )
+}
+
+/// The value at quantile `q` of sorted `v` (nearest rank), 0 when empty.
+fn sorted_quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
 }
 
 impl Report {
@@ -146,6 +243,16 @@ impl Report {
             timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        sps.sort_by(f64::total_cmp);
+        let histograms = Histograms {
+            rtt_ms: micros_distribution(&rtt),
+            snapshots_per_sec: Distribution::of(
+                sps.iter().map(|v| (*v, 1)),
+                sorted_quantile(&sps, 0.99),
+                sorted_quantile(&sps, 1.0),
+            ),
+            handoff_gap_ms: micros_distribution(&gaps),
+        };
         Self {
             game: run.game.clone(),
             scenario: run.scenario.clone(),
@@ -183,6 +290,7 @@ impl Report {
             messages_received_total: messages,
             errors,
             timeline: timeline.points(),
+            histograms,
         }
     }
 
@@ -336,6 +444,53 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn histograms_bin_every_sample_and_keep_a_far_tail_apart() {
+        // 99 round trips of 10 ms and one of 900 ms: bins stop near 1.5 × p99 (15 ms), so the
+        // outlier is counted above them instead of squeezing the body into one bar.
+        let mut rtts = vec![10_000u32; 99];
+        rtts.push(900_000);
+        let o = BotOutcome {
+            metrics: BotMetrics {
+                rtt_us: rtts,
+                snapshots: 300,
+                ..Default::default()
+            },
+            active_s: 10.0,
+            connected: true,
+        };
+        let r = Report::build(&run("wander", 1), &[o]);
+        let h = &r.histograms.rtt_ms;
+        assert_eq!(h.total(), 100, "every sample is counted: {h:?}");
+        assert_eq!(h.above, 1, "the outlier is past the bins: {h:?}");
+        assert!(
+            h.counts.len() <= HISTOGRAM_BINS_MAX && h.counts.len() > 10,
+            "{h:?}"
+        );
+        let bin = (10.0 / h.bin_width) as usize;
+        assert_eq!(h.counts[bin], 99, "10 ms lands in its bin: {h:?}");
+        assert!((h.max - 900.0).abs() < 1.0, "{h:?}");
+        assert_eq!(
+            r.histograms.snapshots_per_sec.total(),
+            1,
+            "one sample per bot"
+        );
+        assert_eq!(
+            r.histograms.handoff_gap_ms,
+            Distribution::default(),
+            "no handoff, no bins"
+        );
+        for (x, step) in [
+            (0.31, 0.5),
+            (3.0, 5.0),
+            (1.0, 1.0),
+            (0.0, 1.0),
+            (170.0, 200.0),
+        ] {
+            assert_eq!(nice_step(x), step, "nice step above {x}");
+        }
     }
 
     #[test]
