@@ -4,9 +4,11 @@
 //! send. The QUIC swarm ([`swarm`]) and the simulator drive the same core, so what the simulator
 //! proves about snapshot reconstruction holds for the load tester too. A game plugs in through
 //! [`game::BotGame`]: its protocol registry and a brain that plays it. [`report`] aggregates
-//! per-bot metrics (and their [`timeline`]) into the JSON report, and [`html`] renders it as a
-//! page people read.
+//! per-bot metrics (and their [`timeline`]) into the JSON report, [`html`] renders it as a page
+//! people read, and [`cli`] is the command line any binary can embed (`zonescaler-bots` itself,
+//! or a game server's `bots` subcommand).
 
+pub mod cli;
 pub mod core;
 pub mod game;
 pub mod html;
