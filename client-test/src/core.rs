@@ -1,21 +1,30 @@
-//! The sans-IO bot client: login, snapshot reconstruction, inputs, and the metrics of a report.
+//! The sans-IO bot client: login, snapshot reconstruction, inputs, the game's brain, and the
+//! metrics of a report.
 
 use glam::Vec3;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use zonescaler_shared::NetId;
 use zonescaler_shared::codec;
-use zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS;
 use zonescaler_shared::protocol::*;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::registry::ProtocolRegistry;
 use zonescaler_shared::rng::Rng;
+use zonescaler_shared::ticket::{LoginTicket, TicketSigner};
+
+use crate::game::{BotBrain, BotGame, BrainCtx, INBOX_MAX, OutKind, Outbox};
+use crate::timeline::Timeline;
+pub use crate::view::{View, ViewEntity};
 
 /// Complete snapshots a client keeps as possible delta baselines. The shard keeps
 /// `SNAPSHOT_HISTORY_TICKS`; the client keeps more so a baseline is never missing on its side.
 pub const CLIENT_HISTORY_TICKS: usize = 2 * zonescaler_shared::limits::SNAPSHOT_HISTORY_TICKS;
 /// Incomplete snapshots (waiting for parts) kept at once.
 const PARTIAL_SNAPSHOTS_MAX: usize = 8;
+/// Texts of the newest player messages a bot keeps (for tests and debugging; the count is in
+/// [`BotMetrics::messages_received`]).
+pub const LAST_MESSAGES_KEPT: usize = 8;
+/// Salt of the brain's random stream, so it is independent of the movement scenario's.
+const BRAIN_RNG_SALT: u64 = 0x4252_4149_4e00;
 
 /// What a bot does once logged in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +59,12 @@ pub struct BotConfig {
     pub name: String,
     pub scenario: Scenario,
     pub seed: u64,
-    /// Where to ask to start (`Hello::spawn_hint`); the shard picks if `None`.
-    pub spawn_hint: Option<QPos>,
+    /// The login ticket `Hello` carries ([`zonescaler_shared::ticket`]): which account the bot
+    /// plays and where it starts, signed by the game's account service. Spawn points come from
+    /// the server side, never from the client, so this is the only way a bot chooses where it
+    /// starts (see [`Self::sign_ticket`]). `None` logs in without one, which only a server
+    /// without login keys accepts; the shard then picks the spawn point.
+    pub ticket: Option<Vec<u8>>,
     /// For [`Scenario::Border`]: the two ends of the walk, on either side of a border.
     pub border: Option<(Vec3, Vec3)>,
     /// For [`Scenario::Border`]: where along the walk the bot starts, from 0 (the first end) to 1
@@ -66,10 +79,29 @@ impl BotConfig {
             name: name.into(),
             scenario,
             seed,
-            spawn_hint: None,
+            ticket: None,
             border: None,
             border_start: 0.0,
         }
+    }
+
+    /// Where the scenario wants the bot to start: for [`Scenario::Border`] with a walk, the point
+    /// `border_start` of the way along it; otherwise anywhere (`None`: the shard picks).
+    pub fn spawn_point(&self) -> Option<Vec3> {
+        self.border
+            .filter(|_| self.scenario == Scenario::Border)
+            .map(|(a, b)| a.lerp(b, self.border_start.clamp(0.0, 1.0)))
+    }
+
+    /// Act as the game's account service: sign this bot's ticket with `signer`, for the account
+    /// named like the bot, starting at [`Self::spawn_point`], valid until `expires_ms` (Unix
+    /// milliseconds of the shards' clock; simulated time in the simulator).
+    pub fn sign_ticket(&mut self, signer: &TicketSigner, expires_ms: u64) {
+        self.ticket = Some(signer.sign(&LoginTicket {
+            account: self.name.clone(),
+            spawn: self.spawn_point().map(QPos::quantize),
+            expires_ms,
+        }));
     }
 }
 
@@ -135,19 +167,6 @@ pub fn border_walks(map: &CellMapView, n: usize, rng: &mut Rng) -> Vec<(Vec3, Ve
         .collect()
 }
 
-/// One entity as the client sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ViewEntity {
-    pub pos: QPos,
-    /// Shared between the views of successive ticks: every snapshot starts from a copy of its
-    /// baseline view, and components change rarely, so copying them would be most of a bot's
-    /// work (it was a third of the swarm's CPU at 500 bots).
-    pub components: Arc<[ComponentBlob]>,
-}
-
-/// The client's reconstruction of the world at one tick.
-pub type View = BTreeMap<NetId, ViewEntity>;
-
 /// Counters and samples a bot reports.
 #[derive(Clone, Debug, Default)]
 pub struct BotMetrics {
@@ -170,11 +189,40 @@ pub struct BotMetrics {
     /// Redirect received → first complete snapshot from the new shard, in microseconds.
     pub handoff_gap_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
+    /// Game commands the brain queued that were handed to the transport.
+    pub commands_sent: u64,
+    /// Chat lines the brain queued that were handed to the transport.
+    pub says_sent: u64,
+    /// Every `ServerControl::Message` received (tells and shouts).
+    pub messages_received: u64,
+    /// The newest [`LAST_MESSAGES_KEPT`] of them, oldest first.
+    pub last_messages: VecDeque<PlayerMessage>,
+    /// Per-second counters, by second since the clock's zero (the swarm's start).
+    pub timeline: Timeline,
+    /// The newest time the bot was given: errors counted without a time of their own
+    /// ([`Self::error`]) go in its second of the timeline.
+    pub clock_us: u64,
 }
 
 impl BotMetrics {
+    /// Count an error of `kind`, at the newest time the bot was given.
     pub fn error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
+        self.errors_n(kind, 1);
+    }
+
+    /// Count an error of `kind` that happened at `now_us`.
+    pub fn error_at(&mut self, now_us: u64, kind: &str) {
+        self.clock_us = self.clock_us.max(now_us);
+        self.errors_n(kind, 1);
+    }
+
+    fn errors_n(&mut self, kind: &str, n: u64) {
+        *self.errors.entry(kind.to_string()).or_default() += n;
+        self.timeline.errors(self.clock_us, n);
+    }
+
+    fn tick(&mut self, now_us: u64) {
+        self.clock_us = self.clock_us.max(now_us);
     }
 }
 
@@ -193,12 +241,27 @@ pub enum BotError {
     Protocol(String),
 }
 
+/// A game's brain in the client; `Debug` so the client stays printable.
+struct Brain(Box<dyn BotBrain>);
+
+impl std::fmt::Debug for Brain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BotBrain")
+    }
+}
+
 /// A headless client's whole state.
 #[derive(Debug)]
 pub struct BotClient {
     cfg: BotConfig,
     rng: Rng,
     protocol_hash: u64,
+    protocol: ProtocolRegistry,
+    brain: Brain,
+    brain_rng: Rng,
+    outbox: Outbox,
+    /// Messages since the brain last thought.
+    inbox: VecDeque<PlayerMessage>,
     welcome: Option<Welcome>,
     history: VecDeque<(u64, View)>,
     partial: BTreeMap<u64, Partial>,
@@ -220,17 +283,31 @@ pub struct BotClient {
 }
 
 impl BotClient {
+    /// A bot of the demo game ([`BotGame::demo`]).
     pub fn new(cfg: BotConfig) -> Self {
-        let hash = ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS)
-            .map(|r| r.hash())
-            .unwrap_or_default();
-        Self::with_protocol_hash(cfg, hash)
+        Self::with_game(cfg, &BotGame::demo())
     }
 
-    /// A bot presenting a specific protocol hash (tests use a wrong one on purpose).
+    /// A bot of `game`: it presents the game's client hash and runs a brain the game makes for
+    /// it from its seed.
+    pub fn with_game(cfg: BotConfig, game: &BotGame) -> Self {
+        let hash = game.protocol.client_hash();
+        Self::build(cfg, game, hash)
+    }
+
+    /// A demo bot presenting a specific protocol hash (tests use a wrong one on purpose).
     pub fn with_protocol_hash(cfg: BotConfig, protocol_hash: u64) -> Self {
+        Self::build(cfg, &BotGame::demo(), protocol_hash)
+    }
+
+    fn build(cfg: BotConfig, game: &BotGame, protocol_hash: u64) -> Self {
         let rng = Rng::new(cfg.seed);
         Self {
+            brain: Brain((game.brain)(cfg.seed)),
+            brain_rng: Rng::new(cfg.seed ^ BRAIN_RNG_SALT),
+            protocol: game.protocol.clone(),
+            outbox: Outbox::default(),
+            inbox: VecDeque::new(),
             cfg,
             rng,
             protocol_hash,
@@ -249,31 +326,45 @@ impl BotClient {
         }
     }
 
-    /// The first control message on the first connection: `Hello`.
+    /// The first control message on the first connection: `Hello`, with the bot's ticket.
     pub fn hello(&mut self, now_us: u64) -> Vec<u8> {
+        self.metrics.tick(now_us);
         self.metrics.connected_at_us = Some(now_us);
-        let spawn_hint = self.cfg.spawn_hint.or_else(|| {
-            self.cfg
-                .border
-                .filter(|_| self.cfg.scenario == Scenario::Border)
-                .map(|(a, b)| QPos::quantize(a.lerp(b, self.cfg.border_start.clamp(0.0, 1.0))))
-        });
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: self.protocol_hash,
             name: self.cfg.name.clone(),
+            ticket: self.cfg.ticket.clone(),
             token: None,
-            spawn_hint,
         }))
     }
 
-    /// The first control message on the connection a [`Redirect`] asked for.
+    /// The first control message on the connection a [`Redirect`] asked for. It carries the
+    /// redirect's token and no ticket: the token, signed by the cluster, already names the
+    /// avatar (or the account and spawn point of a login that came through another shard), and
+    /// a ticket's spawn point must not compete with it.
     pub fn hello_redirected(&self, redirect: &Redirect) -> Vec<u8> {
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: self.protocol_hash,
             name: self.cfg.name.clone(),
+            ticket: None,
             token: Some(redirect.token.clone()),
-            spawn_hint: None,
         }))
+    }
+
+    /// The control messages (encoded `ClientControl`s: game commands, chat) the brain queued
+    /// since the last call, in order, for the transport to write on the control stream.
+    pub fn take_control(&mut self) -> Vec<Vec<u8>> {
+        let queued = std::mem::take(&mut self.outbox.queued);
+        queued
+            .into_iter()
+            .map(|(kind, bytes)| {
+                match kind {
+                    OutKind::Command => self.metrics.commands_sent += 1,
+                    OutKind::Say => self.metrics.says_sent += 1,
+                }
+                bytes
+            })
+            .collect()
     }
 
     /// The redirect could not be followed (the bot stays where it is): it is no handoff.
@@ -306,7 +397,12 @@ impl BotClient {
     /// A control message from the shard. `Ok(Some(redirect))`: connect to `redirect.addr`, send
     /// [`Self::hello_redirected`] there, and keep this connection until that one's `Welcome`
     /// arrives (pass it here too: the bot then switches, and this connection can be closed).
+    ///
+    /// Player messages are counted and kept for the brain; an `Error` (whatever its code, the new
+    /// login ones included) is the shard's stated reason for closing, returned as
+    /// [`BotError::Refused`], never as a protocol error.
     pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<Option<Redirect>, BotError> {
+        self.metrics.tick(now_us);
         self.metrics.bytes_down += bytes.len() as u64;
         match codec::decode_server_control(bytes) {
             Ok(ServerControl::Welcome(w)) => {
@@ -341,6 +437,18 @@ impl BotClient {
                 self.cell_map = Some(m);
                 Ok(None)
             }
+            Ok(ServerControl::Message(m)) => {
+                self.metrics.messages_received += 1;
+                if self.metrics.last_messages.len() >= LAST_MESSAGES_KEPT {
+                    self.metrics.last_messages.pop_front();
+                }
+                self.metrics.last_messages.push_back(m.clone());
+                if self.inbox.len() >= INBOX_MAX {
+                    self.inbox.pop_front();
+                }
+                self.inbox.push_back(m);
+                Ok(None)
+            }
             Ok(ServerControl::Error(e)) => {
                 self.metrics.error(e.code.as_str());
                 Err(BotError::Refused {
@@ -357,6 +465,7 @@ impl BotClient {
 
     /// A datagram from the shard: a snapshot part.
     pub fn on_datagram(&mut self, now_us: u64, bytes: &[u8]) {
+        self.metrics.tick(now_us);
         self.metrics.bytes_down += bytes.len() as u64;
         let part = match codec::decode_server_datagram(bytes) {
             Ok(ServerDatagram::Snapshot(p)) => p,
@@ -463,11 +572,7 @@ impl BotClient {
             }
         }
         if unknown > 0 {
-            *self
-                .metrics
-                .errors
-                .entry("update_for_unknown_entity".into())
-                .or_default() += unknown;
+            self.metrics.errors_n("update_for_unknown_entity", unknown);
         }
         if let Some(w) = &self.welcome
             && !view.contains_key(&w.avatar)
@@ -481,8 +586,11 @@ impl BotClient {
         }
         self.history.push_back((tick, view));
         self.metrics.snapshots += 1;
+        self.metrics.timeline.snapshot(now_us);
+        self.metrics.timeline.connected(now_us);
         if let Some(at) = self.switched_from_us.take() {
             self.metrics.handoffs += 1;
+            self.metrics.timeline.handoff(now_us);
             self.metrics
                 .handoff_gap_us
                 .push(now_us.saturating_sub(at).min(u64::from(u32::MAX)) as u32);
@@ -490,9 +598,13 @@ impl BotClient {
         self.metrics.last_snapshot_at_us = Some(now_us);
     }
 
-    /// The next input datagram; call once per client tick after login.
+    /// The next input datagram; call once per client tick after login. The game's brain thinks
+    /// here, after the scenario picked its target: afterwards [`Self::take_control`] has what it
+    /// wants sent.
     pub fn next_input(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        self.metrics.tick(now_us);
         let w = self.welcome.clone()?;
+        self.metrics.timeline.connected(now_us);
         let wander = self.cfg.scenario == Scenario::Wander
             || (self.cfg.scenario == Scenario::Border && self.cfg.border.is_none());
         if wander {
@@ -513,6 +625,7 @@ impl BotClient {
             }
             self.waypoint = if self.walk_to_b { b } else { a };
         }
+        let target = self.think(now_us, w.avatar).unwrap_or(self.waypoint);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.in_flight.push_back((seq, now_us));
@@ -524,9 +637,31 @@ impl BotClient {
         let input = Input {
             seq,
             ack_tick: self.latest_tick,
-            target: QPos::quantize(self.waypoint),
+            target: QPos::quantize(target),
         };
         Some(codec::encode(&ClientDatagram::Input(input)))
+    }
+
+    /// Let the brain think; returns where it wants the avatar to head this tick, if anywhere.
+    fn think(&mut self, now_us: u64, avatar: NetId) -> Option<Vec3> {
+        let view = self.history.back().map(|(_, v)| v);
+        let position = view.and_then(|v| v.get(&avatar)).map(|e| e.pos.to_vec3());
+        let mut ctx = BrainCtx {
+            now_us,
+            avatar: Some(avatar),
+            position,
+            view,
+            protocol: &self.protocol,
+            rng: &mut self.brain_rng,
+            inbox: &self.inbox,
+            out: &mut self.outbox,
+        };
+        self.brain.0.think(&mut ctx);
+        self.inbox.clear();
+        for (kind, n) in std::mem::take(&mut self.outbox.errors) {
+            self.metrics.errors_n(kind, n);
+        }
+        self.outbox.move_to.take()
     }
 
     /// An input with an explicit target (tests of the shard's authority).
@@ -538,5 +673,305 @@ impl BotClient {
             ack_tick: self.latest_tick,
             target,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::game::CONTROL_QUEUED_MAX;
+    use bitcode::{Decode, Encode};
+    use zonescaler_shared::components::{
+        EXAMPLE_GAME_COMPONENTS, GameCommand, Health, Kind, Replicated,
+    };
+    use zonescaler_shared::ticket::LoginKeys;
+
+    const S: u64 = 1_000_000;
+
+    #[derive(Debug, PartialEq, Encode, Decode)]
+    struct Attack {
+        target: u64,
+    }
+
+    impl GameCommand for Attack {
+        const NAME: &'static str = "test.Attack";
+    }
+
+    /// Not registered by the test game.
+    #[derive(Encode, Decode)]
+    struct Dance;
+
+    impl GameCommand for Dance {
+        const NAME: &'static str = "test.Dance";
+    }
+
+    fn welcome(hash: u64) -> Vec<u8> {
+        codec::encode(&ServerControl::Welcome(Welcome {
+            avatar: NetId(1),
+            spawn: QPos([0, 0, 0]),
+            tick: 1,
+            tick_hz: 30,
+            protocol_hash: hash,
+            bounds: [-100.0, -100.0, 100.0, 100.0],
+            max_speed_mps: 8.0,
+            aoi_radius_m: 40.0,
+        }))
+    }
+
+    /// A full snapshot: our avatar at the origin and a wounded NPC at x = 5 m.
+    fn snapshot(tick: u64) -> Vec<u8> {
+        let blob = |kind: &str, bytes: Vec<u8>| ComponentBlob {
+            kind: EXAMPLE_GAME_COMPONENTS
+                .iter()
+                .position(|n| *n == kind)
+                .expect("an example component") as u8,
+            bytes,
+        };
+        codec::encode(&ServerDatagram::Snapshot(SnapshotPart {
+            tick,
+            parts: 1,
+            rare: Some(RareUpdates {
+                spawned: vec![
+                    Spawned {
+                        id: NetId(1),
+                        pos: QPos([0, 0, 0]),
+                        components: vec![blob(Kind::NAME, bitcode::encode(&Kind::Player))],
+                    },
+                    Spawned {
+                        id: NetId(2),
+                        pos: QPos([500, 0, 0]),
+                        components: vec![
+                            blob(Kind::NAME, bitcode::encode(&Kind::Npc)),
+                            blob(Health::NAME, bitcode::encode(&Health { hp: 3, max: 10 })),
+                        ],
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    /// Attacks every wounded NPC in view, shouts about it, tells a name too long to exist,
+    /// and heads for its target.
+    struct Hunter;
+
+    impl BotBrain for Hunter {
+        fn think(&mut self, ctx: &mut BrainCtx<'_>) {
+            assert_eq!(ctx.position(), Some(Vec3::ZERO), "own avatar at the origin");
+            assert!(!ctx.send_command(&Dance), "the game has no Dance command");
+            let prey: Vec<(NetId, Vec3)> = ctx
+                .view()
+                .into_iter()
+                .flatten()
+                .filter(|(_, e)| {
+                    ctx.component::<Kind>(e) == Some(Kind::Npc)
+                        && ctx.component::<Health>(e).is_some_and(|h| h.hp < h.max)
+                })
+                .map(|(id, e)| (*id, e.pos.to_vec3()))
+                .collect();
+            for (id, pos) in prey {
+                assert!(ctx.send_command(&Attack { target: id.0 }));
+                ctx.say(None, &"charge! ".repeat(100));
+                ctx.say(Some(&"x".repeat(100)), "psst");
+                ctx.move_to(pos);
+            }
+            let _ = ctx.rng().next_u64();
+        }
+    }
+
+    fn hunting_game() -> BotGame {
+        let mut protocol =
+            ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS).expect("distinct");
+        protocol.register_command(Attack::NAME, true).expect("new");
+        BotGame::new("hunt", protocol, |_| Box::new(Hunter))
+    }
+
+    #[test]
+    fn a_brain_reads_components_and_its_commands_chat_and_moves_go_out() {
+        let game = hunting_game();
+        let mut bot = BotClient::with_game(BotConfig::new("b", Scenario::Idle, 1), &game);
+        let hello = bot.hello(0);
+        let Ok(ClientControl::Hello(h)) = codec::decode_client_control(&hello) else {
+            panic!("hello is a Hello");
+        };
+        assert_eq!(h.protocol_hash, game.protocol.client_hash());
+        bot.on_control(1, &welcome(game.protocol.client_hash()))
+            .expect("welcomed");
+        bot.on_datagram(2, &snapshot(2));
+        let input = bot.next_input(3).expect("an input");
+        let Ok(ClientDatagram::Input(input)) = codec::decode_client_datagram(&input) else {
+            panic!("an input datagram");
+        };
+        assert_eq!(
+            input.target,
+            QPos([500, 0, 0]),
+            "the brain's move_to overrides the idle scenario this tick"
+        );
+        let out = bot.take_control();
+        assert_eq!(
+            out.len(),
+            2,
+            "the command and the shout; the bad tell is dropped"
+        );
+        let Ok(ClientControl::Command(c)) = codec::decode_client_control(&out[0]) else {
+            panic!("a command first");
+        };
+        assert_eq!(c.kind, 0, "Attack is the game's first client command");
+        assert_eq!(
+            bitcode::decode::<Attack>(&c.bytes).expect("an Attack"),
+            Attack { target: 2 }
+        );
+        let Ok(ClientControl::Say(say)) = codec::decode_client_control(&out[1]) else {
+            panic!("then a chat line");
+        };
+        assert_eq!(say.to, None);
+        assert_eq!(
+            say.text.len(),
+            zonescaler_shared::limits::CHAT_TEXT_BYTES_MAX,
+            "an over-long line is cut to what the shard accepts"
+        );
+        assert_eq!((bot.metrics.commands_sent, bot.metrics.says_sent), (1, 1));
+        assert_eq!(bot.metrics.errors.get("say_to_bad_name"), Some(&1));
+        assert!(bot.take_control().is_empty(), "taken once");
+        let next = bot.next_input(4).expect("an input");
+        let Ok(ClientDatagram::Input(next)) = codec::decode_client_datagram(&next) else {
+            panic!("an input datagram");
+        };
+        assert_eq!(
+            next.target,
+            QPos([500, 0, 0]),
+            "it still hunts while prey is in view"
+        );
+    }
+
+    #[test]
+    fn a_brain_that_floods_is_cut_off_at_the_queue_bound() {
+        struct Flood;
+        impl BotBrain for Flood {
+            fn think(&mut self, ctx: &mut BrainCtx<'_>) {
+                for _ in 0..CONTROL_QUEUED_MAX + 10 {
+                    ctx.say(None, "spam");
+                }
+            }
+        }
+        let game = BotGame::new("flood", ProtocolRegistry::new(), |_| Box::new(Flood));
+        let mut bot = BotClient::with_game(BotConfig::new("b", Scenario::Idle, 1), &game);
+        bot.on_control(1, &welcome(game.protocol.client_hash()))
+            .expect("welcomed");
+        let _ = bot.next_input(2);
+        assert_eq!(bot.take_control().len(), CONTROL_QUEUED_MAX);
+        assert_eq!(bot.metrics.errors.get("control_queue_full"), Some(&10));
+    }
+
+    #[test]
+    fn player_messages_and_login_refusals_are_no_protocol_errors() {
+        let mut bot = BotClient::new(BotConfig::new("b", Scenario::Idle, 1));
+        for i in 0..LAST_MESSAGES_KEPT + 2 {
+            let msg = codec::encode(&ServerControl::Message(PlayerMessage {
+                from: "ann".into(),
+                text: format!("hi {i}"),
+                scope: MessageScope::Shout,
+            }));
+            assert_eq!(
+                bot.on_control(1, &msg),
+                Ok(None),
+                "a message needs no action"
+            );
+        }
+        assert_eq!(bot.metrics.messages_received, LAST_MESSAGES_KEPT as u64 + 2);
+        let kept: Vec<&str> = bot
+            .metrics
+            .last_messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(kept.len(), LAST_MESSAGES_KEPT);
+        assert_eq!(kept.last(), Some(&"hi 9"), "the newest are kept");
+        for code in [
+            ErrorCode::BadTicket,
+            ErrorCode::AccountInUse,
+            ErrorCode::SessionTakenOver,
+        ] {
+            let e = codec::encode(&ServerControl::Error(ErrorMsg {
+                code,
+                detail: "no".into(),
+            }));
+            assert_eq!(
+                bot.on_control(2, &e),
+                Err(BotError::Refused {
+                    code: code.as_str(),
+                    detail: "no".into()
+                })
+            );
+            assert_eq!(bot.metrics.errors.get(code.as_str()), Some(&1));
+        }
+        assert!(
+            !bot.metrics.errors.contains_key("bad_control_message"),
+            "{:?}",
+            bot.metrics.errors
+        );
+    }
+
+    #[test]
+    fn the_timeline_counts_each_event_in_its_second() {
+        let mut bot = BotClient::new(BotConfig::new("b", Scenario::Idle, 1));
+        let hash = BotGame::demo().protocol.client_hash();
+        let _ = bot.hello(0);
+        bot.on_control(S / 10, &welcome(hash)).expect("welcomed");
+        bot.on_datagram(S / 2, &snapshot(2));
+        let _ = bot.next_input(S + S / 5);
+        // A handoff: redirect in second 1, the new shard's first snapshot in second 2.
+        let redirect = codec::encode(&ServerControl::Redirect(Redirect {
+            shard: zonescaler_shared::ShardId(2),
+            addr: "127.0.0.1:1".into(),
+            token: vec![1],
+        }));
+        assert!(matches!(bot.on_control(S + S / 2, &redirect), Ok(Some(_))));
+        bot.on_control(2 * S, &welcome(hash))
+            .expect("welcomed again");
+        bot.on_datagram(2 * S + 1, &snapshot(5));
+        bot.on_datagram(3 * S, b"\xff garbage");
+        let t = &bot.metrics.timeline;
+        let at = |s: u32| t.get(s).unwrap_or_default();
+        assert_eq!((at(0).connected, at(0).snapshots), (1, 1), "{t:?}");
+        assert_eq!((at(1).connected, at(1).snapshots), (1, 0), "{t:?}");
+        assert_eq!((at(2).handoffs, at(2).snapshots), (1, 1), "{t:?}");
+        assert_eq!(at(3).errors, 1, "{t:?}");
+        assert_eq!(
+            bot.metrics.handoff_gap_us,
+            [S as u32 / 2 + 1],
+            "the gap runs from the redirect to the new shard's first snapshot"
+        );
+    }
+
+    #[test]
+    fn a_signed_ticket_names_the_bot_and_where_its_border_walk_starts() {
+        let signer = TicketSigner::from_seed("k", [1; 32]).expect("key");
+        let ring: LoginKeys = signer.public_keys();
+        let mut cfg = BotConfig::new("bot-3", Scenario::Border, 1);
+        cfg.border = Some((Vec3::new(-10.0, 0.0, 5.0), Vec3::new(10.0, 0.0, 5.0)));
+        cfg.border_start = 0.25;
+        cfg.sign_ticket(&signer, 1_000);
+        let t = ring
+            .verify(cfg.ticket.as_deref().expect("signed"), 999)
+            .expect("valid");
+        assert_eq!(t.account, "bot-3");
+        assert_eq!(t.spawn, Some(QPos([-500, 0, 500])), "a quarter of the way");
+        assert_eq!(t.expires_ms, 1_000);
+        let mut bot = BotClient::new(cfg.clone());
+        let Ok(ClientControl::Hello(h)) = codec::decode_client_control(&bot.hello(0)) else {
+            panic!("a Hello");
+        };
+        assert_eq!(h.ticket, cfg.ticket, "Hello carries the ticket");
+        let wander = BotConfig {
+            scenario: Scenario::Wander,
+            ..cfg
+        };
+        assert_eq!(
+            wander.spawn_point(),
+            None,
+            "only border bots ask for a start"
+        );
     }
 }

@@ -1,9 +1,16 @@
 //! The load-test report: per-bot metrics folded into the numbers an operator reads.
 
 use crate::core::BotMetrics;
+use crate::timeline::{Timeline, TimelinePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// Bins a histogram of the report has at most. Each is one bar of a chart 640 pixels wide.
+pub const HISTOGRAM_BINS_MAX: usize = 40;
+/// Bins aimed for: the bin width is the next round number (1, 2 or 5 × 10ⁿ) above
+/// range / this, which gives between this and `HISTOGRAM_BINS_MAX` bins.
+const HISTOGRAM_BINS_AIM: f64 = 30.0;
 
 /// What one bot contributes: its metrics and how long it was logged in.
 #[derive(Debug, Clone)]
@@ -14,9 +21,98 @@ pub struct BotOutcome {
     pub connected: bool,
 }
 
+/// The run a report describes, besides its bots' outcomes.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// The game the bots played ([`crate::game::BotGame::name`]).
+    pub game: String,
+    pub scenario: String,
+    /// How long every bot played after the ramp.
+    pub duration_s: f64,
+    pub bots_requested: usize,
+    /// Errors no bot's metrics hold (a bot's task failed).
+    pub errors: BTreeMap<String, u64>,
+    /// Per-second counters the swarm already took from its bots while they ran; merged with
+    /// what is left in each outcome's [`BotMetrics::timeline`].
+    pub timeline: Timeline,
+}
+
+/// Samples counted in equal bins from 0: bin `i` holds values in `[i·bin_width, (i+1)·bin_width)`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Distribution {
+    /// 0 when there is no sample (and no bin).
+    pub bin_width: f64,
+    pub counts: Vec<u64>,
+    /// Samples past the last bin. The bins stop near 1.5 × p99 when the maximum is further out,
+    /// so one outlier does not squeeze the rest into the first bar.
+    pub above: u64,
+    /// The largest sample (0 when none).
+    pub max: f64,
+}
+
+impl Distribution {
+    /// Bin weighted samples (`(value, count)`, values ≥ 0) whose 99th percentile is `p99` and
+    /// maximum `max`.
+    fn of(samples: impl Iterator<Item = (f64, u64)>, p99: f64, max: f64) -> Self {
+        let samples: Vec<(f64, u64)> = samples.filter(|(_, c)| *c > 0).collect();
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let hi = if max <= 2.0 * p99 { max } else { 1.5 * p99 };
+        let bin_width = nice_step(hi / HISTOGRAM_BINS_AIM);
+        // `nice_step` rounds up, so `hi / bin_width` ≤ the aim and the cast is small.
+        let bins = ((hi / bin_width).floor() as usize + 1).clamp(1, HISTOGRAM_BINS_MAX);
+        let mut d = Self {
+            bin_width,
+            counts: vec![0; bins],
+            above: 0,
+            max,
+        };
+        for (v, c) in samples {
+            let i = (v.max(0.0) / bin_width).floor();
+            match d.counts.get_mut(i as usize).filter(|_| i.is_finite()) {
+                Some(n) => *n += c,
+                None => d.above += c,
+            }
+        }
+        d
+    }
+
+    /// Samples counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum::<u64>() + self.above
+    }
+}
+
+/// The smallest of 1, 2, 5 × 10ⁿ that is at least `x` (1 for nothing positive).
+pub(crate) fn nice_step(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return 1.0;
+    }
+    let mag = 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= x * (1.0 - 1e-9))
+        .unwrap_or(10.0 * mag)
+}
+
+/// The distributions the HTML report draws.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Histograms {
+    /// Input round trip, milliseconds, one sample per input.
+    pub rtt_ms: Distribution,
+    /// Complete snapshots per second while logged in, one sample per bot.
+    pub snapshots_per_sec: Distribution,
+    /// Handoff gap, milliseconds, one sample per handoff.
+    pub handoff_gap_ms: Distribution,
+}
+
 /// The JSON report of `zonescaler-bots --report-json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
+    /// The game the bots played.
+    pub game: String,
     pub scenario: String,
     pub duration_s: f64,
     pub bots_requested: usize,
@@ -47,8 +143,16 @@ pub struct Report {
     pub handoff_gap_ms_p50: f64,
     pub handoff_gap_ms_p99: f64,
     pub handoff_gap_ms_max: f64,
+    /// Game commands and chat lines the bots' brains sent, and player messages they received.
+    pub commands_sent_total: u64,
+    pub says_sent_total: u64,
+    pub messages_received_total: u64,
     /// Errors by kind (connect failures, refusals by code, decode problems).
     pub errors: BTreeMap<String, u64>,
+    /// One point per second since the swarm started: bots logged in, handoffs, errors and
+    /// snapshots in that second.
+    pub timeline: Vec<TimelinePoint>,
+    pub histograms: Histograms,
 }
 
 /// A histogram of microsecond samples from 1 µs to 1 h at 3 significant digits.
@@ -81,19 +185,35 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// `h`'s microsecond samples as milliseconds, binned.
+fn micros_distribution(h: &Histogram<u64>) -> Distribution {
+    Distribution::of(
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64 / 1_000.0, v.count_at_value())),
+        quantile_ms(h, 0.99),
+        quantile_ms(h, 1.0),
+    )
+}
+
+/// The value at quantile `q` of sorted `v` (nearest rank), 0 when empty.
+fn sorted_quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
 impl Report {
-    pub fn build(
-        scenario: &str,
-        duration_s: f64,
-        requested: usize,
-        outcomes: &[BotOutcome],
-        extra_errors: &BTreeMap<String, u64>,
-    ) -> Self {
+    pub fn build(run: &RunSummary, outcomes: &[BotOutcome]) -> Self {
+        let requested = run.bots_requested;
         let mut rtt = micros_histogram();
         let mut gaps = micros_histogram();
         let mut sps = Vec::new();
         let mut bps = Vec::new();
-        let mut errors = extra_errors.clone();
+        let mut errors = run.errors.clone();
+        let mut timeline = run.timeline.clone();
+        let (mut commands, mut says, mut messages) = (0, 0, 0);
         let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
             (0, 0, 0, 0, 0, 0);
         for o in outcomes {
@@ -114,17 +234,32 @@ impl Report {
             inputs += m.inputs_sent;
             missing += m.avatar_missing;
             handoffs += m.handoffs;
+            commands += m.commands_sent;
+            says += m.says_sent;
+            messages += m.messages_received;
             for (k, v) in &m.errors {
                 *errors.entry(k.clone()).or_default() += v;
             }
+            timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        sps.sort_by(f64::total_cmp);
+        let histograms = Histograms {
+            rtt_ms: micros_distribution(&rtt),
+            snapshots_per_sec: Distribution::of(
+                sps.iter().map(|v| (*v, 1)),
+                sorted_quantile(&sps, 0.99),
+                sorted_quantile(&sps, 1.0),
+            ),
+            handoff_gap_ms: micros_distribution(&gaps),
+        };
         Self {
-            scenario: scenario.to_string(),
-            duration_s,
+            game: run.game.clone(),
+            scenario: run.scenario.clone(),
+            duration_s: run.duration_s,
             bots_requested: requested,
             bots_connected: connected,
-            connect_failures: requested - connected,
+            connect_failures: requested.saturating_sub(connected),
             snapshots_per_sec_min: sps.iter().copied().reduce(f64::min).unwrap_or(0.0),
             snapshots_per_sec_p50: median(&mut sps),
             rtt_ms_p50: quantile_ms(&rtt, 0.5),
@@ -150,21 +285,28 @@ impl Report {
             handoff_gap_ms_p50: quantile_ms(&gaps, 0.5),
             handoff_gap_ms_p99: quantile_ms(&gaps, 0.99),
             handoff_gap_ms_max: quantile_ms(&gaps, 1.0),
+            commands_sent_total: commands,
+            says_sent_total: says,
+            messages_received_total: messages,
             errors,
+            timeline: timeline.points(),
+            histograms,
         }
     }
 
     /// The human-readable summary printed at the end of a run.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "scenario {} for {:.1}s\n\
+            "game {}, scenario {} for {:.1}s\n\
              bots            {} connected / {} requested ({} failed)\n\
              snapshots/s     p50 {:.1}  min {:.1}  (per bot)\n\
              rtt             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} inputs)\n\
              bandwidth       {:.0} B/s down per bot (mean)\n\
              entity update   {:.2} B mean ({} updates in {} B)\n\
              avatar missing  {} snapshots\n\
-             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
+             game traffic    {} commands, {} chat lines sent; {} messages received\n",
+            self.game,
             self.scenario,
             self.duration_s,
             self.bots_connected,
@@ -185,6 +327,9 @@ impl Report {
             self.handoff_gap_ms_p50,
             self.handoff_gap_ms_p99,
             self.handoff_gap_ms_max,
+            self.commands_sent_total,
+            self.says_sent_total,
+            self.messages_received_total,
         );
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
@@ -200,6 +345,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(scenario: &str, bots_requested: usize) -> RunSummary {
+        RunSummary {
+            game: "demo".into(),
+            scenario: scenario.into(),
+            duration_s: 10.0,
+            bots_requested,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn aggregates_per_bot_rates_and_global_ratios() {
@@ -224,7 +379,7 @@ mod tests {
                 connected: false,
             },
         ];
-        let r = Report::build("wander", 10.0, 3, &outcomes, &BTreeMap::new());
+        let r = Report::build(&run("wander", 3), &outcomes);
         assert_eq!((r.bots_connected, r.connect_failures), (2, 1));
         assert_eq!(r.snapshots_per_sec_p50, 29.0);
         assert_eq!(r.snapshots_per_sec_min, 28.0);
@@ -260,7 +415,7 @@ mod tests {
             mk(&gaps[10..95], true),
             mk(&gaps[95..], false),
         ];
-        let r = Report::build("border", 10.0, 3, &outcomes, &BTreeMap::new());
+        let r = Report::build(&run("border", 3), &outcomes);
         assert_eq!(r.handoffs, 100, "handoffs are summed over bots");
         assert!(
             (r.handoff_gap_ms_p50 - 50.0).abs() < 0.1,
@@ -289,5 +444,85 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn histograms_bin_every_sample_and_keep_a_far_tail_apart() {
+        // 99 round trips of 10 ms and one of 900 ms: bins stop near 1.5 × p99 (15 ms), so the
+        // outlier is counted above them instead of squeezing the body into one bar.
+        let mut rtts = vec![10_000u32; 99];
+        rtts.push(900_000);
+        let o = BotOutcome {
+            metrics: BotMetrics {
+                rtt_us: rtts,
+                snapshots: 300,
+                ..Default::default()
+            },
+            active_s: 10.0,
+            connected: true,
+        };
+        let r = Report::build(&run("wander", 1), &[o]);
+        let h = &r.histograms.rtt_ms;
+        assert_eq!(h.total(), 100, "every sample is counted: {h:?}");
+        assert_eq!(h.above, 1, "the outlier is past the bins: {h:?}");
+        assert!(
+            h.counts.len() <= HISTOGRAM_BINS_MAX && h.counts.len() > 10,
+            "{h:?}"
+        );
+        let bin = (10.0 / h.bin_width) as usize;
+        assert_eq!(h.counts[bin], 99, "10 ms lands in its bin: {h:?}");
+        assert!((h.max - 900.0).abs() < 1.0, "{h:?}");
+        assert_eq!(
+            r.histograms.snapshots_per_sec.total(),
+            1,
+            "one sample per bot"
+        );
+        assert_eq!(
+            r.histograms.handoff_gap_ms,
+            Distribution::default(),
+            "no handoff, no bins"
+        );
+        for (x, step) in [
+            (0.31, 0.5),
+            (3.0, 5.0),
+            (1.0, 1.0),
+            (0.0, 1.0),
+            (170.0, 200.0),
+        ] {
+            assert_eq!(nice_step(x), step, "nice step above {x}");
+        }
+    }
+
+    #[test]
+    fn the_report_merges_the_swarms_timeline_with_what_bots_kept() {
+        let s = 1_000_000;
+        let mut swarm = Timeline::default();
+        let mut bot = BotMetrics::default();
+        bot.timeline.connected(0);
+        bot.timeline.connected(s);
+        swarm.merge(&bot.timeline.drain_before(s));
+        bot.timeline.handoff(s + 1);
+        bot.error_at(2 * s, "connection: reset");
+        let summary = RunSummary {
+            timeline: swarm,
+            ..run("border", 1)
+        };
+        let o = BotOutcome {
+            metrics: bot,
+            active_s: 2.0,
+            connected: true,
+        };
+        let r = Report::build(&summary, &[o]);
+        let got: Vec<(u32, u32, u32, u32)> = r
+            .timeline
+            .iter()
+            .map(|p| (p.t_s, p.connected, p.handoffs, p.errors))
+            .collect();
+        assert_eq!(got, [(0, 1, 0, 0), (1, 1, 1, 0), (2, 0, 0, 1)]);
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        let first = &json["timeline"][1];
+        for field in ["t_s", "connected", "handoffs", "errors", "snapshots"] {
+            assert!(first.get(field).is_some(), "a timeline point has `{field}`");
+        }
     }
 }

@@ -8,24 +8,32 @@
 //! it switches only once the new shard has welcomed it, so a handoff costs the player no frozen
 //! frames. A login can be redirected too (the spawn point belongs to another shard); it is
 //! followed the same way before the first `Welcome`.
+//!
+//! Given the account service's key ([`SwarmConfig::login`]), the swarm acts as that service:
+//! every bot logs in with a ticket for its own account (`bot-N`), naming where its scenario
+//! wants it to start. This module is the only one of the crate that reads the wall clock, for
+//! the tickets' expiry.
 
 use crate::core::{BotClient, BotConfig, BotError, Scenario, border_walks};
-use crate::report::{BotOutcome, Report};
+use crate::game::BotGame;
+use crate::report::{BotOutcome, Report, RunSummary};
+use crate::timeline::Timeline;
 use anyhow::{anyhow, bail};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
 use zonescaler_shared::codec;
 use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl};
 use zonescaler_shared::rng::Rng;
+use zonescaler_shared::ticket::TicketSigner;
 
 /// How long a connection attempt may take, and then again the wait for the shard's first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +42,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIRECTS_IN_A_ROW_MAX: u32 = 4;
 /// How long the scout of a border run may take to log in and receive the cell map.
 const SCOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The scout's account: `bot-` like every account the swarm logs in, so an operator can tell
+/// them from players, and not a name a real player could hold (`scout`).
+pub const SCOUT_ACCOUNT: &str = "bot-scout";
+/// How long a bot's ticket stays valid after the last bot of the ramp is due to log in. Tickets
+/// are checked only at login (a handoff carries a redirect token instead), so this only has to
+/// outlast the ramp and the clock skew between this machine and the shards.
+pub const BOT_TICKET_TTL_MS: u64 = 4 * 3_600_000;
+/// Control messages (game commands, chat) waiting to be written on one connection. A shard that
+/// does not read its control stream holds the writes up; past this the bot drops what its brain
+/// sends (counted as `control_send_queue_full`) rather than buffer without bound.
+const CONTROL_SEND_QUEUE_MAX: usize = 64;
 
 /// How a swarm runs.
 #[derive(Clone, Debug)]
@@ -52,6 +71,47 @@ pub struct SwarmConfig {
     pub input_hz: u32,
     /// Show a progress bar (or, without a terminal, a line every few seconds).
     pub progress: bool,
+    /// The game the bots play: its client hash, command ids and brain.
+    pub game: BotGame,
+    /// The game's account service key: with it every bot logs in with a ticket it minted for
+    /// itself; without it bots log in without tickets, which only a server without login keys
+    /// accepts.
+    pub login: Option<Arc<TicketSigner>>,
+}
+
+impl SwarmConfig {
+    /// A run of the demo game against `addr` with the command line's defaults: 10 wandering
+    /// bots for 30 s, 30 inputs/s, no tickets, no progress display.
+    pub fn new(addr: SocketAddr, trust: ClientTrust) -> Self {
+        Self {
+            addr,
+            server_name: "localhost".into(),
+            bots: 10,
+            duration: Duration::from_secs(30),
+            ramp: Duration::from_millis(20),
+            scenario: Scenario::Wander,
+            trust,
+            seed: 1,
+            input_hz: 30,
+            progress: false,
+            game: BotGame::demo(),
+            login: None,
+        }
+    }
+}
+
+/// What every bot task of a run shares.
+#[derive(Debug)]
+struct Run {
+    addr: SocketAddr,
+    server_name: String,
+    game: BotGame,
+    start: Instant,
+    deadline: Instant,
+    input_hz: u32,
+    live: Live,
+    /// The seconds bots already handed over (see [`Timeline::drain_before`]).
+    timeline: Mutex<Timeline>,
 }
 
 /// Live counters shown while the swarm runs.
@@ -73,8 +133,11 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     for _ in 0..endpoints_n {
         endpoints.push(quic::client_endpoint_for(&cfg.trust, cfg.addr)?);
     }
+    let ticket_expires_ms = unix_ms_now()
+        .saturating_add(u64::try_from(cfg.ramp.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(BOT_TICKET_TTL_MS);
     let walks = if cfg.scenario == Scenario::Border {
-        let map = scout_cell_map(&endpoints[0], &cfg).await?;
+        let map = scout_cell_map(&endpoints[0], &cfg, ticket_expires_ms).await?;
         if map.leaves.is_empty() {
             bail!(
                 "the shard sent an empty cell map (shards leave out maps of more than {} \
@@ -94,8 +157,16 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         Vec::new()
     };
     let start = Instant::now();
-    let deadline = start + cfg.ramp + cfg.duration;
-    let live = Arc::new(Live::default());
+    let run = Arc::new(Run {
+        addr: cfg.addr,
+        server_name: cfg.server_name.clone(),
+        game: cfg.game.clone(),
+        start,
+        deadline: start + cfg.ramp + cfg.duration,
+        input_hz: cfg.input_hz,
+        live: Live::default(),
+        timeline: Mutex::new(Timeline::default()),
+    });
     // Each border bot starts somewhere along its walk, so the swarm's crossings are spread over
     // the walk's period (a real crowd does not cross in step). The ramp alone would leave them
     // in waves: 500 bots ramped over 1 s on a 2.5 s walk crossed within the same second.
@@ -111,23 +182,16 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         );
         bot_cfg.border = walks.get(i).copied();
         bot_cfg.border_start = phases.next_f32();
-        let (addr, name, live, input_hz) = (
-            cfg.addr,
-            cfg.server_name.clone(),
-            live.clone(),
-            cfg.input_hz,
-        );
+        if let Some(signer) = &cfg.login {
+            bot_cfg.sign_ticket(signer, ticket_expires_ms);
+        }
+        let run = run.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((start + offset).into()).await;
-            run_bot(
-                endpoint, addr, name, bot_cfg, start, deadline, input_hz, live,
-            )
-            .await
+            run_bot(endpoint, bot_cfg, &run).await
         }));
     }
-    let progress = cfg
-        .progress
-        .then(|| spawn_progress(cfg.bots, start, deadline, live.clone()));
+    let progress = cfg.progress.then(|| spawn_progress(cfg.bots, run.clone()));
     let mut outcomes = Vec::with_capacity(cfg.bots);
     let mut extra = BTreeMap::new();
     for t in tasks {
@@ -152,13 +216,24 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
     }
-    Ok(Report::build(
-        cfg.scenario.name(),
-        cfg.duration.as_secs_f64(),
-        cfg.bots,
-        &outcomes,
-        &extra,
-    ))
+    let timeline =
+        std::mem::take(&mut *run.timeline.lock().unwrap_or_else(PoisonError::into_inner));
+    let summary = RunSummary {
+        game: cfg.game.name.clone(),
+        scenario: cfg.scenario.name().into(),
+        duration_s: cfg.duration.as_secs_f64(),
+        bots_requested: cfg.bots,
+        errors: extra,
+        timeline,
+    };
+    Ok(Report::build(&summary, &outcomes))
+}
+
+/// Unix time in milliseconds (0 if the clock is before 1970): what ticket expiry is measured in.
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Log one idle client in and read the cell map the shard sends after `Welcome`: a border run
@@ -166,9 +241,14 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
 async fn scout_cell_map(
     endpoint: &quinn::Endpoint,
     cfg: &SwarmConfig,
+    ticket_expires_ms: u64,
 ) -> anyhow::Result<CellMapView> {
     let start = Instant::now();
-    let mut bot = BotClient::new(BotConfig::new("scout", Scenario::Idle, cfg.seed));
+    let mut scout = BotConfig::new(SCOUT_ACCOUNT, Scenario::Idle, cfg.seed);
+    if let Some(signer) = &cfg.login {
+        scout.sign_ticket(signer, ticket_expires_ms);
+    }
+    let mut bot = BotClient::with_game(scout, &cfg.game);
     let hello = bot.hello(0);
     let scout = async move {
         let mut session = login(&mut bot, endpoint, cfg.addr, &cfg.server_name, hello, start)
@@ -199,13 +279,9 @@ async fn scout_cell_map(
         })?
 }
 
-fn spawn_progress(
-    bots: usize,
-    start: Instant,
-    deadline: Instant,
-    live: Arc<Live>,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(bots: usize, run: Arc<Run>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (start, deadline, live) = (run.start, run.deadline, &run.live);
         let total = deadline.duration_since(start).as_secs().max(1);
         let tty = std::io::stderr().is_terminal();
         let bar = indicatif::ProgressBar::new(total);
@@ -246,24 +322,41 @@ fn micros_since(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
 }
 
-/// A logged-in connection. Datagrams are read in the bot's loop; control messages on a task of
-/// their own, because reads from a stream are not cancel-safe.
+/// A logged-in connection. Datagrams are read in the bot's loop; control messages are read and
+/// written by tasks of their own, because neither reads nor writes on a stream are cancel-safe.
 struct Link {
     conn: quinn::Connection,
     control: mpsc::Receiver<Result<Vec<u8>, NetError>>,
+    outgoing: mpsc::Sender<Vec<u8>>,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl Link {
-    fn new(mut session: ClientSession) -> Self {
+    fn new(session: ClientSession) -> Self {
+        let ClientSession {
+            conn,
+            mut send,
+            mut recv,
+        } = session;
         let (tx, control) = mpsc::channel::<Result<Vec<u8>, NetError>>(4);
-        let conn = session.conn.clone();
-        // The task owns the session, so our half of the control stream lives as long as it does.
+        let reader_conn = conn.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let r = session.read_control().await;
+                let r = read_control(&reader_conn, &mut recv).await;
                 let stop = r.is_err();
                 if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        // The writer owns our half of the control stream, so it lives as long as the link: the
+        // shard reads a finished control stream as the client leaving.
+        let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(CONTROL_SEND_QUEUE_MAX);
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = queue.recv().await {
+                // A failed write means the connection is going; the reader reports why.
+                if quic::write_frame(&mut send, &msg).await.is_err() {
                     break;
                 }
             }
@@ -271,7 +364,19 @@ impl Link {
         Self {
             conn,
             control,
+            outgoing,
             reader,
+            writer,
+        }
+    }
+
+    /// Queue a control message for the shard; false if the queue is full.
+    fn send_control(&self, msg: Vec<u8>) -> bool {
+        match self.outgoing.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            // The writer stopped: the connection is ending and the reader will say why.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
         }
     }
 
@@ -283,6 +388,25 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// [`ClientSession::read_control`] on the stream's read half alone (that method needs the whole
+/// session, whose write half the link's writer owns): a finished stream waits briefly for the
+/// connection's close, so the caller gets the shard's stated reason.
+async fn read_control(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+) -> Result<Vec<u8>, NetError> {
+    match quic::read_frame(recv).await {
+        Err(NetError::StreamFinished) => {
+            match tokio::time::timeout(quic::CLOSE_FLUSH_TIMEOUT * 2, conn.closed()).await {
+                Ok(err) => Err(err.into()),
+                Err(_) => Err(NetError::StreamFinished),
+            }
+        }
+        other => other,
     }
 }
 
@@ -449,9 +573,9 @@ struct Connections {
 impl Connections {
     /// The current connection ended: an error for the report (`kind`), unless a redirect is under
     /// way, whose outcome decides how the bot goes on.
-    fn lost(&mut self, bot: &mut BotClient, kind: impl FnOnce() -> String) {
+    fn lost(&mut self, bot: &mut BotClient, now_us: u64, kind: impl FnOnce() -> String) {
         if self.hop.is_none() {
-            bot.metrics.error(&kind());
+            bot.metrics.error_at(now_us, &kind());
         }
         self.link_alive = false;
     }
@@ -487,7 +611,7 @@ impl Connections {
         let (session, first) = match opened {
             Ok(o) => o,
             Err(e) => {
-                bot.metrics.error(&e.kind(true));
+                bot.metrics.error_at(now_us, &e.kind(true));
                 bot.redirect_abandoned();
                 return false;
             }
@@ -531,25 +655,26 @@ impl Connections {
     }
 }
 
-async fn run_bot(
-    endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    server_name: String,
-    cfg: BotConfig,
-    start: Instant,
-    deadline: Instant,
-    input_hz: u32,
-    live: Arc<Live>,
-) -> BotOutcome {
+async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOutcome {
+    let (start, deadline, live) = (run.start, run.deadline, &run.live);
     let now_us = || micros_since(start);
     let seed = cfg.seed;
-    let mut bot = BotClient::new(cfg);
+    let mut bot = BotClient::with_game(cfg, &run.game);
     let hello = bot.hello(now_us());
-    let session = match login(&mut bot, &endpoint, addr, &server_name, hello, start).await {
+    let login = login(
+        &mut bot,
+        &endpoint,
+        run.addr,
+        &run.server_name,
+        hello,
+        start,
+    )
+    .await;
+    let session = match login {
         Ok(s) => s,
         Err(kind) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
-            bot.metrics.error(&kind);
+            bot.metrics.error_at(now_us(), &kind);
             return BotOutcome {
                 metrics: bot.metrics,
                 active_s: 0.0,
@@ -565,18 +690,20 @@ async fn run_bot(
         hop: None,
         redirects: 0,
         endpoint,
-        server_name,
+        server_name: run.server_name.clone(),
     };
     // Start the input clock at a random phase. Starting it on Welcome would lock every bot to the
     // moment just after a shard tick (when Welcome is sent), so each input would wait a whole tick:
     // real clients run their own frame clocks at arbitrary phases.
-    let period = Duration::from_secs_f64(1.0 / f64::from(input_hz.max(1)));
+    let period = Duration::from_secs_f64(1.0 / f64::from(run.input_hz.max(1)));
     let phase = period.mul_f32(Rng::new(seed ^ 0xC10C).next_f32());
     let mut inputs = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
     inputs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let end = tokio::time::sleep_until(deadline.into());
     tokio::pin!(end);
     let mut last_snaps = 0;
+    // The second up to which this bot handed its timeline to the run's.
+    let mut handed_over_s = 0;
     while conns.link_alive || conns.hop.is_some() {
         tokio::select! {
             _ = &mut end => break,
@@ -589,7 +716,10 @@ async fn run_bot(
                         last_snaps = bot.metrics.snapshots;
                     }
                 }
-                Err(e) => conns.lost(&mut bot, || error_kind("connection", &NetError::from(e))),
+                Err(e) => {
+                    let kind = || error_kind("connection", &NetError::from(e));
+                    conns.lost(&mut bot, now_us(), kind);
+                }
             },
             c = conns.link.control.recv(), if conns.link_alive => match c {
                 Some(Ok(bytes)) => match bot.on_control(now_us(), &bytes) {
@@ -602,7 +732,7 @@ async fn run_bot(
                     // under way.
                     Err(_) => conns.link_alive = false,
                 },
-                Some(Err(e)) => conns.lost(&mut bot, || error_kind("control", &e)),
+                Some(Err(e)) => conns.lost(&mut bot, now_us(), || error_kind("control", &e)),
                 None => conns.link_alive = false,
             },
             r = async {
@@ -617,11 +747,26 @@ async fn run_bot(
                 }
             },
             _ = inputs.tick() => {
-                if conns.link_alive
-                    && let Some(b) = bot.next_input(now_us())
-                    && conns.link.conn.send_datagram(b.into()).is_err()
-                {
-                    bot.metrics.error("send_input_failed");
+                let now = now_us();
+                if conns.link_alive {
+                    if let Some(b) = bot.next_input(now)
+                        && conns.link.conn.send_datagram(b.into()).is_err()
+                    {
+                        bot.metrics.error_at(now, "send_input_failed");
+                    }
+                    for msg in bot.take_control() {
+                        if !conns.link.send_control(msg) {
+                            bot.metrics.error_at(now, "control_send_queue_full");
+                        }
+                    }
+                }
+                if let Some(s) = Timeline::second_of(now).filter(|s| *s > handed_over_s) {
+                    let ended = bot.metrics.timeline.drain_before(now);
+                    run.timeline
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .merge(&ended);
+                    handed_over_s = s;
                 }
             }
         }

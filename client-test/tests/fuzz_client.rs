@@ -14,7 +14,7 @@ use zonescaler_shared::rng::Rng;
 fn mutated_server_messages_never_crash_a_bot() {
     let hash = ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS)
         .expect("distinct")
-        .hash();
+        .client_hash();
     let welcome = codec::encode(&ServerControl::Welcome(Welcome {
         avatar: NetId(7),
         spawn: QPos([0, 0, 0]),
@@ -24,6 +24,15 @@ fn mutated_server_messages_never_crash_a_bot() {
         bounds: [-50.0, -50.0, 50.0, 50.0],
         max_speed_mps: 8.0,
         aoi_radius_m: 40.0,
+    }));
+    let message = codec::encode(&ServerControl::Message(PlayerMessage {
+        from: "ann".into(),
+        text: "hello there".into(),
+        scope: MessageScope::Tell,
+    }));
+    let refusal = codec::encode(&ServerControl::Error(ErrorMsg {
+        code: ErrorCode::SessionTakenOver,
+        detail: "logged in elsewhere".into(),
     }));
     let full = |tick: u64| {
         codec::encode(&ServerDatagram::Snapshot(SnapshotPart {
@@ -74,7 +83,11 @@ fn mutated_server_messages_never_crash_a_bot() {
             bot.on_datagram(t * 33_000, &msg);
             let _ = bot.next_input(t * 33_000);
         }
-        let mut ctl = welcome.clone();
+        let mut ctl = match round % 3 {
+            0 => welcome.clone(),
+            1 => message.clone(),
+            _ => refusal.clone(),
+        };
         let i = rng.below(ctl.len() as u64) as usize;
         ctl[i] = rng.next_u64() as u8;
         let _ = bot.on_control(2_000_000, &ctl);

@@ -2,223 +2,18 @@
 //! fake shards: a handoff redirect mid-session, a redirected login, a redirect to nowhere, and the
 //! border scenario's scouting of the cell map.
 
-use bytes::Bytes;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
+
+use common::{Answer, FakeShard, fake_shard, swarm_config, two_shard_map, unix_ms_now};
+use std::sync::Arc;
 use zonescaler_bots::Scenario;
 use zonescaler_bots::report::Report;
-use zonescaler_bots::swarm::{self, SwarmConfig};
-use zonescaler_net::quic::QuicServer;
-use zonescaler_net::tls::{ClientTrust, ServerIdentity};
-use zonescaler_net::{NetCommand, NetEvent};
-use zonescaler_shared::codec;
-use zonescaler_shared::components::EXAMPLE_GAME_COMPONENTS;
+use zonescaler_bots::swarm::{self, SCOUT_ACCOUNT, SwarmConfig};
+use zonescaler_shared::ShardId;
 use zonescaler_shared::protocol::*;
-use zonescaler_shared::quant::QPos;
-use zonescaler_shared::registry::ProtocolRegistry;
-use zonescaler_shared::{ConnId, NetId, ShardId};
+use zonescaler_shared::ticket::TicketSigner;
 
-const TICK: Duration = Duration::from_millis(33);
-const AVATAR: NetId = NetId(7);
 const HANDOFF_TOKEN: &[u8] = b"avatar 7";
-
-/// What a fake shard answers a `Hello` with.
-#[derive(Clone, Debug)]
-enum Answer {
-    /// Welcome (then the cell map) and a snapshot every tick; once `redirect_after` inputs have
-    /// arrived on the connection, redirect the client to `to` (a handoff). Counting the bot's
-    /// inputs rather than our own ticks keeps the test independent of how the two clocks drift
-    /// on a loaded machine.
-    Play {
-        redirect_after: Option<(u64, Redirect)>,
-    },
-    /// Redirect at once (a login that belongs to another shard).
-    Redirect(Redirect),
-}
-
-/// What a fake shard saw.
-#[derive(Debug, Default)]
-struct Seen {
-    hellos: Vec<Hello>,
-    /// Inputs per connection.
-    inputs: BTreeMap<ConnId, u64>,
-    /// Why each connection ended.
-    disconnects: BTreeMap<ConnId, String>,
-}
-
-struct FakeShard {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeShard {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn protocol_hash() -> u64 {
-    ProtocolRegistry::with_components(&EXAMPLE_GAME_COMPONENTS)
-        .expect("the example components are distinct")
-        .hash()
-}
-
-/// Two shards side by side: shard 1 west of x = 0, shard 2 east of it.
-fn two_shard_map() -> CellMapView {
-    CellMapView {
-        epoch: 1,
-        leaves: vec![
-            LeafView {
-                rect: [-100.0, -100.0, 0.0, 100.0],
-                shard: ShardId(1),
-            },
-            LeafView {
-                rect: [0.0, -100.0, 100.0, 100.0],
-                shard: ShardId(2),
-            },
-        ],
-    }
-}
-
-/// A shard that answers every `Hello` with `answer(&hello, its own address)`, ticking every
-/// [`TICK`].
-fn fake_shard(
-    map: CellMapView,
-    answer: impl Fn(&Hello, SocketAddr) -> Answer + Send + 'static,
-) -> FakeShard {
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("a self-signed certificate");
-    let (server, mut events) =
-        QuicServer::bind("127.0.0.1:0".parse().expect("literal"), &identity).expect("bind");
-    let addr = server.local_addr();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        let hash = protocol_hash();
-        // Per playing connection: (inputs received, newest input seq, pending handoff).
-        let mut playing: BTreeMap<ConnId, (u64, u32, Option<(u64, Redirect)>)> = BTreeMap::new();
-        let mut tick = 0u64;
-        let mut every = tokio::time::interval(TICK);
-        let mut batch = Vec::new();
-        loop {
-            every.tick().await;
-            tick += 1;
-            batch.clear();
-            events.drain_into(usize::MAX, &mut batch);
-            for event in batch.drain(..) {
-                match event {
-                    NetEvent::Control { conn, bytes } => {
-                        let Ok(ClientControl::Hello(hello)) = codec::decode_client_control(&bytes)
-                        else {
-                            panic!("a bot sent something other than Hello");
-                        };
-                        let answer = answer(&hello, addr);
-                        log.lock().expect("not poisoned").hellos.push(hello);
-                        match answer {
-                            Answer::Redirect(r) => server.dispatch(NetCommand::Control {
-                                conn,
-                                bytes: Bytes::from(codec::encode(&ServerControl::Redirect(r))),
-                            }),
-                            Answer::Play { redirect_after } => {
-                                let welcome = ServerControl::Welcome(Welcome {
-                                    avatar: AVATAR,
-                                    spawn: QPos([0, 0, 0]),
-                                    tick,
-                                    tick_hz: 30,
-                                    protocol_hash: hash,
-                                    bounds: [-100.0, -100.0, 100.0, 100.0],
-                                    max_speed_mps: 8.0,
-                                    aoi_radius_m: 40.0,
-                                });
-                                for msg in [welcome, ServerControl::CellMap(map.clone())] {
-                                    server.dispatch(NetCommand::Control {
-                                        conn,
-                                        bytes: Bytes::from(codec::encode(&msg)),
-                                    });
-                                }
-                                playing.insert(conn, (0, 0, redirect_after));
-                            }
-                        }
-                    }
-                    NetEvent::Datagram { conn, bytes } => {
-                        if let Ok(ClientDatagram::Input(input)) =
-                            codec::decode_client_datagram(&bytes)
-                        {
-                            *log.lock()
-                                .expect("not poisoned")
-                                .inputs
-                                .entry(conn)
-                                .or_default() += 1;
-                            if let Some(p) = playing.get_mut(&conn) {
-                                p.0 += 1;
-                                p.1 = p.1.max(input.seq);
-                            }
-                        }
-                    }
-                    NetEvent::Disconnected { conn, reason } => {
-                        playing.remove(&conn);
-                        log.lock()
-                            .expect("not poisoned")
-                            .disconnects
-                            .insert(conn, reason);
-                    }
-                    NetEvent::Connected { .. } => {}
-                }
-            }
-            for (conn, (inputs, last_input_seq, redirect)) in &mut playing {
-                // A full snapshot every tick: the avatar alone, where it spawned.
-                let part = SnapshotPart {
-                    tick,
-                    parts: 1,
-                    last_input_seq: *last_input_seq,
-                    rare: Some(RareUpdates {
-                        spawned: vec![Spawned {
-                            id: AVATAR,
-                            pos: QPos([0, 0, 0]),
-                            components: vec![],
-                        }],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                server.dispatch(NetCommand::Datagram {
-                    conn: *conn,
-                    bytes: Bytes::from(codec::encode(&ServerDatagram::Snapshot(part))),
-                });
-                if redirect
-                    .as_ref()
-                    .is_some_and(|(after, _)| *inputs >= *after)
-                    && let Some((_, r)) = redirect.take()
-                {
-                    server.dispatch(NetCommand::Control {
-                        conn: *conn,
-                        bytes: Bytes::from(codec::encode(&ServerControl::Redirect(r))),
-                    });
-                }
-            }
-        }
-    });
-    FakeShard { addr, seen, task }
-}
-
-fn swarm_config(addr: SocketAddr, bots: usize, scenario: Scenario) -> SwarmConfig {
-    SwarmConfig {
-        addr,
-        server_name: "localhost".into(),
-        bots,
-        // ~90 ticks of play: the thresholds below ("> 30 snapshots") leave a starved CI machine
-        // two seconds of slack.
-        duration: Duration::from_millis(3_000),
-        ramp: Duration::ZERO,
-        scenario,
-        trust: ClientTrust::InsecureSkipVerify,
-        seed: 3,
-        input_hz: 30,
-        progress: false,
-    }
-}
 
 fn redirect_to(shard: &FakeShard, token: &[u8]) -> Redirect {
     Redirect {
@@ -295,16 +90,38 @@ async fn a_redirected_login_is_followed_before_the_first_welcome() {
     let a = fake_shard(two_shard_map(), move |_, _| {
         Answer::Redirect(redirect.clone())
     });
-    let r = run(swarm_config(a.addr, 2, Scenario::Wander)).await;
+    let signer = TicketSigner::from_seed("test-key", [9; 32]).expect("a seeded key");
+    let cfg = SwarmConfig {
+        login: Some(Arc::new(signer)),
+        ..swarm_config(a.addr, 2, Scenario::Wander)
+    };
+    let r = run(cfg).await;
     assert!(r.errors.is_empty(), "{r:?}");
     assert_eq!(r.bots_connected, 2, "{r:?}");
     assert_eq!(r.handoffs, 0, "a login redirect is no handoff: {r:?}");
     assert!(r.snapshots_total > 30, "{r:?}");
-    let b = b.seen.lock().expect("not poisoned");
+    let (a, b) = (
+        a.seen.lock().expect("not poisoned"),
+        b.seen.lock().expect("not poisoned"),
+    );
+    assert!(
+        a.hellos
+            .iter()
+            .all(|h| h.ticket.is_some() && h.token.is_none()),
+        "a first login carries the bot's ticket: {:?}",
+        a.hellos
+    );
     assert_eq!(
         b.hellos.len(),
         2,
         "both bots log in at the shard they were sent to"
+    );
+    assert!(
+        b.hellos
+            .iter()
+            .all(|h| h.ticket.is_none() && h.token.as_deref() == Some(&b"spawn here"[..])),
+        "a redirected login carries the redirect's token, not the ticket: {:?}",
+        b.hellos
     );
     assert!(b.inputs.values().all(|n| *n > 5), "{b:?}");
 }
@@ -360,34 +177,80 @@ async fn border_bots_start_next_to_a_border_of_the_scouted_cell_map() {
     let a = fake_shard(two_shard_map(), |_, _| Answer::Play {
         redirect_after: None,
     });
-    let r = run(swarm_config(a.addr, 3, Scenario::Border)).await;
+    // The test is the account service: the shard would verify with the public half.
+    let signer = TicketSigner::from_seed("test-key", [7; 32]).expect("a seeded key");
+    let ring = signer.public_keys();
+    let cfg = SwarmConfig {
+        login: Some(Arc::new(signer)),
+        ..swarm_config(a.addr, 3, Scenario::Border)
+    };
+    let r = run(cfg).await;
     assert_eq!(r.scenario, "border");
     assert_eq!(r.bots_connected, 3, "{r:?}");
     assert!(r.errors.is_empty(), "every bot has a border to walk: {r:?}");
     let a = a.seen.lock().expect("not poisoned");
     let names: Vec<&str> = a.hellos.iter().map(|h| h.name.as_str()).collect();
-    assert_eq!(names[0], "scout", "the scout logs in first: {names:?}");
+    assert_eq!(
+        names[0], SCOUT_ACCOUNT,
+        "the scout logs in first: {names:?}"
+    );
     assert_eq!(names.len(), 4, "{names:?}");
-    for h in &a.hellos[1..] {
-        let p = h
-            .spawn_hint
-            .expect("a border bot asks to start at its walk")
+    let now_ms = unix_ms_now();
+    let tickets: Vec<_> = a
+        .hellos
+        .iter()
+        .map(|h| {
+            let bytes = h.ticket.as_deref().expect("every login carries a ticket");
+            let t = ring
+                .verify(bytes, now_ms)
+                .expect("the ticket verifies with the public key and has not expired");
+            assert_eq!(
+                t.account, h.name,
+                "the ticket is for the account the bot names"
+            );
+            assert!(
+                t.expires_ms > now_ms + 3_600_000,
+                "a ticket outlives the run by hours: {t:?}"
+            );
+            t
+        })
+        .collect();
+    assert_eq!(
+        tickets[0].spawn, None,
+        "the scout lets the shard pick where it starts"
+    );
+    let mut xs = Vec::new();
+    for (t, h) in tickets[1..].iter().zip(&a.hellos[1..]) {
+        let p = t
+            .spawn
+            .expect("a border bot's ticket starts it on its walk")
             .to_vec3();
         assert!(
             p.x.abs() <= 10.01 && p.z.abs() <= 90.0,
             "{} starts on its walk, within 10 m of the border at x = 0, away from the corners: {p}",
             h.name
         );
+        xs.push(p.x);
     }
-    let xs: Vec<f32> = a.hellos[1..]
-        .iter()
-        .filter_map(|h| h.spawn_hint)
-        .map(|p| p.to_vec3().x)
-        .collect();
     assert!(
         xs.iter().any(|x| x.abs() < 9.5),
         "the bots start part-way along their walks, not all at an end, so they do not cross in \
          step: {xs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_login_key_bots_log_in_without_tickets() {
+    let a = fake_shard(two_shard_map(), |_, _| Answer::Play {
+        redirect_after: None,
+    });
+    let r = run(swarm_config(a.addr, 2, Scenario::Border)).await;
+    assert_eq!(r.bots_connected, 2, "{r:?}");
+    let a = a.seen.lock().expect("not poisoned");
+    assert!(
+        a.hellos.iter().all(|h| h.ticket.is_none()),
+        "no key, no tickets: {:?}",
+        a.hellos
     );
 }
 
@@ -413,9 +276,10 @@ async fn a_border_run_against_one_shard_fails_with_a_clear_error() {
             .contains("no border between shards: run against a cluster with more than one shard"),
         "{e}"
     );
+    let a = a.seen.lock().expect("not poisoned");
     assert_eq!(
-        a.seen.lock().expect("not poisoned").hellos.len(),
-        1,
+        a.hellos.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        [SCOUT_ACCOUNT],
         "only the scout logged in"
     );
 }
