@@ -350,8 +350,8 @@ impl Link {
                 }
             }
         });
-        // The writer owns our half of the control stream, so it lives as long as the link: the
-        // shard reads a finished control stream as the client leaving.
+        // The writer owns our half of the control stream, which stays open as long as the link
+        // (dropping it would finish the stream, as the session's reader task used to prevent).
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(CONTROL_SEND_QUEUE_MAX);
         let writer = tokio::spawn(async move {
             while let Some(msg) = queue.recv().await {
@@ -661,7 +661,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     let seed = cfg.seed;
     let mut bot = BotClient::with_game(cfg, &run.game);
     let hello = bot.hello(now_us());
-    let login = login(
+    let logged_in = login(
         &mut bot,
         &endpoint,
         run.addr,
@@ -670,7 +670,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
         start,
     )
     .await;
-    let session = match login {
+    let session = match logged_in {
         Ok(s) => s,
         Err(kind) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
