@@ -123,16 +123,14 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
         .expect("runtime");
     rt.block_on(async {
         let cfg = SwarmConfig {
-            addr: shard.addr,
-            server_name: "localhost".into(),
             bots: 20,
             duration: Duration::from_secs(3),
             ramp: Duration::from_millis(200),
             scenario: Scenario::Wander,
-            trust: shard.trust.clone(),
             seed: 5,
             input_hz: 30,
             progress: false,
+            ..SwarmConfig::new(shard.addr, shard.trust.clone())
         };
         let swarm = tokio::spawn(swarm::run(cfg));
         // Let the bots log in and play a little before the attacks start.

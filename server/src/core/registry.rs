@@ -20,6 +20,7 @@ use bitcode::{DecodeOwned, Encode};
 use zonescaler_shared::components::{GameCommand, Replicated};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::ComponentBlob;
+use zonescaler_bots::game::{BotBrain, BotGame, BrainFactory};
 use zonescaler_shared::registry::ProtocolRegistry;
 
 /// Server-only state that follows an entity across handoffs (`app.migrate::<T>()`). `NAME` is
@@ -48,11 +49,24 @@ pub struct MigrateCodec {
 }
 
 /// Everything the game registered.
-#[derive(Resource, Debug, Default, Clone)]
+#[derive(Resource, Default, Clone)]
 pub struct GameRegistry {
     pub protocol: ProtocolRegistry,
     pub replicated: Vec<ComponentCodec>,
     pub migrating: Vec<MigrateCodec>,
+    /// How the game's bots play (`app.bot_brain(...)`); none: they only walk their scenario.
+    pub bot_brain: Option<BrainFactory>,
+}
+
+impl std::fmt::Debug for GameRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GameRegistry")
+            .field("protocol", &self.protocol)
+            .field("replicated", &self.replicated)
+            .field("migrating", &self.migrating)
+            .field("bot_brain", &self.bot_brain.is_some())
+            .finish()
+    }
 }
 
 /// Components that could not be carried because their encoding is over
@@ -88,6 +102,28 @@ impl ShardApp {
     /// The game's registry (component and command ids, the protocol hashes).
     pub fn registry(&self) -> &GameRegistry {
         self.world.resource::<GameRegistry>()
+    }
+
+    /// How this game's load-test bots play: a fresh brain per bot, from the bot's seed (the
+    /// `bots` subcommand of the game's binary uses it, with the game's registry).
+    pub fn bot_brain(
+        &mut self,
+        brain: impl Fn(u64) -> Box<dyn BotBrain> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.world.resource_mut::<GameRegistry>().bot_brain = Some(std::sync::Arc::new(brain));
+        self
+    }
+
+    /// The game as its bots see it: its client protocol and its bots' brain.
+    pub fn bot_game(&self, name: &str) -> BotGame {
+        let reg = self.registry();
+        let mut game = BotGame::demo();
+        game.name = name.to_owned();
+        game.protocol = reg.protocol.clone();
+        if let Some(brain) = &reg.bot_brain {
+            game.brain = brain.clone();
+        }
+        game
     }
 
     /// The hash clients must present in `Hello`.

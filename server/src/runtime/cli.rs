@@ -46,6 +46,8 @@ enum Cmd {
     /// Make a login key pair: the private file for the account service (and `ticket`, and the
     /// bots), the `.pub` file for the shards (`[login] keys` or `--login-keys`).
     Keygen(KeygenArgs),
+    /// Run a swarm of headless bots that play this game against a running cluster, and report.
+    Bots(zonescaler_bots::cli::BotArgs),
 }
 
 /// `zonescaler shard`.
@@ -191,6 +193,10 @@ pub fn main_with(setup: impl Fn(&mut ShardApp) + Send + Sync + 'static) -> ExitC
         }
         Cmd::Ticket(args) => mint(args),
         Cmd::Keygen(args) => keygen(args),
+        Cmd::Bots(args) => {
+            let app = ShardApp::with_game(WorldConfig::default(), None, &game);
+            zonescaler_bots::cli::run(args, &[app.bot_game(&game_name())])
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +204,21 @@ pub fn main_with(setup: impl Fn(&mut ShardApp) + Send + Sync + 'static) -> ExitC
             eprintln!("zonescaler: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The game's name for `bots --game`: the binary's name without a `zonescaler-` prefix
+/// (`zonescaler-arena` plays `arena`), and `demo` for the stock `zonescaler`.
+fn game_name() -> String {
+    let exe = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    match exe.strip_prefix("zonescaler-") {
+        Some(game) if !game.is_empty() => game.to_owned(),
+        _ if exe == "zonescaler" || exe.is_empty() => "demo".to_owned(),
+        _ => exe,
     }
 }
 
