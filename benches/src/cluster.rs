@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
+use zonescaler_server::client::LoginPolicy;
 use zonescaler_server::core::components::{Networked, Proxy};
 use zonescaler_server::core::resources::HandoffStats;
 use zonescaler_server::core::space::Space;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{ClaimOutcome, MasterNotice, MasterRequest};
 use zonescaler_shared::rng::Rng;
+use zonescaler_shared::ticket::TicketSigner;
 use zonescaler_shared::{ConnId, ShardId, limits};
 
 /// The cell map of `world` cut into `shards` equal contiguous regions (see [`assign_contiguous`]).
@@ -116,8 +119,19 @@ impl ClusterScene {
             .map(|s| usize::from(s.0) + 1)
             .max()
             .unwrap_or(1);
+        // The scene is its own account service: a fixed key, tickets that start each bot where
+        // its border walk does.
+        let signer = TicketSigner::from_seed("bench", [7; 32])
+            .expect("invariant: a 32-byte seed is a valid Ed25519 seed");
         let mut shards: Vec<ShardApp> = (0..n)
-            .map(|i| ShardApp::example_in(world.clone(), ShardId(i as u16), map.clone()))
+            .map(|i| {
+                let mut app = ShardApp::example_in(world.clone(), ShardId(i as u16), map.clone());
+                app.world.insert_resource(LoginPolicy {
+                    keys: signer.public_keys(),
+                    ..LoginPolicy::default()
+                });
+                app
+            })
             .collect();
         let mut scene_bots = Vec::with_capacity(bots.len());
         for (i, cfg) in bots.iter().enumerate() {
@@ -125,7 +139,9 @@ impl ClusterScene {
                 .border
                 .and_then(|(a, _)| map.owner_at([a.x, a.z]))
                 .map_or(0, |s| usize::from(s.0));
-            let mut bot = BotClient::new(cfg.clone());
+            let mut cfg = cfg.clone();
+            cfg.sign_ticket(&signer, u64::MAX);
+            let mut bot = BotClient::new(cfg);
             let conn = ConnId(i as u64 + 1);
             shards[via].push_event(NetEvent::Connected {
                 conn,
@@ -194,7 +210,19 @@ impl ClusterScene {
         }
         self.counters.ticks += 1;
 
-        // Untimed: the clients' side.
+        // Untimed: the master's side (a stand-in that grants every login: the scene's bots are
+        // all different accounts) and the clients'.
+        for shard in &mut self.shards {
+            for req in shard.drain_master_requests() {
+                if let MasterRequest::Claim { account, session } = req {
+                    shard.push_master_notice(MasterNotice::Claim {
+                        account,
+                        session,
+                        outcome: ClaimOutcome::Granted,
+                    });
+                }
+            }
+        }
         for i in 0..n {
             for cmd in self.shards[i].drain_outbox() {
                 self.deliver_to_bot(i, cmd);

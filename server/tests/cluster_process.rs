@@ -88,7 +88,7 @@ impl Shard {
     }
 }
 
-/// `http://ADDR/api/cluster` from a line like `... HTTP API on http://127.0.0.1:1234/api/cluster`.
+/// `http://ADDR/api/cluster` from a line like `... dashboard on http://127.0.0.1:1234/ ...`.
 fn http_get(line: &str) -> (u16, String) {
     let addr = line
         .split("http://")
@@ -121,7 +121,7 @@ fn http_get(line: &str) -> (u16, String) {
 #[test]
 fn only_a_process_with_the_cluster_secret_can_join() {
     let master = Shard::start(&["--expect-shards", "2", "--http", "127.0.0.1:0"], SECRET);
-    let http = master.line_with("HTTP API on");
+    let http = master.line_with("dashboard on");
     let waiting = master.line_with("master waiting");
     let links = waiting
         .rsplit(' ')

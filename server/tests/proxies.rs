@@ -8,9 +8,7 @@ use zonescaler_bots::{BotClient, BotConfig, Scenario};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::app::demo_game;
 use zonescaler_server::cluster::LocalCluster;
-use zonescaler_server::core::components::{
-    Avatar, MoveTarget, Networked, Owned, Position, Proxy,
-};
+use zonescaler_server::core::components::{Avatar, MoveTarget, Networked, Owned, Position, Proxy};
 use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::quant::QPos;
@@ -41,11 +39,7 @@ impl Cluster {
         cfg.npc.count = npcs_per_shard;
         let inner = LocalCluster::new(cfg.clone(), 2, &demo_game()).expect("two shards");
         let map = inner.map.clone();
-        Self {
-            inner,
-            map,
-            cfg,
-        }
+        Self { inner, map, cfg }
     }
 
     /// Owned entities of shard `i`: id → (quantised position, exact ground position).

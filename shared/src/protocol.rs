@@ -549,13 +549,9 @@ impl Validate for LinkMessage {
             Self::Map(m) if m.members.len() > limits::SHARDS_MAX => Err("too many members"),
             Self::Map(m) if m.leaves.len() > limits::BASE_CELLS_MAX => Err("too many leaves"),
             Self::Map(m)
-                if m.members
-                    .iter()
-                    .any(|x| {
-                        !addr_ok(&x.client_addr)
-                            || !addr_ok(&x.link_addr)
-                            || !addr_ok(&x.metrics_addr)
-                    }) =>
+                if m.members.iter().any(|x| {
+                    !addr_ok(&x.client_addr) || !addr_ok(&x.link_addr) || !addr_ok(&x.metrics_addr)
+                }) =>
             {
                 Err("address too long")
             }

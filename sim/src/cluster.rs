@@ -200,10 +200,12 @@ impl ClusterSim {
             .ok_or("shard 0 formed without the master role")?;
         let map = formed[0].map.clone();
         // The simulation is its own account service: a seeded key, so runs replay exactly.
-        let signer = TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
+        let signer =
+            TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
         let mut shards: Vec<ShardApp> = (0..cfg.shards)
             .map(|i| {
-                let mut app = ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
+                let mut app =
+                    ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
                 app.world.insert_resource(LoginPolicy {
                     keys: signer.public_keys(),
                     ..LoginPolicy::default()
@@ -297,9 +299,7 @@ impl ClusterSim {
         let handoffs = self
             .shards
             .iter()
-            .map(|s| {
-                s.world.resource::<HandoffStats>().out
-            })
+            .map(|s| s.world.resource::<HandoffStats>().out)
             .sum();
         Ok(ClusterOutcome {
             max_proxies,
@@ -380,13 +380,13 @@ impl ClusterSim {
         if next_tick.is_multiple_of(heartbeat_ticks) {
             for i in 0..n {
                 let load = self.shards[i].load();
-                self.to_master(i, LinkMessage::Heartbeat(load));
+                self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }
         for i in 0..n {
             self.send_batches(i);
             for req in self.shards[i].drain_master_requests() {
-                self.to_master(i, LinkMessage::ToMaster(req));
+                self.send_to_master(i, LinkMessage::ToMaster(req));
             }
             for cmd in self.shards[i].drain_outbox() {
                 let to = (n as u64 + cmd.conn().0) as u32;
@@ -420,18 +420,28 @@ impl ClusterSim {
         }
         for (to, msgs) in per {
             let msg = LinkMessage::Batch(msgs);
-            self.net
-                .send(now, i as u32, u32::from(to.0), Packet::Link(LinkId(0), msg), true);
+            self.net.send(
+                now,
+                i as u32,
+                u32::from(to.0),
+                Packet::Link(LinkId(0), msg),
+                true,
+            );
         }
     }
 
     /// A message for the master (shard 0): over the link, or straight in on shard 0 itself.
-    fn to_master(&mut self, from: usize, msg: LinkMessage) {
+    fn send_to_master(&mut self, from: usize, msg: LinkMessage) {
         if from == 0 {
             self.on_link_message(0, 0, msg);
         } else {
-            self.net
-                .send(self.now_us, from as u32, 0, Packet::Link(LinkId(0), msg), true);
+            self.net.send(
+                self.now_us,
+                from as u32,
+                0,
+                Packet::Link(LinkId(0), msg),
+                true,
+            );
         }
     }
 
@@ -470,8 +480,13 @@ impl ClusterSim {
             self.shards[0].push_master_notice(notice);
         } else {
             let msg = LinkMessage::FromMaster(notice);
-            self.net
-                .send(self.now_us, 0, to as u32, Packet::Link(LinkId(0), msg), true);
+            self.net.send(
+                self.now_us,
+                0,
+                to as u32,
+                Packet::Link(LinkId(0), msg),
+                true,
+            );
         }
     }
 
@@ -753,18 +768,26 @@ fn form(
     let deadline = *now_us + 60_000_000;
     loop {
         // The next joiner starts once the one before it has its id.
-        if started < n && procs[started - 1].as_ref().is_some_and(|p| started == 1 || p.id().is_some()) {
+        if started < n
+            && procs[started - 1]
+                .as_ref()
+                .is_some_and(|p| started == 1 || p.id().is_some())
+        {
             let (j, acts) = Forming::joiner(grid, req(started), "sim:0".into());
             procs.push(Some(j));
             queues.push(acts);
             started += 1;
         }
-        for p in 0..procs.len() {
-            for act in std::mem::take(&mut queues[p]) {
+        for (p, queue) in queues.iter_mut().enumerate() {
+            for act in std::mem::take(queue) {
                 carry_out(net, &mut procs, &mut links, p, act, *now_us)?;
             }
         }
-        if started == n && procs.iter().all(|p| p.as_ref().is_some_and(Forming::is_formed)) {
+        if started == n
+            && procs
+                .iter()
+                .all(|p| p.as_ref().is_some_and(Forming::is_formed))
+        {
             return Ok(procs
                 .into_iter()
                 .map(|p| p.and_then(|f| f.finish(0)))
@@ -819,7 +842,9 @@ fn carry_out(
             let to = if a == p { b } else { a };
             net.send(now_us, p as u32, to as u32, Packet::Link(link, msg), true);
         }
-        FormAction::Close(_, reason) => return Err(format!("a simulated shard was refused: {reason}")),
+        FormAction::Close(_, reason) => {
+            return Err(format!("a simulated shard was refused: {reason}"));
+        }
         FormAction::Say(_) => {}
     }
     Ok(())

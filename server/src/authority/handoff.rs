@@ -25,18 +25,20 @@
 //! source, typed, as the proxy's) and the server-only components the game registered with
 //! `migrate::<T>()` (encoded when the offer is sent, taken off the source on the ack).
 
-use crate::client::{ClusterDirectory, Clients, Phase, send_control};
+use super::proxy::Mirrors;
+use crate::client::{Clients, ClusterDirectory, Phase, send_control};
 use crate::core::components::{
     Avatar, AwaitingClient, Generation, InTransit, MoveTarget, NetIndex, Networked, Owned, Player,
     Position, Proxy, ReplicatedComponents,
 };
-use crate::core::registry::{apply_replicated, encode_migrating, insert_migrating, remove_migrating};
+use crate::core::registry::{
+    apply_replicated, encode_migrating, insert_migrating, remove_migrating,
+};
 use crate::core::resources::{
     Config, DespawnLog, HandoffStats, Outbox, ShardOutbox, ShardStats, TickClock,
 };
 use crate::core::space::Space;
 use crate::interest::Viewers;
-use super::proxy::Mirrors;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use glam::Vec3;
@@ -446,10 +448,8 @@ fn on_ack(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool 
     ent.insert((Proxy { owner: from }, Generation(generation)));
     // Its replicated components stay, typed, as the proxy's; its server-only state went with it.
     remove_migrating(world, e);
-    world.resource_mut::<HandoffState>().in_flight = world
-        .resource::<HandoffState>()
-        .in_flight
-        .saturating_sub(1);
+    world.resource_mut::<HandoffState>().in_flight =
+        world.resource::<HandoffState>().in_flight.saturating_sub(1);
     world.resource_mut::<HandoffStats>().out += 1;
     // Other neighbours' proxies of it were ours: the new owner mirrors it from now on.
     let epoch = world.resource::<Space>().map.epoch().0;

@@ -108,8 +108,7 @@ pub(crate) fn refresh_proxy(
         }
     };
     let found = proxies.get_mut(world, e);
-    let Some((_, proxy, generation, mut pos)) = found.ok().filter(|f| f.0.0 == p.id)
-    else {
+    let Some((_, proxy, generation, mut pos)) = found.ok().filter(|f| f.0.0 == p.id) else {
         // Despawned, or no longer a proxy: the general path decides.
         hints.0.remove(&p.id);
         return Some(p);

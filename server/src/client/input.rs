@@ -48,8 +48,7 @@ pub fn on_datagram(
         return Ok(());
     }
     viewer.ack_tick = viewer.ack_tick.max(input.ack_tick);
-    if input.seq > viewer.last_input_seq && client.pending_input.is_none_or(|p| input.seq > p.seq)
-    {
+    if input.seq > viewer.last_input_seq && client.pending_input.is_none_or(|p| input.seq > p.seq) {
         client.pending_input = Some(input);
     } else {
         stats.inputs_stale += 1;

@@ -27,9 +27,7 @@ use bevy_ecs::system::SystemParam;
 use glam::Vec3;
 use tracing::info;
 use zonescaler_shared::config::DuplicateLogin;
-use zonescaler_shared::protocol::{
-    ErrorCode, Hello, MasterRequest, ServerControl, Welcome,
-};
+use zonescaler_shared::protocol::{ErrorCode, Hello, MasterRequest, ServerControl, Welcome};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::token::GrantKind;
 use zonescaler_shared::{ConnId, NetId, ShardId, limits};

@@ -96,11 +96,7 @@ pub fn route_messages(
 }
 
 /// `Receive`, after the clients: the master's answers about logins, takeovers, deliveries.
-pub fn on_master_notices(
-    mut inbox: ResMut<MasterInbox>,
-    mut closing: Closing,
-    mut login: Login,
-) {
+pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, mut login: Login) {
     for notice in std::mem::take(&mut inbox.0) {
         match notice {
             MasterNotice::Claim {

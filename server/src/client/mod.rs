@@ -48,7 +48,10 @@ impl Plugin for ClientPlugin {
         app.add_systems(ShardSystems::Simulate, input::apply_inputs);
         app.add_systems(
             ShardSystems::Ownership,
-            (receive::drop_clients_without_avatar, messages::route_messages),
+            (
+                receive::drop_clients_without_avatar,
+                messages::route_messages,
+            ),
         );
     }
 }

@@ -7,16 +7,16 @@ use super::{ClientState, Clients, Closing, Phase, Refusal, Sessions, send_close}
 use crate::core::commands::CommandInbox;
 use crate::core::components::{Avatar, Networked};
 use crate::core::messages::PlayerMessages;
-use crate::core::resources::{Inbox, Outbox, PlayerLog, ShardStats, TickClock};
 use crate::core::registry::GameRegistry;
+use crate::core::resources::{Inbox, Outbox, PlayerLog, ShardStats, TickClock};
 use crate::interest::{Viewer, Viewers};
 use bevy_ecs::prelude::*;
 use tracing::{debug, info};
 use zonescaler_net::NetEvent;
+use zonescaler_shared::ConnId;
 use zonescaler_shared::codec::{self, DecodeError};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{ClientCommand, ClientControl, EntityCommand, ErrorCode, Say};
-use zonescaler_shared::ConnId;
 
 fn decode_error_code(e: &DecodeError) -> ErrorCode {
     match e {

@@ -99,6 +99,8 @@ pub struct Forming {
     link_of: BTreeMap<ShardId, LinkId>,
     pending_dials: BTreeMap<LinkId, ShardId>,
     early: Vec<(ShardId, LinkMessage)>,
+    /// Whether the "linked" line was said.
+    announced: bool,
 }
 
 impl Forming {
@@ -120,13 +122,15 @@ impl Forming {
         let m = master(Master::new(grid, expect, info, now_ms));
         let mut f = Self::new(grid, me, State::Gathering(m));
         let mut out = vec![FormAction::Say(format!(
-            "master waiting for {} more shard(s) to join",
-            expect.saturating_sub(1)
+            "master waiting for {} more shard(s) to join at {}",
+            expect.saturating_sub(1),
+            f.me.link_addr
         ))];
         // A cluster of one is placed at once.
         if let Err(e) = f.place_if_ready(&mut out, now_ms) {
             out.push(FormAction::Say(e.to_string()));
         }
+        f.announce(&mut out);
         (f, out)
     }
 
@@ -151,6 +155,27 @@ impl Forming {
             link_of: BTreeMap::new(),
             pending_dials: BTreeMap::new(),
             early: Vec::new(),
+            announced: false,
+        }
+    }
+
+    /// Once every link is up: say so, once.
+    fn announce(&mut self, out: &mut Vec<FormAction>) {
+        if self.announced || !self.is_formed() {
+            return;
+        }
+        self.announced = true;
+        if let State::Linking {
+            me, map, members, ..
+        } = &self.state
+        {
+            out.push(FormAction::Say(format!(
+                "shard {} of {} linked; {} cells at epoch {}",
+                me.0,
+                members.len(),
+                map.cells_of(*me).count(),
+                map.epoch()
+            )));
         }
     }
 
@@ -222,6 +247,7 @@ impl Forming {
             State::Linking { .. } => self.link(ev, &mut out)?,
             State::Done => {}
         }
+        self.announce(&mut out);
         Ok(out)
     }
 
@@ -377,18 +403,6 @@ impl Forming {
                     return Err(FormError::MemberLeft(id.0, reason));
                 }
             }
-        }
-        if self.all_linked() {
-            let State::Linking { map, members, .. } = &self.state else {
-                return Ok(());
-            };
-            out.push(FormAction::Say(format!(
-                "shard {} of {} linked; {} cells at epoch {}",
-                me.0,
-                members.len(),
-                map.cells_of(me).count(),
-                map.epoch()
-            )));
         }
         Ok(())
     }

@@ -261,13 +261,7 @@ impl Master {
         match req {
             MasterRequest::Claim { account, session } => self.claim(from, account, session),
             MasterRequest::Tell { to, msg } => match self.players.get(&to) {
-                Some(&holder) => vec![(
-                    holder,
-                    MasterNotice::Deliver {
-                        to: Some(to),
-                        msg,
-                    },
-                )],
+                Some(&holder) => vec![(holder, MasterNotice::Deliver { to: Some(to), msg })],
                 None if msg.from.is_empty() => Vec::new(),
                 None => vec![(
                     from,
@@ -560,7 +554,12 @@ mod tests {
         m
     }
 
-    fn claim(m: &mut Master, from: u16, account: &str, session: u64) -> Vec<(ShardId, MasterNotice)> {
+    fn claim(
+        m: &mut Master,
+        from: u16,
+        account: &str,
+        session: u64,
+    ) -> Vec<(ShardId, MasterNotice)> {
         m.request(
             ShardId(from),
             MasterRequest::Claim {
@@ -586,7 +585,11 @@ mod tests {
                 }
             )]
         );
-        assert_eq!(m.player("ann"), Some(ShardId(1)), "a granted claim holds the account");
+        assert_eq!(
+            m.player("ann"),
+            Some(ShardId(1)),
+            "a granted claim holds the account"
+        );
         let again = claim(&mut m, 0, "ann", 3);
         assert_eq!(
             again,
@@ -695,7 +698,11 @@ mod tests {
         );
         let v = m.view();
         assert_eq!(v.cells.len(), leaves.len());
-        let c = v.cells.iter().find(|c| c.id == busy.to_string()).expect("listed");
+        let c = v
+            .cells
+            .iter()
+            .find(|c| c.id == busy.to_string())
+            .expect("listed");
         assert_eq!((c.shard, c.entities, c.clients), (owner.0, 12, 3));
         assert!(c.rect[2] > c.rect[0] && c.rect[3] > c.rect[1]);
         assert_eq!(v.world.min_x, -1024.0);

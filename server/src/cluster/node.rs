@@ -16,7 +16,9 @@ use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::codec;
-use zonescaler_shared::protocol::{LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad};
+use zonescaler_shared::protocol::{
+    LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
+};
 
 /// A formed cluster, seen from this process, with its links.
 pub struct Node {
@@ -113,7 +115,13 @@ impl Node {
     }
 
     /// On the master: answer `from`'s request, delivering the notices.
-    fn master_request(&mut self, app: &mut ShardApp, from: ShardId, req: MasterRequest, now_ms: u64) {
+    fn master_request(
+        &mut self,
+        app: &mut ShardApp,
+        from: ShardId,
+        req: MasterRequest,
+        now_ms: u64,
+    ) {
         let Some(m) = self.master.as_mut() else {
             return;
         };
@@ -175,7 +183,13 @@ impl Node {
     }
 
     /// One decoded link message from member `from`.
-    pub fn on_link_message(&mut self, app: &mut ShardApp, from: ShardId, msg: LinkMessage, now_ms: u64) {
+    pub fn on_link_message(
+        &mut self,
+        app: &mut ShardApp,
+        from: ShardId,
+        msg: LinkMessage,
+        now_ms: u64,
+    ) {
         match msg {
             LinkMessage::Batch(msgs) => {
                 for m in msgs {

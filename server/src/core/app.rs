@@ -13,17 +13,17 @@ use super::resources::{
     ClusterMode, Config, HandoffStats, IdAllocator, Inbox, MasterInbox, MasterOutbox, Outbox,
     PlayerLog, ShardInbox, ShardOutbox, ShardRng, ShardStats, TickClock,
 };
-use std::collections::BTreeMap;
-use zonescaler_shared::CellId;
-use zonescaler_shared::limits;
-use zonescaler_shared::protocol::CellLoad;
 use super::space::{Grid, Space};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::{ScheduleConfigs, ScheduleLabel, SingleThreadedExecutor};
 use bevy_ecs::system::ScheduleSystem;
+use std::collections::BTreeMap;
 use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_shared::CellId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::CellLoad;
 use zonescaler_shared::protocol::{MasterNotice, MasterRequest, ShardLoad};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{ShardId, Tick};
@@ -153,8 +153,9 @@ impl ShardApp {
     /// master and routes messages to players through it.
     pub fn place(&mut self, me: ShardId, map: CellMap, cluster: bool) -> &mut Self {
         let seed = self.world.resource::<Config>().0.simulation.seed;
-        self.world
-            .insert_resource(ShardRng(Rng::new(seed ^ u64::from(me.0).wrapping_mul(0x9E37))));
+        self.world.insert_resource(ShardRng(Rng::new(
+            seed ^ u64::from(me.0).wrapping_mul(0x9E37),
+        )));
         self.world.insert_resource(IdAllocator::new(me));
         self.world.insert_resource(Space::new(me, map));
         self.world.insert_resource(ClusterMode(cluster));

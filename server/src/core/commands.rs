@@ -87,7 +87,8 @@ impl GameCommands {
             return;
         };
         let bytes = bitcode::encode(command);
-        if bytes.len() > limits::COMMAND_BYTES_MAX || self.outgoing.len() >= limits::COMMANDS_PER_TICK_MAX
+        if bytes.len() > limits::COMMAND_BYTES_MAX
+            || self.outgoing.len() >= limits::COMMANDS_PER_TICK_MAX
         {
             self.dropped += 1;
             return;

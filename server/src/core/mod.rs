@@ -15,7 +15,6 @@ pub mod space;
 
 pub use app::{Plugin, ReceiveSteps, ReplicationCache, ShardApp, ShardSystems, Startup};
 
-
 /// The core systems and resources: movement, cells, the command queue, the registry.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CorePlugin;

@@ -17,10 +17,10 @@ use super::components::{Networked, Position, Proxy, ReplicatedComponents};
 use super::resources::ProxyApplyTick;
 use bevy_ecs::prelude::*;
 use bitcode::{DecodeOwned, Encode};
+use zonescaler_bots::game::{BotBrain, BotGame, BrainFactory};
 use zonescaler_shared::components::{GameCommand, Replicated};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::ComponentBlob;
-use zonescaler_bots::game::{BotBrain, BotGame, BrainFactory};
 use zonescaler_shared::registry::ProtocolRegistry;
 
 /// Server-only state that follows an entity across handoffs (`app.migrate::<T>()`). `NAME` is
@@ -166,19 +166,20 @@ impl ShardApp {
                     e.remove::<T>();
                 },
             });
-        let cache = move |mut q: Query<
-            (&T, &mut ReplicatedComponents),
-            (Changed<T>, Without<Proxy>),
-        >| {
-            for (value, mut cache) in &mut q {
-                match encode_checked(T::NAME, value) {
-                    Some(bytes) => cache.set(kind, bytes),
-                    None => cache.remove(kind),
+        let cache =
+            move |mut q: Query<(&T, &mut ReplicatedComponents), (Changed<T>, Without<Proxy>)>| {
+                for (value, mut cache) in &mut q {
+                    match encode_checked(T::NAME, value) {
+                        Some(bytes) => cache.set(kind, bytes),
+                        None => cache.remove(kind),
+                    }
                 }
-            }
-        };
+            };
         let removals = move |mut removed: RemovedComponents<T>,
-                             mut q: Query<&mut ReplicatedComponents, (Without<T>, Without<Proxy>)>| {
+                             mut q: Query<
+            &mut ReplicatedComponents,
+            (Without<T>, Without<Proxy>),
+        >| {
             for e in removed.read() {
                 if let Ok(mut cache) = q.get_mut(e) {
                     cache.remove(kind);

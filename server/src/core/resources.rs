@@ -2,13 +2,13 @@
 //! shard links, the master), stats.
 
 use bevy_ecs::prelude::*;
-use std::collections::BTreeMap;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
 use zonescaler_net::{NetCommand, NetEvent};
-use zonescaler_shared::protocol::{MasterNotice, MasterRequest};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::ErrorCode;
+use zonescaler_shared::protocol::{MasterNotice, MasterRequest};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{NetId, ShardId, Tick};
 

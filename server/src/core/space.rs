@@ -98,7 +98,6 @@ impl Space {
     }
 }
 
-
 /// The world's base cell grid (from config).
 #[derive(Resource, Debug, Clone)]
 pub struct Grid(pub CellGrid);

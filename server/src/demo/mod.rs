@@ -35,7 +35,10 @@ impl Plugin for ExampleGamePlugin {
         app.replicate::<Kind>()
             .replicate::<Health>()
             .command::<Damage>()
-            .add_systems(ShardSystems::Simulate, (mark_players, give_health, apply_damage));
+            .add_systems(
+                ShardSystems::Simulate,
+                (mark_players, give_health, apply_damage),
+            );
         app.add_plugins(NpcPlugin);
     }
 }
@@ -50,7 +53,10 @@ fn apply_damage(delivered: Res<Delivered<Damage>>, mut health: Query<&mut Health
 }
 
 /// `Simulate`: a new player's avatar is a `Player` to clients.
-fn mark_players(mut commands: Commands, q: Query<Entity, (Added<Avatar>, OwnedOnly, Without<Kind>)>) {
+fn mark_players(
+    mut commands: Commands,
+    q: Query<Entity, (Added<Avatar>, OwnedOnly, Without<Kind>)>,
+) {
     for e in &q {
         commands.entity(e).insert(Kind::Player);
     }

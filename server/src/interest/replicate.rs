@@ -18,13 +18,13 @@ use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use zonescaler_net::NetCommand;
-use zonescaler_shared::{ConnId, NetId};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
     Changed, ComponentBlob, Moved, RareUpdates, ServerDatagram, SnapshotPart, Spawned,
 };
 use zonescaler_shared::quant::QPos;
+use zonescaler_shared::{ConnId, NetId};
 
 /// One client connection as replication sees it: what it is shown and what it has.
 #[derive(Debug)]

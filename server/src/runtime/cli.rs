@@ -163,7 +163,12 @@ fn parse_spawn(s: &str) -> Result<QPos, String> {
             .parse::<f32>()
             .ok()
             .filter(|f| f.is_finite() && f.abs() <= limits::WORLD_EXTENT_M_MAX)
-            .ok_or_else(|| format!("`{v}` is not a coordinate within ±{} m", limits::WORLD_EXTENT_M_MAX))
+            .ok_or_else(|| {
+                format!(
+                    "`{v}` is not a coordinate within ±{} m",
+                    limits::WORLD_EXTENT_M_MAX
+                )
+            })
     };
     Ok(QPos::quantize(glam::Vec3::new(p(x)?, 0.0, p(z)?)))
 }

@@ -85,19 +85,28 @@ pub fn router(view: SharedView, api_token: String) -> axum::Router {
         .route(
             "/",
             axum::routing::get(|| async {
-                asset("text/html; charset=utf-8", crate::runtime::dashboard::INDEX_HTML)
+                asset(
+                    "text/html; charset=utf-8",
+                    crate::runtime::dashboard::INDEX_HTML,
+                )
             }),
         )
         .route(
             "/dashboard/app.js",
             axum::routing::get(|| async {
-                asset("text/javascript; charset=utf-8", crate::runtime::dashboard::APP_JS)
+                asset(
+                    "text/javascript; charset=utf-8",
+                    crate::runtime::dashboard::APP_JS,
+                )
             }),
         )
         .route(
             "/dashboard/style.css",
             axum::routing::get(|| async {
-                asset("text/css; charset=utf-8", crate::runtime::dashboard::STYLE_CSS)
+                asset(
+                    "text/css; charset=utf-8",
+                    crate::runtime::dashboard::STYLE_CSS,
+                )
             }),
         )
         .route(
@@ -156,8 +165,7 @@ mod tests {
             .await
             .expect("connects");
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("request sent");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("response read");

@@ -17,7 +17,9 @@ use crate::core::resources::{HandoffStats, Inbox, ShardInbox, ShardStats, TickCl
 use crate::interest::Viewers;
 use anyhow::Context;
 use bevy_ecs::query::With;
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -88,9 +90,7 @@ impl ShardMetrics {
         describe();
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        listener
-            .set_nonblocking(true)
-            .context("metrics listener")?;
+        listener.set_nonblocking(true).context("metrics listener")?;
         let bound = listener.local_addr()?;
         let listener =
             tokio::net::TcpListener::from_std(listener).context("metrics listener needs tokio")?;
@@ -167,8 +167,14 @@ fn describe() {
         Unit::Seconds,
         "CPU time of the tick thread per tick (its _sum is the thread's CPU seconds: what a noisy machine distorts least)."
     );
-    describe_gauge!("zonescaler_entities", "Networked entities on this shard, by authority state (owned, in_transit, proxy).");
-    describe_gauge!("zonescaler_proxies", "Read-only proxies of neighbours' entities held here.");
+    describe_gauge!(
+        "zonescaler_entities",
+        "Networked entities on this shard, by authority state (owned, in_transit, proxy)."
+    );
+    describe_gauge!(
+        "zonescaler_proxies",
+        "Read-only proxies of neighbours' entities held here."
+    );
     describe_gauge!("zonescaler_clients", "Client connections of this shard.");
     describe_counter!(
         "zonescaler_handoffs_total",
@@ -178,7 +184,10 @@ fn describe() {
         "zonescaler_handoff_refusals_total",
         "Handoff refusals sent (direction=out) and received (direction=in)."
     );
-    describe_counter!("zonescaler_handoff_cancels_total", "Handoffs cancelled after their timeout.");
+    describe_counter!(
+        "zonescaler_handoff_cancels_total",
+        "Handoffs cancelled after their timeout."
+    );
     describe_histogram!(
         "zonescaler_handoff_transit_seconds",
         Unit::Seconds,
@@ -202,7 +211,11 @@ fn describe_transport() {
         "zonescaler_client_datagrams_total",
         "Client datagrams, by direction."
     );
-    describe_counter!("zonescaler_link_bytes_total", Unit::Bytes, "Bytes on shard links, by direction.");
+    describe_counter!(
+        "zonescaler_link_bytes_total",
+        Unit::Bytes,
+        "Bytes on shard links, by direction."
+    );
     describe_counter!(
         "zonescaler_connections_total",
         "Client connection attempts, by outcome (accepted, refused_per_address, refused_full, handshake_failed)."
@@ -227,10 +240,20 @@ fn describe_transport() {
         "zonescaler_replication_lag_ticks",
         "How many ticks behind the shard each client's acknowledged snapshot is (sampled each second)."
     );
-    describe_gauge!("zonescaler_queue_length", "Items waiting in a shard queue, by queue.");
-    describe_counter!("zonescaler_snapshot_bytes_total", Unit::Bytes, "Snapshot bytes sent to clients.");
+    describe_gauge!(
+        "zonescaler_queue_length",
+        "Items waiting in a shard queue, by queue."
+    );
+    describe_counter!(
+        "zonescaler_snapshot_bytes_total",
+        Unit::Bytes,
+        "Snapshot bytes sent to clients."
+    );
     describe_counter!("zonescaler_inputs_total", "Client inputs, by outcome.");
-    describe_counter!("zonescaler_redirects_total", "Clients sent to another shard.");
+    describe_counter!(
+        "zonescaler_redirects_total",
+        "Clients sent to another shard."
+    );
     describe_gauge!(
         "zonescaler_process_resident_memory_bytes",
         Unit::Bytes,
@@ -274,7 +297,8 @@ fn publish_stats(app: &ShardApp) {
     counter!("zonescaler_inputs_total", "outcome" => "applied").absolute(s.inputs_applied);
     counter!("zonescaler_inputs_total", "outcome" => "out_of_world")
         .absolute(s.inputs_refused_out_of_world);
-    counter!("zonescaler_inputs_total", "outcome" => "rate_limited").absolute(s.inputs_dropped_rate);
+    counter!("zonescaler_inputs_total", "outcome" => "rate_limited")
+        .absolute(s.inputs_dropped_rate);
     counter!("zonescaler_inputs_total", "outcome" => "stale").absolute(s.inputs_stale);
     counter!("zonescaler_inputs_total", "outcome" => "forwarded").absolute(s.inputs_forwarded);
     counter!("zonescaler_redirects_total").absolute(s.redirects);
@@ -302,11 +326,14 @@ fn publish_transport(server: &QuicServer, node: Option<&Node>) {
         .absolute(n.datagram_bytes_out + n.control_bytes_out);
     counter!("zonescaler_client_datagrams_total", "direction" => "in").absolute(n.datagrams_in);
     counter!("zonescaler_client_datagrams_total", "direction" => "out").absolute(n.datagrams_out);
-    counter!("zonescaler_connections_total", "outcome" => "accepted").absolute(n.connections_accepted);
+    counter!("zonescaler_connections_total", "outcome" => "accepted")
+        .absolute(n.connections_accepted);
     counter!("zonescaler_connections_total", "outcome" => "refused_per_address")
         .absolute(n.connections_refused_per_address);
-    counter!("zonescaler_connections_total", "outcome" => "refused_full").absolute(n.connections_refused);
-    counter!("zonescaler_connections_total", "outcome" => "handshake_failed").absolute(n.handshakes_failed);
+    counter!("zonescaler_connections_total", "outcome" => "refused_full")
+        .absolute(n.connections_refused);
+    counter!("zonescaler_connections_total", "outcome" => "handshake_failed")
+        .absolute(n.handshakes_failed);
     counter!("zonescaler_quic_retries_total").absolute(n.retries_sent);
     gauge!("zonescaler_queue_length", "queue" => "handshakes").set(n.handshakes_in_progress as f64);
     counter!("zonescaler_datagrams_dropped_total", "reason" => "inbox_full")

@@ -203,7 +203,10 @@ impl Shard {
         let (server, events) = QuicServer::bind(opts.listen, &identity)
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
         let addr = server.local_addr();
-        let metrics = opts.metrics.map(metrics::ShardMetrics::install).transpose()?;
+        let metrics = opts
+            .metrics
+            .map(metrics::ShardMetrics::install)
+            .transpose()?;
         let metrics_addr = metrics.as_ref().map(|m| m.addr().to_string());
         let view: SharedView = Arc::new(Mutex::new(None));
         if let Some(http) = opts.http {
@@ -216,7 +219,7 @@ impl Shard {
                 .block_on(tokio::net::TcpListener::bind(http))
                 .with_context(|| format!("cannot serve HTTP on {http}"))?;
             println!(
-                "zonescaler: dashboard on http://{0}/ (API: http://{0}/api/cluster)",
+                "zonescaler: dashboard on http://{0}/ (HTTP API: http://{0}/api/cluster)",
                 listener.local_addr()?
             );
             rt.spawn(http::serve_http(listener, view.clone(), token));
@@ -231,7 +234,15 @@ impl Shard {
                     metrics_addr: metrics_addr.clone().unwrap_or_default(),
                     weight: c.weight,
                 };
-                match join_cluster(rt, c, &opts.config, &identity, me, protocol.cluster_hash(), stop)? {
+                match join_cluster(
+                    rt,
+                    c,
+                    &opts.config,
+                    &identity,
+                    me,
+                    protocol.cluster_hash(),
+                    stop,
+                )? {
                     Some(n) => Some(n),
                     None => return Ok(None),
                 }
@@ -275,7 +286,11 @@ impl Shard {
 
     /// Tick until `stop` is set.
     pub fn run(&mut self, stop: &AtomicBool) {
-        let hz = self.app.world.resource::<crate::core::resources::TickClock>().tick_hz;
+        let hz = self
+            .app
+            .world
+            .resource::<crate::core::resources::TickClock>()
+            .tick_hz;
         let mut pace = Pacing::new(hz, self.stats_every);
         let mut buf = Buffers::default();
         while !stop.load(Ordering::Relaxed) {
@@ -296,7 +311,8 @@ impl Shard {
         }
         let now = unix_ms();
         if let Some(n) = self.node.as_mut() {
-            n.events.drain_into(limits::INBOX_EVENTS_MAX, &mut buf.link_events);
+            n.events
+                .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.link_events);
             for ev in buf.link_events.drain(..) {
                 n.on_link_event(&mut self.app, ev, now);
             }
@@ -488,7 +504,9 @@ async fn form(
     loop {
         for act in acts.drain(..) {
             match act {
-                FormAction::Send(link, msg) => links.send(link, bytes::Bytes::from(codec::encode(&msg))),
+                FormAction::Send(link, msg) => {
+                    links.send(link, bytes::Bytes::from(codec::encode(&msg)))
+                }
                 FormAction::Dial(shard, addr) => {
                     let addr: SocketAddr = addr.parse().with_context(|| {
                         format!("shard {} has a bad link address {addr}", shard.0)

@@ -44,14 +44,24 @@ pub struct UpOptions {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
     /// First shard's port for Prometheus metrics (`GET /metrics`); shard i uses metrics-port + i.
-    #[arg(long, default_value_t = 9100)]
-    pub metrics_port: u16,
+    /// Default: `--port` + 5000 (9433 for the default port), so clusters on other ports do not
+    /// collide on it.
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
     /// What the `--bots` do (wander, idle, border).
     #[arg(long, default_value = "wander")]
     pub bot_scenario: String,
     /// Where certificates and run files go.
     #[arg(long, default_value = "target/zonescaler-run")]
     pub run_dir: PathBuf,
+}
+
+impl UpOptions {
+    /// The first shard's metrics port: `--metrics-port`, else `--port` + 5000.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+            .unwrap_or_else(|| self.port.saturating_add(5_000))
+    }
 }
 
 struct Proc {
@@ -71,7 +81,7 @@ pub fn up(opts: UpOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             zonescaler_shared::limits::SHARDS_MAX
         );
     }
-    if [opts.port, opts.link_port, opts.metrics_port]
+    if [opts.port, opts.link_port, opts.metrics_port()]
         .iter()
         .any(|p| usize::from(*p) + opts.shards > usize::from(u16::MAX))
     {
@@ -117,7 +127,10 @@ fn run(
     )?;
     // A login key for this local cluster: shards get the public half, the bots (and
     // `zonescaler ticket`) mint tickets with the private one, as a game's account service would.
-    let (login_key, login_pub) = (opts.run_dir.join("login.key"), opts.run_dir.join("login.pub"));
+    let (login_key, login_pub) = (
+        opts.run_dir.join("login.key"),
+        opts.run_dir.join("login.pub"),
+    );
     zonescaler_shared::ticket::TicketSigner::generate_files("local", &login_key, &login_pub)
         .context("cannot make the cluster's login key")?;
     let master_links = format!("{}:{}", opts.host, opts.link_port);
@@ -140,7 +153,7 @@ fn run(
             .arg(&login_pub)
             .args([
                 "--metrics",
-                &format!("{}:{}", opts.host, opts.metrics_port + i as u16),
+                &format!("{}:{}", opts.host, opts.metrics_port() + i as u16),
             ])
             .env("ZONESCALER_CLUSTER_SECRET", &secret)
             .stdin(Stdio::piped());
