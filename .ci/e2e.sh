@@ -2,10 +2,11 @@
 # End-to-end check: start `zonescaler up`, run BOTS bots for DURATION, assert from the JSON report
 # that every bot connected and snapshots flowed, then stop the cluster with Ctrl-C (SIGINT) and
 # check that no shard process is left behind.
-# Usage: [SHARDS=N] bash .ci/e2e.sh [BOTS] [DURATION] [extra zonescaler-bots args...]
-# With SHARDS > 1 it also checks the master's GET /api/cluster and GET /api/players/NAME during the
-# run, and that bots were
-# handed off (use `--scenario border`) without errors.
+# Usage: [SHARDS=N] [GAME=arena] bash .ci/e2e.sh [BOTS] [DURATION] [extra bots args...]
+# The bots are the game binary's own (`zonescaler bots`, `zonescaler-arena bots`), logging in with
+# tickets they mint from the cluster's login key. With SHARDS > 1 it also checks the master's
+# GET /api/cluster and GET /api/players/NAME (401 without the operator's token) during the run,
+# and that bots were handed off (use `--scenario border`) without errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bots=${1:-100}
@@ -18,9 +19,15 @@ shards=${SHARDS:-1}
 link_port=$(( port + 100 ))
 http="127.0.0.1:$(( port + 200 ))"
 
-cargo build -q --release -p zonescaler-server -p zonescaler-bots
-./target/release/zonescaler up --shards "$shards" --port "$port" --link-port "$link_port" --http "$http" \
-  --run-dir "$run_dir" >"$run_dir/up.log" 2>&1 &
+game=${GAME:-}
+if [ -n "$game" ]; then
+  exe="./target/release/zonescaler-$game"; package="zonescaler-$game"; world="assets/worlds/$game.toml"
+else
+  exe="./target/release/zonescaler"; package="zonescaler-server"; world="assets/worlds/default.toml"
+fi
+cargo build -q --release -p "$package"
+"$exe" up --shards "$shards" --port "$port" --link-port "$link_port" --http "$http" \
+  --world "$world" --run-dir "$run_dir" >"$run_dir/up.log" 2>&1 &
 up_pid=$!
 cleanup() { kill -INT "$up_pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -32,15 +39,21 @@ for _ in $(seq 1 600); do
 done
 [ -f "$last_cert" ] || { cat "$run_dir/up.log"; echo "e2e: shards did not start"; exit 1; }
 
-./target/release/zonescaler-bots --connect "127.0.0.1:$port" --cert "$run_dir/cluster.pem" \
-  --bots "$bots" --duration "$duration" --report-json "$report" --quiet "$@" &
+"$exe" bots --connect "127.0.0.1:$port" --cert "$run_dir/cluster.pem" \
+  --login-key "$run_dir/login.key" --bots "$bots" --duration "$duration" \
+  --report-json "$report" --report-html "$run_dir/report.html" --quiet "$@" &
 bots_pid=$!
 if [ "$shards" -gt 1 ]; then
   # Sample the master's view while the bots play: the world's entities stay put (NPCs plus the
   # bots logged in), every shard is alive, handoffs happen.
-  python3 - "$http" "$shards" "${SAMPLES:-8}" <<'PY'
+  python3 - "$http" "$shards" "${SAMPLES:-8}" "$run_dir/api.token" <<'PY'
 import json, sys, time, urllib.error, urllib.request
 http, shards, samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+token = open(sys.argv[4]).read().strip()
+def players(name, auth=True):
+    req = urllib.request.Request(f"http://{http}/api/players/{name}")
+    if auth: req.add_header("Authorization", f"Bearer {token}")
+    return json.load(urllib.request.urlopen(req, timeout=5))
 seen = []
 for _ in range(samples):
     time.sleep(1)
@@ -59,18 +72,23 @@ for row in seen: print("  ", row)
 addrs = {s["id"]: s["addr"] for s in v["shards"]}
 found = []
 for name in [f"bot-{i}" for i in range(10)]:
-    try: p = json.load(urllib.request.urlopen(f"http://{http}/api/players/{name}", timeout=5))
+    try: p = players(name)
     except urllib.error.HTTPError as e:
         assert e.code == 404, f"/api/players/{name}: HTTP {e.code}"; continue
     assert p["name"] == name and addrs.get(p["shard"]) == p["addr"], f"/api/players/{name}: {p}"
     found.append((name, p["shard"]))
 assert found, "/api/players knows none of bot-0..bot-9"
 try:
-    urllib.request.urlopen(f"http://{http}/api/players/nobody-logged-in", timeout=5)
+    players("nobody-logged-in")
     raise AssertionError("/api/players/nobody-logged-in answered 200")
 except urllib.error.HTTPError as e:
     assert e.code == 404, f"/api/players/nobody-logged-in: HTTP {e.code}"
-print("e2e: /api/players:", found)
+try:
+    players("bot-0", auth=False)
+    raise AssertionError("/api/players without the operator's token answered 200")
+except urllib.error.HTTPError as e:
+    assert e.code == 401, f"/api/players without a token: HTTP {e.code}"
+print("e2e: /api/players:", found, "(401 without the token)")
 PY
 fi
 wait "$bots_pid"
@@ -102,4 +120,5 @@ if pgrep -f "$run_dir/shard-" >/dev/null; then
   echo "e2e: a shard process outlived zonescaler up"; exit 1
 fi
 tail -n 3 "$run_dir/up.log"
+[ -s "$run_dir/report.html" ] || { echo "e2e: the bots wrote no HTML report"; exit 1; }
 echo "e2e: cluster stopped cleanly, no orphans"
