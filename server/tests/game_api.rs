@@ -1,0 +1,407 @@
+//! The game API as a developer uses it, across a border of a two-shard world in one process:
+//! typed proxies, replicated removals, server-only state that follows handoffs, commands to any
+//! entity's owner, client commands acting as the client's own avatar, tells and shouts, and the
+//! debug guard against writing any replicated component of a proxy.
+
+use bitcode::{Decode, Encode};
+use bytes::Bytes;
+use glam::Vec3;
+use std::sync::Arc;
+use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_server::app::GameSetup;
+use zonescaler_server::cluster::LocalCluster;
+use zonescaler_server::core::components::{Generation, ReplicatedComponents};
+use zonescaler_server::prelude::*;
+use zonescaler_shared::codec;
+use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::{
+    ClientCommand, ClientControl, ErrorCode, Hello, MessageScope, Say, ServerControl,
+};
+use zonescaler_shared::{ConnId, ShardId};
+
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+struct Hp(u16);
+impl Replicated for Hp {
+    const NAME: &'static str = "test.Hp";
+}
+
+#[derive(Component, Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+struct Tag(u32);
+impl Replicated for Tag {
+    const NAME: &'static str = "test.Tag";
+}
+
+/// Server-only state: must follow the entity and never reach a client or a proxy.
+#[derive(Component, Clone, Debug, PartialEq, Eq, Encode, Decode)]
+struct Secret {
+    plan: Vec<u32>,
+    seed: u64,
+}
+impl Migrating for Secret {
+    const NAME: &'static str = "test.Secret";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+struct Hit(u16);
+impl GameCommand for Hit {
+    const NAME: &'static str = "test.Hit";
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+struct Wave(u8);
+impl GameCommand for Wave {
+    const NAME: &'static str = "test.Wave";
+}
+
+/// What the `Wave` handler saw: (target, from, value).
+#[derive(Resource, Default, Debug)]
+struct Seen(Vec<(NetId, Option<NetId>, u32)>);
+
+fn apply_hits(hits: Res<Delivered<Hit>>, mut hp: Query<&mut Hp, OwnedOnly>) {
+    for d in &hits {
+        if let Ok(mut h) = hp.get_mut(d.entity) {
+            h.0 = h.0.saturating_sub(d.command.0);
+        }
+    }
+}
+
+fn record_waves(waves: Res<Delivered<Wave>>, mut seen: ResMut<Seen>) {
+    for d in &waves {
+        seen.0.push((d.target, d.from, u32::from(d.command.0)));
+    }
+}
+
+fn game() -> GameSetup {
+    Arc::new(|app: &mut ShardApp| {
+        app.replicate::<Hp>()
+            .replicate::<Tag>()
+            .migrate::<Secret>()
+            .command::<Hit>()
+            .client_command::<Wave>()
+            .add_systems(ShardSystems::Simulate, (apply_hits, record_waves));
+        app.world.init_resource::<Seen>();
+    })
+}
+
+fn cluster() -> LocalCluster {
+    let mut world = WorldConfig::default();
+    world.npc.count = 0;
+    LocalCluster::new(world, 2, &game()).expect("two shards")
+}
+
+/// A point on shard 0's side of the border at x = 0, `d` metres from it, and the border's z.
+fn near_border(c: &LocalCluster, d: f32) -> (Vec3, f32) {
+    let w = c.map.grid().world();
+    let mut z = w.min[1];
+    while c.map.owner_at([0.0, z + 1.0]) == Some(ShardId(0)) {
+        z += 1.0;
+    }
+    assert_eq!(c.map.owner_at([0.0, z + 2.0]), Some(ShardId(1)), "a border");
+    (Vec3::new(0.0, 0.0, z - d), z)
+}
+
+/// Spawn an owned entity on shard `i` with the test components.
+fn spawn(c: &mut LocalCluster, i: usize, at: Vec3, secret: u64) -> NetId {
+    let w = &mut c.shards[i].world;
+    let id = w
+        .resource_mut::<zonescaler_server::core::resources::IdAllocator>()
+        .allocate();
+    w.spawn((
+        Networked(id),
+        Owned,
+        Position(at),
+        MoveTarget {
+            target: at,
+            speed_mps: 8.0,
+        },
+        Hp(100),
+        Tag(7),
+        Secret {
+            plan: vec![1, 2, 3],
+            seed: secret,
+        },
+    ));
+    id
+}
+
+fn entity(c: &mut LocalCluster, i: usize, id: NetId) -> Option<Entity> {
+    let w = &mut c.shards[i].world;
+    w.query::<(Entity, &Networked)>()
+        .iter(w)
+        .find(|(_, n)| n.0 == id)
+        .map(|(e, _)| e)
+}
+
+fn get<T: Component + Clone>(c: &mut LocalCluster, i: usize, id: NetId) -> Option<T> {
+    let e = entity(c, i, id)?;
+    c.shards[i].world.get::<T>(e).cloned()
+}
+
+#[test]
+fn a_neighbours_proxy_holds_typed_replicated_components_but_no_server_state() {
+    let mut c = cluster();
+    let (spot, _) = near_border(&c, 10.0);
+    let id = spawn(&mut c, 0, spot, 42);
+    for _ in 0..3 {
+        c.step();
+    }
+    let e1 = entity(&mut c, 1, id).expect("shard 1 mirrors the border entity");
+    assert!(c.shards[1].world.get::<Proxy>(e1).is_some(), "as a proxy");
+    assert_eq!(
+        get::<Hp>(&mut c, 1, id),
+        Some(Hp(100)),
+        "read as a typed Hp"
+    );
+    assert_eq!(get::<Tag>(&mut c, 1, id), Some(Tag(7)));
+    assert_eq!(
+        get::<Secret>(&mut c, 1, id),
+        None,
+        "server-only state stays with the owner"
+    );
+
+    // The owner changes and removes replicated components: the proxy follows.
+    c.shards[0]
+        .world
+        .resource_mut::<GameCommands>()
+        .send(id, Hit(30));
+    let e0 = entity(&mut c, 0, id).expect("owned on 0");
+    c.shards[0].world.entity_mut(e0).remove::<Tag>();
+    for _ in 0..4 {
+        c.step();
+    }
+    assert_eq!(
+        get::<Hp>(&mut c, 1, id),
+        Some(Hp(70)),
+        "the hit reached the proxy"
+    );
+    assert_eq!(
+        get::<Tag>(&mut c, 1, id),
+        None,
+        "the removal was replicated"
+    );
+    let blobs = get::<ReplicatedComponents>(&mut c, 0, id)
+        .expect("cache")
+        .blobs;
+    assert_eq!(blobs.len(), 1, "only Hp is left on the wire: {blobs:?}");
+}
+
+#[test]
+fn server_only_state_follows_the_entity_across_the_border_unchanged() {
+    let mut c = cluster();
+    let (spot, z) = near_border(&c, 3.0);
+    let id = spawn(&mut c, 0, spot, 0xDEAD_BEEF);
+    let before = get::<Secret>(&mut c, 0, id).expect("the owner has it");
+    let e0 = entity(&mut c, 0, id).expect("owned");
+    c.shards[0]
+        .world
+        .get_mut::<MoveTarget>(e0)
+        .expect("a mover")
+        .target = Vec3::new(0.0, 0.0, z + 20.0);
+    let mut owner = 0;
+    for _ in 0..60 {
+        c.step();
+        if get::<Owned>(&mut c, 1, id).is_some() {
+            owner = 1;
+            break;
+        }
+    }
+    assert_eq!(owner, 1, "the entity was handed to shard 1");
+    assert_eq!(
+        get::<Secret>(&mut c, 1, id),
+        Some(before),
+        "its server-only state came along"
+    );
+    assert_eq!(get::<Generation>(&mut c, 1, id), Some(Generation(1)));
+    c.step();
+    assert_eq!(
+        get::<Secret>(&mut c, 0, id),
+        None,
+        "the old owner's proxy has none"
+    );
+    assert!(get::<Proxy>(&mut c, 0, id).is_some());
+    assert_eq!(
+        get::<Hp>(&mut c, 0, id),
+        Some(Hp(100)),
+        "but it reads its Hp, typed"
+    );
+}
+
+fn hello(app: &ShardApp, name: &str) -> Bytes {
+    Bytes::from(codec::encode(&ClientControl::Hello(Hello {
+        protocol_hash: app.protocol_hash(),
+        name: name.into(),
+        ticket: None,
+        token: None,
+    })))
+}
+
+fn control(conn: u64, msg: &ClientControl) -> NetEvent {
+    NetEvent::Control {
+        conn: ConnId(conn),
+        bytes: Bytes::from(codec::encode(msg)),
+    }
+}
+
+/// Log `name` in on shard `i` as connection `conn`; its avatar's id.
+fn log_in(c: &mut LocalCluster, i: usize, conn: u64, name: &str) -> NetId {
+    c.shards[i].push_event(NetEvent::Connected {
+        conn: ConnId(conn),
+        max_datagram_bytes: 1_200,
+    });
+    let h = hello(&c.shards[i], name);
+    c.shards[i].push_event(NetEvent::Control {
+        conn: ConnId(conn),
+        bytes: h,
+    });
+    for _ in 0..3 {
+        for cmd in c.step().into_iter().flatten() {
+            if let NetCommand::Control { bytes, .. } = cmd
+                && let Ok(ServerControl::Welcome(w)) = codec::decode_server_control(&bytes)
+            {
+                return w.avatar;
+            }
+        }
+    }
+    panic!("{name} was not welcomed on shard {i}");
+}
+
+/// Messages each connection of each shard was sent over `ticks` steps: (shard, conn, text).
+fn messages(c: &mut LocalCluster, ticks: usize) -> Vec<(usize, u64, String, MessageScope)> {
+    let mut out = Vec::new();
+    for _ in 0..ticks {
+        for (i, cmds) in c.step().into_iter().enumerate() {
+            for cmd in cmds {
+                if let NetCommand::Control { conn, bytes } = cmd
+                    && let Ok(ServerControl::Message(m)) = codec::decode_server_control(&bytes)
+                {
+                    out.push((i, conn.0, m.text, m.scope));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_client_command_acts_as_the_clients_own_avatar_and_no_other() {
+    let mut c = cluster();
+    let avatar = log_in(&mut c, 0, 1, "ann");
+    let wave = |kind| {
+        control(
+            1,
+            &ClientControl::Command(ClientCommand {
+                kind,
+                bytes: bitcode::encode(&Wave(9)),
+            }),
+        )
+    };
+    c.shards[0].push_event(wave(0));
+    c.step();
+    c.step();
+    let seen = &c.shards[0].world.resource::<Seen>().0;
+    assert_eq!(
+        seen.as_slice(),
+        [(avatar, Some(avatar), 9)],
+        "delivered to the avatar's owner, on behalf of the avatar"
+    );
+    // Kind 1 is no client command (Hit is server-only): the connection is closed.
+    c.shards[0].push_event(wave(1));
+    let closed = c.step()[0].iter().any(|cmd| {
+        matches!(cmd, NetCommand::Close { conn, code, .. } if conn.0 == 1 && *code == ErrorCode::BadMessage)
+    });
+    assert!(closed, "a client cannot send a server-only command");
+}
+
+#[test]
+fn tells_find_players_on_other_shards_and_shouts_reach_everyone() {
+    let mut c = cluster();
+    log_in(&mut c, 0, 1, "ann");
+    log_in(&mut c, 1, 1, "bob");
+    c.step();
+    // A game system on shard 0 tells bob, who plays on shard 1.
+    c.shards[0]
+        .world
+        .resource_mut::<PlayerMessages>()
+        .tell("bob", "", "the gate opens");
+    // Ann's own chat: a shout, and a tell to nobody.
+    c.shards[0].push_event(control(
+        1,
+        &ClientControl::Say(Say {
+            to: None,
+            text: "hello world".into(),
+        }),
+    ));
+    c.shards[0].push_event(control(
+        1,
+        &ClientControl::Say(Say {
+            to: Some("zed".into()),
+            text: "psst".into(),
+        }),
+    ));
+    let got = messages(&mut c, 4);
+    let has = |shard: usize, text: &str, scope| {
+        got.iter()
+            .any(|(s, conn, t, sc)| *s == shard && *conn == 1 && t.contains(text) && *sc == scope)
+    };
+    assert!(
+        has(1, "the gate opens", MessageScope::Tell),
+        "bob heard the tell: {got:?}"
+    );
+    assert!(
+        has(0, "hello world", MessageScope::Shout),
+        "ann hears her shout: {got:?}"
+    );
+    assert!(
+        has(1, "hello world", MessageScope::Shout),
+        "bob hears it too: {got:?}"
+    );
+    assert!(
+        has(0, "no player named zed is online", MessageScope::Tell),
+        "ann learns zed is not online: {got:?}"
+    );
+    assert!(
+        !got.iter().any(|(_, _, t, _)| t == "psst"),
+        "nobody got the tell to zed"
+    );
+}
+
+/// A game system that forgets `OwnedOnly` and heals everything, proxies included.
+fn careless_heal(mut q: Query<&mut Hp>) {
+    for mut h in &mut q {
+        h.0 += 1;
+    }
+}
+
+#[test]
+#[should_panic(expected = "error[Z0001]")]
+fn writing_any_replicated_component_of_a_proxy_fails_loudly_in_debug_builds() {
+    let mut c = cluster();
+    let (spot, _) = near_border(&c, 10.0);
+    spawn(&mut c, 0, spot, 1);
+    c.shards[1].add_systems(ShardSystems::Simulate, careless_heal);
+    for _ in 0..10 {
+        c.step();
+    }
+}
+
+/// Sends a command type the game never registered.
+fn sends_unregistered(mut out: ResMut<GameCommands>, q: Query<&Networked, OwnedOnly>) {
+    #[derive(Encode, Decode)]
+    struct Nope;
+    impl GameCommand for Nope {
+        const NAME: &'static str = "test.Nope";
+    }
+    if let Some(n) = q.iter().next() {
+        out.send(n.0, Nope);
+    }
+}
+
+#[test]
+#[should_panic(expected = "error[Z0002]")]
+fn sending_an_unregistered_command_fails_loudly_in_debug_builds() {
+    let mut c = cluster();
+    let (spot, _) = near_border(&c, 100.0);
+    spawn(&mut c, 0, spot, 1);
+    c.shards[0].add_systems(ShardSystems::Simulate, sends_unregistered);
+    c.step();
+}
