@@ -104,7 +104,9 @@ fn spawn_up(name: &str, port: u16, own_group: bool) -> Up {
     use std::process::Stdio;
     let run_dir = std::env::temp_dir().join(format!("zs-cli-{name}-{}", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zonescaler"));
-    cmd.args(["up", "--port", &port.to_string(), "--run-dir"])
+    // Metrics listen on TCP, clients on UDP: the same number keeps parallel tests apart.
+    let port = port.to_string();
+    cmd.args(["up", "--port", &port, "--metrics-port", &port, "--run-dir"])
         .arg(&run_dir)
         .args([
             "--world",

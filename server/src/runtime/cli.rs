@@ -11,7 +11,7 @@ use crate::app::GameSetup;
 use crate::core::ShardApp;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,6 +181,12 @@ pub fn main_with(setup: impl Fn(&mut ShardApp) + Send + Sync + 'static) -> ExitC
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: `up` sends each shard's stderr to a log file, where escape
+        // codes are noise. NO_COLOR (https://no-color.org) still turns them off anywhere.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let game: GameSetup = Arc::new(setup);
     let stop = Arc::new(AtomicBool::new(false));
