@@ -14,16 +14,28 @@
 //! new `Health`.
 
 use crate::commands::{Attack, Damage, Kill};
-use crate::components::{Cooldown, Health, Kind, Score};
+use crate::components::{Health, Kind, Score};
 use crate::npc::{Brain, Mode};
 use crate::rules::ArenaRules;
 use crate::score::add_points;
 use crate::stats::ArenaStats;
+use bitcode::{Decode, Encode};
 use glam::Vec3;
 use zonescaler_server::core::components::NetIndex;
 use zonescaler_server::core::space::Space;
 use zonescaler_server::prelude::*;
 use zonescaler_shared::limits;
+
+/// When an entity may attack next, on the cluster clock. Server-only (a client learns it by
+/// being refused) and carried on handoff, so crossing a border does not reset it.
+#[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct Cooldown {
+    pub attack_ready_ms: u64,
+}
+
+impl Migrating for Cooldown {
+    const NAME: &'static str = "arena.Cooldown";
+}
 
 /// Why an attack was refused. Every one is something a client can cause, so none is an error:
 /// the attack just does not happen (and is counted).

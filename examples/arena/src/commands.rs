@@ -18,7 +18,8 @@
 
 use crate::components::Kind;
 use bitcode::{Decode, Encode};
-use zonescaler_server::prelude::{GameCommand, NetId};
+use zonescaler_shared::NetId;
+use zonescaler_shared::components::GameCommand;
 
 /// Client → own avatar: hit `target` (any entity with health, a neighbour's included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]

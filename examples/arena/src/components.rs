@@ -1,13 +1,14 @@
-//! What the arena puts on the wire about an entity: replicated components (clients and
-//! neighbours' proxies see them) and the server-only state that follows an entity across
-//! handoffs.
+//! What the arena puts on the wire about an entity: the replicated components clients and
+//! neighbours' proxies see.
 //!
-//! Every type here is a plain struct with `bitcode` derives and no server types inside, so a
-//! bot or a client decodes the same bytes with the same definitions.
+//! Every type here is a plain struct with `bitcode` derives, and this module (like
+//! [`crate::commands`]) needs nothing but `zonescaler-shared`, so a bot or a client decodes
+//! the same bytes with the same definitions. Server-only state (`Cooldown`, `Brain`) lives with
+//! the systems that use it.
 
 use bevy_ecs::prelude::Component;
 use bitcode::{Decode, Encode};
-use zonescaler_server::prelude::{Migrating, Replicated};
+use zonescaler_shared::components::Replicated;
 
 /// Hit points. A proxy of a neighbour's entity carries it too, typed, so an attacker on this
 /// side of a border reads its target's health without asking.
@@ -76,15 +77,4 @@ pub struct Taken {
 
 impl Replicated for Taken {
     const NAME: &'static str = "arena.Taken";
-}
-
-/// When an entity may attack next, on the cluster clock. Server-only (a client learns it by
-/// being refused) and carried on handoff, so crossing a border does not reset it.
-#[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
-pub struct Cooldown {
-    pub attack_ready_ms: u64,
-}
-
-impl Migrating for Cooldown {
-    const NAME: &'static str = "arena.Cooldown";
 }

@@ -113,8 +113,9 @@ pub mod rules;
 pub mod score;
 pub mod stats;
 
+pub use combat::Cooldown;
 pub use commands::{Attack, Award, Claim, Damage, Kill, PickUp};
-pub use components::{Cooldown, Health, Kind, Score, Taken, Value};
+pub use components::{Health, Kind, Score, Taken, Value};
 pub use rules::ArenaRules;
 pub use stats::ArenaStats;
 

@@ -11,9 +11,10 @@
 //! Times in the brain are on the cluster clock (`TickClock::now_ms`): tick numbers are a
 //! shard's own count and mean nothing on the next shard.
 
+use crate::combat::Cooldown;
 use crate::combat::{check_attack, ground_distance, view_of};
 use crate::commands::Damage;
-use crate::components::{Cooldown, Health, Kind};
+use crate::components::{Health, Kind};
 use crate::rules::ArenaRules;
 use crate::stats::ArenaStats;
 use bitcode::{Decode, Encode};

@@ -301,3 +301,71 @@ pub fn restock(
     commands.spawn(pickup_bundle(ids.allocate(), at, points));
     stats.pickups_spawned += 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zonescaler_shared::ShardId;
+
+    #[test]
+    fn the_pickup_rule_wants_a_living_player_in_reach_of_an_untaken_pickup() {
+        let rules = ArenaRules::default();
+        let me = Networked(NetId::new(ShardId(0), 1).expect("small id"));
+        let (here, hp, player) = (Position(Vec3::ZERO), Health::full(10), Kind::Player);
+        let at = |x: f32| Position(Vec3::new(x, 0.0, 0.0));
+        let (near, far) = (at(rules.pickup_range_m), at(rules.pickup_range_m + 0.01));
+        let pickup = Some(&Kind::Pickup);
+        let check = |p, i| check_pickup(&rules, p, i);
+        assert_eq!(
+            check(
+                Some((&me, &here, &hp, &player)),
+                Some((&near, pickup, false))
+            ),
+            Ok(me.0)
+        );
+        assert_eq!(
+            check(
+                Some((&me, &here, &hp, &player)),
+                Some((&far, pickup, false))
+            ),
+            Err(PickUpRefusal::OutOfRange)
+        );
+        assert_eq!(
+            check(
+                Some((&me, &here, &hp, &player)),
+                Some((&near, pickup, true))
+            ),
+            Err(PickUpRefusal::AlreadyTaken)
+        );
+        assert_eq!(
+            check(
+                Some((&me, &here, &hp, &player)),
+                Some((&near, Some(&Kind::Npc), false))
+            ),
+            Err(PickUpRefusal::NotAPickup)
+        );
+        assert_eq!(
+            check(Some((&me, &here, &hp, &player)), None),
+            Err(PickUpRefusal::UnknownItem)
+        );
+        let dead = Health { hp: 0, max: 10 };
+        assert_eq!(
+            check(
+                Some((&me, &here, &dead, &player)),
+                Some((&near, pickup, false))
+            ),
+            Err(PickUpRefusal::PlayerDead)
+        );
+        assert_eq!(
+            check(
+                Some((&me, &here, &hp, &Kind::Npc)),
+                Some((&near, pickup, false))
+            ),
+            Err(PickUpRefusal::NotAPlayer)
+        );
+        assert_eq!(
+            check(None, Some((&near, pickup, false))),
+            Err(PickUpRefusal::NotAPlayer)
+        );
+    }
+}

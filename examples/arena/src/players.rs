@@ -1,6 +1,7 @@
 //! Players: what a fresh avatar gets.
 
-use crate::components::{Cooldown, Health, Kind, Score};
+use crate::combat::Cooldown;
+use crate::components::{Health, Kind, Score};
 use crate::rules::ArenaRules;
 use zonescaler_server::prelude::*;
 

@@ -5,11 +5,14 @@
 
 mod common;
 
+use bevy_ecs::prelude::With;
 use common::Arena;
+use glam::Vec3;
 use std::time::Instant;
 use zonescaler_arena::pickups::PickupStock;
+use zonescaler_arena::rules::BORDER_BAND_M;
 use zonescaler_arena::{ArenaRules, Kind};
-use zonescaler_server::core::components::{InTransit, Owned};
+use zonescaler_server::core::components::{InTransit, Owned, Position};
 use zonescaler_server::core::resources::HandoffStats;
 use zonescaler_shared::config::WorldConfig;
 
@@ -51,6 +54,36 @@ fn the_shipped_arena_runs_as_a_cluster_and_keeps_its_numbers() {
             a.world(s).resource::<PickupStock>().wanted,
             placed,
             "shard {s} keeps its share"
+        );
+    }
+    // Some of each shard's pickups stand by a border, where players of both shards can race.
+    for s in 0..2 {
+        let items: Vec<Vec3> = {
+            let w = a.world(s);
+            w.query_filtered::<(&Kind, &Position), With<Owned>>()
+                .iter(w)
+                .filter(|(k, _)| **k == Kind::Pickup)
+                .map(|(_, p)| p.0)
+                .collect()
+        };
+        let by_border = items
+            .iter()
+            .filter(|p| {
+                let b = BORDER_BAND_M;
+                [(b, 0.0), (-b, 0.0), (0.0, b), (0.0, -b)]
+                    .iter()
+                    .any(|(dx, dz)| {
+                        a.cluster
+                            .map
+                            .owner_at([p.x + dx, p.z + dz])
+                            .is_some_and(|o| usize::from(o.0) != s)
+                    })
+            })
+            .count();
+        assert!(
+            by_border > 0 && by_border < items.len(),
+            "shard {s}: {by_border} of its {} pickups stand by a border",
+            items.len()
         );
     }
     // Players by the borders, where NPCs from both sides find them.
