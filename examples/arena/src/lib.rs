@@ -99,6 +99,17 @@
 //!   or forwarded more than `COMMAND_HOPS_MAX` times, is dropped and only counted in
 //!   `GameCommands::dropped`. An `Award` to a winner who logs out in that tick is lost. Fine
 //!   for damage, not for trades; DESIGN.md sends those to the store.
+//! - **`Added<Avatar>` fires again on every shard a player is handed to** (the framework binds
+//!   the arriving client with a fresh `Avatar`), so "a new player" has to be told from "a
+//!   player who crossed a border" by the game's own components (`players::equip_new_players`).
+//!   Wanted: a `PlayerJoined` event for logins only.
+//! - **A server-only component that was not registered with `migrate` silently stays on the
+//!   source's proxy** (only registered ones are taken off on the ack), and comes back stale if
+//!   the entity is handed back. Forgetting `migrate::<Brain>()` did exactly that in a trial
+//!   run. Wanted: debug builds could flag non-framework components on a proxy that are neither
+//!   replicated nor migrating.
+//! - **`DespawnLog` is never drained outside the simulator**, while the client plugin pushes
+//!   every logout into it: in production it grows by one entry per logout, forever.
 //! - **`LocalCluster` steps its clock by 1000/30 ms whatever `tick_hz` is**, so a test world at
 //!   another rate gets a cluster clock that disagrees with `TickClock::dt`. The tests here keep
 //!   30 Hz.
