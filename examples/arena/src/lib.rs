@@ -1,0 +1,234 @@
+//! # The arena: a game on ZoneScaler, read as a tutorial
+//!
+//! The arena is the example game that proves the platform: players fight NPCs and each other,
+//! race for pickups, die and respawn, in one seamless world that several shard processes run
+//! together. It is written only against `zonescaler-server`'s public game API, the way any game
+//! would be. Read the modules in this order:
+//!
+//! 1. **The binary is one line.** `src/main.rs` calls [`zonescaler_server::main_with`] with a
+//!    closure that adds [`ArenaPlugin`]; the game gets the whole command line for free
+//!    (`zonescaler-arena up --world assets/worlds/arena.toml` runs a local cluster).
+//!
+//! 2. **Say what crosses the wire** ([`components`], [`commands`]). Each type is a plain struct
+//!    with `bitcode` derives and a stable wire `NAME`:
+//!    - `replicate::<T>()` for state clients and neighbours see ([`Health`], [`Kind`],
+//!      [`Score`], [`Value`], [`Taken`]). A neighbour holds them on its proxies *typed*: a
+//!      system reads a proxy's `Health` as a `Health`.
+//!    - `migrate::<T>()` for server-only state that must follow an entity when it crosses a
+//!      border ([`Cooldown`], [`npc::Brain`]). A proxy never has it.
+//!    - `client_command::<T>()` for what a player may ask ([`Attack`], [`PickUp`]): the
+//!      framework addresses it to the client's own avatar; the game checks what it asks.
+//!    - `command::<T>()` for what one entity's owner tells another entity's owner ([`Damage`],
+//!      [`Claim`], [`Award`], [`Kill`]), wherever that entity is.
+//!
+//!    All of it lands in one registry whose hash every client and shard checks at connect.
+//!
+//! 3. **Write systems for what you own** ([`combat`], [`pickups`], [`npc`], [`score`],
+//!    [`players`]). They run in `ShardSystems::Simulate`; every query that writes filters on
+//!    `OwnedOnly`, so it never touches a neighbour's read-only proxy (debug builds panic with
+//!    `error[Z0001]` if one does). Reads need no filter: an attack reads its target's position
+//!    and health whether the target is owned here or a proxy.
+//!
+//! 4. **Act on what you do not own with a command.** Damage to a neighbour's entity is
+//!    `GameCommands::send_from(attacker, target, Damage { hp })`; the framework delivers it to
+//!    the target's owner on its next tick (forwarding it after a handoff), where a system reads
+//!    it from `Res<Delivered<Damage>>`. The effect comes back through ordinary proxy updates.
+//!    The pickup race ([`pickups`]) is the example to study: exactly one of two players on two
+//!    shards wins, because only the item's owner decides.
+//!
+//! 5. **Time and chance are inputs.** Nothing here reads the OS clock or `rand`: timers use
+//!    `TickClock::now_ms` (the cluster clock, meaningful on every shard, unlike tick numbers),
+//!    shard-level draws use `ShardRng`, and each NPC carries its own seeded generator in its
+//!    brain.
+//!
+//! 6. **Test it as a cluster in one process.** `tests/` builds a `LocalCluster` of two shards,
+//!    logs players in by pushing `NetEvent`s, sends their commands, and steps tick by tick.
+//!
+//! ```
+//! use zonescaler_arena::{ArenaPlugin, ArenaStats};
+//! use zonescaler_server::prelude::*;
+//! use zonescaler_shared::config::WorldConfig;
+//!
+//! let mut world = WorldConfig::default();
+//! world.npc.count = 50;
+//! let mut app = ShardApp::new(world, zonescaler_shared::ShardId(0));
+//! app.add_plugins(ArenaPlugin::default());
+//! for _ in 0..30 {
+//!     app.tick();
+//! }
+//! assert!(app.world.resource::<ArenaStats>().npc_decisions > 0, "the NPCs are thinking");
+//! ```
+//!
+//! ## What the platform could offer (found while writing this game)
+//!
+//! Each is worked around here; each workaround is the thing the API should make unnecessary.
+//!
+//! - **A handoff carries the previous tick's replicated state.** `start_handoffs` (in
+//!   `Ownership`) copies the entity's `ReplicatedComponents` cache, which is refreshed only
+//!   later, in `Interest`. A replicated component changed in `Simulate` in the tick its entity
+//!   is offered is lost: damage healed, a score point gone, a pickup's `Taken` forgotten (and
+//!   granted twice). Workaround: [`ArenaPlugin`] adds, per replicated type, a system that
+//!   re-encodes changed values into the cache before `start_handoffs`. The fix: refresh the
+//!   cache before handoffs are offered (move `ReplicationCache` ahead of `Ownership`), or
+//!   encode replicated components from the world in `send_offers` as migrating ones are.
+//! - **An entity despawned by its new owner in the tick it arrives leaves a stray proxy.** On
+//!   the ack the source turns its copy into a proxy of the target and forgets its own mirror
+//!   entry; the target never mirrored the entity, so nobody ever sends the remove. (Likewise
+//!   for an entity handed off to a point farther than `interest_radius_m` from the source.)
+//!   Workaround: taken pickups linger `taken_linger_ms` before they are despawned. The fix:
+//!   the target should treat the source as holding a proxy from the ack on (seed its `Mirrors`
+//!   entry), so a despawn or an out-of-range position sends the remove.
+//! - **No game-facing way to spawn or despawn a networked entity.** Spawning needs
+//!   `core::resources::IdAllocator` and the `Networked` + `Owned` pair by hand; despawning an
+//!   entity on purpose should also tell `DespawnLog` (the simulator's `no_lost_entities`
+//!   checker reads it), but that log is drained only by the simulator, so a game pushing into
+//!   it in production would grow it forever. The arena does not push. Wanted:
+//!   `commands.spawn_networked(bundle) -> NetId` and `despawn_networked(entity)` that keep both
+//!   right.
+//! - **Looking an entity up by `NetId`** needs `core::components::NetIndex`, and finding what
+//!   is near a point needs `interest::{Frame, AoiGrid}` (last tick's). Neither is in the
+//!   prelude. Wanted: a `NetEntities` system param (`get(NetId) -> Entity`) and a `Nearby`
+//!   param (`within(point, radius)`) in the prelude.
+//! - **A point this shard owns** (for respawns and spawns) needs `core::space::Space`. Wanted in
+//!   the prelude, or as a `ShardSpace` param with `random_owned_point` and `owns`.
+//! - **A game cannot add a section to the world file**: `WorldConfig` refuses unknown keys, so
+//!   the arena's tuning ([`ArenaRules`]) is a plugin setting, and nothing checks that all shards
+//!   of a cluster run the same rules. Wanted: a `[game]` table passed through as TOML for the
+//!   game to parse, and a way to add its hash to the cluster hash.
+//! - **Commands are at-most-once with no feedback.** A command to an entity that was despawned,
+//!   or forwarded more than `COMMAND_HOPS_MAX` times, is dropped and only counted in
+//!   `GameCommands::dropped`. An `Award` to a winner who logs out in that tick is lost. Fine
+//!   for damage, not for trades; DESIGN.md sends those to the store.
+//! - **`Added<Avatar>` fires again on every shard a player is handed to** (the framework binds
+//!   the arriving client with a fresh `Avatar`), so "a new player" has to be told from "a
+//!   player who crossed a border" by the game's own components (`players::equip_new_players`).
+//!   Wanted: a `PlayerJoined` event for logins only.
+//! - **A server-only component that was not registered with `migrate` silently stays on the
+//!   source's proxy** (only registered ones are taken off on the ack), and comes back stale if
+//!   the entity is handed back. Forgetting `migrate::<Brain>()` did exactly that in a trial
+//!   run. Wanted: debug builds could flag non-framework components on a proxy that are neither
+//!   replicated nor migrating.
+//! - **`DespawnLog` is never drained outside the simulator**, while the client plugin pushes
+//!   every logout into it: in production it grows by one entry per logout, forever.
+//! - **`LocalCluster` steps its clock by 1000/30 ms whatever `tick_hz` is**, so a test world at
+//!   another rate gets a cluster clock that disagrees with `TickClock::dt`. The tests here keep
+//!   30 Hz.
+
+pub mod combat;
+pub mod commands;
+pub mod components;
+pub mod npc;
+pub mod pickups;
+pub mod players;
+pub mod rules;
+pub mod score;
+pub mod stats;
+
+pub use combat::Cooldown;
+pub use commands::{Attack, Award, Claim, Damage, Kill, PickUp};
+pub use components::{Health, Kind, Score, Taken, Value};
+pub use rules::ArenaRules;
+pub use stats::ArenaStats;
+
+use zonescaler_server::authority::handoff::start_handoffs;
+use zonescaler_server::core::components::ReplicatedComponents;
+use zonescaler_server::core::movement::move_entities;
+use zonescaler_server::core::space::Space;
+use zonescaler_server::prelude::*;
+use zonescaler_shared::limits;
+
+/// The arena. `ArenaPlugin::default()` is the game as shipped; tests pass their own rules.
+#[derive(Clone, Debug, Default)]
+pub struct ArenaPlugin {
+    pub rules: ArenaRules,
+}
+
+/// The arena's systems inside `ShardSystems::Simulate`, in one chain, before movement steps.
+#[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ArenaSystems;
+
+impl Plugin for ArenaPlugin {
+    /// # Panics
+    /// If the rules do not fit the world (a range longer than the proxies reach): a setup bug,
+    /// found when the shard starts rather than as attacks that silently never land.
+    fn build(&self, app: &mut ShardApp) {
+        if let Err(e) = self.rules.validate(&app.world.resource::<Config>().0) {
+            panic!("ArenaPlugin: {e}");
+        }
+        app.replicate::<Kind>()
+            .replicate::<Health>()
+            .replicate::<Score>()
+            .replicate::<Value>()
+            .replicate::<Taken>()
+            .migrate::<Cooldown>()
+            .migrate::<npc::Brain>()
+            .client_command::<Attack>()
+            .client_command::<PickUp>()
+            .command::<Damage>()
+            .command::<Claim>()
+            .command::<Award>()
+            .command::<Kill>();
+        app.world.insert_resource(self.rules.clone());
+        app.world.init_resource::<ArenaStats>();
+        app.world.init_resource::<pickups::PickupStock>();
+        app.add_startup_systems((npc::spawn_npcs, pickups::spawn_pickups).chain());
+        app.add_systems(
+            ShardSystems::Simulate,
+            (
+                players::equip_new_players,
+                npc::adopt_npcs,
+                combat::handle_attacks,
+                pickups::handle_pickups,
+                pickups::apply_claims,
+                score::apply_awards,
+                combat::apply_damage,
+                combat::apply_kills,
+                npc::think,
+                pickups::clear_taken,
+                pickups::restock,
+            )
+                .chain()
+                .in_set(ArenaSystems)
+                .before(move_entities),
+        );
+        flush_before_handoffs::<Kind>(app);
+        flush_before_handoffs::<Health>(app);
+        flush_before_handoffs::<Score>(app);
+        flush_before_handoffs::<Value>(app);
+        flush_before_handoffs::<Taken>(app);
+    }
+}
+
+/// Make a handoff offered this tick carry this tick's `T` (see "What the platform could
+/// offer"): in `Ownership`, before `start_handoffs` copies the replication cache, re-encode
+/// every `T` that changed on an owned entity into it. The framework's own refresh later in the
+/// tick then finds the same bytes and changes nothing (the revision moves once).
+fn flush_before_handoffs<T: Replicated>(app: &mut ShardApp) {
+    let Some(kind) = app.registry().protocol.id_of(T::NAME) else {
+        panic!("flush_before_handoffs::<{}> before replicate", T::NAME);
+    };
+    let flush = move |mut q: Query<(&T, &mut ReplicatedComponents), (Changed<T>, OwnedOnly)>| {
+        for (value, mut cache) in &mut q {
+            let bytes = bitcode::encode(value);
+            // Oversized encodings are the framework's refresh to log and drop; none of the
+            // arena's come near the limit.
+            if bytes.len() <= limits::COMPONENT_BYTES_MAX {
+                cache.set(kind, bytes);
+            }
+        }
+    };
+    app.add_systems(ShardSystems::Ownership, flush.before(start_handoffs));
+}
+
+/// This shard's share of `count` things spread over the world by area: the same world has the
+/// same number of NPCs and pickups on one shard or many.
+pub(crate) fn share_of(world: &World, count: usize) -> usize {
+    let space = world.resource::<Space>();
+    let world_area = space.grid().world().area();
+    let owned: f32 = space
+        .map
+        .cells_of(space.me)
+        .map(|c| space.grid().rect(c).area())
+        .sum();
+    ((count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round() as usize
+}
