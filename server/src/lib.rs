@@ -45,10 +45,13 @@ pub mod prelude {
     pub use crate::core::components::{
         Avatar, InCell, MoveTarget, Networked, Owned, OwnedOnly, Player, Position, Proxy,
     };
+    pub use crate::core::entities::NetEntities;
     pub use crate::core::messages::PlayerMessages;
     pub use crate::core::registry::Migrating;
-    pub use crate::core::resources::{Config, ShardRng, TickClock};
+    pub use crate::core::resources::{Config, Logins, ShardRng, TickClock};
+    pub use crate::core::space::Space;
     pub use crate::core::{Plugin, ShardApp, ShardSystems, Startup};
+    pub use crate::interest::{AoiGrid, Frame};
     pub use bevy_ecs::prelude::*;
     pub use zonescaler_shared::NetId;
     pub use zonescaler_shared::components::{GameCommand, Replicated};

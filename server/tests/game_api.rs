@@ -405,3 +405,95 @@ fn sending_an_unregistered_command_fails_loudly_in_debug_builds() {
     c.shards[0].add_systems(ShardSystems::Simulate, sends_unregistered);
     c.step();
 }
+
+/// A game rule that takes an arriving entity out of the world in the tick it arrives (before
+/// the new owner ever mirrors it).
+fn despawn_on_arrival(mut net: NetEntities, q: Query<(Entity, &Networked), Added<Owned>>) {
+    for (e, n) in &q {
+        net.despawn(e, n.0);
+    }
+}
+
+#[test]
+fn the_old_owners_proxy_goes_when_the_new_owner_despawns_the_entity_on_arrival() {
+    let mut c = cluster();
+    let (spot, z) = near_border(&c, 3.0);
+    let id = spawn(&mut c, 0, spot, 5);
+    c.step();
+    c.shards[1].add_systems(ShardSystems::Simulate, despawn_on_arrival);
+    let e0 = entity(&mut c, 0, id).expect("owned");
+    c.shards[0]
+        .world
+        .get_mut::<MoveTarget>(e0)
+        .expect("a mover")
+        .target = Vec3::new(0.0, 0.0, z + 20.0);
+    let handed = |c: &LocalCluster| {
+        c.shards[0]
+            .world
+            .resource::<zonescaler_server::core::resources::HandoffStats>()
+            .out
+    };
+    for _ in 0..60 {
+        c.step();
+        if handed(&c) > 0 {
+            break;
+        }
+    }
+    assert_eq!(handed(&c), 1, "the entity was handed to shard 1");
+    for _ in 0..5 {
+        c.step();
+    }
+    assert_eq!(
+        entity(&mut c, 1, id),
+        None,
+        "shard 1 took it out of the world"
+    );
+    assert_eq!(
+        entity(&mut c, 0, id),
+        None,
+        "the old owner's proxy of a despawned entity must not linger"
+    );
+}
+
+/// A game rule that changes a replicated component every tick (on the shard it runs on).
+fn drain(mut q: Query<&mut Hp, OwnedOnly>) {
+    for mut h in &mut q {
+        h.0 = h.0.saturating_sub(1);
+    }
+}
+
+#[test]
+fn a_handoff_carries_the_changes_made_in_the_tick_it_is_offered() {
+    let mut c = cluster();
+    let (spot, z) = near_border(&c, 3.0);
+    let id = spawn(&mut c, 0, spot, 9);
+    c.shards[0].add_systems(ShardSystems::Simulate, drain);
+    let e0 = entity(&mut c, 0, id).expect("owned");
+    c.shards[0]
+        .world
+        .get_mut::<MoveTarget>(e0)
+        .expect("a mover")
+        .target = Vec3::new(0.0, 0.0, z + 20.0);
+    let mut frozen_at = None;
+    for _ in 0..60 {
+        c.step();
+        let e0 = entity(&mut c, 0, id).expect("still on shard 0");
+        let w = &c.shards[0].world;
+        if frozen_at.is_none()
+            && w.get::<zonescaler_server::core::components::InTransit>(e0)
+                .is_some()
+        {
+            frozen_at = w.get::<Hp>(e0).copied();
+        }
+        if get::<Owned>(&mut c, 1, id).is_some() {
+            break;
+        }
+    }
+    let frozen_at = frozen_at.expect("the handoff froze it on shard 0");
+    assert!(frozen_at.0 < 100, "the rule ran");
+    assert_eq!(
+        get::<Hp>(&mut c, 1, id),
+        Some(frozen_at),
+        "the new owner starts from the value the old one last simulated, not the tick before"
+    );
+}

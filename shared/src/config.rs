@@ -38,6 +38,10 @@ pub struct WorldConfig {
     pub tls: TlsSection,
     pub cluster: ClusterSection,
     pub login: LoginSection,
+    /// `[game]`: the game's own settings, passed through unread for the game to parse
+    /// (`Res<Config>`'s `game`). Part of the cluster hash: shards with different game settings
+    /// refuse each other.
+    pub game: toml::Table,
 }
 
 /// `[login]`: who may play. With `keys` set, every login needs a ticket signed by one of those

@@ -59,60 +59,28 @@
 //! assert!(app.world.resource::<ArenaStats>().npc_decisions > 0, "the NPCs are thinking");
 //! ```
 //!
-//! ## What the platform could offer (found while writing this game)
+//! ## What writing this game taught the platform
 //!
-//! Each is worked around here; each workaround is the thing the API should make unnecessary.
+//! Writing the arena found two platform bugs, both fixed in the framework with a test each in
+//! `server/tests/game_api.rs`: a handoff carried the previous tick's replicated state (the
+//! replication cache now refreshes first in `Ownership`, before handoffs are offered), and an
+//! entity despawned by its new owner in the tick it arrived left a stray proxy on the old owner
+//! (the target now records the source's proxy from the ack on). It also asked for what the
+//! prelude now has: `NetEntities` (spawn, despawn on purpose, find by `NetId`), `Logins` (fresh
+//! logins, apart from handoff arrivals), `Space`, `Frame`/`AoiGrid`, and a `[game]` section of
+//! the world config (part of the cluster hash). This crate predates some of them and still does
+//! a few of those things by hand.
 //!
-//! - **A handoff carries the previous tick's replicated state.** `start_handoffs` (in
-//!   `Ownership`) copies the entity's `ReplicatedComponents` cache, which is refreshed only
-//!   later, in `Interest`. A replicated component changed in `Simulate` in the tick its entity
-//!   is offered is lost: damage healed, a score point gone, a pickup's `Taken` forgotten (and
-//!   granted twice). Workaround: [`ArenaPlugin`] adds, per replicated type, a system that
-//!   re-encodes changed values into the cache before `start_handoffs`. The fix: refresh the
-//!   cache before handoffs are offered (move `ReplicationCache` ahead of `Ownership`), or
-//!   encode replicated components from the world in `send_offers` as migrating ones are.
-//! - **An entity despawned by its new owner in the tick it arrives leaves a stray proxy.** On
-//!   the ack the source turns its copy into a proxy of the target and forgets its own mirror
-//!   entry; the target never mirrored the entity, so nobody ever sends the remove. (Likewise
-//!   for an entity handed off to a point farther than `interest_radius_m` from the source.)
-//!   Workaround: taken pickups linger `taken_linger_ms` before they are despawned. The fix:
-//!   the target should treat the source as holding a proxy from the ack on (seed its `Mirrors`
-//!   entry), so a despawn or an out-of-range position sends the remove.
-//! - **No game-facing way to spawn or despawn a networked entity.** Spawning needs
-//!   `core::resources::IdAllocator` and the `Networked` + `Owned` pair by hand; despawning an
-//!   entity on purpose should also tell `DespawnLog` (the simulator's `no_lost_entities`
-//!   checker reads it), but that log is drained only by the simulator, so a game pushing into
-//!   it in production would grow it forever. The arena does not push. Wanted:
-//!   `commands.spawn_networked(bundle) -> NetId` and `despawn_networked(entity)` that keep both
-//!   right.
-//! - **Looking an entity up by `NetId`** needs `core::components::NetIndex`, and finding what
-//!   is near a point needs `interest::{Frame, AoiGrid}` (last tick's). Neither is in the
-//!   prelude. Wanted: a `NetEntities` system param (`get(NetId) -> Entity`) and a `Nearby`
-//!   param (`within(point, radius)`) in the prelude.
-//! - **A point this shard owns** (for respawns and spawns) needs `core::space::Space`. Wanted in
-//!   the prelude, or as a `ShardSpace` param with `random_owned_point` and `owns`.
-//! - **A game cannot add a section to the world file**: `WorldConfig` refuses unknown keys, so
-//!   the arena's tuning ([`ArenaRules`]) is a plugin setting, and nothing checks that all shards
-//!   of a cluster run the same rules. Wanted: a `[game]` table passed through as TOML for the
-//!   game to parse, and a way to add its hash to the cluster hash.
+//! Still open, and worked around here:
 //! - **Commands are at-most-once with no feedback.** A command to an entity that was despawned,
 //!   or forwarded more than `COMMAND_HOPS_MAX` times, is dropped and only counted in
 //!   `GameCommands::dropped`. An `Award` to a winner who logs out in that tick is lost. Fine
 //!   for damage, not for trades; DESIGN.md sends those to the store.
-//! - **`Added<Avatar>` fires again on every shard a player is handed to** (the framework binds
-//!   the arriving client with a fresh `Avatar`), so "a new player" has to be told from "a
-//!   player who crossed a border" by the game's own components (`players::equip_new_players`).
-//!   Wanted: a `PlayerJoined` event for logins only.
 //! - **A server-only component that was not registered with `migrate` silently stays on the
 //!   source's proxy** (only registered ones are taken off on the ack), and comes back stale if
 //!   the entity is handed back. Forgetting `migrate::<Brain>()` did exactly that in a trial
-//!   run. Wanted: debug builds could flag non-framework components on a proxy that are neither
+//!   run. Debug builds could flag non-framework components on a proxy that are neither
 //!   replicated nor migrating.
-//! - **`DespawnLog` is never drained outside the simulator**, while the client plugin pushes
-//!   every logout into it: in production it grows by one entry per logout, forever.
-//! - **`LocalCluster` steps its clock by 1000/30 ms whatever `tick_hz` is**, so a test world at
-//!   another rate gets a cluster clock that disagrees with `TickClock::dt`. The tests here keep
-//!   30 Hz.
 
 pub mod combat;
 pub mod commands;
@@ -130,12 +98,9 @@ pub use components::{Health, Kind, Score, Taken, Value};
 pub use rules::ArenaRules;
 pub use stats::ArenaStats;
 
-use zonescaler_server::authority::handoff::start_handoffs;
-use zonescaler_server::core::components::ReplicatedComponents;
 use zonescaler_server::core::movement::move_entities;
 use zonescaler_server::core::space::Space;
 use zonescaler_server::prelude::*;
-use zonescaler_shared::limits;
 
 /// The arena. `ArenaPlugin::default()` is the game as shipped; tests pass their own rules.
 #[derive(Clone, Debug, Default)]
@@ -191,33 +156,7 @@ impl Plugin for ArenaPlugin {
                 .in_set(ArenaSystems)
                 .before(move_entities),
         );
-        flush_before_handoffs::<Kind>(app);
-        flush_before_handoffs::<Health>(app);
-        flush_before_handoffs::<Score>(app);
-        flush_before_handoffs::<Value>(app);
-        flush_before_handoffs::<Taken>(app);
     }
-}
-
-/// Make a handoff offered this tick carry this tick's `T` (see "What the platform could
-/// offer"): in `Ownership`, before `start_handoffs` copies the replication cache, re-encode
-/// every `T` that changed on an owned entity into it. The framework's own refresh later in the
-/// tick then finds the same bytes and changes nothing (the revision moves once).
-fn flush_before_handoffs<T: Replicated>(app: &mut ShardApp) {
-    let Some(kind) = app.registry().protocol.id_of(T::NAME) else {
-        panic!("flush_before_handoffs::<{}> before replicate", T::NAME);
-    };
-    let flush = move |mut q: Query<(&T, &mut ReplicatedComponents), (Changed<T>, OwnedOnly)>| {
-        for (value, mut cache) in &mut q {
-            let bytes = bitcode::encode(value);
-            // Oversized encodings are the framework's refresh to log and drop; none of the
-            // arena's come near the limit.
-            if bytes.len() <= limits::COMPONENT_BYTES_MAX {
-                cache.set(kind, bytes);
-            }
-        }
-    };
-    app.add_systems(ShardSystems::Ownership, flush.before(start_handoffs));
 }
 
 /// This shard's share of `count` things spread over the world by area: the same world has the

@@ -25,7 +25,7 @@
 //! source, typed, as the proxy's) and the server-only components the game registered with
 //! `migrate::<T>()` (encoded when the offer is sent, taken off the source on the ack).
 
-use super::proxy::Mirrors;
+use super::proxy::{Mirrored, Mirrors};
 use crate::client::{Clients, ClusterDirectory, Phase, send_control};
 use crate::core::components::{
     Avatar, AwaitingClient, Generation, InTransit, MoveTarget, NetIndex, Networked, Owned, Player,
@@ -47,6 +47,7 @@ use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::*;
+use zonescaler_shared::quant::QPos;
 use zonescaler_shared::token::GrantKind;
 use zonescaler_shared::{NetId, ShardId};
 
@@ -376,8 +377,27 @@ fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
         }
         None => world.spawn(Networked(id)).id(),
     };
+    let (pos, rev) = (QPos::quantize(Vec3::from_array(req.pos)), req.rev);
     promote(world, entity, req);
     send(world, from, &ShardMessage::HandoffAck { id, generation });
+    // From the ack on, the source holds a proxy of it (its old copy). Recording that here, as if
+    // this shard had mirrored it, makes the next mirror pass keep that proxy fresh, or remove it
+    // when the entity is not near the source's cells (or was despawned at once), instead of
+    // leaving it there forever.
+    world
+        .resource_mut::<Mirrors>()
+        .0
+        .entry(from)
+        .or_default()
+        .insert(
+            id,
+            Mirrored {
+                pos,
+                rev,
+                generation,
+                seen: 0,
+            },
+        );
 }
 
 /// Make `entity` this shard's, from the state `req` carried; `Owned` last, so from there on it is

@@ -12,7 +12,7 @@ pub mod links;
 pub mod proxy;
 
 use crate::core::commands::CommandSystems;
-use crate::core::{Plugin, ReceiveSteps, ShardApp, ShardSystems};
+use crate::core::{Plugin, ReceiveSteps, ReplicationCache, ShardApp, ShardSystems};
 use bevy_ecs::prelude::*;
 
 /// Handoffs, proxies and command routing.
@@ -29,7 +29,9 @@ impl Plugin for AuthorityPlugin {
         app.add_systems(
             ShardSystems::Ownership,
             (
-                (handoff::start_handoffs, handoff::send_offers).chain(),
+                (handoff::start_handoffs, handoff::send_offers)
+                    .chain()
+                    .after(ReplicationCache),
                 handoff::cancel_late_handoffs,
                 handoff::expire_awaiting_clients,
             ),

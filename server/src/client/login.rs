@@ -20,7 +20,9 @@ use crate::core::components::{
     Proxy,
 };
 use crate::core::registry::GameRegistry;
-use crate::core::resources::{ClusterMode, Config, IdAllocator, MasterOutbox, ShardRng, TickClock};
+use crate::core::resources::{
+    ClusterMode, Config, IdAllocator, Logins, MasterOutbox, ShardRng, TickClock,
+};
 use crate::core::space::Space;
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
@@ -45,6 +47,7 @@ pub struct Login<'w, 's> {
     ids: ResMut<'w, IdAllocator>,
     rng: ResMut<'w, ShardRng>,
     master: ResMut<'w, MasterOutbox>,
+    logins: ResMut<'w, Logins>,
     index: Res<'w, NetIndex>,
     entities: Query<
         'w,
@@ -262,6 +265,7 @@ fn finish_login(
             },
         ))
         .id();
+    login.logins.0.push((avatar, id, account));
     welcome(conn, avatar, id, spawn, closing, login);
     Ok(())
 }

@@ -88,7 +88,12 @@ impl LocalCluster {
     /// One tick of every shard, then their link messages and the master's traffic delivered
     /// for the next tick. Each shard's client commands, by shard.
     pub fn step(&mut self) -> Vec<Vec<NetCommand>> {
-        self.now_ms += 1_000 / 30;
+        let hz = self.shards.first().map_or(30, |s| {
+            s.world
+                .resource::<crate::core::resources::TickClock>()
+                .tick_hz
+        });
+        self.now_ms += 1_000 / u64::from(hz.max(1));
         for s in &mut self.shards {
             s.set_now_ms(self.now_ms);
             s.tick();

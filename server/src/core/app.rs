@@ -59,7 +59,9 @@ pub enum ReceiveSteps {
     Commands,
 }
 
-/// Refreshes encoded replicated components; runs inside `Interest`, before the frame is built.
+/// Refreshes encoded replicated components: first in `Ownership`, so what a handoff offered
+/// this tick carries (and what clients and neighbours are sent) is this tick's state, including
+/// every change game systems made in `Simulate`.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReplicationCache;
 
@@ -135,7 +137,7 @@ impl ShardApp {
                 .chain()
                 .in_set(ReceiveSteps::Commands),
         );
-        schedule.configure_sets(ReplicationCache.in_set(Interest));
+        schedule.configure_sets(ReplicationCache.in_set(Ownership));
         let mut startup = Schedule::new(Startup);
         startup.set_executor(SingleThreadedExecutor::new());
         let mut app = Self {

@@ -7,6 +7,7 @@ pub mod app;
 pub mod boundary;
 pub mod commands;
 pub mod components;
+pub mod entities;
 pub mod messages;
 pub mod movement;
 pub mod registry;
@@ -14,6 +15,8 @@ pub mod resources;
 pub mod space;
 
 pub use app::{Plugin, ReceiveSteps, ReplicationCache, ShardApp, ShardSystems, Startup};
+
+use bevy_ecs::schedule::IntoScheduleConfigs;
 
 /// The core systems and resources: movement, cells, the command queue, the registry.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,6 +33,12 @@ impl Plugin for CorePlugin {
         w.init_resource::<messages::PlayerMessages>();
         w.init_resource::<resources::ProxyApplyTick>();
         w.init_resource::<resources::DespawnLog>();
+        w.init_resource::<resources::Logins>();
+        app.add_systems_raw(
+            resources::start_tick
+                .in_set(ShardSystems::Receive)
+                .before(ReceiveSteps::Links),
+        );
         app.add_systems(ShardSystems::Simulate, movement::move_entities);
         app.add_systems(
             ShardSystems::Ownership,

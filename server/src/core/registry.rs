@@ -132,8 +132,17 @@ impl ShardApp {
     }
 
     /// The hash shards of one cluster must share (checked on every link).
+    /// It covers the game's `[game]` section of the world config too: shards running different
+    /// game rules refuse each other's links.
     pub fn cluster_hash(&self) -> u64 {
-        self.registry().protocol.cluster_hash()
+        let game = &self.world.resource::<super::resources::Config>().0.game;
+        let text = toml::to_string(game).unwrap_or_default();
+        let mut h = self.registry().protocol.cluster_hash();
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
     }
 
     fn registered<E: std::fmt::Display>(result: Result<u8, E>, what: &str) -> u8 {

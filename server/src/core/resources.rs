@@ -57,11 +57,23 @@ impl PlayerLog {
     }
 }
 
-/// Networked entities the engine despawned on purpose this tick (a player left, a handed-off
-/// avatar's client never came): the simulator's `no_lost_entities` checker tells these from losses.
-/// Drained by whoever reads it; bounded by the entities despawned in one tick.
+/// Networked entities despawned on purpose this tick (a player left, a handed-off avatar's client
+/// never came, a game's `NetEntities::despawn`): the simulator's `no_lost_entities` checker tells
+/// these from losses. Emptied at the start of every tick; bounded by one tick's despawns.
 #[derive(Resource, Debug, Default)]
 pub struct DespawnLog(pub Vec<zonescaler_shared::NetId>);
+
+/// Players who logged in this tick (not those who arrived by a handoff): their avatar, its id,
+/// the account. Read it in `Simulate` to greet, equip or place a new player; refilled every tick.
+#[derive(Resource, Debug, Default)]
+pub struct Logins(pub Vec<(Entity, zonescaler_shared::NetId, String)>);
+
+/// `Receive`, first: last tick's per-tick logs are read by now (the simulator reads
+/// `DespawnLog` after each tick), so they start empty.
+pub fn start_tick(mut despawned: ResMut<DespawnLog>, mut logins: ResMut<Logins>) {
+    despawned.0.clear();
+    logins.0.clear();
+}
 
 /// The shard's seeded RNG; every random choice a system makes comes from here.
 #[derive(Resource, Debug)]

@@ -12,7 +12,7 @@ pub mod replicate;
 pub use grid::{AoiGrid, Frame};
 pub use replicate::{Viewer, Viewers};
 
-use crate::core::{Plugin, ReplicationCache, ShardApp, ShardSystems};
+use crate::core::{Plugin, ShardApp, ShardSystems};
 use bevy_ecs::prelude::*;
 
 /// Frame, grid, deltas and snapshot encoding.
@@ -27,9 +27,7 @@ impl Plugin for InterestPlugin {
         app.world.init_resource::<replicate::ReplicateScratch>();
         app.add_systems(
             ShardSystems::Interest,
-            (grid::build_frame, grid::build_grid)
-                .chain()
-                .after(ReplicationCache),
+            (grid::build_frame, grid::build_grid).chain(),
         );
         app.add_systems(ShardSystems::Replicate, replicate::compute_deltas);
         app.add_systems(ShardSystems::Send, replicate::send_snapshots);
