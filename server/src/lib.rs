@@ -38,6 +38,14 @@ pub use core::{Plugin, ShardApp, ShardSystems};
 pub use demo::ExampleGamePlugin;
 pub use runtime::cli::main_with;
 
+/// What a game's load-test bots are made of: a game implements [`bots::BotBrain`] over what its
+/// client sees ([`bots::BrainCtx`]) and registers it with `app.bot_brain(...)`; its binary's
+/// `bots` subcommand then plays it.
+pub mod bots {
+    pub use zonescaler_bots::game::{BotBrain, BotGame, BrainCtx, IdleBrain};
+    pub use zonescaler_bots::view::{View, ViewEntity};
+}
+
 /// What a game needs in scope: the app and its plugins and sets, the components and filters
 /// every game system uses, commands and messages, and bevy's own prelude.
 pub mod prelude {

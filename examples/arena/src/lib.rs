@@ -82,6 +82,7 @@
 //!   run. Debug builds could flag non-framework components on a proxy that are neither
 //!   replicated nor migrating.
 
+pub mod bots;
 pub mod combat;
 pub mod commands;
 pub mod components;
@@ -120,6 +121,7 @@ impl Plugin for ArenaPlugin {
         if let Err(e) = self.rules.validate(&app.world.resource::<Config>().0) {
             panic!("ArenaPlugin: {e}");
         }
+        app.bot_brain(|seed| Box::new(bots::ArenaBot::new(seed)));
         app.replicate::<Kind>()
             .replicate::<Health>()
             .replicate::<Score>()
