@@ -56,10 +56,12 @@ impl BotBrain for ArenaBot {
             for (id, e) in view.iter().filter(|(id, _)| **id != me) {
                 let d = distance(e.pos, at);
                 match ctx.component::<Kind>(e) {
-                    Some(Kind::Pickup) if ctx.component::<Taken>(e).is_none() => {
-                        if d <= BOT_PICKUP_DETOUR_M && pickup.is_none_or(|p| d < p.0) {
-                            pickup = Some((d, *id, e.pos.to_vec3()));
-                        }
+                    Some(Kind::Pickup)
+                        if ctx.component::<Taken>(e).is_none()
+                            && d <= BOT_PICKUP_DETOUR_M
+                            && pickup.is_none_or(|p| d < p.0) =>
+                    {
+                        pickup = Some((d, *id, e.pos.to_vec3()));
                     }
                     Some(Kind::Npc | Kind::Player) => {
                         let alive = ctx.component::<Health>(e).is_some_and(|h| h.is_alive());

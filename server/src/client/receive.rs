@@ -240,7 +240,8 @@ fn close_silent_clients(tick: u64, closing: &mut Closing, tick_hz: u32) {
 }
 
 /// `Ownership`: a client whose avatar vanished (despawned by a game system) is closed rather than
-/// left driving nothing.
+/// left driving nothing. A redirected client whose old avatar (a proxy here by now) vanished
+/// keeps its connection, seeing nothing more from here: it is on its way to the new owner.
 pub fn drop_clients_without_avatar(
     mut clients: ResMut<Clients>,
     mut viewers: ResMut<Viewers>,
@@ -251,26 +252,28 @@ pub fn drop_clients_without_avatar(
     avatars: Query<(), With<Avatar>>,
     views: Query<(), With<Networked>>,
 ) {
-    let orphaned: Vec<ConnId> = clients
-        .0
-        .iter()
-        .filter(|(_, c)| match c.phase {
-            Phase::Playing { avatar, .. } => avatars.get(avatar).is_err(),
+    let mut orphaned = Vec::new();
+    for (conn, c) in clients.0.iter_mut() {
+        match c.phase {
+            Phase::Playing { avatar, .. } if avatars.get(avatar).is_err() => orphaned.push(*conn),
             Phase::Redirected {
-                avatar: Some(e), ..
-            } => views.get(e).is_err(),
-            _ => false,
-        })
-        .map(|(conn, _)| *conn)
-        .collect();
+                avatar: Some(e),
+                to,
+            } if views.get(e).is_err() => {
+                c.phase = Phase::Redirected { avatar: None, to };
+                if let Some(v) = viewers.0.get_mut(conn) {
+                    v.view = None;
+                }
+            }
+            _ => {}
+        }
+    }
     for conn in orphaned {
         // The avatar is already gone: forget the client, nothing to despawn.
         viewers.0.remove(&conn);
         if let Some(c) = clients.0.remove(&conn) {
             sessions.release(&c.name, conn);
-            if matches!(c.phase, Phase::Playing { .. }) {
-                players.left(&c.name);
-            }
+            players.left(&c.name);
         }
         send_close(
             conn,
