@@ -103,7 +103,8 @@ use zonescaler_server::core::movement::move_entities;
 use zonescaler_server::core::space::Space;
 use zonescaler_server::prelude::*;
 
-/// The arena. `ArenaPlugin::default()` is the game as shipped; tests pass their own rules.
+/// The arena. `ArenaPlugin::default()` plays by the world config's `[game]` section (the shipped
+/// rules where it says nothing); tests pass their own rules, which then win.
 #[derive(Clone, Debug, Default)]
 pub struct ArenaPlugin {
     pub rules: ArenaRules,
@@ -114,13 +115,23 @@ pub struct ArenaPlugin {
 pub struct ArenaSystems;
 
 impl Plugin for ArenaPlugin {
-    /// # Panics
-    /// If the rules do not fit the world (a range longer than the proxies reach): a setup bug,
-    /// found when the shard starts rather than as attacks that silently never land.
+    /// Rules that do not fit the world (a range longer than the proxies reach) or a `[game]`
+    /// section that does not parse stop the process at start with a line naming the problem
+    /// (a setup error), rather than as attacks that silently never land.
     fn build(&self, app: &mut ShardApp) {
-        if let Err(e) = self.rules.validate(&app.world.resource::<Config>().0) {
-            panic!("ArenaPlugin: {e}");
-        }
+        let config = app.world.resource::<Config>().0.clone();
+        let rules = if self.rules == ArenaRules::default() && !config.game.is_empty() {
+            ArenaRules::from_game_section(&config.game)
+        } else {
+            Ok(self.rules.clone())
+        };
+        let rules = match rules.and_then(|r| r.validate(&config).map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                app.setup_error(format!("arena: {e}"));
+                ArenaRules::default()
+            }
+        };
         app.bot_brain(|seed| Box::new(bots::ArenaBot::new(seed)));
         app.replicate::<Kind>()
             .replicate::<Health>()
@@ -135,7 +146,7 @@ impl Plugin for ArenaPlugin {
             .command::<Claim>()
             .command::<Award>()
             .command::<Kill>();
-        app.world.insert_resource(self.rules.clone());
+        app.world.insert_resource(rules);
         app.world.init_resource::<ArenaStats>();
         app.world.init_resource::<pickups::PickupStock>();
         app.add_startup_systems((npc::spawn_npcs, pickups::spawn_pickups).chain());

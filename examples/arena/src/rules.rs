@@ -1,15 +1,16 @@
 //! The arena's tuning, in one place, units last (the way `zonescaler_shared::limits` does it).
 //!
-//! The rules are a plugin setting rather than a `[arena]` section of the world file because a
-//! world file refuses unknown sections (see the crate docs, "What the platform could offer").
-//! Every shard of one cluster must be built with the same rules: they are not part of the
-//! protocol hash, so nothing would notice two shards disagreeing about a range.
+//! An operator tunes them in the world file's `[game]` section (any key left out keeps its
+//! default; an unknown key or a value that does not fit the world stops the shard with one line
+//! naming it). The `[game]` section is part of the cluster hash, so two shards with different
+//! rules refuse each other's links. Tests pass rules to the plugin directly.
 
 use bevy_ecs::prelude::Resource;
 use zonescaler_shared::config::WorldConfig;
 
 /// How the arena plays. `ArenaRules::default()` is the game as shipped; tests shorten timers.
-#[derive(Resource, Clone, Debug, PartialEq)]
+#[derive(Resource, Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ArenaRules {
     /// Hit points of a fresh player.
     pub player_hp_max: u16,
@@ -56,6 +57,16 @@ pub struct ArenaRules {
     pub npc_roam_radius_m: f32,
     /// How long a dead NPC waits before it rises elsewhere.
     pub npc_respawn_ms: u64,
+}
+
+impl ArenaRules {
+    /// The rules in a world config's `[game]` section (the defaults for what it leaves out), or
+    /// the line that says what is wrong with it.
+    pub fn from_game_section(game: &toml::Table) -> Result<Self, String> {
+        toml::Value::Table(game.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("[game] section: {}", e.message()))
+    }
 }
 
 /// Pickups placed "near a border" stand this close to another shard's cells.
@@ -154,6 +165,27 @@ pub const PICKUPS_MAX: usize = zonescaler_shared::limits::ENTITIES_PER_SHARD_MAX
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_game_section_sets_what_it_names_and_refuses_what_it_does_not_know() {
+        let mut game = toml::Table::new();
+        game.insert("attack_range_m".into(), toml::Value::Float(3.0));
+        game.insert("pickups".into(), toml::Value::Integer(7));
+        let r = ArenaRules::from_game_section(&game).expect("parses");
+        assert_eq!((r.attack_range_m, r.pickups), (3.0, 7));
+        assert_eq!(
+            r.attack_cooldown_ms,
+            ArenaRules::default().attack_cooldown_ms
+        );
+        game.insert("atack_range_m".into(), toml::Value::Float(3.0));
+        let err = ArenaRules::from_game_section(&game).expect_err("a typo");
+        assert!(
+            err.contains("atack_range_m"),
+            "the error names the key: {err}"
+        );
+    }
+
     use super::*;
 
     #[test]

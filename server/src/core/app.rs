@@ -70,6 +70,10 @@ pub struct ReplicationCache;
 #[derive(ScheduleLabel, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Startup;
 
+/// Setup problems plugins reported with [`ShardApp::setup_error`].
+#[derive(Resource, Debug, Default)]
+pub struct SetupErrors(pub Vec<String>);
+
 /// Something that configures a shard app: systems, components, resources, commands.
 pub trait Plugin {
     fn build(&self, app: &mut ShardApp);
@@ -204,6 +208,24 @@ impl ShardApp {
             .expect("add_startup_systems after the first tick: startup already ran")
             .add_systems(systems);
         self
+    }
+
+    /// A plugin found its setup unusable (a `[game]` setting out of range, say): the process
+    /// refuses to start with this line instead of panicking or running a broken game. Plugins
+    /// cannot return errors from `build`, so they say it here.
+    pub fn setup_error(&mut self, message: impl Into<String>) -> &mut Self {
+        self.world
+            .get_resource_or_insert_with(SetupErrors::default)
+            .0
+            .push(message.into());
+        self
+    }
+
+    /// What plugins said was wrong with their setup (empty when all is well).
+    pub fn setup_errors(&self) -> &[String] {
+        self.world
+            .get_resource::<SetupErrors>()
+            .map_or(&[], |e| e.0.as_slice())
     }
 
     /// Run the startup systems now if they have not run (the first `tick` does it otherwise).

@@ -200,13 +200,16 @@ pub fn main_with(setup: impl Fn(&mut ShardApp) + Send + Sync + 'static) -> ExitC
         },
         Cmd::Up(opts) => {
             watch_ctrl_c(stop.clone());
-            up::up(opts, stop)
+            up::up(opts, stop, &game)
         }
         Cmd::Ticket(args) => mint(args),
         Cmd::Keygen(args) => keygen(args),
         Cmd::Bots(args) => {
             let app = ShardApp::with_game(WorldConfig::default(), None, &game);
-            zonescaler_bots::cli::run(args, &[app.bot_game(&game_name())])
+            match app.setup_errors() {
+                [] => zonescaler_bots::cli::run(args, &[app.bot_game(&game_name())]),
+                errors => Err(anyhow::anyhow!("{}", errors.join("; "))),
+            }
         }
     };
     match result {

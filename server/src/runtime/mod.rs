@@ -195,6 +195,11 @@ impl Shard {
         opts: ShardOptions,
         stop: &Arc<AtomicBool>,
     ) -> anyhow::Result<Option<Self>> {
+        // The game first: a setup it refuses stops the process before anything is bound.
+        let protocol = ShardApp::with_game(opts.config.clone(), None, &opts.game);
+        if !protocol.setup_errors().is_empty() {
+            bail!("{}", protocol.setup_errors().join("; "));
+        }
         let keys = login_keys(&opts.config)?;
         let identity = match (&opts.config.tls.cert_pem, &opts.config.tls.key_pem) {
             (Some(c), Some(k)) => ServerIdentity::from_pem_files(c, k)?,
@@ -224,7 +229,7 @@ impl Shard {
             );
             rt.spawn(http::serve_http(listener, view.clone(), token));
         }
-        let protocol = ShardApp::with_game(opts.config.clone(), None, &opts.game);
+
         let node = match &opts.cluster {
             None => None,
             Some(c) => {

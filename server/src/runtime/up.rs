@@ -126,10 +126,20 @@ impl UpOptions {
 
 /// Start the cluster, say what to do next, show its status until Ctrl-C (exit 0) or a shard's
 /// death (an error naming it).
-pub fn up(opts: UpOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn up(
+    opts: UpOptions,
+    stop: Arc<AtomicBool>,
+    game: &crate::app::GameSetup,
+) -> anyhow::Result<()> {
     check_options(&opts)?;
-    // Validate before starting anything, so a bad config is one clear line, not a child's crash.
-    zonescaler_shared::config::WorldConfig::load(&opts.world)?;
+    // Validate before starting anything, so a bad config (the world's, or the game's own
+    // settings) is one clear line, not a child's crash.
+    let config = zonescaler_shared::config::WorldConfig::load(&opts.world)?;
+    let app = crate::core::ShardApp::with_game(config, None, game);
+    if !app.setup_errors().is_empty() {
+        bail!("{}", app.setup_errors().join("; "));
+    }
+    drop(app);
     std::fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("cannot create run dir {}", opts.run_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the zonescaler executable")?;
