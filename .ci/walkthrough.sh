@@ -3,7 +3,9 @@
 # src/main.rs (the ```toml file=… and ```rust file=… blocks) copied into a fresh crate beside a
 # checkout, built, and run as a 2-shard cluster that its own bots log into and play.
 # Only the dependency path is rewritten: the README puts the checkout at ../zonescaler, here it
-# is this repository (so the build reuses what CI already compiled, under its Cargo.lock).
+# is this repository. The build uses the dev profile, whose settings the walkthrough shares with the
+# repository's, so it reuses what `cargo test --workspace` compiled under the same Cargo.lock (a
+# release build would rebuild every dependency: the workspace's release profile is its own).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -24,8 +26,8 @@ grep -q 'path = "../zonescaler/server"' "$game/Cargo.toml" \
 sed -i "s#path = \"../zonescaler/server\"#path = \"$repo/server\"#" "$game/Cargo.toml"
 cp "$repo/Cargo.lock" "$game/Cargo.lock"
 export CARGO_TARGET_DIR="$repo/target"
-(cd "$game" && cargo build -q --release)
-exe="$repo/target/release/mygame"
+(cd "$game" && cargo build -q)
+exe="$repo/target/debug/mygame"
 
 port=$(( 20000 + RANDOM % 20000 ))
 run_dir="$work/run"
