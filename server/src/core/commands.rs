@@ -1,17 +1,33 @@
 //! Typed commands to an entity's owner: how a game system acts on an entity it does not own.
 //!
-//! ```ignore
+//! ```
+//! use bitcode::{Decode, Encode};
+//! use zonescaler_server::prelude::*;
+//!
+//! #[derive(Component, Clone, Copy, PartialEq, Encode, Decode)]
+//! struct Hp(u16);
+//! impl Replicated for Hp { const NAME: &'static str = "doc.Hp"; }
+//!
 //! #[derive(Encode, Decode)]
 //! struct Heal { hp: u16 }
-//! impl GameCommand for Heal { const NAME: &'static str = "mygame.Heal"; }
+//! impl GameCommand for Heal { const NAME: &'static str = "doc.Heal"; }
 //!
-//! app.command::<Heal>()
-//!    .add_systems(ShardSystems::Simulate, (cast_heals, apply_heals));
-//!
-//! fn cast_heals(mut out: ResMut<GameCommands>, ...) { out.send(target, Heal { hp: 5 }); }
-//! fn apply_heals(heals: Res<Delivered<Heal>>, mut hp: Query<&mut Health, OwnedOnly>) {
-//!     for d in heals.iter() { if let Ok(mut h) = hp.get_mut(d.entity) { h.hp += d.command.hp; } }
+//! // Heal whatever stands next to you, owned here or a neighbour's proxy.
+//! fn cast_heals(mut out: ResMut<GameCommands>, near: Query<&Networked, With<Hp>>) {
+//!     for n in &near { out.send(n.0, Heal { hp: 5 }); }
 //! }
+//! // On the owner, next tick.
+//! fn apply_heals(heals: Res<Delivered<Heal>>, mut hp: Query<&mut Hp, OwnedOnly>) {
+//!     for d in &heals {
+//!         if let Ok(mut h) = hp.get_mut(d.entity) { h.0 += d.command.hp; }
+//!     }
+//! }
+//!
+//! let mut app = ShardApp::new(Default::default(), zonescaler_shared::ShardId(0));
+//! app.replicate::<Hp>()
+//!     .command::<Heal>()
+//!     .add_systems(ShardSystems::Simulate, (cast_heals, apply_heals));
+//! app.tick();
 //! ```
 //!
 //! A system calls [`GameCommands::send`] with a `NetId`, whether the entity is owned here or is

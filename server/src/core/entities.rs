@@ -1,12 +1,23 @@
 //! Networked entities from a game system's point of view: spawn one this shard owns, despawn one
 //! on purpose, find one by its cluster-wide id.
 //!
-//! ```ignore
+//! ```
+//! use zonescaler_server::prelude::*;
+//!
+//! #[derive(Component)]
+//! struct Crate;
+//!
 //! fn spawn_crates(mut net: NetEntities, space: Res<Space>, mut rng: ResMut<ShardRng>) {
 //!     if let Some(p) = space.random_owned_point(&mut rng.0) {
-//!         let (_entity, _id) = net.spawn(Position(p), (Kind::Crate, Health::full()));
+//!         let (_entity, _id) = net.spawn(Position(p), Crate);
 //!     }
 //! }
+//!
+//! let mut app = ShardApp::new(Default::default(), zonescaler_shared::ShardId(0));
+//! app.add_systems(ShardSystems::Simulate, spawn_crates);
+//! app.tick();
+//! app.tick();
+//! assert!(app.world.query::<&Crate>().iter(&app.world).count() >= 1);
 //! ```
 
 use super::components::{NetIndex, Networked, Owned, Position};
