@@ -208,3 +208,105 @@ fn ctrl_c_to_the_process_group_stops_up_cleanly() {
         "a requested stop is not a crash: {stderr}"
     );
 }
+
+/// An operator makes a login key pair and mints a ticket for local testing: the ticket names the
+/// account and spawn point, verifies with the public half only, and expires when asked.
+#[test]
+fn keygen_and_ticket_mint_what_a_shard_accepts() {
+    use zonescaler_shared::ticket::{self, LoginKeys};
+    let dir = std::env::temp_dir().join(format!("zs-cli-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = dir.join("login.key");
+    let key_arg = key.to_str().expect("utf-8 path");
+    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(["keygen", "--key", key_arg, "--id", "2026-11"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, stderr) = zonescaler(&["keygen", "--key", key_arg]);
+    assert_ne!(code, 0, "an existing key is never overwritten");
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args([
+            "ticket",
+            "--account",
+            "ann",
+            "--key",
+            key_arg,
+            "--ttl",
+            "1h",
+            "--spawn",
+            "10,-40",
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let bytes = ticket::from_text(&text).expect("a hex ticket on stdout");
+    let ring = LoginKeys::load(&dir.join("login.pub")).expect("the public half loads");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let t = ring
+        .verify(&bytes, now)
+        .expect("the shard's ring accepts it");
+    assert_eq!(t.account, "ann");
+    let spawn = t.spawn.expect("the spawn point asked for").to_vec3();
+    assert!(
+        (spawn.x - 10.0).abs() < 0.01 && (spawn.z + 40.0).abs() < 0.01,
+        "{spawn:?}"
+    );
+    assert!(
+        ring.verify(&bytes, now + 2 * 3_600_000).is_err(),
+        "an hour-long ticket is refused two hours later"
+    );
+    for bad in [
+        vec!["ticket", "--account", "", "--key", key_arg],
+        vec![
+            "ticket",
+            "--account",
+            "ann",
+            "--key",
+            key_arg,
+            "--ttl",
+            "9d",
+        ],
+        vec![
+            "ticket",
+            "--account",
+            "ann",
+            "--key",
+            key_arg,
+            "--spawn",
+            "x",
+        ],
+        vec![
+            "ticket",
+            "--account",
+            "ann",
+            "--key",
+            "/nonexistent/login.key",
+        ],
+    ] {
+        let (code, stderr) = zonescaler(&bad);
+        assert_ne!(code, 0, "{bad:?} must fail");
+        assert!(!stderr.contains("panicked"), "{bad:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("zonescaler:") || first.starts_with("error:"),
+            "{bad:?}: the first line says what is wrong: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
