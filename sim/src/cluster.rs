@@ -202,18 +202,7 @@ impl ClusterSim {
         // The simulation is its own account service: a seeded key, so runs replay exactly.
         let signer =
             TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
-        let mut shards: Vec<ShardApp> = (0..cfg.shards)
-            .map(|i| {
-                let mut app =
-                    ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
-                app.world.insert_resource(LoginPolicy {
-                    keys: signer.public_keys(),
-                    ..LoginPolicy::default()
-                });
-                app.start();
-                app
-            })
-            .collect();
+        let mut shards = make_shards(&cfg, &map, &signer);
         let early: Vec<(usize, ShardId, LinkMessage)> = formed
             .iter_mut()
             .enumerate()
@@ -227,38 +216,7 @@ impl ClusterSim {
             .iter_mut()
             .flat_map(|s| owned_of(s).into_keys())
             .collect();
-        let mut net = MemNetwork::new(rng.next_u64(), cfg.client_faults);
-        for a in 0..cfg.shards as u32 {
-            for b in 0..cfg.shards as u32 {
-                if a != b {
-                    net.set_faults(a, b, cfg.link_faults);
-                }
-            }
-        }
-        let view = shards[0].world.resource::<Space>().client_view();
-        let walks = border_walks(&view, cfg.bots, &mut rng);
-        let bots = (0..cfg.bots)
-            .map(|i| {
-                let mut c = BotConfig::new(
-                    format!("sim-{i}"),
-                    Scenario::Border,
-                    cfg.seed ^ (i as u64) << 20,
-                );
-                c.border = walks.get(i).copied();
-                c.ticket = Some(signer.sign(&LoginTicket {
-                    account: c.name.clone(),
-                    spawn: c.border.map(|(a, _)| QPos::quantize(a)),
-                    expires_ms: u64::MAX,
-                }));
-                ClusterBot {
-                    bot: BotClient::new(c),
-                    shard: None,
-                    pending: None,
-                    welcomed: false,
-                    gone: false,
-                }
-            })
-            .collect();
+        let bots = make_bots(&cfg, &shards[0], &signer, &mut rng);
         let tick_us = 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
         let mut sim = Self {
             cfg,
@@ -317,44 +275,8 @@ impl ClusterSim {
         let now = self.now_us;
         let next_tick = self.shards[0].tick_number() + 1;
         let n = self.n();
-        // Partitions come and go.
-        if n > 1 && self.rng.chance(self.cfg.partition_chance) {
-            let a = self.rng.below(n as u64) as usize;
-            let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
-            let heal = next_tick + 5 + self.rng.below(40);
-            self.partitions.insert((a.min(b), a.max(b)), heal);
-            self.net.set_partition(a as u32, b as u32, true);
-        }
-        let net = &mut self.net;
-        self.partitions.retain(|&(a, b), heal| {
-            let keep = *heal > next_tick;
-            if !keep {
-                net.set_partition(a as u32, b as u32, false);
-            }
-            keep
-        });
-        // Bots log in over the first ticks, through a random shard.
-        for i in 0..self.bots.len() {
-            let b = &mut self.bots[i];
-            if b.shard.is_none()
-                && b.pending.is_none()
-                && !b.gone
-                && next_tick == 2 + (i as u64 % 20)
-            {
-                let via = self.rng.below(n as u64) as usize;
-                let hello = b.bot.hello(now);
-                b.pending = Some(via);
-                self.net
-                    .send(now, (n + i) as u32, via as u32, Packet::Connect, true);
-                self.net.send(
-                    now,
-                    (n + i) as u32,
-                    via as u32,
-                    Packet::Control(Bytes::from(hello)),
-                    true,
-                );
-            }
-        }
+        self.weather(next_tick);
+        self.log_bots_in(now, next_tick);
         for (from, to, packet) in self.net.poll(now) {
             let (from, to) = (from as usize, to as usize);
             if to < n {
@@ -409,6 +331,47 @@ impl ClusterSim {
             }
         }
         self.shards[0].tick_number()
+    }
+
+    /// Partitions come and go between random pairs of shards.
+    fn weather(&mut self, next_tick: u64) {
+        let n = self.n();
+        if n > 1 && self.rng.chance(self.cfg.partition_chance) {
+            let a = self.rng.below(n as u64) as usize;
+            let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+            let heal = next_tick + 5 + self.rng.below(40);
+            self.partitions.insert((a.min(b), a.max(b)), heal);
+            self.net.set_partition(a as u32, b as u32, true);
+        }
+        let net = &mut self.net;
+        self.partitions.retain(|&(a, b), heal| {
+            let keep = *heal > next_tick;
+            if !keep {
+                net.set_partition(a as u32, b as u32, false);
+            }
+            keep
+        });
+    }
+
+    /// Bots log in over the first ticks, through a random shard.
+    fn log_bots_in(&mut self, now: u64, next_tick: u64) {
+        let n = self.n();
+        for i in 0..self.bots.len() {
+            let b = &mut self.bots[i];
+            if b.shard.is_none()
+                && b.pending.is_none()
+                && !b.gone
+                && next_tick == 2 + (i as u64 % 20)
+            {
+                let via = self.rng.below(n as u64) as usize;
+                let hello = b.bot.hello(now);
+                b.pending = Some(via);
+                let me = (n + i) as u32;
+                self.net.send(now, me, via as u32, Packet::Connect, true);
+                let hello = Packet::Control(Bytes::from(hello));
+                self.net.send(now, me, via as u32, hello, true);
+            }
+        }
     }
 
     /// One tick's shard messages of shard `i`: one batch per neighbour, as a shard's node sends.
@@ -730,6 +693,55 @@ pub fn run_cluster_seed(seed: u64) -> Result<ClusterOutcome, Violation> {
         detail: e,
     })?;
     sim.run()
+}
+
+/// The shards of a formed cluster: the demo game on `map`, logins checked against `signer`'s key.
+fn make_shards(cfg: &ClusterConfig, map: &CellMap, signer: &TicketSigner) -> Vec<ShardApp> {
+    (0..cfg.shards)
+        .map(|i| {
+            let mut app = ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
+            app.world.insert_resource(LoginPolicy {
+                keys: signer.public_keys(),
+                ..LoginPolicy::default()
+            });
+            app.start();
+            app
+        })
+        .collect()
+}
+
+/// The bots: each walks a border of the map `shard` sends its clients, with a ticket that starts
+/// it where its walk does.
+fn make_bots(
+    cfg: &ClusterConfig,
+    shard: &ShardApp,
+    signer: &TicketSigner,
+    rng: &mut Rng,
+) -> Vec<ClusterBot> {
+    let view = shard.world.resource::<Space>().client_view();
+    let walks = border_walks(&view, cfg.bots, rng);
+    (0..cfg.bots)
+        .map(|i| {
+            let mut c = BotConfig::new(
+                format!("sim-{i}"),
+                Scenario::Border,
+                cfg.seed ^ (i as u64) << 20,
+            );
+            c.border = walks.get(i).copied();
+            c.ticket = Some(signer.sign(&LoginTicket {
+                account: c.name.clone(),
+                spawn: c.border.map(|(a, _)| QPos::quantize(a)),
+                expires_ms: u64::MAX,
+            }));
+            ClusterBot {
+                bot: BotClient::new(c),
+                shard: None,
+                pending: None,
+                welcomed: false,
+                gone: false,
+            }
+        })
+        .collect()
 }
 
 /// A 32-byte seed from a run's seed (for the simulation's login key).

@@ -175,12 +175,5 @@ impl Plugin for ArenaPlugin {
 /// This shard's share of `count` things spread over the world by area: the same world has the
 /// same number of NPCs and pickups on one shard or many.
 pub(crate) fn share_of(world: &World, count: usize) -> usize {
-    let space = world.resource::<Space>();
-    let world_area = space.grid().world().area();
-    let owned: f32 = space
-        .map
-        .cells_of(space.me)
-        .map(|c| space.grid().rect(c).area())
-        .sum();
-    ((count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round() as usize
+    world.resource::<Space>().share_of(count)
 }

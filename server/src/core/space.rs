@@ -46,6 +46,18 @@ impl Space {
         }
     }
 
+    /// This shard's share of `count` things spread over the world by area (NPCs, pickups): the
+    /// same world has the same number of them on one shard or on many.
+    pub fn share_of(&self, count: usize) -> usize {
+        let world_area = self.grid().world().area();
+        let owned: f32 = self
+            .map
+            .cells_of(self.me)
+            .map(|c| self.grid().rect(c).area())
+            .sum();
+        ((count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round() as usize
+    }
+
     /// Whether this shard owns the leaf under `p`.
     pub fn owns(&self, p: [f32; 2]) -> bool {
         self.owner_at(p) == Some(self.me)

@@ -43,17 +43,7 @@ pub fn spawn_npcs(world: &mut World) {
     // The RNG is taken out and put back so the draws stay part of the shard's one
     // deterministic sequence.
     let mut rng = std::mem::replace(&mut world.resource_mut::<ShardRng>().0, Rng::new(0));
-    let wanted = {
-        let space = world.resource::<Space>();
-        let world_area = space.grid().world().area();
-        let owned: f32 = space
-            .map
-            .cells_of(space.me)
-            .map(|c| space.grid().rect(c).area())
-            .sum();
-        ((cfg.npc.count as f64) * f64::from(owned / world_area.max(f32::MIN_POSITIVE))).round()
-            as usize
-    };
+    let wanted = world.resource::<Space>().share_of(cfg.npc.count);
     let mut placed = 0;
     for _ in 0..wanted {
         let Some(p) = world.resource::<Space>().random_owned_point(&mut rng) else {
