@@ -186,8 +186,6 @@ mod tests {
         );
     }
 
-    use super::*;
-
     #[test]
     fn the_shipped_rules_fit_the_shipped_world_and_nonsense_is_named() {
         let world = WorldConfig::default();
