@@ -185,10 +185,15 @@ fn run(
             name: format!("shard-{i}"),
             child,
         });
-        endpoints.push((addr, cert, pid));
+        let metrics = format!(
+            "http://{}:{}/metrics",
+            opts.host,
+            opts.metrics_port() + i as u16
+        );
+        endpoints.push((addr, cert, pid, metrics));
     }
     // Each shard writes its certificate once it serves: in a cluster, once the cluster formed.
-    for (_, cert, _) in &endpoints {
+    for (_, cert, _, _) in &endpoints {
         wait_for_file(cert, procs, Duration::from_secs(90))?;
     }
     println!(
@@ -196,13 +201,13 @@ fn run(
         opts.shards,
         opts.world.display()
     );
-    for (i, (addr, cert, pid)) in endpoints.iter().enumerate() {
+    for (i, (addr, cert, pid, metrics)) in endpoints.iter().enumerate() {
         println!(
-            "  shard-{i}: {addr}  (pid {pid}, certificate {})",
+            "  shard-{i}: {addr}  (pid {pid}, certificate {}, metrics {metrics})",
             cert.display()
         );
     }
-    let (addr0, _, _) = &endpoints[0];
+    let (addr0, _, _, _) = &endpoints[0];
     let cert0 = &cluster_cert;
     if opts.shards > 1 {
         println!("  cluster API: http://{}/api/cluster", opts.http);
