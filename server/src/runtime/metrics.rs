@@ -6,9 +6,10 @@
 //! `promtool check metrics` finds nothing to complain about (`.ci/metrics.sh` checks that on a
 //! loaded cluster, and that every metric moves).
 //!
-//! The tick thread records the tick's wall and CPU time every tick; the rest (gauges, and the
-//! counters the shard and its transports already keep, published as absolute values) once a
-//! second, so the hot path pays two histogram records. The process's CPU time and memory are
+//! The tick thread records the tick's wall and CPU time every tick (two histogram records, on
+//! handles registered once) and keeps its queue lengths' maxima; the rest (gauges, and the
+//! counters the shard and its transports already keep, published as absolute values) goes out
+//! once a second. The process's CPU time and memory are
 //! read when scraped, as every Prometheus client's process collector does. The exporter renders
 //! the text on request; its histogram buckets are drained every few seconds (`run_upkeep`).
 
@@ -52,7 +53,9 @@ const LAG_BUCKETS_S: &[f64] = &[
 
 /// The lengths of the shard's queues as one tick found and left them: what waited for it when it
 /// began, and what it handed the transports when it ended. Between ticks they are empty, so these
-/// are the moments a length says something. Filled by the tick loop, published once a second.
+/// are the moments a length says something. Filled by the tick loop; the most of each over a
+/// second is published (one tick's sample would miss bursts, and link messages do not arrive
+/// every tick).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TickQueues {
     /// Client events (connects, control messages, datagrams, disconnects) the tick took in.
@@ -65,12 +68,50 @@ pub struct TickQueues {
     pub link_outbox: usize,
 }
 
+impl TickQueues {
+    /// Each queue's longer length of the two.
+    fn max(self, other: Self) -> Self {
+        Self {
+            client_inbox: self.client_inbox.max(other.client_inbox),
+            link_inbox: self.link_inbox.max(other.link_inbox),
+            client_outbox: self.client_outbox.max(other.client_outbox),
+            link_outbox: self.link_outbox.max(other.link_outbox),
+        }
+    }
+}
+
 /// This process's metrics: the exporter's handle and when things were last published.
 pub struct ShardMetrics {
     handle: PrometheusHandle,
     addr: SocketAddr,
     last_publish: Instant,
     last_upkeep: Instant,
+    /// The longest queues since the last publication.
+    queues: TickQueues,
+    /// The per-tick histograms, registered once so a tick pays no registry lookup.
+    ticks: TickHistograms,
+}
+
+/// The two histograms every tick records.
+struct TickHistograms {
+    wall: metrics::Histogram,
+    cpu: metrics::Histogram,
+}
+
+impl TickHistograms {
+    /// Register them with the current recorder.
+    fn register() -> Self {
+        Self {
+            wall: histogram!("zonescaler_tick_duration_seconds"),
+            cpu: histogram!("zonescaler_tick_cpu_seconds"),
+        }
+    }
+
+    /// The per-tick part of the metrics: two histogram records.
+    fn record(&self, wall: Duration, cpu: Duration) {
+        self.wall.record(wall.as_secs_f64());
+        self.cpu.record(cpu.as_secs_f64());
+    }
 }
 
 impl std::fmt::Debug for ShardMetrics {
@@ -144,6 +185,8 @@ impl ShardMetrics {
             addr: bound,
             last_publish: now - PUBLISH_EVERY,
             last_upkeep: now,
+            queues: TickQueues::default(),
+            ticks: TickHistograms::register(),
         })
     }
 
@@ -152,7 +195,7 @@ impl ShardMetrics {
         self.addr
     }
 
-    /// After every tick: its times; once a second, everything else.
+    /// After every tick: its times and queue lengths; once a second, everything else.
     pub fn after_tick(
         &mut self,
         app: &mut ShardApp,
@@ -162,14 +205,15 @@ impl ShardMetrics {
         cpu: Duration,
         queues: TickQueues,
     ) {
-        record_tick(wall, cpu);
+        self.ticks.record(wall, cpu);
+        self.queues = self.queues.max(queues);
         if self.last_publish.elapsed() >= PUBLISH_EVERY {
             self.last_publish = Instant::now();
             publish(
                 app,
                 &server.stats(),
                 node.map(|n| n.links.stats()).as_ref(),
-                queues,
+                std::mem::take(&mut self.queues),
             );
         }
         if self.last_upkeep.elapsed() >= UPKEEP_EVERY {
@@ -177,12 +221,6 @@ impl ShardMetrics {
             self.handle.run_upkeep();
         }
     }
-}
-
-/// The per-tick part: two histogram records.
-fn record_tick(wall: Duration, cpu: Duration) {
-    histogram!("zonescaler_tick_duration_seconds").record(wall.as_secs_f64());
-    histogram!("zonescaler_tick_cpu_seconds").record(cpu.as_secs_f64());
 }
 
 /// The once-a-second part: the world, the shard's counters, the transports' counters.
@@ -246,7 +284,7 @@ fn describe() {
     );
     describe_gauge!(
         "zonescaler_queue_length",
-        "Items in a shard queue: client_inbox and link_inbox as the last tick found them, client_outbox and link_outbox as it left them, handshakes in progress now."
+        "Items in a shard queue: the most a tick found in client_inbox and link_inbox, and left in client_outbox and link_outbox, over the last second; handshakes in progress now."
     );
     describe_counter!(
         "zonescaler_snapshot_bytes_total",
@@ -531,10 +569,11 @@ mod tests {
         let mut app = ShardApp::example(WorldConfig::default());
         metrics::with_local_recorder(&recorder, || {
             describe();
+            let ticks = TickHistograms::register();
             for _ in 0..5 {
                 let (cpu0, t0) = (thread_cpu(), Instant::now());
                 app.tick();
-                record_tick(t0.elapsed(), thread_cpu().saturating_sub(cpu0));
+                ticks.record(t0.elapsed(), thread_cpu().saturating_sub(cpu0));
             }
             let queues = TickQueues {
                 client_inbox: 3,
