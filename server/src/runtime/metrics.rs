@@ -9,9 +9,9 @@
 //! The tick thread records the tick's wall and CPU time every tick (two histogram records, on
 //! handles registered once) and keeps its queue lengths' maxima; the rest (gauges, and the
 //! counters the shard and its transports already keep, published as absolute values) goes out
-//! once a second. The process's CPU time and memory are
-//! read when scraped, as every Prometheus client's process collector does. The exporter renders
-//! the text on request; its histogram buckets are drained every few seconds (`run_upkeep`).
+//! once a second. The process's CPU time and memory are read when scraped, as every Prometheus
+//! client's process collector does. The exporter renders the text on request; its histogram
+//! buckets are drained every few seconds (`run_upkeep`).
 
 use crate::cluster::Node;
 use crate::core::ShardApp;
