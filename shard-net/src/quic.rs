@@ -243,6 +243,100 @@ pub struct NetStats {
     pub commands_for_unknown_connections: u64,
     /// Control messages `dispatch` refused to send because they exceed the frame limit.
     pub control_messages_too_large: u64,
+    /// Connections that ended, by why, indexed by [`CloseReason::index`]: every connection the
+    /// shard heard of (`Connected` sent) counts here once, when its `Disconnected` goes out.
+    pub closes: [u64; CloseReason::COUNT],
+}
+
+impl NetStats {
+    /// [`Self::closes`] with their reasons, every reason (zeros too).
+    pub fn closes_by_reason(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
+        CloseReason::all().map(|r| (r, self.closes[r.index()]))
+    }
+}
+
+/// Why a client connection ended, as counted in [`NetStats::closes`]: the error code when this
+/// side closed it (the shard's decision, or the driver's for a bad frame or a slow reader), or
+/// what the client or the network did. A small fixed set, so it can label a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// This side closed it, with this code.
+    Server(ErrorCode),
+    /// The client closed it, whatever code it gave: quitting, or leaving for another shard
+    /// after a redirect.
+    Client,
+    /// Nothing heard from the client for the idle timeout.
+    TimedOut,
+    /// The client's endpoint no longer knew the connection (a stateless reset: it restarted).
+    Reset,
+    /// A QUIC protocol violation, detected here or reported by the client's stack.
+    TransportError,
+}
+
+impl CloseReason {
+    /// How many reasons there are.
+    pub const COUNT: usize = ErrorCode::ALL.len() + 4;
+
+    /// Every reason, in [`Self::index`] order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        ErrorCode::ALL.into_iter().map(Self::Server).chain([
+            Self::Client,
+            Self::TimedOut,
+            Self::Reset,
+            Self::TransportError,
+        ])
+    }
+
+    /// Position in [`NetStats::closes`].
+    pub fn index(self) -> usize {
+        let n = ErrorCode::ALL.len();
+        match self {
+            // `ALL` is in close-code order, from 1.
+            Self::Server(code) => code.close_code() as usize - 1,
+            Self::Client => n,
+            Self::TimedOut => n + 1,
+            Self::Reset => n + 2,
+            Self::TransportError => n + 3,
+        }
+    }
+
+    /// Snake-case name: the error code's own for [`Self::Server`], a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server(code) => code.as_str(),
+            Self::Client => "client_closed",
+            Self::TimedOut => "timed_out",
+            Self::Reset => "reset",
+            Self::TransportError => "transport_error",
+        }
+    }
+
+    /// Why a connection ended: `local` is the code this side closed it with, if it did first;
+    /// `err` is what quinn reported.
+    pub fn of(local: Option<u32>, err: &ConnectionError) -> Self {
+        if let Some(code) = local {
+            // Every close of ours carries an `ErrorCode`; anything else would be a bug here.
+            return Self::Server(
+                ErrorCode::from_close_code(code.into()).unwrap_or(ErrorCode::Unexpected),
+            );
+        }
+        match err {
+            ConnectionError::ApplicationClosed(_) => Self::Client,
+            ConnectionError::ConnectionClosed(c)
+                if c.error_code == TransportErrorCode::NO_ERROR =>
+            {
+                Self::Client
+            }
+            ConnectionError::ConnectionClosed(_)
+            | ConnectionError::TransportError(_)
+            | ConnectionError::VersionMismatch
+            | ConnectionError::CidsExhausted => Self::TransportError,
+            ConnectionError::TimedOut => Self::TimedOut,
+            ConnectionError::Reset => Self::Reset,
+            // The endpoint closed under the connection: the server is shutting down.
+            ConnectionError::LocallyClosed => Self::Server(ErrorCode::ShuttingDown),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +361,7 @@ struct Counters {
     connections_refused: AtomicU64,
     commands_for_unknown_connections: AtomicU64,
     control_messages_too_large: AtomicU64,
+    closes: [AtomicU64; CloseReason::COUNT],
 }
 
 /// What the shard queued for one connection's writer task.
@@ -515,6 +610,7 @@ impl QuicServer {
             connections_refused: get(&c.connections_refused),
             commands_for_unknown_connections: get(&c.commands_for_unknown_connections),
             control_messages_too_large: get(&c.control_messages_too_large),
+            closes: std::array::from_fn(|i| get(&c.closes[i])),
         }
     }
 
@@ -795,10 +891,9 @@ async fn supervise(
     // The datagram reader only stops once the connection is closed, so this returns at once in
     // every path above; it also gives the remote side's reason when it was not us.
     let err = conn.closed().await;
-    let reason = entry
-        .closer
-        .take_local()
-        .map_or_else(|| err.to_string(), |local| local.log_reason);
+    let local = entry.closer.take_local();
+    bump(&shared.counters.closes[CloseReason::of(local.as_ref().map(|l| l.code), &err).index()]);
+    let reason = local.map_or_else(|| err.to_string(), |local| local.log_reason);
     lock(&shared.conns).remove(&id);
     // Given back before `Disconnected` goes out, so whoever sees it can connect again at once.
     drop(slot);
@@ -1156,5 +1251,57 @@ mod tests {
             client_endpoint(&ClientTrust::InsecureSkipVerify),
             Err(NetError::NoRuntime)
         ));
+    }
+
+    #[test]
+    fn close_reasons_are_distinct_and_each_has_its_own_slot() {
+        let all: Vec<CloseReason> = CloseReason::all().collect();
+        assert_eq!(all.len(), CloseReason::COUNT);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?} must count in slot {i}");
+        }
+        let mut names: Vec<&str> = all.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CloseReason::COUNT, "labels must be distinct");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+            "labels are snake_case: {names:?}"
+        );
+    }
+
+    #[test]
+    fn a_close_is_ours_when_we_closed_first_else_what_the_client_or_network_did() {
+        let by_client = ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: VarInt::from_u32(0),
+            reason: Bytes::from_static(b"redirected"),
+        });
+        let too_slow = CloseReason::of(Some(CLOSE_CODE_TOO_SLOW), &ConnectionError::LocallyClosed);
+        assert_eq!(too_slow.as_str(), "too_slow");
+        assert_eq!(
+            CloseReason::of(Some(ErrorCode::BadTicket.close_code()), &by_client),
+            CloseReason::Server(ErrorCode::BadTicket),
+            "our close came first: the client's answer does not count"
+        );
+        assert_eq!(CloseReason::of(None, &by_client), CloseReason::Client);
+        assert_eq!(
+            CloseReason::of(None, &ConnectionError::TimedOut).as_str(),
+            "timed_out"
+        );
+        assert_eq!(
+            CloseReason::of(None, &ConnectionError::Reset),
+            CloseReason::Reset
+        );
+        assert_eq!(
+            CloseReason::of(None, &ConnectionError::VersionMismatch),
+            CloseReason::TransportError
+        );
+        assert_eq!(
+            CloseReason::of(None, &ConnectionError::LocallyClosed),
+            CloseReason::Server(ErrorCode::ShuttingDown),
+            "the endpoint closing under a connection is the server shutting down"
+        );
     }
 }

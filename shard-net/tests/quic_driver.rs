@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use quinn::{ConnectionError, TransportErrorCode, VarInt};
 use zonescaler_net::quic::{
-    self, CLOSE_CODE_TOO_SLOW, NetError, QuicEvents, QuicServer, ServerLimits,
+    self, CLOSE_CODE_TOO_SLOW, CloseReason, NetError, QuicEvents, QuicServer, ServerLimits,
 };
 use zonescaler_net::tls::{ClientTrust, ServerIdentity, TlsError};
 use zonescaler_net::{NetCommand, NetEvent};
@@ -297,6 +297,11 @@ async fn control_and_datagrams_flow_both_ways() {
     let reason = expect_disconnected(&mut tap, conn).await;
     assert!(reason.contains("bye"), "{reason}");
     assert_eq!(server.connections(), 0);
+    assert_eq!(
+        server.stats().closes[CloseReason::Client.index()],
+        1,
+        "the close is counted as the client's, once"
+    );
     // Commands for a gone connection are ignored, not fatal.
     server.dispatch(NetCommand::Datagram {
         conn,
@@ -354,6 +359,11 @@ async fn oversize_frame_closes_only_that_connection() {
     let reason = expect_disconnected(&mut tap, bad_id).await;
     assert!(reason.contains("bad message"), "{reason}");
     assert_eq!(server.stats().closed_bad_message, 1);
+    assert_eq!(
+        server.stats().closes[CloseReason::Server(ErrorCode::BadMessage).index()],
+        1,
+        "the driver's own close is counted under its code"
+    );
 
     // The well-behaved client is untouched.
     datagram_to_server(&mut tap, &good.conn, good_id, b"still-here").await;

@@ -198,24 +198,27 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, in close-code order (metrics count closes by each, zeros included).
+    pub const ALL: [Self; 12] = [
+        Self::BadMessage,
+        Self::WrongVersion,
+        Self::ProtocolMismatch,
+        Self::Unexpected,
+        Self::ServerFull,
+        Self::HelloTimeout,
+        Self::ShuttingDown,
+        Self::TooSlow,
+        Self::BadToken,
+        Self::BadTicket,
+        Self::AccountInUse,
+        Self::SessionTakenOver,
+    ];
+
     /// The reason behind a QUIC application close code, if it is one of ours.
     pub fn from_close_code(code: u64) -> Option<Self> {
-        [
-            Self::BadMessage,
-            Self::WrongVersion,
-            Self::ProtocolMismatch,
-            Self::Unexpected,
-            Self::ServerFull,
-            Self::HelloTimeout,
-            Self::ShuttingDown,
-            Self::TooSlow,
-            Self::BadToken,
-            Self::BadTicket,
-            Self::AccountInUse,
-            Self::SessionTakenOver,
-        ]
-        .into_iter()
-        .find(|c| u64::from(c.close_code()) == code)
+        Self::ALL
+            .into_iter()
+            .find(|c| u64::from(c.close_code()) == code)
     }
 
     /// Snake-case name used in logs and bot reports.

@@ -11,9 +11,13 @@
 //! Every registration also lands in the [`ProtocolRegistry`] whose hashes peers compare, so a
 //! client or a shard built with a different set is refused at connect instead of misreading.
 
-use super::app::{ReplicationCache, ShardApp, ShardSystems};
+#[cfg(debug_assertions)]
+use super::app::ShardSystems;
+use super::app::{ReplicationCache, ShardApp};
 use super::commands::{CommandSystems, Delivered, DeliveredRaw, GameCommands};
-use super::components::{Networked, Position, Proxy, ReplicatedComponents};
+#[cfg(debug_assertions)]
+use super::components::Position;
+use super::components::{Networked, Proxy, ReplicatedComponents};
 use super::resources::ProxyApplyTick;
 use bevy_ecs::prelude::*;
 use bitcode::{DecodeOwned, Encode};

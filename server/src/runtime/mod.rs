@@ -20,7 +20,7 @@ use crate::app::GameSetup;
 use crate::client::{ClusterDirectory, LoginPolicy};
 use crate::cluster::{FormAction, FormEvent, Formed, Forming, Node};
 use crate::core::ShardApp;
-use crate::core::resources::ClusterMode;
+use crate::core::resources::{ClusterMode, Inbox, ShardInbox};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use http::SharedView;
@@ -322,18 +322,27 @@ impl Shard {
                 n.on_link_event(&mut self.app, ev, now);
             }
         }
-        let cpu0 = metrics::thread_cpu_ns();
+        let mut queues = metrics::TickQueues {
+            client_inbox: self.app.world.resource::<Inbox>().events.len(),
+            link_inbox: self.app.world.resource::<ShardInbox>().messages.len(),
+            ..Default::default()
+        };
+        let cpu0 = metrics::thread_cpu();
         let t0 = Instant::now();
         self.app.set_now_ms(now);
         self.app.tick();
         let wall = t0.elapsed();
-        let cpu = metrics::thread_cpu_ns().saturating_sub(cpu0);
+        let cpu = metrics::thread_cpu().saturating_sub(cpu0);
         pace.record(wall);
-        for cmd in self.app.drain_outbox() {
+        let commands = self.app.drain_outbox();
+        queues.client_outbox = commands.len();
+        for cmd in commands {
             self.server.dispatch(cmd);
         }
         if let Some(n) = self.node.as_mut() {
-            n.send_batches(self.app.drain_shard_outbox());
+            let messages = self.app.drain_shard_outbox();
+            queues.link_outbox = messages.len();
+            n.send_batches(messages);
             let reqs = self.app.drain_master_requests();
             n.to_master(&mut self.app, reqs, now);
         }
@@ -341,7 +350,8 @@ impl Shard {
             self.heartbeat(pace, now);
         }
         if let Some(m) = self.metrics.as_mut() {
-            m.after_tick(&mut self.app, &self.server, self.node.as_ref(), wall, cpu);
+            let node = self.node.as_ref();
+            m.after_tick(&mut self.app, &self.server, node, wall, cpu, queues);
         }
     }
 
