@@ -44,11 +44,11 @@ fail() { echo "metrics FAILED: $*"; echo "--- up.log (last 20 lines)"; tail -n 2
 # Ready once `up` has printed its address list (after every shard wrote its certificate, i.e.
 # once the cluster formed). Deadline, not a fixed sleep: a loaded 2-core machine is slow.
 for _ in $(seq 1 1200); do
-  grep -qs "press Ctrl-C to stop the cluster" "$run_dir/up.log" && break
+  grep -qs "Ctrl-C stops the cluster" "$run_dir/up.log" && break
   kill -0 "$up_pid" 2>/dev/null || fail "zonescaler up died during start"
   sleep 0.1
 done
-grep -q "press Ctrl-C to stop the cluster" "$run_dir/up.log" || fail "the cluster did not start within 120 s"
+grep -q "Ctrl-C stops the cluster" "$run_dir/up.log" || fail "the cluster did not start within 120 s"
 # The scrape targets are what `up` lists, one per shard: the list must name each.
 mapfile -t targets < <(grep -o "metrics http://[^ )]*" "$run_dir/up.log" | sed 's/^metrics //')
 [ "${#targets[@]}" -eq "$shards" ] || fail "up's address list names ${#targets[@]} metrics endpoints, not $shards"
