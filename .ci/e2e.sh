@@ -122,3 +122,5 @@ fi
 tail -n 3 "$run_dir/up.log"
 [ -s "$run_dir/report.html" ] || { echo "e2e: the bots wrote no HTML report"; exit 1; }
 echo "e2e: cluster stopped cleanly, no orphans"
+# The run directory holds the cluster's private keys and secret-derived token.
+rm -rf "$run_dir"
