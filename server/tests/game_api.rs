@@ -497,3 +497,44 @@ fn a_handoff_carries_the_changes_made_in_the_tick_it_is_offered() {
         "the new owner starts from the value the old one last simulated, not the tick before"
     );
 }
+
+#[test]
+fn an_avatar_whose_client_never_came_is_not_offered_in_the_tick_it_expires() {
+    let mut c = cluster();
+    // Past the wait for a redirected client, on the cluster clock.
+    let wait_ticks = zonescaler_shared::limits::REDIRECT_WAIT_MS / 33 + 10;
+    for _ in 0..wait_ticks {
+        c.step();
+    }
+    let (_, z) = near_border(&c, 0.0);
+    // A handed-off avatar awaiting its client since the start, standing (just moved) well inside
+    // shard 1's cells: the tick that despawns it is also one that would offer it to shard 1.
+    let w = &mut c.shards[0].world;
+    let id = w
+        .resource_mut::<zonescaler_server::core::resources::IdAllocator>()
+        .allocate();
+    let at = Vec3::new(0.0, 0.0, z + 10.0);
+    w.spawn((
+        Networked(id),
+        Owned,
+        Position(at),
+        MoveTarget {
+            target: at,
+            speed_mps: 8.0,
+        },
+        zonescaler_server::core::components::AwaitingClient {
+            name: "gone".into(),
+            since_ms: 0,
+            last_input_seq: 0,
+        },
+    ));
+    for _ in 0..5 {
+        c.step();
+    }
+    assert_eq!(entity(&mut c, 0, id), None, "despawned on its shard");
+    assert_eq!(
+        entity(&mut c, 1, id),
+        None,
+        "and not resurrected by a handoff"
+    );
+}

@@ -29,11 +29,16 @@ impl Plugin for AuthorityPlugin {
         app.add_systems(
             ShardSystems::Ownership,
             (
-                (handoff::start_handoffs, handoff::send_offers)
+                // An avatar despawned for want of its client is gone (its despawn applied)
+                // before anything offers it to a neighbour.
+                (
+                    handoff::expire_awaiting_clients,
+                    handoff::start_handoffs,
+                    handoff::send_offers,
+                )
                     .chain()
                     .after(ReplicationCache),
                 handoff::cancel_late_handoffs,
-                handoff::expire_awaiting_clients,
             ),
         );
         app.add_systems(ShardSystems::Replicate, proxy::mirror_proxies);

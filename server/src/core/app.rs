@@ -110,6 +110,11 @@ impl ShardApp {
         });
         // First: the hooks of `Networked` keep it current from the first spawn on.
         world.init_resource::<NetIndex>();
+        // A command on an entity despawned earlier in the same tick (a game system's, or a race
+        // between two systems) is a bug debug builds stop on; a release shard logs it and keeps
+        // serving its players rather than crash.
+        #[cfg(not(debug_assertions))]
+        world.insert_resource(bevy_ecs::error::FallbackErrorHandler(bevy_ecs::error::warn));
         let grid = CellGrid::from_config(&config);
         world.insert_resource(Grid(grid));
         world.insert_resource(Config(config));

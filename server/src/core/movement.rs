@@ -55,7 +55,8 @@ pub fn update_cells(
     for (e, p, cell) in &q {
         let now = grid.0.base_cell_at([p.0.x, p.0.z]);
         if cell.map(|c| c.0) != Some(now) {
-            commands.entity(e).insert(InCell(now));
+            // `try_`: a game system may despawn the entity in this same tick.
+            commands.entity(e).try_insert(InCell(now));
         }
     }
 }
