@@ -1235,6 +1235,15 @@
       const r = canvas.getBoundingClientRect();
       return { x: r.left + v.px((c.rect[0] + c.rect[2]) / 2), y: r.top + v.py((c.rect[1] + c.rect[3]) / 2) };
     },
+    cellBox: (id) => { // a cell's box in viewport coordinates, for tests that read the canvas
+      const c = st.model && st.model.cellById.get(String(id));
+      const v = st.view;
+      if (!c || !v) return null;
+      const r = canvas.getBoundingClientRect();
+      const x = r.left + v.px(c.rect[0]);
+      const y = r.top + v.py(c.rect[1]);
+      return { x, y, w: r.left + v.px(c.rect[2]) - x, h: r.top + v.py(c.rect[3]) - y };
+    },
   };
 
   resize();
