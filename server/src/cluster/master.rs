@@ -502,7 +502,8 @@ pub struct CellView {
     /// `[min_x, min_z, max_x, max_z]`, metres.
     pub rect: [f32; 4],
     pub shard: u16,
-    /// Entities the owner simulates in it, and players among them (at its last heartbeat).
+    /// Entities simulated in it, and players' avatars among them (a player counts while its
+    /// client follows a redirect), from every shard's last heartbeat.
     pub entities: u32,
     pub clients: u32,
 }
