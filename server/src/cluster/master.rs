@@ -724,6 +724,28 @@ mod tests {
     }
 
     #[test]
+    fn a_player_in_and_out_between_two_heartbeats_leaves_no_trace_in_the_directory() {
+        use crate::core::resources::PlayerLog;
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        let mut log = PlayerLog::default();
+        // A scout logs in and hangs up; ann leaves and comes back; all before the next report.
+        log.arrived("scout");
+        log.arrived("ann");
+        log.left("scout");
+        log.left("ann");
+        log.arrived("ann");
+        let load = ShardLoad {
+            players_arrived: log.arrived.drain(..).collect(),
+            players_left: log.left.drain(..).collect(),
+            ..ShardLoad::default()
+        };
+        m.heartbeat(ShardId(1), load, 10);
+        assert_eq!(m.player("scout"), None, "the scout is gone");
+        assert_eq!(m.player("ann"), Some(ShardId(1)), "ann is back");
+        assert_eq!(m.view().players, 1);
+    }
+
+    #[test]
     fn members_join_then_cells_are_placed_by_weight_and_late_joiners_refused() {
         let grid = CellGrid::from_config(&WorldConfig::default());
         let mut m = Master::new(grid, 3, info("a"), 0);
