@@ -2,7 +2,7 @@
 //! dashboard in headless Chromium, then 20 bots walking across borders; the page must show the
 //! cluster, follow the bots within a few seconds, and select what the operator clicks.
 //!
-//! One test function, because starting Chromium and a cluster takes tens of seconds on the two
+//! One test function, because each start of Chromium and of a cluster costs seconds on the two
 //! busy cores CI has. It needs Debian's `chromium` and `chromium-driver`, so it is ignored by
 //! `cargo test`; `.ci/run` installs them and runs it with `--ignored`, where a missing browser is
 //! a failure, not a skip.
@@ -130,7 +130,7 @@ fn shows_the_cluster_at_rest(browser: &Browser, cells: &[(String, u64)]) {
         .expect("the map draws every cell of /api/cluster in its owner's colour");
 }
 
-/// Bots log in: the totals show clients within [`PAGE_LAG`] of the API, the client-density
+/// Bots log in: the totals show clients within [`PAGE_LAG`] of the API, the player-density
 /// overlay draws the cells they are in denser than empty ones, and the legend's top is positive.
 fn follows_the_bots(
     browser: &Browser,
@@ -159,7 +159,7 @@ fn follows_the_bots(
     );
 
     // The owners overlay draws every cell of a shard alike: the density check finds nothing
-    // there, so what it finds below is the client density.
+    // there, so what it finds below is the player density.
     let script = with_cells(cells, CLIENT_DENSITY_JS);
     let owners = browser
         .eval(&script)
@@ -170,13 +170,13 @@ fn follows_the_bots(
     );
     browser
         .click("#overlay button[data-mode='clients']")
-        .expect("the Client density toggle");
+        .expect("the Player density toggle");
     browser
         .wait_dataset("overlay", PAGE_LAG, |v| v == "clients")
-        .expect("the overlay switches to client density");
+        .expect("the overlay switches to player density");
     let density = browser
         .wait_until(
-            "cells with clients drawn denser than empty ones, and a positive legend",
+            "cells with players drawn denser than empty ones, and a positive legend",
             &script,
             PAGE_LAG,
             |v| {
@@ -186,18 +186,18 @@ fn follows_the_bots(
         )
         .unwrap_or_else(|e| {
             panic!(
-                "per-cell client density does not show: {e}\n/api/cluster cells with clients: {:?}",
+                "per-cell player density does not show: {e}\n/api/cluster cells with players: {:?}",
                 busy_cells(&cluster.api_cluster())
             )
         });
     eprintln!(
-        "dashboard test: client density drawn in cells {}, legend up to {} clients/km²",
+        "dashboard test: player density drawn in cells {}, legend up to {} players/km²",
         density["denser"], density["legendMax"]
     );
     assert!(bots.running(), "the bots still play: {}", bots.log_tail());
 }
 
-/// Clicking the busiest cell selects it and its details show its owner and clients; clicking a
+/// Clicking the busiest cell selects it and its details show its owner and players; clicking a
 /// shard row selects the shard and its details.
 fn selects_a_cell_and_a_shard(
     browser: &Browser,
@@ -217,7 +217,7 @@ fn selects_a_cell_and_a_shard(
     let cell_ok = loop {
         let view = cluster.api_cluster();
         let Some((id, owner, n)) = busy_cells(&view).into_iter().max_by_key(|c| c.2) else {
-            tries.push(format!("no cell with clients in {view}"));
+            tries.push(format!("no cell with players in {view}"));
             if tries.len() >= 3 {
                 break None;
             }
@@ -242,7 +242,7 @@ fn selects_a_cell_and_a_shard(
             .wait_dataset("selected", PAGE_LAG, |s| s == id)
             .unwrap_or_else(|e| panic!("clicking cell {id} at ({x:.0}, {y:.0}) selects it: {e}"));
         let shown = browser.wait_until(
-            &format!("cell {selected}'s details with its owner and clients"),
+            &format!("cell {selected}'s details with its owner and players"),
             details,
             PAGE_LAG,
             |v| {
@@ -251,7 +251,7 @@ fn selects_a_cell_and_a_shard(
                     && v["heading"] == format!("Cell {id}")
                     && v["kv"]["Owner"] == format!("shard {owner}")
                     && v["rows"] == json!([owner.to_string()])
-                    && v["kv"]["Clients"]
+                    && v["kv"]["Players"]
                         .as_str()
                         .and_then(|c| c.replace(',', "").parse::<u64>().ok())
                         .is_some_and(|c| c > 0)
@@ -260,12 +260,12 @@ fn selects_a_cell_and_a_shard(
         match shown {
             Ok(v) => {
                 eprintln!(
-                    "dashboard test: cell {id} selected, its details say {} clients",
-                    v["kv"]["Clients"]
+                    "dashboard test: cell {id} selected, its details say {} players",
+                    v["kv"]["Players"]
                 );
                 break Some(v);
             }
-            Err(e) => tries.push(format!("cell {id} (API: {n} clients, shard {owner}): {e}")),
+            Err(e) => tries.push(format!("cell {id} (API: {n} players, shard {owner}): {e}")),
         }
         if tries.len() >= 3 || !bots.running() {
             break None;
@@ -273,7 +273,7 @@ fn selects_a_cell_and_a_shard(
     };
     assert!(
         cell_ok.is_some(),
-        "a clicked cell's details never showed its clients: {tries:#?}\nbots: {}",
+        "a clicked cell's details never showed its players: {tries:#?}\nbots: {}",
         bots.log_tail()
     );
 
@@ -312,14 +312,15 @@ fn cells_of(view: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Clients of every shard of a `/api/cluster` answer, summed.
+/// Client connections of every shard of a `/api/cluster` answer, summed.
 fn clients(view: &Value) -> u64 {
     view["shards"]
         .as_array()
         .map_or(0, |s| s.iter().filter_map(|s| s["clients"].as_u64()).sum())
 }
 
-/// `(id, owner, clients)` of the cells with clients in a `/api/cluster` answer.
+/// `(id, owner, players)` of the cells with players in a `/api/cluster` answer (the API calls
+/// them `clients`).
 fn busy_cells(view: &Value) -> Vec<(String, u64, u64)> {
     view["cells"].as_array().map_or_else(Vec::new, |cells| {
         cells
@@ -364,7 +365,7 @@ for (const [id, owner] of cells) {
 return out;
 "#;
 
-/// In the client-density overlay, the cells drawn denser (brighter) than the emptiest cell of the
+/// In the player-density overlay (`data-mode=clients`), the cells drawn denser (brighter) than the emptiest cell of the
 /// same owner, and the legend's top value. Needs `cells`: `[[id, owner], …]`.
 const CLIENT_DENSITY_JS: &str = r#"
 const canvas = document.getElementById('map');

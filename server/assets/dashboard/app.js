@@ -6,6 +6,8 @@
 //
 // Test hooks: after every successful poll `document.body.dataset` holds shards, alive, cells,
 // epoch, clients, entities, updates, events, selected (+ selectedKind, state, error, overlay).
+// `clients` is the shards' client connections; the `clients` overlay ("Player density") draws
+// each cell's players, the API's per-cell `clients`.
 'use strict';
 
 (() => {
@@ -108,7 +110,7 @@
       rect,
       shard: num(c.shard),
       entities: num(c.entities),
-      clients: num(c.clients),
+      clients: num(c.clients), // players' avatars in the cell, connected or following a redirect
     };
   }
 
@@ -680,7 +682,7 @@
     kv(dl, 'Rect', `[${fmtM(x0)}, ${fmtM(z0)}, ${fmtM(x1)}, ${fmtM(z1)}]`, true);
     kv(dl, 'Size', `${fmtM(x1 - x0)} × ${fmtM(z1 - z0)} m`);
     kv(dl, 'Entities', fmtInt(c.entities));
-    kv(dl, 'Clients', fmtInt(c.clients));
+    kv(dl, 'Players', fmtInt(c.clients));
     const km2 = ((x1 - x0) * (z1 - z0)) / 1e6;
     if (c.entities !== null) kv(dl, 'Entity density', `${fmtInt(c.entities / km2)} / km²`);
     box.replaceChildren(h, dl);
@@ -779,7 +781,7 @@
     if (!m) return;
     const parts = [];
     if (st.overlay !== 'owners' && m.cells.length) {
-      const what = st.overlay === 'clients' ? 'clients' : 'entities';
+      const what = st.overlay === 'clients' ? 'players' : 'entities';
       const max = maxDensity(m);
       parts.push(el('span', null, `${what} / km²  0`), el('span', 'ramp'), el('span', null, fmtInt(max)));
     }
@@ -1198,7 +1200,7 @@
     line1.append(el('b', null, `cell ${c.id}`), `  ${fmtM(c.rect[2] - c.rect[0])} m`);
     const line2 = el('div');
     line2.append(swatch(c.shard), c.shard === null ? 'no owner' : `shard ${c.shard}${owner && owner.alive === false ? ' (dead)' : ''}`);
-    const line3 = el('div', null, `${fmtInt(c.entities)} entities · ${fmtInt(c.clients)} clients`);
+    const line3 = el('div', null, `${fmtInt(c.entities)} entities · ${fmtInt(c.clients)} players`);
     tip.append(line1, line2, line3);
     tip.hidden = false;
     let left = e.clientX - r.left + 14;
