@@ -559,10 +559,13 @@
     // totals row
     const sum = (f) => m.shardList.reduce((a, s) => a + (f(s) ?? 0), 0);
     const foot = $('shard-foot');
+    const transit = sum((s) => s.inTransit);
     const cells = [
       ['l', 'total'], ['l', `${m.alive} alive`], ['l', ''],
       ['', fmtInt(m.hasCells ? m.cells.length : sum((s) => s.cells))],
-      ['', fmtInt(sum((s) => s.ownedEntities))], ['', fmtInt(sum((s) => s.proxies))],
+      // owned + in transit, as in each row, so it adds up to the Entities total at the top
+      ['', fmtInt(sum((s) => s.ownedEntities)) + (transit ? ` +${fmtInt(transit)}` : '')],
+      ['', fmtInt(sum((s) => s.proxies))],
       ['', fmtInt(sum((s) => s.clients))], ['', ''],
       ['', `${fmtInt(sum((s) => s.handoffsOut))} / ${fmtInt(sum((s) => s.handoffsIn))}`], ['', ''], ['l', ''],
     ];
@@ -1170,7 +1173,8 @@
     g.fillText('x (m) →', v.ox + v.w + 4 > cssW - 50 ? v.ox : v.ox + v.w + 4, v.oy + v.h + 24);
     g.textAlign = 'right';
     g.textBaseline = 'bottom';
-    g.fillText('z (m) ↓', v.ox - 9, Math.max(12, v.oy - 4));
+    // Above the first tick label (centred on the world's top edge), not on it.
+    g.fillText('z (m) ↓', v.ox - 9, Math.max(12, v.oy - 10));
   }
 
   // ---------------------------------------------------------------- map interaction
