@@ -36,7 +36,7 @@ const WORLD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/worlds/defau
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after Ctrl-C `up` may take to stop its shards (it gives them 5 s) before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Tries with fresh ports when `up` dies at start (a port taken between the probe and the bind).
+/// Starts with fresh ports when `up` dies at start (a port taken between the probe and the bind).
 const START_TRIES: usize = 3;
 /// Most bytes of the processes' output kept for failure messages.
 const LOG_TAIL_BYTES: usize = 16 << 10;
@@ -58,17 +58,21 @@ impl LocalCluster {
     /// serves and the master's `/api/cluster` shows all of them alive with the cells placed.
     /// Panics with `up`'s output if it does not get there.
     pub fn up(shards: usize) -> Self {
-        let mut last = String::new();
-        for _ in 0..START_TRIES {
+        let mut tries = 0;
+        loop {
+            tries += 1;
             match Self::try_up(shards) {
                 Ok(cluster) => return cluster,
-                Err(why) => last = why,
+                // It died at once, most likely on a port taken since the probe: fresh ports.
+                Err(Start::Died(_)) if tries < START_TRIES => {}
+                Err(Start::Died(why) | Start::Stuck(why)) => {
+                    panic!("zonescaler up --shards {shards} did not start (try {tries}): {why}")
+                }
             }
         }
-        panic!("zonescaler up --shards {shards} did not start ({START_TRIES} tries): {last}");
     }
 
-    fn try_up(shards: usize) -> Result<Self, String> {
+    fn try_up(shards: usize) -> Result<Self, Start> {
         let ports = free_port_ranges(shards);
         let run_dir = fresh_dir("cluster");
         let mut child = Command::new(ZONESCALER)
@@ -86,7 +90,10 @@ impl LocalCluster {
             // Its own group, as a terminal would start it, so the test's signals stay its own.
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {ZONESCALER}: {e}"))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                Start::Stuck(format!("cannot start {ZONESCALER}: {e}"))
+            })?;
         let log = Log::default();
         let lines = log.drain(&mut child);
         let mut cluster = Self {
@@ -103,17 +110,17 @@ impl LocalCluster {
             let line = match lines.recv_timeout(left) {
                 Ok(line) => line,
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
+                    return Err(Start::Stuck(format!(
                         "not serving after {START_TIMEOUT:?}; output:\n{}",
                         cluster.log.tail()
-                    ));
+                    )));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = cluster.child.wait().map(|s| s.to_string());
-                    return Err(format!(
+                    return Err(Start::Died(format!(
                         "exited during start ({status:?}); output:\n{}",
                         cluster.log.tail()
-                    ));
+                    )));
                 }
             };
             // `zonescaler: dashboard on http://127.0.0.1:PORT/ (HTTP API: ...)`, from shard 0.
@@ -129,17 +136,19 @@ impl LocalCluster {
             }
         }
         if cluster.http.is_empty() {
-            return Err(format!(
+            return Err(Start::Stuck(format!(
                 "shard 0 never said where its dashboard is; output:\n{}",
                 cluster.log.tail()
-            ));
+            )));
         }
-        cluster.wait_api(|v| {
-            v["placed"] == Value::Bool(true)
-                && v["shards"].as_array().is_some_and(|s| {
-                    s.len() == shards && s.iter().all(|s| s["alive"] == Value::Bool(true))
-                })
-        })?;
+        cluster
+            .wait_api(|v| {
+                v["placed"] == Value::Bool(true)
+                    && v["shards"].as_array().is_some_and(|s| {
+                        s.len() == shards && s.iter().all(|s| s["alive"] == Value::Bool(true))
+                    })
+            })
+            .map_err(|e| Start::Stuck(format!("{e}\noutput:\n{}", cluster.log.tail())))?;
         Ok(cluster)
     }
 
@@ -239,6 +248,13 @@ impl Drop for LocalCluster {
         stop_watchdog(self.watchdog.take());
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
+}
+
+/// Why `up` did not start: it died (worth a try on fresh ports), or it runs but never got to
+/// serving (not worth another two minutes).
+enum Start {
+    Died(String),
+    Stuck(String),
 }
 
 /// A running `zonescaler bots`; killed when dropped.
