@@ -6,6 +6,8 @@
 //
 // Test hooks: after every successful poll `document.body.dataset` holds shards, alive, cells,
 // epoch, clients, entities, updates, events, selected (+ selectedKind, state, error, overlay).
+// `clients` is the shards' client connections; the `clients` overlay ("Player density") draws
+// each cell's players, the API's per-cell `clients`.
 'use strict';
 
 (() => {
@@ -108,7 +110,7 @@
       rect,
       shard: num(c.shard),
       entities: num(c.entities),
-      clients: num(c.clients),
+      clients: num(c.clients), // players' avatars in the cell, connected or following a redirect
     };
   }
 
@@ -557,10 +559,13 @@
     // totals row
     const sum = (f) => m.shardList.reduce((a, s) => a + (f(s) ?? 0), 0);
     const foot = $('shard-foot');
+    const transit = sum((s) => s.inTransit);
     const cells = [
       ['l', 'total'], ['l', `${m.alive} alive`], ['l', ''],
       ['', fmtInt(m.hasCells ? m.cells.length : sum((s) => s.cells))],
-      ['', fmtInt(sum((s) => s.ownedEntities))], ['', fmtInt(sum((s) => s.proxies))],
+      // owned + in transit, as in each row, so it adds up to the Entities total at the top
+      ['', fmtInt(sum((s) => s.ownedEntities)) + (transit ? ` +${fmtInt(transit)}` : '')],
+      ['', fmtInt(sum((s) => s.proxies))],
       ['', fmtInt(sum((s) => s.clients))], ['', ''],
       ['', `${fmtInt(sum((s) => s.handoffsOut))} / ${fmtInt(sum((s) => s.handoffsIn))}`], ['', ''], ['l', ''],
     ];
@@ -680,7 +685,7 @@
     kv(dl, 'Rect', `[${fmtM(x0)}, ${fmtM(z0)}, ${fmtM(x1)}, ${fmtM(z1)}]`, true);
     kv(dl, 'Size', `${fmtM(x1 - x0)} × ${fmtM(z1 - z0)} m`);
     kv(dl, 'Entities', fmtInt(c.entities));
-    kv(dl, 'Clients', fmtInt(c.clients));
+    kv(dl, 'Players', fmtInt(c.clients));
     const km2 = ((x1 - x0) * (z1 - z0)) / 1e6;
     if (c.entities !== null) kv(dl, 'Entity density', `${fmtInt(c.entities / km2)} / km²`);
     box.replaceChildren(h, dl);
@@ -779,7 +784,7 @@
     if (!m) return;
     const parts = [];
     if (st.overlay !== 'owners' && m.cells.length) {
-      const what = st.overlay === 'clients' ? 'clients' : 'entities';
+      const what = st.overlay === 'clients' ? 'players' : 'entities';
       const max = maxDensity(m);
       parts.push(el('span', null, `${what} / km²  0`), el('span', 'ramp'), el('span', null, fmtInt(max)));
     }
@@ -1168,7 +1173,8 @@
     g.fillText('x (m) →', v.ox + v.w + 4 > cssW - 50 ? v.ox : v.ox + v.w + 4, v.oy + v.h + 24);
     g.textAlign = 'right';
     g.textBaseline = 'bottom';
-    g.fillText('z (m) ↓', v.ox - 9, Math.max(12, v.oy - 4));
+    // Above the first tick label (centred on the world's top edge), not on it.
+    g.fillText('z (m) ↓', v.ox - 9, Math.max(12, v.oy - 10));
   }
 
   // ---------------------------------------------------------------- map interaction
@@ -1198,7 +1204,7 @@
     line1.append(el('b', null, `cell ${c.id}`), `  ${fmtM(c.rect[2] - c.rect[0])} m`);
     const line2 = el('div');
     line2.append(swatch(c.shard), c.shard === null ? 'no owner' : `shard ${c.shard}${owner && owner.alive === false ? ' (dead)' : ''}`);
-    const line3 = el('div', null, `${fmtInt(c.entities)} entities · ${fmtInt(c.clients)} clients`);
+    const line3 = el('div', null, `${fmtInt(c.entities)} entities · ${fmtInt(c.clients)} players`);
     tip.append(line1, line2, line3);
     tip.hidden = false;
     let left = e.clientX - r.left + 14;
@@ -1234,6 +1240,15 @@
       if (!c || !v) return null;
       const r = canvas.getBoundingClientRect();
       return { x: r.left + v.px((c.rect[0] + c.rect[2]) / 2), y: r.top + v.py((c.rect[1] + c.rect[3]) / 2) };
+    },
+    cellBox: (id) => { // a cell's box in viewport coordinates, for tests that read the canvas
+      const c = st.model && st.model.cellById.get(String(id));
+      const v = st.view;
+      if (!c || !v) return null;
+      const r = canvas.getBoundingClientRect();
+      const x = r.left + v.px(c.rect[0]);
+      const y = r.top + v.py(c.rect[1]);
+      return { x, y, w: r.left + v.px(c.rect[2]) - x, h: r.top + v.py(c.rect[3]) - y };
     },
   };
 

@@ -352,16 +352,23 @@ impl Master {
         view
     }
 
-    /// Every leaf of the map with its owner and what the owner last reported of it.
+    /// Every leaf of the map with its owner and the entities and clients in it, summed over every
+    /// shard's last report: an entity inside the handoff margin past a border is still simulated
+    /// (and reported) by the shard it came from, so two shards may both report a cell.
     fn cell_views(&self) -> Vec<CellView> {
         let Some(map) = &self.map else {
             return Vec::new();
         };
-        let loads: BTreeMap<CellId, CellLoad> = self
-            .members
-            .values()
-            .flat_map(|m| m.load.cells.iter().map(|c| (c.cell, *c)))
-            .collect();
+        let mut loads: BTreeMap<CellId, CellLoad> = BTreeMap::new();
+        for c in self.members.values().flat_map(|m| &m.load.cells) {
+            let sum = loads.entry(c.cell).or_insert(CellLoad {
+                cell: c.cell,
+                entities: 0,
+                clients: 0,
+            });
+            sum.entities = sum.entities.saturating_add(c.entities);
+            sum.clients = sum.clients.saturating_add(c.clients);
+        }
         map.leaves()
             .iter()
             .map(|(cell, shard)| {
@@ -495,7 +502,8 @@ pub struct CellView {
     /// `[min_x, min_z, max_x, max_z]`, metres.
     pub rect: [f32; 4],
     pub shard: u16,
-    /// Entities the owner simulates in it, and players among them (at its last heartbeat).
+    /// Entities simulated in it, and players' avatars among them (a player counts while its
+    /// client follows a redirect), from every shard's last heartbeat.
     pub entities: u32,
     pub clients: u32,
 }
@@ -684,18 +692,19 @@ mod tests {
             .map(|(c, s)| (*c, *s))
             .collect();
         let (busy, owner) = leaves[0];
-        m.heartbeat(
-            owner,
-            ShardLoad {
-                cells: vec![CellLoad {
-                    cell: busy,
-                    entities: 12,
-                    clients: 3,
-                }],
-                ..ShardLoad::default()
-            },
-            5,
-        );
+        let neighbour = ShardId(1 - owner.0);
+        let load = |entities, clients| ShardLoad {
+            cells: vec![CellLoad {
+                cell: busy,
+                entities,
+                clients,
+            }],
+            ..ShardLoad::default()
+        };
+        m.heartbeat(owner, load(12, 3), 5);
+        // Two entities of the neighbour walked into the cell but are not handed over yet (they
+        // are within the handoff margin): the neighbour reports them, after the owner.
+        m.heartbeat(neighbour, load(2, 1), 6);
         let v = m.view();
         assert_eq!(v.cells.len(), leaves.len());
         let c = v
@@ -703,11 +712,37 @@ mod tests {
             .iter()
             .find(|c| c.id == busy.to_string())
             .expect("listed");
-        assert_eq!((c.shard, c.entities, c.clients), (owner.0, 12, 3));
+        assert_eq!(
+            (c.shard, c.entities, c.clients),
+            (owner.0, 14, 4),
+            "both shards' reports of the cell count, neither replaces the other"
+        );
         assert!(c.rect[2] > c.rect[0] && c.rect[3] > c.rect[1]);
         assert_eq!(v.world.min_x, -1024.0);
         let kinds: Vec<&str> = v.events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["joined", "placed"]);
+    }
+
+    #[test]
+    fn a_player_in_and_out_between_two_heartbeats_leaves_no_trace_in_the_directory() {
+        use crate::core::resources::PlayerLog;
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        let mut log = PlayerLog::default();
+        // A scout logs in and hangs up; ann leaves and comes back; all before the next report.
+        log.arrived("scout");
+        log.arrived("ann");
+        log.left("scout");
+        log.left("ann");
+        log.arrived("ann");
+        let load = ShardLoad {
+            players_arrived: log.arrived.drain(..).collect(),
+            players_left: log.left.drain(..).collect(),
+            ..ShardLoad::default()
+        };
+        m.heartbeat(ShardId(1), load, 10);
+        assert_eq!(m.player("scout"), None, "the scout is gone");
+        assert_eq!(m.player("ann"), Some(ShardId(1)), "ann is back");
+        assert_eq!(m.view().players, 1);
     }
 
     #[test]

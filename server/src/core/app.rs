@@ -7,7 +7,7 @@
 
 use super::commands::CommandSystems;
 use super::components::{
-    Avatar, InCell, InTransit, NetIndex, Networked, Owned, Position, Proxy, ReplicatedComponents,
+    InCell, InTransit, NetIndex, Networked, Owned, Player, Position, Proxy, ReplicatedComponents,
 };
 use super::resources::{
     ClusterMode, Config, HandoffStats, IdAllocator, Inbox, MasterInbox, MasterOutbox, Outbox,
@@ -345,17 +345,21 @@ impl ShardApp {
         }
     }
 
-    /// Entities and clients per base cell this shard owns, the busiest
-    /// `CELL_LOADS_PER_HEARTBEAT_MAX` (one pass over the owned entities).
+    /// Entities this shard owns per base cell they stand in, and players' avatars among them, the
+    /// busiest `CELL_LOADS_PER_HEARTBEAT_MAX` (one pass over the owned entities).
+    ///
+    /// A player counts by its `Player` component, not by `Avatar` (a live connection here): an
+    /// avatar just handed over is `AwaitingClient` until its client follows the redirect, which
+    /// under load is a good part of the players walking across borders.
     pub fn cell_loads(&mut self) -> Vec<CellLoad> {
         let mut per: BTreeMap<CellId, (u32, u32)> = BTreeMap::new();
         let mut q = self
             .world
-            .query_filtered::<(&InCell, Has<Avatar>), With<Owned>>();
-        for (cell, avatar) in q.iter(&self.world) {
+            .query_filtered::<(&InCell, Has<Player>), With<Owned>>();
+        for (cell, player) in q.iter(&self.world) {
             let e = per.entry(cell.0).or_default();
             e.0 += 1;
-            e.1 += u32::from(avatar);
+            e.1 += u32::from(player);
         }
         let mut cells: Vec<CellLoad> = per
             .into_iter()
@@ -394,5 +398,46 @@ impl ShardApp {
             eat(u64::from(rev));
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::components::{Avatar, AwaitingClient};
+    use zonescaler_shared::ConnId;
+
+    #[test]
+    fn cell_loads_count_every_owned_player_even_while_its_client_follows_a_redirect() {
+        let mut app = ShardApp::bare(WorldConfig::default());
+        let (a, b) = (CellId::base(0, 0), CellId::base(1, 0));
+        let player = |name: &str| Player {
+            account: name.into(),
+        };
+        let w = &mut app.world;
+        w.spawn((Owned, InCell(a))); // an NPC
+        w.spawn((Owned, InCell(a), player("ann"), Avatar { conn: ConnId(1) }));
+        // Handed over a moment ago: its client has not reconnected here yet.
+        w.spawn((
+            Owned,
+            InCell(a),
+            player("bob"),
+            AwaitingClient {
+                name: "bob".into(),
+                since_ms: 0,
+                last_input_seq: 0,
+            },
+        ));
+        // Handed away: a proxy here, counted by its new owner.
+        w.spawn((InCell(b), Proxy { owner: ShardId(1) }));
+        assert_eq!(
+            app.cell_loads(),
+            vec![CellLoad {
+                cell: a,
+                entities: 3,
+                clients: 2,
+            }],
+            "ann and bob stand in cell a; the proxy is not this shard's"
+        );
     }
 }

@@ -52,7 +52,12 @@ impl PlayerLog {
         Self::push(&mut self.arrived, name);
     }
 
+    /// The master applies a report's departures before its arrivals, so an arrival and a
+    /// departure of one player between two reports would leave it in the directory for good (a
+    /// bot swarm's scout logs in and out within a heartbeat). The departure cancels the
+    /// unreported arrival; it is still reported, for an arrival reported earlier.
     pub fn left(&mut self, name: &str) {
+        self.arrived.retain(|n| n != name);
         Self::push(&mut self.left, name);
     }
 }

@@ -490,6 +490,14 @@ impl Drop for Driver {
         let _ = self.child.wait();
         // Chromium and its helpers are in chromedriver's group unless they left it; end them too.
         kill_group(group);
+        // Until nothing of the group runs any more (SIGKILL is delivered asynchronously), so a
+        // test that checks for leftover browsers right after finds none.
+        for _ in 0..40 {
+            if !group_alive(group) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();
@@ -531,6 +539,27 @@ fn kill_group(group: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// Whether a live process (not a zombie waiting for init to reap it) is left in process group
+/// `group`, from `/proc/PID/stat`: `pid (comm) state ppid pgrp ...`.
+fn group_alive(group: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+            return false;
+        };
+        // `comm` may hold spaces and parentheses: the fields start after the last ')'.
+        let mut fields = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(group) && state.is_some_and(|s| s != "Z" && s != "X")
+    })
 }
 
 /// A plain HTTP/1.1 exchange with `addr` (`host:port`), for chromedriver and for tests that poke
