@@ -634,6 +634,21 @@ mod tests {
                 vals.len()
             );
         }
+        assert_the_required_families(&e, &text);
+        assert_eq!(
+            values["zonescaler_connection_closes_total"].len(),
+            zonescaler_net::quic::CloseReason::COUNT,
+            "every close reason is exported from the start, zeros too"
+        );
+        assert!(
+            text.contains("zonescaler_tick_duration_seconds_count 5\n"),
+            "five ticks recorded:\n{text}"
+        );
+        assert!(text.contains("zonescaler_queue_length{queue=\"client_inbox\"} 3\n"));
+    }
+
+    /// Every family the issue names is there.
+    fn assert_the_required_families(e: &Exposition, text: &str) {
         for required in [
             "zonescaler_tick_duration_seconds",
             "zonescaler_tick_cpu_seconds",
@@ -658,16 +673,6 @@ mod tests {
                 "{required} is missing from:\n{text}"
             );
         }
-        assert_eq!(
-            values["zonescaler_connection_closes_total"].len(),
-            zonescaler_net::quic::CloseReason::COUNT,
-            "every close reason is exported from the start, zeros too"
-        );
-        assert!(
-            text.contains("zonescaler_tick_duration_seconds_count 5\n"),
-            "five ticks recorded:\n{text}"
-        );
-        assert!(text.contains("zonescaler_queue_length{queue=\"client_inbox\"} 3\n"));
     }
 
     #[test]

@@ -213,22 +213,7 @@ impl Shard {
             .map(metrics::ShardMetrics::install)
             .transpose()?;
         let metrics_addr = metrics.as_ref().map(|m| m.addr().to_string());
-        let view: SharedView = Arc::new(Mutex::new(None));
-        if let Some(http) = opts.http {
-            let token = opts
-                .cluster
-                .as_ref()
-                .map(|c| zonescaler_shared::token::api_token(&c.secret))
-                .unwrap_or_default();
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind(http))
-                .with_context(|| format!("cannot serve HTTP on {http}"))?;
-            println!(
-                "zonescaler: dashboard on http://{0}/ (HTTP API: http://{0}/api/cluster)",
-                listener.local_addr()?
-            );
-            rt.spawn(http::serve_http(listener, view.clone(), token));
-        }
+        let view = serve_http(rt, &opts)?;
 
         let node = match &opts.cluster {
             None => None,
@@ -409,6 +394,27 @@ impl Shard {
             self.app.tick_number()
         );
     }
+}
+
+/// Serve the dashboard and the API on `--http`, if asked: the view the tick thread fills.
+fn serve_http(rt: &tokio::runtime::Runtime, opts: &ShardOptions) -> anyhow::Result<SharedView> {
+    let view: SharedView = Arc::new(Mutex::new(None));
+    if let Some(addr) = opts.http {
+        let token = opts
+            .cluster
+            .as_ref()
+            .map(|c| zonescaler_shared::token::api_token(&c.secret))
+            .unwrap_or_default();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot serve HTTP on {addr}"))?;
+        println!(
+            "zonescaler: dashboard on http://{0}/ (HTTP API: http://{0}/api/cluster)",
+            listener.local_addr()?
+        );
+        rt.spawn(http::serve_http(listener, view.clone(), token));
+    }
+    Ok(view)
 }
 
 /// The login keys of `config`, loaded (none: logins without tickets, which the shard says).
