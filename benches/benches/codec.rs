@@ -49,7 +49,8 @@ fn full_part() -> ServerDatagram {
                     kind: 1,
                     bytes: vec![100, 0, 100, 0],
                 },
-            ],
+            ]
+            .into(),
         })
         .collect();
     ServerDatagram::Snapshot(SnapshotPart {

@@ -560,13 +560,13 @@ impl BotClient {
                     s.id,
                     ViewEntity {
                         pos: s.pos,
-                        components: s.components.into(),
+                        components: s.components,
                     },
                 );
             }
             for c in rare.changed {
                 match view.get_mut(&c.id) {
-                    Some(e) => e.components = c.components.into(),
+                    Some(e) => e.components = c.components,
                     None => unknown += 1,
                 }
             }
@@ -735,7 +735,7 @@ mod tests {
                     Spawned {
                         id: NetId(1),
                         pos: QPos([0, 0, 0]),
-                        components: vec![blob(Kind::NAME, bitcode::encode(&Kind::Player))],
+                        components: vec![blob(Kind::NAME, bitcode::encode(&Kind::Player))].into(),
                     },
                     Spawned {
                         id: NetId(2),
@@ -743,7 +743,8 @@ mod tests {
                         components: vec![
                             blob(Kind::NAME, bitcode::encode(&Kind::Npc)),
                             blob(Health::NAME, bitcode::encode(&Health { hp: 3, max: 10 })),
-                        ],
+                        ]
+                        .into(),
                     },
                 ],
                 ..Default::default()

@@ -43,7 +43,7 @@ fn mutated_server_messages_never_crash_a_bot() {
                     .map(|i| Spawned {
                         id: NetId(i + 5),
                         pos: QPos([i as i32, 0, 0]),
-                        components: vec![],
+                        components: Default::default(),
                     })
                     .collect(),
                 ..Default::default()

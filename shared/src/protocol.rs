@@ -12,6 +12,7 @@ use crate::limits;
 use crate::quant::QPos;
 use crate::{NetId, ShardId};
 use bitcode::{Decode, Encode};
+use std::sync::Arc;
 
 /// Bumped on every incompatible change to a type in this module.
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -303,13 +304,15 @@ pub struct Moved {
 pub struct Spawned {
     pub id: NetId,
     pub pos: QPos,
-    pub components: Vec<ComponentBlob>,
+    /// Shared with the owner's cache and every other viewer's snapshot (same wire bytes as a
+    /// `Vec`): building a snapshot bumps a count instead of copying the bytes.
+    pub components: Arc<[ComponentBlob]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct Changed {
     pub id: NetId,
-    pub components: Vec<ComponentBlob>,
+    pub components: Arc<[ComponentBlob]>,
 }
 
 /// One replicated component: its registry id and its `bitcode` bytes.
@@ -406,7 +409,7 @@ pub struct ProxyUpdate {
     pub pos: QPos,
     /// The owner's replication revision; `components` is sent only when it changed.
     pub rev: u32,
-    pub components: Option<Vec<ComponentBlob>>,
+    pub components: Option<Arc<[ComponentBlob]>>,
 }
 
 impl ProxyBatch {

@@ -32,14 +32,16 @@ fn corpus() -> Vec<Vec<u8>> {
                 components: vec![ComponentBlob {
                     kind: 1,
                     bytes: vec![1, 2, 3],
-                }],
+                }]
+                .into(),
             }],
             changed: vec![Changed {
                 id: NetId(4),
                 components: vec![ComponentBlob {
                     kind: 0,
                     bytes: vec![0],
-                }],
+                }]
+                .into(),
             }],
             removed: vec![NetId(5), NetId(6)],
         }),

@@ -221,7 +221,7 @@ pub fn fake_shard_for(
                         spawned: vec![Spawned {
                             id: AVATAR,
                             pos: QPos([0, 0, 0]),
-                            components: vec![kind_player.clone()],
+                            components: vec![kind_player.clone()].into(),
                         }],
                         ..Default::default()
                     }),

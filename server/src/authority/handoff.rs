@@ -192,7 +192,7 @@ pub fn start_handoffs(
             move_target: target.to_array(),
             speed_mps: speed,
             rev: cache.rev,
-            components: cache.blobs.clone(),
+            components: cache.blobs.to_vec(),
             migrating: Vec::new(),
             player: player_of(avatar, awaiting, &clients, &viewers),
             sent_ms: clock.now_ms,
@@ -414,7 +414,7 @@ fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
         Generation(req.generation),
         ReplicatedComponents {
             rev: req.rev,
-            blobs: req.components.clone(),
+            blobs: req.components.as_slice().into(),
         },
     ));
     if let Some(p) = req.player {

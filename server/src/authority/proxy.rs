@@ -398,6 +398,7 @@ mod tests {
                     kind: 0,
                     bytes: vec![i as u8; blob_bytes],
                 }]
+                .into()
             }),
         }
     }
@@ -492,13 +493,16 @@ mod tests {
             Err(codec::DecodeError::Invalid("component payload over limits")),
             "each upsert's components are checked against the limits"
         );
-        big.components = Some(vec![
-            ComponentBlob {
-                kind: 0,
-                bytes: Vec::new()
-            };
-            limits::COMPONENTS_PER_ENTITY_MAX + 1
-        ]);
+        big.components = Some(
+            vec![
+                ComponentBlob {
+                    kind: 0,
+                    bytes: Vec::new()
+                };
+                limits::COMPONENTS_PER_ENTITY_MAX + 1
+            ]
+            .into(),
+        );
         let batch = ProxyBatch {
             epoch: 1,
             upserts: vec![big],

@@ -9,6 +9,7 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::world::DeferredWorld;
 use glam::Vec3;
 use std::collections::HashMap;
+use std::sync::Arc;
 use zonescaler_shared::protocol::ComponentBlob;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::{CellId, ConnId, NetId, ShardId};
@@ -129,18 +130,24 @@ pub struct InCell(pub CellId);
 #[derive(Component, Clone, Debug, Default, PartialEq)]
 pub struct ReplicatedComponents {
     pub rev: u32,
-    /// Sorted by `kind`, at most one blob per kind.
-    pub blobs: Vec<ComponentBlob>,
+    /// Sorted by `kind`, at most one blob per kind. Shared (copy on write) with the snapshots
+    /// and proxy updates that carry it, so a tick copies no component bytes per viewer.
+    pub blobs: Arc<[ComponentBlob]>,
 }
 
 impl ReplicatedComponents {
     /// Replace (or add) the blob of `kind`; bumps `rev` only if the bytes changed.
     pub fn set(&mut self, kind: u8, bytes: Vec<u8>) {
-        match self.blobs.binary_search_by_key(&kind, |b| b.kind) {
-            Ok(i) if self.blobs[i].bytes == bytes => return,
-            Ok(i) => self.blobs[i].bytes = bytes,
-            Err(i) => self.blobs.insert(i, ComponentBlob { kind, bytes }),
+        let found = self.blobs.binary_search_by_key(&kind, |b| b.kind);
+        if matches!(found, Ok(i) if self.blobs[i].bytes == bytes) {
+            return;
         }
+        let mut blobs = self.blobs.to_vec();
+        match found {
+            Ok(i) => blobs[i].bytes = bytes,
+            Err(i) => blobs.insert(i, ComponentBlob { kind, bytes }),
+        }
+        self.blobs = blobs.into();
         self.rev = self.rev.wrapping_add(1);
     }
 
@@ -148,7 +155,9 @@ impl ReplicatedComponents {
     /// clients and proxies learn of the removal like of any change.
     pub fn remove(&mut self, kind: u8) {
         if let Ok(i) = self.blobs.binary_search_by_key(&kind, |b| b.kind) {
-            self.blobs.remove(i);
+            let mut blobs = self.blobs.to_vec();
+            blobs.remove(i);
+            self.blobs = blobs.into();
             self.rev = self.rev.wrapping_add(1);
         }
     }

@@ -17,6 +17,7 @@ use crate::core::resources::{Config, Outbox, ShardStats, TickClock};
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use zonescaler_net::NetCommand;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -110,7 +111,7 @@ pub fn compute_deltas(
     let tick = clock.tick.0;
     let radius = config.0.interest.aoi_radius_m;
     let visible = &mut scratch.visible;
-    let components = |i: usize| -> Vec<ComponentBlob> {
+    let components = |i: usize| -> Arc<[ComponentBlob]> {
         blobs
             .get(frame.entities[i])
             .map(|r| r.blobs.clone())
@@ -148,7 +149,7 @@ fn diff(
     client: &Viewer,
     visible: &[u32],
     frame: &Frame,
-    components: &impl Fn(usize) -> Vec<ComponentBlob>,
+    components: &impl Fn(usize) -> Arc<[ComponentBlob]>,
     sent: &mut SentSnapshot,
 ) -> ClientSnapshot {
     let baseline = if client.ack_tick > 0 {
