@@ -47,7 +47,7 @@ pub struct BotArgs {
     #[arg(long)]
     pub game: Option<String>,
     /// The account service's private login key file: the bots mint their own login tickets with
-    /// it (account `bot-N`, spawn point chosen by the scenario). Without it bots log in without
+    /// it (account `PREFIX-N`, see `--accounts`; spawn point chosen by the scenario). Without it bots log in without
     /// tickets, which only a server without login keys accepts.
     #[arg(long, value_name = "PATH")]
     pub login_key: Option<PathBuf>,
@@ -79,6 +79,11 @@ pub struct BotArgs {
     /// Worker threads for the bots' async runtime (default: one per CPU core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Account names of the bots: PREFIX-0, PREFIX-1, … (and PREFIX-scout for the border run's
+    /// scout). Give two swarms against one cluster different prefixes, or the second one's
+    /// logins take over (or are refused by) the first one's accounts.
+    #[arg(long, value_name = "PREFIX", default_value = swarm::ACCOUNT_PREFIX_DEFAULT)]
+    pub accounts: String,
 }
 
 /// Run the load test `args` describe, with the game `--game` picks from `games`: build the
@@ -157,6 +162,8 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
     if args.threads.is_some_and(|n| n == 0 || n > 256) {
         bail!("--threads must be in 1..=256");
     }
+    swarm::check_account_prefix(&args.accounts, args.bots)
+        .map_err(|why| anyhow::anyhow!("--accounts {:?}: {why}", args.accounts))?;
     let addr: SocketAddr = args
         .connect
         .to_socket_addrs()
@@ -190,6 +197,7 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
         progress: !args.quiet,
         game: game.clone(),
         login,
+        accounts: args.accounts.clone(),
     })
 }
 

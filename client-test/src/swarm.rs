@@ -30,10 +30,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
-use zonescaler_shared::codec;
 use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::TicketSigner;
+use zonescaler_shared::{codec, limits};
 
 /// How long a connection attempt may take, and then again the wait for the shard's first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,9 +42,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIRECTS_IN_A_ROW_MAX: u32 = 4;
 /// How long the scout of a border run may take to log in and receive the cell map.
 const SCOUT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The scout's account: `bot-` like every account the swarm logs in, so an operator can tell
-/// them from players, and not a name a real player could hold (`scout`).
+/// The prefix of the bots' account names unless a run names another (`--accounts`).
+pub const ACCOUNT_PREFIX_DEFAULT: &str = "bot";
+/// The scout's account with the default prefix: `bot-` like every account the swarm logs in, so
+/// an operator can tell them from players, and not a name a bot of the run holds (`scout`).
 pub const SCOUT_ACCOUNT: &str = "bot-scout";
+
+/// Whether `prefix` makes account names a shard accepts for every one of `bots` bots and the
+/// scout: not empty, printable ASCII without spaces, and short enough for the longest name.
+pub fn check_account_prefix(prefix: &str, bots: usize) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("the prefix is empty".into());
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("use printable ASCII without spaces".into());
+    }
+    let longest = format!("-{}", bots.saturating_sub(1))
+        .len()
+        .max("-scout".len());
+    let max = limits::PLAYER_NAME_BYTES_MAX;
+    if prefix.len() + longest > max {
+        return Err(format!(
+            "too long: with {bots} bots the names need at most {} bytes of prefix (names are at most {max} bytes)",
+            max.saturating_sub(longest)
+        ));
+    }
+    Ok(())
+}
 /// How long a bot's ticket stays valid after the last bot of the ramp is due to log in. Tickets
 /// are checked only at login (a handoff carries a redirect token instead), so this only has to
 /// outlast the ramp and the clock skew between this machine and the shards.
@@ -77,6 +101,8 @@ pub struct SwarmConfig {
     /// itself; without it bots log in without tickets, which only a server without login keys
     /// accepts.
     pub login: Option<Arc<TicketSigner>>,
+    /// Account names are `{accounts}-0`, `{accounts}-1`, … (see [`check_account_prefix`]).
+    pub accounts: String,
 }
 
 impl SwarmConfig {
@@ -96,6 +122,7 @@ impl SwarmConfig {
             progress: false,
             game: BotGame::demo(),
             login: None,
+            accounts: ACCOUNT_PREFIX_DEFAULT.into(),
         }
     }
 }
@@ -176,7 +203,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         let endpoint = endpoints[i % endpoints_n].clone();
         let offset = cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
         let mut bot_cfg = BotConfig::new(
-            format!("bot-{i}"),
+            format!("{}-{i}", cfg.accounts),
             cfg.scenario,
             cfg.seed.wrapping_add(i as u64 * 7919),
         );
@@ -244,7 +271,7 @@ async fn scout_cell_map(
     ticket_expires_ms: u64,
 ) -> anyhow::Result<CellMapView> {
     let start = Instant::now();
-    let mut scout = BotConfig::new(SCOUT_ACCOUNT, Scenario::Idle, cfg.seed);
+    let mut scout = BotConfig::new(format!("{}-scout", cfg.accounts), Scenario::Idle, cfg.seed);
     if let Some(signer) = &cfg.login {
         scout.sign_ticket(signer, ticket_expires_ms);
     }
@@ -837,6 +864,28 @@ mod tests {
             Some((4435, true)),
             "a name resolves, keeping its port"
         );
+    }
+
+    #[test]
+    fn an_account_prefix_must_make_names_a_shard_accepts() {
+        assert_eq!(check_account_prefix("bot", 20_000), Ok(()));
+        assert_eq!(check_account_prefix("x".repeat(26).as_str(), 10), Ok(()));
+        assert!(check_account_prefix("", 1).unwrap_err().contains("empty"));
+        assert!(
+            check_account_prefix("red team", 1)
+                .unwrap_err()
+                .contains("ASCII")
+        );
+        assert!(
+            check_account_prefix("blü", 1)
+                .unwrap_err()
+                .contains("ASCII")
+        );
+        let long = check_account_prefix(&"x".repeat(27), 10).unwrap_err();
+        assert!(long.contains("at most 26 bytes"), "{long}");
+        // "-19999" is the longest suffix of a 20 000-bot run.
+        assert_eq!(check_account_prefix(&"x".repeat(26), 20_000), Ok(()));
+        assert!(check_account_prefix(&"x".repeat(27), 20_000).is_err());
     }
 
     #[test]

@@ -304,3 +304,30 @@ async fn a_redirect_that_fails_is_no_handoff() {
         "the bot never reached another shard, so nothing was handed off: {r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_logs_in_under_its_own_account_prefix_tickets_included() {
+    let a = fake_shard(two_shard_map(), |_, _| Answer::Play {
+        redirect_after: None,
+    });
+    let signer = TicketSigner::from_seed("test-key", [7; 32]).expect("a seeded key");
+    let ring = signer.public_keys();
+    let cfg = SwarmConfig {
+        login: Some(Arc::new(signer)),
+        accounts: "red".into(),
+        ..swarm_config(a.addr, 2, Scenario::Border)
+    };
+    let r = run(cfg).await;
+    assert_eq!(r.bots_connected, 2, "{r:?}");
+    let a = a.seen.lock().expect("not poisoned");
+    let mut names: Vec<&str> = a.hellos.iter().map(|h| h.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["red-0", "red-1", "red-scout"]);
+    let now_ms = unix_ms_now();
+    for h in &a.hellos {
+        let t = ring
+            .verify(h.ticket.as_deref().expect("a ticket"), now_ms)
+            .expect("valid");
+        assert_eq!(t.account, h.name, "each ticket names the prefixed account");
+    }
+}
