@@ -11,7 +11,7 @@ use zonescaler_bots::report::Report;
 use zonescaler_bots::swarm::{self, SCOUT_ACCOUNT, SwarmConfig};
 use zonescaler_shared::ShardId;
 use zonescaler_shared::protocol::*;
-use zonescaler_shared::ticket::TicketSigner;
+use zonescaler_shared::ticket::{LoginKeys, TicketSigner};
 
 const HANDOFF_TOKEN: &[u8] = b"avatar 7";
 
@@ -32,6 +32,19 @@ fn target_shard() -> FakeShard {
 
 async fn run(cfg: SwarmConfig) -> Report {
     swarm::run(cfg).await.expect("the swarm runs")
+}
+
+/// A border run of `bots` bots named `accounts`-N against `a`, the test acting as the account
+/// service (the shard would verify with the public half, returned beside the report).
+async fn signed_border_run(a: &FakeShard, bots: usize, accounts: &str) -> (Report, LoginKeys) {
+    let signer = TicketSigner::from_seed("test-key", [7; 32]).expect("a seeded key");
+    let ring = signer.public_keys();
+    let cfg = SwarmConfig {
+        login: Some(Arc::new(signer)),
+        accounts: accounts.into(),
+        ..swarm_config(a.addr, bots, Scenario::Border)
+    };
+    (run(cfg).await, ring)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,14 +190,7 @@ async fn border_bots_start_next_to_a_border_of_the_scouted_cell_map() {
     let a = fake_shard(two_shard_map(), |_, _| Answer::Play {
         redirect_after: None,
     });
-    // The test is the account service: the shard would verify with the public half.
-    let signer = TicketSigner::from_seed("test-key", [7; 32]).expect("a seeded key");
-    let ring = signer.public_keys();
-    let cfg = SwarmConfig {
-        login: Some(Arc::new(signer)),
-        ..swarm_config(a.addr, 3, Scenario::Border)
-    };
-    let r = run(cfg).await;
+    let (r, ring) = signed_border_run(&a, 3, "bot").await;
     assert_eq!(r.scenario, "border");
     assert_eq!(r.bots_connected, 3, "{r:?}");
     assert!(r.errors.is_empty(), "every bot has a border to walk: {r:?}");
@@ -310,14 +316,7 @@ async fn a_swarm_logs_in_under_its_own_account_prefix_tickets_included() {
     let a = fake_shard(two_shard_map(), |_, _| Answer::Play {
         redirect_after: None,
     });
-    let signer = TicketSigner::from_seed("test-key", [7; 32]).expect("a seeded key");
-    let ring = signer.public_keys();
-    let cfg = SwarmConfig {
-        login: Some(Arc::new(signer)),
-        accounts: "red".into(),
-        ..swarm_config(a.addr, 2, Scenario::Border)
-    };
-    let r = run(cfg).await;
+    let (r, ring) = signed_border_run(&a, 2, "red").await;
     assert_eq!(r.bots_connected, 2, "{r:?}");
     let a = a.seen.lock().expect("not poisoned");
     let mut names: Vec<&str> = a.hellos.iter().map(|h| h.name.as_str()).collect();
