@@ -14,6 +14,20 @@ fn zonescaler(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Run `zonescaler args` expecting success; its stdout.
+fn zonescaler_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "zonescaler {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("zs-cli-{}-{name}.toml", std::process::id()));
     std::fs::write(&p, text).expect("temp file");
@@ -219,39 +233,22 @@ fn keygen_and_ticket_mint_what_a_shard_accepts() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let key = dir.join("login.key");
     let key_arg = key.to_str().expect("utf-8 path");
-    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
-        .args(["keygen", "--key", key_arg, "--id", "2026-11"])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    zonescaler_ok(&["keygen", "--key", key_arg, "--id", "2026-11"]);
     let (code, stderr) = zonescaler(&["keygen", "--key", key_arg]);
     assert_ne!(code, 0, "an existing key is never overwritten");
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
-        .args([
-            "ticket",
-            "--account",
-            "ann",
-            "--key",
-            key_arg,
-            "--ttl",
-            "1h",
-            "--spawn",
-            "10,-40",
-        ])
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let text = zonescaler_ok(&[
+        "ticket",
+        "--account",
+        "ann",
+        "--key",
+        key_arg,
+        "--ttl",
+        "1h",
+        "--spawn",
+        "10,-40",
+    ]);
     let bytes = ticket::from_text(&text).expect("a hex ticket on stdout");
     let ring = LoginKeys::load(&dir.join("login.pub")).expect("the public half loads");
     let now = std::time::SystemTime::now()

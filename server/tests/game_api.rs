@@ -100,8 +100,8 @@ fn near_border(c: &LocalCluster, d: f32) -> (Vec3, f32) {
     (Vec3::new(0.0, 0.0, z - d), z)
 }
 
-/// Spawn an owned entity on shard `i` with the test components.
-fn spawn(c: &mut LocalCluster, i: usize, at: Vec3, secret: u64) -> NetId {
+/// Spawn an owned entity on shard `i`, standing at `at`, with `extra` besides.
+fn spawn_owned(c: &mut LocalCluster, i: usize, at: Vec3, extra: impl Bundle) -> NetId {
     let w = &mut c.shards[i].world;
     let id = w
         .resource_mut::<zonescaler_server::core::resources::IdAllocator>()
@@ -114,14 +114,18 @@ fn spawn(c: &mut LocalCluster, i: usize, at: Vec3, secret: u64) -> NetId {
             target: at,
             speed_mps: 8.0,
         },
-        Hp(100),
-        Tag(7),
-        Secret {
-            plan: vec![1, 2, 3],
-            seed: secret,
-        },
+        extra,
     ));
     id
+}
+
+/// Spawn an owned entity on shard `i` with the test components.
+fn spawn(c: &mut LocalCluster, i: usize, at: Vec3, secret: u64) -> NetId {
+    let secret = Secret {
+        plan: vec![1, 2, 3],
+        seed: secret,
+    };
+    spawn_owned(c, i, at, (Hp(100), Tag(7), secret))
 }
 
 fn entity(c: &mut LocalCluster, i: usize, id: NetId) -> Option<Entity> {
@@ -509,25 +513,12 @@ fn an_avatar_whose_client_never_came_is_not_offered_in_the_tick_it_expires() {
     let (_, z) = near_border(&c, 0.0);
     // A handed-off avatar awaiting its client since the start, standing (just moved) well inside
     // shard 1's cells: the tick that despawns it is also one that would offer it to shard 1.
-    let w = &mut c.shards[0].world;
-    let id = w
-        .resource_mut::<zonescaler_server::core::resources::IdAllocator>()
-        .allocate();
-    let at = Vec3::new(0.0, 0.0, z + 10.0);
-    w.spawn((
-        Networked(id),
-        Owned,
-        Position(at),
-        MoveTarget {
-            target: at,
-            speed_mps: 8.0,
-        },
-        zonescaler_server::core::components::AwaitingClient {
-            name: "gone".into(),
-            since_ms: 0,
-            last_input_seq: 0,
-        },
-    ));
+    let awaiting = zonescaler_server::core::components::AwaitingClient {
+        name: "gone".into(),
+        since_ms: 0,
+        last_input_seq: 0,
+    };
+    let id = spawn_owned(&mut c, 0, Vec3::new(0.0, 0.0, z + 10.0), awaiting);
     for _ in 0..5 {
         c.step();
     }

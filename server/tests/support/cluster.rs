@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use super::watchdog;
 use super::webdriver::http;
 
 const ZONESCALER: &str = env!("CARGO_BIN_EXE_zonescaler");
@@ -96,7 +97,7 @@ impl LocalCluster {
         let log = Log::default();
         let lines = log.drain(&mut child);
         let mut cluster = Self {
-            watchdog: spawn_watchdog(child.id(), "INT", &run_dir),
+            watchdog: watchdog::spawn(child.id(), "INT", 10, &run_dir),
             child,
             run_dir,
             http: format!("127.0.0.1:{}", ports.http),
@@ -207,7 +208,7 @@ impl LocalCluster {
         let log = Log::default();
         drop(log.drain(&mut child));
         Bots {
-            watchdog: spawn_watchdog(child.id(), "KILL", Path::new("")),
+            watchdog: watchdog::spawn(child.id(), "KILL", 0, Path::new("")),
             child,
             log,
         }
@@ -231,7 +232,7 @@ impl Drop for LocalCluster {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        stop_watchdog(self.watchdog.take());
+        watchdog::stop(self.watchdog.take());
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
@@ -266,7 +267,7 @@ impl Drop for Bots {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        stop_watchdog(self.watchdog.take());
+        watchdog::stop(self.watchdog.take());
     }
 }
 
@@ -402,32 +403,4 @@ fn fresh_dir(what: &str) -> PathBuf {
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
-}
-
-/// A shell that, once this test process is gone, sends `signal` to `pid`'s process group (then
-/// SIGKILL 10 s later) and removes `dir`: a test killed with SIGKILL runs no `Drop`. It has a
-/// group of its own so that it outlives the group it signals.
-fn spawn_watchdog(pid: u32, signal: &str, dir: &Path) -> Option<Child> {
-    let me = std::process::id();
-    let dir = dir.to_str()?.replace('\'', r"'\''");
-    let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
-         kill -s {signal} -- -{pid} 2>/dev/null; sleep 10; kill -s KILL -- -{pid} 2>/dev/null; \
-         [ -n '{dir}' ] && rm -rf '{dir}'"
-    );
-    Command::new("/bin/sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .ok()
-}
-
-fn stop_watchdog(watchdog: Option<Child>) {
-    if let Some(mut w) = watchdog {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
 }

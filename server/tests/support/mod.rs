@@ -7,4 +7,5 @@
 )]
 
 pub mod cluster;
+pub mod watchdog;
 pub mod webdriver;

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::watchdog;
+
 /// Where Debian installs the browser; `$CHROMIUM` overrides.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Where Debian installs the driver; `$CHROMEDRIVER` overrides.
@@ -417,7 +419,7 @@ impl Driver {
                 port,
                 dir,
             };
-            driver.watchdog = spawn_watchdog(driver.child.id(), &driver.dir);
+            driver.watchdog = watchdog::spawn(driver.child.id(), "KILL", 1, &driver.dir);
             match driver.wait_ready() {
                 Ok(()) => return Ok(driver),
                 Err(e) => last_err = Some(e), // dropping `driver` kills it and removes its folder
@@ -498,10 +500,7 @@ impl Drop for Driver {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(mut w) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
+        watchdog::stop(self.watchdog.take());
         // Chromium may still be flushing its profile for a moment after the kill.
         for _ in 0..20 {
             if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
@@ -510,26 +509,6 @@ impl Drop for Driver {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// A shell that kills chromedriver's group and removes `dir` once this test process is gone, so
-/// a test binary killed with SIGKILL (where no `Drop` runs) leaves no browser behind. It has a
-/// group of its own so that it outlives the group it kills.
-fn spawn_watchdog(group: u32, dir: &Path) -> Option<Child> {
-    let me = std::process::id();
-    let dir = dir.to_str()?.replace('\'', r"'\''");
-    let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
-         kill -s KILL -- -{group} 2>/dev/null; sleep 1; rm -rf '{dir}'"
-    );
-    Command::new("/bin/sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .ok()
 }
 
 fn kill_group(group: u32) {
