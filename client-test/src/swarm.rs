@@ -19,6 +19,7 @@ use crate::game::BotGame;
 use crate::report::{BotOutcome, Report, RunSummary};
 use crate::timeline::Timeline;
 use anyhow::{anyhow, bail};
+use glam::Vec3;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal;
@@ -164,22 +165,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         .saturating_add(u64::try_from(cfg.ramp.as_millis()).unwrap_or(u64::MAX))
         .saturating_add(BOT_TICKET_TTL_MS);
     let walks = if cfg.scenario == Scenario::Border {
-        let map = scout_cell_map(&endpoints[0], &cfg, ticket_expires_ms).await?;
-        if map.leaves.is_empty() {
-            bail!(
-                "the shard sent an empty cell map (shards leave out maps of more than {} \
-                 leaves), so no border walks can be chosen",
-                zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX
-            );
-        }
-        let walks = border_walks(&map, cfg.bots, &mut Rng::new(cfg.seed));
-        if walks.is_empty() {
-            bail!(
-                "the cell map has no border between shards: run against a cluster with more \
-                 than one shard, e.g. `zonescaler up --shards 4`"
-            );
-        }
-        walks
+        scout_border_walks(&endpoints[0], &cfg, ticket_expires_ms).await?
     } else {
         Vec::new()
     };
@@ -194,46 +180,9 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         live: Live::default(),
         timeline: Mutex::new(Timeline::default()),
     });
-    // Each border bot starts somewhere along its walk, so the swarm's crossings are spread over
-    // the walk's period (a real crowd does not cross in step). The ramp alone would leave them
-    // in waves: 500 bots ramped over 1 s on a 2.5 s walk crossed within the same second.
-    let mut phases = Rng::new(cfg.seed ^ 0x5048_4153_4553);
-    let mut tasks = Vec::with_capacity(cfg.bots);
-    for i in 0..cfg.bots {
-        let endpoint = endpoints[i % endpoints_n].clone();
-        let offset = cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
-        let mut bot_cfg = BotConfig::new(
-            format!("{}-{i}", cfg.accounts),
-            cfg.scenario,
-            cfg.seed.wrapping_add(i as u64 * 7919),
-        );
-        bot_cfg.border = walks.get(i).copied();
-        bot_cfg.border_start = phases.next_f32();
-        if let Some(signer) = &cfg.login {
-            bot_cfg.sign_ticket(signer, ticket_expires_ms);
-        }
-        let run = run.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until((start + offset).into()).await;
-            run_bot(endpoint, bot_cfg, &run).await
-        }));
-    }
+    let tasks = spawn_bots(&cfg, &endpoints, &walks, &run, ticket_expires_ms);
     let progress = cfg.progress.then(|| spawn_progress(cfg.bots, run.clone()));
-    let mut outcomes = Vec::with_capacity(cfg.bots);
-    let mut extra = BTreeMap::new();
-    for t in tasks {
-        match t.await {
-            Ok(o) => outcomes.push(o),
-            Err(e) => {
-                *extra.entry(format!("bot_task_failed: {e}")).or_insert(0) += 1;
-                outcomes.push(BotOutcome {
-                    metrics: Default::default(),
-                    active_s: 0.0,
-                    connected: false,
-                });
-            }
-        }
-    }
+    let (outcomes, extra) = join_bots(tasks).await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -254,6 +203,89 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         timeline,
     };
     Ok(Report::build(&summary, &outcomes))
+}
+
+/// A border run's walks: a scout reads the cell map, and every bot gets a walk across a border
+/// of it. An error if the map is empty or has no border between two shards.
+async fn scout_border_walks(
+    endpoint: &quinn::Endpoint,
+    cfg: &SwarmConfig,
+    ticket_expires_ms: u64,
+) -> anyhow::Result<Vec<(Vec3, Vec3)>> {
+    let map = scout_cell_map(endpoint, cfg, ticket_expires_ms).await?;
+    if map.leaves.is_empty() {
+        bail!(
+            "the shard sent an empty cell map (shards leave out maps of more than {} \
+             leaves), so no border walks can be chosen",
+            zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX
+        );
+    }
+    let walks = border_walks(&map, cfg.bots, &mut Rng::new(cfg.seed));
+    if walks.is_empty() {
+        bail!(
+            "the cell map has no border between shards: run against a cluster with more \
+             than one shard, e.g. `zonescaler up --shards 4`"
+        );
+    }
+    Ok(walks)
+}
+
+/// One task per bot, each waiting for its place in the ramp before it connects.
+fn spawn_bots(
+    cfg: &SwarmConfig,
+    endpoints: &[quinn::Endpoint],
+    walks: &[(Vec3, Vec3)],
+    run: &Arc<Run>,
+    ticket_expires_ms: u64,
+) -> Vec<tokio::task::JoinHandle<BotOutcome>> {
+    // Each border bot starts somewhere along its walk, so the swarm's crossings are spread over
+    // the walk's period (a real crowd does not cross in step). The ramp alone would leave them
+    // in waves: 500 bots ramped over 1 s on a 2.5 s walk crossed within the same second.
+    let mut phases = Rng::new(cfg.seed ^ 0x5048_4153_4553);
+    let mut tasks = Vec::with_capacity(cfg.bots);
+    for i in 0..cfg.bots {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        let at = run.start + cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
+        let mut bot_cfg = BotConfig::new(
+            format!("{}-{i}", cfg.accounts),
+            cfg.scenario,
+            cfg.seed.wrapping_add(i as u64 * 7919),
+        );
+        bot_cfg.border = walks.get(i).copied();
+        bot_cfg.border_start = phases.next_f32();
+        if let Some(signer) = &cfg.login {
+            bot_cfg.sign_ticket(signer, ticket_expires_ms);
+        }
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            run_bot(endpoint, bot_cfg, &run).await
+        }));
+    }
+    tasks
+}
+
+/// Every bot's outcome; a task that panicked counts as a bot that never connected, its panic
+/// among the run's errors.
+async fn join_bots(
+    tasks: Vec<tokio::task::JoinHandle<BotOutcome>>,
+) -> (Vec<BotOutcome>, BTreeMap<String, u64>) {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut extra = BTreeMap::new();
+    for t in tasks {
+        match t.await {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                *extra.entry(format!("bot_task_failed: {e}")).or_insert(0) += 1;
+                outcomes.push(BotOutcome {
+                    metrics: Default::default(),
+                    active_s: 0.0,
+                    connected: false,
+                });
+            }
+        }
+    }
+    (outcomes, extra)
 }
 
 /// Unix time in milliseconds (0 if the clock is before 1970): what ticket expiry is measured in.
