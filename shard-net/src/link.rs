@@ -1061,13 +1061,17 @@ impl ClusterLinks {
         };
         let len = bytes.len();
         if len > limits::LINK_FRAME_BYTES_MAX {
+            // A sender's bug (batches are split to fit). Dropping the frame and carrying on would
+            // lose whatever it held (a handoff answer, proxy updates) while the link looked
+            // healthy; closing the link makes the loss visible to both sides as a broken link.
             let n = bump(&counters.messages_too_large);
             tracing::error!(
                 link = link.0,
                 len,
                 total = n,
-                "link message over the frame limit not sent"
+                "link frame over the frame limit: closing the link"
             );
+            entry.close(LinkCloseCode::Internal, "a frame over the frame limit");
             return;
         }
         let queued = entry.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;

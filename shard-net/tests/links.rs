@@ -627,6 +627,35 @@ async fn a_peer_that_stops_reading_is_closed_as_too_slow() {
     member.check_ordering();
 }
 
+/// A frame over the limit cannot be sent; dropping it alone would lose what it held while the
+/// link looked healthy, so the link is closed and both sides see it broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_a_frame_over_the_limit_breaks_the_link_instead_of_dropping_it_silently() {
+    let mut member = Node::new(SECRET, HASH);
+    let auth = ClusterAuth::new(SECRET, HASH).expect("secret");
+    let endpoint = stranger_endpoint();
+    let raw = within("dial", link::dial_raw(&endpoint, member.addr(), &auth))
+        .await
+        .expect("handshake");
+    let link = member.expect_up(false).await;
+
+    member.links.send(
+        link,
+        Bytes::from(vec![0u8; limits::LINK_FRAME_BYTES_MAX + 1]),
+    );
+    let (code, reason) = member.expect_down(link).await;
+    assert_eq!(code, Some(LinkCloseCode::Internal), "{reason}");
+    assert!(reason.contains("frame limit"), "{reason}");
+    let err = within("close", raw.conn.closed()).await;
+    assert_eq!(
+        peer_close_code(&err),
+        Some(LinkCloseCode::Internal),
+        "{err}"
+    );
+    assert_eq!(member.links.stats().messages_too_large, 1);
+    member.check_ordering();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_every_link_with_a_reason() {
     let mut a = Node::new(SECRET, HASH);

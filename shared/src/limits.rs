@@ -114,18 +114,33 @@ pub const UDP_SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// QUIC keep-alive interval, well under the idle timeout.
 pub const KEEP_ALIVE_MS: u64 = 2_000;
 
-/// Handoffs one shard has in flight at once (entities frozen, waiting for the target's answer).
-pub const HANDOFFS_IN_FLIGHT_MAX: usize = 4_096;
+/// Handoffs one shard has in flight to one neighbour at once (entities frozen, waiting for that
+/// neighbour's answer). Per neighbour, so one slow or partitioned neighbour cannot stop handoffs
+/// to the others.
+pub const HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX: usize = 2_048;
+/// After a refusal the source waits this long before offering the entity again.
+pub const HANDOFF_BACKOFF_MS: u64 = 500;
+/// A target keeps its answer to a handoff attempt (accepted or cancelled) at least the handoff
+/// timeout plus this long, so a cancel or a duplicate request that arrives late (a slow link, a
+/// link that reconnected) still meets the answer the source may already have acted on.
+pub const HANDOFF_RECORD_MARGIN_MS: u64 = 30_000;
 /// A handed-off avatar whose client has not arrived with its token after this long is despawned
 /// (the player left mid-redirect).
 pub const REDIRECT_WAIT_MS: u64 = 15_000;
-/// Generations a target remembers having accepted or cancelled, so a duplicate request or a late
-/// cancel gets the same answer; older entries are forgotten.
+/// Answers a target remembers at once (see `HANDOFF_RECORD_MARGIN_MS`). A record is never
+/// forgotten before its time; while this many are young the target refuses new handoffs as
+/// `Full` instead.
 pub const HANDOFF_RECORDS_MAX: usize = 65_536;
 /// Shards in one cluster (ids are `u16`; the master pushes every member to every shard).
 pub const SHARDS_MAX: usize = 1_024;
-/// Shard messages in one link batch (one tick's worth for one neighbour).
+/// Shard messages in one link batch frame. A tick's messages for one neighbour that do not fit
+/// one frame (by count or by `LINK_FRAME_BYTES_MAX`) go in several, in order.
 pub const LINK_BATCH_MESSAGES_MAX: usize = 262_144;
+/// What a batch frame's encoding adds to its messages' bytes: at most this per message (its
+/// length) and this for the frame (the message tag and the count). Generous bounds of bitcode's
+/// (a length takes at most 5 bytes); a test checks a full frame against them.
+pub const LINK_BATCH_BYTES_PER_MESSAGE: usize = 8;
+pub const LINK_BATCH_BYTES_FIXED: usize = 64;
 /// Cells a heartbeat reports the load of (the busiest first).
 pub const CELL_LOADS_PER_HEARTBEAT_MAX: usize = 4_096;
 /// How often a shard reports its load to the master.
@@ -192,6 +207,11 @@ const _: () = assert!(BASE_CELLS_MAX <= (1 << 24));
 // A link frame's length travels as a u32, and one frame must fit every budget it passes through.
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(SHARD_MESSAGE_BYTES_MAX <= LINK_FRAME_BYTES_MAX);
+// Any one shard message fits a batch frame by itself, so splitting a tick's batch always works.
+const _: () = assert!(
+    LINK_BATCH_BYTES_FIXED + LINK_BATCH_BYTES_PER_MESSAGE + SHARD_MESSAGE_BYTES_MAX
+        <= LINK_FRAME_BYTES_MAX
+);
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_INBOX_BYTES_MAX);
 const _: () = assert!(LINK_HANDSHAKES_PENDING_MAX <= LINKS_MAX);

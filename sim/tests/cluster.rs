@@ -154,8 +154,6 @@ fn handoff_bounded_fires_on_a_handoff_nobody_answers() {
                     .insert(InTransit {
                         to: ShardId(1),
                         generation: 999,
-                        since_tick: tick,
-                        cancel_sent: true,
                     });
             }
         }

@@ -22,7 +22,8 @@ pub struct AuthorityPlugin;
 impl Plugin for AuthorityPlugin {
     fn build(&self, app: &mut ShardApp) {
         app.world.init_resource::<proxy::Mirrors>();
-        app.world.init_resource::<handoff::HandoffState>();
+        app.world.init_resource::<handoff::Handoffs>();
+        app.world.init_resource::<handoff::Rechecks>();
         app.world.init_resource::<handoff::OutgoingOffers>();
         app.add_systems_raw(links::receive_shard_messages.in_set(ReceiveSteps::Links));
         app.add_systems_raw(commands::deliver_commands.in_set(CommandSystems::Route));
@@ -33,12 +34,12 @@ impl Plugin for AuthorityPlugin {
                 // before anything offers it to a neighbour.
                 (
                     handoff::expire_awaiting_clients,
+                    handoff::poll_handoffs,
                     handoff::start_handoffs,
                     handoff::send_offers,
                 )
                     .chain()
                     .after(ReplicationCache),
-                handoff::cancel_late_handoffs,
             ),
         );
         app.add_systems(ShardSystems::Replicate, proxy::mirror_proxies);

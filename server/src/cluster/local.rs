@@ -22,6 +22,7 @@
 use super::master::Master;
 use crate::app::GameSetup;
 use crate::core::ShardApp;
+use bytes::Bytes;
 use zonescaler_net::NetCommand;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
@@ -88,6 +89,15 @@ impl LocalCluster {
     /// One tick of every shard, then their link messages and the master's traffic delivered
     /// for the next tick. Each shard's client commands, by shard.
     pub fn step(&mut self) -> Vec<Vec<NetCommand>> {
+        self.step_filtered(|_, _, _| true)
+    }
+
+    /// [`Self::step`], delivering only the link messages `deliver(from, to, bytes)` keeps: the
+    /// others are lost, as they are when a link breaks with them in flight.
+    pub fn step_filtered(
+        &mut self,
+        mut deliver: impl FnMut(ShardId, ShardId, &Bytes) -> bool,
+    ) -> Vec<Vec<NetCommand>> {
         let hz = self.shards.first().map_or(30, |s| {
             s.world
                 .resource::<crate::core::resources::TickClock>()
@@ -110,6 +120,9 @@ impl LocalCluster {
             }
         }
         for (from, to, bytes) in mail {
+            if !deliver(from, to, &bytes) {
+                continue;
+            }
             if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
                 s.push_shard_message(from, bytes);
             }

@@ -16,6 +16,7 @@ use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::codec;
+use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
     LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
 };
@@ -71,7 +72,8 @@ impl Node {
         }
     }
 
-    /// Send one tick's shard messages: one frame per neighbour.
+    /// Send one tick's shard messages: one frame per neighbour, or several in order where they
+    /// do not fit one (see [`batch_frames`]).
     pub fn send_batches(&mut self, out: Vec<(ShardId, Bytes)>) {
         let mut per: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
         for (to, bytes) in out {
@@ -82,9 +84,11 @@ impl Node {
                 warn!(shard = to.0, "no link to shard; its messages are dropped");
                 continue;
             };
-            let frame = codec::encode(&LinkMessage::Batch(msgs));
-            self.batch_bytes_out += frame.len() as u64;
-            self.links.send(*link, Bytes::from(frame));
+            for batch in batch_frames(msgs) {
+                let frame = codec::encode(&LinkMessage::Batch(batch));
+                self.batch_bytes_out += frame.len() as u64;
+                self.links.send(*link, Bytes::from(frame));
+            }
         }
     }
 
@@ -209,5 +213,97 @@ impl Node {
                 "unexpected link message during play; ignored"
             ),
         }
+    }
+}
+
+/// One neighbour's messages of one tick as batches that each fit a link frame and the
+/// receiver's batch limits, in order. A message over `SHARD_MESSAGE_BYTES_MAX` would make the
+/// receiver refuse its whole batch: it is left out and logged (encoders split proxy batches and
+/// bound handoffs and commands below that limit, so this is a bug to find, never traffic).
+pub fn batch_frames(msgs: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut bytes = usize::MAX;
+    for m in msgs {
+        if m.len() > limits::SHARD_MESSAGE_BYTES_MAX {
+            error!(bytes = m.len(), "shard message over the limit: not sent");
+            continue;
+        }
+        let cost = m.len() + limits::LINK_BATCH_BYTES_PER_MESSAGE;
+        let full = out.last().is_none_or(|b| {
+            b.len() >= limits::LINK_BATCH_MESSAGES_MAX
+                || bytes + cost > limits::LINK_FRAME_BYTES_MAX
+        });
+        if full {
+            out.push(Vec::new());
+            bytes = limits::LINK_BATCH_BYTES_FIXED;
+        }
+        bytes += cost;
+        if let Some(b) = out.last_mut() {
+            b.push(m);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames_of(msgs: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        batch_frames(msgs.to_vec())
+            .into_iter()
+            .map(|b| codec::encode(&LinkMessage::Batch(b)))
+            .collect()
+    }
+
+    #[test]
+    fn a_tick_of_messages_over_one_frame_goes_in_several_frames_in_order() {
+        // 200 messages at the message limit: about 6.4 MiB, over the 4 MiB frame.
+        let msgs: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                let mut m = vec![(i % 251) as u8; limits::SHARD_MESSAGE_BYTES_MAX];
+                m[..4].copy_from_slice(&i.to_le_bytes());
+                m
+            })
+            .collect();
+        let frames = frames_of(&msgs);
+        assert!(frames.len() >= 2, "split: {} frames", frames.len());
+        let mut back = Vec::new();
+        for f in &frames {
+            assert!(
+                f.len() <= limits::LINK_FRAME_BYTES_MAX,
+                "every frame fits the link: {} bytes",
+                f.len()
+            );
+            match codec::decode_link_message(f) {
+                Ok(LinkMessage::Batch(b)) => back.extend(b),
+                other => panic!("a frame the receiver accepts: {other:?}"),
+            }
+        }
+        assert_eq!(back, msgs, "every message, once, in order");
+    }
+
+    #[test]
+    fn many_small_messages_are_split_by_count() {
+        let msgs = vec![vec![1u8]; limits::LINK_BATCH_MESSAGES_MAX + 5];
+        let batches = batch_frames(msgs);
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![limits::LINK_BATCH_MESSAGES_MAX, 5]
+        );
+    }
+
+    #[test]
+    fn a_message_over_the_message_limit_is_left_out_not_sent_to_spoil_its_batch() {
+        let msgs = vec![
+            vec![1u8; 10],
+            vec![2u8; limits::SHARD_MESSAGE_BYTES_MAX + 1],
+            vec![3u8; 10],
+        ];
+        assert_eq!(batch_frames(msgs), vec![vec![vec![1u8; 10], vec![3u8; 10]]]);
+        assert!(
+            batch_frames(Vec::new()).is_empty(),
+            "nothing to send, no frame"
+        );
     }
 }

@@ -76,10 +76,9 @@ pub struct Proxy {
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InTransit {
     pub to: ShardId,
-    /// The generation the target takes it at.
+    /// The attempt's number: the generation the target takes it at. When, and whether, the
+    /// attempt was cancelled is the handoff book's (`authority::handoff::HandoffBook`).
     pub generation: u32,
-    pub since_tick: u64,
-    pub cancel_sent: bool,
 }
 
 /// A handed-off player avatar whose client has not arrived with its token yet. Inputs forwarded

@@ -179,12 +179,18 @@ impl ShardApp {
                     e.remove::<T>();
                 },
             });
+        // Checked here, where it is encoded, so an oversized value is left out of this entity's
+        // proxies and handoffs instead of making a neighbour refuse a whole batch of them.
         let cache =
-            move |mut q: Query<(&T, &mut ReplicatedComponents), (Changed<T>, Without<Proxy>)>| {
+            move |mut q: Query<(&T, &mut ReplicatedComponents), (Changed<T>, Without<Proxy>)>,
+                  mut oversized: ResMut<OversizedComponents>| {
                 for (value, mut cache) in &mut q {
                     match encode_checked(T::NAME, value) {
                         Some(bytes) => cache.set(kind, bytes),
-                        None => cache.remove(kind),
+                        None => {
+                            oversized.0 += 1;
+                            cache.remove(kind);
+                        }
                     }
                 }
             };

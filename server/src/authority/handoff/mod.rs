@@ -5,7 +5,8 @@
 //! 1. **Source** (`Ownership`, [`start_handoffs`]): an owned entity stands in a cell another
 //!    shard owns and is at least `handoff_margin_m` from every cell this shard owns (hysteresis:
 //!    pacing on a border does not flap). The source stops simulating it (`Owned` → [`InTransit`])
-//!    and sends a `HandoffRequest` with its full state and generation + 1 under the current epoch.
+//!    and sends a `HandoffRequest` with its full state and the attempt's number (generation + 1)
+//!    under the current epoch.
 //! 2. **Target** ([`on_message`]): if the epoch is its own, it owns the cell at the entity's
 //!    position, and it did not own the entity already, it promotes its proxy (or spawns the
 //!    entity) as owned at the new generation and answers `HandoffAck`; otherwise
@@ -13,8 +14,8 @@
 //!    the same answer.
 //! 3. **Source** on `HandoffAck`: the entity becomes a proxy of the target; a player's client
 //!    gets a `Redirect` with a signed token and its inputs are forwarded until it arrives.
-//! 4. On `HandoffRefuse` the source resumes simulating it (and waits a little before trying
-//!    again). On a **timeout** the source sends `HandoffCancel` and keeps the entity frozen until
+//! 4. On `HandoffRefuse` the source resumes simulating it at the attempt's number (so the next
+//!    attempt has a new one), waits `HANDOFF_BACKOFF_MS`, then looks at it again, moved or not. On a **timeout** the source sends `HandoffCancel` and keeps the entity frozen until
 //!    the answer: the target either took it already (it answers `HandoffAck` again) or records
 //!    the generation as cancelled and refuses. The source never resumes on a bare timeout; a
 //!    timeout with no answer at all (a partition) leaves the entity frozen, owned by no one
@@ -24,6 +25,13 @@
 //! The request carries everything the entity is: its replicated components (which stay on the
 //! source, typed, as the proxy's) and the server-only components the game registered with
 //! `migrate::<T>()` (encoded when the offer is sent, taken off the source on the ack).
+//!
+//! What the protocol remembers lives in [`HandoffBook`] (`machine.rs`), a pure state machine;
+//! this module is its ECS adapter.
+
+mod machine;
+
+pub use machine::{Attempt, Effect, HandoffBook, NotNow};
 
 use super::proxy::{Mirrored, Mirrors};
 use crate::client::{Clients, ClusterDirectory, Phase, send_control};
@@ -42,7 +50,6 @@ use crate::interest::Viewers;
 use bevy_ecs::prelude::*;
 use bytes::Bytes;
 use glam::Vec3;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -51,56 +58,28 @@ use zonescaler_shared::quant::QPos;
 use zonescaler_shared::token::GrantKind;
 use zonescaler_shared::{NetId, ShardId};
 
-/// After a refusal, the source waits until this tick before offering the entity again.
-#[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HandoffBackoff {
-    pub until_tick: u64,
+/// The shard's [`HandoffBook`]: every attempt open as source, every answer given as target.
+#[derive(Resource, Debug)]
+pub struct Handoffs(pub HandoffBook);
+
+impl FromWorld for Handoffs {
+    fn from_world(world: &mut World) -> Self {
+        let timeout_ms = world
+            .get_resource::<Config>()
+            .map_or(2_000, |c| c.0.cluster.handoff_timeout_ms);
+        Self(HandoffBook::new(timeout_ms))
+    }
 }
 
-/// The target's memory of its answers, and the source's count of entities it has frozen.
+/// Entities whose backoff after a refusal ended this tick: [`start_handoffs`] looks at them
+/// again, moved or not.
 #[derive(Resource, Debug, Default)]
-pub struct HandoffState {
-    /// Highest generation accepted per entity (bounded: oldest forgotten first).
-    accepted: BTreeMap<NetId, u32>,
-    accepted_order: VecDeque<NetId>,
-    cancelled: BTreeSet<(NetId, u32)>,
-    cancelled_order: VecDeque<(NetId, u32)>,
-    /// Entities frozen on this shard waiting for an answer.
-    pub in_flight: usize,
-}
+pub struct Rechecks(Vec<NetId>);
 
 /// Handoff requests built this tick, waiting for their migrating components (which need the
 /// whole world to encode) before they are sent.
 #[derive(Resource, Debug, Default)]
 pub struct OutgoingOffers(Vec<(Entity, ShardId, HandoffRequest)>);
-
-impl HandoffState {
-    fn record_accepted(&mut self, id: NetId, generation: u32) {
-        if self.accepted.insert(id, generation).is_none() {
-            self.accepted_order.push_back(id);
-        }
-        while self.accepted_order.len() > limits::HANDOFF_RECORDS_MAX {
-            if let Some(old) = self.accepted_order.pop_front() {
-                self.accepted.remove(&old);
-            }
-        }
-    }
-
-    fn record_cancelled(&mut self, id: NetId, generation: u32) {
-        if self.cancelled.insert((id, generation)) {
-            self.cancelled_order.push_back((id, generation));
-        }
-        while self.cancelled_order.len() > limits::HANDOFF_RECORDS_MAX {
-            if let Some(old) = self.cancelled_order.pop_front() {
-                self.cancelled.remove(&old);
-            }
-        }
-    }
-
-    fn has_accepted(&self, id: NetId, generation: u32) -> bool {
-        self.accepted.get(&id).is_some_and(|g| *g >= generation)
-    }
-}
 
 fn send(world: &mut World, to: ShardId, msg: &ShardMessage) {
     world
@@ -138,56 +117,90 @@ type OfferParts = (
     &'static ReplicatedComponents,
     Option<&'static Avatar>,
     Option<&'static AwaitingClient>,
-    Option<&'static HandoffBackoff>,
 );
 
+/// `Ownership`, first: time passes for the [`HandoffBook`]: cancels for attempts unanswered past
+/// the timeout (the entity stays frozen until the answer), and the entities whose backoff ended,
+/// for [`start_handoffs`] to look at again.
+pub fn poll_handoffs(
+    mut book: ResMut<Handoffs>,
+    clock: Res<TickClock>,
+    mut outbox: ResMut<ShardOutbox>,
+    mut rechecks: ResMut<Rechecks>,
+    mut stats: ResMut<HandoffStats>,
+) {
+    rechecks.0.clear();
+    for effect in book.0.poll(clock.now_ms) {
+        match effect {
+            Effect::Send(to, msg) => {
+                if let ShardMessage::HandoffCancel { id, .. } = &msg {
+                    stats.cancels_sent += 1;
+                    warn!(id = %id, to = to.0, "handoff unanswered: cancelling");
+                }
+                outbox.messages.push((to, Bytes::from(codec::encode(&msg))));
+            }
+            Effect::Recheck { id } => rechecks.0.push(id),
+            // `poll` settles nothing: it only sends and asks for rechecks.
+            Effect::Take { .. } | Effect::Release { .. } | Effect::Resume { .. } => {}
+        }
+    }
+}
+
+/// The shard an owned entity at `p` should go to: the owner of the cell it stands in, when that
+/// is another shard and the entity is at least `handoff_margin_m` from every cell this shard
+/// owns (hysteresis).
+fn handoff_target(space: &Space, margin: f32, p: [f32; 2]) -> Option<ShardId> {
+    // Most moved entities stand in a base cell this shard owns whole: one table read.
+    let to = space.owner_at(p)?;
+    (to != space.me && !space.boundary.owns_near(p, margin, space.me)).then_some(to)
+}
+
 /// `Ownership`: offer every owned entity that stands clearly inside another shard's cell to
-/// that shard. The request goes out in [`send_offers`], once its migrating state is encoded.
+/// that shard: those that moved this tick, and those whose backoff after a refusal just ended
+/// (an entity refused while standing still would otherwise never be offered again). The request
+/// goes out in [`send_offers`], once its migrating state is encoded.
 pub fn start_handoffs(
     mut commands: Commands,
     space: Res<Space>,
     config: Res<Config>,
     clock: Res<TickClock>,
-    mut state: ResMut<HandoffState>,
+    mut book: ResMut<Handoffs>,
     mut stats: ResMut<HandoffStats>,
     mut mirrors: ResMut<Mirrors>,
     mut offers: ResMut<OutgoingOffers>,
-    clients: Res<Clients>,
-    viewers: Res<Viewers>,
+    (rechecks, index): (Res<Rechecks>, Res<NetIndex>),
+    (clients, viewers): (Res<Clients>, Res<Viewers>),
     moved: Query<(Entity, &Position), (With<Owned>, bevy_ecs::query::Changed<Position>)>,
+    owned: Query<&Position, With<Owned>>,
     q: Query<OfferParts, With<Owned>>,
 ) {
     if !space.has_neighbours {
         return;
     }
-    let tick = clock.tick.0;
     let margin = config.0.cluster.handoff_margin_m;
+    let rechecked = rechecks.0.iter().filter_map(|id| {
+        let e = *index.0.get(id)?;
+        owned.get(e).ok().map(|pos| (e, pos))
+    });
     // Two queries: the narrow one walks every moved entity, the wide one is read only for the
     // few that stand in another shard's cell.
-    for (e, pos) in &moved {
-        let p = [pos.0.x, pos.0.z];
-        // Most moved entities stand in a base cell this shard owns whole: one table read.
-        let Some(to) = space.owner_at(p) else {
+    for (e, pos) in moved.iter().chain(rechecked) {
+        let Some(to) = handoff_target(&space, margin, [pos.0.x, pos.0.z]) else {
             continue;
         };
-        if to == space.me || space.boundary.owns_near(p, margin, space.me) {
-            continue;
-        }
-        let Ok((net, generation, mt, cache, avatar, awaiting, backoff)) = q.get(e) else {
+        let Ok((net, generation, mt, cache, avatar, awaiting)) = q.get(e) else {
             continue;
         };
-        if backoff.is_some_and(|b| tick < b.until_tick) {
+        // Already offered (a rechecked entity that also moved), backing off, or that
+        // neighbour has its fill of open attempts: it stays owned here for now.
+        let Ok(number) = book.0.offer(clock.now_ms, net.0, to, generation.0) else {
             continue;
-        }
-        if state.in_flight >= limits::HANDOFFS_IN_FLIGHT_MAX {
-            break;
-        }
-        let next = generation.0.wrapping_add(1);
+        };
         let (target, speed) = mt.map_or((pos.0, 0.0), |m| (m.target, m.speed_mps));
         let req = HandoffRequest {
             epoch: space.map.epoch().0,
             id: net.0,
-            generation: next,
+            generation: number,
             pos: pos.0.to_array(),
             move_target: target.to_array(),
             speed_mps: speed,
@@ -202,18 +215,12 @@ pub fn start_handoffs(
         if let Some(sent) = mirrors.0.get_mut(&to) {
             sent.remove(&net.0);
         }
-        commands
-            .entity(e)
-            .remove::<(Owned, HandoffBackoff)>()
-            .insert(InTransit {
-                to,
-                generation: next,
-                since_tick: tick,
-                cancel_sent: false,
-            });
-        state.in_flight += 1;
+        commands.entity(e).remove::<Owned>().insert(InTransit {
+            to,
+            generation: number,
+        });
         stats.started += 1;
-        debug!(id = %net.0, to = to.0, generation = next, "handoff offered");
+        debug!(id = %net.0, to = to.0, generation = number, "handoff offered");
     }
 }
 
@@ -224,33 +231,6 @@ pub fn send_offers(world: &mut World) {
     for (e, to, mut req) in offers {
         req.migrating = encode_migrating(world, e);
         send(world, to, &ShardMessage::HandoffRequest(req));
-    }
-}
-
-/// `Ownership`: a handoff unanswered for `handoff_timeout_ms` is cancelled (once); the entity
-/// stays frozen until the target's answer to the cancel.
-pub fn cancel_late_handoffs(
-    mut q: Query<(&Networked, &mut InTransit)>,
-    clock: Res<TickClock>,
-    config: Res<Config>,
-    mut outbox: ResMut<ShardOutbox>,
-    mut stats: ResMut<HandoffStats>,
-) {
-    let timeout_ticks = config.0.cluster.handoff_timeout_ms * u64::from(clock.tick_hz) / 1_000;
-    for (net, mut t) in &mut q {
-        if t.cancel_sent || clock.tick.0.saturating_sub(t.since_tick) <= timeout_ticks {
-            continue;
-        }
-        t.cancel_sent = true;
-        stats.cancels_sent += 1;
-        warn!(id = %net.0, to = t.to.0, "handoff unanswered: cancelling");
-        let msg = ShardMessage::HandoffCancel {
-            id: net.0,
-            generation: t.generation,
-        };
-        outbox
-            .messages
-            .push((t.to, Bytes::from(codec::encode(&msg))));
     }
 }
 
@@ -272,20 +252,36 @@ pub fn expire_awaiting_clients(
 
 /// Handle one handoff-related or command message from `from`. False if it was stale.
 pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
+    let now_ms = world.resource::<TickClock>().now_ms;
     match msg {
         ShardMessage::HandoffRequest(req) => {
             on_request(world, from, req);
             true
         }
-        ShardMessage::HandoffAck { id, generation } => on_ack(world, from, id, generation),
+        ShardMessage::HandoffAck { id, generation } => {
+            let effect = world
+                .resource_mut::<Handoffs>()
+                .0
+                .on_ack(id, from, generation);
+            effect.is_some_and(|e| apply(world, e))
+        }
         ShardMessage::HandoffRefuse {
             id,
             generation,
             reason,
-        } => on_refuse(world, from, id, generation, reason),
+        } => {
+            let effect = world
+                .resource_mut::<Handoffs>()
+                .0
+                .on_refuse(now_ms, id, from, generation, reason);
+            effect.is_some_and(|e| apply(world, e))
+        }
         ShardMessage::HandoffCancel { id, generation } => {
-            on_cancel(world, from, id, generation);
-            true
+            let effect = world
+                .resource_mut::<Handoffs>()
+                .0
+                .on_cancel(now_ms, from, id, generation);
+            apply(world, effect)
         }
         ShardMessage::ForwardInput { id, input } => on_forwarded_input(world, id, input),
         ShardMessage::Command(cmd) => {
@@ -298,42 +294,34 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
     }
 }
 
-/// The target's answer to a cancel: the same as to the request if it took it, else never.
-fn on_cancel(world: &mut World, from: ShardId, id: NetId, generation: u32) {
-    let answer = if world
-        .resource::<HandoffState>()
-        .has_accepted(id, generation)
-    {
-        ShardMessage::HandoffAck { id, generation }
-    } else {
-        world
-            .resource_mut::<HandoffState>()
-            .record_cancelled(id, generation);
-        ShardMessage::HandoffRefuse {
-            id,
-            generation,
-            reason: RefuseReason::Cancelled,
+/// Carry out one of the book's effects on the world. False if it named an entity that is gone.
+fn apply(world: &mut World, effect: Effect) -> bool {
+    match effect {
+        Effect::Send(to, msg) => {
+            if let ShardMessage::HandoffRefuse { id, reason, .. } = &msg {
+                world.resource_mut::<HandoffStats>().refused_sent += 1;
+                debug!(id = %id, to = to.0, ?reason, "handoff refused");
+            }
+            send(world, to, &msg);
+            true
         }
-    };
-    send(world, from, &answer);
-}
-
-fn refuse(world: &mut World, to: ShardId, id: NetId, generation: u32, reason: RefuseReason) {
-    world.resource_mut::<HandoffStats>().refused_sent += 1;
-    debug!(id = %id, to = to.0, ?reason, "handoff refused");
-    send(
-        world,
-        to,
-        &ShardMessage::HandoffRefuse {
+        Effect::Release { id, to, generation } => release(world, id, to, generation),
+        Effect::Resume {
             id,
             generation,
             reason,
-        },
-    );
+        } => resume(world, id, generation, reason),
+        // A take comes with its request's state: `on_request` carries it out.
+        Effect::Take { .. } => false,
+        Effect::Recheck { id } => {
+            world.resource_mut::<Rechecks>().0.push(id);
+            true
+        }
+    }
 }
 
-/// Why the target will not take `req`, if it will not.
-fn refusal(world: &World, req: &HandoffRequest) -> Option<RefuseReason> {
+/// Why this shard will not take `req` by what its world says (the book answers repeats first).
+fn refusal(world: &World, from: ShardId, req: &HandoffRequest) -> Option<RefuseReason> {
     let space = world.resource::<Space>();
     if req.epoch != space.map.epoch().0 {
         return Some(RefuseReason::StaleEpoch);
@@ -341,7 +329,16 @@ fn refusal(world: &World, req: &HandoffRequest) -> Option<RefuseReason> {
     if space.map.owner_at([req.pos[0], req.pos[2]]) != Some(space.me) {
         return Some(RefuseReason::NotOwner);
     }
-    if world.resource::<NetIndex>().0.len() >= limits::ENTITIES_PER_SHARD_MAX {
+    let index = &world.resource::<NetIndex>().0;
+    if let Some(&e) = index.get(&req.id) {
+        let ent = world.entity(e);
+        let newer = ent.get::<Generation>().is_none_or(|g| g.0 < req.generation);
+        if !ent.contains::<Proxy>() || !newer {
+            // The receiver asserts it did not own the entity before accepting it.
+            warn!(id = %req.id, from = from.0, "handoff of an entity this shard already owns or has newer");
+            return Some(RefuseReason::Conflict);
+        }
+    } else if index.len() >= limits::ENTITIES_PER_SHARD_MAX {
         return Some(RefuseReason::Full);
     }
     None
@@ -349,29 +346,36 @@ fn refusal(world: &World, req: &HandoffRequest) -> Option<RefuseReason> {
 
 /// Target side of step 2.
 fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
+    let verdict = refusal(world, from, &req).map_or(Ok(()), Err);
+    let now_ms = world.resource::<TickClock>().now_ms;
+    let effects = world.resource_mut::<Handoffs>().0.on_request(
+        now_ms,
+        from,
+        req.id,
+        req.generation,
+        verdict,
+    );
+    let mut req = Some(req);
+    for effect in effects {
+        match effect {
+            Effect::Take { from, .. } => {
+                if let Some(req) = req.take() {
+                    take(world, from, req);
+                }
+            }
+            other => {
+                apply(world, other);
+            }
+        }
+    }
+}
+
+/// Make the offered entity this shard's (its proxy promoted, or spawned).
+fn take(world: &mut World, from: ShardId, req: HandoffRequest) {
     let (id, generation) = (req.id, req.generation);
-    let state = world.resource::<HandoffState>();
-    if state.cancelled.contains(&(id, generation)) {
-        return refuse(world, from, id, generation, RefuseReason::Cancelled);
-    }
-    if state.has_accepted(id, generation) {
-        // A duplicate: the same answer again.
-        return send(world, from, &ShardMessage::HandoffAck { id, generation });
-    }
-    if let Some(reason) = refusal(world, &req) {
-        return refuse(world, from, id, generation, reason);
-    }
     let existing = world.resource::<NetIndex>().0.get(&id).copied();
     let entity = match existing {
         Some(e) => {
-            let ent = world.entity(e);
-            let is_proxy = ent.contains::<Proxy>();
-            let newer = ent.get::<Generation>().is_none_or(|g| g.0 < generation);
-            if !is_proxy || !newer {
-                // The receiver asserts it did not own the entity before accepting it.
-                warn!(id = %id, from = from.0, "handoff of an entity this shard already owns or has newer");
-                return refuse(world, from, id, generation, RefuseReason::Conflict);
-            }
             world.entity_mut(e).remove::<Proxy>();
             e
         }
@@ -379,7 +383,6 @@ fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
     };
     let (pos, rev) = (QPos::quantize(Vec3::from_array(req.pos)), req.rev);
     promote(world, entity, req);
-    send(world, from, &ShardMessage::HandoffAck { id, generation });
     // From the ack on, the source holds a proxy of it (its old copy). Recording that here, as if
     // this shard had mirrored it, makes the next mirror pass keep that proxy fresh, or remove it
     // when the entity is not near the source's cells (or was despawned at once), instead of
@@ -432,9 +435,6 @@ fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
     apply_replicated(world, entity, &req.components);
     insert_migrating(world, entity, &req.migrating);
     world.entity_mut(entity).insert(Owned);
-    world
-        .resource_mut::<HandoffState>()
-        .record_accepted(req.id, req.generation);
     let transit_ms = now_ms.saturating_sub(req.sent_ms).max(1);
     let mut stats = world.resource_mut::<HandoffStats>();
     stats.accepted += 1;
@@ -442,7 +442,8 @@ fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
     metrics::histogram!("zonescaler_handoff_transit_seconds").record(transit_ms as f64 / 1_000.0);
 }
 
-/// The entity `id` frozen here for a handoff to `to` at `generation`, if any.
+/// The entity `id` frozen here for a handoff to `to` at `generation`, if it is still here (a
+/// player's avatar is despawned when its client leaves, handoff or not).
 fn in_transit(world: &World, id: NetId, to: ShardId, generation: u32) -> Option<Entity> {
     let e = *world.resource::<NetIndex>().0.get(&id)?;
     let t = world.get::<InTransit>(e)?;
@@ -450,26 +451,17 @@ fn in_transit(world: &World, id: NetId, to: ShardId, generation: u32) -> Option<
 }
 
 /// Source side of step 3: the entity is now the target's; keep a proxy, move its client.
-fn on_ack(world: &mut World, from: ShardId, id: NetId, generation: u32) -> bool {
+fn release(world: &mut World, id: NetId, from: ShardId, generation: u32) -> bool {
     let Some(e) = in_transit(world, id, from, generation) else {
         return false;
     };
     let old_generation = world.get::<Generation>(e).map_or(0, |g| g.0);
     let avatar = world.get::<Avatar>(e).copied();
     let mut ent = world.entity_mut(e);
-    ent.remove::<(
-        InTransit,
-        MoveTarget,
-        Avatar,
-        AwaitingClient,
-        HandoffBackoff,
-        Player,
-    )>();
+    ent.remove::<(InTransit, MoveTarget, Avatar, AwaitingClient, Player)>();
     ent.insert((Proxy { owner: from }, Generation(generation)));
     // Its replicated components stay, typed, as the proxy's; its server-only state went with it.
     remove_migrating(world, e);
-    world.resource_mut::<HandoffState>().in_flight =
-        world.resource::<HandoffState>().in_flight.saturating_sub(1);
     world.resource_mut::<HandoffStats>().out += 1;
     // Other neighbours' proxies of it were ours: the new owner mirrors it from now on.
     let epoch = world.resource::<Space>().map.epoch().0;
@@ -524,29 +516,21 @@ fn redirect_client(
     world.resource_mut::<ShardStats>().redirects += 1;
 }
 
-/// Source side of step 4: the target will never take it at this generation; simulate it again.
-fn on_refuse(
-    world: &mut World,
-    from: ShardId,
-    id: NetId,
-    generation: u32,
-    reason: RefuseReason,
-) -> bool {
-    let Some(e) = in_transit(world, id, from, generation) else {
+/// Source side of step 4: the target will never take it at this attempt; simulate it again,
+/// at the attempt's number, so the next attempt has a new one.
+fn resume(world: &mut World, id: NetId, generation: u32, reason: RefuseReason) -> bool {
+    let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
         return false;
     };
-    let tick = world.resource::<TickClock>().tick.0;
-    let hz = u64::from(world.resource::<TickClock>().tick_hz);
-    world.entity_mut(e).remove::<InTransit>().insert((
-        Owned,
-        HandoffBackoff {
-            until_tick: tick + hz / 2,
-        },
-    ));
-    let mut state = world.resource_mut::<HandoffState>();
-    state.in_flight = state.in_flight.saturating_sub(1);
+    if world.get::<InTransit>(e).is_none() {
+        return false;
+    }
+    world
+        .entity_mut(e)
+        .remove::<InTransit>()
+        .insert((Owned, Generation(generation)));
     world.resource_mut::<HandoffStats>().refused_received += 1;
-    debug!(id = %id, from = from.0, ?reason, "handoff refused: resuming");
+    debug!(id = %id, ?reason, "handoff refused: resuming");
     true
 }
 

@@ -1,0 +1,584 @@
+//! The handoff protocol without a world: `(now_ms, message)` in, [`Effect`]s out.
+//!
+//! [`HandoffBook`] holds everything the protocol remembers on one shard, in both roles:
+//! - as **source**, each attempt in flight (to whom, its number, when it was sent, whether it was
+//!   cancelled), so it knows which answer settles which attempt, when to cancel, and how many
+//!   attempts each neighbour has open; and the backoff after a refusal, so an entity left in a
+//!   foreign cell is offered again when the backoff ends even if it never moves;
+//! - as **target**, its answer to each attempt (accepted, or cancelled before it was taken), kept
+//!   at least the handoff timeout plus [`limits::HANDOFF_RECORD_MARGIN_MS`], so a late cancel or a
+//!   duplicate request meets the answer the source may already have acted on.
+//!
+//! Every attempt has its own number: an entity's generation + 1 when it is offered, and a refused
+//! attempt's number becomes the entity's generation when it resumes ([`Effect::Resume`]), so the
+//! next attempt can never reuse the number of one the target recorded as cancelled.
+//!
+//! The ECS adapter (the parent module) asks the world what the book cannot know (does this shard
+//! own the cell, is it full, does it hold the entity already) and carries out the effects:
+//! freezing, promoting, releasing and resuming entities, and sending the messages.
+
+use std::collections::{BTreeMap, VecDeque};
+use zonescaler_shared::limits;
+use zonescaler_shared::protocol::{RefuseReason, ShardMessage};
+use zonescaler_shared::{NetId, ShardId};
+
+/// What the adapter must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send `msg` to `to` on the link.
+    Send(ShardId, ShardMessage),
+    /// Target: take the offered entity as owned at `generation` (then the ack goes out).
+    Take {
+        from: ShardId,
+        id: NetId,
+        generation: u32,
+    },
+    /// Source: `to` owns the entity from `generation` on: keep a proxy, move its client.
+    Release {
+        id: NetId,
+        to: ShardId,
+        generation: u32,
+    },
+    /// Source: the attempt numbered `generation` is refused for good: simulate the entity again,
+    /// at that generation, so the next attempt gets a new number.
+    Resume {
+        id: NetId,
+        generation: u32,
+        reason: RefuseReason,
+    },
+    /// Source: the backoff after a refusal is over: offer the entity again if it still stands
+    /// in a foreign cell.
+    Recheck { id: NetId },
+}
+
+/// Why an entity cannot be offered now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotNow {
+    /// An attempt for it is open already.
+    InFlight,
+    /// It was refused a moment ago.
+    BackingOff,
+    /// [`limits::HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX`] attempts to that neighbour are open.
+    NeighbourBusy,
+}
+
+/// One attempt this shard made, as source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub to: ShardId,
+    pub generation: u32,
+    pub sent_ms: u64,
+    pub cancel_sent: bool,
+}
+
+/// What a target answered to one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    Cancelled,
+}
+
+/// The protocol's memory on one shard. See the module docs.
+#[derive(Debug)]
+pub struct HandoffBook {
+    timeout_ms: u64,
+    keep_ms: u64,
+    /// Source: the open attempt per entity.
+    open: BTreeMap<NetId, Attempt>,
+    /// Source: open attempts per neighbour, kept with `open` by the two functions that change it.
+    open_per: BTreeMap<ShardId, usize>,
+    /// Source: entities refused a moment ago, and until when they wait.
+    backoff: BTreeMap<NetId, u64>,
+    /// Target: the answer to each attempt, and when it was given (`order` in time order).
+    answers: BTreeMap<(NetId, u32), Answer>,
+    /// Target: the newest attempt accepted per entity (a duplicate of an older one is acked too).
+    newest_accepted: BTreeMap<NetId, u32>,
+    order: VecDeque<(u64, NetId, u32)>,
+}
+
+impl HandoffBook {
+    /// A book for attempts answered within `timeout_ms` (the cluster's `handoff_timeout_ms`).
+    pub fn new(timeout_ms: u64) -> Self {
+        Self {
+            timeout_ms,
+            keep_ms: timeout_ms + limits::HANDOFF_RECORD_MARGIN_MS,
+            open: BTreeMap::new(),
+            open_per: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            newest_accepted: BTreeMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Attempts open as source, to every neighbour.
+    pub fn in_flight(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Attempts open as source to `to`.
+    pub fn in_flight_to(&self, to: ShardId) -> usize {
+        self.open_per.get(&to).copied().unwrap_or(0)
+    }
+
+    /// The open attempt for `id`, if any.
+    pub fn attempt(&self, id: NetId) -> Option<&Attempt> {
+        self.open.get(&id)
+    }
+
+    /// Answers remembered as target.
+    pub fn records(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether `id` may be offered to `to` now.
+    pub fn may_offer(&self, now_ms: u64, id: NetId, to: ShardId) -> Result<(), NotNow> {
+        if self.open.contains_key(&id) {
+            return Err(NotNow::InFlight);
+        }
+        if self.backoff.get(&id).is_some_and(|until| now_ms < *until) {
+            return Err(NotNow::BackingOff);
+        }
+        if self.in_flight_to(to) >= limits::HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX {
+            return Err(NotNow::NeighbourBusy);
+        }
+        Ok(())
+    }
+
+    /// Source, step 1: open an attempt to hand `id` (now at `generation`) to `to`. Its number,
+    /// `generation + 1`, goes in the request.
+    pub fn offer(
+        &mut self,
+        now_ms: u64,
+        id: NetId,
+        to: ShardId,
+        generation: u32,
+    ) -> Result<u32, NotNow> {
+        self.may_offer(now_ms, id, to)?;
+        let number = generation.wrapping_add(1);
+        self.backoff.remove(&id);
+        self.open.insert(
+            id,
+            Attempt {
+                to,
+                generation: number,
+                sent_ms: now_ms,
+                cancel_sent: false,
+            },
+        );
+        *self.open_per.entry(to).or_default() += 1;
+        Ok(number)
+    }
+
+    /// Close `id`'s attempt if `from` and `generation` name it.
+    fn settle(&mut self, id: NetId, from: ShardId, generation: u32) -> bool {
+        let matches = self
+            .open
+            .get(&id)
+            .is_some_and(|a| a.to == from && a.generation == generation);
+        if matches {
+            self.open.remove(&id);
+            if let Some(n) = self.open_per.get_mut(&from) {
+                *n -= 1;
+                if *n == 0 {
+                    self.open_per.remove(&from);
+                }
+            }
+        }
+        matches
+    }
+
+    /// Source, step 3: `from` took `id` at `generation`. `None` when that names no open attempt
+    /// (a duplicate, or the answer to an attempt settled already): it changes nothing.
+    pub fn on_ack(&mut self, id: NetId, from: ShardId, generation: u32) -> Option<Effect> {
+        self.settle(id, from, generation)
+            .then_some(Effect::Release {
+                id,
+                to: from,
+                generation,
+            })
+    }
+
+    /// Source, step 4: `from` will never take `id` at `generation`.
+    pub fn on_refuse(
+        &mut self,
+        now_ms: u64,
+        id: NetId,
+        from: ShardId,
+        generation: u32,
+        reason: RefuseReason,
+    ) -> Option<Effect> {
+        if !self.settle(id, from, generation) {
+            return None;
+        }
+        self.backoff.insert(id, now_ms + limits::HANDOFF_BACKOFF_MS);
+        Some(Effect::Resume {
+            id,
+            generation,
+            reason,
+        })
+    }
+
+    /// Time passes: cancel attempts unanswered for the timeout (once each; the entity stays
+    /// frozen until the answer to the cancel), end backoffs, forget answers past their keep.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for (id, a) in &mut self.open {
+            if !a.cancel_sent && now_ms.saturating_sub(a.sent_ms) > self.timeout_ms {
+                a.cancel_sent = true;
+                out.push(Effect::Send(
+                    a.to,
+                    ShardMessage::HandoffCancel {
+                        id: *id,
+                        generation: a.generation,
+                    },
+                ));
+            }
+        }
+        self.backoff.retain(|id, until| {
+            let over = now_ms >= *until;
+            if over {
+                out.push(Effect::Recheck { id: *id });
+            }
+            !over
+        });
+        while let Some(&(at, id, generation)) = self.order.front() {
+            if now_ms.saturating_sub(at) < self.keep_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&(id, generation));
+            if self.newest_accepted.get(&id) == Some(&generation) {
+                self.newest_accepted.remove(&id);
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, now_ms: u64, id: NetId, generation: u32, answer: Answer) {
+        self.answers.insert((id, generation), answer);
+        self.order.push_back((now_ms, id, generation));
+        if answer == Answer::Accepted {
+            let newest = self.newest_accepted.entry(id).or_insert(generation);
+            *newest = (*newest).max(generation);
+        }
+    }
+
+    fn accepted(&self, id: NetId, generation: u32) -> bool {
+        self.newest_accepted
+            .get(&id)
+            .is_some_and(|g| *g >= generation)
+    }
+
+    /// Target, step 2: `from` offers `id` at `generation`; `verdict` is the world's answer (does
+    /// this shard own the cell under the request's epoch, has it room, does it not hold the
+    /// entity already). A repeated attempt gets the answer it got before, whatever the world
+    /// says now.
+    pub fn on_request(
+        &mut self,
+        now_ms: u64,
+        from: ShardId,
+        id: NetId,
+        generation: u32,
+        verdict: Result<(), RefuseReason>,
+    ) -> Vec<Effect> {
+        let refuse = |reason| {
+            vec![Effect::Send(
+                from,
+                ShardMessage::HandoffRefuse {
+                    id,
+                    generation,
+                    reason,
+                },
+            )]
+        };
+        if self.answers.get(&(id, generation)) == Some(&Answer::Cancelled) {
+            return refuse(RefuseReason::Cancelled);
+        }
+        if self.accepted(id, generation) {
+            return vec![Effect::Send(
+                from,
+                ShardMessage::HandoffAck { id, generation },
+            )];
+        }
+        if let Err(reason) = verdict {
+            return refuse(reason);
+        }
+        if self.answers.len() >= limits::HANDOFF_RECORDS_MAX {
+            // Every record is younger than its keep: taking the entity without one would let a
+            // late cancel be refused after this shard took it.
+            return refuse(RefuseReason::Full);
+        }
+        self.record(now_ms, id, generation, Answer::Accepted);
+        vec![
+            Effect::Take {
+                from,
+                id,
+                generation,
+            },
+            Effect::Send(from, ShardMessage::HandoffAck { id, generation }),
+        ]
+    }
+
+    /// Target: the source gave up waiting for its answer to `generation`. The same answer as to
+    /// the request if this shard took it; otherwise it never will (recorded).
+    pub fn on_cancel(&mut self, now_ms: u64, from: ShardId, id: NetId, generation: u32) -> Effect {
+        if self.accepted(id, generation) {
+            return Effect::Send(from, ShardMessage::HandoffAck { id, generation });
+        }
+        if !self.answers.contains_key(&(id, generation)) {
+            self.record(now_ms, id, generation, Answer::Cancelled);
+        }
+        Effect::Send(
+            from,
+            ShardMessage::HandoffRefuse {
+                id,
+                generation,
+                reason: RefuseReason::Cancelled,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: u64 = 2_000;
+    const A: ShardId = ShardId(0);
+    const B: ShardId = ShardId(1);
+    const C: ShardId = ShardId(2);
+
+    fn id(n: u64) -> NetId {
+        NetId(n)
+    }
+
+    /// The message a target's effects send back, if exactly one.
+    fn reply(effects: &[Effect]) -> ShardMessage {
+        let sent: Vec<&ShardMessage> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(_, m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "one reply: {effects:?}");
+        sent[0].clone()
+    }
+
+    #[test]
+    fn an_accepted_request_is_taken_then_acked_and_the_ack_releases_the_source() {
+        let (mut src, mut dst) = (HandoffBook::new(TIMEOUT), HandoffBook::new(TIMEOUT));
+        let g = src.offer(0, id(1), B, 4).expect("free to offer");
+        assert_eq!(g, 5, "the attempt's number is the generation + 1");
+        let fx = dst.on_request(10, A, id(1), g, Ok(()));
+        assert_eq!(
+            fx[0],
+            Effect::Take {
+                from: A,
+                id: id(1),
+                generation: 5
+            },
+            "the target takes the entity before it acks"
+        );
+        assert_eq!(
+            reply(&fx),
+            ShardMessage::HandoffAck {
+                id: id(1),
+                generation: 5
+            }
+        );
+        assert_eq!(
+            src.on_ack(id(1), B, 5),
+            Some(Effect::Release {
+                id: id(1),
+                to: B,
+                generation: 5
+            })
+        );
+        assert_eq!(src.in_flight(), 0, "the attempt is closed");
+        assert_eq!(
+            src.on_ack(id(1), B, 5),
+            None,
+            "a second ack changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_a_cancelled_attempt_gets_a_new_number_and_is_accepted() {
+        let (mut src, mut dst) = (HandoffBook::new(TIMEOUT), HandoffBook::new(TIMEOUT));
+        let g1 = src.offer(0, id(7), B, 0).unwrap();
+        // The request is slow; the source cancels after the timeout.
+        let fx = src.poll(TIMEOUT + 1);
+        let cancel = reply(&fx);
+        assert_eq!(
+            cancel,
+            ShardMessage::HandoffCancel {
+                id: id(7),
+                generation: g1
+            }
+        );
+        let answer = dst.on_cancel(TIMEOUT + 5, A, id(7), g1);
+        let Effect::Send(_, ShardMessage::HandoffRefuse { reason, .. }) = answer else {
+            panic!("a cancel before the request is refused: {answer:?}");
+        };
+        // The slow request arrives after the cancel: refused too, as promised.
+        let late = dst.on_request(TIMEOUT + 6, A, id(7), g1, Ok(()));
+        assert!(matches!(
+            reply(&late),
+            ShardMessage::HandoffRefuse {
+                reason: RefuseReason::Cancelled,
+                ..
+            }
+        ));
+        let resumed = src.on_refuse(TIMEOUT + 10, id(7), B, g1, reason).unwrap();
+        let Effect::Resume { generation, .. } = resumed else {
+            panic!("{resumed:?}");
+        };
+        assert_eq!(
+            generation, g1,
+            "the entity resumes at the refused attempt's number"
+        );
+        let later = TIMEOUT + 10 + limits::HANDOFF_BACKOFF_MS;
+        assert!(src.poll(later).contains(&Effect::Recheck { id: id(7) }));
+        let g2 = src.offer(later, id(7), B, generation).unwrap();
+        assert_ne!(g2, g1, "the retry does not reuse the cancelled number");
+        let fx = dst.on_request(later + 5, A, id(7), g2, Ok(()));
+        assert_eq!(
+            reply(&fx),
+            ShardMessage::HandoffAck {
+                id: id(7),
+                generation: g2
+            },
+            "the retry is taken"
+        );
+    }
+
+    #[test]
+    fn a_late_cancel_meets_the_answer_even_after_many_other_handoffs() {
+        let mut dst = HandoffBook::new(TIMEOUT);
+        dst.on_request(0, A, id(1), 3, Ok(()));
+        // More answers than any count-based memory would keep, all within the keep time.
+        for n in 0..(limits::HANDOFF_RECORDS_MAX as u64 - 1) {
+            dst.on_request(1, A, id(100 + n), 1, Ok(()));
+        }
+        dst.poll(TIMEOUT + 1);
+        assert_eq!(
+            dst.on_cancel(TIMEOUT + 2, A, id(1), 3),
+            Effect::Send(
+                A,
+                ShardMessage::HandoffAck {
+                    id: id(1),
+                    generation: 3
+                }
+            ),
+            "the target took it, so a late cancel is acked, never refused"
+        );
+        // With the memory full of young answers, a new attempt is refused rather than taken
+        // without a record.
+        let fx = dst.on_request(3, A, id(99_999_999), 1, Ok(()));
+        assert!(matches!(
+            reply(&fx),
+            ShardMessage::HandoffRefuse {
+                reason: RefuseReason::Full,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn answers_are_forgotten_only_after_the_timeout_and_margin() {
+        let mut dst = HandoffBook::new(TIMEOUT);
+        dst.on_request(0, A, id(1), 1, Ok(()));
+        dst.poll(TIMEOUT + limits::HANDOFF_RECORD_MARGIN_MS - 1);
+        assert_eq!(dst.records(), 1, "kept for the timeout plus the margin");
+        dst.poll(TIMEOUT + limits::HANDOFF_RECORD_MARGIN_MS);
+        assert_eq!(dst.records(), 0, "then forgotten, so memory stays bounded");
+    }
+
+    #[test]
+    fn a_duplicate_request_gets_the_first_answer_whatever_the_world_says_now() {
+        let mut dst = HandoffBook::new(TIMEOUT);
+        dst.on_request(0, A, id(1), 2, Ok(()));
+        let fx = dst.on_request(5, A, id(1), 2, Err(RefuseReason::Conflict));
+        assert_eq!(
+            fx,
+            vec![Effect::Send(
+                A,
+                ShardMessage::HandoffAck {
+                    id: id(1),
+                    generation: 2
+                }
+            )],
+            "acked again and not taken twice"
+        );
+    }
+
+    #[test]
+    fn a_refused_entity_is_rechecked_when_its_backoff_ends_without_moving() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        let g = src.offer(0, id(3), B, 0).unwrap();
+        src.on_refuse(10, id(3), B, g, RefuseReason::NotOwner)
+            .unwrap();
+        assert_eq!(
+            src.may_offer(11, id(3), B),
+            Err(NotNow::BackingOff),
+            "not offered again at once"
+        );
+        assert!(src.poll(10 + limits::HANDOFF_BACKOFF_MS - 1).is_empty());
+        assert_eq!(
+            src.poll(10 + limits::HANDOFF_BACKOFF_MS),
+            vec![Effect::Recheck { id: id(3) }],
+            "the adapter is told to look at it again"
+        );
+        assert!(src.poll(10_000).is_empty(), "once");
+    }
+
+    #[test]
+    fn in_flight_is_counted_per_neighbour_and_a_busy_one_does_not_block_the_others() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        for n in 0..limits::HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX as u64 {
+            src.offer(0, id(n), B, 0).unwrap();
+        }
+        let next = id(1 << 40);
+        assert_eq!(src.offer(0, next, B, 0), Err(NotNow::NeighbourBusy));
+        assert_eq!(src.offer(0, next, C, 0), Ok(1), "another neighbour is free");
+        assert_eq!(
+            src.in_flight_to(B),
+            limits::HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX
+        );
+        assert_eq!(src.in_flight_to(C), 1);
+        // Every answer closes its attempt, whether or not the entity still exists on the source.
+        src.on_refuse(1, id(0), B, 1, RefuseReason::Full).unwrap();
+        src.on_ack(id(1), B, 1).unwrap();
+        assert_eq!(
+            src.in_flight_to(B),
+            limits::HANDOFFS_IN_FLIGHT_PER_NEIGHBOUR_MAX - 2
+        );
+        assert_eq!(src.offer(1, next, B, 0), Err(NotNow::InFlight));
+    }
+
+    #[test]
+    fn an_answer_from_the_wrong_shard_or_attempt_settles_nothing() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        let g = src.offer(0, id(1), B, 0).unwrap();
+        assert_eq!(src.on_ack(id(1), C, g), None, "from another shard");
+        assert_eq!(src.on_ack(id(1), B, g + 1), None, "another attempt");
+        assert_eq!(src.on_refuse(1, id(1), B, g + 1, RefuseReason::Full), None);
+        assert_eq!(src.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_cancel_is_sent_once_and_the_entity_stays_frozen_until_answered() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        src.offer(0, id(1), B, 0).unwrap();
+        assert!(src.poll(TIMEOUT).is_empty(), "not before the timeout");
+        assert_eq!(src.poll(TIMEOUT + 1).len(), 1);
+        assert!(src.poll(TIMEOUT * 10).is_empty(), "once");
+        assert_eq!(
+            src.in_flight(),
+            1,
+            "a bare timeout never resumes the entity"
+        );
+    }
+}
