@@ -80,6 +80,12 @@ pub struct ClusterSection {
     pub handoff_margin_m: f32,
     /// A handoff unanswered this long is cancelled (the entity stays frozen until the answer).
     pub handoff_timeout_ms: u64,
+    /// A cell move's source offers at most this many of the cell's entities to the target per
+    /// tick, so neither tick stalls while a crowded cell moves.
+    pub cell_move_batch: u32,
+    /// A cell move not finished this long after it started is aborted: the source keeps the
+    /// cell, and whatever the target took meanwhile is handed back.
+    pub cell_move_timeout_ms: u64,
     /// The cluster secret (at least 16 bytes) that proves membership on shard links and signs
     /// client redirect tokens. Prefer the `ZONESCALER_CLUSTER_SECRET` environment variable, which
     /// overrides this, to keeping a secret in a file.
@@ -91,6 +97,8 @@ impl Default for ClusterSection {
         Self {
             handoff_margin_m: 2.0,
             handoff_timeout_ms: 2_000,
+            cell_move_batch: 200,
+            cell_move_timeout_ms: 20_000,
             secret: None,
         }
     }
@@ -339,6 +347,26 @@ impl WorldConfig {
             return Err(bad(
                 "cluster.handoff_timeout_ms",
                 format!("must be in 100..=60000 (got {})", c.handoff_timeout_ms),
+            ));
+        }
+        if !(1..=10_000).contains(&c.cell_move_batch) {
+            return Err(bad(
+                "cluster.cell_move_batch",
+                format!(
+                    "must be in 1..=10000 entities per tick (got {})",
+                    c.cell_move_batch
+                ),
+            ));
+        }
+        if !(1_000..=600_000).contains(&c.cell_move_timeout_ms)
+            || c.cell_move_timeout_ms <= c.handoff_timeout_ms
+        {
+            return Err(bad(
+                "cluster.cell_move_timeout_ms",
+                format!(
+                    "must be in 1000..=600000 and longer than handoff_timeout_ms ({}) (got {})",
+                    c.handoff_timeout_ms, c.cell_move_timeout_ms
+                ),
             ));
         }
         if let Some(secret) = &c.secret

@@ -454,6 +454,9 @@ pub enum MasterRequest {
     Tell { to: String, msg: PlayerMessage },
     /// Deliver `msg` to every player of the world.
     Shout(PlayerMessage),
+    /// The source of cell move `id`: no entity of the cell is owned or frozen here any more;
+    /// the map may flip.
+    CellShipped { id: u64 },
 }
 
 /// What the master tells a shard.
@@ -472,6 +475,21 @@ pub enum MasterNotice {
         to: Option<String>,
         msg: PlayerMessage,
     },
+    /// A new cell map (a cell moved, split or merged; a member joined or left). A shard takes it
+    /// if its epoch is newer than the one it has.
+    Map(MapPush),
+    /// Cell move `id`: `from` ships every entity of leaf `cell` to `to`, which takes them as if
+    /// it owned the cell already; the map flips when `from` reports it shipped
+    /// ([`MasterRequest::CellShipped`]). Sent to both.
+    MoveCell {
+        id: u64,
+        cell: crate::CellId,
+        from: ShardId,
+        to: ShardId,
+    },
+    /// Cell move `id` is abandoned (the target refused or died, or it took too long): `from`
+    /// keeps the cell; entities `to` took meanwhile are handed back by the usual handoff.
+    MoveAborted { id: u64, cell: crate::CellId },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -497,14 +515,14 @@ pub struct JoinRequest {
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct MapPush {
     pub epoch: u64,
     pub leaves: Vec<(crate::CellId, ShardId)>,
     pub members: Vec<MemberInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct MemberInfo {
     pub id: ShardId,
     pub client_addr: String,
@@ -552,9 +570,17 @@ impl Validate for LinkMessage {
             {
                 Err("address too long")
             }
-            Self::Map(m) if m.members.len() > limits::SHARDS_MAX => Err("too many members"),
-            Self::Map(m) if m.leaves.len() > limits::BASE_CELLS_MAX => Err("too many leaves"),
-            Self::Map(m)
+            Self::Map(m) | Self::FromMaster(MasterNotice::Map(m))
+                if m.members.len() > limits::SHARDS_MAX =>
+            {
+                Err("too many members")
+            }
+            Self::Map(m) | Self::FromMaster(MasterNotice::Map(m))
+                if m.leaves.len() > limits::BASE_CELLS_MAX =>
+            {
+                Err("too many leaves")
+            }
+            Self::Map(m) | Self::FromMaster(MasterNotice::Map(m))
                 if m.members.iter().any(|x| {
                     !addr_ok(&x.client_addr) || !addr_ok(&x.link_addr) || !addr_ok(&x.metrics_addr)
                 }) =>
@@ -619,6 +645,9 @@ pub enum RefuseReason {
     Full,
     /// The sender cancelled after its timeout before the receiver took it.
     Cancelled,
+    /// The receiver is moving the cell at the entity's position to another shard: try again
+    /// when the new map is out.
+    CellMoving,
     /// The receiver already has this entity at a newer generation, or as its own.
     Conflict,
 }

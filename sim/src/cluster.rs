@@ -18,7 +18,14 @@
 //! - `players_keep_avatars`: every logged-in bot's avatar exists;
 //! - `proxies_converge`: every proxy names a shard that owns (or owned, within the link's delay
 //!   bound) that entity, at a position the owner held within that bound; and every entity that
-//!   stayed near a neighbour's cells for longer than the bound has a proxy there.
+//!   stayed near a neighbour's cells for longer than the bound has a proxy there;
+//! - `one_owner_per_point`: every map the master makes tiles the world with one owner per leaf,
+//!   and every shard holds exactly one of the master's maps;
+//! - `settles_into_owner`: no entity stays owned in a leaf another shard owns for longer than a
+//!   cell move and its settling handoffs can take.
+//!
+//! The master also moves random leaves between shards (some moves time out and abort), and
+//! splits and merges leaves, while all of this goes on.
 
 use crate::{Packet, Violation};
 use bytes::Bytes;
@@ -29,6 +36,7 @@ use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
 use zonescaler_server::client::LoginPolicy;
 use zonescaler_server::cluster::{FormAction, FormEvent, Formed, Forming, Master};
+use zonescaler_server::core::boundary::BoundaryIndex;
 use zonescaler_server::core::components::{InTransit, Networked, Owned, Position, Proxy};
 use zonescaler_server::core::resources::{DespawnLog, HandoffStats};
 use zonescaler_server::core::space::Space;
@@ -38,7 +46,7 @@ use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MasterNotice, Master
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::{LoginTicket, TicketSigner};
-use zonescaler_shared::{ConnId, NetId, ShardId, limits};
+use zonescaler_shared::{CellId, ConnId, NetId, ShardId, limits};
 
 /// One multi-shard run's shape.
 #[derive(Clone, Debug)]
@@ -55,6 +63,12 @@ pub struct ClusterConfig {
     pub bots: usize,
     /// Chance per tick that a random pair of shards is partitioned (healed after a while).
     pub partition_chance: f32,
+    /// Chance per tick (after the first second) that the master orders a random leaf moved to
+    /// a random other shard.
+    pub move_chance: f32,
+    /// Chance per tick (after the first second) that the master splits a random leaf (where its
+    /// children stay at least twice the interest radius) or merges a random split parent.
+    pub reshape_chance: f32,
 }
 
 impl ClusterConfig {
@@ -65,6 +79,14 @@ impl ClusterConfig {
         let mut rng = Rng::new(seed ^ 0xC1A5);
         let mut world = crate::square_world(256.0, seed, 300 + rng.below(300) as usize);
         world.world.base_cell_size_m = 64.0;
+        // Moves are aborted after this: short enough that runs see aborts as well as moves.
+        world.cluster.cell_move_timeout_ms = 3_000;
+        world.cluster.cell_move_batch = 5 + rng.below(40) as u32;
+        let reshape = rng.chance(0.5);
+        if reshape {
+            // Small enough an interest radius that a base cell's children may exist.
+            world.interest.interest_radius_m = 16.0;
+        }
         world.npc.speed_mps = 2.0 + rng.range_f32(0.0, 4.0);
         let link_faults = LinkFaults {
             delay_us: 1_000 + rng.below(60_000),
@@ -87,7 +109,19 @@ impl ClusterConfig {
             client_faults,
             bots: 8 + rng.below(16) as usize,
             partition_chance: if rng.chance(0.5) { 0.01 } else { 0.0 },
+            move_chance: if rng.chance(0.7) { 0.03 } else { 0.0 },
+            reshape_chance: if reshape { 0.02 } else { 0.0 },
         }
+    }
+
+    /// Ticks an entity may stand owned in a leaf the master's map gives another shard: a cell
+    /// move's whole time (its target holds the cell's entities before the map flips), then the
+    /// handoffs that settle an abort or a flip, with a refusal's backoff or two.
+    fn stray_bound_ticks(&self) -> u64 {
+        let hz = u64::from(self.world.simulation.tick_hz);
+        let move_ticks = self.world.cluster.cell_move_timeout_ms * hz / 1_000;
+        let backoff_ticks = limits::HANDOFF_BACKOFF_MS * hz / 1_000;
+        move_ticks + 4 * self.lag_bound_ticks() as u64 + 3 * backoff_ticks + hz
     }
 
     /// Ticks within which any link message is delivered (when not partitioned).
@@ -142,6 +176,19 @@ pub struct ClusterSim {
     pub handoffs: u64,
     /// Fault injection for checker tests.
     pub sabotage: Option<Box<dyn FnMut(&mut [ShardApp], u64)>>,
+    /// Every map the master made, by epoch (shards may only ever hold one of these).
+    maps: BTreeMap<u64, CellMap>,
+    /// The boundary index of the master's newest map.
+    boundary: BoundaryIndex,
+    /// Ticks each entity has stood owned in a leaf the master gives another shard.
+    stray_for: BTreeMap<NetId, u64>,
+    /// Cell moves, splits and merges the master was ordered to make.
+    pub reshapes: u64,
+    /// A map of the master's that did not tile the world (reported by the next check).
+    bad_map: Option<String>,
+    /// The epoch each shard holds, and the tick it took it.
+    epochs_held: Vec<u64>,
+    map_taken_at: Vec<u64>,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -218,6 +265,8 @@ impl ClusterSim {
             .collect();
         let bots = make_bots(&cfg, &shards[0], &signer, &mut rng);
         let tick_us = 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
+        let boundary = BoundaryIndex::new(&map);
+        let maps = BTreeMap::from([(map.epoch().0, map.clone())]);
         let mut sim = Self {
             cfg,
             shards,
@@ -234,10 +283,19 @@ impl ClusterSim {
             transit_for: BTreeMap::new(),
             partitions: BTreeMap::new(),
             disturbed: BTreeMap::new(),
+            boundary,
+            maps,
             master,
             handoffs: 0,
             sabotage: None,
+            stray_for: BTreeMap::new(),
+            reshapes: 0,
+            epochs_held: Vec::new(),
+            map_taken_at: Vec::new(),
+            bad_map: None,
         };
+        sim.epochs_held = vec![sim.map.epoch().0; sim.n()];
+        sim.map_taken_at = vec![0; sim.n()];
         for (to, from, msg) in early {
             sim.on_link_message(to, usize::from(from.0), msg);
         }
@@ -276,6 +334,7 @@ impl ClusterSim {
         let next_tick = self.shards[0].tick_number() + 1;
         let n = self.n();
         self.weather(next_tick);
+        self.reshape(next_tick);
         self.log_bots_in(now, next_tick);
         for (from, to, packet) in self.net.poll(now) {
             let (from, to) = (from as usize, to as usize);
@@ -351,6 +410,49 @@ impl ClusterSim {
             }
             keep
         });
+    }
+
+    /// The master's part: moves that are overdue are aborted; now and then a leaf is ordered
+    /// moved, split or merged. Its notices travel the links from shard 0.
+    fn reshape(&mut self, next_tick: u64) {
+        let now_ms = self.now_us / 1_000;
+        let mut notices = self.master.check_moves(now_ms);
+        let started = next_tick > u64::from(self.cfg.world.simulation.tick_hz);
+        if started && self.rng.chance(self.cfg.move_chance) {
+            let leaves: Vec<CellId> = self.map.leaves().keys().copied().collect();
+            let cell = leaves[self.rng.below(leaves.len() as u64) as usize];
+            let to = ShardId(self.rng.below(self.n() as u64) as u16);
+            if let Ok(n) = self.master.move_cell(cell, to, now_ms) {
+                self.reshapes += 1;
+                notices.extend(n);
+            }
+        }
+        if started && self.rng.chance(self.cfg.reshape_chance) {
+            notices.extend(self.split_or_merge());
+        }
+        self.record_map();
+        for (to, notice) in notices {
+            self.notify(usize::from(to.0), notice);
+        }
+    }
+
+    /// Split a random leaf whose children stay at least twice the interest radius, or merge the
+    /// parent of a random split leaf (refused by the master when its children have two owners
+    /// or one of them is moving: that is part of what is tested).
+    fn split_or_merge(&mut self) -> Vec<(ShardId, MasterNotice)> {
+        let leaves: Vec<CellId> = self.map.leaves().keys().copied().collect();
+        let cell = leaves[self.rng.below(leaves.len() as u64) as usize];
+        let r = self.map.grid().rect(cell);
+        let child_m = (r.max[0] - r.min[0]) / 2.0;
+        let result =
+            if self.rng.chance(0.5) && child_m >= 2.0 * self.cfg.world.interest.interest_radius_m {
+                self.master.split_cell(cell)
+            } else if let Some(parent) = cell.parent() {
+                self.master.merge_cell(parent)
+            } else {
+                return Vec::new();
+            };
+        result.inspect(|_| self.reshapes += 1).unwrap_or_default()
     }
 
     /// Bots log in over the first ticks, through a random shard.
@@ -433,6 +535,7 @@ impl ClusterSim {
         let notices = self
             .master
             .request(ShardId(from as u16), req, self.now_us / 1_000);
+        self.record_map();
         for (to, notice) in notices {
             self.notify(usize::from(to.0), notice);
         }
@@ -519,6 +622,9 @@ impl ClusterSim {
             }
         }
 
+        self.check_maps(tick)?;
+        self.check_strays(tick, &now)?;
+
         // single_authority.
         let mut owner: BTreeMap<NetId, usize> = BTreeMap::new();
         for (i, owned) in now.iter().enumerate() {
@@ -599,6 +705,102 @@ impl ClusterSim {
         self.check_proxies(tick, bound)
     }
 
+    /// `one_owner_per_point`: every map the master makes tiles the world with leaves, each with
+    /// one owner (no leaf inside another, the areas adding up), and every shard holds one of the
+    /// master's maps exactly as the master made it for that epoch.
+    fn check_maps(&mut self, tick: u64) -> Result<(), Violation> {
+        let fail = |detail| {
+            Err(Violation {
+                seed: self.cfg.seed,
+                tick,
+                invariant: "one_owner_per_point",
+                detail,
+            })
+        };
+        if let Some(bad) = self.bad_map.take() {
+            return fail(bad);
+        }
+        if let Some(map) = self.master.map().filter(|m| m.epoch() != self.map.epoch()) {
+            self.map = map.clone();
+            self.boundary = BoundaryIndex::new(map);
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            let held = &s.world.resource::<Space>().map;
+            if held.epoch().0 != self.epochs_held[i] {
+                self.epochs_held[i] = held.epoch().0;
+                self.map_taken_at[i] = tick;
+            }
+            match self.maps.get(&held.epoch().0) {
+                Some(m) if m.leaves() == held.leaves() => {}
+                Some(_) => {
+                    return fail(format!(
+                        "shard {i} holds a map of epoch {} unlike the master's",
+                        held.epoch()
+                    ));
+                }
+                None => {
+                    return fail(format!(
+                        "shard {i} holds a map of epoch {} the master never made",
+                        held.epoch()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep the master's map of each epoch (several may come in one tick), checking that it
+    /// tiles the world; a bad one is reported by the next check.
+    fn record_map(&mut self) {
+        let Some(map) = self.master.map() else {
+            return;
+        };
+        if self.maps.contains_key(&map.epoch().0) {
+            return;
+        }
+        self.maps.insert(map.epoch().0, map.clone());
+        if self.bad_map.is_none() {
+            self.bad_map = map_tiling_error(map);
+        }
+    }
+
+    /// `settles_into_owner`: no entity stays owned for long in a leaf the master's newest map
+    /// gives another shard (beyond the handoff margin). A move's target holds the cell's
+    /// entities before the map flips, and an aborted move or a flip hands them on: bounded by
+    /// [`ClusterConfig::stray_bound_ticks`]. Shards partitioned lately are exempt.
+    fn check_strays(&mut self, tick: u64, now: &[OwnedAt]) -> Result<(), Violation> {
+        let margin = self.cfg.world.cluster.handoff_margin_m;
+        let bound = self.cfg.stray_bound_ticks();
+        let disturbed: BTreeSet<usize> =
+            self.partitions.keys().flat_map(|(a, b)| [*a, *b]).collect();
+        let mut strays = BTreeMap::new();
+        for (o, owned) in now.iter().enumerate() {
+            let me = ShardId(o as u16);
+            for (id, (_, xz)) in owned {
+                let away =
+                    self.map.owner_at(*xz) != Some(me) && !self.boundary.owns_near(*xz, margin, me);
+                if !away || disturbed.contains(&o) {
+                    continue;
+                }
+                let n = self.stray_for.get(id).copied().unwrap_or(0) + 1;
+                if n > bound {
+                    return Err(Violation {
+                        seed: self.cfg.seed,
+                        tick,
+                        invariant: "settles_into_owner",
+                        detail: format!(
+                            "{id} has stood on shard {o} in a leaf of shard {:?} for {n} ticks (bound {bound})",
+                            self.map.owner_at(*xz).map(|s| s.0)
+                        ),
+                    });
+                }
+                strays.insert(*id, n);
+            }
+        }
+        self.stray_for = strays;
+        Ok(())
+    }
+
     /// `proxies_converge`, both halves; pairs of shards partitioned within the last `bound`
     /// ticks are exempt (their updates are legitimately late).
     fn check_proxies(&mut self, tick: u64, bound: usize) -> Result<usize, Violation> {
@@ -639,7 +841,10 @@ impl ClusterSim {
                     h.get(o)
                         .and_then(|m| m.get(&id))
                         .is_some_and(|(q, _)| *q == pos)
-                }) || self.frozen_history.iter().any(|h| h.get(&id) == Some(&pos));
+                    // Frozen in a handoff within the bound: the handoff's target was not sent
+                    // the entity's last steps before the freeze, and after a refusal its proxy
+                    // is refreshed within the bound of the entity resuming.
+                }) || self.frozen_history.iter().any(|h| h.contains_key(&id));
                 if !matches {
                     return fail(
                         "proxies_converge",
@@ -656,11 +861,17 @@ impl ClusterSim {
         let newest = self.history.back().cloned().unwrap_or_default();
         let mut near_now: BTreeMap<(NetId, ShardId), usize> = BTreeMap::new();
         for (o, owned) in newest.iter().enumerate() {
+            // The owner mirrors by the map it holds; just after it took a new one, what it
+            // mirrored by the old one is still settling.
+            if tick.saturating_sub(self.map_taken_at[o]) <= 2 * bound as u64 {
+                continue;
+            }
+            let map = self.shards[o].world.resource::<Space>().map.clone();
             for (id, (_, xz)) in owned {
-                for (cell, s) in self.map.leaves() {
+                for (cell, s) in map.leaves() {
                     if usize::from(s.0) != o
                         && !disturbed(o, usize::from(s.0))
-                        && self.map.grid().rect(*cell).intersects_circle(*xz, radius)
+                        && map.grid().rect(*cell).intersects_circle(*xz, radius)
                     {
                         let n = self.near_for.get(&(*id, *s)).copied().unwrap_or(0) + 1;
                         near_now.insert((*id, *s), n);
@@ -682,6 +893,33 @@ impl ClusterSim {
         self.near_for = near_now;
         Ok(proxies_total)
     }
+}
+
+/// Why `map` does not tile its world with one owner per point, if it does not.
+fn map_tiling_error(map: &CellMap) -> Option<String> {
+    let grid = map.grid();
+    let area: f64 = map
+        .leaves()
+        .keys()
+        .map(|c| f64::from(grid.rect(*c).area()))
+        .sum();
+    let world = f64::from(grid.world().area());
+    let nested = map.leaves().keys().find(|c| {
+        std::iter::successors(c.parent(), |p| p.parent()).any(|p| map.owner_of(p).is_some())
+    });
+    if let Some(c) = nested {
+        return Some(format!(
+            "epoch {}: leaf {c} lies inside another leaf",
+            map.epoch()
+        ));
+    }
+    if (area - world).abs() > world * 1e-6 {
+        return Some(format!(
+            "epoch {}: the leaves cover {area} m² of a {world} m² world",
+            map.epoch()
+        ));
+    }
+    None
 }
 
 /// Run one seed with the multi-shard smoke configuration.

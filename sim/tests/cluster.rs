@@ -4,9 +4,12 @@
 use bevy_ecs::entity::Entity;
 use bevy_ecs::query::With;
 use zonescaler_server::ShardApp;
+use zonescaler_server::authority::cell_move::{CellMoves, MovePeer};
 use zonescaler_server::core::components::{Avatar, InTransit, Networked, Owned, Position, Proxy};
 use zonescaler_server::core::resources::DespawnLog;
+use zonescaler_server::core::space::Space;
 use zonescaler_shared::ShardId;
+use zonescaler_shared::cellmap::CellMap;
 use zonescaler_sim::Violation;
 use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, run_cluster_seed};
 
@@ -183,4 +186,74 @@ fn players_keep_avatars_fires_when_an_avatar_disappears() {
         }
     });
     assert_eq!((v.invariant, v.tick), ("players_keep_avatars", 60), "{v}");
+}
+
+#[test]
+fn one_owner_per_point_fires_when_a_shard_holds_a_map_the_master_never_made() {
+    let v = sabotaged(3, |shards, tick| {
+        if tick == 50 {
+            // Shard 1 gives itself a leaf of someone else's, at the epoch it holds.
+            let space = shards[1].world.resource::<Space>();
+            let mut map = space.map.clone();
+            let me = space.me;
+            let foreign = map
+                .leaves()
+                .iter()
+                .find(|(_, s)| **s != me)
+                .map(|(c, _)| *c)
+                .expect("a foreign leaf");
+            let epoch = map.epoch();
+            map.reassign(foreign, me).expect("a leaf");
+            let leaves = map.leaves().clone();
+            let forged = CellMap::from_leaves(*map.grid(), epoch, leaves).expect("valid");
+            shards[1].world.insert_resource(Space::new(me, forged));
+        }
+    });
+    assert_eq!(v.invariant, "one_owner_per_point", "{v}");
+    assert_eq!(v.tick, 50, "it fires at once: {v}");
+}
+
+#[test]
+fn settles_into_owner_fires_when_a_shard_keeps_entities_in_a_leaf_it_does_not_own() {
+    let v = sabotaged(3, |shards, tick| {
+        // Shard 0 believes it is taking over every leaf, for the whole run: it never hands an
+        // entity on, wherever it walks.
+        if tick == 40 {
+            let leaves: Vec<_> = shards[0]
+                .world
+                .resource::<Space>()
+                .map
+                .leaves()
+                .keys()
+                .copied()
+                .collect();
+            let mut moves = shards[0].world.resource_mut::<CellMoves>();
+            for cell in leaves {
+                moves.incoming.insert(
+                    cell,
+                    MovePeer {
+                        id: 0,
+                        peer: ShardId(1),
+                    },
+                );
+            }
+        }
+    });
+    assert_eq!(v.invariant, "settles_into_owner", "{v}");
+    assert!(v.tick > 40, "once the bound has passed: {v}");
+}
+
+/// Seeds that failed while cell moves were built: 1 (a remove sent under the old map was dropped
+/// by a receiver already on the new one, leaving a stale proxy: proxy batches now apply whatever
+/// map they were sent under), 20 (a refused handoff's target kept its pre-freeze proxy: the
+/// source now re-mirrors it on resuming), 28 (a shard cut off from the master mirrors by the map
+/// it holds: the checker now asks each owner's map) and 50 (two maps in one tick: the checker
+/// now keeps every map the master makes).
+#[test]
+fn regression_cluster_seeds_1_20_28_50_cell_moves() {
+    for seed in [1, 20, 28, 50] {
+        if let Err(v) = run_cluster_seed(seed) {
+            panic!("{v}");
+        }
+    }
 }

@@ -3,7 +3,6 @@
 use super::handoff;
 use super::proxy::{ProxyHints, ProxyParts, refresh_proxy, remove_proxy, upsert_proxy};
 use crate::core::resources::{ProxyApplyTick, ShardInbox};
-use crate::core::space::Space;
 use bevy_ecs::prelude::*;
 use tracing::warn;
 use zonescaler_shared::ShardId;
@@ -22,7 +21,6 @@ pub fn receive_shard_messages(
     let this_run = world.change_tick();
     world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
     let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
-    let epoch = world.resource::<Space>().map.epoch().0;
     for (from, bytes) in messages {
         let msg = match codec::decode_shard_message(&bytes) {
             Ok(m) => m,
@@ -33,10 +31,11 @@ pub fn receive_shard_messages(
             }
         };
         let stale = match msg {
-            ShardMessage::ProxyBatch(batch) if batch.epoch == epoch => {
-                apply_batch(world, proxies, hints, from, batch)
-            }
-            ShardMessage::ProxyBatch(batch) => batch.len() as u64,
+            // A proxy batch is the owner's word on its own entities, whatever map it was sent
+            // under: generations order owners (a former owner's late update or remove is
+            // refused), so a batch that crosses a map change on the way still applies. Dropping
+            // it would lose its removes for good, leaving a stale proxy behind.
+            ShardMessage::ProxyBatch(batch) => apply_batch(world, proxies, hints, from, batch),
             other => u64::from(!handoff::on_message(world, from, other)),
         };
         if stale > 0 {

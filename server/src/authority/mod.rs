@@ -2,10 +2,12 @@
 //!
 //! - [`handoff`]: an owned entity that walks into a neighbour's cell is handed to it, with its
 //!   replicated and migrating state, and its player's client follows.
+//! - [`cell_move`]: a leaf's entities shipped to its next owner when the master moves it.
 //! - [`proxy`]: owned entities near a border are mirrored to the neighbour as read-only proxies.
 //! - [`commands`]: a command for an entity reaches its owner, wherever that is.
 //! - [`links`]: every message from a neighbour shard, applied in arrival order.
 
+pub mod cell_move;
 pub mod commands;
 pub mod handoff;
 pub mod links;
@@ -24,8 +26,13 @@ impl Plugin for AuthorityPlugin {
         app.world.init_resource::<proxy::Mirrors>();
         app.world.init_resource::<handoff::Handoffs>();
         app.world.init_resource::<handoff::Rechecks>();
+        app.world.init_resource::<cell_move::CellMoves>();
         app.world.init_resource::<handoff::OutgoingOffers>();
-        app.add_systems_raw(links::receive_shard_messages.in_set(ReceiveSteps::Links));
+        app.add_systems_raw(
+            (cell_move::on_space_notices, links::receive_shard_messages)
+                .chain()
+                .in_set(ReceiveSteps::Links),
+        );
         app.add_systems_raw(commands::deliver_commands.in_set(CommandSystems::Route));
         app.add_systems(
             ShardSystems::Ownership,
@@ -35,6 +42,7 @@ impl Plugin for AuthorityPlugin {
                 (
                     handoff::expire_awaiting_clients,
                     handoff::poll_handoffs,
+                    cell_move::ship_cells,
                     handoff::start_handoffs,
                     handoff::send_offers,
                 )

@@ -10,6 +10,7 @@
 //! replicated components are held typed, so a neighbour's system reads a proxy's `Health` as a
 //! `Health`. Messages carry the cell-map epoch; one sent under another epoch is dropped.
 
+use super::cell_move::CellMoves;
 use crate::core::boundary::NearLists;
 use crate::core::components::{
     Generation, InTransit, NetIndex, Networked, Owned, Position, Proxy, ReplicatedComponents,
@@ -185,7 +186,7 @@ pub(crate) fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generati
     let matches = entity.get::<Proxy>().is_some_and(|p| p.owner == from)
         && entity
             .get::<Generation>()
-            .is_some_and(|g| g.0 == generation);
+            .is_some_and(|g| g.0 <= generation);
     if matches {
         world.despawn(e);
     }
@@ -245,6 +246,7 @@ pub fn mirror_proxies(
         Or<(With<Owned>, With<InTransit>)>,
     >,
     clock: Res<TickClock>,
+    moves: Res<CellMoves>,
 ) {
     if !space.has_neighbours {
         return;
@@ -263,6 +265,13 @@ pub fn mirror_proxies(
         // Most entities are in the safe part of a block or cell (four comparisons); the rest
         // test their disc against the few foreign leaves near their base cell, no tree walk.
         near.foreign_shards_near(&space.boundary, p, radius, space.me, shards);
+        // A leaf being shipped is mirrored whole to its next owner, so that shard's clients in
+        // it see what has not crossed yet.
+        if let Some(to) = moves.ships(&space.map, p)
+            && !shards.contains(&to)
+        {
+            shards.push(to);
+        }
         if shards.is_empty() {
             continue;
         }

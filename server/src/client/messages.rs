@@ -125,6 +125,10 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
                 } = &mut closing;
                 deliver(to.as_deref(), &msg, clients, outbox, stats);
             }
+            // Maps and cell moves are the authority layer's, taken out before the links run.
+            MasterNotice::Map(_)
+            | MasterNotice::MoveCell { .. }
+            | MasterNotice::MoveAborted { .. } => {}
         }
     }
 }

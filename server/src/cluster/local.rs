@@ -16,18 +16,20 @@
 //!
 //! The master places the cells on `n` shards of equal weight; shard links are perfect (a message
 //! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
-//! are answered at once and its notices arrive for the next tick. Client traffic is the test's:
+//! are answered at once and its notices arrive for the next tick, as do its cell moves
+//! ([`LocalCluster::move_cell`]) and new maps. Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
 use super::master::Master;
+use super::moves::MoveError;
 use crate::app::GameSetup;
 use crate::core::ShardApp;
 use bytes::Bytes;
 use zonescaler_net::NetCommand;
-use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
-use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
+use zonescaler_shared::protocol::{JoinRequest, MasterNotice, MemberInfo};
+use zonescaler_shared::{CellId, ShardId};
 
 /// `n` shards of one world and their master, in one process.
 pub struct LocalCluster {
@@ -35,6 +37,8 @@ pub struct LocalCluster {
     pub master: Master,
     pub map: CellMap,
     now_ms: u64,
+    /// The master's notices for the next step (a move ordered between steps, for instance).
+    notices: Vec<(ShardId, MasterNotice)>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -66,7 +70,9 @@ impl LocalCluster {
             metrics_addr: String::new(),
             weight: 1,
         };
-        let mut master = Master::new(grid, n, me, 0).with_duplicate_rule(config.login.duplicate);
+        let mut master = Master::new(grid, n, me, 0)
+            .with_duplicate_rule(config.login.duplicate)
+            .with_move_timeout(config.cluster.cell_move_timeout_ms);
         for i in 1..n {
             master.join(member(i), 0).map_err(|e| e.to_string())?;
         }
@@ -83,7 +89,32 @@ impl LocalCluster {
             master,
             map,
             now_ms: 0,
+            notices: Vec::new(),
         })
+    }
+
+    /// Order the move of leaf `cell` to shard `to` (see `cluster::moves`): the shards hear of
+    /// it in the next step, and [`Self::map`] changes when the move is done.
+    pub fn move_cell(&mut self, cell: CellId, to: ShardId) -> Result<u64, MoveError> {
+        let notices = self.master.move_cell(cell, to, self.now_ms)?;
+        let id = notices.iter().find_map(|(_, n)| match n {
+            MasterNotice::MoveCell { id, .. } => Some(*id),
+            _ => None,
+        });
+        self.notices.extend(notices);
+        Ok(id.unwrap_or_default())
+    }
+
+    /// Split or merge a leaf (`split`: `cell` into its children; else the children of `cell`
+    /// into it), the new map pushed to the shards in the next step.
+    pub fn reshape(&mut self, cell: CellId, split: bool) -> Result<(), String> {
+        let notices = if split {
+            self.master.split_cell(cell)?
+        } else {
+            self.master.merge_cell(cell)?
+        };
+        self.notices.extend(notices);
+        Ok(())
     }
 
     /// One tick of every shard, then their link messages and the master's traffic delivered
@@ -109,7 +140,8 @@ impl LocalCluster {
             s.tick();
         }
         let mut mail = Vec::new();
-        let mut notices = Vec::new();
+        let mut notices = std::mem::take(&mut self.notices);
+        notices.extend(self.master.check_moves(self.now_ms));
         for (i, s) in self.shards.iter_mut().enumerate() {
             let from = ShardId(i as u16);
             for (to, bytes) in s.drain_shard_outbox() {
@@ -135,6 +167,9 @@ impl LocalCluster {
         for (i, s) in self.shards.iter_mut().enumerate() {
             let load = s.load();
             self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
+        }
+        if let Some(map) = self.master.map() {
+            self.map.clone_from(map);
         }
         self.shards.iter_mut().map(|s| s.drain_outbox()).collect()
     }

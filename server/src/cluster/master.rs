@@ -19,6 +19,7 @@
 //!   to its sender as "not online"); a shout goes to every live shard.
 //! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
+use super::moves::{ActiveMove, MoveEnd, MoveError, MoveTable};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -79,6 +80,12 @@ pub struct Master {
     duplicate: DuplicateLogin,
     events: VecDeque<ClusterEvent>,
     now_ms: u64,
+    moves: MoveTable,
+    move_timeout_ms: u64,
+    /// Cell moves finished since start (the map flipped).
+    pub moves_done: u64,
+    /// Cell moves aborted since start (the source kept the cell).
+    pub moves_aborted: u64,
 }
 
 impl Master {
@@ -103,7 +110,17 @@ impl Master {
             duplicate: DuplicateLogin::default(),
             events: VecDeque::new(),
             now_ms,
+            moves: MoveTable::default(),
+            move_timeout_ms: 20_000,
+            moves_done: 0,
+            moves_aborted: 0,
         }
+    }
+
+    /// How long a cell move may take before it is aborted (`cluster.cell_move_timeout_ms`).
+    pub fn with_move_timeout(mut self, ms: u64) -> Self {
+        self.move_timeout_ms = ms;
+        self
     }
 
     /// The rule for a second login of a playing account (`[login] duplicate`).
@@ -275,6 +292,7 @@ impl Master {
                     },
                 )],
             },
+            MasterRequest::CellShipped { id } => self.finish_move(from, id),
             MasterRequest::Shout(msg) => self
                 .members
                 .values()
@@ -290,6 +308,159 @@ impl Master {
                 })
                 .collect(),
         }
+    }
+
+    /// The map as every live member gets it: the notices that push it.
+    fn map_notices(&self) -> Vec<(ShardId, MasterNotice)> {
+        let Some(map) = &self.map else {
+            return Vec::new();
+        };
+        let push = Self::push_of(map, &self.members);
+        self.members
+            .values()
+            .filter(|m| m.alive)
+            .map(|m| (m.info.id, MasterNotice::Map(push.clone())))
+            .collect()
+    }
+
+    fn is_alive(&self, id: ShardId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.alive)
+    }
+
+    /// Start moving leaf `cell` to shard `to` (see [`super::moves`]): the notices for the
+    /// cell's owner and `to`. The map changes when the owner has shipped the cell.
+    pub fn move_cell(
+        &mut self,
+        cell: CellId,
+        to: ShardId,
+        now_ms: u64,
+    ) -> Result<Vec<(ShardId, MasterNotice)>, MoveError> {
+        self.now_ms = now_ms;
+        let map = self.map.as_ref().ok_or(MoveError::NotPlaced)?;
+        let from = map.owner_of(cell).ok_or(MoveError::NotALeaf(cell))?;
+        if from == to {
+            return Err(MoveError::SameOwner(to.0, cell));
+        }
+        for s in [from, to] {
+            if !self.is_alive(s) {
+                return Err(MoveError::NotAlive(s.0));
+            }
+        }
+        let m = self.moves.open(cell, from, to, now_ms)?;
+        self.event(
+            "move",
+            format!("cell {cell} moving from shard {} to shard {}", from.0, to.0),
+        );
+        let notice = MasterNotice::MoveCell {
+            id: m.id,
+            cell,
+            from,
+            to,
+        };
+        Ok(vec![(from, notice.clone()), (to, notice)])
+    }
+
+    /// Moves under way.
+    pub fn moves(&self) -> impl Iterator<Item = &ActiveMove> {
+        self.moves.active()
+    }
+
+    /// The source of move `id` shipped the cell: flip it and push the map.
+    fn finish_move(&mut self, from: ShardId, id: u64) -> Vec<(ShardId, MasterNotice)> {
+        let Some(m) = self.moves.shipped(id, from) else {
+            return Vec::new();
+        };
+        let Some(map) = self.map.as_mut() else {
+            return Vec::new();
+        };
+        match map.reassign(m.cell, m.to) {
+            Ok(epoch) => {
+                self.moves_done += 1;
+                self.event(
+                    "moved",
+                    format!(
+                        "epoch {}: cell {} moved from shard {} to shard {}",
+                        epoch.0, m.cell, m.from.0, m.to.0
+                    ),
+                );
+                self.map_notices()
+            }
+            // The leaf cannot have changed under a move (splits and merges wait for it), but if
+            // it did, the source keeps it: abort rather than guess.
+            Err(e) => self.abort(m, &e.to_string()),
+        }
+    }
+
+    fn abort(&mut self, m: ActiveMove, why: &str) -> Vec<(ShardId, MasterNotice)> {
+        self.moves_aborted += 1;
+        self.event(
+            "move aborted",
+            format!(
+                "cell {} stays on shard {} (move to shard {} aborted: {why})",
+                m.cell, m.from.0, m.to.0
+            ),
+        );
+        let notice = MasterNotice::MoveAborted {
+            id: m.id,
+            cell: m.cell,
+        };
+        [m.from, m.to]
+            .into_iter()
+            .filter(|s| self.is_alive(*s))
+            .map(|s| (s, notice.clone()))
+            .collect()
+    }
+
+    /// Abort the moves past `cluster.cell_move_timeout_ms` or whose source or target died.
+    pub fn check_moves(&mut self, now_ms: u64) -> Vec<(ShardId, MasterNotice)> {
+        self.now_ms = now_ms;
+        let members = &self.members;
+        let ended = self.moves.expire(now_ms, self.move_timeout_ms, |s| {
+            members.get(&s).is_some_and(|m| m.alive)
+        });
+        let mut out = Vec::new();
+        for (m, end) in ended {
+            let why = match end {
+                MoveEnd::TimedOut => "timed out",
+                MoveEnd::MemberDied => "a shard died",
+                MoveEnd::Shipped => "shipped",
+            };
+            out.extend(self.abort(m, why));
+        }
+        out
+    }
+
+    /// Split leaf `cell` into its four children, all with its owner: the map to push.
+    pub fn split_cell(&mut self, cell: CellId) -> Result<Vec<(ShardId, MasterNotice)>, String> {
+        self.reshape(cell, true)
+    }
+
+    /// Merge the four leaves under `parent` (one owner) back into it: the map to push.
+    pub fn merge_cell(&mut self, parent: CellId) -> Result<Vec<(ShardId, MasterNotice)>, String> {
+        self.reshape(parent, false)
+    }
+
+    fn reshape(
+        &mut self,
+        cell: CellId,
+        split: bool,
+    ) -> Result<Vec<(ShardId, MasterNotice)>, String> {
+        let moving = self.moves.active().any(|m| {
+            m.cell == cell || m.cell.parent() == Some(cell) || cell.parent() == Some(m.cell)
+        });
+        if moving {
+            return Err(MoveError::Busy(cell).to_string());
+        }
+        let map = self.map.as_mut().ok_or(MoveError::NotPlaced.to_string())?;
+        let epoch = if split {
+            map.split(cell)
+        } else {
+            map.merge(cell)
+        }
+        .map_err(|e| e.to_string())?;
+        let kind = if split { "split" } else { "merged" };
+        self.event(kind, format!("epoch {}: cell {cell} {kind}", epoch.0));
+        Ok(self.map_notices())
     }
 
     /// One session per account: a login on `from` may play `account` unless it plays elsewhere

@@ -5,11 +5,13 @@
 //!   and message routing, driven by joins, heartbeats, requests and the clock.
 //! - [`forming`]: joining or gathering a cluster as a state machine of link events and actions,
 //!   driven over QUIC by the runtime and over the seeded network by the simulator.
+//! - [`moves`]: the master's table of cell moves under way, and what ends them.
 //! - [`node`]: a formed shard's links during play.
 
 pub mod forming;
 pub mod local;
 pub mod master;
+pub mod moves;
 pub mod node;
 
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};

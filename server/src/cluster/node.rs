@@ -134,6 +134,26 @@ impl Node {
         }
     }
 
+    /// On the master: mark members silent for too long as dead and abort the cell moves that
+    /// are overdue or lost a party, sending their notices. The members newly declared dead.
+    pub fn master_housekeeping(&mut self, app: &mut ShardApp, now_ms: u64) -> Vec<ShardId> {
+        let Some(m) = self.master.as_mut() else {
+            return Vec::new();
+        };
+        let dead = m.check_liveness(now_ms);
+        for (to, notice) in m.check_moves(now_ms) {
+            self.notify(app, to, notice);
+        }
+        dead
+    }
+
+    /// On the master: send the notices of an order (a cell move, split or merge).
+    pub fn master_notices(&mut self, app: &mut ShardApp, notices: Vec<(ShardId, MasterNotice)>) {
+        for (to, notice) in notices {
+            self.notify(app, to, notice);
+        }
+    }
+
     fn notify(&self, app: &mut ShardApp, to: ShardId, notice: MasterNotice) {
         if to == self.me {
             app.push_master_notice(notice);

@@ -222,6 +222,9 @@ pub struct HandoffStats {
     pub refused_sent: u64,
     pub refused_received: u64,
     pub cancels_sent: u64,
+    /// Leaves moved away from / to this shard at runtime (the map flipped).
+    pub cells_moved_out: u64,
+    pub cells_moved_in: u64,
     /// Milliseconds from the source freezing an entity to this shard simulating it.
     pub transit_ms: Histogram<u64>,
 }
@@ -235,6 +238,8 @@ impl Default for HandoffStats {
             refused_sent: 0,
             refused_received: 0,
             cancels_sent: 0,
+            cells_moved_out: 0,
+            cells_moved_in: 0,
             // 1 ms .. 1 h, 2 significant digits: static bounds, cannot fail.
             transit_ms: Histogram::new_with_bounds(1, 3_600_000, 2)
                 .expect("invariant: valid static bounds"),

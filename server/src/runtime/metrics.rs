@@ -275,7 +275,7 @@ fn describe() {
     let _ = histogram!("zonescaler_handoff_transit_seconds");
     describe_counter!(
         "zonescaler_cell_moves_total",
-        "Cells moved to or from this shard at runtime (always 0 until the balancer moves cells)."
+        "Cells moved away from (out) or to (in) this shard at runtime."
     );
     describe_histogram!(
         "zonescaler_replication_lag_seconds",
@@ -392,7 +392,8 @@ fn publish_stats(app: &ShardApp, net: &NetStats, links: Option<&LinkStats>) {
     counter!("zonescaler_handoff_refusals_total", "direction" => "out").absolute(h.refused_sent);
     counter!("zonescaler_handoff_refusals_total", "direction" => "in").absolute(h.refused_received);
     counter!("zonescaler_handoff_cancels_total").absolute(h.cancels_sent);
-    counter!("zonescaler_cell_moves_total").absolute(0);
+    counter!("zonescaler_cell_moves_total", "direction" => "out").absolute(h.cells_moved_out);
+    counter!("zonescaler_cell_moves_total", "direction" => "in").absolute(h.cells_moved_in);
 }
 
 /// What the transports counted.

@@ -348,14 +348,14 @@ impl Shard {
         let mut load = self.app.load();
         load.tick_ms_p99 = pace.tick_ms(0.99) as f32;
         n.heartbeat(load, now);
-        if let Some(m) = n.master.as_mut() {
-            for dead in m.check_liveness(now) {
-                error!(
-                    shard = dead.0,
-                    "shard silent for {} ms: declared dead (its cells are not recovered: failover is not built yet)",
-                    limits::SHARD_DEAD_AFTER_MS
-                );
-            }
+        for dead in n.master_housekeeping(&mut self.app, now) {
+            error!(
+                shard = dead.0,
+                "shard silent for {} ms: declared dead (its cells are not recovered: failover is not built yet)",
+                limits::SHARD_DEAD_AFTER_MS
+            );
+        }
+        if let Some(m) = n.master.as_ref() {
             *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
         }
     }
@@ -492,12 +492,16 @@ fn join_cluster(
     me.link_addr = links.local_addr().to_string();
     let grid = CellGrid::from_config(config);
     let duplicate = config.login.duplicate;
+    let move_timeout_ms = config.cluster.cell_move_timeout_ms;
     let (forming, acts) = match &c.role {
         Role::Master { expect_shards } => Forming::master(
             grid,
             me,
             *expect_shards,
-            |m| m.with_duplicate_rule(duplicate),
+            |m| {
+                m.with_duplicate_rule(duplicate)
+                    .with_move_timeout(move_timeout_ms)
+            },
             unix_ms(),
         ),
         Role::Join { master } => Forming::joiner(grid, me, master.to_string()),

@@ -33,6 +33,7 @@ mod machine;
 
 pub use machine::{Attempt, Effect, HandoffBook, NotNow};
 
+use super::cell_move::CellMoves;
 use super::proxy::{Mirrored, Mirrors};
 use crate::client::{Clients, ClusterDirectory, Phase, send_control};
 use crate::core::components::{
@@ -48,6 +49,7 @@ use crate::core::resources::{
 use crate::core::space::Space;
 use crate::interest::Viewers;
 use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemParam;
 use bytes::Bytes;
 use glam::Vec3;
 use tracing::{debug, warn};
@@ -148,11 +150,71 @@ pub fn poll_handoffs(
 
 /// The shard an owned entity at `p` should go to: the owner of the cell it stands in, when that
 /// is another shard and the entity is at least `handoff_margin_m` from every cell this shard
-/// owns (hysteresis).
-fn handoff_target(space: &Space, margin: f32, p: [f32; 2]) -> Option<ShardId> {
+/// owns (hysteresis), unless this shard is taking that cell over in a cell move.
+fn handoff_target(space: &Space, moves: &CellMoves, margin: f32, p: [f32; 2]) -> Option<ShardId> {
     // Most moved entities stand in a base cell this shard owns whole: one table read.
     let to = space.owner_at(p)?;
-    (to != space.me && !space.boundary.owns_near(p, margin, space.me)).then_some(to)
+    let away = to != space.me && !space.boundary.owns_near(p, margin, space.me);
+    (away && !moves.takes(&space.map, p, None)).then_some(to)
+}
+
+/// What offering an owned entity to a neighbour takes: the handoff book and the entity's parts.
+/// Ordinary handoffs ([`start_handoffs`]) and cell moves (`cell_move::ship_cells`) both offer
+/// through it.
+#[derive(SystemParam)]
+pub struct Offerer<'w, 's> {
+    commands: Commands<'w, 's>,
+    pub space: Res<'w, Space>,
+    clock: Res<'w, TickClock>,
+    book: ResMut<'w, Handoffs>,
+    stats: ResMut<'w, HandoffStats>,
+    mirrors: ResMut<'w, Mirrors>,
+    offers: ResMut<'w, OutgoingOffers>,
+    clients: Res<'w, Clients>,
+    viewers: Res<'w, Viewers>,
+    parts: Query<'w, 's, OfferParts, With<Owned>>,
+}
+
+impl Offerer<'_, '_> {
+    /// Offer owned entity `e`, standing at `pos`, to `to`: it is frozen and its request queued
+    /// for [`send_offers`]. False if it cannot be offered now (already offered, backing off
+    /// after a refusal, or `to` has its fill of open attempts): it stays owned here.
+    pub fn offer(&mut self, e: Entity, pos: Vec3, to: ShardId) -> bool {
+        let Ok((net, generation, mt, cache, avatar, awaiting)) = self.parts.get(e) else {
+            return false;
+        };
+        let now_ms = self.clock.now_ms;
+        let Ok(number) = self.book.0.offer(now_ms, net.0, to, generation.0) else {
+            return false;
+        };
+        let (target, speed) = mt.map_or((pos, 0.0), |m| (m.target, m.speed_mps));
+        let req = HandoffRequest {
+            epoch: self.space.map.epoch().0,
+            id: net.0,
+            generation: number,
+            pos: pos.to_array(),
+            move_target: target.to_array(),
+            speed_mps: speed,
+            rev: cache.rev,
+            components: cache.blobs.to_vec(),
+            migrating: Vec::new(),
+            player: player_of(avatar, awaiting, &self.clients, &self.viewers),
+            sent_ms: now_ms,
+        };
+        let id = net.0;
+        self.offers.0.push((e, to, req));
+        // The target promotes its proxy: it must not get a remove for it from here.
+        if let Some(sent) = self.mirrors.0.get_mut(&to) {
+            sent.remove(&id);
+        }
+        self.commands.entity(e).remove::<Owned>().insert(InTransit {
+            to,
+            generation: number,
+        });
+        self.stats.started += 1;
+        debug!(id = %id, to = to.0, generation = number, "handoff offered");
+        true
+    }
 }
 
 /// `Ownership`: offer every owned entity that stands clearly inside another shard's cell to
@@ -160,21 +222,14 @@ fn handoff_target(space: &Space, margin: f32, p: [f32; 2]) -> Option<ShardId> {
 /// (an entity refused while standing still would otherwise never be offered again). The request
 /// goes out in [`send_offers`], once its migrating state is encoded.
 pub fn start_handoffs(
-    mut commands: Commands,
-    space: Res<Space>,
+    mut offerer: Offerer,
     config: Res<Config>,
-    clock: Res<TickClock>,
-    mut book: ResMut<Handoffs>,
-    mut stats: ResMut<HandoffStats>,
-    mut mirrors: ResMut<Mirrors>,
-    mut offers: ResMut<OutgoingOffers>,
+    moves: Res<CellMoves>,
     (rechecks, index): (Res<Rechecks>, Res<NetIndex>),
-    (clients, viewers): (Res<Clients>, Res<Viewers>),
     moved: Query<(Entity, &Position), (With<Owned>, bevy_ecs::query::Changed<Position>)>,
     owned: Query<&Position, With<Owned>>,
-    q: Query<OfferParts, With<Owned>>,
 ) {
-    if !space.has_neighbours {
+    if !offerer.space.has_neighbours {
         return;
     }
     let margin = config.0.cluster.handoff_margin_m;
@@ -182,45 +237,10 @@ pub fn start_handoffs(
         let e = *index.0.get(id)?;
         owned.get(e).ok().map(|pos| (e, pos))
     });
-    // Two queries: the narrow one walks every moved entity, the wide one is read only for the
-    // few that stand in another shard's cell.
     for (e, pos) in moved.iter().chain(rechecked) {
-        let Some(to) = handoff_target(&space, margin, [pos.0.x, pos.0.z]) else {
-            continue;
-        };
-        let Ok((net, generation, mt, cache, avatar, awaiting)) = q.get(e) else {
-            continue;
-        };
-        // Already offered (a rechecked entity that also moved), backing off, or that
-        // neighbour has its fill of open attempts: it stays owned here for now.
-        let Ok(number) = book.0.offer(clock.now_ms, net.0, to, generation.0) else {
-            continue;
-        };
-        let (target, speed) = mt.map_or((pos.0, 0.0), |m| (m.target, m.speed_mps));
-        let req = HandoffRequest {
-            epoch: space.map.epoch().0,
-            id: net.0,
-            generation: number,
-            pos: pos.0.to_array(),
-            move_target: target.to_array(),
-            speed_mps: speed,
-            rev: cache.rev,
-            components: cache.blobs.to_vec(),
-            migrating: Vec::new(),
-            player: player_of(avatar, awaiting, &clients, &viewers),
-            sent_ms: clock.now_ms,
-        };
-        offers.0.push((e, to, req));
-        // The target promotes its proxy: it must not get a remove for it from here.
-        if let Some(sent) = mirrors.0.get_mut(&to) {
-            sent.remove(&net.0);
+        if let Some(to) = handoff_target(&offerer.space, &moves, margin, [pos.0.x, pos.0.z]) {
+            offerer.offer(e, pos.0, to);
         }
-        commands.entity(e).remove::<Owned>().insert(InTransit {
-            to,
-            generation: number,
-        });
-        stats.started += 1;
-        debug!(id = %net.0, to = to.0, generation = number, "handoff offered");
     }
 }
 
@@ -326,8 +346,13 @@ fn refusal(world: &World, from: ShardId, req: &HandoffRequest) -> Option<RefuseR
     if req.epoch != space.map.epoch().0 {
         return Some(RefuseReason::StaleEpoch);
     }
-    if space.map.owner_at([req.pos[0], req.pos[2]]) != Some(space.me) {
+    let p = [req.pos[0], req.pos[2]];
+    let moves = world.resource::<CellMoves>();
+    if space.map.owner_at(p) != Some(space.me) && !moves.takes(&space.map, p, Some(from)) {
         return Some(RefuseReason::NotOwner);
+    }
+    if moves.ships(&space.map, p).is_some() {
+        return Some(RefuseReason::CellMoving);
     }
     let index = &world.resource::<NetIndex>().0;
     if let Some(&e) = index.get(&req.id) {
@@ -522,9 +547,31 @@ fn resume(world: &mut World, id: NetId, generation: u32, reason: RefuseReason) -
     let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
         return false;
     };
-    if world.get::<InTransit>(e).is_none() {
+    let Some(to) = world.get::<InTransit>(e).map(|t| t.to) else {
         return false;
-    }
+    };
+    // The target may still hold its proxy from before the offer (mirroring to it stopped then):
+    // remembered as sent at the entity's old generation, the next mirror pass refreshes it at
+    // the new one, or removes it if the entity is not near the target any more.
+    let pos = world
+        .get::<Position>(e)
+        .map(Position::quantized)
+        .unwrap_or_default();
+    let rev = world.get::<ReplicatedComponents>(e).map_or(0, |c| c.rev);
+    world
+        .resource_mut::<Mirrors>()
+        .0
+        .entry(to)
+        .or_default()
+        .insert(
+            id,
+            Mirrored {
+                pos,
+                rev,
+                generation: generation.wrapping_sub(1),
+                seen: 0,
+            },
+        );
     world
         .entity_mut(e)
         .remove::<InTransit>()

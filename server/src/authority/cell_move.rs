@@ -1,0 +1,191 @@
+//! Cell moves on a shard: shipping a leaf's entities to its next owner, taking them over, and
+//! the new map when the move is done.
+//!
+//! The master orders a move with `MoveCell { id, cell, from, to }` to both shards (see
+//! `cluster::moves` for the whole protocol). While it lasts:
+//! - the **source** ([`ship_cells`]) offers every entity it owns in the cell to the target with
+//!   the ordinary handoff (the same [`HandoffBook`](super::handoff::HandoffBook), request and
+//!   ack, so replicated and migrating state go along and a player's client is redirected), at
+//!   most `cluster.cell_move_batch` per tick. It refuses handoffs into the cell from other shards
+//!   (`CellMoving`: they try again after their backoff, by then to the new owner), mirrors the
+//!   cell's entities to the target so the target's clients there see them, and reports
+//!   `CellShipped` once it owns and freezes nothing there any more. An entity that walks in
+//!   from the source's other cells meanwhile is shipped the same way; an input or a command for
+//!   an entity of the cell follows it as in any handoff (forwarded to the new owner).
+//! - the **target** takes the cell's entities as if it owned the cell (a request for a point in
+//!   it, from the source, is accepted) and keeps them: it does not hand them back although the
+//!   map still names the source.
+//! - a **new map** ([`on_space_notices`]) ends it: the leaf is the target's, the epoch newer.
+//!   `MoveAborted` ends it too, the map unchanged: the target hands back what it took by the
+//!   usual handoff, since those entities stand in the source's cell.
+
+use super::handoff::Offerer;
+use crate::client::ClusterDirectory;
+use crate::core::components::{InTransit, Owned, Position};
+use crate::core::resources::{Config, HandoffStats, MasterInbox, MasterOutbox};
+use crate::core::space::Space;
+use bevy_ecs::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::{error, info};
+use zonescaler_shared::cellmap::{CellMap, Epoch};
+use zonescaler_shared::protocol::{MapPush, MasterNotice, MasterRequest};
+use zonescaler_shared::{CellId, ShardId};
+
+/// One move this shard takes part in: its id and the other shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MovePeer {
+    pub id: u64,
+    pub peer: ShardId,
+}
+
+/// The cell moves under way on this shard.
+#[derive(Resource, Debug, Default)]
+pub struct CellMoves {
+    /// Leaves this shard ships away, with the target.
+    pub outgoing: BTreeMap<CellId, MovePeer>,
+    /// Leaves this shard takes over, with the source.
+    pub incoming: BTreeMap<CellId, MovePeer>,
+    /// Moves reported shipped (once each).
+    reported: BTreeSet<u64>,
+}
+
+impl CellMoves {
+    /// Whether the leaf under `p` is one this shard is taking over (from `from`, if given).
+    pub fn takes(&self, map: &CellMap, p: [f32; 2], from: Option<ShardId>) -> bool {
+        !self.incoming.is_empty()
+            && self
+                .incoming
+                .get(&map.leaf_at(p))
+                .is_some_and(|m| from.is_none_or(|f| f == m.peer))
+    }
+
+    /// The target the leaf under `p` is being shipped to, if it is.
+    pub fn ships(&self, map: &CellMap, p: [f32; 2]) -> Option<ShardId> {
+        if self.outgoing.is_empty() {
+            return None;
+        }
+        self.outgoing.get(&map.leaf_at(p)).map(|m| m.peer)
+    }
+}
+
+/// `Receive`, before the links: the master's new maps and move orders (other notices stay for
+/// the client layer). A map is taken only if it is newer than the one this shard has.
+pub fn on_space_notices(world: &mut World) {
+    let notices = std::mem::take(&mut world.resource_mut::<MasterInbox>().0);
+    let mut rest = Vec::with_capacity(notices.len());
+    for notice in notices {
+        match notice {
+            MasterNotice::Map(push) => apply_map(world, push),
+            MasterNotice::MoveCell { id, cell, from, to } => {
+                let me = world.resource::<Space>().me;
+                let mut moves = world.resource_mut::<CellMoves>();
+                if from == me {
+                    moves.outgoing.insert(cell, MovePeer { id, peer: to });
+                }
+                if to == me {
+                    moves.incoming.insert(cell, MovePeer { id, peer: from });
+                }
+                info!(id, %cell, from = from.0, to = to.0, "cell move started");
+            }
+            MasterNotice::MoveAborted { id, cell } => {
+                let mut moves = world.resource_mut::<CellMoves>();
+                moves.outgoing.retain(|_, m| m.id != id);
+                moves.incoming.retain(|_, m| m.id != id);
+                moves.reported.remove(&id);
+                info!(id, %cell, "cell move aborted");
+            }
+            other => rest.push(other),
+        }
+    }
+    world.resource_mut::<MasterInbox>().0 = rest;
+}
+
+/// Take `push` if it is newer: the new map, the members' addresses, and the end of the moves it
+/// settles (a leaf shipped away is now its target's; a leaf taken over is now this shard's).
+fn apply_map(world: &mut World, push: MapPush) {
+    let (me, grid, epoch) = {
+        let space = world.resource::<Space>();
+        (space.me, *space.grid(), space.map.epoch())
+    };
+    if push.epoch <= epoch.0 {
+        return;
+    }
+    let map = match CellMap::from_leaves(grid, Epoch(push.epoch), push.leaves.into_iter().collect())
+    {
+        Ok(m) => m,
+        Err(e) => {
+            error!(epoch = push.epoch, error = %e, "the master's map does not fit this world: ignored");
+            return;
+        }
+    };
+    {
+        let mut dir = world.resource_mut::<ClusterDirectory>();
+        for m in &push.members {
+            dir.client_addrs.insert(m.id, m.client_addr.clone());
+        }
+    }
+    let (mut out, mut inc) = (0, 0);
+    let mut moves = world.resource_mut::<CellMoves>();
+    moves.outgoing.retain(|cell, _| {
+        let mine = map.owner_of(*cell) == Some(me);
+        out += u64::from(!mine);
+        mine
+    });
+    moves.incoming.retain(|cell, _| {
+        let pending = map.owner_of(*cell).is_some_and(|s| s != me);
+        inc += u64::from(map.owner_of(*cell) == Some(me));
+        pending
+    });
+    let live: BTreeSet<u64> = moves
+        .outgoing
+        .values()
+        .chain(moves.incoming.values())
+        .map(|m| m.id)
+        .collect();
+    moves.reported.retain(|id| live.contains(id));
+    let mut stats = world.resource_mut::<HandoffStats>();
+    stats.cells_moved_out += out;
+    stats.cells_moved_in += inc;
+    info!(epoch = push.epoch, "new cell map");
+    world.insert_resource(Space::new(me, map));
+}
+
+/// `Ownership`, before ordinary handoffs: offer the entities of every leaf being shipped to its
+/// target, at most `cluster.cell_move_batch` per tick, and report a leaf shipped once nothing of
+/// it is owned or frozen here.
+pub fn ship_cells(
+    mut offerer: Offerer,
+    mut moves: ResMut<CellMoves>,
+    config: Res<Config>,
+    owned: Query<(Entity, &Position), With<Owned>>,
+    frozen: Query<(&Position, &InTransit)>,
+    mut master: ResMut<MasterOutbox>,
+) {
+    if moves.outgoing.is_empty() {
+        return;
+    }
+    let mut budget = config.0.cluster.cell_move_batch as usize;
+    let mut left: BTreeMap<u64, usize> = moves.outgoing.values().map(|m| (m.id, 0)).collect();
+    for (e, pos) in &owned {
+        let p = [pos.0.x, pos.0.z];
+        let Some(m) = moves.outgoing.get(&offerer.space.map.leaf_at(p)).copied() else {
+            continue;
+        };
+        *left.entry(m.id).or_default() += 1;
+        if budget > 0 && offerer.offer(e, pos.0, m.peer) {
+            budget -= 1;
+        }
+    }
+    for (pos, t) in &frozen {
+        let leaf = offerer.space.map.leaf_at([pos.0.x, pos.0.z]);
+        if let Some(m) = moves.outgoing.get(&leaf).filter(|m| m.peer == t.to) {
+            *left.entry(m.id).or_default() += 1;
+        }
+    }
+    for (id, n) in left {
+        if n == 0 && moves.reported.insert(id) {
+            master.0.push(MasterRequest::CellShipped { id });
+            info!(id, "cell shipped");
+        }
+    }
+}
