@@ -349,6 +349,8 @@ impl Shard {
     /// Report load to the master (the app's counts and the window's measurements, the window
     /// then starting afresh); on the master, check liveness and refresh the API's view.
     fn heartbeat(&mut self, window: &mut LoadWindow, now: u64) {
+        // A lone shard reports to nobody: it reads no counters and leaves its window open (its
+        // histogram has a fixed size and its counts saturate).
         if self.node.is_none() {
             return;
         }
