@@ -174,6 +174,53 @@ fn only_a_process_with_the_cluster_secret_can_join() {
         body.contains("\"id\":0") && body.contains("\"id\":1") && !body.contains("\"id\":2"),
         "two members, the intruder not among them: {body}"
     );
+    both_shards_report_their_measured_load(&http);
+}
+
+/// Every shard's heartbeat carries what its runtime measured over the last window: the tick
+/// thread's CPU (1,000 NPCs wander, so it is never idle), tick times, memory, and a tick share
+/// for the cells holding them.
+fn both_shards_report_their_measured_load(http: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let measured = |s: &serde_json::Value| {
+        s["ticks"].as_u64() > Some(0)
+            && s["window_ms"].as_u64() > Some(0)
+            && s["tick_cpu_share"].as_f64() > Some(0.0)
+    };
+    let view = loop {
+        let (_, body) = http_get(http);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let shards = v["shards"].as_array().cloned().unwrap_or_default();
+        if shards.len() == 2 && shards.iter().all(measured) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no measured load from both shards within 20 s: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for s in view["shards"].as_array().expect("shards") {
+        let share = s["tick_cpu_share"].as_f64().expect("a number");
+        assert!(share > 0.0 && share <= 1.0, "{s}");
+        let cpu_ms = s["tick_cpu_ms"].as_f64().expect("a number");
+        let window_ms = s["window_ms"].as_f64().expect("a number");
+        assert!(
+            (cpu_ms / window_ms - share).abs() < 0.01,
+            "the share is the window's CPU over its wall time: {s}"
+        );
+        assert!(
+            s["tick_ms_p99"].as_f64() >= s["tick_ms_p50"].as_f64(),
+            "{s}"
+        );
+        assert!(s["rss_bytes"].as_u64() > Some(1 << 20), "{s}");
+        assert!(s["process_cpu_share"].as_f64() > Some(0.0), "{s}");
+    }
+    let cells = view["cells"].as_array().expect("cells");
+    assert!(
+        cells.iter().any(|c| c["tick_share"].as_f64() > Some(0.0)),
+        "the NPCs' cells carry a share of their owners' ticks"
+    );
 }
 
 #[test]

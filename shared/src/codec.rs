@@ -247,6 +247,64 @@ mod tests {
         ));
     }
 
+    /// A heartbeat that measured 30% of a core, over two cells.
+    fn heartbeat() -> ShardLoad {
+        let cell = |x, share| CellLoad {
+            cell: crate::CellId::base(x, 0),
+            entities: 10,
+            clients: 1,
+            tick_share: share,
+        };
+        ShardLoad {
+            window_ms: 200,
+            ticks: 6,
+            tick_cpu_ms: 60.0,
+            tick_cpu_share: 0.3,
+            tick_ms_p50: 9.0,
+            tick_ms_p99: 12.5,
+            process_cpu_share: 1.4,
+            cells: vec![cell(0, 0.75), cell(1, 0.25)],
+            ..ShardLoad::default()
+        }
+    }
+
+    #[test]
+    fn heartbeats_with_figures_the_master_cannot_use_are_refused() {
+        let decode = |load: ShardLoad| decode_link_message(&encode(&LinkMessage::Heartbeat(load)));
+        assert_eq!(
+            decode(heartbeat()),
+            Ok(LinkMessage::Heartbeat(heartbeat())),
+            "a sane report round-trips (a process may use more than one core)"
+        );
+        let bad_figure = Err(DecodeError::Invalid(
+            "load figure not finite, negative, or a share over 1",
+        ));
+        let cases: [(&str, fn(&mut ShardLoad)); 9] = [
+            ("NaN tick CPU share", |l| l.tick_cpu_share = f32::NAN),
+            ("tick thread over one core", |l| l.tick_cpu_share = 1.01),
+            ("negative tick CPU", |l| l.tick_cpu_ms = -1.0),
+            ("infinite p99", |l| l.tick_ms_p99 = f32::INFINITY),
+            ("negative p50", |l| l.tick_ms_p50 = -0.5),
+            ("NaN transit", |l| l.handoff_transit_ms_p99 = f32::NAN),
+            ("negative process CPU", |l| l.process_cpu_share = -0.1),
+            ("NaN cell share", |l| l.cells[1].tick_share = f32::NAN),
+            ("cell share over 1", |l| l.cells[0].tick_share = 2.0),
+        ];
+        for (what, spoil) in cases {
+            let mut load = heartbeat();
+            spoil(&mut load);
+            assert_eq!(decode(load), bad_figure, "{what}");
+        }
+        let mut crowded = heartbeat();
+        crowded.cells = vec![crowded.cells[0]; limits::CELL_LOADS_PER_HEARTBEAT_MAX + 1];
+        crowded.cells.iter_mut().for_each(|c| c.tick_share = 0.0);
+        assert_eq!(
+            decode(crowded),
+            Err(DecodeError::Invalid("cell loads over limits")),
+            "one cell more than a heartbeat may carry"
+        );
+    }
+
     #[test]
     fn frame_lengths_are_checked_before_reading() {
         let f = frame(&[1, 2, 3]);

@@ -531,7 +531,10 @@ pub struct MemberInfo {
     pub weight: u32,
 }
 
-/// What a shard tells the master about itself.
+/// What a shard tells the master about itself: counts as of now, and its load over the report
+/// window, the time since its previous heartbeat (`window_ms`, about
+/// [`limits::HEARTBEAT_MS`]). Every `f32` is finite and non-negative (a heartbeat with any other
+/// is refused), and the shares of one tick thread are at most 1.
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct ShardLoad {
     pub tick: u64,
@@ -539,10 +542,34 @@ pub struct ShardLoad {
     pub in_transit: u32,
     pub proxies: u32,
     pub clients: u32,
+    /// Wall time the window's figures cover, milliseconds.
+    pub window_ms: u32,
+    /// Ticks run in the window.
+    pub ticks: u32,
+    /// CPU time of the tick thread over the window (the schedule and the transports' work it
+    /// does between ticks, never its sleep), milliseconds.
+    pub tick_cpu_ms: f32,
+    /// `tick_cpu_ms / window_ms`: the share of one core the tick thread used, 0..=1. The
+    /// balancer's main input: CPU time is what a noisy machine distorts least (a tick that
+    /// waited for a core takes longer on the wall clock, not on the CPU clock).
+    pub tick_cpu_share: f32,
+    /// Median and 99th percentile of the schedule's wall time per tick over the window, ms.
+    pub tick_ms_p50: f32,
     pub tick_ms_p99: f32,
+    /// Ticks in the window whose schedule took longer than the tick period.
+    pub tick_overruns: u32,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
     pub handoff_transit_ms_p99: f32,
+    /// Payload bytes sent per second over the window to clients (datagrams and control
+    /// messages) and to other shards (link frames), without QUIC's overhead.
+    pub client_bytes_out_per_s: u64,
+    pub link_bytes_out_per_s: u64,
+    /// Resident memory of the shard process at the end of the window, bytes.
+    pub rss_bytes: u64,
+    /// CPU time of the whole process (every thread: tick, network, HTTP) over the window,
+    /// divided by the window's wall time: cores, so it may exceed 1.
+    pub process_cpu_share: f32,
     /// Players who logged in (or arrived by redirect) / left since the last heartbeat.
     pub players_arrived: Vec<String>,
     pub players_left: Vec<String>,
@@ -551,12 +578,37 @@ pub struct ShardLoad {
     pub cells: Vec<CellLoad>,
 }
 
+impl ShardLoad {
+    /// Whether every measured figure is one the master can add and compare: finite and
+    /// non-negative, shares of the tick thread at most 1. A NaN would poison every sum and
+    /// comparison the balancer makes with it.
+    pub fn figures_ok(&self) -> bool {
+        let amount = |v: f32| v.is_finite() && v >= 0.0;
+        let share = |v: f32| amount(v) && v <= 1.0;
+        [
+            self.tick_cpu_ms,
+            self.tick_ms_p50,
+            self.tick_ms_p99,
+            self.handoff_transit_ms_p99,
+            self.process_cpu_share,
+        ]
+        .into_iter()
+        .all(amount)
+            && share(self.tick_cpu_share)
+            && self.cells.iter().all(|c| share(c.tick_share))
+    }
+}
+
 /// What one cell holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
 pub struct CellLoad {
     pub cell: crate::CellId,
     pub entities: u32,
     pub clients: u32,
+    /// Estimated share of the reporting shard's tick this cell costs, 0..=1: the shard's
+    /// measured tick CPU apportioned over its cells by a cost model of entities and clients
+    /// (`zonescaler_server::core::load`). The shares of one report add up to at most 1.
+    pub tick_share: f32,
 }
 
 impl Validate for LinkMessage {
@@ -599,6 +651,9 @@ impl Validate for LinkMessage {
             }
             Self::Heartbeat(h) if h.cells.len() > limits::CELL_LOADS_PER_HEARTBEAT_MAX => {
                 Err("cell loads over limits")
+            }
+            Self::Heartbeat(h) if !h.figures_ok() => {
+                Err("load figure not finite, negative, or a share over 1")
             }
             Self::Batch(b)
                 if b.len() > limits::LINK_BATCH_MESSAGES_MAX

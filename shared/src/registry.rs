@@ -19,7 +19,7 @@ use crate::limits;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// Revision of the message layout in [`crate::protocol`]; bump with any field change.
-const SCHEMA_REVISION: &str = "zonescaler-wire/snapshot-age-baseline-index-moved-rare/proxy-batch-only-handoff-redirect-cellmap/tickets-commands-migrate-messages/7";
+const SCHEMA_REVISION: &str = "zonescaler-wire/snapshot-age-baseline-index-moved-rare/proxy-batch-only-handoff-redirect-cellmap/tickets-commands-migrate-messages/shard-load-window/8";
 
 /// One registered command.
 #[derive(Clone, Debug, PartialEq, Eq)]

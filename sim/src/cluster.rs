@@ -27,6 +27,7 @@
 //! The master also moves random leaves between shards (some moves time out and abort), and
 //! splits and merges leaves, while all of this goes on.
 
+use crate::load::ModelledLoad;
 use crate::{Packet, Violation};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -155,6 +156,8 @@ pub struct ClusterSim {
     now_us: u64,
     tick_us: u64,
     bots: Vec<ClusterBot>,
+    /// Each shard's modelled load, which its heartbeats report.
+    loads: Vec<ModelledLoad>,
     /// Owned entities per shard for the last `lag_bound + 1` ticks, newest last.
     history: VecDeque<Vec<OwnedAt>>,
     /// Positions of entities frozen in a handoff, for the same ticks: a source's proxy of an
@@ -217,13 +220,17 @@ fn in_transit_of(app: &mut ShardApp) -> Vec<(NetId, InTransit, QPos)> {
 }
 
 /// What a run reports when every invariant held.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterOutcome {
     pub max_proxies: usize,
     /// Handoffs completed (sources that got an ack).
     pub handoffs: u64,
     /// Bot redirects that ended with the bot on its avatar's new shard.
     pub bot_handoffs: u64,
+    /// Each shard's modelled tick CPU share as the master last heard it, and the shares of the
+    /// cells it reported, summed (at most 1).
+    pub tick_cpu_shares: Vec<f32>,
+    pub cell_share_sums: Vec<f32>,
 }
 
 impl ClusterSim {
@@ -267,6 +274,9 @@ impl ClusterSim {
         let tick_us = 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
         let boundary = BoundaryIndex::new(&map);
         let maps = BTreeMap::from([(map.epoch().0, map.clone())]);
+        let loads = (0..cfg.shards)
+            .map(|_| ModelledLoad::new(cfg.world.simulation.tick_hz))
+            .collect();
         let mut sim = Self {
             cfg,
             shards,
@@ -276,6 +286,7 @@ impl ClusterSim {
             now_us,
             tick_us,
             bots,
+            loads,
             history: VecDeque::new(),
             frozen_history: VecDeque::new(),
             near_for: BTreeMap::new(),
@@ -321,6 +332,15 @@ impl ClusterSim {
             max_proxies,
             handoffs,
             bot_handoffs: self.bots.iter().map(|b| b.bot.metrics.handoffs).sum(),
+            tick_cpu_shares: self
+                .master
+                .members()
+                .values()
+                .map(|m| m.load.tick_cpu_share)
+                .collect(),
+            cell_share_sums: (self.master.members().values())
+                .map(|m| m.load.cells.iter().map(|c| c.tick_share).sum())
+                .collect(),
         })
     }
 
@@ -360,12 +380,15 @@ impl ClusterSim {
             (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1);
         if next_tick.is_multiple_of(heartbeat_ticks) {
             for i in 0..n {
-                let load = self.shards[i].load();
+                let mut load = self.shards[i].load();
+                self.loads[i].close(&mut load);
                 self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }
         for i in 0..n {
-            self.send_batches(i);
+            let link_bytes = self.send_batches(i);
+            let period = std::time::Duration::from_micros(self.tick_us);
+            self.loads[i].after_tick(&self.shards[i], period, link_bytes);
             for req in self.shards[i].drain_master_requests() {
                 self.send_to_master(i, LinkMessage::ToMaster(req));
             }
@@ -477,10 +500,13 @@ impl ClusterSim {
     }
 
     /// One tick's shard messages of shard `i`: one batch per neighbour, as a shard's node sends.
-    fn send_batches(&mut self, i: usize) {
+    /// Returns the bytes of those messages.
+    fn send_batches(&mut self, i: usize) -> u64 {
         let now = self.now_us;
         let mut per: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut bytes_out = 0;
         for (to, bytes) in self.shards[i].drain_shard_outbox() {
+            bytes_out += bytes.len() as u64;
             per.entry(to).or_default().push(bytes.to_vec());
         }
         for (to, msgs) in per {
@@ -493,6 +519,7 @@ impl ClusterSim {
                 true,
             );
         }
+        bytes_out
     }
 
     /// A message for the master (shard 0): over the link, or straight in on shard 0 itself.

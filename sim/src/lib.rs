@@ -6,6 +6,7 @@
 //! seed and tick; `cargo run -p zonescaler-sim -- --seed N` replays it exactly.
 
 pub mod cluster;
+pub mod load;
 
 use bytes::Bytes;
 use std::collections::BTreeSet;

@@ -31,6 +31,14 @@ fn multi_shard_smoke_seeds_pass() {
             o.bot_handoffs > 0,
             "seed {seed}: bots must follow their avatars to the new shard ({o:?})"
         );
+        assert!(
+            !o.tick_cpu_shares.is_empty() && o.tick_cpu_shares.iter().all(|s| *s > 0.0),
+            "seed {seed}: every shard's heartbeat reports its modelled tick CPU ({o:?})"
+        );
+        assert!(
+            o.cell_share_sums.iter().all(|s| (s - 1.0).abs() < 1e-3),
+            "seed {seed}: each shard's cells share its whole tick ({o:?})"
+        );
     }
 }
 

@@ -44,6 +44,15 @@
   const NF = new Intl.NumberFormat('en-US');
   const fmtInt = (v) => (v === null || v === undefined ? '—' : NF.format(Math.round(v)));
   const fmtMs = (v) => (v === null || v === undefined ? '—' : `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`);
+  // A share of one core (0..1, or more for a whole process) as a percentage.
+  const fmtPct = (v) => (v === null || v === undefined ? '—' : `${Math.round(v * 100)} %`);
+  const fmtBytes = (v) => {
+    if (v === null || v === undefined) return '—';
+    if (v >= 1 << 30) return `${(v / (1 << 30)).toFixed(1)} GiB`;
+    if (v >= 1 << 20) return `${Math.round(v / (1 << 20))} MiB`;
+    if (v >= 1 << 10) return `${Math.round(v / (1 << 10))} KiB`;
+    return `${Math.round(v)} B`;
+  };
   const fmtM = (v) => {
     if (v === null) return '—';
     const r = Math.round(v * 100) / 100;
@@ -91,10 +100,18 @@
       proxies: num(s.proxies),
       clients: num(s.clients),
       tick: num(s.tick),
+      // Over the shard's last heartbeat window (~200 ms), as is tick_ms_p99.
+      tickP50: num(s.tick_ms_p50),
       tickP99: num(s.tick_ms_p99),
+      tickCpu: num(s.tick_cpu_share),
+      tickOverruns: num(s.tick_overruns),
       handoffsOut: num(s.handoffs_out),
       handoffsIn: num(s.handoffs_in),
       transitP99: num(s.handoff_transit_ms_p99),
+      clientBytesOut: num(s.client_bytes_out_per_s),
+      linkBytesOut: num(s.link_bytes_out_per_s),
+      rss: num(s.rss_bytes),
+      processCpu: num(s.process_cpu_share),
       metricsAddr: str(s.metrics_addr),
     };
   }
@@ -111,6 +128,8 @@
       shard: num(c.shard),
       entities: num(c.entities),
       clients: num(c.clients), // players' avatars in the cell, connected or following a redirect
+      tickShare: num(c.tick_share), // estimated share of its owner's tick
+      tickCpu: num(c.tick_cpu_share), // estimated share of one core
     };
   }
 
@@ -473,7 +492,7 @@
 
   // ---------------------------------------------------------------- shards table
   const rowEls = new Map(); // shard id -> { tr, cells: [] }
-  const COLS = 11;
+  const COLS = 13;
   function setText(td, text, cls) {
     if (td.textContent !== text) td.textContent = text;
     if (cls !== undefined && td.className !== cls) td.className = cls;
@@ -533,21 +552,24 @@
       const tickCls = s.tickP99 === null ? '' : s.tickP99 > budget ? 'bad' : s.tickP99 > 0.75 * budget ? 'warn' : '';
       setText(t[7], fmtMs(s.tickP99), tickCls);
       t[7].title = `tick budget ${budget.toFixed(1)} ms`;
-      setText(t[8], `${fmtInt(s.handoffsOut)} / ${fmtInt(s.handoffsIn)}`);
-      setText(t[9], fmtMs(s.transitP99));
+      const cpuCls = s.tickCpu === null ? '' : s.tickCpu > 0.8 ? 'bad' : s.tickCpu > 0.6 ? 'warn' : '';
+      setText(t[8], fmtPct(s.tickCpu), cpuCls);
+      setText(t[9], `${fmtInt(s.handoffsOut)} / ${fmtInt(s.handoffsIn)}`);
+      setText(t[10], fmtMs(s.transitP99));
+      setText(t[11], fmtBytes(s.rss));
       const href = metricsHref(s.metricsAddr);
       if (row.metrics !== href) {
         row.metrics = href;
-        t[10].className = 'l addr';
+        t[12].className = 'l addr';
         if (href) {
           const a = el('a', null, s.metricsAddr);
           a.href = href;
           a.target = '_blank';
           a.rel = 'noopener';
           a.addEventListener('click', (e) => e.stopPropagation());
-          t[10].replaceChildren(a);
+          t[12].replaceChildren(a);
         } else {
-          t[10].replaceChildren(document.createTextNode(s.metricsAddr ?? '—'));
+          t[12].replaceChildren(document.createTextNode(s.metricsAddr ?? '—'));
         }
       }
       row.tr.classList.toggle('dead', alive === false);
@@ -566,8 +588,9 @@
       // owned + in transit, as in each row, so it adds up to the Entities total at the top
       ['', fmtInt(sum((s) => s.ownedEntities)) + (transit ? ` +${fmtInt(transit)}` : '')],
       ['', fmtInt(sum((s) => s.proxies))],
-      ['', fmtInt(sum((s) => s.clients))], ['', ''],
-      ['', `${fmtInt(sum((s) => s.handoffsOut))} / ${fmtInt(sum((s) => s.handoffsIn))}`], ['', ''], ['l', ''],
+      ['', fmtInt(sum((s) => s.clients))], ['', ''], ['', ''],
+      ['', `${fmtInt(sum((s) => s.handoffsOut))} / ${fmtInt(sum((s) => s.handoffsIn))}`], ['', ''],
+      ['', fmtBytes(sum((s) => s.rss))], ['l', ''],
     ];
     const tr = el('tr');
     for (const [cls, text] of cells) tr.appendChild(el('td', cls, text));
@@ -662,7 +685,11 @@
       kv(dl, 'Proxies', fmtInt(s.proxies));
       kv(dl, 'Clients', fmtInt(s.clients));
       kv(dl, 'Tick', fmtInt(s.tick));
-      kv(dl, 'Tick p99', `${fmtMs(s.tickP99)} (budget ${tickBudgetMs().toFixed(1)} ms)`);
+      kv(dl, 'Tick p50 / p99', `${fmtMs(s.tickP50)} / ${fmtMs(s.tickP99)} (budget ${tickBudgetMs().toFixed(1)} ms)`);
+      kv(dl, 'Tick CPU', `${fmtPct(s.tickCpu)} of a core · ${fmtInt(s.tickOverruns)} ticks over budget`);
+      kv(dl, 'Process CPU', `${fmtPct(s.processCpu)} of a core`);
+      kv(dl, 'Sent', `${fmtBytes(s.clientBytesOut)}/s to clients · ${fmtBytes(s.linkBytesOut)}/s to shards`);
+      kv(dl, 'Memory (RSS)', fmtBytes(s.rss));
       kv(dl, 'Handoffs out / in', `${fmtInt(s.handoffsOut)} / ${fmtInt(s.handoffsIn)}`);
       kv(dl, 'Transit p99', fmtMs(s.transitP99));
       box.replaceChildren(h, dl);
@@ -686,6 +713,7 @@
     kv(dl, 'Size', `${fmtM(x1 - x0)} × ${fmtM(z1 - z0)} m`);
     kv(dl, 'Entities', fmtInt(c.entities));
     kv(dl, 'Players', fmtInt(c.clients));
+    kv(dl, 'Tick share', `${fmtPct(c.tickShare)} of its owner's tick (${fmtPct(c.tickCpu)} of a core; estimated)`);
     const km2 = ((x1 - x0) * (z1 - z0)) / 1e6;
     if (c.entities !== null) kv(dl, 'Entity density', `${fmtInt(c.entities / km2)} / km²`);
     box.replaceChildren(h, dl);

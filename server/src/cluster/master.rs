@@ -27,8 +27,8 @@ use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contigu
 use zonescaler_shared::config::DuplicateLogin;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    CellLoad, ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo,
-    MessageScope, PlayerMessage, ShardLoad,
+    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo, MessageScope,
+    PlayerMessage, ShardLoad,
 };
 use zonescaler_shared::{CellId, ShardId};
 
@@ -523,35 +523,48 @@ impl Master {
         view
     }
 
-    /// Every leaf of the map with its owner and the entities and clients in it, summed over every
-    /// shard's last report: an entity inside the handoff margin past a border is still simulated
-    /// (and reported) by the shard it came from, so two shards may both report a cell.
+    /// The latest load of every cell any shard reported, from each member's last heartbeat:
+    /// entities and clients summed over every report (an entity inside the handoff margin past
+    /// a border is still simulated, and reported, by the shard it came from, so two shards may
+    /// both report a cell), the owner's estimate of the cell's share of its tick, and the part
+    /// of one core the cell costs across every shard that reported it.
+    pub fn cell_loads(&self) -> BTreeMap<CellId, CellSum> {
+        let mut sums: BTreeMap<CellId, CellSum> = BTreeMap::new();
+        let owner = |cell| self.map.as_ref().and_then(|m| m.owner_of(cell));
+        for m in self.members.values() {
+            for c in &m.load.cells {
+                let sum = sums.entry(c.cell).or_default();
+                sum.entities = sum.entities.saturating_add(c.entities);
+                sum.clients = sum.clients.saturating_add(c.clients);
+                sum.tick_cpu_share += c.tick_share * m.load.tick_cpu_share;
+                if owner(c.cell) == Some(m.info.id) {
+                    sum.tick_share = c.tick_share;
+                }
+            }
+        }
+        sums
+    }
+
+    /// Every leaf of the map with its owner and its load ([`Self::cell_loads`]).
     fn cell_views(&self) -> Vec<CellView> {
         let Some(map) = &self.map else {
             return Vec::new();
         };
-        let mut loads: BTreeMap<CellId, CellLoad> = BTreeMap::new();
-        for c in self.members.values().flat_map(|m| &m.load.cells) {
-            let sum = loads.entry(c.cell).or_insert(CellLoad {
-                cell: c.cell,
-                entities: 0,
-                clients: 0,
-            });
-            sum.entities = sum.entities.saturating_add(c.entities);
-            sum.clients = sum.clients.saturating_add(c.clients);
-        }
+        let loads = self.cell_loads();
         map.leaves()
             .iter()
             .map(|(cell, shard)| {
                 let r = self.grid.rect(*cell);
-                let load = loads.get(cell);
+                let load = loads.get(cell).copied().unwrap_or_default();
                 CellView {
                     id: cell.to_string(),
                     level: cell.level,
                     rect: [r.min[0], r.min[1], r.max[0], r.max[1]],
                     shard: shard.0,
-                    entities: load.map_or(0, |l| l.entities),
-                    clients: load.map_or(0, |l| l.clients),
+                    entities: load.entities,
+                    clients: load.clients,
+                    tick_share: load.tick_share,
+                    tick_cpu_share: load.tick_cpu_share,
                 }
             })
             .collect()
@@ -566,24 +579,7 @@ impl Master {
         let shards: Vec<ShardView> = self
             .members
             .values()
-            .map(|m| ShardView {
-                id: m.info.id.0,
-                addr: m.info.client_addr.clone(),
-                link_addr: m.info.link_addr.clone(),
-                metrics_addr: m.info.metrics_addr.clone(),
-                alive: m.alive,
-                weight: m.info.weight,
-                cells: cells_of(m.info.id),
-                owned_entities: m.load.owned_entities,
-                in_transit: m.load.in_transit,
-                proxies: m.load.proxies,
-                clients: m.load.clients,
-                tick: m.load.tick,
-                tick_ms_p99: m.load.tick_ms_p99,
-                handoffs_out: m.load.handoffs_out,
-                handoffs_in: m.load.handoffs_in,
-                handoff_transit_ms_p99: m.load.handoff_transit_ms_p99,
-            })
+            .map(|m| ShardView::of(m, cells_of(m.info.id)))
             .collect();
         ClusterView {
             epoch: self.map.as_ref().map_or(0, |m| m.epoch().0),
@@ -677,8 +673,26 @@ pub struct CellView {
     /// client follows a redirect), from every shard's last heartbeat.
     pub entities: u32,
     pub clients: u32,
+    /// Estimated share of its owner's tick, 0..=1 (the owner's report; `CellLoad::tick_share`).
+    pub tick_share: f32,
+    /// Estimated part of one core the cell costs: each reporting shard's share for it times
+    /// that shard's `tick_cpu_share`, summed. Comparable across shards, unlike `tick_share`.
+    pub tick_cpu_share: f32,
 }
 
+/// One cell's latest load, over every shard's last report ([`Master::cell_loads`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CellSum {
+    pub entities: u32,
+    pub clients: u32,
+    /// The owner's estimate of the cell's share of its tick (0 when the owner reported none).
+    pub tick_share: f32,
+    /// The part of one core the cell costs, summed over the shards that reported it.
+    pub tick_cpu_share: f32,
+}
+
+/// One member in `/api/cluster`: what its last heartbeat said (figures "over the window" cover
+/// the `window_ms` before that heartbeat, about `limits::HEARTBEAT_MS`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ShardView {
     pub id: u16,
@@ -695,16 +709,70 @@ pub struct ShardView {
     pub proxies: u32,
     pub clients: u32,
     pub tick: u64,
+    /// Wall time of the window the figures below cover, ms, and the ticks run in it.
+    pub window_ms: u32,
+    pub ticks: u32,
+    /// The tick thread's CPU time over the window (ms), and as a share of its wall time (0..=1).
+    pub tick_cpu_ms: f32,
+    pub tick_cpu_share: f32,
+    /// The schedule's wall time per tick over the window, ms (before the load reports had a
+    /// window, `tick_ms_p99` covered the process's whole life in a cluster).
+    pub tick_ms_p50: f32,
     pub tick_ms_p99: f32,
+    /// Ticks over the tick period in the window.
+    pub tick_overruns: u32,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
     pub handoff_transit_ms_p99: f32,
+    /// Payload bytes sent per second over the window, to clients and over shard links.
+    pub client_bytes_out_per_s: u64,
+    pub link_bytes_out_per_s: u64,
+    /// Resident memory of the process, bytes.
+    pub rss_bytes: u64,
+    /// The whole process's CPU time over the window per second of wall time (cores).
+    pub process_cpu_share: f32,
+}
+
+impl ShardView {
+    /// `m` as the API shows it, owning `cells` leaves.
+    fn of(m: &Member, cells: usize) -> Self {
+        let l = &m.load;
+        Self {
+            id: m.info.id.0,
+            addr: m.info.client_addr.clone(),
+            link_addr: m.info.link_addr.clone(),
+            metrics_addr: m.info.metrics_addr.clone(),
+            alive: m.alive,
+            weight: m.info.weight,
+            cells,
+            owned_entities: l.owned_entities,
+            in_transit: l.in_transit,
+            proxies: l.proxies,
+            clients: l.clients,
+            tick: l.tick,
+            window_ms: l.window_ms,
+            ticks: l.ticks,
+            tick_cpu_ms: l.tick_cpu_ms,
+            tick_cpu_share: l.tick_cpu_share,
+            tick_ms_p50: l.tick_ms_p50,
+            tick_ms_p99: l.tick_ms_p99,
+            tick_overruns: l.tick_overruns,
+            handoffs_out: l.handoffs_out,
+            handoffs_in: l.handoffs_in,
+            handoff_transit_ms_p99: l.handoff_transit_ms_p99,
+            client_bytes_out_per_s: l.client_bytes_out_per_s,
+            link_bytes_out_per_s: l.link_bytes_out_per_s,
+            rss_bytes: l.rss_bytes,
+            process_cpu_share: l.process_cpu_share,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use zonescaler_shared::config::WorldConfig;
+    use zonescaler_shared::protocol::CellLoad;
 
     fn info(addr: &str) -> MemberInfo {
         MemberInfo {
@@ -864,18 +932,20 @@ mod tests {
             .collect();
         let (busy, owner) = leaves[0];
         let neighbour = ShardId(1 - owner.0);
-        let load = |entities, clients| ShardLoad {
+        let load = |entities, clients, tick_share, tick_cpu_share| ShardLoad {
+            tick_cpu_share,
             cells: vec![CellLoad {
                 cell: busy,
                 entities,
                 clients,
+                tick_share,
             }],
             ..ShardLoad::default()
         };
-        m.heartbeat(owner, load(12, 3), 5);
+        m.heartbeat(owner, load(12, 3, 0.5, 0.4), 5);
         // Two entities of the neighbour walked into the cell but are not handed over yet (they
         // are within the handoff margin): the neighbour reports them, after the owner.
-        m.heartbeat(neighbour, load(2, 1), 6);
+        m.heartbeat(neighbour, load(2, 1, 0.25, 0.2), 6);
         let v = m.view();
         assert_eq!(v.cells.len(), leaves.len());
         let c = v
@@ -888,10 +958,99 @@ mod tests {
             (owner.0, 14, 4),
             "both shards' reports of the cell count, neither replaces the other"
         );
+        assert_eq!(
+            c.tick_share, 0.5,
+            "the cell's share of its owner's tick is the owner's estimate"
+        );
+        assert!(
+            (c.tick_cpu_share - (0.5 * 0.4 + 0.25 * 0.2)).abs() < 1e-6,
+            "the cell costs half of the owner's 40% of a core and a quarter of the neighbour's 20%: {}",
+            c.tick_cpu_share
+        );
         assert!(c.rect[2] > c.rect[0] && c.rect[3] > c.rect[1]);
         assert_eq!(v.world.min_x, -1024.0);
         let kinds: Vec<&str> = v.events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["joined", "placed"]);
+    }
+
+    #[test]
+    fn the_latest_heartbeat_is_each_shards_and_each_cells_load_in_the_view() {
+        let mut m = placed_pair(DuplicateLogin::Takeover);
+        let cell = *m
+            .map()
+            .expect("placed")
+            .leaves()
+            .iter()
+            .find(|(_, s)| **s == ShardId(1))
+            .expect("shard 1 owns cells")
+            .0;
+        let report = |tick_cpu_share: f32, entities| ShardLoad {
+            window_ms: 201,
+            ticks: 6,
+            tick_cpu_ms: tick_cpu_share * 201.0,
+            tick_cpu_share,
+            tick_ms_p50: 3.5,
+            tick_ms_p99: 41.0,
+            tick_overruns: 1,
+            client_bytes_out_per_s: 120_000,
+            link_bytes_out_per_s: 8_000,
+            rss_bytes: 50 << 20,
+            process_cpu_share: 1.25,
+            cells: vec![CellLoad {
+                cell,
+                entities,
+                clients: 2,
+                tick_share: 1.0,
+            }],
+            ..ShardLoad::default()
+        };
+        m.heartbeat(ShardId(1), report(0.9, 500), 10);
+        m.heartbeat(ShardId(1), report(0.3, 40), 210);
+        let v = m.view();
+        let s = &v.shards[1];
+        assert_eq!(
+            (s.window_ms, s.ticks, s.tick_cpu_share, s.tick_overruns),
+            (201, 6, 0.3, 1),
+            "the latest window replaces the one before"
+        );
+        assert_eq!((s.tick_ms_p50, s.tick_ms_p99), (3.5, 41.0));
+        assert_eq!(
+            (s.client_bytes_out_per_s, s.link_bytes_out_per_s),
+            (120_000, 8_000)
+        );
+        assert_eq!((s.rss_bytes, s.process_cpu_share), (50 << 20, 1.25));
+        let c = &m.cell_loads()[&cell];
+        assert_eq!((c.entities, c.clients, c.tick_share), (40, 2, 1.0));
+        assert!((c.tick_cpu_share - 0.3).abs() < 1e-6, "{c:?}");
+        let json = serde_json::to_value(&v).expect("serializes");
+        let shard = &json["shards"][1];
+        for key in [
+            "tick_cpu_share",
+            "tick_cpu_ms",
+            "tick_ms_p50",
+            "tick_ms_p99",
+            "tick_overruns",
+            "client_bytes_out_per_s",
+            "link_bytes_out_per_s",
+            "rss_bytes",
+            "process_cpu_share",
+            "owned_entities",
+            "handoff_transit_ms_p99",
+        ] {
+            assert!(
+                shard[key].is_number(),
+                "/api/cluster's shard has {key}: {shard}"
+            );
+        }
+        let served = json["cells"]
+            .as_array()
+            .expect("cells")
+            .iter()
+            .find(|c| c["id"] == cell.to_string())
+            .expect("the cell is listed");
+        assert_eq!(served["entities"], 40);
+        assert_eq!(served["tick_share"], 1.0);
+        assert!(served["tick_cpu_share"].is_number(), "{served}");
     }
 
     #[test]

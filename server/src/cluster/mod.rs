@@ -7,14 +7,17 @@
 //!   driven over QUIC by the runtime and over the seeded network by the simulator.
 //! - [`moves`]: the master's table of cell moves under way, and what ends them.
 //! - [`node`]: a formed shard's links during play.
+//! - [`load`]: a shard's load over one report window, from readings its driver hands in.
 
 pub mod forming;
+pub mod load;
 pub mod local;
 pub mod master;
 pub mod moves;
 pub mod node;
 
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
+pub use load::{LoadCounters, LoadWindow};
 pub use local::LocalCluster;
 pub use master::{ClusterView, Master};
 pub use node::Node;

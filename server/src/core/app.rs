@@ -309,9 +309,11 @@ impl ShardApp {
         self.world.resource::<Space>().me
     }
 
-    /// What the master hears about this shard (its tick time is the runtime's to add; the
-    /// handoff counters the authority plugin's). Drains the player arrivals and departures
-    /// since the last call.
+    /// What the master hears about this shard: counts, handoff counters, the players who came
+    /// and went since the last call (drained), and each cell's share of the tick by the cost
+    /// model ([`super::load`]). Everything measured over time (tick CPU and wall time, bytes,
+    /// memory) is left at zero: the app reads no clock, so its driver adds those (the runtime
+    /// measures them, the simulator models them; `crate::cluster::load::LoadWindow`).
     pub fn load(&mut self) -> ShardLoad {
         let count = |w: &mut World, f: fn(&mut World) -> usize| f(w);
         let owned = count(&mut self.world, |w| {
@@ -335,18 +337,20 @@ impl ShardApp {
             in_transit: in_transit as u32,
             proxies: proxies as u32,
             clients: clients as u32,
-            tick_ms_p99: 0.0,
             handoffs_out: h.out,
             handoffs_in: h.accepted,
             handoff_transit_ms_p99: h.transit_ms.value_at_quantile(0.99) as f32,
             players_arrived,
             players_left,
             cells,
+            ..ShardLoad::default()
         }
     }
 
-    /// Entities this shard owns per base cell they stand in, and players' avatars among them, the
-    /// busiest `CELL_LOADS_PER_HEARTBEAT_MAX` (one pass over the owned entities).
+    /// Entities this shard owns per base cell they stand in, players' avatars among them, and
+    /// each cell's estimated share of the tick ([`super::load::apportion`], over every cell
+    /// before the cut), the busiest `CELL_LOADS_PER_HEARTBEAT_MAX` (one pass over the owned
+    /// entities).
     ///
     /// A player counts by its `Player` component, not by `Avatar` (a live connection here): an
     /// avatar just handed over is `AwaitingClient` until its client follows the redirect, which
@@ -367,12 +371,11 @@ impl ShardApp {
                 cell,
                 entities,
                 clients,
+                tick_share: 0.0,
             })
             .collect();
-        if cells.len() > limits::CELL_LOADS_PER_HEARTBEAT_MAX {
-            cells.sort_unstable_by_key(|c| std::cmp::Reverse(c.entities));
-            cells.truncate(limits::CELL_LOADS_PER_HEARTBEAT_MAX);
-        }
+        super::load::apportion(&mut cells);
+        super::load::keep_busiest(&mut cells, limits::CELL_LOADS_PER_HEARTBEAT_MAX);
         cells
     }
 
@@ -436,8 +439,9 @@ mod tests {
                 cell: a,
                 entities: 3,
                 clients: 2,
+                tick_share: 1.0,
             }],
-            "ann and bob stand in cell a; the proxy is not this shard's"
+            "ann and bob stand in cell a, which is all this shard's tick; the proxy is not this shard's"
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod boundary;
 pub mod commands;
 pub mod components;
 pub mod entities;
+pub mod load;
 pub mod messages;
 pub mod movement;
 pub mod registry;

@@ -484,7 +484,7 @@ pub fn thread_cpu() -> Duration {
 
 /// CPU time of the whole process, all threads.
 #[cfg(unix)]
-fn process_cpu() -> Option<Duration> {
+pub fn process_cpu() -> Option<Duration> {
     Some(duration(rustix::time::clock_gettime(
         rustix::time::ClockId::ProcessCPUTime,
     )))
@@ -492,7 +492,7 @@ fn process_cpu() -> Option<Duration> {
 
 /// Without a process CPU clock: nothing to say.
 #[cfg(not(unix))]
-fn process_cpu() -> Option<Duration> {
+pub fn process_cpu() -> Option<Duration> {
     None
 }
 

@@ -18,7 +18,7 @@ pub mod up;
 
 use crate::app::GameSetup;
 use crate::client::{ClusterDirectory, LoginPolicy};
-use crate::cluster::{FormAction, FormEvent, Formed, Forming, Node};
+use crate::cluster::{FormAction, FormEvent, Formed, Forming, LoadCounters, LoadWindow, Node};
 use crate::core::ShardApp;
 use crate::core::resources::{ClusterMode, Inbox, ShardInbox};
 use anyhow::{Context, bail};
@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
-use zonescaler_net::link::{ClusterAuth, ClusterLinks, LinkEvent, LinkEvents};
-use zonescaler_net::quic::{QuicEvents, QuicServer};
+use zonescaler_net::link::{ClusterAuth, ClusterLinks, LinkEvent, LinkEvents, LinkStats};
+use zonescaler_net::quic::{NetStats, QuicEvents, QuicServer};
 use zonescaler_net::tls::ServerIdentity;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellGrid;
@@ -177,6 +177,8 @@ pub struct Shard {
     addr: SocketAddr,
     stats_every: Duration,
     metrics: Option<metrics::ShardMetrics>,
+    /// The origin of the load reports' wall clock.
+    started: Instant,
 }
 
 impl std::fmt::Debug for Shard {
@@ -250,6 +252,7 @@ impl Shard {
             addr,
             stats_every: opts.stats_every,
             metrics,
+            started: Instant::now(),
         };
         shard.after_forming();
         let hz = opts.config.simulation.tick_hz;
@@ -283,8 +286,10 @@ impl Shard {
             .tick_hz;
         let mut pace = Pacing::new(hz, self.stats_every);
         let mut buf = Buffers::default();
+        // Read here, on the thread that ticks: its CPU clock is the one the reports follow.
+        let mut window = LoadWindow::new(hz, self.load_counters());
         while !stop.load(Ordering::Relaxed) {
-            self.tick(&mut pace, &mut buf);
+            self.tick(&mut pace, &mut buf, &mut window);
             pace.wait();
             if pace.report_due() {
                 self.report(&mut pace);
@@ -293,7 +298,7 @@ impl Shard {
     }
 
     /// One tick: drain the transports, run the schedule, hand out what it produced.
-    fn tick(&mut self, pace: &mut Pacing, buf: &mut Buffers) {
+    fn tick(&mut self, pace: &mut Pacing, buf: &mut Buffers, window: &mut LoadWindow) {
         self.events
             .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.client_events);
         for e in buf.client_events.drain(..) {
@@ -319,6 +324,7 @@ impl Shard {
         let wall = t0.elapsed();
         let cpu = metrics::thread_cpu().saturating_sub(cpu0);
         pace.record(wall);
+        window.record_tick(wall);
         let commands = self.app.drain_outbox();
         queues.client_outbox = commands.len();
         for cmd in commands {
@@ -332,7 +338,7 @@ impl Shard {
             n.to_master(&mut self.app, reqs, now);
         }
         if pace.heartbeat_due() {
-            self.heartbeat(pace, now);
+            self.heartbeat(window, now);
         }
         if let Some(m) = self.metrics.as_mut() {
             let node = self.node.as_ref();
@@ -340,13 +346,20 @@ impl Shard {
         }
     }
 
-    /// Report load to the master; on the master, check liveness and refresh the API's view.
-    fn heartbeat(&mut self, pace: &Pacing, now: u64) {
+    /// Report load to the master (the app's counts and the window's measurements, the window
+    /// then starting afresh); on the master, check liveness and refresh the API's view.
+    fn heartbeat(&mut self, window: &mut LoadWindow, now: u64) {
+        // A lone shard reports to nobody: it reads no counters and leaves its window open (its
+        // histogram has a fixed size and its counts saturate).
+        if self.node.is_none() {
+            return;
+        }
+        let counters = self.load_counters();
+        let mut load = self.app.load();
+        window.close(counters, &mut load);
         let Some(n) = self.node.as_mut() else {
             return;
         };
-        let mut load = self.app.load();
-        load.tick_ms_p99 = pace.tick_ms(0.99) as f32;
         n.heartbeat(load, now);
         for dead in n.master_housekeeping(&mut self.app, now) {
             error!(
@@ -360,6 +373,12 @@ impl Shard {
         }
     }
 
+    /// The process's counters now, for the load reports. Call on the tick thread.
+    fn load_counters(&self) -> LoadCounters {
+        let links = self.node.as_ref().map(|n| n.links.stats());
+        read_counters(self.started.elapsed(), &self.server.stats(), links.as_ref())
+    }
+
     fn report(&mut self, pace: &mut Pacing) {
         let s = self.app.stats();
         info!(
@@ -369,11 +388,11 @@ impl Shard {
             tick_ms_p50 = pace.tick_ms(0.5),
             tick_ms_p99 = pace.tick_ms(0.99),
             snapshot_kib_per_s = pace.snapshot_kib_per_s(s.snapshot_bytes),
-            overruns = pace.overruns,
+            skipped_ahead = pace.skips,
             closed = ?s.closed,
             "shard stats"
         );
-        pace.reported(s.snapshot_bytes, self.node.is_none());
+        pace.reported(s.snapshot_bytes);
     }
 
     /// Close every connection and link politely.
@@ -393,6 +412,20 @@ impl Shard {
             self.addr,
             self.app.tick_number()
         );
+    }
+}
+
+/// The counters a load report differences, read now: `at` on the runtime's monotonic clock,
+/// the calling thread's CPU clock (so call it on the tick thread), the process's CPU clock and
+/// resident memory (as `/metrics` reads them), and the transports' payload bytes sent.
+fn read_counters(at: Duration, net: &NetStats, links: Option<&LinkStats>) -> LoadCounters {
+    LoadCounters {
+        at,
+        tick_thread_cpu: metrics::thread_cpu(),
+        process_cpu: metrics::process_cpu().unwrap_or_default(),
+        client_bytes_out: net.datagram_bytes_out + net.control_bytes_out,
+        link_bytes_out: links.map_or(0, |l| l.frame_bytes_out),
+        rss_bytes: metrics::resident_bytes().unwrap_or(0),
     }
 }
 
@@ -574,7 +607,8 @@ struct Buffers {
     link_events: Vec<LinkEvent>,
 }
 
-/// The tick loop's clock: pacing, overruns, the tick-time histogram, when to heartbeat and report.
+/// The tick loop's clock: pacing, skips, the tick-time histogram of the log's report, when to
+/// heartbeat and report.
 struct Pacing {
     period: Duration,
     next: Instant,
@@ -583,7 +617,9 @@ struct Pacing {
     last_report: Instant,
     stats_every: Duration,
     last_bytes: u64,
-    overruns: u64,
+    /// Times the loop fell more than five periods behind and skipped ahead (since the start;
+    /// the heartbeats count ticks over the period per window instead).
+    skips: u64,
 }
 
 impl Pacing {
@@ -599,7 +635,7 @@ impl Pacing {
             last_report: now,
             stats_every,
             last_bytes: 0,
-            overruns: 0,
+            skips: 0,
         }
     }
 
@@ -617,7 +653,7 @@ impl Pacing {
         self.next += self.period;
         let now = Instant::now();
         if now > self.next + self.period * 5 {
-            self.overruns += 1;
+            self.skips += 1;
             self.next = now;
         } else if self.next > now {
             std::thread::sleep(self.next - now);
@@ -640,12 +676,11 @@ impl Pacing {
         (bytes - self.last_bytes) as f64 / 1024.0 / self.last_report.elapsed().as_secs_f64()
     }
 
-    /// After a report: a lone shard's tick times restart (a cluster's feed the heartbeat's p99).
-    fn reported(&mut self, bytes: u64, reset: bool) {
+    /// After a report: the next one covers the ticks from now on (the heartbeats keep their
+    /// own, shorter window: `LoadWindow`).
+    fn reported(&mut self, bytes: u64) {
         self.last_bytes = bytes;
-        if reset {
-            self.tick_us.reset();
-        }
+        self.tick_us.reset();
         self.last_report = Instant::now();
     }
 }
@@ -689,4 +724,61 @@ pub async fn shutdown_signal() {
 /// The shard id a process ended up with (for logs of callers that embed a shard).
 pub fn shard_of(shard: &Shard) -> ShardId {
     shard.app.shard_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zonescaler_shared::protocol::ShardLoad;
+
+    /// A window over `work` done on a fresh thread (as a shard's tick thread is), measured with
+    /// the counters the runtime reads.
+    fn window_over(work: impl FnOnce() + Send + 'static) -> ShardLoad {
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let read = || read_counters(t0.elapsed(), &NetStats::default(), None);
+            let mut window = LoadWindow::new(30, read());
+            work();
+            let mut load = ShardLoad::default();
+            window.close(read(), &mut load);
+            load
+        })
+        .join()
+        .expect("the measured thread does not panic")
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_tick_threads_cpu_share_follows_its_work_not_its_wall_time() {
+        let burn = Duration::from_millis(40);
+        let busy = window_over(move || {
+            let t0 = metrics::thread_cpu();
+            while metrics::thread_cpu() - t0 < burn {
+                std::hint::spin_loop();
+            }
+        });
+        let idle = window_over(|| std::thread::sleep(Duration::from_millis(40)));
+        assert!(
+            busy.tick_cpu_ms >= 40.0 && busy.window_ms >= 40,
+            "the burn is counted: {busy:?}"
+        );
+        // On a machine shared with other work the burner may wait for a core, so its share of
+        // the wall clock can be well under 1; it is never near an idle thread's.
+        assert!(
+            busy.tick_cpu_share > 0.2 && busy.tick_cpu_share <= 1.0,
+            "a thread that only computes uses a large share of its wall time: {busy:?}"
+        );
+        assert!(
+            idle.tick_cpu_ms < 5.0 && idle.tick_cpu_share < 0.1,
+            "a sleeping thread uses next to nothing: {idle:?}"
+        );
+        assert!(
+            busy.process_cpu_share >= busy.tick_cpu_share * 0.9,
+            "the process's CPU includes its tick thread's: {busy:?}"
+        );
+        assert!(
+            busy.rss_bytes > 1 << 20,
+            "resident memory is read: {busy:?}"
+        );
+    }
 }

@@ -23,12 +23,13 @@
 //!
 //! **Status.** Once a second `up` asks the master's `GET /api/cluster` (plain HTTP/1.1 on a std
 //! `TcpStream` with short timeouts) and shows per shard: alive, cells, clients, owned entities,
-//! proxies, tick p99 and handoffs per second (the change of `handoffs_out` between two polls),
-//! then a totals line. On a terminal the table is redrawn in place (cursor up, overwrite, clear to
-//! end of line); when stdout is not a terminal `up` prints one line every 10 s instead, e.g.
+//! proxies, tick p99 and the tick thread's CPU share (both over the shard's last heartbeat
+//! window), and handoffs per second (the change of `handoffs_out` between two polls), then a
+//! totals line. On a terminal the table is redrawn in place (cursor up, overwrite, clear to end
+//! of line); when stdout is not a terminal `up` prints one line every 10 s instead, e.g.
 //!
 //! ```text
-//! up: t=30s epoch=1 shards=4/4 players=500 clients=500 entities=1504 handoffs/s=213 tick_p99_ms=[4.1,3.9,5.2,4.4]
+//! up: t=30s epoch=1 shards=4/4 players=500 clients=500 entities=1504 handoffs/s=213 tick_p99_ms=[4.1,3.9,5.2,4.4] tick_cpu_pct=[12,11,19,13]
 //! ```
 //!
 //! or `up: t=30s api_error="…"` while the API does not answer (the table says so too). A
@@ -723,6 +724,7 @@ struct ShardRow {
     owned_entities: u32,
     proxies: u32,
     tick_ms_p99: f32,
+    tick_cpu_share: f32,
     handoffs_out: u64,
 }
 
@@ -780,6 +782,11 @@ fn alive_of(view: &View) -> (usize, usize) {
     (alive, view.expected_shards.max(view.shards.len()))
 }
 
+/// A share of one core as a whole percentage.
+fn cpu_text(share: f32) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
 fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-".into(), |r| format!("{r:.0}"))
 }
@@ -796,12 +803,20 @@ fn table(
     if let Some(s) = latest {
         let v = &s.view;
         lines.push(format!(
-            "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9} {:>11}",
-            "shard", "alive", "cells", "clients", "entities", "proxies", "tick p99", "handoffs/s"
+            "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>9} {:>5} {:>11}",
+            "shard",
+            "alive",
+            "cells",
+            "clients",
+            "entities",
+            "proxies",
+            "tick p99",
+            "cpu",
+            "handoffs/s"
         ));
         for row in &v.shards {
             lines.push(format!(
-                "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>6.1} ms {:>11}",
+                "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>6.1} ms {:>5} {:>11}",
                 row.id,
                 if row.alive { "yes" } else { "NO" },
                 row.cells,
@@ -809,21 +824,11 @@ fn table(
                 row.owned_entities,
                 row.proxies,
                 row.tick_ms_p99,
+                cpu_text(row.tick_cpu_share),
                 rate_text(rates.and_then(|r| r.shards.get(&row.id).copied()))
             ));
         }
-        let (alive, of) = alive_of(v);
-        lines.push(format!(
-            "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>6.1} ms {:>11}",
-            "total",
-            format!("{alive}/{of}"),
-            v.shards.iter().map(|r| r.cells).sum::<usize>(),
-            v.shards.iter().map(|r| u64::from(r.clients)).sum::<u64>(),
-            v.total_entities,
-            v.shards.iter().map(|r| u64::from(r.proxies)).sum::<u64>(),
-            v.shards.iter().map(|r| r.tick_ms_p99).fold(0.0, f32::max),
-            rate_text(rates.map(|r| r.total))
-        ));
+        lines.push(totals_row(v, rates));
     }
     lines.push(match (error, latest) {
         (Some(e), Some(s)) => format!(" API {e}; table from t={}s", s.t.as_secs()),
@@ -839,6 +844,28 @@ fn table(
     lines
 }
 
+/// The table's totals: sums, the worst tick p99 and the busiest tick thread.
+fn totals_row(v: &View, rates: Option<&Rates>) -> String {
+    let (alive, of) = alive_of(v);
+    format!(
+        "{:>6} {:>6} {:>6} {:>8} {:>9} {:>8} {:>6.1} ms {:>5} {:>11}",
+        "total",
+        format!("{alive}/{of}"),
+        v.shards.iter().map(|r| r.cells).sum::<usize>(),
+        v.shards.iter().map(|r| u64::from(r.clients)).sum::<u64>(),
+        v.total_entities,
+        v.shards.iter().map(|r| u64::from(r.proxies)).sum::<u64>(),
+        v.shards.iter().map(|r| r.tick_ms_p99).fold(0.0, f32::max),
+        cpu_text(
+            v.shards
+                .iter()
+                .map(|r| r.tick_cpu_share)
+                .fold(0.0, f32::max)
+        ),
+        rate_text(rates.map(|r| r.total))
+    )
+}
+
 /// The line printed every [`SUMMARY_EVERY`] when stdout is not a terminal.
 fn summary_line(latest: &Sample, rates: Option<&Rates>, t: Duration) -> String {
     let v = &latest.view;
@@ -848,15 +875,21 @@ fn summary_line(latest: &Sample, rates: Option<&Rates>, t: Duration) -> String {
         .iter()
         .map(|s| format!("{:.1}", s.tick_ms_p99))
         .collect();
+    let cpu: Vec<String> = v
+        .shards
+        .iter()
+        .map(|s| format!("{:.0}", s.tick_cpu_share * 100.0))
+        .collect();
     format!(
-        "up: t={}s epoch={} shards={alive}/{of} players={} clients={} entities={} handoffs/s={} tick_p99_ms=[{}]",
+        "up: t={}s epoch={} shards={alive}/{of} players={} clients={} entities={} handoffs/s={} tick_p99_ms=[{}] tick_cpu_pct=[{}]",
         t.as_secs(),
         v.epoch,
         v.players,
         v.shards.iter().map(|s| u64::from(s.clients)).sum::<u64>(),
         v.total_entities,
         rate_text(rates.map(|r| r.total)),
-        p99.join(",")
+        p99.join(","),
+        cpu.join(",")
     )
 }
 
@@ -1156,6 +1189,8 @@ mod tests {
 
     fn row(id: u16, alive: bool, clients: u32, owned: u32, p99: f32, out: u64) -> ShardRow {
         ShardRow {
+            // Tick CPU in proportion to the clients: 125 clients, 15.6% of a core.
+            tick_cpu_share: clients as f32 / 800.0,
             id,
             alive,
             cells: 16,
@@ -1244,12 +1279,12 @@ mod tests {
         let rates = handoff_rates(&before, &now);
         let lines = table(Some(&now), rates.as_ref(), Duration::from_secs(30), None);
         let expected = [
-            " shard  alive  cells  clients  entities  proxies  tick p99  handoffs/s",
-            "     0    yes     16      125       376       40    4.1 ms          53",
-            "     1    yes     16      125       380       40    3.9 ms          50",
-            "     2    yes     16      250       748       40    5.2 ms         110",
-            "     3     NO     16        0         0       40    0.0 ms           -",
-            " total    3/4     64      500      1504      160    5.2 ms         213",
+            " shard  alive  cells  clients  entities  proxies  tick p99   cpu  handoffs/s",
+            "     0    yes     16      125       376       40    4.1 ms   16%          53",
+            "     1    yes     16      125       380       40    3.9 ms   16%          50",
+            "     2    yes     16      250       748       40    5.2 ms   31%         110",
+            "     3     NO     16        0         0       40    0.0 ms    0%           -",
+            " total    3/4     64      500      1504      160    5.2 ms   31%         213",
             " epoch 3, 500 players, t=30s; Ctrl-C stops the cluster",
         ];
         assert_eq!(lines, expected);
@@ -1283,7 +1318,7 @@ mod tests {
         let rates = handoff_rates(&before, &now);
         assert_eq!(
             summary_line(&now, rates.as_ref(), Duration::from_secs(30)),
-            "up: t=30s epoch=3 shards=3/4 players=500 clients=500 entities=1504 handoffs/s=213 tick_p99_ms=[4.1,3.9,5.2,0.0]"
+            "up: t=30s epoch=3 shards=3/4 players=500 clients=500 entities=1504 handoffs/s=213 tick_p99_ms=[4.1,3.9,5.2,0.0] tick_cpu_pct=[16,16,31,0]"
         );
         let mut status = Status::new(Some("127.0.0.1:8080".into()), String::new());
         status.record(before);
@@ -1345,6 +1380,7 @@ mod tests {
             proxies: 2,
             clients: 1,
             tick_ms_p99: 4.5,
+            tick_cpu_share: 0.25,
             handoffs_out: 9,
             players_arrived: vec!["ann".into()],
             ..ShardLoad::default()
@@ -1366,9 +1402,10 @@ mod tests {
                 s.proxies,
                 s.clients,
                 s.tick_ms_p99,
+                s.tick_cpu_share,
                 s.handoffs_out
             ),
-            (true, 7, 2, 1, 4.5, 9)
+            (true, 7, 2, 1, 4.5, 0.25, 9)
         );
         assert_eq!(
             v.shards.iter().map(|s| s.cells).sum::<usize>(),
