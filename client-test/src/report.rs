@@ -1,6 +1,7 @@
 //! The load-test report: per-bot metrics folded into the numbers an operator reads.
 
 use crate::core::BotMetrics;
+use crate::hotspot::Hotspot;
 use crate::timeline::{Timeline, TimelinePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -35,6 +36,49 @@ pub struct RunSummary {
     /// Per-second counters the swarm already took from its bots while they ran; merged with
     /// what is left in each outcome's [`BotMetrics::timeline`].
     pub timeline: Timeline,
+    /// Where a `crowd` or `migrate` run gathered its bots.
+    pub hotspot: Option<HotspotSummary>,
+}
+
+/// The hot spot of a `crowd` or `migrate` run, as the report gives it: from `(x, z)` to
+/// `(to_x, to_z)` over `travel_s` seconds of the run (the same point and 0 for `crowd`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct HotspotSummary {
+    pub x: f32,
+    pub z: f32,
+    pub radius_m: f32,
+    pub to_x: f32,
+    pub to_z: f32,
+    pub travel_s: f64,
+}
+
+impl HotspotSummary {
+    pub fn of(h: &Hotspot) -> Self {
+        Self {
+            x: h.from.x,
+            z: h.from.z,
+            radius_m: h.radius_m,
+            to_x: h.to.x,
+            to_z: h.to.z,
+            travel_s: h.travel_us as f64 / 1e6,
+        }
+    }
+
+    /// One line for the human summary.
+    fn render(&self) -> String {
+        let mut s = format!(
+            "hotspot         ({:.0}, {:.0}) radius {:.0} m",
+            self.x, self.z, self.radius_m
+        );
+        if (self.x, self.z) != (self.to_x, self.to_z) {
+            s.push_str(&format!(
+                ", moving to ({:.0}, {:.0}) over {:.0} s",
+                self.to_x, self.to_z, self.travel_s
+            ));
+        }
+        s.push('\n');
+        s
+    }
 }
 
 /// Samples counted in equal bins from 0: bin `i` holds values in `[i·bin_width, (i+1)·bin_width)`.
@@ -114,6 +158,9 @@ pub struct Report {
     /// The game the bots played.
     pub game: String,
     pub scenario: String,
+    /// The `crowd` / `migrate` hot spot (absent for other scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotspot: Option<HotspotSummary>,
     pub duration_s: f64,
     pub bots_requested: usize,
     pub bots_connected: usize,
@@ -256,6 +303,7 @@ impl Report {
         Self {
             game: run.game.clone(),
             scenario: run.scenario.clone(),
+            hotspot: run.hotspot,
             duration_s: run.duration_s,
             bots_requested: requested,
             bots_connected: connected,
@@ -331,6 +379,9 @@ impl Report {
             self.says_sent_total,
             self.messages_received_total,
         );
+        if let Some(h) = &self.hotspot {
+            s.push_str(&h.render());
+        }
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
         } else {
@@ -444,6 +495,33 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn a_crowd_run_names_its_hot_spot_in_both_reports() {
+        let h = Hotspot {
+            from: glam::Vec3::new(-300.0, 0.0, 10.0),
+            to: glam::Vec3::new(300.0, 0.0, 10.0),
+            radius_m: 80.0,
+            travel_us: 90_000_000,
+        };
+        let summary = RunSummary {
+            hotspot: Some(HotspotSummary::of(&h)),
+            ..run("migrate", 1)
+        };
+        let r = Report::build(&summary, &[]);
+        let text = r.render();
+        assert!(
+            text.contains("hotspot         (-300, 10) radius 80 m, moving to (300, 10) over 90 s"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        assert_eq!(json["hotspot"]["radius_m"], 80.0);
+        assert_eq!(json["hotspot"]["to_x"], 300.0);
+        let plain = Report::build(&run("wander", 1), &[]);
+        assert!(!plain.render().contains("hotspot"));
+        let json = serde_json::to_value(&plain).expect("a report serializes");
+        assert!(json.get("hotspot").is_none(), "no hot spot, no field");
     }
 
     #[test]
