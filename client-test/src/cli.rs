@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zonescaler_net::tls::ClientTrust;
+use zonescaler_shared::protocol::ErrorCode;
 use zonescaler_shared::ticket::TicketSigner;
 
 /// Bots one process drives at most: past this one machine's sockets and cores, not the shards,
@@ -142,7 +143,32 @@ pub fn run(args: BotArgs, games: &[BotGame]) -> anyhow::Result<()> {
         &report,
         args.report_json.as_deref(),
         args.report_html.as_deref(),
-    )
+    )?;
+    refused_for_room(&report)
+}
+
+/// A run in which the cluster refused a login for want of room is a failed run, with the
+/// server's words: a load test that cannot place its players measures nothing it asked for, and
+/// a script must see it in the exit status. (Logins that waited in the queue and got in are
+/// fine.) The error kind with the most words is the one that carries the server's message.
+pub fn refused_for_room(report: &Report) -> anyhow::Result<()> {
+    let refusal = report
+        .errors
+        .iter()
+        .filter(|(kind, _)| kind.contains(ErrorCode::NoRoom.as_str()))
+        .max_by_key(|(kind, _)| kind.len());
+    match refusal {
+        Some((kind, n)) => {
+            let bots: u64 = report
+                .errors
+                .iter()
+                .filter(|(k, _)| k.contains(ErrorCode::NoRoom.as_str()))
+                .map(|(_, n)| n)
+                .sum();
+            bail!("the cluster has no room: {bots} bot(s) refused ({n}× {kind})")
+        }
+        None => Ok(()),
+    }
 }
 
 /// The game `name` selects among `games` (the first when `None`). An unknown name is a one-line
@@ -425,6 +451,22 @@ mod tests {
             let e = swarm_config(&args(flags), &demo).expect_err("refused");
             assert!(format!("{e:#}").contains(says), "{flags:?}: {e:#}");
         }
+    }
+
+    #[test]
+    fn a_login_refused_for_want_of_room_fails_the_run_with_the_servers_words() {
+        let mut r = Report::build(&crate::report::RunSummary::default(), &[]);
+        assert!(refused_for_room(&r).is_ok(), "no refusal, no failure");
+        r.errors.insert("login: closed by shard: no_room".into(), 2);
+        let detail = "login_refused: shard closed the session: no_room: no shard of this world \
+                      takes players now";
+        r.errors.insert(detail.into(), 3);
+        r.errors.insert("connect_timeout".into(), 1);
+        let e = refused_for_room(&r).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            format!("the cluster has no room: 5 bot(s) refused (3× {detail})")
+        );
     }
 
     #[test]

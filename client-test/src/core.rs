@@ -211,6 +211,13 @@ pub fn border_walks(map: &CellMapView, n: usize, rng: &mut Rng) -> Vec<(Vec3, Ve
 pub struct BotMetrics {
     pub connected_at_us: Option<u64>,
     pub welcomed_at_us: Option<u64>,
+    /// The place the login queue first gave this bot (every shard was at its client cap), and
+    /// the places it was told since, counted.
+    pub queue_first: Option<QueuePlace>,
+    pub queue_updates: u32,
+    /// For a bot that waited in the login queue: `Hello` sent → admitted (its `Welcome`, or the
+    /// redirect to the shard it was given), in microseconds.
+    pub queue_us: Option<u64>,
     pub last_snapshot_at_us: Option<u64>,
     /// Complete snapshots applied.
     pub snapshots: u64,
@@ -262,6 +269,14 @@ impl BotMetrics {
 
     fn tick(&mut self, now_us: u64) {
         self.clock_us = self.clock_us.max(now_us);
+    }
+
+    /// The login was let through the queue at `now_us` (if it waited).
+    fn admitted(&mut self, now_us: u64) {
+        if self.queue_first.is_some() && self.queue_us.is_none() {
+            let from = self.connected_at_us.unwrap_or(now_us);
+            self.queue_us = Some(now_us.saturating_sub(from));
+        }
     }
 }
 
@@ -423,6 +438,11 @@ impl BotClient {
         self.welcome.as_ref()
     }
 
+    /// Whether the login waits in the login queue (told its place, not admitted yet).
+    pub fn is_queued(&self) -> bool {
+        self.metrics.queue_first.is_some() && self.metrics.queue_us.is_none()
+    }
+
     /// The newest complete view and its tick.
     pub fn view(&self) -> Option<(u64, &View)> {
         self.history.back().map(|(t, v)| (*t, v))
@@ -440,9 +460,10 @@ impl BotClient {
     /// [`Self::hello_redirected`] there, and keep this connection until that one's `Welcome`
     /// arrives (pass it here too: the bot then switches, and this connection can be closed).
     ///
-    /// Player messages are counted and kept for the brain; an `Error` (whatever its code, the new
-    /// login ones included) is the shard's stated reason for closing, returned as
-    /// [`BotError::Refused`], never as a protocol error.
+    /// Player messages are counted and kept for the brain; a `Queued` place is recorded (the
+    /// login goes on waiting for its `Welcome` or `Redirect`: see [`Self::is_queued`]); an
+    /// `Error` (whatever its code, the login ones included) is the shard's stated reason for
+    /// closing, returned as [`BotError::Refused`], never as a protocol error.
     pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<Option<Redirect>, BotError> {
         self.metrics.tick(now_us);
         self.metrics.bytes_down += bytes.len() as u64;
@@ -463,6 +484,7 @@ impl BotClient {
                     self.in_flight.clear();
                 } else {
                     self.metrics.welcomed_at_us = Some(now_us);
+                    self.metrics.admitted(now_us);
                     self.waypoint = w.spawn.to_vec3();
                 }
                 self.welcome = Some(w);
@@ -472,11 +494,24 @@ impl BotClient {
                 if self.welcome.is_some() {
                     // A chain of redirects is one handoff, timed from its first.
                     self.redirected_at_us.get_or_insert(now_us);
+                } else {
+                    // A login sent to the shard it was given a seat on.
+                    self.metrics.admitted(now_us);
                 }
                 Ok(Some(r))
             }
             Ok(ServerControl::CellMap(m)) => {
                 self.cell_map = Some(m);
+                Ok(None)
+            }
+            Ok(ServerControl::Queued(place)) => {
+                if self.welcome.is_some() {
+                    self.metrics.error("queued_after_welcome");
+                } else if self.metrics.queue_first.is_none() {
+                    self.metrics.queue_first = Some(place);
+                } else {
+                    self.metrics.queue_updates += 1;
+                }
                 Ok(None)
             }
             Ok(ServerControl::Message(m)) => {
@@ -956,6 +991,7 @@ mod tests {
             ErrorCode::BadTicket,
             ErrorCode::AccountInUse,
             ErrorCode::SessionTakenOver,
+            ErrorCode::NoRoom,
         ] {
             let e = codec::encode(&ServerControl::Error(ErrorMsg {
                 code,
@@ -974,6 +1010,54 @@ mod tests {
             !bot.metrics.errors.contains_key("bad_control_message"),
             "{:?}",
             bot.metrics.errors
+        );
+    }
+
+    #[test]
+    fn a_queued_login_records_its_place_and_how_long_it_waited() {
+        let hash = BotGame::demo().protocol.client_hash();
+        let place = |position, waiting| {
+            codec::encode(&ServerControl::Queued(QueuePlace { position, waiting }))
+        };
+        let mut bot = BotClient::new(BotConfig::new("q", Scenario::Idle, 1));
+        let _ = bot.hello(S);
+        assert_eq!(bot.on_control(S + 1, &place(3, 3)), Ok(None));
+        assert!(bot.is_queued());
+        assert_eq!(bot.on_control(2 * S, &place(2, 5)), Ok(None));
+        assert_eq!(bot.on_control(3 * S, &place(1, 5)), Ok(None));
+        bot.on_control(4 * S, &welcome(hash)).expect("admitted");
+        assert!(!bot.is_queued());
+        let m = &bot.metrics;
+        assert_eq!(
+            (m.queue_first, m.queue_updates, m.queue_us),
+            (
+                Some(QueuePlace {
+                    position: 3,
+                    waiting: 3
+                }),
+                2,
+                Some(3 * S)
+            ),
+            "first place, two moves, Hello to Welcome"
+        );
+        // Admitted by a redirect to the shard it was given: that ends the wait too.
+        let mut bot = BotClient::new(BotConfig::new("r", Scenario::Idle, 1));
+        let _ = bot.hello(0);
+        bot.on_control(1, &place(1, 1)).expect("queued");
+        let redirect = codec::encode(&ServerControl::Redirect(Redirect {
+            shard: zonescaler_shared::ShardId(1),
+            addr: "127.0.0.1:1".into(),
+            token: vec![1],
+        }));
+        assert!(matches!(bot.on_control(S, &redirect), Ok(Some(_))));
+        assert_eq!(bot.metrics.queue_us, Some(S));
+        bot.on_control(2 * S, &welcome(hash))
+            .expect("welcomed there");
+        assert_eq!(bot.metrics.queue_us, Some(S), "timed once");
+        let plain = BotClient::new(BotConfig::new("p", Scenario::Idle, 1));
+        assert_eq!(
+            plain.metrics.queue_us, None,
+            "a bot that never waited has no queue time"
         );
     }
 

@@ -194,6 +194,14 @@ pub struct Report {
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
     pub messages_received_total: u64,
+    /// Bots whose login waited in the login queue (every shard at its client cap), the
+    /// furthest back any of them started (its first place), and how long they waited: `Hello`
+    /// sent → admitted, over the bots that were admitted (0 when none waited).
+    pub bots_queued: usize,
+    pub queue_position_max: u32,
+    pub queue_ms_p50: f64,
+    pub queue_ms_p99: f64,
+    pub queue_ms_max: f64,
     /// Errors by kind (connect failures, refusals by code, decode problems).
     pub errors: BTreeMap<String, u64>,
     /// One point per second since the swarm started: bots logged in, handoffs, errors and
@@ -290,6 +298,14 @@ impl Report {
             timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        let mut queue = micros_histogram();
+        for us in outcomes.iter().filter_map(|o| o.metrics.queue_us) {
+            queue.saturating_record(us.max(1));
+        }
+        let queued: Vec<u32> = outcomes
+            .iter()
+            .filter_map(|o| o.metrics.queue_first.map(|p| p.position))
+            .collect();
         sps.sort_by(f64::total_cmp);
         let histograms = Histograms {
             rtt_ms: micros_distribution(&rtt),
@@ -336,6 +352,11 @@ impl Report {
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
+            bots_queued: queued.len(),
+            queue_position_max: queued.iter().copied().max().unwrap_or(0),
+            queue_ms_p50: quantile_ms(&queue, 0.5),
+            queue_ms_p99: quantile_ms(&queue, 0.99),
+            queue_ms_max: quantile_ms(&queue, 1.0),
             errors,
             timeline: timeline.points(),
             histograms,
@@ -382,6 +403,14 @@ impl Report {
         if let Some(h) = &self.hotspot {
             s.push_str(&h.render());
         }
+        s.push_str(&format!(
+            "login queue     {} bots waited (first place up to {})  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+            self.bots_queued,
+            self.queue_position_max,
+            self.queue_ms_p50,
+            self.queue_ms_p99,
+            self.queue_ms_max
+        ));
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
         } else {
@@ -495,6 +524,49 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn queue_times_are_percentiles_over_the_bots_that_waited() {
+        let mk = |first: Option<u32>, wait_ms: Option<u64>| BotOutcome {
+            metrics: BotMetrics {
+                queue_first: first.map(|position| zonescaler_shared::protocol::QueuePlace {
+                    position,
+                    waiting: position,
+                }),
+                queue_us: wait_ms.map(|ms| ms * 1_000),
+                ..Default::default()
+            },
+            active_s: 1.0,
+            connected: wait_ms.is_some() || first.is_none(),
+        };
+        let mut outcomes: Vec<BotOutcome> = (1..=100)
+            .map(|i| mk(Some(i), Some(u64::from(i) * 10)))
+            .collect();
+        outcomes.push(mk(Some(101), None)); // still waiting at the end
+        outcomes.push(mk(None, None)); // played at once
+        let r = Report::build(&run("crowd", 102), &outcomes);
+        assert_eq!((r.bots_queued, r.queue_position_max), (101, 101));
+        assert!((r.queue_ms_p50 - 500.0).abs() < 1.0, "{r:?}");
+        assert!((r.queue_ms_p99 - 990.0).abs() < 1.0, "{r:?}");
+        assert!((r.queue_ms_max - 1_000.0).abs() < 1.0, "{r:?}");
+        assert!(
+            r.render()
+                .contains("login queue     101 bots waited (first place up to 101)  p50 500."),
+            "{}",
+            r.render()
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        for field in [
+            "bots_queued",
+            "queue_ms_p50",
+            "queue_ms_p99",
+            "queue_position_max",
+        ] {
+            assert!(json.get(field).is_some(), "the JSON report has `{field}`");
+        }
+        let none = Report::build(&run("wander", 1), &[mk(None, None)]);
+        assert_eq!((none.bots_queued, none.queue_ms_p99), (0, 0.0));
     }
 
     #[test]

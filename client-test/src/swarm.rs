@@ -620,6 +620,14 @@ async fn login(
     loop {
         match bot.on_control(micros_since(start), &msg) {
             Ok(None) if is_welcome(&msg) => return Ok(session),
+            // Every shard is at its cap: wait for the next place, or the admission. However
+            // long: the caller bounds the whole login by the run's end.
+            Ok(None) if bot.is_queued() => {
+                msg = session
+                    .read_control()
+                    .await
+                    .map_err(|e| error_kind("login: while queued", &e))?;
+            }
             Ok(None) => {
                 return Err("login: the first answer was neither Welcome nor Redirect".into());
             }
@@ -748,15 +756,22 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     let seed = cfg.seed;
     let mut bot = BotClient::with_game(cfg, &run.game);
     let hello = bot.hello(now_us());
-    let logged_in = login(
+    let logging_in = login(
         &mut bot,
         &endpoint,
         run.addr,
         &run.server_name,
         hello,
         start,
-    )
-    .await;
+    );
+    // A login may wait in the login queue until the run ends; then it never played.
+    let logged_in = match tokio::time::timeout_at(deadline.into(), logging_in).await {
+        Ok(r) => r,
+        Err(_) if bot.is_queued() => {
+            Err("login: still in the login queue when the run ended".into())
+        }
+        Err(_) => Err("login: not welcomed before the run ended".into()),
+    };
     let session = match logged_in {
         Ok(s) => s,
         Err(kind) => {

@@ -16,7 +16,8 @@
 //!
 //! The master places the cells on `n` shards of equal weight; shard links are perfect (a message
 //! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
-//! are answered at once and its notices arrive for the next tick. Client traffic is the test's:
+//! are answered at once and its notices arrive for the next tick; every tick is a heartbeat and
+//! an admission round. Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
 use super::master::Master;
@@ -65,7 +66,10 @@ impl LocalCluster {
             metrics_addr: String::new(),
             weight: 1,
         };
-        let mut master = Master::new(grid, n, me, 0).with_duplicate_rule(config.login.duplicate);
+        let c = &config.cluster;
+        let mut master = Master::new(grid, n, me, 0)
+            .with_duplicate_rule(config.login.duplicate)
+            .with_admission(c.clients_per_shard_max, c.login_queue_max);
         for i in 1..n {
             master.join(member(i), 0).map_err(|e| e.to_string())?;
         }
@@ -122,6 +126,11 @@ impl LocalCluster {
         for (i, s) in self.shards.iter_mut().enumerate() {
             let load = s.load();
             self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
+        }
+        for (to, notice) in self.master.admit(self.now_ms) {
+            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+                s.push_master_notice(notice);
+            }
         }
         self.shards.iter_mut().map(|s| s.drain_outbox()).collect()
     }

@@ -348,6 +348,8 @@ impl Shard {
         let mut load = self.app.load();
         load.tick_ms_p99 = pace.tick_ms(0.99) as f32;
         n.heartbeat(load, now);
+        // Seats freed by the departures heartbeats reported go to waiting logins.
+        n.admit(&mut self.app, now);
         if let Some(m) = n.master.as_mut() {
             for dead in m.check_liveness(now) {
                 error!(
@@ -492,12 +494,19 @@ fn join_cluster(
     me.link_addr = links.local_addr().to_string();
     let grid = CellGrid::from_config(config);
     let duplicate = config.login.duplicate;
+    let (cap, queue_max) = (
+        config.cluster.clients_per_shard_max,
+        config.cluster.login_queue_max,
+    );
     let (forming, acts) = match &c.role {
         Role::Master { expect_shards } => Forming::master(
             grid,
             me,
             *expect_shards,
-            |m| m.with_duplicate_rule(duplicate),
+            |m| {
+                m.with_duplicate_rule(duplicate)
+                    .with_admission(cap, queue_max)
+            },
             unix_ms(),
         ),
         Role::Join { master } => Forming::joiner(grid, me, master.to_string()),
