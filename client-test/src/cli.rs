@@ -33,7 +33,10 @@ pub struct BotArgs {
     /// Number of bots.
     #[arg(long, default_value_t = 10)]
     pub bots: usize,
-    /// How long every bot plays after the ramp, e.g. `30s`, `2m`, `500ms`.
+    /// How long every bot plays after the ramp, e.g. `30s`, `2m`, `500ms`. A login that waits in
+    /// the cluster's login queue (every shard at its client cap) waits within this time and
+    /// reports its queue time; a login refused for want of room (`no_room`) makes the run exit
+    /// non-zero with the server's message.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time over which bots connect, evenly spaced (default: 2 ms per bot, at most 5 s).
@@ -158,15 +161,11 @@ pub fn refused_for_room(report: &Report) -> anyhow::Result<()> {
         .filter(|(kind, _)| kind.contains(ErrorCode::NoRoom.as_str()))
         .max_by_key(|(kind, _)| kind.len());
     match refusal {
-        Some((kind, n)) => {
-            let bots: u64 = report
-                .errors
-                .iter()
-                .filter(|(k, _)| k.contains(ErrorCode::NoRoom.as_str()))
-                .map(|(_, n)| n)
-                .sum();
-            bail!("the cluster has no room: {bots} bot(s) refused ({n}× {kind})")
-        }
+        Some((kind, _)) => bail!(
+            "the cluster has no room: {} of {} bots did not get to play ({kind})",
+            report.connect_failures,
+            report.bots_requested
+        ),
         None => Ok(()),
     }
 }
@@ -358,6 +357,7 @@ mod tests {
             help.contains("travels across the world"),
             "--help says what migrate does"
         );
+        assert!(help.contains("login queue"), "--help says bots wait in it");
         for flag in [
             "--game",
             "--login-key",
@@ -455,7 +455,12 @@ mod tests {
 
     #[test]
     fn a_login_refused_for_want_of_room_fails_the_run_with_the_servers_words() {
-        let mut r = Report::build(&crate::report::RunSummary::default(), &[]);
+        let summary = crate::report::RunSummary {
+            bots_requested: 6,
+            ..Default::default()
+        };
+        let mut r = Report::build(&summary, &[]);
+        r.connect_failures = 5;
         assert!(refused_for_room(&r).is_ok(), "no refusal, no failure");
         r.errors.insert("login: closed by shard: no_room".into(), 2);
         let detail = "login_refused: shard closed the session: no_room: no shard of this world \
@@ -465,7 +470,7 @@ mod tests {
         let e = refused_for_room(&r).expect_err("refused");
         assert_eq!(
             e.to_string(),
-            format!("the cluster has no room: 5 bot(s) refused (3× {detail})")
+            format!("the cluster has no room: 5 of 6 bots did not get to play ({detail})")
         );
     }
 

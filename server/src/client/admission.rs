@@ -80,8 +80,14 @@ impl Admission {
 
     /// The shard a login that wants `want` plays on now, if any has room: `want` itself, else
     /// the emptiest (the lowest id among equals). `seats`: players on every shard that may take
-    /// players (live ones).
+    /// players (live ones). Players who walk across borders can leave one shard over its cap
+    /// and another under it; the second one's room is not the cluster's, so nobody is seated
+    /// while all shards together hold their caps' sum.
     pub fn pick(&self, want: ShardId, seats: &BTreeMap<ShardId, u32>) -> Option<ShardId> {
+        let total: u64 = seats.values().map(|n| u64::from(*n)).sum();
+        if total >= u64::from(self.cap) * seats.len() as u64 {
+            return None;
+        }
         if seats.get(&want).is_some_and(|n| *n < self.cap) {
             return Some(want);
         }
@@ -246,6 +252,15 @@ mod tests {
             a.ask(waiter(21, 0), &s),
             Verdict::NoRoom(NoRoomWhy::QueueFull { max: 3 }),
             "room appeared, but three wait before it: no jumping the line"
+        );
+        assert_eq!(
+            a.pick(ShardId(1), &seats(&[(0, 3), (1, 1)])),
+            None,
+            "a player walked from shard 1 to shard 0: the cluster is still full"
+        );
+        assert_eq!(
+            a.pick(ShardId(0), &seats(&[(0, 3), (1, 0)])),
+            Some(ShardId(1))
         );
     }
 
