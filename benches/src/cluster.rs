@@ -214,11 +214,16 @@ impl ClusterScene {
         // all different accounts) and the clients'.
         for shard in &mut self.shards {
             for req in shard.drain_master_requests() {
-                if let MasterRequest::Claim { account, session } = req {
+                if let MasterRequest::Claim {
+                    account,
+                    session,
+                    want,
+                } = req
+                {
                     shard.push_master_notice(MasterNotice::Claim {
                         account,
                         session,
-                        outcome: ClaimOutcome::Granted,
+                        outcome: ClaimOutcome::Granted { shard: want },
                     });
                 }
             }

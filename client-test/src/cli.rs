@@ -5,6 +5,7 @@
 
 use crate::core::Scenario;
 use crate::game::BotGame;
+use crate::hotspot::{HOTSPOT_RADIUS_DEFAULT_M, parse_point};
 use crate::html;
 use crate::report::Report;
 use crate::swarm::{self, SwarmConfig};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zonescaler_net::tls::ClientTrust;
+use zonescaler_shared::protocol::ErrorCode;
 use zonescaler_shared::ticket::TicketSigner;
 
 /// Bots one process drives at most: past this one machine's sockets and cores, not the shards,
@@ -31,7 +33,10 @@ pub struct BotArgs {
     /// Number of bots.
     #[arg(long, default_value_t = 10)]
     pub bots: usize,
-    /// How long every bot plays after the ramp, e.g. `30s`, `2m`, `500ms`.
+    /// How long every bot plays after the ramp, e.g. `30s`, `2m`, `500ms`. A login that waits in
+    /// the cluster's login queue (every shard at its client cap) waits within this time and
+    /// reports its queue time; a login refused for want of room (`no_room`) makes the run exit
+    /// non-zero with the server's message.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time over which bots connect, evenly spaced (default: 2 ms per bot, at most 5 s).
@@ -39,9 +44,20 @@ pub struct BotArgs {
     pub ramp: Option<Duration>,
     /// What the bots do: wander (random waypoints), idle (stand still), border (walk back and
     /// forth across borders between shards, chosen from the cell map; needs a cluster of more
-    /// than one shard, e.g. `zonescaler up --shards 4`).
+    /// than one shard, e.g. `zonescaler up --shards 4`), crowd (every bot gathers around one hot
+    /// spot, see --hotspot and --radius, and keeps milling about in it), migrate (a crowd whose
+    /// hot spot travels across the world during the run, through --hotspot, on a heading the
+    /// seed picks, at half the avatars' top speed: a hot zone the cluster must follow). With
+    /// --login-key, crowd bots start in the crowd.
     #[arg(long, default_value = "wander", value_parser = parse_scenario)]
     pub scenario: Scenario,
+    /// Centre of the crowd (crowd), or the midpoint of its path (migrate), as X,Z in metres;
+    /// it must be inside the world. Default: the world's centre.
+    #[arg(long, value_name = "X,Z", value_parser = parse_point, allow_hyphen_values = true)]
+    pub hotspot: Option<(f32, f32)>,
+    /// Radius of the crowd in metres (crowd, migrate; default 100).
+    #[arg(long, value_name = "METRES", allow_hyphen_values = true)]
+    pub radius: Option<f32>,
     /// The game the bots play (default: the first this binary knows). It decides the protocol
     /// the bots speak and what they do besides walking.
     #[arg(long)]
@@ -95,10 +111,16 @@ pub fn run(args: BotArgs, games: &[BotGame]) -> anyhow::Result<()> {
     }
     let game = select_game(args.game.as_deref(), games)?;
     let cfg = swarm_config(&args, game)?;
-    if cfg.scenario == Scenario::Border && cfg.login.is_none() {
+    if (cfg.scenario == Scenario::Border || cfg.scenario.gathers()) && cfg.login.is_none() {
         eprintln!(
-            "zonescaler-bots: without --login-key the bots carry no ticket, so border bots start \
-             where the shard puts them and walk to their border first"
+            "zonescaler-bots: without --login-key the bots carry no ticket, so {} bots start \
+             where the shard puts them and walk to their {} first",
+            cfg.scenario.name(),
+            if cfg.scenario.gathers() {
+                "crowd"
+            } else {
+                "border"
+            }
         );
     }
     eprintln!(
@@ -124,7 +146,28 @@ pub fn run(args: BotArgs, games: &[BotGame]) -> anyhow::Result<()> {
         &report,
         args.report_json.as_deref(),
         args.report_html.as_deref(),
-    )
+    )?;
+    refused_for_room(&report)
+}
+
+/// A run in which the cluster refused a login for want of room is a failed run, with the
+/// server's words: a load test that cannot place its players measures nothing it asked for, and
+/// a script must see it in the exit status. (Logins that waited in the queue and got in are
+/// fine.) The error kind with the most words is the one that carries the server's message.
+pub fn refused_for_room(report: &Report) -> anyhow::Result<()> {
+    let refusal = report
+        .errors
+        .iter()
+        .filter(|(kind, _)| kind.contains(ErrorCode::NoRoom.as_str()))
+        .max_by_key(|(kind, _)| kind.len());
+    match refusal {
+        Some((kind, _)) => bail!(
+            "the cluster has no room: {} of {} bots did not get to play ({kind})",
+            report.connect_failures,
+            report.bots_requested
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The game `name` selects among `games` (the first when `None`). An unknown name is a one-line
@@ -162,6 +205,16 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
     if args.threads.is_some_and(|n| n == 0 || n > 256) {
         bail!("--threads must be in 1..=256");
     }
+    if !args.scenario.gathers() && (args.hotspot.is_some() || args.radius.is_some()) {
+        bail!(
+            "--hotspot and --radius apply to --scenario crowd or migrate, not {}",
+            args.scenario.name()
+        );
+    }
+    let hotspot_radius_m = args.radius.unwrap_or(HOTSPOT_RADIUS_DEFAULT_M);
+    if !(hotspot_radius_m.is_finite() && hotspot_radius_m > 0.0) {
+        bail!("--radius must be a positive number of metres (got {hotspot_radius_m})");
+    }
     swarm::check_account_prefix(&args.accounts, args.bots)
         .map_err(|why| anyhow::anyhow!("--accounts {:?}: {why}", args.accounts))?;
     let addr: SocketAddr = args
@@ -198,6 +251,8 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
         game: game.clone(),
         login,
         accounts: args.accounts.clone(),
+        hotspot: args.hotspot,
+        hotspot_radius_m,
     })
 }
 
@@ -298,7 +353,19 @@ mod tests {
             help.contains("more than one shard"),
             "--help says border needs a multi-shard cluster"
         );
-        for flag in ["--game", "--login-key", "--report-html", "--report-json"] {
+        assert!(
+            help.contains("travels across the world"),
+            "--help says what migrate does"
+        );
+        assert!(help.contains("login queue"), "--help says bots wait in it");
+        for flag in [
+            "--game",
+            "--login-key",
+            "--report-html",
+            "--report-json",
+            "--hotspot",
+            "--radius",
+        ] {
             assert!(help.contains(flag), "--help has {flag}");
         }
         assert!(parse_scenario("sideways").is_err());
@@ -339,6 +406,33 @@ mod tests {
         assert_eq!(cfg.ramp, Duration::from_millis(6), "2 ms per bot");
         assert!(cfg.login.is_none(), "no key, no tickets");
         assert_eq!(cfg.game.name, "demo");
+        let crowd = swarm_config(
+            &args(&[
+                "--scenario",
+                "crowd",
+                "--hotspot",
+                "-300,12.5",
+                "--radius",
+                "40",
+            ]),
+            &demo,
+        )
+        .expect("valid");
+        assert_eq!(
+            (crowd.scenario, crowd.hotspot, crowd.hotspot_radius_m),
+            (Scenario::Crowd, Some((-300.0, 12.5)), 40.0),
+            "a negative coordinate is a value, not a flag"
+        );
+        let default = swarm_config(&args(&["--scenario", "migrate"]), &demo).expect("valid");
+        assert_eq!(
+            (default.hotspot, default.hotspot_radius_m),
+            (None, HOTSPOT_RADIUS_DEFAULT_M),
+            "the world's centre (learnt at login) and the default radius"
+        );
+        assert!(
+            Cmd::try_parse_from(["bots", "--hotspot", "12"]).is_err(),
+            "a point needs both coordinates"
+        );
         for (flags, says) in [
             (&["--bots", "0"][..], "--bots"),
             (&["--input-hz", "0"][..], "--input-hz"),
@@ -347,10 +441,37 @@ mod tests {
                 &["--login-key", "/nonexistent/login.key"][..],
                 "--login-key",
             ),
+            (&["--scenario", "crowd", "--radius", "0"][..], "--radius"),
+            (&["--scenario", "migrate", "--radius", "-3"][..], "--radius"),
+            (
+                &["--scenario", "wander", "--hotspot", "1,2"][..],
+                "--hotspot",
+            ),
         ] {
             let e = swarm_config(&args(flags), &demo).expect_err("refused");
             assert!(format!("{e:#}").contains(says), "{flags:?}: {e:#}");
         }
+    }
+
+    #[test]
+    fn a_login_refused_for_want_of_room_fails_the_run_with_the_servers_words() {
+        let summary = crate::report::RunSummary {
+            bots_requested: 6,
+            ..Default::default()
+        };
+        let mut r = Report::build(&summary, &[]);
+        r.connect_failures = 5;
+        assert!(refused_for_room(&r).is_ok(), "no refusal, no failure");
+        r.errors.insert("login: closed by shard: no_room".into(), 2);
+        let detail = "login_refused: shard closed the session: no_room: no shard of this world \
+                      takes players now";
+        r.errors.insert(detail.into(), 3);
+        r.errors.insert("connect_timeout".into(), 1);
+        let e = refused_for_room(&r).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            format!("the cluster has no room: 5 of 6 bots did not get to play ({detail})")
+        );
     }
 
     #[test]

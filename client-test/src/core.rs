@@ -12,6 +12,7 @@ use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::{LoginTicket, TicketSigner};
 
 use crate::game::{BotBrain, BotGame, BrainCtx, INBOX_MAX, OutKind, Outbox};
+use crate::hotspot::Hotspot;
 use crate::timeline::Timeline;
 pub use crate::view::{View, ViewEntity};
 
@@ -25,6 +26,9 @@ const PARTIAL_SNAPSHOTS_MAX: usize = 8;
 pub const LAST_MESSAGES_KEPT: usize = 8;
 /// Salt of the brain's random stream, so it is independent of the movement scenario's.
 const BRAIN_RNG_SALT: u64 = 0x4252_4149_4e00;
+/// Salt of where a crowd bot starts in its crowd, so a ticket's spawn point does not depend on
+/// how many waypoints the bot picked before (it is signed before the bot connects).
+const SPAWN_RNG_SALT: u64 = 0x5350_4157_4e00;
 
 /// What a bot does once logged in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,17 +40,35 @@ pub enum Scenario {
     /// Walk back and forth across a border between two shards (given by [`BotConfig::border`],
     /// chosen from the cell map with [`border_walks`]); without one, wander.
     Border,
+    /// Gather around one hot spot ([`BotConfig::hotspot`]): walk from point to point of its
+    /// disc; without one, wander.
+    Crowd,
+    /// Like [`Self::Crowd`], around a hot spot that travels across the world during the run.
+    Migrate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::Wander, Scenario::Idle, Scenario::Border];
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Wander,
+        Scenario::Idle,
+        Scenario::Border,
+        Scenario::Crowd,
+        Scenario::Migrate,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Wander => "wander",
             Self::Idle => "idle",
             Self::Border => "border",
+            Self::Crowd => "crowd",
+            Self::Migrate => "migrate",
         }
+    }
+
+    /// Whether bots of this scenario gather around a hot spot.
+    pub fn gathers(self) -> bool {
+        matches!(self, Self::Crowd | Self::Migrate)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -71,6 +93,12 @@ pub struct BotConfig {
     /// (the second); it then heads for the second end. The swarm spreads its bots over the whole
     /// walk so that their crossings are spread over time instead of coming in waves.
     pub border_start: f32,
+    /// For [`Scenario::Crowd`] and [`Scenario::Migrate`]: where the crowd is, by the swarm's
+    /// clock (the same clock the bot is given in [`BotClient::next_input`]).
+    pub hotspot: Option<Hotspot>,
+    /// When (swarm clock, microseconds) the bot logs in: a crowd bot starts in the crowd where
+    /// the hot spot is at that moment.
+    pub login_at_us: u64,
 }
 
 impl BotConfig {
@@ -82,15 +110,26 @@ impl BotConfig {
             ticket: None,
             border: None,
             border_start: 0.0,
+            hotspot: None,
+            login_at_us: 0,
         }
     }
 
     /// Where the scenario wants the bot to start: for [`Scenario::Border`] with a walk, the point
-    /// `border_start` of the way along it; otherwise anywhere (`None`: the shard picks).
+    /// `border_start` of the way along it; for a crowd, a point of the hot spot's disc where it
+    /// is at `login_at_us` (so the crowd forms in one region from the first second, on the shard
+    /// that owns it); otherwise anywhere (`None`: the shard picks).
     pub fn spawn_point(&self) -> Option<Vec3> {
-        self.border
-            .filter(|_| self.scenario == Scenario::Border)
-            .map(|(a, b)| a.lerp(b, self.border_start.clamp(0.0, 1.0)))
+        match (self.scenario, self.border, self.hotspot) {
+            (Scenario::Border, Some((a, b)), _) => {
+                Some(a.lerp(b, self.border_start.clamp(0.0, 1.0)))
+            }
+            (s, _, Some(h)) if s.gathers() => {
+                let mut rng = Rng::new(self.seed ^ SPAWN_RNG_SALT);
+                Some(h.at(self.login_at_us) + h.offset(&mut rng))
+            }
+            _ => None,
+        }
     }
 
     /// Act as the game's account service: sign this bot's ticket with `signer`, for the account
@@ -172,6 +211,13 @@ pub fn border_walks(map: &CellMapView, n: usize, rng: &mut Rng) -> Vec<(Vec3, Ve
 pub struct BotMetrics {
     pub connected_at_us: Option<u64>,
     pub welcomed_at_us: Option<u64>,
+    /// The place the login queue first gave this bot (every shard was at its client cap), and
+    /// the places it was told since, counted.
+    pub queue_first: Option<QueuePlace>,
+    pub queue_updates: u32,
+    /// For a bot that waited in the login queue: `Hello` sent → admitted (its `Welcome`, or the
+    /// redirect to the shard it was given), in microseconds.
+    pub queue_us: Option<u64>,
     pub last_snapshot_at_us: Option<u64>,
     /// Complete snapshots applied.
     pub snapshots: u64,
@@ -223,6 +269,14 @@ impl BotMetrics {
 
     fn tick(&mut self, now_us: u64) {
         self.clock_us = self.clock_us.max(now_us);
+    }
+
+    /// The login was let through the queue at `now_us` (if it waited).
+    fn admitted(&mut self, now_us: u64) {
+        if self.queue_first.is_some() && self.queue_us.is_none() {
+            let from = self.connected_at_us.unwrap_or(now_us);
+            self.queue_us = Some(now_us.saturating_sub(from));
+        }
     }
 }
 
@@ -279,6 +333,8 @@ pub struct BotClient {
     switched_from_us: Option<u64>,
     /// The border walk's next end (true: the second).
     walk_to_b: bool,
+    /// A crowd bot's current goal, relative to the hot spot's centre (it moves with the hot spot).
+    crowd_goal: Option<Vec3>,
     pub metrics: BotMetrics,
 }
 
@@ -322,6 +378,7 @@ impl BotClient {
             redirected_at_us: None,
             switched_from_us: None,
             walk_to_b: true,
+            crowd_goal: None,
             metrics: BotMetrics::default(),
         }
     }
@@ -381,6 +438,11 @@ impl BotClient {
         self.welcome.as_ref()
     }
 
+    /// Whether the login waits in the login queue (told its place, not admitted yet).
+    pub fn is_queued(&self) -> bool {
+        self.metrics.queue_first.is_some() && self.metrics.queue_us.is_none()
+    }
+
     /// The newest complete view and its tick.
     pub fn view(&self) -> Option<(u64, &View)> {
         self.history.back().map(|(t, v)| (*t, v))
@@ -398,9 +460,10 @@ impl BotClient {
     /// [`Self::hello_redirected`] there, and keep this connection until that one's `Welcome`
     /// arrives (pass it here too: the bot then switches, and this connection can be closed).
     ///
-    /// Player messages are counted and kept for the brain; an `Error` (whatever its code, the new
-    /// login ones included) is the shard's stated reason for closing, returned as
-    /// [`BotError::Refused`], never as a protocol error.
+    /// Player messages are counted and kept for the brain; a `Queued` place is recorded (the
+    /// login goes on waiting for its `Welcome` or `Redirect`: see [`Self::is_queued`]); an
+    /// `Error` (whatever its code, the login ones included) is the shard's stated reason for
+    /// closing, returned as [`BotError::Refused`], never as a protocol error.
     pub fn on_control(&mut self, now_us: u64, bytes: &[u8]) -> Result<Option<Redirect>, BotError> {
         self.metrics.tick(now_us);
         self.metrics.bytes_down += bytes.len() as u64;
@@ -421,6 +484,7 @@ impl BotClient {
                     self.in_flight.clear();
                 } else {
                     self.metrics.welcomed_at_us = Some(now_us);
+                    self.metrics.admitted(now_us);
                     self.waypoint = w.spawn.to_vec3();
                 }
                 self.welcome = Some(w);
@@ -430,11 +494,24 @@ impl BotClient {
                 if self.welcome.is_some() {
                     // A chain of redirects is one handoff, timed from its first.
                     self.redirected_at_us.get_or_insert(now_us);
+                } else {
+                    // A login sent to the shard it was given a seat on.
+                    self.metrics.admitted(now_us);
                 }
                 Ok(Some(r))
             }
             Ok(ServerControl::CellMap(m)) => {
                 self.cell_map = Some(m);
+                Ok(None)
+            }
+            Ok(ServerControl::Queued(place)) => {
+                if self.welcome.is_some() {
+                    self.metrics.error("queued_after_welcome");
+                } else if self.metrics.queue_first.is_none() {
+                    self.metrics.queue_first = Some(place);
+                } else {
+                    self.metrics.queue_updates += 1;
+                }
                 Ok(None)
             }
             Ok(ServerControl::Message(m)) => {
@@ -606,7 +683,8 @@ impl BotClient {
         let w = self.welcome.clone()?;
         self.metrics.timeline.connected(now_us);
         let wander = self.cfg.scenario == Scenario::Wander
-            || (self.cfg.scenario == Scenario::Border && self.cfg.border.is_none());
+            || (self.cfg.scenario == Scenario::Border && self.cfg.border.is_none())
+            || (self.cfg.scenario.gathers() && self.cfg.hotspot.is_none());
         if wander {
             let here = self.avatar_pos().unwrap_or(w.spawn.to_vec3());
             if here.distance(self.waypoint) < 1.0 {
@@ -625,6 +703,10 @@ impl BotClient {
             }
             self.waypoint = if self.walk_to_b { b } else { a };
         }
+        if let Some(h) = self.cfg.hotspot.filter(|_| self.cfg.scenario.gathers()) {
+            let here = self.avatar_pos().unwrap_or(w.spawn.to_vec3());
+            self.waypoint = self.crowd_target(&h, now_us, here, w.bounds);
+        }
         let target = self.think(now_us, w.avatar).unwrap_or(self.waypoint);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -640,6 +722,22 @@ impl BotClient {
             target: QPos::quantize(target),
         };
         Some(codec::encode(&ClientDatagram::Input(input)))
+    }
+
+    /// Where a crowd bot heads at `now_us`: its goal in the crowd, which moves with the hot spot.
+    /// Once there it picks the next one, so the crowd keeps milling about (a standing crowd
+    /// would load the shard less than a real one does).
+    fn crowd_target(&mut self, h: &Hotspot, now_us: u64, here: Vec3, bounds: [f32; 4]) -> Vec3 {
+        let centre = h.at(now_us);
+        let [min_x, min_z, max_x, max_z] = bounds;
+        let clamp = |p: Vec3| Vec3::new(p.x.clamp(min_x, max_x), 0.0, p.z.clamp(min_z, max_z));
+        let reached = self
+            .crowd_goal
+            .is_none_or(|g| here.distance(clamp(centre + g)) < 1.0);
+        if reached {
+            self.crowd_goal = Some(h.offset(&mut self.rng));
+        }
+        clamp(centre + self.crowd_goal.unwrap_or(Vec3::ZERO))
     }
 
     /// Let the brain think; returns where it wants the avatar to head this tick, if anywhere.
@@ -893,6 +991,7 @@ mod tests {
             ErrorCode::BadTicket,
             ErrorCode::AccountInUse,
             ErrorCode::SessionTakenOver,
+            ErrorCode::NoRoom,
         ] {
             let e = codec::encode(&ServerControl::Error(ErrorMsg {
                 code,
@@ -911,6 +1010,54 @@ mod tests {
             !bot.metrics.errors.contains_key("bad_control_message"),
             "{:?}",
             bot.metrics.errors
+        );
+    }
+
+    #[test]
+    fn a_queued_login_records_its_place_and_how_long_it_waited() {
+        let hash = BotGame::demo().protocol.client_hash();
+        let place = |position, waiting| {
+            codec::encode(&ServerControl::Queued(QueuePlace { position, waiting }))
+        };
+        let mut bot = BotClient::new(BotConfig::new("q", Scenario::Idle, 1));
+        let _ = bot.hello(S);
+        assert_eq!(bot.on_control(S + 1, &place(3, 3)), Ok(None));
+        assert!(bot.is_queued());
+        assert_eq!(bot.on_control(2 * S, &place(2, 5)), Ok(None));
+        assert_eq!(bot.on_control(3 * S, &place(1, 5)), Ok(None));
+        bot.on_control(4 * S, &welcome(hash)).expect("admitted");
+        assert!(!bot.is_queued());
+        let m = &bot.metrics;
+        assert_eq!(
+            (m.queue_first, m.queue_updates, m.queue_us),
+            (
+                Some(QueuePlace {
+                    position: 3,
+                    waiting: 3
+                }),
+                2,
+                Some(3 * S)
+            ),
+            "first place, two moves, Hello to Welcome"
+        );
+        // Admitted by a redirect to the shard it was given: that ends the wait too.
+        let mut bot = BotClient::new(BotConfig::new("r", Scenario::Idle, 1));
+        let _ = bot.hello(0);
+        bot.on_control(1, &place(1, 1)).expect("queued");
+        let redirect = codec::encode(&ServerControl::Redirect(Redirect {
+            shard: zonescaler_shared::ShardId(1),
+            addr: "127.0.0.1:1".into(),
+            token: vec![1],
+        }));
+        assert!(matches!(bot.on_control(S, &redirect), Ok(Some(_))));
+        assert_eq!(bot.metrics.queue_us, Some(S));
+        bot.on_control(2 * S, &welcome(hash))
+            .expect("welcomed there");
+        assert_eq!(bot.metrics.queue_us, Some(S), "timed once");
+        let plain = BotClient::new(BotConfig::new("p", Scenario::Idle, 1));
+        assert_eq!(
+            plain.metrics.queue_us, None,
+            "a bot that never waited has no queue time"
         );
     }
 
@@ -944,6 +1091,67 @@ mod tests {
             [S as u32 / 2 + 1],
             "the gap runs from the redirect to the new shard's first snapshot"
         );
+    }
+
+    /// The target of an input datagram.
+    fn target_of(bytes: &[u8]) -> Vec3 {
+        let Ok(ClientDatagram::Input(i)) = codec::decode_client_datagram(bytes) else {
+            panic!("an input datagram");
+        };
+        i.target.to_vec3()
+    }
+
+    #[test]
+    fn crowd_bots_start_and_walk_inside_their_hot_spot_as_it_travels() {
+        // The test welcome's world is 200 m square: the hot spot crosses it in 10 s.
+        let h = Hotspot {
+            from: Vec3::new(-50.0, 0.0, 0.0),
+            to: Vec3::new(50.0, 0.0, 0.0),
+            radius_m: 10.0,
+            travel_us: 10 * S,
+        };
+        let mut cfg = BotConfig::new("c", Scenario::Migrate, 5);
+        cfg.hotspot = Some(h);
+        cfg.login_at_us = 5 * S;
+        let spawn = cfg.spawn_point().expect("a crowd bot asks for a start");
+        assert!(spawn.distance(h.at(5 * S)) <= 10.0, "in the crowd: {spawn}");
+        assert_eq!(cfg.spawn_point(), Some(spawn), "the same every time");
+        let other = BotConfig {
+            seed: 6,
+            ..cfg.clone()
+        };
+        assert_ne!(other.spawn_point(), Some(spawn), "each bot its own place");
+
+        let hash = BotGame::demo().protocol.client_hash();
+        let mut bot = BotClient::new(cfg.clone());
+        bot.on_control(1, &welcome(hash)).expect("welcomed");
+        let mut targets = Vec::new();
+        for step in 0..=100 {
+            let now = step * S / 10;
+            let t = target_of(&bot.next_input(now).expect("an input"));
+            assert!(
+                t.distance(h.at(now)) <= 10.0 + 0.01,
+                "at {now} µs the target {t} is within 10 m of the hot spot {}",
+                h.at(now)
+            );
+            targets.push(t);
+        }
+        assert!(
+            targets[100].x - targets[0].x > 70.0,
+            "the targets travel with the hot spot: {} → {}",
+            targets[0],
+            targets[100]
+        );
+        let mut again = BotClient::new(cfg);
+        again.on_control(1, &welcome(hash)).expect("welcomed");
+        let replay: Vec<Vec3> = (0..=100)
+            .map(|step| target_of(&again.next_input(step * S / 10).expect("an input")))
+            .collect();
+        assert_eq!(replay, targets, "same seed and times, same targets");
+
+        let mut lost = BotConfig::new("w", Scenario::Crowd, 5);
+        lost.login_at_us = S;
+        assert_eq!(lost.spawn_point(), None, "no hot spot: the shard picks");
     }
 
     #[test]

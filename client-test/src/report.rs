@@ -1,6 +1,7 @@
 //! The load-test report: per-bot metrics folded into the numbers an operator reads.
 
 use crate::core::BotMetrics;
+use crate::hotspot::Hotspot;
 use crate::timeline::{Timeline, TimelinePoint};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -35,6 +36,49 @@ pub struct RunSummary {
     /// Per-second counters the swarm already took from its bots while they ran; merged with
     /// what is left in each outcome's [`BotMetrics::timeline`].
     pub timeline: Timeline,
+    /// Where a `crowd` or `migrate` run gathered its bots.
+    pub hotspot: Option<HotspotSummary>,
+}
+
+/// The hot spot of a `crowd` or `migrate` run, as the report gives it: from `(x, z)` to
+/// `(to_x, to_z)` over `travel_s` seconds of the run (the same point and 0 for `crowd`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct HotspotSummary {
+    pub x: f32,
+    pub z: f32,
+    pub radius_m: f32,
+    pub to_x: f32,
+    pub to_z: f32,
+    pub travel_s: f64,
+}
+
+impl HotspotSummary {
+    pub fn of(h: &Hotspot) -> Self {
+        Self {
+            x: h.from.x,
+            z: h.from.z,
+            radius_m: h.radius_m,
+            to_x: h.to.x,
+            to_z: h.to.z,
+            travel_s: h.travel_us as f64 / 1e6,
+        }
+    }
+
+    /// One line for the human summary.
+    fn render(&self) -> String {
+        let mut s = format!(
+            "hotspot         ({:.0}, {:.0}) radius {:.0} m",
+            self.x, self.z, self.radius_m
+        );
+        if (self.x, self.z) != (self.to_x, self.to_z) {
+            s.push_str(&format!(
+                ", moving to ({:.0}, {:.0}) over {:.0} s",
+                self.to_x, self.to_z, self.travel_s
+            ));
+        }
+        s.push('\n');
+        s
+    }
 }
 
 /// Samples counted in equal bins from 0: bin `i` holds values in `[i·bin_width, (i+1)·bin_width)`.
@@ -114,6 +158,9 @@ pub struct Report {
     /// The game the bots played.
     pub game: String,
     pub scenario: String,
+    /// The `crowd` / `migrate` hot spot (absent for other scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hotspot: Option<HotspotSummary>,
     pub duration_s: f64,
     pub bots_requested: usize,
     pub bots_connected: usize,
@@ -147,6 +194,14 @@ pub struct Report {
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
     pub messages_received_total: u64,
+    /// Bots whose login waited in the login queue (every shard at its client cap), the
+    /// furthest back any of them started (its first place), and how long they waited: `Hello`
+    /// sent → admitted, over the bots that were admitted (0 when none waited).
+    pub bots_queued: usize,
+    pub queue_position_max: u32,
+    pub queue_ms_p50: f64,
+    pub queue_ms_p99: f64,
+    pub queue_ms_max: f64,
     /// Errors by kind (connect failures, refusals by code, decode problems).
     pub errors: BTreeMap<String, u64>,
     /// One point per second since the swarm started: bots logged in, handoffs, errors and
@@ -243,6 +298,14 @@ impl Report {
             timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        let mut queue = micros_histogram();
+        for us in outcomes.iter().filter_map(|o| o.metrics.queue_us) {
+            queue.saturating_record(us.max(1));
+        }
+        let queued: Vec<u32> = outcomes
+            .iter()
+            .filter_map(|o| o.metrics.queue_first.map(|p| p.position))
+            .collect();
         sps.sort_by(f64::total_cmp);
         let histograms = Histograms {
             rtt_ms: micros_distribution(&rtt),
@@ -256,6 +319,7 @@ impl Report {
         Self {
             game: run.game.clone(),
             scenario: run.scenario.clone(),
+            hotspot: run.hotspot,
             duration_s: run.duration_s,
             bots_requested: requested,
             bots_connected: connected,
@@ -288,6 +352,11 @@ impl Report {
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
+            bots_queued: queued.len(),
+            queue_position_max: queued.iter().copied().max().unwrap_or(0),
+            queue_ms_p50: quantile_ms(&queue, 0.5),
+            queue_ms_p99: quantile_ms(&queue, 0.99),
+            queue_ms_max: quantile_ms(&queue, 1.0),
             errors,
             timeline: timeline.points(),
             histograms,
@@ -331,6 +400,17 @@ impl Report {
             self.says_sent_total,
             self.messages_received_total,
         );
+        if let Some(h) = &self.hotspot {
+            s.push_str(&h.render());
+        }
+        s.push_str(&format!(
+            "login queue     {} bots waited (first place up to {})  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+            self.bots_queued,
+            self.queue_position_max,
+            self.queue_ms_p50,
+            self.queue_ms_p99,
+            self.queue_ms_max
+        ));
         if self.errors.is_empty() {
             s.push_str("errors          none\n");
         } else {
@@ -444,6 +524,76 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    #[test]
+    fn queue_times_are_percentiles_over_the_bots_that_waited() {
+        let mk = |first: Option<u32>, wait_ms: Option<u64>| BotOutcome {
+            metrics: BotMetrics {
+                queue_first: first.map(|position| zonescaler_shared::protocol::QueuePlace {
+                    position,
+                    waiting: position,
+                }),
+                queue_us: wait_ms.map(|ms| ms * 1_000),
+                ..Default::default()
+            },
+            active_s: 1.0,
+            connected: wait_ms.is_some() || first.is_none(),
+        };
+        let mut outcomes: Vec<BotOutcome> = (1..=100)
+            .map(|i| mk(Some(i), Some(u64::from(i) * 10)))
+            .collect();
+        outcomes.push(mk(Some(101), None)); // still waiting at the end
+        outcomes.push(mk(None, None)); // played at once
+        let r = Report::build(&run("crowd", 102), &outcomes);
+        assert_eq!((r.bots_queued, r.queue_position_max), (101, 101));
+        assert!((r.queue_ms_p50 - 500.0).abs() < 1.0, "{r:?}");
+        assert!((r.queue_ms_p99 - 990.0).abs() < 1.0, "{r:?}");
+        assert!((r.queue_ms_max - 1_000.0).abs() < 1.0, "{r:?}");
+        assert!(
+            r.render()
+                .contains("login queue     101 bots waited (first place up to 101)  p50 500."),
+            "{}",
+            r.render()
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        for field in [
+            "bots_queued",
+            "queue_ms_p50",
+            "queue_ms_p99",
+            "queue_position_max",
+        ] {
+            assert!(json.get(field).is_some(), "the JSON report has `{field}`");
+        }
+        let none = Report::build(&run("wander", 1), &[mk(None, None)]);
+        assert_eq!((none.bots_queued, none.queue_ms_p99), (0, 0.0));
+    }
+
+    #[test]
+    fn a_crowd_run_names_its_hot_spot_in_both_reports() {
+        let h = Hotspot {
+            from: glam::Vec3::new(-300.0, 0.0, 10.0),
+            to: glam::Vec3::new(300.0, 0.0, 10.0),
+            radius_m: 80.0,
+            travel_us: 90_000_000,
+        };
+        let summary = RunSummary {
+            hotspot: Some(HotspotSummary::of(&h)),
+            ..run("migrate", 1)
+        };
+        let r = Report::build(&summary, &[]);
+        let text = r.render();
+        assert!(
+            text.contains("hotspot         (-300, 10) radius 80 m, moving to (300, 10) over 90 s"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        assert_eq!(json["hotspot"]["radius_m"], 80.0);
+        assert_eq!(json["hotspot"]["to_x"], 300.0);
+        let plain = Report::build(&run("wander", 1), &[]);
+        assert!(!plain.render().contains("hotspot"));
+        let json = serde_json::to_value(&plain).expect("a report serializes");
+        assert!(json.get("hotspot").is_none(), "no hot spot, no field");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 
 use crate::core::{BotClient, BotConfig, BotError, Scenario, border_walks};
 use crate::game::BotGame;
-use crate::report::{BotOutcome, Report, RunSummary};
+use crate::hotspot::{HOTSPOT_RADIUS_DEFAULT_M, Hotspot};
+use crate::report::{BotOutcome, HotspotSummary, Report, RunSummary};
 use crate::timeline::Timeline;
 use anyhow::{anyhow, bail};
 use glam::Vec3;
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
-use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl};
+use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl, Welcome};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::TicketSigner;
 use zonescaler_shared::{codec, limits};
@@ -104,6 +105,11 @@ pub struct SwarmConfig {
     pub login: Option<Arc<TicketSigner>>,
     /// Account names are `{accounts}-0`, `{accounts}-1`, … (see [`check_account_prefix`]).
     pub accounts: String,
+    /// Where a `crowd` gathers, or the midpoint of a `migrate` hot spot's path (x, z): the
+    /// world's centre when `None`.
+    pub hotspot: Option<(f32, f32)>,
+    /// The crowd's radius in metres.
+    pub hotspot_radius_m: f32,
 }
 
 impl SwarmConfig {
@@ -124,6 +130,8 @@ impl SwarmConfig {
             game: BotGame::demo(),
             login: None,
             accounts: ACCOUNT_PREFIX_DEFAULT.into(),
+            hotspot: None,
+            hotspot_radius_m: HOTSPOT_RADIUS_DEFAULT_M,
         }
     }
 }
@@ -154,7 +162,9 @@ struct Live {
 /// Run the swarm to completion and build its report.
 ///
 /// A [`Scenario::Border`] run first logs one scout in to read the cell map, and fails if the map
-/// has no border between two shards: there would be nothing to measure.
+/// has no border between two shards: there would be nothing to measure. A crowd
+/// ([`Scenario::gathers`]) run's scout reads the world's bounds and speed from its `Welcome`, to
+/// place the hot spot, and fails if the hot spot is outside the world.
 pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let endpoints_n = (cfg.bots / 128 + 1).min(8);
     let mut endpoints = Vec::with_capacity(endpoints_n);
@@ -164,11 +174,15 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let ticket_expires_ms = unix_ms_now()
         .saturating_add(u64::try_from(cfg.ramp.as_millis()).unwrap_or(u64::MAX))
         .saturating_add(BOT_TICKET_TTL_MS);
-    let walks = if cfg.scenario == Scenario::Border {
-        scout_border_walks(&endpoints[0], &cfg, ticket_expires_ms).await?
-    } else {
-        Vec::new()
-    };
+    let (mut walks, mut hotspot) = (Vec::new(), None);
+    if cfg.scenario == Scenario::Border || cfg.scenario.gathers() {
+        let (welcome, map) = scout(&endpoints[0], &cfg, ticket_expires_ms).await?;
+        if cfg.scenario == Scenario::Border {
+            walks = border_walks_of(&map, &cfg)?;
+        } else {
+            hotspot = Some(hotspot_of(&welcome, &cfg)?);
+        }
+    }
     let start = Instant::now();
     let run = Arc::new(Run {
         addr: cfg.addr,
@@ -180,7 +194,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         live: Live::default(),
         timeline: Mutex::new(Timeline::default()),
     });
-    let tasks = spawn_bots(&cfg, &endpoints, &walks, &run, ticket_expires_ms);
+    let tasks = spawn_bots(&cfg, &endpoints, (&walks, hotspot), &run, ticket_expires_ms);
     let progress = cfg.progress.then(|| spawn_progress(cfg.bots, run.clone()));
     let (outcomes, extra) = join_bots(tasks).await;
     if let Some(p) = progress {
@@ -201,18 +215,14 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         bots_requested: cfg.bots,
         errors: extra,
         timeline,
+        hotspot: hotspot.map(|h| HotspotSummary::of(&h)),
     };
     Ok(Report::build(&summary, &outcomes))
 }
 
-/// A border run's walks: a scout reads the cell map, and every bot gets a walk across a border
-/// of it. An error if the map is empty or has no border between two shards.
-async fn scout_border_walks(
-    endpoint: &quinn::Endpoint,
-    cfg: &SwarmConfig,
-    ticket_expires_ms: u64,
-) -> anyhow::Result<Vec<(Vec3, Vec3)>> {
-    let map = scout_cell_map(endpoint, cfg, ticket_expires_ms).await?;
+/// A border run's walks: every bot gets a walk across a border of the map the scout read. An
+/// error if the map is empty or has no border between two shards.
+fn border_walks_of(map: &CellMapView, cfg: &SwarmConfig) -> anyhow::Result<Vec<(Vec3, Vec3)>> {
     if map.leaves.is_empty() {
         bail!(
             "the shard sent an empty cell map (shards leave out maps of more than {} \
@@ -220,7 +230,7 @@ async fn scout_border_walks(
             zonescaler_shared::limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX
         );
     }
-    let walks = border_walks(&map, cfg.bots, &mut Rng::new(cfg.seed));
+    let walks = border_walks(map, cfg.bots, &mut Rng::new(cfg.seed));
     if walks.is_empty() {
         bail!(
             "the cell map has no border between shards: run against a cluster with more \
@@ -230,11 +240,25 @@ async fn scout_border_walks(
     Ok(walks)
 }
 
+/// A crowd run's hot spot in the world the scout was welcomed to, travelling over the whole run
+/// (ramp and duration) for `migrate`.
+fn hotspot_of(welcome: &Welcome, cfg: &SwarmConfig) -> anyhow::Result<Hotspot> {
+    let (centre, radius, world) = (cfg.hotspot, cfg.hotspot_radius_m, welcome.bounds);
+    let hotspot = if cfg.scenario == Scenario::Migrate {
+        let run_us = u64::try_from((cfg.ramp + cfg.duration).as_micros()).unwrap_or(u64::MAX);
+        let speed = welcome.max_speed_mps;
+        Hotspot::migrate(centre, radius, world, cfg.seed, run_us, speed)
+    } else {
+        Hotspot::crowd(centre, radius, world)
+    };
+    Ok(hotspot?)
+}
+
 /// One task per bot, each waiting for its place in the ramp before it connects.
 fn spawn_bots(
     cfg: &SwarmConfig,
     endpoints: &[quinn::Endpoint],
-    walks: &[(Vec3, Vec3)],
+    (walks, hotspot): (&[(Vec3, Vec3)], Option<Hotspot>),
     run: &Arc<Run>,
     ticket_expires_ms: u64,
 ) -> Vec<tokio::task::JoinHandle<BotOutcome>> {
@@ -245,7 +269,8 @@ fn spawn_bots(
     let mut tasks = Vec::with_capacity(cfg.bots);
     for i in 0..cfg.bots {
         let endpoint = endpoints[i % endpoints.len()].clone();
-        let at = run.start + cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
+        let offset = cfg.ramp.mul_f64(i as f64 / cfg.bots.max(1) as f64);
+        let at = run.start + offset;
         let mut bot_cfg = BotConfig::new(
             format!("{}-{i}", cfg.accounts),
             cfg.scenario,
@@ -253,6 +278,8 @@ fn spawn_bots(
         );
         bot_cfg.border = walks.get(i).copied();
         bot_cfg.border_start = phases.next_f32();
+        bot_cfg.hotspot = hotspot;
+        bot_cfg.login_at_us = u64::try_from(offset.as_micros()).unwrap_or(u64::MAX);
         if let Some(signer) = &cfg.login {
             bot_cfg.sign_ticket(signer, ticket_expires_ms);
         }
@@ -295,13 +322,14 @@ fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Log one idle client in and read the cell map the shard sends after `Welcome`: a border run
-/// chooses its walks from it.
-async fn scout_cell_map(
+/// Log one idle client in and read its `Welcome` and the cell map the shard sends after it: a
+/// border run chooses its walks from the map, a crowd run places its hot spot in the world the
+/// `Welcome` describes.
+async fn scout(
     endpoint: &quinn::Endpoint,
     cfg: &SwarmConfig,
     ticket_expires_ms: u64,
-) -> anyhow::Result<CellMapView> {
+) -> anyhow::Result<(Welcome, CellMapView)> {
     let start = Instant::now();
     let mut scout = BotConfig::new(format!("{}-scout", cfg.accounts), Scenario::Idle, cfg.seed);
     if let Some(signer) = &cfg.login {
@@ -313,9 +341,9 @@ async fn scout_cell_map(
         let mut session = login(&mut bot, endpoint, cfg.addr, &cfg.server_name, hello, start)
             .await
             .map_err(|kind| anyhow!("the scout could not log in to {}: {kind}", cfg.addr))?;
-        let map = loop {
-            if let Some(map) = bot.cell_map() {
-                break map.clone();
+        let found = loop {
+            if let (Some(w), Some(map)) = (bot.welcome(), bot.cell_map()) {
+                break (w.clone(), map.clone());
             }
             let msg = session
                 .read_control()
@@ -326,7 +354,7 @@ async fn scout_cell_map(
                 .map_err(|e| anyhow!("the scout was refused: {e}"))?;
         };
         session.conn.close(0u32.into(), b"scouted");
-        Ok(map)
+        Ok(found)
     };
     tokio::time::timeout(SCOUT_TIMEOUT, scout)
         .await
@@ -592,6 +620,14 @@ async fn login(
     loop {
         match bot.on_control(micros_since(start), &msg) {
             Ok(None) if is_welcome(&msg) => return Ok(session),
+            // Every shard is at its cap: wait for the next place, or the admission. However
+            // long: the caller bounds the whole login by the run's end.
+            Ok(None) if bot.is_queued() => {
+                msg = session
+                    .read_control()
+                    .await
+                    .map_err(|e| error_kind("login: while queued", &e))?;
+            }
             Ok(None) => {
                 return Err("login: the first answer was neither Welcome nor Redirect".into());
             }
@@ -720,15 +756,22 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     let seed = cfg.seed;
     let mut bot = BotClient::with_game(cfg, &run.game);
     let hello = bot.hello(now_us());
-    let logged_in = login(
+    let logging_in = login(
         &mut bot,
         &endpoint,
         run.addr,
         &run.server_name,
         hello,
         start,
-    )
-    .await;
+    );
+    // A login may wait in the login queue until the run ends; then it never played.
+    let logged_in = match tokio::time::timeout_at(deadline.into(), logging_in).await {
+        Ok(r) => r,
+        Err(_) if bot.is_queued() => {
+            Err("login: still in the login queue when the run ended".into())
+        }
+        Err(_) => Err("login: not welcomed before the run ended".into()),
+    };
     let session = match logged_in {
         Ok(s) => s,
         Err(kind) => {

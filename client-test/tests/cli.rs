@@ -105,3 +105,94 @@ fn cli_run_logs_in_with_minted_tickets_and_writes_both_reports() {
     drop(shard);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A crowd run: the scout learns the world, every bot's ticket starts it inside the hot spot's
+/// disc, and the report names the hot spot; a hot spot outside the world stops the run before
+/// any bot logs in, with the flag named.
+#[test]
+fn crowd_bots_start_in_their_hot_spot_and_one_outside_the_world_is_refused() {
+    let dir = std::env::temp_dir().join(format!("zs-bots-crowd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (key, public) = (dir.join("login.key"), dir.join("login.pub"));
+    TicketSigner::generate_files("bots-test", &key, &public).expect("key files");
+    let json = dir.join("report.json");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shard = rt.block_on(async {
+        fake_shard(two_shard_map(), |_, _| Answer::Play {
+            redirect_after: None,
+        })
+    });
+    let addr = shard.addr.to_string();
+    let key_arg = key.to_str().expect("utf-8 temp path");
+    let argv = |hotspot: &'static str| {
+        let mut v = vec![
+            "bots",
+            "--connect",
+            &addr,
+            "--insecure",
+            "--bots",
+            "8",
+            "--scenario",
+            "crowd",
+            "--hotspot",
+            hotspot,
+            "--radius",
+            "20",
+            "--duration",
+            "500ms",
+            "--ramp",
+            "10ms",
+            "--threads",
+            "1",
+            "--quiet",
+            "--login-key",
+            key_arg,
+        ];
+        v.extend(["--report-json", json.to_str().expect("utf-8 temp path")]);
+        Cmd::try_parse_from(v).expect("valid flags").args
+    };
+    cli::run(argv("50,-40"), &[BotGame::demo()]).expect("the run succeeds");
+    let ring = LoginKeys::load(&public).expect("the public half loads");
+    let spawns: Vec<(String, Option<[f32; 3]>)> = shard
+        .seen
+        .lock()
+        .expect("not poisoned")
+        .hellos
+        .iter()
+        .map(|h| {
+            let t = ring
+                .verify(h.ticket.as_deref().expect("a ticket"), unix_ms_now())
+                .expect("valid");
+            let at = t.spawn.map(|q| q.to_vec3().to_array());
+            (t.account, at)
+        })
+        .collect();
+    assert_eq!(spawns.len(), 9, "the scout and 8 bots: {spawns:?}");
+    assert_eq!(
+        spawns[0],
+        ("bot-scout".into(), None),
+        "the scout starts anywhere"
+    );
+    for (account, at) in &spawns[1..] {
+        let [x, _, z] = at.unwrap_or_else(|| panic!("{account} asks for a start"));
+        let d = ((x - 50.0).powi(2) + (z + 40.0).powi(2)).sqrt();
+        assert!(d <= 20.01, "{account} starts {d} m from the hot spot");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("written")).expect("JSON");
+    assert_eq!(report["scenario"], "crowd");
+    assert_eq!(report["hotspot"]["x"], 50.0, "{report}");
+    assert_eq!(report["hotspot"]["radius_m"], 20.0, "{report}");
+
+    let e = cli::run(argv("500,0"), &[BotGame::demo()]).expect_err("outside the world");
+    assert!(
+        format!("{e:#}").contains("--hotspot 500,0 is outside the world"),
+        "{e:#}"
+    );
+    drop(shard);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -245,6 +245,21 @@ mod tests {
             decode_server_datagram(&encode(&bad_parts)),
             Err(DecodeError::Invalid(_))
         ));
+        let ok = ServerControl::Queued(QueuePlace {
+            position: 3,
+            waiting: 10,
+        });
+        assert_eq!(decode_server_control(&encode(&ok)), Ok(ok));
+        for (position, waiting) in [(0, 10), (11, 10), (1, limits::LOGIN_QUEUE_MAX as u32 + 1)] {
+            let bad = ServerControl::Queued(QueuePlace { position, waiting });
+            assert_eq!(
+                decode_server_control(&encode(&bad)),
+                Err(DecodeError::Invalid("queue place out of range")),
+                "place {position} of {waiting}"
+            );
+        }
+        assert_eq!(ErrorCode::from_close_code(13), Some(ErrorCode::NoRoom));
+        assert_eq!(ErrorCode::NoRoom.as_str(), "no_room");
     }
 
     /// A heartbeat that measured 30% of a core, over two cells.

@@ -90,6 +90,14 @@ pub struct ClusterSection {
     /// client redirect tokens. Prefer the `ZONESCALER_CLUSTER_SECRET` environment variable, which
     /// overrides this, to keeping a secret in a file.
     pub secret: Option<String>,
+    /// Players one shard takes at login (its cap). When the shard a login would go to is at its
+    /// cap, the login plays on another shard with room; when every shard is, it waits in the
+    /// login queue. 0: no shard takes players (every login is refused with `no_room`). Players
+    /// who walk across a border are never refused: the cap is checked at login only.
+    pub clients_per_shard_max: u32,
+    /// Logins that may wait for room, cluster-wide (at most `limits::LOGIN_QUEUE_MAX`); past it a
+    /// login is refused with `no_room`. 0: no queue.
+    pub login_queue_max: u32,
 }
 
 impl Default for ClusterSection {
@@ -100,9 +108,17 @@ impl Default for ClusterSection {
             cell_move_batch: 200,
             cell_move_timeout_ms: 20_000,
             secret: None,
+            clients_per_shard_max: CLIENTS_PER_SHARD_DEFAULT,
+            login_queue_max: LOGIN_QUEUE_DEFAULT,
         }
     }
 }
+
+/// Default `[cluster] clients_per_shard_max`: half of what a shard accepts as connections, so
+/// the login queue and clients on their way elsewhere keep room beside a full shard's players.
+pub const CLIENTS_PER_SHARD_DEFAULT: u32 = (limits::CLIENTS_PER_SHARD_MAX / 2) as u32;
+/// Default `[cluster] login_queue_max`.
+pub const LOGIN_QUEUE_DEFAULT: u32 = 1_000;
 
 /// `[world]`: the ground rectangle (x, z) and its cells.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -369,6 +385,26 @@ impl WorldConfig {
                 ),
             ));
         }
+        if c.clients_per_shard_max as usize > limits::CLIENTS_PER_SHARD_MAX {
+            return Err(bad(
+                "cluster.clients_per_shard_max",
+                format!(
+                    "must be at most {} (got {})",
+                    limits::CLIENTS_PER_SHARD_MAX,
+                    c.clients_per_shard_max
+                ),
+            ));
+        }
+        if c.login_queue_max as usize > limits::LOGIN_QUEUE_MAX {
+            return Err(bad(
+                "cluster.login_queue_max",
+                format!(
+                    "must be at most {} (got {})",
+                    limits::LOGIN_QUEUE_MAX,
+                    c.login_queue_max
+                ),
+            ));
+        }
         if let Some(secret) = &c.secret
             && secret.len() < CLUSTER_SECRET_BYTES_MIN
         {
@@ -434,6 +470,10 @@ mod tests {
         let cfg = parse("").expect("defaults are valid");
         assert_eq!(cfg, WorldConfig::default());
         assert_eq!(cfg.simulation.tick_hz, 30);
+        assert_eq!(cfg.cluster.clients_per_shard_max, 2_048);
+        let none = parse("[cluster]\nclients_per_shard_max = 0\nlogin_queue_max = 0\n")
+            .expect("a cluster that takes no players is a valid config");
+        assert_eq!(none.cluster.clients_per_shard_max, 0);
     }
 
     #[test]
@@ -456,6 +496,18 @@ mod tests {
             ("[nope]\n", "nope"),
             ("[npc]\ncount = -3\n", "npc.count"),
             ("[simulation]\ntick_hz = \"fast\"\n", "simulation.tick_hz"),
+            (
+                "[cluster]\nclients_per_shard_max = 5000\n",
+                "cluster.clients_per_shard_max",
+            ),
+            (
+                "[cluster]\nclients_per_shard_max = -1\n",
+                "cluster.clients_per_shard_max",
+            ),
+            (
+                "[cluster]\nlogin_queue_max = 3000\n",
+                "cluster.login_queue_max",
+            ),
         ];
         for (text, field) in cases {
             let err = parse(text).expect_err(text);

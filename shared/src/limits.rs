@@ -67,6 +67,15 @@ pub const PLAYER_MESSAGES_PER_TICK_MAX: usize = 4_096;
 pub const LOGINS_PENDING_MAX: usize = 1_024;
 /// A login waiting this long for the master's answer about its account is refused.
 pub const LOGIN_CLAIM_TIMEOUT_MS: u64 = 5_000;
+/// Logins that may wait for room in one cluster (or on one lone shard) when every shard is at its
+/// client cap (`[cluster] login_queue_max` is at most this). Each waiting login holds a
+/// connection on the shard it came through, so the queue stays well under what one shard
+/// accepts (asserted below).
+pub const LOGIN_QUEUE_MAX: usize = 2_048;
+/// How long the master keeps a seat it gave a login before the shard it sent it to reports the
+/// player's arrival: the redirect token's lifetime (10 s) plus a few heartbeats. A client that
+/// never arrives (it hung up mid-redirect) frees its seat after this.
+pub const ADMISSION_ARRIVAL_WAIT_MS: u64 = 12_000;
 /// Length of the human-readable reason in an error message.
 pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
 /// Leaves of the cell map sent to a client after `Welcome`; a bigger map is not sent.
@@ -216,6 +225,9 @@ const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_INBOX_BYTES_MAX);
 const _: () = assert!(LINK_HANDSHAKES_PENDING_MAX <= LINKS_MAX);
 const _: () = assert!(LINK_HANDSHAKE_TIMEOUT_MS < IDLE_TIMEOUT_MS);
+// Logins waiting for room hold connections on their gateway shard: the whole queue fits on one
+// shard beside its playing clients.
+const _: () = assert!(2 * LOGIN_QUEUE_MAX <= CLIENTS_PER_SHARD_MAX);
 // One host cannot take every client slot, but a load test's bot swarm fits on one host.
 const _: () = assert!(CONNECTIONS_PER_ADDRESS_MAX < CLIENTS_PER_SHARD_MAX);
 const _: () = assert!(

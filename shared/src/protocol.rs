@@ -2,7 +2,7 @@
 //!
 //! | channel | client → shard | shard → client |
 //! |---|---|---|
-//! | reliable control stream | [`ClientControl`] (`Hello`, `Command`, `Say`) | [`ServerControl`] (`Welcome`, `Error`, `Redirect`, `CellMap`, `Message`) |
+//! | reliable control stream | [`ClientControl`] (`Hello`, `Command`, `Say`) | [`ServerControl`] (`Welcome`, `Error`, `Redirect`, `CellMap`, `Message`, `Queued`) |
 //! | unreliable datagrams | [`ClientDatagram`] (`Input`) | [`ServerDatagram`] (snapshot parts) |
 //!
 //! Bytes are produced and checked only by [`crate::codec`]; every type here implements
@@ -15,7 +15,7 @@ use bitcode::{Decode, Encode};
 use std::sync::Arc;
 
 /// Bumped on every incompatible change to a type in this module.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Semantic checks the codec runs after decoding (lengths, ranges).
 pub trait Validate {
@@ -99,6 +99,19 @@ pub enum ServerControl {
     CellMap(CellMapView),
     /// A chat line or a game's message to this player: a tell (to this account) or a shout.
     Message(PlayerMessage),
+    /// Every shard is at its client cap: this login waits for room. Sent when it starts waiting
+    /// and again whenever its place moves; the login then goes on as any other (`Welcome` or
+    /// `Redirect`), or ends with an `Error` (`no_room`).
+    Queued(QueuePlace),
+}
+
+/// A waiting login's place in the login queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct QueuePlace {
+    /// 1: the next login to get a seat.
+    pub position: u32,
+    /// Logins waiting when this was sent, this one included.
+    pub waiting: u32,
 }
 
 /// A message delivered to a player.
@@ -178,6 +191,9 @@ pub enum ErrorCode {
     AccountInUse,
     /// The account logged in again elsewhere and that session took over from this one.
     SessionTakenOver,
+    /// No shard can take this player: every one is at its client cap and the login queue is
+    /// full, or no shard takes players at all (a cap of 0, or no shard alive).
+    NoRoom,
 }
 
 impl ErrorCode {
@@ -196,11 +212,12 @@ impl ErrorCode {
             Self::BadTicket => 10,
             Self::AccountInUse => 11,
             Self::SessionTakenOver => 12,
+            Self::NoRoom => 13,
         }
     }
 
     /// Every code, in close-code order (metrics count closes by each, zeros included).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::BadMessage,
         Self::WrongVersion,
         Self::ProtocolMismatch,
@@ -213,6 +230,7 @@ impl ErrorCode {
         Self::BadTicket,
         Self::AccountInUse,
         Self::SessionTakenOver,
+        Self::NoRoom,
     ];
 
     /// The reason behind a QUIC application close code, if it is one of ours.
@@ -237,6 +255,7 @@ impl ErrorCode {
             Self::BadTicket => "bad_ticket",
             Self::AccountInUse => "account_in_use",
             Self::SessionTakenOver => "session_taken_over",
+            Self::NoRoom => "no_room",
         }
     }
 }
@@ -448,8 +467,16 @@ pub enum LinkMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum MasterRequest {
     /// A login for `account` is waiting on this shard (as `session`, the shard's own number for
-    /// it): may it play? Answered with [`MasterNotice::Claim`].
-    Claim { account: String, session: u64 },
+    /// it): may it play, and where? `want` is the shard that owns its spawn point. Answered with
+    /// [`MasterNotice::Claim`] (again while it waits in the login queue, as its place moves).
+    Claim {
+        account: String,
+        session: u64,
+        want: ShardId,
+    },
+    /// The login `session` of `account` on this shard ended before it played: take it out of the
+    /// login queue, and free the seat it was given if no shard has reported it since.
+    Release { account: String, session: u64 },
     /// Deliver `msg` to the player `to`, wherever the directory has them.
     Tell { to: String, msg: PlayerMessage },
     /// Deliver `msg` to every player of the world.
@@ -494,13 +521,38 @@ pub enum MasterNotice {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum ClaimOutcome {
-    /// Nobody plays this account: go ahead.
-    Granted,
-    /// It plays elsewhere and the cluster's rule takes the old session over: go ahead (the old
-    /// one is being kicked).
-    TookOver,
+    /// Nobody plays this account: play on `shard` (the one the login wanted while it has room).
+    Granted { shard: ShardId },
+    /// It plays elsewhere and the cluster's rule takes the old session over: play on `shard`
+    /// (the old one is being kicked).
+    TookOver { shard: ShardId },
     /// It plays elsewhere and the rule refuses a second session.
     InUse,
+    /// Every shard is at its cap: the login waits at this place (sent again as it moves up).
+    Queued(QueuePlace),
+    /// No shard can take it (see [`ErrorCode::NoRoom`]).
+    NoRoom(NoRoomWhy),
+}
+
+/// Why no shard can take a login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum NoRoomWhy {
+    /// Every shard is at its cap and `max` logins wait already.
+    QueueFull { max: u32 },
+    /// No live shard takes players (`clients_per_shard_max = 0`, or none is alive).
+    NoShard,
+}
+
+impl std::fmt::Display for NoRoomWhy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::QueueFull { max } => write!(
+                f,
+                "every shard is at its client cap and the login queue is full ({max} waiting)"
+            ),
+            Self::NoShard => f.write_str("no shard of this world takes players now"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -662,6 +714,7 @@ impl Validate for LinkMessage {
                 Err("batch over limits")
             }
             Self::ToMaster(MasterRequest::Claim { account, .. })
+            | Self::ToMaster(MasterRequest::Release { account, .. })
             | Self::FromMaster(MasterNotice::Claim { account, .. })
             | Self::FromMaster(MasterNotice::Kick { account })
                 if account.len() > limits::PLAYER_NAME_BYTES_MAX =>
@@ -876,6 +929,14 @@ impl Validate for ServerControl {
             Self::Redirect(_) => Ok(()),
             Self::Message(m) if !m.within_limits() => Err("message over limits"),
             Self::Message(_) => Ok(()),
+            Self::Queued(q)
+                if q.position == 0
+                    || q.position > q.waiting
+                    || q.waiting as usize > limits::LOGIN_QUEUE_MAX =>
+            {
+                Err("queue place out of range")
+            }
+            Self::Queued(_) => Ok(()),
             Self::CellMap(m) if m.leaves.len() > limits::CELL_MAP_LEAVES_TO_CLIENTS_MAX => {
                 Err("cell map too large")
             }

@@ -358,9 +358,10 @@ impl Sim {
             .iter()
             .filter_map(|(c, s)| match s.phase {
                 Phase::Playing { id, .. } => Some((*c, id)),
-                Phase::AwaitHello { .. } | Phase::AwaitClaim { .. } | Phase::Redirected { .. } => {
-                    None
-                }
+                Phase::AwaitHello { .. }
+                | Phase::AwaitClaim { .. }
+                | Phase::Queued { .. }
+                | Phase::Redirected { .. } => None,
             })
             .collect();
         playing.sort();

@@ -10,9 +10,14 @@
 //! 4. The account is claimed: with the master in a cluster (one session per account, cluster
 //!    wide; the answer comes back as a `MasterNotice::Claim`), in [`Sessions`] on a lone shard.
 //!    A second session takes over or is refused, by `[login] duplicate`.
-//! 5. The avatar spawns at the spawn point, or the login is redirected, with a signed spawn
+//! 5. Admission ([`super::admission`]): the login gets a seat on the shard that owns its spawn
+//!    point, or on another with room (then it starts at a point of that shard), or waits in the
+//!    login queue (`Phase::Queued`, the client told its place as it moves up), or is refused
+//!    with `no_room`. The master decides in a cluster (with the claim), this shard alone.
+//! 6. The avatar spawns at the spawn point, or the login is redirected, with a signed spawn
 //!    grant, to the shard that owns that point.
 
+use super::admission::{LoginQueue, Verdict, Waiter};
 use super::directory::{ClusterDirectory, LoginPolicy};
 use super::{Closing, Phase, Refusal, send_control};
 use crate::core::components::{
@@ -27,9 +32,12 @@ use crate::core::space::Space;
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use glam::Vec3;
+use std::collections::BTreeMap;
 use tracing::info;
 use zonescaler_shared::config::DuplicateLogin;
-use zonescaler_shared::protocol::{ErrorCode, Hello, MasterRequest, ServerControl, Welcome};
+use zonescaler_shared::protocol::{
+    ClaimOutcome, ErrorCode, Hello, MasterRequest, QueuePlace, ServerControl, Welcome,
+};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::token::GrantKind;
 use zonescaler_shared::{ConnId, NetId, ShardId, limits};
@@ -48,6 +56,8 @@ pub struct Login<'w, 's> {
     rng: ResMut<'w, ShardRng>,
     master: ResMut<'w, MasterOutbox>,
     logins: ResMut<'w, Logins>,
+    /// This shard's own login queue (used alone; in a cluster the master's decides).
+    queue: ResMut<'w, LoginQueue>,
     index: Res<'w, NetIndex>,
     entities: Query<
         'w,
@@ -108,9 +118,11 @@ pub fn on_hello(
                 ),
             ));
         }
+        let want = wanted_shard(spawn, login);
         login.master.0.push(MasterRequest::Claim {
             account,
             session: conn.0,
+            want,
         });
         if let Some(c) = closing.clients.0.get_mut(&conn) {
             c.phase = Phase::AwaitClaim {
@@ -121,7 +133,107 @@ pub fn on_hello(
         return Ok(());
     }
     claim_locally(conn, &account, login.policy.duplicate, closing)?;
-    finish_login(conn, spawn, closing, login)
+    admit_alone(conn, account, spawn, closing, login)
+}
+
+/// A lone shard's admission of a claimed login: play, wait, or no room.
+fn admit_alone(
+    conn: ConnId,
+    account: String,
+    spawn: Option<QPos>,
+    closing: &mut Closing,
+    login: &mut Login,
+) -> Result<(), Refusal> {
+    let me = login.space.me;
+    let w = Waiter {
+        gateway: me,
+        session: conn.0,
+        account,
+        want: me,
+    };
+    let seats = BTreeMap::from([(me, players_here(closing))]);
+    match login.queue.0.ask(w, &seats) {
+        Verdict::Play(_) => finish_login(conn, spawn, None, closing, login),
+        Verdict::Queued(place) => {
+            queue(conn, spawn, place, closing);
+            Ok(())
+        }
+        Verdict::NoRoom(why) => Err((ErrorCode::NoRoom, why.to_string())),
+    }
+}
+
+/// Players on this shard: the seats a lone shard counts against its cap.
+fn players_here(closing: &Closing) -> u32 {
+    let n = closing
+        .clients
+        .0
+        .values()
+        .filter(|c| matches!(c.phase, Phase::Playing { .. }))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// `conn` waits for a seat at `place`: tell it so.
+fn queue(conn: ConnId, spawn: Option<QPos>, place: QueuePlace, closing: &mut Closing) {
+    if let Some(c) = closing.clients.0.get_mut(&conn) {
+        c.phase = Phase::Queued { spawn };
+        send_control(conn, &ServerControl::Queued(place), &mut closing.outbox);
+    }
+}
+
+/// The shard that owns where a login wants to start (this one when the shard picks the point).
+fn wanted_shard(hint: Option<QPos>, login: &Login) -> ShardId {
+    let w = &login.config.0.world;
+    hint.map(|q| q.to_vec3())
+        .filter(|p| p.is_finite())
+        .and_then(|p| {
+            let at = [p.x.clamp(w.min_x, w.max_x), p.z.clamp(w.min_z, w.max_z)];
+            login.space.map.owner_at(at)
+        })
+        .unwrap_or(login.space.me)
+}
+
+/// `Receive`, after the master's notices: logins that ended while waiting are let go (by the
+/// master in a cluster, from this shard's own queue alone); alone, waiting logins are seated as
+/// players leave, and told when their place moves.
+pub fn admit_waiting(mut closing: Closing, mut login: Login) {
+    let ended = std::mem::take(&mut closing.ended.0);
+    if login.cluster.0 {
+        for (conn, account) in ended {
+            let session = conn.0;
+            login
+                .master
+                .0
+                .push(MasterRequest::Release { account, session });
+        }
+        return;
+    }
+    let me = login.space.me;
+    for (conn, _) in ended {
+        login.queue.0.leave(me, conn.0);
+    }
+    if login.queue.0.waiting() == 0 {
+        return;
+    }
+    let mut seats = BTreeMap::from([(me, players_here(&closing))]);
+    let round = login.queue.0.admit(&mut seats);
+    for (w, _) in round.seated {
+        let conn = ConnId(w.session);
+        let spawn = match closing.clients.0.get(&conn).map(|c| &c.phase) {
+            Some(Phase::Queued { spawn }) => *spawn,
+            _ => continue,
+        };
+        if let Err((code, reason)) = finish_login(conn, spawn, None, &mut closing, &mut login) {
+            closing.close(conn, code, reason);
+        }
+    }
+    for (w, place) in round.moved {
+        send_control(
+            ConnId(w.session),
+            &ServerControl::Queued(place),
+            &mut closing.outbox,
+        );
+    }
 }
 
 /// The account and spawn point of a login without a token: from the ticket when the server has
@@ -174,29 +286,36 @@ fn claim_locally(
     Ok(())
 }
 
-/// The master answered the claim of `conn`'s login: play (`granted`) or refuse.
+/// The master answered the claim of `conn`'s login: play on the shard it was given, wait in the
+/// login queue (again when its place moves), or be refused.
 pub fn on_claim_answer(
     conn: ConnId,
     account: &str,
-    granted: bool,
+    outcome: ClaimOutcome,
     closing: &mut Closing,
     login: &mut Login,
 ) {
     let spawn = match closing.clients.0.get(&conn) {
         Some(c) if c.name == account => match &c.phase {
-            Phase::AwaitClaim { spawn, .. } => *spawn,
+            Phase::AwaitClaim { spawn, .. } | Phase::Queued { spawn } => *spawn,
             _ => return,
         },
-        // That login is gone (the client left while waiting).
+        // That login is gone (the client left while waiting): `forget` released it.
         _ => return,
     };
-    let outcome = if granted {
-        finish_login(conn, spawn, closing, login)
-    } else {
-        Err((
+    let outcome = match outcome {
+        ClaimOutcome::Granted { shard } | ClaimOutcome::TookOver { shard } => {
+            finish_login(conn, spawn, Some(shard), closing, login)
+        }
+        ClaimOutcome::Queued(place) => {
+            queue(conn, spawn, place, closing);
+            Ok(())
+        }
+        ClaimOutcome::InUse => Err((
             ErrorCode::AccountInUse,
             format!("account {account:?} is already playing"),
-        ))
+        )),
+        ClaimOutcome::NoRoom(why) => Err((ErrorCode::NoRoom, why.to_string())),
     };
     if let Err((code, reason)) = outcome {
         closing.close(conn, code, reason);
@@ -227,13 +346,22 @@ fn spawn_point(hint: Option<QPos>, login: &mut Login) -> Vec3 {
 }
 
 /// Spawn the avatar of a claimed login, or send it to the shard that owns its spawn point.
+/// `play_on`: the shard admission gave it; when that shard does not own the spawn point, the
+/// player starts at a point it does own.
 fn finish_login(
     conn: ConnId,
     hint: Option<QPos>,
+    play_on: Option<ShardId>,
     closing: &mut Closing,
     login: &mut Login,
 ) -> Result<(), Refusal> {
-    let spawn = spawn_point(hint, login);
+    let mut spawn = spawn_point(hint, login);
+    if let Some(shard) = play_on
+        && login.space.map.owner_at([spawn.x, spawn.z]) != Some(shard)
+        && let Some(p) = login.space.random_point_of(shard, &mut login.rng.0)
+    {
+        spawn = p;
+    }
     let Some(account) = closing.clients.0.get(&conn).map(|c| c.name.clone()) else {
         return Ok(());
     };
@@ -340,7 +468,7 @@ fn on_token(
             if let Some(c) = closing.clients.0.get_mut(&conn) {
                 c.name = name;
             }
-            return finish_login(conn, Some(spawn), closing, login);
+            return finish_login(conn, Some(spawn), None, closing, login);
         }
         GrantKind::Avatar(id) => id,
     };

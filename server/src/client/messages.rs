@@ -11,8 +11,7 @@ use crate::core::resources::{ClusterMode, MasterInbox, MasterOutbox, Outbox, Sha
 use bevy_ecs::prelude::*;
 use zonescaler_shared::ConnId;
 use zonescaler_shared::protocol::{
-    ClaimOutcome, ErrorCode, MasterNotice, MasterRequest, MessageScope, PlayerMessage,
-    ServerControl,
+    ErrorCode, MasterNotice, MasterRequest, MessageScope, PlayerMessage, ServerControl,
 };
 
 /// The connection that plays `account` here, if any.
@@ -21,6 +20,17 @@ fn playing(clients: &Clients, account: &str) -> Option<ConnId> {
         .0
         .iter()
         .find(|(_, c)| c.name == account && matches!(c.phase, Phase::Playing { .. }))
+        .map(|(conn, _)| *conn)
+}
+
+/// The connection that plays `account` here or waits in the login queue for it, if any.
+fn playing_or_waiting(clients: &Clients, account: &str) -> Option<ConnId> {
+    clients
+        .0
+        .iter()
+        .find(|(_, c)| {
+            c.name == account && matches!(c.phase, Phase::Playing { .. } | Phase::Queued { .. })
+        })
         .map(|(conn, _)| *conn)
 }
 
@@ -103,12 +113,9 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
                 account,
                 session,
                 outcome,
-            } => {
-                let granted = !matches!(outcome, ClaimOutcome::InUse);
-                on_claim_answer(ConnId(session), &account, granted, &mut closing, &mut login);
-            }
+            } => on_claim_answer(ConnId(session), &account, outcome, &mut closing, &mut login),
             MasterNotice::Kick { account } => {
-                if let Some(conn) = playing(&closing.clients, &account) {
+                if let Some(conn) = playing_or_waiting(&closing.clients, &account) {
                     closing.close(
                         conn,
                         ErrorCode::SessionTakenOver,

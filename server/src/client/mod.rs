@@ -3,11 +3,13 @@
 //! `Receive` turns transport events into game state: a `Hello` is checked (protocol hash, then a
 //! redirect token or a login ticket), the account is claimed (with the master in a cluster,
 //! locally on a lone shard) and the avatar spawned or bound, or the login redirected to the shard
-//! that owns its spawn point; inputs are queued for `Simulate`; a client's game command is queued
+//! that owns its spawn point (or made to wait for a seat when every shard is at its client cap:
+//! [`admission`]); inputs are queued for `Simulate`; a client's game command is queued
 //! for its own avatar's owner; chat is routed like the game's player messages. Anything that does
 //! not decode, or is not allowed, closes that one connection with a logged reason and nothing
 //! else. What each client sees is the interest plugin's business ([`crate::interest::Viewers`]).
 
+pub mod admission;
 pub mod directory;
 pub mod input;
 pub mod login;
@@ -16,7 +18,7 @@ pub mod receive;
 
 pub use directory::{ClusterDirectory, LoginPolicy, Sessions};
 
-use crate::core::resources::{DespawnLog, Outbox, PlayerLog, ShardStats};
+use crate::core::resources::{Config, DespawnLog, Outbox, PlayerLog, ShardStats};
 use crate::core::{Plugin, ReceiveSteps, ShardApp, ShardSystems};
 use crate::interest::Viewers;
 use bevy_ecs::prelude::*;
@@ -40,8 +42,19 @@ impl Plugin for ClientPlugin {
         app.world.init_resource::<ClusterDirectory>();
         app.world.init_resource::<LoginPolicy>();
         app.world.init_resource::<Sessions>();
+        app.world.init_resource::<LoginsEnded>();
+        let cluster = app.world.resource::<Config>().0.cluster.clone();
+        app.world
+            .insert_resource(admission::LoginQueue(admission::Admission::new(
+                cluster.clients_per_shard_max,
+                cluster.login_queue_max,
+            )));
         app.add_systems_raw(
-            (receive::receive, messages::on_master_notices)
+            (
+                receive::receive,
+                messages::on_master_notices,
+                login::admit_waiting,
+            )
                 .chain()
                 .in_set(ReceiveSteps::Clients),
         );
@@ -66,6 +79,9 @@ pub enum Phase {
         since_tick: u64,
         spawn: Option<QPos>,
     },
+    /// Every shard is at its client cap: waiting in the login queue (the master's in a cluster,
+    /// this shard's own alone), for as long as the client stays. `spawn` as in `AwaitClaim`.
+    Queued { spawn: Option<QPos> },
     /// Logged in and driving `avatar`.
     Playing { avatar: Entity, id: NetId },
     /// Sent to shard `to` (its avatar was handed off there, or its login belongs there). Until
@@ -80,7 +96,7 @@ impl Phase {
         match *self {
             Self::Playing { avatar, .. } => Some(avatar),
             Self::Redirected { avatar, .. } => avatar,
-            Self::AwaitHello { .. } | Self::AwaitClaim { .. } => None,
+            Self::AwaitHello { .. } | Self::AwaitClaim { .. } | Self::Queued { .. } => None,
         }
     }
 }
@@ -120,6 +136,12 @@ impl ClientState {
 /// Every connection of this shard, by id (ordered, so iteration is deterministic).
 #[derive(Resource, Debug, Default)]
 pub struct Clients(pub BTreeMap<ConnId, ClientState>);
+
+/// Logins that ended (their client left or was closed) while they waited for the master's
+/// answer or for a seat, this tick: the master (or this shard's own queue) must let them go.
+/// Drained every tick by `login::admit_waiting`, so it holds at most one tick's closes.
+#[derive(Resource, Debug, Default)]
+pub struct LoginsEnded(pub Vec<(ConnId, String)>);
 
 /// Why a connection is being closed: the code the client sees and the reason logged.
 pub type Refusal = (ErrorCode, String);
@@ -164,6 +186,7 @@ pub struct Closing<'w, 's> {
     pub despawned: ResMut<'w, DespawnLog>,
     pub players: ResMut<'w, PlayerLog>,
     pub sessions: ResMut<'w, Sessions>,
+    pub ended: ResMut<'w, LoginsEnded>,
     pub commands: Commands<'w, 's>,
 }
 
@@ -189,8 +212,12 @@ impl Closing<'_, '_> {
                 self.players.left(&c.name);
                 self.commands.entity(avatar).despawn();
             }
-            // The master may have noted the account for this login already.
-            Phase::AwaitClaim { .. } => self.players.left(&c.name),
+            // The master may have noted the account for this login already, or given it a seat.
+            Phase::AwaitClaim { .. } => {
+                self.players.left(&c.name);
+                self.ended.0.push((conn, c.name));
+            }
+            Phase::Queued { .. } => self.ended.0.push((conn, c.name)),
             _ => {}
         }
     }

@@ -151,7 +151,9 @@ fn on_command(
     };
     let avatar = match client.phase {
         Phase::Playing { id, .. } => id,
-        Phase::Redirected { .. } | Phase::AwaitClaim { .. } => return Ok(()),
+        Phase::Redirected { .. } | Phase::AwaitClaim { .. } | Phase::Queued { .. } => {
+            return Ok(());
+        }
         Phase::AwaitHello { .. } => {
             return Err((ErrorCode::Unexpected, "a command before Hello".into()));
         }

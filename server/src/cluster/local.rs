@@ -17,7 +17,8 @@
 //! The master places the cells on `n` shards of equal weight; shard links are perfect (a message
 //! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
 //! are answered at once and its notices arrive for the next tick, as do its cell moves
-//! ([`LocalCluster::move_cell`]) and new maps. Client traffic is the test's:
+//! ([`LocalCluster::move_cell`]) and new maps; every tick is a heartbeat and an admission round.
+//! Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
 use super::master::Master;
@@ -70,9 +71,11 @@ impl LocalCluster {
             metrics_addr: String::new(),
             weight: 1,
         };
+        let c = &config.cluster;
         let mut master = Master::new(grid, n, me, 0)
             .with_duplicate_rule(config.login.duplicate)
-            .with_move_timeout(config.cluster.cell_move_timeout_ms);
+            .with_admission(c.clients_per_shard_max, c.login_queue_max)
+            .with_move_timeout(c.cell_move_timeout_ms);
         for i in 1..n {
             master.join(member(i), 0).map_err(|e| e.to_string())?;
         }
@@ -167,6 +170,11 @@ impl LocalCluster {
         for (i, s) in self.shards.iter_mut().enumerate() {
             let load = s.load();
             self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
+        }
+        for (to, notice) in self.master.admit(self.now_ms) {
+            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+                s.push_master_notice(notice);
+            }
         }
         if let Some(map) = self.master.map() {
             self.map.clone_from(map);

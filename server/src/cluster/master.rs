@@ -15,20 +15,24 @@
 //!   departures in the heartbeats, and the logins it granted. A login claims its account here
 //!   first ([`Master::request`]): one session per account, cluster-wide; a second one takes the
 //!   first over or is refused (`[login] duplicate`).
+//! - **Admission**: the same claim gets the login a seat on a shard under its client cap, a place
+//!   in the login queue, or `NoRoom` (see [`crate::client::admission`], which says why the queue
+//!   lives here); [`Master::admit`] seats waiting logins as heartbeats report departures.
 //! - **Messages to players**: a tell goes to the shard the directory has the player on (or back
 //!   to its sender as "not online"); a shout goes to every live shard.
 //! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
 use super::moves::{ActiveMove, MoveEnd, MoveError, MoveTable};
+use crate::client::admission::{Admission, Verdict, Waiter};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
-use zonescaler_shared::config::DuplicateLogin;
+use zonescaler_shared::config::{CLIENTS_PER_SHARD_DEFAULT, DuplicateLogin, LOGIN_QUEUE_DEFAULT};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo, MessageScope,
-    PlayerMessage, ShardLoad,
+    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo,
+    MessageScope, NoRoomWhy, PlayerMessage, ShardLoad,
 };
 use zonescaler_shared::{CellId, ShardId};
 
@@ -68,6 +72,18 @@ pub enum JoinRefused {
     BadWeight(u32),
 }
 
+/// A seat given to a login, until its shard reports the player's arrival.
+#[derive(Clone, Copy, Debug)]
+struct Unconfirmed {
+    shard: ShardId,
+    gateway: ShardId,
+    session: u64,
+    until_ms: u64,
+}
+
+/// Players the directory holds at most: every shard full.
+const DIRECTORY_MAX: usize = limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX;
+
 /// The master's whole state.
 #[derive(Debug)]
 pub struct Master {
@@ -77,6 +93,11 @@ pub struct Master {
     map: Option<CellMap>,
     /// Shared with the views handed out (copied only when it changes while one holds it).
     players: Arc<BTreeMap<String, ShardId>>,
+    /// Players per shard in `players`, kept with it (admission counts seats from it).
+    seats: BTreeMap<ShardId, u32>,
+    /// Seats given to logins that the shard they were sent to has not reported yet.
+    unconfirmed: BTreeMap<String, Unconfirmed>,
+    admission: Admission,
     duplicate: DuplicateLogin,
     events: VecDeque<ClusterEvent>,
     now_ms: u64,
@@ -107,6 +128,9 @@ impl Master {
             members,
             map: None,
             players: Arc::default(),
+            seats: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
+            admission: Admission::new(CLIENTS_PER_SHARD_DEFAULT, LOGIN_QUEUE_DEFAULT),
             duplicate: DuplicateLogin::default(),
             events: VecDeque::new(),
             now_ms,
@@ -127,6 +151,52 @@ impl Master {
     pub fn with_duplicate_rule(mut self, rule: DuplicateLogin) -> Self {
         self.duplicate = rule;
         self
+    }
+
+    /// The client cap of every shard and the login queue's bound (`[cluster]
+    /// clients_per_shard_max`, `login_queue_max`).
+    pub fn with_admission(mut self, clients_per_shard_max: u32, login_queue_max: u32) -> Self {
+        self.admission = Admission::new(clients_per_shard_max, login_queue_max);
+        self
+    }
+
+    /// Put `name` on `shard` in the directory, moving its seat from wherever it was.
+    fn seat(&mut self, name: &str, shard: ShardId) {
+        let players = Arc::make_mut(&mut self.players);
+        if players.len() >= DIRECTORY_MAX && !players.contains_key(name) {
+            return;
+        }
+        if let Some(old) = players.insert(name.to_owned(), shard)
+            && let Some(n) = self.seats.get_mut(&old)
+        {
+            *n = n.saturating_sub(1);
+        }
+        *self.seats.entry(shard).or_default() += 1;
+    }
+
+    /// Take `name` out of the directory if it is on `shard` there.
+    fn unseat(&mut self, name: &str, shard: ShardId) {
+        if self.players.get(name) != Some(&shard) {
+            return;
+        }
+        Arc::make_mut(&mut self.players).remove(name);
+        if let Some(n) = self.seats.get_mut(&shard) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Players on every live shard: the seats admission may give.
+    fn live_seats(&self) -> BTreeMap<ShardId, u32> {
+        self.members
+            .values()
+            .filter(|m| m.alive)
+            .map(|m| (m.info.id, self.seats.get(&m.info.id).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Logins waiting for a seat.
+    pub fn login_queue(&self) -> usize {
+        self.admission.waiting()
     }
 
     fn event(&mut self, kind: &'static str, text: String) {
@@ -218,19 +288,16 @@ impl Master {
         &self.members
     }
 
-    /// A shard's load report. Arrivals and departures update the player directory.
+    /// A shard's load report. Arrivals and departures update the player directory (and so the
+    /// seats); an arrival confirms the seat a login was given there.
     pub fn heartbeat(&mut self, from: ShardId, load: ShardLoad, now_ms: u64) {
-        if !load.players_left.is_empty() || !load.players_arrived.is_empty() {
-            let players = Arc::make_mut(&mut self.players);
-            for name in &load.players_left {
-                if players.get(name) == Some(&from) {
-                    players.remove(name);
-                }
-            }
-            for name in &load.players_arrived {
-                if players.len() < limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX {
-                    players.insert(name.clone(), from);
-                }
+        for name in &load.players_left {
+            self.unseat(name, from);
+        }
+        for name in &load.players_arrived {
+            self.seat(name, from);
+            if self.unconfirmed.get(name).is_some_and(|u| u.shard == from) {
+                self.unconfirmed.remove(name);
             }
         }
         if let Some(m) = self.members.get_mut(&from) {
@@ -241,6 +308,65 @@ impl Master {
                 players_left: Vec::new(),
                 ..load
             };
+        }
+    }
+
+    /// One admission round (call it after heartbeats): seats given to logins whose client never
+    /// arrived are freed, then waiting logins are seated while shards have room. The notices to
+    /// send: seats granted, places that moved, refusals when no shard can take players any more.
+    pub fn admit(&mut self, now_ms: u64) -> Vec<(ShardId, MasterNotice)> {
+        self.now_ms = now_ms;
+        let expired: Vec<(String, ShardId)> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, u)| u.until_ms <= now_ms)
+            .map(|(name, u)| (name.clone(), u.shard))
+            .collect();
+        for (name, shard) in expired {
+            self.unconfirmed.remove(&name);
+            self.unseat(&name, shard);
+        }
+        let mut seats = self.live_seats();
+        let round = self.admission.admit(&mut seats);
+        let mut out = Vec::new();
+        let notice = |w: &Waiter, outcome| {
+            let account = w.account.clone();
+            let session = w.session;
+            (
+                w.gateway,
+                MasterNotice::Claim {
+                    account,
+                    session,
+                    outcome,
+                },
+            )
+        };
+        for (w, shard) in round.seated {
+            self.grant(&w, shard);
+            out.push(notice(&w, ClaimOutcome::Granted { shard }));
+        }
+        for (w, place) in round.moved {
+            out.push(notice(&w, ClaimOutcome::Queued(place)));
+        }
+        for w in round.refused {
+            out.push(notice(&w, ClaimOutcome::NoRoom(NoRoomWhy::NoShard)));
+        }
+        out
+    }
+
+    /// `w` plays on `shard`: its seat is taken now, and freed again unless `shard` reports it
+    /// within [`limits::ADMISSION_ARRIVAL_WAIT_MS`].
+    fn grant(&mut self, w: &Waiter, shard: ShardId) {
+        self.seat(&w.account, shard);
+        if self.unconfirmed.len() < DIRECTORY_MAX {
+            let until_ms = self.now_ms + limits::ADMISSION_ARRIVAL_WAIT_MS;
+            let u = Unconfirmed {
+                shard,
+                gateway: w.gateway,
+                session: w.session,
+                until_ms,
+            };
+            self.unconfirmed.insert(w.account.clone(), u);
         }
     }
 
@@ -255,6 +381,8 @@ impl Master {
             }
         }
         for id in &dead {
+            // Its waiting logins' clients were connected to it: they are gone.
+            self.admission.forget_gateway(*id);
             self.event(
                 "dead",
                 format!(
@@ -276,7 +404,15 @@ impl Master {
     ) -> Vec<(ShardId, MasterNotice)> {
         self.now_ms = now_ms;
         match req {
-            MasterRequest::Claim { account, session } => self.claim(from, account, session),
+            MasterRequest::Claim {
+                account,
+                session,
+                want,
+            } => self.claim(from, account, session, want),
+            MasterRequest::Release { account, session } => {
+                self.release(from, &account, session);
+                Vec::new()
+            }
             MasterRequest::Tell { to, msg } => match self.players.get(&to) {
                 Some(&holder) => vec![(holder, MasterNotice::Deliver { to: Some(to), msg })],
                 None if msg.from.is_empty() => Vec::new(),
@@ -463,44 +599,89 @@ impl Master {
         Ok(self.map_notices())
     }
 
-    /// One session per account: a login on `from` may play `account` unless it plays elsewhere
-    /// and the rule refuses a second session.
+    /// One session per account: a login on `from` may play `account` unless it plays (or waits)
+    /// elsewhere and the rule refuses a second session. Then admission: a seat on `want` or
+    /// another shard with room, a place in the login queue, or no room.
     fn claim(
         &mut self,
         from: ShardId,
         account: String,
         session: u64,
+        want: ShardId,
     ) -> Vec<(ShardId, MasterNotice)> {
         let answer = |outcome| MasterNotice::Claim {
             account: account.clone(),
             session,
             outcome,
         };
+        let w = Waiter {
+            gateway: from,
+            session,
+            account: account.clone(),
+            want,
+        };
         let holder = self
             .players
             .get(&account)
             .copied()
             .filter(|s| self.members.get(s).is_some_and(|m| m.alive));
+        let waiting = self.admission.waiting_as(&account);
         let mut out = Vec::new();
-        let outcome = match (holder, self.duplicate) {
-            (Some(_), DuplicateLogin::Refuse) => return vec![(from, answer(ClaimOutcome::InUse))],
-            (Some(old), DuplicateLogin::Takeover) => {
+        match (holder, waiting, self.duplicate) {
+            (Some(_), _, DuplicateLogin::Refuse) | (_, Some(_), DuplicateLogin::Refuse) => {
+                return vec![(from, answer(ClaimOutcome::InUse))];
+            }
+            (_, Some((old, _)), DuplicateLogin::Takeover) => {
+                // The new session waits in the old one's place.
                 out.push((
                     old,
                     MasterNotice::Kick {
                         account: account.clone(),
                     },
                 ));
-                ClaimOutcome::TookOver
+                if let Some(place) = self.admission.replace(w) {
+                    out.push((from, answer(ClaimOutcome::Queued(place))));
+                }
+                return out;
             }
-            (None, _) => ClaimOutcome::Granted,
-        };
-        let players = Arc::make_mut(&mut self.players);
-        if players.len() < limits::SHARDS_MAX * limits::CLIENTS_PER_SHARD_MAX {
-            players.insert(account.clone(), from);
+            (Some(old), None, DuplicateLogin::Takeover) => {
+                // The old session's seat is the new one's: it never queues.
+                out.push((
+                    old,
+                    MasterNotice::Kick {
+                        account: account.clone(),
+                    },
+                ));
+                self.unseat(&account, old);
+                let shard = self.admission.pick(want, &self.live_seats()).unwrap_or(old);
+                self.grant(&w, shard);
+                out.push((from, answer(ClaimOutcome::TookOver { shard })));
+                return out;
+            }
+            (None, None, _) => {}
         }
-        out.push((from, answer(outcome)));
-        out
+        let outcome = match self.admission.ask(w.clone(), &self.live_seats()) {
+            Verdict::Play(shard) => {
+                self.grant(&w, shard);
+                ClaimOutcome::Granted { shard }
+            }
+            Verdict::Queued(place) => ClaimOutcome::Queued(place),
+            Verdict::NoRoom(why) => ClaimOutcome::NoRoom(why),
+        };
+        vec![(from, answer(outcome))]
+    }
+
+    /// The login `session` of `account` on `from` ended before it played: out of the queue, and
+    /// its seat freed if it was given one that no shard has reported since.
+    fn release(&mut self, from: ShardId, account: &str, session: u64) {
+        if self.admission.leave(from, session) {
+            return;
+        }
+        let mine = |u: &Unconfirmed| u.gateway == from && u.session == session;
+        if let Some(u) = self.unconfirmed.get(account).copied().filter(mine) {
+            self.unconfirmed.remove(account);
+            self.unseat(account, u.shard);
+        }
     }
 
     /// The shard a player is on, per the directory.
@@ -579,7 +760,10 @@ impl Master {
         let shards: Vec<ShardView> = self
             .members
             .values()
-            .map(|m| ShardView::of(m, cells_of(m.info.id)))
+            .map(|m| {
+                let seats = self.seats.get(&m.info.id).copied().unwrap_or(0);
+                ShardView::of(m, cells_of(m.info.id), seats)
+            })
             .collect();
         ClusterView {
             epoch: self.map.as_ref().map_or(0, |m| m.epoch().0),
@@ -591,6 +775,7 @@ impl Master {
                 .sum(),
             handoffs_total: shards.iter().map(|s| s.handoffs_out).sum(),
             players: self.players.len(),
+            login_queue: self.admission.waiting(),
             shards,
             directory: self.players.clone(),
             ..ClusterView::default()
@@ -611,6 +796,8 @@ pub struct ClusterView {
     pub handoffs_total: u64,
     /// Players in the directory.
     pub players: usize,
+    /// Logins waiting for a seat (every shard at its client cap).
+    pub login_queue: usize,
     /// The world rectangle, in metres.
     pub world: WorldView,
     pub shards: Vec<ShardView>,
@@ -707,7 +894,10 @@ pub struct ShardView {
     pub owned_entities: u32,
     pub in_transit: u32,
     pub proxies: u32,
+    /// Connections (playing, logging in, waiting in the login queue, following a redirect).
     pub clients: u32,
+    /// Players the directory has on it: the seats admission counts against the client cap.
+    pub players: u32,
     pub tick: u64,
     /// Wall time of the window the figures below cover, ms, and the ticks run in it.
     pub window_ms: u32,
@@ -734,8 +924,8 @@ pub struct ShardView {
 }
 
 impl ShardView {
-    /// `m` as the API shows it, owning `cells` leaves.
-    fn of(m: &Member, cells: usize) -> Self {
+    /// `m` as the API shows it, owning `cells` leaves, holding `players` seats.
+    fn of(m: &Member, cells: usize, players: u32) -> Self {
         let l = &m.load;
         Self {
             id: m.info.id.0,
@@ -749,6 +939,7 @@ impl ShardView {
             in_transit: l.in_transit,
             proxies: l.proxies,
             clients: l.clients,
+            players,
             tick: l.tick,
             window_ms: l.window_ms,
             ticks: l.ticks,
@@ -812,6 +1003,7 @@ mod tests {
             MasterRequest::Claim {
                 account: account.into(),
                 session,
+                want: ShardId(from),
             },
             10,
         )
@@ -828,7 +1020,7 @@ mod tests {
                 MasterNotice::Claim {
                     account: "ann".into(),
                     session: 7,
-                    outcome: ClaimOutcome::Granted
+                    outcome: ClaimOutcome::Granted { shard: ShardId(1) }
                 }
             )]
         );
@@ -852,7 +1044,7 @@ mod tests {
                     MasterNotice::Claim {
                         account: "ann".into(),
                         session: 3,
-                        outcome: ClaimOutcome::TookOver
+                        outcome: ClaimOutcome::TookOver { shard: ShardId(0) }
                     }
                 )
             ],
@@ -1073,6 +1265,186 @@ mod tests {
         assert_eq!(m.player("scout"), None, "the scout is gone");
         assert_eq!(m.player("ann"), Some(ShardId(1)), "ann is back");
         assert_eq!(m.view().players, 1);
+    }
+
+    /// The outcome of each notice, by account.
+    fn outcomes(notices: &[(ShardId, MasterNotice)]) -> Vec<(String, ClaimOutcome)> {
+        notices
+            .iter()
+            .filter_map(|(_, n)| match n {
+                MasterNotice::Claim {
+                    account, outcome, ..
+                } => Some((account.clone(), *outcome)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn leaving(names: &[&str]) -> ShardLoad {
+        ShardLoad {
+            players_left: names.iter().map(|n| n.to_string()).collect(),
+            ..ShardLoad::default()
+        }
+    }
+
+    fn queued(position: u32, waiting: u32) -> ClaimOutcome {
+        ClaimOutcome::Queued(zonescaler_shared::protocol::QueuePlace { position, waiting })
+    }
+
+    #[test]
+    fn logins_fill_every_shard_to_its_cap_then_wait_in_line_and_are_seated_as_players_leave() {
+        let mut m = placed_pair(DuplicateLogin::Refuse).with_admission(2, 2);
+        let mut got = Vec::new();
+        for n in 1..=7 {
+            got.extend(outcomes(&claim(&mut m, 0, &format!("p{n}"), n)));
+        }
+        let granted = |s| ClaimOutcome::Granted { shard: ShardId(s) };
+        let no_room = ClaimOutcome::NoRoom(NoRoomWhy::QueueFull { max: 2 });
+        let want: Vec<(String, ClaimOutcome)> = [
+            ("p1", granted(0)),
+            ("p2", granted(0)),
+            ("p3", granted(1)),
+            ("p4", granted(1)),
+            ("p5", queued(1, 1)),
+            ("p6", queued(2, 2)),
+            ("p7", no_room),
+        ]
+        .into_iter()
+        .map(|(a, o)| (a.to_string(), o))
+        .collect();
+        assert_eq!(got, want, "shard 0 fills, then shard 1, then the queue");
+        assert_eq!(m.login_queue(), 2);
+        assert!(m.admit(20).is_empty(), "nobody left: nothing moves");
+        m.heartbeat(ShardId(1), leaving(&["p4"]), 30);
+        assert_eq!(
+            outcomes(&m.admit(30)),
+            [
+                ("p5".to_string(), granted(1)),
+                ("p6".to_string(), queued(1, 1))
+            ],
+            "the first in line takes the seat, the next moves up"
+        );
+        assert_eq!(m.player("p5"), Some(ShardId(1)));
+        m.request(
+            ShardId(0),
+            MasterRequest::Release {
+                account: "p6".into(),
+                session: 6,
+            },
+            40,
+        );
+        assert_eq!(m.login_queue(), 0, "a waiter that hung up leaves the line");
+        assert_eq!(m.view().shards[1].players, 2);
+    }
+
+    #[test]
+    fn a_seat_whose_player_never_arrives_is_freed_after_the_wait_or_at_once_when_released() {
+        let mut m = placed_pair(DuplicateLogin::Refuse).with_admission(1, 5);
+        claim(&mut m, 0, "p1", 1); // shard 0, confirmed below
+        claim(&mut m, 0, "p2", 2); // shard 1, never arrives
+        m.heartbeat(
+            ShardId(0),
+            ShardLoad {
+                players_arrived: vec!["p1".into()],
+                ..ShardLoad::default()
+            },
+            20,
+        );
+        assert_eq!(
+            outcomes(&claim(&mut m, 0, "p3", 3)),
+            [("p3".to_string(), queued(1, 1))]
+        );
+        let wait = limits::ADMISSION_ARRIVAL_WAIT_MS;
+        assert!(m.admit(10 + wait - 1).is_empty(), "not yet");
+        assert_eq!(
+            outcomes(&m.admit(10 + wait)),
+            [(
+                "p3".to_string(),
+                ClaimOutcome::Granted { shard: ShardId(1) }
+            )],
+            "p2's seat came back; p1's was confirmed and stays"
+        );
+        assert_eq!(m.player("p1"), Some(ShardId(0)));
+        assert_eq!(m.player("p2"), None);
+        m.request(
+            ShardId(0),
+            MasterRequest::Release {
+                account: "p3".into(),
+                session: 3,
+            },
+            20_000,
+        );
+        assert_eq!(
+            m.player("p3"),
+            None,
+            "released before it arrived: its seat is free"
+        );
+        assert_eq!(
+            outcomes(&claim(&mut m, 0, "p4", 4)),
+            [(
+                "p4".to_string(),
+                ClaimOutcome::Granted { shard: ShardId(1) }
+            )]
+        );
+    }
+
+    #[test]
+    fn with_no_shard_to_take_players_a_login_is_refused_at_once_and_waiters_when_it_dies() {
+        let mut m = placed_pair(DuplicateLogin::Refuse).with_admission(0, 5);
+        assert_eq!(
+            outcomes(&claim(&mut m, 1, "p1", 1)),
+            [("p1".to_string(), ClaimOutcome::NoRoom(NoRoomWhy::NoShard))]
+        );
+        let mut m = placed_pair(DuplicateLogin::Refuse).with_admission(1, 5);
+        claim(&mut m, 0, "p1", 1);
+        claim(&mut m, 0, "p2", 2);
+        assert_eq!(
+            outcomes(&claim(&mut m, 1, "p3", 3)),
+            [("p3".to_string(), queued(1, 1))]
+        );
+        // Shard 1 falls silent first (it held p3's connection), then shard 0 too.
+        m.heartbeat(ShardId(0), ShardLoad::default(), 1_000);
+        assert_eq!(
+            m.check_liveness(limits::SHARD_DEAD_AFTER_MS + 1),
+            [ShardId(1)]
+        );
+        assert_eq!(m.login_queue(), 0, "shard 1 died with its waiting clients");
+        m.check_liveness(1_000 + limits::SHARD_DEAD_AFTER_MS + 1);
+        assert_eq!(
+            outcomes(&claim(&mut m, 0, "p4", 4)),
+            [("p4".to_string(), ClaimOutcome::NoRoom(NoRoomWhy::NoShard))],
+            "no live shard: refused at once, not left waiting"
+        );
+    }
+
+    #[test]
+    fn a_takeover_keeps_the_old_seat_or_the_old_place_in_line() {
+        let mut m = placed_pair(DuplicateLogin::Takeover).with_admission(1, 5);
+        claim(&mut m, 1, "ann", 1);
+        claim(&mut m, 0, "bob", 2);
+        let again = claim(&mut m, 0, "ann", 3);
+        assert_eq!(
+            outcomes(&again),
+            [(
+                "ann".to_string(),
+                ClaimOutcome::TookOver { shard: ShardId(1) }
+            )],
+            "every shard is full, but ann's old seat is hers"
+        );
+        assert_eq!(claim(&mut m, 0, "cid", 4).len(), 1);
+        let twice = claim(&mut m, 1, "cid", 5);
+        assert_eq!(
+            twice[0],
+            (
+                ShardId(0),
+                MasterNotice::Kick {
+                    account: "cid".into()
+                }
+            ),
+            "the waiting session is closed"
+        );
+        assert_eq!(outcomes(&twice), [("cid".to_string(), queued(1, 1))]);
+        assert_eq!(m.login_queue(), 1);
     }
 
     #[test]

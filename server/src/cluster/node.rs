@@ -154,6 +154,16 @@ impl Node {
         }
     }
 
+    /// On the master: one admission round ([`Master::admit`]), its notices delivered.
+    pub fn admit(&mut self, app: &mut ShardApp, now_ms: u64) {
+        let Some(m) = self.master.as_mut() else {
+            return;
+        };
+        for (to, notice) in m.admit(now_ms) {
+            self.notify(app, to, notice);
+        }
+    }
+
     fn notify(&self, app: &mut ShardApp, to: ShardId, notice: MasterNotice) {
         if to == self.me {
             app.push_master_notice(notice);

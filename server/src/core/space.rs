@@ -33,6 +33,29 @@ impl Space {
         })
     }
 
+    /// A random point in a random leaf of `shard` (a login admission sent there); `None` if it
+    /// owns no cell.
+    pub fn random_point_of(
+        &self,
+        shard: ShardId,
+        rng: &mut zonescaler_shared::rng::Rng,
+    ) -> Option<glam::Vec3> {
+        let leaves: Vec<_> = self
+            .map
+            .leaves()
+            .iter()
+            .filter(|(_, s)| **s == shard)
+            .map(|(c, _)| *c)
+            .collect();
+        let cell = *leaves.get(rng.below(leaves.len().max(1) as u64) as usize)?;
+        let r = self.grid().rect(cell);
+        Some(glam::Vec3::new(
+            rng.range_f32(r.min[0], r.max[0]),
+            0.0,
+            rng.range_f32(r.min[1], r.max[1]),
+        ))
+    }
+
     pub fn new(me: ShardId, map: CellMap) -> Self {
         let boundary = BoundaryIndex::new(&map);
         let has_neighbours = map.leaves().values().any(|s| *s != me);

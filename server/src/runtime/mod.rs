@@ -361,6 +361,8 @@ impl Shard {
             return;
         };
         n.heartbeat(load, now);
+        // Seats freed by the departures heartbeats reported go to waiting logins.
+        n.admit(&mut self.app, now);
         for dead in n.master_housekeeping(&mut self.app, now) {
             error!(
                 shard = dead.0,
@@ -526,6 +528,10 @@ fn join_cluster(
     let grid = CellGrid::from_config(config);
     let duplicate = config.login.duplicate;
     let move_timeout_ms = config.cluster.cell_move_timeout_ms;
+    let (cap, queue_max) = (
+        config.cluster.clients_per_shard_max,
+        config.cluster.login_queue_max,
+    );
     let (forming, acts) = match &c.role {
         Role::Master { expect_shards } => Forming::master(
             grid,
@@ -533,6 +539,7 @@ fn join_cluster(
             *expect_shards,
             |m| {
                 m.with_duplicate_rule(duplicate)
+                    .with_admission(cap, queue_max)
                     .with_move_timeout(move_timeout_ms)
             },
             unix_ms(),

@@ -109,7 +109,7 @@ pub struct UpOptions {
     /// collide on it.
     #[arg(long)]
     pub metrics_port: Option<u16>,
-    /// What the `--bots` do (wander, idle, border).
+    /// What the `--bots` do (wander, idle, border, crowd, migrate; see `bots --help`).
     #[arg(long, default_value = "wander")]
     pub bot_scenario: String,
     /// Where certificates, keys, the API token and the logs go.
