@@ -6,12 +6,16 @@
 //! - [`forming`]: joining or gathering a cluster as a state machine of link events and actions,
 //!   driven over QUIC by the runtime and over the seeded network by the simulator.
 //! - [`node`]: a formed shard's links during play.
+//! - [`balancer`]: the pure, deterministic policy that plans cell moves, splits and merges from
+//!   the shards' loads.
 
+pub mod balancer;
 pub mod forming;
 pub mod local;
 pub mod master;
 pub mod node;
 
+pub use balancer::{Balancer, CellInput, Plan, ShardInput};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
 pub use local::LocalCluster;
 pub use master::{ClusterView, Master};
