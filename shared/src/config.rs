@@ -38,6 +38,7 @@ pub struct WorldConfig {
     pub tls: TlsSection,
     pub cluster: ClusterSection,
     pub login: LoginSection,
+    pub balancer: BalancerSection,
     /// `[game]`: the game's own settings, passed through unread for the game to parse
     /// (`Res<Config>`'s `game`). Part of the cluster hash: shards with different game settings
     /// refuse each other.
@@ -119,6 +120,149 @@ impl Default for ClusterSection {
 pub const CLIENTS_PER_SHARD_DEFAULT: u32 = (limits::CLIENTS_PER_SHARD_MAX / 2) as u32;
 /// Default `[cluster] login_queue_max`.
 pub const LOGIN_QUEUE_DEFAULT: u32 = 1_000;
+/// `[balancer]`: when and how the master moves, splits and merges cells (the policy is
+/// `zonescaler_server::cluster::balancer`). Loads are shares of a tick period (tick-thread CPU
+/// time / wall time), so `0.8` is "80% of the tick".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancerSection {
+    /// Off: the cells stay where the first placement put them (joins and drains still move
+    /// cells; they are operator decisions, not balancing).
+    pub enabled: bool,
+    /// How often the master runs a balancing round.
+    pub round_ms: u64,
+    /// A shard whose tick CPU share is above this is overloaded.
+    pub tick_cpu_max: f32,
+    /// A shard whose resident memory is above this share of its limit is overloaded.
+    pub mem_max: f32,
+    /// A shard with more clients than this is overloaded, and no move may push a shard past it.
+    pub clients_max: u32,
+    /// A shard whose load per unit of weight is more than this fraction above the cluster's mean
+    /// is imbalanced (0.1: 10% above the mean).
+    pub imbalance_tolerance: f32,
+    /// Below this tick CPU share a shard is never imbalanced: moving cells between nearly idle
+    /// shards costs handoffs and buys nothing.
+    pub min_balance_load: f32,
+    /// A threshold must hold this long before anything moves for it.
+    pub hold_ms: u64,
+    /// A cell that moved (or was split or merged) does not move again for this long.
+    pub cooldown_ms: u64,
+    /// Weight of the newest report in the moving averages (0 < alpha <= 1; 1 = no smoothing).
+    pub ewma_alpha: f32,
+    /// Loads are projected this far ahead along their trend, so a rising load is acted on before
+    /// it crosses a threshold (0: no projection).
+    pub trend_horizon_ms: u64,
+    /// At most this fraction of the leaves, and of the cluster's load, moves in one round.
+    pub max_move_fraction: f32,
+    /// A leaf taking more than this share of a tick is split into its four children (when they
+    /// are not smaller than `min_cell_m`).
+    pub split_cell_load: f32,
+    /// Four sibling leaves on one shard that together take less than this share of a tick merge
+    /// back. At most half of `split_cell_load`, so a merge cannot be split straight away.
+    pub merge_cell_load: f32,
+    /// Smallest cell side (metres) a split may make. Leave it out for twice
+    /// `interest.interest_radius_m`, the smallest allowed: a proxy zone must not reach past the
+    /// cell beyond a neighbour's.
+    pub min_cell_m: Option<f32>,
+}
+
+impl Default for BalancerSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            round_ms: 1_000,
+            tick_cpu_max: 0.8,
+            mem_max: 0.9,
+            clients_max: 2_000,
+            imbalance_tolerance: 0.1,
+            min_balance_load: 0.2,
+            hold_ms: 3_000,
+            cooldown_ms: 30_000,
+            ewma_alpha: 0.3,
+            trend_horizon_ms: 5_000,
+            max_move_fraction: 0.1,
+            split_cell_load: 0.25,
+            merge_cell_load: 0.05,
+            min_cell_m: None,
+        }
+    }
+}
+
+impl BalancerSection {
+    /// The smallest cell side a split may make: `min_cell_m`, or twice the interest radius.
+    pub fn min_cell_m(&self, interest_radius_m: f32) -> f32 {
+        self.min_cell_m.unwrap_or(2.0 * interest_radius_m)
+    }
+
+    /// Check every key; the error names the key (`balancer.` + field) and the problem. Shared by
+    /// [`WorldConfig::validate`] and the balancer's constructor, so an unvalidated config cannot
+    /// reach the policy either.
+    pub fn check(&self, interest_radius_m: f32) -> Result<(), (&'static str, String)> {
+        let share = |field: &'static str, v: f32, max: f32| {
+            if v.is_finite() && v > 0.0 && v <= max {
+                Ok(())
+            } else {
+                Err((field, format!("must be in (0, {max}] (got {v})")))
+            }
+        };
+        share("balancer.tick_cpu_max", self.tick_cpu_max, 1.0)?;
+        share("balancer.mem_max", self.mem_max, 1.0)?;
+        share(
+            "balancer.imbalance_tolerance",
+            self.imbalance_tolerance,
+            10.0,
+        )?;
+        share("balancer.min_balance_load", self.min_balance_load, 1.0)?;
+        share("balancer.ewma_alpha", self.ewma_alpha, 1.0)?;
+        share("balancer.max_move_fraction", self.max_move_fraction, 1.0)?;
+        share("balancer.split_cell_load", self.split_cell_load, 1.0)?;
+        share("balancer.merge_cell_load", self.merge_cell_load, 1.0)?;
+        if self.merge_cell_load > 0.5 * self.split_cell_load {
+            return Err((
+                "balancer.merge_cell_load",
+                format!(
+                    "must be at most half of balancer.split_cell_load ({}), so merged cells are \
+                     not split again at once (got {})",
+                    self.split_cell_load, self.merge_cell_load
+                ),
+            ));
+        }
+        let clients_max = limits::CLIENTS_PER_SHARD_MAX;
+        if self.clients_max == 0 || self.clients_max as usize > clients_max {
+            return Err((
+                "balancer.clients_max",
+                format!("must be in 1..={clients_max} (got {})", self.clients_max),
+            ));
+        }
+        for (field, v, range) in [
+            ("balancer.round_ms", self.round_ms, 100..=60_000),
+            ("balancer.hold_ms", self.hold_ms, 0..=600_000),
+            ("balancer.cooldown_ms", self.cooldown_ms, 0..=3_600_000),
+            (
+                "balancer.trend_horizon_ms",
+                self.trend_horizon_ms,
+                0..=600_000,
+            ),
+        ] {
+            if !range.contains(&v) {
+                let (lo, hi) = (range.start(), range.end());
+                return Err((field, format!("must be in {lo}..={hi} (got {v})")));
+            }
+        }
+        let min = 2.0 * interest_radius_m;
+        let cell = self.min_cell_m(interest_radius_m);
+        if !(cell.is_finite() && cell > 0.0 && cell >= min) {
+            return Err((
+                "balancer.min_cell_m",
+                format!(
+                    "must be positive and at least twice interest.interest_radius_m ({min} m), \
+                     or a proxy zone would reach past the neighbouring cell (got {cell})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `[world]`: the ground rectangle (x, z) and its cells.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -416,7 +560,9 @@ impl WorldConfig {
                 ),
             ));
         }
-        Ok(())
+        self.balancer
+            .check(i.interest_radius_m)
+            .map_err(|(field, problem)| bad(field, problem))
     }
 
     /// Seconds per tick.
@@ -508,6 +654,23 @@ mod tests {
                 "[cluster]\nlogin_queue_max = 3000\n",
                 "cluster.login_queue_max",
             ),
+            ("[balancer]\ntick_cpu_max = 1.5\n", "balancer.tick_cpu_max"),
+            ("[balancer]\newma_alpha = 0.0\n", "balancer.ewma_alpha"),
+            (
+                "[balancer]\nmax_move_fraction = -0.1\n",
+                "balancer.max_move_fraction",
+            ),
+            ("[balancer]\nclients_max = 0\n", "balancer.clients_max"),
+            ("[balancer]\nclients_max = 99999\n", "balancer.clients_max"),
+            ("[balancer]\nhold_ms = 9999999\n", "balancer.hold_ms"),
+            ("[balancer]\nround_ms = 5\n", "balancer.round_ms"),
+            (
+                "[balancer]\nmerge_cell_load = 0.2\n",
+                "balancer.merge_cell_load",
+            ),
+            ("[balancer]\nmin_cell_m = 40.0\n", "balancer.min_cell_m"),
+            ("[balancer]\nmin_cell_m = nan\n", "balancer.min_cell_m"),
+            ("[balancer]\nenable = true\n", "enable"),
         ];
         for (text, field) in cases {
             let err = parse(text).expect_err(text);
@@ -517,6 +680,36 @@ mod tests {
             );
             assert!(!err.contains('\n'), "error must be one line: {err:?}");
         }
+    }
+
+    #[test]
+    fn the_documented_reference_file_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/worlds/default.toml");
+        let cfg = WorldConfig::load(&path).expect("the reference config is valid");
+        assert_eq!(
+            cfg,
+            WorldConfig::default(),
+            "assets/worlds/default.toml documents every key with its default"
+        );
+    }
+
+    #[test]
+    fn balancer_min_cell_defaults_to_twice_the_interest_radius_and_follows_it() {
+        let cfg = parse("[interest]\ninterest_radius_m = 50.0\n").expect("valid");
+        assert!(cfg.balancer.enabled, "the balancer is on by default");
+        assert_eq!(
+            cfg.balancer.min_cell_m(cfg.interest.interest_radius_m),
+            100.0,
+            "an unset min_cell_m is twice the interest radius"
+        );
+        let err = parse("[interest]\ninterest_radius_m = 50.0\n[balancer]\nmin_cell_m = 64.0\n")
+            .expect_err("64 m cells are smaller than twice a 50 m interest radius");
+        assert!(
+            err.contains("balancer.min_cell_m") && err.contains("100"),
+            "{err}"
+        );
+        let ok = parse("[balancer]\nenabled = false\nmin_cell_m = 128.0\n").expect("valid");
+        assert!(!ok.balancer.enabled, "the switch turns it off");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
+use super::balancer::Balancer;
 use super::master::Master;
 use super::moves::MoveError;
 use crate::app::GameSetup;
@@ -76,6 +77,9 @@ impl LocalCluster {
             .with_duplicate_rule(config.login.duplicate)
             .with_admission(c.clients_per_shard_max, c.login_queue_max)
             .with_move_timeout(c.cell_move_timeout_ms);
+        if let Ok(b) = Balancer::new(&config) {
+            master = master.with_balancer(b, config.balancer.round_ms);
+        }
         for i in 1..n {
             master.join(member(i), 0).map_err(|e| e.to_string())?;
         }
@@ -145,6 +149,7 @@ impl LocalCluster {
         let mut mail = Vec::new();
         let mut notices = std::mem::take(&mut self.notices);
         notices.extend(self.master.check_moves(self.now_ms));
+        notices.extend(self.master.balance(self.now_ms));
         for (i, s) in self.shards.iter_mut().enumerate() {
             let from = ShardId(i as u16);
             for (to, bytes) in s.drain_shard_outbox() {

@@ -22,6 +22,7 @@
 //!   to its sender as "not online"); a shout goes to every live shard.
 //! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
+use super::balancer::{Action, Balancer, CellInput, ShardInput};
 use super::moves::{ActiveMove, MoveEnd, MoveError, MoveTable};
 use crate::client::admission::{Admission, Verdict, Waiter};
 use serde::Serialize;
@@ -31,8 +32,8 @@ use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contigu
 use zonescaler_shared::config::{CLIENTS_PER_SHARD_DEFAULT, DuplicateLogin, LOGIN_QUEUE_DEFAULT};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo,
-    MessageScope, NoRoomWhy, PlayerMessage, ShardLoad,
+    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo, MessageScope,
+    NoRoomWhy, PlayerMessage, ShardLoad,
 };
 use zonescaler_shared::{CellId, ShardId};
 
@@ -103,6 +104,9 @@ pub struct Master {
     now_ms: u64,
     moves: MoveTable,
     move_timeout_ms: u64,
+    /// The balancing policy and when its next round is due (`None`: never balance).
+    balancer: Option<(Balancer, u64)>,
+    round_ms: u64,
     /// Cell moves finished since start (the map flipped).
     pub moves_done: u64,
     /// Cell moves aborted since start (the source kept the cell).
@@ -136,9 +140,18 @@ impl Master {
             now_ms,
             moves: MoveTable::default(),
             move_timeout_ms: 20_000,
+            balancer: None,
+            round_ms: 1_000,
             moves_done: 0,
             moves_aborted: 0,
         }
+    }
+
+    /// Balance the cells with `balancer` every `round_ms` (`[balancer]`).
+    pub fn with_balancer(mut self, balancer: Balancer, round_ms: u64) -> Self {
+        self.balancer = Some((balancer, 0));
+        self.round_ms = round_ms.max(1);
+        self
     }
 
     /// How long a cell move may take before it is aborted (`cluster.cell_move_timeout_ms`).
@@ -564,6 +577,76 @@ impl Master {
             out.extend(self.abort(m, why));
         }
         out
+    }
+
+    /// One balancing round when one is due: the balancer's plan from the shards' last reports,
+    /// carried out (moves started, splits and merges pushed). Its notices, to send.
+    pub fn balance(&mut self, now_ms: u64) -> Vec<(ShardId, MasterNotice)> {
+        let (shards, cells) = self.balance_inputs();
+        let (Some((balancer, next)), Some(map)) = (self.balancer.as_mut(), self.map.as_ref())
+        else {
+            return Vec::new();
+        };
+        if now_ms < *next {
+            return Vec::new();
+        }
+        *next = now_ms + self.round_ms;
+        let plan = balancer.plan(now_ms, map, &shards, &cells);
+        let mut out = Vec::new();
+        for p in plan.actions {
+            let done = match p.action {
+                Action::Move { cell, to, .. } => {
+                    self.move_cell(cell, to, now_ms).map_err(|e| e.to_string())
+                }
+                Action::Split { cell } => self.split_cell(cell),
+                Action::Merge { parent } => self.merge_cell(parent),
+            };
+            match done {
+                Ok(notices) => {
+                    self.event("balancer", format!("{:?}: {}", p.action, p.reason));
+                    out.extend(notices);
+                }
+                Err(e) => {
+                    tracing::debug!(action = ?p.action, error = %e, "balancer action not taken")
+                }
+            }
+        }
+        for note in plan.notes {
+            tracing::debug!(?note, "balancer");
+        }
+        out
+    }
+
+    /// What the balancer reads: each member's last load, and each cell it reported.
+    fn balance_inputs(&self) -> (Vec<ShardInput>, Vec<CellInput>) {
+        let shards = self
+            .members
+            .values()
+            .map(|m| ShardInput {
+                id: m.info.id,
+                weight: m.info.weight,
+                alive: m.alive,
+                draining: false,
+                tick_cpu_share: m.load.tick_cpu_share,
+                clients: m.load.clients,
+                entities: m.load.owned_entities,
+                mem_share: 0.0,
+            })
+            .collect();
+        let cells = self
+            .members
+            .values()
+            .flat_map(|m| {
+                m.load.cells.iter().map(|c| CellInput {
+                    cell: c.cell,
+                    owner: m.info.id,
+                    entities: c.entities,
+                    clients: c.clients,
+                    tick_share: c.tick_share,
+                })
+            })
+            .collect();
+        (shards, cells)
     }
 
     /// Split leaf `cell` into its four children, all with its owner: the map to push.

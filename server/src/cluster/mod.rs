@@ -8,7 +8,10 @@
 //! - [`moves`]: the master's table of cell moves under way, and what ends them.
 //! - [`node`]: a formed shard's links during play.
 //! - [`load`]: a shard's load over one report window, from readings its driver hands in.
+//! - [`balancer`]: the pure, deterministic policy that plans cell moves, splits and merges from
+//!   the shards' loads.
 
+pub mod balancer;
 pub mod forming;
 pub mod load;
 pub mod local;
@@ -16,6 +19,7 @@ pub mod master;
 pub mod moves;
 pub mod node;
 
+pub use balancer::{Balancer, CellInput, Plan, ShardInput};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
 pub use load::{LoadCounters, LoadWindow};
 pub use local::LocalCluster;

@@ -134,14 +134,17 @@ impl Node {
         }
     }
 
-    /// On the master: mark members silent for too long as dead and abort the cell moves that
-    /// are overdue or lost a party, sending their notices. The members newly declared dead.
+    /// On the master: mark members silent for too long as dead, abort the cell moves that are
+    /// overdue or lost a party, and run a balancing round when one is due, sending their
+    /// notices. The members newly declared dead.
     pub fn master_housekeeping(&mut self, app: &mut ShardApp, now_ms: u64) -> Vec<ShardId> {
         let Some(m) = self.master.as_mut() else {
             return Vec::new();
         };
         let dead = m.check_liveness(now_ms);
-        for (to, notice) in m.check_moves(now_ms) {
+        let mut notices = m.check_moves(now_ms);
+        notices.extend(m.balance(now_ms));
+        for (to, notice) in notices {
             self.notify(app, to, notice);
         }
         dead

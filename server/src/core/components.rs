@@ -119,7 +119,7 @@ pub struct MoveTarget {
     pub speed_mps: f32,
 }
 
-/// The base cell an entity stands in (kept by the `Ownership` set).
+/// The leaf of the cell map an entity stands in (kept by the `Ownership` set).
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InCell(pub CellId);
 

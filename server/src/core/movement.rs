@@ -5,7 +5,7 @@
 
 use super::components::{InCell, MoveTarget, Owned, Position};
 use super::resources::{Config, TickClock};
-use super::space::Grid;
+use super::space::Space;
 use bevy_ecs::prelude::*;
 use glam::Vec3;
 use zonescaler_shared::config::WorldConfig;
@@ -46,17 +46,27 @@ pub fn move_entities(
     }
 }
 
-/// `Ownership`: keep each owned entity's base cell current.
+/// `Ownership`: keep each owned entity's leaf of the cell map current (the load reports count
+/// per leaf, so a split cell's children are measured apart): the entities that moved, and all of
+/// them when the map changed.
 pub fn update_cells(
     mut commands: Commands,
-    q: Query<(Entity, &Position, Option<&InCell>), (With<Owned>, Changed<Position>)>,
-    grid: Res<Grid>,
+    moved: Query<(Entity, &Position, Option<&InCell>), (With<Owned>, Changed<Position>)>,
+    all: Query<(Entity, &Position, Option<&InCell>), With<Owned>>,
+    space: Res<Space>,
+    mut epoch: Local<u64>,
 ) {
-    for (e, p, cell) in &q {
-        let now = grid.0.base_cell_at([p.0.x, p.0.z]);
+    let new_map = std::mem::replace(&mut *epoch, space.map.epoch().0) != space.map.epoch().0;
+    let mut set = |(e, p, cell): (Entity, &Position, Option<&InCell>)| {
+        let now = space.map.leaf_at([p.0.x, p.0.z]);
         if cell.map(|c| c.0) != Some(now) {
             // `try_`: a game system may despawn the entity in this same tick.
             commands.entity(e).try_insert(InCell(now));
         }
+    };
+    if new_map {
+        all.iter().for_each(&mut set);
+    } else {
+        moved.iter().for_each(&mut set);
     }
 }

@@ -18,6 +18,7 @@ pub mod up;
 
 use crate::app::GameSetup;
 use crate::client::{ClusterDirectory, LoginPolicy};
+use crate::cluster::balancer::Balancer;
 use crate::cluster::{FormAction, FormEvent, Formed, Forming, LoadCounters, LoadWindow, Node};
 use crate::core::ShardApp;
 use crate::core::resources::{ClusterMode, Inbox, ShardInbox};
@@ -528,6 +529,8 @@ fn join_cluster(
     let grid = CellGrid::from_config(config);
     let duplicate = config.login.duplicate;
     let move_timeout_ms = config.cluster.cell_move_timeout_ms;
+    let balancer = Balancer::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let round_ms = config.balancer.round_ms;
     let (cap, queue_max) = (
         config.cluster.clients_per_shard_max,
         config.cluster.login_queue_max,
@@ -541,6 +544,7 @@ fn join_cluster(
                 m.with_duplicate_rule(duplicate)
                     .with_admission(cap, queue_max)
                     .with_move_timeout(move_timeout_ms)
+                    .with_balancer(balancer, round_ms)
             },
             unix_ms(),
         ),
