@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The balancer against a crowd (issue 8, acceptance 1 and 2): `zonescaler up --shards SHARDS`
+# and BOTS bots playing `--scenario crowd` (or migrate) for DURATION, run twice back to back
+# with the same seed: once with `[balancer] enabled = false`, once with it on. The master's
+# GET /api/cluster is sampled every second; the bots' JSON reports are kept.
+#
+# Printed per run: connected bots, snapshots/s p50, handoff gap p99, avatar_missing_total,
+# cell moves/splits/merges (the master's events), and, from 30 s after the crowd formed (every
+# bot in), the median over the samples of max/mean clients per shard (weighted) and of the
+# busiest shard's tick CPU share; total_entities before the bots and after they left.
+#
+# Usage: [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] bash .ci/crowd.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shards=${SHARDS:-4}
+bots=${BOTS:-600}
+duration=${DURATION:-90s}
+scenario=${SCENARIO:-crowd}
+runs=${RUNS:-off on}
+out_dir=${OUT_DIR:-$(mktemp -d)}
+cargo build -q --release -p zonescaler-server --bin zonescaler
+exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
+
+run() { # on|off
+  local mode=$1 dir="$out_dir/$1" port=$(( 20000 + RANDOM % 20000 ))
+  local http="127.0.0.1:$(( port + 200 ))"
+  mkdir -p "$dir"
+  python3 - "$mode" "$dir/world.toml" <<'PY'
+import sys
+mode, out = sys.argv[1], sys.argv[2]
+text = open("assets/worlds/default.toml").read()
+enabled = "true" if mode == "on" else "false"
+if "\n[balancer]" in text:
+    import re
+    text = re.sub(r"(?m)^enabled = .*$", f"enabled = {enabled}", text)
+else:
+    text += f"\n[balancer]\nenabled = {enabled}\n"
+open(out, "w").write(text)
+PY
+  "$exe" up --shards "$shards" --port "$port" --link-port $(( port + 100 )) --http "$http" \
+    --metrics-port $(( port + 300 )) --world "$dir/world.toml" --run-dir "$dir" >"$dir/up.log" 2>&1 &
+  local up_pid=$!
+  for _ in $(seq 1 1200); do
+    [ -f "$dir/shard-$(( shards - 1 )).pem" ] && break
+    kill -0 "$up_pid" 2>/dev/null || { cat "$dir/up.log"; echo "crowd: up died"; exit 1; }
+    sleep 0.1
+  done
+  sleep 2
+  python3 - "$http" "$dir/samples.jsonl" "$dir/stop" <<'PY' &
+import json, os, sys, time, urllib.request
+http, out, stop = sys.argv[1:4]
+with open(out, "w") as f:
+    while not os.path.exists(stop):
+        try:
+            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+            v["t"] = time.time()
+            f.write(json.dumps(v) + "\n"); f.flush()
+        except Exception as e:
+            print("crowd: sample failed:", e, file=sys.stderr)
+        time.sleep(1)
+PY
+  local sampler=$!
+  sleep 2
+  date +%s.%N > "$dir/bots_start"
+  "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
+    --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
+    --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
+  date +%s.%N > "$dir/bots_end"
+  sleep 8
+  touch "$dir/stop"; wait "$sampler" || true
+  kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true
+  python3 - "$dir" "$bots" "$mode" <<'PY'
+import json, statistics, sys
+d, bots, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+samples = [json.loads(l) for l in open(f"{d}/samples.jsonl")]
+start = float(open(f"{d}/bots_start").read()); end = float(open(f"{d}/bots_end").read())
+r = json.load(open(f"{d}/report.json"))
+before = [s for s in samples if s["t"] < start]
+after = [s for s in samples if s["t"] > end + 5]
+formed = next((s["t"] for s in samples if sum(x["clients"] for x in s["shards"]) >= 0.95 * bots), None)
+ratios, busiest, procs = [], [], []
+for s in samples:
+    if formed is None or not (formed + 30 <= s["t"] <= end):
+        continue
+    loads = [x["clients"] / max(x["weight"], 1) for x in s["shards"] if x["alive"]]
+    mean = sum(loads) / len(loads)
+    if mean > 0:
+        ratios.append(max(loads) / mean)
+    busiest.append(max(x["tick_cpu_share"] for x in s["shards"]))
+    procs.append(max(x["process_cpu_share"] for x in s["shards"]))
+events = samples[-1].get("events", []) if samples else []
+kinds = {}
+for e in events:
+    kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+med = lambda xs: round(statistics.median(xs), 3) if xs else None
+summary = {
+    "balancer": mode,
+    "connected": r.get("bots_connected", r.get("connected")),
+    "snapshots_per_sec_p50": r.get("snapshots_per_sec_p50"),
+    "handoff_gap_ms_p99": r.get("handoff_gap_ms_p99"),
+    "avatar_missing_total": r.get("avatar_missing_total"),
+    "errors": r.get("errors"),
+    "crowd_formed_s": round(formed - start, 1) if formed else None,
+    "max_over_mean_clients_median": med(ratios),
+    "max_over_mean_clients_at_30s": round(ratios[0], 3) if ratios else None,
+    "busiest_tick_cpu_share_median": med(busiest),
+    "busiest_process_cpu_share_median": med(procs),
+    "events": kinds,
+    "total_entities_before": before[-1]["total_entities"] if before else None,
+    "total_entities_after": after[-1]["total_entities"] if after else None,
+}
+json.dump(summary, open(f"{d}/summary.json", "w"), indent=1)
+print(json.dumps(summary))
+PY
+}
+
+for mode in $runs; do run "$mode"; done
+echo "crowd: results in $out_dir"
