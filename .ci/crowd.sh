@@ -9,7 +9,9 @@
 # bot in), the median over the samples of max/mean clients per shard (weighted) and of the
 # busiest shard's tick CPU share; total_entities before the bots and after they left.
 #
-# Usage: [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] bash .ci/crowd.sh
+# With CHECK=1 each run must have every bot connected, no avatar missing and total_entities
+# back where it was (CI runs a short one this way).
+# Usage: [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shards=${SHARDS:-4}
@@ -66,7 +68,19 @@ PY
     --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
     --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
   date +%s.%N > "$dir/bots_end"
-  sleep 8
+  # The bots' avatars go when their connections do (a redirected one whose client never came
+  # after REDIRECT_WAIT_MS): wait for the count to settle, at most 25 s.
+  python3 - "$http" "$dir/samples.jsonl" <<'PY' || true
+import json, sys, time, urllib.request
+http, samples = sys.argv[1:3]
+first = json.loads(open(samples).readline())["total_entities"]
+for _ in range(25):
+    time.sleep(1)
+    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+    if v["total_entities"] == first:
+        break
+PY
+  sleep 3
   touch "$dir/stop"; wait "$sampler" || true
   kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true
   python3 - "$dir" "$bots" "$mode" <<'PY'
@@ -76,7 +90,7 @@ samples = [json.loads(l) for l in open(f"{d}/samples.jsonl")]
 start = float(open(f"{d}/bots_start").read()); end = float(open(f"{d}/bots_end").read())
 r = json.load(open(f"{d}/report.json"))
 before = [s for s in samples if s["t"] < start]
-after = [s for s in samples if s["t"] > end + 5]
+after = [s for s in samples if s["t"] > end]
 formed = next((s["t"] for s in samples if sum(x["clients"] for x in s["shards"]) >= 0.95 * bots), None)
 ratios, busiest, procs = [], [], []
 for s in samples:
@@ -112,6 +126,17 @@ summary = {
 json.dump(summary, open(f"{d}/summary.json", "w"), indent=1)
 print(json.dumps(summary))
 PY
+  if [ -n "${CHECK:-}" ]; then
+    python3 - "$dir/summary.json" "$bots" <<'PY'
+import json, sys
+s, bots = json.load(open(sys.argv[1])), int(sys.argv[2])
+assert s["connected"] == bots, f"crowd: {s['connected']}/{bots} bots connected"
+assert s["avatar_missing_total"] == 0, f"crowd: avatar_missing_total {s['avatar_missing_total']}"
+assert s["total_entities_after"] == s["total_entities_before"], (
+    f"crowd: total_entities {s['total_entities_before']} before, {s['total_entities_after']} after")
+print("crowd: every bot played, no avatar went missing, total_entities conserved")
+PY
+  fi
 }
 
 for mode in $runs; do run "$mode"; done
