@@ -5,6 +5,7 @@
 //! choices, and the network's delay, jitter, loss, duplication and reordering. A failure prints its
 //! seed and tick; `cargo run -p zonescaler-sim -- --seed N` replays it exactly.
 
+pub mod balance;
 pub mod cluster;
 pub mod load;
 

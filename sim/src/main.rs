@@ -3,6 +3,9 @@
 use anyhow::{Context, bail};
 use clap::Parser;
 use std::time::Instant;
+use zonescaler_sim::balance::{
+    CONVERGED_MAX_OVER_MEAN, EdgeCase, ScaleConfig, ScaleReport, ScaleSim, Spread, edge_cases,
+};
 use zonescaler_sim::cluster::{ClusterConfig, ClusterSim};
 use zonescaler_sim::{Sim, SimConfig};
 
@@ -26,6 +29,20 @@ struct Args {
     /// Run the multi-shard world instead (2–4 shards, border proxies over delayed links).
     #[arg(long)]
     cluster: bool,
+    /// Run the balancer's scale simulation instead: the production balancer over a synthetic
+    /// load model (hot zones that travel, shards that join, drain and die, one cell hotter than
+    /// any shard), one round per simulated second; `--seed` picks the run.
+    #[arg(long, conflicts_with_all = ["cluster", "seeds"])]
+    balancer: bool,
+    /// Players in the scale simulation.
+    #[arg(long, default_value_t = 1_000_000, requires = "balancer")]
+    players: usize,
+    /// Shards at the start of the scale simulation.
+    #[arg(long, default_value_t = 2_000, requires = "balancer")]
+    shards: usize,
+    /// Also write the scale simulation's report as JSON to this file.
+    #[arg(long, requires = "balancer")]
+    json: Option<std::path::PathBuf>,
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
@@ -66,6 +83,9 @@ fn say(line: &str) -> anyhow::Result<()> {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
+    if args.balancer {
+        return balancer_scale(&args);
+    }
     let (a, b) = match (&args.seed, &args.seeds) {
         (Some(s), _) => (*s, *s + 1),
         (None, Some(r)) => parse_range(r)?,
@@ -136,4 +156,130 @@ fn run(args: Args) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64()
     ))?;
     Ok(true)
+}
+
+/// Most shards the scale simulation takes: ids are `u16`, and 1% more join during the run.
+const SCALE_SHARDS_MAX: usize = 60_000;
+
+/// `--balancer`: run the scale simulation, print its table, check the acceptance targets.
+fn balancer_scale(args: &Args) -> anyhow::Result<bool> {
+    if args.players == 0 || !(1..=SCALE_SHARDS_MAX).contains(&args.shards) {
+        bail!(
+            "--balancer needs --players >= 1 and --shards in 1..={SCALE_SHARDS_MAX} (got {} and {})",
+            args.players,
+            args.shards
+        );
+    }
+    let cfg = ScaleConfig::new(args.seed.unwrap_or(1), args.players, args.shards);
+    let sim = ScaleSim::new(cfg)?;
+    let origin = Instant::now();
+    // The only clock: the wall time of each `Balancer::plan` call.
+    let mut clock = || origin.elapsed().as_nanos() as u64;
+    let report = sim.run(&mut clock)?;
+    let edges = edge_cases();
+    print_scale(&report, &edges)?;
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({ "report": report, "edge_cases": edges });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let fast = report.round_ms.median <= 50.0;
+    let even = report.converged_max_over_mean <= CONVERGED_MAX_OVER_MEAN
+        && report.settled_max_over_mean <= CONVERGED_MAX_OVER_MEAN;
+    say(&format!(
+        "{} round median {:.1} ms (target <= 50 ms); {} max/mean {:.3} after convergence, {:.3} settled (target <= {CONVERGED_MAX_OVER_MEAN})",
+        if fast { "ok" } else { "FAIL" },
+        report.round_ms.median,
+        if even { "ok" } else { "FAIL" },
+        report.converged_max_over_mean,
+        report.settled_max_over_mean,
+    ))?;
+    Ok(fast && even)
+}
+
+fn print_scale(r: &ScaleReport, edges: &[EdgeCase]) -> anyhow::Result<()> {
+    let spread =
+        |s: &Spread, unit: &str| format!("{:.1} / {:.1} / {:.1}{unit}", s.median, s.p99, s.max);
+    let since = |at: Option<u32>| {
+        at.map_or("not under 1.15 at the end".into(), |r| {
+            format!("under 1.15 from round {r}")
+        })
+    };
+    let rows = [
+        (
+            "run",
+            format!(
+                "seed {}, {} players, {} shards (+{} joined, {} drained, {} died), {} base cells -> {} leaves, {} rounds",
+                r.seed,
+                r.players,
+                r.shards,
+                r.joined,
+                r.drained,
+                r.died,
+                r.base_cells,
+                r.leaves_at_end,
+                r.rounds
+            ),
+        ),
+        (
+            "round time (Balancer::plan), median / p99 / max",
+            spread(&r.round_ms, " ms"),
+        ),
+        (
+            "max/mean load per weight after convergence",
+            format!(
+                "{:.3} ({})",
+                r.converged_max_over_mean,
+                since(r.converged_at_round)
+            ),
+        ),
+        (
+            "max/mean, worst while zones travel and shards come and go",
+            format!("{:.3}", r.dynamic_max_over_mean),
+        ),
+        (
+            "max/mean after it settled",
+            format!(
+                "{:.3} ({})",
+                r.settled_max_over_mean,
+                since(r.settled_at_round)
+            ),
+        ),
+        (
+            "cells moved per round, median / p99 / max (total)",
+            format!("{} ({})", spread(&r.cells_moved, ""), r.cells_moved_total),
+        ),
+        (
+            "players migrated per round, median / p99 / max (total)",
+            format!(
+                "{} ({})",
+                spread(&r.players_migrated, ""),
+                r.players_migrated_total
+            ),
+        ),
+        ("splits / merges", format!("{} / {}", r.splits, r.merges)),
+        (
+            "the cell hotter than any shard",
+            format!(
+                "load {:.2} of a tick (threshold 0.8), carried as {} leaves",
+                r.festival_load, r.festival_leaves
+            ),
+        ),
+        ("rounds with notes", format!("{:?}", r.notes)),
+        ("digest", format!("{:016x}", r.digest)),
+    ];
+    for (k, v) in rows {
+        say(&format!("{k:<58} {v}"))?;
+    }
+    say("edge cases (the production balancer on a 4x4 world, after 5 rounds):")?;
+    for e in edges {
+        say(&format!(
+            "  {:<36} {} moves, {} splits; {}",
+            e.case,
+            e.moves,
+            e.splits,
+            e.notes.join(", ")
+        ))?;
+    }
+    Ok(())
 }

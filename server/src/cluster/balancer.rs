@@ -21,10 +21,12 @@
 //!    not to the cell-move protocol, whose source would be the dead shard.
 //! 2. *Relieve* shards over a hard threshold (tick CPU, memory, clients) or imbalanced (load per
 //!    weight more than `imbalance_tolerance` above the cluster's mean), once the condition has
-//!    held `hold_ms`: border cells go to the lightest neighbour that ends up lighter than the
-//!    sender and under every threshold, preferring cells whose loss keeps the sender's region
+//!    held `hold_ms`: border cells go to the lightest neighbour that stays under every threshold
+//!    and ends below where the sender started (so every move strictly lowers `Σ weight ×
+//!    load²`: moves cannot cycle), preferring cells whose loss keeps the sender's region
 //!    connected. An overloaded shard with no such neighbour gives to an empty shard, then to the
-//!    lightest shard anywhere. A cell too coarse for any receiver is split.
+//!    lightest shard anywhere; an imbalanced one does so only with a cell at the minimum size
+//!    that no neighbour can take. A border cell too coarse for any neighbour is split.
 //! 3. *Join*: a shard with no cells gets one from the busiest shard; it then grows through 2.
 //! 4. *Split* hot leaves (above `split_cell_load` for `hold_ms`) down to `min_cell_m`; *merge*
 //!    four cold siblings of one shard (together under `merge_cell_load` for `hold_ms`).
@@ -115,6 +117,9 @@ pub enum Reason {
     HotCell,
     /// The leaf is too big for any receiver to take; its children may fit.
     TooCoarse,
+    /// The leaf is at the minimum size and too heavy for every neighbour: it goes to the lightest
+    /// shard anywhere, leaving a region in two pieces.
+    Indivisible,
     ColdSiblings,
 }
 
@@ -131,6 +136,7 @@ impl fmt::Display for Reason {
             Self::Join => "first cell of a new shard",
             Self::HotCell => "cell above split_cell_load",
             Self::TooCoarse => "cell too big for any receiver",
+            Self::Indivisible => "indivisible cell too heavy for every neighbour",
             Self::ColdSiblings => "siblings under merge_cell_load",
         };
         f.write_str(text)
@@ -349,15 +355,17 @@ fn clean(v: f32) -> f64 {
 
 #[derive(Clone, Debug, Default)]
 struct ShardState {
-    cpu: Trend,
+    /// Tick CPU, clients and entities outside any reported cell (the shard's own overhead). Kept
+    /// apart from the cells' trends so a shard's total follows a move at once: a smoothed total
+    /// would lag behind every move and make the sender look heavier and the receiver lighter.
+    outside: [Trend; 3],
     mem: Trend,
-    clients: Trend,
     entities: Trend,
     over_since: Option<u64>,
     imbalanced_since: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct CellState {
     work: Trend,
     clients: Trend,
@@ -374,7 +382,12 @@ struct CellState {
 struct State {
     last_ms: Option<u64>,
     shards: BTreeMap<ShardId, ShardState>,
-    cells: CellTable<CellState>,
+    /// Last round's leaves and their states, in id order: a round merge-joins them with the map's
+    /// leaves (a lookup per leaf in a hash map cost most of a 65,000-leaf round).
+    cells: Vec<(CellId, CellState)>,
+    /// Cells acted on that are not leaves yet (a merge's parent), until they are or their
+    /// cooldown ends.
+    extra: BTreeMap<CellId, CellState>,
     cold_since: CellTable<u64>,
 }
 
@@ -400,8 +413,9 @@ enum Role {
 struct Row {
     id: ShardId,
     weight: f64,
-    /// The tick CPU share as reported this round (scales its cells' `tick_share`).
-    reported_cpu: f64,
+    /// Tick CPU share, clients and entities as reported this round (the CPU share scales its
+    /// cells' `tick_share`).
+    reported: [f64; 3],
     role: Role,
     work: f64,
     clients: f64,
@@ -458,6 +472,8 @@ struct Pressure {
     hard: bool,
 }
 
+/// `by_id` slot of a shard with no row.
+const NO_ROW: u32 = u32::MAX;
 /// Moves a sender may make in one round before the next sender gets its turn.
 const MOVES_PER_SENDER_MAX: usize = 64;
 /// Cells a contiguity check may visit before it gives up and calls the cell a cut (a wrong "cut"
@@ -539,7 +555,8 @@ impl Balancer {
         round.attach_leaves(&mut self.state, now_ms, dt, map, cells);
         round.hold(&mut self.state, now_ms);
         round.run(&mut self.state.cold_since, now_ms);
-        self.state.remember(&round, now_ms);
+        self.state
+            .remember(&round, now_ms, self.settings.cooldown_ms);
         round.plan
     }
 }
@@ -547,31 +564,36 @@ impl Balancer {
 impl State {
     /// Cooldowns and pending moves for this round's actions; forget cells that are no longer
     /// leaves (after the next round has inherited their trends).
-    fn remember(&mut self, round: &Round<'_>, now_ms: u64) {
-        let mut keep = Vec::new();
+    fn remember(&mut self, round: &Round<'_>, now_ms: u64, cooldown_ms: u64) {
+        self.extra.retain(|_, st| {
+            st.acted_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < cooldown_ms)
+        });
         for p in &round.plan.actions {
             let (cell, pending) = match p.action {
                 Action::Move { cell, from, to } => (cell, Some((from, to))),
                 Action::Split { cell } => (cell, None),
-                Action::Merge { parent } => {
-                    keep.push(parent);
-                    (parent, None)
-                }
+                Action::Merge { parent } => (parent, None),
             };
-            let state = self.cells.entry(cell).or_default();
+            let state = match self.cells.binary_search_by_key(&cell, |e| e.0) {
+                Ok(i) => &mut self.cells[i].1,
+                Err(_) => self.extra.entry(cell).or_default(),
+            };
             state.acted_ms = Some(now_ms);
             state.pending = pending;
         }
-        keep.sort_unstable();
-        self.cells
-            .retain(|c, _| round.index.contains_key(c) || keep.binary_search(c).is_ok());
     }
 
     /// The trends of a leaf that has no state yet: a split child starts at a quarter of its
     /// parent, a merged parent at the sum of its children.
-    fn inherit(&self, cell: CellId) -> CellState {
+    fn inherit(old: &[(CellId, CellState)], cell: CellId) -> CellState {
+        let get = |c: CellId| {
+            old.binary_search_by_key(&c, |e| e.0)
+                .ok()
+                .map(|i| &old[i].1)
+        };
         let mut out = CellState::default();
-        if let Some(parent) = cell.parent().and_then(|p| self.cells.get(&p)) {
+        if let Some(parent) = cell.parent().and_then(get) {
             for (dst, src) in [
                 (&mut out.work, parent.work),
                 (&mut out.clients, parent.clients),
@@ -586,7 +608,7 @@ impl State {
             return out;
         }
         for kid in cell.children().into_iter().flatten() {
-            if let Some(k) = self.cells.get(&kid) {
+            if let Some(k) = get(kid) {
                 for (dst, src) in [
                     (&mut out.work, k.work),
                     (&mut out.clients, k.clients),
@@ -630,9 +652,7 @@ impl<'a> Round<'a> {
             .iter()
             .map(|i| {
                 let st = state.shards.entry(i.id).or_default();
-                st.cpu.update(clean(i.tick_cpu_share), dt, s.alpha);
                 st.mem.update(clean(i.mem_share), dt, s.alpha);
-                st.clients.update(f64::from(i.clients), dt, s.alpha);
                 st.entities.update(f64::from(i.entities), dt, s.alpha);
                 Self::row_of(s, i, st)
             })
@@ -657,8 +677,8 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// A shard's row before its cells are attached: `work`, `clients` and `entities` hold the
-    /// shard's whole projected figures for now.
+    /// A shard's row before its cells are attached (`work`, `clients`, `entities` come from
+    /// [`Self::outside`] and [`Self::totals`]).
     fn row_of(s: &Settings, i: &ShardInput, st: &ShardState) -> Row {
         let role = if !i.alive {
             Role::Evacuate(Evacuation::Dead)
@@ -675,11 +695,15 @@ impl<'a> Round<'a> {
         Row {
             id: i.id,
             weight: f64::from(i.weight),
-            reported_cpu: clean(i.tick_cpu_share),
+            reported: [
+                clean(i.tick_cpu_share),
+                f64::from(i.clients),
+                f64::from(i.entities),
+            ],
             role,
-            work: st.cpu.projected(h),
-            clients: st.clients.projected(h),
-            entities,
+            work: 0.0,
+            clients: 0.0,
+            entities: 0.0,
             mem,
             mem_per_entity: if entities > 0.0 { mem / entities } else { 0.0 },
             hard_held: false,
@@ -689,13 +713,18 @@ impl<'a> Round<'a> {
     }
 
     /// The row of shard `id`, added as `Unknown` (with a note) if the inputs do not name it.
-    fn row_index(&mut self, by_id: &mut BTreeMap<ShardId, u32>, id: ShardId) -> u32 {
-        *by_id.entry(id).or_insert_with(|| {
+    fn row_index(&mut self, by_id: &mut [u32], id: ShardId) -> u32 {
+        let slot = &mut by_id[usize::from(id.0)];
+        if *slot != NO_ROW {
+            return *slot;
+        }
+        *slot = self.rows.len() as u32;
+        {
             self.plan.notes.push(Note::UnknownOwner { shard: id });
             self.rows.push(Row {
                 id,
                 weight: 0.0,
-                reported_cpu: 0.0,
+                reported: [0.0; 3],
                 role: Role::Unknown,
                 work: 0.0,
                 clients: 0.0,
@@ -706,8 +735,8 @@ impl<'a> Round<'a> {
                 imbalance_held: false,
                 donated: false,
             });
-            self.rows.len() as u32 - 1
-        })
+        }
+        *slot
     }
 
     /// The leaves of `map` with their trends updated from `cells`, each under the owner this round
@@ -721,31 +750,49 @@ impl<'a> Round<'a> {
         map: &CellMap,
         cells: &[CellInput],
     ) {
-        let mut by_id: BTreeMap<ShardId, u32> = self
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.id, i as u32))
-            .collect();
-        let mut reports: CellTable<&CellInput> =
-            CellTable::with_capacity_and_hasher(cells.len(), Default::default());
-        for c in cells {
-            reports.entry(c.cell).or_insert(c);
+        let mut by_id = vec![NO_ROW; usize::from(u16::MAX) + 1];
+        for (i, r) in self.rows.iter().enumerate() {
+            by_id[usize::from(r.id.0)] = i as u32;
         }
+        // Sorted by cell (a stable sort: the first report of a cell stays first), then
+        // merge-joined with the map's leaves and last round's states, all in id order.
+        let mut reports: Vec<&CellInput> = cells.iter().collect();
+        reports.sort_by_key(|c| c.cell);
+        reports.dedup_by_key(|c| c.cell);
+        let old = std::mem::take(&mut state.cells);
+        let (mut next_old, mut next_report) = (0, 0);
         // What each shard reported inside its cells, to find what it spends outside them.
         let mut inside = vec![[0.0f64; 3]; self.rows.len()];
         for (&cell, &owner) in map.leaves() {
-            let report = reports.get(&cell).copied();
-            let cpu = report
-                .and_then(|r| by_id.get(&r.owner))
-                .map_or(0.0, |&i| self.rows[i as usize].reported_cpu);
-            let (leaf, seen_owner) = self.leaf_of(state, now_ms, dt, (cell, owner), report, cpu);
+            // Both lists are in id order and only step forward: amortised O(1) per leaf (a binary
+            // search per leaf missed the cache on every probe and cost most of a round).
+            while old.get(next_old).is_some_and(|e| e.0 < cell) {
+                next_old += 1;
+            }
+            while reports.get(next_report).is_some_and(|r| r.cell < cell) {
+                next_report += 1;
+            }
+            let report = reports.get(next_report).copied().filter(|r| r.cell == cell);
+            let mut st = match old.get(next_old) {
+                Some(&(c, st)) if c == cell => st,
+                _ => match state.extra.remove(&cell) {
+                    Some(st) => st,
+                    // A new leaf with a report starts from it; without, from its relatives.
+                    None if report.is_some() => CellState::default(),
+                    None => State::inherit(&old, cell),
+                },
+            };
+            let reporter = report.map(|r| by_id[usize::from(r.owner.0)]);
+            let reporter = reporter.filter(|&i| i != NO_ROW && (i as usize) < inside.len());
+            let cpu = reporter.map_or(0.0, |i| self.rows[i as usize].reported[0]);
+            let (leaf, seen_owner) = self.leaf_of(&mut st, now_ms, dt, (cell, owner), report, cpu);
+            state.cells.push((cell, st));
             let owner_row = self.row_index(&mut by_id, seen_owner);
-            if let Some(r) = report.and_then(|r| by_id.get(&r.owner)) {
-                let slot = &mut inside[*r as usize];
-                slot[0] += leaf.work;
-                slot[1] += leaf.clients;
-                slot[2] += leaf.entities;
+            if let (Some(i), Some(r)) = (reporter, report) {
+                let slot = &mut inside[i as usize];
+                slot[0] += clean(r.tick_share) * cpu;
+                slot[1] += f64::from(r.clients);
+                slot[2] += f64::from(r.entities);
             }
             self.index.insert(cell, self.leaves.len() as u32);
             self.leaves.push(Leaf {
@@ -753,7 +800,25 @@ impl<'a> Round<'a> {
                 ..leaf
             });
         }
-        self.totals(&inside);
+        self.outside(state, dt, &inside);
+        self.totals();
+    }
+
+    /// Each reporting shard's load outside its reported cells (`inside`, this round's raw cell
+    /// reports per reporter), smoothed and projected into its row.
+    fn outside(&mut self, state: &mut State, dt: u64, inside: &[[f64; 3]]) {
+        let (alpha, h) = (self.s.alpha, self.s.horizon_ms);
+        for (r, inside) in self.rows.iter_mut().zip(inside) {
+            let Some(st) = state.shards.get_mut(&r.id) else {
+                continue;
+            };
+            for ((trend, reported), inside) in st.outside.iter_mut().zip(r.reported).zip(inside) {
+                trend.update((reported - inside).max(0.0), dt, alpha);
+            }
+            r.work = st.outside[0].projected(h);
+            r.clients = st.outside[1].projected(h);
+            r.entities = st.outside[2].projected(h);
+        }
     }
 }
 
@@ -762,7 +827,7 @@ impl Round<'_> {
     /// and the owner this round sees it under.
     fn leaf_of(
         &self,
-        state: &mut State,
+        st: &mut CellState,
         now_ms: u64,
         dt: u64,
         (cell, owner): (CellId, ShardId),
@@ -770,12 +835,6 @@ impl Round<'_> {
         cpu: f64,
     ) -> (Leaf, ShardId) {
         let s = self.s;
-        if !state.cells.contains_key(&cell) {
-            let inherited = state.inherit(cell);
-            state.cells.insert(cell, inherited);
-        }
-        // Present by now, so `or_default` only finds it.
-        let st = state.cells.entry(cell).or_default();
         if let Some(r) = report {
             st.work.update(clean(r.tick_share) * cpu, dt, s.alpha);
             st.clients.update(f64::from(r.clients), dt, s.alpha);
@@ -809,13 +868,7 @@ impl Round<'_> {
 
     /// Every shard's totals: what it reported outside its cells plus the cells this round sees
     /// it own; then the mean load per weight and the round's bound.
-    fn totals(&mut self, inside: &[[f64; 3]]) {
-        for (i, r) in self.rows.iter_mut().enumerate() {
-            let [w, c, e] = inside.get(i).copied().unwrap_or([0.0; 3]);
-            r.work = (r.work - w).max(0.0);
-            r.clients = (r.clients - c).max(0.0);
-            r.entities = (r.entities - e).max(0.0);
-        }
+    fn totals(&mut self) {
         self.cells_of = vec![Vec::new(); self.rows.len()];
         for (i, l) in self.leaves.iter().enumerate() {
             let r = &mut self.rows[l.owner as usize];
@@ -1025,7 +1078,11 @@ impl Round<'_> {
     }
 
     /// Whether receiver `to` stays under every hard threshold with `leaf`, and (for a balancing
-    /// move in `dim`) ends up lighter than the sender: a move that does not help is not made.
+    /// move in `dim`) the move narrows the gap: the receiver ends below where the sender started
+    /// (by half the cell's load per weight on each side, so `Σ weight × load²` strictly falls
+    /// with every move and no sequence of moves can cycle). Demanding that the receiver end below
+    /// where the sender ends would leave gaps of two cells' load between neighbours; this leaves
+    /// one.
     /// `share` < 1 asks the same of a part of the leaf (a child, after a split).
     fn fits(&self, leaf: u32, to: u32, dim: Option<Dim>, share: f64) -> bool {
         let l = &self.leaves[leaf as usize];
@@ -1043,10 +1100,11 @@ impl Round<'_> {
             && match dim {
                 None => true,
                 Some(Dim::Work) => {
-                    r.per_weight() + work / r.weight < from.per_weight() - work / from.weight
+                    r.per_weight() + 0.5 * work * (1.0 / r.weight + 1.0 / from.weight)
+                        < from.per_weight()
                 }
-                Some(Dim::Clients) => r.clients + clients < from.clients - clients,
-                Some(Dim::Memory) => r.mem + mem < from.mem - mem,
+                Some(Dim::Clients) => r.clients + clients < from.clients,
+                Some(Dim::Memory) => r.mem + mem < from.mem,
             }
     }
 
@@ -1319,11 +1377,13 @@ impl Round<'_> {
             let Some(p) = self.pressure(s) else {
                 return;
             };
-            let found = self.best_move(s, &p).or_else(|| {
+            let mut reason = p.reason;
+            let found = self.best_move(s, &p, None).or_else(|| {
                 if p.hard {
-                    self.fallback_move(s, &p)
+                    self.fallback_move(s, &p, false)
                 } else {
-                    None
+                    reason = Reason::Indivisible;
+                    self.fallback_move(s, &p, true)
                 }
             });
             let Some((leaf, to)) = found else {
@@ -1336,7 +1396,7 @@ impl Round<'_> {
             if !self.budget_allows(self.leaves[leaf as usize].work) {
                 return;
             }
-            self.do_move(leaf, to, p.reason);
+            self.do_move(leaf, to, reason);
         }
     }
 
@@ -1363,9 +1423,11 @@ impl Round<'_> {
         out
     }
 
-    /// The lightest neighbour that a border cell of `s` fits, and that cell.
-    fn best_move(&self, s: u32, p: &Pressure) -> Option<(u32, u32)> {
-        let pairs = self.border(s, p.dim);
+    /// The lightest neighbour (other than `exclude`) that a border cell of `s` fits, and that
+    /// cell.
+    fn best_move(&self, s: u32, p: &Pressure, exclude: Option<u32>) -> Option<(u32, u32)> {
+        let mut pairs = self.border(s, p.dim);
+        pairs.retain(|&(_, t)| Some(t) != exclude);
         let mut receivers: Vec<u32> = pairs.iter().map(|&(_, t)| t).collect();
         receivers.sort_unstable();
         receivers.dedup();
@@ -1384,34 +1446,48 @@ impl Round<'_> {
         })
     }
 
-    /// For a shard over a hard threshold with no neighbour able to help: an empty shard first (a
-    /// new region is still contiguous), then the lightest shards anywhere (regions in pieces are
-    /// better than a tick over its period).
-    fn fallback_move(&self, s: u32, p: &Pressure) -> Option<(u32, u32)> {
-        let mut targets: Vec<u32> = (0..self.rows.len() as u32)
-            .filter(|&t| t != s && self.rows[t as usize].role == Role::Receiver)
-            .collect();
-        targets.sort_by(|&a, &b| {
-            let key = |t: u32| {
-                (
-                    !self.cells_of[t as usize].is_empty(),
-                    self.load_in(t, p.dim),
-                )
-            };
-            let (ka, kb) = (key(a), key(b));
-            ka.0.cmp(&kb.0)
-                .then(ka.1.total_cmp(&kb.1))
-                .then(self.rows[a as usize].id.cmp(&self.rows[b as usize].id))
-        });
+    /// For a shard with no neighbour able to help: an empty shard first (a new region is still
+    /// contiguous), then the lightest shards anywhere (regions in pieces are better than a tick
+    /// over its period). A shard that is only imbalanced (`indivisible`) may give this way only
+    /// a cell at the minimum size heavier than the tolerance band: the one thing neighbours that
+    /// are all just inside the tolerance can never take, however long it waits.
+    fn fallback_move(&self, s: u32, p: &Pressure, indivisible: bool) -> Option<(u32, u32)> {
+        let band = self.s.tolerance * self.mean * self.rows[s as usize].weight;
         let mine: Vec<u32> = self.cells_of[s as usize]
             .iter()
             .copied()
             .filter(|&c| {
                 let l = &self.leaves[c as usize];
-                !(l.cooling || l.acted || l.in_flight) && self.value(c, p.dim) > 0.0
+                let heavy = !self.splittable(c) && l.work > band;
+                !(l.cooling || l.acted || l.in_flight)
+                    && self.value(c, p.dim) > 0.0
+                    && (heavy || !indivisible)
             })
             .collect();
-        targets.into_iter().take(8).find_map(|t| {
+        if mine.is_empty() {
+            return None;
+        }
+        let mut targets: Vec<u32> = (0..self.rows.len() as u32)
+            .filter(|&t| t != s && self.rows[t as usize].role == Role::Receiver)
+            .collect();
+        let order = |&a: &u32, &b: &u32| {
+            let key = |t: u32| {
+                let empty = self.cells_of[t as usize].is_empty();
+                (!empty, self.load_in(t, p.dim), self.rows[t as usize].id)
+            };
+            let (ka, kb) = (key(a), key(b));
+            ka.0.cmp(&kb.0)
+                .then(ka.1.total_cmp(&kb.1))
+                .then(ka.2.cmp(&kb.2))
+        };
+        // The eight lightest, in order: linear in the shards, not a full sort per sender.
+        const TRIED: usize = 8;
+        if targets.len() > TRIED {
+            targets.select_nth_unstable_by(TRIED, order);
+            targets.truncate(TRIED);
+        }
+        targets.sort_by(order);
+        targets.into_iter().find_map(|t| {
             let candidates: Vec<u32> = mine
                 .iter()
                 .copied()
@@ -1422,12 +1498,15 @@ impl Round<'_> {
     }
 
     /// When no border cell of `s` fits a neighbour but a quarter of one would: split the heaviest
-    /// such cell (not one so light that its children would merge straight back).
+    /// such cell (above a quarter of `merge_cell_load`: a finer cut buys nothing). Shards whose
+    /// loads differ by less than one cell cannot trade whole cells, and a plateau of such shards
+    /// would otherwise sit above the tolerance for good.
     fn split_coarse(&mut self, s: u32) -> bool {
         if self.budget.splits >= self.budget.cells_max {
             return false;
         }
-        let floor = 2.0 * self.s.merge_load;
+        // Its children are not merged back while `s` sheds (see `cold_siblings`).
+        let floor = 0.25 * self.s.merge_load;
         let mut best: Option<(f64, CellId, u32)> = None;
         for (leaf, t) in self.border(s, Dim::Work) {
             let l = &self.leaves[leaf as usize];
@@ -1501,8 +1580,9 @@ impl Round<'_> {
         cold_since.retain(|p, _| live.binary_search(p).is_ok());
     }
 
-    /// The four leaves under `first`'s parent when they may merge now (same receiving owner,
-    /// none touched, together cold).
+    /// The four leaves under `first`'s parent when they may merge now (same receiving owner that
+    /// is not shedding load, none touched, together cold). A shard that sheds keeps fine cells:
+    /// they are what lets it give away a little at a time.
     fn cold_siblings(&self, first: CellId) -> Option<[u32; 4]> {
         let parent = first.parent()?;
         let kids = parent.children()?;
@@ -1517,8 +1597,9 @@ impl Round<'_> {
             }
             work += l.work;
         }
-        (self.rows[owner as usize].role == Role::Receiver && work < self.s.merge_load)
-            .then_some(idx)
+        let row = &self.rows[owner as usize];
+        let shedding = self.imbalanced(row) || self.hard_over(row).is_some();
+        (row.role == Role::Receiver && !shedding && work < self.s.merge_load).then_some(idx)
     }
 }
 
