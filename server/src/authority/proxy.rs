@@ -32,6 +32,28 @@ use zonescaler_shared::{NetId, ShardId};
 #[derive(Resource, Debug, Default)]
 pub struct Mirrors(pub BTreeMap<ShardId, MirrorMap>);
 
+impl Mirrors {
+    /// Record that `to` holds a proxy of `id` at `pos`, `rev` and `generation`, as if this shard
+    /// had mirrored it, though not this tick: the next mirror pass then refreshes that proxy, or
+    /// removes it if the entity is not near `to` (or gone), instead of leaving it there forever.
+    pub(crate) fn assume_sent(
+        &mut self,
+        to: ShardId,
+        id: NetId,
+        pos: QPos,
+        rev: u32,
+        generation: u32,
+    ) {
+        let entry = Mirrored {
+            pos,
+            rev,
+            generation,
+            seen: 0,
+        };
+        self.0.entry(to).or_default().insert(id, entry);
+    }
+}
+
 /// What this shard has mirrored to one neighbour, by entity. Looked up for every border entity
 /// every tick, so a hash map; with a fixed hasher, so the order in which the removes of a tick
 /// go out is the same in every run of a seed.

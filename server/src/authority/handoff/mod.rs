@@ -34,7 +34,7 @@ mod machine;
 pub use machine::{Attempt, Effect, HandoffBook, NotNow};
 
 use super::cell_move::CellMoves;
-use super::proxy::{Mirrored, Mirrors};
+use super::proxy::Mirrors;
 use crate::client::{Clients, ClusterDirectory, Phase, send_control};
 use crate::core::components::{
     Avatar, AwaitingClient, Generation, InTransit, MoveTarget, NetIndex, Networked, Owned, Player,
@@ -414,18 +414,7 @@ fn take(world: &mut World, from: ShardId, req: HandoffRequest) {
     // leaving it there forever.
     world
         .resource_mut::<Mirrors>()
-        .0
-        .entry(from)
-        .or_default()
-        .insert(
-            id,
-            Mirrored {
-                pos,
-                rev,
-                generation,
-                seen: 0,
-            },
-        );
+        .assume_sent(from, id, pos, rev, generation);
 }
 
 /// Make `entity` this shard's, from the state `req` carried; `Owned` last, so from there on it is
@@ -560,18 +549,7 @@ fn resume(world: &mut World, id: NetId, generation: u32, reason: RefuseReason) -
     let rev = world.get::<ReplicatedComponents>(e).map_or(0, |c| c.rev);
     world
         .resource_mut::<Mirrors>()
-        .0
-        .entry(to)
-        .or_default()
-        .insert(
-            id,
-            Mirrored {
-                pos,
-                rev,
-                generation: generation.wrapping_sub(1),
-                seen: 0,
-            },
-        );
+        .assume_sent(to, id, pos, rev, generation.wrapping_sub(1));
     world
         .entity_mut(e)
         .remove::<InTransit>()
