@@ -517,6 +517,9 @@ pub enum MasterNotice {
     /// Cell move `id` is abandoned (the target refused or died, or it took too long): `from`
     /// keeps the cell; entities `to` took meanwhile are handed back by the usual handoff.
     MoveAborted { id: u64, cell: crate::CellId },
+    /// This shard was drained: it owns no cell and no entity and has left the membership. It
+    /// closes its clients and links and exits (status 0).
+    Drained,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]

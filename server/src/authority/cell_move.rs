@@ -38,6 +38,11 @@ pub struct MovePeer {
     pub peer: ShardId,
 }
 
+/// Set when the master says this shard was drained ([`MasterNotice::Drained`]): it owns
+/// nothing and has left the cluster; the runtime closes it and exits.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained(pub bool);
+
 /// The cell moves under way on this shard.
 #[derive(Resource, Debug, Default)]
 pub struct CellMoves {
@@ -94,6 +99,10 @@ pub fn on_space_notices(world: &mut World) {
                 moves.reported.remove(&id);
                 info!(id, %cell, "cell move aborted");
             }
+            MasterNotice::Drained => {
+                info!("drained: this shard owns nothing and has left the cluster");
+                world.insert_resource(Drained(true));
+            }
             other => rest.push(other),
         }
     }
@@ -107,6 +116,13 @@ fn apply_map(world: &mut World, push: MapPush) {
         let space = world.resource::<Space>();
         (space.me, *space.grid(), space.map.epoch())
     };
+    // The members' addresses come with every push, the same epoch too (a member joined).
+    {
+        let mut dir = world.resource_mut::<ClusterDirectory>();
+        for m in &push.members {
+            dir.client_addrs.insert(m.id, m.client_addr.clone());
+        }
+    }
     if push.epoch <= epoch.0 {
         return;
     }
@@ -118,12 +134,6 @@ fn apply_map(world: &mut World, push: MapPush) {
             return;
         }
     };
-    {
-        let mut dir = world.resource_mut::<ClusterDirectory>();
-        for m in &push.members {
-            dir.client_addrs.insert(m.id, m.client_addr.clone());
-        }
-    }
     let (mut out, mut inc) = (0, 0);
     let mut moves = world.resource_mut::<CellMoves>();
     moves.outgoing.retain(|cell, _| {

@@ -135,7 +135,8 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
             // Maps and cell moves are the authority layer's, taken out before the links run.
             MasterNotice::Map(_)
             | MasterNotice::MoveCell { .. }
-            | MasterNotice::MoveAborted { .. } => {}
+            | MasterNotice::MoveAborted { .. }
+            | MasterNotice::Drained => {}
         }
     }
 }

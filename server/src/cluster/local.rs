@@ -35,9 +35,12 @@ use zonescaler_shared::{CellId, ShardId};
 
 /// `n` shards of one world and their master, in one process.
 pub struct LocalCluster {
+    /// Shard `i` is `shards[i]`; a drained one stays in place but no longer ticks.
     pub shards: Vec<ShardApp>,
     pub master: Master,
     pub map: CellMap,
+    config: WorldConfig,
+    game: GameSetup,
     now_ms: u64,
     /// The master's notices for the next step (a move ordered between steps, for instance).
     notices: Vec<(ShardId, MasterNotice)>,
@@ -95,9 +98,45 @@ impl LocalCluster {
             shards,
             master,
             map,
+            config,
+            game: game.clone(),
             now_ms: 0,
             notices: Vec::new(),
         })
+    }
+
+    /// A shard joins the running cluster (as `zonescaler shard --join` does): its id. It owns
+    /// nothing until the balancer gives it cells.
+    pub fn join(&mut self, weight: u32) -> Result<ShardId, String> {
+        let mut req = member(self.shards.len());
+        req.weight = weight;
+        let id = self
+            .master
+            .join(req, self.now_ms)
+            .map_err(|e| e.to_string())?;
+        if usize::from(id.0) != self.shards.len() {
+            return Err(format!(
+                "the master gave id {} to shard {}",
+                id.0,
+                self.shards.len()
+            ));
+        }
+        let placement = Some((id, self.map.clone()));
+        self.shards.push(ShardApp::with_game(
+            self.config.clone(),
+            placement,
+            &self.game,
+        ));
+        self.notices.extend(self.master.members_changed(Some(id)));
+        Ok(id)
+    }
+
+    /// Drain shard `id` (as `zonescaler drain` does): its cells move away, and once it owns
+    /// nothing the master lets it go ([`ShardApp::drained`]); it then no longer ticks.
+    pub fn drain(&mut self, id: ShardId) -> Result<(), String> {
+        self.master
+            .drain(id, self.now_ms)
+            .map_err(|e| e.to_string())
     }
 
     /// Order the move of leaf `cell` to shard `to` (see `cluster::moves`): the shards hear of
@@ -142,7 +181,7 @@ impl LocalCluster {
                 .tick_hz
         });
         self.now_ms += 1_000 / u64::from(hz.max(1));
-        for s in &mut self.shards {
+        for s in self.shards.iter_mut().filter(|s| !s.drained()) {
             s.set_now_ms(self.now_ms);
             s.tick();
         }
@@ -150,7 +189,11 @@ impl LocalCluster {
         let mut notices = std::mem::take(&mut self.notices);
         notices.extend(self.master.check_moves(self.now_ms));
         notices.extend(self.master.balance(self.now_ms));
+        notices.extend(self.master.check_drained(self.now_ms));
         for (i, s) in self.shards.iter_mut().enumerate() {
+            if s.drained() {
+                continue;
+            }
             let from = ShardId(i as u16);
             for (to, bytes) in s.drain_shard_outbox() {
                 mail.push((from, to, bytes));
@@ -173,6 +216,9 @@ impl LocalCluster {
             }
         }
         for (i, s) in self.shards.iter_mut().enumerate() {
+            if s.drained() {
+                continue;
+            }
             let load = s.load();
             self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
         }

@@ -57,21 +57,66 @@ pub struct Member {
     pub alive: bool,
     pub last_heard_ms: u64,
     pub load: ShardLoad,
+    /// Being drained: the balancer moves its cells away and admission seats nobody on it.
+    pub draining: bool,
+    /// It reported since it joined (a late joiner reports once it linked to every member):
+    /// until then nothing is moved to it and no login is seated on it.
+    pub linked: bool,
+    /// When a draining member was first seen owning no cell (master's clock).
+    emptied_ms: Option<u64>,
+}
+
+impl Member {
+    fn new(info: MemberInfo, now_ms: u64, linked: bool) -> Self {
+        Self {
+            info,
+            alive: true,
+            last_heard_ms: now_ms,
+            load: ShardLoad::default(),
+            draining: false,
+            linked,
+            emptied_ms: None,
+        }
+    }
+
+    /// Alive, linked and not draining: one that may be given cells and players.
+    pub fn takes_work(&self) -> bool {
+        self.alive && self.linked && !self.draining
+    }
 }
 
 /// Why a join was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinRefused {
-    #[error(
-        "the cluster already placed its cells on {0} shards; a late joiner would own nothing \
-         (moving cells to new shards needs the load balancer)"
-    )]
-    AlreadyPlaced(usize),
     #[error("the cluster is full ({} shards)", limits::SHARDS_MAX)]
     Full,
     #[error("capacity weight must be 1..=1000 (got {0})")]
     BadWeight(u32),
 }
+
+/// Why a drain was refused (`zonescaler drain`, `POST /api/shards/N/drain`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DrainRefused {
+    #[error("the cluster has not placed its cells yet")]
+    NotPlaced,
+    #[error("no shard {0} in the cluster")]
+    NoSuchShard(u16),
+    #[error(
+        "shard 0 holds the master role and cannot be drained (moving the master role is not \
+         built yet)"
+    )]
+    Master,
+    #[error("shard {0} is not alive; a dead shard's cells are recovered by failover, not drained")]
+    NotAlive(u16),
+    #[error(
+        "no other shard can take shard {0}'s cells (every other one is draining or not linked yet)"
+    )]
+    NoOtherShard(u16),
+}
+
+/// How long a drained shard's clients (logins it is redirecting or holding in the queue) get to
+/// leave once it owns no cell and no entity, before the master lets it go regardless.
+pub const DRAIN_CLIENTS_GRACE_MS: u64 = 10_000;
 
 /// A seat given to a login, until its shard reports the player's arrival.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +136,9 @@ pub struct Master {
     grid: CellGrid,
     expected: usize,
     members: BTreeMap<ShardId, Member>,
+    /// The id the next joiner gets: ids are never reused, so a late joiner is never taken for
+    /// a drained shard whose messages are still on their way.
+    next_id: u16,
     map: Option<CellMap>,
     /// Shared with the views handed out (copied only when it changes while one holds it).
     players: Arc<BTreeMap<String, ShardId>>,
@@ -117,19 +165,13 @@ impl Master {
     /// A master that is itself member 0 and waits for `expected` members in all.
     pub fn new(grid: CellGrid, expected: usize, me: MemberInfo, now_ms: u64) -> Self {
         let mut members = BTreeMap::new();
-        members.insert(
-            me.id,
-            Member {
-                info: me,
-                alive: true,
-                last_heard_ms: now_ms,
-                load: ShardLoad::default(),
-            },
-        );
+        let next_id = me.id.0 + 1;
+        members.insert(me.id, Member::new(me, now_ms, true));
         Self {
             grid,
             expected: expected.max(1),
             members,
+            next_id,
             map: None,
             players: Arc::default(),
             seats: BTreeMap::new(),
@@ -198,11 +240,11 @@ impl Master {
         }
     }
 
-    /// Players on every live shard: the seats admission may give.
+    /// Players on every shard that takes work: the seats admission may give.
     fn live_seats(&self) -> BTreeMap<ShardId, u32> {
         self.members
             .values()
-            .filter(|m| m.alive)
+            .filter(|m| m.takes_work())
             .map(|m| (m.info.id, self.seats.get(&m.info.id).copied().unwrap_or(0)))
             .collect()
     }
@@ -223,39 +265,156 @@ impl Master {
         });
     }
 
-    /// Admit a shard; its id.
+    /// Admit a shard; its id. Before placement it counts towards the expected members; after,
+    /// it is a late joiner: it owns nothing until it has linked to every member and reported,
+    /// and then the balancer gives it cells from the busiest shards.
     pub fn join(&mut self, req: JoinRequest, now_ms: u64) -> Result<ShardId, JoinRefused> {
-        if self.map.is_some() {
-            return Err(JoinRefused::AlreadyPlaced(self.members.len()));
-        }
-        if self.members.len() >= limits::SHARDS_MAX {
+        if self.members.len() >= limits::SHARDS_MAX || self.next_id == u16::MAX {
             return Err(JoinRefused::Full);
         }
         if !(1..=1_000).contains(&req.weight) {
             return Err(JoinRefused::BadWeight(req.weight));
         }
-        let id = ShardId(self.members.keys().next_back().map_or(0, |last| last.0 + 1));
+        let id = ShardId(self.next_id);
+        self.next_id += 1;
         self.now_ms = now_ms;
+        let late = self.map.is_some();
         self.event(
             "joined",
-            format!("shard {} joined from {}", id.0, req.client_addr),
-        );
-        self.members.insert(
-            id,
-            Member {
-                info: MemberInfo {
-                    id,
-                    client_addr: req.client_addr,
-                    link_addr: req.link_addr,
-                    metrics_addr: req.metrics_addr,
-                    weight: req.weight,
-                },
-                alive: true,
-                last_heard_ms: now_ms,
-                load: ShardLoad::default(),
+            if late {
+                format!(
+                    "shard {} joined from {} (weight {}); the balancer gives it cells once it linked",
+                    id.0, req.client_addr, req.weight
+                )
+            } else {
+                format!("shard {} joined from {}", id.0, req.client_addr)
             },
         );
+        let info = MemberInfo {
+            id,
+            client_addr: req.client_addr,
+            link_addr: req.link_addr,
+            metrics_addr: req.metrics_addr,
+            weight: req.weight,
+        };
+        self.members.insert(id, Member::new(info, now_ms, !late));
         Ok(id)
+    }
+
+    /// What a late joiner gets after its id: the map and the live members it must link to.
+    pub fn push_for_joiner(&self) -> Option<MapPush> {
+        let map = self.map.as_ref()?;
+        let mut push = Self::push_of(map, &self.members);
+        push.members.retain(|i| self.is_alive(i.id));
+        Some(push)
+    }
+
+    /// The map with the member list as it is now, for every member but `except` (a joiner gets
+    /// [`Self::push_for_joiner`] instead): how the others learn who joined or left.
+    pub fn members_changed(&self, except: Option<ShardId>) -> Vec<(ShardId, MasterNotice)> {
+        self.map_notices()
+            .into_iter()
+            .filter(|(to, _)| Some(*to) != except)
+            .collect()
+    }
+
+    /// Start draining shard `id`: the balancer moves every cell of it away (whether balancing
+    /// is on or not), admission seats nobody new on it, and once it owns no cell and no entity
+    /// [`Self::check_drained`] lets it go. Draining one already draining is not an error.
+    pub fn drain(&mut self, id: ShardId, now_ms: u64) -> Result<(), DrainRefused> {
+        self.now_ms = now_ms;
+        if self.map.is_none() {
+            return Err(DrainRefused::NotPlaced);
+        }
+        let m = self
+            .members
+            .get(&id)
+            .ok_or(DrainRefused::NoSuchShard(id.0))?;
+        if m.draining {
+            return Ok(());
+        }
+        if id == ShardId(0) {
+            return Err(DrainRefused::Master);
+        }
+        if !m.alive {
+            return Err(DrainRefused::NotAlive(id.0));
+        }
+        let others = self
+            .members
+            .values()
+            .any(|o| o.info.id != id && o.takes_work() && o.info.weight > 0);
+        if !others {
+            return Err(DrainRefused::NoOtherShard(id.0));
+        }
+        if let Some(m) = self.members.get_mut(&id) {
+            m.draining = true;
+        }
+        let cells = self.map.as_ref().map_or(0, |map| map.cells_of(id).count());
+        self.event(
+            "draining",
+            format!(
+                "shard {} draining: its {cells} cells move to the others",
+                id.0
+            ),
+        );
+        Ok(())
+    }
+
+    /// Let go of the draining members that are empty: no cell in the map, no move to or from
+    /// them, and a report since then that they own no entity and hold no client (or clients
+    /// that did not leave within [`DRAIN_CLIENTS_GRACE_MS`]). Each gets
+    /// [`MasterNotice::Drained`] and leaves the membership; the others get the new member list.
+    pub fn check_drained(&mut self, now_ms: u64) -> Vec<(ShardId, MasterNotice)> {
+        self.now_ms = now_ms;
+        let Some(map) = &self.map else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        for m in self.members.values_mut().filter(|m| m.draining && m.alive) {
+            let id = m.info.id;
+            let busy = map.cells_of(id).next().is_some()
+                || self.moves.active().any(|mv| mv.from == id || mv.to == id);
+            if busy {
+                m.emptied_ms = None;
+                continue;
+            }
+            let since = *m.emptied_ms.get_or_insert(now_ms);
+            // A report sent after the last cell left, so its counts cover the cell's entities.
+            let reported = m.last_heard_ms > since;
+            let empty = m.load.owned_entities == 0 && m.load.in_transit == 0;
+            let clients_gone =
+                m.load.clients == 0 || now_ms.saturating_sub(since) >= DRAIN_CLIENTS_GRACE_MS;
+            if reported && empty && clients_gone {
+                done.push((id, m.load.clients));
+            }
+        }
+        let mut out = Vec::new();
+        for (id, clients) in done {
+            self.members.remove(&id);
+            self.admission.forget_gateway(id);
+            self.seats.remove(&id);
+            let players = Arc::make_mut(&mut self.players);
+            players.retain(|_, s| *s != id);
+            self.unconfirmed
+                .retain(|_, u| u.shard != id && u.gateway != id);
+            self.event(
+                "drained",
+                format!(
+                    "shard {} drained: it owns nothing and leaves the cluster{}",
+                    id.0,
+                    if clients > 0 {
+                        format!(" ({clients} clients still connected are closed)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+            out.push((id, MasterNotice::Drained));
+        }
+        if !out.is_empty() {
+            out.extend(self.members_changed(None));
+        }
+        out
     }
 
     /// Whether every expected member is here and the map is not placed yet.
@@ -304,6 +463,10 @@ impl Master {
     /// A shard's load report. Arrivals and departures update the player directory (and so the
     /// seats); an arrival confirms the seat a login was given there.
     pub fn heartbeat(&mut self, from: ShardId, load: ShardLoad, now_ms: u64) {
+        // A drained shard's last report may still be on its way: it is no member any more.
+        if !self.members.contains_key(&from) {
+            return;
+        }
         for name in &load.players_left {
             self.unseat(name, from);
         }
@@ -315,6 +478,7 @@ impl Master {
         }
         if let Some(m) = self.members.get_mut(&from) {
             m.alive = true;
+            m.linked = true;
             m.last_heard_ms = now_ms;
             m.load = ShardLoad {
                 players_arrived: Vec::new(),
@@ -625,8 +789,9 @@ impl Master {
             .map(|m| ShardInput {
                 id: m.info.id,
                 weight: m.info.weight,
-                alive: m.alive,
-                draining: false,
+                // A late joiner gets cells once it linked to every member.
+                alive: m.alive && m.linked,
+                draining: m.draining,
                 // The busier of the tick thread and the whole process: at hundreds of clients
                 // the network threads (encrypting snapshots) cost a shard more than its tick.
                 tick_cpu_share: m.load.tick_cpu_share.max(m.load.process_cpu_share),
@@ -974,6 +1139,10 @@ pub struct ShardView {
     /// Where it serves `/metrics` (empty when it does not).
     pub metrics_addr: String,
     pub alive: bool,
+    /// Being drained (`zonescaler drain`): its cells move away, then it leaves.
+    pub draining: bool,
+    /// It reported since it joined; a late joiner gets cells only then.
+    pub linked: bool,
     pub weight: u32,
     pub cells: usize,
     pub owned_entities: u32,
@@ -1018,6 +1187,8 @@ impl ShardView {
             link_addr: m.info.link_addr.clone(),
             metrics_addr: m.info.metrics_addr.clone(),
             alive: m.alive,
+            draining: m.draining,
+            linked: m.linked,
             weight: m.info.weight,
             cells,
             owned_entities: l.owned_entities,
@@ -1533,7 +1704,7 @@ mod tests {
     }
 
     #[test]
-    fn members_join_then_cells_are_placed_by_weight_and_late_joiners_refused() {
+    fn members_join_then_cells_are_placed_by_weight_and_late_joiners_wait_to_link() {
         let grid = CellGrid::from_config(&WorldConfig::default());
         let mut m = Master::new(grid, 3, info("a"), 0);
         assert!(!m.ready_to_place(), "waits for every expected shard");
@@ -1552,10 +1723,82 @@ mod tests {
             count(1),
             count(2)
         );
+        let late = m.join(join("d", 1), 5).expect("a late joiner is admitted");
+        assert_eq!(late, ShardId(3));
+        assert!(
+            !m.members()[&late].linked && !m.members()[&late].takes_work(),
+            "it gets no cells or players before it linked and reported"
+        );
+        let push = m.push_for_joiner().expect("the map for the joiner");
+        assert_eq!(push.members.len(), 4, "it links to every live member");
         assert_eq!(
-            m.join(join("d", 1), 0),
-            Err(JoinRefused::AlreadyPlaced(3)),
-            "a late joiner is refused with the reason"
+            m.members_changed(Some(late)).len(),
+            3,
+            "the others hear of it"
+        );
+        m.heartbeat(late, ShardLoad::default(), 10);
+        assert!(m.members()[&late].takes_work(), "linked once it reported");
+    }
+
+    #[test]
+    fn a_drained_shard_leaves_once_it_reported_owning_nothing_and_its_id_is_not_reused() {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let mut m = Master::new(grid, 3, info("a"), 0);
+        m.join(join("b", 1), 0).expect("join");
+        m.join(join("c", 1), 0).expect("join");
+        m.place().expect("placement");
+        assert_eq!(m.drain(ShardId(0), 1), Err(DrainRefused::Master));
+        assert_eq!(m.drain(ShardId(7), 1), Err(DrainRefused::NoSuchShard(7)));
+        m.drain(ShardId(2), 1).expect("drains");
+        assert!(m.view().shards.iter().any(|s| s.id == 2 && s.draining));
+        assert!(m.check_drained(2).is_empty(), "it still owns cells");
+        // Its cells go to shard 1 (as the balancer would move them).
+        let cells: Vec<CellId> = m.map().expect("placed").cells_of(ShardId(2)).collect();
+        for cell in cells {
+            m.map
+                .as_mut()
+                .expect("placed")
+                .reassign(cell, ShardId(1))
+                .expect("leaf");
+        }
+        let busy = ShardLoad {
+            owned_entities: 3,
+            ..ShardLoad::default()
+        };
+        m.heartbeat(ShardId(2), busy, 3);
+        assert!(m.check_drained(4).is_empty(), "no report since it emptied");
+        m.heartbeat(
+            ShardId(2),
+            ShardLoad {
+                owned_entities: 3,
+                ..ShardLoad::default()
+            },
+            5,
+        );
+        assert!(m.check_drained(6).is_empty(), "it still owns entities");
+        m.heartbeat(ShardId(2), ShardLoad::default(), 7);
+        let out = m.check_drained(8);
+        assert!(
+            out.contains(&(ShardId(2), MasterNotice::Drained)),
+            "{out:?}"
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|(_, n)| matches!(n, MasterNotice::Map(_)))
+                .count(),
+            2,
+            "the two others get the member list without it"
+        );
+        assert!(!m.members().contains_key(&ShardId(2)));
+        m.heartbeat(ShardId(2), ShardLoad::default(), 9);
+        assert!(
+            !m.members().contains_key(&ShardId(2)),
+            "a late report does not bring it back"
+        );
+        assert_eq!(
+            m.join(join("d", 1), 10),
+            Ok(ShardId(3)),
+            "ids are not reused"
         );
     }
 

@@ -23,5 +23,5 @@ pub use balancer::{Balancer, CellInput, Plan, ShardInput};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
 pub use load::{LoadCounters, LoadWindow};
 pub use local::LocalCluster;
-pub use master::{ClusterView, Master};
+pub use master::{ClusterView, DrainRefused, JoinRefused, Master};
 pub use node::Node;

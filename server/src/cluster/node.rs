@@ -10,15 +10,15 @@ use super::forming::Formed;
 use super::master::Master;
 use crate::core::ShardApp;
 use bytes::Bytes;
-use std::collections::BTreeMap;
-use tracing::{error, warn};
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::{error, info, warn};
 use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
+    JoinRequest, LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
 };
 
 /// A formed cluster, seen from this process, with its links.
@@ -36,6 +36,10 @@ pub struct Node {
     /// Link messages that arrived before the first tick, in order.
     pub early: Vec<(ShardId, LinkMessage)>,
     pub batch_bytes_out: u64,
+    /// Links up that have not said who they are yet (a late joiner dialing in).
+    unnamed: BTreeSet<LinkId>,
+    /// Members that left the cluster (drained): their links going down is no fault.
+    departed: BTreeSet<ShardId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -62,6 +66,89 @@ impl Node {
             master: formed.master,
             early: formed.early,
             batch_bytes_out: 0,
+            unnamed: BTreeSet::new(),
+            departed: BTreeSet::new(),
+        }
+    }
+
+    /// A map notice went by: keep the member list (a member joined or left) in step.
+    fn observe(&mut self, notice: &MasterNotice) {
+        let MasterNotice::Map(push) = notice else {
+            return;
+        };
+        let now: BTreeSet<ShardId> = push.members.iter().map(|m| m.id).collect();
+        for m in &self.members {
+            if m.id != self.me && !now.contains(&m.id) {
+                info!(shard = m.id.0, "shard left the cluster (drained)");
+                self.departed.insert(m.id);
+            }
+        }
+        for m in &push.members {
+            if m.id != self.me && !self.members.iter().any(|x| x.id == m.id) {
+                info!(shard = m.id.0, addr = %m.client_addr, "shard joined the cluster");
+            }
+        }
+        self.members = push.members.clone();
+    }
+
+    /// On the master: a shard that dialed in during play asks to join.
+    fn late_join(&mut self, app: &mut ShardApp, link: LinkId, req: JoinRequest, now_ms: u64) {
+        let Some(m) = self.master.as_mut() else {
+            self.links
+                .close(link, "this shard does not hold the master role");
+            return;
+        };
+        let addr = req.client_addr.clone();
+        let id = match m.join(req, now_ms) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(%addr, error = %e, "late join refused");
+                self.links.close(link, &e.to_string());
+                return;
+            }
+        };
+        let Some(push) = m.push_for_joiner() else {
+            return;
+        };
+        let notices = m.members_changed(Some(id));
+        self.unnamed.remove(&link);
+        self.link_of.insert(id, link);
+        self.peer_of.insert(link, id);
+        info!(shard = id.0, %addr, "shard joined the running cluster");
+        self.send(id, &LinkMessage::Joined { id });
+        self.send(id, &LinkMessage::Map(push));
+        for (to, notice) in notices {
+            self.notify(app, to, notice);
+        }
+    }
+
+    /// A message on a link that has not said who it is: a late joiner's `Join` (on the
+    /// master) or `Peer` (a joiner linking to every member once it has the map).
+    fn unnamed_message(&mut self, app: &mut ShardApp, link: LinkId, bytes: &[u8], now_ms: u64) {
+        match codec::decode_link_message(bytes) {
+            Ok(LinkMessage::Join(req)) if self.master.is_some() => {
+                self.late_join(app, link, req, now_ms);
+            }
+            Ok(LinkMessage::Peer { id })
+                if id > self.me
+                    && !self.link_of.contains_key(&id)
+                    && !self.departed.contains(&id) =>
+            {
+                self.unnamed.remove(&link);
+                self.link_of.insert(id, link);
+                self.peer_of.insert(link, id);
+                info!(shard = id.0, "linked to a shard that joined");
+            }
+            Ok(other) => {
+                warn!(%link, ?other, "unexpected first message on a new link: closing it");
+                self.unnamed.remove(&link);
+                self.links.close(link, "expected Join or Peer first");
+            }
+            Err(e) => {
+                warn!(%link, error = %e, "bad first message on a new link: closing it");
+                self.unnamed.remove(&link);
+                self.links.close(link, "bad link message");
+            }
         }
     }
 
@@ -144,6 +231,7 @@ impl Node {
         let dead = m.check_liveness(now_ms);
         let mut notices = m.check_moves(now_ms);
         notices.extend(m.balance(now_ms));
+        notices.extend(m.check_drained(now_ms));
         for (to, notice) in notices {
             self.notify(app, to, notice);
         }
@@ -167,8 +255,9 @@ impl Node {
         }
     }
 
-    fn notify(&self, app: &mut ShardApp, to: ShardId, notice: MasterNotice) {
+    fn notify(&mut self, app: &mut ShardApp, to: ShardId, notice: MasterNotice) {
         if to == self.me {
+            self.observe(&notice);
             app.push_master_notice(notice);
         } else {
             self.send(to, &LinkMessage::FromMaster(notice));
@@ -188,7 +277,11 @@ impl Node {
         match ev {
             LinkEvent::Message { link, bytes } => {
                 let Some(from) = self.peer(link) else {
-                    warn!(%link, "message on a link that is no member's; ignored");
+                    if self.unnamed.contains(&link) {
+                        self.unnamed_message(app, link, &bytes, now_ms);
+                    } else {
+                        warn!(%link, "message on a link that is no member's; ignored");
+                    }
                     return;
                 };
                 match codec::decode_link_message(&bytes) {
@@ -200,20 +293,30 @@ impl Node {
                 }
             }
             LinkEvent::Down { link, reason, .. } => {
+                self.unnamed.remove(&link);
+                let peer = self.peer(link);
+                if let Some(id) = peer.filter(|id| self.departed.contains(id)) {
+                    info!(shard = id.0, "link to a drained shard closed");
+                    self.link_of.remove(&id);
+                    self.peer_of.remove(&link);
+                    return;
+                }
                 error!(
                     %link,
-                    shard = self.peer(link).map(|s| s.0),
+                    shard = peer.map(|s| s.0),
                     %reason,
                     "link to a member lost (its entities in handoff stay frozen: failover is not built yet)"
                 );
             }
             LinkEvent::Up { link, .. } => {
-                // Joins after the cells are placed are refused (the balancer would have to move
-                // cells to the newcomer, and there is none yet).
-                self.links.close(
-                    link,
-                    "the cluster has formed: late joins are not supported yet",
-                );
+                // A late joiner dialing in: it says who it is with its first message. The link
+                // is authenticated (the cluster secret), so the count bounds only mistakes.
+                if self.unnamed.len() >= limits::SHARDS_MAX {
+                    self.links
+                        .close(link, "too many links that have not said who they are");
+                } else {
+                    self.unnamed.insert(link);
+                }
             }
             LinkEvent::Failed { .. } => {}
         }
@@ -239,7 +342,10 @@ impl Node {
                 }
             }
             LinkMessage::ToMaster(req) => self.master_request(app, from, req, now_ms),
-            LinkMessage::FromMaster(notice) if from == ShardId(0) => app.push_master_notice(notice),
+            LinkMessage::FromMaster(notice) if from == ShardId(0) => {
+                self.observe(&notice);
+                app.push_master_notice(notice);
+            }
             other => warn!(
                 shard = from.0,
                 ?other,

@@ -300,6 +300,13 @@ impl ShardApp {
         std::mem::take(&mut self.world.resource_mut::<MasterOutbox>().0)
     }
 
+    /// Whether the master drained this shard: it owns nothing and has left the cluster.
+    pub fn drained(&self) -> bool {
+        self.world
+            .get_resource::<crate::authority::cell_move::Drained>()
+            .is_some_and(|d| d.0)
+    }
+
     pub fn stats(&self) -> &ShardStats {
         self.world.resource::<ShardStats>()
     }

@@ -4,6 +4,7 @@
 //! - `up`: a local cluster of the game as supervised child processes (this same binary).
 //! - `ticket`: mint a login ticket with the account service's key (local testing).
 //! - `keygen`: make a login key pair (the account service keeps the private half).
+//! - `drain`: drain a shard of a running cluster through the master's API.
 
 use super::up::{self, UpOptions};
 use super::{ClusterOptions, NET_THREADS_DEFAULT, NET_THREADS_MAX, Role, ShardOptions};
@@ -48,6 +49,9 @@ enum Cmd {
     Keygen(KeygenArgs),
     /// Run a swarm of headless bots that play this game against a running cluster, and report.
     Bots(zonescaler_bots::cli::BotArgs),
+    /// Drain a shard of a running cluster: the master moves every cell of it to the other
+    /// shards, then it leaves the cluster and exits 0. Follows the drain until then.
+    Drain(super::drain::DrainArgs),
 }
 
 /// `zonescaler shard`.
@@ -204,6 +208,7 @@ pub fn main_with(setup: impl Fn(&mut ShardApp) + Send + Sync + 'static) -> ExitC
         }
         Cmd::Ticket(args) => mint(args),
         Cmd::Keygen(args) => keygen(args),
+        Cmd::Drain(args) => super::drain::drain(&args),
         Cmd::Bots(args) => {
             let app = ShardApp::with_game(WorldConfig::default(), None, &game);
             match app.setup_errors() {

@@ -9,22 +9,102 @@
 //!   derived from the cluster secret; `zonescaler up` writes it to its run directory): 401
 //!   without it.
 //!
-//! Both API routes answer 503 on a shard without the master role (or before the cluster formed).
+//! - `POST /api/shards/{id}/drain`: start draining shard `id` (the operator's API token, as
+//!   above): the balancer moves every cell of it to the others, and once it owns nothing it
+//!   leaves the cluster and exits 0. 202 when the drain started (or already runs); 404 for no
+//!   such shard; 409 when it cannot be drained (the master's shard, a dead one, the last one
+//!   that could take cells). `zonescaler drain --shard N` calls it and follows the drain.
+//!
+//! The API routes answer 503 on a shard without the master role (or before the cluster formed).
 
-use crate::cluster::ClusterView;
+use crate::cluster::{ClusterView, DrainRefused};
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::oneshot;
 use tracing::error;
 
 /// The view the API serves, replaced by the tick thread whenever the master's changes.
 pub type SharedView = Arc<Mutex<Option<ClusterView>>>;
 
+/// Orders for the master that the API queues and the tick thread carries out (it owns the
+/// master), each answered on its channel.
+pub type ApiCommands = Arc<Mutex<VecDeque<ApiCommand>>>;
+
+/// Orders waiting for the tick thread at most; more are answered 503.
+pub const API_COMMANDS_MAX: usize = 64;
+
+/// How long the API waits for the tick thread to answer an order.
+const API_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// One order for the master.
+#[derive(Debug)]
+pub enum ApiCommand {
+    /// Drain shard `shard`; `Ok` once draining (also if it already was).
+    Drain {
+        shard: u16,
+        reply: oneshot::Sender<Result<(), DrainRefused>>,
+    },
+}
+
 /// Serve the API and the dashboard until the runtime stops.
-pub async fn serve_http(listener: tokio::net::TcpListener, view: SharedView, api_token: String) {
-    if let Err(e) = axum::serve(listener, router(view, api_token)).await {
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    view: SharedView,
+    commands: ApiCommands,
+    api_token: String,
+) {
+    if let Err(e) = axum::serve(listener, router(view, commands, api_token)).await {
         error!(error = %e, "HTTP API stopped");
+    }
+}
+
+fn error_json(status: StatusCode, text: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+/// `POST /api/shards/{id}/drain`, once authorised: queue the order and wait for its answer.
+async fn drain(commands: ApiCommands, shard: u16, has_master: bool) -> Response {
+    if !has_master {
+        return no_master();
+    }
+    let (reply, answer) = oneshot::channel();
+    {
+        let mut q = commands.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.len() >= API_COMMANDS_MAX {
+            return error_json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many orders waiting for the master; try again".into(),
+            );
+        }
+        q.push_back(ApiCommand::Drain { shard, reply });
+    }
+    match tokio::time::timeout(API_ANSWER_WAIT, answer).await {
+        Ok(Ok(Ok(()))) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({
+                "draining": shard,
+                "message": format!(
+                    "shard {shard} is draining: its cells move to the other shards, then it exits"
+                ),
+            })),
+        )
+            .into_response(),
+        Ok(Ok(Err(e))) => {
+            let status = match e {
+                DrainRefused::NoSuchShard(_) => StatusCode::NOT_FOUND,
+                DrainRefused::NotPlaced => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            error_json(status, e.to_string())
+        }
+        Ok(Err(_)) | Err(_) => error_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the master did not answer in time (is its tick stalled?)".into(),
+        ),
     }
 }
 
@@ -43,7 +123,7 @@ fn unauthorized() -> Response {
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
         axum::Json(serde_json::json!({
-            "error": "player lookups need the operator's API token: Authorization: Bearer TOKEN (zonescaler up writes it to api.token in its run directory)"
+            "error": "player lookups and orders need the operator's API token: Authorization: Bearer TOKEN (zonescaler up writes it to api.token in its run directory)"
         })),
     )
         .into_response()
@@ -77,10 +157,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// The routes.
-pub fn router(view: SharedView, api_token: String) -> axum::Router {
+pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axum::Router {
+    let has_master = {
+        let view = view.clone();
+        move || {
+            view.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+        }
+    };
     let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let cluster = current.clone();
     let token = Arc::new(api_token);
+    let drain_token = token.clone();
     axum::Router::new()
         .route(
             "/",
@@ -146,6 +235,26 @@ pub fn router(view: SharedView, api_token: String) -> axum::Router {
                 }
             }),
         )
+        .route(
+            "/api/shards/{id}/drain",
+            axum::routing::post(move |Path(id): Path<String>, headers: HeaderMap| {
+                let allowed = authorized(&headers, &drain_token);
+                let master = has_master();
+                let commands = commands.clone();
+                async move {
+                    if !allowed {
+                        return unauthorized();
+                    }
+                    match id.parse::<u16>() {
+                        Ok(shard) => drain(commands, shard, master).await,
+                        Err(_) => error_json(
+                            StatusCode::BAD_REQUEST,
+                            format!("{id:?} is no shard id (a number, 0..=65535)"),
+                        ),
+                    }
+                }
+            }),
+        )
 }
 
 #[cfg(test)]
@@ -185,7 +294,12 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("bound");
-        tokio::spawn(serve_http(listener, view.clone(), "s3cret".into()));
+        tokio::spawn(serve_http(
+            listener,
+            view.clone(),
+            ApiCommands::default(),
+            "s3cret".into(),
+        ));
         let op = Some("s3cret");
 
         let (status, body) = get(addr, "/api/players/ann", op).await;

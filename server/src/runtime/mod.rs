@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod dashboard;
+pub mod drain;
 pub mod http;
 pub mod metrics;
 pub mod up;
@@ -24,7 +25,7 @@ use crate::core::ShardApp;
 use crate::core::resources::{ClusterMode, Inbox, ShardInbox};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use http::SharedView;
+use http::{ApiCommand, ApiCommands, SharedView};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,6 +176,8 @@ pub struct Shard {
     events: QuicEvents,
     node: Option<Node>,
     view: SharedView,
+    /// The API's orders for the master, carried out on the tick thread.
+    commands: ApiCommands,
     addr: SocketAddr,
     stats_every: Duration,
     metrics: Option<metrics::ShardMetrics>,
@@ -216,7 +219,7 @@ impl Shard {
             .map(metrics::ShardMetrics::install)
             .transpose()?;
         let metrics_addr = metrics.as_ref().map(|m| m.addr().to_string());
-        let view = serve_http(rt, &opts)?;
+        let (view, commands) = serve_http(rt, &opts)?;
 
         let node = match &opts.cluster {
             None => None,
@@ -250,6 +253,7 @@ impl Shard {
             events,
             node,
             view,
+            commands,
             addr,
             stats_every: opts.stats_every,
             metrics,
@@ -290,6 +294,13 @@ impl Shard {
         // Read here, on the thread that ticks: its CPU clock is the one the reports follow.
         let mut window = LoadWindow::new(hz, self.load_counters());
         while !stop.load(Ordering::Relaxed) {
+            if self.app.drained() {
+                println!(
+                    "zonescaler: shard drained: it owns nothing and left the cluster; stopping"
+                );
+                info!("drained: stopping");
+                return;
+            }
             self.tick(&mut pace, &mut buf, &mut window);
             pace.wait();
             if pace.report_due() {
@@ -311,6 +322,9 @@ impl Shard {
                 .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.link_events);
             for ev in buf.link_events.drain(..) {
                 n.on_link_event(&mut self.app, ev, now);
+            }
+            if n.master.is_some() {
+                self.api_orders(now);
             }
         }
         let mut queues = metrics::TickQueues {
@@ -376,6 +390,34 @@ impl Shard {
         }
     }
 
+    /// Carry out the API's orders (on the master), answering each.
+    fn api_orders(&mut self, now: u64) {
+        let orders: Vec<ApiCommand> = {
+            let mut q = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+            q.drain(..).collect()
+        };
+        if orders.is_empty() {
+            return;
+        }
+        let Some(m) = self.node.as_mut().and_then(|n| n.master.as_mut()) else {
+            return;
+        };
+        for order in orders {
+            match order {
+                ApiCommand::Drain { shard, reply } => {
+                    let answer = m.drain(ShardId(shard), now);
+                    match &answer {
+                        Ok(()) => info!(shard, "drain ordered through the API"),
+                        Err(e) => warn!(shard, error = %e, "drain refused"),
+                    }
+                    // The caller may have given up waiting.
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
+    }
+
     /// The process's counters now, for the load reports. Call on the tick thread.
     fn load_counters(&self) -> LoadCounters {
         let links = self.node.as_ref().map(|n| n.links.stats());
@@ -433,8 +475,12 @@ fn read_counters(at: Duration, net: &NetStats, links: Option<&LinkStats>) -> Loa
 }
 
 /// Serve the dashboard and the API on `--http`, if asked: the view the tick thread fills.
-fn serve_http(rt: &tokio::runtime::Runtime, opts: &ShardOptions) -> anyhow::Result<SharedView> {
+fn serve_http(
+    rt: &tokio::runtime::Runtime,
+    opts: &ShardOptions,
+) -> anyhow::Result<(SharedView, ApiCommands)> {
     let view: SharedView = Arc::new(Mutex::new(None));
+    let commands: ApiCommands = Arc::default();
     if let Some(addr) = opts.http {
         let token = opts
             .cluster
@@ -448,9 +494,14 @@ fn serve_http(rt: &tokio::runtime::Runtime, opts: &ShardOptions) -> anyhow::Resu
             "zonescaler: dashboard on http://{0}/ (HTTP API: http://{0}/api/cluster)",
             listener.local_addr()?
         );
-        rt.spawn(http::serve_http(listener, view.clone(), token));
+        rt.spawn(http::serve_http(
+            listener,
+            view.clone(),
+            commands.clone(),
+            token,
+        ));
     }
-    Ok(view)
+    Ok((view, commands))
 }
 
 /// The login keys of `config`, loaded (none: logins without tickets, which the shard says).

@@ -226,6 +226,8 @@ struct RunFiles {
     /// The operator's token for `GET /api/players/{name}`.
     api_token: PathBuf,
     secret: String,
+    /// The secret, for a shard the operator adds to the running cluster (`shard --join`).
+    secret_file: PathBuf,
 }
 
 fn prepare_run_dir(opts: &UpOptions) -> anyhow::Result<RunFiles> {
@@ -236,6 +238,7 @@ fn prepare_run_dir(opts: &UpOptions) -> anyhow::Result<RunFiles> {
         login_key: dir.join("login.key"),
         login_pub: dir.join("login.pub"),
         api_token: dir.join("api.token"),
+        secret_file: dir.join("cluster.secret"),
         secret: match std::env::var(super::cli::SECRET_ENV) {
             Ok(s) => s,
             Err(_) => random_secret()?,
@@ -250,6 +253,7 @@ fn prepare_run_dir(opts: &UpOptions) -> anyhow::Result<RunFiles> {
     write_private(&files.cluster_key, &identity.key_pem())?;
     let token = zonescaler_shared::token::api_token(files.secret.as_bytes());
     write_private(&files.api_token, &token)?;
+    write_private(&files.secret_file, &files.secret)?;
     // A login key for this local cluster: shards get the public half, the bots (and
     // `zonescaler ticket`) mint tickets with the private one, as a game's account service would.
     zonescaler_shared::ticket::TicketSigner::generate_files(
@@ -439,8 +443,16 @@ fn supervise(
     }
 }
 
-/// Report a child's exit: a shard's stops the cluster, the bots' does not.
+/// Report a child's exit: a shard's stops the cluster, unless it exited 0 (drained: it left
+/// the cluster owning nothing); the bots' does not.
 fn on_exit(exit: &Exit, screen: &mut Screen) -> anyhow::Result<()> {
+    if exit.role == Role::Shard && exit.status.success() {
+        screen.say(&[format!(
+            "zonescaler up: {} was drained and exited 0; the cluster keeps running",
+            exit.name
+        )]);
+        return Ok(());
+    }
     let report = exit_report(exit, &log_tail(&exit.log));
     match exit.role {
         Role::Shard => {
@@ -657,8 +669,43 @@ fn next_steps(opts: &UpOptions, shards: &[ShardInfo], files: &RunFiles, exe: &st
     let words: Vec<String> = bots.iter().map(|w| shell_word(w)).collect();
     lines.push("run 100 bots against it:".into());
     lines.push(format!("  {exe} {}", words.join(" ")));
+    if shards.len() > 1 {
+        lines.extend(join_and_drain_lines(opts, files, exe, shards.len()));
+    }
     lines.push("Ctrl-C stops the cluster.".into());
     lines
+}
+
+/// The commands that add a shard to the running cluster and drain one out of it.
+fn join_and_drain_lines(opts: &UpOptions, files: &RunFiles, exe: &str, n: usize) -> Vec<String> {
+    // The next ports after the ones `up` gave its shards (`check_options` keeps them in u16).
+    let next = |base: u16| usize::from(base) + n;
+    let host = &opts.host;
+    let word = |p: &Path| shell_word(&p.display().to_string());
+    vec![
+        "add a shard (it gets cells from the busiest), then drain one (it exits 0 once empty):"
+            .into(),
+        format!(
+            "  {}=$(cat {}) {exe} shard --world {} --join {host}:{} --listen {host}:{} \
+             --link-listen {host}:{} --metrics {host}:{} --tls-cert {} --tls-key {} --login-keys {}",
+            super::cli::SECRET_ENV,
+            word(&files.secret_file),
+            word(&opts.world),
+            opts.link_port,
+            next(opts.port),
+            next(opts.link_port),
+            next(opts.metrics_port()),
+            word(&files.cluster_cert),
+            word(&files.cluster_key),
+            word(&files.login_pub),
+        ),
+        format!(
+            "  {exe} drain --shard {} --http {} --token-file {}",
+            n - 1,
+            shell_word(&opts.http),
+            word(&files.api_token)
+        ),
+    ]
 }
 
 fn shards_text(n: usize) -> String {
@@ -985,18 +1032,31 @@ impl Status {
 /// `GET path` from `addr` over plain HTTP/1.1, each step bounded by [`API_TIMEOUT`]: the status
 /// code and the body.
 fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    http_request(addr, "GET", path, None, API_TIMEOUT)
+}
+
+/// `method path` on `addr` over plain HTTP/1.1 (an empty body; `token` as a bearer token),
+/// each step bounded by `timeout`: the status code and the body.
+pub(crate) fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let to = addr
         .to_socket_addrs()?
         .next()
         .with_context(|| format!("{addr} names no address"))?;
-    let mut stream = TcpStream::connect_timeout(&to, API_TIMEOUT)?;
-    stream.set_read_timeout(Some(API_TIMEOUT))?;
-    stream.set_write_timeout(Some(API_TIMEOUT))?;
+    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
-    let deadline = Instant::now() + API_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -1520,6 +1580,7 @@ mod tests {
             login_key: dir.join("login.key"),
             login_pub: dir.join("login.pub"),
             api_token: dir.join("api.token"),
+            secret_file: dir.join("cluster.secret"),
             secret: String::new(),
         };
         let shard = |i: u16| ShardInfo {
