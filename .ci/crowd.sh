@@ -20,8 +20,13 @@ duration=${DURATION:-90s}
 scenario=${SCENARIO:-crowd}
 runs=${RUNS:-off on}
 out_dir=${OUT_DIR:-$(mktemp -d)}
-cargo build -q --release -p zonescaler-server --bin zonescaler
-exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
+# EXE: a zonescaler binary built already (another machine's run); else build it here.
+if [ -n "${EXE:-}" ]; then
+  exe=$EXE
+else
+  cargo build -q --release -p zonescaler-server --bin zonescaler
+  exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
+fi
 
 run() { # on|off
   local mode=$1 dir="$out_dir/$1" port=$(( 20000 + RANDOM % 20000 ))
