@@ -529,3 +529,106 @@ fn an_avatar_whose_client_never_came_is_not_offered_in_the_tick_it_expires() {
         "and not resurrected by a handoff"
     );
 }
+
+/// The first control message `conn` got from shard `i` over `ticks` steps.
+fn first_control(c: &mut LocalCluster, i: usize, conn: u64, ticks: usize) -> Option<ServerControl> {
+    for _ in 0..ticks {
+        for cmd in c.step().into_iter().nth(i).into_iter().flatten() {
+            if let NetCommand::Control { conn: to, bytes } = cmd
+                && to.0 == conn
+                && let Ok(msg) = codec::decode_server_control(&bytes)
+            {
+                return Some(msg);
+            }
+        }
+    }
+    None
+}
+
+/// A client with a redirect token for `id` on shard `i` connects as `conn`.
+fn arrive_with_token(c: &mut LocalCluster, i: usize, conn: u64, token: Vec<u8>) {
+    c.shards[i].push_event(NetEvent::Connected {
+        conn: ConnId(conn),
+        max_datagram_bytes: 1_200,
+    });
+    let hello = ClientControl::Hello(Hello {
+        protocol_hash: c.shards[i].protocol_hash(),
+        name: String::new(),
+        ticket: None,
+        token: Some(token),
+    });
+    c.shards[i].push_event(control(conn, &hello));
+}
+
+#[test]
+fn a_client_redirected_to_an_avatar_that_moved_on_with_its_cell_is_sent_after_it() {
+    let mut c = cluster();
+    c.step();
+    // An avatar handed to shard 0 whose client is on its way (it holds a token for shard 0),
+    // deep in a cell of shard 0 that then moves to shard 1 before the client arrives.
+    let grid = *c.map.grid();
+    let cell = c
+        .map
+        .cells_of(ShardId(0))
+        .find(|&cell| {
+            let r = grid.rect(cell);
+            let mid = [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0];
+            // Far from shard 1's cells, so no proxy of it stays on shard 0.
+            [-1.0f32, 1.0].iter().all(|d| {
+                [[mid[0] + d * 300.0, mid[1]], [mid[0], mid[1] + d * 300.0]]
+                    .iter()
+                    .all(|p| !grid.world().contains(*p) || c.map.owner_at(*p) == Some(ShardId(0)))
+            })
+        })
+        .expect("a cell of shard 0 deep in its region");
+    let r = grid.rect(cell);
+    let at = Vec3::new(
+        (r.min[0] + r.max[0]) / 2.0,
+        0.0,
+        (r.min[1] + r.max[1]) / 2.0,
+    );
+    let now = c.shards[0]
+        .world
+        .resource::<zonescaler_server::core::resources::TickClock>()
+        .now_ms;
+    let awaiting = zonescaler_server::core::components::AwaitingClient {
+        name: "ann".into(),
+        since_ms: now,
+        last_input_seq: 0,
+    };
+    let id = spawn_owned(&mut c, 0, at, awaiting);
+    let token = c.shards[0]
+        .world
+        .resource::<zonescaler_server::client::ClusterDirectory>()
+        .redirect(
+            ShardId(0),
+            zonescaler_shared::token::GrantKind::Avatar(id),
+            now,
+        )
+        .token;
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    for _ in 0..300 {
+        c.step();
+        if c.map.owner_of(cell) == Some(ShardId(1)) && entity(&mut c, 0, id).is_none() {
+            break;
+        }
+    }
+    assert_eq!(c.map.owner_of(cell), Some(ShardId(1)), "the cell moved");
+    assert!(
+        entity(&mut c, 0, id).is_none(),
+        "nothing of the avatar is left on shard 0"
+    );
+    assert!(entity(&mut c, 1, id).is_some(), "shard 1 holds it");
+
+    arrive_with_token(&mut c, 0, 50, token);
+    let redirect = match first_control(&mut c, 0, 50, 3) {
+        Some(ServerControl::Redirect(r)) => r,
+        other => panic!("the late client is sent after its avatar, got {other:?}"),
+    };
+    assert_eq!(redirect.shard, ShardId(1));
+    arrive_with_token(&mut c, 1, 51, redirect.token);
+    match first_control(&mut c, 1, 51, 3) {
+        Some(ServerControl::Welcome(w)) => assert_eq!(w.avatar, id, "its own avatar"),
+        other => panic!("shard 1 welcomes it to its avatar, got {other:?}"),
+    }
+}

@@ -26,6 +26,7 @@ impl Plugin for AuthorityPlugin {
         app.world.init_resource::<proxy::Mirrors>();
         app.world.init_resource::<handoff::Handoffs>();
         app.world.init_resource::<handoff::Rechecks>();
+        app.world.init_resource::<handoff::Forwards>();
         app.world.init_resource::<cell_move::CellMoves>();
         app.world.init_resource::<cell_move::Drained>();
         app.world.init_resource::<handoff::OutgoingOffers>();

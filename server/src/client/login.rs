@@ -59,6 +59,8 @@ pub struct Login<'w, 's> {
     /// This shard's own login queue (used alone; in a cluster the master's decides).
     queue: ResMut<'w, LoginQueue>,
     index: Res<'w, NetIndex>,
+    /// Where avatars went on before their client came (the client is sent after them).
+    forwards: Res<'w, crate::authority::handoff::Forwards>,
     entities: Query<
         'w,
         's,
@@ -507,6 +509,11 @@ fn on_token(
         }
         Some((_, (_, None, None, Some(transit)))) => {
             redirect(conn, transit.to, GrantKind::Avatar(id), closing, login);
+            Ok(())
+        }
+        // Gone from here (handed on, its proxy dropped): follow it while the wait lasts.
+        _ if let Some(to) = login.forwards.get(id, login.clock.now_ms) => {
+            redirect(conn, to, GrantKind::Avatar(id), closing, login);
             Ok(())
         }
         _ => Err((

@@ -52,6 +52,7 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use bytes::Bytes;
 use glam::Vec3;
+use std::collections::BTreeMap;
 use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -254,13 +255,50 @@ pub fn send_offers(world: &mut World) {
     }
 }
 
-/// `Ownership`: avatars whose client never arrived after a handoff are despawned.
+/// Where avatars went on before their client arrived (handed off again, or shipped with a
+/// moving cell): the client holds a redirect token for this shard and comes here, so it is sent
+/// on to the new owner (`client::login`). Kept [`limits::REDIRECT_WAIT_MS`], at most
+/// [`FORWARDS_MAX`] at once.
+#[derive(Resource, Debug, Default)]
+pub struct Forwards(BTreeMap<NetId, (ShardId, u64)>);
+
+/// Forwards kept at most (a full table sends the late client away with `BadToken`, logged).
+pub const FORWARDS_MAX: usize = limits::CLIENTS_PER_SHARD_MAX;
+
+impl Forwards {
+    /// Where avatar `id` went, if it left here waiting for its client within the wait.
+    pub fn get(&self, id: NetId, now_ms: u64) -> Option<ShardId> {
+        self.0
+            .get(&id)
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(to, _)| *to)
+    }
+
+    fn insert(&mut self, id: NetId, to: ShardId, now_ms: u64) {
+        if self.0.len() >= FORWARDS_MAX {
+            self.0.retain(|_, (_, until)| *until > now_ms);
+        }
+        if self.0.len() >= FORWARDS_MAX && !self.0.contains_key(&id) {
+            warn!(id = %id, "forward table full: a late client of this avatar will be refused");
+            return;
+        }
+        self.0.insert(id, (to, now_ms + limits::REDIRECT_WAIT_MS));
+    }
+}
+
+/// `Ownership`: avatars whose client never arrived after a handoff are despawned; forwards past
+/// the wait are forgotten.
 pub fn expire_awaiting_clients(
     mut commands: Commands,
     q: Query<(Entity, &Networked, &AwaitingClient), With<Owned>>,
     clock: Res<TickClock>,
     mut despawned: ResMut<DespawnLog>,
+    mut forwards: ResMut<Forwards>,
 ) {
+    if forwards.0.first_key_value().is_some() {
+        let now = clock.now_ms;
+        forwards.0.retain(|_, (_, until)| *until > now);
+    }
     for (e, net, w) in &q {
         if clock.now_ms.saturating_sub(w.since_ms) > limits::REDIRECT_WAIT_MS {
             warn!(id = %net.0, name = %w.name, "handed-off avatar's client never arrived: despawning");
@@ -471,6 +509,11 @@ fn release(world: &mut World, id: NetId, from: ShardId, generation: u32) -> bool
     };
     let old_generation = world.get::<Generation>(e).map_or(0, |g| g.0);
     let avatar = world.get::<Avatar>(e).copied();
+    if world.get::<AwaitingClient>(e).is_some() {
+        // Its client is on its way here with a token for this shard: send it on when it comes.
+        let now_ms = world.resource::<TickClock>().now_ms;
+        world.resource_mut::<Forwards>().insert(id, from, now_ms);
+    }
     let mut ent = world.entity_mut(e);
     ent.remove::<(InTransit, MoveTarget, Avatar, AwaitingClient, Player)>();
     ent.insert((Proxy { owner: from }, Generation(generation)));
