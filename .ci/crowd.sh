@@ -11,7 +11,9 @@
 #
 # With CHECK=1 each run must have every bot connected, no avatar missing and total_entities
 # back where it was (CI runs a short one this way).
-# Usage: [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
+# WEIGHTS=1,1,2 gives the shards capacity weights (`up --weights`); the summary then also shows
+# each shard's share of the load and of the clients over its weight's share (1.0: exactly it).
+# Usage: [WEIGHTS=w,w,..] [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shards=${SHARDS:-4}
@@ -44,7 +46,7 @@ else:
     text += f"\n[balancer]\nenabled = {enabled}\n"
 open(out, "w").write(text)
 PY
-  "$exe" up --shards "$shards" --port "$port" --link-port $(( port + 100 )) --http "$http" \
+  "$exe" up --shards "$shards" ${WEIGHTS:+--weights "$WEIGHTS"} --port "$port" --link-port $(( port + 100 )) --http "$http" \
     --metrics-port $(( port + 300 )) --world "$dir/world.toml" --run-dir "$dir" >"$dir/up.log" 2>&1 &
   local up_pid=$!
   for _ in $(seq 1 1200); do
@@ -98,19 +100,46 @@ before = [s for s in samples if s["t"] < start]
 after = [s for s in samples if s["t"] > end]
 formed = next((s["t"] for s in samples if sum(x["clients"] for x in s["shards"]) >= 0.95 * bots), None)
 ratios, busiest, procs = [], [], []
+# Each shard's share of the load (the balancer's measure: the busier of tick and process CPU)
+# and of the clients, over its weight's share: 1.0 is exactly its weight's share.
+load_vs_weight, clients_vs_weight = {}, {}
 for s in samples:
     if formed is None or not (formed + 30 <= s["t"] <= end):
         continue
+    alive = [x for x in s["shards"] if x["alive"]]
+    wsum = sum(max(x["weight"], 1) for x in alive)
+    lsum = sum(max(x["tick_cpu_share"], x["process_cpu_share"]) for x in alive)
+    csum = sum(x["clients"] for x in alive)
+    for x in alive:
+        wshare = max(x["weight"], 1) / wsum
+        if lsum > 0:
+            load_vs_weight.setdefault(x["id"], []).append(max(x["tick_cpu_share"], x["process_cpu_share"]) / lsum / wshare)
+        if csum > 0:
+            clients_vs_weight.setdefault(x["id"], []).append(x["clients"] / csum / wshare)
     loads = [x["clients"] / max(x["weight"], 1) for x in s["shards"] if x["alive"]]
     mean = sum(loads) / len(loads)
     if mean > 0:
         ratios.append(max(loads) / mean)
     busiest.append(max(x["tick_cpu_share"] for x in s["shards"]))
     procs.append(max(x["process_cpu_share"] for x in s["shards"]))
-events = samples[-1].get("events", []) if samples else []
+# Every event any sample showed (the view keeps the latest 256), once each.
+seen, events = set(), []
+for s in samples:
+    for e in s.get("events", []):
+        key = (e["at_ms"], e["kind"], e["text"])
+        if key not in seen:
+            seen.add(key); events.append(e)
 kinds = {}
 for e in events:
     kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+# The shortest time between two moves of one cell (the balancer's cooldown is 30 s by default).
+import re
+moved_at = {}
+for e in events:
+    m = re.match(r"epoch \d+: cell (\S+) moved", e["text"]) if e["kind"] == "moved" else None
+    if m:
+        moved_at.setdefault(m.group(1), []).append(e["at_ms"])
+gaps = [b - a for ts in moved_at.values() for a, b in zip(sorted(ts), sorted(ts)[1:])]
 med = lambda xs: round(statistics.median(xs), 3) if xs else None
 summary = {
     "balancer": mode,
@@ -124,6 +153,10 @@ summary = {
     "max_over_mean_clients_at_30s": round(ratios[0], 3) if ratios else None,
     "busiest_tick_cpu_share_median": med(busiest),
     "busiest_process_cpu_share_median": med(procs),
+    "cells_moved_twice": sum(1 for ts in moved_at.values() if len(ts) > 1),
+    "min_s_between_moves_of_a_cell": round(min(gaps) / 1000, 1) if gaps else None,
+    "load_share_over_weight_share": {k: med(v) for k, v in sorted(load_vs_weight.items())},
+    "clients_share_over_weight_share": {k: med(v) for k, v in sorted(clients_vs_weight.items())},
     "events": kinds,
     "total_entities_before": before[-1]["total_entities"] if before else None,
     "total_entities_after": after[-1]["total_entities"] if after else None,

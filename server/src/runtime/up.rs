@@ -115,6 +115,10 @@ pub struct UpOptions {
     /// Where certificates, keys, the API token and the logs go.
     #[arg(long, default_value = "target/zonescaler-run")]
     pub run_dir: PathBuf,
+    /// Capacity weight of each shard, in start order, e.g. `1,1,2` (each 1..=1000; one per
+    /// shard). Default: 1 each.
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<u32>,
 }
 
 impl UpOptions {
@@ -166,6 +170,16 @@ fn check_options(opts: &UpOptions) -> anyhow::Result<()> {
         .any(|p| usize::from(*p) + opts.shards > usize::from(u16::MAX))
     {
         bail!("--port / --link-port / --metrics-port + --shards runs past port 65535");
+    }
+    if !opts.weights.is_empty() && opts.weights.len() != opts.shards {
+        bail!(
+            "--weights names {} weights for {} shards: give one per shard",
+            opts.weights.len(),
+            opts.shards
+        );
+    }
+    if let Some(w) = opts.weights.iter().find(|w| !(1..=1_000).contains(*w)) {
+        bail!("--weights: each weight must be 1..=1000 (got {w})");
     }
     Ok(())
 }
@@ -331,6 +345,9 @@ fn shard_command(
         let links = format!("{}:{}", opts.host, usize::from(opts.link_port) + i);
         // The shards share this machine: one network thread each (see NET_THREADS_DEFAULT).
         command.args(["--link-listen", &links, "--net-threads", "1"]);
+        if let Some(w) = opts.weights.get(i) {
+            command.args(["--weight", &w.to_string()]);
+        }
         if i == 0 {
             let expect = opts.shards.to_string();
             command.args(["--expect-shards", &expect, "--http", &opts.http]);
@@ -1603,6 +1620,7 @@ mod tests {
             metrics_port: Some(9100),
             bot_scenario: "wander".into(),
             run_dir: dir.clone(),
+            weights: Vec::new(),
         };
         let lines = next_steps(
             &opts,
@@ -1617,6 +1635,8 @@ mod tests {
             "curl -H \"Authorization: Bearer $(cat '/tmp/my run/api.token')\" http://127.0.0.1:8080/api/players/NAME",
             "  shard-1    127.0.0.1:4434  metrics http://127.0.0.1:9101/metrics  (pid 701, log /tmp/my run/shard-1.log)",
             "  target/debug/zonescaler bots --connect 127.0.0.1:4433 --cert '/tmp/my run/cluster.pem' --login-key '/tmp/my run/login.key' --bots 100 --duration 60s --scenario border",
+            "  ZONESCALER_CLUSTER_SECRET=$(cat '/tmp/my run/cluster.secret') target/debug/zonescaler shard --world assets/worlds/default.toml --join 127.0.0.1:5433 --listen 127.0.0.1:4435 --link-listen 127.0.0.1:5435 --metrics 127.0.0.1:9102",
+            "  target/debug/zonescaler drain --shard 1 --http 127.0.0.1:8080 --token-file '/tmp/my run/api.token'",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
@@ -1628,9 +1648,35 @@ mod tests {
         );
         let alone = alone.join("\n");
         assert!(
-            !alone.contains("dashboard  http") && !alone.contains("--scenario"),
+            !alone.contains("dashboard  http")
+                && !alone.contains("--scenario")
+                && !alone.contains("drain"),
             "{alone}"
         );
+    }
+
+    #[test]
+    fn weights_are_one_per_shard_and_in_range() {
+        let opts = |weights: Vec<u32>| UpOptions {
+            shards: 3,
+            world: "assets/worlds/default.toml".into(),
+            bots: 0,
+            bot_duration: "60s".into(),
+            host: "127.0.0.1".into(),
+            port: 4433,
+            link_port: 5433,
+            http: "127.0.0.1:8080".into(),
+            metrics_port: None,
+            bot_scenario: "wander".into(),
+            run_dir: "target/zonescaler-run".into(),
+            weights,
+        };
+        assert!(check_options(&opts(vec![])).is_ok(), "1 each by default");
+        assert!(check_options(&opts(vec![1, 1, 2])).is_ok());
+        let short = check_options(&opts(vec![1, 2])).expect_err("two for three");
+        assert!(short.to_string().contains("one per shard"), "{short}");
+        let zero = check_options(&opts(vec![1, 0, 2])).expect_err("weight 0");
+        assert!(zero.to_string().contains("1..=1000"), "{zero}");
     }
 
     #[test]
