@@ -96,7 +96,8 @@ wait "$bots_pid" || bots_rc=$?
 date +%s.%N > "$dir/bots_end"
 # The bots' avatars go when their connections do: wait for the count to settle, at most 25 s.
 # (Shards report at different moments, so one sample can count an entity in a handoff twice or
-# not at all: the summary takes the most common count before the bots, the last one after.)
+# not at all: the summary takes the most common count before the bots, and of the last four
+# samples after.)
 python3 - "$http" "$dir/samples.jsonl" <<'PY' || true
 import json, sys, time, urllib.request
 http, samples = sys.argv[1:3]
@@ -149,7 +150,7 @@ summary = {
     "drained_process": drained_name,
     "drained_shard_exited_0": drained_name is not None and f"{drained_name} was drained and exited 0" in up_log,
     "total_entities_before": statistics.mode(x["total_entities"] for x in before) if before else None,
-    "total_entities_after": after[-1]["total_entities"] if after else None,
+    "total_entities_after": statistics.mode(x["total_entities"] for x in after[-4:]) if after else None,
 }
 json.dump(summary, open(f"{d}/summary.json", "w"), indent=1)
 print(json.dumps(summary))

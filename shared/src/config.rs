@@ -175,7 +175,7 @@ impl Default for BalancerSection {
             mem_max: 0.9,
             clients_max: 2_000,
             imbalance_tolerance: 0.1,
-            min_balance_load: 0.2,
+            min_balance_load: 0.1,
             hold_ms: 3_000,
             cooldown_ms: 30_000,
             ewma_alpha: 0.3,

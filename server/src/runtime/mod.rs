@@ -10,6 +10,9 @@
 //! - [`up`]: a local cluster as supervised child processes.
 //! - [`http`]: the HTTP API and the dashboard; [`metrics`]: Prometheus metrics.
 
+/// How long a drained shard keeps running (owning nothing) before it closes its links.
+const DRAINED_LINGER: Duration = Duration::from_secs(1);
+
 pub mod cli;
 pub mod dashboard;
 pub mod drain;
@@ -293,13 +296,21 @@ impl Shard {
         let mut buf = Buffers::default();
         // Read here, on the thread that ticks: its CPU clock is the one the reports follow.
         let mut window = LoadWindow::new(hz, self.load_counters());
+        let mut drained_at: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             if self.app.drained() {
-                println!(
-                    "zonescaler: shard drained: it owns nothing and left the cluster; stopping"
-                );
-                info!("drained: stopping");
-                return;
+                // Linger a moment, owning nothing, so the master's new member list reaches the
+                // others before this shard's links go down.
+                let at = *drained_at.get_or_insert_with(|| {
+                    info!("drained: stopping in {} ms", DRAINED_LINGER.as_millis());
+                    Instant::now()
+                });
+                if at.elapsed() >= DRAINED_LINGER {
+                    println!(
+                        "zonescaler: shard drained: it owns nothing and left the cluster; stopping"
+                    );
+                    return;
+                }
             }
             self.tick(&mut pace, &mut buf, &mut window);
             pace.wait();
