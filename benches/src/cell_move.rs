@@ -10,7 +10,8 @@
 //! more are measured. Every tick records each shard's `tick()` wall time and thread CPU time.
 //!
 //! A run fails (an error, not a panic) if the move is aborted, does not finish, or if an entity
-//! is lost, duplicated or left behind on the source, or a client stops playing.
+//! is lost, duplicated or left on the source deeper in the cell than the handoff margin, or a
+//! client stops playing.
 
 use crate::cluster::{ClusterScene, TickTime, placed_master};
 use glam::Vec3;
