@@ -1,11 +1,15 @@
-//! [`ClusterScene`]: one world split over N in-process shards, with bots that walk across the
-//! borders and follow their avatars from shard to shard; the fixture of the `cluster_tax` binary.
+//! [`ClusterScene`]: one world split over N in-process shards, with bots that follow their
+//! avatars from shard to shard; the fixture of the `cluster_tax` and `cell_move` binaries.
 //!
 //! Everything is driven by hand, tick by tick, on one thread: no sockets, no tasks, simulated
 //! time. Shard links have zero delay (a message a shard sends during tick `t` is in its
 //! recipient's inbox before tick `t + 1`), client connections too. Only the shard side is timed:
 //! each `ShardApp::tick()` and the hand-over of its link messages, which is what the shard
 //! processes would spend; the bots' decoding and input generation runs outside the timed sections.
+//!
+//! The master is either a stand-in that grants every login ([`ClusterScene::new`], enough for a
+//! fixed map) or the real [`Master`] ([`ClusterScene::with_master`]), wired as
+//! `LocalCluster` wires it, so the scene can move cells.
 
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -13,20 +17,53 @@ use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
 use zonescaler_server::client::LoginPolicy;
+use zonescaler_server::cluster::Master;
+use zonescaler_server::cluster::moves::MoveError;
 use zonescaler_server::core::components::{Networked, Proxy};
 use zonescaler_server::core::resources::HandoffStats;
 use zonescaler_server::core::space::Space;
+use zonescaler_server::runtime::metrics::thread_cpu;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::{ClaimOutcome, MasterNotice, MasterRequest};
+use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::TicketSigner;
-use zonescaler_shared::{ConnId, ShardId, limits};
+use zonescaler_shared::{CellId, ConnId, ShardId, limits};
 
 /// The cell map of `world` cut into `shards` equal contiguous regions (see [`assign_contiguous`]).
 pub fn equal_split(world: &WorldConfig, shards: usize) -> Result<CellMap, CellMapError> {
     let weights: Vec<(ShardId, u32)> = (0..shards).map(|i| (ShardId(i as u16), 1)).collect();
     assign_contiguous(&CellGrid::from_config(world), &weights)
+}
+
+/// A master of `shards` members of equal weight with the cells of `world` placed (as
+/// `LocalCluster` builds it, without a balancer: the cells move only when the caller says).
+pub fn placed_master(world: &WorldConfig, shards: usize) -> Result<Master, String> {
+    let member = |i: usize| JoinRequest {
+        client_addr: format!("local:{i}"),
+        link_addr: format!("local:{i}"),
+        metrics_addr: String::new(),
+        weight: 1,
+    };
+    let first = member(0);
+    let me = MemberInfo {
+        id: ShardId(0),
+        client_addr: first.client_addr,
+        link_addr: first.link_addr,
+        metrics_addr: String::new(),
+        weight: 1,
+    };
+    let c = &world.cluster;
+    let mut master = Master::new(CellGrid::from_config(world), shards, me, 0)
+        .with_duplicate_rule(world.login.duplicate)
+        .with_admission(c.clients_per_shard_max, c.login_queue_max)
+        .with_move_timeout(c.cell_move_timeout_ms);
+    for i in 1..shards {
+        master.join(member(i), 0).map_err(|e| e.to_string())?;
+    }
+    master.place().map_err(|e| e.to_string())?;
+    Ok(master)
 }
 
 /// `bots` [`Scenario::Border`] bots walking back and forth across the borders of `map` (10 m to
@@ -75,6 +112,13 @@ impl ShardTime {
     }
 }
 
+/// One shard's last `tick()`: wall time and the CPU time of the thread that ran it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickTime {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
 /// Counters since the last [`ClusterScene::reset_counters`].
 #[derive(Clone, Debug, Default)]
 pub struct SceneCounters {
@@ -94,9 +138,13 @@ pub struct ClusterScene {
     tick_us: u64,
     time: ShardTime,
     counters: SceneCounters,
+    /// Each shard's last tick alone (no link hand-over).
+    last_ticks: Vec<TickTime>,
     /// Handoffs completed before the last reset (subtracted from [`Self::handoffs`]).
     handoffs_base: u64,
     bot_handoffs_base: u64,
+    /// The real master, if the scene has one; without, a stand-in grants every login.
+    master: Option<Master>,
 }
 
 impl std::fmt::Debug for ClusterScene {
@@ -110,9 +158,34 @@ impl std::fmt::Debug for ClusterScene {
 
 impl ClusterScene {
     /// The world `world` (its `npc.count` NPCs in all) split by `map`, and one bot per entry of
-    /// `bots`. Each bot logs in on the shard that owns its spawn point, as a directory would send
-    /// it; the login happens during the first tick.
+    /// `bots`. Each bot logs in on the shard that owns its spawn point (or shard 0, where the
+    /// scenario has none), as a directory would send it; the login happens during the first
+    /// tick. A stand-in master grants every login.
     pub fn new(world: &WorldConfig, map: &CellMap, bots: &[BotConfig]) -> Self {
+        Self::build(world, map, bots, None)
+    }
+
+    /// As [`Self::new`], with `master`'s placed map and `master` itself answering the shards:
+    /// logins, cell moves ([`Self::move_cell`]), new maps. Every tick is a heartbeat and an
+    /// admission round, as in `LocalCluster`.
+    pub fn with_master(
+        world: &WorldConfig,
+        master: Master,
+        bots: &[BotConfig],
+    ) -> Result<Self, String> {
+        let map = master
+            .map()
+            .cloned()
+            .ok_or("the master has placed no map")?;
+        Ok(Self::build(world, &map, bots, Some(master)))
+    }
+
+    fn build(
+        world: &WorldConfig,
+        map: &CellMap,
+        bots: &[BotConfig],
+        master: Option<Master>,
+    ) -> Self {
         let n = map
             .leaves()
             .values()
@@ -120,7 +193,7 @@ impl ClusterScene {
             .max()
             .unwrap_or(1);
         // The scene is its own account service: a fixed key, tickets that start each bot where
-        // its border walk does.
+        // its scenario wants it.
         let signer = TicketSigner::from_seed("bench", [7; 32])
             .expect("invariant: a 32-byte seed is a valid Ed25519 seed");
         let mut shards: Vec<ShardApp> = (0..n)
@@ -136,8 +209,8 @@ impl ClusterScene {
         let mut scene_bots = Vec::with_capacity(bots.len());
         for (i, cfg) in bots.iter().enumerate() {
             let via = cfg
-                .border
-                .and_then(|(a, _)| map.owner_at([a.x, a.z]))
+                .spawn_point()
+                .and_then(|p| map.owner_at([p.x, p.z]))
                 .map_or(0, |s| usize::from(s.0));
             let mut cfg = cfg.clone();
             cfg.sign_ticket(&signer, u64::MAX);
@@ -163,6 +236,7 @@ impl ClusterScene {
                 per_shard: vec![Duration::ZERO; n],
                 links: Duration::ZERO,
             },
+            last_ticks: vec![TickTime::default(); n],
             shards,
             bots: scene_bots,
             now_us: 0,
@@ -170,6 +244,7 @@ impl ClusterScene {
             counters: SceneCounters::default(),
             handoffs_base: 0,
             bot_handoffs_base: 0,
+            master,
         }
     }
 
@@ -186,10 +261,12 @@ impl ClusterScene {
         // handed over, so every message waits exactly until its recipient's next tick whatever
         // the order of the shards.
         for (i, shard) in self.shards.iter_mut().enumerate() {
-            let t0 = Instant::now();
             shard.set_now_ms(now / 1_000);
+            let (t0, cpu0) = (Instant::now(), thread_cpu());
             shard.tick();
-            self.time.per_shard[i] += t0.elapsed();
+            let (wall, cpu) = (t0.elapsed(), thread_cpu().saturating_sub(cpu0));
+            self.last_ticks[i] = TickTime { wall, cpu };
+            self.time.per_shard[i] += wall;
         }
         for i in 0..n {
             let t0 = Instant::now();
@@ -210,24 +287,8 @@ impl ClusterScene {
         }
         self.counters.ticks += 1;
 
-        // Untimed: the master's side (a stand-in that grants every login: the scene's bots are
-        // all different accounts) and the clients'.
-        for shard in &mut self.shards {
-            for req in shard.drain_master_requests() {
-                if let MasterRequest::Claim {
-                    account,
-                    session,
-                    want,
-                } = req
-                {
-                    shard.push_master_notice(MasterNotice::Claim {
-                        account,
-                        session,
-                        outcome: ClaimOutcome::Granted { shard: want },
-                    });
-                }
-            }
-        }
+        // Untimed: the master's side and the clients'.
+        self.master_round(now / 1_000);
         for i in 0..n {
             for cmd in self.shards[i].drain_outbox() {
                 self.deliver_to_bot(i, cmd);
@@ -248,6 +309,91 @@ impl ClusterScene {
             let w = &mut s.world;
             self.counters.proxy_ticks += w.query::<&Proxy>().iter(w).count() as u64;
         }
+    }
+
+    /// The master's side of a tick: with the real master, its answers to the shards' requests,
+    /// its move checks, a heartbeat from every shard and an admission round, all delivered for
+    /// the next tick (as `LocalCluster::step` does); with the stand-in, every login granted (the
+    /// scene's bots are all different accounts).
+    fn master_round(&mut self, now_ms: u64) {
+        let Some(master) = self.master.as_mut() else {
+            for shard in &mut self.shards {
+                for req in shard.drain_master_requests() {
+                    if let MasterRequest::Claim {
+                        account,
+                        session,
+                        want,
+                    } = req
+                    {
+                        shard.push_master_notice(MasterNotice::Claim {
+                            account,
+                            session,
+                            outcome: ClaimOutcome::Granted { shard: want },
+                        });
+                    }
+                }
+            }
+            return;
+        };
+        let mut notices = master.check_moves(now_ms);
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            for req in s.drain_master_requests() {
+                notices.extend(master.request(ShardId(i as u16), req, now_ms));
+            }
+        }
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            master.heartbeat(ShardId(i as u16), s.load(), now_ms);
+        }
+        notices.extend(master.admit(now_ms));
+        for (to, notice) in notices {
+            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+                s.push_master_notice(notice);
+            }
+        }
+    }
+
+    /// Order the move of leaf `cell` to shard `to` (the real master only): both shards act on
+    /// it in their next tick. The move's id.
+    pub fn move_cell(&mut self, cell: CellId, to: ShardId) -> Result<u64, MoveError> {
+        let now_ms = self.now_us / 1_000;
+        let master = self.master.as_mut().ok_or(MoveError::NotPlaced)?;
+        let notices = master.move_cell(cell, to, now_ms)?;
+        let mut id = 0;
+        for (shard, notice) in notices {
+            if let MasterNotice::MoveCell { id: i, .. } = &notice {
+                id = *i;
+            }
+            if let Some(s) = self.shards.get_mut(usize::from(shard.0)) {
+                s.push_master_notice(notice);
+            }
+        }
+        Ok(id)
+    }
+
+    /// The real master, if the scene has one.
+    pub fn master(&self) -> Option<&Master> {
+        self.master.as_ref()
+    }
+
+    /// Shard `i`'s app (to read or change its world between steps).
+    pub fn shard_mut(&mut self, i: usize) -> &mut ShardApp {
+        &mut self.shards[i]
+    }
+
+    /// Each shard's last tick: wall and thread CPU time of its `tick()` alone.
+    pub fn last_ticks(&self) -> &[TickTime] {
+        &self.last_ticks
+    }
+
+    /// How many bots play on each shard (welcomed there, not gone).
+    pub fn bots_per_shard(&self) -> Vec<usize> {
+        let mut per = vec![0; self.shards.len()];
+        for b in self.bots.iter().filter(|b| !b.gone) {
+            if let Some(s) = b.shard {
+                per[s] += 1;
+            }
+        }
+        per
     }
 
     /// A command of shard `from` for a bot: the same protocol as the simulator's `ClusterSim`,

@@ -7,7 +7,11 @@
 //!
 //! [`cluster::ClusterScene`] is one world split over N shards, with bots that cross the borders;
 //! the `cluster_tax` binary compares its cost on one shard and on N.
+//!
+//! [`cell_move`] moves one crowded cell from shard to shard under that scene, with the real
+//! master, and times each shard's ticks before, during and after; the `cell_move` binary.
 
+pub mod cell_move;
 pub mod cluster;
 
 use bytes::Bytes;

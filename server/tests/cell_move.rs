@@ -3,12 +3,15 @@
 //! Checked every tick: no entity is owned by two shards, none is lost.
 
 use bevy_ecs::prelude::*;
+use glam::Vec3;
 use std::collections::BTreeMap;
 use zonescaler_server::app::demo_game;
-use zonescaler_server::authority::cell_move::CellMoves;
+use zonescaler_server::authority::cell_move::{CellMoves, players_quota};
 use zonescaler_server::cluster::LocalCluster;
-use zonescaler_server::core::components::{InTransit, Networked, Owned, Position};
-use zonescaler_server::core::resources::HandoffStats;
+use zonescaler_server::core::components::{
+    AwaitingClient, InTransit, MoveTarget, Networked, Owned, Player, Position,
+};
+use zonescaler_server::core::resources::{HandoffStats, IdAllocator, TickClock};
 use zonescaler_server::core::space::Space;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::{CellId, NetId, ShardId};
@@ -180,4 +183,82 @@ fn a_move_the_target_will_not_take_is_aborted_and_the_source_keeps_the_cell() {
         .resource::<HandoffStats>()
         .refused_received;
     assert!(refused > 0, "the target did refuse");
+}
+
+/// Players' avatars leave a moving cell spread over the whole move, a few with each batch, not
+/// all together: each brings its client, whose redirect costs the target a login and a first
+/// full snapshot. In query order they would come last (spawned after the NPCs), all in the
+/// final batches.
+#[test]
+fn players_leave_a_moving_cell_a_few_with_each_batch() {
+    let mut world = WorldConfig::default();
+    world.npc.count = 2_000;
+    world.cluster.cell_move_batch = 10;
+    let mut c = LocalCluster::new(world, 2, &demo_game()).expect("two shards");
+    for _ in 0..30 {
+        c.step();
+    }
+    let cell = crowded_leaf_of_shard_0(&mut c);
+    let r = c.map.grid().rect(cell);
+    let centre = [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0];
+    // Twenty avatars whose clients are on their way (as after a handoff): players, standing
+    // still in the middle of the cell, spawned after every NPC.
+    let mut players = Vec::new();
+    {
+        let w = &mut c.shards[0].world;
+        let now_ms = w.resource::<TickClock>().now_ms;
+        for i in 0..20 {
+            let id = w.resource_mut::<IdAllocator>().allocate();
+            let p = Vec3::new(centre[0] + i as f32, 0.0, centre[1]);
+            w.spawn((
+                Networked(id),
+                Owned,
+                Position(p),
+                MoveTarget {
+                    target: p,
+                    speed_mps: 0.0,
+                },
+                Player {
+                    account: format!("p{i}"),
+                },
+                AwaitingClient {
+                    name: format!("p{i}"),
+                    since_ms: now_ms,
+                    last_input_seq: 0,
+                },
+            ));
+            players.push(id);
+        }
+    }
+    c.step();
+    let in_cell = holders(&mut c)
+        .values()
+        .filter(|(s, p)| *s == 0 && c.map.leaf_at(*p) == cell)
+        .count();
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    let mut arrivals: Vec<usize> = Vec::new();
+    let mut ticks = 0;
+    while c.master.moves_done == 0 {
+        c.step();
+        let on_target = holders(&mut c);
+        let here = players
+            .iter()
+            .filter(|id| on_target.get(id).is_some_and(|(s, _)| *s == 1))
+            .count();
+        arrivals.push(here - arrivals.iter().sum::<usize>());
+        ticks += 1;
+        assert!(ticks < 600, "the move finished in time");
+    }
+    assert_eq!(arrivals.iter().sum::<usize>(), 20, "every avatar arrived");
+    // 20 of about `in_cell` entities at 10 a tick: a share of 20 / in_cell of each batch.
+    let quota = players_quota(10, 20, in_cell - 20);
+    assert!(
+        arrivals.iter().all(|n| *n <= quota),
+        "at most {quota} avatars a tick ({in_cell} entities in the cell): {arrivals:?}"
+    );
+    let busy = arrivals.iter().filter(|n| **n > 0).count();
+    assert!(
+        busy >= 20 / quota,
+        "the avatars arrive over the move, not at its end: {arrivals:?}"
+    );
 }

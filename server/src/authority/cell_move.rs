@@ -6,7 +6,8 @@
 //! - the **source** ([`ship_cells`]) offers every entity it owns in the cell to the target with
 //!   the ordinary handoff (the same [`HandoffBook`](super::handoff::HandoffBook), request and
 //!   ack, so replicated and migrating state go along and a player's client is redirected), at
-//!   most `cluster.cell_move_batch` per tick. It refuses handoffs into the cell from other shards
+//!   most `cluster.cell_move_batch` per tick, players' avatars spread evenly over the move (see
+//!   [`players_quota`]). It refuses handoffs into the cell from other shards
 //!   (`CellMoving`: they try again after their backoff, by then to the new owner), mirrors the
 //!   cell's entities to the target so the target's clients there see them, and reports
 //!   `CellShipped` once it owns and freezes nothing there any more. An entity that walks in
@@ -21,10 +22,11 @@
 
 use super::handoff::Offerer;
 use crate::client::ClusterDirectory;
-use crate::core::components::{InTransit, Owned, Position};
+use crate::core::components::{Avatar, AwaitingClient, InTransit, Owned, Position};
 use crate::core::resources::{Config, HandoffStats, MasterInbox, MasterOutbox};
 use crate::core::space::Space;
 use bevy_ecs::prelude::*;
+use glam::Vec3;
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{error, info};
 use zonescaler_shared::cellmap::{CellMap, Epoch};
@@ -160,31 +162,83 @@ fn apply_map(world: &mut World, push: MapPush) {
     world.insert_resource(Space::new(me, map));
 }
 
+/// How many of this tick's `budget` offers go to players' avatars, with `players` avatars and
+/// `others` other entities left to ship: their share of what is left, rounded up (at least one
+/// while any is left), so they leave evenly over the whole move.
+///
+/// Why: an avatar's handoff brings its client along, and the client's redirect costs the target
+/// a login and a first full snapshot of everything it sees (hundreds of entities in a crowded
+/// cell), the work of many entity handoffs. Offered in plain query order, avatars come last
+/// (spawned after the NPCs), so a crowd's clients all arrived on the target in the same tick: at
+/// 2,000 entities and 100 clients that tick cost 2.3× the target's steady tick (the `cell_move`
+/// bench); spread, it adds a few of them to each tick of the move.
+pub fn players_quota(budget: usize, players: usize, others: usize) -> usize {
+    if players == 0 || budget == 0 {
+        return 0;
+    }
+    (budget * players)
+        .div_ceil(players + others)
+        .clamp(1, players.min(budget))
+}
+
+/// An entity of a leaf being shipped, waiting for its offer in [`ship_cells`].
+type Shippable = (Entity, Vec3, ShardId);
+
+/// The entities [`ship_cells`] found to ship this tick, kept between ticks for their capacity.
+#[derive(Debug, Default)]
+pub struct ShipQueue {
+    players: Vec<Shippable>,
+    others: Vec<Shippable>,
+}
+
 /// `Ownership`, before ordinary handoffs: offer the entities of every leaf being shipped to its
-/// target, at most `cluster.cell_move_batch` per tick, and report a leaf shipped once nothing of
-/// it is owned or frozen here.
+/// target, at most `cluster.cell_move_batch` per tick (players' avatars among them by
+/// [`players_quota`]), and report a leaf shipped once nothing of it is owned or frozen here.
 pub fn ship_cells(
     mut offerer: Offerer,
     mut moves: ResMut<CellMoves>,
     config: Res<Config>,
-    owned: Query<(Entity, &Position), With<Owned>>,
+    owned: Query<(Entity, &Position, Has<Avatar>, Has<AwaitingClient>), With<Owned>>,
     frozen: Query<(&Position, &InTransit)>,
     mut master: ResMut<MasterOutbox>,
+    mut queue: Local<ShipQueue>,
 ) {
     if moves.outgoing.is_empty() {
         return;
     }
-    let mut budget = config.0.cluster.cell_move_batch as usize;
+    let budget = config.0.cluster.cell_move_batch as usize;
     let mut left: BTreeMap<u64, usize> = moves.outgoing.values().map(|m| (m.id, 0)).collect();
-    for (e, pos) in &owned {
+    let ShipQueue { players, others } = &mut *queue;
+    players.clear();
+    others.clear();
+    for (e, pos, avatar, awaiting) in &owned {
         let p = [pos.0.x, pos.0.z];
         let Some(m) = moves.outgoing.get(&offerer.space.map.leaf_at(p)).copied() else {
             continue;
         };
         *left.entry(m.id).or_default() += 1;
-        if budget > 0 && offerer.offer(e, pos.0, m.peer) {
-            budget -= 1;
+        if avatar || awaiting {
+            players.push((e, pos.0, m.peer));
+        } else {
+            others.push((e, pos.0, m.peer));
         }
+    }
+    // The players' share first, then the others, then more players if the others ran out.
+    let quota = players_quota(budget, players.len(), others.len());
+    let mut offered = 0;
+    let mut next_player = 0;
+    for &(e, p, to) in players.iter() {
+        if offered == quota {
+            break;
+        }
+        next_player += 1;
+        offered += usize::from(offerer.offer(e, p, to));
+    }
+    for &(e, p, to) in others.iter().chain(&players[next_player..]) {
+        if offered == budget {
+            break;
+        }
+        offered += usize::from(offerer.offer(e, p, to));
     }
     for (pos, t) in &frozen {
         let leaf = offerer.space.map.leaf_at([pos.0.x, pos.0.z]);
@@ -197,5 +251,24 @@ pub fn ship_cells(
             master.0.push(MasterRequest::CellShipped { id });
             info!(id, "cell shipped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::players_quota;
+
+    #[test]
+    fn players_leave_in_proportion_to_what_is_left() {
+        // The bench's crowd: 100 clients among 2,113 entities, 200 a tick: 10 a tick, so the
+        // last of them leave with the last NPCs instead of all together at the end.
+        assert_eq!(players_quota(200, 100, 2_013), 10);
+        assert_eq!(players_quota(50, 100, 2_013), 3);
+        // Rounded up, at least one while any is left; never more than there are or the budget.
+        assert_eq!(players_quota(200, 1, 10_000), 1);
+        assert_eq!(players_quota(200, 5, 0), 5);
+        assert_eq!(players_quota(3, 100, 0), 3);
+        assert_eq!(players_quota(200, 0, 500), 0);
+        assert_eq!(players_quota(0, 10, 10), 0);
     }
 }
