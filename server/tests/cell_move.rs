@@ -1,20 +1,35 @@
 //! Cell moves in a two-shard world in one process: the master moves a crowded leaf from shard 0
-//! to shard 1 while its NPCs walk in and out, and aborts a move the target will not take.
+//! to shard 1 while its NPCs walk in and out, and aborts a move the target will not take. And the
+//! fate of what reaches a moving cell: a player's inputs, game commands for its entities (sent on
+//! either shard), an entity that walks in from the source's other cells.
 //! Checked every tick: no entity is owned by two shards, none is lost.
 
 use bevy_ecs::prelude::*;
+use bitcode::{Decode, Encode};
+use bytes::Bytes;
 use glam::Vec3;
 use std::collections::BTreeMap;
-use zonescaler_server::app::demo_game;
+use std::sync::Arc;
+use zonescaler_net::{NetCommand, NetEvent};
+use zonescaler_server::app::{GameSetup, demo_game};
 use zonescaler_server::authority::cell_move::{CellMoves, players_quota};
 use zonescaler_server::cluster::LocalCluster;
+use zonescaler_server::core::commands::{CommandInbox, Delivered, GameCommands};
 use zonescaler_server::core::components::{
-    AwaitingClient, InTransit, MoveTarget, Networked, Owned, Player, Position,
+    AwaitingClient, InTransit, MoveTarget, NetIndex, Networked, Owned, Player, Position, Proxy,
 };
-use zonescaler_server::core::resources::{HandoffStats, IdAllocator, TickClock};
+use zonescaler_server::core::resources::{
+    Config, HandoffStats, IdAllocator, ShardStats, TickClock,
+};
 use zonescaler_server::core::space::Space;
+use zonescaler_server::core::{ShardApp, ShardSystems};
+use zonescaler_shared::cellmap::Rect;
+use zonescaler_shared::codec;
+use zonescaler_shared::components::GameCommand;
 use zonescaler_shared::config::WorldConfig;
-use zonescaler_shared::{CellId, NetId, ShardId};
+use zonescaler_shared::protocol::{ClientControl, ClientDatagram, Hello, Input, ServerControl};
+use zonescaler_shared::quant::QPos;
+use zonescaler_shared::{CellId, ConnId, NetId, ShardId};
 
 fn cluster(timeout_ms: u64) -> LocalCluster {
     let mut world = WorldConfig::default();
@@ -261,4 +276,478 @@ fn players_leave_a_moving_cell_a_few_with_each_batch() {
         busy >= 20 / quota,
         "the avatars arrive over the move, not at its end: {arrivals:?}"
     );
+}
+
+// ---- The fate of what reaches a moving cell ----------------------------------------------------
+
+/// A command with a tag, so that each one sent can be told apart where it is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+struct Poke(u32);
+impl GameCommand for Poke {
+    const NAME: &'static str = "test.Poke";
+}
+
+/// The pokes a shard delivered: (target, tag, whether this shard owned the target then).
+#[derive(Resource, Default, Debug)]
+struct Pokes(Vec<(NetId, u32, bool)>);
+
+fn record_pokes(pokes: Res<Delivered<Poke>>, owned: Query<Has<Owned>>, mut seen: ResMut<Pokes>) {
+    for d in &pokes {
+        let is_owned = owned.get(d.entity).unwrap_or(false);
+        seen.0.push((d.target, d.command.0, is_owned));
+    }
+}
+
+fn fates_game() -> GameSetup {
+    Arc::new(|app: &mut ShardApp| {
+        app.command::<Poke>()
+            .add_systems(ShardSystems::Simulate, record_pokes);
+        app.world.init_resource::<Pokes>();
+    })
+}
+
+/// Two shards without NPCs, shipping at most `batch` entities per tick. The balancer is off:
+/// only the test's own move changes the map.
+fn quiet_cluster(batch: u32) -> LocalCluster {
+    let mut world = WorldConfig::default();
+    world.npc.count = 0;
+    world.balancer.enabled = false;
+    world.cluster.cell_move_batch = batch;
+    LocalCluster::new(world, 2, &fates_game()).expect("two shards")
+}
+
+/// Spawn an entity owned by shard 0 at `at`, walking to `to` at 8 m/s.
+fn spawn_walker(c: &mut LocalCluster, at: Vec3, to: Vec3) -> NetId {
+    let w = &mut c.shards[0].world;
+    let id = w.resource_mut::<IdAllocator>().allocate();
+    w.spawn((
+        Networked(id),
+        Owned,
+        Position(at),
+        MoveTarget {
+            target: to,
+            speed_mps: 8.0,
+        },
+    ));
+    id
+}
+
+fn entity(c: &mut LocalCluster, i: usize, id: NetId) -> Option<Entity> {
+    c.shards[i].world.resource::<NetIndex>().0.get(&id).copied()
+}
+
+fn owned_on(c: &mut LocalCluster, i: usize, id: NetId) -> bool {
+    entity(c, i, id).is_some_and(|e| c.shards[i].world.get::<Owned>(e).is_some())
+}
+
+fn mid(r: &Rect) -> [f32; 2] {
+    [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0]
+}
+
+/// A leaf of shard 0 with shard 1 across one side and another leaf of shard 0 across another:
+/// the leaf, its rectangle, and the unit steps (x, z) towards shard 1 and towards shard 0.
+fn border_leaf(c: &LocalCluster) -> (CellId, Rect, [f32; 2], [f32; 2]) {
+    let grid = *c.map.grid();
+    let across = |r: &Rect, d: [f32; 2]| {
+        let (m, half) = (mid(r), (r.max[0] - r.min[0]) / 2.0);
+        let p = [m[0] + d[0] * (half + 1.0), m[1] + d[1] * (half + 1.0)];
+        grid.world()
+            .contains(p)
+            .then(|| c.map.owner_at(p))
+            .flatten()
+    };
+    let dirs = [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]];
+    c.map
+        .cells_of(ShardId(0))
+        .find_map(|cell| {
+            let r = grid.rect(cell);
+            let to_1 = dirs
+                .into_iter()
+                .find(|d| across(&r, *d) == Some(ShardId(1)))?;
+            let to_0 = dirs
+                .into_iter()
+                .find(|d| across(&r, *d) == Some(ShardId(0)))?;
+            Some((cell, r, to_1, to_0))
+        })
+        .expect("a leaf of shard 0 between shard 1 and more of shard 0")
+}
+
+/// A point `along` metres from the middle of `r` towards `d`, `side` metres across.
+fn from_mid(r: &Rect, d: [f32; 2], along: f32, side: f32) -> Vec3 {
+    let m = mid(r);
+    Vec3::new(
+        m[0] + d[0] * along - d[1] * side,
+        0.0,
+        m[1] + d[1] * along + d[0] * side,
+    )
+}
+
+fn in_cell(c: &LocalCluster, cell: CellId, p: [f32; 2]) -> bool {
+    c.map.grid().contains(cell, p)
+}
+
+/// Log `name` in on shard `i` as connection `conn`: its avatar's id.
+fn log_in(c: &mut LocalCluster, i: usize, conn: u64, name: &str) -> NetId {
+    c.shards[i].push_event(NetEvent::Connected {
+        conn: ConnId(conn),
+        max_datagram_bytes: 1_200,
+    });
+    let hello = ClientControl::Hello(Hello {
+        protocol_hash: c.shards[i].protocol_hash(),
+        name: name.into(),
+        ticket: None,
+        token: None,
+    });
+    c.shards[i].push_event(control(conn, &hello));
+    for _ in 0..3 {
+        for cmd in c.step().into_iter().flatten() {
+            if let NetCommand::Control { bytes, .. } = cmd
+                && let Ok(ServerControl::Welcome(w)) = codec::decode_server_control(&bytes)
+            {
+                return w.avatar;
+            }
+        }
+    }
+    panic!("{name} was not welcomed on shard {i}");
+}
+
+fn control(conn: u64, msg: &ClientControl) -> NetEvent {
+    NetEvent::Control {
+        conn: ConnId(conn),
+        bytes: Bytes::from(codec::encode(msg)),
+    }
+}
+
+fn input(conn: u64, seq: u32, target: QPos) -> NetEvent {
+    NetEvent::Datagram {
+        conn: ConnId(conn),
+        bytes: Bytes::from(codec::encode(&ClientDatagram::Input(Input {
+            seq,
+            ack_tick: 0,
+            target,
+        }))),
+    }
+}
+
+/// `holders`, asserting besides that every one of `ids` is held by exactly one shard.
+fn check(c: &mut LocalCluster, count: usize, ids: &[NetId], when: &str) {
+    let now = holders(c);
+    assert_eq!(now.len(), count, "no entity lost or made up ({when})");
+    for id in ids {
+        assert!(now.contains_key(id), "{id} is held by a shard ({when})");
+    }
+}
+
+#[test]
+fn a_player_steering_through_a_cell_move_is_redirected_once_and_its_last_input_counts() {
+    let mut c = quiet_cluster(1);
+    c.step();
+    let avatar = log_in(&mut c, 0, 1, "ann");
+    let e0 = entity(&mut c, 0, avatar).expect("the avatar is on shard 0");
+    let spawn = c.shards[0].world.get::<Position>(e0).expect("placed").0;
+    let cell = c.map.leaf_at([spawn.x, spawn.z]);
+    assert_eq!(c.map.owner_of(cell), Some(ShardId(0)));
+    // Others stand in the cell too, so that the move (one entity a tick) takes a while.
+    let r = c.map.grid().rect(cell);
+    let m = mid(&r);
+    for k in 0..12 {
+        let at = Vec3::new(m[0] + k as f32, 0.0, m[1] - 12.0);
+        spawn_walker(&mut c, at, at);
+    }
+    c.step();
+    let count = holders(&mut c).len();
+    // Each input names another point near the cell's middle: the avatar stays in the cell.
+    let target = |seq: u32| {
+        QPos::quantize(Vec3::new(
+            m[0] + (seq % 20) as f32 - 10.0,
+            0.0,
+            m[1] + (seq / 20) as f32,
+        ))
+    };
+
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    let (mut seq, mut last) = (0, None);
+    let mut redirects = Vec::new();
+    let mut to_51 = Vec::new();
+    let mut welcomed_at = None;
+    let mut flipped_at = None;
+    for tick in 0..600 {
+        // The client steers every tick on the connection it plays on, here the old one until
+        // the new shard welcomes it (its last input goes out beside its Hello there).
+        if welcomed_at.is_none() && flipped_at.is_none() {
+            seq += 1;
+            c.shards[0].push_event(input(1, seq, target(seq)));
+            last = Some(target(seq));
+        }
+        let out = c.step();
+        for (i, cmds) in out.into_iter().enumerate() {
+            for cmd in cmds {
+                let NetCommand::Control { conn, bytes } = cmd else {
+                    continue;
+                };
+                let Ok(msg) = codec::decode_server_control(&bytes) else {
+                    continue;
+                };
+                if i == 1 && conn.0 == 51 {
+                    to_51.push(msg.clone());
+                }
+                match msg {
+                    ServerControl::Redirect(r) => {
+                        redirects.push((i, conn.0, r.shard));
+                        if (i, conn.0) == (0, 1) {
+                            // It follows at once, keeping the old connection until welcomed.
+                            c.shards[1].push_event(NetEvent::Connected {
+                                conn: ConnId(51),
+                                max_datagram_bytes: 1_200,
+                            });
+                            let hello = ClientControl::Hello(Hello {
+                                protocol_hash: c.shards[1].protocol_hash(),
+                                name: String::new(),
+                                ticket: None,
+                                token: Some(r.token),
+                            });
+                            c.shards[1].push_event(control(51, &hello));
+                        }
+                    }
+                    ServerControl::Welcome(w) if (i, conn.0) == (1, 51) => {
+                        assert_eq!(w.avatar, avatar, "welcomed to its own avatar");
+                        welcomed_at = Some(tick);
+                        c.shards[0].push_event(NetEvent::Disconnected {
+                            conn: ConnId(1),
+                            reason: "moved to shard 1".into(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        check(&mut c, count, &[avatar], &format!("tick {tick}"));
+        if flipped_at.is_none() && c.map.owner_of(cell) == Some(ShardId(1)) {
+            flipped_at = Some(tick);
+        }
+        if let (Some(f), Some(w)) = (flipped_at, welcomed_at)
+            && tick >= f.max(w) + 30
+        {
+            break;
+        }
+    }
+    println!("inputs 1..={seq}, welcomed at tick {welcomed_at:?}, flipped at {flipped_at:?}");
+    assert!(flipped_at.is_some(), "the cell moved");
+    assert!(
+        welcomed_at.is_some(),
+        "shard 1 welcomed the redirected client: {to_51:?}"
+    );
+    assert_eq!(
+        redirects,
+        [(0, 1, ShardId(1))],
+        "the client was redirected once, from shard 0 to shard 1"
+    );
+    assert!(owned_on(&mut c, 1, avatar), "shard 1 owns the avatar");
+    let e1 = entity(&mut c, 1, avatar).expect("on shard 1");
+    let steering = c.shards[1].world.get::<MoveTarget>(e1).expect("a mover");
+    let last = last.expect("inputs were sent");
+    assert_eq!(
+        QPos::quantize(steering.target),
+        last,
+        "the avatar heads where the client's last input (seq {seq}) said"
+    );
+    let forwarded = c.shards[0].world.resource::<ShardStats>().inputs_forwarded;
+    assert!(forwarded > 0, "some inputs were forwarded to the new owner");
+}
+
+#[test]
+fn commands_sent_to_either_shard_mid_move_are_delivered_once_by_the_owner() {
+    let mut c = quiet_cluster(1);
+    c.step();
+    let (cell, r, to_1, _) = border_leaf(&c);
+    let half = (r.max[0] - r.min[0]) / 2.0;
+    // Targets within shard 1's interest of the border, so shard 1 knows them (as proxies)
+    // before it owns them; more entities deep in the cell make the move last.
+    let targets: Vec<NetId> = (0..6)
+        .map(|k| {
+            let at = from_mid(&r, to_1, half - 8.0, k as f32 * 5.0 - 15.0);
+            spawn_walker(&mut c, at, at)
+        })
+        .collect();
+    for k in 0..10 {
+        let at = from_mid(&r, to_1, -20.0, k as f32 * 3.0);
+        spawn_walker(&mut c, at, at);
+    }
+    for _ in 0..3 {
+        c.step();
+    }
+    let count = holders(&mut c).len();
+    for &id in &targets {
+        let e = entity(&mut c, 1, id).expect("shard 1 mirrors the border entities");
+        assert!(c.shards[1].world.get::<Proxy>(e).is_some());
+    }
+
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    // Every tick of the move, each shard pokes each target it knows: (tag → shard, target, how
+    // the sender held it).
+    let mut sent: BTreeMap<u32, (usize, NetId, &'static str)> = BTreeMap::new();
+    let mut flipped_at = None;
+    for tick in 0..600 {
+        if flipped_at.is_none() {
+            for i in 0..2 {
+                for &id in &targets {
+                    let Some(e) = entity(&mut c, i, id) else {
+                        continue;
+                    };
+                    let w = &c.shards[i].world;
+                    let held = if w.get::<Owned>(e).is_some() {
+                        "owned"
+                    } else if w.get::<InTransit>(e).is_some() {
+                        "in transit"
+                    } else {
+                        "proxy"
+                    };
+                    let tag = sent.len() as u32;
+                    c.shards[i]
+                        .world
+                        .resource_mut::<GameCommands>()
+                        .send(id, Poke(tag));
+                    sent.insert(tag, (i, id, held));
+                }
+            }
+        }
+        c.step();
+        check(&mut c, count, &targets, &format!("tick {tick}"));
+        if flipped_at.is_none() && c.map.owner_of(cell) == Some(ShardId(1)) {
+            flipped_at = Some(tick);
+        }
+        if flipped_at.is_some_and(|f| tick >= f + 10) {
+            break;
+        }
+    }
+    assert!(flipped_at.is_some(), "the cell moved");
+    let mut delivered: BTreeMap<u32, Vec<(usize, NetId, bool)>> = BTreeMap::new();
+    for i in 0..2 {
+        for &(id, tag, owned) in &c.shards[i].world.resource::<Pokes>().0 {
+            delivered.entry(tag).or_default().push((i, id, owned));
+        }
+    }
+    for (tag, (from, id, held)) in &sent {
+        let got = delivered.get(tag).map_or(&[][..], Vec::as_slice);
+        assert_eq!(
+            got.len(),
+            1,
+            "poke {tag} to {id}, sent on shard {from} which held it {held}, is delivered \
+             exactly once: {got:?}"
+        );
+        let (on, to, owned) = got[0];
+        assert!(
+            to == *id && owned,
+            "poke {tag} reached {to} on shard {on}, owned there: {owned}"
+        );
+    }
+    assert_eq!(
+        delivered.len(),
+        sent.len(),
+        "nothing delivered that was not sent"
+    );
+    for i in 0..2 {
+        let w = &c.shards[i].world;
+        let dropped = w.resource::<CommandInbox>().dropped + w.resource::<GameCommands>().dropped;
+        assert_eq!(dropped, 0, "shard {i} dropped no command");
+    }
+    // The paths the move opens were all taken: a poke from the not-yet-owner, and pokes to an
+    // entity already frozen or handed away on the old owner.
+    let took = |shard: usize, held: &str| {
+        sent.values()
+            .any(|(from, _, h)| *from == shard && *h == held)
+    };
+    assert!(took(1, "proxy"), "shard 1 poked what it did not own yet");
+    assert!(took(0, "owned"), "shard 0 poked what it still owned");
+    assert!(
+        took(0, "in transit"),
+        "shard 0 poked what it was handing over"
+    );
+    assert!(took(0, "proxy"), "shard 0 poked what it had handed over");
+    println!(
+        "{} pokes over a move that flipped at tick {flipped_at:?}",
+        sent.len()
+    );
+}
+
+#[test]
+fn an_entity_walking_into_a_moving_cell_goes_with_it_and_settles_on_the_new_owner() {
+    let mut c = quiet_cluster(1);
+    c.step();
+    let (cell, r, _, to_0) = border_leaf(&c);
+    let half = (r.max[0] - r.min[0]) / 2.0;
+    // Entities parked in the cell make the move (one a tick) last a while.
+    for k in 0..24 {
+        let at = from_mid(&r, to_0, -10.0, k as f32 * 2.0 - 24.0);
+        spawn_walker(&mut c, at, at);
+    }
+    // Walkers in shard 0's neighbouring leaf, entering the cell at different ticks of the move
+    // (8 m/s: about 0.27 m a tick): (metres outside, metres in where they stop). The first stops
+    // within the handoff margin of shard 0's leaf, where no ordinary handoff would take it
+    // after the flip (hysteresis): only the move carries it over.
+    let margin = c.shards[0]
+        .world
+        .resource::<Config>()
+        .0
+        .cluster
+        .handoff_margin_m;
+    assert!(
+        margin > 1.0,
+        "the first walker stops within the handoff margin"
+    );
+    let walkers: Vec<NetId> = [(0.5f32, 1.0f32), (2.0, half), (3.5, half)]
+        .iter()
+        .enumerate()
+        .map(|(k, (outside, inside))| {
+            let at = from_mid(&r, to_0, half + outside, k as f32 * 10.0);
+            let to = from_mid(&r, to_0, half - inside, k as f32 * 10.0);
+            assert!(!in_cell(&c, cell, [at.x, at.z]), "it starts outside");
+            spawn_walker(&mut c, at, to)
+        })
+        .collect();
+    c.step();
+    let count = holders(&mut c).len();
+
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    let mut entered: BTreeMap<NetId, usize> = BTreeMap::new();
+    let mut flipped_at = None;
+    let mut settled_at = None;
+    for tick in 0..600 {
+        c.step();
+        check(&mut c, count, &walkers, &format!("tick {tick}"));
+        let now = holders(&mut c);
+        for id in &walkers {
+            let (_, p) = now[id];
+            if in_cell(&c, cell, p) && flipped_at.is_none() {
+                entered.entry(*id).or_insert(tick);
+            }
+        }
+        if flipped_at.is_none() && c.map.owner_of(cell) == Some(ShardId(1)) {
+            flipped_at = Some(tick);
+        }
+        let on_1 = walkers.iter().all(|id| owned_on(&mut c, 1, *id));
+        if flipped_at.is_some() && on_1 {
+            settled_at = Some(tick);
+            break;
+        }
+    }
+    let flipped_at = flipped_at.expect("the cell moved");
+    println!("walkers entered at {entered:?}, flipped at {flipped_at}, settled at {settled_at:?}");
+    let settled_at = settled_at.expect("every walker ends up owned by shard 1");
+    assert_eq!(
+        entered.len(),
+        walkers.len(),
+        "every walker entered the cell while it was moving: {entered:?}"
+    );
+    assert!(
+        settled_at <= flipped_at + 30,
+        "within a second of the flip (settled at tick {settled_at}, flipped at {flipped_at})"
+    );
+    for _ in 0..30 {
+        c.step();
+        check(&mut c, count, &walkers, "after the move");
+    }
+    for id in &walkers {
+        assert!(owned_on(&mut c, 1, *id), "{id} stays on shard 1");
+    }
 }

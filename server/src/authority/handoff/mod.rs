@@ -602,7 +602,8 @@ fn resume(world: &mut World, id: NetId, generation: u32, reason: RefuseReason) -
     true
 }
 
-/// An input the source forwarded for an avatar whose client is still on its way here.
+/// An input the source forwarded for an avatar whose client left it for this shard: it steers
+/// the avatar while the client is on its way; once the client is here it is that client's input.
 fn on_forwarded_input(world: &mut World, id: NetId, input: Input) -> bool {
     let Some(e) = world.resource::<NetIndex>().0.get(&id).copied() else {
         return false;
@@ -610,6 +611,9 @@ fn on_forwarded_input(world: &mut World, id: NetId, input: Input) -> bool {
     let target = input.target.to_vec3();
     if !crate::core::movement::in_world(&world.resource::<Config>().0, target) {
         return false;
+    }
+    if let Some(a) = world.get::<Avatar>(e).copied() {
+        return arrived_input(world, a.conn, e, input);
     }
     let mut ent = world.entity_mut(e);
     let Some(mut w) = ent.get_mut::<AwaitingClient>() else {
@@ -623,4 +627,35 @@ fn on_forwarded_input(world: &mut World, id: NetId, input: Input) -> bool {
         mt.target = target;
     }
     true
+}
+
+/// A forwarded input for avatar `e`, whose client arrived here as `conn` meanwhile. A client
+/// switching shards sends its inputs on the old connection until the new shard welcomes it: one
+/// sent beside its `Hello` here is forwarded, and lands after the client took the avatar over,
+/// when it may still be the newest input the client sent. So it is taken as if it had come on
+/// the new connection (the newest sequence number wins) instead of being dropped.
+fn arrived_input(
+    world: &mut World,
+    conn: zonescaler_shared::ConnId,
+    e: Entity,
+    input: Input,
+) -> bool {
+    let Some(last) = world
+        .resource::<Viewers>()
+        .0
+        .get(&conn)
+        .map(|v| v.last_input_seq)
+    else {
+        return false;
+    };
+    let mut clients = world.resource_mut::<Clients>();
+    let Some(client) = clients.0.get_mut(&conn) else {
+        return false;
+    };
+    let drives = matches!(client.phase, Phase::Playing { avatar, .. } if avatar == e);
+    let newer = input.seq > last && client.pending_input.is_none_or(|p| input.seq > p.seq);
+    if drives && newer {
+        client.pending_input = Some(input);
+    }
+    drives && newer
 }
