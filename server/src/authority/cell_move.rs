@@ -40,10 +40,7 @@ pub struct MovePeer {
     pub peer: ShardId,
 }
 
-/// Set when the master says this shard was drained ([`MasterNotice::Drained`]): it owns
-/// nothing and has left the cluster; the runtime closes it and exits.
-#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Drained(pub bool);
+pub use crate::core::resources::Drained;
 
 /// The cell moves under way on this shard.
 #[derive(Resource, Debug, Default)]

@@ -60,7 +60,7 @@ pub struct Login<'w, 's> {
     queue: ResMut<'w, LoginQueue>,
     index: Res<'w, NetIndex>,
     /// Where avatars went on before their client came (the client is sent after them).
-    forwards: Res<'w, crate::authority::handoff::Forwards>,
+    forwards: Res<'w, crate::core::resources::Forwards>,
     entities: Query<
         'w,
         's,

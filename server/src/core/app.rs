@@ -303,7 +303,7 @@ impl ShardApp {
     /// Whether the master drained this shard: it owns nothing and has left the cluster.
     pub fn drained(&self) -> bool {
         self.world
-            .get_resource::<crate::authority::cell_move::Drained>()
+            .get_resource::<crate::core::resources::Drained>()
             .is_some_and(|d| d.0)
     }
 

@@ -246,3 +246,53 @@ impl Default for HandoffStats {
         }
     }
 }
+
+/// Set when the master says this shard was drained (`MasterNotice::Drained`): it owns nothing
+/// and has left the cluster; the runtime closes it and exits.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained(pub bool);
+
+/// Where avatars went on before their client arrived (handed off again, or shipped with a
+/// moving cell): the client holds a redirect token for this shard and comes here, so it is sent
+/// on to the new owner (`client::login`). Kept [`zonescaler_shared::limits::REDIRECT_WAIT_MS`], at most
+/// [`FORWARDS_MAX`] at once.
+#[derive(Resource, Debug, Default)]
+pub struct Forwards(std::collections::BTreeMap<NetId, (ShardId, u64)>);
+
+/// Forwards kept at most (a full table sends the late client away with `BadToken`, logged).
+pub const FORWARDS_MAX: usize = zonescaler_shared::limits::CLIENTS_PER_SHARD_MAX;
+
+impl Forwards {
+    /// Where avatar `id` went, if it left here waiting for its client within the wait.
+    pub fn get(&self, id: NetId, now_ms: u64) -> Option<ShardId> {
+        self.0
+            .get(&id)
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(to, _)| *to)
+    }
+
+    pub fn insert(&mut self, id: NetId, to: ShardId, now_ms: u64) {
+        if self.0.len() >= FORWARDS_MAX {
+            self.0.retain(|_, (_, until)| *until > now_ms);
+        }
+        if self.0.len() >= FORWARDS_MAX && !self.0.contains_key(&id) {
+            tracing::warn!(id = %id, "forward table full: a late client of this avatar will be refused");
+            return;
+        }
+        self.0.insert(
+            id,
+            (to, now_ms + zonescaler_shared::limits::REDIRECT_WAIT_MS),
+        );
+    }
+}
+
+impl Forwards {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Forget the forwards past their wait.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.0.retain(|_, (_, until)| *until > now_ms);
+    }
+}

@@ -156,20 +156,41 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// `POST /api/shards/{id}/drain`.
+fn drain_router(view: SharedView, commands: ApiCommands, drain_token: Arc<String>) -> axum::Router {
+    let has_master = move || {
+        view.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    };
+    axum::Router::new().route(
+        "/api/shards/{id}/drain",
+        axum::routing::post(move |Path(id): Path<String>, headers: HeaderMap| {
+            let allowed = authorized(&headers, &drain_token);
+            let master = has_master();
+            let commands = commands.clone();
+            async move {
+                if !allowed {
+                    return unauthorized();
+                }
+                match id.parse::<u16>() {
+                    Ok(shard) => drain(commands, shard, master).await,
+                    Err(_) => error_json(
+                        StatusCode::BAD_REQUEST,
+                        format!("{id:?} is no shard id (a number, 0..=65535)"),
+                    ),
+                }
+            }
+        }),
+    )
+}
+
 /// The routes.
 pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axum::Router {
-    let has_master = {
-        let view = view.clone();
-        move || {
-            view.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_some()
-        }
-    };
+    let drain_route = drain_router(view.clone(), commands, Arc::new(api_token.clone()));
     let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let cluster = current.clone();
     let token = Arc::new(api_token);
-    let drain_token = token.clone();
     axum::Router::new()
         .route(
             "/",
@@ -235,26 +256,7 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
                 }
             }),
         )
-        .route(
-            "/api/shards/{id}/drain",
-            axum::routing::post(move |Path(id): Path<String>, headers: HeaderMap| {
-                let allowed = authorized(&headers, &drain_token);
-                let master = has_master();
-                let commands = commands.clone();
-                async move {
-                    if !allowed {
-                        return unauthorized();
-                    }
-                    match id.parse::<u16>() {
-                        Ok(shard) => drain(commands, shard, master).await,
-                        Err(_) => error_json(
-                            StatusCode::BAD_REQUEST,
-                            format!("{id:?} is no shard id (a number, 0..=65535)"),
-                        ),
-                    }
-                }
-            }),
-        )
+        .merge(drain_route)
 }
 
 #[cfg(test)]

@@ -52,7 +52,6 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use bytes::Bytes;
 use glam::Vec3;
-use std::collections::BTreeMap;
 use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -255,36 +254,7 @@ pub fn send_offers(world: &mut World) {
     }
 }
 
-/// Where avatars went on before their client arrived (handed off again, or shipped with a
-/// moving cell): the client holds a redirect token for this shard and comes here, so it is sent
-/// on to the new owner (`client::login`). Kept [`limits::REDIRECT_WAIT_MS`], at most
-/// [`FORWARDS_MAX`] at once.
-#[derive(Resource, Debug, Default)]
-pub struct Forwards(BTreeMap<NetId, (ShardId, u64)>);
-
-/// Forwards kept at most (a full table sends the late client away with `BadToken`, logged).
-pub const FORWARDS_MAX: usize = limits::CLIENTS_PER_SHARD_MAX;
-
-impl Forwards {
-    /// Where avatar `id` went, if it left here waiting for its client within the wait.
-    pub fn get(&self, id: NetId, now_ms: u64) -> Option<ShardId> {
-        self.0
-            .get(&id)
-            .filter(|(_, until)| *until > now_ms)
-            .map(|(to, _)| *to)
-    }
-
-    fn insert(&mut self, id: NetId, to: ShardId, now_ms: u64) {
-        if self.0.len() >= FORWARDS_MAX {
-            self.0.retain(|_, (_, until)| *until > now_ms);
-        }
-        if self.0.len() >= FORWARDS_MAX && !self.0.contains_key(&id) {
-            warn!(id = %id, "forward table full: a late client of this avatar will be refused");
-            return;
-        }
-        self.0.insert(id, (to, now_ms + limits::REDIRECT_WAIT_MS));
-    }
-}
+pub use crate::core::resources::{FORWARDS_MAX, Forwards};
 
 /// `Ownership`: avatars whose client never arrived after a handoff are despawned; forwards past
 /// the wait are forgotten.
@@ -295,9 +265,9 @@ pub fn expire_awaiting_clients(
     mut despawned: ResMut<DespawnLog>,
     mut forwards: ResMut<Forwards>,
 ) {
-    if forwards.0.first_key_value().is_some() {
+    if !forwards.is_empty() {
         let now = clock.now_ms;
-        forwards.0.retain(|_, (_, until)| *until > now);
+        forwards.expire(now);
     }
     for (e, net, w) in &q {
         if clock.now_ms.saturating_sub(w.since_ms) > limits::REDIRECT_WAIT_MS {
