@@ -16,6 +16,7 @@
 # Usage: [WEIGHTS=w,w,..] [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/cluster_lib.sh
 shards=${SHARDS:-4}
 bots=${BOTS:-600}
 duration=${DURATION:-90s}
@@ -49,44 +50,15 @@ PY
   "$exe" up --shards "$shards" ${WEIGHTS:+--weights "$WEIGHTS"} --port "$port" --link-port $(( port + 100 )) --http "$http" \
     --metrics-port $(( port + 300 )) --world "$dir/world.toml" --run-dir "$dir" >"$dir/up.log" 2>&1 &
   local up_pid=$!
-  for _ in $(seq 1 1200); do
-    [ -f "$dir/shard-$(( shards - 1 )).pem" ] && break
-    kill -0 "$up_pid" 2>/dev/null || { cat "$dir/up.log"; echo "crowd: up died"; exit 1; }
-    sleep 0.1
-  done
-  sleep 2
-  python3 - "$http" "$dir/samples.jsonl" "$dir/stop" <<'PY' &
-import json, os, sys, time, urllib.request
-http, out, stop = sys.argv[1:4]
-with open(out, "w") as f:
-    while not os.path.exists(stop):
-        try:
-            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-            v["t"] = time.time()
-            f.write(json.dumps(v) + "\n"); f.flush()
-        except Exception as e:
-            print("crowd: sample failed:", e, file=sys.stderr)
-        time.sleep(1)
-PY
-  local sampler=$!
+  wait_up crowd "$dir" "$shards" "$up_pid"
+  start_sampler crowd "$http" "$dir"
   sleep 2
   date +%s.%N > "$dir/bots_start"
   "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
     --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
     --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
   date +%s.%N > "$dir/bots_end"
-  # The bots' avatars go when their connections do (a redirected one whose client never came
-  # after REDIRECT_WAIT_MS): wait for the count to settle, at most 25 s.
-  python3 - "$http" "$dir/samples.jsonl" <<'PY' || true
-import json, sys, time, urllib.request
-http, samples = sys.argv[1:3]
-first = json.loads(open(samples).readline())["total_entities"]
-for _ in range(25):
-    time.sleep(1)
-    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-    if v["total_entities"] == first:
-        break
-PY
+  wait_settled "$http" "$dir"
   sleep 3
   touch "$dir/stop"; wait "$sampler" || true
   kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true

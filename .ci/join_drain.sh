@@ -17,6 +17,7 @@
 #        [CHECK=1 [SHARE_BAR=0.15]] [OUT_DIR=dir] bash .ci/join_drain.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/cluster_lib.sh
 shards=${SHARDS:-3}
 bots=${BOTS:-500}
 duration=${DURATION:-120s}
@@ -47,26 +48,8 @@ cleanup() {
   touch "$dir/stop"
 }
 trap cleanup EXIT
-for _ in $(seq 1 1200); do
-  [ -f "$dir/shard-$(( shards - 1 )).pem" ] && break
-  kill -0 "$up_pid" 2>/dev/null || { cat "$dir/up.log"; echo "join_drain: up died"; exit 1; }
-  sleep 0.1
-done
-sleep 2
-python3 - "$http" "$dir/samples.jsonl" "$dir/stop" <<'PY' &
-import json, os, sys, time, urllib.request
-http, out, stop = sys.argv[1:4]
-with open(out, "w") as f:
-    while not os.path.exists(stop):
-        try:
-            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-            v["t"] = time.time()
-            f.write(json.dumps(v) + "\n"); f.flush()
-        except Exception as e:
-            print("join_drain: sample failed:", e, file=sys.stderr)
-        time.sleep(1)
-PY
-sampler=$!
+wait_up join_drain "$dir" "$shards" "$up_pid"
+start_sampler join_drain "$http" "$dir"
 sleep 2
 date +%s.%N > "$dir/bots_start"
 "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
@@ -94,20 +77,10 @@ cat "$dir/drain.out"
 bots_rc=0
 wait "$bots_pid" || bots_rc=$?
 date +%s.%N > "$dir/bots_end"
-# The bots' avatars go when their connections do: wait for the count to settle, at most 25 s.
-# (Shards report at different moments, so one sample can count an entity in a handoff twice or
+# Shards report at different moments, so one sample can count an entity in a handoff twice or
 # not at all: the summary takes the most common count before the bots, and of the last four
-# samples after.)
-python3 - "$http" "$dir/samples.jsonl" <<'PY' || true
-import json, sys, time, urllib.request
-http, samples = sys.argv[1:3]
-first = json.loads(open(samples).readline())["total_entities"]
-for _ in range(25):
-    time.sleep(1)
-    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-    if v["total_entities"] == first:
-        break
-PY
+# samples after.
+wait_settled "$http" "$dir"
 sleep 3
 touch "$dir/stop"; wait "$sampler" || true
 python3 - "$dir" "$bots" "$n" "$drain" "$drain_rc" "$bots_rc" <<'PY'

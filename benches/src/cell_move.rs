@@ -18,13 +18,12 @@ use glam::Vec3;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use zonescaler_bots::{BotConfig, Hotspot, Scenario};
-use zonescaler_server::core::components::{InTransit, MoveTarget, Networked, Owned, Position};
+use zonescaler_server::core::components::{InTransit, Networked, Owned, Position};
 use zonescaler_server::core::resources::{HandoffStats, IdAllocator};
 use zonescaler_server::core::space::Space;
-use zonescaler_server::demo::npc::{WANDER_RADIUS_M, Wander};
+use zonescaler_server::demo::npc::{WANDER_RADIUS_M, npc};
 use zonescaler_server::prelude::Has;
 use zonescaler_shared::cellmap::{CellMap, Rect};
-use zonescaler_shared::components::Kind;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{CellId, NetId, ShardId};
@@ -183,7 +182,7 @@ pub fn border_cell(map: &CellMap) -> Option<CellId> {
 
 /// `n` wandering NPCs on `app`'s shard, uniformly in `rect` less a margin of one wander radius,
 /// so they stay in the cell for the few tens of seconds of a run (2 m/s, targets ≤ 40 m away).
-/// The same components as the demo game's own NPCs (`demo::npc::spawn_npcs`).
+/// The demo game's own NPCs ([`npc`]).
 fn spawn_npcs_in(scene: &mut ClusterScene, rect: Rect, n: usize, cfg: &MoveConfig) {
     let speed = cfg.world().npc.speed_mps;
     let mut rng = Rng::new(cfg.seed ^ NPC_RNG_SALT);
@@ -196,17 +195,7 @@ fn spawn_npcs_in(scene: &mut ClusterScene, rect: Rect, n: usize, cfg: &MoveConfi
             rng.range_f32(rect.min[1] + m, rect.max[1] - m),
         );
         let id = world.resource_mut::<IdAllocator>().allocate();
-        world.spawn((
-            Networked(id),
-            Owned,
-            Position(p),
-            MoveTarget {
-                target: p,
-                speed_mps: speed,
-            },
-            Wander,
-            Kind::Npc,
-        ));
+        world.spawn(npc(id, p, speed));
     }
 }
 
@@ -274,6 +263,108 @@ fn epoch_of(scene: &mut ClusterScene, i: usize) -> u64 {
     scene.shard_mut(i).world.resource::<Space>().map.epoch().0
 }
 
+/// The crowd bots of one run: every client around the centre of `rect`, standing still there.
+fn crowd_bots(cfg: &MoveConfig, rect: Rect) -> Vec<BotConfig> {
+    let centre = Vec3::new(
+        (rect.min[0] + rect.max[0]) / 2.0,
+        0.0,
+        (rect.min[1] + rect.max[1]) / 2.0,
+    );
+    let hotspot = Hotspot {
+        from: centre,
+        to: centre,
+        radius_m: cfg.crowd_radius_m,
+        travel_us: 0,
+    };
+    (0..cfg.clients)
+        .map(|i| {
+            let mut b = BotConfig::new(
+                format!("mover-{i}"),
+                Scenario::Crowd,
+                cfg.seed ^ ((i as u64) << 20),
+            );
+            b.hotspot = Some(hotspot);
+            b
+        })
+        .collect()
+}
+
+/// `n` steps, each one's tick times.
+fn step_timed(scene: &mut ClusterScene, n: u64) -> Vec<[TickTime; 2]> {
+    (0..n)
+        .map(|_| {
+            scene.step();
+            ticks_of(scene)
+        })
+        .collect()
+}
+
+/// Step move `id` of `cell` until the map flipped and every shard holds the new map: each
+/// step's tick times and the steps the flip took. An error if it aborts, runs past `limit`
+/// steps, or the entity count leaves `entities`.
+fn step_until_settled(
+    scene: &mut ClusterScene,
+    id: u64,
+    cell: CellId,
+    limit: u64,
+    entities: usize,
+) -> Result<(Vec<[TickTime; 2]>, Option<u64>), MoveFailed> {
+    let (done0, aborted0) = scene
+        .master()
+        .map_or((0, 0), |m| (m.moves_done, m.moves_aborted));
+    let mut during = Vec::new();
+    let mut ticks_to_flip = None;
+    loop {
+        scene.step();
+        during.push(ticks_of(scene));
+        let ticks = during.len() as u64;
+        let master = scene
+            .master()
+            .ok_or(MoveFailed::Setup("no master".into()))?;
+        if master.moves_aborted > aborted0 {
+            return Err(MoveFailed::Aborted { id, cell, ticks });
+        }
+        let epoch = master.map().map_or(0, |m| m.epoch().0);
+        if ticks_to_flip.is_none() && master.moves_done > done0 {
+            ticks_to_flip = Some(ticks);
+        }
+        check_count(scene, entities, "during the move")?;
+        if ticks_to_flip.is_some() && (0..scene.shards()).all(|i| epoch_of(scene, i) >= epoch) {
+            return Ok((during, ticks_to_flip));
+        }
+        if ticks > limit {
+            return Err(MoveFailed::Unfinished { cell, ticks });
+        }
+    }
+}
+
+/// Nothing of `cell` may be left on the source after the move, but for the hysteresis: an
+/// entity of the source's other cells may stand up to `margin` m inside the moved cell and
+/// stay with the source.
+fn check_left_behind(
+    end: &BTreeMap<NetId, (usize, [f32; 2])>,
+    map: &CellMap,
+    cell: CellId,
+    margin: f32,
+) -> Result<(), MoveFailed> {
+    let rect = map.grid().rect(cell);
+    let left: Vec<(NetId, [f32; 2])> = end
+        .iter()
+        .filter(|(_, (s, p))| {
+            *s == usize::from(SOURCE.0) && map.leaf_at(*p) == cell && depth(rect, *p) > margin
+        })
+        .map(|(id, (_, p))| (*id, *p))
+        .collect();
+    match left.first() {
+        Some(&(first, at)) => Err(MoveFailed::LeftBehind {
+            n: left.len(),
+            first,
+            at,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// One run: set up, warm up, measure steady ticks, move the cell, measure after.
 pub fn run(cfg: &MoveConfig) -> Result<MoveRun, MoveFailed> {
     let world = cfg.world();
@@ -286,28 +377,7 @@ pub fn run(cfg: &MoveConfig) -> Result<MoveRun, MoveFailed> {
         "shard 0 has no leaf on the border with shard 1".into(),
     ))?;
     let rect = map.grid().rect(cell);
-    let centre = Vec3::new(
-        (rect.min[0] + rect.max[0]) / 2.0,
-        0.0,
-        (rect.min[1] + rect.max[1]) / 2.0,
-    );
-    let hotspot = Hotspot {
-        from: centre,
-        to: centre,
-        radius_m: cfg.crowd_radius_m,
-        travel_us: 0,
-    };
-    let bots: Vec<BotConfig> = (0..cfg.clients)
-        .map(|i| {
-            let mut b = BotConfig::new(
-                format!("mover-{i}"),
-                Scenario::Crowd,
-                cfg.seed ^ ((i as u64) << 20),
-            );
-            b.hotspot = Some(hotspot);
-            b
-        })
-        .collect();
+    let bots = crowd_bots(cfg, rect);
     let mut scene = ClusterScene::with_master(&world, master, &bots).map_err(MoveFailed::Setup)?;
     spawn_npcs_in(&mut scene, rect, cfg.entities, cfg);
     let tick_ms = 1e3 / f64::from(world.simulation.tick_hz);
@@ -315,11 +385,7 @@ pub fn run(cfg: &MoveConfig) -> Result<MoveRun, MoveFailed> {
     for _ in 0..cfg.warmup {
         scene.step();
     }
-    let mut steady = Vec::with_capacity(cfg.steady as usize);
-    for _ in 0..cfg.steady {
-        scene.step();
-        steady.push(ticks_of(&scene));
-    }
+    let steady = step_timed(&mut scene, cfg.steady);
 
     let before = holders(&mut scene, "before the move")?;
     let in_cell: BTreeSet<NetId> = before
@@ -336,50 +402,19 @@ pub fn run(cfg: &MoveConfig) -> Result<MoveRun, MoveFailed> {
     };
     let handoffs0 = stats(&mut scene);
     scene.reset_counters();
-    let (done0, aborted0) = scene
-        .master()
-        .map_or((0, 0), |m| (m.moves_done, m.moves_aborted));
     let id = scene
         .move_cell(cell, TARGET)
         .map_err(|e| MoveFailed::Setup(format!("the move of cell {cell} did not start: {e}")))?;
     // The master gives up after `cell_move_timeout_ms`; a few ticks more for its word to land.
     let limit = world.cluster.cell_move_timeout_ms / tick_ms as u64 + 30;
-    let mut during = Vec::new();
-    let mut ticks_to_flip = None;
     let t0 = Instant::now();
-    loop {
-        scene.step();
-        during.push(ticks_of(&scene));
-        let ticks = during.len() as u64;
-        let master = scene
-            .master()
-            .ok_or(MoveFailed::Setup("no master".into()))?;
-        if master.moves_aborted > aborted0 {
-            return Err(MoveFailed::Aborted { id, cell, ticks });
-        }
-        let epoch = master.map().map_or(0, |m| m.epoch().0);
-        if ticks_to_flip.is_none() && master.moves_done > done0 {
-            ticks_to_flip = Some(ticks);
-        }
-        check_count(&mut scene, before.len(), "during the move")?;
-        if ticks_to_flip.is_some() && (0..scene.shards()).all(|i| epoch_of(&mut scene, i) >= epoch)
-        {
-            break;
-        }
-        if ticks > limit {
-            return Err(MoveFailed::Unfinished { cell, ticks });
-        }
-    }
+    let (during, ticks_to_flip) = step_until_settled(&mut scene, id, cell, limit, before.len())?;
     let bench_wall = t0.elapsed();
     let ticks_to_settle = during.len() as u64;
     let handoffs = stats(&mut scene) - handoffs0;
     let redirects = scene.bot_handoffs();
 
-    let mut after = Vec::with_capacity(cfg.after as usize);
-    for _ in 0..cfg.after {
-        scene.step();
-        after.push(ticks_of(&scene));
-    }
+    let after = step_timed(&mut scene, cfg.after);
     let end = holders(&mut scene, "after the move")?;
     if end.len() != before.len() {
         return Err(MoveFailed::Count {
@@ -388,23 +423,7 @@ pub fn run(cfg: &MoveConfig) -> Result<MoveRun, MoveFailed> {
             phase: "after the move",
         });
     }
-    // Hysteresis: an entity of the source's other cells may stand up to `handoff_margin_m`
-    // inside the moved cell and stay with the source; deeper in, nothing may be left there.
-    let margin = world.cluster.handoff_margin_m;
-    let left: Vec<(NetId, [f32; 2])> = end
-        .iter()
-        .filter(|(_, (s, p))| {
-            *s == usize::from(SOURCE.0) && map.leaf_at(*p) == cell && depth(rect, *p) > margin
-        })
-        .map(|(id, (_, p))| (*id, *p))
-        .collect();
-    if !left.is_empty() {
-        return Err(MoveFailed::LeftBehind {
-            n: left.len(),
-            first: left[0].0,
-            at: left[0].1,
-        });
-    }
+    check_left_behind(&end, &map, cell, world.cluster.handoff_margin_m)?;
     let arrived = in_cell
         .iter()
         .filter(|id| {

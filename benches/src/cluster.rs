@@ -26,7 +26,6 @@ use zonescaler_server::runtime::metrics::thread_cpu;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::{ClaimOutcome, MasterNotice, MasterRequest};
-use zonescaler_shared::protocol::{JoinRequest, MemberInfo};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::TicketSigner;
 use zonescaler_shared::{CellId, ConnId, ShardId, limits};
@@ -39,32 +38,7 @@ pub fn equal_split(world: &WorldConfig, shards: usize) -> Result<CellMap, CellMa
 
 /// A master of `shards` members of equal weight with the cells of `world` placed (as
 /// `LocalCluster` builds it, without a balancer: the cells move only when the caller says).
-pub fn placed_master(world: &WorldConfig, shards: usize) -> Result<Master, String> {
-    let member = |i: usize| JoinRequest {
-        client_addr: format!("local:{i}"),
-        link_addr: format!("local:{i}"),
-        metrics_addr: String::new(),
-        weight: 1,
-    };
-    let first = member(0);
-    let me = MemberInfo {
-        id: ShardId(0),
-        client_addr: first.client_addr,
-        link_addr: first.link_addr,
-        metrics_addr: String::new(),
-        weight: 1,
-    };
-    let c = &world.cluster;
-    let mut master = Master::new(CellGrid::from_config(world), shards, me, 0)
-        .with_duplicate_rule(world.login.duplicate)
-        .with_admission(c.clients_per_shard_max, c.login_queue_max)
-        .with_move_timeout(c.cell_move_timeout_ms);
-    for i in 1..shards {
-        master.join(member(i), 0).map_err(|e| e.to_string())?;
-    }
-    master.place().map_err(|e| e.to_string())?;
-    Ok(master)
-}
+pub use zonescaler_server::cluster::local::placed_master;
 
 /// `bots` [`Scenario::Border`] bots walking back and forth across the borders of `map` (10 m to
 /// either side, see [`border_walks`]). Pass the same bots to the one-shard scene: they walk the

@@ -343,6 +343,45 @@ fn main() {
         batches,
         args.seed
     );
+    let (raw, least) = measure(&args, &batches);
+    let summaries: Vec<Summary> = batches
+        .iter()
+        .zip(raw.iter().zip(&least))
+        .map(|(b, (r, l))| Summary {
+            batch: *b,
+            raw: r,
+            least: l,
+        })
+        .collect();
+    for s in &summaries {
+        println!("{}", s.table());
+    }
+    println!(
+        "p99 during / p99 of steady: of the larger of before and after (the source carries the cell before the move, the target after it)"
+    );
+    for s in &summaries {
+        println!(
+            "batch {}: move {:.0} ticks = {:.0} ms; p99 during / steady, thread CPU least of repeats: source {:.2}, target {:.2} (every run: {:.2}, {:.2})",
+            s.batch,
+            s.m(|r| r.ticks_to_flip as f64),
+            s.m(|r| r.ticks_to_flip as f64 * r.tick_ms),
+            s.ratio(Clock::CpuLeast, 0, 2),
+            s.ratio(Clock::CpuLeast, 1, 2),
+            s.ratio(Clock::Cpu, 0, 2),
+            s.ratio(Clock::Cpu, 1, 2),
+        );
+    }
+
+    if let Some(path) = &args.series {
+        write_series(path, &raw, args.repeat);
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &args, &summaries);
+    }
+}
+
+/// Every run of every batch size, and per seed the least of its repeats.
+fn measure(args: &Args, batches: &[u32]) -> (Vec<Vec<MoveRun>>, Vec<Vec<MoveRun>>) {
     let mut raw: Vec<Vec<MoveRun>> = vec![Vec::new(); batches.len()];
     let mut least: Vec<Vec<MoveRun>> = vec![Vec::new(); batches.len()];
     let started = Instant::now();
@@ -406,86 +445,63 @@ fn main() {
         }
     }
 
-    let summaries: Vec<Summary> = batches
-        .iter()
-        .zip(raw.iter().zip(&least))
-        .map(|(b, (r, l))| Summary {
-            batch: *b,
-            raw: r,
-            least: l,
-        })
-        .collect();
-    for s in &summaries {
-        println!("{}", s.table());
-    }
-    println!(
-        "p99 during / p99 of steady: of the larger of before and after (the source carries the cell before the move, the target after it)"
-    );
-    for s in &summaries {
-        println!(
-            "batch {}: move {:.0} ticks = {:.0} ms; p99 during / steady, thread CPU least of repeats: source {:.2}, target {:.2} (every run: {:.2}, {:.2})",
-            s.batch,
-            s.m(|r| r.ticks_to_flip as f64),
-            s.m(|r| r.ticks_to_flip as f64 * r.tick_ms),
-            s.ratio(Clock::CpuLeast, 0, 2),
-            s.ratio(Clock::CpuLeast, 1, 2),
-            s.ratio(Clock::Cpu, 0, 2),
-            s.ratio(Clock::Cpu, 1, 2),
-        );
-    }
+    (raw, least)
+}
 
-    if let Some(path) = &args.series {
-        let mut s = String::from(
-            "run,repeat,batch,phase,tick,source_cpu_ms,source_wall_ms,target_cpu_ms,target_wall_ms\n",
-        );
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        for rs in &raw {
-            for (n, r) in rs.iter().enumerate() {
-                let (k, rep) = (n as u64 / args.repeat + 1, n as u64 % args.repeat + 1);
-                for (p, name) in PHASES.iter().enumerate() {
-                    for (i, t) in phase(r, p).iter().enumerate() {
-                        let _ = writeln!(
-                            s,
-                            "{k},{rep},{},{name},{i},{:.4},{:.4},{:.4},{:.4}",
-                            r.batch,
-                            ms(t[0].cpu),
-                            ms(t[0].wall),
-                            ms(t[1].cpu),
-                            ms(t[1].wall)
-                        );
-                    }
+/// `--series`: every tick of every run, CSV.
+fn write_series(path: &std::path::Path, raw: &[Vec<MoveRun>], repeat: u64) {
+    let mut s = String::from(
+        "run,repeat,batch,phase,tick,source_cpu_ms,source_wall_ms,target_cpu_ms,target_wall_ms\n",
+    );
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    for rs in raw {
+        for (n, r) in rs.iter().enumerate() {
+            let (k, rep) = (n as u64 / repeat + 1, n as u64 % repeat + 1);
+            for (p, name) in PHASES.iter().enumerate() {
+                for (i, t) in phase(r, p).iter().enumerate() {
+                    let _ = writeln!(
+                        s,
+                        "{k},{rep},{},{name},{i},{:.4},{:.4},{:.4},{:.4}",
+                        r.batch,
+                        ms(t[0].cpu),
+                        ms(t[0].wall),
+                        ms(t[1].cpu),
+                        ms(t[1].wall)
+                    );
                 }
             }
         }
-        write_or_exit(path, &s);
     }
-    if let Some(path) = &args.json {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            concat!(
-                "{{\n  \"entities\": {}, \"clients\": {}, \"background\": {}, \"warmup\": {}, ",
-                "\"steady\": {}, \"after\": {}, \"runs\": {}, \"repeat\": {}, \"seed\": {},\n",
-                "  \"batches\": ["
-            ),
-            args.entities,
-            args.clients,
-            args.background,
-            args.warmup,
-            args.steady,
-            args.after,
-            args.runs,
-            args.repeat,
-            args.seed
-        );
-        let list: Vec<String> = summaries
-            .iter()
-            .map(|x| format!("    {}", x.json()))
-            .collect();
-        s.push_str(&list.join(",\n"));
-        s.push_str("\n  ]\n}\n");
-        write_or_exit(path, &s);
-    }
+    write_or_exit(path, &s);
+}
+
+/// `--json`: the summaries.
+fn write_json(path: &std::path::Path, args: &Args, summaries: &[Summary]) {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        concat!(
+            "{{\n  \"entities\": {}, \"clients\": {}, \"background\": {}, \"warmup\": {}, ",
+            "\"steady\": {}, \"after\": {}, \"runs\": {}, \"repeat\": {}, \"seed\": {},\n",
+            "  \"batches\": ["
+        ),
+        args.entities,
+        args.clients,
+        args.background,
+        args.warmup,
+        args.steady,
+        args.after,
+        args.runs,
+        args.repeat,
+        args.seed
+    );
+    let list: Vec<String> = summaries
+        .iter()
+        .map(|x| format!("    {}", x.json()))
+        .collect();
+    s.push_str(&list.join(",\n"));
+    s.push_str("\n  ]\n}\n");
+    write_or_exit(path, &s);
 }
 
 fn write_or_exit(path: &std::path::Path, text: &str) {

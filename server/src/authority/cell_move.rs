@@ -23,7 +23,7 @@
 use super::handoff::Offerer;
 use crate::client::ClusterDirectory;
 use crate::core::components::{Avatar, AwaitingClient, InTransit, Owned, Position};
-use crate::core::resources::{Config, HandoffStats, MasterInbox, MasterOutbox};
+use crate::core::resources::{Config, Drained, HandoffStats, MasterInbox, MasterOutbox};
 use crate::core::space::Space;
 use bevy_ecs::prelude::*;
 use glam::Vec3;
@@ -39,8 +39,6 @@ pub struct MovePeer {
     pub id: u64,
     pub peer: ShardId,
 }
-
-pub use crate::core::resources::Drained;
 
 /// The cell moves under way on this shard.
 #[derive(Resource, Debug, Default)]

@@ -26,9 +26,10 @@ impl Plugin for AuthorityPlugin {
         app.world.init_resource::<proxy::Mirrors>();
         app.world.init_resource::<handoff::Handoffs>();
         app.world.init_resource::<handoff::Rechecks>();
-        app.world.init_resource::<handoff::Forwards>();
+        app.world
+            .init_resource::<crate::core::resources::Forwards>();
         app.world.init_resource::<cell_move::CellMoves>();
-        app.world.init_resource::<cell_move::Drained>();
+        app.world.init_resource::<crate::core::resources::Drained>();
         app.world.init_resource::<handoff::OutgoingOffers>();
         app.add_systems_raw(
             (cell_move::on_space_notices, links::receive_shard_messages)

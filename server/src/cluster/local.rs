@@ -63,30 +63,36 @@ fn member(i: usize) -> JoinRequest {
     }
 }
 
+/// The master of `n` members of equal weight (`local:0`..) with `config`'s cells placed, and
+/// its cluster settings (duplicate logins, admission, the move timeout) but no balancer.
+pub fn placed_master(config: &WorldConfig, n: usize) -> Result<Master, String> {
+    let first = member(0);
+    let me = MemberInfo {
+        id: ShardId(0),
+        client_addr: first.client_addr,
+        link_addr: first.link_addr,
+        metrics_addr: String::new(),
+        weight: 1,
+    };
+    let c = &config.cluster;
+    let mut master = Master::new(CellGrid::from_config(config), n, me, 0)
+        .with_duplicate_rule(config.login.duplicate)
+        .with_admission(c.clients_per_shard_max, c.login_queue_max)
+        .with_move_timeout(c.cell_move_timeout_ms);
+    for i in 1..n {
+        master.join(member(i), 0).map_err(|e| e.to_string())?;
+    }
+    master.place().map_err(|e| e.to_string())?;
+    Ok(master)
+}
+
 impl LocalCluster {
     /// `n` shards of `game` on `config`'s world, the cells placed by the master.
     pub fn new(config: WorldConfig, n: usize, game: &GameSetup) -> Result<Self, String> {
-        let grid = CellGrid::from_config(&config);
-        let first = member(0);
-        let me = MemberInfo {
-            id: ShardId(0),
-            client_addr: first.client_addr,
-            link_addr: first.link_addr,
-            metrics_addr: String::new(),
-            weight: 1,
-        };
-        let c = &config.cluster;
-        let mut master = Master::new(grid, n, me, 0)
-            .with_duplicate_rule(config.login.duplicate)
-            .with_admission(c.clients_per_shard_max, c.login_queue_max)
-            .with_move_timeout(c.cell_move_timeout_ms);
+        let mut master = placed_master(&config, n)?;
         if let Ok(b) = Balancer::new(&config) {
             master = master.with_balancer(b, config.balancer.round_ms);
         }
-        for i in 1..n {
-            master.join(member(i), 0).map_err(|e| e.to_string())?;
-        }
-        master.place().map_err(|e| e.to_string())?;
         let map = master.map().cloned().ok_or("the master placed no map")?;
         let shards = (0..n)
             .map(|i| {

@@ -254,8 +254,9 @@ pub struct Drained(pub bool);
 
 /// Where avatars went on before their client arrived (handed off again, or shipped with a
 /// moving cell): the client holds a redirect token for this shard and comes here, so it is sent
-/// on to the new owner (`client::login`). Kept [`zonescaler_shared::limits::REDIRECT_WAIT_MS`], at most
-/// [`FORWARDS_MAX`] at once.
+/// on to the new owner (`client::login`). Each holds for [`zonescaler_shared::limits::REDIRECT_WAIT_MS`];
+/// the table keeps at most [`FORWARDS_MAX`], and forgets the lapsed ones when it fills up (so no
+/// tick has to sweep it).
 #[derive(Resource, Debug, Default)]
 pub struct Forwards(std::collections::BTreeMap<NetId, (ShardId, u64)>);
 
@@ -271,6 +272,7 @@ impl Forwards {
             .map(|(to, _)| *to)
     }
 
+    /// Avatar `id` went on to `to`: its client is sent there until the wait ends.
     pub fn insert(&mut self, id: NetId, to: ShardId, now_ms: u64) {
         if self.0.len() >= FORWARDS_MAX {
             self.0.retain(|_, (_, until)| *until > now_ms);
@@ -283,16 +285,5 @@ impl Forwards {
             id,
             (to, now_ms + zonescaler_shared::limits::REDIRECT_WAIT_MS),
         );
-    }
-}
-
-impl Forwards {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Forget the forwards past their wait.
-    pub fn expire(&mut self, now_ms: u64) {
-        self.0.retain(|_, (_, until)| *until > now_ms);
     }
 }

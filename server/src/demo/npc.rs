@@ -9,6 +9,7 @@ use crate::core::{Plugin, ShardApp, ShardSystems};
 use crate::interest::{AoiGrid, Frame};
 use bevy_ecs::prelude::*;
 use glam::Vec3;
+use zonescaler_shared::NetId;
 use zonescaler_shared::components::Kind;
 use zonescaler_shared::rng::Rng;
 
@@ -35,6 +36,21 @@ impl Plugin for NpcPlugin {
     }
 }
 
+/// The demo game's NPC `id`, owned here, standing at `p` and wandering at `speed_mps`.
+pub fn npc(id: NetId, p: Vec3, speed_mps: f32) -> impl Bundle {
+    (
+        Networked(id),
+        Owned,
+        Position(p),
+        MoveTarget {
+            target: p,
+            speed_mps,
+        },
+        Wander,
+        Kind::Npc,
+    )
+}
+
 /// Startup: this shard's share of `[npc] count`, in the cells it owns. `npc.count` is for the
 /// whole world: each shard places its share by the area it owns, so the same world has the
 /// same NPCs on one shard or on many.
@@ -50,17 +66,7 @@ pub fn spawn_npcs(world: &mut World) {
             break;
         };
         let id = world.resource_mut::<IdAllocator>().allocate();
-        world.spawn((
-            Networked(id),
-            Owned,
-            Position(p),
-            MoveTarget {
-                target: p,
-                speed_mps: cfg.npc.speed_mps,
-            },
-            Wander,
-            Kind::Npc,
-        ));
+        world.spawn(npc(id, p, cfg.npc.speed_mps));
         placed += 1;
     }
     world.resource_mut::<ShardRng>().0 = rng;

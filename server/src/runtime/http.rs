@@ -187,10 +187,10 @@ fn drain_router(view: SharedView, commands: ApiCommands, drain_token: Arc<String
 
 /// The routes.
 pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axum::Router {
-    let drain_route = drain_router(view.clone(), commands, Arc::new(api_token.clone()));
+    let token = Arc::new(api_token);
+    let drain_route = drain_router(view.clone(), commands, token.clone());
     let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let cluster = current.clone();
-    let token = Arc::new(api_token);
     axum::Router::new()
         .route(
             "/",

@@ -1609,18 +1609,8 @@ mod tests {
             pid: 700 + u32::from(i),
         };
         let opts = UpOptions {
-            shards: 2,
-            world: "assets/worlds/default.toml".into(),
-            bots: 0,
-            bot_duration: "60s".into(),
-            host: "127.0.0.1".into(),
-            port: 4433,
-            link_port: 5433,
-            http: "127.0.0.1:8080".into(),
             metrics_port: Some(9100),
-            bot_scenario: "wander".into(),
-            run_dir: dir.clone(),
-            weights: Vec::new(),
+            ..up_options(2, &dir)
         };
         let lines = next_steps(
             &opts,
@@ -1655,10 +1645,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn weights_are_one_per_shard_and_in_range() {
-        let opts = |weights: Vec<u32>| UpOptions {
-            shards: 3,
+    /// `up`'s defaults for `shards` shards writing to `run_dir`.
+    fn up_options(shards: usize, run_dir: &Path) -> UpOptions {
+        UpOptions {
+            shards,
             world: "assets/worlds/default.toml".into(),
             bots: 0,
             bot_duration: "60s".into(),
@@ -1668,8 +1658,16 @@ mod tests {
             http: "127.0.0.1:8080".into(),
             metrics_port: None,
             bot_scenario: "wander".into(),
-            run_dir: "target/zonescaler-run".into(),
+            run_dir: run_dir.to_path_buf(),
+            weights: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn weights_are_one_per_shard_and_in_range() {
+        let opts = |weights: Vec<u32>| UpOptions {
             weights,
+            ..up_options(3, Path::new("target/zonescaler-run"))
         };
         assert!(check_options(&opts(vec![])).is_ok(), "1 each by default");
         assert!(check_options(&opts(vec![1, 1, 2])).is_ok());

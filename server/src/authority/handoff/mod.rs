@@ -254,21 +254,13 @@ pub fn send_offers(world: &mut World) {
     }
 }
 
-pub use crate::core::resources::{FORWARDS_MAX, Forwards};
-
-/// `Ownership`: avatars whose client never arrived after a handoff are despawned; forwards past
-/// the wait are forgotten.
+/// `Ownership`: avatars whose client never arrived after a handoff are despawned.
 pub fn expire_awaiting_clients(
     mut commands: Commands,
     q: Query<(Entity, &Networked, &AwaitingClient), With<Owned>>,
     clock: Res<TickClock>,
     mut despawned: ResMut<DespawnLog>,
-    mut forwards: ResMut<Forwards>,
 ) {
-    if !forwards.is_empty() {
-        let now = clock.now_ms;
-        forwards.expire(now);
-    }
     for (e, net, w) in &q {
         if clock.now_ms.saturating_sub(w.since_ms) > limits::REDIRECT_WAIT_MS {
             warn!(id = %net.0, name = %w.name, "handed-off avatar's client never arrived: despawning");
@@ -482,7 +474,9 @@ fn release(world: &mut World, id: NetId, from: ShardId, generation: u32) -> bool
     if world.get::<AwaitingClient>(e).is_some() {
         // Its client is on its way here with a token for this shard: send it on when it comes.
         let now_ms = world.resource::<TickClock>().now_ms;
-        world.resource_mut::<Forwards>().insert(id, from, now_ms);
+        world
+            .resource_mut::<crate::core::resources::Forwards>()
+            .insert(id, from, now_ms);
     }
     let mut ent = world.entity_mut(e);
     ent.remove::<(InTransit, MoveTarget, Avatar, AwaitingClient, Player)>();

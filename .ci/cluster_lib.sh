@@ -1,0 +1,49 @@
+# Steps shared by the end-to-end scripts that run `zonescaler up` and watch its master's API
+# (crowd.sh, join_drain.sh). Source it; each function says what it takes.
+
+# wait_up NAME DIR SHARDS UP_PID: wait until the last shard wrote its certificate (the cluster
+# formed), then 2 s; exit 1 with up's log if up died first.
+wait_up() {
+  local name=$1 dir=$2 shards=$3 up_pid=$4
+  for _ in $(seq 1 1200); do
+    [ -f "$dir/shard-$(( shards - 1 )).pem" ] && break
+    kill -0 "$up_pid" 2>/dev/null || { cat "$dir/up.log"; echo "$name: up died"; exit 1; }
+    sleep 0.1
+  done
+  sleep 2
+}
+
+# start_sampler NAME HTTP DIR: sample GET /api/cluster every second into DIR/samples.jsonl
+# (each with its time "t") until DIR/stop exists; runs in the background, its pid in $sampler.
+start_sampler() {
+  python3 - "$1" "$2" "$3/samples.jsonl" "$3/stop" <<'PY' &
+import json, os, sys, time, urllib.request
+name, http, out, stop = sys.argv[1:5]
+with open(out, "w") as f:
+    while not os.path.exists(stop):
+        try:
+            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+            v["t"] = time.time()
+            f.write(json.dumps(v) + "\n"); f.flush()
+        except Exception as e:
+            print(f"{name}: sample failed:", e, file=sys.stderr)
+        time.sleep(1)
+PY
+  sampler=$!
+}
+
+# wait_settled HTTP DIR: the bots' avatars go when their connections do (a redirected one whose
+# client never came after REDIRECT_WAIT_MS): wait, at most 25 s, until total_entities is back at
+# the first sample's.
+wait_settled() {
+  python3 - "$1" "$2/samples.jsonl" <<'PY' || true
+import json, sys, time, urllib.request
+http, samples = sys.argv[1:3]
+first = json.loads(open(samples).readline())["total_entities"]
+for _ in range(25):
+    time.sleep(1)
+    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+    if v["total_entities"] == first:
+        break
+PY
+}
