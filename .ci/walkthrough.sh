@@ -3,9 +3,9 @@
 # src/main.rs (the ```toml file=… and ```rust file=… blocks) copied into a fresh crate beside a
 # checkout, built, and run as a 2-shard cluster that its own bots log into and play.
 # Only the dependency path is rewritten: the README puts the checkout at ../zonescaler, here it
-# is this repository. The build uses the dev profile, whose settings the walkthrough shares with the
-# repository's, so it reuses what `cargo test --workspace` compiled under the same Cargo.lock (a
-# release build would rebuild every dependency: the workspace's release profile is its own).
+# is this repository. The build uses the dev profile; its dependency settings (README's
+# [profile.dev.package."*"]) are the repository's, so it reuses what `cargo test --workspace`
+# compiled under the same Cargo.lock. Were they to differ, every dependency would be rebuilt.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)

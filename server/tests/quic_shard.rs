@@ -34,6 +34,11 @@ impl Drop for Shard {
 fn start_shard(npcs: usize) -> Shard {
     let mut config = WorldConfig::default();
     config.npc.count = npcs;
+    start_shard_with(config)
+}
+
+fn start_shard_with(config: WorldConfig) -> Shard {
+    let npcs = config.npc.count;
     let cert =
         std::env::temp_dir().join(format!("zs-quic-shard-{}-{npcs}.pem", std::process::id()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -107,6 +112,57 @@ async fn raw_control(shard_addr: SocketAddr, trust: &ClientTrust, raw: &[u8]) ->
         .await
         .expect("the shard must close an attacker")
         .into()
+}
+
+/// Connect and log in as `name`; the live session, or how the connection failed.
+async fn login(shard: &Shard, name: &str) -> Result<quic::ClientSession, NetError> {
+    let endpoint = quic::client_endpoint_for(&shard.trust, shard.addr).expect("client endpoint");
+    let mut bot = BotClient::new(BotConfig::new(name, Scenario::Idle, 3));
+    let mut s = quic::connect(&endpoint, shard.addr, "localhost", &bot.hello(0)).await?;
+    let welcome = s.read_control().await?;
+    bot.on_control(0, &welcome).expect("a valid welcome");
+    Ok(s)
+}
+
+/// `[cluster] connections_per_address_max` reaches the shard's endpoint: with 3, a fourth
+/// client from the same host is refused while the three play; closing one frees its place.
+#[test]
+fn a_configured_per_address_bound_is_what_the_shard_enforces() {
+    let mut config = WorldConfig::default();
+    config.npc.count = 10;
+    config.cluster.connections_per_address_max = 3;
+    let shard = start_shard_with(config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut playing = Vec::new();
+        for i in 0..3 {
+            let s = login(&shard, &format!("p{i}"))
+                .await
+                .expect("up to the bound, each client plays");
+            playing.push(s);
+        }
+        let refused = login(&shard, "p3").await;
+        assert!(
+            refused.is_err(),
+            "the fourth connection from one host must be refused"
+        );
+        let first = playing.remove(0);
+        first.conn.close(0u32.into(), b"bye");
+        // The place comes back once the shard saw the close: try for a while.
+        let mut again = None;
+        for _ in 0..50 {
+            if let Ok(s) = login(&shard, "p4").await {
+                again = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(again.is_some(), "a closed connection's place is free again");
+    });
 }
 
 fn code_of(e: &NetError) -> Option<ErrorCode> {

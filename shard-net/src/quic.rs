@@ -12,7 +12,9 @@
 //! Every incoming connection is judged at its first packet, before it costs a handshake
 //! ([`ServerLimits`]):
 //!
-//! - One source address (an IPv6 /64) holds at most `CONNECTIONS_PER_ADDRESS_MAX` connections,
+//! - One source address (an IPv6 /64) holds at most `ServerLimits::connections_per_address_max`
+//!   connections (a shard takes it from `[cluster] connections_per_address_max`, default
+//!   `CONNECTIONS_PER_ADDRESS_MAX`),
 //!   counted from that first packet to the end, handshakes included. The shard's own bound,
 //!   `CLIENTS_PER_SHARD_MAX`, only applies once a client says `Hello`, so without this one host
 //!   could open every slot and hold it for `HELLO_TIMEOUT_MS` while real players are refused as

@@ -99,6 +99,11 @@ pub struct ClusterSection {
     /// Logins that may wait for room, cluster-wide (at most `limits::LOGIN_QUEUE_MAX`); past it a
     /// login is refused with `no_room`. 0: no queue.
     pub login_queue_max: u32,
+    /// Client connections (handshaking or established) that one source address, or one IPv6
+    /// /64, may hold on a shard; the next is refused at its first packet. It stops one host from
+    /// taking every slot. A load test that runs more bots than this from one machine against
+    /// one shard raises it (1..=`CONNECTIONS_PER_ADDRESS_CEILING`).
+    pub connections_per_address_max: u32,
 }
 
 impl Default for ClusterSection {
@@ -111,9 +116,14 @@ impl Default for ClusterSection {
             secret: None,
             clients_per_shard_max: CLIENTS_PER_SHARD_DEFAULT,
             login_queue_max: LOGIN_QUEUE_DEFAULT,
+            connections_per_address_max: limits::CONNECTIONS_PER_ADDRESS_MAX as u32,
         }
     }
 }
+
+/// Highest `[cluster] connections_per_address_max`: every connection a shard's endpoint takes
+/// before it refuses all of them (twice `limits::CLIENTS_PER_SHARD_MAX`).
+pub const CONNECTIONS_PER_ADDRESS_CEILING: u32 = 2 * limits::CLIENTS_PER_SHARD_MAX as u32;
 
 /// Default `[cluster] clients_per_shard_max`: half of what a shard accepts as connections, so
 /// the login queue and clients on their way elsewhere keep room beside a full shard's players.
@@ -549,6 +559,15 @@ impl WorldConfig {
                 ),
             ));
         }
+        if !(1..=CONNECTIONS_PER_ADDRESS_CEILING).contains(&c.connections_per_address_max) {
+            return Err(bad(
+                "cluster.connections_per_address_max",
+                format!(
+                    "must be in 1..={CONNECTIONS_PER_ADDRESS_CEILING} (got {})",
+                    c.connections_per_address_max
+                ),
+            ));
+        }
         if let Some(secret) = &c.secret
             && secret.len() < CLUSTER_SECRET_BYTES_MIN
         {
@@ -653,6 +672,14 @@ mod tests {
             (
                 "[cluster]\nlogin_queue_max = 3000\n",
                 "cluster.login_queue_max",
+            ),
+            (
+                "[cluster]\nconnections_per_address_max = 0\n",
+                "cluster.connections_per_address_max",
+            ),
+            (
+                "[cluster]\nconnections_per_address_max = 8193\n",
+                "cluster.connections_per_address_max",
             ),
             ("[balancer]\ntick_cpu_max = 1.5\n", "balancer.tick_cpu_max"),
             ("[balancer]\newma_alpha = 0.0\n", "balancer.ewma_alpha"),

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use zonescaler_net::link::{ClusterAuth, ClusterLinks, LinkEvent, LinkEvents, LinkStats};
-use zonescaler_net::quic::{NetStats, QuicEvents, QuicServer};
+use zonescaler_net::quic::{NetStats, QuicEvents, QuicServer, ServerLimits};
 use zonescaler_net::tls::ServerIdentity;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellGrid;
@@ -214,7 +214,11 @@ impl Shard {
             (Some(c), Some(k)) => ServerIdentity::from_pem_files(c, k)?,
             _ => ServerIdentity::self_signed(&["localhost", "127.0.0.1"])?,
         };
-        let (server, events) = QuicServer::bind(opts.listen, &identity)
+        let server_limits = ServerLimits {
+            connections_per_address_max: opts.config.cluster.connections_per_address_max as usize,
+            ..ServerLimits::default()
+        };
+        let (server, events) = QuicServer::bind_with(opts.listen, &identity, server_limits)
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
         let addr = server.local_addr();
         let metrics = opts
