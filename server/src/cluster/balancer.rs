@@ -531,7 +531,8 @@ impl Balancer {
         })
     }
 
-    /// Whether balancing is on (evacuations are planned either way).
+    /// Whether balancing is on (evacuations and a new shard's first cell are planned either
+    /// way).
     pub fn enabled(&self) -> bool {
         self.settings.enabled
     }
@@ -963,6 +964,9 @@ impl Round<'_> {
         }
         self.evacuate_all();
         if !self.s.enabled {
+            // A join is an operator's decision, like a drain: a new shard gets its first cell
+            // with balancing off too (`[balancer] enabled`), and grows no further.
+            self.seed_joiners();
             return;
         }
         if count > 0 && over == count {
@@ -2079,6 +2083,32 @@ mod tests {
             "the new shard grew to {share:.2} of the load (fair is 0.33)"
         );
         assert!(contiguous(&toy.map, ShardId(2)), "in one region");
+    }
+
+    /// Found by the cluster simulator (seed 3, balancing off): a late joiner never got a cell,
+    /// though `[balancer] enabled = false` is documented to leave joins and drains working.
+    #[test]
+    fn disabled_it_still_gives_a_joining_shard_its_first_cell() {
+        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1)], 0.008);
+        toy.load_shard(1, 0.012);
+        toy.shards.push(shard(2, 1));
+        let mut b = balancer(&BalancerSection {
+            enabled: false,
+            ..section()
+        });
+        let first = moves(&toy.step(&mut b));
+        assert_eq!(
+            first.iter().map(|m| (m.1, m.2, m.3)).collect::<Vec<_>>(),
+            vec![(ShardId(1), ShardId(2), Reason::Join)],
+            "the joiner's first cell, from the busiest shard"
+        );
+        for _ in 0..20 {
+            assert!(
+                moves(&toy.step(&mut b)).is_empty(),
+                "and nothing more: balancing is off"
+            );
+        }
+        assert_eq!(toy.map.cells_of(ShardId(2)).count(), 1);
     }
 
     #[test]
