@@ -6,7 +6,7 @@ use bevy_ecs::prelude::*;
 use std::collections::BTreeMap;
 use zonescaler_server::app::demo_game;
 use zonescaler_server::cluster::LocalCluster;
-use zonescaler_server::core::components::{InTransit, Networked, Owned};
+use zonescaler_server::core::components::{InTransit, Networked, Owned, Proxy};
 use zonescaler_shared::NetId;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::config::WorldConfig;
@@ -127,4 +127,35 @@ fn a_drain_that_cannot_happen_says_why() {
     c.drain(ShardId(1)).expect("one");
     c.drain(ShardId(2))
         .expect("and another: the master's shard takes their cells");
+}
+
+/// Found by the cluster simulator (seed 6): when the last other shard's cells all came to one
+/// shard, that shard stopped mirroring at once (it has no neighbour left) without removing the
+/// proxies it had sent, so the drained shard kept stale copies of its entities to the end.
+#[test]
+fn a_shard_drained_down_to_no_cell_is_sent_the_removes_of_its_proxies() {
+    let mut world = WorldConfig::default();
+    world.npc.count = 600;
+    world.cluster.cell_move_batch = 100;
+    world.balancer.round_ms = 200;
+    let mut c = LocalCluster::new(world, 2, &demo_game()).expect("two shards");
+    let proxies = |c: &mut LocalCluster, i: usize| {
+        let w = &mut c.shards[i].world;
+        w.query_filtered::<(), With<Proxy>>().iter(w).count()
+    };
+    for _ in 0..30 {
+        c.step();
+    }
+    assert!(
+        proxies(&mut c, 1) > 0,
+        "shard 1 holds proxies of shard 0's border"
+    );
+    c.drain(ShardId(1)).expect("shard 1 can be drained");
+    let left = run_until(&mut c, 20_000, |c| c.shards[1].drained());
+    assert!(left.is_some(), "shard 1 is let go");
+    assert_eq!(
+        proxies(&mut c, 1),
+        0,
+        "shard 0, alone now, removed every proxy it had mirrored there"
+    );
 }

@@ -270,7 +270,7 @@ pub fn mirror_proxies(
     clock: Res<TickClock>,
     moves: Res<CellMoves>,
 ) {
-    if !space.has_neighbours {
+    if alone(&space, &moves, &mirrors) {
         return;
     }
     let tick = clock.tick.0;
@@ -325,6 +325,15 @@ pub fn mirror_proxies(
     }
     remove_unseen(&mut mirrors, batches, tick);
     flush(&mut outbox, batches, epoch, buf);
+}
+
+/// Alone in the world there is nothing to mirror, unless a leaf is being shipped (to a joiner,
+/// say) or proxies sent before are still to be removed (the last neighbour's cells just came
+/// here: without their removes, that shard would keep them until it left).
+fn alone(space: &Space, moves: &CellMoves, mirrors: &Mirrors) -> bool {
+    !space.has_neighbours
+        && moves.outgoing.is_empty()
+        && mirrors.0.values().all(|sent| sent.is_empty())
 }
 
 /// Whatever was not seen this tick left the border zone (or was despawned): remove it there.
