@@ -226,3 +226,55 @@ fn an_oversized_component_is_left_out_and_everything_else_still_crosses() {
         "and without the one that does not"
     );
 }
+
+/// Defect fixed (found by the cluster simulator, seeds 314, 442 and 561): while the source
+/// waited for a late ack, it refused the new owner's proxy updates of the entity (it held it
+/// frozen), though the owner then counted them as sent; once the ack came, the source had no
+/// proxy (or the former owner's, soon removed) and the owner, its record saying otherwise,
+/// never sent one again. A proxy update at the attempt's generation or later proves the
+/// target took the entity: the source settles the attempt then.
+#[test]
+fn an_update_from_the_new_owner_settles_a_handoff_whose_ack_is_late() {
+    let mut c = cluster();
+    let (from, _) = across_border(&c, 1.0);
+    let margin = WorldConfig::default().cluster.handoff_margin_m;
+    // It stops just past the margin: near the border, so shard 1 mirrors it back to shard 0.
+    let to = from + Vec3::new(0.0, 0.0, 2.0 + margin + 0.5);
+    let id = spawn_walker(&mut c, from, to, Hp(9));
+    let mut acks_lost = 0;
+    for _ in 0..200 {
+        c.step_filtered(|sender, _, b| {
+            let ack = sender == ShardId(1)
+                && matches!(
+                    codec::decode_shard_message(b),
+                    Ok(ShardMessage::HandoffAck { .. })
+                );
+            let lose = ack && acks_lost == 0;
+            acks_lost += usize::from(lose);
+            !lose
+        });
+        if owns(&mut c, 1, id) {
+            break;
+        }
+    }
+    assert_eq!(acks_lost, 1, "the ack was lost on the way");
+    assert!(owns(&mut c, 1, id), "shard 1 took the entity");
+    for _ in 0..5 {
+        c.step();
+    }
+    let e = entity(&mut c, 0, id).expect("shard 0 keeps a copy");
+    let w = &c.shards[0].world;
+    assert_eq!(
+        (
+            w.get::<InTransit>(e).is_some(),
+            w.get::<Proxy>(e).map(|p| p.owner)
+        ),
+        (false, Some(ShardId(1))),
+        "shard 1's proxy update settled the handoff: shard 0 holds its proxy"
+    );
+    assert_eq!(
+        w.resource::<HandoffStats>().cancels_sent,
+        0,
+        "without waiting for the timeout"
+    );
+}

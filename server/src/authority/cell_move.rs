@@ -113,13 +113,16 @@ fn apply_map(world: &mut World, push: MapPush) {
         let space = world.resource::<Space>();
         (space.me, *space.grid(), space.map.epoch())
     };
-    // The members' addresses come with every push, the same epoch too (a member joined).
+    // The members' addresses come with every push, the same epoch too (a member joined or
+    // left). A member that left was drained: what this shard was handing it comes back.
     {
         let mut dir = world.resource_mut::<ClusterDirectory>();
         for m in &push.members {
             dir.client_addrs.insert(m.id, m.client_addr.clone());
         }
     }
+    let members: BTreeSet<ShardId> = push.members.iter().map(|m| m.id).collect();
+    super::handoff::forget_departed(world, &members);
     if push.epoch <= epoch.0 {
         return;
     }

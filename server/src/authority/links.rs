@@ -55,6 +55,7 @@ fn apply_batch(
     let mut stale = 0;
     for u in batch.upserts {
         if let Some(u) = refresh_proxy(world, proxies, hints, from, u) {
+            handoff::taken_meanwhile(world, u.id, u.generation);
             stale += u64::from(!upsert_proxy(world, from, u));
         }
     }

@@ -219,6 +219,25 @@ impl HandoffBook {
         })
     }
 
+    /// The neighbours that have attempts of this shard's open.
+    pub fn open_to(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.open_per.keys().copied()
+    }
+
+    /// Source: `to` left the cluster (drained) and will never answer: each attempt still open
+    /// to it is refused for good, as if it had said so (`NotOwner`). Safe because the master
+    /// lets a shard go only once it owns no cell and no entity, and from then on it refuses
+    /// every request: it took none of these.
+    pub fn on_departed(&mut self, now_ms: u64, to: ShardId) -> Vec<Effect> {
+        let open: Vec<(NetId, u32)> = (self.open.iter())
+            .filter(|(_, a)| a.to == to)
+            .map(|(id, a)| (*id, a.generation))
+            .collect();
+        open.into_iter()
+            .filter_map(|(id, g)| self.on_refuse(now_ms, id, to, g, RefuseReason::NotOwner))
+            .collect()
+    }
+
     /// Time passes: cancel attempts unanswered for the timeout (once each; the entity stays
     /// frozen until the answer to the cancel), end backoffs, forget answers past their keep.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Effect> {
@@ -402,6 +421,44 @@ mod tests {
             None,
             "a second ack changes nothing"
         );
+    }
+
+    #[test]
+    fn attempts_open_to_a_departed_shard_are_refused_and_others_left_alone() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        let g1 = src.offer(0, id(1), B, 0).unwrap();
+        let g2 = src.offer(0, id(2), B, 6).unwrap();
+        let g3 = src.offer(0, id(3), C, 2).unwrap();
+        assert_eq!(src.open_to().collect::<Vec<_>>(), vec![B, C]);
+        let fx = src.on_departed(50, B);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Resume {
+                    id: id(1),
+                    generation: g1,
+                    reason: RefuseReason::NotOwner
+                },
+                Effect::Resume {
+                    id: id(2),
+                    generation: g2,
+                    reason: RefuseReason::NotOwner
+                },
+            ],
+            "B's attempts resume at their numbers"
+        );
+        assert_eq!(src.in_flight_to(B), 0);
+        assert_eq!(
+            src.attempt(id(3)).map(|a| a.generation),
+            Some(g3),
+            "C's is open"
+        );
+        assert_eq!(
+            src.may_offer(50, id(1), C),
+            Err(NotNow::BackingOff),
+            "and backs off as after any refusal"
+        );
+        assert_eq!(src.on_ack(id(1), B, g1), None, "a late ack changes nothing");
     }
 
     #[test]

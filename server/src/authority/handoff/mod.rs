@@ -21,6 +21,10 @@
 //!    timeout with no answer at all (a partition) leaves the entity frozen, owned by no one
 //!    simulating it but held by the source, until the link comes back. Nothing is ever owned twice
 //!    or by no one.
+//! 5. Two things settle an attempt without its answer: a proxy update for the entity at the
+//!    attempt's number or later, from whoever owns it now, proves the target took it (the ack is
+//!    late: [`taken_meanwhile`]); and the target leaving the cluster (drained, so it owned no
+//!    cell and took nothing) refuses it ([`forget_departed`]).
 //!
 //! The request carries everything the entity is: its replicated components (which stay on the
 //! source, typed, as the proxy's) and the server-only components the game registered with
@@ -52,6 +56,7 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use bytes::Bytes;
 use glam::Vec3;
+use std::collections::BTreeSet;
 use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -311,6 +316,57 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             true
         }
         ShardMessage::ProxyBatch(_) => false,
+    }
+}
+
+/// An owner's proxy update for `id` at `generation` came while this shard still holds `id`
+/// frozen in a handoff numbered `generation` or lower: the handoff's target took it, and its
+/// ack is still on the way (an attempt's number is the generation the target takes the entity
+/// at, and generations only grow along its owners, so no shard holds it at that number or
+/// later unless the attempt was accepted). Settle the attempt as acked now, so the update is
+/// taken as the proxy it is; refused, it would be missing once the late ack came, while its
+/// owner (which may be a shard further on) believed it sent.
+pub(crate) fn taken_meanwhile(world: &mut World, id: NetId, generation: u32) {
+    let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
+        return;
+    };
+    let Some(t) = world.get::<InTransit>(e).copied() else {
+        return;
+    };
+    if generation < t.generation {
+        return;
+    }
+    let acked = world
+        .resource_mut::<Handoffs>()
+        .0
+        .on_ack(id, t.to, t.generation);
+    if let Some(effect) = acked {
+        debug!(id = %id, to = t.to.0, "handoff taken: a newer owner's update came before the ack");
+        apply(world, effect);
+    }
+}
+
+/// The master's member list changed: attempts open to a shard no longer in it (drained, so it
+/// took none of them and will answer none) are settled as refused, their entities simulated
+/// here again ([`HandoffBook::on_departed`]). Without this they would stay frozen for good.
+pub(crate) fn forget_departed(world: &mut World, members: &BTreeSet<ShardId>) {
+    let Some(book) = world.get_resource::<Handoffs>() else {
+        return;
+    };
+    let gone: Vec<ShardId> = (book.0.open_to())
+        .filter(|s| !members.contains(s))
+        .collect();
+    let now_ms = world.resource::<TickClock>().now_ms;
+    for to in gone {
+        let effects = world.resource_mut::<Handoffs>().0.on_departed(now_ms, to);
+        debug!(
+            shard = to.0,
+            entities = effects.len(),
+            "handoffs to a drained shard resumed"
+        );
+        for effect in effects {
+            apply(world, effect);
+        }
     }
 }
 
