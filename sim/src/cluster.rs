@@ -9,12 +9,31 @@
 //! map, and every pair of shards links. During play the links carry one batch of shard messages
 //! per neighbour per tick, heartbeats to the master, and the master's traffic: logins claim their
 //! accounts there (bots log in with tickets the simulation's account key signed, spawning where
-//! their border walks start). Every tick is checked for:
+//! their border walks start).
+//!
+//! The master moves random leaves between shards that take work, and splits and merges leaves,
+//! while all of this goes on; each tick it does its housekeeping as `Node` does (moves overdue
+//! are aborted, a balancing round when one is due, drained shards let go). Membership changes
+//! too, in seeds that draw them (about 40% each):
+//! - **a late joiner**: one more process (shard id `shards`, the next the master gives) dials
+//!   the master 1–2 s in, through [`Forming::joiner`] over the simulated links; the master side
+//!   does what `Node` does (its `Join` on an unnamed link: `Master::join`, `Joined` and
+//!   `Master::push_for_joiner` back, `Master::members_changed` to the others), it dials every
+//!   member with `Peer`, and once formed it ticks. A member sends it nothing before its `Peer`
+//!   has arrived (there is no link to send on); the master's balancer gives it its first cell.
+//! - **a drain**: 1–2 s in, `Master::drain` on a random shard other than the master's that ticks
+//!   and takes work; the balancer evacuates its cells, and once `Master::check_drained` lets it
+//!   go (`Drained`) it stops ticking, its connections and links close, and it leaves the checks.
+//!
+//! Seeds with either run the production balancer (`Master::balance`, quarter-second rounds; in
+//! a quarter of them with balancing off, which still carries out joins and drains). Every tick
+//! is checked for:
 //! - `single_authority`: no `NetId` owned by two shards;
 //! - `no_lost_entities`: every entity that existed still exists (owned somewhere, or frozen in a
 //!   handoff), unless the engine despawned it on purpose (its player left);
-//! - `handoff_bounded`: no entity frozen in a handoff longer than the link's round trip allows
-//!   (time its link spends partitioned does not count);
+//! - `handoff_bounded`: no handoff keeps its entity frozen longer than the link's round trip
+//!   allows (time its link spends partitioned does not count; a handoff to a shard drained
+//!   meanwhile is settled by the master's word, so its source's link to the master counts);
 //! - `players_keep_avatars`: every logged-in bot's avatar exists;
 //! - `proxies_converge`: every proxy names a shard that owns (or owned, within the link's delay
 //!   bound) that entity, at a position the owner held within that bound; and every entity that
@@ -22,32 +41,50 @@
 //! - `one_owner_per_point`: every map the master makes tiles the world with one owner per leaf,
 //!   and every shard holds exactly one of the master's maps;
 //! - `settles_into_owner`: no entity stays owned in a leaf another shard owns for longer than a
-//!   cell move and its settling handoffs can take.
+//!   cell move and its settling handoffs can take;
+//! - `drained_shard_empty`: a shard let go owns no entity, holds none in a handoff, holds a map
+//!   that gives it no leaf, and has no bot still playing on it;
+//! - `drain_completes`: a drain is done within [`DRAIN_BOUND_MS`] of the order;
+//! - `joiner_gets_cells`: the late joiner forms, and holds a leaf of the master's map within
+//!   [`JOIN_BOUND_MS`] of dialing in (unless it was the one drained).
 //!
-//! The master also moves random leaves between shards (some moves time out and abort), and
-//! splits and merges leaves, while all of this goes on.
+//! A run reports its joins and drains in [`Membership`]: joins, leaves given to joiners, the
+//! entities a joiner owned, drains ordered and done.
 
 use crate::load::ModelledLoad;
 use crate::{Packet, Violation};
+use bevy_ecs::query::Has;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
-use zonescaler_server::client::LoginPolicy;
-use zonescaler_server::cluster::{FormAction, FormEvent, Formed, Forming, Master};
+use zonescaler_server::client::{Clients, LoginPolicy};
+use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
 use zonescaler_server::core::components::{InTransit, Networked, Owned, Position, Proxy};
 use zonescaler_server::core::resources::{DespawnLog, HandoffStats};
 use zonescaler_server::core::space::Space;
-use zonescaler_shared::cellmap::{CellGrid, CellMap};
+use zonescaler_shared::cellmap::{CellGrid, CellMap, Epoch};
 use zonescaler_shared::config::WorldConfig;
-use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MasterNotice, MasterRequest};
+use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MapPush, MasterNotice, MasterRequest};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
-use zonescaler_shared::ticket::{LoginTicket, TicketSigner};
+use zonescaler_shared::ticket::{LoginKeys, LoginTicket, TicketSigner};
 use zonescaler_shared::{CellId, ConnId, NetId, ShardId, limits};
+
+/// `joiner_gets_cells`' bound: a late joiner forms, links, reports, and the balancer's next
+/// rounds move it a leaf, well within this (simulated); smoke runs dial in by 2 s and last 8 s,
+/// so the bound ends inside every run.
+pub const JOIN_BOUND_MS: u64 = 5_000;
+
+/// `drain_completes`' bound: the operator's patience with `zonescaler drain` (simulated).
+pub const DRAIN_BOUND_MS: u64 = 30_000;
+
+/// Link ids the late joiner's dials get start here (the initial forming's count from 1; during
+/// play the simulation addresses shard messages by endpoint, on `LinkId(0)`).
+const JOINER_LINKS_FROM: u64 = 1 << 32;
 
 /// One multi-shard run's shape.
 #[derive(Clone, Debug)]
@@ -70,6 +107,22 @@ pub struct ClusterConfig {
     /// Chance per tick (after the first second) that the master splits a random leaf (where its
     /// children stay at least twice the interest radius) or merges a random split parent.
     pub reshape_chance: f32,
+    /// The tick at which one more process (endpoint and shard id `shards`, not part of the
+    /// initial forming) dials the master to join the running cluster; `None`: no late joiner.
+    pub join_at_tick: Option<u64>,
+    /// The late joiner's capacity weight.
+    pub joiner_weight: u32,
+    /// The tick at which the master is told to drain a random shard other than its own (one that
+    /// ticks and takes work then); `None`: no drain.
+    pub drain_at_tick: Option<u64>,
+    /// Whether the master runs the production balancer (`world.balancer`) every round: it is
+    /// what gives a joiner its first cell and evacuates a draining shard.
+    pub balance: bool,
+    /// `joiner_gets_cells`: a late joiner holds a leaf of the master's map within this long
+    /// (simulated) of dialing in.
+    pub join_bound_ms: u64,
+    /// `drain_completes`: a drained shard is let go within this long (simulated) of the order.
+    pub drain_bound_ms: u64,
 }
 
 impl ClusterConfig {
@@ -101,6 +154,20 @@ impl ClusterConfig {
             duplicate: rng.range_f32(0.0, 0.05),
             reorder: rng.range_f32(0.0, 0.05),
         };
+        // Membership changes draw from a stream of their own, so every other choice of a seed
+        // stays what it was before joins and drains were simulated.
+        let mut m = Rng::new(seed ^ 0x101D_D1A1);
+        let join_at_tick = m.chance(0.4).then(|| 30 + m.below(31));
+        let joiner_weight = 1 + m.below(3) as u32;
+        let drain_at_tick = m.chance(0.4).then(|| 30 + m.below(31));
+        let balance = join_at_tick.is_some() || drain_at_tick.is_some();
+        if balance {
+            // Rounds quick enough that a drain and a joiner's first cell fit an 8-second run.
+            world.balancer.round_ms = 250;
+            world.balancer.max_move_fraction = 0.25;
+            // Balancing off (`[balancer] enabled = false`) still carries out joins and drains.
+            world.balancer.enabled = !m.chance(0.25);
+        }
         Self {
             seed,
             ticks: 240,
@@ -112,7 +179,18 @@ impl ClusterConfig {
             partition_chance: if rng.chance(0.5) { 0.01 } else { 0.0 },
             move_chance: if rng.chance(0.7) { 0.03 } else { 0.0 },
             reshape_chance: if reshape { 0.02 } else { 0.0 },
+            join_at_tick,
+            joiner_weight,
+            drain_at_tick,
+            balance,
+            join_bound_ms: JOIN_BOUND_MS,
+            drain_bound_ms: DRAIN_BOUND_MS,
         }
+    }
+
+    /// Ticks in `ms` of simulated time.
+    fn ticks_in(&self, ms: u64) -> u64 {
+        ms * u64::from(self.world.simulation.tick_hz) / 1_000
     }
 
     /// Ticks an entity may stand owned in a leaf the master's map gives another shard: a cell
@@ -167,8 +245,10 @@ pub struct ClusterSim {
     near_for: BTreeMap<(NetId, ShardId), usize>,
     /// Entities that must exist (owned or in transit somewhere).
     alive: BTreeSet<NetId>,
-    /// Ticks each in-transit entity has waited on a connected link.
-    transit_for: BTreeMap<NetId, usize>,
+    /// Ticks each handoff (entity, source, attempt number) has waited on a connected link. By
+    /// attempt, not by entity: an entity handed back and forth while maps change may be in
+    /// transit somewhere for many ticks in a row, each handoff within its bound.
+    transit_for: BTreeMap<(NetId, usize, u32), usize>,
     /// Partitioned shard pairs and the tick each heals.
     partitions: BTreeMap<(usize, usize), u64>,
     /// Pairs partitioned recently, and the last tick they were.
@@ -192,6 +272,51 @@ pub struct ClusterSim {
     /// The epoch each shard holds, and the tick it took it.
     epochs_held: Vec<u64>,
     map_taken_at: Vec<u64>,
+    /// Bot `i` is endpoint `bot_base + i` (after the shards and the late joiner's endpoint).
+    bot_base: usize,
+    /// The late joiner, once it dialed in.
+    joiner: Option<Joiner>,
+    /// The account service's public keys, which every shard (a joiner too) checks logins with.
+    login_keys: LoginKeys,
+    /// Drained shards that stopped: they no longer tick, hear nothing, and are out of the checks.
+    departed: BTreeSet<usize>,
+    /// Drains ordered and not done yet: the shard and the tick of the order.
+    draining: BTreeMap<usize, u64>,
+    /// A failure met outside the checks (a joiner that could not form), for the next check.
+    failure: Option<(&'static str, String)>,
+    /// Joins and drains, for reports and tests.
+    pub membership: Membership,
+}
+
+/// The late joiner: its process while it forms, and its links.
+struct Joiner {
+    /// Its endpoint, and the shard id it must get (ids are never reused).
+    id: usize,
+    /// `None` once formed (it is then `shards[id]`).
+    forming: Option<Forming>,
+    links: BTreeMap<LinkId, (usize, usize)>,
+    dialed_at: u64,
+    /// Members that do not know who is on its link yet (the master until its `Join`, the others
+    /// until its `Peer`): what they would send it has no link to go on.
+    unnamed_at: BTreeSet<usize>,
+    /// The tick it first held a leaf of the master's map.
+    first_cell_at: Option<u64>,
+}
+
+/// What a run's joins and drains did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Late joiners that formed and ticked.
+    pub joins: u64,
+    /// Leaves that passed to a late joiner in the master's maps.
+    pub cells_to_joiners: u64,
+    /// The most entities a late joiner owned at once.
+    pub joiner_entities_max: u64,
+    pub drains_ordered: u64,
+    /// Drains the master completed (the shard was told `Drained` and stopped).
+    pub drains_done: u64,
+    /// Shard messages dropped because their sender had no link to the receiver (yet).
+    pub unlinked_drops: u64,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -231,6 +356,7 @@ pub struct ClusterOutcome {
     /// cells it reported, summed (at most 1).
     pub tick_cpu_shares: Vec<f32>,
     pub cell_share_sums: Vec<f32>,
+    pub membership: Membership,
 }
 
 impl ClusterSim {
@@ -238,8 +364,9 @@ impl ClusterSim {
         let grid = CellGrid::from_config(&cfg.world);
         let mut rng = Rng::new(cfg.seed);
         let mut net = MemNetwork::new(rng.next_u64(), cfg.client_faults);
-        for a in 0..cfg.shards as u32 {
-            for b in 0..cfg.shards as u32 {
+        let bot_base = cfg.shards + usize::from(cfg.join_at_tick.is_some());
+        for a in 0..bot_base as u32 {
+            for b in 0..bot_base as u32 {
                 if a != b {
                     net.set_faults(a, b, cfg.link_faults);
                 }
@@ -247,7 +374,13 @@ impl ClusterSim {
         }
         let weights: Vec<u32> = (0..cfg.shards).map(|_| 1 + rng.below(3) as u32).collect();
         let mut now_us = 0;
-        let mut formed = form(&mut net, grid, &weights, &mut now_us)?;
+        let balancer = if cfg.balance {
+            let b = Balancer::new(&cfg.world).map_err(|e| e.to_string())?;
+            Some((b, cfg.world.balancer.round_ms))
+        } else {
+            None
+        };
+        let mut formed = form(&mut net, grid, &weights, balancer, &mut now_us)?;
         let master = formed[0]
             .master
             .take()
@@ -271,6 +404,7 @@ impl ClusterSim {
             .flat_map(|s| owned_of(s).into_keys())
             .collect();
         let bots = make_bots(&cfg, &shards[0], &signer, &mut rng);
+        let login_keys = signer.public_keys();
         let tick_us = 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
         let boundary = BoundaryIndex::new(&map);
         let maps = BTreeMap::from([(map.epoch().0, map.clone())]);
@@ -304,6 +438,13 @@ impl ClusterSim {
             epochs_held: Vec::new(),
             map_taken_at: Vec::new(),
             bad_map: None,
+            bot_base,
+            joiner: None,
+            login_keys,
+            departed: BTreeSet::new(),
+            draining: BTreeMap::new(),
+            failure: None,
+            membership: Membership::default(),
         };
         sim.epochs_held = vec![sim.map.epoch().0; sim.n()];
         sim.map_taken_at = vec![0; sim.n()];
@@ -341,51 +482,50 @@ impl ClusterSim {
             cell_share_sums: (self.master.members().values())
                 .map(|m| m.load.cells.iter().map(|c| c.tick_share).sum())
                 .collect(),
+            membership: self.membership,
         })
     }
 
+    /// Shards so far (drained ones included: shard `i` stays `shards[i]`).
     fn n(&self) -> usize {
         self.shards.len()
+    }
+
+    /// The shards that tick: every one but those drained.
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.n()).filter(|i| !self.departed.contains(i))
     }
 
     fn step(&mut self) -> u64 {
         self.now_us += self.tick_us;
         let now = self.now_us;
         let next_tick = self.shards[0].tick_number() + 1;
-        let n = self.n();
         self.weather(next_tick);
+        self.dial_in(next_tick);
         self.reshape(next_tick);
         self.log_bots_in(now, next_tick);
         for (from, to, packet) in self.net.poll(now) {
-            let (from, to) = (from as usize, to as usize);
-            if to < n {
-                if from < n {
-                    if let Packet::Link(_, msg) = packet {
-                        self.on_link_message(to, from, msg);
-                    }
-                    continue;
-                }
-                if let Some(ev) = packet.into_event(ConnId((from - n) as u64)) {
-                    self.shards[to].push_event(ev);
-                }
-            } else {
-                self.deliver_to_bot(now, from, to - n, packet);
-            }
+            self.deliver(now, from as usize, to as usize, packet);
         }
-        for s in &mut self.shards {
+        self.take_in_joiner(next_tick);
+        let live: Vec<usize> = self.live().collect();
+        for &i in &live {
+            // `RUST_LOG=debug` replays say which shard logged what, and when.
+            let _span = tracing::debug_span!("shard", i, tick = next_tick).entered();
+            let s = &mut self.shards[i];
             s.set_now_ms(now / 1_000);
             s.tick();
         }
         let heartbeat_ticks =
             (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1);
         if next_tick.is_multiple_of(heartbeat_ticks) {
-            for i in 0..n {
+            for &i in &live {
                 let mut load = self.shards[i].load();
                 self.loads[i].close(&mut load);
                 self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }
-        for i in 0..n {
+        for &i in &live {
             let link_bytes = self.send_batches(i);
             let period = std::time::Duration::from_micros(self.tick_us);
             self.loads[i].after_tick(&self.shards[i], period, link_bytes);
@@ -393,7 +533,7 @@ impl ClusterSim {
                 self.send_to_master(i, LinkMessage::ToMaster(req));
             }
             for cmd in self.shards[i].drain_outbox() {
-                let to = (n as u64 + cmd.conn().0) as u32;
+                let to = (self.bot_base as u64 + cmd.conn().0) as u32;
                 let (packet, reliable) = Packet::from_command(cmd);
                 self.net.send(now, i as u32, to, packet, reliable);
             }
@@ -405,7 +545,7 @@ impl ClusterSim {
             if let Some(input) = b.bot.next_input(now) {
                 self.net.send(
                     now,
-                    (n + i) as u32,
+                    (self.bot_base + i) as u32,
                     shard as u32,
                     Packet::Datagram(Bytes::from(input)),
                     false,
@@ -415,12 +555,264 @@ impl ClusterSim {
         self.shards[0].tick_number()
     }
 
+    /// A packet from endpoint `from` arrived at endpoint `to`.
+    fn deliver(&mut self, now: u64, from: usize, to: usize, packet: Packet) {
+        if to >= self.bot_base {
+            self.deliver_to_bot(now, from, to - self.bot_base, packet);
+            return;
+        }
+        if self
+            .joiner
+            .as_ref()
+            .is_some_and(|j| j.id == to && j.forming.is_some())
+        {
+            self.joiner_event(from, packet);
+            return;
+        }
+        // Nobody is there (a joiner's endpoint before it dialed), or nobody listens any more (a
+        // drained shard's links and connections are closed).
+        if to >= self.n() || self.departed.contains(&to) {
+            return;
+        }
+        if from >= self.bot_base {
+            let conn = ConnId((from - self.bot_base) as u64);
+            if let Some(ev) = packet.into_event(conn) {
+                self.shards[to].push_event(ev);
+            }
+            return;
+        }
+        // A new link waits for its first message to say who is on it (`Node`'s unnamed links).
+        let Packet::Link(link, msg) = packet else {
+            return;
+        };
+        let unnamed = self
+            .joiner
+            .as_ref()
+            .is_some_and(|j| j.id == from && j.unnamed_at.contains(&to));
+        if unnamed {
+            self.unnamed_message(to, from, link, msg);
+        } else {
+            self.on_link_message(to, from, msg);
+        }
+    }
+
+    /// The late joiner starts at its tick: a [`Forming::joiner`] that dials the master, as
+    /// `zonescaler shard --join` does.
+    fn dial_in(&mut self, next_tick: u64) {
+        if self.cfg.join_at_tick != Some(next_tick) || self.joiner.is_some() {
+            return;
+        }
+        let id = self.cfg.shards;
+        let grid = *self.map.grid();
+        let req = join_request(id, self.cfg.joiner_weight);
+        let (forming, acts) = Forming::joiner(grid, req, "sim:0".into());
+        self.joiner = Some(Joiner {
+            id,
+            forming: Some(forming),
+            links: BTreeMap::new(),
+            dialed_at: next_tick,
+            unnamed_at: self.live().collect(),
+            first_cell_at: None,
+        });
+        self.joiner_acts(acts);
+    }
+
+    /// Carry out the forming joiner's actions on the simulated links.
+    fn joiner_acts(&mut self, acts: Vec<FormAction>) {
+        let now = self.now_us;
+        let Some(j) = self.joiner.as_mut() else {
+            return;
+        };
+        let Some(f) = j.forming.as_mut() else {
+            return;
+        };
+        for act in acts {
+            if let Err(e) = carry_out(
+                &mut self.net,
+                f,
+                &mut j.links,
+                JOINER_LINKS_FROM,
+                j.id,
+                act,
+                now,
+            ) {
+                self.failure
+                    .get_or_insert(("joiner_gets_cells", format!("the joiner: {e}")));
+            }
+        }
+    }
+
+    /// A packet for the joiner while it forms: a link event for its [`Forming`]. Messages sent
+    /// during play travel on `LinkId(0)`: they are on the joiner's link to their sender.
+    fn joiner_event(&mut self, from: usize, packet: Packet) {
+        let now_ms = self.now_us / 1_000;
+        let Some(j) = self.joiner.as_mut() else {
+            return;
+        };
+        let link_to = |links: &BTreeMap<LinkId, (usize, usize)>| {
+            links
+                .iter()
+                .find(|(_, (a, b))| *a == from || *b == from)
+                .map(|(l, _)| *l)
+        };
+        let ev = match packet {
+            Packet::LinkUp(link) => FormEvent::Up(link),
+            Packet::Link(LinkId(0), msg) => match link_to(&j.links) {
+                Some(link) => FormEvent::Message(link, msg),
+                None => return,
+            },
+            Packet::Link(link, msg) => FormEvent::Message(link, msg),
+            _ => return,
+        };
+        let Some(f) = j.forming.as_mut() else {
+            return;
+        };
+        match f.on_event(ev, now_ms) {
+            Ok(acts) => self.joiner_acts(acts),
+            Err(e) => {
+                self.failure
+                    .get_or_insert(("joiner_gets_cells", format!("the joiner: {e}")));
+            }
+        }
+    }
+
+    /// Once the joiner formed, it is shard `id` and ticks from now on: the messages it kept
+    /// while it formed come first, in order.
+    fn take_in_joiner(&mut self, tick: u64) {
+        let now_ms = self.now_us / 1_000;
+        let Some(j) = self.joiner.as_mut() else {
+            return;
+        };
+        if !j.forming.as_ref().is_some_and(Forming::is_formed) {
+            return;
+        }
+        let id = j.id;
+        let Some(formed) = j.forming.take().and_then(|f| f.finish(now_ms)) else {
+            self.failure.get_or_insert((
+                "joiner_gets_cells",
+                "the joiner formed but could not finish".into(),
+            ));
+            return;
+        };
+        if usize::from(formed.me.0) != id || self.n() != id {
+            self.failure.get_or_insert((
+                "joiner_gets_cells",
+                format!("the joiner (process {id}) became shard {}", formed.me.0),
+            ));
+            return;
+        }
+        let app = make_shard(&self.cfg, formed.me, &formed.map, self.login_keys.clone());
+        self.shards.push(app);
+        self.loads
+            .push(ModelledLoad::new(self.cfg.world.simulation.tick_hz));
+        self.epochs_held.push(formed.map.epoch().0);
+        self.map_taken_at.push(tick);
+        self.membership.joins += 1;
+        tracing::info!(shard = id, tick, "sim: the late joiner formed, ticking");
+        for (from, msg) in formed.early {
+            self.on_link_message(id, usize::from(from.0), msg);
+        }
+    }
+
+    /// A message on a link its receiver `to` does not know the other end of: the joiner's
+    /// `Join` (on the master) or `Peer` (on the others), as `Node::unnamed_message` takes them.
+    fn unnamed_message(&mut self, to: usize, from: usize, link: LinkId, msg: LinkMessage) {
+        match msg {
+            LinkMessage::Join(req) if to == 0 => self.late_join(from, link, req),
+            LinkMessage::Peer { id } if usize::from(id.0) == from => {
+                if let Some(j) = self.joiner.as_mut() {
+                    j.unnamed_at.remove(&to);
+                }
+            }
+            // `Node` closes such a link; the joiner then cannot form.
+            other => {
+                self.failure.get_or_insert((
+                    "joiner_gets_cells",
+                    format!("shard {to} got {other:?} first on the joiner's link"),
+                ));
+            }
+        }
+    }
+
+    /// On the master, as `Node::late_join`: admit the joiner, answer `Joined` and the map on its
+    /// link, and tell the others who is in the cluster now.
+    fn late_join(&mut self, from: usize, link: LinkId, req: JoinRequest) {
+        let now_ms = self.now_us / 1_000;
+        let id = match self.master.join(req, now_ms) {
+            Ok(id) => id,
+            Err(e) => {
+                self.failure.get_or_insert((
+                    "joiner_gets_cells",
+                    format!("the master refused the joiner: {e}"),
+                ));
+                return;
+            }
+        };
+        if usize::from(id.0) != from {
+            self.failure.get_or_insert((
+                "joiner_gets_cells",
+                format!("the master gave process {from} shard id {}", id.0),
+            ));
+            return;
+        }
+        let Some(push) = self.master.push_for_joiner() else {
+            return;
+        };
+        let notices = self.master.members_changed(Some(id));
+        tracing::info!(shard = id.0, "sim: the master admitted the late joiner");
+        if let Some(j) = self.joiner.as_mut() {
+            j.unnamed_at.remove(&0);
+        }
+        let now = self.now_us;
+        for msg in [LinkMessage::Joined { id }, LinkMessage::Map(push)] {
+            self.net
+                .send(now, 0, from as u32, Packet::Link(link, msg), true);
+        }
+        for (to, notice) in notices {
+            self.notify(usize::from(to.0), notice);
+        }
+    }
+
+    /// The operator drains a random shard other than the master's, among those that tick and
+    /// take work, as `zonescaler drain` does.
+    fn order_drain(&mut self, tick: u64) {
+        let members = self.master.members();
+        let candidates: Vec<usize> = self
+            .live()
+            .filter(|&i| i != 0)
+            .filter(|&i| {
+                members
+                    .get(&ShardId(i as u16))
+                    .is_some_and(|m| m.takes_work())
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let d = candidates[self.rng.below(candidates.len() as u64) as usize];
+        match self.master.drain(ShardId(d as u16), self.now_us / 1_000) {
+            Ok(()) => {
+                tracing::info!(shard = d, tick, "sim: drain ordered");
+                self.membership.drains_ordered += 1;
+                self.draining.insert(d, tick);
+            }
+            Err(e) => {
+                self.failure.get_or_insert((
+                    "drain_completes",
+                    format!("the master refused to drain shard {d}: {e}"),
+                ));
+            }
+        }
+    }
+
     /// Partitions come and go between random pairs of shards.
     fn weather(&mut self, next_tick: u64) {
-        let n = self.n();
+        let live: Vec<usize> = self.live().collect();
+        let n = live.len();
         if n > 1 && self.rng.chance(self.cfg.partition_chance) {
             let a = self.rng.below(n as u64) as usize;
             let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
+            let (a, b) = (live[a], live[b]);
             let heal = next_tick + 5 + self.rng.below(40);
             self.partitions.insert((a.min(b), a.max(b)), heal);
             self.net.set_partition(a as u32, b as u32, true);
@@ -439,13 +831,28 @@ impl ClusterSim {
     /// moved, split or merged. Its notices travel the links from shard 0.
     fn reshape(&mut self, next_tick: u64) {
         let now_ms = self.now_us / 1_000;
+        // The master's housekeeping, as `Node::master_housekeeping` does it.
         let mut notices = self.master.check_moves(now_ms);
+        if self.cfg.balance {
+            notices.extend(self.master.balance(now_ms));
+        }
+        notices.extend(self.master.check_drained(now_ms));
+        if self.cfg.drain_at_tick == Some(next_tick) {
+            self.order_drain(next_tick);
+        }
         let started = next_tick > u64::from(self.cfg.world.simulation.tick_hz);
         if started && self.rng.chance(self.cfg.move_chance) {
             let leaves: Vec<CellId> = self.map.leaves().keys().copied().collect();
             let cell = leaves[self.rng.below(leaves.len() as u64) as usize];
             let to = ShardId(self.rng.below(self.n() as u64) as u16);
-            if let Ok(n) = self.master.move_cell(cell, to, now_ms) {
+            // Random moves go to shards that take work, as the balancer's do: not to one that
+            // drains (or left), nor to a joiner that has not linked to everyone yet.
+            let takes_work = self
+                .master
+                .members()
+                .get(&to)
+                .is_some_and(|m| m.takes_work());
+            if takes_work && let Ok(n) = self.master.move_cell(cell, to, now_ms) {
                 self.reshapes += 1;
                 notices.extend(n);
             }
@@ -478,9 +885,10 @@ impl ClusterSim {
         result.inspect(|_| self.reshapes += 1).unwrap_or_default()
     }
 
-    /// Bots log in over the first ticks, through a random shard.
+    /// Bots log in over the first ticks, through a random one of the first shards.
     fn log_bots_in(&mut self, now: u64, next_tick: u64) {
-        let n = self.n();
+        let n = self.cfg.shards;
+        let base = self.bot_base;
         for i in 0..self.bots.len() {
             let b = &mut self.bots[i];
             if b.shard.is_none()
@@ -491,7 +899,7 @@ impl ClusterSim {
                 let via = self.rng.below(n as u64) as usize;
                 let hello = b.bot.hello(now);
                 b.pending = Some(via);
-                let me = (n + i) as u32;
+                let me = (base + i) as u32;
                 self.net.send(now, me, via as u32, Packet::Connect, true);
                 let hello = Packet::Control(Bytes::from(hello));
                 self.net.send(now, me, via as u32, hello, true);
@@ -502,7 +910,6 @@ impl ClusterSim {
     /// One tick's shard messages of shard `i`: one batch per neighbour, as a shard's node sends.
     /// Returns the bytes of those messages.
     fn send_batches(&mut self, i: usize) -> u64 {
-        let now = self.now_us;
         let mut per: BTreeMap<ShardId, Vec<Vec<u8>>> = BTreeMap::new();
         let mut bytes_out = 0;
         for (to, bytes) in self.shards[i].drain_shard_outbox() {
@@ -511,13 +918,7 @@ impl ClusterSim {
         }
         for (to, msgs) in per {
             let msg = LinkMessage::Batch(msgs);
-            self.net.send(
-                now,
-                i as u32,
-                u32::from(to.0),
-                Packet::Link(LinkId(0), msg),
-                true,
-            );
+            self.link_send(i, usize::from(to.0), msg);
         }
         bytes_out
     }
@@ -527,14 +928,32 @@ impl ClusterSim {
         if from == 0 {
             self.on_link_message(0, 0, msg);
         } else {
-            self.net.send(
-                self.now_us,
-                from as u32,
-                0,
-                Packet::Link(LinkId(0), msg),
-                true,
-            );
+            self.link_send(from, 0, msg);
         }
+    }
+
+    /// A link message from shard `from` to shard `to`, if `from` has a link to `to`: not to a
+    /// drained shard (its links closed), nor to a joiner whose `Peer` (or, on the master,
+    /// `Join`) `from` has not heard yet (`Node::send` drops those, "no link to shard").
+    fn link_send(&mut self, from: usize, to: usize, msg: LinkMessage) {
+        let unnamed = self
+            .joiner
+            .as_ref()
+            .is_some_and(|j| j.id == to && j.unnamed_at.contains(&from));
+        if unnamed || self.departed.contains(&to) {
+            if unnamed {
+                self.membership.unlinked_drops += 1;
+                tracing::debug!(from, to, ?msg, "no link to the joiner yet: dropped");
+            }
+            return;
+        }
+        self.net.send(
+            self.now_us,
+            from as u32,
+            to as u32,
+            Packet::Link(LinkId(0), msg),
+            true,
+        );
     }
 
     /// A link message from shard `from` arrived at shard `to` (as a node handles it).
@@ -569,29 +988,29 @@ impl ClusterSim {
     }
 
     fn notify(&mut self, to: usize, notice: MasterNotice) {
+        if let MasterNotice::Map(push) = &notice {
+            self.record_push(push);
+        }
         if to == 0 {
             self.shards[0].push_master_notice(notice);
         } else {
-            let msg = LinkMessage::FromMaster(notice);
-            self.net.send(
-                self.now_us,
-                0,
-                to as u32,
-                Packet::Link(LinkId(0), msg),
-                true,
-            );
+            self.link_send(0, to, LinkMessage::FromMaster(notice));
         }
     }
 
     /// A packet from shard `from` to bot `i`.
     fn deliver_to_bot(&mut self, now: u64, from: usize, i: usize, packet: Packet) {
-        let n = self.n();
-        let Self { bots, net, .. } = self;
+        let Self {
+            bots,
+            net,
+            bot_base,
+            ..
+        } = self;
         let b = &mut bots[i];
         if b.gone {
             return;
         }
-        let me = (n + i) as u32;
+        let me = (*bot_base + i) as u32;
         // Everything a bot sends on its control streams is reliable and ordered.
         let mut send = |to: usize, p: Packet| net.send(now, me, to as u32, p, true);
         let current = b.shard == Some(from);
@@ -640,13 +1059,38 @@ impl ClusterSim {
                 detail,
             })
         };
-        let now: Vec<OwnedAt> = self.shards.iter_mut().map(owned_of).collect();
-        let transit: Vec<Vec<(NetId, InTransit, QPos)>> =
-            self.shards.iter_mut().map(in_transit_of).collect();
+        if let Some((invariant, detail)) = self.failure.take() {
+            return fail(invariant, detail);
+        }
+        self.check_membership(tick)?;
+        // A drained shard is out of the checks: it held nothing when it left (checked above).
+        let departed = &self.departed;
+        let now: Vec<OwnedAt> = (self.shards.iter_mut().enumerate())
+            .map(|(i, s)| {
+                if departed.contains(&i) {
+                    OwnedAt::new()
+                } else {
+                    owned_of(s)
+                }
+            })
+            .collect();
+        let transit: Vec<Vec<(NetId, InTransit, QPos)>> = (self.shards.iter_mut().enumerate())
+            .map(|(i, s)| {
+                if departed.contains(&i) {
+                    Vec::new()
+                } else {
+                    in_transit_of(s)
+                }
+            })
+            .collect();
         for s in &mut self.shards {
             for id in std::mem::take(&mut s.world.resource_mut::<DespawnLog>().0) {
                 self.alive.remove(&id);
             }
+        }
+        if let Some(owned) = self.joiner.as_ref().and_then(|j| now.get(j.id)) {
+            let m = &mut self.membership.joiner_entities_max;
+            *m = (*m).max(owned.len() as u64);
         }
 
         self.check_maps(tick)?;
@@ -684,12 +1128,17 @@ impl ClusterSim {
         for (src, list) in transit.iter().enumerate() {
             for (id, t, _) in list {
                 let dst = usize::from(t.to.0);
-                let cut = self.partitions.contains_key(&(src.min(dst), src.max(dst)));
+                // A handoff to a shard that was drained meanwhile is settled by the master's
+                // member list without it (the source takes the entity back): its wait runs on
+                // the source's link to the master.
+                let via = if self.departed.contains(&dst) { 0 } else { dst };
+                let cut = self.partitions.contains_key(&(src.min(via), src.max(via)));
                 // After a partition heals, the held messages need a full bound again.
+                let key = (*id, src, t.generation);
                 let waited = if cut {
                     0
                 } else {
-                    self.transit_for.get(id).copied().unwrap_or(0) + 1
+                    self.transit_for.get(&key).copied().unwrap_or(0) + 1
                 };
                 if waited > 2 * bound + 2 {
                     return fail(
@@ -700,7 +1149,7 @@ impl ClusterSim {
                         ),
                     );
                 }
-                transit_now.insert(*id, waited);
+                transit_now.insert(key, waited);
             }
         }
         self.transit_for = transit_now;
@@ -732,6 +1181,104 @@ impl ClusterSim {
         self.check_proxies(tick, bound)
     }
 
+    /// The membership checks; a shard found drained leaves the cluster here (it stops ticking,
+    /// its connections and links close):
+    /// - `drained_shard_empty`: a shard let go holds no owned or in-transit entity and no leaf
+    ///   of the map it holds, and no bot still plays on it;
+    /// - `drain_completes`: a drain ordered is done within `drain_bound_ms`;
+    /// - `joiner_gets_cells`: the late joiner forms, and holds a leaf of the master's map within
+    ///   `join_bound_ms` of dialing in (unless it was drained first).
+    fn check_membership(&mut self, tick: u64) -> Result<(), Violation> {
+        let fail = |invariant, detail| {
+            Err(Violation {
+                seed: self.cfg.seed,
+                tick,
+                invariant,
+                detail,
+            })
+        };
+        for i in 0..self.n() {
+            if !self.shards[i].drained() {
+                continue;
+            }
+            let owned = owned_of(&mut self.shards[i]);
+            let frozen = in_transit_of(&mut self.shards[i]);
+            if let Some(id) = owned.keys().next().or(frozen.first().map(|(id, _, _)| id)) {
+                return fail(
+                    "drained_shard_empty",
+                    format!(
+                        "shard {i} was let go owning {} entities and holding {} in handoff ({id} among them)",
+                        owned.len(),
+                        frozen.len()
+                    ),
+                );
+            }
+            let leaves = (self.shards[i].world.resource::<Space>().map)
+                .cells_of(ShardId(i as u16))
+                .count();
+            if leaves > 0 {
+                return fail(
+                    "drained_shard_empty",
+                    format!("shard {i} was let go holding a map that gives it {leaves} leaves"),
+                );
+            }
+            if !self.departed.insert(i) {
+                continue;
+            }
+            tracing::info!(shard = i, tick, "sim: drained, stopped");
+            if let Some(b) = (self.bots.iter()).position(|b| !b.gone && b.shard == Some(i)) {
+                return fail(
+                    "drained_shard_empty",
+                    format!("shard {i} was let go while bot {b} still plays on it"),
+                );
+            }
+            if self.draining.remove(&i).is_some() {
+                self.membership.drains_done += 1;
+            }
+            // The process exits: its clients' connections close.
+            let conns: Vec<ConnId> = (self.shards[i].world.resource::<Clients>().0)
+                .keys()
+                .copied()
+                .collect();
+            for conn in conns {
+                let to = (self.bot_base as u64 + conn.0) as u32;
+                let bye = Packet::Close("the shard was drained".into());
+                self.net.send(self.now_us, i as u32, to, bye, true);
+            }
+        }
+        let bound = self.cfg.ticks_in(self.cfg.drain_bound_ms);
+        if let Some((d, at)) =
+            (self.draining.iter()).find(|(_, at)| tick.saturating_sub(**at) > bound)
+        {
+            let cells = self.map.cells_of(ShardId(*d as u16)).count();
+            return fail(
+                "drain_completes",
+                format!(
+                    "shard {d} was ordered drained at tick {at} and still is a member {} ticks later ({cells} leaves in the master's map; bound {bound})",
+                    tick - at
+                ),
+            );
+        }
+        if let Some(j) = &self.joiner {
+            let bound = self.cfg.ticks_in(self.cfg.join_bound_ms);
+            let drained = self.draining.contains_key(&j.id) || self.departed.contains(&j.id);
+            let waited = tick.saturating_sub(j.dialed_at);
+            if j.first_cell_at.is_none() && !drained && waited > bound {
+                let linked = (self.master.members().get(&ShardId(j.id as u16))).map(|m| m.linked);
+                return fail(
+                    "joiner_gets_cells",
+                    format!(
+                        "the joiner (shard {}) dialed in at tick {} and holds no leaf {waited} ticks later (formed: {}, linked per the master: {linked:?}; bound {bound})",
+                        j.id,
+                        j.dialed_at,
+                        j.forming.is_none()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `one_owner_per_point`: every map the master makes tiles the world with leaves, each with
     /// one owner (no leaf inside another, the areas adding up), and every shard holds one of the
     /// master's maps exactly as the master made it for that epoch.
@@ -752,6 +1299,9 @@ impl ClusterSim {
             self.boundary = BoundaryIndex::new(map);
         }
         for (i, s) in self.shards.iter().enumerate() {
+            if self.departed.contains(&i) {
+                continue;
+            }
             let held = &s.world.resource::<Space>().map;
             if held.epoch().0 != self.epochs_held[i] {
                 self.epochs_held[i] = held.epoch().0;
@@ -785,10 +1335,48 @@ impl ClusterSim {
         if self.maps.contains_key(&map.epoch().0) {
             return;
         }
-        self.maps.insert(map.epoch().0, map.clone());
-        if self.bad_map.is_none() {
-            self.bad_map = map_tiling_error(map);
+        self.keep_map(map.clone());
+    }
+
+    /// Keep a map the master pushed (a balancing round may make several, each pushed).
+    fn record_push(&mut self, push: &MapPush) {
+        if self.maps.contains_key(&push.epoch) {
+            return;
         }
+        let leaves = push.leaves.iter().copied().collect();
+        match CellMap::from_leaves(*self.map.grid(), Epoch(push.epoch), leaves) {
+            Ok(map) => self.keep_map(map),
+            Err(e) => {
+                let bad = format!("epoch {}: {e}", push.epoch);
+                self.bad_map.get_or_insert(bad);
+            }
+        }
+    }
+
+    /// A new map of the master's: kept by epoch, its tiling checked, and the leaves it gives
+    /// the late joiner counted.
+    fn keep_map(&mut self, map: CellMap) {
+        let epoch = map.epoch().0;
+        if let Some(j) = self.joiner.as_mut() {
+            let me = ShardId(j.id as u16);
+            let before = self.maps.range(..epoch).next_back().map(|(_, m)| m);
+            let grid = *map.grid();
+            let got = (map.leaves().iter())
+                .filter(|(c, s)| {
+                    let r = grid.rect(**c);
+                    let mid = [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0];
+                    **s == me && before.is_none_or(|b| b.owner_at(mid) != Some(me))
+                })
+                .count();
+            if got > 0 {
+                self.membership.cells_to_joiners += got as u64;
+                j.first_cell_at.get_or_insert(self.shards[0].tick_number());
+            }
+        }
+        if self.bad_map.is_none() {
+            self.bad_map = map_tiling_error(&map);
+        }
+        self.maps.insert(epoch, map);
     }
 
     /// `settles_into_owner`: no entity stays owned for long in a leaf the master's newest map
@@ -851,6 +1439,9 @@ impl ClusterSim {
         let mut proxies_total = 0;
         let mut proxied: BTreeSet<(NetId, ShardId)> = BTreeSet::new();
         for (me, app) in self.shards.iter_mut().enumerate() {
+            if self.departed.contains(&me) {
+                continue;
+            }
             let w = &mut app.world;
             let proxies: Vec<(NetId, ShardId, QPos)> = w
                 .query::<(&Networked, &Position, &Proxy)>()
@@ -898,6 +1489,7 @@ impl ClusterSim {
                 for (cell, s) in map.leaves() {
                     if usize::from(s.0) != o
                         && !disturbed(o, usize::from(s.0))
+                        && !self.departed.contains(&usize::from(s.0))
                         && map.grid().rect(*cell).intersects_circle(*xz, radius)
                     {
                         let n = self.near_for.get(&(*id, *s)).copied().unwrap_or(0) + 1;
@@ -908,10 +1500,11 @@ impl ClusterSim {
         }
         for ((id, s), n) in &near_now {
             if *n > bound && !proxied.contains(&(*id, *s)) {
+                let seen = self.whereabouts(*id);
                 return fail(
                     "proxies_converge",
                     format!(
-                        "{id} has been near shard {}'s cells for {n} ticks but has no proxy there",
+                        "{id} has been near shard {}'s cells for {n} ticks but has no proxy there ({seen})",
                         s.0
                     ),
                 );
@@ -919,6 +1512,38 @@ impl ClusterSim {
         }
         self.near_for = near_now;
         Ok(proxies_total)
+    }
+}
+
+impl ClusterSim {
+    /// What each shard holds of entity `id`, for a violation's detail.
+    fn whereabouts(&mut self, id: NetId) -> String {
+        let mut out = Vec::new();
+        for (i, app) in self.shards.iter_mut().enumerate() {
+            let w = &mut app.world;
+            let mut q = w.query::<(&Networked, Has<Owned>, Option<&InTransit>, Option<&Proxy>)>();
+            for (n, owned, transit, proxy) in q.iter(w) {
+                if n.0 != id {
+                    continue;
+                }
+                let what = match (owned, transit, proxy) {
+                    (true, _, _) => "owned".to_string(),
+                    (_, Some(t), _) => format!("in transit to {}", t.to.0),
+                    (_, _, Some(p)) => format!("a proxy of shard {}'s", p.owner.0),
+                    _ => "neither owned nor a proxy".to_string(),
+                };
+                let gone = if self.departed.contains(&i) {
+                    " (drained)"
+                } else {
+                    ""
+                };
+                out.push(format!("shard {i}{gone}: {what}"));
+            }
+        }
+        let epochs: Vec<String> = (self.shards.iter())
+            .map(|s| s.world.resource::<Space>().map.epoch().0.to_string())
+            .collect();
+        format!("{}; epochs held {}", out.join(", "), epochs.join("/"))
     }
 }
 
@@ -963,16 +1588,19 @@ pub fn run_cluster_seed(seed: u64) -> Result<ClusterOutcome, Violation> {
 /// The shards of a formed cluster: the demo game on `map`, logins checked against `signer`'s key.
 fn make_shards(cfg: &ClusterConfig, map: &CellMap, signer: &TicketSigner) -> Vec<ShardApp> {
     (0..cfg.shards)
-        .map(|i| {
-            let mut app = ShardApp::example_in(cfg.world.clone(), ShardId(i as u16), map.clone());
-            app.world.insert_resource(LoginPolicy {
-                keys: signer.public_keys(),
-                ..LoginPolicy::default()
-            });
-            app.start();
-            app
-        })
+        .map(|i| make_shard(cfg, ShardId(i as u16), map, signer.public_keys()))
         .collect()
+}
+
+/// Shard `me` of the demo game on `map`, logins checked against `keys`, started.
+fn make_shard(cfg: &ClusterConfig, me: ShardId, map: &CellMap, keys: LoginKeys) -> ShardApp {
+    let mut app = ShardApp::example_in(cfg.world.clone(), me, map.clone());
+    app.world.insert_resource(LoginPolicy {
+        keys,
+        ..LoginPolicy::default()
+    });
+    app.start();
+    app
 }
 
 /// The bots: each walks a border of the map `shard` sends its clients, with a ticket that starts
@@ -1026,18 +1654,18 @@ fn form(
     net: &mut MemNetwork<Packet>,
     grid: CellGrid,
     weights: &[u32],
+    balancer: Option<(Balancer, u64)>,
     now_us: &mut u64,
 ) -> Result<Vec<Formed>, String> {
     let n = weights.len();
-    let req = |i: usize| JoinRequest {
-        client_addr: String::new(),
-        link_addr: format!("sim:{i}"),
-        metrics_addr: String::new(),
-        weight: weights[i],
-    };
+    let req = |i: usize| join_request(i, weights[i]);
     let mut procs: Vec<Option<Forming>> = Vec::with_capacity(n);
     let mut queues: Vec<Vec<FormAction>> = Vec::with_capacity(n);
-    let (master, acts) = Forming::master(grid, req(0), n, |m| m, 0);
+    let with_balancer = |m: Master| match balancer {
+        Some((b, round_ms)) => m.with_balancer(b, round_ms),
+        None => m,
+    };
+    let (master, acts) = Forming::master(grid, req(0), n, with_balancer, 0);
     procs.push(Some(master));
     queues.push(acts);
     let mut links: BTreeMap<LinkId, (usize, usize)> = BTreeMap::new();
@@ -1057,7 +1685,9 @@ fn form(
         }
         for (p, queue) in queues.iter_mut().enumerate() {
             for act in std::mem::take(queue) {
-                carry_out(net, &mut procs, &mut links, p, act, *now_us)?;
+                if let Some(f) = procs[p].as_mut() {
+                    carry_out(net, f, &mut links, 1, p, act, *now_us)?;
+                }
             }
         }
         if started == n
@@ -1091,11 +1721,23 @@ fn form(
     }
 }
 
-/// One forming action of process `p`, carried out on the simulated links.
+/// What simulated process `i` asks to join with.
+fn join_request(i: usize, weight: u32) -> JoinRequest {
+    JoinRequest {
+        client_addr: String::new(),
+        link_addr: format!("sim:{i}"),
+        metrics_addr: String::new(),
+        weight,
+    }
+}
+
+/// One forming action of process `p` (`f`), carried out on the simulated links; the links it
+/// dials are numbered from `first_link` on.
 fn carry_out(
     net: &mut MemNetwork<Packet>,
-    procs: &mut [Option<Forming>],
+    f: &mut Forming,
     links: &mut BTreeMap<LinkId, (usize, usize)>,
+    first_link: u64,
     p: usize,
     act: FormAction,
     now_us: u64,
@@ -1106,11 +1748,9 @@ fn carry_out(
                 .strip_prefix("sim:")
                 .and_then(|i| i.parse().ok())
                 .ok_or_else(|| format!("no simulated shard at {addr}"))?;
-            let link = LinkId(links.len() as u64 + 1);
+            let link = LinkId(first_link + links.len() as u64);
             links.insert(link, (p, to));
-            if let Some(f) = procs[p].as_mut() {
-                f.dialed(shard, link);
-            }
+            f.dialed(shard, link);
             net.send(now_us, to as u32, p as u32, Packet::LinkUp(link), true);
             net.send(now_us, p as u32, to as u32, Packet::LinkUp(link), true);
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use zonescaler_sim::balance::{
     CONVERGED_MAX_OVER_MEAN, EdgeCase, ScaleConfig, ScaleReport, ScaleSim, Spread, edge_cases,
 };
-use zonescaler_sim::cluster::{ClusterConfig, ClusterSim};
+use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, Membership};
 use zonescaler_sim::{Sim, SimConfig};
 
 /// Deterministic ZoneScaler simulator: a shard and simulated clients over a seeded faulty network,
@@ -26,9 +26,13 @@ struct Args {
     /// Override the number of clients.
     #[arg(long)]
     clients: Option<usize>,
-    /// Run the multi-shard world instead (2–4 shards, border proxies over delayed links).
+    /// Run the multi-shard world instead (2–4 shards, border proxies over delayed links, a
+    /// late joiner and a drain in some seeds).
     #[arg(long)]
     cluster: bool,
+    /// Sweep on past a failing seed, and count the failures (the exit status is still 1).
+    #[arg(long)]
+    keep_going: bool,
     /// Run the balancer's scale simulation instead: the production balancer over a synthetic
     /// load model (hot zones that travel, shards that join, drain and die, one cell hotter than
     /// any shard), one round per simulated second; `--seed` picks the run.
@@ -93,19 +97,31 @@ fn run(args: Args) -> anyhow::Result<bool> {
     };
     let started = Instant::now();
     let mut passed = 0u64;
+    let mut failed = 0u64;
+    let mut members = MembershipTally::default();
     for seed in a..b {
         let result = if args.cluster {
             let mut cfg = ClusterConfig::smoke(seed);
             if let Some(t) = args.ticks {
                 cfg.ticks = t;
             }
+            let (join, drain) = (cfg.join_at_tick.is_some(), cfg.drain_at_tick.is_some());
             ClusterSim::new(cfg)
                 .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
                 .run()
                 .map(|o| {
+                    members.add(join, drain, &o.membership);
+                    let m = &o.membership;
                     format!(
-                        "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots)",
-                        o.max_proxies, o.handoffs, o.bot_handoffs
+                        "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots); {} joined ({} cells, up to {} entities), {} of {} drains done",
+                        o.max_proxies,
+                        o.handoffs,
+                        o.bot_handoffs,
+                        m.joins,
+                        m.cells_to_joiners,
+                        m.joiner_entities_max,
+                        m.drains_done,
+                        m.drains_ordered
                     )
                 })
         } else {
@@ -133,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     say(&line)?;
                 } else if (seed - a + 1) % 100 == 0 {
                     eprintln!(
-                        "… {} / {} seeds ok ({:.1}s)",
+                        "… {} / {} seeds run, {failed} failed ({:.1}s)",
                         seed - a + 1,
                         b - a,
                         started.elapsed().as_secs_f64()
@@ -142,20 +158,74 @@ fn run(args: Args) -> anyhow::Result<bool> {
             }
             Err(v) => {
                 say(&format!("FAIL {v}"))?;
+                if args.cluster {
+                    let cfg = ClusterConfig::smoke(seed);
+                    say(&format!(
+                        "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}",
+                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick
+                    ))?;
+                }
                 let flag = if args.cluster { " --cluster" } else { "" };
                 say(&format!(
                     "replay: cargo run -p zonescaler-sim --{flag} --seed {seed}"
                 ))?;
-                return Ok(false);
+                failed += 1;
+                if !args.keep_going {
+                    return Ok(false);
+                }
             }
         }
     }
+    let secs = started.elapsed().as_secs_f64();
     say(&format!(
-        "{passed} passed, 0 failed ({} seeds in {:.1}s)",
+        "{passed} passed, {failed} failed ({} seeds in {secs:.1}s, {:.1} seeds/s)",
         b - a,
-        started.elapsed().as_secs_f64()
+        (b - a) as f64 / secs.max(1e-9)
     ))?;
-    Ok(true)
+    if args.cluster {
+        let t = &members;
+        say(&format!(
+            "membership: {} seeds with a late joiner ({} joined, {} got cells, {} cells in all, {} owned entities), {} seeds with a drain ({} ordered, {} done); {} shard messages found no link to a joiner yet",
+            t.join_seeds,
+            t.joins,
+            t.joiners_with_cells,
+            t.cells_to_joiners,
+            t.joiners_with_entities,
+            t.drain_seeds,
+            t.drains_ordered,
+            t.drains_done,
+            t.unlinked_drops
+        ))?;
+    }
+    Ok(failed == 0)
+}
+
+/// Joins and drains over a sweep of cluster seeds.
+#[derive(Default)]
+struct MembershipTally {
+    join_seeds: u64,
+    joins: u64,
+    joiners_with_cells: u64,
+    joiners_with_entities: u64,
+    cells_to_joiners: u64,
+    drain_seeds: u64,
+    drains_ordered: u64,
+    drains_done: u64,
+    unlinked_drops: u64,
+}
+
+impl MembershipTally {
+    fn add(&mut self, join: bool, drain: bool, m: &Membership) {
+        self.join_seeds += u64::from(join);
+        self.drain_seeds += u64::from(drain);
+        self.joins += m.joins;
+        self.joiners_with_cells += u64::from(m.cells_to_joiners > 0);
+        self.joiners_with_entities += u64::from(m.joiner_entities_max > 0);
+        self.cells_to_joiners += m.cells_to_joiners;
+        self.drains_ordered += m.drains_ordered;
+        self.drains_done += m.drains_done;
+        self.unlinked_drops += m.unlinked_drops;
+    }
 }
 
 /// Most shards the scale simulation takes: ids are `u16`, and 1% more join during the run.
