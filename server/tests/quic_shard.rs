@@ -71,13 +71,9 @@ async fn attack_after_login(
     trust: &ClientTrust,
     attack: &[u8],
 ) -> NetError {
-    let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
-    let mut bot = BotClient::new(BotConfig::new("attacker", Scenario::Idle, 9));
-    let mut s = quic::connect(&endpoint, shard_addr, "localhost", &bot.hello(0))
+    let s = login(shard_addr, trust, "attacker")
         .await
-        .expect("connect");
-    let welcome = s.read_control().await.expect("welcome");
-    bot.on_control(0, &welcome).expect("a valid welcome");
+        .expect("the attacker logs in");
     s.conn
         .send_datagram(attack.to_vec().into())
         .expect("datagram sent");
@@ -115,10 +111,14 @@ async fn raw_control(shard_addr: SocketAddr, trust: &ClientTrust, raw: &[u8]) ->
 }
 
 /// Connect and log in as `name`; the live session, or how the connection failed.
-async fn login(shard: &Shard, name: &str) -> Result<quic::ClientSession, NetError> {
-    let endpoint = quic::client_endpoint_for(&shard.trust, shard.addr).expect("client endpoint");
+async fn login(
+    shard_addr: SocketAddr,
+    trust: &ClientTrust,
+    name: &str,
+) -> Result<quic::ClientSession, NetError> {
+    let endpoint = quic::client_endpoint_for(trust, shard_addr).expect("client endpoint");
     let mut bot = BotClient::new(BotConfig::new(name, Scenario::Idle, 3));
-    let mut s = quic::connect(&endpoint, shard.addr, "localhost", &bot.hello(0)).await?;
+    let mut s = quic::connect(&endpoint, shard_addr, "localhost", &bot.hello(0)).await?;
     let welcome = s.read_control().await?;
     bot.on_control(0, &welcome).expect("a valid welcome");
     Ok(s)
@@ -132,20 +132,16 @@ fn a_configured_per_address_bound_is_what_the_shard_enforces() {
     config.npc.count = 10;
     config.cluster.connections_per_address_max = 3;
     let shard = start_shard_with(config);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let mut playing = Vec::new();
         for i in 0..3 {
-            let s = login(&shard, &format!("p{i}"))
+            let s = login(shard.addr, &shard.trust, &format!("p{i}"))
                 .await
                 .expect("up to the bound, each client plays");
             playing.push(s);
         }
-        let refused = login(&shard, "p3").await;
+        let refused = login(shard.addr, &shard.trust, "p3").await;
         assert!(
             refused.is_err(),
             "the fourth connection from one host must be refused"
@@ -155,7 +151,7 @@ fn a_configured_per_address_bound_is_what_the_shard_enforces() {
         // The place comes back once the shard saw the close: try for a while.
         let mut again = None;
         for _ in 0..50 {
-            if let Ok(s) = login(&shard, "p4").await {
+            if let Ok(s) = login(shard.addr, &shard.trust, "p4").await {
                 again = Some(s);
                 break;
             }
@@ -165,6 +161,14 @@ fn a_configured_per_address_bound_is_what_the_shard_enforces() {
     });
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn code_of(e: &NetError) -> Option<ErrorCode> {
     e.close_code().and_then(ErrorCode::from_close_code)
 }
@@ -172,11 +176,7 @@ fn code_of(e: &NetError) -> Option<ErrorCode> {
 #[test]
 fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
     let shard = start_shard(200);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let cfg = SwarmConfig {
             bots: 20,

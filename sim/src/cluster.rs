@@ -213,6 +213,23 @@ impl ClusterConfig {
 /// Owned entities of one shard at one tick: id → (quantised position, exact ground position).
 type OwnedAt = BTreeMap<NetId, (QPos, [f32; 2])>;
 
+/// `read` of every shard, or the empty value for a departed (drained) one.
+fn of_present<T: Default>(
+    shards: &mut [ShardApp],
+    departed: &BTreeSet<usize>,
+    read: impl Fn(&mut ShardApp) -> T,
+) -> Vec<T> {
+    (shards.iter_mut().enumerate())
+        .map(|(i, s)| {
+            if departed.contains(&i) {
+                T::default()
+            } else {
+                read(s)
+            }
+        })
+        .collect()
+}
+
 /// A bot and its connections: `shard` is the one it plays on, `pending` the one a redirect sent
 /// it to (until that one's `Welcome`).
 struct ClusterBot {
@@ -1064,25 +1081,9 @@ impl ClusterSim {
         }
         self.check_membership(tick)?;
         // A drained shard is out of the checks: it held nothing when it left (checked above).
-        let departed = &self.departed;
-        let now: Vec<OwnedAt> = (self.shards.iter_mut().enumerate())
-            .map(|(i, s)| {
-                if departed.contains(&i) {
-                    OwnedAt::new()
-                } else {
-                    owned_of(s)
-                }
-            })
-            .collect();
-        let transit: Vec<Vec<(NetId, InTransit, QPos)>> = (self.shards.iter_mut().enumerate())
-            .map(|(i, s)| {
-                if departed.contains(&i) {
-                    Vec::new()
-                } else {
-                    in_transit_of(s)
-                }
-            })
-            .collect();
+        let now: Vec<OwnedAt> = of_present(&mut self.shards, &self.departed, owned_of);
+        let transit: Vec<Vec<(NetId, InTransit, QPos)>> =
+            of_present(&mut self.shards, &self.departed, in_transit_of);
         for s in &mut self.shards {
             for id in std::mem::take(&mut s.world.resource_mut::<DespawnLog>().0) {
                 self.alive.remove(&id);
