@@ -294,7 +294,7 @@ mod tests {
         let bad_figure = Err(DecodeError::Invalid(
             "load figure not finite, negative, or a share over 1",
         ));
-        let cases: [(&str, fn(&mut ShardLoad)); 9] = [
+        let cases: [(&str, fn(&mut ShardLoad)); 10] = [
             ("NaN tick CPU share", |l| l.tick_cpu_share = f32::NAN),
             ("tick thread over one core", |l| l.tick_cpu_share = 1.01),
             ("negative tick CPU", |l| l.tick_cpu_ms = -1.0),
@@ -302,6 +302,7 @@ mod tests {
             ("negative p50", |l| l.tick_ms_p50 = -0.5),
             ("NaN transit", |l| l.handoff_transit_ms_p99 = f32::NAN),
             ("negative process CPU", |l| l.process_cpu_share = -0.1),
+            ("NaN slowdown", |l| l.tick_slowdown = f32::NAN),
             ("NaN cell share", |l| l.cells[1].tick_share = f32::NAN),
             ("cell share over 1", |l| l.cells[0].tick_share = 2.0),
         ];

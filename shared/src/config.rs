@@ -141,7 +141,8 @@ pub struct BalancerSection {
     pub enabled: bool,
     /// How often the master runs a balancing round.
     pub round_ms: u64,
-    /// A shard whose tick CPU share is above this is overloaded.
+    /// A shard whose CPU demand (`ShardLoad::cpu_demand`: its CPU share, scaled up when its
+    /// ticks fall behind) is above this is overloaded.
     pub tick_cpu_max: f32,
     /// A shard whose resident memory is above this share of its limit is overloaded.
     pub mem_max: f32,

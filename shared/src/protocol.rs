@@ -613,6 +613,11 @@ pub struct ShardLoad {
     pub tick_ms_p99: f32,
     /// Ticks in the window whose schedule took longer than the tick period.
     pub tick_overruns: u32,
+    /// The window's wall time over the time its ticks were due to take (`ticks` × the tick
+    /// period): 1 on schedule, 2 when the shard ticked at half its rate; 0 when not measured.
+    /// A shard that falls behind would need this much more CPU to keep its rate, which its CPU
+    /// shares, bounded by the cores it got, cannot show ([`ShardLoad::cpu_demand`]).
+    pub tick_slowdown: f32,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
     pub handoff_transit_ms_p99: f32,
@@ -634,6 +639,23 @@ pub struct ShardLoad {
 }
 
 impl ShardLoad {
+    /// The CPU the shard would need to tick at its full rate, in cores: the busier of its tick
+    /// thread and its whole process (at hundreds of clients the network threads, encrypting
+    /// snapshots, cost more than the tick), times how far its ticks fell behind
+    /// (`tick_slowdown`, taken as at least 1 and at most [`limits::TICK_SLOWDOWN_MAX`]).
+    ///
+    /// The measured shares alone are censored: a tick thread that needs two cores' worth
+    /// reports one core, so a balancer reading them would take a saturated shard's cells for
+    /// half what they cost and overload whoever receives them.
+    pub fn cpu_demand(&self) -> f32 {
+        let slowdown = if self.tick_slowdown.is_finite() {
+            self.tick_slowdown.clamp(1.0, limits::TICK_SLOWDOWN_MAX)
+        } else {
+            1.0
+        };
+        self.tick_cpu_share.max(self.process_cpu_share) * slowdown
+    }
+
     /// Whether every measured figure is one the master can add and compare: finite and
     /// non-negative, shares of the tick thread at most 1. A NaN would poison every sum and
     /// comparison the balancer makes with it.
@@ -646,6 +668,7 @@ impl ShardLoad {
             self.tick_ms_p99,
             self.handoff_transit_ms_p99,
             self.process_cpu_share,
+            self.tick_slowdown,
         ]
         .into_iter()
         .all(amount)

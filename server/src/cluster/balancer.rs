@@ -54,7 +54,8 @@ pub struct ShardInput {
     pub alive: bool,
     /// Leaving: every cell goes away, paced like any move.
     pub draining: bool,
-    /// Tick-thread CPU time / wall time over the report window (0..1, more when it overruns).
+    /// The cores it would need to keep its tick rate (`ShardLoad::cpu_demand`: measured CPU
+    /// share, scaled up by how far its ticks fell behind); 0..1 for a shard that keeps up.
     pub tick_cpu_share: f32,
     pub clients: u32,
     pub entities: u32,

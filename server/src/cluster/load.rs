@@ -90,6 +90,15 @@ impl LoadWindow {
         load.tick_ms_p50 = ms(0.5);
         load.tick_ms_p99 = ms(0.99);
         load.tick_overruns = self.overruns;
+        // Ticks run back to back at their period take `ticks × period`; a window longer than
+        // that is how far the shard fell behind (the pacer catches up a few periods at most,
+        // then skips ahead).
+        let due = self.period.as_secs_f64() * self.tick_us.len() as f64;
+        load.tick_slowdown = if due > 0.0 {
+            (wall_s / due).max(1.0) as f32
+        } else {
+            0.0
+        };
         load.client_bytes_out_per_s =
             per_wall(now.client_bytes_out.saturating_sub(start.client_bytes_out) as f64) as u64;
         load.link_bytes_out_per_s =
@@ -202,5 +211,57 @@ mod tests {
             load.figures_ok(),
             "what the window writes, the wire accepts"
         );
+    }
+
+    #[test]
+    fn a_shard_that_falls_behind_reports_how_far_and_the_cpu_it_would_need() {
+        // 10 Hz: 100 ms per tick. Ten ticks in a second: on schedule.
+        let mut w = LoadWindow::new(10, at(0, 0, 0));
+        for _ in 0..10 {
+            w.record_tick(MS * 60);
+        }
+        let mut load = ShardLoad::default();
+        w.close(at(1_000, 600, 0), &mut load);
+        assert!(near(load.tick_slowdown, 1.0), "{}", load.tick_slowdown);
+        assert!(
+            near(load.cpu_demand(), 1.8),
+            "the process's three threads' worth"
+        );
+
+        // Four ticks of 250 ms in the next second: the tick thread used its whole core and
+        // kept 40% of its rate, so keeping the rate would take 2.5 cores.
+        for _ in 0..4 {
+            w.record_tick(MS * 250);
+        }
+        w.close(at(2_000, 1_600, 0), &mut load);
+        assert_eq!(load.tick_cpu_share, 1.0, "what it got: one core");
+        assert!(near(load.tick_slowdown, 2.5), "{}", load.tick_slowdown);
+        load.process_cpu_share = 1.0;
+        assert!(near(load.cpu_demand(), 2.5), "{}", load.cpu_demand());
+        assert!(load.figures_ok());
+
+        // No tick in a window: nothing to say how far behind (not infinitely).
+        w.close(at(2_500, 1_800, 0), &mut load);
+        assert_eq!(load.tick_slowdown, 0.0);
+        assert!(load.figures_ok());
+    }
+
+    #[test]
+    fn cpu_demand_counts_the_slowdown_within_bounds() {
+        let load = |tick_slowdown| ShardLoad {
+            tick_cpu_share: 0.9,
+            process_cpu_share: 0.5,
+            tick_slowdown,
+            ..ShardLoad::default()
+        };
+        assert_eq!(load(0.0).cpu_demand(), 0.9, "not measured: what it used");
+        assert_eq!(load(0.5).cpu_demand(), 0.9, "never less than what it used");
+        assert_eq!(load(2.0).cpu_demand(), 1.8);
+        assert_eq!(
+            load(1e9).cpu_demand(),
+            0.9 * zonescaler_shared::limits::TICK_SLOWDOWN_MAX,
+            "a stalled shard counts as far behind, not as a billion cores"
+        );
+        assert_eq!(load(f32::NAN).cpu_demand(), 0.9);
     }
 }

@@ -792,9 +792,9 @@ impl Master {
                 // A late joiner gets cells once it linked to every member.
                 alive: m.alive && m.linked,
                 draining: m.draining,
-                // The busier of the tick thread and the whole process: at hundreds of clients
-                // the network threads (encrypting snapshots) cost a shard more than its tick.
-                tick_cpu_share: m.load.tick_cpu_share.max(m.load.process_cpu_share),
+                // What it would need to keep its tick rate, not what it got: a saturated
+                // shard's measured shares stop at the cores it has.
+                tick_cpu_share: m.load.cpu_demand(),
                 clients: m.load.clients,
                 entities: m.load.owned_entities,
                 mem_share: 0.0,
@@ -1165,6 +1165,11 @@ pub struct ShardView {
     pub tick_ms_p99: f32,
     /// Ticks over the tick period in the window.
     pub tick_overruns: u32,
+    /// The window's wall time over the time its ticks were due to take (1: on schedule; 0:
+    /// not measured), and the CPU it would need to keep its rate, in cores
+    /// (`ShardLoad::cpu_demand`): the load the balancer reads.
+    pub tick_slowdown: f32,
+    pub cpu_demand: f32,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
     pub handoff_transit_ms_p99: f32,
@@ -1204,6 +1209,8 @@ impl ShardView {
             tick_ms_p50: l.tick_ms_p50,
             tick_ms_p99: l.tick_ms_p99,
             tick_overruns: l.tick_overruns,
+            tick_slowdown: l.tick_slowdown,
+            cpu_demand: l.cpu_demand(),
             handoffs_out: l.handoffs_out,
             handoffs_in: l.handoffs_in,
             handoff_transit_ms_p99: l.handoff_transit_ms_p99,
@@ -1478,6 +1485,8 @@ mod tests {
             "tick_ms_p50",
             "tick_ms_p99",
             "tick_overruns",
+            "tick_slowdown",
+            "cpu_demand",
             "client_bytes_out_per_s",
             "link_bytes_out_per_s",
             "rss_bytes",
@@ -1499,6 +1508,132 @@ mod tests {
         assert_eq!(served["entities"], 40);
         assert_eq!(served["tick_share"], 1.0);
         assert!(served["tick_cpu_share"].is_number(), "{served}");
+    }
+
+    /// Two shards, the owner of every cell saturated: its tick thread got the whole core and
+    /// still ticked at a third of its rate. Each of its two busy border cells takes half its
+    /// tick. The neighbour is nearly idle.
+    fn saturated_pair(owner_slowdown: f32) -> (Master, ShardId, ShardId) {
+        let config = WorldConfig::default();
+        let grid = CellGrid::from_config(&config);
+        let balancer = Balancer::new(&config).expect("default balancer settings");
+        let mut m = Master::new(grid, 2, info("a"), 0).with_balancer(balancer, 1_000);
+        m.join(join("b", 1), 0).expect("join");
+        m.place().expect("placement");
+        let leaves: Vec<(CellId, ShardId)> = m
+            .map()
+            .expect("placed")
+            .leaves()
+            .iter()
+            .map(|(c, s)| (*c, *s))
+            .collect();
+        let owner = leaves[0].1;
+        let neighbour = ShardId(1 - owner.0);
+        let mine: Vec<CellId> = leaves
+            .iter()
+            .filter(|(_, s)| *s == owner)
+            .map(|(c, _)| *c)
+            .collect();
+        let cell = |cell, tick_share| CellLoad {
+            cell,
+            entities: 500,
+            clients: 50,
+            tick_share,
+        };
+        for t in 0..=10u64 {
+            let now = t * 500;
+            m.heartbeat(
+                owner,
+                ShardLoad {
+                    ticks: 2,
+                    tick_cpu_share: 1.0,
+                    process_cpu_share: 0.9,
+                    tick_slowdown: owner_slowdown,
+                    cells: vec![cell(mine[0], 0.5), cell(mine[mine.len() - 1], 0.5)],
+                    ..ShardLoad::default()
+                },
+                now,
+            );
+            m.heartbeat(
+                neighbour,
+                ShardLoad {
+                    ticks: 6,
+                    tick_cpu_share: 0.05,
+                    process_cpu_share: 0.05,
+                    tick_slowdown: 1.0,
+                    ..ShardLoad::default()
+                },
+                now,
+            );
+        }
+        (m, owner, neighbour)
+    }
+
+    /// The cells moved to `target` over `rounds` balancing rounds, one a second, the heartbeats
+    /// unchanged (a threshold must hold `hold_ms`, 3 s by default, before anything moves).
+    fn moved_to(m: &mut Master, target: ShardId, rounds: u64) -> Vec<CellId> {
+        let mut moved = Vec::new();
+        for r in 0..rounds {
+            for (_, notice) in m.balance(6_000 + r * 1_000) {
+                if let MasterNotice::MoveCell { to, cell, .. } = notice
+                    && to == target
+                    && !moved.contains(&cell)
+                {
+                    moved.push(cell);
+                }
+            }
+        }
+        moved
+    }
+
+    #[test]
+    fn the_balancer_reads_what_a_saturated_shard_would_need_not_the_core_it_got() {
+        let (m, owner, neighbour) = saturated_pair(3.0);
+        let (shards, _) = m.balance_inputs();
+        let load_of = |id| {
+            shards
+                .iter()
+                .find(|s| s.id == id)
+                .expect("listed")
+                .tick_cpu_share
+        };
+        assert_eq!(
+            load_of(owner),
+            3.0,
+            "a whole core at a third of the tick rate: three cores' worth"
+        );
+        assert_eq!(load_of(neighbour), 0.05, "on schedule: what it used");
+        let view = m.view();
+        let s = &view.shards[usize::from(owner.0)];
+        assert_eq!((s.tick_slowdown, s.cpu_demand), (3.0, 3.0));
+
+        // Each busy base cell costs 1.5 cores, too much for the neighbour: the balancer splits
+        // them and gives away quarters (0.375 each), only as many as the neighbour can take
+        // under the 0.8 threshold. Read as the censored single core, a quarter would look like
+        // an eighth of a core and the neighbour would be sent far more than it can carry: the
+        // churn a saturated cluster showed.
+        let received = |moved: &[CellId]| -> f32 {
+            0.05 + moved
+                .iter()
+                .map(|c| 1.5 / 4f32.powi(i32::from(c.level)))
+                .sum::<f32>()
+        };
+        let (mut m, _, neighbour) = saturated_pair(3.0);
+        let moved = moved_to(&mut m, neighbour, 8);
+        assert!(!moved.is_empty(), "the saturated shard is relieved");
+        assert!(
+            received(&moved) <= 0.8 + 1e-4,
+            "the neighbour ends at {} cores: {moved:?}",
+            received(&moved)
+        );
+        let (mut censored, _, neighbour) = saturated_pair(0.0);
+        let moved = moved_to(&mut censored, neighbour, 8);
+        assert!(
+            received(&moved) > 1.0,
+            "the control: without the slowdown (not measured) the neighbour would be given {} \
+             cores: {moved:?}",
+            received(&moved)
+        );
     }
 
     #[test]
