@@ -154,6 +154,16 @@ pub const LINK_BATCH_BYTES_FIXED: usize = 64;
 pub const CELL_LOADS_PER_HEARTBEAT_MAX: usize = 4_096;
 /// How often a shard reports its load to the master.
 pub const HEARTBEAT_MS: u64 = 200;
+
+/// The most a load report's `tick_slowdown` counts for (a shard that ran one tick in a window
+/// of ten periods): past it, the figure says "far behind", not how far.
+pub const TICK_SLOWDOWN_MAX: f32 = 10.0;
+
+/// Link frames a shard keeps for a member it has no link to yet (a joiner whose `Peer` is still
+/// on its way while the master already gave it a cell), sent once the link names itself; past
+/// this they are dropped and the handoffs in them retried after their timeout.
+pub const UNLINKED_MEMBER_BYTES_MAX: usize = 8 << 20;
+
 /// A shard silent this long is declared dead by the master.
 pub const SHARD_DEAD_AFTER_MS: u64 = 3_000;
 /// Commands queued for entities per tick; more are dropped (counted).

@@ -314,8 +314,10 @@ struct Joiner {
     links: BTreeMap<LinkId, (usize, usize)>,
     dialed_at: u64,
     /// Members that do not know who is on its link yet (the master until its `Join`, the others
-    /// until its `Peer`): what they would send it has no link to go on.
+    /// until its `Peer`): what they send it is held until then (`Node`'s held frames), in
+    /// order, with the bytes held per member.
     unnamed_at: BTreeSet<usize>,
+    held: BTreeMap<usize, (usize, Vec<LinkMessage>)>,
     /// The tick it first held a leaf of the master's map.
     first_cell_at: Option<u64>,
 }
@@ -332,7 +334,9 @@ pub struct Membership {
     pub drains_ordered: u64,
     /// Drains the master completed (the shard was told `Drained` and stopped).
     pub drains_done: u64,
-    /// Shard messages dropped because their sender had no link to the receiver (yet).
+    /// Link messages a member held for the joiner until its link named itself, and dropped
+    /// because the held ones reached their bound.
+    pub unlinked_held: u64,
     pub unlinked_drops: u64,
 }
 
@@ -629,6 +633,7 @@ impl ClusterSim {
             links: BTreeMap::new(),
             dialed_at: next_tick,
             unnamed_at: self.live().collect(),
+            held: BTreeMap::new(),
             first_cell_at: None,
         });
         self.joiner_acts(acts);
@@ -736,11 +741,7 @@ impl ClusterSim {
     fn unnamed_message(&mut self, to: usize, from: usize, link: LinkId, msg: LinkMessage) {
         match msg {
             LinkMessage::Join(req) if to == 0 => self.late_join(from, link, req),
-            LinkMessage::Peer { id } if usize::from(id.0) == from => {
-                if let Some(j) = self.joiner.as_mut() {
-                    j.unnamed_at.remove(&to);
-                }
-            }
+            LinkMessage::Peer { id } if usize::from(id.0) == from => self.named(to),
             // `Node` closes such a link; the joiner then cannot form.
             other => {
                 self.failure.get_or_insert((
@@ -748,6 +749,20 @@ impl ClusterSim {
                     format!("shard {to} got {other:?} first on the joiner's link"),
                 ));
             }
+        }
+    }
+
+    /// Member `at` learnt who is on the joiner's link: what it held for the joiner goes out on
+    /// it, in order (`Node::name_link`).
+    fn named(&mut self, at: usize) {
+        let Some(j) = self.joiner.as_mut() else {
+            return;
+        };
+        j.unnamed_at.remove(&at);
+        let to = j.id;
+        let (_, msgs) = j.held.remove(&at).unwrap_or_default();
+        for msg in msgs {
+            self.link_send(at, to, msg);
         }
     }
 
@@ -777,14 +792,12 @@ impl ClusterSim {
         };
         let notices = self.master.members_changed(Some(id));
         tracing::info!(shard = id.0, "sim: the master admitted the late joiner");
-        if let Some(j) = self.joiner.as_mut() {
-            j.unnamed_at.remove(&0);
-        }
         let now = self.now_us;
         for msg in [LinkMessage::Joined { id }, LinkMessage::Map(push)] {
             self.net
                 .send(now, 0, from as u32, Packet::Link(link, msg), true);
         }
+        self.named(0);
         for (to, notice) in notices {
             self.notify(usize::from(to.0), notice);
         }
@@ -950,17 +963,32 @@ impl ClusterSim {
     }
 
     /// A link message from shard `from` to shard `to`, if `from` has a link to `to`: not to a
-    /// drained shard (its links closed), nor to a joiner whose `Peer` (or, on the master,
-    /// `Join`) `from` has not heard yet (`Node::send` drops those, "no link to shard").
+    /// drained shard (its links closed). One for a joiner whose `Peer` (or, on the master,
+    /// `Join`) `from` has not heard yet is held until then, as `Node::send_frame` holds it.
     fn link_send(&mut self, from: usize, to: usize, msg: LinkMessage) {
-        let unnamed = self
+        if self.departed.contains(&to) {
+            return;
+        }
+        if let Some(j) = self
             .joiner
-            .as_ref()
-            .is_some_and(|j| j.id == to && j.unnamed_at.contains(&from));
-        if unnamed || self.departed.contains(&to) {
-            if unnamed {
+            .as_mut()
+            .filter(|j| j.id == to && j.unnamed_at.contains(&from))
+        {
+            let len = zonescaler_shared::codec::encode(&msg).len();
+            let (bytes, msgs) = j.held.entry(from).or_default();
+            if *bytes + len > limits::UNLINKED_MEMBER_BYTES_MAX {
                 self.membership.unlinked_drops += 1;
-                tracing::debug!(from, to, ?msg, "no link to the joiner yet: dropped");
+                tracing::debug!(
+                    from,
+                    to,
+                    ?msg,
+                    "no link to the joiner yet, held ones full: dropped"
+                );
+            } else {
+                *bytes += len;
+                msgs.push(msg);
+                self.membership.unlinked_held += 1;
+                tracing::debug!(from, to, "no link to the joiner yet: held");
             }
             return;
         }
@@ -1121,7 +1149,10 @@ impl ClusterSim {
                 format!("{lost} is owned by no shard and in no handoff"),
             );
         }
+        // An avatar spawned and offered onwards in one tick is held before it was ever owned
+        // at a check: it is alive from then on too.
         self.alive.extend(owner.keys().copied());
+        self.alive.extend(held.iter().copied());
 
         // handoff_bounded: a round trip on a connected link, plus a tick on each side.
         let bound = self.cfg.lag_bound_ticks();

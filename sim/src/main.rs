@@ -185,7 +185,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if args.cluster {
         let t = &members;
         say(&format!(
-            "membership: {} seeds with a late joiner ({} joined, {} got cells, {} cells in all, {} owned entities), {} seeds with a drain ({} ordered, {} done); {} shard messages found no link to a joiner yet",
+            "membership: {} seeds with a late joiner ({} joined, {} got cells, {} cells in all, {} owned entities), {} seeds with a drain ({} ordered, {} done); {} link messages held until a joiner's link named itself, {} dropped",
             t.join_seeds,
             t.joins,
             t.joiners_with_cells,
@@ -194,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.drain_seeds,
             t.drains_ordered,
             t.drains_done,
+            t.unlinked_held,
             t.unlinked_drops
         ))?;
     }
@@ -211,6 +212,7 @@ struct MembershipTally {
     drain_seeds: u64,
     drains_ordered: u64,
     drains_done: u64,
+    unlinked_held: u64,
     unlinked_drops: u64,
 }
 
@@ -224,6 +226,7 @@ impl MembershipTally {
         self.cells_to_joiners += m.cells_to_joiners;
         self.drains_ordered += m.drains_ordered;
         self.drains_done += m.drains_done;
+        self.unlinked_held += m.unlinked_held;
         self.unlinked_drops += m.unlinked_drops;
     }
 }

@@ -40,6 +40,41 @@ pub struct Node {
     unnamed: BTreeSet<LinkId>,
     /// Members that left the cluster (drained): their links going down is no fault.
     departed: BTreeSet<ShardId>,
+    /// Frames for members whose link has not named itself yet, in order: a joiner's `Peer` may
+    /// arrive after the master gave it a cell, and the first handoffs to it must not be lost.
+    held: HeldFrames,
+}
+
+/// Frames kept for members in the member list that this shard has no link to yet, sent in
+/// order once the link names itself, at most [`limits::UNLINKED_MEMBER_BYTES_MAX`] per member
+/// (past that they are dropped and counted: the handoffs in them are retried after their
+/// timeout).
+#[derive(Debug, Default)]
+pub struct HeldFrames {
+    frames: BTreeMap<ShardId, (usize, Vec<Bytes>)>,
+    /// Frames held so far, and dropped for want of room.
+    pub held: u64,
+    pub dropped: u64,
+}
+
+impl HeldFrames {
+    /// Keep `frame` for `to`; false (and counted) when `to`'s frames are at their bound.
+    pub fn hold(&mut self, to: ShardId, frame: Bytes) -> bool {
+        let (bytes, frames) = self.frames.entry(to).or_default();
+        if *bytes + frame.len() > limits::UNLINKED_MEMBER_BYTES_MAX {
+            self.dropped += 1;
+            return false;
+        }
+        *bytes += frame.len();
+        frames.push(frame);
+        self.held += 1;
+        true
+    }
+
+    /// `to`'s frames, oldest first, no longer held (its link named itself, or it left).
+    pub fn take(&mut self, to: ShardId) -> Vec<Bytes> {
+        self.frames.remove(&to).map(|(_, f)| f).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -68,6 +103,7 @@ impl Node {
             batch_bytes_out: 0,
             unnamed: BTreeSet::new(),
             departed: BTreeSet::new(),
+            held: HeldFrames::default(),
         }
     }
 
@@ -81,6 +117,14 @@ impl Node {
             if m.id != self.me && !now.contains(&m.id) {
                 info!(shard = m.id.0, "shard left the cluster (drained)");
                 self.departed.insert(m.id);
+                let lost = self.held.take(m.id).len();
+                if lost > 0 {
+                    warn!(
+                        shard = m.id.0,
+                        frames = lost,
+                        "shard left before it linked: frames held for it dropped"
+                    );
+                }
             }
         }
         for m in &push.members {
@@ -111,9 +155,7 @@ impl Node {
             return;
         };
         let notices = m.members_changed(Some(id));
-        self.unnamed.remove(&link);
-        self.link_of.insert(id, link);
-        self.peer_of.insert(link, id);
+        self.name_link(id, link);
         info!(shard = id.0, %addr, "shard joined the running cluster");
         self.send(id, &LinkMessage::Joined { id });
         self.send(id, &LinkMessage::Map(push));
@@ -134,9 +176,7 @@ impl Node {
                     && !self.link_of.contains_key(&id)
                     && !self.departed.contains(&id) =>
             {
-                self.unnamed.remove(&link);
-                self.link_of.insert(id, link);
-                self.peer_of.insert(link, id);
+                self.name_link(id, link);
                 info!(shard = id.0, "linked to a shard that joined");
             }
             Ok(other) => {
@@ -152,11 +192,43 @@ impl Node {
         }
     }
 
-    fn send(&self, to: ShardId, msg: &LinkMessage) {
-        match self.link_of.get(&to) {
-            Some(link) => self.links.send(*link, Bytes::from(codec::encode(msg))),
-            None => warn!(shard = to.0, "no link to shard; message dropped"),
+    /// `link` is `id`'s: what was held for `id` goes out on it first, in order.
+    fn name_link(&mut self, id: ShardId, link: LinkId) {
+        self.unnamed.remove(&link);
+        self.link_of.insert(id, link);
+        self.peer_of.insert(link, id);
+        for frame in self.held.take(id) {
+            self.links.send(link, frame);
         }
+    }
+
+    fn send(&mut self, to: ShardId, msg: &LinkMessage) {
+        self.send_frame(to, Bytes::from(codec::encode(msg)));
+    }
+
+    /// One frame for `to`: on its link; held for a member whose link has not named itself yet
+    /// (a joiner whose `Peer` is on its way); else dropped (no such member, or it left).
+    fn send_frame(&mut self, to: ShardId, frame: Bytes) {
+        if let Some(link) = self.link_of.get(&to) {
+            self.links.send(*link, frame);
+        } else if to != self.me
+            && !self.departed.contains(&to)
+            && self.members.iter().any(|m| m.id == to)
+        {
+            if !self.held.hold(to, frame) {
+                warn!(
+                    shard = to.0,
+                    "no link to shard yet and its held frames are at their bound; frame dropped"
+                );
+            }
+        } else {
+            warn!(shard = to.0, "no link to shard; frame dropped");
+        }
+    }
+
+    /// Frames held for members not linked yet, and dropped for want of room, since start.
+    pub fn held_frames(&self) -> (u64, u64) {
+        (self.held.held, self.held.dropped)
     }
 
     /// Send one tick's shard messages: one frame per neighbour, or several in order where they
@@ -167,14 +239,10 @@ impl Node {
             per.entry(to).or_default().push(bytes.to_vec());
         }
         for (to, msgs) in per {
-            let Some(link) = self.link_of.get(&to) else {
-                warn!(shard = to.0, "no link to shard; its messages are dropped");
-                continue;
-            };
             for batch in batch_frames(msgs) {
                 let frame = codec::encode(&LinkMessage::Batch(batch));
                 self.batch_bytes_out += frame.len() as u64;
-                self.links.send(*link, Bytes::from(frame));
+                self.send_frame(to, Bytes::from(frame));
             }
         }
     }
@@ -444,5 +512,33 @@ mod tests {
             batch_frames(Vec::new()).is_empty(),
             "nothing to send, no frame"
         );
+    }
+
+    #[test]
+    fn frames_for_a_member_not_linked_yet_are_held_in_order_within_a_bound() {
+        let mut held = HeldFrames::default();
+        let joiner = ShardId(3);
+        for i in 0..3u8 {
+            assert!(held.hold(joiner, Bytes::from(vec![i; 10])));
+        }
+        assert!(held.hold(ShardId(4), Bytes::from_static(b"other")));
+        let out = held.take(joiner);
+        assert_eq!(
+            out.iter().map(|f| f[0]).collect::<Vec<_>>(),
+            [0, 1, 2],
+            "sent oldest first once the link names itself"
+        );
+        assert!(held.take(joiner).is_empty(), "taken once");
+        assert_eq!(held.take(ShardId(4)).len(), 1, "each member's own");
+
+        let half = limits::UNLINKED_MEMBER_BYTES_MAX / 2;
+        assert!(held.hold(joiner, Bytes::from(vec![0; half])));
+        assert!(held.hold(joiner, Bytes::from(vec![0; half])));
+        assert!(
+            !held.hold(joiner, Bytes::from_static(b"x")),
+            "past the bound a frame is dropped, not kept"
+        );
+        assert_eq!((held.held, held.dropped), (6, 1));
+        assert_eq!(held.take(joiner).len(), 2, "what fit is kept");
     }
 }

@@ -212,7 +212,7 @@ impl ShardMetrics {
             publish(
                 app,
                 &server.stats(),
-                node.map(|n| n.links.stats()).as_ref(),
+                node.map(|n| (n.links.stats(), n.held_frames())),
                 std::mem::take(&mut self.queues),
             );
         }
@@ -224,10 +224,20 @@ impl ShardMetrics {
 }
 
 /// The once-a-second part: the world, the shard's counters, the transports' counters.
-fn publish(app: &mut ShardApp, net: &NetStats, links: Option<&LinkStats>, queues: TickQueues) {
+/// `links`: the links' counters, and the frames held for members not linked yet and dropped
+/// (`Node::held_frames`); none on a lone shard.
+fn publish(
+    app: &mut ShardApp,
+    net: &NetStats,
+    links: Option<(LinkStats, (u64, u64))>,
+    queues: TickQueues,
+) {
     publish_world(app, queues, net);
-    publish_stats(app, net, links);
-    publish_transport(net, links);
+    publish_stats(app, net, links.as_ref().map(|(l, _)| l));
+    publish_transport(net, links.as_ref().map(|(l, _)| l));
+    let (held, dropped) = links.map_or((0, 0), |(_, h)| h);
+    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "held").absolute(held);
+    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "dropped").absolute(dropped);
 }
 
 /// Descriptions and units of every metric (promtool wants a HELP line for each).
@@ -314,6 +324,10 @@ fn describe_transport() {
         "zonescaler_link_bytes_total",
         Unit::Bytes,
         "Payload bytes of shard-link messages, by direction (without QUIC's overhead)."
+    );
+    describe_counter!(
+        "zonescaler_link_frames_unlinked_total",
+        "Link frames for a member this shard had no link to yet (a joiner whose first message is on its way): held and sent once it linked (outcome=held), or dropped past the bound (outcome=dropped)."
     );
     describe_counter!(
         "zonescaler_connections_total",
@@ -662,6 +676,7 @@ mod tests {
             "zonescaler_client_bytes_total",
             "zonescaler_client_datagrams_total",
             "zonescaler_link_bytes_total",
+            "zonescaler_link_frames_unlinked_total",
             "zonescaler_connection_closes_total",
             "zonescaler_decode_errors_total",
             "zonescaler_replication_lag_seconds",
