@@ -32,18 +32,19 @@ PY
   sampler=$!
 }
 
-# wait_settled HTTP DIR: the bots' avatars go when their connections do (a redirected one whose
-# client never came after REDIRECT_WAIT_MS): wait, at most 25 s, until total_entities is back at
-# the first sample's.
+# wait_settled HTTP DIR: the bots' avatars go when their connections do, a redirected one whose
+# client never came only after REDIRECT_WAIT_MS (15 s): wait that long, then at most 15 s more
+# until total_entities is back at the first sample's.
 wait_settled() {
   python3 - "$1" "$2/samples.jsonl" <<'PY' || true
 import json, sys, time, urllib.request
 http, samples = sys.argv[1:3]
 first = json.loads(open(samples).readline())["total_entities"]
-for _ in range(25):
-    time.sleep(1)
+time.sleep(16)
+for _ in range(15):
     v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
     if v["total_entities"] == first:
         break
+    time.sleep(1)
 PY
 }

@@ -1040,7 +1040,10 @@ pub struct ClusterView {
     /// Whether the cells have been placed (every expected shard joined).
     pub placed: bool,
     pub expected_shards: usize,
-    /// Entities owned by some shard, or frozen in a handoff (each counted once).
+    /// Entities owned by some shard, or frozen in a handoff, summed over each shard's last
+    /// heartbeat. The heartbeats are up to `HEARTBEAT_MS` apart, so an entity handed over
+    /// between two of them counts on both shards, or on neither, for a moment: with entities
+    /// crossing borders the figure wanders by about the handoffs in flight.
     pub total_entities: u64,
     /// Handoffs completed, cluster-wide.
     pub handoffs_total: u64,
