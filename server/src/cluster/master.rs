@@ -659,6 +659,11 @@ impl Master {
                 return Err(MoveError::NotAlive(s.0));
             }
         }
+        // A draining shard would have to give the cell straight back; a joiner not linked yet
+        // could not reach the cell's neighbours.
+        if !self.members.get(&to).is_some_and(Member::takes_work) {
+            return Err(MoveError::NotTakingCells(to.0));
+        }
         let m = self.moves.open(cell, from, to, now_ms)?;
         self.event(
             "move",
@@ -1876,6 +1881,41 @@ mod tests {
         );
         m.heartbeat(late, ShardLoad::default(), 10);
         assert!(m.members()[&late].takes_work(), "linked once it reported");
+    }
+
+    #[test]
+    fn no_cell_moves_to_a_draining_shard_or_a_joiner_not_linked_yet() {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let mut m = Master::new(grid, 3, info("a"), 0);
+        m.join(join("b", 1), 0).expect("join");
+        m.join(join("c", 1), 0).expect("join");
+        m.place().expect("placement");
+        for id in 0..3 {
+            m.heartbeat(ShardId(id), ShardLoad::default(), 1);
+        }
+        let cell = m
+            .map()
+            .expect("placed")
+            .cells_of(ShardId(0))
+            .next()
+            .expect("a cell");
+        m.drain(ShardId(2), 2).expect("drains");
+        assert_eq!(
+            m.move_cell(cell, ShardId(2), 3),
+            Err(MoveError::NotTakingCells(2)),
+            "a draining shard would only give it back"
+        );
+        let late = m.join(join("d", 1), 4).expect("a late joiner");
+        assert_eq!(
+            m.move_cell(cell, late, 5),
+            Err(MoveError::NotTakingCells(late.0)),
+            "a joiner that has not linked to everyone cannot reach the cell's neighbours"
+        );
+        m.heartbeat(late, ShardLoad::default(), 6);
+        assert!(
+            m.move_cell(cell, late, 7).is_ok(),
+            "once it reported, it takes cells"
+        );
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum MoveError {
     SameOwner(u16, CellId),
     #[error("shard {0} is not a live member")]
     NotAlive(u16),
+    #[error("shard {0} takes no cells (it is draining, or has not linked to every member yet)")]
+    NotTakingCells(u16),
     #[error("cell {0} is already being moved")]
     Busy(CellId),
     #[error("{MOVES_ACTIVE_MAX} moves are under way already")]
