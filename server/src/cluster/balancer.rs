@@ -24,9 +24,10 @@
 //!    held `hold_ms`: border cells go to the lightest neighbour that stays under every threshold
 //!    and ends below where the sender started (so every move strictly lowers `Σ weight ×
 //!    load²`: moves cannot cycle), preferring cells whose loss keeps the sender's region
-//!    connected. An overloaded shard with no such neighbour gives to an empty shard, then to the
-//!    lightest shard anywhere; an imbalanced one does so only with a cell at the minimum size
-//!    that no neighbour can take. A border cell too coarse for any neighbour is split.
+//!    connected, and only cells that carry at least `SHED_SHARE_MIN` of what the sender must
+//!    shed (light cells relieve nothing). An overloaded shard with no such neighbour gives to an
+//!    empty shard, then to the lightest shard anywhere; an imbalanced one does so only with a
+//!    cell at the minimum size that no neighbour can take. A border cell too coarse for any neighbour is split.
 //! 3. *Join*: a shard with no cells gets one from the busiest shard; it then grows through 2.
 //! 4. *Split* hot leaves (above `split_cell_load` for `hold_ms`) down to `min_cell_m`; *merge*
 //!    four cold siblings of one shard (together under `merge_cell_load` for `hold_ms`).
@@ -477,6 +478,12 @@ struct Pressure {
 const NO_ROW: u32 = u32::MAX;
 /// Moves a sender may make in one round before the next sender gets its turn.
 const MOVES_PER_SENDER_MAX: usize = 64;
+/// A relieving move carries at least this part of what its sender must shed: a sender whose
+/// excess sits outside its cells (the clients of a cell it just gave away, still following
+/// their redirects) or in cells on cooldown would otherwise give away every light cell it has,
+/// a few handoffs each, relieving nothing. 1/32: an excess is never cut into more than 32
+/// moves.
+const SHED_SHARE_MIN: f64 = 1.0 / 32.0;
 /// Cells a contiguity check may visit before it gives up and calls the cell a cut (a wrong "cut"
 /// only costs a less preferred choice).
 const CONTIGUITY_VISITS_MAX: usize = 64;
@@ -1428,6 +1435,13 @@ impl Round<'_> {
         out
     }
 
+    /// Whether giving `leaf` away is worth its handoffs: it carries at least
+    /// [`SHED_SHARE_MIN`] of what its sender must shed.
+    fn worth(&self, leaf: u32, p: &Pressure) -> bool {
+        let v = self.value(leaf, p.dim);
+        v > 0.0 && v >= SHED_SHARE_MIN * p.need
+    }
+
     /// The lightest neighbour (other than `exclude`) that a border cell of `s` fits, and that
     /// cell.
     fn best_move(&self, s: u32, p: &Pressure, exclude: Option<u32>) -> Option<(u32, u32)> {
@@ -1444,7 +1458,9 @@ impl Round<'_> {
         receivers.into_iter().find_map(|t| {
             let candidates: Vec<u32> = pairs
                 .iter()
-                .filter(|&&(l, to)| to == t && self.fits(l, t, Some(p.dim), 1.0))
+                .filter(|&&(l, to)| {
+                    to == t && self.worth(l, p) && self.fits(l, t, Some(p.dim), 1.0)
+                })
                 .map(|&(l, _)| l)
                 .collect();
             self.pick(candidates, p.need, p.dim).map(|leaf| (leaf, t))
@@ -1465,7 +1481,7 @@ impl Round<'_> {
                 let l = &self.leaves[c as usize];
                 let heavy = !self.splittable(c) && l.work > band;
                 !(l.cooling || l.acted || l.in_flight)
-                    && self.value(c, p.dim) > 0.0
+                    && self.worth(c, p)
                     && (heavy || !indivisible)
             })
             .collect();
@@ -1774,6 +1790,62 @@ mod tests {
         plan.moves().collect()
     }
 
+    /// A shard over the threshold because of load outside its cells (the clients of a cell it
+    /// just gave away, still following their redirects) holds only light cells: giving those
+    /// away relieves nothing, and shard after shard emptied that way in a crowd run.
+    #[test]
+    fn light_cells_are_not_given_away_for_load_no_cell_carries() {
+        let g = grid(4, 4);
+        let ids = [(ShardId(0), 1), (ShardId(1), 1)];
+        let map = assign_contiguous(&g, &ids).expect("positive weights");
+        let inputs = |busy: f32| {
+            let shards = vec![
+                ShardInput {
+                    tick_cpu_share: busy,
+                    clients: 300,
+                    ..shard(0, 1)
+                },
+                ShardInput {
+                    tick_cpu_share: 0.05,
+                    ..shard(1, 1)
+                },
+            ];
+            let mut cells = Vec::new();
+            for (id, work) in [(ShardId(0), busy), (ShardId(1), 0.05)] {
+                for c in map.cells_of(id) {
+                    // 0.003 of a core each: a few NPCs.
+                    cells.push(CellInput {
+                        cell: c,
+                        owner: id,
+                        entities: 15,
+                        clients: 0,
+                        tick_share: 0.003 / work,
+                    });
+                }
+            }
+            (shards, cells)
+        };
+        let mut b = balancer(&section());
+        let (shards, cells) = inputs(1.0);
+        for t in 0..6 {
+            let plan = b.plan(t * 1_000, &map, &shards, &cells);
+            assert!(
+                moves(&plan).is_empty(),
+                "round {t}: 0.97 of shard 0's load is outside its cells; none of them is worth a move: {plan:?}"
+            );
+        }
+        // The same light cells do move when they are what makes the difference.
+        let mut b = balancer(&section());
+        let (shards, cells) = inputs(0.8 + 8.0 * 0.003);
+        let moved = (0..6u64)
+            .map(|t| moves(&b.plan(t * 1_000, &map, &shards, &cells)).len())
+            .sum::<usize>();
+        assert!(
+            moved > 0,
+            "a shard just over the threshold gives light cells"
+        );
+    }
+
     #[test]
     fn an_overload_must_hold_for_hold_ms_before_anything_moves() {
         let mut toy = Toy::new(4, 4, &[(0, 1), (1, 1)], 0.02);
@@ -1904,7 +1976,12 @@ mod tests {
             split |= plan
                 .actions
                 .iter()
-                .any(|p| p.action == Action::Split { cell: hot } && p.reason == Reason::HotCell);
+                .any(|p| {
+                    // Split as too hot, or (its owner overloaded, its light cells not worth a
+                    // move) as too coarse for any receiver: whichever phase gets to it first.
+                    p.action == Action::Split { cell: hot }
+                        && matches!(p.reason, Reason::HotCell | Reason::TooCoarse)
+                });
             cannot |= plan
                 .notes
                 .iter()
