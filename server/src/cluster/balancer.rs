@@ -1973,15 +1973,12 @@ mod tests {
         let mut cannot = false;
         for _ in 0..30 {
             let plan = toy.step(&mut b);
-            split |= plan
-                .actions
-                .iter()
-                .any(|p| {
-                    // Split as too hot, or (its owner overloaded, its light cells not worth a
-                    // move) as too coarse for any receiver: whichever phase gets to it first.
-                    p.action == Action::Split { cell: hot }
-                        && matches!(p.reason, Reason::HotCell | Reason::TooCoarse)
-                });
+            split |= plan.actions.iter().any(|p| {
+                // Split as too hot, or (its owner overloaded, its light cells not worth a
+                // move) as too coarse for any receiver: whichever phase gets to it first.
+                p.action == Action::Split { cell: hot }
+                    && matches!(p.reason, Reason::HotCell | Reason::TooCoarse)
+            });
             cannot |= plan
                 .notes
                 .iter()
