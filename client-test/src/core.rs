@@ -610,42 +610,40 @@ impl BotClient {
                 }
             }
         };
-        // Moved entities are named by their index in the baseline's sorted ids: resolve them
-        // before removals and spawns change the view.
-        let base_ids: Vec<NetId> = view.keys().copied().collect();
+        // Moved entities are named by their index in the baseline's sorted ids: apply them
+        // before removals and spawns change the view (until then it is the baseline).
         let mut unknown = 0u64;
         for p in &parts {
             let mut idx = u64::from(p.index_base);
             for m in &p.moved {
                 idx += u64::from(m.index_gap);
-                match base_ids.get(idx as usize).and_then(|id| view.get_mut(id)) {
+                match usize::try_from(idx).ok().and_then(|i| view.at_mut(i)) {
                     Some(e) => e.pos = QPos::apply_delta(e.pos, m.delta),
                     None => unknown += 1,
                 }
                 idx += 1;
             }
         }
-        for p in &parts {
-            for id in p.removed() {
-                view.remove(id);
-            }
-        }
+        let mut removed: Vec<NetId> = parts.iter().flat_map(|p| p.removed()).copied().collect();
+        view.remove_all(&mut removed);
+        let mut spawned = Vec::new();
+        let mut changed = Vec::new();
         for p in parts {
             let rare = p.rare.unwrap_or_default();
-            for s in rare.spawned {
-                view.insert(
-                    s.id,
-                    ViewEntity {
-                        pos: s.pos,
-                        components: s.components,
-                    },
-                );
-            }
-            for c in rare.changed {
-                match view.get_mut(&c.id) {
-                    Some(e) => e.components = c.components,
-                    None => unknown += 1,
-                }
+            spawned.extend(rare.spawned.into_iter().map(|s| {
+                let e = ViewEntity {
+                    pos: s.pos,
+                    components: s.components,
+                };
+                (s.id, e)
+            }));
+            changed.extend(rare.changed);
+        }
+        view.upsert_all(spawned);
+        for c in changed {
+            match view.get_mut(&c.id) {
+                Some(e) => e.components = c.components,
+                None => unknown += 1,
             }
         }
         if unknown > 0 {
