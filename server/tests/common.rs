@@ -65,6 +65,15 @@ impl Harness {
 
     /// One tick: the shard runs, its commands reach the bots, and each logged-in bot sends an input.
     pub fn step(&mut self) {
+        self.step_holding(None);
+    }
+
+    /// [`Self::step`], except that bot `held` (if any) reads none of this tick's datagrams: a
+    /// client too slow to keep up, which goes on sending inputs that acknowledge an old tick.
+    /// Returns how many datagrams the shard sent it.
+    pub fn step_holding(&mut self, held: Option<usize>) -> usize {
+        let held = held.map(|i| self.bots[i].0);
+        let mut withheld = 0;
         self.now_us += 33_333;
         self.app.tick();
         let cmds = self.app.drain_outbox();
@@ -76,6 +85,7 @@ impl Harness {
                 NetCommand::Control { bytes, .. } => {
                     let _ = bot.on_control(self.now_us, bytes);
                 }
+                NetCommand::Datagram { conn, .. } if Some(*conn) == held => withheld += 1,
                 NetCommand::Datagram { bytes, .. } => bot.on_datagram(self.now_us, bytes),
                 NetCommand::Close { .. } => {}
             }
@@ -89,6 +99,7 @@ impl Harness {
                 });
             }
         }
+        withheld
     }
 
     pub fn raw(&mut self, event: NetEvent) {

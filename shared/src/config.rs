@@ -307,6 +307,13 @@ pub struct InterestSection {
     pub aoi_radius_m: f32,
     /// Owned entities this close to a foreign cell are mirrored to its shard as proxies.
     pub interest_radius_m: f32,
+    /// How far behind (ms) a client's newest acknowledged snapshot may fall before its
+    /// snapshots are paced: while it is further behind, it gets one every this many ms instead
+    /// of one every tick, until its acknowledgements catch up. It bounds how much stale state
+    /// queues up for a client that cannot keep up (on its path or in its own process), so what
+    /// it does get is fresh. Set it above your clients' round trip plus their input period:
+    /// a client whose round trip is longer gets fewer snapshots than one per tick.
+    pub snapshot_window_ms: u32,
 }
 
 /// `[npc]`: wandering NPCs so a shard has load without clients.
@@ -355,6 +362,7 @@ impl Default for InterestSection {
         Self {
             aoi_radius_m: 80.0,
             interest_radius_m: 32.0,
+            snapshot_window_ms: 250,
         }
     }
 }
@@ -476,6 +484,7 @@ impl WorldConfig {
                 format!("must be zero or positive (got {})", i.interest_radius_m),
             ));
         }
+        self.check_snapshot_window(path)?;
         if self.npc.count > limits::NPC_COUNT_MAX {
             return Err(bad(
                 "npc.count",
@@ -589,6 +598,33 @@ impl WorldConfig {
     pub fn tick_dt(&self) -> f32 {
         1.0 / self.simulation.tick_hz as f32
     }
+
+    /// `interest.snapshot_window_ms` in ticks, rounded up, at least one.
+    pub fn snapshot_window_ticks(&self) -> u64 {
+        let ms = u64::from(self.interest.snapshot_window_ms);
+        (ms * u64::from(self.simulation.tick_hz))
+            .div_ceil(1000)
+            .max(1)
+    }
+
+    /// The window must leave the snapshot a client acknowledges among the ones the shard keeps
+    /// as baselines (`limits::SNAPSHOT_HISTORY_TICKS`), else every snapshot it gets is full.
+    fn check_snapshot_window(&self, path: &Path) -> Result<(), ConfigError> {
+        let most = limits::SNAPSHOT_HISTORY_TICKS as u64 - 2;
+        let ms = self.interest.snapshot_window_ms;
+        if ms == 0 || self.snapshot_window_ticks() > most {
+            let hz = u64::from(self.simulation.tick_hz);
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "interest.snapshot_window_ms",
+                problem: format!(
+                    "must be positive and at most {most} ticks ({} ms at {hz} Hz) (got {ms})",
+                    most * 1000 / hz.max(1)
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// toml's errors span several lines (a source excerpt); operators get one line with the position
@@ -658,6 +694,14 @@ mod tests {
             ("[world]\nbase_cel_size_m = 64.0\n", "base_cel_size_m"),
             ("[simulation]\ntick_hz = 0\n", "simulation.tick_hz"),
             ("[interest]\naoi_radius_m = -1.0\n", "interest.aoi_radius_m"),
+            (
+                "[interest]\nsnapshot_window_ms = 0\n",
+                "interest.snapshot_window_ms",
+            ),
+            (
+                "[interest]\nsnapshot_window_ms = 1001\n",
+                "interest.snapshot_window_ms",
+            ),
             ("[tls]\ncert_pem = \"a.pem\"\n", "tls.key_pem"),
             ("[nope]\n", "nope"),
             ("[npc]\ncount = -3\n", "npc.count"),

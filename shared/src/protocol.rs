@@ -282,8 +282,8 @@ pub enum ServerDatagram {
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct SnapshotPart {
     pub tick: u64,
-    /// `tick - baseline tick`, or 0 for none. Baselines are at most
-    /// [`limits::SNAPSHOT_HISTORY_TICKS`] old, so a byte is enough.
+    /// `tick - baseline tick`, or 0 for none. A byte: the shard names no baseline older than
+    /// 255 ticks (an older acknowledgement gets a full snapshot).
     pub baseline_age: u8,
     pub part: u8,
     pub parts: u8,

@@ -144,6 +144,9 @@ pub struct ShardStats {
     pub snapshot_bytes: u64,
     pub snapshot_datagrams: u64,
     pub entity_updates: u64,
+    /// Snapshots not built because their client was too far behind in acknowledging
+    /// (`Viewer::snapshot_due`).
+    pub snapshots_paced: u64,
     pub inputs_applied: u64,
     pub inputs_refused_out_of_world: u64,
     pub inputs_dropped_rate: u64,

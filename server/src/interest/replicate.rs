@@ -10,6 +10,10 @@
 //!
 //! With no usable baseline (first snapshot, or an ack older than the ring) everything is
 //! `spawned`. The client rebuilds the same state from its own copy of the baseline.
+//!
+//! A client whose acknowledgements fall more than `interest.snapshot_window_ms` behind is paced
+//! ([`Viewer::snapshot_due`]): it gets a snapshot every window instead of every tick until it
+//! catches up, so a slow client is never buried in stale snapshots.
 
 use super::grid::{AoiGrid, Frame};
 use crate::core::components::{Position, ReplicatedComponents};
@@ -37,6 +41,8 @@ pub struct Viewer {
     pub last_input_seq: u32,
     /// Newest snapshot tick the client says it holds whole.
     pub ack_tick: u64,
+    /// Tick of the newest snapshot built for this client (0: none yet).
+    pub last_sent_tick: u64,
     /// Snapshots sent, newest last, at most [`limits::SNAPSHOT_HISTORY_TICKS`].
     pub history: VecDeque<SentSnapshot>,
     /// Built by `Replicate`, encoded and sent by `Send`.
@@ -52,10 +58,25 @@ impl Viewer {
             max_datagram_bytes,
             last_input_seq: 0,
             ack_tick: 0,
+            last_sent_tick: 0,
             history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
             outgoing: None,
             spare: SentSnapshot::default(),
         }
+    }
+
+    /// Whether the client gets a snapshot at `tick`: every tick while its newest acknowledged
+    /// snapshot is at most `window` ticks old (or it has acknowledged none yet), else one every
+    /// `window` ticks until its acknowledgements catch up. A client that falls behind (its path
+    /// or its own process slower than the snapshots) would otherwise be sent more than it can
+    /// take, and what it finally reads would be seconds old: the queues in between (the
+    /// connection's send buffer, the client's receive buffer) fill with stale snapshots, while
+    /// the shard spends a tick's CPU building them. The occasional snapshot keeps a client that
+    /// stopped acknowledging (lost inputs, an idle client) in the picture.
+    pub fn snapshot_due(&self, tick: u64, window: u64) -> bool {
+        self.ack_tick == 0
+            || tick.saturating_sub(self.ack_tick) <= window
+            || tick.saturating_sub(self.last_sent_tick) >= window
     }
 }
 
@@ -77,7 +98,8 @@ pub struct SentSnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct ClientSnapshot {
     pub tick: u64,
-    pub baseline: u64,
+    /// `tick` minus the baseline's tick; 0: no baseline (everything is spawned).
+    pub baseline_age: u8,
     /// (index in the baseline's id list, position delta).
     pub moved: Vec<(u32, [i16; 3])>,
     pub spawned: Vec<Spawned>,
@@ -105,11 +127,13 @@ pub fn compute_deltas(
     grid: Res<AoiGrid>,
     clock: Res<TickClock>,
     config: Res<Config>,
+    mut stats: ResMut<ShardStats>,
     avatars: Query<&Position>,
     blobs: Query<&ReplicatedComponents>,
 ) {
     let tick = clock.tick.0;
     let radius = config.0.interest.aoi_radius_m;
+    let window = config.0.snapshot_window_ticks();
     let visible = &mut scratch.visible;
     let components = |i: usize| -> Arc<[ComponentBlob]> {
         blobs
@@ -121,6 +145,11 @@ pub fn compute_deltas(
         let Some(pos) = client.view.and_then(|e| avatars.get(e).ok()) else {
             continue;
         };
+        if !client.snapshot_due(tick, window) {
+            stats.snapshots_paced += 1;
+            continue;
+        }
+        client.last_sent_tick = tick;
         grid.query(
             &frame.xz,
             [pos.0.x, pos.0.z],
@@ -152,16 +181,22 @@ fn diff(
     components: &impl Fn(usize) -> Arc<[ComponentBlob]>,
     sent: &mut SentSnapshot,
 ) -> ClientSnapshot {
-    let baseline = if client.ack_tick > 0 {
-        client.history.iter().find(|s| s.tick == client.ack_tick)
-    } else {
-        None
+    // The age travels as one byte: a baseline older than that (the history holds the snapshots
+    // sent, which span more ticks for a paced client) is not one.
+    let age = u8::try_from(tick.saturating_sub(client.ack_tick)).ok();
+    let baseline = match age {
+        Some(age) if age > 0 && client.ack_tick > 0 => client
+            .history
+            .iter()
+            .find(|s| s.tick == client.ack_tick)
+            .map(|b| (age, b)),
+        _ => None,
     };
     let empty = SentSnapshot::default();
-    let base = baseline.unwrap_or(&empty);
+    let base = baseline.map_or(&empty, |(_, b)| b);
     let mut out = ClientSnapshot {
         tick,
-        baseline: baseline.map_or(0, |b| b.tick),
+        baseline_age: baseline.map_or(0, |(age, _)| age),
         ..Default::default()
     };
     sent.tick = tick;
@@ -303,12 +338,7 @@ fn encode_part(
         });
     let part = SnapshotPart {
         tick: snap.tick,
-        // History holds at most SNAPSHOT_HISTORY_TICKS (< 256) snapshots, so the age fits.
-        baseline_age: if snap.baseline == 0 {
-            0
-        } else {
-            (snap.tick - snap.baseline) as u8
-        },
+        baseline_age: snap.baseline_age,
         // Both bounded by SNAPSHOT_PARTS_MAX (64).
         part: p as u8,
         parts: parts as u8,
@@ -321,4 +351,56 @@ fn encode_part(
     let mut out = Vec::new();
     codec::encode_into(buf, &ServerDatagram::Snapshot(part), &mut out);
     (out, updates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glam::Vec3;
+
+    fn frame(n: u64) -> Frame {
+        let mut f = Frame::default();
+        for i in 0..n {
+            f.ids.push(NetId(i + 1));
+            f.entities.push(Entity::PLACEHOLDER);
+            f.qpos.push(QPos::quantize(Vec3::new(i as f32, 0.0, 0.0)));
+            f.xz.push([i as f32, 0.0]);
+            f.revs.push(0);
+        }
+        f
+    }
+
+    /// A viewer that holds the snapshot of `base_tick` (everything in `f`) and acknowledged it.
+    fn acked_at(base_tick: u64, f: &Frame) -> Viewer {
+        let mut v = Viewer::new(1_200);
+        v.history.push_back(SentSnapshot {
+            tick: base_tick,
+            ids: f.ids.clone(),
+            qpos: f.qpos.clone(),
+            revs: f.revs.clone(),
+        });
+        v.ack_tick = base_tick;
+        v
+    }
+
+    #[test]
+    fn a_baseline_is_named_by_its_age_and_one_too_old_for_a_byte_is_not_used() {
+        let f = frame(5);
+        let visible: Vec<u32> = (0..5).collect();
+        let none = |_: usize| Arc::<[ComponentBlob]>::from(Vec::new());
+        let mut sent = SentSnapshot::default();
+
+        // 200 ticks after the baseline: a delta against it (nothing moved: no entries).
+        let v = acked_at(100, &f);
+        let out = diff(300, &v, &visible, &f, &none, &mut sent);
+        assert_eq!(out.baseline_age, 200);
+        assert!(out.spawned.is_empty() && out.moved.is_empty());
+
+        // 300 ticks after it, still in the history (a paced client's history spans that many):
+        // the age would not fit its byte, so the snapshot is full.
+        let out = diff(400, &v, &visible, &f, &none, &mut sent);
+        assert_eq!(out.baseline_age, 0, "no baseline older than 255 ticks");
+        assert_eq!(out.spawned.len(), 5, "everything in full");
+        assert!(out.moved.is_empty() && out.removed.is_empty());
+    }
 }

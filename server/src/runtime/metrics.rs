@@ -301,6 +301,10 @@ fn describe() {
         Unit::Bytes,
         "Snapshot bytes sent to clients."
     );
+    describe_counter!(
+        "zonescaler_snapshots_paced_total",
+        "Client snapshots not sent because the client was too far behind in acknowledging (interest.snapshot_window_ms)."
+    );
     describe_counter!("zonescaler_inputs_total", "Client inputs, by outcome.");
     describe_counter!(
         "zonescaler_redirects_total",
@@ -385,6 +389,7 @@ fn publish_stats(app: &ShardApp, net: &NetStats, links: Option<&LinkStats>) {
     let s = app.world.resource::<ShardStats>();
     gauge!("zonescaler_clients").set(s.clients as f64);
     counter!("zonescaler_snapshot_bytes_total").absolute(s.snapshot_bytes);
+    counter!("zonescaler_snapshots_paced_total").absolute(s.snapshots_paced);
     counter!("zonescaler_inputs_total", "outcome" => "applied").absolute(s.inputs_applied);
     counter!("zonescaler_inputs_total", "outcome" => "out_of_world")
         .absolute(s.inputs_refused_out_of_world);
