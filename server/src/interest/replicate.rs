@@ -41,7 +41,8 @@ pub struct Viewer {
     pub last_input_seq: u32,
     /// Newest snapshot tick the client says it holds whole.
     pub ack_tick: u64,
-    /// Tick of the newest snapshot built for this client (0: none yet).
+    /// Ticks of the first and the newest snapshot built for this client (`None`: none yet).
+    pub first_sent_tick: Option<u64>,
     pub last_sent_tick: u64,
     /// Snapshots sent, newest last, at most [`limits::SNAPSHOT_HISTORY_TICKS`].
     pub history: VecDeque<SentSnapshot>,
@@ -58,6 +59,7 @@ impl Viewer {
             max_datagram_bytes,
             last_input_seq: 0,
             ack_tick: 0,
+            first_sent_tick: None,
             last_sent_tick: 0,
             history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
             outgoing: None,
@@ -66,17 +68,28 @@ impl Viewer {
     }
 
     /// Whether the client gets a snapshot at `tick`: every tick while its newest acknowledged
-    /// snapshot is at most `window` ticks old (or it has acknowledged none yet), else one every
-    /// `window` ticks until its acknowledgements catch up. A client that falls behind (its path
-    /// or its own process slower than the snapshots) would otherwise be sent more than it can
-    /// take, and what it finally reads would be seconds old: the queues in between (the
-    /// connection's send buffer, the client's receive buffer) fill with stale snapshots, while
-    /// the shard spends a tick's CPU building them. The occasional snapshot keeps a client that
-    /// stopped acknowledging (lost inputs, an idle client) in the picture.
+    /// snapshot is at most `window` ticks old, else one every `window` ticks until its
+    /// acknowledgements catch up. A client that has acknowledged nothing yet counts from its first
+    /// snapshot: a new connection (a login, or a client following its avatar after a handoff or
+    /// a cell move) gets every tick until its first acknowledgement is due.
+    ///
+    /// A client that falls behind (its path or its own process slower than the snapshots) would
+    /// otherwise be sent more than it can take, and what it finally reads would be seconds old:
+    /// the queues in between (the connection's send buffer, the client's receive buffer) fill
+    /// with stale snapshots, while the shard spends a tick's CPU building them. A new connection
+    /// is the worst case: with no baseline every snapshot is full, and a cell move redirects a
+    /// whole cell's clients at once. The occasional snapshot keeps a client that stopped
+    /// acknowledging (lost inputs, an idle client) in the picture.
     pub fn snapshot_due(&self, tick: u64, window: u64) -> bool {
-        self.ack_tick == 0
-            || tick.saturating_sub(self.ack_tick) <= window
-            || tick.saturating_sub(self.last_sent_tick) >= window
+        let Some(first) = self.first_sent_tick else {
+            return true;
+        };
+        let since = if self.ack_tick > 0 {
+            self.ack_tick
+        } else {
+            first
+        };
+        tick.saturating_sub(since) <= window || tick.saturating_sub(self.last_sent_tick) >= window
     }
 }
 
@@ -149,6 +162,7 @@ pub fn compute_deltas(
             stats.snapshots_paced += 1;
             continue;
         }
+        client.first_sent_tick.get_or_insert(tick);
         client.last_sent_tick = tick;
         grid.query(
             &frame.xz,
@@ -402,5 +416,26 @@ mod tests {
         assert_eq!(out.baseline_age, 0, "no baseline older than 255 ticks");
         assert_eq!(out.spawned.len(), 5, "everything in full");
         assert!(out.moved.is_empty() && out.removed.is_empty());
+    }
+
+    #[test]
+    fn a_new_connection_is_paced_from_its_first_snapshot_until_it_acknowledges() {
+        let mut v = Viewer::new(1_200);
+        assert!(v.snapshot_due(100, 8), "nothing sent yet");
+        let mut sent = Vec::new();
+        for t in 100..=140 {
+            if v.snapshot_due(t, 8) {
+                v.first_sent_tick.get_or_insert(t);
+                v.last_sent_tick = t;
+                sent.push(t);
+            }
+        }
+        let expected: Vec<u64> = (100..=108).chain([116, 124, 132, 140]).collect();
+        assert_eq!(
+            sent, expected,
+            "every tick for a window after the first, then one per window"
+        );
+        v.ack_tick = 139;
+        assert!(v.snapshot_due(141, 8), "an acknowledgement catches it up");
     }
 }
