@@ -92,8 +92,9 @@ impl View {
             .retain(|(id, _)| ids.binary_search(id).is_err());
     }
 
-    /// Insert or replace every entity in `new`; the last of an id given twice wins. One merge
-    /// pass from the back, in place: no allocation beyond the room for what is added.
+    /// Insert or replace every entity in `new`; the last of an id given twice wins. The new ids
+    /// are merged in from the back in one pass, in place: the view grows once, and nothing it
+    /// holds is copied twice.
     pub(crate) fn upsert_all(&mut self, mut new: Vec<(NetId, ViewEntity)>) {
         if new.is_empty() {
             return;

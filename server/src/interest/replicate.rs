@@ -8,8 +8,8 @@
 //! - in view only: full state (`spawned`), also used when a jump does not fit an `i16` delta;
 //! - in the baseline only: `removed`.
 //!
-//! With no usable baseline (first snapshot, or an ack older than the ring) everything is
-//! `spawned`. The client rebuilds the same state from its own copy of the baseline.
+//! With no usable baseline (first snapshot, an ack older than the ring, or one more than 255 ticks
+//! old: the age travels as a byte) everything is `spawned`. The client rebuilds the same state from its own copy of the baseline.
 //!
 //! A client whose acknowledgements fall more than `interest.snapshot_window_ms` behind is paced
 //! ([`Viewer::snapshot_due`]): it gets a snapshot every window instead of every tick until it
