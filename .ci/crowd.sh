@@ -74,7 +74,12 @@ samples = [json.loads(l) for l in open(f"{d}/samples.jsonl")]
 start = float(open(f"{d}/bots_start").read()); end = float(open(f"{d}/bots_end").read())
 r = json.load(open(f"{d}/report.json"))
 before = [s for s in samples if s["t"] < start]
-after = [s for s in samples if s["t"] > end + 16]
+# From when the directory emptied (wait_settled), at least 16 s after the bots left.
+try:
+    settled_at = float(open(f"{d}/settled").read())
+except (OSError, ValueError):
+    settled_at = end + 16
+after = [s for s in samples if s["t"] > max(end + 16, settled_at)]
 formed = next((s["t"] for s in samples if sum(x["clients"] for x in s["shards"]) >= 0.95 * bots), None)
 # total_entities sums each shard's last heartbeat; the heartbeats are up to 200 ms apart, so an
 # NPC handed over between two of them counts on both shards, or on neither, for a moment. The
@@ -147,6 +152,7 @@ summary = {
     "total_entities_before": settled(before),
     "total_entities_after": settled(after),
     "total_entities_after_range": spread(after),
+    "settled_after_s": round(settled_at - end, 1),
 }
 json.dump(summary, open(f"{d}/summary.json", "w"), indent=1)
 print(json.dumps(summary))
