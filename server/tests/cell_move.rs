@@ -555,6 +555,58 @@ fn a_player_steering_through_a_cell_move_is_redirected_once_and_its_last_input_c
     assert!(forwarded > 0, "some inputs were forwarded to the new owner");
 }
 
+/// A client that a cell move redirects, and that quits before it reaches its new shard: its
+/// avatar there goes after `REDIRECT_WAIT_MS`, and the player directory forgets it too. The
+/// old shard never reported the departure, so 13-16 players of every 600-bot crowd run stayed
+/// in the directory for good after the bots left, each counting against its old shard's seats
+/// (and, with `duplicate = "refuse"`, keeping the account out).
+#[test]
+fn a_client_that_quits_during_its_redirect_leaves_the_player_directory() {
+    let mut c = quiet_cluster(200);
+    c.step();
+    let avatar = log_in(&mut c, 0, 1, "ann");
+    for _ in 0..30 {
+        c.step();
+    }
+    assert_eq!(
+        c.master.player("ann"),
+        Some(ShardId(0)),
+        "ann plays on shard 0"
+    );
+    let e0 = entity(&mut c, 0, avatar).expect("the avatar is on shard 0");
+    let spawn = c.shards[0].world.get::<Position>(e0).expect("placed").0;
+    let cell = c.map.leaf_at([spawn.x, spawn.z]);
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    let redirected = (0..300).any(|_| {
+        c.step().into_iter().enumerate().any(|(i, cmds)| {
+            cmds.into_iter().any(|cmd| {
+                matches!(cmd, NetCommand::Control { conn: ConnId(1), ref bytes }
+                    if i == 0 && matches!(codec::decode_server_control(bytes), Ok(ServerControl::Redirect(_))))
+            })
+        })
+    });
+    assert!(redirected, "the move redirects ann's client to shard 1");
+    c.shards[0].push_event(NetEvent::Disconnected {
+        conn: ConnId(1),
+        reason: "quit".into(),
+    });
+    let tick_ms = 1_000 / u64::from(WorldConfig::default().simulation.tick_hz);
+    for _ in 0..zonescaler_shared::limits::REDIRECT_WAIT_MS / tick_ms + 60 {
+        c.step();
+    }
+    for i in 0..2 {
+        assert!(
+            entity(&mut c, i, avatar).is_none(),
+            "the avatar whose client never came is gone (shard {i})"
+        );
+    }
+    assert_eq!(
+        c.master.player("ann"),
+        None,
+        "the directory forgot the player who quit"
+    );
+}
+
 #[test]
 fn commands_sent_to_either_shard_mid_move_are_delivered_once_by_the_owner() {
     let mut c = quiet_cluster(1);
