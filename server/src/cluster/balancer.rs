@@ -6,8 +6,9 @@
 //! lower id), so the scale simulation (`zonescaler-sim --balancer`) drives this very code with
 //! thousands of virtual shards.
 //!
-//! **Load.** A cell's load is its share of a tick period: its share of its shard's tick
-//! (`tick_share`) times that shard's tick CPU share. It is assumed to cost the same on any shard
+//! **Load.** A cell's load is its share of a tick period: its share of its owner's tick
+//! (`tick_share`) times that shard's tick CPU share (only the owner's report counts: a neighbour
+//! whose entities stand in the cell reports it too, with a fraction of its load). It is assumed to cost the same on any shard
 //! (a homogeneous fleet; on mixed hardware set weights by speed and the averages correct the
 //! estimate after a move). A shard's load is its cells' loads plus what it spends outside any
 //! cell; its load per unit of weight is what the policy evens out. Every figure is a moving
@@ -27,7 +28,10 @@
 //!    connected, and only cells that carry at least `SHED_SHARE_MIN` of what the sender must
 //!    shed (light cells relieve nothing). An overloaded shard with no such neighbour gives to an
 //!    empty shard, then to the lightest shard anywhere; an imbalanced one does so only with a
-//!    cell at the minimum size that no neighbour can take. A border cell too coarse for any neighbour is split.
+//!    cell at the minimum size that no neighbour can take, or with a cell heavier than the
+//!    tolerance band to a shard under the band (a hot zone's cells, which a busy neighbour could
+//!    only pass on, go to the idle shards that do not border it). A border cell too coarse for
+//!    any neighbour is split.
 //! 3. *Join*: a shard with no cells gets one from the busiest shard; it then grows through 2.
 //! 4. *Split* hot leaves (above `split_cell_load` for `hold_ms`) down to `min_cell_m`; *merge*
 //!    four cold siblings of one shard (together under `merge_cell_load` for `hold_ms`).
@@ -122,6 +126,10 @@ pub enum Reason {
     /// The leaf is at the minimum size and too heavy for every neighbour: it goes to the lightest
     /// shard anywhere, leaving a region in two pieces.
     Indivisible,
+    /// No neighbour can take a cell of an imbalanced shard: it goes to a shard below the
+    /// tolerance band, wherever that is (a hot zone between two shards is shared with shards
+    /// that do not border it).
+    Underused,
     ColdSiblings,
 }
 
@@ -139,6 +147,7 @@ impl fmt::Display for Reason {
             Self::HotCell => "cell above split_cell_load",
             Self::TooCoarse => "cell too big for any receiver",
             Self::Indivisible => "indivisible cell too heavy for every neighbour",
+            Self::Underused => "no neighbour can take it; to a shard under the band",
             Self::ColdSiblings => "siblings under merge_cell_load",
         };
         f.write_str(text)
@@ -474,6 +483,17 @@ struct Pressure {
     hard: bool,
 }
 
+/// Which cells a sender with no neighbour able to help may give to any shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fallback {
+    /// Any cell (a shard over a hard threshold).
+    Anywhere,
+    /// A cell at the minimum size heavier than the tolerance band.
+    Indivisible,
+    /// A cell heavier than the tolerance band, to a shard below the band only.
+    Underused,
+}
+
 /// `by_id` slot of a shard with no row.
 const NO_ROW: u32 = u32::MAX;
 /// Moves a sender may make in one round before the next sender gets its turn.
@@ -546,8 +566,11 @@ impl Balancer {
     }
 
     /// One round: what to move, split and merge now. `now_ms` is the master's clock (it must not
-    /// go back; if it does, the round sees no time pass). Duplicate inputs for one shard or cell:
-    /// the first counts. Inputs for cells that are not leaves of `map` are ignored.
+    /// go back; if it does, the round sees no time pass). Duplicate inputs for one shard: the
+    /// first counts. A cell reported by several shards (a shard's entities standing in a
+    /// neighbour's cell are counted under it): the owner's first report counts, else the lowest
+    /// reporter's; the rest is load outside its reporter's cells. Inputs for cells that are not
+    /// leaves of `map` are ignored.
     pub fn plan(
         &mut self,
         now_ms: u64,
@@ -763,11 +786,16 @@ impl<'a> Round<'a> {
         for (i, r) in self.rows.iter().enumerate() {
             by_id[usize::from(r.id.0)] = i as u32;
         }
-        // Sorted by cell (a stable sort: the first report of a cell stays first), then
-        // merge-joined with the map's leaves and last round's states, all in id order.
+        // Sorted by cell and reporter (a stable sort: a shard's first report of a cell stays
+        // first), then merge-joined with the map's leaves and last round's states, all in id
+        // order. A cell may have several reporters: a shard's entities standing in a neighbour's
+        // cell (crossing a border, a handoff away) are counted under that cell. Only the owner's
+        // report is the cell's load (the first report of it, else the lowest reporter's); the
+        // others' stays in their reporters' load outside their cells. Taking the first report
+        // made a crowd's cell look as light as the few avatars a neighbour had in it, and moved
+        // it to a shard that could not carry it.
         let mut reports: Vec<&CellInput> = cells.iter().collect();
-        reports.sort_by_key(|c| c.cell);
-        reports.dedup_by_key(|c| c.cell);
+        reports.sort_by_key(|c| (c.cell, c.owner));
         let old = std::mem::take(&mut state.cells);
         let (mut next_old, mut next_report) = (0, 0);
         // What each shard reported inside its cells, to find what it spends outside them.
@@ -781,7 +809,12 @@ impl<'a> Round<'a> {
             while reports.get(next_report).is_some_and(|r| r.cell < cell) {
                 next_report += 1;
             }
-            let report = reports.get(next_report).copied().filter(|r| r.cell == cell);
+            let of_cell = reports[next_report..].iter().take_while(|r| r.cell == cell);
+            let report = of_cell
+                .clone()
+                .find(|r| r.owner == owner)
+                .or_else(|| of_cell.clone().next())
+                .copied();
             let mut st = match old.get(next_old) {
                 Some(&(c, st)) if c == cell => st,
                 _ => match state.extra.remove(&cell) {
@@ -1390,14 +1423,31 @@ impl Round<'_> {
                 return;
             };
             let mut reason = p.reason;
-            let found = self.best_move(s, &p, None).or_else(|| {
-                if p.hard {
-                    self.fallback_move(s, &p, false)
-                } else {
-                    reason = Reason::Indivisible;
-                    self.fallback_move(s, &p, true)
+            let under = self.mean * (1.0 - self.s.tolerance);
+            let neighbour = self.best_move(s, &p, None);
+            let found = match neighbour {
+                // A heavy cell goes to a shard under the band rather than to a neighbour that is
+                // not: a neighbour that takes a crowd's cell only passes the excess on.
+                Some((_, t)) if !p.hard && self.rows[t as usize].per_weight() >= under => {
+                    match self.fallback_move(s, &p, Fallback::Underused) {
+                        Some(found) => {
+                            reason = Reason::Underused;
+                            Some(found)
+                        }
+                        None => neighbour,
+                    }
                 }
-            });
+                Some(_) => neighbour,
+                None if p.hard => self.fallback_move(s, &p, Fallback::Anywhere),
+                None => {
+                    reason = Reason::Indivisible;
+                    self.fallback_move(s, &p, Fallback::Indivisible)
+                        .or_else(|| {
+                            reason = Reason::Underused;
+                            self.fallback_move(s, &p, Fallback::Underused)
+                        })
+                }
+            };
             let Some((leaf, to)) = found else {
                 if !self.split_coarse(s) && p.hard {
                     let shard = self.rows[s as usize].id;
@@ -1469,27 +1519,38 @@ impl Round<'_> {
 
     /// For a shard with no neighbour able to help: an empty shard first (a new region is still
     /// contiguous), then the lightest shards anywhere (regions in pieces are better than a tick
-    /// over its period). A shard that is only imbalanced (`indivisible`) may give this way only
-    /// a cell at the minimum size heavier than the tolerance band: the one thing neighbours that
-    /// are all just inside the tolerance can never take, however long it waits.
-    fn fallback_move(&self, s: u32, p: &Pressure, indivisible: bool) -> Option<(u32, u32)> {
+    /// over its period). A shard that is only imbalanced may give this way a cell at the minimum
+    /// size heavier than the tolerance band ([`Fallback::Indivisible`]: the one thing neighbours
+    /// that are all just inside the tolerance can never take, however long it waits), or any cell
+    /// heavier than the band to a shard below the band ([`Fallback::Underused`]: a hot zone's
+    /// cells cannot reach such a shard through neighbours, which are as busy; lighter cells
+    /// reach it through neighbours, keeping regions whole).
+    fn fallback_move(&self, s: u32, p: &Pressure, mode: Fallback) -> Option<(u32, u32)> {
         let band = self.s.tolerance * self.mean * self.rows[s as usize].weight;
         let mine: Vec<u32> = self.cells_of[s as usize]
             .iter()
             .copied()
             .filter(|&c| {
                 let l = &self.leaves[c as usize];
-                let heavy = !self.splittable(c) && l.work > band;
-                !(l.cooling || l.acted || l.in_flight)
-                    && self.worth(c, p)
-                    && (heavy || !indivisible)
+                let allowed = match mode {
+                    Fallback::Anywhere => true,
+                    Fallback::Indivisible => !self.splittable(c) && l.work > band,
+                    Fallback::Underused => l.work > band,
+                };
+                !(l.cooling || l.acted || l.in_flight) && self.worth(c, p) && allowed
             })
             .collect();
         if mine.is_empty() {
             return None;
         }
+        let under = self.mean * (1.0 - self.s.tolerance);
         let mut targets: Vec<u32> = (0..self.rows.len() as u32)
-            .filter(|&t| t != s && self.rows[t as usize].role == Role::Receiver)
+            .filter(|&t| {
+                let r = &self.rows[t as usize];
+                t != s
+                    && r.role == Role::Receiver
+                    && (mode != Fallback::Underused || r.per_weight() < under)
+            })
             .collect();
         let order = |&a: &u32, &b: &u32| {
             let key = |t: u32| {
@@ -1943,6 +2004,39 @@ mod tests {
         );
     }
 
+    /// A crowd gathered where two shards meet: both are equally busy, and the two idle shards
+    /// border neither's crowd cells (their common neighbours hold only NPCs, not worth a move).
+    /// Border moves alone never reached them; the hot cells go to them whole, at once.
+    #[test]
+    fn a_hot_zone_between_two_shards_is_shared_with_idle_shards_that_do_not_border_it() {
+        // Snake placement on 8x8: shard k has rows 2k and 2k + 1 (the default world on 4
+        // shards). The crowd stands on the four centre cells: two in row 3 (shard 1), two in
+        // row 4 (shard 2).
+        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1), (2, 1), (3, 1)], 0.001);
+        for (x, z) in [(3, 3), (4, 3), (3, 4), (4, 4)] {
+            toy.base.insert(CellId::base(x, z), 0.15);
+        }
+        let mut b = balancer(&section());
+        let mut moved = Vec::new();
+        for _ in 0..8 {
+            moved.extend(moves(&toy.step(&mut b)));
+        }
+        let work: Vec<f64> = (0..4).map(|i| toy.work_of(ShardId(i))).collect();
+        let mean = work.iter().sum::<f64>() / 4.0;
+        let max = work.iter().copied().fold(0.0, f64::max);
+        assert!(
+            max / mean <= 1.2,
+            "8 s after the crowd formed, max/mean load {:.2}: {work:?} after {moved:?}",
+            max / mean
+        );
+        assert_eq!(
+            moved.len(),
+            2,
+            "one whole crowd cell to each idle shard, nothing else: {moved:?}"
+        );
+        assert!(moved.iter().all(|m| m.3 == Reason::Underused), "{moved:?}");
+    }
+
     #[test]
     fn weights_1_1_2_converge_to_their_weight_shares_within_20_percent() {
         // Placed as if all weighed 1; shard 2 weighs 2 and must end up with half the load.
@@ -2344,6 +2438,71 @@ mod tests {
         );
         assert_eq!(a, run(false), "same inputs, same plans");
         assert_eq!(a, run(true), "input order does not matter");
+    }
+
+    /// A crowd's cell is also reported by the neighbour whose avatars stand in it on their way
+    /// across the border (a handoff away). Its load is its owner's report: read from the
+    /// neighbour's (the lower id, so first), the cell looked as light as those few avatars and
+    /// went whole to a shard that could not carry it, and back, in the 600-bot crowd run.
+    #[test]
+    fn a_cell_weighs_what_its_owner_reports_not_what_a_neighbour_sees_of_it() {
+        // Four cells in a row: shard 0 has x = 0, 1, shard 1 x = 2 (the crowd), 3.
+        let g = grid(4, 1);
+        let ids = [(ShardId(0), 1), (ShardId(1), 1)];
+        let map = assign_contiguous(&g, &ids).expect("positive weights");
+        let crowd = CellId::base(2, 0);
+        assert_eq!(map.owner_of(crowd), Some(ShardId(1)));
+        let (busy, light) = (0.55f32, 0.06f32);
+        let shards = vec![
+            ShardInput {
+                tick_cpu_share: light,
+                clients: 3,
+                ..shard(0, 1)
+            },
+            ShardInput {
+                tick_cpu_share: busy,
+                clients: 150,
+                ..shard(1, 1)
+            },
+        ];
+        let cell = |x: u32, owner: u16, cpu: f32, work: f32, clients: u32| CellInput {
+            cell: CellId::base(x, 0),
+            owner: ShardId(owner),
+            entities: 15 + clients,
+            clients,
+            tick_share: work / cpu,
+        };
+        let mut cells = vec![
+            cell(0, 0, light, 0.02, 0),
+            cell(1, 0, light, 0.02, 0),
+            // Shard 0's three avatars crossing into the crowd's cell.
+            cell(2, 0, light, 0.02, 3),
+            cell(2, 1, busy, 0.53, 147),
+            cell(3, 1, busy, 0.02, 0),
+        ];
+        for order in 0..2 {
+            if order == 1 {
+                cells.reverse();
+            }
+            let mut b = balancer(&section());
+            let mut acted = Vec::new();
+            for t in 0..6 {
+                let plan = b.plan(t * 1_000, &map, &shards, &cells);
+                for m in moves(&plan) {
+                    assert_ne!(
+                        m.0, crowd,
+                        "round {t}: the crowd's cell (0.53 of a core) fits no shard whole: {plan:?}"
+                    );
+                }
+                acted.extend(plan.actions);
+            }
+            assert!(
+                acted
+                    .iter()
+                    .any(|p| p.action == Action::Split { cell: crowd }),
+                "the crowd's cell is split for the light neighbour instead: {acted:?}"
+            );
+        }
     }
 
     #[test]
