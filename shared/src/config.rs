@@ -84,6 +84,10 @@ pub struct ClusterSection {
     /// A cell move's source offers at most this many of the cell's entities to the target per
     /// tick, so neither tick stalls while a crowded cell moves.
     pub cell_move_batch: u32,
+    /// Of those, at most this many players' avatars per tick: each brings its client along, a
+    /// new connection and a first full snapshot on the target, so a crowd's cell moved in one
+    /// batch had all its clients reconnect in the same tick.
+    pub cell_move_players_per_tick: u32,
     /// A cell move not finished this long after it started is aborted: the source keeps the
     /// cell, and whatever the target took meanwhile is handed back.
     pub cell_move_timeout_ms: u64,
@@ -112,6 +116,7 @@ impl Default for ClusterSection {
             handoff_margin_m: 2.0,
             handoff_timeout_ms: 2_000,
             cell_move_batch: 200,
+            cell_move_players_per_tick: 10,
             cell_move_timeout_ms: 20_000,
             secret: None,
             clients_per_shard_max: CLIENTS_PER_SHARD_DEFAULT,
@@ -538,6 +543,15 @@ impl WorldConfig {
                 ),
             ));
         }
+        if !(1..=c.cell_move_batch).contains(&c.cell_move_players_per_tick) {
+            return Err(bad(
+                "cluster.cell_move_players_per_tick",
+                format!(
+                    "must be in 1..=cluster.cell_move_batch ({}) avatars per tick (got {})",
+                    c.cell_move_batch, c.cell_move_players_per_tick
+                ),
+            ));
+        }
         if !(1_000..=600_000).contains(&c.cell_move_timeout_ms)
             || c.cell_move_timeout_ms <= c.handoff_timeout_ms
         {
@@ -701,6 +715,14 @@ mod tests {
             (
                 "[interest]\nsnapshot_window_ms = 1001\n",
                 "interest.snapshot_window_ms",
+            ),
+            (
+                "[cluster]\ncell_move_players_per_tick = 0\n",
+                "cluster.cell_move_players_per_tick",
+            ),
+            (
+                "[cluster]\ncell_move_batch = 20\ncell_move_players_per_tick = 21\n",
+                "cluster.cell_move_players_per_tick",
             ),
             ("[tls]\ncert_pem = \"a.pem\"\n", "tls.key_pem"),
             ("[nope]\n", "nope"),

@@ -136,6 +136,8 @@ impl ClusterConfig {
         // Moves are aborted after this: short enough that runs see aborts as well as moves.
         world.cluster.cell_move_timeout_ms = 3_000;
         world.cluster.cell_move_batch = 5 + rng.below(40) as u32;
+        // Derived, not drawn, so every seed keeps the run it had before the setting existed.
+        world.cluster.cell_move_players_per_tick = 1 + world.cluster.cell_move_batch / 8;
         let reshape = rng.chance(0.5);
         if reshape {
             // Small enough an interest radius that a base cell's children may exist.

@@ -191,7 +191,7 @@ pub struct ShipQueue {
 
 /// `Ownership`, before ordinary handoffs: offer the entities of every leaf being shipped to its
 /// target, at most `cluster.cell_move_batch` per tick (players' avatars among them by
-/// [`players_quota`]), and report a leaf shipped once nothing of it is owned or frozen here.
+/// [`players_quota`], at most `cluster.cell_move_players_per_tick`), and report a leaf shipped once nothing of it is owned or frozen here.
 pub fn ship_cells(
     mut offerer: Offerer,
     mut moves: ResMut<CellMoves>,
@@ -205,6 +205,7 @@ pub fn ship_cells(
         return;
     }
     let budget = config.0.cluster.cell_move_batch as usize;
+    let cap = config.0.cluster.cell_move_players_per_tick as usize;
     let mut left: BTreeMap<u64, usize> = moves.outgoing.values().map(|m| (m.id, 0)).collect();
     let ShipQueue { players, others } = &mut *queue;
     players.clear();
@@ -221,22 +222,32 @@ pub fn ship_cells(
             others.push((e, pos.0, m.peer));
         }
     }
-    // The players' share first, then the others, then more players if the others ran out.
-    let quota = players_quota(budget, players.len(), others.len());
-    let mut offered = 0;
+    // The players' share first, then the others, then more players if the others ran out;
+    // never more than `cap` players.
+    let quota = players_quota(budget, players.len(), others.len()).min(cap);
+    let (mut offered, mut players_offered) = (0, 0);
     let mut next_player = 0;
     for &(e, p, to) in players.iter() {
-        if offered == quota {
+        if players_offered == quota {
             break;
         }
         next_player += 1;
-        offered += usize::from(offerer.offer(e, p, to));
+        players_offered += usize::from(offerer.offer(e, p, to));
     }
-    for &(e, p, to) in others.iter().chain(&players[next_player..]) {
+    offered += players_offered;
+    for &(e, p, to) in others.iter() {
         if offered == budget {
             break;
         }
         offered += usize::from(offerer.offer(e, p, to));
+    }
+    for &(e, p, to) in &players[next_player..] {
+        if offered == budget || players_offered == cap {
+            break;
+        }
+        let sent = usize::from(offerer.offer(e, p, to));
+        offered += sent;
+        players_offered += sent;
     }
     for (pos, t) in &frozen {
         let leaf = offerer.space.map.leaf_at([pos.0.x, pos.0.z]);
