@@ -25,6 +25,9 @@
 //!   and takes work; the balancer evacuates its cells, and once `Master::check_drained` lets it
 //!   go (`Drained`) it stops ticking, its connections and links close, and it leaves the checks.
 //!
+//! - **quitters**: in half the seeds, a bot in the middle of a redirect (sent on, not yet
+//!   welcomed) quits now and then, hanging up on both shards.
+//!
 //! Seeds with either run the production balancer (`Master::balance`, quarter-second rounds; in
 //! a quarter of them with balancing off, which still carries out joins and drains). Every tick
 //! is checked for:
@@ -35,6 +38,9 @@
 //!   allows (time its link spends partitioned does not count; a handoff to a shard drained
 //!   meanwhile is settled by the master's word, so its source's link to the master counts);
 //! - `players_keep_avatars`: every logged-in bot's avatar exists;
+//! - `directory_forgets_quitters`: a bot that quit leaves the master's player directory within
+//!   two heartbeats and two link round trips (ticks its shards spend cut off from the master do
+//!   not count);
 //! - `proxies_converge`: every proxy names a shard that owns (or owned, within the link's delay
 //!   bound) that entity, at a position the owner held within that bound; and every entity that
 //!   stayed near a neighbour's cells for longer than the bound has a proxy there;
@@ -123,6 +129,9 @@ pub struct ClusterConfig {
     pub join_bound_ms: u64,
     /// `drain_completes`: a drained shard is let go within this long (simulated) of the order.
     pub drain_bound_ms: u64,
+    /// Chance per tick that a bot in the middle of a redirect (sent on, not yet welcomed) quits:
+    /// it hangs up on both shards, a player closing the game while crossing a border.
+    pub quit_chance: f32,
 }
 
 impl ClusterConfig {
@@ -163,6 +172,12 @@ impl ClusterConfig {
         let joiner_weight = 1 + m.below(3) as u32;
         let drain_at_tick = m.chance(0.4).then(|| 30 + m.below(31));
         let balance = join_at_tick.is_some() || drain_at_tick.is_some();
+        // Its own stream too: a seed without quitters runs as it did before they existed.
+        let quit_chance = if Rng::new(seed ^ 0x0009_017E).chance(0.5) {
+            0.05
+        } else {
+            0.0
+        };
         if balance {
             // Rounds quick enough that a drain and a joiner's first cell fit an 8-second run.
             world.balancer.round_ms = 250;
@@ -187,6 +202,7 @@ impl ClusterConfig {
             balance,
             join_bound_ms: JOIN_BOUND_MS,
             drain_bound_ms: DRAIN_BOUND_MS,
+            quit_chance,
         }
     }
 
@@ -236,10 +252,22 @@ fn of_present<T: Default>(
 /// it to (until that one's `Welcome`).
 struct ClusterBot {
     bot: BotClient,
+    /// Its account (what the master's player directory knows it by).
+    name: String,
     shard: Option<usize>,
     pending: Option<usize>,
     welcomed: bool,
     gone: bool,
+    /// It quit mid-redirect ([`ClusterConfig::quit_chance`]): the shards it hung up on, and the
+    /// ticks since on which both had a connected link to the master.
+    quit: Option<Quit>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Quit {
+    tick: u64,
+    shards: [usize; 2],
+    waited: u64,
 }
 
 /// N shards, bots, and the network between them. Endpoints `0..N` are shards, `N + i` is bot `i`
@@ -274,6 +302,10 @@ pub struct ClusterSim {
     disturbed: BTreeMap<(usize, usize), u64>,
     /// The master role (placement done; heartbeats keep its view and directory current).
     pub master: Master,
+    /// Draws which bots quit mid-redirect.
+    quit_rng: Rng,
+    /// Bots that quit mid-redirect.
+    pub quitters: u64,
     /// Handoffs completed (acks seen by sources), for reports and tests.
     pub handoffs: u64,
     /// Fault injection for checker tests.
@@ -380,6 +412,8 @@ pub struct ClusterOutcome {
     pub tick_cpu_shares: Vec<f32>,
     pub cell_share_sums: Vec<f32>,
     pub membership: Membership,
+    /// Bots that quit mid-redirect ([`ClusterConfig::quit_chance`]).
+    pub quitters: u64,
 }
 
 impl ClusterSim {
@@ -434,6 +468,7 @@ impl ClusterSim {
         let loads = (0..cfg.shards)
             .map(|_| ModelledLoad::new(cfg.world.simulation.tick_hz))
             .collect();
+        let quit_rng = Rng::new(cfg.seed ^ 0x0051_7E00);
         let mut sim = Self {
             cfg,
             shards,
@@ -454,6 +489,8 @@ impl ClusterSim {
             boundary,
             maps,
             master,
+            quit_rng,
+            quitters: 0,
             handoffs: 0,
             sabotage: None,
             stray_for: BTreeMap::new(),
@@ -506,6 +543,7 @@ impl ClusterSim {
                 .map(|m| m.load.cells.iter().map(|c| c.tick_share).sum())
                 .collect(),
             membership: self.membership,
+            quitters: self.quitters,
         })
     }
 
@@ -527,6 +565,7 @@ impl ClusterSim {
         self.dial_in(next_tick);
         self.reshape(next_tick);
         self.log_bots_in(now, next_tick);
+        self.quit_bots(now, next_tick);
         for (from, to, packet) in self.net.poll(now) {
             self.deliver(now, from as usize, to as usize, packet);
         }
@@ -917,6 +956,36 @@ impl ClusterSim {
         result.inspect(|_| self.reshapes += 1).unwrap_or_default()
     }
 
+    /// Bots in the middle of a redirect quit now and then ([`ClusterConfig::quit_chance`]),
+    /// hanging up on the shard they played on and the one they were sent to. Drawn from a
+    /// stream of their own, so the rest of the run only changes by what the quitters change.
+    fn quit_bots(&mut self, now: u64, next_tick: u64) {
+        if self.cfg.quit_chance <= 0.0 {
+            return;
+        }
+        for i in 0..self.bots.len() {
+            let b = &mut self.bots[i];
+            let (Some(old), Some(new), false) = (b.shard, b.pending, b.gone) else {
+                continue;
+            };
+            if !b.welcomed || !self.quit_rng.chance(self.cfg.quit_chance) {
+                continue;
+            }
+            b.gone = true;
+            b.quit = Some(Quit {
+                tick: next_tick,
+                shards: [old, new],
+                waited: 0,
+            });
+            let me = (self.bot_base + i) as u32;
+            for to in [old, new] {
+                let bye = Packet::Close("quit".into());
+                self.net.send(now, me, to as u32, bye, true);
+            }
+            self.quitters += 1;
+        }
+    }
+
     /// Bots log in over the first ticks, through a random one of the first shards.
     fn log_bots_in(&mut self, now: u64, next_tick: u64) {
         let n = self.cfg.shards;
@@ -1196,6 +1265,35 @@ impl ClusterSim {
                 return fail(
                     "players_keep_avatars",
                     format!("bot {i}'s avatar {} no longer exists", w.avatar),
+                );
+            }
+        }
+
+        // directory_forgets_quitters: a bot that quit mid-redirect leaves the master's player
+        // directory within two heartbeats and two link round trips, counted on ticks on which
+        // both shards it hung up on were linked to the master.
+        let heartbeat = self.cfg.ticks_in(limits::HEARTBEAT_MS);
+        let limit = 2 * heartbeat + 2 * bound as u64 + 2;
+        for b in &mut self.bots {
+            let Some(q) = b.quit.as_mut() else {
+                continue;
+            };
+            let cut = q
+                .shards
+                .iter()
+                .any(|&s| s != 0 && self.partitions.contains_key(&(0, s)));
+            if !cut {
+                q.waited += 1;
+            }
+            if q.waited > limit
+                && let Some(on) = self.master.player(&b.name)
+            {
+                return fail(
+                    "directory_forgets_quitters",
+                    format!(
+                        "{} quit at tick {} (playing on shard {}, sent to shard {}) and is still on shard {} in the player directory ({} connected ticks; bound {limit})",
+                        b.name, q.tick, q.shards[0], q.shards[1], on.0, q.waited
+                    ),
                 );
             }
         }
@@ -1661,11 +1759,13 @@ fn make_bots(
                 expires_ms: u64::MAX,
             }));
             ClusterBot {
+                name: c.name.clone(),
                 bot: BotClient::new(c),
                 shard: None,
                 pending: None,
                 welcomed: false,
                 gone: false,
+                quit: None,
             }
         })
         .collect()

@@ -99,6 +99,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let mut passed = 0u64;
     let mut failed = 0u64;
     let mut members = MembershipTally::default();
+    let (mut quit_seeds, mut quitters) = (0u64, 0u64);
     for seed in a..b {
         let result = if args.cluster {
             let mut cfg = ClusterConfig::smoke(seed);
@@ -111,6 +112,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .run()
                 .map(|o| {
                     members.add(join, drain, &o.membership);
+                    quit_seeds += u64::from(o.quitters > 0);
+                    quitters += o.quitters;
                     let m = &o.membership;
                     format!(
                         "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots); {} joined ({} cells, up to {} entities), {} of {} drains done",
@@ -196,6 +199,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.drains_done,
             t.unlinked_held,
             t.unlinked_drops
+        ))?;
+        say(&format!(
+            "quitters: {quitters} bots quit mid-redirect, in {quit_seeds} seeds (each must leave the player directory)"
         ))?;
     }
     Ok(failed == 0)

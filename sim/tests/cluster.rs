@@ -6,7 +6,7 @@ use bevy_ecs::query::With;
 use zonescaler_server::ShardApp;
 use zonescaler_server::authority::cell_move::{CellMoves, MovePeer};
 use zonescaler_server::core::components::{Avatar, InTransit, Networked, Owned, Position, Proxy};
-use zonescaler_server::core::resources::DespawnLog;
+use zonescaler_server::core::resources::{DespawnLog, PlayerLog};
 use zonescaler_server::core::space::Space;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellMap;
@@ -194,6 +194,28 @@ fn players_keep_avatars_fires_when_an_avatar_disappears() {
         }
     });
     assert_eq!((v.invariant, v.tick), ("players_keep_avatars", 60), "{v}");
+}
+
+/// Regression: with bots quitting mid-redirect (2026-12-01), cluster seeds 0, 2, 5, 6, 7, 8, 9
+/// and 11 failed `directory_forgets_quitters`: the shard a redirected client played on never
+/// reported that it left, so a player who quit on the way to its new shard stayed in the master's
+/// directory for good (13-16 per 600-bot crowd run on a real cluster).
+#[test]
+fn regression_cluster_seeds_quitters_leave_the_player_directory() {
+    for seed in [0, 2, 5] {
+        let o = run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
+        assert!(o.quitters > 0, "seed {seed}: a bot quits mid-redirect");
+    }
+}
+
+#[test]
+fn directory_forgets_quitters_fires_when_departures_go_unreported() {
+    let v = sabotaged(0, |shards, _| {
+        for s in shards.iter_mut() {
+            s.world.resource_mut::<PlayerLog>().left.clear();
+        }
+    });
+    assert_eq!(v.invariant, "directory_forgets_quitters", "{v}");
 }
 
 #[test]
