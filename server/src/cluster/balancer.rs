@@ -1422,33 +1422,7 @@ impl Round<'_> {
             let Some(p) = self.pressure(s) else {
                 return;
             };
-            let mut reason = p.reason;
-            let under = self.mean * (1.0 - self.s.tolerance);
-            let neighbour = self.best_move(s, &p, None);
-            let found = match neighbour {
-                // A heavy cell goes to a shard under the band rather than to a neighbour that is
-                // not: a neighbour that takes a crowd's cell only passes the excess on.
-                Some((_, t)) if !p.hard && self.rows[t as usize].per_weight() >= under => {
-                    match self.fallback_move(s, &p, Fallback::Underused) {
-                        Some(found) => {
-                            reason = Reason::Underused;
-                            Some(found)
-                        }
-                        None => neighbour,
-                    }
-                }
-                Some(_) => neighbour,
-                None if p.hard => self.fallback_move(s, &p, Fallback::Anywhere),
-                None => {
-                    reason = Reason::Indivisible;
-                    self.fallback_move(s, &p, Fallback::Indivisible)
-                        .or_else(|| {
-                            reason = Reason::Underused;
-                            self.fallback_move(s, &p, Fallback::Underused)
-                        })
-                }
-            };
-            let Some((leaf, to)) = found else {
+            let Some((leaf, to, reason)) = self.next_move(s, &p) else {
                 if !self.split_coarse(s) && p.hard {
                     let shard = self.rows[s as usize].id;
                     self.plan.notes.push(Note::NoReceiver { shard });
@@ -1460,6 +1434,40 @@ impl Round<'_> {
             }
             self.do_move(leaf, to, reason);
         }
+    }
+
+    /// The cell `s` gives next under pressure `p`, its receiver and the reason: a border cell to
+    /// the lightest neighbour it fits; but a heavy cell to a shard under the band rather than to
+    /// a neighbour that is not (a neighbour that takes a crowd's cell only passes the excess
+    /// on); with no neighbour, the fallbacks ([`Self::fallback_move`]).
+    fn next_move(&self, s: u32, p: &Pressure) -> Option<(u32, u32, Reason)> {
+        let tagged = |found: Option<(u32, u32)>, reason| found.map(|(l, t)| (l, t, reason));
+        if let Some((leaf, t)) = self.best_move(s, p, None) {
+            let under = self.mean * (1.0 - self.s.tolerance);
+            if !p.hard
+                && self.rows[t as usize].per_weight() >= under
+                && let Some(found) = tagged(
+                    self.fallback_move(s, p, Fallback::Underused),
+                    Reason::Underused,
+                )
+            {
+                return Some(found);
+            }
+            return Some((leaf, t, p.reason));
+        }
+        if p.hard {
+            return tagged(self.fallback_move(s, p, Fallback::Anywhere), p.reason);
+        }
+        tagged(
+            self.fallback_move(s, p, Fallback::Indivisible),
+            Reason::Indivisible,
+        )
+        .or_else(|| {
+            tagged(
+                self.fallback_move(s, p, Fallback::Underused),
+                Reason::Underused,
+            )
+        })
     }
 
     /// The (leaf, neighbour) pairs on `s`'s border: leaves free to move with something of `dim`
