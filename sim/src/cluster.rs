@@ -66,6 +66,7 @@ use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
+use zonescaler_server::authority::handoff::Handoffs;
 use zonescaler_server::client::{Clients, LoginPolicy};
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
@@ -1299,13 +1300,22 @@ impl ClusterSim {
         }
 
         self.history.push_back(now);
-        self.frozen_history.push_back(
-            transit
-                .iter()
-                .flatten()
-                .map(|(id, _, q)| (*id, *q))
-                .collect(),
-        );
+        // Frozen: in transit, or despawned while in transit (its player quit mid-handoff) with
+        // the attempt still open; the target's proxy of it is removed once the answer is in.
+        let mut frozen: BTreeMap<NetId, QPos> = transit
+            .iter()
+            .flatten()
+            .map(|(id, _, q)| (*id, *q))
+            .collect();
+        for (i, s) in self.shards.iter().enumerate() {
+            if !self.departed.contains(&i) {
+                let book = &s.world.resource::<Handoffs>().0;
+                for id in book.open_ids() {
+                    frozen.entry(id).or_default();
+                }
+            }
+        }
+        self.frozen_history.push_back(frozen);
         while self.history.len() > bound + 1 {
             self.history.pop_front();
             self.frozen_history.pop_front();

@@ -43,6 +43,8 @@ pub enum Effect {
     /// at that generation, so the next attempt gets a new number.
     Resume {
         id: NetId,
+        /// The target that refused (or left): it may still hold this shard's proxy.
+        to: ShardId,
         generation: u32,
         reason: RefuseReason,
     },
@@ -119,6 +121,12 @@ impl HandoffBook {
     /// Attempts open as source to `to`.
     pub fn in_flight_to(&self, to: ShardId) -> usize {
         self.open_per.get(&to).copied().unwrap_or(0)
+    }
+
+    /// The entities with an attempt open, in id order (an entity despawned while frozen keeps
+    /// its attempt until the answer).
+    pub fn open_ids(&self) -> impl Iterator<Item = NetId> + '_ {
+        self.open.keys().copied()
     }
 
     /// The open attempt for `id`, if any.
@@ -214,6 +222,7 @@ impl HandoffBook {
         self.backoff.insert(id, now_ms + limits::HANDOFF_BACKOFF_MS);
         Some(Effect::Resume {
             id,
+            to: from,
             generation,
             reason,
         })
@@ -436,11 +445,13 @@ mod tests {
             vec![
                 Effect::Resume {
                     id: id(1),
+                    to: B,
                     generation: g1,
                     reason: RefuseReason::NotOwner
                 },
                 Effect::Resume {
                     id: id(2),
+                    to: B,
                     generation: g2,
                     reason: RefuseReason::NotOwner
                 },

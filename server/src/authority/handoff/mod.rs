@@ -384,9 +384,10 @@ fn apply(world: &mut World, effect: Effect) -> bool {
         Effect::Release { id, to, generation } => release(world, id, to, generation),
         Effect::Resume {
             id,
+            to,
             generation,
             reason,
-        } => resume(world, id, generation, reason),
+        } => resume(world, id, to, generation, reason),
         // A take comes with its request's state: `on_request` carries it out.
         Effect::Take { .. } => false,
         Effect::Recheck { id } => {
@@ -595,16 +596,31 @@ fn redirect_client(
 
 /// Source side of step 4: the target will never take it at this attempt; simulate it again,
 /// at the attempt's number, so the next attempt has a new one.
-fn resume(world: &mut World, id: NetId, generation: u32, reason: RefuseReason) -> bool {
-    let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
-        return false;
-    };
-    let Some(to) = world.get::<InTransit>(e).map(|t| t.to) else {
-        return false;
-    };
+fn resume(
+    world: &mut World,
+    id: NetId,
+    to: ShardId,
+    generation: u32,
+    reason: RefuseReason,
+) -> bool {
     // The target may still hold its proxy from before the offer (mirroring to it stopped then):
     // remembered as sent at the entity's old generation, the next mirror pass refreshes it at
-    // the new one, or removes it if the entity is not near the target any more.
+    // the new one, or removes it if the entity is not near the target any more, or gone: an
+    // entity despawned while frozen (its player quit mid-handoff) has nothing to resume, and
+    // without the remove the target kept its proxy for good.
+    let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
+        world.resource_mut::<Mirrors>().assume_sent(
+            to,
+            id,
+            QPos::default(),
+            0,
+            generation.wrapping_sub(1),
+        );
+        return false;
+    };
+    if world.get::<InTransit>(e).is_none_or(|t| t.to != to) {
+        return false;
+    }
     let pos = world
         .get::<Position>(e)
         .map(Position::quantized)
