@@ -161,7 +161,8 @@ pub struct BalancerSection {
     pub min_balance_load: f32,
     /// A threshold must hold this long before anything moves for it.
     pub hold_ms: u64,
-    /// A cell that moved (or was split or merged) does not move again for this long.
+    /// A cell that moved (or was split or merged) does not move or merge again for this long (a
+    /// hot one may still split: a split moves nothing).
     pub cooldown_ms: u64,
     /// Weight of the newest report in the moving averages (0 < alpha <= 1; 1 = no smoothing).
     pub ewma_alpha: f32,
