@@ -35,17 +35,21 @@ PY
 # wait_settled HTTP DIR: the bots' avatars go when their connections do, a redirected one whose
 # client never came only after REDIRECT_WAIT_MS (15 s), and one handed on while it waited can
 # take longer: wait 16 s, then at most 45 s more until the player directory is empty and
-# total_entities is back at the first sample's. Writes when that was (or when it gave up) to
-# DIR/settled, so the "after" figures start there.
+# total_entities is back at the first sample's, three reads in a row. Writes when that was (or
+# when it gave up) to DIR/settled, so the "after" figures start there.
 wait_settled() {
   python3 - "$1" "$2/samples.jsonl" "$2/settled" <<'PY' || true
 import json, sys, time, urllib.request
 http, samples, settled = sys.argv[1:4]
 first = json.loads(open(samples).readline())["total_entities"]
 time.sleep(16)
+# Three reads in a row: one read can catch an NPC between two shards' heartbeats (counted on
+# neither) while a redirected avatar is still waiting for its client.
+good = 0
 for _ in range(45):
     v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-    if v["total_entities"] == first and v["players"] == 0:
+    good = good + 1 if v["total_entities"] == first and v["players"] == 0 else 0
+    if good >= 3:
         break
     time.sleep(1)
 open(settled, "w").write(str(time.time()))
