@@ -1270,34 +1270,7 @@ impl ClusterSim {
             }
         }
 
-        // directory_forgets_quitters: a bot that quit mid-redirect leaves the master's player
-        // directory within two heartbeats and two link round trips, counted on ticks on which
-        // both shards it hung up on were linked to the master.
-        let heartbeat = self.cfg.ticks_in(limits::HEARTBEAT_MS);
-        let limit = 2 * heartbeat + 2 * bound as u64 + 2;
-        for b in &mut self.bots {
-            let Some(q) = b.quit.as_mut() else {
-                continue;
-            };
-            let cut = q
-                .shards
-                .iter()
-                .any(|&s| s != 0 && self.partitions.contains_key(&(0, s)));
-            if !cut {
-                q.waited += 1;
-            }
-            if q.waited > limit
-                && let Some(on) = self.master.player(&b.name)
-            {
-                return fail(
-                    "directory_forgets_quitters",
-                    format!(
-                        "{} quit at tick {} (playing on shard {}, sent to shard {}) and is still on shard {} in the player directory ({} connected ticks; bound {limit})",
-                        b.name, q.tick, q.shards[0], q.shards[1], on.0, q.waited
-                    ),
-                );
-            }
-        }
+        self.check_quitters(tick, bound as u64)?;
 
         self.history.push_back(now);
         // Frozen: in transit, or despawned while in transit (its player quit mid-handoff) with
@@ -1321,6 +1294,39 @@ impl ClusterSim {
             self.frozen_history.pop_front();
         }
         self.check_proxies(tick, bound)
+    }
+
+    /// `directory_forgets_quitters`: a bot that quit mid-redirect leaves the master's player
+    /// directory within two heartbeats and two link round trips (`bound` ticks each way),
+    /// counted on ticks on which both shards it hung up on were linked to the master.
+    fn check_quitters(&mut self, tick: u64, bound: u64) -> Result<(), Violation> {
+        let limit = 2 * self.cfg.ticks_in(limits::HEARTBEAT_MS) + 2 * bound + 2;
+        for b in &mut self.bots {
+            let Some(q) = b.quit.as_mut() else {
+                continue;
+            };
+            let cut = q
+                .shards
+                .iter()
+                .any(|&s| s != 0 && self.partitions.contains_key(&(0, s)));
+            if !cut {
+                q.waited += 1;
+            }
+            if q.waited > limit
+                && let Some(on) = self.master.player(&b.name)
+            {
+                return Err(Violation {
+                    seed: self.cfg.seed,
+                    tick,
+                    invariant: "directory_forgets_quitters",
+                    detail: format!(
+                        "{} quit at tick {} (playing on shard {}, sent to shard {}) and is still on shard {} in the player directory ({} connected ticks; bound {limit})",
+                        b.name, q.tick, q.shards[0], q.shards[1], on.0, q.waited
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The membership checks; a shard found drained leaves the cluster here (it stops ticking,

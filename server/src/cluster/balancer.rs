@@ -1805,6 +1805,13 @@ mod tests {
                     .sum::<f64>()
         }
 
+        /// Max over mean load of shards `0..n`, and the loads.
+        fn max_over_mean(&self, n: u16) -> (f64, Vec<f64>) {
+            let work: Vec<f64> = (0..n).map(|i| self.work_of(ShardId(i))).collect();
+            let mean = work.iter().sum::<f64>() / f64::from(n);
+            (work.iter().copied().fold(0.0, f64::max) / mean, work)
+        }
+
         fn inputs(&self) -> (Vec<ShardInput>, Vec<CellInput>) {
             let mut shards = self.shards.clone();
             let mut cells = Vec::new();
@@ -2050,13 +2057,10 @@ mod tests {
         for _ in 0..8 {
             moved.extend(moves(&toy.step(&mut b)));
         }
-        let work: Vec<f64> = (0..4).map(|i| toy.work_of(ShardId(i))).collect();
-        let mean = work.iter().sum::<f64>() / 4.0;
-        let max = work.iter().copied().fold(0.0, f64::max);
+        let (ratio, work) = toy.max_over_mean(4);
         assert!(
-            max / mean <= 1.2,
-            "8 s after the crowd formed, max/mean load {:.2}: {work:?} after {moved:?}",
-            max / mean
+            ratio <= 1.2,
+            "8 s after the crowd formed, max/mean load {ratio:.2}: {work:?} after {moved:?}"
         );
         assert_eq!(
             moved.len(),
@@ -2109,13 +2113,10 @@ mod tests {
                 .any(|p| matches!(p.action, Action::Move { cell: c, .. } if c == cell)),
             "the cell itself does not move again: {after:?}"
         );
-        let work: Vec<f64> = (0..4).map(|i| toy.work_of(ShardId(i))).collect();
-        let mean = work.iter().sum::<f64>() / 4.0;
-        let max = work.iter().copied().fold(0.0, f64::max);
+        let (ratio, work) = toy.max_over_mean(4);
         assert!(
-            max / mean <= 1.5,
-            "its pieces went to the others: max/mean {:.2}, {work:?} (the crowd was on shard {})",
-            max / mean,
+            ratio <= 1.5,
+            "its pieces went to the others: max/mean {ratio:.2}, {work:?} (the crowd was on shard {})",
             to.0
         );
     }
