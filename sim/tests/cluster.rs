@@ -212,10 +212,12 @@ fn regression_cluster_seeds_quitters_leave_the_player_directory() {
 /// `proxies_converge`: an avatar despawned while frozen in a handoff (its player quit) that the
 /// target then refused had nothing to resume, so the target kept the proxy it held from before
 /// the offer for good. Seeds 876, 982 and 5868 found the checker too strict about the same
-/// proxy while the handoff was still unanswered.
+/// proxy while the handoff was still unanswered. Seed 4758: the target took it, and counted on
+/// the source holding its proxy once acked; despawned, the source never got one. A frozen
+/// avatar whose client leaves now waits for a client that never comes instead.
 #[test]
 fn regression_cluster_seeds_an_avatar_despawned_mid_handoff_leaves_no_proxy() {
-    for seed in [6427, 876] {
+    for seed in [6427, 876, 4758] {
         let o = run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
         assert!(o.quitters > 0, "seed {seed}: a bot quits mid-redirect");
     }

@@ -18,7 +18,8 @@ pub mod receive;
 
 pub use directory::{ClusterDirectory, LoginPolicy, Sessions};
 
-use crate::core::resources::{Config, DespawnLog, Outbox, PlayerLog, ShardStats};
+use crate::core::components::{Avatar, AwaitingClient, InTransit, Proxy};
+use crate::core::resources::{Config, DespawnLog, Outbox, PlayerLog, ShardStats, TickClock};
 use crate::core::{Plugin, ReceiveSteps, ShardApp, ShardSystems};
 use crate::interest::Viewers;
 use bevy_ecs::prelude::*;
@@ -177,13 +178,42 @@ pub fn send_control(conn: ConnId, msg: &ServerControl, outbox: &mut Outbox) {
 }
 
 /// What closing a client touches besides the transport.
+/// The avatar of a client that left, when commands apply: despawned if it is still simulated
+/// here. One frozen in a handoff is not: its target may have taken it already, and then counts
+/// on this shard turning it into a proxy when the ack comes (despawned instead, the new owner
+/// never mirrored it here again: simulator seed 4758, a bot quitting while its avatar was in a
+/// handoff). It waits for its client like any avatar handed over, which never comes: taken, it
+/// expires on the target; refused, it expires here (`REDIRECT_WAIT_MS`). One that became a
+/// proxy meanwhile is the new owner's, not ours to remove.
+fn leave_avatar(world: &mut World, avatar: Entity, id: NetId, name: String) {
+    let Ok(e) = world.get_entity(avatar) else {
+        return;
+    };
+    if e.contains::<Proxy>() {
+        return;
+    }
+    if e.contains::<InTransit>() {
+        let since_ms = world.resource::<TickClock>().now_ms;
+        world
+            .entity_mut(avatar)
+            .remove::<Avatar>()
+            .insert(AwaitingClient {
+                name,
+                since_ms,
+                last_input_seq: 0,
+            });
+        return;
+    }
+    world.despawn(avatar);
+    world.resource_mut::<DespawnLog>().0.push(id);
+}
+
 #[derive(bevy_ecs::system::SystemParam)]
 pub struct Closing<'w, 's> {
     pub clients: ResMut<'w, Clients>,
     pub viewers: ResMut<'w, Viewers>,
     pub outbox: ResMut<'w, Outbox>,
     pub stats: ResMut<'w, ShardStats>,
-    pub despawned: ResMut<'w, DespawnLog>,
     pub players: ResMut<'w, PlayerLog>,
     pub sessions: ResMut<'w, Sessions>,
     pub ended: ResMut<'w, LoginsEnded>,
@@ -208,9 +238,10 @@ impl Closing<'_, '_> {
         self.sessions.release(&c.name, conn);
         match c.phase {
             Phase::Playing { avatar, id } => {
-                self.despawned.0.push(id);
                 self.players.left(&c.name);
-                self.commands.entity(avatar).despawn();
+                let name = c.name.clone();
+                self.commands
+                    .queue(move |world: &mut World| leave_avatar(world, avatar, id, name));
             }
             // The master may have noted the account for this login already, or given it a seat.
             Phase::AwaitClaim { .. } => {
