@@ -305,8 +305,6 @@ pub struct ClusterSim {
     pub master: Master,
     /// Draws which bots quit mid-redirect.
     quit_rng: Rng,
-    /// Bots that quit mid-redirect.
-    pub quitters: u64,
     /// Handoffs completed (acks seen by sources), for reports and tests.
     pub handoffs: u64,
     /// Fault injection for checker tests.
@@ -491,7 +489,6 @@ impl ClusterSim {
             maps,
             master,
             quit_rng,
-            quitters: 0,
             handoffs: 0,
             sabotage: None,
             stray_for: BTreeMap::new(),
@@ -544,7 +541,7 @@ impl ClusterSim {
                 .map(|m| m.load.cells.iter().map(|c| c.tick_share).sum())
                 .collect(),
             membership: self.membership,
-            quitters: self.quitters,
+            quitters: self.bots.iter().filter(|b| b.quit.is_some()).count() as u64,
         })
     }
 
@@ -983,7 +980,6 @@ impl ClusterSim {
                 let bye = Packet::Close("quit".into());
                 self.net.send(now, me, to as u32, bye, true);
             }
-            self.quitters += 1;
         }
     }
 
@@ -1273,8 +1269,19 @@ impl ClusterSim {
         self.check_quitters(tick, bound as u64)?;
 
         self.history.push_back(now);
-        // Frozen: in transit, or despawned while in transit (its player quit mid-handoff) with
-        // the attempt still open; the target's proxy of it is removed once the answer is in.
+        let frozen = self.frozen_now(&transit);
+        self.frozen_history.push_back(frozen);
+        while self.history.len() > bound + 1 {
+            self.history.pop_front();
+            self.frozen_history.pop_front();
+        }
+        self.check_proxies(tick, bound)
+    }
+
+    /// Entities frozen now, where they froze: in transit, or despawned while in transit (its
+    /// player quit mid-handoff) with the attempt still open (no position); the target's proxy of
+    /// it is settled by the answer.
+    fn frozen_now(&self, transit: &[Vec<(NetId, InTransit, QPos)>]) -> BTreeMap<NetId, QPos> {
         let mut frozen: BTreeMap<NetId, QPos> = transit
             .iter()
             .flatten()
@@ -1282,18 +1289,12 @@ impl ClusterSim {
             .collect();
         for (i, s) in self.shards.iter().enumerate() {
             if !self.departed.contains(&i) {
-                let book = &s.world.resource::<Handoffs>().0;
-                for id in book.open_ids() {
+                for id in s.world.resource::<Handoffs>().0.open_ids() {
                     frozen.entry(id).or_default();
                 }
             }
         }
-        self.frozen_history.push_back(frozen);
-        while self.history.len() > bound + 1 {
-            self.history.pop_front();
-            self.frozen_history.pop_front();
-        }
-        self.check_proxies(tick, bound)
+        frozen
     }
 
     /// `directory_forgets_quitters`: a bot that quit mid-redirect leaves the master's player

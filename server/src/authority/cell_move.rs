@@ -191,7 +191,8 @@ pub struct ShipQueue {
 
 /// `Ownership`, before ordinary handoffs: offer the entities of every leaf being shipped to its
 /// target, at most `cluster.cell_move_batch` per tick (players' avatars among them by
-/// [`players_quota`], at most `cluster.cell_move_players_per_tick`), and report a leaf shipped once nothing of it is owned or frozen here.
+/// [`players_quota`], at most `cluster.cell_move_players_per_tick`), and report a leaf shipped
+/// once nothing of it is owned or frozen here.
 pub fn ship_cells(
     mut offerer: Offerer,
     mut moves: ResMut<CellMoves>,
@@ -225,7 +226,7 @@ pub fn ship_cells(
     // The players' share first, then the others, then more players if the others ran out;
     // never more than `cap` players.
     let quota = players_quota(budget, players.len(), others.len()).min(cap);
-    let (mut offered, mut players_offered) = (0, 0);
+    let mut players_offered = 0;
     let mut next_player = 0;
     for &(e, p, to) in players.iter() {
         if players_offered == quota {
@@ -234,7 +235,7 @@ pub fn ship_cells(
         next_player += 1;
         players_offered += usize::from(offerer.offer(e, p, to));
     }
-    offered += players_offered;
+    let mut offered = players_offered;
     for &(e, p, to) in others.iter() {
         if offered == budget {
             break;

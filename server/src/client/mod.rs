@@ -177,7 +177,6 @@ pub fn send_control(conn: ConnId, msg: &ServerControl, outbox: &mut Outbox) {
     });
 }
 
-/// What closing a client touches besides the transport.
 /// The avatar of a client that left, when commands apply: despawned if it is still simulated
 /// here. One frozen in a handoff is not: its target may have taken it already, and then counts
 /// on this shard turning it into a proxy when the ack comes (despawned instead, the new owner
@@ -208,6 +207,7 @@ fn leave_avatar(world: &mut World, avatar: Entity, id: NetId, name: String) {
     world.resource_mut::<DespawnLog>().0.push(id);
 }
 
+/// What closing a client touches besides the transport.
 #[derive(bevy_ecs::system::SystemParam)]
 pub struct Closing<'w, 's> {
     pub clients: ResMut<'w, Clients>,

@@ -8,8 +8,8 @@
 //!
 //! **Load.** A cell's load is its share of a tick period: its share of its owner's tick
 //! (`tick_share`) times that shard's tick CPU share (only the owner's report counts: a neighbour
-//! whose entities stand in the cell reports it too, with a fraction of its load). It is assumed to cost the same on any shard
-//! (a homogeneous fleet; on mixed hardware set weights by speed and the averages correct the
+//! whose entities stand in the cell reports it too, with a fraction of its load). It is assumed
+//! to cost the same on any shard (a homogeneous fleet; on mixed hardware set weights by speed and the averages correct the
 //! estimate after a move). A shard's load is its cells' loads plus what it spends outside any
 //! cell; its load per unit of weight is what the policy evens out. Every figure is a moving
 //! average (EWMA) projected `trend_horizon_ms` ahead along its slope, so a rising load is acted on
@@ -1106,6 +1106,11 @@ impl Round<'_> {
         around.iter().all(|a| seen.contains(a))
     }
 
+    /// The load per weight under which a shard is under-used (below the tolerance band).
+    fn under_band(&self) -> f64 {
+        self.mean * (1.0 - self.s.tolerance)
+    }
+
     /// Whether `leaf` is hot (above `split_cell_load`) and may split: it is split, not moved
     /// whole. A moved cell stays where it went for `cooldown_ms`; a crowd that walked on into it
     /// (600 bots of `--scenario migrate`: 520 clients in one base cell on one shard for 30 s) is
@@ -1455,9 +1460,8 @@ impl Round<'_> {
     fn next_move(&self, s: u32, p: &Pressure) -> Option<(u32, u32, Reason)> {
         let tagged = |found: Option<(u32, u32)>, reason| found.map(|(l, t)| (l, t, reason));
         if let Some((leaf, t)) = self.best_move(s, p, None) {
-            let under = self.mean * (1.0 - self.s.tolerance);
             if !p.hard
-                && self.rows[t as usize].per_weight() >= under
+                && self.rows[t as usize].per_weight() >= self.under_band()
                 && let Some(found) = tagged(
                     self.fallback_move(s, p, Fallback::Underused),
                     Reason::Underused,
@@ -1570,7 +1574,7 @@ impl Round<'_> {
         if mine.is_empty() {
             return None;
         }
-        let under = self.mean * (1.0 - self.s.tolerance);
+        let under = self.under_band();
         let mut targets: Vec<u32> = (0..self.rows.len() as u32)
             .filter(|&t| {
                 let r = &self.rows[t as usize];
