@@ -4,7 +4,8 @@
 # with the same seed: once with `[balancer] enabled = false`, once with it on. The master's
 # GET /api/cluster is sampled every second; the bots' JSON reports are kept.
 #
-# Printed per run: connected bots, snapshots/s p50, handoff gap p99, avatar_missing_total,
+# Printed per run: connected bots, snapshots/s p50, handoff gap p99 (and of it, redirect to the
+# new shard's Welcome), the bots' CPU seconds (they share the machine), avatar_missing_total,
 # cell moves/splits/merges (the master's events), and, from 30 s after the crowd formed (every
 # bot in), the median over the samples of max/mean clients per shard (weighted) and of the
 # busiest shard's tick CPU share; total_entities before the bots and after they left (medians
@@ -59,9 +60,13 @@ PY
   start_sampler crowd "$http" "$dir"
   sleep 2
   date +%s.%N > "$dir/bots_start"
-  "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
-    --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
-    --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
+  # In a subshell whose `times` then gives the bots' CPU time (its children's, user and system).
+  (
+    "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
+      --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
+      --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
+    times > "$dir/bots_times"
+  )
   date +%s.%N > "$dir/bots_end"
   wait_settled "$http" "$dir"
   sleep 3
@@ -132,11 +137,25 @@ for e in events:
         moved_at.setdefault(m.group(1), []).append(e["at_ms"])
 gaps = [b - a for ts in moved_at.values() for a, b in zip(sorted(ts), sorted(ts)[1:])]
 med = lambda xs: round(statistics.median(xs), 3) if xs else None
+# `times`: the subshell's own line, then its children's ("0m52.310s 0m10.020s").
+def cpu_s(path):
+    try:
+        line = open(path).read().splitlines()[1]
+    except (OSError, IndexError):
+        return None
+    total = 0.0
+    for t in line.split():
+        m, sec = t.rstrip("s").split("m")
+        total += 60 * float(m) + float(sec)
+    return round(total, 1)
 summary = {
     "balancer": mode,
     "connected": r.get("bots_connected", r.get("connected")),
     "snapshots_per_sec_p50": r.get("snapshots_per_sec_p50"),
     "handoff_gap_ms_p99": r.get("handoff_gap_ms_p99"),
+    "handoff_welcome_ms_p99": r.get("handoff_welcome_ms_p99"),
+    "handoffs": r.get("handoffs"),
+    "bots_cpu_s": cpu_s(f"{d}/bots_times"),
     "avatar_missing_total": r.get("avatar_missing_total"),
     "errors": r.get("errors"),
     "crowd_formed_s": round(formed - start, 1) if formed else None,

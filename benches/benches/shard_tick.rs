@@ -40,5 +40,39 @@ fn shard_tick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, shard_tick);
+/// The bots' side of a tick in a crowd: decoding and applying one tick's snapshots for every
+/// client (what bounds how many bots one load-test machine can run).
+fn bot_snapshots(c: &mut Criterion) {
+    let mut group = c.benchmark_group("bot_snapshots");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let (entities, clients) = (600usize, 200usize);
+    let mut f = TickFixture::crowd(entities, clients);
+    group.bench_with_input(
+        BenchmarkId::new("crowd", format!("{entities}_entities_{clients}_clients")),
+        &(),
+        |b, _| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    f.before_tick();
+                    f.app.tick();
+                    let t0 = Instant::now();
+                    f.after_tick();
+                    total += t0.elapsed();
+                }
+                total
+            })
+        },
+    );
+    eprintln!(
+        "  crowd: {:.0} entities in a client's view (mean)",
+        f.mean_view_len()
+    );
+    group.finish();
+}
+
+criterion_group!(benches, shard_tick, bot_snapshots);
 criterion_main!(benches);

@@ -40,7 +40,23 @@ impl TickFixture {
     /// The default world (2 km × 2 km, AOI 80 m, 30 Hz) with `entities` networked entities in all:
     /// `clients` avatars and the rest wandering NPCs.
     pub fn new(entities: usize, clients: usize) -> Self {
+        Self::with_config(WorldConfig::default(), entities, clients)
+    }
+
+    /// A crowd: `entities` in all (`clients` of them avatars) in a world of 200 m × 200 m, so
+    /// every client sees most of the others (interest radius 80 m): what a bot's snapshot
+    /// handling costs in a crowd.
+    pub fn crowd(entities: usize, clients: usize) -> Self {
         let mut cfg = WorldConfig::default();
+        cfg.world.min_x = -100.0;
+        cfg.world.min_z = -100.0;
+        cfg.world.max_x = 100.0;
+        cfg.world.max_z = 100.0;
+        cfg.world.base_cell_size_m = 100.0;
+        Self::with_config(cfg, entities, clients)
+    }
+
+    fn with_config(mut cfg: WorldConfig, entities: usize, clients: usize) -> Self {
         cfg.npc.count = entities.saturating_sub(clients);
         let mut app = ShardApp::example(cfg);
         let mut bots = Vec::with_capacity(clients);
@@ -107,6 +123,16 @@ impl TickFixture {
                 NetCommand::Close { .. } => {}
             }
         }
+    }
+
+    /// Entities in a client's newest view, the mean over the clients.
+    pub fn mean_view_len(&self) -> f64 {
+        let n: usize = self
+            .bots
+            .iter()
+            .map(|(_, b)| b.view().map_or(0, |(_, v)| v.len()))
+            .sum();
+        n as f64 / self.bots.len().max(1) as f64
     }
 
     /// Bytes per entity update the clients received over the measured ticks (`None` if the

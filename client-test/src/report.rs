@@ -190,6 +190,10 @@ pub struct Report {
     pub handoff_gap_ms_p50: f64,
     pub handoff_gap_ms_p99: f64,
     pub handoff_gap_ms_max: f64,
+    /// Of that gap, redirect received → the new shard's `Welcome` (connecting, and waiting for
+    /// the avatar to be there), over the same handoffs.
+    pub handoff_welcome_ms_p50: f64,
+    pub handoff_welcome_ms_p99: f64,
     /// Game commands and chat lines the bots' brains sent, and player messages they received.
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
@@ -264,6 +268,7 @@ impl Report {
         let requested = run.bots_requested;
         let mut rtt = micros_histogram();
         let mut gaps = micros_histogram();
+        let mut welcomes = micros_histogram();
         let mut sps = Vec::new();
         let mut bps = Vec::new();
         let mut errors = run.errors.clone();
@@ -278,6 +283,9 @@ impl Report {
             }
             for &g in &m.handoff_gap_us {
                 gaps.saturating_record(u64::from(g).max(1));
+            }
+            for &w in &m.handoff_welcome_us {
+                welcomes.saturating_record(u64::from(w).max(1));
             }
             if o.connected && o.active_s > 0.0 {
                 sps.push(m.snapshots as f64 / o.active_s);
@@ -349,6 +357,8 @@ impl Report {
             handoff_gap_ms_p50: quantile_ms(&gaps, 0.5),
             handoff_gap_ms_p99: quantile_ms(&gaps, 0.99),
             handoff_gap_ms_max: quantile_ms(&gaps, 1.0),
+            handoff_welcome_ms_p50: quantile_ms(&welcomes, 0.5),
+            handoff_welcome_ms_p99: quantile_ms(&welcomes, 0.99),
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
@@ -373,7 +383,8 @@ impl Report {
              bandwidth       {:.0} B/s down per bot (mean)\n\
              entity update   {:.2} B mean ({} updates in {} B)\n\
              avatar missing  {} snapshots\n\
-             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n\
+             handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
+             (to Welcome p50 {:.1} ms  p99 {:.1} ms)\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n",
             self.game,
             self.scenario,
@@ -396,6 +407,8 @@ impl Report {
             self.handoff_gap_ms_p50,
             self.handoff_gap_ms_p99,
             self.handoff_gap_ms_max,
+            self.handoff_welcome_ms_p50,
+            self.handoff_welcome_ms_p99,
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,
