@@ -5,7 +5,8 @@
 # GET /api/cluster is sampled every second; the bots' JSON reports are kept.
 #
 # Printed per run: connected bots, snapshots/s p50, handoff gap p99 (and of it, redirect to the
-# new shard's Welcome), the bots' CPU seconds (they share the machine), avatar_missing_total,
+# new shard's Welcome), the bots' CPU seconds (they share the machine), UDP receive-buffer
+# drops on the machine during the run, avatar_missing_total,
 # cell moves/splits/merges (the master's events), and, from 30 s after the crowd formed (every
 # bot in), the median over the samples of max/mean clients per shard (weighted) and of the
 # busiest shard's tick CPU share; total_entities before the bots and after they left (medians
@@ -60,6 +61,7 @@ PY
   start_sampler crowd "$http" "$dir"
   sleep 2
   date +%s.%N > "$dir/bots_start"
+  grep '^Udp:' /proc/net/snmp > "$dir/udp_before" 2>/dev/null || true
   # In a subshell whose `times` then gives the bots' CPU time (its children's, user and system).
   (
     "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
@@ -68,6 +70,7 @@ PY
     times > "$dir/bots_times"
   )
   date +%s.%N > "$dir/bots_end"
+  grep '^Udp:' /proc/net/snmp > "$dir/udp_after" 2>/dev/null || true
   wait_settled "$http" "$dir"
   sleep 3
   touch "$dir/stop"; wait "$sampler" || true
@@ -148,6 +151,16 @@ def cpu_s(path):
         m, sec = t.rstrip("s").split("m")
         total += 60 * float(m) + float(sec)
     return round(total, 1)
+# Datagrams the kernel dropped for want of socket receive buffer during the bots' run, machine
+# wide (/proc/net/snmp, Linux only): a queue that overflowed, the shards' or the bots'.
+def udp_drops():
+    try:
+        def read(name):
+            head, vals = open(f"{d}/{name}").read().splitlines()[:2]
+            return dict(zip(head.split()[1:], map(int, vals.split()[1:])))
+        return read("udp_after")["RcvbufErrors"] - read("udp_before")["RcvbufErrors"]
+    except (OSError, ValueError, KeyError):
+        return None
 summary = {
     "balancer": mode,
     "connected": r.get("bots_connected", r.get("connected")),
@@ -156,6 +169,7 @@ summary = {
     "handoff_welcome_ms_p99": r.get("handoff_welcome_ms_p99"),
     "handoffs": r.get("handoffs"),
     "bots_cpu_s": cpu_s(f"{d}/bots_times"),
+    "udp_receive_drops": udp_drops(),
     "avatar_missing_total": r.get("avatar_missing_total"),
     "errors": r.get("errors"),
     "crowd_formed_s": round(formed - start, 1) if formed else None,
