@@ -167,6 +167,7 @@ summary = {
     "snapshots_per_sec_p50": r.get("snapshots_per_sec_p50"),
     "handoff_gap_ms_p99": r.get("handoff_gap_ms_p99"),
     "handoff_welcome_ms_p99": r.get("handoff_welcome_ms_p99"),
+    "handoff_connect_ms_p99": r.get("handoff_connect_ms_p99"),
     "handoffs": r.get("handoffs"),
     "bots_cpu_s": cpu_s(f"{d}/bots_times"),
     "udp_receive_drops": udp_drops(),

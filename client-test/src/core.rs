@@ -238,6 +238,8 @@ pub struct BotMetrics {
     /// Redirect received → the new shard's `Welcome`, in microseconds: the part of the gap
     /// spent connecting and being bound to the avatar (the rest waits for a snapshot).
     pub handoff_welcome_us: Vec<u32>,
+    /// Redirect received → the new connection's QUIC handshake done, in microseconds.
+    pub handoff_connect_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
     /// Game commands the brain queued that were handed to the transport.
     pub commands_sent: u64,
@@ -379,6 +381,8 @@ pub struct BotClient {
     /// Set by the new shard's `Welcome` from `redirected_at_us`; its first complete snapshot
     /// ends the handoff gap.
     switched_from_us: Option<u64>,
+    /// When the connection to the shard being followed to completed its handshake.
+    hop_connected_at_us: Option<u64>,
     /// The border walk's next end (true: the second).
     walk_to_b: bool,
     /// A crowd bot's current goal, relative to the hot spot's centre (it moves with the hot spot).
@@ -428,6 +432,7 @@ impl BotClient {
             cell_map: None,
             redirected_at_us: None,
             switched_from_us: None,
+            hop_connected_at_us: None,
             walk_to_b: true,
             crowd_goal: None,
             metrics: BotMetrics::default(),
@@ -478,6 +483,13 @@ impl BotClient {
     /// The redirect could not be followed (the bot stays where it is): it is no handoff.
     pub fn redirect_abandoned(&mut self) {
         self.redirected_at_us = None;
+        self.hop_connected_at_us = None;
+    }
+
+    /// The connection a redirect asked for completed its QUIC handshake at `at_us` (the part of
+    /// the handoff gap before the new shard had the client's `Hello`).
+    pub fn redirect_connected(&mut self, at_us: u64) {
+        self.hop_connected_at_us = Some(at_us);
     }
 
     /// The newest cell map the shard sent.
@@ -530,9 +542,11 @@ impl BotClient {
                     // A new shard: its ticks and baselines have nothing to do with the old one's.
                     self.switched_from_us = self.redirected_at_us.take();
                     if let Some(at) = self.switched_from_us {
-                        self.metrics
-                            .handoff_welcome_us
-                            .push(now_us.saturating_sub(at).min(u64::from(u32::MAX)) as u32);
+                        let since = |t: u64| t.saturating_sub(at).min(u64::from(u32::MAX)) as u32;
+                        self.metrics.handoff_welcome_us.push(since(now_us));
+                        if let Some(c) = self.hop_connected_at_us.take() {
+                            self.metrics.handoff_connect_us.push(since(c));
+                        }
                     }
                     self.history.clear();
                     self.view = View::new();

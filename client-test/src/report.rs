@@ -194,6 +194,9 @@ pub struct Report {
     /// the avatar to be there), over the same handoffs.
     pub handoff_welcome_ms_p50: f64,
     pub handoff_welcome_ms_p99: f64,
+    /// Of that, redirect received → the new connection's QUIC handshake done.
+    pub handoff_connect_ms_p50: f64,
+    pub handoff_connect_ms_p99: f64,
     /// Game commands and chat lines the bots' brains sent, and player messages they received.
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
@@ -269,6 +272,7 @@ impl Report {
         let mut rtt = micros_histogram();
         let mut gaps = micros_histogram();
         let mut welcomes = micros_histogram();
+        let mut connects = micros_histogram();
         let mut sps = Vec::new();
         let mut bps = Vec::new();
         let mut errors = run.errors.clone();
@@ -286,6 +290,9 @@ impl Report {
             }
             for &w in &m.handoff_welcome_us {
                 welcomes.saturating_record(u64::from(w).max(1));
+            }
+            for &c in &m.handoff_connect_us {
+                connects.saturating_record(u64::from(c).max(1));
             }
             if o.connected && o.active_s > 0.0 {
                 sps.push(m.snapshots as f64 / o.active_s);
@@ -359,6 +366,8 @@ impl Report {
             handoff_gap_ms_max: quantile_ms(&gaps, 1.0),
             handoff_welcome_ms_p50: quantile_ms(&welcomes, 0.5),
             handoff_welcome_ms_p99: quantile_ms(&welcomes, 0.99),
+            handoff_connect_ms_p50: quantile_ms(&connects, 0.5),
+            handoff_connect_ms_p99: quantile_ms(&connects, 0.99),
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
@@ -384,7 +393,7 @@ impl Report {
              entity update   {:.2} B mean ({} updates in {} B)\n\
              avatar missing  {} snapshots\n\
              handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
-             (to Welcome p50 {:.1} ms  p99 {:.1} ms)\n\
+             (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms)\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n",
             self.game,
             self.scenario,
@@ -407,6 +416,8 @@ impl Report {
             self.handoff_gap_ms_p50,
             self.handoff_gap_ms_p99,
             self.handoff_gap_ms_max,
+            self.handoff_connect_ms_p50,
+            self.handoff_connect_ms_p99,
             self.handoff_welcome_ms_p50,
             self.handoff_welcome_ms_p99,
             self.commands_sent_total,

@@ -526,8 +526,8 @@ impl OpenError {
     }
 }
 
-/// A session and the first control message its shard sent.
-type Opened = (ClientSession, Vec<u8>);
+/// A session, the first control message its shard sent, and when the QUIC handshake completed.
+type Opened = (ClientSession, Vec<u8>, Instant);
 
 /// A redirect being followed, polled inside the bot's loop so the old connection keeps being
 /// served; dropping it abandons the attempt.
@@ -546,8 +546,9 @@ async fn open(
         Ok(Err(e)) => return Err(OpenError::Connect(e)),
         Err(_) => return Err(OpenError::ConnectTimeout),
     };
+    let connected = Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, session.read_control()).await {
-        Ok(Ok(first)) => Ok((session, first)),
+        Ok(Ok(first)) => Ok((session, first, connected)),
         Ok(Err(e)) => Err(OpenError::Read(e)),
         Err(_) => Err(OpenError::ReadTimeout),
     }
@@ -613,7 +614,7 @@ async fn login(
     hello: Vec<u8>,
     start: Instant,
 ) -> Result<ClientSession, String> {
-    let (mut session, mut msg) = open(endpoint, addr, server_name, &hello)
+    let (mut session, mut msg, _) = open(endpoint, addr, server_name, &hello)
         .await
         .map_err(|e| e.kind(false))?;
     let mut redirects = 0;
@@ -642,7 +643,7 @@ async fn login(
                 let via = session.conn.remote_address();
                 session.conn.close(0u32.into(), b"redirected");
                 let hello = bot.hello_redirected(&r);
-                (session, msg) =
+                (session, msg, _) =
                     follow(endpoint.clone(), server_name.to_owned(), r.addr, via, hello)
                         .await
                         .map_err(|e| e.kind(true))?;
@@ -703,7 +704,7 @@ impl Connections {
         opened: Result<Opened, OpenError>,
         now_us: u64,
     ) -> bool {
-        let (session, first) = match opened {
+        let (session, first, connected) = match opened {
             Ok(o) => o,
             Err(e) => {
                 bot.metrics.error_at(now_us, &e.kind(true));
@@ -711,6 +712,8 @@ impl Connections {
                 return false;
             }
         };
+        let waited = u64::try_from(connected.elapsed().as_micros()).unwrap_or(u64::MAX);
+        bot.redirect_connected(now_us.saturating_sub(waited));
         match bot.on_control(now_us, &first) {
             Ok(None) if is_welcome(&first) => {
                 // The core has reset its snapshot state for the new shard, so from now on only
