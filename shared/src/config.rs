@@ -313,13 +313,12 @@ pub struct InterestSection {
     pub aoi_radius_m: f32,
     /// Owned entities this close to a foreign cell are mirrored to its shard as proxies.
     pub interest_radius_m: f32,
-    /// How far behind (ms), beyond its own round trip, a client's newest acknowledged snapshot
-    /// may fall before its snapshots are paced: while it is further behind, it gets one every
-    /// this many ms instead of one every tick, until its acknowledgements catch up. It bounds
-    /// how much stale state queues up for a client that cannot keep up (on its path or in its
-    /// own process), so what it does get is fresh. The round trip is measured per client (the
-    /// smallest acknowledgement lag of the last 5–10 s, counted up to four windows), so a far
-    /// client is not paced for being far.
+    /// How far behind (ms) a client's newest acknowledged snapshot may fall before its
+    /// snapshots are paced: while it is further behind, it gets one every this many ms instead
+    /// of one every tick, until its acknowledgements catch up. It bounds how much stale state
+    /// queues up for a client that cannot keep up (on its path or in its own process), so what
+    /// it does get is fresh. Set it above your clients' round trip plus their input period:
+    /// a client whose round trip is longer gets fewer snapshots than one per tick.
     pub snapshot_window_ms: u32,
 }
 

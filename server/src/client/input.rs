@@ -47,7 +47,7 @@ pub fn on_datagram(
         // A datagram may overtake the Hello on its stream; it carries nothing to keep.
         return Ok(());
     }
-    viewer.acknowledge(input.ack_tick, tick);
+    viewer.ack_tick = viewer.ack_tick.max(input.ack_tick);
     if input.seq > viewer.last_input_seq && client.pending_input.is_none_or(|p| input.seq > p.seq) {
         client.pending_input = Some(input);
     } else {

@@ -11,9 +11,9 @@
 //! With no usable baseline (first snapshot, an ack older than the ring, or one more than 255 ticks
 //! old: the age travels as a byte) everything is `spawned`. The client rebuilds the same state from its own copy of the baseline.
 //!
-//! A client whose acknowledgements fall more than `interest.snapshot_window_ms` behind its own
-//! round trip is paced ([`Viewer::snapshot_due`]): it gets a snapshot every window instead of
-//! every tick until it catches up, so a slow client is never buried in stale snapshots.
+//! A client whose acknowledgements fall more than `interest.snapshot_window_ms` behind is paced
+//! ([`Viewer::snapshot_due`]): it gets a snapshot every window instead of every tick until it
+//! catches up, so a slow client is never buried in stale snapshots.
 
 use super::grid::{AoiGrid, Frame};
 use crate::core::components::{Position, ReplicatedComponents};
@@ -39,10 +39,8 @@ pub struct Viewer {
     pub max_datagram_bytes: usize,
     /// Newest input sequence number applied (or refused) so far; echoed in every snapshot.
     pub last_input_seq: u32,
-    /// Newest snapshot tick the client says it holds whole (set through [`Self::acknowledge`]).
+    /// Newest snapshot tick the client says it holds whole.
     pub ack_tick: u64,
-    /// The client's usual acknowledgement lag: its round trip, in ticks.
-    pub lag_floor: LagFloor,
     /// Ticks of the first and the newest snapshot built for this client (`None`: none yet).
     pub first_sent_tick: Option<u64>,
     pub last_sent_tick: u64,
@@ -61,7 +59,6 @@ impl Viewer {
             max_datagram_bytes,
             last_input_seq: 0,
             ack_tick: 0,
-            lag_floor: LagFloor::default(),
             first_sent_tick: None,
             last_sent_tick: 0,
             history: VecDeque::with_capacity(limits::SNAPSHOT_HISTORY_TICKS),
@@ -83,11 +80,6 @@ impl Viewer {
     /// is the worst case: with no baseline every snapshot is full, and a cell move redirects a
     /// whole cell's clients at once. The occasional snapshot keeps a client that stopped
     /// acknowledging (lost inputs, an idle client) in the picture.
-    ///
-    /// "Behind" is beyond the client's own round trip ([`LagFloor`]): a client far away
-    /// acknowledges every snapshot late by its round trip, and a fixed bound would pace it
-    /// for good (a 300 ms round trip got 4 snapshots a second with the 250 ms window). Its
-    /// queue growing is what pacing is for, and that shows as the lag rising above its floor.
     pub fn snapshot_due(&self, tick: u64, window: u64) -> bool {
         let Some(first) = self.first_sent_tick else {
             return true;
@@ -97,70 +89,7 @@ impl Viewer {
         } else {
             first
         };
-        let allowed = window + self.lag_floor.ticks().min(LAG_FLOOR_WINDOWS_MAX * window);
-        tick.saturating_sub(since) <= allowed || tick.saturating_sub(self.last_sent_tick) >= window
-    }
-
-    /// The client acknowledged `ack_tick` in an input read at `tick`. Acknowledgements only
-    /// move forward; a new one is a sample of the client's round trip.
-    pub fn acknowledge(&mut self, ack_tick: u64, tick: u64) {
-        if ack_tick > self.ack_tick {
-            self.ack_tick = ack_tick;
-            self.lag_floor.record(tick.saturating_sub(ack_tick), tick);
-        }
-    }
-}
-
-/// How many windows a client's round trip may add to its pacing bound: past a second or so
-/// (4 × 250 ms) a lag is a queue, whatever the path.
-pub const LAG_FLOOR_WINDOWS_MAX: u64 = 4;
-
-/// Ticks a [`LagFloor`] bucket covers: 5 s at 30 Hz. The floor forgets a sample after one to
-/// two buckets, so a client whose path got slower is measured anew within 10 s.
-pub const LAG_FLOOR_BUCKET_TICKS: u64 = 150;
-
-/// The smallest acknowledgement lag (ticks from a snapshot to the input that acknowledged it
-/// reaching the shard) seen lately: the client's round trip with no queue in it. A windowed
-/// minimum over two buckets of [`LAG_FLOOR_BUCKET_TICKS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LagFloor {
-    current: u64,
-    previous: u64,
-    bucket_start: u64,
-}
-
-impl Default for LagFloor {
-    fn default() -> Self {
-        Self {
-            current: u64::MAX,
-            previous: u64::MAX,
-            bucket_start: 0,
-        }
-    }
-}
-
-impl LagFloor {
-    /// A lag of `lag` ticks measured at `tick`.
-    pub fn record(&mut self, lag: u64, tick: u64) {
-        if tick >= self.bucket_start + LAG_FLOOR_BUCKET_TICKS {
-            // A bucket older than the one just ended holds nothing current.
-            self.previous = if tick >= self.bucket_start + 2 * LAG_FLOOR_BUCKET_TICKS {
-                u64::MAX
-            } else {
-                self.current
-            };
-            self.current = u64::MAX;
-            self.bucket_start = tick;
-        }
-        self.current = self.current.min(lag);
-    }
-
-    /// The floor in ticks; 0 before any sample.
-    pub fn ticks(&self) -> u64 {
-        match self.current.min(self.previous) {
-            u64::MAX => 0,
-            t => t,
-        }
+        tick.saturating_sub(since) <= window || tick.saturating_sub(self.last_sent_tick) >= window
     }
 }
 
@@ -489,74 +418,6 @@ mod tests {
         assert!(out.moved.is_empty() && out.removed.is_empty());
     }
 
-    /// Ticks 0..`until` of a client whose acknowledgements reach the shard `rtt` ticks after
-    /// each snapshot, acknowledging only up to `acks_until`: the ticks it was sent a snapshot.
-    fn sent_with_round_trip(v: &mut Viewer, rtt: u64, acks_until: u64, until: u64) -> Vec<u64> {
-        let mut sent = Vec::new();
-        for t in 1..until {
-            // The input read this tick acknowledges what was sent `rtt` ticks ago.
-            if let Some(&s) = sent
-                .iter()
-                .rev()
-                .find(|&&s| s + rtt <= t && s <= acks_until)
-            {
-                v.acknowledge(s, t);
-            }
-            if v.snapshot_due(t, 8) {
-                v.first_sent_tick.get_or_insert(t);
-                v.last_sent_tick = t;
-                sent.push(t);
-            }
-        }
-        sent
-    }
-
-    #[test]
-    fn a_far_client_gets_every_tick_and_is_paced_only_when_its_queue_grows() {
-        // A 400 ms round trip (12 ticks at 30 Hz) against a 250 ms window (8 ticks): with the
-        // window alone, such a client got one snapshot per window for good.
-        let mut v = Viewer::new(1_200);
-        let sent = sent_with_round_trip(&mut v, 12, u64::MAX, 600);
-        let late = sent.iter().filter(|&&t| t >= 300).count();
-        assert_eq!(
-            late, 300,
-            "every tick once its round trip is known: {late} of 300"
-        );
-        assert_eq!(v.lag_floor.ticks(), 12);
-
-        // The same client stops acknowledging at tick 600: paced once its lag passes its round
-        // trip plus the window.
-        let mut v = Viewer::new(1_200);
-        let sent = sent_with_round_trip(&mut v, 12, 600, 700);
-        let after: Vec<u64> = sent.iter().copied().filter(|&t| t > 600).collect();
-        assert_eq!(
-            after.iter().filter(|&&t| t <= 620).count(),
-            20,
-            "every tick while the lag is within 12 + 8 ticks of the last acknowledgement"
-        );
-        let paced: Vec<u64> = after.iter().copied().filter(|&t| t > 620).collect();
-        let expected: Vec<u64> = (628..700).step_by(8).collect();
-        assert_eq!(paced, expected, "then one per window");
-    }
-
-    #[test]
-    fn the_lag_floor_is_the_smallest_recent_lag_and_forgets_old_ones() {
-        let mut f = LagFloor::default();
-        assert_eq!(f.ticks(), 0, "no sample yet");
-        f.record(9, 10);
-        f.record(3, 20);
-        f.record(7, 30);
-        assert_eq!(f.ticks(), 3);
-        // A slower path: the fast sample is forgotten within two buckets.
-        for t in (40..10 * LAG_FLOOR_BUCKET_TICKS).step_by(10) {
-            f.record(20, t);
-        }
-        assert_eq!(f.ticks(), 20);
-        // A long silence, then one sample: nothing older counts.
-        f.record(15, 100 * LAG_FLOOR_BUCKET_TICKS);
-        assert_eq!(f.ticks(), 15);
-    }
-
     #[test]
     fn a_new_connection_is_paced_from_its_first_snapshot_until_it_acknowledges() {
         let mut v = Viewer::new(1_200);
@@ -574,7 +435,7 @@ mod tests {
             sent, expected,
             "every tick for a window after the first, then one per window"
         );
-        v.acknowledge(139, 141);
+        v.ack_tick = 139;
         assert!(v.snapshot_due(141, 8), "an acknowledgement catches it up");
     }
 }
