@@ -72,7 +72,10 @@ PY
   date +%s.%N > "$dir/bots_end"
   grep '^Udp:' /proc/net/snmp > "$dir/udp_after" 2>/dev/null || true
   wait_settled "$http" "$dir"
-  sleep 3
+  # Samples after settling, for the median of total_entities: with three, two NPC handoffs in
+  # flight at heartbeat time (one entity counted on both shards) made it 1001 (weights run,
+  # 2026-12-01: 1001, 1001, 1000).
+  sleep 8
   touch "$dir/stop"; wait "$sampler" || true
   kill -INT "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true
   python3 - "$dir" "$bots" "$mode" <<'PY'
