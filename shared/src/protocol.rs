@@ -633,6 +633,10 @@ pub struct ShardLoad {
     /// Players who logged in (or arrived by redirect) / left since the last heartbeat.
     pub players_arrived: Vec<String>,
     pub players_left: Vec<String>,
+    /// Players this shard sent on to another shard whose connection here has ended since the
+    /// last heartbeat: on their way, or gone. The master keeps their seat until their new shard
+    /// reports them, or for `limits::REDIRECT_WAIT_MS` (their avatar waits that long there).
+    pub players_sent_on: Vec<String>,
     /// Entities and clients per owned base cell (only cells with any), at most
     /// [`limits::CELL_LOADS_PER_HEARTBEAT_MAX`] of the busiest.
     pub cells: Vec<CellLoad>,
@@ -718,11 +722,12 @@ impl Validate for LinkMessage {
                 Err("address too long")
             }
             Self::Heartbeat(h)
-                if h.players_arrived.len() + h.players_left.len()
-                    > limits::CLIENTS_PER_SHARD_MAX * 2
+                if h.players_arrived.len() + h.players_left.len() + h.players_sent_on.len()
+                    > limits::CLIENTS_PER_SHARD_MAX * 3
                     || h.players_arrived
                         .iter()
                         .chain(&h.players_left)
+                        .chain(&h.players_sent_on)
                         .any(|n| n.len() > limits::PLAYER_NAME_BYTES_MAX) =>
             {
                 Err("player list over limits")

@@ -39,7 +39,8 @@
 //!   meanwhile is settled by the master's word, so its source's link to the master counts);
 //! - `players_keep_avatars`: every logged-in bot's avatar exists;
 //! - `directory_forgets_quitters`: a bot that quit leaves the master's player directory within
-//!   two heartbeats and two link round trips (ticks its shards spend cut off from the master do
+//!   [`SENT_ON_WAIT_MS`] (the time the master keeps a seat for a player on its way), two
+//!   heartbeats and two link round trips (ticks its shards spend cut off from the master do
 //!   not count);
 //! - `proxies_converge`: every proxy names a shard that owns (or owned, within the link's delay
 //!   bound) that entity, at a position the owner held within that bound; and every entity that
@@ -92,6 +93,11 @@ pub const DRAIN_BOUND_MS: u64 = 30_000;
 /// Link ids the late joiner's dials get start here (the initial forming's count from 1; during
 /// play the simulation addresses shard messages by endpoint, on `LinkId(0)`).
 const JOINER_LINKS_FROM: u64 = 1 << 32;
+
+/// How long the simulated master keeps the seat of a player its shard sent on and lost
+/// (`Master::with_sent_on_wait`): production keeps it `REDIRECT_WAIT_MS` (15 s), longer than a
+/// smoke run, which would leave `directory_forgets_quitters` nothing to check.
+pub const SENT_ON_WAIT_MS: u64 = 1_000;
 
 /// One multi-shard run's shape.
 #[derive(Clone, Debug)]
@@ -440,7 +446,8 @@ impl ClusterSim {
         let master = formed[0]
             .master
             .take()
-            .ok_or("shard 0 formed without the master role")?;
+            .ok_or("shard 0 formed without the master role")?
+            .with_sent_on_wait(SENT_ON_WAIT_MS);
         let map = formed[0].map.clone();
         // The simulation is its own account service: a seeded key, so runs replay exactly.
         let signer =
@@ -902,6 +909,9 @@ impl ClusterSim {
         let now_ms = self.now_us / 1_000;
         // The master's housekeeping, as `Node::master_housekeeping` does it.
         let mut notices = self.master.check_moves(now_ms);
+        // The admission round, as `Node::admit` runs it every tick: seats of logins that never
+        // arrived, and of players sent on that never arrived anywhere, are freed here.
+        notices.extend(self.master.admit(now_ms));
         if self.cfg.balance {
             notices.extend(self.master.balance(now_ms));
         }
@@ -1298,10 +1308,16 @@ impl ClusterSim {
     }
 
     /// `directory_forgets_quitters`: a bot that quit mid-redirect leaves the master's player
-    /// directory within two heartbeats and two link round trips (`bound` ticks each way),
+    /// directory within [`SENT_ON_WAIT_MS`], two heartbeats and two link round trips (`bound`
+    /// ticks each way),
     /// counted on ticks on which both shards it hung up on were linked to the master.
     fn check_quitters(&mut self, tick: u64, bound: u64) -> Result<(), Violation> {
-        let limit = 2 * self.cfg.ticks_in(limits::HEARTBEAT_MS) + 2 * bound + 2;
+        // The old shard reports the quitter as sent on; the master keeps its seat for
+        // `SENT_ON_WAIT_MS` in case its new shard reports it late, then frees it.
+        let limit = 2 * self.cfg.ticks_in(limits::HEARTBEAT_MS)
+            + 2 * bound
+            + 2
+            + self.cfg.ticks_in(SENT_ON_WAIT_MS);
         for b in &mut self.bots {
             let Some(q) = b.quit.as_mut() else {
                 continue;

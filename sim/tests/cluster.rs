@@ -227,7 +227,9 @@ fn regression_cluster_seeds_an_avatar_despawned_mid_handoff_leaves_no_proxy() {
 fn directory_forgets_quitters_fires_when_departures_go_unreported() {
     let v = sabotaged(0, |shards, _| {
         for s in shards.iter_mut() {
-            s.world.resource_mut::<PlayerLog>().left.clear();
+            let mut log = s.world.resource_mut::<PlayerLog>();
+            log.left.clear();
+            log.sent_on.clear();
         }
     });
     assert_eq!(v.invariant, "directory_forgets_quitters", "{v}");

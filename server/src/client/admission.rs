@@ -16,7 +16,11 @@
 //! ([`LoginQueue`]) and counts its own players.
 //!
 //! Seats are freed by the departures the shards report on their heartbeats, so a seat comes back
-//! at most a heartbeat late (never early: no shard goes over its cap). A seat given to a login
+//! at most a heartbeat late (never early: no shard goes over its cap). A player a shard sent on
+//! (a handoff or a cell move) whose connection there ended is reported apart (`players_sent_on`):
+//! its new shard may report its arrival after that, so it keeps its seat until then, or for
+//! [`limits::REDIRECT_WAIT_MS`] if it never arrives (it quit on the way). Freed at once, that seat
+//! went to a waiting login and the cap was broken by one. A seat given to a login
 //! whose client never arrives where it was sent is freed after
 //! [`limits::ADMISSION_ARRIVAL_WAIT_MS`]. The cap is checked at login only: an avatar that walks
 //! into a full shard is handed off as always (moving load is the balancer's job).

@@ -249,12 +249,12 @@ impl Closing<'_, '_> {
                 self.ended.0.push((conn, c.name));
             }
             Phase::Queued { .. } => self.ended.0.push((conn, c.name)),
-            // It played here and was sent on. If it reached its new shard, that shard reported
-            // the arrival and the directory ignores this departure; if it quit on the way, this
-            // is the only report that it left (its avatar there just expires). Unless it is
-            // back here already on another connection.
+            // It played here and was sent on. If it reached its new shard, that shard reports the
+            // arrival, perhaps after this report (the master keeps the seat meanwhile); if it
+            // quit on the way, this is the only report that it left (its avatar there just
+            // expires). Unless it is back here already on another connection.
             Phase::Redirected { .. } if !self.sessions.0.contains_key(&c.name) => {
-                self.players.left(&c.name);
+                self.players.sent_on(&c.name);
             }
             _ => {}
         }

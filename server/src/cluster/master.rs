@@ -146,6 +146,11 @@ pub struct Master {
     seats: BTreeMap<ShardId, u32>,
     /// Seats given to logins that the shard they were sent to has not reported yet.
     unconfirmed: BTreeMap<String, Unconfirmed>,
+    /// Players whose shard sent them on and lost their connection, with that shard and until
+    /// when their seat is kept: the new shard's arrival report may come after the old shard's.
+    sent_on: BTreeMap<String, (ShardId, u64)>,
+    /// How long a player sent on keeps its seat ([`Self::with_sent_on_wait`]).
+    sent_on_wait_ms: u64,
     admission: Admission,
     duplicate: DuplicateLogin,
     events: VecDeque<ClusterEvent>,
@@ -176,6 +181,8 @@ impl Master {
             players: Arc::default(),
             seats: BTreeMap::new(),
             unconfirmed: BTreeMap::new(),
+            sent_on: BTreeMap::new(),
+            sent_on_wait_ms: limits::REDIRECT_WAIT_MS,
             admission: Admission::new(CLIENTS_PER_SHARD_DEFAULT, LOGIN_QUEUE_DEFAULT),
             duplicate: DuplicateLogin::default(),
             events: VecDeque::new(),
@@ -205,6 +212,14 @@ impl Master {
     /// The rule for a second login of a playing account (`[login] duplicate`).
     pub fn with_duplicate_rule(mut self, rule: DuplicateLogin) -> Self {
         self.duplicate = rule;
+        self
+    }
+
+    /// How long a player whose shard sent it on, and then lost its connection, keeps its seat
+    /// unless another shard reports it first (default [`limits::REDIRECT_WAIT_MS`], the time
+    /// its avatar waits for it there). The simulator shortens it to fit its runs.
+    pub fn with_sent_on_wait(mut self, ms: u64) -> Self {
+        self.sent_on_wait_ms = ms;
         self
     }
 
@@ -470,7 +485,17 @@ impl Master {
         for name in &load.players_left {
             self.unseat(name, from);
         }
+        // Unseated later, by `admit`, unless another shard reports the player first.
+        for name in &load.players_sent_on {
+            if self.players.get(name) == Some(&from)
+                && (self.sent_on.len() < DIRECTORY_MAX || self.sent_on.contains_key(name))
+            {
+                let until = now_ms.saturating_add(self.sent_on_wait_ms);
+                self.sent_on.insert(name.clone(), (from, until));
+            }
+        }
         for name in &load.players_arrived {
+            self.sent_on.remove(name);
             self.seat(name, from);
             if self.unconfirmed.get(name).is_some_and(|u| u.shard == from) {
                 self.unconfirmed.remove(name);
@@ -483,6 +508,7 @@ impl Master {
             m.load = ShardLoad {
                 players_arrived: Vec::new(),
                 players_left: Vec::new(),
+                players_sent_on: Vec::new(),
                 ..load
             };
         }
@@ -501,6 +527,16 @@ impl Master {
             .collect();
         for (name, shard) in expired {
             self.unconfirmed.remove(&name);
+            self.unseat(&name, shard);
+        }
+        let gone: Vec<(String, ShardId)> = self
+            .sent_on
+            .iter()
+            .filter(|(_, (_, until))| *until <= now_ms)
+            .map(|(name, (shard, _))| (name.clone(), *shard))
+            .collect();
+        for (name, shard) in gone {
+            self.sent_on.remove(&name);
             self.unseat(&name, shard);
         }
         let mut seats = self.live_seats();
@@ -1734,6 +1770,64 @@ mod tests {
         );
         assert_eq!(m.login_queue(), 0, "a waiter that hung up leaves the line");
         assert_eq!(m.view().shards[1].players, 2);
+    }
+
+    fn arriving(names: &[&str]) -> ShardLoad {
+        ShardLoad {
+            players_arrived: names.iter().map(|n| n.to_string()).collect(),
+            ..ShardLoad::default()
+        }
+    }
+
+    fn sent_on(names: &[&str]) -> ShardLoad {
+        ShardLoad {
+            players_sent_on: names.iter().map(|n| n.to_string()).collect(),
+            ..ShardLoad::default()
+        }
+    }
+
+    #[test]
+    fn a_player_sent_on_keeps_its_seat_until_its_new_shard_reports_it_or_the_wait_ends() {
+        // Both shards full (cap 1); p1 walks from shard 0 to shard 1, p2 from 1 to 0, and
+        // shard 0's report that p1's connection ended comes before shard 1's of its arrival.
+        let mut m = placed_pair(DuplicateLogin::Refuse).with_admission(1, 5);
+        claim(&mut m, 0, "p1", 1);
+        claim(&mut m, 0, "p2", 2);
+        m.heartbeat(ShardId(0), arriving(&["p1"]), 10);
+        m.heartbeat(ShardId(1), arriving(&["p2"]), 10);
+        assert_eq!(
+            outcomes(&claim(&mut m, 0, "p3", 3)),
+            [("p3".to_string(), queued(1, 1))]
+        );
+        m.heartbeat(ShardId(0), sent_on(&["p1"]), 100);
+        assert!(
+            m.admit(100).is_empty(),
+            "p1 is on its way: no seat for p3 (it was given one, and the cap broken, before)"
+        );
+        m.heartbeat(ShardId(1), arriving(&["p1"]), 200);
+        m.heartbeat(ShardId(0), arriving(&["p2"]), 200);
+        let wait = limits::REDIRECT_WAIT_MS;
+        assert!(
+            m.admit(100 + wait).is_empty(),
+            "p1 arrived: nothing to free"
+        );
+        assert_eq!(m.player("p1"), Some(ShardId(1)));
+        assert_eq!(
+            (m.view().shards[0].players, m.view().shards[1].players),
+            (1, 1)
+        );
+        // p2 is sent on again and never arrives anywhere: its seat comes back after the wait.
+        m.heartbeat(ShardId(0), sent_on(&["p2"]), 1_000);
+        assert!(m.admit(1_000 + wait - 1).is_empty(), "not yet");
+        assert_eq!(
+            outcomes(&m.admit(1_000 + wait)),
+            [(
+                "p3".to_string(),
+                ClaimOutcome::Granted { shard: ShardId(0) }
+            )],
+            "p2's seat came back"
+        );
+        assert_eq!(m.player("p2"), None);
     }
 
     #[test]

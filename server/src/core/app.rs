@@ -337,6 +337,7 @@ impl ShardApp {
         let mut log = self.world.resource_mut::<PlayerLog>();
         let players_arrived = log.arrived.drain(..).collect();
         let players_left = log.left.drain(..).collect();
+        let players_sent_on = log.sent_on.drain(..).collect();
         let h = self.world.resource::<HandoffStats>();
         ShardLoad {
             tick: self.tick_number(),
@@ -349,6 +350,7 @@ impl ShardApp {
             handoff_transit_ms_p99: h.transit_ms.value_at_quantile(0.99) as f32,
             players_arrived,
             players_left,
+            players_sent_on,
             cells,
             ..ShardLoad::default()
         }

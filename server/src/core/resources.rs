@@ -35,6 +35,7 @@ pub struct TickClock {
 pub struct PlayerLog {
     pub arrived: std::collections::VecDeque<String>,
     pub left: std::collections::VecDeque<String>,
+    pub sent_on: std::collections::VecDeque<String>,
 }
 
 /// Entries each list of the [`PlayerLog`] holds.
@@ -59,6 +60,13 @@ impl PlayerLog {
     pub fn left(&mut self, name: &str) {
         self.arrived.retain(|n| n != name);
         Self::push(&mut self.left, name);
+    }
+
+    /// A player sent on to another shard ended its connection here. Not a departure: its new
+    /// shard may report its arrival after this report, and until then it holds its seat.
+    pub fn sent_on(&mut self, name: &str) {
+        self.arrived.retain(|n| n != name);
+        Self::push(&mut self.sent_on, name);
     }
 }
 
