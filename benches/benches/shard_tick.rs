@@ -4,6 +4,32 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
 use zonescaler_benches::TickFixture;
 
+/// Which part of a fixture's tick cycle a benchmark times.
+#[derive(Clone, Copy)]
+enum Timed {
+    /// `ShardApp::tick` alone.
+    Shard,
+    /// Delivering the tick's output to the bots (decoding and applying their snapshots).
+    Bots,
+}
+
+/// `iters` whole cycles (inputs, tick, delivery) of `f`, timing only `part`.
+fn cycles(f: &mut TickFixture, iters: u64, part: Timed) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        f.before_tick();
+        let t0 = Instant::now();
+        f.app.tick();
+        let t1 = Instant::now();
+        f.after_tick();
+        total += match part {
+            Timed::Shard => t1 - t0,
+            Timed::Bots => t1.elapsed(),
+        };
+    }
+    total
+}
+
 fn shard_tick(c: &mut Criterion) {
     let mut group = c.benchmark_group("shard_tick");
     group
@@ -16,19 +42,7 @@ fn shard_tick(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("{entities}_entities"), format!("{clients}_clients")),
                 &(),
-                |b, _| {
-                    b.iter_custom(|iters| {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            f.before_tick();
-                            let t0 = Instant::now();
-                            f.app.tick();
-                            total += t0.elapsed();
-                            f.after_tick();
-                        }
-                        total
-                    })
-                },
+                |b, _| b.iter_custom(|iters| cycles(&mut f, iters, Timed::Shard)),
             );
             if let Some(b) = f.bytes_per_entity_update() {
                 eprintln!(
@@ -53,19 +67,7 @@ fn bot_snapshots(c: &mut Criterion) {
     group.bench_with_input(
         BenchmarkId::new("crowd", format!("{entities}_entities_{clients}_clients")),
         &(),
-        |b, _| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    f.before_tick();
-                    f.app.tick();
-                    let t0 = Instant::now();
-                    f.after_tick();
-                    total += t0.elapsed();
-                }
-                total
-            })
-        },
+        |b, _| b.iter_custom(|iters| cycles(&mut f, iters, Timed::Bots)),
     );
     eprintln!(
         "  crowd: {:.0} entities in a client's view (mean)",

@@ -1715,9 +1715,13 @@ mod tests {
             .collect()
     }
 
-    fn leaving(names: &[&str]) -> ShardLoad {
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn leaving(names_: &[&str]) -> ShardLoad {
         ShardLoad {
-            players_left: names.iter().map(|n| n.to_string()).collect(),
+            players_left: names(names_),
             ..ShardLoad::default()
         }
     }
@@ -1772,16 +1776,16 @@ mod tests {
         assert_eq!(m.view().shards[1].players, 2);
     }
 
-    fn arriving(names: &[&str]) -> ShardLoad {
+    fn arriving(names_: &[&str]) -> ShardLoad {
         ShardLoad {
-            players_arrived: names.iter().map(|n| n.to_string()).collect(),
+            players_arrived: names(names_),
             ..ShardLoad::default()
         }
     }
 
-    fn sent_on(names: &[&str]) -> ShardLoad {
+    fn sent_on(names_: &[&str]) -> ShardLoad {
         ShardLoad {
-            players_sent_on: names.iter().map(|n| n.to_string()).collect(),
+            players_sent_on: names(names_),
             ..ShardLoad::default()
         }
     }
