@@ -123,6 +123,15 @@ pub struct MoveTarget {
 #[derive(Component, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InCell(pub CellId);
 
+/// The rectangle of an entity's [`InCell`] leaf and the map epoch it was a leaf at: while the
+/// entity stays inside it at that epoch, its leaf is the same, and `update_cells` need not look
+/// it up again (a lookup per moving entity per tick was most of an NPC-heavy tick).
+#[derive(Component, Clone, Copy, Debug, PartialEq)]
+pub struct CellBounds {
+    pub rect: zonescaler_shared::cellmap::Rect,
+    pub epoch: u64,
+}
+
 /// Encoded replicated components of an entity, refreshed from `Changed<T>` for every type
 /// registered with `replicate::<T>()`. `rev` grows on every change so a snapshot can tell whether
 /// a client's baseline is stale without comparing bytes.

@@ -3,7 +3,7 @@
 //! A mover heads for its `MoveTarget` at most `speed × dt` per tick and never leaves the world
 //! (inputs set avatars' targets in the client plugin; NPCs' are set by the game).
 
-use super::components::{InCell, MoveTarget, Owned, Position};
+use super::components::{CellBounds, InCell, MoveTarget, Owned, Position};
 use super::resources::{Config, TickClock};
 use super::space::Space;
 use bevy_ecs::prelude::*;
@@ -46,22 +46,58 @@ pub fn move_entities(
     }
 }
 
+/// An owned entity's position and cell, for [`update_cells`].
+type CellQuery<'w, 's, F> = Query<
+    'w,
+    's,
+    (
+        Entity,
+        &'static Position,
+        Option<&'static InCell>,
+        Option<&'static CellBounds>,
+    ),
+    (With<Owned>, F),
+>;
+type CellItem<'a> = (
+    Entity,
+    &'a Position,
+    Option<&'a InCell>,
+    Option<&'a CellBounds>,
+);
+
 /// `Ownership`: keep each owned entity's leaf of the cell map current (the load reports count
 /// per leaf, so a split cell's children are measured apart): the entities that moved, and all of
 /// them when the map changed.
 pub fn update_cells(
     mut commands: Commands,
-    moved: Query<(Entity, &Position, Option<&InCell>), (With<Owned>, Changed<Position>)>,
-    all: Query<(Entity, &Position, Option<&InCell>), With<Owned>>,
+    moved: CellQuery<Changed<Position>>,
+    all: CellQuery<()>,
     space: Res<Space>,
     mut epoch: Local<u64>,
 ) {
-    let new_map = std::mem::replace(&mut *epoch, space.map.epoch().0) != space.map.epoch().0;
-    let mut set = |(e, p, cell): (Entity, &Position, Option<&InCell>)| {
-        let now = space.map.leaf_at([p.0.x, p.0.z]);
-        if cell.map(|c| c.0) != Some(now) {
+    let current = space.map.epoch().0;
+    let new_map = std::mem::replace(&mut *epoch, current) != current;
+    let mut set = |(e, p, cell, bounds): CellItem| {
+        let p = [p.0.x, p.0.z];
+        // Strictly inside the leaf it was found in at this epoch (a millimetre from every edge,
+        // where rounding cannot tell two leaves apart): still there.
+        if let (Some(_), Some(b)) = (cell, bounds)
+            && b.epoch == current
+            && (0..2).all(|i| b.rect.min[i] + 1e-3 < p[i] && p[i] < b.rect.max[i] - 1e-3)
+        {
+            return;
+        }
+        let now = space.map.leaf_at(p);
+        if cell.map(|c| c.0) != Some(now) || bounds.is_none_or(|b| b.epoch != current) {
+            let rect = space.map.grid().rect(now);
             // `try_`: a game system may despawn the entity in this same tick.
-            commands.entity(e).try_insert(InCell(now));
+            commands.entity(e).try_insert((
+                InCell(now),
+                CellBounds {
+                    rect,
+                    epoch: current,
+                },
+            ));
         }
     };
     if new_map {
