@@ -106,3 +106,66 @@ pub fn update_cells(
         moved.iter().for_each(&mut set);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bevy_ecs::system::RunSystemOnce;
+    use zonescaler_shared::CellId;
+    use zonescaler_shared::ShardId;
+    use zonescaler_shared::cellmap::{CellGrid, CellMap};
+
+    fn cell_of(world: &mut World, e: Entity) -> CellId {
+        world.get::<InCell>(e).expect("a cell").0
+    }
+
+    #[test]
+    fn an_owned_entity_knows_its_leaf_as_it_moves_and_as_the_map_changes() {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let mut map = CellMap::single(grid, ShardId(0));
+        let mut world = World::new();
+        world.insert_resource(Space::new(ShardId(0), map.clone()));
+        let p = |x: f32, z: f32| Position(Vec3::new(x, 0.0, z));
+        let e = world.spawn((Owned, p(10.0, 10.0))).id();
+        let run = |world: &mut World| {
+            world.run_system_once(update_cells).expect("runs");
+        };
+        run(&mut world);
+        let home = map.leaf_at([10.0, 10.0]);
+        assert_eq!(cell_of(&mut world, e), home);
+        // Inside the same leaf, and then just across its edge into the next one.
+        world.get_mut::<Position>(e).expect("pos").0 = Vec3::new(200.0, 0.0, 10.0);
+        run(&mut world);
+        assert_eq!(cell_of(&mut world, e), home);
+        let edge = grid.rect(home).max[0];
+        world.get_mut::<Position>(e).expect("pos").0 = Vec3::new(edge, 0.0, 10.0);
+        run(&mut world);
+        assert_eq!(cell_of(&mut world, e), map.leaf_at([edge, 10.0]));
+        assert_ne!(
+            cell_of(&mut world, e),
+            home,
+            "an edge belongs to the cell past it"
+        );
+        // The map splits the leaf it stands in: without moving, it is in a child now.
+        let here = map.leaf_at([edge, 10.0]);
+        map.split(here).expect("splits");
+        world.insert_resource(Space::new(ShardId(0), map.clone()));
+        run(&mut world);
+        let child = map.leaf_at([edge, 10.0]);
+        assert_ne!(child, here);
+        assert_eq!(cell_of(&mut world, e), child);
+        // Moving inside the child, then into its sibling.
+        let r = grid.rect(child);
+        let inside = [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0];
+        world.get_mut::<Position>(e).expect("pos").0 = Vec3::new(inside[0], 0.0, inside[1]);
+        run(&mut world);
+        assert_eq!(cell_of(&mut world, e), child);
+        world.get_mut::<Position>(e).expect("pos").0 = Vec3::new(r.max[0] + 1.0, 0.0, inside[1]);
+        run(&mut world);
+        assert_eq!(
+            cell_of(&mut world, e),
+            map.leaf_at([r.max[0] + 1.0, inside[1]])
+        );
+        assert_ne!(cell_of(&mut world, e), child);
+    }
+}
