@@ -146,14 +146,26 @@ mod tests {
             home,
             "an edge belongs to the cell past it"
         );
-        // The map splits the leaf it stands in: without moving, it is in a child now.
+        // Well inside its leaf, the map splits that leaf: without moving, it is in a child now.
         let here = map.leaf_at([edge, 10.0]);
+        let hr = grid.rect(here);
+        let at = [
+            hr.min[0] + (hr.max[0] - hr.min[0]) / 4.0,
+            hr.min[1] + (hr.max[1] - hr.min[1]) / 4.0,
+        ];
+        world.get_mut::<Position>(e).expect("pos").0 = Vec3::new(at[0], 0.0, at[1]);
+        run(&mut world);
+        assert_eq!(cell_of(&mut world, e), here);
         map.split(here).expect("splits");
         world.insert_resource(Space::new(ShardId(0), map.clone()));
         run(&mut world);
-        let child = map.leaf_at([edge, 10.0]);
+        let child = map.leaf_at(at);
         assert_ne!(child, here);
-        assert_eq!(cell_of(&mut world, e), child);
+        assert_eq!(
+            cell_of(&mut world, e),
+            child,
+            "the split's child, not the old leaf"
+        );
         // Moving inside the child, then into its sibling.
         let r = grid.rect(child);
         let inside = [(r.min[0] + r.max[0]) / 2.0, (r.min[1] + r.max[1]) / 2.0];
