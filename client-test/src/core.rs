@@ -315,6 +315,57 @@ impl std::fmt::Debug for Brain {
 /// newest view.
 type Frame = Vec<(NetId, QPos)>;
 
+/// Apply a snapshot's `parts` to `frame` (a copy of their baseline): moves, removals, spawns.
+/// Returns the new components by id (sorted; of one id the last given comes last) and how many
+/// entries named an entity the frame does not hold.
+fn apply_parts(
+    frame: &mut Frame,
+    parts: Vec<SnapshotPart>,
+) -> (Vec<(NetId, Arc<[ComponentBlob]>)>, u64) {
+    // Moved entities are named by their index in the baseline's sorted ids: apply them
+    // before removals and spawns change the frame (until then it is the baseline).
+    let mut unknown = 0u64;
+    for p in &parts {
+        let mut idx = u64::from(p.index_base);
+        for m in &p.moved {
+            idx += u64::from(m.index_gap);
+            match usize::try_from(idx).ok().and_then(|i| frame.get_mut(i)) {
+                Some((_, pos)) => *pos = QPos::apply_delta(*pos, m.delta),
+                None => unknown += 1,
+            }
+            idx += 1;
+        }
+    }
+    let mut removed: Vec<NetId> = parts.iter().flat_map(|p| p.removed()).copied().collect();
+    if !removed.is_empty() {
+        removed.sort_unstable();
+        frame.retain(|(id, _)| removed.binary_search(id).is_err());
+    }
+    // New components by id: a spawn's, then changes (of entities in view only); the last
+    // given for an id wins.
+    let mut spawned = Vec::new();
+    let mut fresh: Vec<(NetId, Arc<[ComponentBlob]>)> = Vec::new();
+    let mut changed = Vec::new();
+    for p in parts {
+        let rare = p.rare.unwrap_or_default();
+        for s in rare.spawned {
+            spawned.push((s.id, s.pos));
+            fresh.push((s.id, s.components));
+        }
+        changed.extend(rare.changed);
+    }
+    upsert_sorted(frame, spawned);
+    for c in changed {
+        if frame.binary_search_by_key(&c.id, |(id, _)| *id).is_ok() {
+            fresh.push((c.id, c.components));
+        } else {
+            unknown += 1;
+        }
+    }
+    fresh.sort_by_key(|(id, _)| *id); // stable: of one id, the last given comes last
+    (fresh, unknown)
+}
+
 /// Emptied vectors kept for their allocations.
 #[derive(Debug, Default)]
 struct Spare {
@@ -684,47 +735,7 @@ impl BotClient {
                 }
             }
         }
-        // Moved entities are named by their index in the baseline's sorted ids: apply them
-        // before removals and spawns change the frame (until then it is the baseline).
-        let mut unknown = 0u64;
-        for p in &parts {
-            let mut idx = u64::from(p.index_base);
-            for m in &p.moved {
-                idx += u64::from(m.index_gap);
-                match usize::try_from(idx).ok().and_then(|i| frame.get_mut(i)) {
-                    Some((_, pos)) => *pos = QPos::apply_delta(*pos, m.delta),
-                    None => unknown += 1,
-                }
-                idx += 1;
-            }
-        }
-        let mut removed: Vec<NetId> = parts.iter().flat_map(|p| p.removed()).copied().collect();
-        if !removed.is_empty() {
-            removed.sort_unstable();
-            frame.retain(|(id, _)| removed.binary_search(id).is_err());
-        }
-        // New components by id: a spawn's, then changes (of entities in view only); the last
-        // given for an id wins.
-        let mut spawned = Vec::new();
-        let mut fresh: Vec<(NetId, Arc<[ComponentBlob]>)> = Vec::new();
-        let mut changed = Vec::new();
-        for p in parts {
-            let rare = p.rare.unwrap_or_default();
-            for s in rare.spawned {
-                spawned.push((s.id, s.pos));
-                fresh.push((s.id, s.components));
-            }
-            changed.extend(rare.changed);
-        }
-        upsert_sorted(&mut frame, spawned);
-        for c in changed {
-            if frame.binary_search_by_key(&c.id, |(id, _)| *id).is_ok() {
-                fresh.push((c.id, c.components));
-            } else {
-                unknown += 1;
-            }
-        }
-        fresh.sort_by_key(|(id, _)| *id); // stable: of one id, the last given comes last
+        let (fresh, unknown) = apply_parts(&mut frame, parts);
         let view = self.view_of(tick, &frame, fresh);
         if unknown > 0 {
             self.metrics.errors_n("update_for_unknown_entity", unknown);
