@@ -5,8 +5,10 @@
 # GET /api/cluster is sampled every second; the bots' JSON reports are kept.
 #
 # Printed per run: connected bots, snapshots/s p50, handoff gap p99 (and of it, redirect to the
-# new shard's Welcome), the bots' CPU seconds (they share the machine), UDP receive-buffer
-# drops on the machine during the run, avatar_missing_total,
+# new shard's Welcome; the handoffs that took a chain of redirects; the three seconds with the
+# slowest handoff), the bots' CPU seconds (they share the machine), the machine's CPU split
+# into the cluster's, the bots' and everything else's (a run beside other work measures the
+# machine), UDP receive-buffer drops on the machine during the run, avatar_missing_total,
 # cell moves/splits/merges (the master's events), and, from 30 s after the crowd formed (every
 # bot in), the median over the samples of max/mean clients per shard (weighted) and of the
 # busiest shard's tick CPU share; total_entities before the bots and after they left (medians
@@ -33,6 +35,18 @@ else
   cargo build -q --release -p zonescaler-server --bin zonescaler
   exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
 fi
+
+# machine_cpu UP_PID: the machine's busy and total CPU ticks (/proc/stat, all CPUs), and the
+# CPU ticks so far of `up` and its children (the shards). Their differences over the bots' run
+# say how much of the machine went to anything else (a build, another test): the 2 cores are
+# shared, and a run next to other work is not a measurement of the cluster.
+machine_cpu() {
+  local up=$1 ticks=0 pid
+  for pid in "$up" $(ps -o pid= --ppid "$up" 2>/dev/null); do
+    ticks=$(( ticks + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+  done
+  awk -v cluster="$ticks" '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6, cluster }' /proc/stat
+}
 
 run() { # on|off
   local mode=$1 dir="$out_dir/$1" port=$(( 20000 + RANDOM % 20000 ))
@@ -62,6 +76,7 @@ PY
   sleep 2
   date +%s.%N > "$dir/bots_start"
   grep '^Udp:' /proc/net/snmp > "$dir/udp_before" 2>/dev/null || true
+  machine_cpu "$up_pid" > "$dir/cpu_before"
   # In a subshell whose `times` then gives the bots' CPU time (its children's, user and system).
   (
     "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
@@ -71,6 +86,7 @@ PY
   )
   date +%s.%N > "$dir/bots_end"
   grep '^Udp:' /proc/net/snmp > "$dir/udp_after" 2>/dev/null || true
+  machine_cpu "$up_pid" > "$dir/cpu_after"
   wait_settled "$http" "$dir"
   # Samples after settling, for the median of total_entities: with three, two NPC handoffs in
   # flight at heartbeat time (one entity counted on both shards) made it 1001 (weights run,
@@ -164,6 +180,27 @@ def udp_drops():
         return read("udp_after")["RcvbufErrors"] - read("udp_before")["RcvbufErrors"]
     except (OSError, ValueError, KeyError):
         return None
+# CPU during the bots' run, in cores: the whole machine's, the cluster's (up and the shards),
+# and everything else (the bots are apart, from `times`): kernel network work not charged to a
+# process, this script's sampler, and whatever else ran on the machine. Much of that last
+# share means the run measured the machine, not the cluster.
+def cpu_split(bots_s):
+    try:
+        import os
+        hz = os.sysconf("SC_CLK_TCK")
+        b0, t0, c0 = map(int, open(f"{d}/cpu_before").read().split())
+        b1, t1, c1 = map(int, open(f"{d}/cpu_after").read().split())
+        secs = end - start
+        busy, cluster = (b1 - b0) / hz, (c1 - c0) / hz
+        return {
+            "machine_busy_cores": round(busy / secs, 2),
+            "cluster_cores": round(cluster / secs, 2),
+            "other_cores": round((busy - cluster - (bots_s or 0)) / secs, 2),
+        }
+    except (OSError, ValueError, ZeroDivisionError):
+        return {}
+# The seconds with the slowest handoff in them (the bots' timeline): when the gap's tail happened.
+slowest = sorted(r.get("timeline", []), key=lambda p: -p.get("gap_ms_max", 0))[:3]
 summary = {
     "balancer": mode,
     "connected": r.get("bots_connected", r.get("connected")),
@@ -172,7 +209,10 @@ summary = {
     "handoff_welcome_ms_p99": r.get("handoff_welcome_ms_p99"),
     "handoff_connect_ms_p99": r.get("handoff_connect_ms_p99"),
     "handoffs": r.get("handoffs"),
+    "handoffs_chained": r.get("handoffs_chained"),
+    "slowest_handoff_seconds": [[p["t_s"], p["gap_ms_max"]] for p in slowest if p.get("gap_ms_max")],
     "bots_cpu_s": cpu_s(f"{d}/bots_times"),
+    **cpu_split(cpu_s(f"{d}/bots_times")),
     "udp_receive_drops": udp_drops(),
     "avatar_missing_total": r.get("avatar_missing_total"),
     "errors": r.get("errors"),

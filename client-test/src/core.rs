@@ -240,6 +240,9 @@ pub struct BotMetrics {
     pub handoff_welcome_us: Vec<u32>,
     /// Redirect received → the new connection's QUIC handshake done, in microseconds.
     pub handoff_connect_us: Vec<u32>,
+    /// Handoffs that took more than one redirect: the avatar was handed on again before the
+    /// client got to it (the gap then spans every hop).
+    pub handoffs_chained: u64,
     pub errors: BTreeMap<String, u64>,
     /// Game commands the brain queued that were handed to the transport.
     pub commands_sent: u64,
@@ -434,6 +437,8 @@ pub struct BotClient {
     switched_from_us: Option<u64>,
     /// When the connection to the shard being followed to completed its handshake.
     hop_connected_at_us: Option<u64>,
+    /// Redirects in the handoff under way (more than one: a chain).
+    hops: u32,
     /// The border walk's next end (true: the second).
     walk_to_b: bool,
     /// A crowd bot's current goal, relative to the hot spot's centre (it moves with the hot spot).
@@ -484,6 +489,7 @@ impl BotClient {
             redirected_at_us: None,
             switched_from_us: None,
             hop_connected_at_us: None,
+            hops: 0,
             walk_to_b: true,
             crowd_goal: None,
             metrics: BotMetrics::default(),
@@ -535,6 +541,7 @@ impl BotClient {
     pub fn redirect_abandoned(&mut self) {
         self.redirected_at_us = None;
         self.hop_connected_at_us = None;
+        self.hops = 0;
     }
 
     /// The connection a redirect asked for completed its QUIC handshake at `at_us` (the part of
@@ -617,6 +624,7 @@ impl BotClient {
                 if self.welcome.is_some() {
                     // A chain of redirects is one handoff, timed from its first.
                     self.redirected_at_us.get_or_insert(now_us);
+                    self.hops += 1;
                 } else {
                     // A login sent to the shard it was given a seat on.
                     self.metrics.admitted(now_us);
@@ -763,11 +771,15 @@ impl BotClient {
         self.metrics.timeline.snapshot(now_us);
         self.metrics.timeline.connected(now_us);
         if let Some(at) = self.switched_from_us.take() {
+            let gap = now_us.saturating_sub(at);
             self.metrics.handoffs += 1;
-            self.metrics.timeline.handoff(now_us);
+            self.metrics.timeline.handoff(now_us, gap);
             self.metrics
                 .handoff_gap_us
-                .push(now_us.saturating_sub(at).min(u64::from(u32::MAX)) as u32);
+                .push(gap.min(u64::from(u32::MAX)) as u32);
+            if std::mem::take(&mut self.hops) > 1 {
+                self.metrics.handoffs_chained += 1;
+            }
         }
         self.metrics.last_snapshot_at_us = Some(now_us);
     }
@@ -1384,6 +1396,29 @@ mod tests {
             [S as u32 / 2 + 1],
             "the gap runs from the redirect to the new shard's first snapshot"
         );
+        assert_eq!(at(2).gap_ms_max, 500, "{t:?}");
+        assert_eq!(bot.metrics.handoffs_chained, 0);
+        // A chain: the shard the bot was sent to has handed the avatar on before the bot got
+        // there, and redirects it again. One handoff, timed from the first redirect, chained.
+        assert!(matches!(bot.on_control(4 * S, &redirect), Ok(Some(_))));
+        assert!(matches!(
+            bot.on_control(4 * S + S / 4, &redirect),
+            Ok(Some(_))
+        ));
+        bot.on_control(4 * S + S / 2, &welcome(hash))
+            .expect("welcomed at the end of the chain");
+        bot.on_datagram(4 * S + S / 2 + 7, &snapshot(9));
+        assert_eq!(
+            (bot.metrics.handoffs, bot.metrics.handoffs_chained),
+            (2, 1),
+            "a chain of redirects is one handoff, counted as chained"
+        );
+        assert_eq!(bot.metrics.handoff_gap_us[1], S as u32 / 2 + 7);
+        // The next plain handoff is not chained: the count of hops starts again.
+        assert!(matches!(bot.on_control(6 * S, &redirect), Ok(Some(_))));
+        bot.on_control(6 * S + 1, &welcome(hash)).expect("welcomed");
+        bot.on_datagram(6 * S + 2, &snapshot(12));
+        assert_eq!((bot.metrics.handoffs, bot.metrics.handoffs_chained), (3, 1));
     }
 
     /// The target of an input datagram.

@@ -129,7 +129,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn summary(out: &mut String, r: &Report) {
-    let rows: [(&str, String); 12] = [
+    let rows: [(&str, String); 13] = [
         (
             "bots",
             format!(
@@ -156,6 +156,10 @@ fn summary(out: &mut String, r: &Report) {
             ),
         ),
         ("handoffs", r.handoffs.to_string()),
+        (
+            "of them chained (redirected again)",
+            r.handoffs_chained.to_string(),
+        ),
         (
             "handoff gap",
             format!(
@@ -359,9 +363,10 @@ fn y_ticks(s: &mut String, x0: f64, y0: f64, pw: f64, ph: f64, top: f64, step: f
 /// (snapshots) does not flatten one of a few (errors).
 fn timeline(points: &[TimelinePoint]) -> String {
     type Series = (&'static str, fn(&TimelinePoint) -> u32);
-    let series: [Series; 4] = [
+    let series: [Series; 5] = [
         ("bots connected", |p| p.connected),
         ("handoffs / s", |p| p.handoffs),
+        ("slowest handoff (ms)", |p| p.gap_ms_max),
         ("errors / s", |p| p.errors),
         ("snapshots / s", |p| p.snapshots),
     ];
@@ -374,7 +379,7 @@ fn timeline(points: &[TimelinePoint]) -> String {
         s,
         "<figure>\n<figcaption>Per second since the swarm started</figcaption>\n\
          <svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
-         aria-label=\"timeline of bots connected, handoffs, errors and snapshots per second\">\n"
+         aria-label=\"timeline of bots connected, handoffs, the slowest handoff, errors and snapshots per second\">\n"
     );
     let _ = writeln!(
         s,
@@ -468,8 +473,8 @@ mod tests {
             if b == 0 {
                 m.handoffs = 2;
                 m.handoff_gap_us = vec![12_000, 30_000];
-                m.timeline.handoff(2 * s);
-                m.timeline.handoff(3 * s);
+                m.timeline.handoff(2 * s, 40_000);
+                m.timeline.handoff(3 * s, 700_000);
             }
             if b == 2 {
                 m.error_at(s, "login: closed by shard: <b>bad_ticket</b> & \"more\"");
@@ -515,6 +520,7 @@ mod tests {
             "time since start (s)",
             "bots connected",
             "handoffs / s",
+            "slowest handoff (ms)",
             "errors / s",
             "snapshots / s",
         ] {

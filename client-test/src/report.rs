@@ -197,6 +197,9 @@ pub struct Report {
     /// Of that, redirect received → the new connection's QUIC handshake done.
     pub handoff_connect_ms_p50: f64,
     pub handoff_connect_ms_p99: f64,
+    /// Of the handoffs, those that took more than one redirect (the avatar was handed on again
+    /// before its client got to it); their gap spans every hop.
+    pub handoffs_chained: u64,
     /// Game commands and chat lines the bots' brains sent, and player messages they received.
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
@@ -280,6 +283,7 @@ impl Report {
         let (mut commands, mut says, mut messages) = (0, 0, 0);
         let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
             (0, 0, 0, 0, 0, 0);
+        let mut chained = 0;
         for o in outcomes {
             let m = &o.metrics;
             for &r in &m.rtt_us {
@@ -304,6 +308,7 @@ impl Report {
             inputs += m.inputs_sent;
             missing += m.avatar_missing;
             handoffs += m.handoffs;
+            chained += m.handoffs_chained;
             commands += m.commands_sent;
             says += m.says_sent;
             messages += m.messages_received;
@@ -368,6 +373,7 @@ impl Report {
             handoff_welcome_ms_p99: quantile_ms(&welcomes, 0.99),
             handoff_connect_ms_p50: quantile_ms(&connects, 0.5),
             handoff_connect_ms_p99: quantile_ms(&connects, 0.99),
+            handoffs_chained: chained,
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
@@ -393,7 +399,8 @@ impl Report {
              entity update   {:.2} B mean ({} updates in {} B)\n\
              avatar missing  {} snapshots\n\
              handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
-             (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms)\n\
+             (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms; \
+             {} chained)\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n",
             self.game,
             self.scenario,
@@ -420,6 +427,7 @@ impl Report {
             self.handoff_connect_ms_p99,
             self.handoff_welcome_ms_p50,
             self.handoff_welcome_ms_p99,
+            self.handoffs_chained,
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,
@@ -675,7 +683,7 @@ mod tests {
         bot.timeline.connected(0);
         bot.timeline.connected(s);
         swarm.merge(&bot.timeline.drain_before(s));
-        bot.timeline.handoff(s + 1);
+        bot.timeline.handoff(s + 1, 50_000);
         bot.error_at(2 * s, "connection: reset");
         let summary = RunSummary {
             timeline: swarm,

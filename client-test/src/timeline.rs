@@ -26,6 +26,10 @@ pub struct Second {
     pub errors: u32,
     /// Complete snapshots applied.
     pub snapshots: u32,
+    /// The longest handoff gap among the handoffs that ended this second, in milliseconds
+    /// (merged: the longest of any bot's). Whole-run percentiles say how bad the tail is; this
+    /// says when it happened, so it can be laid beside the cluster's moves.
+    pub gap_ms_max: u32,
 }
 
 impl Second {
@@ -34,10 +38,12 @@ impl Second {
         self.handoffs = self.handoffs.saturating_add(o.handoffs);
         self.errors = self.errors.saturating_add(o.errors);
         self.snapshots = self.snapshots.saturating_add(o.snapshots);
+        self.gap_ms_max = self.gap_ms_max.max(o.gap_ms_max);
     }
 }
 
-/// One point of the report's timeline (JSON: `{t_s, connected, handoffs, errors, snapshots}`).
+/// One point of the report's timeline (JSON: `{t_s, connected, handoffs, errors, snapshots,
+/// gap_ms_max}`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TimelinePoint {
     /// Seconds since the run started: the point covers `[t_s, t_s + 1)`.
@@ -46,6 +52,8 @@ pub struct TimelinePoint {
     pub handoffs: u32,
     pub errors: u32,
     pub snapshots: u32,
+    /// The longest handoff gap that ended in this second (ms; 0 without handoffs).
+    pub gap_ms_max: u32,
 }
 
 /// Counters by second since the run's start. Sparse (a map), because a bot's own timeline holds
@@ -74,9 +82,13 @@ impl Timeline {
         }
     }
 
-    pub fn handoff(&mut self, now_us: u64) {
+    /// A handoff ended at `now_us` (its first snapshot from the new shard) after a gap of
+    /// `gap_us`.
+    pub fn handoff(&mut self, now_us: u64, gap_us: u64) {
         if let Some(s) = self.at(now_us) {
             s.handoffs = s.handoffs.saturating_add(1);
+            let ms = u32::try_from(gap_us / 1_000).unwrap_or(u32::MAX);
+            s.gap_ms_max = s.gap_ms_max.max(ms);
         }
     }
 
@@ -137,6 +149,7 @@ impl Timeline {
                     handoffs: s.handoffs,
                     errors: s.errors,
                     snapshots: s.snapshots,
+                    gap_ms_max: s.gap_ms_max,
                 }
             })
             .collect()
@@ -156,7 +169,8 @@ mod tests {
         t.connected(S / 2);
         t.snapshot(S / 2);
         t.snapshot(S + 1);
-        t.handoff(2 * S + 5);
+        t.handoff(2 * S + 5, 40_700);
+        t.handoff(2 * S + 9, 9_000);
         t.errors(2 * S + 6, 3);
         assert_eq!(
             t.get(0),
@@ -171,10 +185,12 @@ mod tests {
         assert_eq!(
             t.get(2),
             Some(Second {
-                handoffs: 1,
+                handoffs: 2,
                 errors: 3,
+                gap_ms_max: 40,
                 ..Default::default()
-            })
+            }),
+            "the second keeps its longest gap"
         );
         let points = t.points();
         assert_eq!(
@@ -192,6 +208,8 @@ mod tests {
         }
         b.connected(S);
         b.connected(3 * S);
+        a.handoff(S, 30_000);
+        b.handoff(S, 700_000);
         let mut swarm = Timeline::default();
         // Mid-way through second 2 the bots hand over seconds 0 and 1 only.
         swarm.merge(&a.drain_before(2 * S + 1));
@@ -203,6 +221,11 @@ mod tests {
         swarm.merge(&b);
         let connected: Vec<u32> = swarm.points().iter().map(|p| p.connected).collect();
         assert_eq!(connected, [1, 2, 1, 2], "each second counts each bot once");
+        assert_eq!(
+            swarm.get(1).map(|s| (s.handoffs, s.gap_ms_max)),
+            Some((2, 700)),
+            "handoffs add up; the longest gap is the longest of any bot's"
+        );
     }
 
     #[test]
@@ -211,7 +234,7 @@ mod tests {
         t.snapshot(u64::from(TIMELINE_SECONDS_MAX) * S);
         t.errors(u64::MAX, 1);
         assert!(t.is_empty(), "events past 24 h are not plotted");
-        t.handoff(3 * S);
+        t.handoff(3 * S, 1);
         let p = t.points();
         assert_eq!(p.len(), 4);
         assert_eq!(p[0], TimelinePoint::default());
