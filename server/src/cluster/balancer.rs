@@ -127,6 +127,9 @@ pub enum Reason {
     HotCell,
     /// The leaf is too big for any receiver to take; its children may fit.
     TooCoarse,
+    /// The leaf holds what its imbalanced owner must shed but is in its cooldown (it moved there
+    /// and a crowd walked on into it): its children, new cells, may move.
+    Cooling,
     /// The leaf is at the minimum size and too heavy for every neighbour: it goes to the lightest
     /// shard anywhere, leaving a region in two pieces.
     Indivisible,
@@ -150,6 +153,7 @@ impl fmt::Display for Reason {
             Self::Join => "first cell of a new shard",
             Self::HotCell => "cell above split_cell_load",
             Self::TooCoarse => "cell too big for any receiver",
+            Self::Cooling => "cell in its cooldown holds what its owner must shed",
             Self::Indivisible => "indivisible cell too heavy for every neighbour",
             Self::Underused => "no neighbour can take it; to a shard under the band",
             Self::ColdSiblings => "siblings under merge_cell_load",
@@ -388,6 +392,9 @@ struct CellState {
     hot_since: Option<u64>,
     /// When the balancer last moved, split or merged it (the cooldown runs from here).
     acted_ms: Option<u64>,
+    /// Its load when the balancer last moved it (not after a split or merge): a cooling cell
+    /// much heavier than that is one a crowd walked on into.
+    moved_work: Option<f64>,
     /// A planned move (from, to) the map does not show yet.
     pending: Option<(ShardId, ShardId)>,
 }
@@ -463,6 +470,9 @@ struct Leaf {
     entities: f64,
     /// In its cooldown or with a move in flight: not moved for balance.
     cooling: bool,
+    /// Cooling after a move, and more than [`GROWN_AFTER_MOVE`] times as heavy as when it moved:
+    /// a crowd walked on into it.
+    grown: bool,
     /// A planned move the map does not show yet: this round sees it at its target, and nothing
     /// (not even an evacuation) acts on it until the map does.
     in_flight: bool,
@@ -508,6 +518,9 @@ const MOVES_PER_SENDER_MAX: usize = 64;
 /// a few handoffs each, relieving nothing. 1/32: an excess is never cut into more than 32
 /// moves.
 const SHED_SHARE_MIN: f64 = 1.0 / 32.0;
+/// A cell in its cooldown after a move that is more than this many times as heavy as when it
+/// moved has had a crowd walk on into it, and may split for the balance ([`Round::split_cooling`]).
+const GROWN_AFTER_MOVE: f64 = 1.5;
 /// Cells a contiguity check may visit before it gives up and calls the cell a cut (a wrong "cut"
 /// only costs a less preferred choice).
 const CONTIGUITY_VISITS_MAX: usize = 64;
@@ -616,6 +629,9 @@ impl State {
                 Err(_) => self.extra.entry(cell).or_default(),
             };
             state.acted_ms = Some(now_ms);
+            state.moved_work = pending
+                .and_then(|_| round.index.get(&cell))
+                .map(|&i| round.leaves[i as usize].work);
             state.pending = pending;
         }
     }
@@ -903,6 +919,10 @@ impl Round<'_> {
             clients: st.clients.projected(s.horizon_ms),
             entities: st.entities.projected(s.horizon_ms),
             cooling,
+            grown: cooling
+                && st
+                    .moved_work
+                    .is_some_and(|w| work > GROWN_AFTER_MOVE * w.max(f64::MIN_POSITIVE)),
             in_flight: seen_owner != owner,
             hot_held: st
                 .hot_since
@@ -1440,7 +1460,7 @@ impl Round<'_> {
                 return;
             };
             let Some((leaf, to, reason)) = self.next_move(s, &p) else {
-                if !self.split_coarse(s) && p.hard {
+                if !self.split_coarse(s) && !self.split_cooling(s, &p) && p.hard {
                     let shard = self.rows[s as usize].id;
                     self.plan.notes.push(Note::NoReceiver { shard });
                 }
@@ -1608,6 +1628,39 @@ impl Round<'_> {
                 .collect();
             self.pick(candidates, p.need, p.dim).map(|leaf| (leaf, t))
         })
+    }
+
+    /// When nothing of `s` can move and its heaviest cell worth moving is in its cooldown after a
+    /// move, and has grown since ([`Leaf::grown`]): split that cell (a split moves nothing, so the
+    /// cooldown still holds for what moved), and the next rounds move its children, which are new
+    /// cells. A cell that came with its load (a drain, a balancing move) is not split: its
+    /// receiver took it knowing what it weighed, and passing it straight on is the flapping the
+    /// cooldown is for. A crowd walked on into a cell that had just moved to `s` otherwise sits
+    /// there until the cooldown ends, under
+    /// `split_cell_load` (the 600-bot migrate run, 2026-12-01: one shard went from 250 to 462 of
+    /// the 600 clients in 14 s, its cells all cooling, and nothing moved until one of them crossed
+    /// `split_cell_load`).
+    fn split_cooling(&mut self, s: u32, p: &Pressure) -> bool {
+        if self.budget.splits >= self.budget.cells_max {
+            return false;
+        }
+        let mut best: Option<(f64, CellId, u32)> = None;
+        for &leaf in &self.cells_of[s as usize] {
+            let l = &self.leaves[leaf as usize];
+            if !l.grown || l.acted || l.in_flight || !self.worth(leaf, p) || !self.splittable(leaf)
+            {
+                continue;
+            }
+            let v = self.value(leaf, p.dim);
+            if best.is_none_or(|(w, c, _)| (v, c) > (w, l.cell)) {
+                best = Some((v, l.cell, leaf));
+            }
+        }
+        let Some((_, _, leaf)) = best else {
+            return false;
+        };
+        self.do_split(leaf, Reason::Cooling);
+        true
     }
 
     /// When no border cell of `s` fits a neighbour but a quarter of one would: split the heaviest
@@ -2074,6 +2127,59 @@ mod tests {
         assert!(moved.iter().all(|m| m.3 == Reason::Underused), "{moved:?}");
     }
 
+    /// As below, but the crowd that walks on into the cell that just moved is under
+    /// `split_cell_load`: its owner is above the band, the cell is in its cooldown and nothing
+    /// else of the owner is worth moving. It is split for the balance (its children are new
+    /// cells and may move), not left with the crowd until its cooldown ends (in the 600-bot
+    /// migrate run: 250 → 462 of 600 clients on one shard in 14 s, nothing moving).
+    #[test]
+    fn a_cooling_cell_that_holds_its_owners_excess_is_split_before_its_cooldown_ends() {
+        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1), (2, 1), (3, 1)], 0.001);
+        let centre = [(3, 3), (4, 3), (3, 4), (4, 4)];
+        for (x, z) in centre {
+            toy.base.insert(CellId::base(x, z), 0.08);
+        }
+        let mut b = balancer(&section());
+        let (cell, moved_at) = loop {
+            assert!(toy.now < 8_000, "the crowd is spread within 8 rounds");
+            let at = toy.now;
+            if let Some(&(cell, ..)) = moves(&toy.step(&mut b)).first() {
+                break (cell, at);
+            }
+        };
+        for (x, z) in centre {
+            toy.base.insert(CellId::base(x, z), 0.001);
+        }
+        let load = 0.8 * section().split_cell_load;
+        toy.base.insert(cell, f64::from(load));
+        let mut after = Vec::new();
+        let mut spread_at = None;
+        while toy.now < moved_at + 10_000 {
+            after.extend(toy.step(&mut b).actions);
+            if spread_at.is_none() && toy.max_over_mean(4).0 <= 1.5 {
+                spread_at = Some(toy.now - moved_at);
+            }
+        }
+        assert!(
+            after.contains(&Planned {
+                action: Action::Split { cell },
+                reason: Reason::Cooling
+            }),
+            "the cell, under split_cell_load, is split in its cooldown: {after:?}"
+        );
+        assert!(
+            !after
+                .iter()
+                .any(|p| matches!(p.action, Action::Move { cell: c, .. } if c == cell)),
+            "the cell itself does not move again: {after:?}"
+        );
+        let (ratio, work) = toy.max_over_mean(4);
+        assert!(
+            spread_at.is_some() && ratio <= 1.5,
+            "its pieces went to the others within the cooldown: max/mean {ratio:.2}, {work:?}"
+        );
+    }
+
     /// The crowd of the test above walks on into one of the cells that just moved: that cell,
     /// in its cooldown, is split (a split moves nothing) and its pieces are spread, instead of
     /// the whole crowd staying on one shard until the cooldown ends (520 of 600 clients on one
@@ -2105,10 +2211,8 @@ mod tests {
             after.extend(plan.actions);
         }
         assert!(
-            after.contains(&Planned {
-                action: Action::Split { cell },
-                reason: Reason::HotCell
-            }),
+            after.iter().any(|p| p.action == Action::Split { cell }
+                && matches!(p.reason, Reason::HotCell | Reason::Cooling)),
             "the hot cell is split in its cooldown: {after:?}"
         );
         assert!(
