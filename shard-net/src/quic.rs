@@ -441,6 +441,22 @@ impl Shared {
     }
 }
 
+/// The client connections' paths at one moment ([`QuicServer::path_summary`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PathSummary {
+    pub connections: usize,
+    pub rtt_ms_p50: f64,
+    pub rtt_ms_max: f64,
+    /// Congestion windows, summed (bytes).
+    pub cwnd_sum: u64,
+    /// Since each connection opened, summed.
+    pub lost_packets: u64,
+    pub congestion_events: u64,
+    /// Datagram bytes waiting in the connections' send buffers, summed and the largest.
+    pub queued_bytes: u64,
+    pub queued_max: u64,
+}
+
 /// The server side of the QUIC transport. Created inside a tokio runtime (its tasks live there);
 /// [`Self::dispatch`] is sync and meant to be called from the shard thread.
 pub struct QuicServer {
@@ -571,6 +587,36 @@ impl QuicServer {
                 }
             }
         }
+    }
+
+    /// What the client connections' paths look like now, summed over the open connections
+    /// (quinn's own view of each: its RTT estimate, congestion window, losses, and the datagrams
+    /// still waiting in its send buffer). For the shard's periodic stats line: a standing queue
+    /// or a collapsed window shows clients that cannot keep up, or a sender that thinks so.
+    pub fn path_summary(&self) -> PathSummary {
+        let entries: Vec<Arc<ConnEntry>> = lock(&self.shared.conns).values().cloned().collect();
+        let mut out = PathSummary::default();
+        let mut rtts = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let st = e.conn().stats();
+            rtts.push(st.path.rtt.as_secs_f64() * 1e3);
+            out.cwnd_sum += st.path.cwnd;
+            out.lost_packets += st.path.lost_packets;
+            out.congestion_events += st.path.congestion_events;
+            let queued = tls::SERVER_DATAGRAM_SEND_BUFFER_BYTES
+                .saturating_sub(e.conn().datagram_send_buffer_space());
+            out.queued_bytes += queued as u64;
+            out.queued_max = out.queued_max.max(queued as u64);
+        }
+        out.connections = entries.len();
+        rtts.sort_by(f64::total_cmp);
+        let q = |f: f64| {
+            rtts.get(((rtts.len() as f64 - 1.0) * f).round() as usize)
+                .copied()
+        };
+        out.rtt_ms_p50 = q(0.5).unwrap_or(0.0);
+        out.rtt_ms_max = rtts.last().copied().unwrap_or(0.0);
+        out
     }
 
     /// Connections currently open (handshake done, `Disconnected` not yet emitted).

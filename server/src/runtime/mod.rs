@@ -441,6 +441,7 @@ impl Shard {
 
     fn report(&mut self, pace: &mut Pacing) {
         let s = self.app.stats();
+        let paths = self.server.path_summary();
         info!(
             tick = self.app.tick_number(),
             clients = s.clients,
@@ -449,6 +450,14 @@ impl Shard {
             tick_ms_p99 = pace.tick_ms(0.99),
             snapshot_kib_per_s = pace.snapshot_kib_per_s(s.snapshot_bytes),
             skipped_ahead = pace.skips,
+            snapshots_paced = s.snapshots_paced,
+            path_rtt_ms_p50 = paths.rtt_ms_p50,
+            path_rtt_ms_max = paths.rtt_ms_max,
+            path_cwnd_mean = paths.cwnd_sum / paths.connections.max(1) as u64,
+            path_lost_packets = paths.lost_packets,
+            path_congestion_events = paths.congestion_events,
+            datagrams_queued_bytes = paths.queued_bytes,
+            datagrams_queued_max = paths.queued_max,
             closed = ?s.closed,
             "shard stats"
         );
