@@ -18,7 +18,11 @@
 # back where it was (CI runs a short one this way).
 # WEIGHTS=1,1,2 gives the shards capacity weights (`up --weights`); the summary then also shows
 # each shard's share of the load and of the clients over its weight's share (1.0: exactly it).
-# Usage: [WEIGHTS=w,w,..] [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
+# HOTSPOT=X,Z puts the crowd elsewhere than the world's centre (`--hotspot`). The centre lies on
+# a border of the 4-shard map at epoch 1 (four stripes of 2 048 x 512 m), so there the crowd
+# starts split between two shards and the balancer can at best halve the busiest shard's load;
+# 0,256 is the middle of one stripe, where it starts on one shard, as in the issue's report.
+# Usage: [WEIGHTS=w,w,..] [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [HOTSPOT=X,Z] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/cluster_lib.sh
@@ -80,7 +84,7 @@ PY
   # In a subshell whose `times` then gives the bots' CPU time (its children's, user and system).
   (
     "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
-      --bots "$bots" --duration "$duration" --scenario "$scenario" --seed 7 \
+      --bots "$bots" --duration "$duration" --scenario "$scenario" ${HOTSPOT:+--hotspot "$HOTSPOT"} --seed 7 \
       --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
     times > "$dir/bots_times"
   )
@@ -210,6 +214,10 @@ summary = {
     "handoff_connect_ms_p99": r.get("handoff_connect_ms_p99"),
     "handoffs": r.get("handoffs"),
     "handoffs_chained": r.get("handoffs_chained"),
+    "snapshots_incomplete": r.get("snapshots_incomplete"),
+    "snapshot_parts_stale": r.get("snapshot_parts_stale"),
+    "bots_runtime_lag_ms_p99": r.get("runtime_lag_ms_p99"),
+    "bots_runtime_lag_ms_max": r.get("runtime_lag_ms_max"),
     "slowest_handoff_seconds": [[p["t_s"], p["gap_ms_max"]] for p in slowest if p.get("gap_ms_max")],
     "bots_cpu_s": cpu_s(f"{d}/bots_times"),
     **cpu_split(cpu_s(f"{d}/bots_times")),

@@ -223,6 +223,11 @@ pub struct BotMetrics {
     /// Complete snapshots applied.
     pub snapshots: u64,
     pub snapshot_parts: u64,
+    /// Snapshot parts that arrived after a newer snapshot was complete (decoded, then useless):
+    /// a bot behind its datagrams.
+    pub parts_stale: u64,
+    /// Snapshots begun and never completed (a part lost, or overtaken by a newer snapshot).
+    pub snapshots_incomplete: u64,
     pub bytes_down: u64,
     pub snapshot_bytes: u64,
     pub entity_updates: u64,
@@ -700,6 +705,7 @@ impl BotClient {
             self.in_flight.pop_front();
         }
         if part.tick <= self.latest_tick {
+            self.metrics.parts_stale += 1;
             return; // duplicate or older than what we hold whole
         }
         let (tick, parts, baseline) = (part.tick, usize::from(part.parts), part.baseline());
@@ -726,6 +732,7 @@ impl BotClient {
         }
         while self.partial.len() > PARTIAL_SNAPSHOTS_MAX {
             self.partial.pop_first();
+            self.metrics.snapshots_incomplete += 1;
         }
     }
 
@@ -754,7 +761,9 @@ impl BotClient {
             self.metrics.avatar_missing += 1;
         }
         self.latest_tick = tick;
+        let begun = self.partial.len();
         self.partial.retain(|t, _| *t > tick);
+        self.metrics.snapshots_incomplete += (begun - self.partial.len()) as u64;
         if self.history.len() >= CLIENT_HISTORY_TICKS
             && let Some((_, f)) = self.history.pop_front()
         {
@@ -1098,6 +1107,37 @@ mod tests {
             rare: Some(rare),
             ..Default::default()
         }))
+    }
+
+    /// A bot behind its datagrams is seen in its report: parts of snapshots older than the one
+    /// it holds whole are counted stale, snapshots it began and never completed incomplete.
+    #[test]
+    fn stale_parts_and_incomplete_snapshots_are_counted() {
+        let mut bot = BotClient::new(BotConfig::new("b", Scenario::Idle, 1));
+        let hash = bot.protocol_hash;
+        bot.on_control(0, &welcome(hash)).expect("welcomed");
+        // Part 0 of 2 of tick 3: begun, never finished.
+        let half = codec::encode(&ServerDatagram::Snapshot(SnapshotPart {
+            tick: 3,
+            parts: 2,
+            ..Default::default()
+        }));
+        bot.on_datagram(1, &half);
+        bot.on_datagram(2, &snapshot(5));
+        assert_eq!(bot.metrics.snapshots, 1);
+        assert_eq!(
+            (bot.metrics.snapshots_incomplete, bot.metrics.parts_stale),
+            (1, 0),
+            "tick 3 was overtaken by tick 5"
+        );
+        // Tick 4 arrives late, and tick 5 again: both useless now.
+        bot.on_datagram(3, &snapshot(4));
+        bot.on_datagram(4, &snapshot(5));
+        assert_eq!(
+            (bot.metrics.snapshots, bot.metrics.parts_stale),
+            (1, 2),
+            "a part older than the snapshot held whole is stale"
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn summary(out: &mut String, r: &Report) {
-    let rows: [(&str, String); 13] = [
+    let rows: [(&str, String); 14] = [
         (
             "bots",
             format!(
@@ -159,6 +159,14 @@ fn summary(out: &mut String, r: &Report) {
         (
             "of them chained (redirected again)",
             r.handoffs_chained.to_string(),
+        ),
+        (
+            "bots' runtime lag (a 10 ms timer, late)",
+            format!(
+                "p99 {} ms, max {} ms",
+                num(r.runtime_lag_ms_p99, 1),
+                num(r.runtime_lag_ms_max, 1)
+            ),
         ),
         (
             "handoff gap",
@@ -363,12 +371,13 @@ fn y_ticks(s: &mut String, x0: f64, y0: f64, pw: f64, ph: f64, top: f64, step: f
 /// (snapshots) does not flatten one of a few (errors).
 fn timeline(points: &[TimelinePoint]) -> String {
     type Series = (&'static str, fn(&TimelinePoint) -> u32);
-    let series: [Series; 5] = [
+    let series: [Series; 6] = [
         ("bots connected", |p| p.connected),
         ("handoffs / s", |p| p.handoffs),
         ("slowest handoff (ms)", |p| p.gap_ms_max),
         ("errors / s", |p| p.errors),
         ("snapshots / s", |p| p.snapshots),
+        ("bots' runtime lag (ms)", |p| p.lag_ms_max),
     ];
     // As wide as two histograms side by side, figure borders and the gap between them included.
     let w = CHART_W * 2.0 + 34.0;
@@ -379,7 +388,7 @@ fn timeline(points: &[TimelinePoint]) -> String {
         s,
         "<figure>\n<figcaption>Per second since the swarm started</figcaption>\n\
          <svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" \
-         aria-label=\"timeline of bots connected, handoffs, the slowest handoff, errors and snapshots per second\">\n"
+         aria-label=\"timeline of bots connected, handoffs, the slowest handoff, errors, snapshots and the bots' runtime lag per second\">\n"
     );
     let _ = writeln!(
         s,
@@ -523,6 +532,7 @@ mod tests {
             "slowest handoff (ms)",
             "errors / s",
             "snapshots / s",
+            "bots&#39; runtime lag (ms)",
         ] {
             assert!(page.contains(axis), "axis label `{axis}`");
         }

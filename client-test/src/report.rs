@@ -38,6 +38,8 @@ pub struct RunSummary {
     pub timeline: Timeline,
     /// Where a `crowd` or `migrate` run gathered its bots.
     pub hotspot: Option<HotspotSummary>,
+    /// How late the bots' runtime woke a 10 ms timer, sample by sample (microseconds).
+    pub runtime_lag_us: Vec<u32>,
 }
 
 /// The hot spot of a `crowd` or `migrate` run, as the report gives it: from `(x, z)` to
@@ -197,6 +199,16 @@ pub struct Report {
     /// Of that, redirect received → the new connection's QUIC handshake done.
     pub handoff_connect_ms_p50: f64,
     pub handoff_connect_ms_p99: f64,
+    /// Snapshot parts that came after a newer snapshot was complete (the bot was behind its
+    /// datagrams), and snapshots begun but never completed (a part lost or overtaken).
+    pub snapshot_parts_stale: u64,
+    pub snapshots_incomplete: u64,
+    /// How late the bots' own runtime woke a 10 ms timer (its worker threads all busy): the
+    /// generator's lag, which delays every bot at once and which a shard cannot tell from a slow
+    /// path. Over a few tens of ms at p99, the run measured the bots' machine as much as the
+    /// cluster.
+    pub runtime_lag_ms_p99: f64,
+    pub runtime_lag_ms_max: f64,
     /// Of the handoffs, those that took more than one redirect (the avatar was handed on again
     /// before its client got to it); their gap spans every hop.
     pub handoffs_chained: u64,
@@ -283,7 +295,7 @@ impl Report {
         let (mut commands, mut says, mut messages) = (0, 0, 0);
         let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
             (0, 0, 0, 0, 0, 0);
-        let mut chained = 0;
+        let (mut chained, mut stale, mut incomplete) = (0, 0, 0);
         for o in outcomes {
             let m = &o.metrics;
             for &r in &m.rtt_us {
@@ -309,6 +321,8 @@ impl Report {
             missing += m.avatar_missing;
             handoffs += m.handoffs;
             chained += m.handoffs_chained;
+            stale += m.parts_stale;
+            incomplete += m.snapshots_incomplete;
             commands += m.commands_sent;
             says += m.says_sent;
             messages += m.messages_received;
@@ -318,6 +332,10 @@ impl Report {
             timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        let mut lag = micros_histogram();
+        for &us in &run.runtime_lag_us {
+            lag.saturating_record(u64::from(us).max(1));
+        }
         let mut queue = micros_histogram();
         for us in outcomes.iter().filter_map(|o| o.metrics.queue_us) {
             queue.saturating_record(us.max(1));
@@ -374,6 +392,10 @@ impl Report {
             handoff_connect_ms_p50: quantile_ms(&connects, 0.5),
             handoff_connect_ms_p99: quantile_ms(&connects, 0.99),
             handoffs_chained: chained,
+            snapshot_parts_stale: stale,
+            runtime_lag_ms_p99: quantile_ms(&lag, 0.99),
+            runtime_lag_ms_max: quantile_ms(&lag, 1.0),
+            snapshots_incomplete: incomplete,
             commands_sent_total: commands,
             says_sent_total: says,
             messages_received_total: messages,
@@ -393,7 +415,7 @@ impl Report {
         let mut s = format!(
             "game {}, scenario {} for {:.1}s\n\
              bots            {} connected / {} requested ({} failed)\n\
-             snapshots/s     p50 {:.1}  min {:.1}  (per bot)\n\
+             snapshots/s     p50 {:.1}  min {:.1}  (per bot; {} incomplete, {} stale parts)\n\
              rtt             p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} inputs)\n\
              bandwidth       {:.0} B/s down per bot (mean)\n\
              entity update   {:.2} B mean ({} updates in {} B)\n\
@@ -401,7 +423,8 @@ impl Report {
              handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
              (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms; \
              {} chained)\n\
-             game traffic    {} commands, {} chat lines sent; {} messages received\n",
+             game traffic    {} commands, {} chat lines sent; {} messages received\n\
+             bots' runtime   lag p99 {:.1} ms  max {:.1} ms (a 10 ms timer, late)\n",
             self.game,
             self.scenario,
             self.duration_s,
@@ -410,6 +433,8 @@ impl Report {
             self.connect_failures,
             self.snapshots_per_sec_p50,
             self.snapshots_per_sec_min,
+            self.snapshots_incomplete,
+            self.snapshot_parts_stale,
             self.rtt_ms_p50,
             self.rtt_ms_p99,
             self.rtt_ms_max,
@@ -431,6 +456,8 @@ impl Report {
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,
+            self.runtime_lag_ms_p99,
+            self.runtime_lag_ms_max,
         );
         if let Some(h) = &self.hotspot {
             s.push_str(&h.render());

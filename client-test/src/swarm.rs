@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
 use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl, Welcome};
@@ -159,6 +159,18 @@ struct Live {
     handoffs: AtomicU64,
 }
 
+/// Bots sharing one QUIC endpoint (one UDP socket, one driver task). quinn's endpoint driver
+/// reads its socket for at most 50 µs per poll (`RECV_TIME_BOUND`), then queues itself behind
+/// every other task of the runtime; on a busy runtime (hundreds of bots and their connections
+/// on two cores) that caps what one endpoint can take in per second. At 128 bots an endpoint
+/// (600 crowd bots: 5 endpoints, about 27,000 datagrams a second in all) the sockets fell
+/// behind: for seconds at a time the shards measured a path RTT of 200–500 ms to every bot at
+/// once while the bots' own runtime lagged only 15–40 ms, and snapshots were paced. At 16 a
+/// socket (38 endpoints) the same run's path RTT stayed at 3–30 ms (2026-12-01, benches/README).
+pub const BOTS_PER_ENDPOINT: usize = 16;
+/// At most this many endpoints (sockets) however many bots.
+pub const ENDPOINTS_MAX: usize = 256;
+
 /// Run the swarm to completion and build its report.
 ///
 /// A [`Scenario::Border`] run first logs one scout in to read the cell map, and fails if the map
@@ -166,7 +178,7 @@ struct Live {
 /// ([`Scenario::gathers`]) run's scout reads the world's bounds and speed from its `Welcome`, to
 /// place the hot spot, and fails if the hot spot is outside the world.
 pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
-    let endpoints_n = (cfg.bots / 128 + 1).min(8);
+    let endpoints_n = cfg.bots.div_ceil(BOTS_PER_ENDPOINT).clamp(1, ENDPOINTS_MAX);
     let mut endpoints = Vec::with_capacity(endpoints_n);
     for _ in 0..endpoints_n {
         endpoints.push(quic::client_endpoint_for(&cfg.trust, cfg.addr)?);
@@ -196,18 +208,23 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     });
     let tasks = spawn_bots(&cfg, &endpoints, (&walks, hotspot), &run, ticket_expires_ms);
     let progress = cfg.progress.then(|| spawn_progress(cfg.bots, run.clone()));
+    let (probe_stop, probe_stopped) = oneshot::channel();
+    let probe = tokio::spawn(lag_probe(run.start, probe_stopped));
     let (outcomes, extra) = join_bots(tasks).await;
     if let Some(p) = progress {
         p.abort();
     }
+    let _ = probe_stop.send(());
+    let (lag_timeline, lag_us) = probe.await.unwrap_or_default();
     for e in &endpoints {
         e.close(0u32.into(), b"done");
     }
     for e in &endpoints {
         let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
     }
-    let timeline =
+    let mut timeline =
         std::mem::take(&mut *run.timeline.lock().unwrap_or_else(PoisonError::into_inner));
+    timeline.merge(&lag_timeline);
     let summary = RunSummary {
         game: cfg.game.name.clone(),
         scenario: cfg.scenario.name().into(),
@@ -216,6 +233,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         errors: extra,
         timeline,
         hotspot: hotspot.map(|h| HotspotSummary::of(&h)),
+        runtime_lag_us: lag_us,
     };
     Ok(Report::build(&summary, &outcomes))
 }
@@ -365,6 +383,36 @@ async fn scout(
             )
         })?
 }
+
+/// How late the bots' own runtime wakes a task: sleeps of [`LAG_PROBE_PERIOD`] until `stop`,
+/// each one's overshoot recorded (microseconds) and put in the timeline's second. Every bot
+/// shares these worker threads, so when they are late every bot's acknowledgements and inputs
+/// are too, and a shard sees its whole path to the bots slow down at once: a generator that
+/// cannot keep up looks like a server that cannot.
+async fn lag_probe(start: Instant, mut stop: oneshot::Receiver<()>) -> (Timeline, Vec<u32>) {
+    let (mut timeline, mut samples) = (Timeline::default(), Vec::new());
+    loop {
+        let before = Instant::now();
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(LAG_PROBE_PERIOD) => {}
+        }
+        let lag = before.elapsed().saturating_sub(LAG_PROBE_PERIOD);
+        let lag_us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        let now_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        timeline.lag(now_us, lag_us);
+        // One sample per 10 ms: 360,000 an hour, 1.4 MB; past a day the timeline stops too.
+        if samples.len() < LAG_SAMPLES_MAX {
+            samples.push(u32::try_from(lag_us).unwrap_or(u32::MAX));
+        }
+    }
+    (timeline, samples)
+}
+
+/// The lag probe's sleep.
+const LAG_PROBE_PERIOD: Duration = Duration::from_millis(10);
+/// Lag samples kept for the report's percentiles (a day of them).
+const LAG_SAMPLES_MAX: usize = 24 * 3_600 * 100;
 
 fn spawn_progress(bots: usize, run: Arc<Run>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

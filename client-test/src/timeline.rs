@@ -30,6 +30,10 @@ pub struct Second {
     /// (merged: the longest of any bot's). Whole-run percentiles say how bad the tail is; this
     /// says when it happened, so it can be laid beside the cluster's moves.
     pub gap_ms_max: u32,
+    /// The bots' own runtime: the longest a 10 ms timer fired late this second, in ms. A
+    /// generator that stalls delays every bot's acknowledgements and inputs at once, and the
+    /// shards see it as a slow path; this says when it happened.
+    pub lag_ms_max: u32,
 }
 
 impl Second {
@@ -39,11 +43,12 @@ impl Second {
         self.errors = self.errors.saturating_add(o.errors);
         self.snapshots = self.snapshots.saturating_add(o.snapshots);
         self.gap_ms_max = self.gap_ms_max.max(o.gap_ms_max);
+        self.lag_ms_max = self.lag_ms_max.max(o.lag_ms_max);
     }
 }
 
 /// One point of the report's timeline (JSON: `{t_s, connected, handoffs, errors, snapshots,
-/// gap_ms_max}`).
+/// gap_ms_max, lag_ms_max}`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TimelinePoint {
     /// Seconds since the run started: the point covers `[t_s, t_s + 1)`.
@@ -54,6 +59,8 @@ pub struct TimelinePoint {
     pub snapshots: u32,
     /// The longest handoff gap that ended in this second (ms; 0 without handoffs).
     pub gap_ms_max: u32,
+    /// The bots' runtime's longest lag this second (ms): see [`Second::lag_ms_max`].
+    pub lag_ms_max: u32,
 }
 
 /// Counters by second since the run's start. Sparse (a map), because a bot's own timeline holds
@@ -89,6 +96,14 @@ impl Timeline {
             s.handoffs = s.handoffs.saturating_add(1);
             let ms = u32::try_from(gap_us / 1_000).unwrap_or(u32::MAX);
             s.gap_ms_max = s.gap_ms_max.max(ms);
+        }
+    }
+
+    /// The bots' runtime woke a timer `lag_us` late at `now_us`.
+    pub fn lag(&mut self, now_us: u64, lag_us: u64) {
+        if let Some(s) = self.at(now_us) {
+            let ms = u32::try_from(lag_us / 1_000).unwrap_or(u32::MAX);
+            s.lag_ms_max = s.lag_ms_max.max(ms);
         }
     }
 
@@ -150,6 +165,7 @@ impl Timeline {
                     errors: s.errors,
                     snapshots: s.snapshots,
                     gap_ms_max: s.gap_ms_max,
+                    lag_ms_max: s.lag_ms_max,
                 }
             })
             .collect()
