@@ -2127,6 +2127,33 @@ mod tests {
         assert!(moved.iter().all(|m| m.3 == Reason::Underused), "{moved:?}");
     }
 
+    /// A crowd on the four centre cells of an 8 × 8 world on 4 shards (`each` per cell) until
+    /// the balancer's first move; then all of it (`crowd`) walks on into the cell that moved.
+    /// The toy, its balancer, that cell, where it went and when.
+    fn crowd_walks_into_a_moved_cell(
+        each: f64,
+        crowd: f64,
+    ) -> (Toy, Balancer, CellId, ShardId, u64) {
+        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1), (2, 1), (3, 1)], 0.001);
+        let centre = [(3, 3), (4, 3), (3, 4), (4, 4)];
+        for (x, z) in centre {
+            toy.base.insert(CellId::base(x, z), each);
+        }
+        let mut b = balancer(&section());
+        let (cell, to, moved_at) = loop {
+            assert!(toy.now < 8_000, "the crowd is spread within 8 rounds");
+            let at = toy.now;
+            if let Some(&(cell, _, to, _)) = moves(&toy.step(&mut b)).first() {
+                break (cell, to, at);
+            }
+        };
+        for (x, z) in centre {
+            toy.base.insert(CellId::base(x, z), 0.001);
+        }
+        toy.base.insert(cell, crowd);
+        (toy, b, cell, to, moved_at)
+    }
+
     /// As below, but the crowd that walks on into the cell that just moved is under
     /// `split_cell_load`: its owner is above the band, the cell is in its cooldown and nothing
     /// else of the owner is worth moving. It is split for the balance (its children are new
@@ -2134,24 +2161,8 @@ mod tests {
     /// migrate run: 250 → 462 of 600 clients on one shard in 14 s, nothing moving).
     #[test]
     fn a_cooling_cell_that_holds_its_owners_excess_is_split_before_its_cooldown_ends() {
-        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1), (2, 1), (3, 1)], 0.001);
-        let centre = [(3, 3), (4, 3), (3, 4), (4, 4)];
-        for (x, z) in centre {
-            toy.base.insert(CellId::base(x, z), 0.08);
-        }
-        let mut b = balancer(&section());
-        let (cell, moved_at) = loop {
-            assert!(toy.now < 8_000, "the crowd is spread within 8 rounds");
-            let at = toy.now;
-            if let Some(&(cell, ..)) = moves(&toy.step(&mut b)).first() {
-                break (cell, at);
-            }
-        };
-        for (x, z) in centre {
-            toy.base.insert(CellId::base(x, z), 0.001);
-        }
-        let load = 0.8 * section().split_cell_load;
-        toy.base.insert(cell, f64::from(load));
+        let load = 0.8 * f64::from(section().split_cell_load);
+        let (mut toy, mut b, cell, _, moved_at) = crowd_walks_into_a_moved_cell(0.08, load);
         let mut after = Vec::new();
         let mut spread_at = None;
         while toy.now < moved_at + 10_000 {
@@ -2186,24 +2197,7 @@ mod tests {
     /// shard for 30 s in the 600-bot migrate run). The moved cell itself does not move again.
     #[test]
     fn a_crowd_that_walks_into_a_cell_in_its_cooldown_is_spread_by_splitting_it() {
-        let mut toy = Toy::new(8, 8, &[(0, 1), (1, 1), (2, 1), (3, 1)], 0.001);
-        let centre = [(3, 3), (4, 3), (3, 4), (4, 4)];
-        for (x, z) in centre {
-            toy.base.insert(CellId::base(x, z), 0.15);
-        }
-        let mut b = balancer(&section());
-        let (cell, to, moved_at) = loop {
-            assert!(toy.now < 8_000, "the crowd is spread within 8 rounds");
-            let at = toy.now;
-            if let Some(&(cell, _, to, _)) = moves(&toy.step(&mut b)).first() {
-                break (cell, to, at);
-            }
-        };
-        // It all walks into that cell.
-        for (x, z) in centre {
-            toy.base.insert(CellId::base(x, z), 0.001);
-        }
-        toy.base.insert(cell, 0.6);
+        let (mut toy, mut b, cell, to, moved_at) = crowd_walks_into_a_moved_cell(0.15, 0.6);
         let mut after = Vec::new();
         // Every round up to the end of the cell's 10 s cooldown.
         while toy.now < moved_at + 10_000 {
