@@ -1636,10 +1636,9 @@ impl Round<'_> {
     /// cells. A cell that came with its load (a drain, a balancing move) is not split: its
     /// receiver took it knowing what it weighed, and passing it straight on is the flapping the
     /// cooldown is for. A crowd walked on into a cell that had just moved to `s` otherwise sits
-    /// there until the cooldown ends, under
-    /// `split_cell_load` (the 600-bot migrate run, 2026-12-01: one shard went from 250 to 462 of
-    /// the 600 clients in 14 s, its cells all cooling, and nothing moved until one of them crossed
-    /// `split_cell_load`).
+    /// there until the cooldown ends, under `split_cell_load` (the 600-bot migrate run,
+    /// 2026-12-01: one shard went from 250 to 462 of the 600 clients in 14 s, its cells all
+    /// cooling, and nothing moved until one of them crossed `split_cell_load`).
     fn split_cooling(&mut self, s: u32, p: &Pressure) -> bool {
         if self.budget.splits >= self.budget.cells_max {
             return false;
@@ -2127,6 +2126,13 @@ mod tests {
         assert!(moved.iter().all(|m| m.3 == Reason::Underused), "{moved:?}");
     }
 
+    /// Whether any of `actions` moves `cell`.
+    fn moves_cell(actions: &[Planned], cell: CellId) -> bool {
+        actions
+            .iter()
+            .any(|p| matches!(p.action, Action::Move { cell: c, .. } if c == cell))
+    }
+
     /// A crowd on the four centre cells of an 8 × 8 world on 4 shards (`each` per cell) until
     /// the balancer's first move; then all of it (`crowd`) walks on into the cell that moved.
     /// The toy, its balancer, that cell, where it went and when.
@@ -2179,9 +2185,7 @@ mod tests {
             "the cell, under split_cell_load, is split in its cooldown: {after:?}"
         );
         assert!(
-            !after
-                .iter()
-                .any(|p| matches!(p.action, Action::Move { cell: c, .. } if c == cell)),
+            !moves_cell(&after, cell),
             "the cell itself does not move again: {after:?}"
         );
         let (ratio, work) = toy.max_over_mean(4);
@@ -2210,9 +2214,7 @@ mod tests {
             "the hot cell is split in its cooldown: {after:?}"
         );
         assert!(
-            !after
-                .iter()
-                .any(|p| matches!(p.action, Action::Move { cell: c, .. } if c == cell)),
+            !moves_cell(&after, cell),
             "the cell itself does not move again: {after:?}"
         );
         let (ratio, work) = toy.max_over_mean(4);
