@@ -86,6 +86,11 @@ pub struct BotArgs {
     /// Inputs per second per bot.
     #[arg(long, default_value_t = 30)]
     pub input_hz: u32,
+    /// Ignore the shards' heads-up that a redirect may follow (`Prepare`) and connect only when
+    /// it comes, as a client that does not implement it. By default a bot opens that connection
+    /// at once, so a redirect finds its QUIC handshake done.
+    #[arg(long)]
+    pub no_preconnect: bool,
     /// Seed for the bots' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -247,6 +252,7 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
         trust,
         seed: args.seed,
         input_hz: args.input_hz,
+        preconnect: !args.no_preconnect,
         progress: !args.quiet,
         game: game.clone(),
         login,

@@ -248,6 +248,10 @@ pub struct BotMetrics {
     /// Handoffs that took more than one redirect: the avatar was handed on again before the
     /// client got to it (the gap then spans every hop).
     pub handoffs_chained: u64,
+    /// `Prepare`s received: the shard offered the avatar and told the bot where it may go.
+    pub redirects_prepared: u64,
+    /// Handoffs whose new connection had been opened on a `Prepare`, before the redirect came.
+    pub handoffs_preconnected: u64,
     pub errors: BTreeMap<String, u64>,
     /// Game commands the brain queued that were handed to the transport.
     pub commands_sent: u64,
@@ -444,6 +448,8 @@ pub struct BotClient {
     hop_connected_at_us: Option<u64>,
     /// Redirects in the handoff under way (more than one: a chain).
     hops: u32,
+    /// The newest `Prepare` not yet taken by the transport ([`Self::take_prepare`]).
+    prepare: Option<Prepare>,
     /// The border walk's next end (true: the second).
     walk_to_b: bool,
     /// A crowd bot's current goal, relative to the hot spot's centre (it moves with the hot spot).
@@ -495,6 +501,7 @@ impl BotClient {
             switched_from_us: None,
             hop_connected_at_us: None,
             hops: 0,
+            prepare: None,
             walk_to_b: true,
             crowd_goal: None,
             metrics: BotMetrics::default(),
@@ -553,6 +560,19 @@ impl BotClient {
     /// the handoff gap before the new shard had the client's `Hello`).
     pub fn redirect_connected(&mut self, at_us: u64) {
         self.hop_connected_at_us = Some(at_us);
+    }
+
+    /// The redirect being followed goes over a connection opened on a `Prepare`
+    /// ([`Self::take_prepare`]); its handshake completed at `at_us`, maybe before the redirect.
+    pub fn redirect_preconnected(&mut self, at_us: u64) {
+        self.metrics.handoffs_preconnected += 1;
+        self.redirect_connected(at_us);
+    }
+
+    /// Where the shard said a redirect may soon send the bot, once: the transport may open that
+    /// connection now and send [`Self::hello_redirected`] on it when the redirect comes.
+    pub fn take_prepare(&mut self) -> Option<Prepare> {
+        self.prepare.take()
     }
 
     /// The newest cell map the shard sent.
@@ -638,6 +658,11 @@ impl BotClient {
             }
             Ok(ServerControl::CellMap(m)) => {
                 self.cell_map = Some(m);
+                Ok(None)
+            }
+            Ok(ServerControl::Prepare(p)) => {
+                self.metrics.redirects_prepared += 1;
+                self.prepare = Some(p);
                 Ok(None)
             }
             Ok(ServerControl::Queued(place)) => {

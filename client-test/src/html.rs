@@ -129,7 +129,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn summary(out: &mut String, r: &Report) {
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 15] = [
         (
             "bots",
             format!(
@@ -159,6 +159,13 @@ fn summary(out: &mut String, r: &Report) {
         (
             "of them chained (redirected again)",
             r.handoffs_chained.to_string(),
+        ),
+        (
+            "of them over a connection opened ahead (on a Prepare)",
+            format!(
+                "{} ({} Prepares received)",
+                r.handoffs_preconnected, r.redirects_prepared
+            ),
         ),
         (
             "bots' runtime lag (a 10 ms timer, late)",

@@ -212,6 +212,11 @@ pub struct Report {
     /// Of the handoffs, those that took more than one redirect (the avatar was handed on again
     /// before its client got to it); their gap spans every hop.
     pub handoffs_chained: u64,
+    /// Times a shard told a bot that its avatar was offered elsewhere (`Prepare`), and the
+    /// handoffs whose new connection the bot had opened on one, before its redirect came (0
+    /// with `--no-preconnect`).
+    pub redirects_prepared: u64,
+    pub handoffs_preconnected: u64,
     /// Game commands and chat lines the bots' brains sent, and player messages they received.
     pub commands_sent_total: u64,
     pub says_sent_total: u64,
@@ -296,6 +301,7 @@ impl Report {
         let (mut snaps, mut updates, mut sbytes, mut inputs, mut missing, mut handoffs) =
             (0, 0, 0, 0, 0, 0);
         let (mut chained, mut stale, mut incomplete) = (0, 0, 0);
+        let (mut prepared, mut preconnected) = (0, 0);
         for o in outcomes {
             let m = &o.metrics;
             for &r in &m.rtt_us {
@@ -321,6 +327,8 @@ impl Report {
             missing += m.avatar_missing;
             handoffs += m.handoffs;
             chained += m.handoffs_chained;
+            prepared += m.redirects_prepared;
+            preconnected += m.handoffs_preconnected;
             stale += m.parts_stale;
             incomplete += m.snapshots_incomplete;
             commands += m.commands_sent;
@@ -392,6 +400,8 @@ impl Report {
             handoff_connect_ms_p50: quantile_ms(&connects, 0.5),
             handoff_connect_ms_p99: quantile_ms(&connects, 0.99),
             handoffs_chained: chained,
+            redirects_prepared: prepared,
+            handoffs_preconnected: preconnected,
             snapshot_parts_stale: stale,
             runtime_lag_ms_p99: quantile_ms(&lag, 0.99),
             runtime_lag_ms_max: quantile_ms(&lag, 1.0),
@@ -422,7 +432,7 @@ impl Report {
              avatar missing  {} snapshots\n\
              handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
              (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms; \
-             {} chained)\n\
+             {} chained, {} of {} prepared connected ahead)\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n\
              bots' runtime   lag p99 {:.1} ms  max {:.1} ms (a 10 ms timer, late)\n",
             self.game,
@@ -453,6 +463,8 @@ impl Report {
             self.handoff_welcome_ms_p50,
             self.handoff_welcome_ms_p99,
             self.handoffs_chained,
+            self.handoffs_preconnected,
+            self.redirects_prepared,
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use zonescaler_net::quic::{self, ClientSession, NetError};
 use zonescaler_net::tls::ClientTrust;
-use zonescaler_shared::protocol::{CellMapView, ErrorCode, Redirect, ServerControl, Welcome};
+use zonescaler_shared::protocol::{
+    CellMapView, ErrorCode, Prepare, Redirect, ServerControl, Welcome,
+};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::TicketSigner;
 use zonescaler_shared::{codec, limits};
@@ -42,6 +44,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redirects followed in a row without a `Welcome` in between. More means the shards keep
 /// pointing at each other (or the avatar outruns its client): give up rather than loop.
 const REDIRECTS_IN_A_ROW_MAX: u32 = 4;
+
+/// How long a connection opened on a `Prepare` waits for its redirect before the bot closes it:
+/// a handoff is answered within the shards' handoff timeout (2 s by default), and the shard
+/// closes a connection without `Hello` after `limits::HELLO_TIMEOUT_MS` (5 s), which the bot
+/// would report as an error.
+const PREPARED_KEEP: Duration = Duration::from_millis(3_000);
+const _: () = assert!(PREPARED_KEEP.as_millis() < limits::HELLO_TIMEOUT_MS as u128);
 /// How long the scout of a border run may take to log in and receive the cell map.
 const SCOUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The prefix of the bots' account names unless a run names another (`--accounts`).
@@ -95,6 +104,10 @@ pub struct SwarmConfig {
     pub seed: u64,
     /// Inputs per second per bot (the shard's tick rate is a good choice).
     pub input_hz: u32,
+    /// Open the connection a redirect may need when a shard says it may come (`Prepare`), so
+    /// the redirect finds its QUIC handshake done. Off: bots connect on the redirect, as a
+    /// client that ignores `Prepare` does.
+    pub preconnect: bool,
     /// Show a progress bar (or, without a terminal, a line every few seconds).
     pub progress: bool,
     /// The game the bots play: its client hash, command ids and brain.
@@ -126,6 +139,7 @@ impl SwarmConfig {
             trust,
             seed: 1,
             input_hz: 30,
+            preconnect: true,
             progress: false,
             game: BotGame::demo(),
             login: None,
@@ -145,6 +159,7 @@ struct Run {
     start: Instant,
     deadline: Instant,
     input_hz: u32,
+    preconnect: bool,
     live: Live,
     /// The seconds bots already handed over (see [`Timeline::drain_before`]).
     timeline: Mutex<Timeline>,
@@ -203,6 +218,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         start,
         deadline: start + cfg.ramp + cfg.duration,
         input_hz: cfg.input_hz,
+        preconnect: cfg.preconnect,
         live: Live::default(),
         timeline: Mutex::new(Timeline::default()),
     });
@@ -574,8 +590,9 @@ impl OpenError {
     }
 }
 
-/// A session, the first control message its shard sent, and when the QUIC handshake completed.
-type Opened = (ClientSession, Vec<u8>, Instant);
+/// A session, the first control message its shard sent, when the QUIC handshake completed, and
+/// whether that was ahead of the redirect (a connection opened on a `Prepare`).
+type Opened = (ClientSession, Vec<u8>, Instant, bool);
 
 /// A redirect being followed, polled inside the bot's loop so the old connection keeps being
 /// served; dropping it abandons the attempt.
@@ -589,17 +606,89 @@ async fn open(
     hello: &[u8],
 ) -> Result<Opened, OpenError> {
     let connect = quic::connect(endpoint, addr, server_name, hello);
-    let mut session = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let session = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(OpenError::Connect(e)),
         Err(_) => return Err(OpenError::ConnectTimeout),
     };
     let connected = Instant::now();
+    first_answer(session, connected, false).await
+}
+
+/// Read the shard's first answer on `session`, whose handshake completed at `connected`.
+async fn first_answer(
+    mut session: ClientSession,
+    connected: Instant,
+    ahead: bool,
+) -> Result<Opened, OpenError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, session.read_control()).await {
-        Ok(Ok(first)) => Ok((session, first, connected)),
+        Ok(Ok(first)) => Ok((session, first, connected, ahead)),
         Ok(Err(e)) => Err(OpenError::Read(e)),
         Err(_) => Err(OpenError::ReadTimeout),
     }
+}
+
+/// A connection opened on a `Prepare`: its handshake runs in its own task while the old shard
+/// keeps serving the bot, so that a redirect to `shard` only has its `Hello` left to send.
+struct Ready {
+    shard: zonescaler_shared::ShardId,
+    addr: String,
+    since: Instant,
+    handshake: tokio::task::JoinHandle<Result<(quinn::Connection, Instant), OpenError>>,
+}
+
+impl Ready {
+    fn open(endpoint: &quinn::Endpoint, server_name: &str, p: Prepare, via: SocketAddr) -> Self {
+        let (endpoint, name, addr) = (endpoint.clone(), server_name.to_owned(), p.addr.clone());
+        let handshake = tokio::spawn(async move {
+            let to = match tokio::time::timeout(CONNECT_TIMEOUT, resolve_redirect(&addr, via)).await
+            {
+                Ok(Some(a)) => a,
+                Ok(None) => return Err(OpenError::BadAddr),
+                Err(_) => return Err(OpenError::ConnectTimeout),
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, quic::handshake(&endpoint, to, &name)).await
+            {
+                Ok(Ok(conn)) => Ok((conn, Instant::now())),
+                Ok(Err(e)) => Err(OpenError::Connect(e)),
+                Err(_) => Err(OpenError::ConnectTimeout),
+            }
+        });
+        Self {
+            shard: p.shard,
+            addr: p.addr,
+            since: Instant::now(),
+            handshake,
+        }
+    }
+}
+
+impl Drop for Ready {
+    /// An unused connection goes with its task (quinn closes a connection nobody holds).
+    fn drop(&mut self) {
+        self.handshake.abort();
+    }
+}
+
+/// Follow a redirect over `ready`'s connection; if its handshake failed, open a fresh one as
+/// [`follow`] does.
+async fn follow_ready(
+    mut ready: Ready,
+    endpoint: quinn::Endpoint,
+    server_name: String,
+    redirect_addr: String,
+    via: SocketAddr,
+    hello: Vec<u8>,
+) -> Result<Opened, OpenError> {
+    if let Ok(Ok((conn, connected))) = (&mut ready.handshake).await
+        && conn.close_reason().is_none()
+    {
+        return match quic::open_session(conn, &hello).await {
+            Ok(session) => first_answer(session, connected, true).await,
+            Err(e) => Err(OpenError::Connect(e)),
+        };
+    }
+    follow(endpoint, server_name, redirect_addr, via, hello).await
 }
 
 /// Open the connection a redirect asks for (`hello` carries its token). `via` is the shard that
@@ -662,7 +751,7 @@ async fn login(
     hello: Vec<u8>,
     start: Instant,
 ) -> Result<ClientSession, String> {
-    let (mut session, mut msg, _) = open(endpoint, addr, server_name, &hello)
+    let (mut session, mut msg, _, _) = open(endpoint, addr, server_name, &hello)
         .await
         .map_err(|e| e.kind(false))?;
     let mut redirects = 0;
@@ -691,7 +780,7 @@ async fn login(
                 let via = session.conn.remote_address();
                 session.conn.close(0u32.into(), b"redirected");
                 let hello = bot.hello_redirected(&r);
-                (session, msg, _) =
+                (session, msg, _, _) =
                     follow(endpoint.clone(), server_name.to_owned(), r.addr, via, hello)
                         .await
                         .map_err(|e| e.kind(true))?;
@@ -710,6 +799,8 @@ struct Connections {
     hop: Option<Hop>,
     /// Redirects since the last `Welcome`.
     redirects: u32,
+    /// The connection opened on the latest `Prepare`, if its redirect has not come yet.
+    ready: Option<Ready>,
     endpoint: quinn::Endpoint,
     server_name: String,
 }
@@ -728,10 +819,23 @@ impl Connections {
     /// followed.
     fn follow(&mut self, bot: &mut BotClient, r: Redirect, via: SocketAddr) {
         self.redirects += 1;
+        let ready = self
+            .ready
+            .take()
+            .filter(|w| w.shard == r.shard && w.addr == r.addr);
         self.hop = if self.redirects > REDIRECTS_IN_A_ROW_MAX {
             bot.metrics.error("redirect: too many in a row");
             bot.redirect_abandoned();
             None
+        } else if let Some(ready) = ready {
+            Some(Box::pin(follow_ready(
+                ready,
+                self.endpoint.clone(),
+                self.server_name.clone(),
+                r.addr.clone(),
+                via,
+                bot.hello_redirected(&r),
+            )))
         } else {
             Some(Box::pin(follow(
                 self.endpoint.clone(),
@@ -743,6 +847,34 @@ impl Connections {
         };
     }
 
+    /// The shard told the bot a redirect may follow: connect there now (a newer `Prepare`
+    /// replaces an older one's connection). Not while a redirect is being followed: its
+    /// connection is on its way already.
+    fn prepare(&mut self, p: Prepare, via: SocketAddr) {
+        if self.hop.is_some() {
+            return;
+        }
+        if self
+            .ready
+            .as_ref()
+            .is_some_and(|w| w.shard == p.shard && w.addr == p.addr)
+        {
+            return;
+        }
+        self.ready = Some(Ready::open(&self.endpoint, &self.server_name, p, via));
+    }
+
+    /// Close a connection opened on a `Prepare` whose redirect did not come in time.
+    fn expire_ready(&mut self) {
+        if self
+            .ready
+            .as_ref()
+            .is_some_and(|w| w.since.elapsed() >= PREPARED_KEEP)
+        {
+            self.ready = None;
+        }
+    }
+
     /// The redirect being followed opened its connection, or failed to. Returns whether the bot
     /// switched to the new shard. On any failure the bot stays where it is: the old shard keeps
     /// forwarding its inputs.
@@ -752,7 +884,7 @@ impl Connections {
         opened: Result<Opened, OpenError>,
         now_us: u64,
     ) -> bool {
-        let (session, first, connected) = match opened {
+        let (session, first, connected, ahead) = match opened {
             Ok(o) => o,
             Err(e) => {
                 bot.metrics.error_at(now_us, &e.kind(true));
@@ -761,7 +893,11 @@ impl Connections {
             }
         };
         let waited = u64::try_from(connected.elapsed().as_micros()).unwrap_or(u64::MAX);
-        bot.redirect_connected(now_us.saturating_sub(waited));
+        if ahead {
+            bot.redirect_preconnected(now_us.saturating_sub(waited));
+        } else {
+            bot.redirect_connected(now_us.saturating_sub(waited));
+        }
         match bot.on_control(now_us, &first) {
             Ok(None) if is_welcome(&first) => {
                 // The core has reset its snapshot state for the new shard, so from now on only
@@ -771,6 +907,8 @@ impl Connections {
                 old.close(b"redirected");
                 self.link_alive = true;
                 self.redirects = 0;
+                // Prepared from the old shard's offers: the new shard says where it offers.
+                self.ready = None;
                 true
             }
             Ok(None) => {
@@ -842,6 +980,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
         link_alive: true,
         hop: None,
         redirects: 0,
+        ready: None,
         endpoint,
         server_name: run.server_name.clone(),
     };
@@ -876,7 +1015,12 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
             },
             c = conns.link.control.recv(), if conns.link_alive => match c {
                 Some(Ok(bytes)) => match bot.on_control(now_us(), &bytes) {
-                    Ok(None) => {}
+                    Ok(None) => {
+                        if let Some(p) = bot.take_prepare().filter(|_| run.preconnect) {
+                            let via = conns.link.conn.remote_address();
+                            conns.prepare(p, via);
+                        }
+                    }
                     Ok(Some(r)) => {
                         let via = conns.link.conn.remote_address();
                         conns.follow(&mut bot, r, via);
@@ -901,6 +1045,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
             },
             _ = inputs.tick() => {
                 let now = now_us();
+                conns.expire_ready();
                 if conns.link_alive {
                     if let Some(b) = bot.next_input(now)
                         && conns.link.conn.send_datagram(b.into()).is_err()

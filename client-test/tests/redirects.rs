@@ -330,3 +330,98 @@ async fn a_swarm_logs_in_under_its_own_account_prefix_tickets_included() {
         assert_eq!(t.account, h.name, "each ticket names the prefixed account");
     }
 }
+
+/// Shard A tells its bot after 5 inputs that a redirect to B may follow (`Prepare`), and
+/// redirects it after `redirect_after` inputs (never with `None`).
+fn preparing_shard(b: &FakeShard, redirect_after: Option<u64>) -> FakeShard {
+    let redirect = redirect_to(b, HANDOFF_TOKEN);
+    let prepare = Prepare {
+        shard: redirect.shard,
+        addr: redirect.addr.clone(),
+    };
+    fake_shard(two_shard_map(), move |_, _| Answer::PlayPrepared {
+        prepare_after: 5,
+        prepare: prepare.clone(),
+        redirect_after: redirect_after.map(|n| (n, redirect.clone())),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_told_a_redirect_may_come_connects_ahead_and_sends_only_its_hello_then() {
+    let b = target_shard();
+    let a = preparing_shard(&b, Some(30));
+    let r = run(swarm_config(a.addr, 1, Scenario::Wander)).await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!((r.handoffs, r.redirects_prepared), (1, 1), "{r:?}");
+    assert_eq!(
+        r.handoffs_preconnected, 1,
+        "the redirect went over the connection opened on the Prepare: {r:?}"
+    );
+    let (a, b) = (
+        a.seen.lock().expect("not poisoned"),
+        b.seen.lock().expect("not poisoned"),
+    );
+    let [(_, connected)] = b.connected.as_slice() else {
+        panic!("one connection to shard B: {b:?}");
+    };
+    let [redirected] = a.redirected.as_slice() else {
+        panic!("one redirect from shard A: {a:?}");
+    };
+    assert!(
+        connected < redirected,
+        "the bot's connection to B was up before A redirected it"
+    );
+    assert_eq!(
+        b.hellos
+            .iter()
+            .map(|h| h.token.as_deref())
+            .collect::<Vec<_>>(),
+        vec![Some(HANDOFF_TOKEN)],
+        "its Hello, sent on the redirect, carries the token"
+    );
+    assert!(b.inputs.values().sum::<u64>() > 5, "it plays on B: {b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_preconnect_a_bot_connects_only_when_redirected() {
+    let b = target_shard();
+    let a = preparing_shard(&b, Some(30));
+    let cfg = SwarmConfig {
+        preconnect: false,
+        ..swarm_config(a.addr, 1, Scenario::Wander)
+    };
+    let r = run(cfg).await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(
+        (r.handoffs, r.redirects_prepared, r.handoffs_preconnected),
+        (1, 1, 0),
+        "{r:?}"
+    );
+    let (a, b) = (
+        a.seen.lock().expect("not poisoned"),
+        b.seen.lock().expect("not poisoned"),
+    );
+    let ([(_, connected)], [redirected]) = (b.connected.as_slice(), a.redirected.as_slice()) else {
+        panic!("one connection to B, one redirect from A: {a:?} {b:?}");
+    };
+    assert!(
+        connected > redirected,
+        "it connected to B after the redirect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_without_a_redirect_costs_an_unused_connection_and_no_error() {
+    let b = target_shard();
+    let a = preparing_shard(&b, None);
+    let r = run(swarm_config(a.addr, 1, Scenario::Wander)).await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(
+        (r.handoffs, r.redirects_prepared, r.handoffs_preconnected),
+        (0, 1, 0),
+        "{r:?}"
+    );
+    let b = b.seen.lock().expect("not poisoned");
+    assert_eq!(b.connected.len(), 1, "the bot connected ahead: {b:?}");
+    assert!(b.hellos.is_empty(), "and never logged in there: {b:?}");
+}

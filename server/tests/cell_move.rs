@@ -615,6 +615,72 @@ fn a_crowded_cell_redirects_its_players_a_few_a_tick() {
     }
 }
 
+/// A player whose avatar is offered to another shard is told so (`ServerControl::Prepare`, the
+/// shard and its client address) before the handoff settles and its `Redirect` comes: its
+/// client can open that connection meanwhile, and the redirect only needs its `Hello`.
+#[test]
+fn a_player_is_told_where_it_may_go_ticks_before_its_redirect() {
+    let mut world = WorldConfig::default();
+    world.npc.count = 0;
+    world.balancer.enabled = false;
+    let mut c = LocalCluster::new(world, 2, &fates_game()).expect("two shards");
+    c.step();
+    let ids: Vec<NetId> = (1..=3u64)
+        .map(|k| log_in(&mut c, 0, k, &format!("p{k}")))
+        .collect();
+    let e = entity(&mut c, 0, ids[0]).expect("on shard 0");
+    let at = c.shards[0].world.get::<Position>(e).expect("placed").0;
+    let cell = c.map.leaf_at([at.x, at.z]);
+    let m = mid(&c.map.grid().rect(cell));
+    for (k, id) in ids.iter().enumerate() {
+        let e = entity(&mut c, 0, *id).expect("on shard 0");
+        c.shards[0].world.get_mut::<Position>(e).expect("placed").0 =
+            Vec3::new(m[0] + k as f32, 0.0, m[1]);
+    }
+    c.step();
+    c.move_cell(cell, ShardId(1)).expect("the move starts");
+    // Per client (conn 1..=3 on shard 0): (tick, what, shard, addr) of every Prepare and Redirect.
+    let mut told: BTreeMap<u64, Vec<(usize, &str, ShardId, String)>> = BTreeMap::new();
+    for tick in 0..200 {
+        let out = c.step();
+        for cmd in &out[0] {
+            let NetCommand::Control { conn, bytes } = cmd else {
+                continue;
+            };
+            let seen = match codec::decode_server_control(bytes) {
+                Ok(ServerControl::Prepare(p)) => (tick, "prepare", p.shard, p.addr),
+                Ok(ServerControl::Redirect(r)) => (tick, "redirect", r.shard, r.addr),
+                _ => continue,
+            };
+            told.entry(conn.0).or_default().push(seen);
+        }
+        if c.map.owner_of(cell) == Some(ShardId(1)) {
+            break;
+        }
+    }
+    assert_eq!(c.map.owner_of(cell), Some(ShardId(1)), "the cell moved");
+    assert_eq!(told.len(), 3, "every player was told: {told:?}");
+    for (conn, seen) in &told {
+        let [
+            (p_tick, "prepare", p_shard, p_addr),
+            (r_tick, "redirect", r_shard, r_addr),
+        ] = seen.as_slice()
+        else {
+            panic!("conn {conn}: one Prepare, then one Redirect: {seen:?}");
+        };
+        assert_eq!(
+            (p_shard, p_addr),
+            (r_shard, r_addr),
+            "conn {conn}: prepared for where it is sent"
+        );
+        assert_eq!(*r_shard, ShardId(1));
+        assert!(
+            p_tick < r_tick,
+            "conn {conn}: told a tick or more ahead of the redirect: {seen:?}"
+        );
+    }
+}
+
 /// A client that a cell move redirects, and that quits before it reaches its new shard: its
 /// avatar there goes after `REDIRECT_WAIT_MS`, and the player directory forgets it too. The
 /// old shard never reported the departure, so 13-16 players of every 600-bot crowd run stayed

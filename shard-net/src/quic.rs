@@ -1210,7 +1210,29 @@ pub async fn connect(
     first_control_message: &[u8],
 ) -> Result<ClientSession, NetError> {
     check_len(first_control_message)?;
-    let conn = endpoint.connect(addr, server_name)?.await?;
+    let conn = handshake(endpoint, addr, server_name).await?;
+    open_session(conn, first_control_message).await
+}
+
+/// The QUIC handshake of a client connection to `addr` (TLS name `server_name`), and nothing
+/// more: a client told that a redirect may follow (`ServerControl::Prepare`) opens it ahead and
+/// starts the session with [`open_session`] once the redirect's token is there. The shard closes
+/// a connection that sends no `Hello` within `limits::HELLO_TIMEOUT_MS`.
+pub async fn handshake(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection, NetError> {
+    Ok(endpoint.connect(addr, server_name)?.await?)
+}
+
+/// Open the control stream on `conn` (from [`handshake`]) and write `first_control_message`
+/// framed on it.
+pub async fn open_session(
+    conn: quinn::Connection,
+    first_control_message: &[u8],
+) -> Result<ClientSession, NetError> {
+    check_len(first_control_message)?;
     let (mut send, recv) = conn.open_bi().await?;
     write_frame(&mut send, first_control_message).await?;
     Ok(ClientSession { conn, send, recv })

@@ -103,6 +103,20 @@ pub enum ServerControl {
     /// and again whenever its place moves; the login then goes on as any other (`Welcome` or
     /// `Redirect`), or ends with an `Error` (`no_room`).
     Queued(QueuePlace),
+    /// Your avatar is being offered to another shard: a [`Redirect`] there may follow within a
+    /// tick or two. A client may open its QUIC connection to `addr` now, so that the handshake is
+    /// done when the `Redirect` comes and only its `Hello` (with the token) is left to send.
+    /// Nothing may follow (the shard can refuse the avatar); a connection that sends no `Hello`
+    /// is closed by that shard after `limits::HELLO_TIMEOUT_MS`. A client may ignore it.
+    Prepare(Prepare),
+}
+
+/// Where a [`ServerControl::Redirect`] may soon send the client.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Prepare {
+    pub shard: ShardId,
+    /// The shard's client address (`host:port`), as a `Redirect` would carry it.
+    pub addr: String,
 }
 
 /// A waiting login's place in the login queue.
@@ -958,6 +972,8 @@ impl Validate for ServerControl {
                 Err("redirect over limits")
             }
             Self::Redirect(_) => Ok(()),
+            Self::Prepare(p) if p.addr.len() > limits::ADDR_BYTES_MAX => Err("prepare over limits"),
+            Self::Prepare(_) => Ok(()),
             Self::Message(m) if !m.within_limits() => Err("message over limits"),
             Self::Message(_) => Ok(()),
             Self::Queued(q)

@@ -34,6 +34,13 @@ pub enum Answer {
     Play {
         redirect_after: Option<(u64, Redirect)>,
     },
+    /// As `Play`, and once `prepare_after` inputs have arrived, tell the client a redirect to
+    /// `prepare.shard` may follow (`ServerControl::Prepare`).
+    PlayPrepared {
+        prepare_after: u64,
+        prepare: Prepare,
+        redirect_after: Option<(u64, Redirect)>,
+    },
     /// Redirect at once (a login that belongs to another shard).
     Redirect(Redirect),
 }
@@ -52,6 +59,10 @@ pub struct Seen {
     pub says: Vec<(String, Say)>,
     /// Control messages that did not decode, or came before `Hello`.
     pub bad_control: u64,
+    /// When each connection completed its handshake (`NetEvent::Connected`), in order.
+    pub connected: Vec<(ConnId, std::time::Instant)>,
+    /// When this shard sent each `Redirect` of a playing client.
+    pub redirected: Vec<std::time::Instant>,
 }
 
 pub struct FakeShard {
@@ -120,7 +131,7 @@ pub fn fake_shard_for(
     assert_eq!(EXAMPLE_GAME_COMPONENTS[0], Kind::NAME);
     let task = tokio::spawn(async move {
         // Per playing connection: (inputs received, newest input seq, pending handoff).
-        let mut playing: BTreeMap<ConnId, (u64, u32, Option<(u64, Redirect)>)> = BTreeMap::new();
+        let mut playing: BTreeMap<ConnId, Playing> = BTreeMap::new();
         let mut names: BTreeMap<ConnId, String> = BTreeMap::new();
         let mut tick = 0u64;
         let mut every = tokio::time::interval(TICK);
@@ -147,24 +158,38 @@ pub fn fake_shard_for(
                                 let answer = answer(&hello, addr);
                                 names.insert(conn, hello.name.clone());
                                 seen.hellos.push(hello);
-                                match answer {
-                                    Answer::Redirect(r) => send(conn, &ServerControl::Redirect(r)),
-                                    Answer::Play { redirect_after } => {
-                                        let welcome = ServerControl::Welcome(Welcome {
-                                            avatar: AVATAR,
-                                            spawn: QPos([0, 0, 0]),
-                                            tick,
-                                            tick_hz: 30,
-                                            protocol_hash: hash,
-                                            bounds: [-100.0, -100.0, 100.0, 100.0],
-                                            max_speed_mps: 8.0,
-                                            aoi_radius_m: 40.0,
-                                        });
-                                        send(conn, &welcome);
-                                        send(conn, &ServerControl::CellMap(map.clone()));
-                                        playing.insert(conn, (0, 0, redirect_after));
+                                let (prepare, redirect_after) = match answer {
+                                    Answer::Redirect(r) => {
+                                        send(conn, &ServerControl::Redirect(r));
+                                        continue;
                                     }
-                                }
+                                    Answer::Play { redirect_after } => (None, redirect_after),
+                                    Answer::PlayPrepared {
+                                        prepare_after,
+                                        prepare,
+                                        redirect_after,
+                                    } => (Some((prepare_after, prepare)), redirect_after),
+                                };
+                                let welcome = ServerControl::Welcome(Welcome {
+                                    avatar: AVATAR,
+                                    spawn: QPos([0, 0, 0]),
+                                    tick,
+                                    tick_hz: 30,
+                                    protocol_hash: hash,
+                                    bounds: [-100.0, -100.0, 100.0, 100.0],
+                                    max_speed_mps: 8.0,
+                                    aoi_radius_m: 40.0,
+                                });
+                                send(conn, &welcome);
+                                send(conn, &ServerControl::CellMap(map.clone()));
+                                playing.insert(
+                                    conn,
+                                    Playing {
+                                        redirect: redirect_after,
+                                        prepare,
+                                        ..Playing::default()
+                                    },
+                                );
                             }
                             (Ok(ClientControl::Command(c)), Some(name)) => {
                                 seen.commands.push((name, c));
@@ -195,8 +220,8 @@ pub fn fake_shard_for(
                                 .entry(conn)
                                 .or_default() += 1;
                             if let Some(p) = playing.get_mut(&conn) {
-                                p.0 += 1;
-                                p.1 = p.1.max(input.seq);
+                                p.inputs += 1;
+                                p.last_input_seq = p.last_input_seq.max(input.seq);
                             }
                         }
                     }
@@ -208,10 +233,20 @@ pub fn fake_shard_for(
                             .disconnects
                             .insert(conn, reason);
                     }
-                    NetEvent::Connected { .. } => {}
+                    NetEvent::Connected { conn, .. } => log
+                        .lock()
+                        .expect("not poisoned")
+                        .connected
+                        .push((conn, std::time::Instant::now())),
                 }
             }
-            for (conn, (inputs, last_input_seq, redirect)) in &mut playing {
+            for (conn, p) in &mut playing {
+                let Playing {
+                    inputs,
+                    last_input_seq,
+                    redirect,
+                    prepare,
+                } = p;
                 // A full snapshot every tick: the avatar alone, where it spawned.
                 let part = SnapshotPart {
                     tick,
@@ -231,17 +266,35 @@ pub fn fake_shard_for(
                     conn: *conn,
                     bytes: Bytes::from(codec::encode(&ServerDatagram::Snapshot(part))),
                 });
+                if prepare.as_ref().is_some_and(|(after, _)| *inputs >= *after)
+                    && let Some((_, p)) = prepare.take()
+                {
+                    send(*conn, &ServerControl::Prepare(p));
+                }
                 if redirect
                     .as_ref()
                     .is_some_and(|(after, _)| *inputs >= *after)
                     && let Some((_, r)) = redirect.take()
                 {
                     send(*conn, &ServerControl::Redirect(r));
+                    log.lock()
+                        .expect("not poisoned")
+                        .redirected
+                        .push(std::time::Instant::now());
                 }
             }
         }
     });
     FakeShard { addr, seen, task }
+}
+
+/// A playing connection of a fake shard.
+#[derive(Default)]
+struct Playing {
+    inputs: u64,
+    last_input_seq: u32,
+    redirect: Option<(u64, Redirect)>,
+    prepare: Option<(u64, Prepare)>,
 }
 
 /// A demo-game swarm of `bots` against `addr` that plays 3 s after a ramp of zero.

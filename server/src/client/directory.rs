@@ -4,7 +4,7 @@
 use bevy_ecs::prelude::*;
 use std::collections::BTreeMap;
 use zonescaler_shared::config::DuplicateLogin;
-use zonescaler_shared::protocol::Redirect;
+use zonescaler_shared::protocol::{Prepare, Redirect};
 use zonescaler_shared::ticket::LoginKeys;
 use zonescaler_shared::token::{Grant, GrantKind, TOKEN_LIFETIME_MS, TokenKey};
 use zonescaler_shared::{ConnId, ShardId};
@@ -41,6 +41,15 @@ impl ClusterDirectory {
             shard: to,
             addr: self.client_addrs.get(&to).cloned().unwrap_or_default(),
             token,
+        }
+    }
+
+    /// The heads-up for a client whose avatar is being offered to `to` (where its redirect would
+    /// send it).
+    pub fn prepare(&self, to: ShardId) -> Prepare {
+        Prepare {
+            shard: to,
+            addr: self.client_addrs.get(&to).cloned().unwrap_or_default(),
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct ShardStats {
     pub inputs_forwarded: u64,
     /// Clients sent to another shard (after a handoff, or a login whose spawn point is there).
     pub redirects: u64,
+    /// Clients told a redirect may follow (`ServerControl::Prepare`: their avatar was offered).
+    pub redirects_prepared: u64,
     /// Clients that arrived with a valid redirect token.
     pub redirected_in: u64,
     /// Game commands clients sent (queued for their avatars' owners) and dropped over the

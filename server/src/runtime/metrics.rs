@@ -310,6 +310,10 @@ fn describe() {
         "zonescaler_redirects_total",
         "Clients sent to another shard."
     );
+    describe_counter!(
+        "zonescaler_redirects_prepared_total",
+        "Clients told that a redirect may follow (their avatar was offered to another shard), so they can connect there ahead of it."
+    );
     describe_transport();
 }
 
@@ -398,6 +402,7 @@ fn publish_stats(app: &ShardApp, net: &NetStats, links: Option<&LinkStats>) {
     counter!("zonescaler_inputs_total", "outcome" => "stale").absolute(s.inputs_stale);
     counter!("zonescaler_inputs_total", "outcome" => "forwarded").absolute(s.inputs_forwarded);
     counter!("zonescaler_redirects_total").absolute(s.redirects);
+    counter!("zonescaler_redirects_prepared_total").absolute(s.redirects_prepared);
     // The shard counts what did not decode; the drivers refuse malformed frames (a bad length,
     // an oversize datagram) before the shard sees them. Disjoint, so they add up.
     counter!("zonescaler_decode_errors_total", "channel" => "client")

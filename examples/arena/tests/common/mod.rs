@@ -137,7 +137,9 @@ impl Arena {
                         c.redirect = Some((usize::from(r.shard.0), r.token));
                     }
                     ServerControl::Error(e) => c.closed = Some((e.code, e.detail)),
-                    ServerControl::CellMap(_) | ServerControl::Queued(_) => {}
+                    ServerControl::CellMap(_)
+                    | ServerControl::Queued(_)
+                    | ServerControl::Prepare(_) => {}
                 }
             }
         }

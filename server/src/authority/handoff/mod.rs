@@ -251,12 +251,38 @@ pub fn start_handoffs(
 
 /// `Ownership`, after [`start_handoffs`]: encode each offered entity's migrating components
 /// into its request and send it (before this tick's proxy updates, which follow on the link).
+/// A playing avatar's client is told where it may be sent ([`prepare_client`]).
 pub fn send_offers(world: &mut World) {
     let offers = std::mem::take(&mut world.resource_mut::<OutgoingOffers>().0);
     for (e, to, mut req) in offers {
         req.migrating = encode_migrating(world, e);
         send(world, to, &ShardMessage::HandoffRequest(req));
+        if let Some(conn) = world.get::<Avatar>(e).map(|a| a.conn) {
+            prepare_client(world, conn, to);
+        }
     }
+}
+
+/// Tell the client of an avatar just offered to `to` that a redirect there may follow
+/// (`ServerControl::Prepare`), so it can open that connection while the shards settle the
+/// handoff (a link round trip and a tick on each side) instead of after: the QUIC handshake
+/// leaves the handoff gap. Only a client playing here is told.
+fn prepare_client(world: &mut World, conn: zonescaler_shared::ConnId, to: ShardId) {
+    let playing = world
+        .resource::<Clients>()
+        .0
+        .get(&conn)
+        .is_some_and(|c| matches!(c.phase, Phase::Playing { .. }));
+    if !playing {
+        return;
+    }
+    let prepare = world.resource::<ClusterDirectory>().prepare(to);
+    send_control(
+        conn,
+        &ServerControl::Prepare(prepare),
+        &mut world.resource_mut::<Outbox>(),
+    );
+    world.resource_mut::<ShardStats>().redirects_prepared += 1;
 }
 
 /// `Ownership`: avatars whose client never arrived after a handoff are despawned.
