@@ -641,12 +641,7 @@ impl Ready {
     fn open(endpoint: &quinn::Endpoint, server_name: &str, p: Prepare, via: SocketAddr) -> Self {
         let (endpoint, name, addr) = (endpoint.clone(), server_name.to_owned(), p.addr.clone());
         let handshake = tokio::spawn(async move {
-            let to = match tokio::time::timeout(CONNECT_TIMEOUT, resolve_redirect(&addr, via)).await
-            {
-                Ok(Some(a)) => a,
-                Ok(None) => return Err(OpenError::BadAddr),
-                Err(_) => return Err(OpenError::ConnectTimeout),
-            };
+            let to = resolve(&addr, via).await?;
             match tokio::time::timeout(CONNECT_TIMEOUT, quic::handshake(&endpoint, to, &name)).await
             {
                 Ok(Ok(conn)) => Ok((conn, Instant::now())),
@@ -700,13 +695,17 @@ async fn follow(
     via: SocketAddr,
     hello: Vec<u8>,
 ) -> Result<Opened, OpenError> {
-    let addr =
-        match tokio::time::timeout(CONNECT_TIMEOUT, resolve_redirect(&redirect_addr, via)).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return Err(OpenError::BadAddr),
-            Err(_) => return Err(OpenError::ConnectTimeout),
-        };
+    let addr = resolve(&redirect_addr, via).await?;
     open(&endpoint, addr, &server_name, &hello).await
+}
+
+/// [`resolve_redirect`] within [`CONNECT_TIMEOUT`], as the error a redirect reports.
+async fn resolve(addr: &str, via: SocketAddr) -> Result<SocketAddr, OpenError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, resolve_redirect(addr, via)).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(OpenError::BadAddr),
+        Err(_) => Err(OpenError::ConnectTimeout),
+    }
 }
 
 /// Where a redirect's `host:port` points: `None` if it is empty or does not resolve. Of several
