@@ -22,6 +22,7 @@
 # a border of the 4-shard map at epoch 1 (four stripes of 2 048 x 512 m), so there the crowd
 # starts split between two shards and the balancer can at best halve the busiest shard's load;
 # 0,256 is the middle of one stripe, where it starts on one shard, as in the issue's report.
+# BOTS_ARGS="..." adds flags to the bots' command line (e.g. --no-preconnect).
 # Usage: [WEIGHTS=w,w,..] [SHARDS=4] [BOTS=600] [DURATION=90s] [SCENARIO=crowd] [HOTSPOT=X,Z] [RUNS="off on"] [CHECK=1] bash .ci/crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,7 @@ PY
   (
     "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
       --bots "$bots" --duration "$duration" --scenario "$scenario" ${HOTSPOT:+--hotspot "$HOTSPOT"} --seed 7 \
-      --report-json "$dir/report.json" --quiet || echo "crowd: bots exited $?"
+      --report-json "$dir/report.json" --quiet ${BOTS_ARGS:-} || echo "crowd: bots exited $?"
     times > "$dir/bots_times"
   )
   date +%s.%N > "$dir/bots_end"

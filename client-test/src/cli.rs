@@ -91,6 +91,11 @@ pub struct BotArgs {
     /// at once, so a redirect finds its QUIC handshake done.
     #[arg(long)]
     pub no_preconnect: bool,
+    /// Bots sharing one QUIC endpoint (one UDP socket and its driver task), 1..=1024. Fewer
+    /// sockets cost less CPU; too few fall behind quinn's per-poll receive bound on a busy
+    /// runtime (at most 256 endpoints are opened however many bots).
+    #[arg(long, default_value_t = crate::swarm::BOTS_PER_ENDPOINT)]
+    pub bots_per_endpoint: usize,
     /// Seed for the bots' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -207,6 +212,9 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
     if args.input_hz == 0 || args.input_hz > 240 {
         bail!("--input-hz must be in 1..=240");
     }
+    if !(1..=1024).contains(&args.bots_per_endpoint) {
+        bail!("--bots-per-endpoint must be in 1..=1024");
+    }
     if args.threads.is_some_and(|n| n == 0 || n > 256) {
         bail!("--threads must be in 1..=256");
     }
@@ -253,6 +261,7 @@ pub fn swarm_config(args: &BotArgs, game: &BotGame) -> anyhow::Result<SwarmConfi
         seed: args.seed,
         input_hz: args.input_hz,
         preconnect: !args.no_preconnect,
+        bots_per_endpoint: args.bots_per_endpoint,
         progress: !args.quiet,
         game: game.clone(),
         login,
@@ -410,6 +419,14 @@ mod tests {
         .expect("valid");
         assert_eq!((cfg.bots, cfg.scenario), (3, Scenario::Idle));
         assert_eq!(cfg.ramp, Duration::from_millis(6), "2 ms per bot");
+        assert!(cfg.preconnect, "bots connect ahead on a Prepare by default");
+        assert_eq!(cfg.bots_per_endpoint, crate::swarm::BOTS_PER_ENDPOINT);
+        let tuned = swarm_config(
+            &args(&["--no-preconnect", "--bots-per-endpoint", "64"]),
+            &demo,
+        )
+        .expect("valid");
+        assert_eq!((tuned.preconnect, tuned.bots_per_endpoint), (false, 64));
         assert!(cfg.login.is_none(), "no key, no tickets");
         assert_eq!(cfg.game.name, "demo");
         let crowd = swarm_config(
@@ -443,6 +460,8 @@ mod tests {
             (&["--bots", "0"][..], "--bots"),
             (&["--input-hz", "0"][..], "--input-hz"),
             (&["--threads", "0"][..], "--threads"),
+            (&["--bots-per-endpoint", "0"][..], "--bots-per-endpoint"),
+            (&["--bots-per-endpoint", "1025"][..], "--bots-per-endpoint"),
             (
                 &["--login-key", "/nonexistent/login.key"][..],
                 "--login-key",

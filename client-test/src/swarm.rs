@@ -108,6 +108,8 @@ pub struct SwarmConfig {
     /// the redirect finds its QUIC handshake done. Off: bots connect on the redirect, as a
     /// client that ignores `Prepare` does.
     pub preconnect: bool,
+    /// Bots per QUIC endpoint (UDP socket): see [`BOTS_PER_ENDPOINT`].
+    pub bots_per_endpoint: usize,
     /// Show a progress bar (or, without a terminal, a line every few seconds).
     pub progress: bool,
     /// The game the bots play: its client hash, command ids and brain.
@@ -140,6 +142,7 @@ impl SwarmConfig {
             seed: 1,
             input_hz: 30,
             preconnect: true,
+            bots_per_endpoint: BOTS_PER_ENDPOINT,
             progress: false,
             game: BotGame::demo(),
             login: None,
@@ -193,7 +196,10 @@ pub const ENDPOINTS_MAX: usize = 256;
 /// ([`Scenario::gathers`]) run's scout reads the world's bounds and speed from its `Welcome`, to
 /// place the hot spot, and fails if the hot spot is outside the world.
 pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
-    let endpoints_n = cfg.bots.div_ceil(BOTS_PER_ENDPOINT).clamp(1, ENDPOINTS_MAX);
+    let endpoints_n = cfg
+        .bots
+        .div_ceil(cfg.bots_per_endpoint.max(1))
+        .clamp(1, ENDPOINTS_MAX);
     let mut endpoints = Vec::with_capacity(endpoints_n);
     for _ in 0..endpoints_n {
         endpoints.push(quic::client_endpoint_for(&cfg.trust, cfg.addr)?);
