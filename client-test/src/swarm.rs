@@ -671,17 +671,19 @@ impl Drop for Ready {
     }
 }
 
-/// Follow a redirect over `ready`'s connection; if its handshake failed, open a fresh one as
-/// [`follow`] does.
-async fn follow_ready(
-    mut ready: Ready,
+/// Open the connection a redirect asks for (`hello` carries its token): over `ready`'s, opened on
+/// the `Prepare` for this shard, if its handshake succeeded; else a fresh one. `via` is the shard
+/// that sent the redirect (see [`resolve_redirect`]).
+async fn follow(
+    ready: Option<Ready>,
     endpoint: quinn::Endpoint,
     server_name: String,
     redirect_addr: String,
     via: SocketAddr,
     hello: Vec<u8>,
 ) -> Result<Opened, OpenError> {
-    if let Ok(Ok((conn, connected))) = (&mut ready.handshake).await
+    if let Some(mut ready) = ready
+        && let Ok(Ok((conn, connected))) = (&mut ready.handshake).await
         && conn.close_reason().is_none()
     {
         return match quic::open_session(conn, &hello).await {
@@ -689,18 +691,6 @@ async fn follow_ready(
             Err(e) => Err(OpenError::Connect(e)),
         };
     }
-    follow(endpoint, server_name, redirect_addr, via, hello).await
-}
-
-/// Open the connection a redirect asks for (`hello` carries its token). `via` is the shard that
-/// sent the redirect (see [`resolve_redirect`]).
-async fn follow(
-    endpoint: quinn::Endpoint,
-    server_name: String,
-    redirect_addr: String,
-    via: SocketAddr,
-    hello: Vec<u8>,
-) -> Result<Opened, OpenError> {
     let addr = resolve(&redirect_addr, via).await?;
     open(&endpoint, addr, &server_name, &hello).await
 }
@@ -785,10 +775,16 @@ async fn login(
                 let via = session.conn.remote_address();
                 session.conn.close(0u32.into(), b"redirected");
                 let hello = bot.hello_redirected(&r);
-                (session, msg, _, _) =
-                    follow(endpoint.clone(), server_name.to_owned(), r.addr, via, hello)
-                        .await
-                        .map_err(|e| e.kind(true))?;
+                (session, msg, _, _) = follow(
+                    None,
+                    endpoint.clone(),
+                    server_name.to_owned(),
+                    r.addr,
+                    via,
+                    hello,
+                )
+                .await
+                .map_err(|e| e.kind(true))?;
             }
             Err(e) => return Err(format!("login_refused: {e}")),
         }
@@ -832,17 +828,9 @@ impl Connections {
             bot.metrics.error("redirect: too many in a row");
             bot.redirect_abandoned();
             None
-        } else if let Some(ready) = ready {
-            Some(Box::pin(follow_ready(
-                ready,
-                self.endpoint.clone(),
-                self.server_name.clone(),
-                r.addr.clone(),
-                via,
-                bot.hello_redirected(&r),
-            )))
         } else {
             Some(Box::pin(follow(
+                ready,
                 self.endpoint.clone(),
                 self.server_name.clone(),
                 r.addr.clone(),

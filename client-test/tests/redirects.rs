@@ -30,6 +30,11 @@ fn target_shard() -> FakeShard {
     })
 }
 
+/// The redirect token of each `Hello` a fake shard saw, in order.
+fn tokens(seen: &common::Seen) -> Vec<Option<&[u8]>> {
+    seen.hellos.iter().map(|h| h.token.as_deref()).collect()
+}
+
 async fn run(cfg: SwarmConfig) -> Report {
     swarm::run(cfg).await.expect("the swarm runs")
 }
@@ -75,10 +80,7 @@ async fn a_handed_off_bot_moves_to_the_new_shard_and_keeps_playing() {
         b.seen.lock().expect("not poisoned"),
     );
     assert_eq!(
-        b.hellos
-            .iter()
-            .map(|h| h.token.as_deref())
-            .collect::<Vec<_>>(),
+        tokens(&b),
         vec![Some(HANDOFF_TOKEN)],
         "the bot presents the redirect's token to the new shard"
     );
@@ -372,10 +374,7 @@ async fn a_bot_told_a_redirect_may_come_connects_ahead_and_sends_only_its_hello_
         "the bot's connection to B was up before A redirected it"
     );
     assert_eq!(
-        b.hellos
-            .iter()
-            .map(|h| h.token.as_deref())
-            .collect::<Vec<_>>(),
+        tokens(&b),
         vec![Some(HANDOFF_TOKEN)],
         "its Hello, sent on the redirect, carries the token"
     );
