@@ -1209,6 +1209,7 @@ pub async fn connect(
     server_name: &str,
     first_control_message: &[u8],
 ) -> Result<ClientSession, NetError> {
+    // `open_session` checks the message; checking it first too spares a doomed handshake.
     check_len(first_control_message)?;
     let conn = handshake(endpoint, addr, server_name).await?;
     open_session(conn, first_control_message).await

@@ -39,7 +39,7 @@ impl ClusterDirectory {
         });
         Redirect {
             shard: to,
-            addr: self.client_addrs.get(&to).cloned().unwrap_or_default(),
+            addr: self.client_addr(to),
             token,
         }
     }
@@ -49,8 +49,13 @@ impl ClusterDirectory {
     pub fn prepare(&self, to: ShardId) -> Prepare {
         Prepare {
             shard: to,
-            addr: self.client_addrs.get(&to).cloned().unwrap_or_default(),
+            addr: self.client_addr(to),
         }
+    }
+
+    /// Where shard `to`'s clients connect (empty where the transport routes by shard id).
+    fn client_addr(&self, to: ShardId) -> String {
+        self.client_addrs.get(&to).cloned().unwrap_or_default()
     }
 }
 
