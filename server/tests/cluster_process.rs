@@ -242,3 +242,186 @@ fn a_cluster_without_a_secret_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 16 bytes"), "{err}");
 }
+
+/// `GET /api/cluster` as JSON (`Null` while the master does not answer 200).
+fn cluster_view(http: &str) -> serde_json::Value {
+    match http_get(http) {
+        (200, body) => serde_json::from_str(&body).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// The client address a shard prints once it serves.
+fn listen_addr(shard: &Shard) -> String {
+    let line = shard.line_with("shard listening on");
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("an address")
+        .to_string()
+}
+
+/// The member id serving clients at `addr`, and how many leaves it owns.
+fn member_at(view: &serde_json::Value, addr: &str) -> Option<(u64, usize)> {
+    let id = view["shards"]
+        .as_array()?
+        .iter()
+        .find(|s| s["addr"] == addr)?["id"]
+        .as_u64()?;
+    let cells = view["cells"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["shard"].as_u64() == Some(id))
+        .count();
+    Some((id, cells))
+}
+
+/// Poll the API until `done` holds of it; the view and the time it took.
+fn wait_view(
+    http: &str,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let view = cluster_view(http);
+        if done(&view) {
+            return (view, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not within {limit:?}: {what}\nshards: {}\nevents: {}",
+            view["shards"],
+            view["events"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn epoch_of(view: &serde_json::Value) -> u64 {
+    view["epoch"].as_u64().expect("an epoch")
+}
+
+/// A shard process killed outright loses its cells to the living within the master's silence
+/// (`SHARD_DEAD_AFTER_MS`) and a balancing round; the rest keeps running. One that stalls (here
+/// `SIGSTOP`, as a paused VM or a long GC would) past the silence has its cells given away too,
+/// and when it wakes it learns it is fenced and stops rather than serving what is no longer
+/// its own.
+#[test]
+fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops_when_it_wakes() {
+    use zonescaler_shared::limits::SHARD_DEAD_AFTER_MS;
+    let master = Shard::start(&["--expect-shards", "3", "--http", "127.0.0.1:0"], SECRET);
+    let http = master.line_with("dashboard on");
+    let waiting = master.line_with("master waiting");
+    let links = waiting
+        .rsplit(' ')
+        .next()
+        .expect("link address")
+        .to_string();
+    let killed = Shard::start(&["--join", &links], SECRET);
+    let stalled = Shard::start(&["--join", &links], SECRET);
+    let (killed_addr, stalled_addr) = (listen_addr(&killed), listen_addr(&stalled));
+    let (view, _) = wait_view(
+        &http,
+        "three members with cells",
+        Duration::from_secs(30),
+        |v| {
+            [&killed_addr, &stalled_addr]
+                .iter()
+                .all(|a| member_at(v, a).is_some_and(|(_, cells)| cells > 0))
+        },
+    );
+    let (killed_id, _) = member_at(&view, &killed_addr).expect("a member");
+    let (stalled_id, _) = member_at(&view, &stalled_addr).expect("a member");
+    let cells = view["cells"].as_array().expect("cells").len();
+    let epoch = epoch_of(&view);
+
+    // kill -9: no goodbye, its links just go quiet.
+    let pid = killed.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (view, took) = wait_view(
+        &http,
+        "the killed shard's cells owned by the living",
+        Duration::from_millis(SHARD_DEAD_AFTER_MS + 10_000),
+        |v| {
+            let dead = v["shards"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["id"].as_u64() == Some(killed_id)))
+                .is_some_and(|s| s["alive"] == false);
+            let owned = v["cells"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(|c| c["shard"].as_u64() != Some(killed_id)));
+            dead && owned
+        },
+    );
+    assert!(
+        took >= Duration::from_millis(SHARD_DEAD_AFTER_MS - 500),
+        "declared dead only after the silence, not at the first missed heartbeat: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(SHARD_DEAD_AFTER_MS + 2_000),
+        "its cells were taken over {took:?} after the kill"
+    );
+    eprintln!("the killed shard's cells were taken over {took:?} after the kill");
+    assert!(epoch_of(&view) > epoch, "under a new epoch");
+    assert_eq!(
+        view["cells"].as_array().expect("cells").len(),
+        cells,
+        "{view}"
+    );
+    let events = view["events"].to_string();
+    assert!(
+        events.contains("failover"),
+        "the API says what happened: {events}"
+    );
+
+    // SIGSTOP past the silence, then SIGCONT: its cells are gone meanwhile, and it stops.
+    let pid = stalled.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let (view, _) = wait_view(
+        &http,
+        "the stalled shard's cells owned by the living",
+        Duration::from_millis(SHARD_DEAD_AFTER_MS + 10_000),
+        |v| {
+            v["cells"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(|c| c["shard"].as_u64() == Some(0)))
+        },
+    );
+    assert_eq!(view["cells"].as_array().expect("cells").len(), cells);
+    signal("-CONT");
+    let (code, stderr) = stalled.wait_exit();
+    assert_ne!(code, 0, "a fenced shard does not exit as if drained");
+    assert!(
+        stderr.contains("lost its ownership lease"),
+        "it says why it stopped: {stderr}"
+    );
+    eprintln!(
+        "the stalled shard, woken: {}",
+        stderr
+            .lines()
+            .rfind(|l| l.contains("lease"))
+            .unwrap_or_default()
+    );
+    let view = cluster_view(&http);
+    assert!(
+        view["cells"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["shard"].as_u64() == Some(0))),
+        "it took nothing back: {view}"
+    );
+    assert_ne!(stalled_id, killed_id);
+    drop(killed);
+}

@@ -534,6 +534,14 @@ pub enum MasterNotice {
     /// This shard was drained: it owns no cell and no entity and has left the membership. It
     /// closes its clients and links and exits (status 0).
     Drained,
+    /// The answer to heartbeat `seq`: the master heard it while this shard was a member, so the
+    /// shard may simulate its cells until [`limits::SHARD_LEASE_MS`] after it sent it (its
+    /// ownership lease; see `cluster::lease`).
+    Lease { seq: u64 },
+    /// The master declared this shard dead (silent for [`limits::SHARD_DEAD_AFTER_MS`]) and gave
+    /// its cells to others: it must not simulate or serve anything again. It stops; restarted,
+    /// it joins as a new member.
+    Fenced,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -606,6 +614,9 @@ pub struct MemberInfo {
 /// is refused), and the shares of one tick thread are at most 1.
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct ShardLoad {
+    /// Numbers this shard's heartbeats, from 1 (0: not numbered, as in a test). The master's
+    /// [`MasterNotice::Lease`] answer echoes it.
+    pub seq: u64,
     pub tick: u64,
     pub owned_entities: u32,
     pub in_transit: u32,

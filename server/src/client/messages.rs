@@ -137,6 +137,8 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
             | MasterNotice::MoveCell { .. }
             | MasterNotice::MoveAborted { .. }
             | MasterNotice::Drained => {}
+            // The ownership lease is the node's (`cluster::lease`): never pushed into the app.
+            MasterNotice::Lease { .. } | MasterNotice::Fenced => {}
         }
     }
 }

@@ -6,11 +6,15 @@
 //! - **Membership**: shards join with their client and link addresses and a capacity weight and
 //!   get the next id. The master waits for `expected` members (itself included), then places the
 //!   base cells as contiguous regions in proportion to the weights ([`assign_contiguous`]) and
-//!   pushes the map to everyone. A shard that joins after that is refused: it would own no cells,
-//!   and moving cells to it is the balancer's job, which this build does not have.
-//! - **Liveness**: every shard reports its load every [`limits::HEARTBEAT_MS`]; one silent for
-//!   [`limits::SHARD_DEAD_AFTER_MS`] is marked dead (reported by the API and logged; recovering
-//!   its cells is failover, not built yet).
+//!   pushes the map to everyone. A shard that joins after that is a late joiner: the balancer
+//!   gives it cells once it has linked to every member.
+//! - **Liveness**: every shard reports its load every [`limits::HEARTBEAT_MS`] and gets its
+//!   ownership lease renewed in answer ([`super::lease`]); one silent for
+//!   [`limits::SHARD_DEAD_AFTER_MS`] (on the runtime's monotonic clock) is declared dead and
+//!   fenced: it leaves the membership for good (a heartbeat from it is answered `Fenced`), and
+//!   the next balancing round, due at once, gives each of its leaves to a live shard under a new
+//!   epoch ([`Master::adopt_cell`]). Its lease ran out before that, so it no longer simulated
+//!   them. What it held is lost until buddy replication is built.
 //! - **Player directory**: which shard each logged-in player is on, from the arrivals and
 //!   departures in the heartbeats, and the logins it granted. A login claims its account here
 //!   first ([`Master::request`]): one session per account, cluster-wide; a second one takes the
@@ -164,6 +168,8 @@ pub struct Master {
     pub moves_done: u64,
     /// Cell moves aborted since start (the source kept the cell).
     pub moves_aborted: u64,
+    /// Leaves of dead shards given to live ones since start ([`Self::adopt_cell`]).
+    pub failovers: u64,
 }
 
 impl Master {
@@ -193,6 +199,7 @@ impl Master {
             round_ms: 1_000,
             moves_done: 0,
             moves_aborted: 0,
+            failovers: 0,
         }
     }
 
@@ -319,9 +326,7 @@ impl Master {
     /// What a late joiner gets after its id: the map and the live members it must link to.
     pub fn push_for_joiner(&self) -> Option<MapPush> {
         let map = self.map.as_ref()?;
-        let mut push = Self::push_of(map, &self.members);
-        push.members.retain(|i| self.is_alive(i.id));
-        Some(push)
+        Some(Self::push_of(map, &self.members))
     }
 
     /// The map with the member list as it is now, for every member but `except` (a joiner gets
@@ -459,11 +464,16 @@ impl Master {
         Ok(push)
     }
 
+    /// The map and the live members (a dead one is fenced: out of the membership for good).
     fn push_of(map: &CellMap, members: &BTreeMap<ShardId, Member>) -> MapPush {
         MapPush {
             epoch: map.epoch().0,
             leaves: map.leaves().iter().map(|(c, s)| (*c, *s)).collect(),
-            members: members.values().map(|m| m.info.clone()).collect(),
+            members: members
+                .values()
+                .filter(|m| m.alive)
+                .map(|m| m.info.clone())
+                .collect(),
         }
     }
 
@@ -476,12 +486,21 @@ impl Master {
     }
 
     /// A shard's load report. Arrivals and departures update the player directory (and so the
-    /// seats); an arrival confirms the seat a login was given there.
-    pub fn heartbeat(&mut self, from: ShardId, load: ShardLoad, now_ms: u64) {
-        // A drained shard's last report may still be on its way: it is no member any more.
-        if !self.members.contains_key(&from) {
-            return;
+    /// seats); an arrival confirms the seat a login was given there. The answer for `from`:
+    /// its lease renewed ([`MasterNotice::Lease`]), or, for a member declared dead, that it is
+    /// fenced ([`MasterNotice::Fenced`]: its cells are others' now, it must not come back to
+    /// life); none for a shard that is no member (a drained shard's last report on its way).
+    pub fn heartbeat(
+        &mut self,
+        from: ShardId,
+        load: ShardLoad,
+        now_ms: u64,
+    ) -> Option<MasterNotice> {
+        let alive = self.members.get(&from)?.alive;
+        if !alive {
+            return Some(MasterNotice::Fenced);
         }
+        let seq = load.seq;
         for name in &load.players_left {
             self.unseat(name, from);
         }
@@ -502,7 +521,6 @@ impl Master {
             }
         }
         if let Some(m) = self.members.get_mut(&from) {
-            m.alive = true;
             m.linked = true;
             m.last_heard_ms = now_ms;
             m.load = ShardLoad {
@@ -512,6 +530,7 @@ impl Master {
                 ..load
             };
         }
+        Some(MasterNotice::Lease { seq })
     }
 
     /// One admission round (call it after heartbeats): seats given to logins whose client never
@@ -583,7 +602,9 @@ impl Master {
         }
     }
 
-    /// Mark members silent for too long as dead; the ones newly marked.
+    /// Mark members silent for too long as dead (fenced: out of the membership for good, their
+    /// cells given to live shards by the next balancing round, which comes at once); the ones
+    /// newly marked.
     pub fn check_liveness(&mut self, now_ms: u64) -> Vec<ShardId> {
         self.now_ms = now_ms;
         let mut dead = Vec::new();
@@ -599,11 +620,17 @@ impl Master {
             self.event(
                 "dead",
                 format!(
-                    "shard {} silent for {} ms: declared dead",
+                    "shard {} silent for {} ms: declared dead and fenced",
                     id.0,
                     limits::SHARD_DEAD_AFTER_MS
                 ),
             );
+        }
+        if !dead.is_empty()
+            && let Some((_, next)) = self.balancer.as_mut()
+        {
+            // Its cells have no simulating owner: place them now, not at the next round.
+            *next = now_ms;
         }
         dead
     }
@@ -800,6 +827,9 @@ impl Master {
         let mut out = Vec::new();
         for p in plan.actions {
             let done = match p.action {
+                Action::Move { cell, from, to } if !self.is_alive(from) => {
+                    self.adopt_cell(cell, from, to)
+                }
                 Action::Move { cell, to, .. } => {
                     self.move_cell(cell, to, now_ms).map_err(|e| e.to_string())
                 }
@@ -820,6 +850,43 @@ impl Master {
             tracing::debug!(?note, "balancer");
         }
         out
+    }
+
+    /// Failover of leaf `cell` of dead (fenced) shard `from`: `to` owns it from the new epoch on,
+    /// at once (nobody simulates it; the lease stopped `from` before it was declared dead). What
+    /// `from` held there is lost: buddy replication, which would hand it over, is not built yet.
+    fn adopt_cell(
+        &mut self,
+        cell: CellId,
+        from: ShardId,
+        to: ShardId,
+    ) -> Result<Vec<(ShardId, MasterNotice)>, String> {
+        if !self.members.get(&to).is_some_and(Member::takes_work) {
+            return Err(MoveError::NotTakingCells(to.0).to_string());
+        }
+        let map = self.map.as_mut().ok_or(MoveError::NotPlaced.to_string())?;
+        if map.owner_of(cell) != Some(from) {
+            return Err(MoveError::NotALeaf(cell).to_string());
+        }
+        let epoch = map.reassign(cell, to).map_err(|e| e.to_string())?;
+        let lost = self.members.get(&from).map_or(0, |m| {
+            m.load
+                .cells
+                .iter()
+                .filter(|c| c.cell == cell)
+                .map(|c| c.entities)
+                .sum::<u32>()
+        });
+        self.failovers += 1;
+        self.event(
+            "failover",
+            format!(
+                "epoch {}: cell {cell} of dead shard {} now on shard {} ({lost} entities it last \
+                 reported there are lost: buddy replication is not built yet)",
+                epoch.0, from.0, to.0
+            ),
+        );
+        Ok(self.map_notices())
     }
 
     /// What the balancer reads: each member's last load, and each cell it reported.
@@ -2128,5 +2195,94 @@ mod tests {
         assert_eq!(m.check_liveness(4_500), vec![ShardId(1)]);
         assert!(!m.view().shards[1].alive);
         assert!(m.check_liveness(5_000).is_empty(), "declared dead once");
+    }
+
+    /// A shard silent past `SHARD_DEAD_AFTER_MS` is fenced: its cells go to the live shards in
+    /// the housekeeping that declared it dead (not at the next round), under newer epochs, and
+    /// it never comes back to life: its heartbeats are answered `Fenced` from then on, while a
+    /// live shard's are answered with its lease.
+    #[test]
+    fn a_dead_shard_is_fenced_and_its_cells_go_to_the_living_at_once() {
+        let config = WorldConfig::default();
+        let balancer = Balancer::new(&config).expect("default settings");
+        let mut m = Master::new(CellGrid::from_config(&config), 3, info("a"), 0)
+            .with_balancer(balancer, 60_000);
+        m.join(join("b", 1), 0).expect("join");
+        m.join(join("c", 1), 0).expect("join");
+        m.place().expect("placement");
+        let leaves_of = |m: &Master, s: u16| {
+            let map = m.map().expect("placed");
+            map.leaves().values().filter(|o| o.0 == s).count()
+        };
+        let dying = leaves_of(&m, 2);
+        assert!(dying > 0, "shard 2 owns cells to lose");
+        let epoch = m.map().expect("placed").epoch();
+        // The first round runs at once (due at 0); the next is a minute away.
+        m.balance(0);
+        let beat = |seq| ShardLoad {
+            seq,
+            ..ShardLoad::default()
+        };
+        for (t, seq) in [(1_000, 1), (2_000, 2), (3_000, 3)] {
+            assert_eq!(
+                m.heartbeat(ShardId(1), beat(seq), t),
+                Some(MasterNotice::Lease { seq }),
+                "a live shard's heartbeat renews its lease"
+            );
+            m.heartbeat(ShardId(0), beat(seq), t);
+        }
+        assert_eq!(
+            m.heartbeat(ShardId(2), beat(1), 500),
+            Some(MasterNotice::Lease { seq: 1 })
+        );
+        assert!(m.check_liveness(3_000).is_empty(), "not silent long enough");
+        let now = 500 + limits::SHARD_DEAD_AFTER_MS + 1;
+        assert_eq!(m.check_liveness(now), [ShardId(2)]);
+        let notices = m.balance(now);
+        assert_eq!(
+            leaves_of(&m, 2),
+            0,
+            "every cell of the dead shard has a live owner"
+        );
+        assert_eq!(m.failovers, dying as u64);
+        assert_eq!(
+            leaves_of(&m, 0) + leaves_of(&m, 1),
+            m.map().expect("placed").leaves().len()
+        );
+        assert!(
+            m.map().expect("placed").epoch() > epoch,
+            "under a new epoch"
+        );
+        let pushed: Vec<ShardId> = notices
+            .iter()
+            .filter(|(_, n)| matches!(n, MasterNotice::Map(_)))
+            .map(|(to, _)| *to)
+            .collect();
+        assert!(
+            pushed.contains(&ShardId(0)) && pushed.contains(&ShardId(1)),
+            "the living get the new map: {pushed:?}"
+        );
+        assert!(!pushed.contains(&ShardId(2)), "the dead shard gets none");
+        for (_, n) in &notices {
+            if let MasterNotice::Map(push) = n {
+                assert!(
+                    push.members.iter().all(|i| i.id != ShardId(2)),
+                    "it is out of the membership"
+                );
+            }
+        }
+        assert!(
+            m.view().events.iter().any(|e| e.kind == "failover"),
+            "the API says what happened"
+        );
+        // It wakes up (a paused process, a healed partition) and reports: fenced, still dead.
+        assert_eq!(
+            m.heartbeat(ShardId(2), beat(2), now + 10),
+            Some(MasterNotice::Fenced)
+        );
+        assert!(!m.view().shards[2].alive, "a fenced shard never comes back");
+        assert_eq!(leaves_of(&m, 2), 0);
+        // A shard that is no member (drained and gone) gets no answer.
+        assert_eq!(m.heartbeat(ShardId(9), beat(1), now + 10), None);
     }
 }

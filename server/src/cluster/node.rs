@@ -7,6 +7,7 @@
 //! straight through its [`Master`]).
 
 use super::forming::Formed;
+use super::lease::{Lease, LeaseState};
 use super::master::Master;
 use crate::core::ShardApp;
 use bytes::Bytes;
@@ -33,6 +34,9 @@ pub struct Node {
     peer_of: BTreeMap<LinkId, ShardId>,
     /// The master's state, on the master only.
     pub master: Option<Master>,
+    /// This shard's ownership lease, renewed by the master's answers to its heartbeats; `None`
+    /// on the master (it is the authority).
+    lease: Option<Lease>,
     /// Link messages that arrived before the first tick, in order.
     pub early: Vec<(ShardId, LinkMessage)>,
     pub batch_bytes_out: u64,
@@ -87,10 +91,13 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// The node of a formed cluster.
-    pub fn new(formed: Formed, links: ClusterLinks, events: LinkEvents) -> Self {
+    /// The node of a formed cluster; `now_ms` is the runtime's monotonic clock (the lease
+    /// starts then: the master's map has just arrived).
+    pub fn new(formed: Formed, links: ClusterLinks, events: LinkEvents, now_ms: u64) -> Self {
         let peer_of = formed.link_of.iter().map(|(id, l)| (*l, *id)).collect();
+        let lease = formed.master.is_none().then(|| Lease::new(now_ms));
         Self {
+            lease,
             me: formed.me,
             map: formed.map,
             members: formed.members,
@@ -115,7 +122,10 @@ impl Node {
         let now: BTreeSet<ShardId> = push.members.iter().map(|m| m.id).collect();
         for m in &self.members {
             if m.id != self.me && !now.contains(&m.id) {
-                info!(shard = m.id.0, "shard left the cluster (drained)");
+                info!(
+                    shard = m.id.0,
+                    "shard left the cluster (drained, or declared dead)"
+                );
                 self.departed.insert(m.id);
                 let lost = self.held.take(m.id).len();
                 if lost > 0 {
@@ -252,13 +262,22 @@ impl Node {
         self.peer_of.get(&link).copied()
     }
 
-    /// Report load to the master (on the master: record it directly).
-    pub fn heartbeat(&mut self, load: ShardLoad, now_ms: u64) {
+    /// Report load to the master (on the master: record it directly), numbered for the lease.
+    pub fn heartbeat(&mut self, mut load: ShardLoad, now_ms: u64) {
         if let Some(m) = self.master.as_mut() {
             m.heartbeat(self.me, load, now_ms);
         } else {
+            load.seq = self.lease.as_mut().map_or(0, |l| l.sent(now_ms));
             self.send(ShardId(0), &LinkMessage::Heartbeat(load));
         }
+    }
+
+    /// What this shard's lease allows at `now_ms` (the monotonic clock): the master always
+    /// holds its own.
+    pub fn lease(&self, now_ms: u64) -> LeaseState {
+        self.lease
+            .as_ref()
+            .map_or(LeaseState::Holds, |l| l.state(now_ms))
     }
 
     /// This shard's requests for the master: over the link, or (on the master) answered at once,
@@ -299,6 +318,10 @@ impl Node {
         let dead = m.check_liveness(now_ms);
         let mut notices = m.check_moves(now_ms);
         notices.extend(m.balance(now_ms));
+        if !dead.is_empty() {
+            // The others learn who left even when it owned no cell to give away.
+            notices.extend(m.members_changed(None));
+        }
         notices.extend(m.check_drained(now_ms));
         for (to, notice) in notices {
             self.notify(app, to, notice);
@@ -405,11 +428,26 @@ impl Node {
                 }
             }
             LinkMessage::Heartbeat(load) => {
-                if let Some(m) = self.master.as_mut() {
-                    m.heartbeat(from, load, now_ms);
+                let answer = self
+                    .master
+                    .as_mut()
+                    .and_then(|m| m.heartbeat(from, load, now_ms));
+                if let Some(answer) = answer {
+                    self.send(from, &LinkMessage::FromMaster(answer));
                 }
             }
             LinkMessage::ToMaster(req) => self.master_request(app, from, req, now_ms),
+            LinkMessage::FromMaster(MasterNotice::Lease { seq }) if from == ShardId(0) => {
+                if let Some(l) = self.lease.as_mut() {
+                    l.answered(seq);
+                }
+            }
+            LinkMessage::FromMaster(MasterNotice::Fenced) if from == ShardId(0) => {
+                error!("the master declared this shard dead and gave its cells to others: fenced");
+                if let Some(l) = self.lease.as_mut() {
+                    l.fenced();
+                }
+            }
             LinkMessage::FromMaster(notice) if from == ShardId(0) => {
                 self.observe(&notice);
                 app.push_master_notice(notice);

@@ -165,6 +165,9 @@ pub struct ShardStats {
     pub redirects: u64,
     /// Clients told a redirect may follow (`ServerControl::Prepare`: their avatar was offered).
     pub redirects_prepared: u64,
+    /// Times this shard's ownership lease lapsed (no answer from the master in time) and its
+    /// simulation paused (`cluster::lease`).
+    pub lease_lapses: u64,
     /// Clients that arrived with a valid redirect token.
     pub redirected_in: u64,
     /// Game commands clients sent (queued for their avatars' owners) and dropped over the

@@ -314,6 +314,10 @@ fn describe() {
         "zonescaler_redirects_prepared_total",
         "Clients told that a redirect may follow (their avatar was offered to another shard), so they can connect there ahead of it."
     );
+    describe_counter!(
+        "zonescaler_lease_lapses_total",
+        "Times this shard's ownership lease lapsed (the master did not answer its heartbeats in time) and its simulation paused until the master answered."
+    );
     describe_transport();
 }
 
@@ -403,6 +407,7 @@ fn publish_stats(app: &ShardApp, net: &NetStats, links: Option<&LinkStats>) {
     counter!("zonescaler_inputs_total", "outcome" => "forwarded").absolute(s.inputs_forwarded);
     counter!("zonescaler_redirects_total").absolute(s.redirects);
     counter!("zonescaler_redirects_prepared_total").absolute(s.redirects_prepared);
+    counter!("zonescaler_lease_lapses_total").absolute(s.lease_lapses);
     // The shard counts what did not decode; the drivers refuse malformed frames (a bad length,
     // an oversize datagram) before the shard sees them. Disjoint, so they add up.
     counter!("zonescaler_decode_errors_total", "channel" => "client")

@@ -23,9 +23,11 @@ pub mod up;
 use crate::app::GameSetup;
 use crate::client::{ClusterDirectory, LoginPolicy};
 use crate::cluster::balancer::Balancer;
-use crate::cluster::{FormAction, FormEvent, Formed, Forming, LoadCounters, LoadWindow, Node};
+use crate::cluster::{
+    FormAction, FormEvent, Formed, Forming, LeaseState, LoadCounters, LoadWindow, Node,
+};
 use crate::core::ShardApp;
-use crate::core::resources::{ClusterMode, Inbox, ShardInbox};
+use crate::core::resources::{ClusterMode, Inbox, ShardInbox, ShardStats};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use http::{ApiCommand, ApiCommands, SharedView};
@@ -141,11 +143,22 @@ impl std::fmt::Debug for ClusterOptions {
     }
 }
 
-/// Milliseconds since the Unix epoch: the cluster clock (token expiry, time in transit).
+/// Milliseconds since the Unix epoch: the clock processes share (token expiry, time in transit).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// This process's clock for the cluster's timing (the master's liveness, timeouts and rounds;
+/// a shard's lease): monotonic, so a step of the wall clock (NTP, an operator) never declares
+/// shards dead nor stretches a lease. It reads as Unix milliseconds, anchored at the first call,
+/// so the master's event times are still dates; it drifts from the wall clock by the steps the
+/// wall clock took since. Never compared across processes.
+fn cluster_ms() -> u64 {
+    static ANCHOR: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (at, unix) = ANCHOR.get_or_init(|| (Instant::now(), unix_ms()));
+    unix + at.elapsed().as_millis() as u64
 }
 
 /// Run a shard until `stop` is set (or Ctrl-C / SIGTERM arrives).
@@ -167,9 +180,9 @@ pub fn run_shard(opts: ShardOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()
     let Some(mut shard) = Shard::start(&rt, opts, &stop)? else {
         return Ok(());
     };
-    shard.run(&stop);
+    let ran = shard.run(&stop);
     shard.shutdown(&rt);
-    Ok(())
+    ran
 }
 
 /// A running shard process: its app, its transports, its place in the cluster.
@@ -186,6 +199,8 @@ pub struct Shard {
     metrics: Option<metrics::ShardMetrics>,
     /// The origin of the load reports' wall clock.
     started: Instant,
+    /// When the lease lapsed (`cluster_ms`), while simulation waits for the master.
+    lease_lapsed_at: Option<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -265,6 +280,7 @@ impl Shard {
             stats_every: opts.stats_every,
             metrics,
             started: Instant::now(),
+            lease_lapsed_at: None,
         };
         shard.after_forming();
         let hz = opts.config.simulation.tick_hz;
@@ -282,15 +298,16 @@ impl Shard {
             *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
         }
         if let Some(n) = self.node.as_mut() {
-            let now = unix_ms();
+            let now = cluster_ms();
             for (from, msg) in std::mem::take(&mut n.early) {
                 n.on_link_message(&mut self.app, from, msg, now);
             }
         }
     }
 
-    /// Tick until `stop` is set.
-    pub fn run(&mut self, stop: &AtomicBool) {
+    /// Tick until `stop` is set; an error when this shard must stop because it lost its lease
+    /// (fenced by the master, or cut off from it for too long).
+    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let hz = self
             .app
             .world
@@ -319,25 +336,31 @@ impl Shard {
                     println!(
                         "zonescaler: shard drained: it owns nothing and left the cluster; stopping"
                     );
-                    return;
+                    return Ok(());
                 }
             }
-            self.tick(&mut pace, &mut buf, &mut window);
+            self.tick(&mut pace, &mut buf, &mut window)?;
             pace.wait();
             if pace.report_due() {
                 self.report(&mut pace);
             }
         }
+        Ok(())
     }
 
     /// One tick: drain the transports, run the schedule, hand out what it produced.
-    fn tick(&mut self, pace: &mut Pacing, buf: &mut Buffers, window: &mut LoadWindow) {
+    fn tick(
+        &mut self,
+        pace: &mut Pacing,
+        buf: &mut Buffers,
+        window: &mut LoadWindow,
+    ) -> anyhow::Result<()> {
         self.events
             .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.client_events);
         for e in buf.client_events.drain(..) {
             self.app.push_event(e);
         }
-        let now = unix_ms();
+        let now = cluster_ms();
         if let Some(n) = self.node.as_mut() {
             n.events
                 .drain_into(limits::INBOX_EVENTS_MAX, &mut buf.link_events);
@@ -348,6 +371,13 @@ impl Shard {
                 self.api_orders(now);
             }
         }
+        if !self.lease_allows(now)? {
+            // Still heartbeat (the master's answer renews the lease), but run nothing.
+            if pace.heartbeat_due() {
+                self.heartbeat(window, now);
+            }
+            return Ok(());
+        }
         let mut queues = metrics::TickQueues {
             client_inbox: self.app.world.resource::<Inbox>().events.len(),
             link_inbox: self.app.world.resource::<ShardInbox>().messages.len(),
@@ -355,7 +385,7 @@ impl Shard {
         };
         let cpu0 = metrics::thread_cpu();
         let t0 = Instant::now();
-        self.app.set_now_ms(now);
+        self.app.set_now_ms(unix_ms());
         self.app.tick();
         let wall = t0.elapsed();
         let cpu = metrics::thread_cpu().saturating_sub(cpu0);
@@ -380,6 +410,40 @@ impl Shard {
             let node = self.node.as_ref();
             m.after_tick(&mut self.app, &self.server, node, wall, cpu, queues);
         }
+        Ok(())
+    }
+
+    /// Whether this shard may simulate now (`cluster::lease`): it says so when its lease lapses
+    /// and when it is renewed; an error when the lease is lost (fenced, or cut off too long).
+    fn lease_allows(&mut self, now: u64) -> anyhow::Result<bool> {
+        let lease = self
+            .node
+            .as_ref()
+            .map_or(LeaseState::Holds, |n| n.lease(now));
+        match lease {
+            LeaseState::Holds => {
+                if let Some(since) = self.lease_lapsed_at.take() {
+                    warn!(
+                        paused_ms = now.saturating_sub(since),
+                        "the master answered again: lease renewed, simulating again"
+                    );
+                }
+                Ok(true)
+            }
+            LeaseState::Lapsed { .. } => {
+                if self.lease_lapsed_at.is_none() {
+                    error!(
+                        "no answer from the master for {} ms: lease lapsed, simulation paused \
+                         (no two shards may own a cell) until it answers",
+                        limits::SHARD_LEASE_MS
+                    );
+                    self.lease_lapsed_at = Some(now);
+                    self.app.world.resource_mut::<ShardStats>().lease_lapses += 1;
+                }
+                Ok(false)
+            }
+            LeaseState::Lost(why) => bail!("lost its ownership lease: {why}; stopping"),
+        }
     }
 
     /// Report load to the master (the app's counts and the window's measurements, the window
@@ -402,7 +466,8 @@ impl Shard {
         for dead in n.master_housekeeping(&mut self.app, now) {
             error!(
                 shard = dead.0,
-                "shard silent for {} ms: declared dead (its cells are not recovered: failover is not built yet)",
+                "shard silent for {} ms: declared dead and fenced; its cells go to live shards \
+                 (what it held is lost: buddy replication is not built yet)",
                 limits::SHARD_DEAD_AFTER_MS
             );
         }
@@ -627,7 +692,7 @@ fn join_cluster(
                     .with_move_timeout(move_timeout_ms)
                     .with_balancer(balancer, round_ms)
             },
-            unix_ms(),
+            cluster_ms(),
         ),
         Role::Join { master } => Forming::joiner(grid, me, master.to_string()),
     };
@@ -638,7 +703,7 @@ fn join_cluster(
         }
     });
     match formed {
-        Some(f) => Ok(Some(Node::new(f?, links, events))),
+        Some(f) => Ok(Some(Node::new(f?, links, events, cluster_ms()))),
         None => Ok(None),
     }
 }
@@ -669,7 +734,7 @@ async fn form(
         }
         if forming.is_formed() {
             return forming
-                .finish(unix_ms())
+                .finish(cluster_ms())
                 .context("the cluster formed but could not be taken");
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -688,7 +753,7 @@ async fn form(
                     .with_context(|| format!("bad link message on {link}"))?,
             ),
         };
-        acts = forming.on_event(ev, unix_ms())?;
+        acts = forming.on_event(ev, cluster_ms())?;
     }
 }
 
