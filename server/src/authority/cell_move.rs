@@ -114,7 +114,8 @@ fn apply_map(world: &mut World, push: MapPush) {
         (space.me, *space.grid(), space.map.epoch())
     };
     // The members' addresses come with every push, the same epoch too (a member joined or
-    // left). A member that left was drained: what this shard was handing it comes back.
+    // left). A member that left (drained, or declared dead and fenced): what this shard was
+    // handing it comes back, and its proxies here go.
     {
         let mut dir = world.resource_mut::<ClusterDirectory>();
         for m in &push.members {
@@ -123,6 +124,13 @@ fn apply_map(world: &mut World, push: MapPush) {
     }
     let members: BTreeSet<ShardId> = push.members.iter().map(|m| m.id).collect();
     super::handoff::forget_departed(world, &members);
+    let stale = super::proxy::forget_departed_proxies(world, &members);
+    if stale > 0 {
+        info!(
+            proxies = stale,
+            "proxies of shards that left the cluster removed"
+        );
+    }
     if push.epoch <= epoch.0 {
         return;
     }

@@ -215,6 +215,29 @@ pub(crate) fn remove_proxy(world: &mut World, from: ShardId, id: NetId, generati
     matches
 }
 
+/// The master's member list changed: proxies owned by a shard no longer in it are despawned
+/// (a drained shard has removed its own already; a dead one, fenced, never will, and its entities
+/// are no longer anyone's), and what this shard mirrored to it is forgotten. The proxies of its
+/// entities' new owner, if any, come with that owner's mirroring. The proxies despawned.
+pub(crate) fn forget_departed_proxies(
+    world: &mut World,
+    members: &std::collections::BTreeSet<ShardId>,
+) -> usize {
+    if let Some(mut mirrors) = world.get_resource_mut::<Mirrors>() {
+        mirrors.0.retain(|to, _| members.contains(to));
+    }
+    let mut gone = world.query::<(Entity, &Proxy)>();
+    let stale: Vec<Entity> = gone
+        .iter(world)
+        .filter(|(_, p)| !members.contains(&p.owner))
+        .map(|(e, _)| e)
+        .collect();
+    for &e in &stale {
+        world.despawn(e);
+    }
+    stale.len()
+}
+
 /// What [`mirror_proxies`] keeps between ticks.
 #[derive(Default)]
 pub struct MirrorScratch {

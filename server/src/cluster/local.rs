@@ -18,6 +18,8 @@
 //! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
 //! are answered at once and its notices arrive for the next tick, as do its cell moves
 //! ([`LocalCluster::move_cell`]) and new maps; every tick is a heartbeat and an admission round.
+//! A shard can be killed ([`LocalCluster::kill`]): it goes silent and the master's liveness
+//! check, run every tick, declares it dead in due time.
 //! Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
@@ -35,8 +37,10 @@ use zonescaler_shared::{CellId, ShardId};
 
 /// `n` shards of one world and their master, in one process.
 pub struct LocalCluster {
-    /// Shard `i` is `shards[i]`; a drained one stays in place but no longer ticks.
+    /// Shard `i` is `shards[i]`; a drained or killed one stays in place but no longer ticks.
     pub shards: Vec<ShardApp>,
+    /// Shards killed ([`Self::kill`]): silent from then on, as a crashed process.
+    killed: Vec<bool>,
     pub master: Master,
     pub map: CellMap,
     config: WorldConfig,
@@ -108,6 +112,7 @@ impl LocalCluster {
             game: game.clone(),
             now_ms: 0,
             notices: Vec::new(),
+            killed: vec![false; n],
         })
     }
 
@@ -133,6 +138,7 @@ impl LocalCluster {
             placement,
             &self.game,
         ));
+        self.killed.push(false);
         self.notices.extend(self.master.members_changed(Some(id)));
         Ok(id)
     }
@@ -143,6 +149,19 @@ impl LocalCluster {
         self.master
             .drain(id, self.now_ms)
             .map_err(|e| e.to_string())
+    }
+
+    /// Kill shard `id` as `kill -9` would: from the next step it neither ticks nor sends nor
+    /// reports, and messages to it are lost. The master declares it dead once it has been silent
+    /// for `limits::SHARD_DEAD_AFTER_MS` and gives its cells to the others.
+    pub fn kill(&mut self, id: ShardId) {
+        if let Some(k) = self.killed.get_mut(usize::from(id.0)) {
+            *k = true;
+        }
+    }
+
+    fn silent(&self, i: usize) -> bool {
+        self.killed[i] || self.shards[i].drained()
     }
 
     /// Order the move of leaf `cell` to shard `to` (see `cluster::moves`): the shards hear of
@@ -187,17 +206,24 @@ impl LocalCluster {
                 .tick_hz
         });
         self.now_ms += 1_000 / u64::from(hz.max(1));
-        for s in self.shards.iter_mut().filter(|s| !s.drained()) {
-            s.set_now_ms(self.now_ms);
-            s.tick();
+        for i in 0..self.shards.len() {
+            if !self.silent(i) {
+                self.shards[i].set_now_ms(self.now_ms);
+                self.shards[i].tick();
+            }
         }
         let mut mail = Vec::new();
         let mut notices = std::mem::take(&mut self.notices);
+        let dead = self.master.check_liveness(self.now_ms);
         notices.extend(self.master.check_moves(self.now_ms));
         notices.extend(self.master.balance(self.now_ms));
+        if !dead.is_empty() {
+            notices.extend(self.master.members_changed(None));
+        }
         notices.extend(self.master.check_drained(self.now_ms));
+        let silent: Vec<bool> = (0..self.shards.len()).map(|i| self.silent(i)).collect();
         for (i, s) in self.shards.iter_mut().enumerate() {
-            if s.drained() {
+            if silent[i] {
                 continue;
             }
             let from = ShardId(i as u16);
@@ -209,7 +235,7 @@ impl LocalCluster {
             }
         }
         for (from, to, bytes) in mail {
-            if !deliver(from, to, &bytes) {
+            if silent.get(usize::from(to.0)) != Some(&false) || !deliver(from, to, &bytes) {
                 continue;
             }
             if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
@@ -222,7 +248,7 @@ impl LocalCluster {
             }
         }
         for (i, s) in self.shards.iter_mut().enumerate() {
-            if s.drained() {
+            if silent[i] {
                 continue;
             }
             let load = s.load();

@@ -2197,12 +2197,8 @@ mod tests {
         assert!(m.check_liveness(5_000).is_empty(), "declared dead once");
     }
 
-    /// A shard silent past `SHARD_DEAD_AFTER_MS` is fenced: its cells go to the live shards in
-    /// the housekeeping that declared it dead (not at the next round), under newer epochs, and
-    /// it never comes back to life: its heartbeats are answered `Fenced` from then on, while a
-    /// live shard's are answered with its lease.
-    #[test]
-    fn a_dead_shard_is_fenced_and_its_cells_go_to_the_living_at_once() {
+    /// Three members placed, balancing every minute (the first round at once).
+    fn three_with_balancer() -> Master {
         let config = WorldConfig::default();
         let balancer = Balancer::new(&config).expect("default settings");
         let mut m = Master::new(CellGrid::from_config(&config), 3, info("a"), 0)
@@ -2210,6 +2206,23 @@ mod tests {
         m.join(join("b", 1), 0).expect("join");
         m.join(join("c", 1), 0).expect("join");
         m.place().expect("placement");
+        m
+    }
+
+    fn beat(seq: u64) -> ShardLoad {
+        ShardLoad {
+            seq,
+            ..ShardLoad::default()
+        }
+    }
+
+    /// A shard silent past `SHARD_DEAD_AFTER_MS` is fenced: its cells go to the live shards in
+    /// the housekeeping that declared it dead (not at the next round), under newer epochs, and
+    /// it never comes back to life: its heartbeats are answered `Fenced` from then on, while a
+    /// live shard's are answered with its lease.
+    #[test]
+    fn a_dead_shard_is_fenced_and_its_cells_go_to_the_living_at_once() {
+        let mut m = three_with_balancer();
         let leaves_of = |m: &Master, s: u16| {
             let map = m.map().expect("placed");
             map.leaves().values().filter(|o| o.0 == s).count()
@@ -2219,10 +2232,6 @@ mod tests {
         let epoch = m.map().expect("placed").epoch();
         // The first round runs at once (due at 0); the next is a minute away.
         m.balance(0);
-        let beat = |seq| ShardLoad {
-            seq,
-            ..ShardLoad::default()
-        };
         for (t, seq) in [(1_000, 1), (2_000, 2), (3_000, 3)] {
             assert_eq!(
                 m.heartbeat(ShardId(1), beat(seq), t),
