@@ -98,29 +98,111 @@ fn up_refuses_nonsense_and_bad_configs_before_starting_anything() {
     assert!(!stderr.contains("panicked"));
 }
 
-/// A running `zonescaler up` (Linux process tests).
+/// A running `zonescaler up` (Linux process tests). Dropping it kills `up` if it still runs
+/// (its shards then stop: their stdin closes) and removes its run directory, so a failed test
+/// leaves no process and no files behind.
 #[cfg(target_os = "linux")]
 struct Up {
     child: std::process::Child,
-    /// The shard's pid, from the line `up` prints once the shard listens.
-    shard_pid: u32,
-    /// Everything `up` and its shards wrote to stderr, once they exit.
-    stderr: std::thread::JoinHandle<String>,
+    /// Each shard's pid, from the lines `up` prints once every shard serves.
+    shard_pids: Vec<u32>,
+    /// Every line `up` has printed to stdout so far.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Everything `up` wrote to stderr, once it exits (see [`Up::stderr`]).
+    stderr: Option<std::thread::JoinHandle<String>>,
+    run_dir: std::path::PathBuf,
 }
 
-/// Start `up` on `port` (in a process group of its own when `own_group`, as a terminal would) and
-/// wait for its shard. Both pipes are drained on threads so neither `up` nor a shard (which
-/// inherits stderr) ever blocks on a full pipe.
+#[cfg(target_os = "linux")]
+impl Up {
+    /// `up`'s stderr; waits for `up` to close it.
+    fn stderr(&mut self) -> String {
+        let reader = self.stderr.take().expect("stderr is read once");
+        reader.join().expect("stderr reader")
+    }
+
+    /// `up`'s stdout so far, one string.
+    fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout lines").join("\n")
+    }
+
+    /// Send `up`'s process group SIGINT, as a terminal's Ctrl-C does (needs `own_group`).
+    fn ctrl_c(&self) {
+        let group = format!("-{}", self.child.id());
+        let sent = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGINT sent to up's process group");
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Start `up` with one shard on `port` (in a process group of its own when `own_group`, as a
+/// terminal would) and wait for its shard.
 #[cfg(target_os = "linux")]
 fn spawn_up(name: &str, port: u16, own_group: bool) -> Up {
+    // Metrics listen on TCP, clients on UDP: the same number keeps parallel tests apart.
+    let port = port.to_string();
+    spawn_up_with(
+        name,
+        &["--port", &port, "--metrics-port", &port],
+        1,
+        own_group,
+    )
+}
+
+/// Start `up` with `shards` shards from `base` on: clients (UDP) and metrics (TCP) on `base`
+/// and up, shard links (UDP) and the master's HTTP (TCP) on `base + shards` and up.
+#[cfg(target_os = "linux")]
+fn spawn_cluster(name: &str, base: u16, shards: u16, own_group: bool) -> Up {
+    let port = base.to_string();
+    let links = (base + shards).to_string();
+    let http = format!("127.0.0.1:{}", base + shards);
+    let n = shards.to_string();
+    spawn_up_with(
+        name,
+        &[
+            "--shards",
+            &n,
+            "--port",
+            &port,
+            "--metrics-port",
+            &port,
+            "--link-port",
+            &links,
+            "--http",
+            &http,
+        ],
+        shards.into(),
+        own_group,
+    )
+}
+
+/// Start `up args` with a run directory of its own and wait until its `shards` shards serve.
+/// Both pipes are drained on threads so neither `up` nor a shard (which inherits stderr) ever
+/// blocks on a full pipe.
+#[cfg(target_os = "linux")]
+fn spawn_up_with(name: &str, args: &[&str], shards: usize, own_group: bool) -> Up {
     use std::io::{BufRead, BufReader, Read};
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let run_dir = std::env::temp_dir().join(format!("zs-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zonescaler"));
-    // Metrics listen on TCP, clients on UDP: the same number keeps parallel tests apart.
-    let port = port.to_string();
-    cmd.args(["up", "--port", &port, "--metrics-port", &port, "--run-dir"])
+    cmd.arg("up")
+        .args(args)
+        .arg("--run-dir")
         .arg(&run_dir)
         .args([
             "--world",
@@ -138,23 +220,44 @@ fn spawn_up(name: &str, port: u16, own_group: bool) -> Up {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout"))
+    let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (pids_tx, pids_rx) = std::sync::mpsc::channel();
+    let lines = BufReader::new(child.stdout.take().expect("piped stdout"))
         .lines()
         .map_while(Result::ok);
-    let shard_pid = lines
-        .find_map(|l| {
-            l.split("(pid ")
+    let seen = stdout.clone();
+    std::thread::spawn(move || {
+        for l in lines {
+            // `  shard-N    ADDR  metrics URL  (pid P, log FILE)`, once every shard serves.
+            let pid = l
+                .split("(pid ")
                 .nth(1)
                 .and_then(|r| r.split(',').next())
-                .and_then(|p| p.parse().ok())
-        })
-        .expect("up prints each shard's pid once it listens");
-    std::thread::spawn(move || lines.for_each(drop));
-    Up {
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                let _ = pids_tx.send(pid);
+            }
+            seen.lock().expect("stdout lines").push(l);
+        }
+    });
+    let mut up = Up {
         child,
-        shard_pid,
-        stderr,
+        shard_pids: Vec::new(),
+        stdout,
+        stderr: Some(stderr),
+        run_dir,
+    };
+    while up.shard_pids.len() < shards {
+        match pids_rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(pid) => up.shard_pids.push(pid),
+            Err(_) => panic!(
+                "up prints each shard's pid once it serves; stdout:\n{}\nstderr:\n{}",
+                up.stdout(),
+                up.stderr()
+            ),
+        }
     }
+    up
 }
 
 /// Whether `pid` is a live (not zombie) process.
@@ -166,11 +269,30 @@ fn alive(pid: u32) -> bool {
 /// Wait up to 15 s for `pid` to be gone.
 #[cfg(target_os = "linux")]
 fn gone_within_15s(pid: u32) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while alive(pid) && std::time::Instant::now() < deadline {
+    within(std::time::Duration::from_secs(15), || !alive(pid))
+}
+
+/// Poll `done` every 50 ms for up to `limit`; whether it came true.
+#[cfg(target_os = "linux")]
+fn within(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    !alive(pid)
+    true
+}
+
+/// SIGKILL `pid`, as a crash or the OOM killer would.
+#[cfg(target_os = "linux")]
+fn kill_9(pid: u32) {
+    let sent = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGKILL sent to {pid}");
 }
 
 /// `up` may die any way at all (here SIGKILL, which it cannot catch): its shards must not
@@ -179,13 +301,13 @@ fn gone_within_15s(pid: u32) -> bool {
 #[test]
 fn shards_stop_when_up_is_killed() {
     let mut up = spawn_up("kill", 40_000 + (std::process::id() % 20_000) as u16, false);
-    assert!(alive(up.shard_pid), "the shard runs");
+    let shard = up.shard_pids[0];
+    assert!(alive(shard), "the shard runs");
     up.child.kill().expect("SIGKILL up");
     up.child.wait().expect("reaped");
     assert!(
-        gone_within_15s(up.shard_pid),
-        "shard {} outlived a killed `up`",
-        up.shard_pid
+        gone_within_15s(shard),
+        "shard {shard} outlived a killed `up`"
     );
 }
 
@@ -195,24 +317,16 @@ fn shards_stop_when_up_is_killed() {
 #[test]
 fn ctrl_c_to_the_process_group_stops_up_cleanly() {
     let mut up = spawn_up("ctrlc", 30_000 + (std::process::id() % 9_000) as u16, true);
-    let group = format!("-{}", up.child.id());
-    let sent = Command::new("kill")
-        .args(["-INT", "--", &group])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "SIGINT sent to up's process group");
+    let shard = up.shard_pids[0];
+    up.ctrl_c();
     assert!(
         gone_within_15s(up.child.id()),
         "up stops within 15 s of Ctrl-C"
     );
     let status = up.child.wait().expect("reaped");
     // Before reading stderr: a surviving shard would hold the pipe open and the read would hang.
-    assert!(
-        gone_within_15s(up.shard_pid),
-        "shard {} outlived up",
-        up.shard_pid
-    );
-    let stderr = up.stderr.join().expect("stderr reader");
+    assert!(gone_within_15s(shard), "shard {shard} outlived up");
+    let stderr = up.stderr();
     assert!(
         status.success(),
         "up must exit 0 on Ctrl-C: {status}; stderr: {stderr}"
@@ -220,6 +334,137 @@ fn ctrl_c_to_the_process_group_stops_up_cleanly() {
     assert!(
         !stderr.contains("unexpectedly"),
         "a requested stop is not a crash: {stderr}"
+    );
+}
+
+/// A non-master shard that dies is reported and started again as a joiner (same command, same
+/// addresses, its log appended to); the cluster keeps running, and Ctrl-C still stops it all
+/// with exit 0.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_non_master_shard_is_restarted_and_the_cluster_keeps_running() {
+    let base = 10_000 + (std::process::id() % 9_000) as u16;
+    let mut up = spawn_cluster("restart", base, 2, true);
+    let (master, victim) = (up.shard_pids[0], up.shard_pids[1]);
+    let log = up.run_dir.join("shard-1.log");
+    kill_9(victim);
+    let minute = std::time::Duration::from_secs(60);
+    let up_pid = up.child.id();
+    // Also done when `up` exits, so a cluster that stopped fails here at once with its output.
+    let restarted = within(minute, || {
+        up.stdout().contains("restarting shard-1") || !alive(up_pid)
+    });
+    let out = up.stdout();
+    assert!(
+        restarted && alive(up_pid),
+        "up restarts shard-1 within a minute:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("zonescaler up: shard-1 exited ")
+                && l.contains("(signal: 9 (SIGKILL)); last lines of")),
+        "up reports how shard-1 died (its exit status and its log's tail):\n{out}"
+    );
+    assert!(
+        out.contains("the cluster keeps running; shard-1 starts again in 1 s (attempt 1)"),
+        "up says the cluster keeps running and when shard-1 starts again:\n{out}"
+    );
+    let restart_line = out
+        .lines()
+        .find(|l| l.starts_with("zonescaler up: restarting shard-1 (attempt 1, after 1 s) as pid "))
+        .unwrap_or_else(|| panic!("the restart line names the attempt and the wait:\n{out}"));
+    let new_pid: u32 = restart_line
+        .split("as pid ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the restart line names the new pid: {restart_line}"));
+    assert_ne!(new_pid, victim, "a new process");
+    // A joiner says `shard N of M linked` once the master gave it an id and the map.
+    let joined = within(minute, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.split("=== zonescaler up: shard-1 restarted (attempt 1), started at unix time ")
+            .nth(1)
+            .is_some_and(|after| after.contains(" linked; "))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        joined,
+        "the restarted shard-1 joins the cluster again, logging below a restart header:\n{text}"
+    );
+    assert_eq!(
+        text.matches("=== zonescaler up: shard-1").count(),
+        2,
+        "the log was appended to, not truncated: the crash's lines stay above the restart:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("=== zonescaler up: shard-1 started at unix time ")),
+        "{text}"
+    );
+    assert!(
+        matches!(up.child.try_wait(), Ok(None)),
+        "up keeps running after a non-master shard's death:\n{}",
+        up.stdout()
+    );
+    assert!(
+        alive(master) && alive(new_pid),
+        "the master and the new shard-1 run"
+    );
+
+    up.ctrl_c();
+    assert!(
+        within(minute, || !alive(up.child.id())),
+        "up stops on Ctrl-C"
+    );
+    let status = up.child.wait().expect("reaped");
+    assert!(gone_within_15s(master), "shard {master} outlived up");
+    assert!(gone_within_15s(new_pid), "shard {new_pid} outlived up");
+    let stderr = up.stderr();
+    assert!(
+        status.success(),
+        "up exits 0 on Ctrl-C after a restart: {status}; stderr: {stderr}\nstdout:\n{}",
+        up.stdout()
+    );
+    assert!(!stderr.contains("unexpectedly"), "{stderr}");
+}
+
+/// Shard 0 holds the master role and nothing takes it over yet: its death stops the cluster
+/// with exit 1 and says why, and no shard outlives it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_master_stops_the_cluster_and_says_why() {
+    let base = 20_000 + (std::process::id() % 9_000) as u16;
+    let mut up = spawn_cluster("master", base, 2, false);
+    let (master, other) = (up.shard_pids[0], up.shard_pids[1]);
+    kill_9(master);
+    let minute = std::time::Duration::from_secs(60);
+    assert!(
+        within(minute, || !alive(up.child.id())),
+        "up stops when the master dies:\n{}",
+        up.stdout()
+    );
+    let status = up.child.wait().expect("reaped");
+    assert!(gone_within_15s(other), "shard {other} outlived up");
+    let stderr = up.stderr();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("zonescaler up: shard-0 exited ")
+                && l.contains("(signal: 9 (SIGKILL)); last lines of")),
+        "the report says how the master died: {stderr}"
+    );
+    assert!(
+        stderr.contains("zonescaler: shard-0 exited unexpectedly (signal: 9 (SIGKILL)); it holds the master role")
+            && stderr.contains("failover is not built yet, so the cluster cannot continue without it"),
+        "the error says why the cluster stops: {stderr}"
+    );
+    assert!(
+        !up.stdout().contains("restarting"),
+        "the master is not restarted:\n{}",
+        up.stdout()
     );
 }
 

@@ -3,8 +3,8 @@
 //! One function per step: `up` checks the options; `prepare_run_dir` writes the run files;
 //! `start_shards` starts them; `wait_ready` waits until each serves; `next_steps` says what
 //! to do next (dashboard, API, each shard's client and metrics address, the log files, the bots
-//! command); `supervise` shows the live status until Ctrl-C or a death;
-//! `Supervisor::stop_all` stops everything.
+//! command); `supervise` shows the live status and restarts dead shards until Ctrl-C or a death
+//! it cannot recover from; `Supervisor::stop_all` stops everything.
 //!
 //! With `--shards N` (N > 1), shard 0 holds the master role (`--expect-shards N`) and the others
 //! join it (`--join`); `up` generates a cluster secret (passed in the environment, never on a
@@ -15,11 +15,25 @@
 //!
 //! **Logs.** Each child's stdout and stderr go to a file in the run directory (`shard-N.log`,
 //! `bots.log`), never to the terminal, so nothing interleaves with the status. Each file is
-//! truncated when its child starts (one run per file) and begins with a line naming the command
-//! and when it started. `RUST_LOG` passes through to the children. When a child exits, `up`
-//! prints its exit status and the last `LOG_TAIL_LINES` lines of its log: a shard's death stops
-//! the cluster (and `up` exits 1); the bots' end does not. `Supervisor` holds the per-child
-//! state (name, role, log, start time), the place where restarting dead children would go.
+//! truncated when its child first starts and begins with a line naming the command and when it
+//! started; a restart appends to it under a like line that says `restarted (attempt K)`, so the
+//! crash's log survives. `RUST_LOG` passes through to the children. When a child exits, `up`
+//! prints its exit status and the last `LOG_TAIL_LINES` lines of its log, then (see `verdict`):
+//!
+//! - a shard that exited 0 was drained: said, not restarted;
+//! - a non-master shard of a cluster (shard 1 and up) that died (non-zero, or a signal) is
+//!   started again with the same command (`--join` the master, the same addresses), after a
+//!   backoff (`Backoff`: 1 s, doubled for each death within 30 s of its start, at most 30 s).
+//!   The master gives the new process a new shard id; the cluster keeps running meanwhile;
+//! - shard 0's death stops the cluster (and `up` exits 1): it holds the master role, the API
+//!   and the player directory, and no other shard can take them over yet (no master failover);
+//!   so does a lone shard's (`--shards 1`), and any shard's before the cluster first served;
+//! - the bots' end is said; the cluster keeps running.
+//!
+//! `Supervisor` holds the per-child state (name, role, log, how to build its command, start
+//! time, backoff) and starts dead joiners again when their backoff is up. Restarts are
+//! deadlines that the supervise loop checks every `SUPERVISE_EVERY`, never a sleep, so Ctrl-C
+//! stops everything at once while a restart waits.
 //!
 //! **Status.** Once a second `up` asks the master's `GET /api/cluster` (plain HTTP/1.1 on a std
 //! `TcpStream` with short timeouts) and shows per shard: alive, cells, clients, owned entities,
@@ -75,11 +89,23 @@ const EXITED_AT_ONCE: Duration = Duration::from_secs(3);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest line of the live table: wider lines would wrap and break redrawing in place.
 const TABLE_LINE_CHARS_MAX: usize = 79;
+/// The wait before the first restart of a dead shard; each quick death doubles it.
+const RESTART_DELAY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait before a restart: a shard that keeps dying is tried twice a minute.
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+/// A shard that ran this long before it died was healthy: its next restart waits
+/// [`RESTART_DELAY_MIN`] again.
+const RESTART_STABLE_AFTER: Duration = Duration::from_secs(30);
+const _: () = assert!(
+    RESTART_DELAY_MIN.as_millis() > 0
+        && RESTART_DELAY_MIN.as_millis() <= RESTART_DELAY_MAX.as_millis()
+);
 
 /// `zonescaler up`: run a local cluster as child processes; Ctrl-C stops every one of them.
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpOptions {
-    /// Shard processes to start; with more than one, shard 0 holds the master role.
+    /// Shard processes to start; with more than one, shard 0 holds the master role (its death
+    /// stops the cluster) and the others join it (each restarted, after a backoff, when it dies).
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
     /// World config (TOML).
@@ -129,8 +155,8 @@ impl UpOptions {
     }
 }
 
-/// Start the cluster, say what to do next, show its status until Ctrl-C (exit 0) or a shard's
-/// death (an error naming it).
+/// Start the cluster, say what to do next, show its status and restart dead joiners until
+/// Ctrl-C (exit 0) or a death the cluster cannot go on without (an error naming it).
 pub fn up(
     opts: UpOptions,
     stop: Arc<AtomicBool>,
@@ -204,19 +230,22 @@ fn run(
     screen.say(&next_steps(opts, &shards, &files, &shown_exe(exe)));
     if opts.bots > 0 {
         let log = opts.run_dir.join("bots.log");
-        let mut command = Command::new(exe);
-        command
-            .args(bots_args(
-                &shards[0].addr,
-                &files,
-                opts.bots,
-                &opts.bot_duration,
-                Some(&opts.bot_scenario),
-            ))
-            .stdin(Stdio::null());
+        let args = bots_args(
+            &shards[0].addr,
+            &files,
+            opts.bots,
+            &opts.bot_duration,
+            Some(&opts.bot_scenario),
+        );
+        let exe = exe.to_path_buf();
+        let command = move || {
+            let mut command = Command::new(&exe);
+            command.args(&args).stdin(Stdio::null());
+            command
+        };
         // Bots stay in this process group: a terminal's Ctrl-C reaches them and they stop their
         // own way; if `up` is killed they still end when their --duration runs out.
-        children.start("bots", Role::Bots, command, &log)?;
+        children.start("bots", Role::Bots, &log, Box::new(command))?;
         screen.say(&[format!(
             "zonescaler up: started {} bots (log {})",
             opts.bots,
@@ -230,6 +259,7 @@ fn run(
 // Run files and children
 
 /// What `up` writes to the run directory before starting anything.
+#[derive(Clone)]
 struct RunFiles {
     /// The certificate every shard presents, and its key.
     cluster_cert: PathBuf,
@@ -280,6 +310,7 @@ fn prepare_run_dir(opts: &UpOptions) -> anyhow::Result<RunFiles> {
 }
 
 /// One shard as `up` started it.
+#[derive(Clone)]
 struct ShardInfo {
     name: String,
     /// Where its clients connect.
@@ -311,8 +342,20 @@ fn start_shards(
             pid: 0,
         };
         let _ = std::fs::remove_file(&shard.cert);
-        let command = shard_command(opts, exe, files, &shard, i);
-        shard.pid = children.start(&shard.name, Role::Shard, command, &shard.log)?;
+        let role = match (opts.shards, i) {
+            (1, _) => Role::Alone,
+            (_, 0) => Role::Master,
+            _ => Role::Joiner,
+        };
+        // A restart runs the same command: a joiner's already says `--join` the master.
+        let (o, e, f, s) = (
+            opts.clone(),
+            exe.to_path_buf(),
+            files.clone(),
+            shard.clone(),
+        );
+        let command = move || shard_command(&o, &e, &f, &s, i);
+        shard.pid = children.start(&shard.name, role, &shard.log, Box::new(command))?;
         shards.push(shard);
     }
     Ok(shards)
@@ -401,7 +444,7 @@ fn wait_ready(
             return Ok(false);
         }
         for exit in children.reap()? {
-            on_exit(&exit, screen)?;
+            on_exit(&exit, Stage::Starting, children, screen)?;
         }
         let waiting: Vec<&str> = shards
             .iter()
@@ -423,7 +466,8 @@ fn wait_ready(
     }
 }
 
-/// Show the status until Ctrl-C; a shard's death is an error.
+/// Show the status and restart dead joiners until Ctrl-C; the master's death (or a lone
+/// shard's) is an error.
 fn supervise(
     opts: &UpOptions,
     children: &mut Supervisor,
@@ -442,7 +486,11 @@ fn supervise(
             return Ok(());
         }
         for exit in children.reap()? {
-            on_exit(&exit, screen)?;
+            on_exit(&exit, Stage::Serving, children, screen)?;
+        }
+        let restarted = children.restart_due(Instant::now())?;
+        if !restarted.is_empty() {
+            screen.say(&restarted);
         }
         if Instant::now() >= next_poll {
             let t = start.elapsed();
@@ -460,56 +508,170 @@ fn supervise(
     }
 }
 
-/// Report a child's exit: a shard's stops the cluster, unless it exited 0 (drained: it left
-/// the cluster owning nothing); the bots' does not.
-fn on_exit(exit: &Exit, screen: &mut Screen) -> anyhow::Result<()> {
-    if exit.role == Role::Shard && exit.status.success() {
-        screen.say(&[format!(
-            "zonescaler up: {} was drained and exited 0; the cluster keeps running",
-            exit.name
-        )]);
-        return Ok(());
+/// Whether the cluster has served yet: before, any shard's death stops `up` (a shard that
+/// cannot start is a problem to fix, not to retry, and the cluster is still forming).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Starting,
+    Serving,
+}
+
+/// What `up` does about a child's exit.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A shard exited 0: it was drained (it left the cluster owning nothing). Not restarted.
+    Drained,
+    /// Report it; the cluster keeps running (the bots' end).
+    KeepRunning,
+    /// Report it and start it again after its backoff (a joiner's death).
+    Restart,
+    /// Report it and stop the cluster; the error says why.
+    Stop(String),
+}
+
+/// What a child's exit means for the cluster (see the module docs).
+fn verdict(exit: &Exit, stage: Stage) -> Verdict {
+    if exit.role != Role::Bots && exit.status.success() {
+        return Verdict::Drained;
     }
-    let report = exit_report(exit, &log_tail(&exit.log));
-    match exit.role {
-        Role::Shard => {
-            screen.report(&report);
-            bail!(
-                "{} exited unexpectedly ({}); its log: {}",
-                exit.name,
-                exit.status,
-                exit.log.display()
-            );
+    let died = format!("{} exited unexpectedly ({})", exit.name, exit.status);
+    let log = exit.log.display();
+    match (exit.role, stage) {
+        (Role::Bots, _) => Verdict::KeepRunning,
+        (Role::Joiner, Stage::Serving) => Verdict::Restart,
+        (Role::Joiner, Stage::Starting) => Verdict::Stop(format!(
+            "{died} before the cluster served, so it is not restarted; its log: {log}"
+        )),
+        (Role::Master, _) => Verdict::Stop(format!(
+            "{died}; it holds the master role (the cluster API and the player directory) and \
+             master failover is not built yet, so the cluster cannot continue without it; \
+             its log: {log}"
+        )),
+        (Role::Alone, _) => Verdict::Stop(format!("{died}; its log: {log}")),
+    }
+}
+
+/// Report a child's exit and act on its [`verdict`]: a restart is scheduled in `children`, a
+/// stop is an error.
+fn on_exit(
+    exit: &Exit,
+    stage: Stage,
+    children: &mut Supervisor,
+    screen: &mut Screen,
+) -> anyhow::Result<()> {
+    let report = || exit_report(exit, &log_tail(&exit.log));
+    match verdict(exit, stage) {
+        Verdict::Drained => {
+            screen.say(&[format!(
+                "zonescaler up: {} was drained and exited 0; the cluster keeps running",
+                exit.name
+            )]);
+            Ok(())
         }
-        Role::Bots => {
-            let mut lines = report;
+        Verdict::KeepRunning => {
+            let mut lines = report();
             lines.push("zonescaler up: the cluster keeps running; Ctrl-C stops it".into());
             screen.say(&lines);
             Ok(())
         }
+        Verdict::Restart => {
+            let (attempt, delay) = children.restart_later(exit, Instant::now());
+            let mut lines = report();
+            lines.push(format!(
+                "zonescaler up: the cluster keeps running; {} starts again in {} s (attempt \
+                 {attempt}) and joins under a new shard id",
+                exit.name,
+                delay.as_secs()
+            ));
+            screen.say(&lines);
+            Ok(())
+        }
+        Verdict::Stop(why) => {
+            screen.report(&report());
+            bail!("{why}")
+        }
     }
 }
 
-/// What a child is to the cluster: a shard's death stops it, the bots may finish.
+/// What a child is to the cluster, which decides what its death does (see [`verdict`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
-    Shard,
+    /// The only shard (`--shards 1`): no master and no joiners, so nothing to rejoin.
+    Alone,
+    /// Shard 0 of a cluster: it holds the master role, the API and the player directory.
+    Master,
+    /// Any other shard of a cluster: it joined the master, and can join again.
+    Joiner,
     Bots,
 }
+
+/// How a dead shard's restarts are spaced: [`RESTART_DELAY_MIN`] before the first, doubled for
+/// each death within [`RESTART_STABLE_AFTER`] of its (re)start, at most [`RESTART_DELAY_MAX`];
+/// a shard that ran [`RESTART_STABLE_AFTER`] before it died starts from the first again. Pure:
+/// how long the shard ran is an input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Backoff {
+    /// Restarts since the shard last ran [`RESTART_STABLE_AFTER`] (or since `up` started it).
+    attempts: u32,
+}
+
+impl Backoff {
+    /// The shard died after running `ran_for`: the number of the restart to come (1 after a
+    /// healthy run) and how long to wait before it.
+    fn died(&mut self, ran_for: Duration) -> (u32, Duration) {
+        if ran_for >= RESTART_STABLE_AFTER {
+            self.attempts = 0;
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        // 2^5 s is past the cap already; the bound keeps the shift in range.
+        let doublings = (self.attempts - 1).min(16);
+        let delay = RESTART_DELAY_MIN
+            .saturating_mul(1 << doublings)
+            .min(RESTART_DELAY_MAX);
+        (self.attempts, delay)
+    }
+}
+
+/// A restart waiting for its time.
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    at: Instant,
+    attempt: u32,
+    /// How long it waited, for the line that says it restarts.
+    delay: Duration,
+}
+
+/// How a child's log starts.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// Its first start: a fresh file.
+    First,
+    /// Restart number `attempt` (see [`Backoff`]): appended, so the crash's log stays.
+    Restart { attempt: u32 },
+}
+
+/// Builds a child's command; called again for each restart.
+type CommandFn = Box<dyn Fn() -> Command>;
 
 /// One child process and what `up` knows of it.
 struct Child {
     name: String,
     role: Role,
     log: PathBuf,
+    command: CommandFn,
     process: process::Child,
     started: Instant,
     /// Set once `up` has seen it exit.
     exited: Option<ExitStatus>,
+    backoff: Backoff,
+    /// Set while it waits to be started again.
+    restart: Option<Due>,
 }
 
 /// A child's exit, as [`Supervisor::reap`] reports it.
 struct Exit {
+    /// Its index in [`Supervisor::children`].
+    child: usize,
     name: String,
     role: Role,
     status: ExitStatus,
@@ -517,45 +679,33 @@ struct Exit {
     log: PathBuf,
 }
 
-/// The children of one `up`, started, watched and stopped together.
+/// The children of one `up`, started, watched, restarted and stopped together.
 #[derive(Default)]
 struct Supervisor {
     children: Vec<Child>,
 }
 
 impl Supervisor {
-    /// Start `command` as `name` with its stdout and stderr going to a fresh `log`; its pid.
+    /// Start `command()` as `name` with its stdout and stderr going to a fresh `log`; its pid.
     fn start(
         &mut self,
         name: &str,
         role: Role,
-        mut command: Command,
         log: &Path,
+        command: CommandFn,
     ) -> anyhow::Result<u32> {
-        let cannot = || format!("cannot write {}", log.display());
-        let mut file = File::create(log).with_context(cannot)?;
-        writeln!(
-            file,
-            "=== zonescaler up: {name} started at unix time {}s: {}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            command_line(&command)
-        )
-        .with_context(cannot)?;
-        let stderr = file.try_clone().with_context(cannot)?;
-        command.stdout(file).stderr(stderr);
-        let process = command
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+        let process = spawn(name, command(), log, Start::First)?;
         let pid = process.id();
         self.children.push(Child {
             name: name.into(),
             role,
             log: log.into(),
+            command,
             process,
             started: Instant::now(),
             exited: None,
+            backoff: Backoff::default(),
+            restart: None,
         });
         Ok(pid)
     }
@@ -563,13 +713,17 @@ impl Supervisor {
     /// The children that exited since the last call.
     fn reap(&mut self) -> anyhow::Result<Vec<Exit>> {
         let mut exits = Vec::new();
-        for c in self.children.iter_mut().filter(|c| c.exited.is_none()) {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if c.exited.is_some() {
+                continue;
+            }
             let polled = c.process.try_wait();
             let Some(status) = polled.with_context(|| format!("cannot poll {}", c.name))? else {
                 continue;
             };
             c.exited = Some(status);
             exits.push(Exit {
+                child: i,
                 name: c.name.clone(),
                 role: c.role,
                 status,
@@ -580,10 +734,56 @@ impl Supervisor {
         Ok(exits)
     }
 
+    /// Schedule `exit`'s child to start again after its backoff, counted from `now`: the
+    /// attempt's number and the wait.
+    fn restart_later(&mut self, exit: &Exit, now: Instant) -> (u32, Duration) {
+        let c = &mut self.children[exit.child];
+        debug_assert!(
+            c.exited.is_some() && c.restart.is_none(),
+            "{} is dead",
+            c.name
+        );
+        let (attempt, delay) = c.backoff.died(exit.ran_for);
+        c.restart = Some(Due {
+            at: now + delay,
+            attempt,
+            delay,
+        });
+        (attempt, delay)
+    }
+
+    /// Start again every child whose restart is due at `now`: a line for each.
+    fn restart_due(&mut self, now: Instant) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for c in &mut self.children {
+            let Some(due) = c.restart.filter(|d| d.at <= now) else {
+                continue;
+            };
+            let start = Start::Restart {
+                attempt: due.attempt,
+            };
+            c.process = spawn(&c.name, (c.command)(), &c.log, start)
+                .with_context(|| format!("cannot restart {}", c.name))?;
+            c.started = Instant::now();
+            c.exited = None;
+            c.restart = None;
+            lines.push(format!(
+                "zonescaler up: restarting {} (attempt {}, after {} s) as pid {}; log {}",
+                c.name,
+                due.attempt,
+                due.delay.as_secs(),
+                c.process.id(),
+                c.log.display()
+            ));
+        }
+        Ok(lines)
+    }
+
     /// Close every child's stdin (shards stop themselves), wait up to [`STOP_GRACE`] in all,
-    /// then kill what is left.
+    /// then kill what is left. A child waiting for its restart is not started.
     fn stop_all(&mut self) {
         for c in &mut self.children {
+            c.restart = None;
             drop(c.process.stdin.take());
         }
         let deadline = Instant::now() + STOP_GRACE;
@@ -604,6 +804,40 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Start `command` as `name`, its stdout and stderr going to `log` (fresh for a first start,
+/// appended to for a restart) under a line naming the command and when it started.
+fn spawn(
+    name: &str,
+    mut command: Command,
+    log: &Path,
+    start: Start,
+) -> anyhow::Result<process::Child> {
+    let cannot = || format!("cannot write {}", log.display());
+    let mut file = match start {
+        Start::First => File::create(log),
+        Start::Restart { .. } => File::options().create(true).append(true).open(log),
+    }
+    .with_context(cannot)?;
+    let restarted = match start {
+        Start::First => String::new(),
+        Start::Restart { attempt } => format!(" restarted (attempt {attempt}),"),
+    };
+    writeln!(
+        file,
+        "=== zonescaler up: {name}{restarted} started at unix time {}s: {}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        command_line(&command)
+    )
+    .with_context(cannot)?;
+    let stderr = file.try_clone().with_context(cannot)?;
+    command.stdout(file).stderr(stderr);
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))
 }
 
 /// The last [`LOG_TAIL_LINES`] lines of a log (none if it cannot be read).
@@ -1558,6 +1792,7 @@ mod tests {
             "a cut first line is dropped"
         );
         let exit = Exit {
+            child: 0,
             name: "bots".into(),
             role: Role::Bots,
             status: ExitStatus::from_raw(2 << 8),
@@ -1573,8 +1808,9 @@ mod tests {
             ]
         );
         let killed = Exit {
+            child: 2,
             name: "shard-2".into(),
-            role: Role::Shard,
+            role: Role::Joiner,
             status: ExitStatus::from_raw(9),
             ran_for: Duration::from_secs(42),
             log: "/run/shard-2.log".into(),
@@ -1586,6 +1822,173 @@ mod tests {
                 "  | (nothing)",
             ]
         );
+    }
+
+    #[test]
+    fn restarts_wait_1s_then_double_on_quick_deaths_up_to_30s_and_start_over_after_a_healthy_run() {
+        let secs = Duration::from_secs;
+        let mut b = Backoff::default();
+        assert_eq!(b.died(secs(3_600)), (1, secs(1)), "a first death waits 1 s");
+        assert_eq!(
+            b.died(secs(2)),
+            (2, secs(2)),
+            "dead again within 30 s: doubled"
+        );
+        assert_eq!(b.died(secs(29)), (3, secs(4)));
+        assert_eq!(b.died(secs(0)), (4, secs(8)));
+        assert_eq!(b.died(secs(5)), (5, secs(16)));
+        assert_eq!(b.died(secs(5)), (6, secs(30)), "32 s is capped at 30 s");
+        for _ in 0..100 {
+            assert_eq!(
+                b.died(secs(1)).1,
+                secs(30),
+                "and stays capped, never overflows"
+            );
+        }
+        assert_eq!(
+            b.died(secs(30)),
+            (1, secs(1)),
+            "a shard that ran 30 s was healthy: it starts over from 1 s"
+        );
+        assert_eq!(b.died(Duration::from_millis(29_999)), (2, secs(2)));
+        let mut quick = Backoff::default();
+        assert_eq!(
+            quick.died(Duration::ZERO),
+            (1, secs(1)),
+            "a shard that died at once is first retried after 1 s too"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_joiner_that_dies_once_the_cluster_serves_is_restarted() {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = |role: Role, raw: i32| Exit {
+            child: 0,
+            name: "shard-1".into(),
+            role,
+            status: ExitStatus::from_raw(raw),
+            ran_for: Duration::from_secs(5),
+            log: "/run/shard-1.log".into(),
+        };
+        let (killed, failed, ok) = (9, 1 << 8, 0);
+        use Stage::{Serving, Starting};
+        assert_eq!(
+            verdict(&exit(Role::Joiner, killed), Serving),
+            Verdict::Restart
+        );
+        assert_eq!(
+            verdict(&exit(Role::Joiner, failed), Serving),
+            Verdict::Restart
+        );
+        assert_eq!(
+            verdict(&exit(Role::Joiner, ok), Serving),
+            Verdict::Drained,
+            "a drained shard is not restarted"
+        );
+        assert_eq!(verdict(&exit(Role::Master, ok), Serving), Verdict::Drained);
+        assert_eq!(
+            verdict(&exit(Role::Bots, ok), Serving),
+            Verdict::KeepRunning
+        );
+        assert_eq!(
+            verdict(&exit(Role::Bots, failed), Serving),
+            Verdict::KeepRunning
+        );
+        let stop = |v: Verdict| match v {
+            Verdict::Stop(why) => why,
+            other => panic!("expected a stop, got {other:?}"),
+        };
+        let master = stop(verdict(&exit(Role::Master, killed), Serving));
+        assert!(
+            master.contains("exited unexpectedly (signal: 9")
+                && master.contains("master role")
+                && master.contains("failover is not built yet")
+                && master.ends_with("its log: /run/shard-1.log"),
+            "the master's death says why the cluster stops: {master}"
+        );
+        let alone = stop(verdict(&exit(Role::Alone, failed), Serving));
+        assert!(
+            alone.contains("exited unexpectedly (exit status: 1)") && !alone.contains("master"),
+            "{alone}"
+        );
+        let early = stop(verdict(&exit(Role::Joiner, killed), Starting));
+        assert!(early.contains("before the cluster served"), "{early}");
+    }
+
+    /// A restart runs the child's command again and appends to its log, so the dead process's
+    /// lines stay above the new header. Time is an input: the restart is due 1 s after `now`.
+    #[cfg(unix)]
+    #[test]
+    fn a_restart_appends_to_the_log_under_a_restarted_header() {
+        let dir = std::env::temp_dir().join(format!("zs-up-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let log = dir.join("shard-1.log");
+        let mut children = Supervisor::default();
+        let command = || {
+            let mut c = Command::new("sh");
+            c.args(["-c", "echo ran; exit 3"]).stdin(Stdio::piped());
+            c
+        };
+        children
+            .start("shard-1", Role::Joiner, &log, Box::new(command))
+            .expect("sh starts");
+        let wait_exit = |children: &mut Supervisor| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(exit) = children.reap().expect("polls").pop() {
+                    return exit;
+                }
+                assert!(Instant::now() < deadline, "sh exits");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let exit = wait_exit(&mut children);
+        assert_eq!(exit.status.code(), Some(3));
+        let now = Instant::now();
+        assert_eq!(
+            children.restart_later(&exit, now),
+            (1, Duration::from_secs(1))
+        );
+        assert!(
+            children.restart_due(now).expect("nothing due").is_empty(),
+            "not before its backoff is up"
+        );
+        let lines = children
+            .restart_due(now + Duration::from_secs(1))
+            .expect("restarts");
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0]
+                .starts_with("zonescaler up: restarting shard-1 (attempt 1, after 1 s) as pid "),
+            "{lines:?}"
+        );
+        assert!(
+            children
+                .restart_due(now + Duration::from_secs(2))
+                .expect("once")
+                .is_empty(),
+            "a restart happens once"
+        );
+        wait_exit(&mut children);
+        children.stop_all();
+        let text = std::fs::read_to_string(&log).expect("log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("=== zonescaler up: shard-1 started at unix time "));
+        assert_eq!(
+            lines[1], "ran",
+            "the first run's output survives the restart"
+        );
+        assert!(
+            lines[2].starts_with(
+                "=== zonescaler up: shard-1 restarted (attempt 1), started at unix time "
+            ) && lines[2].ends_with(": sh -c 'echo ran; exit 3'"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines[3], "ran");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
