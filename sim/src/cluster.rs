@@ -90,6 +90,12 @@ pub const JOIN_BOUND_MS: u64 = 5_000;
 /// `drain_completes`' bound: the operator's patience with `zonescaler drain` (simulated).
 pub const DRAIN_BOUND_MS: u64 = 30_000;
 
+/// `failover_completes`' bound past the master's silence (`SHARD_DEAD_AFTER_MS`): the heartbeat
+/// interval (the last one may have left just before the crash), the liveness check and the
+/// balancing round it makes due at once, with margin. Smoke runs crash a shard by 2 s and last
+/// 8 s, so the bound ends inside every run.
+pub const FAILOVER_BOUND_MS: u64 = 1_000;
+
 /// Link ids the late joiner's dials get start here (the initial forming's count from 1; during
 /// play the simulation addresses shard messages by endpoint, on `LinkId(0)`).
 const JOINER_LINKS_FROM: u64 = 1 << 32;
@@ -114,6 +120,11 @@ pub struct ClusterConfig {
     pub bots: usize,
     /// Chance per tick that a random pair of shards is partitioned (healed after a while).
     pub partition_chance: f32,
+    /// A partition heals after 5 ticks and up to this many more: 40 (1.3 s at 30 Hz) keeps it
+    /// shorter than the master's silence (`SHARD_DEAD_AFTER_MS`), since the simulation does not
+    /// run the shards' ownership leases (`cluster::lease`), which would stop a shard cut off
+    /// from the master for longer (`no_false_death` guards that).
+    pub partition_ticks_max: u64,
     /// Chance per tick (after the first second) that the master orders a random leaf moved to
     /// a random other shard.
     pub move_chance: f32,
@@ -139,6 +150,13 @@ pub struct ClusterConfig {
     /// Chance per tick that a bot in the middle of a redirect (sent on, not yet welcomed) quits:
     /// it hangs up on both shards, a player closing the game while crossing a border.
     pub quit_chance: f32,
+    /// The tick at which a random shard other than the master's (one that ticks, is not the
+    /// late joiner and is not being drained) crashes: it stops at once, sends and hears nothing
+    /// more; `None`: no crash.
+    pub crash_at_tick: Option<u64>,
+    /// `failover_completes`: the master's map gives the crashed shard no leaf within
+    /// `SHARD_DEAD_AFTER_MS` and this long (simulated) of the crash.
+    pub failover_bound_ms: u64,
 }
 
 impl ClusterConfig {
@@ -146,6 +164,16 @@ impl ClusterConfig {
     /// a few hundred NPCs, a dozen or two bots walking across borders, link delay and jitter,
     /// client loss, and short partitions, all chosen by the seed.
     pub fn smoke(seed: u64) -> Self {
+        Self::smoke_with(seed, true)
+    }
+
+    /// [`Self::smoke`] as it was before crashes were simulated: the same run for every seed, a
+    /// crash seed without its crash. Regression tests of older findings replay these.
+    pub fn smoke_without_crash(seed: u64) -> Self {
+        Self::smoke_with(seed, false)
+    }
+
+    fn smoke_with(seed: u64, crashes: bool) -> Self {
         let mut rng = Rng::new(seed ^ 0xC1A5);
         let mut world = crate::square_world(256.0, seed, 300 + rng.below(300) as usize);
         world.world.base_cell_size_m = 64.0;
@@ -178,7 +206,10 @@ impl ClusterConfig {
         let join_at_tick = m.chance(0.4).then(|| 30 + m.below(31));
         let joiner_weight = 1 + m.below(3) as u32;
         let drain_at_tick = m.chance(0.4).then(|| 30 + m.below(31));
-        let balance = join_at_tick.is_some() || drain_at_tick.is_some();
+        // Its own stream too: a seed without a crash runs as it did before crashes existed.
+        let mut k = Rng::new(seed ^ 0x0C2A_5111);
+        let crash_at_tick = k.chance(0.3).then(|| 30 + k.below(31)).filter(|_| crashes);
+        let balance = join_at_tick.is_some() || drain_at_tick.is_some() || crash_at_tick.is_some();
         // Its own stream too: a seed without quitters runs as it did before they existed.
         let quit_chance = if Rng::new(seed ^ 0x0009_017E).chance(0.5) {
             0.05
@@ -201,6 +232,7 @@ impl ClusterConfig {
             client_faults,
             bots: 8 + rng.below(16) as usize,
             partition_chance: if rng.chance(0.5) { 0.01 } else { 0.0 },
+            partition_ticks_max: 40,
             move_chance: if rng.chance(0.7) { 0.03 } else { 0.0 },
             reshape_chance: if reshape { 0.02 } else { 0.0 },
             join_at_tick,
@@ -210,6 +242,8 @@ impl ClusterConfig {
             join_bound_ms: JOIN_BOUND_MS,
             drain_bound_ms: DRAIN_BOUND_MS,
             quit_chance,
+            crash_at_tick,
+            failover_bound_ms: FAILOVER_BOUND_MS,
         }
     }
 
@@ -338,6 +372,13 @@ pub struct ClusterSim {
     departed: BTreeSet<usize>,
     /// Drains ordered and not done yet: the shard and the tick of the order.
     draining: BTreeMap<usize, u64>,
+    /// Crashed shards (also in `departed`): the tick of the crash, and the tick the master
+    /// declared it dead (`None` until then).
+    crashed: BTreeMap<usize, (u64, Option<u64>)>,
+    /// Entities a crashed shard held (owned, frozen, or taken and acknowledged with the answer
+    /// still on its way): `no_lost_entities` no longer asks for them (nothing replicates them
+    /// yet), though `single_authority` still holds wherever they turn up.
+    crash_lost: BTreeSet<NetId>,
     /// A failure met outside the checks (a joiner that could not form), for the next check.
     failure: Option<(&'static str, String)>,
     /// Joins and drains, for reports and tests.
@@ -377,6 +418,13 @@ pub struct Membership {
     /// because the held ones reached their bound.
     pub unlinked_held: u64,
     pub unlinked_drops: u64,
+    /// Shards crashed, the entities they held then (lost: no replica yet), the bots playing on
+    /// them, and the simulated time from the crash until the master's map gave away its last
+    /// leaf.
+    pub crashes: u64,
+    pub crash_entities_lost: u64,
+    pub crash_bots_orphaned: u64,
+    pub failover_ms: u64,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -508,6 +556,8 @@ impl ClusterSim {
             login_keys,
             departed: BTreeSet::new(),
             draining: BTreeMap::new(),
+            crashed: BTreeMap::new(),
+            crash_lost: BTreeSet::new(),
             failure: None,
             membership: Membership::default(),
         };
@@ -575,6 +625,9 @@ impl ClusterSim {
             self.deliver(now, from as usize, to as usize, packet);
         }
         self.take_in_joiner(next_tick);
+        if self.cfg.crash_at_tick == Some(next_tick) {
+            self.crash(next_tick);
+        }
         let live: Vec<usize> = self.live().collect();
         for &i in &live {
             // `RUST_LOG=debug` replays say which shard logged what, and when.
@@ -851,6 +904,87 @@ impl ClusterSim {
 
     /// The operator drains a random shard other than the master's, among those that tick and
     /// take work, as `zonescaler drain` does.
+    /// A random shard other than the master's that ticks, is not the late joiner and is not
+    /// being drained crashes: it stops where it is (out of `live`, hearing nothing), and what it
+    /// held is lost (there is no replica yet): its entities leave `alive`, and its bots (playing
+    /// there, or on their way there) are orphaned, out of `players_keep_avatars`.
+    fn crash(&mut self, tick: u64) {
+        let joiner = self.joiner.as_ref().map(|j| j.id);
+        let candidates: Vec<usize> = self
+            .live()
+            .filter(|&i| i != 0 && Some(i) != joiner && !self.draining.contains_key(&i))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let mut pick = Rng::new(self.cfg.seed ^ 0x0C2A_5112);
+        let c = candidates[pick.below(candidates.len() as u64) as usize];
+        let owned = owned_of(&mut self.shards[c]);
+        let frozen = in_transit_of(&mut self.shards[c]);
+        let lost: BTreeSet<NetId> = (owned.keys().copied())
+            .chain(frozen.iter().map(|(id, _, _)| *id))
+            .collect();
+        for id in &lost {
+            self.alive.remove(id);
+        }
+        let mut orphaned = 0;
+        for b in &mut self.bots {
+            let avatar_lost = b.bot.welcome().is_some_and(|w| lost.contains(&w.avatar));
+            if !b.gone && (b.shard == Some(c) || b.pending == Some(c) || avatar_lost) {
+                b.gone = true;
+                orphaned += 1;
+            }
+        }
+        tracing::info!(
+            shard = c,
+            tick,
+            entities = lost.len(),
+            bots = orphaned,
+            "sim: crashed"
+        );
+        self.departed.insert(c);
+        self.crashed.insert(c, (tick, None));
+        self.membership.crashes += 1;
+        self.membership.crash_entities_lost += lost.len() as u64;
+        self.membership.crash_bots_orphaned += orphaned;
+        self.crash_lost.extend(lost);
+    }
+
+    /// `failover_completes`: the master's map gives a crashed shard no leaf within
+    /// `SHARD_DEAD_AFTER_MS` + `failover_bound_ms` of the last message the master heard from it
+    /// (a partition may hold its last heartbeats back past the crash).
+    fn check_failover(&mut self, tick: u64) -> Result<(), Violation> {
+        let now_ms = self.now_us / 1_000;
+        let bound_ms = limits::SHARD_DEAD_AFTER_MS + self.cfg.failover_bound_ms;
+        for (&c, &(at, _)) in &self.crashed {
+            let heard_ms =
+                (self.master.members().get(&ShardId(c as u16))).map_or(0, |m| m.last_heard_ms);
+            let leaves = self.map.cells_of(ShardId(c as u16)).count();
+            if leaves == 0 {
+                if self.membership.failover_ms == 0 {
+                    self.membership.failover_ms =
+                        (tick - at) * 1_000 / u64::from(self.cfg.world.simulation.tick_hz);
+                }
+                continue;
+            }
+            if now_ms.saturating_sub(heard_ms) > bound_ms {
+                let events: Vec<String> = (self.master.view().events.iter().rev().take(4))
+                    .map(|e| format!("{}: {}", e.kind, e.text))
+                    .collect();
+                return Err(Violation {
+                    seed: self.cfg.seed,
+                    tick,
+                    invariant: "failover_completes",
+                    detail: format!(
+                        "shard {c} crashed at tick {at} and the master's map still gives it {leaves} leaves {} ms after it last heard from it (bound {bound_ms} ms); the master's last events: {events:?}",
+                        now_ms.saturating_sub(heard_ms)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn order_drain(&mut self, tick: u64) {
         let members = self.master.members();
         let candidates: Vec<usize> = self
@@ -889,7 +1023,7 @@ impl ClusterSim {
             let a = self.rng.below(n as u64) as usize;
             let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
             let (a, b) = (live[a], live[b]);
-            let heal = next_tick + 5 + self.rng.below(40);
+            let heal = next_tick + 5 + self.rng.below(self.cfg.partition_ticks_max);
             self.partitions.insert((a.min(b), a.max(b)), heal);
             self.net.set_partition(a as u32, b as u32, true);
         }
@@ -908,12 +1042,28 @@ impl ClusterSim {
     fn reshape(&mut self, next_tick: u64) {
         let now_ms = self.now_us / 1_000;
         // The master's housekeeping, as `Node::master_housekeeping` does it.
+        let dead = self.master.check_liveness(now_ms);
+        for d in &dead {
+            let d = usize::from(d.0);
+            match self.crashed.get_mut(&d) {
+                Some((_, verdict)) => *verdict = Some(next_tick),
+                None => {
+                    self.failure.get_or_insert((
+                        "no_false_death",
+                        format!("the master declared shard {d} dead, which never crashed"),
+                    ));
+                }
+            }
+        }
         let mut notices = self.master.check_moves(now_ms);
         // The admission round, as `Node::admit` runs it every tick: seats of logins that never
         // arrived, and of players sent on that never arrived anywhere, are freed here.
         notices.extend(self.master.admit(now_ms));
         if self.cfg.balance {
             notices.extend(self.master.balance(now_ms));
+        }
+        if !dead.is_empty() {
+            notices.extend(self.master.members_changed(None));
         }
         notices.extend(self.master.check_drained(now_ms));
         if self.cfg.drain_at_tick == Some(next_tick) {
@@ -1089,9 +1239,9 @@ impl ClusterSim {
                 }
             }
             LinkMessage::Heartbeat(load) if to == 0 => {
-                self.master.heartbeat(ShardId(from as u16), load, now_ms);
-                let dead = self.master.check_liveness(now_ms);
-                debug_assert!(dead.is_empty(), "every simulated shard reports");
+                // The answer (a lease, or `Fenced`) is the runtime's (`cluster::lease`), which
+                // the simulation does not run: a crashed shard never wakes up.
+                let _ = self.master.heartbeat(ShardId(from as u16), load, now_ms);
             }
             LinkMessage::ToMaster(req) if to == 0 => self.master_request(from, req),
             LinkMessage::FromMaster(notice) => self.shards[to].push_master_notice(notice),
@@ -1186,6 +1336,7 @@ impl ClusterSim {
             return fail(invariant, detail);
         }
         self.check_membership(tick)?;
+        self.check_failover(tick)?;
         // A drained shard is out of the checks: it held nothing when it left (checked above).
         let now: Vec<OwnedAt> = of_present(&mut self.shards, &self.departed, owned_of);
         let transit: Vec<Vec<(NetId, InTransit, QPos)>> =
@@ -1217,11 +1368,9 @@ impl ClusterSim {
         }
         // no_lost_entities: owned somewhere or frozen in a handoff.
         let held: BTreeSet<NetId> = transit.iter().flatten().map(|(id, _, _)| *id).collect();
-        if let Some(lost) = self
-            .alive
-            .iter()
-            .find(|id| !owner.contains_key(id) && !held.contains(id))
-        {
+        if let Some(lost) = self.alive.iter().find(|id| {
+            !owner.contains_key(id) && !held.contains(id) && !self.crash_lost.contains(id)
+        }) {
             return fail(
                 "no_lost_entities",
                 format!("{lost} is owned by no shard and in no handoff"),
@@ -1242,7 +1391,15 @@ impl ClusterSim {
                 // member list without it (the source takes the entity back): its wait runs on
                 // the source's link to the master.
                 let via = if self.departed.contains(&dst) { 0 } else { dst };
-                let cut = self.partitions.contains_key(&(src.min(via), src.max(via)));
+                // A handoff to a crashed shard waits for the master's verdict on it and for its
+                // cells to be given away (an entity resumed in a leaf the dead shard still owns
+                // is offered to it again), which `failover_completes` bounds; it runs on the
+                // source's link to the master after.
+                let awaiting_verdict = self.crashed.get(&dst).is_some_and(|(_, v)| {
+                    v.is_none() || self.map.cells_of(ShardId(dst as u16)).next().is_some()
+                });
+                let cut =
+                    awaiting_verdict || self.partitions.contains_key(&(src.min(via), src.max(via)));
                 // After a partition heals, the held messages need a full bound again.
                 let key = (*id, src, t.generation);
                 let waited = if cut {
@@ -1619,6 +1776,20 @@ impl ClusterSim {
                 let o = usize::from(owner_shard.0);
                 if disturbed(me, o) || self.history.len() <= bound {
                     continue;
+                }
+                // A crashed owner's proxies stay until the master's member list without it
+                // reaches their holder: its verdict, then a push on a link that may be cut.
+                if let Some((_, verdict)) = self.crashed.get(&o) {
+                    let pushed = verdict.is_some_and(|v| tick > v + 2 * bound as u64 + 2);
+                    if !pushed || disturbed(me, 0) {
+                        continue;
+                    }
+                    return fail(
+                        "proxies_converge",
+                        format!(
+                            "proxy of {id} on shard {me} is of shard {o}, which crashed and was declared dead at tick {verdict:?}"
+                        ),
+                    );
                 }
                 let matches = self.history.iter().any(|h| {
                     h.get(o)

@@ -116,7 +116,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     quitters += o.quitters;
                     let m = &o.membership;
                     format!(
-                        "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots); {} joined ({} cells, up to {} entities), {} of {} drains done",
+                        "seed {seed}: ok, multi-shard, up to {} proxies, {} handoffs ({} of bots' avatars followed by their bots); {} joined ({} cells, up to {} entities), {} of {} drains done; {} crashed ({} entities lost, cells given away after {} ms)",
                         o.max_proxies,
                         o.handoffs,
                         o.bot_handoffs,
@@ -124,7 +124,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
                         m.cells_to_joiners,
                         m.joiner_entities_max,
                         m.drains_done,
-                        m.drains_ordered
+                        m.drains_ordered,
+                        m.crashes,
+                        m.crash_entities_lost,
+                        m.failover_ms
                     )
                 })
         } else {
@@ -164,8 +167,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 if args.cluster {
                     let cfg = ClusterConfig::smoke(seed);
                     say(&format!(
-                        "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}",
-                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick
+                        "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}, crash at tick {:?}",
+                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick, cfg.crash_at_tick
                     ))?;
                 }
                 let flag = if args.cluster { " --cluster" } else { "" };
@@ -201,6 +204,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.unlinked_drops
         ))?;
         say(&format!(
+            "crashes: {} shards crashed ({} entities lost with them: no replica yet; {} bots orphaned); their cells were given away at most {} ms after the crash",
+            t.crashes, t.crash_entities_lost, t.crash_bots_orphaned, t.failover_ms_max
+        ))?;
+        say(&format!(
             "quitters: {quitters} bots quit mid-redirect, in {quit_seeds} seeds (each must leave the player directory)"
         ))?;
     }
@@ -220,6 +227,10 @@ struct MembershipTally {
     drains_done: u64,
     unlinked_held: u64,
     unlinked_drops: u64,
+    crashes: u64,
+    crash_entities_lost: u64,
+    crash_bots_orphaned: u64,
+    failover_ms_max: u64,
 }
 
 impl MembershipTally {
@@ -234,6 +245,10 @@ impl MembershipTally {
         self.drains_done += m.drains_done;
         self.unlinked_held += m.unlinked_held;
         self.unlinked_drops += m.unlinked_drops;
+        self.crashes += m.crashes;
+        self.crash_entities_lost += m.crash_entities_lost;
+        self.crash_bots_orphaned += m.crash_bots_orphaned;
+        self.failover_ms_max = self.failover_ms_max.max(m.failover_ms);
     }
 }
 

@@ -847,6 +847,17 @@ impl<'a> Round<'a> {
             let reporter = report.map(|r| by_id[usize::from(r.owner.0)]);
             let reporter = reporter.filter(|&i| i != NO_ROW && (i as usize) < inside.len());
             let cpu = reporter.map_or(0.0, |i| self.rows[i as usize].reported[0]);
+            // A move whose source or target died meanwhile was aborted: the leaf is its
+            // owner's again (a dead owner's to evacuate at once, not after the cooldown).
+            if let Some((from, to)) = st.pending {
+                let dead = |s: ShardId| {
+                    let i = by_id[usize::from(s.0)];
+                    i != NO_ROW && self.rows[i as usize].role == Role::Evacuate(Evacuation::Dead)
+                };
+                if dead(from) || dead(to) {
+                    st.pending = None;
+                }
+            }
             let (leaf, seen_owner) = self.leaf_of(&mut st, now_ms, dt, (cell, owner), report, cpu);
             state.cells.push((cell, st));
             let owner_row = self.row_index(&mut by_id, seen_owner);
@@ -2766,6 +2777,40 @@ mod tests {
         assert!(
             second.moves().count() < first.moves().count(),
             "what is in flight counts as shed, so the next round moves less"
+        );
+    }
+
+    /// Found by the cluster simulator (seed 42): a move the balancer planned out of a shard
+    /// that then died counted as in flight for its whole cooldown (the master had aborted it),
+    /// so that leaf stayed the dead shard's while the others were given away.
+    #[test]
+    fn a_leaf_whose_planned_move_a_death_aborted_is_evacuated_at_once() {
+        let mut toy = Toy::new(4, 4, &[(0, 1), (1, 1)], 0.01);
+        toy.load_shard(0, 0.12);
+        let mut b = balancer(&BalancerSection {
+            max_move_fraction: 0.5,
+            ..section()
+        });
+        let (shards, cells) = toy.inputs();
+        for now in [0, 1_000] {
+            b.plan(now, &toy.map, &shards, &cells);
+        }
+        let first = b.plan(2_000, &toy.map, &shards, &cells);
+        let planned: BTreeSet<CellId> = first.moves().map(|m| m.0).collect();
+        assert!(!planned.is_empty(), "shard 0 sheds once the overload held");
+        // The master never carried those moves out: shard 0 died first (its map unchanged).
+        let mut shards = shards;
+        shards[0].alive = false;
+        let plan = b.plan(2_500, &toy.map, &shards, &cells);
+        let evacuated: BTreeSet<CellId> = plan
+            .moves()
+            .filter(|m| m.1 == ShardId(0) && m.2 == ShardId(1))
+            .map(|m| m.0)
+            .collect();
+        let owned: BTreeSet<CellId> = toy.map.cells_of(ShardId(0)).collect();
+        assert_eq!(
+            evacuated, owned,
+            "every leaf of the dead shard, those of the aborted moves too, goes at once"
         );
     }
 
