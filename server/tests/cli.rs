@@ -412,6 +412,39 @@ fn a_killed_non_master_shard_is_restarted_and_the_cluster_keeps_running() {
         alive(master) && alive(new_pid),
         "the master and the new shard-1 run"
     );
+    // It came back at the dead member's addresses before the master's silence ran out: the
+    // master fences the old member at once and gives its cells to the living.
+    let http = format!("127.0.0.1:{}", base + 2);
+    let mut view = serde_json::Value::Null;
+    let recovered = within(minute, || {
+        view = api_cluster(&http);
+        let shards = view["shards"].as_array().cloned().unwrap_or_default();
+        let live: Vec<u64> = (shards.iter())
+            .filter(|s| s["alive"] == true)
+            .filter_map(|s| s["id"].as_u64())
+            .collect();
+        let cells = view["cells"].as_array().cloned().unwrap_or_default();
+        let old_dead = shards
+            .iter()
+            .any(|s| s["id"].as_u64() == Some(1) && s["alive"] == false);
+        old_dead
+            && live.contains(&2)
+            && !cells.is_empty()
+            && cells
+                .iter()
+                .all(|c| c["shard"].as_u64().is_some_and(|s| live.contains(&s)))
+    });
+    assert!(
+        recovered,
+        "shard 1 fenced, every cell on a live member, the newcomer (shard 2) alive: {view}"
+    );
+    assert!(
+        view["events"]
+            .to_string()
+            .contains("was replaced by shard 2"),
+        "the master says why: {}",
+        view["events"]
+    );
 
     up.ctrl_c();
     assert!(
@@ -428,6 +461,27 @@ fn a_killed_non_master_shard_is_restarted_and_the_cluster_keeps_running() {
         up.stdout()
     );
     assert!(!stderr.contains("unexpectedly"), "{stderr}");
+}
+
+/// `GET /api/cluster` at `addr` as JSON (`Null` while it does not answer 200).
+#[cfg(target_os = "linux")]
+fn api_cluster(addr: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return serde_json::Value::Null;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let req = format!("GET /api/cluster HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut resp).is_err() {
+        return serde_json::Value::Null;
+    }
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => {
+            serde_json::from_str(body).unwrap_or_default()
+        }
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// Shard 0 holds the master role and nothing takes it over yet: its death stops the cluster

@@ -301,6 +301,20 @@ impl Master {
         self.next_id += 1;
         self.now_ms = now_ms;
         let late = self.map.is_some();
+        // One process holds an address: a member at the joiner's link address is a process that
+        // died there and was restarted (`up` does so) before the master's silence ran out.
+        let replaced: Vec<ShardId> = (self.members.values())
+            .filter(|m| m.alive && !req.link_addr.is_empty())
+            .filter(|m| m.info.link_addr == req.link_addr)
+            .map(|m| m.info.id)
+            .collect();
+        for old in replaced {
+            let why = format!(
+                "was replaced by shard {} at its address {}",
+                id.0, req.link_addr
+            );
+            self.declare_dead(old, &why);
+        }
         self.event(
             "joined",
             if late {
@@ -607,32 +621,35 @@ impl Master {
     /// newly marked.
     pub fn check_liveness(&mut self, now_ms: u64) -> Vec<ShardId> {
         self.now_ms = now_ms;
-        let mut dead = Vec::new();
-        for m in self.members.values_mut() {
-            if m.alive && now_ms.saturating_sub(m.last_heard_ms) > limits::SHARD_DEAD_AFTER_MS {
-                m.alive = false;
-                dead.push(m.info.id);
-            }
-        }
+        let dead: Vec<ShardId> = (self.members.values())
+            .filter(|m| {
+                m.alive && now_ms.saturating_sub(m.last_heard_ms) > limits::SHARD_DEAD_AFTER_MS
+            })
+            .map(|m| m.info.id)
+            .collect();
         for id in &dead {
-            // Its waiting logins' clients were connected to it: they are gone.
-            self.admission.forget_gateway(*id);
-            self.event(
-                "dead",
-                format!(
-                    "shard {} silent for {} ms: declared dead and fenced",
-                    id.0,
-                    limits::SHARD_DEAD_AFTER_MS
-                ),
-            );
-        }
-        if !dead.is_empty()
-            && let Some((_, next)) = self.balancer.as_mut()
-        {
-            // Its cells have no simulating owner: place them now, not at the next round.
-            *next = now_ms;
+            let why = format!("silent for {} ms", limits::SHARD_DEAD_AFTER_MS);
+            self.declare_dead(*id, &why);
         }
         dead
+    }
+
+    /// Member `id` is dead: fenced (out of the membership for good), its waiting logins gone
+    /// (their clients were connected to it), and a balancing round due now, since its cells
+    /// have no simulating owner.
+    fn declare_dead(&mut self, id: ShardId, why: &str) {
+        let Some(m) = self.members.get_mut(&id).filter(|m| m.alive) else {
+            return;
+        };
+        m.alive = false;
+        self.admission.forget_gateway(id);
+        self.event(
+            "dead",
+            format!("shard {} {why}: declared dead and fenced", id.0),
+        );
+        if let Some((_, next)) = self.balancer.as_mut() {
+            *next = self.now_ms;
+        }
     }
 
     /// A shard's request: the notices to send, to whom.
@@ -2214,6 +2231,44 @@ mod tests {
             seq,
             ..ShardLoad::default()
         }
+    }
+
+    /// `zonescaler up` restarts a dead shard at its old addresses within a second, before the
+    /// master's silence runs out. Only one process can hold an address, so the member there is
+    /// dead: fenced at once, its cells given away, and the newcomer is not told to link to it
+    /// (it would dial itself).
+    #[test]
+    fn a_joiner_at_a_members_address_replaces_it_at_once() {
+        let mut m = three_with_balancer();
+        m.balance(0);
+        let old_leaves = m.map().expect("placed").cells_of(ShardId(2)).count();
+        assert!(old_leaves > 0);
+        let id = m
+            .join(join("c", 1), 500)
+            .expect("the restarted process joins");
+        assert_eq!(id, ShardId(3), "under a new id");
+        assert!(!m.view().shards[2].alive, "the old member is dead at once");
+        let push = m.push_for_joiner().expect("placed");
+        assert!(
+            push.members.iter().all(|i| i.id != ShardId(2)),
+            "the newcomer is not told to link to the dead member at its own address"
+        );
+        m.balance(500);
+        assert_eq!(
+            m.map().expect("placed").cells_of(ShardId(2)).count(),
+            0,
+            "its cells go to the living in the round made due at once"
+        );
+        assert_eq!(
+            m.heartbeat(ShardId(2), beat(9), 600),
+            Some(MasterNotice::Fenced),
+            "were it still running somehow, it would be told it is fenced"
+        );
+        let other = m.join(join("d", 1), 700).expect("a shard at a new address");
+        assert!(
+            m.view().shards.iter().filter(|s| s.alive).count() == 4,
+            "{other:?} replaces nobody"
+        );
     }
 
     /// A shard silent past `SHARD_DEAD_AFTER_MS` is fenced: its cells go to the live shards in
