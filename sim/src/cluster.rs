@@ -25,6 +25,12 @@
 //!   and takes work; the balancer evacuates its cells, and once `Master::check_drained` lets it
 //!   go (`Drained`) it stops ticking, its connections and links close, and it leaves the checks.
 //!
+//! - **a crash**: in about 30% of the seeds (a stream of their own), 1–2 s in, a random shard
+//!   other than the master's, the joiner's or a draining one stops dead: no tick, nothing sent or
+//!   heard. The master's liveness check (every tick, as `Node` runs it) declares it dead after
+//!   `SHARD_DEAD_AFTER_MS` and its balancer gives its leaves to the living. What it held is lost
+//!   (no replica yet: out of `no_lost_entities`); its bots are orphaned.
+//!
 //! - **quitters**: in half the seeds, a bot in the middle of a redirect (sent on, not yet
 //!   welcomed) quits now and then, hanging up on both shards.
 //!
@@ -53,10 +59,18 @@
 //!   that gives it no leaf, and has no bot still playing on it;
 //! - `drain_completes`: a drain is done within [`DRAIN_BOUND_MS`] of the order;
 //! - `joiner_gets_cells`: the late joiner forms, and holds a leaf of the master's map within
-//!   [`JOIN_BOUND_MS`] of dialing in (unless it was the one drained).
+//!   [`JOIN_BOUND_MS`] of dialing in (unless it was the one drained);
+//! - `failover_completes`: the master's map gives a crashed shard no leaf within
+//!   `SHARD_DEAD_AFTER_MS` + [`FAILOVER_BOUND_MS`] of the last message it heard from it (a
+//!   handoff to a crashed shard waits on that; its proxies may stay until the member list
+//!   without it reached their holder);
+//! - `no_false_death`: the master declares dead only shards that crashed (the simulation does
+//!   not run the shards' leases, so a partition past the silence must stop the run: partitions
+//!   heal within [`ClusterConfig::partition_ticks_max`]).
 //!
-//! A run reports its joins and drains in [`Membership`]: joins, leaves given to joiners, the
-//! entities a joiner owned, drains ordered and done.
+//! A run reports its joins, drains and crashes in [`Membership`]: joins, leaves given to
+//! joiners, the entities a joiner owned, drains ordered and done, crashes, what they lost and
+//! how long their failover took.
 
 use crate::load::ModelledLoad;
 use crate::{Packet, Violation};
@@ -379,6 +393,10 @@ pub struct ClusterSim {
     /// still on its way): `no_lost_entities` no longer asks for them (nothing replicates them
     /// yet), though `single_authority` still holds wherever they turn up.
     crash_lost: BTreeSet<NetId>,
+    /// Avatars of bots a crash orphaned: one the crashed shard was handing on waits on its
+    /// new shard for a client that never comes (its redirect was the crashed shard's to send)
+    /// until `REDIRECT_WAIT_MS`, and is not handed on meanwhile (out of `settles_into_owner`).
+    orphan_avatars: BTreeSet<NetId>,
     /// A failure met outside the checks (a joiner that could not form), for the next check.
     failure: Option<(&'static str, String)>,
     /// Joins and drains, for reports and tests.
@@ -558,6 +576,7 @@ impl ClusterSim {
             draining: BTreeMap::new(),
             crashed: BTreeMap::new(),
             crash_lost: BTreeSet::new(),
+            orphan_avatars: BTreeSet::new(),
             failure: None,
             membership: Membership::default(),
         };
@@ -933,6 +952,8 @@ impl ClusterSim {
             if !b.gone && (b.shard == Some(c) || b.pending == Some(c) || avatar_lost) {
                 b.gone = true;
                 orphaned += 1;
+                self.orphan_avatars
+                    .extend(b.bot.welcome().map(|w| w.avatar));
             }
         }
         tracing::info!(
@@ -1024,7 +1045,9 @@ impl ClusterSim {
             let b = (a + 1 + self.rng.below(n as u64 - 1) as usize) % n;
             let (a, b) = (live[a], live[b]);
             let heal = next_tick + 5 + self.rng.below(self.cfg.partition_ticks_max);
-            self.partitions.insert((a.min(b), a.max(b)), heal);
+            // A pair already cut heals when it was going to: partitions of one pair back to
+            // back could otherwise outlast the master's silence (`no_false_death`).
+            self.partitions.entry((a.min(b), a.max(b))).or_insert(heal);
             self.net.set_partition(a as u32, b as u32, true);
         }
         let net = &mut self.net;
@@ -1479,10 +1502,11 @@ impl ClusterSim {
             let Some(q) = b.quit.as_mut() else {
                 continue;
             };
-            let cut = q
-                .shards
-                .iter()
-                .any(|&s| s != 0 && self.partitions.contains_key(&(0, s)));
+            // A crashed shard reports nothing: the master forgets its players at its verdict.
+            let cut = q.shards.iter().any(|&s| {
+                (s != 0 && self.partitions.contains_key(&(0, s)))
+                    || self.crashed.get(&s).is_some_and(|(_, v)| v.is_none())
+            });
             if !cut {
                 q.waited += 1;
             }
@@ -1582,7 +1606,14 @@ impl ClusterSim {
             );
         }
         if let Some(j) = &self.joiner {
-            let bound = self.cfg.ticks_in(self.cfg.join_bound_ms);
+            let mut bound = self.cfg.ticks_in(self.cfg.join_bound_ms);
+            // A joiner links to every member before it reports: one that crashed unnoticed
+            // holds it up until the master's verdict takes it out of the member list.
+            if (self.crashed.values()).any(|(at, _)| *at <= j.dialed_at + bound) {
+                bound += self
+                    .cfg
+                    .ticks_in(limits::SHARD_DEAD_AFTER_MS + self.cfg.failover_bound_ms);
+            }
             let drained = self.draining.contains_key(&j.id) || self.departed.contains(&j.id);
             let waited = tick.saturating_sub(j.dialed_at);
             if j.first_cell_at.is_none() && !drained && waited > bound {
@@ -1716,7 +1747,7 @@ impl ClusterSim {
             for (id, (_, xz)) in owned {
                 let away =
                     self.map.owner_at(*xz) != Some(me) && !self.boundary.owns_near(*xz, margin, me);
-                if !away || disturbed.contains(&o) {
+                if !away || disturbed.contains(&o) || self.orphan_avatars.contains(id) {
                     continue;
                 }
                 let n = self.stray_for.get(id).copied().unwrap_or(0) + 1;

@@ -643,6 +643,18 @@ impl Master {
         };
         m.alive = false;
         self.admission.forget_gateway(id);
+        // Its players' sessions died with it: out of the directory (a player who comes back
+        // logs in afresh), and their seats with them.
+        let gone: Vec<String> = (self.players.iter())
+            .filter(|(_, s)| **s == id)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.unseat(name, id);
+        }
+        self.sent_on.retain(|_, (from, _)| *from != id);
+        self.unconfirmed.retain(|_, u| u.shard != id);
+        self.seats.remove(&id);
         self.event(
             "dead",
             format!("shard {} {why}: declared dead and fenced", id.0),
@@ -2295,13 +2307,19 @@ mod tests {
             );
             m.heartbeat(ShardId(0), beat(seq), t);
         }
+        let arriving = ShardLoad {
+            players_arrived: vec!["ann".into()],
+            ..beat(1)
+        };
         assert_eq!(
-            m.heartbeat(ShardId(2), beat(1), 500),
+            m.heartbeat(ShardId(2), arriving, 500),
             Some(MasterNotice::Lease { seq: 1 })
         );
+        assert_eq!(m.player("ann"), Some(ShardId(2)));
         assert!(m.check_liveness(3_000).is_empty(), "not silent long enough");
         let now = 500 + limits::SHARD_DEAD_AFTER_MS + 1;
         assert_eq!(m.check_liveness(now), [ShardId(2)]);
+        assert_eq!(m.player("ann"), None, "its players' sessions died with it");
         let notices = m.balance(now);
         assert_eq!(
             leaves_of(&m, 2),

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# A shard killed outright during play (issue 9, as far as it is built): `zonescaler up --shards
+# SHARDS`, BOTS bots walking across borders for DURATION, and `kill -9` of shard KILL (not the
+# master) KILL_AFTER seconds in. Checked:
+# - the master declares it dead and every one of its cells is on a live member within
+#   FAILOVER_BAR_S of the kill (`GET /api/cluster`, sampled every 0.2 s);
+# - `up` keeps running, reports the death with the exit status, restarts the shard, which joins
+#   again as a new member, is alive in the master's view, and is given cells;
+# - the bots that were not on the killed shard keep playing: snapshots/s p50 over all bots at
+#   least 20, and every bot connected at the start;
+# - after the bots leave, every entity the living shards held is still there: total_entities
+#   equals the count before the bots minus what the dead shard last reported owning (lost: no
+#   replica yet), within the NPCs that were crossing to it at the kill.
+# Printed: the time from the kill to the last cell on a live member, entities lost, the
+# bots' errors (what the players of the dead shard saw).
+# Usage: [SHARDS=4] [BOTS=100] [DURATION=25s] [KILL=2] [KILL_AFTER=8] bash .ci/failover.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .ci/cluster_lib.sh
+shards=${SHARDS:-4}
+bots=${BOTS:-100}
+duration=${DURATION:-25s}
+kill_shard=${KILL:-2}
+kill_after=${KILL_AFTER:-8}
+failover_bar_s=${FAILOVER_BAR_S:-5}
+dir=${OUT_DIR:-$(mktemp -d)}
+mkdir -p "$dir"
+port=$(( 20000 + RANDOM % 20000 ))
+http="127.0.0.1:$(( port + 200 ))"
+cargo build -q --release -p zonescaler-server --bin zonescaler
+exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
+
+"$exe" up --shards "$shards" --port "$port" --link-port $(( port + 100 )) --http "$http" \
+  --metrics-port $(( port + 300 )) --run-dir "$dir" >"$dir/up.log" 2>&1 &
+up_pid=$!
+cleanup() { kill -INT "$up_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+wait_up failover "$dir" "$shards" "$up_pid"
+
+# The master's view every 0.2 s, with the time, until DIR/stop.
+python3 - "$http" "$dir/samples.jsonl" "$dir/stop" <<'PY' &
+import json, os, sys, time, urllib.request
+http, out, stop = sys.argv[1:4]
+with open(out, "w") as f:
+    while not os.path.exists(stop):
+        try:
+            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=2))
+            v["t"] = time.time()
+            f.write(json.dumps(v) + "\n"); f.flush()
+        except Exception as e:
+            print("failover: sample failed:", e, file=sys.stderr)
+        time.sleep(0.2)
+PY
+sampler=$!
+
+"$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
+  --bots "$bots" --duration "$duration" --scenario border --seed 7 \
+  --report-json "$dir/report.json" --quiet &
+bots_pid=$!
+sleep "$kill_after"
+victim=$(pgrep -f -- "--cert-out $dir/shard-$kill_shard.pem" | head -n 1 || true)
+[ -n "$victim" ] || { echo "failover: no process for shard-$kill_shard"; exit 1; }
+date +%s.%N > "$dir/killed_at"
+kill -9 "$victim"
+echo "failover: killed shard-$kill_shard (pid $victim) ${kill_after}s into the bots' run"
+wait "$bots_pid"
+# The bots' avatars go with their connections; one redirected whose client never came, after
+# REDIRECT_WAIT_MS (15 s). Then until the directory is empty and the count holds, 3 reads running.
+python3 - "$http" <<'PY' || true
+import json, sys, time, urllib.request
+http = sys.argv[1]
+time.sleep(16)
+prev, good = None, 0
+for _ in range(45):
+    v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
+    good = good + 1 if v["players"] == 0 and v["total_entities"] == prev else 0
+    prev = v["total_entities"]
+    if good >= 3:
+        break
+    time.sleep(1)
+PY
+touch "$dir/stop"; wait "$sampler" 2>/dev/null || true
+
+python3 - "$dir" "$bots" "$failover_bar_s" <<'PY'
+import json, sys
+d, bots, bar = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+killed = float(open(f"{d}/killed_at").read())
+samples = [json.loads(l) for l in open(f"{d}/samples.jsonl") if l.strip()]
+problems = []
+before = [s for s in samples if s["t"] < killed]
+if not before: sys.exit("failover: no sample before the kill")
+last = before[-1]
+# Which member the killed process was: the one the master stops hearing from.
+after = [s for s in samples if s["t"] >= killed]
+dead = next((sh["id"] for s in after for sh in s["shards"] if not sh["alive"]), None)
+if dead is None:
+    problems.append("the master never declared a shard dead")
+    recovered = None
+else:
+    owned_by = lambda s, i: sum(1 for c in s["cells"] if c["shard"] == i)
+    gone = next(sh for sh in last["shards"] if sh["id"] == dead)
+    lost = gone["owned_entities"]
+    # Its players' avatars would have left with the bots anyway: the NPCs are what it took.
+    lost_npcs = lost - gone["clients"]
+    recovered = next((s["t"] - killed for s in after
+                      if any(sh["id"] == dead and not sh["alive"] for sh in s["shards"])
+                      and owned_by(s, dead) == 0), None)
+    if recovered is None:
+        problems.append(f"shard {dead}'s cells never all went to live members")
+    elif recovered > bar:
+        problems.append(f"shard {dead}'s cells were on live members only {recovered:.1f} s after the kill (bar {bar} s)")
+    end = samples[-1]
+    live = [sh for sh in end["shards"] if sh["alive"]]
+    newcomers = [sh for sh in live if sh["id"] >= len(before[0]["shards"])]
+    if not newcomers:
+        problems.append("no restarted shard joined as a new member")
+    elif not any(sh["cells"] > 0 for sh in newcomers):
+        problems.append(f"the restarted shard (id {newcomers[0]['id']}) got no cell")
+    bad = [c["id"] for c in end["cells"] if c["shard"] not in {sh["id"] for sh in live}]
+    if bad: problems.append(f"cells on dead members at the end: {bad[:5]}")
+    # Nothing of the living lost: the world's count before the bots, less what the dead shard
+    # owned when it died. NPCs crossing to or from it at that moment may go either way.
+    first = samples[0]["total_entities"]
+    final = end["total_entities"]
+    slack = 10
+    took = "never" if recovered is None else f"{recovered:.2f} s after the kill"
+    print(f"failover: shard {dead} killed; its cells on live members {took}; it owned {lost} "
+          f"entities ({gone['clients']} of them players' avatars), lost: no replica yet; "
+          f"total_entities {first} before the bots, {final} after them (expected about {first - lost_npcs})")
+    if abs(final - (first - lost_npcs)) > slack:
+        problems.append(f"total_entities {final} after, expected {first - lost_npcs} +- {slack}: something of the living was lost")
+    events = [e["text"] for e in end["events"] if e["kind"] in ("dead", "failover")]
+    print(f"failover: {len(events)} dead/failover events, first: {events[:2]}")
+r = json.load(open(f"{d}/report.json"))
+if r["bots_connected"] != bots: problems.append(f"connected {r['bots_connected']} of {bots}")
+if r["snapshots_per_sec_p50"] < 20: problems.append(f"snapshots_per_sec_p50 {r['snapshots_per_sec_p50']:.1f} < 20")
+print(f"failover: bots {r['bots_connected']}/{bots} connected, snapshots/s p50 {r['snapshots_per_sec_p50']:.1f}, "
+      f"handoffs {r['handoffs']}, errors {r['errors']}")
+if problems:
+    print("failover FAILED: " + "; ".join(problems)); sys.exit(1)
+PY
+grep -q "shard-$kill_shard exited" "$dir/up.log" || { tail -n 30 "$dir/up.log"; echo "failover: up did not report the death"; exit 1; }
+grep -q "restarting shard-$kill_shard" "$dir/up.log" || { tail -n 30 "$dir/up.log"; echo "failover: up did not restart the shard"; exit 1; }
+kill -INT "$up_pid"
+for _ in $(seq 1 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$up_pid" 2>/dev/null; then echo "failover: zonescaler up did not stop on Ctrl-C"; exit 1; fi
+trap - EXIT
+if pgrep -f "$dir/shard-" >/dev/null; then echo "failover: a shard process outlived zonescaler up"; exit 1; fi
+echo "failover: ok"
+[ -n "${OUT_DIR:-}" ] || rm -rf "$dir"
