@@ -52,6 +52,8 @@ with open(out, "w") as f:
         time.sleep(0.2)
 PY
 sampler=$!
+# The first samples see the world before the bots: its NPCs.
+sleep 1.5
 
 "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
   --bots "$bots" --duration "$duration" --scenario border --seed 7 \

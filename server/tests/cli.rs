@@ -64,6 +64,7 @@ fn bad_configs_exit_with_one_line_naming_the_field() {
         assert_eq!(lines.len(), 1, "{name}: exactly one line: {stderr}");
         assert!(lines[0].contains(field), "{name}: names {field}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: no panic: {stderr}");
+        let _ = std::fs::remove_file(&path);
     }
 }
 
@@ -93,6 +94,7 @@ fn up_refuses_nonsense_and_bad_configs_before_starting_anything() {
     assert!(stderr.contains("--shards 5000: at most"), "{stderr}");
     let path = write_config("up", "[npc]\ncount = -3\n");
     let (code, stderr) = zonescaler(&["up", "--world", path.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(&path);
     assert_ne!(code, 0);
     assert!(stderr.contains("npc.count"), "{stderr}");
     assert!(!stderr.contains("panicked"));

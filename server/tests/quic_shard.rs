@@ -39,8 +39,13 @@ fn start_shard(npcs: usize) -> Shard {
 
 fn start_shard_with(config: WorldConfig) -> Shard {
     let npcs = config.npc.count;
-    let cert =
-        std::env::temp_dir().join(format!("zs-quic-shard-{}-{npcs}.pem", std::process::id()));
+    // One file per shard (tests run in parallel), removed once read.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, Ordering::Relaxed);
+    let cert = std::env::temp_dir().join(format!(
+        "zs-quic-shard-{}-{npcs}-{n}.pem",
+        std::process::id()
+    ));
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let mut opts = ShardOptions::new(
@@ -57,6 +62,7 @@ fn start_shard_with(config: WorldConfig) -> Shard {
         .recv_timeout(Duration::from_secs(20))
         .expect("shard must start listening");
     let trust = ClientTrust::from_pem_file(&cert).expect("shard wrote its certificate");
+    let _ = std::fs::remove_file(&cert);
     Shard {
         addr,
         trust,

@@ -940,6 +940,7 @@ impl Master {
         let cells = self
             .members
             .values()
+            .filter(|m| m.alive)
             .flat_map(|m| {
                 m.load.cells.iter().map(|c| CellInput {
                     cell: c.cell,
@@ -1099,7 +1100,8 @@ impl Master {
     pub fn cell_loads(&self) -> BTreeMap<CellId, CellSum> {
         let mut sums: BTreeMap<CellId, CellSum> = BTreeMap::new();
         let owner = |cell| self.map.as_ref().and_then(|m| m.owner_of(cell));
-        for m in self.members.values() {
+        // A dead shard's last report describes entities that went with it.
+        for m in self.members.values().filter(|m| m.alive) {
             for c in &m.load.cells {
                 let sum = sums.entry(c.cell).or_default();
                 sum.entities = sum.entities.saturating_add(c.entities);
@@ -1156,8 +1158,10 @@ impl Master {
             epoch: self.map.as_ref().map_or(0, |m| m.epoch().0),
             placed: self.map.is_some(),
             expected_shards: self.expected,
+            // The living's: what a dead shard last reported went with it.
             total_entities: shards
                 .iter()
+                .filter(|s| s.alive)
                 .map(|s| u64::from(s.owned_entities) + u64::from(s.in_transit))
                 .sum(),
             handoffs_total: shards.iter().map(|s| s.handoffs_out).sum(),
@@ -2309,6 +2313,7 @@ mod tests {
         }
         let arriving = ShardLoad {
             players_arrived: vec!["ann".into()],
+            owned_entities: 7,
             ..beat(1)
         };
         assert_eq!(
@@ -2316,10 +2321,16 @@ mod tests {
             Some(MasterNotice::Lease { seq: 1 })
         );
         assert_eq!(m.player("ann"), Some(ShardId(2)));
+        assert_eq!(m.view().total_entities, 7);
         assert!(m.check_liveness(3_000).is_empty(), "not silent long enough");
         let now = 500 + limits::SHARD_DEAD_AFTER_MS + 1;
         assert_eq!(m.check_liveness(now), [ShardId(2)]);
         assert_eq!(m.player("ann"), None, "its players' sessions died with it");
+        assert_eq!(
+            m.view().total_entities,
+            0,
+            "what it last reported went with it: counted no more"
+        );
         let notices = m.balance(now);
         assert_eq!(
             leaves_of(&m, 2),
