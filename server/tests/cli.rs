@@ -49,6 +49,11 @@ fn bad_configs_exit_with_one_line_naming_the_field() {
         ),
         ("unknown", "[world]\ncolour = \"red\"\n", "colour"),
         ("syntax", "[world\n", "line 1"),
+        (
+            "silence",
+            "[cluster]\nshard_silence_ms = 100\n",
+            "cluster.shard_silence_ms",
+        ),
     ];
     for (name, text, field) in cases {
         let path = write_config(name, text);

@@ -108,6 +108,14 @@ pub struct ClusterSection {
     /// taking every slot. A load test that runs more bots than this from one machine against
     /// one shard raises it (1..=`CONNECTIONS_PER_ADDRESS_CEILING`).
     pub connections_per_address_max: u32,
+    /// The master declares a shard it has not heard from for this long dead, fences it and gives
+    /// its cells to the living (`limits::SHARD_SILENCE_MS_MIN..=SHARD_SILENCE_MS_MAX`). Each
+    /// shard stops simulating by itself two thirds of this after it last heard the master's
+    /// answer (its ownership lease), so no two shards ever own a cell. Shorter recovers faster;
+    /// longer spares a shard that stalls for a moment on a busy machine (what a dead shard held
+    /// is lost until buddy replication exists). The master's setting is the one that counts:
+    /// it grants the leases.
+    pub shard_silence_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -122,6 +130,7 @@ impl Default for ClusterSection {
             clients_per_shard_max: CLIENTS_PER_SHARD_DEFAULT,
             login_queue_max: LOGIN_QUEUE_DEFAULT,
             connections_per_address_max: limits::CONNECTIONS_PER_ADDRESS_MAX as u32,
+            shard_silence_ms: limits::SHARD_DEAD_AFTER_MS,
         }
     }
 }
@@ -564,6 +573,18 @@ impl WorldConfig {
                 ),
             ));
         }
+        let silence = limits::SHARD_SILENCE_MS_MIN..=limits::SHARD_SILENCE_MS_MAX;
+        if !silence.contains(&c.shard_silence_ms) {
+            return Err(bad(
+                "cluster.shard_silence_ms",
+                format!(
+                    "must be in {}..={} ms (got {})",
+                    silence.start(),
+                    silence.end(),
+                    c.shard_silence_ms
+                ),
+            ));
+        }
         if c.clients_per_shard_max as usize > limits::CLIENTS_PER_SHARD_MAX {
             return Err(bad(
                 "cluster.clients_per_shard_max",
@@ -748,6 +769,14 @@ mod tests {
             (
                 "[cluster]\nconnections_per_address_max = 8193\n",
                 "cluster.connections_per_address_max",
+            ),
+            (
+                "[cluster]\nshard_silence_ms = 999\n",
+                "cluster.shard_silence_ms",
+            ),
+            (
+                "[cluster]\nshard_silence_ms = 60001\n",
+                "cluster.shard_silence_ms",
             ),
             ("[balancer]\ntick_cpu_max = 1.5\n", "balancer.tick_cpu_max"),
             ("[balancer]\newma_alpha = 0.0\n", "balancer.ewma_alpha"),

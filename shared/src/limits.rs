@@ -164,22 +164,33 @@ pub const TICK_SLOWDOWN_MAX: f32 = 10.0;
 /// this they are dropped and the handoffs in them retried after their timeout.
 pub const UNLINKED_MEMBER_BYTES_MAX: usize = 8 << 20;
 
-/// A shard silent this long (no heartbeat, on the master's monotonic clock) is declared dead by
-/// the master and fenced: it leaves the membership and its cells go to live shards.
+/// The default master's silence (`[cluster] shard_silence_ms`): a shard not heard from this long
+/// (no heartbeat, on the master's monotonic clock) is declared dead and fenced: it leaves the
+/// membership and its cells go to live shards.
 pub const SHARD_DEAD_AFTER_MS: u64 = 3_000;
-/// A shard's ownership lease: it simulates its cells only while the master has answered a
-/// heartbeat it sent less than this long ago (by its own monotonic clock). Shorter than
-/// [`SHARD_DEAD_AFTER_MS`] by [`SHARD_LEASE_MARGIN_MS`], so a shard cut off from the master has
-/// stopped simulating before the master can give its cells to anyone else: the master declares
-/// it dead no sooner than `SHARD_DEAD_AFTER_MS` after it last heard from it, which is after the
-/// shard sent that heartbeat.
-pub const SHARD_LEASE_MS: u64 = 2_000;
-/// What the lease leaves to the master's verdict: the tick that was running when the lease ran
-/// out (the shard checks it before each tick), the two clocks' rates differing, and the map
-/// push's way to the cells' new owner (which only shortens the overlap) all fit in it.
-pub const SHARD_LEASE_MARGIN_MS: u64 = 1_000;
-const _: () = assert!(SHARD_LEASE_MS + SHARD_LEASE_MARGIN_MS <= SHARD_DEAD_AFTER_MS);
-const _: () = assert!(SHARD_LEASE_MS > 2 * HEARTBEAT_MS);
+/// The range `[cluster] shard_silence_ms` may take: not below five heartbeats (a shard that
+/// misses a few reports on a busy machine is not dead), not past a minute.
+pub const SHARD_SILENCE_MS_MIN: u64 = 1_000;
+pub const SHARD_SILENCE_MS_MAX: u64 = 60_000;
+
+/// The ownership lease the master grants with a silence of `silence_ms`: two thirds of it. A
+/// shard simulates its cells only while the master has answered a heartbeat it sent less than
+/// this long ago (by its own monotonic clock). The master declares it dead no sooner than
+/// `silence_ms` after it last heard from it, which is after the shard sent that heartbeat, so
+/// a shard cut off from the master has stopped simulating a third of the silence before the
+/// master can give its cells to anyone else. That third holds the tick that was running when
+/// the lease ran out (the shard checks it before each tick) and the two clocks' rates differing.
+pub const fn lease_ms_for(silence_ms: u64) -> u64 {
+    silence_ms * 2 / 3
+}
+/// The lease at the default silence, and its margin.
+pub const SHARD_LEASE_MS: u64 = lease_ms_for(SHARD_DEAD_AFTER_MS);
+pub const SHARD_LEASE_MARGIN_MS: u64 = SHARD_DEAD_AFTER_MS - SHARD_LEASE_MS;
+const _: () = assert!(SHARD_DEAD_AFTER_MS >= SHARD_SILENCE_MS_MIN);
+const _: () = assert!(SHARD_DEAD_AFTER_MS <= SHARD_SILENCE_MS_MAX);
+// Even the shortest lease outlasts two heartbeats, and its margin ten ticks at 30 Hz.
+const _: () = assert!(lease_ms_for(SHARD_SILENCE_MS_MIN) > 2 * HEARTBEAT_MS);
+const _: () = assert!(SHARD_SILENCE_MS_MIN - lease_ms_for(SHARD_SILENCE_MS_MIN) >= 330);
 /// Commands queued for entities per tick; more are dropped (counted).
 pub const COMMANDS_PER_TICK_MAX: usize = 16_384;
 /// Shortest cluster secret a shard accepts. The secret is the only thing that proves a process

@@ -535,12 +535,12 @@ pub enum MasterNotice {
     /// closes its clients and links and exits (status 0).
     Drained,
     /// The answer to heartbeat `seq`: the master heard it while this shard was a member, so the
-    /// shard may simulate its cells until [`limits::SHARD_LEASE_MS`] after it sent it (its
-    /// ownership lease; see `cluster::lease`).
-    Lease { seq: u64 },
-    /// The master declared this shard dead (silent for [`limits::SHARD_DEAD_AFTER_MS`]) and gave
-    /// its cells to others: it must not simulate or serve anything again. It stops; restarted,
-    /// it joins as a new member.
+    /// shard may simulate its cells until `lease_ms` after it sent it (its ownership lease, two
+    /// thirds of the master's silence: [`limits::lease_ms_for`]; see `cluster::lease`).
+    Lease { seq: u64, lease_ms: u32 },
+    /// The master declared this shard dead (silent for its `[cluster] shard_silence_ms`) and
+    /// gave its cells to others: it must not simulate or serve anything again. It stops;
+    /// restarted, it joins as a new member.
     Fenced,
 }
 

@@ -508,7 +508,14 @@ impl ClusterSim {
         } else {
             None
         };
-        let mut formed = form(&mut net, grid, &weights, balancer, &mut now_us)?;
+        let silence_ms = cfg.world.cluster.shard_silence_ms;
+        let mut formed = form(
+            &mut net,
+            grid,
+            &weights,
+            (balancer, silence_ms),
+            &mut now_us,
+        )?;
         let master = formed[0]
             .master
             .take()
@@ -976,7 +983,7 @@ impl ClusterSim {
     /// (a partition may hold its last heartbeats back past the crash).
     fn check_failover(&mut self, tick: u64) -> Result<(), Violation> {
         let now_ms = self.now_us / 1_000;
-        let bound_ms = limits::SHARD_DEAD_AFTER_MS + self.cfg.failover_bound_ms;
+        let bound_ms = self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms;
         for (&c, &(at, _)) in &self.crashed {
             let heard_ms =
                 (self.master.members().get(&ShardId(c as u16))).map_or(0, |m| m.last_heard_ms);
@@ -1612,7 +1619,7 @@ impl ClusterSim {
             if (self.crashed.values()).any(|(at, _)| *at <= j.dialed_at + bound) {
                 bound += self
                     .cfg
-                    .ticks_in(limits::SHARD_DEAD_AFTER_MS + self.cfg.failover_bound_ms);
+                    .ticks_in(self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms);
             }
             let drained = self.draining.contains_key(&j.id) || self.departed.contains(&j.id);
             let waited = tick.saturating_sub(j.dialed_at);
@@ -2023,16 +2030,19 @@ fn form(
     net: &mut MemNetwork<Packet>,
     grid: CellGrid,
     weights: &[u32],
-    balancer: Option<(Balancer, u64)>,
+    (balancer, silence_ms): (Option<(Balancer, u64)>, u64),
     now_us: &mut u64,
 ) -> Result<Vec<Formed>, String> {
     let n = weights.len();
     let req = |i: usize| join_request(i, weights[i]);
     let mut procs: Vec<Option<Forming>> = Vec::with_capacity(n);
     let mut queues: Vec<Vec<FormAction>> = Vec::with_capacity(n);
-    let with_balancer = |m: Master| match balancer {
-        Some((b, round_ms)) => m.with_balancer(b, round_ms),
-        None => m,
+    let with_balancer = |m: Master| {
+        match balancer {
+            Some((b, round_ms)) => m.with_balancer(b, round_ms),
+            None => m,
+        }
+        .with_silence(silence_ms)
     };
     let (master, acts) = Forming::master(grid, req(0), n, with_balancer, 0);
     procs.push(Some(master));

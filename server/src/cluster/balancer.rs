@@ -847,17 +847,7 @@ impl<'a> Round<'a> {
             let reporter = report.map(|r| by_id[usize::from(r.owner.0)]);
             let reporter = reporter.filter(|&i| i != NO_ROW && (i as usize) < inside.len());
             let cpu = reporter.map_or(0.0, |i| self.rows[i as usize].reported[0]);
-            // A move whose source or target died meanwhile was aborted: the leaf is its
-            // owner's again (a dead owner's to evacuate at once, not after the cooldown).
-            if let Some((from, to)) = st.pending {
-                let dead = |s: ShardId| {
-                    let i = by_id[usize::from(s.0)];
-                    i != NO_ROW && self.rows[i as usize].role == Role::Evacuate(Evacuation::Dead)
-                };
-                if dead(from) || dead(to) {
-                    st.pending = None;
-                }
-            }
+            self.forget_moves_of_the_dead(&by_id, &mut st);
             let (leaf, seen_owner) = self.leaf_of(&mut st, now_ms, dt, (cell, owner), report, cpu);
             state.cells.push((cell, st));
             let owner_row = self.row_index(&mut by_id, seen_owner);
@@ -896,6 +886,18 @@ impl<'a> Round<'a> {
 }
 
 impl Round<'_> {
+    /// A move planned for a leaf whose source or target died meanwhile was aborted: the leaf is
+    /// its owner's again (a dead owner's to evacuate at once, not after the move's cooldown).
+    fn forget_moves_of_the_dead(&self, by_id: &[u32], st: &mut CellState) {
+        let dead = |s: ShardId| {
+            let i = by_id[usize::from(s.0)];
+            i != NO_ROW && self.rows[i as usize].role == Role::Evacuate(Evacuation::Dead)
+        };
+        if st.pending.is_some_and(|(from, to)| dead(from) || dead(to)) {
+            st.pending = None;
+        }
+    }
+
     /// One leaf with its trends updated from its report (`cpu`: the reporter's tick CPU share),
     /// and the owner this round sees it under.
     fn leaf_of(

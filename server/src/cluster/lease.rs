@@ -3,31 +3,34 @@
 //! cells to anyone else.
 //!
 //! Each heartbeat is numbered ([`ShardLoad::seq`](zonescaler_shared::protocol::ShardLoad)) and
-//! the master answers the ones it hears from a member with `MasterNotice::Lease { seq }`. The
-//! lease then runs to [`SHARD_LEASE_MS`] after this shard *sent* that heartbeat, by its own
-//! monotonic clock. The master hears a heartbeat after it was sent and declares a shard dead
-//! only [`SHARD_DEAD_AFTER_MS`] after the last one it heard; the lease is shorter by
-//! [`SHARD_LEASE_MARGIN_MS`], so by then the shard has stopped simulating: never two owners of a
-//! cell, whatever the network does with the heartbeats and their answers.
+//! the master answers the ones it hears from a member with `MasterNotice::Lease { seq,
+//! lease_ms }`. The lease then runs to `lease_ms` after this shard *sent* that heartbeat, by its
+//! own monotonic clock. The master hears a heartbeat after it was sent and declares a shard dead
+//! only its silence (`[cluster] shard_silence_ms`) after the last one it heard; the lease it
+//! grants is two thirds of that ([`lease_ms_for`]), so by then the shard has stopped simulating:
+//! never two owners of a cell, whatever the network does with the heartbeats and their answers.
+//! Until the first answer the lease is the shortest any master grants (formation just ended).
 //!
 //! - **Holds**: simulate.
 //! - **Lapsed**: no answer for a while (the master is slow, or unreachable): do not simulate,
 //!   keep networking and heartbeating; a late answer renews it and the shard goes on.
-//! - **Lost**: lapsed for [`SHARD_DEAD_AFTER_MS`] more, or the master said `Fenced`: the master
-//!   has given (or is about to give) its cells away. The shard stops; restarted, it joins anew.
+//! - **Lost**: lapsed for the master's silence more (half again the lease it granted), or the
+//!   master said `Fenced`: the master has given (or is about to give) its cells away. The shard
+//!   stops; restarted, it joins anew.
 //!
 //! Pure: the clock comes in with every call.
 //!
-//! [`SHARD_LEASE_MS`]: zonescaler_shared::limits::SHARD_LEASE_MS
-//! [`SHARD_DEAD_AFTER_MS`]: zonescaler_shared::limits::SHARD_DEAD_AFTER_MS
-//! [`SHARD_LEASE_MARGIN_MS`]: zonescaler_shared::limits::SHARD_LEASE_MARGIN_MS
+//! [`lease_ms_for`]: zonescaler_shared::limits::lease_ms_for
 
 use std::collections::VecDeque;
 use zonescaler_shared::limits;
 
 /// Heartbeats remembered while unanswered: more than a lease's worth, so an answer that comes
 /// back at all finds its send time.
-const SENT_REMEMBERED: usize = (limits::SHARD_DEAD_AFTER_MS / limits::HEARTBEAT_MS) as usize * 2;
+const SENT_REMEMBERED: usize = (limits::SHARD_SILENCE_MS_MAX / limits::HEARTBEAT_MS) as usize * 2;
+
+/// The lease before the master's first answer: the shortest any master grants.
+const FIRST_LEASE_MS: u64 = limits::lease_ms_for(limits::SHARD_SILENCE_MS_MIN);
 
 /// What the lease allows now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +72,8 @@ pub struct Lease {
     /// Heartbeats sent and not answered yet: (seq, sent at), oldest first.
     sent: VecDeque<(u64, u64)>,
     until_ms: u64,
+    /// The lease the master granted last.
+    granted_ms: u64,
     fenced: bool,
 }
 
@@ -79,7 +84,8 @@ impl Lease {
         Self {
             next_seq: 1,
             sent: VecDeque::new(),
-            until_ms: now_ms + limits::SHARD_LEASE_MS,
+            until_ms: now_ms + FIRST_LEASE_MS,
+            granted_ms: FIRST_LEASE_MS,
             fenced: false,
         }
     }
@@ -95,16 +101,17 @@ impl Lease {
         seq
     }
 
-    /// The master answered heartbeat `seq`. An answer to one it does not remember (far too old,
-    /// or never sent) renews nothing.
-    pub fn answered(&mut self, seq: u64) {
+    /// The master answered heartbeat `seq` with a lease of `lease_ms`. An answer to one it does
+    /// not remember (far too old, or never sent) renews nothing.
+    pub fn answered(&mut self, seq: u64, lease_ms: u64) {
         while let Some(&(s, at)) = self.sent.front() {
             if s > seq {
                 break;
             }
             self.sent.pop_front();
             if s == seq {
-                self.until_ms = self.until_ms.max(at + limits::SHARD_LEASE_MS);
+                self.until_ms = self.until_ms.max(at + lease_ms);
+                self.granted_ms = lease_ms;
             }
         }
     }
@@ -122,9 +129,10 @@ impl Lease {
             return LeaseState::Holds;
         }
         let for_ms = now_ms - self.until_ms;
-        if for_ms >= limits::SHARD_DEAD_AFTER_MS {
+        // The master's silence: half again the lease it grants.
+        if for_ms >= self.granted_ms * 3 / 2 {
             LeaseState::Lost(LostWhy::Silent {
-                for_ms: now_ms - (self.until_ms - limits::SHARD_LEASE_MS),
+                for_ms: now_ms - (self.until_ms - self.granted_ms),
             })
         } else {
             LeaseState::Lapsed { for_ms }
@@ -140,18 +148,23 @@ mod tests {
     #[test]
     fn answered_heartbeats_keep_it_and_it_runs_from_when_the_heartbeat_was_sent() {
         let mut l = Lease::new(0);
-        assert_eq!(l.state(SHARD_LEASE_MS - 1), LeaseState::Holds);
+        assert_eq!(l.state(FIRST_LEASE_MS - 1), LeaseState::Holds);
+        assert_eq!(
+            l.state(FIRST_LEASE_MS),
+            LeaseState::Lapsed { for_ms: 0 },
+            "before the first answer: the shortest lease any master grants"
+        );
         let s1 = l.sent(1_000);
         let s2 = l.sent(1_200);
         // The answer to the first arrives late, at 2 500: the lease counts from 1 000, not 2 500.
-        l.answered(s1);
+        l.answered(s1, SHARD_LEASE_MS);
         assert_eq!(l.state(1_000 + SHARD_LEASE_MS - 1), LeaseState::Holds);
         assert_eq!(
             l.state(1_000 + SHARD_LEASE_MS),
             LeaseState::Lapsed { for_ms: 0 }
         );
         // A late answer to a later heartbeat renews a lapsed lease.
-        l.answered(s2);
+        l.answered(s2, SHARD_LEASE_MS);
         assert_eq!(l.state(1_000 + SHARD_LEASE_MS), LeaseState::Holds);
         assert_eq!(
             l.state(1_200 + SHARD_LEASE_MS + 5),
@@ -164,14 +177,14 @@ mod tests {
         let mut l = Lease::new(0);
         let s1 = l.sent(100);
         let s2 = l.sent(300);
-        l.answered(s2);
-        l.answered(s1); // out of order: forgotten already, renews nothing
+        l.answered(s2, SHARD_LEASE_MS);
+        l.answered(s1, SHARD_LEASE_MS); // out of order: forgotten already, renews nothing
         assert_eq!(l.state(300 + SHARD_LEASE_MS - 1), LeaseState::Holds);
         assert_eq!(
             l.state(300 + SHARD_LEASE_MS),
             LeaseState::Lapsed { for_ms: 0 }
         );
-        l.answered(999); // never sent
+        l.answered(999, SHARD_LEASE_MS); // never sent
         assert_eq!(
             l.state(300 + SHARD_LEASE_MS),
             LeaseState::Lapsed { for_ms: 0 }
@@ -182,30 +195,45 @@ mod tests {
     fn a_shard_cut_off_stops_before_the_master_can_declare_it_dead() {
         // The shard heartbeats every HEARTBEAT_MS; the master hears the one sent at `last`
         // (at `last` or later) and nothing after. The master declares it dead no sooner than
-        // SHARD_DEAD_AFTER_MS after hearing it; the shard must have stopped simulating before.
-        let mut l = Lease::new(0);
-        let mut t = 0;
-        let mut last = 0;
-        while t < 10_000 {
-            let seq = l.sent(t);
-            if t <= 4_000 {
-                l.answered(seq);
-                last = t;
+        // its silence after hearing it; the shard must have stopped simulating a third of the
+        // silence before, at every silence a master may be set to.
+        for silence in [
+            limits::SHARD_SILENCE_MS_MIN,
+            SHARD_DEAD_AFTER_MS,
+            limits::SHARD_SILENCE_MS_MAX,
+        ] {
+            let lease = limits::lease_ms_for(silence);
+            let mut l = Lease::new(0);
+            let mut t = 0;
+            let mut last = 0;
+            while t < 4 * silence {
+                let seq = l.sent(t);
+                if t <= silence {
+                    l.answered(seq, lease);
+                    last = t;
+                }
+                t += HEARTBEAT_MS;
             }
-            t += HEARTBEAT_MS;
+            let verdict = last + silence;
+            let first_lapsed = (0..=verdict)
+                .find(|&now| l.state(now) != LeaseState::Holds)
+                .expect("lapses before the verdict");
+            assert!(
+                first_lapsed + silence / 3 <= verdict,
+                "silence {silence}: lapsed at {first_lapsed} ms, the master's verdict at {verdict} ms"
+            );
+            assert!(
+                matches!(l.state(verdict - 1), LeaseState::Lapsed { .. }),
+                "silence {silence}: still waiting for an answer until the verdict"
+            );
+            assert!(
+                matches!(
+                    l.state(last + lease + silence),
+                    LeaseState::Lost(LostWhy::Silent { .. })
+                ),
+                "silence {silence}: gives up once the master surely gave its cells away"
+            );
         }
-        let verdict = last + SHARD_DEAD_AFTER_MS;
-        let first_lapsed = (0..=verdict)
-            .find(|&now| l.state(now) != LeaseState::Holds)
-            .expect("lapses before the verdict");
-        assert!(
-            first_lapsed + limits::SHARD_LEASE_MARGIN_MS <= verdict,
-            "lapsed at {first_lapsed} ms, the master's verdict at {verdict} ms"
-        );
-        assert!(matches!(
-            l.state(last + SHARD_LEASE_MS + SHARD_DEAD_AFTER_MS),
-            LeaseState::Lost(LostWhy::Silent { .. })
-        ));
     }
 
     #[test]
@@ -213,7 +241,7 @@ mod tests {
         let mut l = Lease::new(0);
         let s = l.sent(10);
         l.fenced();
-        l.answered(s);
+        l.answered(s, SHARD_LEASE_MS);
         assert_eq!(l.state(20), LeaseState::Lost(LostWhy::Fenced));
     }
 }

@@ -82,7 +82,8 @@ pub fn placed_master(config: &WorldConfig, n: usize) -> Result<Master, String> {
     let mut master = Master::new(CellGrid::from_config(config), n, me, 0)
         .with_duplicate_rule(config.login.duplicate)
         .with_admission(c.clients_per_shard_max, c.login_queue_max)
-        .with_move_timeout(c.cell_move_timeout_ms);
+        .with_move_timeout(c.cell_move_timeout_ms)
+        .with_silence(c.shard_silence_ms);
     for i in 1..n {
         master.join(member(i), 0).map_err(|e| e.to_string())?;
     }
@@ -153,7 +154,7 @@ impl LocalCluster {
 
     /// Kill shard `id` as `kill -9` would: from the next step it neither ticks nor sends nor
     /// reports, and messages to it are lost. The master declares it dead once it has been silent
-    /// for `limits::SHARD_DEAD_AFTER_MS` and gives its cells to the others.
+    /// for `[cluster] shard_silence_ms` and gives its cells to the others.
     pub fn kill(&mut self, id: ShardId) {
         if let Some(k) = self.killed.get_mut(usize::from(id.0)) {
             *k = true;

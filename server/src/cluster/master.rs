@@ -9,8 +9,8 @@
 //!   pushes the map to everyone. A shard that joins after that is a late joiner: the balancer
 //!   gives it cells once it has linked to every member.
 //! - **Liveness**: every shard reports its load every [`limits::HEARTBEAT_MS`] and gets its
-//!   ownership lease renewed in answer ([`super::lease`]); one silent for
-//!   [`limits::SHARD_DEAD_AFTER_MS`] (on the runtime's monotonic clock) is declared dead and
+//!   ownership lease renewed in answer ([`super::lease`]); one silent for `[cluster]
+//!   shard_silence_ms` (on the runtime's monotonic clock) is declared dead and
 //!   fenced: it leaves the membership for good (a heartbeat from it is answered `Fenced`), and
 //!   the next balancing round, due at once, gives each of its leaves to a live shard under a new
 //!   epoch ([`Master::adopt_cell`]). Its lease ran out before that, so it no longer simulated
@@ -170,6 +170,8 @@ pub struct Master {
     pub moves_aborted: u64,
     /// Leaves of dead shards given to live ones since start ([`Self::adopt_cell`]).
     pub failovers: u64,
+    /// A member not heard from this long is declared dead (`[cluster] shard_silence_ms`).
+    silence_ms: u64,
 }
 
 impl Master {
@@ -200,6 +202,7 @@ impl Master {
             moves_done: 0,
             moves_aborted: 0,
             failovers: 0,
+            silence_ms: limits::SHARD_DEAD_AFTER_MS,
         }
     }
 
@@ -207,6 +210,13 @@ impl Master {
     pub fn with_balancer(mut self, balancer: Balancer, round_ms: u64) -> Self {
         self.balancer = Some((balancer, 0));
         self.round_ms = round_ms.max(1);
+        self
+    }
+
+    /// Declare a member dead after `ms` without a heartbeat (`[cluster] shard_silence_ms`,
+    /// clamped to its range); the leases it grants are two thirds of that.
+    pub fn with_silence(mut self, ms: u64) -> Self {
+        self.silence_ms = ms.clamp(limits::SHARD_SILENCE_MS_MIN, limits::SHARD_SILENCE_MS_MAX);
         self
     }
 
@@ -544,7 +554,8 @@ impl Master {
                 ..load
             };
         }
-        Some(MasterNotice::Lease { seq })
+        let lease_ms = limits::lease_ms_for(self.silence_ms) as u32;
+        Some(MasterNotice::Lease { seq, lease_ms })
     }
 
     /// One admission round (call it after heartbeats): seats given to logins whose client never
@@ -622,13 +633,11 @@ impl Master {
     pub fn check_liveness(&mut self, now_ms: u64) -> Vec<ShardId> {
         self.now_ms = now_ms;
         let dead: Vec<ShardId> = (self.members.values())
-            .filter(|m| {
-                m.alive && now_ms.saturating_sub(m.last_heard_ms) > limits::SHARD_DEAD_AFTER_MS
-            })
+            .filter(|m| m.alive && now_ms.saturating_sub(m.last_heard_ms) > self.silence_ms)
             .map(|m| m.info.id)
             .collect();
         for id in &dead {
-            let why = format!("silent for {} ms", limits::SHARD_DEAD_AFTER_MS);
+            let why = format!("silent for {} ms", self.silence_ms);
             self.declare_dead(*id, &why);
         }
         dead
@@ -2249,6 +2258,61 @@ mod tests {
         }
     }
 
+    /// `[cluster] shard_silence_ms`: the master declares death after its own silence and grants
+    /// leases of two thirds of it, so a shard's lease follows the master's setting.
+    #[test]
+    fn the_silence_is_the_masters_setting_and_the_leases_follow_it() {
+        let mut m = three_with_balancer().with_silence(1_000);
+        for s in [0, 1, 2] {
+            assert_eq!(
+                m.heartbeat(ShardId(s), beat(1), 0),
+                Some(MasterNotice::Lease {
+                    seq: 1,
+                    lease_ms: 666
+                })
+            );
+        }
+        m.heartbeat(ShardId(0), beat(2), 1_000);
+        m.heartbeat(ShardId(1), beat(2), 1_000);
+        assert!(
+            m.check_liveness(1_000).is_empty(),
+            "silent for exactly the silence"
+        );
+        assert_eq!(m.check_liveness(1_001), [ShardId(2)]);
+        let lowest = three_with_balancer().with_silence(10);
+        assert_eq!(
+            lowest.silence_ms,
+            limits::SHARD_SILENCE_MS_MIN,
+            "clamped to its range"
+        );
+    }
+
+    /// Shards 0 and 1 report every second to 3 s, each answered with a lease; shard 2 reports
+    /// once at 0.5 s, with a player and 7 entities, and then nothing.
+    fn shard_2_reports_once_then_falls_silent(m: &mut Master) {
+        let lease = |seq| {
+            Some(MasterNotice::Lease {
+                seq,
+                lease_ms: limits::SHARD_LEASE_MS as u32,
+            })
+        };
+        for (t, seq) in [(1_000, 1), (2_000, 2), (3_000, 3)] {
+            let answer = m.heartbeat(ShardId(1), beat(seq), t);
+            assert_eq!(
+                answer,
+                lease(seq),
+                "a live shard's heartbeat renews its lease"
+            );
+            m.heartbeat(ShardId(0), beat(seq), t);
+        }
+        let arriving = ShardLoad {
+            players_arrived: vec!["ann".into()],
+            owned_entities: 7,
+            ..beat(1)
+        };
+        assert_eq!(m.heartbeat(ShardId(2), arriving, 500), lease(1));
+    }
+
     /// `zonescaler up` restarts a dead shard at its old addresses within a second, before the
     /// master's silence runs out. Only one process can hold an address, so the member there is
     /// dead: fenced at once, its cells given away, and the newcomer is not told to link to it
@@ -2303,23 +2367,7 @@ mod tests {
         let epoch = m.map().expect("placed").epoch();
         // The first round runs at once (due at 0); the next is a minute away.
         m.balance(0);
-        for (t, seq) in [(1_000, 1), (2_000, 2), (3_000, 3)] {
-            assert_eq!(
-                m.heartbeat(ShardId(1), beat(seq), t),
-                Some(MasterNotice::Lease { seq }),
-                "a live shard's heartbeat renews its lease"
-            );
-            m.heartbeat(ShardId(0), beat(seq), t);
-        }
-        let arriving = ShardLoad {
-            players_arrived: vec!["ann".into()],
-            owned_entities: 7,
-            ..beat(1)
-        };
-        assert_eq!(
-            m.heartbeat(ShardId(2), arriving, 500),
-            Some(MasterNotice::Lease { seq: 1 })
-        );
+        shard_2_reports_once_then_falls_silent(&mut m);
         assert_eq!(m.player("ann"), Some(ShardId(2)));
         assert_eq!(m.view().total_entities, 7);
         assert!(m.check_liveness(3_000).is_empty(), "not silent long enough");

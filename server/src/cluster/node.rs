@@ -437,9 +437,11 @@ impl Node {
                 }
             }
             LinkMessage::ToMaster(req) => self.master_request(app, from, req, now_ms),
-            LinkMessage::FromMaster(MasterNotice::Lease { seq }) if from == ShardId(0) => {
+            LinkMessage::FromMaster(MasterNotice::Lease { seq, lease_ms })
+                if from == ShardId(0) =>
+            {
                 if let Some(l) = self.lease.as_mut() {
-                    l.answered(seq);
+                    l.answered(seq, u64::from(lease_ms));
                 }
             }
             LinkMessage::FromMaster(MasterNotice::Fenced) if from == ShardId(0) => {

@@ -433,9 +433,8 @@ impl Shard {
             LeaseState::Lapsed { .. } => {
                 if self.lease_lapsed_at.is_none() {
                     error!(
-                        "no answer from the master for {} ms: lease lapsed, simulation paused \
-                         (no two shards may own a cell) until it answers",
-                        limits::SHARD_LEASE_MS
+                        "no answer from the master in time: lease lapsed, simulation paused \
+                         (no two shards may own a cell) until it answers"
                     );
                     self.lease_lapsed_at = Some(now);
                     self.app.world.resource_mut::<ShardStats>().lease_lapses += 1;
@@ -466,9 +465,8 @@ impl Shard {
         for dead in n.master_housekeeping(&mut self.app, now) {
             error!(
                 shard = dead.0,
-                "shard silent for {} ms: declared dead and fenced; its cells go to live shards \
-                 (what it held is lost: buddy replication is not built yet)",
-                limits::SHARD_DEAD_AFTER_MS
+                "shard silent for [cluster] shard_silence_ms: declared dead and fenced; its \
+                 cells go to live shards (what it held is lost: buddy replication is not built yet)"
             );
         }
         if let Some(m) = n.master.as_ref() {
@@ -675,6 +673,7 @@ fn join_cluster(
     let grid = CellGrid::from_config(config);
     let duplicate = config.login.duplicate;
     let move_timeout_ms = config.cluster.cell_move_timeout_ms;
+    let silence_ms = config.cluster.shard_silence_ms;
     let balancer = Balancer::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let round_ms = config.balancer.round_ms;
     let (cap, queue_max) = (
@@ -690,6 +689,7 @@ fn join_cluster(
                 m.with_duplicate_rule(duplicate)
                     .with_admission(cap, queue_max)
                     .with_move_timeout(move_timeout_ms)
+                    .with_silence(silence_ms)
                     .with_balancer(balancer, round_ms)
             },
             cluster_ms(),
