@@ -26,11 +26,16 @@ impl Drop for Shard {
 
 impl Shard {
     fn start(args: &[&str], secret: &str) -> Self {
+        Self::start_in(WORLD, args, secret)
+    }
+
+    /// [`Self::start`] with the world file `world`.
+    fn start_in(world: &str, args: &[&str], secret: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_zonescaler"))
             .arg("shard")
             .args([
                 "--world",
-                WORLD,
+                world,
                 "--listen",
                 "127.0.0.1:0",
                 "--link-listen",
@@ -303,15 +308,28 @@ fn epoch_of(view: &serde_json::Value) -> u64 {
     view["epoch"].as_u64().expect("an epoch")
 }
 
+/// The silence the failover test's world sets (`[cluster] shard_silence_ms`): the shortest
+/// allowed, as the target of a cluster that recovers within 2 s asks.
+const SILENCE_MS: u64 = 1_000;
+
 /// A shard process killed outright loses its cells to the living within the master's silence
-/// (`SHARD_DEAD_AFTER_MS`) and a balancing round; the rest keeps running. One that stalls (here
-/// `SIGSTOP`, as a paused VM or a long GC would) past the silence has its cells given away too,
-/// and when it wakes it learns it is fenced and stops rather than serving what is no longer
-/// its own.
+/// (`[cluster] shard_silence_ms`, 1 s here) and a balancing round; the rest keeps running. One
+/// that stalls (here `SIGSTOP`, as a paused VM or a long GC would) past the silence has its cells
+/// given away too, and when it wakes it learns it is fenced and stops rather than serving what
+/// is no longer its own.
 #[test]
 fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops_when_it_wakes() {
-    use zonescaler_shared::limits::SHARD_DEAD_AFTER_MS;
-    let master = Shard::start(&["--expect-shards", "3", "--http", "127.0.0.1:0"], SECRET);
+    let text = std::fs::read_to_string(WORLD).expect("the default world");
+    let text = text.replace(
+        "shard_silence_ms = 3000",
+        &format!("shard_silence_ms = {SILENCE_MS}"),
+    );
+    assert!(text.contains(&format!("shard_silence_ms = {SILENCE_MS}")));
+    let world = std::env::temp_dir().join(format!("zs-failover-{}.toml", std::process::id()));
+    std::fs::write(&world, text).expect("temp world");
+    let world_path = world.to_str().expect("utf-8 path").to_string();
+    let start = |args: &[&str]| Shard::start_in(&world_path, args, SECRET);
+    let master = start(&["--expect-shards", "3", "--http", "127.0.0.1:0"]);
     let http = master.line_with("dashboard on");
     let waiting = master.line_with("master waiting");
     let links = waiting
@@ -319,8 +337,8 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
         .next()
         .expect("link address")
         .to_string();
-    let killed = Shard::start(&["--join", &links], SECRET);
-    let stalled = Shard::start(&["--join", &links], SECRET);
+    let killed = start(&["--join", &links]);
+    let stalled = start(&["--join", &links]);
     let (killed_addr, stalled_addr) = (listen_addr(&killed), listen_addr(&stalled));
     let (view, _) = wait_view(
         &http,
@@ -347,7 +365,7 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
     let (view, took) = wait_view(
         &http,
         "the killed shard's cells owned by the living",
-        Duration::from_millis(SHARD_DEAD_AFTER_MS + 10_000),
+        Duration::from_millis(SILENCE_MS + 10_000),
         |v| {
             let dead = v["shards"]
                 .as_array()
@@ -360,11 +378,11 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
         },
     );
     assert!(
-        took >= Duration::from_millis(SHARD_DEAD_AFTER_MS - 500),
+        took >= Duration::from_millis(SILENCE_MS - 300),
         "declared dead only after the silence, not at the first missed heartbeat: {took:?}"
     );
     assert!(
-        took <= Duration::from_millis(SHARD_DEAD_AFTER_MS + 2_000),
+        took <= Duration::from_millis(SILENCE_MS + 2_000),
         "its cells were taken over {took:?} after the kill"
     );
     eprintln!("the killed shard's cells were taken over {took:?} after the kill");
@@ -393,7 +411,7 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
     let (view, _) = wait_view(
         &http,
         "the stalled shard's cells owned by the living",
-        Duration::from_millis(SHARD_DEAD_AFTER_MS + 10_000),
+        Duration::from_millis(SILENCE_MS + 10_000),
         |v| {
             v["cells"]
                 .as_array()
@@ -424,4 +442,5 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
     );
     assert_ne!(stalled_id, killed_id);
     drop(killed);
+    let _ = std::fs::remove_file(&world);
 }
