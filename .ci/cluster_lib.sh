@@ -13,12 +13,13 @@ wait_up() {
   sleep 2
 }
 
-# start_sampler NAME HTTP DIR: sample GET /api/cluster every second into DIR/samples.jsonl
-# (each with its time "t") until DIR/stop exists; runs in the background, its pid in $sampler.
+# start_sampler NAME HTTP DIR [EVERY_S]: sample GET /api/cluster every EVERY_S seconds (default
+# 1) into DIR/samples.jsonl (each with its time "t") until DIR/stop exists; runs in the
+# background, its pid in $sampler.
 start_sampler() {
-  python3 - "$1" "$2" "$3/samples.jsonl" "$3/stop" <<'PY' &
+  python3 - "$1" "$2" "$3/samples.jsonl" "$3/stop" "${4:-1}" <<'PY' &
 import json, os, sys, time, urllib.request
-name, http, out, stop = sys.argv[1:5]
+name, http, out, stop, every = sys.argv[1:6]
 with open(out, "w") as f:
     while not os.path.exists(stop):
         try:
@@ -27,7 +28,7 @@ with open(out, "w") as f:
             f.write(json.dumps(v) + "\n"); f.flush()
         except Exception as e:
             print(f"{name}: sample failed:", e, file=sys.stderr)
-        time.sleep(1)
+        time.sleep(float(every))
 PY
   sampler=$!
 }

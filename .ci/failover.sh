@@ -38,20 +38,7 @@ trap cleanup EXIT
 wait_up failover "$dir" "$shards" "$up_pid"
 
 # The master's view every 0.2 s, with the time, until DIR/stop.
-python3 - "$http" "$dir/samples.jsonl" "$dir/stop" <<'PY' &
-import json, os, sys, time, urllib.request
-http, out, stop = sys.argv[1:4]
-with open(out, "w") as f:
-    while not os.path.exists(stop):
-        try:
-            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=2))
-            v["t"] = time.time()
-            f.write(json.dumps(v) + "\n"); f.flush()
-        except Exception as e:
-            print("failover: sample failed:", e, file=sys.stderr)
-        time.sleep(0.2)
-PY
-sampler=$!
+start_sampler failover "$http" "$dir" 0.2
 # The first samples see the world before the bots: its NPCs.
 sleep 1.5
 

@@ -2755,8 +2755,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_move_in_flight_is_not_planned_again_and_counts_as_done() {
+    /// Two shards, shard 0 overloaded for long enough that the third round (at 2 s) plans to
+    /// shed some of its cells: the toy, the balancer, its inputs and that round's plan.
+    fn shedding_pair() -> (Toy, Balancer, Vec<ShardInput>, Vec<CellInput>, Plan) {
         let mut toy = Toy::new(4, 4, &[(0, 1), (1, 1)], 0.01);
         toy.load_shard(0, 0.12);
         let mut b = balancer(&BalancerSection {
@@ -2768,8 +2769,17 @@ mod tests {
             b.plan(now, &toy.map, &shards, &cells);
         }
         let first = b.plan(2_000, &toy.map, &shards, &cells);
+        assert!(
+            first.moves().next().is_some(),
+            "shard 0 sheds once the overload held"
+        );
+        (toy, b, shards, cells, first)
+    }
+
+    #[test]
+    fn a_move_in_flight_is_not_planned_again_and_counts_as_done() {
+        let (toy, mut b, shards, cells, first) = shedding_pair();
         let planned: BTreeSet<CellId> = first.moves().map(|m| m.0).collect();
-        assert!(!planned.is_empty(), "shard 0 sheds once the overload held");
         // The master has not applied anything yet: same map, same reports.
         let second = b.plan(3_000, &toy.map, &shards, &cells);
         assert!(
@@ -2787,21 +2797,9 @@ mod tests {
     /// so that leaf stayed the dead shard's while the others were given away.
     #[test]
     fn a_leaf_whose_planned_move_a_death_aborted_is_evacuated_at_once() {
-        let mut toy = Toy::new(4, 4, &[(0, 1), (1, 1)], 0.01);
-        toy.load_shard(0, 0.12);
-        let mut b = balancer(&BalancerSection {
-            max_move_fraction: 0.5,
-            ..section()
-        });
-        let (shards, cells) = toy.inputs();
-        for now in [0, 1_000] {
-            b.plan(now, &toy.map, &shards, &cells);
-        }
-        let first = b.plan(2_000, &toy.map, &shards, &cells);
-        let planned: BTreeSet<CellId> = first.moves().map(|m| m.0).collect();
-        assert!(!planned.is_empty(), "shard 0 sheds once the overload held");
-        // The master never carried those moves out: shard 0 died first (its map unchanged).
-        let mut shards = shards;
+        // The master never carried the planned moves out: shard 0 died first (its map
+        // unchanged).
+        let (toy, mut b, mut shards, cells, _) = shedding_pair();
         shards[0].alive = false;
         let plan = b.plan(2_500, &toy.map, &shards, &cells);
         let evacuated: BTreeSet<CellId> = plan
