@@ -1411,8 +1411,49 @@ impl ClusterSim {
         self.alive.extend(owner.keys().copied());
         self.alive.extend(held.iter().copied());
 
-        // handoff_bounded: a round trip on a connected link, plus a tick on each side.
         let bound = self.cfg.lag_bound_ticks();
+        self.check_handoffs(tick, &transit, bound)?;
+
+        // players_keep_avatars.
+        for (i, b) in self.bots.iter().enumerate() {
+            if let (Some(w), false) = (b.bot.welcome(), b.gone)
+                && !self.alive.contains(&w.avatar)
+            {
+                return fail(
+                    "players_keep_avatars",
+                    format!("bot {i}'s avatar {} no longer exists", w.avatar),
+                );
+            }
+        }
+
+        self.check_quitters(tick, bound as u64)?;
+
+        self.history.push_back(now);
+        let frozen = self.frozen_now(&transit);
+        self.frozen_history.push_back(frozen);
+        while self.history.len() > bound + 1 {
+            self.history.pop_front();
+            self.frozen_history.pop_front();
+        }
+        self.check_proxies(tick, bound)
+    }
+
+    /// `handoff_bounded`: a round trip on a connected link, plus a tick on each side.
+    fn check_handoffs(
+        &mut self,
+        tick: u64,
+        transit: &[Vec<(NetId, InTransit, QPos)>],
+        bound: usize,
+    ) -> Result<(), Violation> {
+        let seed = self.cfg.seed;
+        let fail = |invariant, detail| {
+            Err(Violation {
+                seed,
+                tick,
+                invariant,
+                detail,
+            })
+        };
         let mut transit_now = BTreeMap::new();
         for (src, list) in transit.iter().enumerate() {
             for (id, t, _) in list {
@@ -1450,29 +1491,7 @@ impl ClusterSim {
             }
         }
         self.transit_for = transit_now;
-
-        // players_keep_avatars.
-        for (i, b) in self.bots.iter().enumerate() {
-            if let (Some(w), false) = (b.bot.welcome(), b.gone)
-                && !self.alive.contains(&w.avatar)
-            {
-                return fail(
-                    "players_keep_avatars",
-                    format!("bot {i}'s avatar {} no longer exists", w.avatar),
-                );
-            }
-        }
-
-        self.check_quitters(tick, bound as u64)?;
-
-        self.history.push_back(now);
-        let frozen = self.frozen_now(&transit);
-        self.frozen_history.push_back(frozen);
-        while self.history.len() > bound + 1 {
-            self.history.pop_front();
-            self.frozen_history.pop_front();
-        }
-        self.check_proxies(tick, bound)
+        Ok(())
     }
 
     /// Entities frozen now, where they froze: in transit, or despawned while in transit (its

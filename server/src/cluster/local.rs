@@ -215,13 +215,7 @@ impl LocalCluster {
         }
         let mut mail = Vec::new();
         let mut notices = std::mem::take(&mut self.notices);
-        let dead = self.master.check_liveness(self.now_ms);
-        notices.extend(self.master.check_moves(self.now_ms));
-        notices.extend(self.master.balance(self.now_ms));
-        if !dead.is_empty() {
-            notices.extend(self.master.members_changed(None));
-        }
-        notices.extend(self.master.check_drained(self.now_ms));
+        notices.extend(self.master.housekeeping(self.now_ms).1);
         let silent: Vec<bool> = (0..self.shards.len()).map(|i| self.silent(i)).collect();
         for (i, s) in self.shards.iter_mut().enumerate() {
             if silent[i] {

@@ -627,6 +627,22 @@ impl Master {
         }
     }
 
+    /// One round of the master's housekeeping, as the runtime runs it with every heartbeat:
+    /// members silent too long declared dead, moves overdue or with a dead party aborted, a
+    /// balancing round when one is due (at once after a death), the others told who left, and
+    /// drained shards let go. The members newly declared dead, and the notices to send.
+    pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<ShardId>, Vec<(ShardId, MasterNotice)>) {
+        let dead = self.check_liveness(now_ms);
+        let mut notices = self.check_moves(now_ms);
+        notices.extend(self.balance(now_ms));
+        if !dead.is_empty() {
+            // The others learn who left even when it owned no cell to give away.
+            notices.extend(self.members_changed(None));
+        }
+        notices.extend(self.check_drained(now_ms));
+        (dead, notices)
+    }
+
     /// Mark members silent for too long as dead (fenced: out of the membership for good, their
     /// cells given to live shards by the next balancing round, which comes at once); the ones
     /// newly marked.

@@ -315,14 +315,7 @@ impl Node {
         let Some(m) = self.master.as_mut() else {
             return Vec::new();
         };
-        let dead = m.check_liveness(now_ms);
-        let mut notices = m.check_moves(now_ms);
-        notices.extend(m.balance(now_ms));
-        if !dead.is_empty() {
-            // The others learn who left even when it owned no cell to give away.
-            notices.extend(m.members_changed(None));
-        }
-        notices.extend(m.check_drained(now_ms));
+        let (dead, notices) = m.housekeeping(now_ms);
         for (to, notice) in notices {
             self.notify(app, to, notice);
         }
