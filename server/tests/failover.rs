@@ -1,13 +1,14 @@
 //! A shard that dies (killed: it goes silent, as a crashed process does), in one process: the
-//! master declares it dead after `SHARD_DEAD_AFTER_MS` and gives its cells to the living under
-//! a new epoch; every neighbour drops the proxies of its entities and takes back the entities
-//! it was handing to it; no entity of the living is lost or doubled at any tick. What the dead
-//! shard owned is lost (buddy replication, which would keep it, is not built yet), and nothing
-//! else is.
+//! master declares it dead after `SHARD_DEAD_AFTER_MS` and gives its cells to the buddy that
+//! holds its replica, under a new epoch; the buddy promotes the replica; every neighbour drops
+//! the proxies of its entities, and what they were handing to it is settled by the adopter. No
+//! entity is lost or doubled at any tick, and the dead shard's come back from at most a few
+//! ticks before its death.
 
 use bevy_ecs::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use zonescaler_server::app::demo_game;
+use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::cluster::LocalCluster;
 use zonescaler_server::core::components::{InTransit, Networked, Owned, Proxy};
 use zonescaler_shared::config::WorldConfig;
@@ -60,7 +61,7 @@ fn held_by(c: &mut LocalCluster, alive: &[usize]) -> BTreeSet<NetId> {
 }
 
 #[test]
-fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their_handoffs() {
+fn a_dead_shards_entities_come_back_on_its_buddy_and_nothing_is_lost_or_doubled() {
     let mut world = WorldConfig::default();
     world.npc.count = 900;
     world.balancer.round_ms = 200;
@@ -80,9 +81,10 @@ fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their
     }
     let epoch = c.map.epoch();
     let cells = c.map.leaves().len();
-    let before = held_by(&mut c, &[0, 1]);
-    let lost: BTreeSet<NetId> = held(&mut c, 2).owned;
-    assert!(!lost.is_empty(), "shard 2 simulates entities");
+    let everything = held_by(&mut c, &[0, 1, 2]);
+    let its_own: BTreeSet<NetId> = held(&mut c, 2).owned;
+    assert!(!its_own.is_empty(), "shard 2 simulates entities");
+    let died_at = c.shards[2].tick_number();
 
     c.kill(dying);
     let silence_ticks = limits::SHARD_DEAD_AFTER_MS * hz / 1_000;
@@ -90,7 +92,6 @@ fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their
     let mut handed_to_dead = 0usize;
     for t in 1..=silence_ticks + 3 * hz {
         c.step();
-        // Entities the living were handing to shard 2 when it died, and any offered since.
         handed_to_dead = handed_to_dead.max(
             (0..2)
                 .map(|i| {
@@ -102,13 +103,22 @@ fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their
                 })
                 .sum(),
         );
-        // Never two simulating copies, and the living lose nothing of their own: entities that
-        // crossed to shard 2 before it died went with it (`lost` grows by those).
+        // Never two simulating copies (`held_by` panics), and before the failover nothing the
+        // living held is lost: it is theirs still, or the dead shard's.
         let now = held_by(&mut c, &[0, 1]);
-        for id in before.difference(&now) {
+        if taken_over.is_none() {
+            let dead = held(&mut c, 2);
+            for id in everything.difference(&now) {
+                assert!(
+                    dead.owned.contains(id) || dead.frozen.contains_key(id),
+                    "tick {t}: entity {id} vanished without reaching the dead shard"
+                );
+            }
+        } else {
+            let lost: Vec<_> = everything.difference(&now).collect();
             assert!(
-                held(&mut c, 2).owned.contains(id) || held(&mut c, 2).frozen.contains_key(id),
-                "tick {t}: entity {id} vanished without reaching the dead shard"
+                lost.is_empty(),
+                "tick {t}: lost after the failover: {lost:?}"
             );
         }
         if taken_over.is_none() && c.map.cells_of(dying).next().is_none() {
@@ -124,13 +134,41 @@ fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their
         t <= silence_ticks + hz,
         "within a second of the silence: after {t} ticks ({silence_ticks} of silence)"
     );
-    eprintln!(
-        "shard 2's cells given away {} ms after it died; {handed_to_dead} entities were on their way to it",
-        t * 1_000 / hz
-    );
     assert!(c.map.epoch() > epoch, "under a new epoch");
     assert_eq!(c.map.leaves().len(), cells, "every cell still has an owner");
     assert!(!c.master.view().shards[2].alive);
+    // One adopter took every cell and promoted the replica, which was at most a few ticks
+    // older than the dead shard's last tick (the rollback).
+    let adopters: BTreeSet<ShardId> = c.map.leaves().values().copied().collect();
+    let (adopter, replica_tick, promoted) = (0..2)
+        .find_map(|i| {
+            c.shards[i]
+                .world
+                .resource::<Replicas>()
+                .last_adoption
+                .map(|(dead, tick, n)| {
+                    assert_eq!(dead, dying);
+                    (i, tick, n)
+                })
+        })
+        .expect("a living shard adopted the dead one");
+    assert!(adopters.contains(&ShardId(adopter as u16)));
+    let rollback_ticks = died_at.saturating_sub(replica_tick);
+    eprintln!(
+        "shard 2's cells on shard {adopter} {} ms after it died; {promoted} entities promoted, \
+         the replica {rollback_ticks} ticks behind ({} ms); {handed_to_dead} entities were on \
+         their way to it",
+        t * 1_000 / hz,
+        rollback_ticks * 1_000 / hz
+    );
+    assert!(
+        rollback_ticks * 1_000 / hz <= 100,
+        "rollback {rollback_ticks} ticks"
+    );
+    assert!(
+        promoted as usize >= its_own.len() / 2,
+        "the replica held its entities"
+    );
     for i in 0..2 {
         let h = held(&mut c, i);
         assert!(
@@ -142,18 +180,7 @@ fn a_dead_shards_cells_go_to_the_living_who_drop_its_proxies_and_take_back_their
             "shard {i} still holds entities frozen for the dead shard"
         );
     }
-    // Nothing of the living was lost: every entity they held is still held once, and the dead
-    // shard's own are gone (not doubled, not resurrected).
+    // Everything that existed before the death exists once among the living, and nothing else.
     let after = held_by(&mut c, &[0, 1]);
-    let dead_now = held(&mut c, 2);
-    for id in &before {
-        assert!(
-            after.contains(id) || dead_now.owned.contains(id) || dead_now.frozen.contains_key(id),
-            "entity {id} of the living is lost"
-        );
-    }
-    assert!(
-        lost.is_disjoint(&after),
-        "the dead shard's entities are not resurrected"
-    );
+    assert_eq!(after, everything, "the living hold exactly what existed");
 }

@@ -411,6 +411,25 @@ pub enum ShardMessage {
     /// that entity here). Mirroring sends one per neighbour per tick: a header, and one `bitcode`
     /// pass that packs the columns of hundreds of entries, instead of hundreds of messages.
     ProxyBatch(ProxyBatch),
+    /// Buddy replication: the sender's owned entities, for the receiver to keep as a passive
+    /// replica (never simulated, never shown) and to promote if the sender dies and the master
+    /// gives the receiver its cells.
+    Replica(ReplicaBatch),
+    /// The buddy holds the sender's replica as of the sender's tick `tick` (its lag, and what
+    /// the sender reports to the master as its buddy).
+    ReplicaAck { tick: u64 },
+    /// Failover: the sender held `id` in a handoff with `dead` (an attempt at `generation`
+    /// open to it, or handed to it and perhaps not replicated yet), and the receiver adopted
+    /// `dead`'s cells in the map of `epoch`. Answered once the receiver holds that map:
+    /// `HandoffAck` (the receiver, or an owner after it, holds `id` at that generation or
+    /// newer: the sender drops its copy) or `HandoffRefuse { reason: Cancelled }` (nobody does:
+    /// the sender simulates its copy again).
+    Orphan {
+        dead: ShardId,
+        epoch: u64,
+        id: NetId,
+        generation: u32,
+    },
 }
 
 /// Entries in one [`ProxyBatch`], upserts and removes together. A sender splits a tick's traffic
@@ -454,6 +473,42 @@ impl ProxyBatch {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removes.is_empty()
     }
+}
+
+/// Entries in one [`ReplicaBatch`] (a tick's replication is split over several past this).
+pub const REPLICA_BATCH_ENTRIES_MAX: usize = 512;
+
+/// One part of a tick's buddy replication. A `reset` part starts a full snapshot: the receiver
+/// forgets every replica it held of the sender first.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct ReplicaBatch {
+    /// The sender's tick.
+    pub tick: u64,
+    pub reset: bool,
+    /// Entities new or changed since the previous batch (components and migrating state only
+    /// when they changed).
+    pub upserts: Vec<ReplicaEntity>,
+    /// Entities the sender no longer owns: `(id, generation)`, the generation its next owner
+    /// took it at (`u32::MAX` when it was despawned).
+    pub removes: Vec<(NetId, u32)>,
+}
+
+/// An owned entity's migrating state, as replicated to the buddy.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ReplicaEntity {
+    pub id: NetId,
+    pub generation: u32,
+    pub pos: [f32; 3],
+    pub move_target: [f32; 3],
+    pub speed_mps: f32,
+    pub rev: u32,
+    /// Every replicated component, when they changed since the last batch (`None`: as before).
+    pub components: Option<Vec<ComponentBlob>>,
+    /// Every registered server-only component, when any changed (`None`: as before).
+    pub migrating: Option<Vec<ComponentBlob>>,
+    pub player: Option<PlayerHandoff>,
+    /// Frozen in a handoff: to whom, at which attempt.
+    pub transit: Option<(ShardId, u32)>,
 }
 
 /// One frame on a shard-to-shard link (after the link's own membership handshake).
@@ -597,6 +652,10 @@ pub struct MapPush {
     pub epoch: u64,
     pub leaves: Vec<(crate::CellId, ShardId)>,
     pub members: Vec<MemberInfo>,
+    /// Members declared dead (newest last, at most `limits::SHARDS_MAX`), each with the member
+    /// that adopted its cells and promoted its replica, if one did. A member that left without
+    /// an entry here was drained.
+    pub dead: Vec<(ShardId, Option<ShardId>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -665,6 +724,11 @@ pub struct ShardLoad {
     /// Entities and clients per owned base cell (only cells with any), at most
     /// [`limits::CELL_LOADS_PER_HEARTBEAT_MAX`] of the busiest.
     pub cells: Vec<CellLoad>,
+    /// The member that holds this shard's replica (acknowledged), which adopts its cells if
+    /// it dies; `None` while it has none.
+    pub buddy: Option<ShardId>,
+    /// Ticks between this shard's newest tick and the newest its buddy acknowledged.
+    pub replica_lag_ticks: u32,
 }
 
 impl ShardLoad {
@@ -916,12 +980,48 @@ impl Validate for ShardMessage {
             Self::Command(c) if c.bytes.len() > limits::COMMAND_BYTES_MAX => {
                 Err("command over limits")
             }
+            Self::Replica(b) => b.validate(),
             Self::HandoffAck { .. }
             | Self::HandoffRefuse { .. }
             | Self::HandoffCancel { .. }
             | Self::ForwardInput { .. }
+            | Self::ReplicaAck { .. }
+            | Self::Orphan { .. }
             | Self::Command(_) => Ok(()),
         }
+    }
+}
+
+impl ReplicaBatch {
+    /// Within the entry bounds, every position and speed a real one, every payload within the
+    /// component limits, every player name within its bound.
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.upserts.len() > REPLICA_BATCH_ENTRIES_MAX
+            || self.removes.len() > REPLICA_BATCH_ENTRIES_MAX
+        {
+            return Err("replica batch too long");
+        }
+        for u in &self.upserts {
+            let in_world = (u.pos.iter().chain(&u.move_target))
+                .all(|c| c.is_finite() && c.abs() <= limits::WORLD_EXTENT_M_MAX);
+            if !(in_world && u.speed_mps.is_finite() && u.speed_mps >= 0.0) {
+                return Err("replica position or speed out of range");
+            }
+            let blobs_ok = [&u.components, &u.migrating]
+                .into_iter()
+                .flatten()
+                .all(|b| blobs_within_limits(b));
+            if !blobs_ok {
+                return Err("component payload over limits");
+            }
+            if u.player
+                .as_ref()
+                .is_some_and(|p| p.name.len() > limits::PLAYER_NAME_BYTES_MAX)
+            {
+                return Err("player name too long");
+            }
+        }
+        Ok(())
     }
 }
 

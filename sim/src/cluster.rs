@@ -82,6 +82,7 @@ use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
 use zonescaler_server::authority::handoff::Handoffs;
+use zonescaler_server::authority::replica::Membership as ShardMembership;
 use zonescaler_server::client::{Clients, LoginPolicy};
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
@@ -156,6 +157,10 @@ pub struct ClusterConfig {
     /// Whether the master runs the production balancer (`world.balancer`) every round: it is
     /// what gives a joiner its first cell and evacuates a draining shard.
     pub balance: bool,
+    /// Whether the master hears which buddy holds each shard's replica (the heartbeats'
+    /// `buddy`): without it a dead shard has no adopter and its cells wait for the balancer.
+    /// Off only to sabotage a run.
+    pub buddies_reported: bool,
     /// `joiner_gets_cells`: a late joiner holds a leaf of the master's map within this long
     /// (simulated) of dialing in.
     pub join_bound_ms: u64,
@@ -253,6 +258,7 @@ impl ClusterConfig {
             joiner_weight,
             drain_at_tick,
             balance,
+            buddies_reported: true,
             join_bound_ms: JOIN_BOUND_MS,
             drain_bound_ms: DRAIN_BOUND_MS,
             quit_chance,
@@ -389,9 +395,13 @@ pub struct ClusterSim {
     /// Crashed shards (also in `departed`): the tick of the crash, and the tick the master
     /// declared it dead (`None` until then).
     crashed: BTreeMap<usize, (u64, Option<u64>)>,
-    /// Entities a crashed shard held (owned, frozen, or taken and acknowledged with the answer
-    /// still on its way): `no_lost_entities` no longer asks for them (nothing replicates them
-    /// yet), though `single_authority` still holds wherever they turn up.
+    /// Entities a crashed shard held (owned or frozen), with the crashed shard: its buddy holds
+    /// their replica, and `no_lost_entities` excuses their absence until the master's verdict
+    /// and `FAILOVER_BOUND_MS` more (the adopter promotes them on the map that says so). Lost
+    /// for good only when the master found no adopter (`crash_lost`).
+    crash_limbo: BTreeMap<NetId, usize>,
+    /// The tick each crashed shard's adopter was first seen holding the map that adopts it.
+    adoption_heard: BTreeMap<usize, u64>,
     crash_lost: BTreeSet<NetId>,
     /// Avatars of bots a crash orphaned: one the crashed shard was handing on waits on its
     /// new shard for a client that never comes (its redirect was the crashed shard's to send)
@@ -436,10 +446,11 @@ pub struct Membership {
     /// because the held ones reached their bound.
     pub unlinked_held: u64,
     pub unlinked_drops: u64,
-    /// Shards crashed, the entities they held then (lost: no replica yet), the bots playing on
-    /// them, and the simulated time from the crash until the master's map gave away its last
-    /// leaf.
+    /// Shards crashed, the entities they held then, those of them lost for good (the master
+    /// found no adopter), the bots playing on them, and the simulated time from the crash
+    /// until the master's map gave away its last leaf.
     pub crashes: u64,
+    pub crash_entities_held: u64,
     pub crash_entities_lost: u64,
     pub crash_bots_orphaned: u64,
     pub failover_ms: u64,
@@ -582,6 +593,8 @@ impl ClusterSim {
             departed: BTreeSet::new(),
             draining: BTreeMap::new(),
             crashed: BTreeMap::new(),
+            crash_limbo: BTreeMap::new(),
+            adoption_heard: BTreeMap::new(),
             crash_lost: BTreeSet::new(),
             orphan_avatars: BTreeSet::new(),
             failure: None,
@@ -950,9 +963,7 @@ impl ClusterSim {
         let lost: BTreeSet<NetId> = (owned.keys().copied())
             .chain(frozen.iter().map(|(id, _, _)| *id))
             .collect();
-        for id in &lost {
-            self.alive.remove(id);
-        }
+        self.crash_limbo.extend(lost.iter().map(|id| (*id, c)));
         let mut orphaned = 0;
         for b in &mut self.bots {
             let avatar_lost = b.bot.welcome().is_some_and(|w| lost.contains(&w.avatar));
@@ -973,9 +984,48 @@ impl ClusterSim {
         self.departed.insert(c);
         self.crashed.insert(c, (tick, None));
         self.membership.crashes += 1;
-        self.membership.crash_entities_lost += lost.len() as u64;
+        self.membership.crash_entities_held += lost.len() as u64;
         self.membership.crash_bots_orphaned += orphaned;
-        self.crash_lost.extend(lost);
+    }
+
+    /// `no_lost_entities` for an entity of a crashed shard that is nowhere now: excused until
+    /// the master's verdict and `FAILOVER_BOUND_MS` after it; lost for good (counted) when the
+    /// master found no adopter; otherwise a violation.
+    fn crash_excuses(&mut self, id: NetId, tick: u64) -> Result<bool, String> {
+        let Some(&c) = self.crash_limbo.get(&id) else {
+            return Ok(self.crash_lost.contains(&id));
+        };
+        let verdict = match self.crashed.get(&c) {
+            Some((_, Some(v))) => *v,
+            _ => return Ok(true),
+        };
+        let adopter = match self.master.adopter_of(ShardId(c as u16)) {
+            Some(None) => {
+                self.crash_limbo.remove(&id);
+                self.crash_lost.insert(id);
+                self.membership.crash_entities_lost += 1;
+                return Ok(true);
+            }
+            Some(Some(a)) => usize::from(a.0),
+            None => return Ok(true),
+        };
+        // From the verdict, or from when the adopter heard of it (a partition may hold the
+        // master's map back), whichever is later.
+        let heard = self.shards[adopter]
+            .world
+            .resource::<ShardMembership>()
+            .settled
+            .contains(&ShardId(c as u16));
+        if !heard {
+            return Ok(true);
+        }
+        let since = *self.adoption_heard.entry(c).or_insert(tick);
+        if tick <= verdict.max(since) + self.cfg.ticks_in(FAILOVER_BOUND_MS) {
+            return Ok(true);
+        }
+        Err(format!(
+            "{id} of crashed shard {c} did not come back {FAILOVER_BOUND_MS} ms after shard {adopter} adopted it (verdict at tick {verdict}, heard at tick {since})"
+        ))
     }
 
     /// `failover_completes`: the master's map gives a crashed shard no leaf within
@@ -1268,7 +1318,10 @@ impl ClusterSim {
                     self.shards[to].push_shard_message(ShardId(from as u16), Bytes::from(m));
                 }
             }
-            LinkMessage::Heartbeat(load) if to == 0 => {
+            LinkMessage::Heartbeat(mut load) if to == 0 => {
+                if !self.cfg.buddies_reported {
+                    load.buddy = None;
+                }
                 // The answer (a lease, or `Fenced`) is the runtime's (`cluster::lease`), which
                 // the simulation does not run: a crashed shard never wakes up.
                 let _ = self.master.heartbeat(ShardId(from as u16), load, now_ms);
@@ -1398,14 +1451,25 @@ impl ClusterSim {
         }
         // no_lost_entities: owned somewhere or frozen in a handoff.
         let held: BTreeSet<NetId> = transit.iter().flatten().map(|(id, _, _)| *id).collect();
-        if let Some(lost) = self.alive.iter().find(|id| {
-            !owner.contains_key(id) && !held.contains(id) && !self.crash_lost.contains(id)
-        }) {
-            return fail(
-                "no_lost_entities",
-                format!("{lost} is owned by no shard and in no handoff"),
-            );
+        let missing: Vec<NetId> = (self.alive.iter())
+            .filter(|id| !owner.contains_key(id) && !held.contains(id))
+            .copied()
+            .collect();
+        for id in missing {
+            match self.crash_excuses(id, tick) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return fail(
+                        "no_lost_entities",
+                        format!("{id} is owned by no shard and in no handoff"),
+                    );
+                }
+                Err(why) => return fail("no_lost_entities", why),
+            }
         }
+        // Back from a crash: simulated by a live shard again (one frozen on a live shard may
+        // still turn out to be the crashed shard's: its handoff was taken there).
+        self.crash_limbo.retain(|id, _| !owner.contains_key(id));
         // An avatar spawned and offered onwards in one tick is held before it was ever owned
         // at a check: it is alive from then on too.
         self.alive.extend(owner.keys().copied());
@@ -1469,8 +1533,18 @@ impl ClusterSim {
                 let awaiting_verdict = self.crashed.get(&dst).is_some_and(|(_, v)| {
                     v.is_none() || self.map.cells_of(ShardId(dst as u16)).next().is_some()
                 });
-                let cut =
-                    awaiting_verdict || self.partitions.contains_key(&(src.min(via), src.max(via)));
+                // One retargeted to a crashed shard's adopter waits for the adopter to hold the
+                // map that made it so (its link to the master may be cut meanwhile).
+                let adopter_unaware = self.crashed.keys().any(|&c| {
+                    let c = ShardId(c as u16);
+                    self.master.adopter_of(c) == Some(Some(ShardId(dst as u16)))
+                        && !(self.shards[dst].world.resource::<ShardMembership>())
+                            .settled
+                            .contains(&c)
+                });
+                let cut = awaiting_verdict
+                    || adopter_unaware
+                    || self.partitions.contains_key(&(src.min(via), src.max(via)));
                 // After a partition heals, the held messages need a full bound again.
                 let key = (*id, src, t.generation);
                 let waited = if cut {

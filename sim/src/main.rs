@@ -204,8 +204,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.unlinked_drops
         ))?;
         say(&format!(
-            "crashes: {} shards crashed ({} entities lost with them: no replica yet; {} bots orphaned); their cells were given away at most {} ms after the crash",
-            t.crashes, t.crash_entities_lost, t.crash_bots_orphaned, t.failover_ms_max
+            "crashes: {} shards crashed holding {} entities ({} lost for good: no adopter; the rest promoted from their buddies' replicas; {} bots orphaned); their cells were given away at most {} ms after the crash",
+            t.crashes,
+            t.crash_entities_held,
+            t.crash_entities_lost,
+            t.crash_bots_orphaned,
+            t.failover_ms_max
         ))?;
         say(&format!(
             "quitters: {quitters} bots quit mid-redirect, in {quit_seeds} seeds (each must leave the player directory)"
@@ -228,6 +232,7 @@ struct MembershipTally {
     unlinked_held: u64,
     unlinked_drops: u64,
     crashes: u64,
+    crash_entities_held: u64,
     crash_entities_lost: u64,
     crash_bots_orphaned: u64,
     failover_ms_max: u64,
@@ -246,6 +251,7 @@ impl MembershipTally {
         self.unlinked_held += m.unlinked_held;
         self.unlinked_drops += m.unlinked_drops;
         self.crashes += m.crashes;
+        self.crash_entities_held += m.crash_entities_held;
         self.crash_entities_lost += m.crash_entities_lost;
         self.crash_bots_orphaned += m.crash_bots_orphaned;
         self.failover_ms_max = self.failover_ms_max.max(m.failover_ms);

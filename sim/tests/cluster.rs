@@ -202,10 +202,17 @@ fn players_keep_avatars_fires_when_an_avatar_disappears() {
 /// directory for good (13-16 per 600-bot crowd run on a real cluster).
 #[test]
 fn regression_cluster_seeds_quitters_leave_the_player_directory() {
-    for seed in [0, 2, 5] {
+    // The seeds' runs shift whenever the traffic between shards changes (every message draws
+    // its delay from the seed's stream), so: all of them pass, and most still have quitters.
+    let mut with_quitters = 0;
+    for seed in [0, 2, 5, 6, 7, 8, 9, 11] {
         let o = run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
-        assert!(o.quitters > 0, "seed {seed}: a bot quits mid-redirect");
+        with_quitters += usize::from(o.quitters > 0);
     }
+    assert!(
+        with_quitters >= 3,
+        "{with_quitters} of the seeds have a bot quit mid-redirect"
+    );
 }
 
 /// Regression: with quitters, cluster seeds 329, 1359, 5109, 5448, 6330 and 6427 failed

@@ -1,10 +1,12 @@
 //! Crashes in the multi-shard simulator: a shard that stops dead is declared dead by the master
-//! after its silence and its cells go to the living (`failover_completes`), its proxies leave
-//! its neighbours and their handoffs to it resume (`proxies_converge`, `handoff_bounded`), no
-//! entity of the living is lost (`no_lost_entities`; what the crashed shard held is lost until
-//! buddy replication exists) and never two owners (`single_authority`). Each new checker fires
-//! on a sabotaged run, and the seeds the sweeps found stay fixed.
+//! after its silence and its cells go to the buddy holding its replica (`failover_completes`),
+//! which promotes it: no entity is lost (`no_lost_entities`: what the crashed shard held comes
+//! back within `FAILOVER_BOUND_MS` of the adoption), its proxies leave its neighbours, their
+//! handoffs to it are settled by the adopter (`proxies_converge`, `handoff_bounded`), and never
+//! two owners (`single_authority`). Each checker fires on a sabotaged run, and the seeds the
+//! sweeps found stay fixed.
 
+use zonescaler_server::authority::replica::Replicas;
 use zonescaler_shared::limits;
 use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, FAILOVER_BOUND_MS, run_cluster_seed};
 
@@ -17,7 +19,7 @@ fn crash_seeds(n: usize) -> Vec<u64> {
 }
 
 #[test]
-fn a_crashed_shards_cells_go_to_the_living_and_nothing_else_is_lost() {
+fn a_crashed_shards_entities_come_back_from_its_buddy_and_nothing_is_lost() {
     for seed in crash_seeds(5) {
         let o = run_cluster_seed(seed).unwrap_or_else(|v| {
             panic!("{v}\nreplay: cargo run -p zonescaler-sim -- --cluster --seed {seed}")
@@ -25,8 +27,12 @@ fn a_crashed_shards_cells_go_to_the_living_and_nothing_else_is_lost() {
         let m = o.membership;
         assert_eq!(m.crashes, 1, "seed {seed}: one shard crashed ({m:?})");
         assert!(
-            m.crash_entities_lost > 0,
+            m.crash_entities_held > 0,
             "seed {seed}: it held entities ({m:?})"
+        );
+        assert_eq!(
+            m.crash_entities_lost, 0,
+            "seed {seed}: all of them came back ({m:?})"
         );
         assert!(
             m.failover_ms >= limits::SHARD_DEAD_AFTER_MS - limits::HEARTBEAT_MS,
@@ -43,8 +49,9 @@ fn a_crashed_shards_cells_go_to_the_living_and_nothing_else_is_lost() {
 fn failover_completes_fires_when_the_master_never_gives_the_cells_away() {
     let seed = crash_seeds(1)[0];
     let mut cfg = ClusterConfig::smoke(seed);
-    // No balancing rounds at all: nobody carries out the dead shard's evacuation.
+    // No buddy heard of and no balancing rounds at all: nobody adopts the dead shard's cells.
     cfg.balance = false;
+    cfg.buddies_reported = false;
     let v = ClusterSim::new(cfg)
         .expect("the cluster forms")
         .run()
@@ -104,4 +111,23 @@ fn regression_cluster_seeds_from_the_first_crash_sweep() {
             panic!("{v}\nreplay: cargo run -p zonescaler-sim -- --cluster --seed {seed}")
         });
     }
+}
+
+#[test]
+fn no_lost_entities_fires_when_the_buddy_lost_the_replica() {
+    let seed = crash_seeds(1)[0];
+    let mut cfg = ClusterConfig::smoke(seed);
+    cfg.partition_chance = 0.0;
+    let mut sim = ClusterSim::new(cfg).expect("the cluster forms");
+    // Every replica forgotten as it arrives: the adopter has nothing to promote.
+    sim.sabotage = Some(Box::new(|shards, _| {
+        for s in shards.iter_mut() {
+            s.world.resource_mut::<Replicas>().owners.clear();
+        }
+    }));
+    let v = sim
+        .run()
+        .expect_err("the crashed shard's entities never come back");
+    assert_eq!(v.invariant, "no_lost_entities", "{v}");
+    assert!(v.detail.contains("did not come back"), "{v}");
 }

@@ -21,6 +21,7 @@
 //!   usual handoff, since those entities stand in the source's cell.
 
 use super::handoff::Offerer;
+use super::replica::Membership;
 use crate::client::ClusterDirectory;
 use crate::core::components::{Avatar, AwaitingClient, InTransit, Owned, Position};
 use crate::core::resources::{Config, Drained, HandoffStats, MasterInbox, MasterOutbox};
@@ -123,7 +124,17 @@ fn apply_map(world: &mut World, push: MapPush) {
         }
     }
     let members: BTreeSet<ShardId> = push.members.iter().map(|m| m.id).collect();
-    super::handoff::forget_departed(world, &members);
+    let dead: std::collections::BTreeMap<ShardId, Option<ShardId>> =
+        push.dead.iter().copied().collect();
+    let departed = departed_members(world, &members, &dead);
+    if push.epoch > epoch.0 {
+        match CellMap::from_leaves(grid, Epoch(push.epoch), push.leaves.into_iter().collect()) {
+            Ok(map) => install_map(world, me, map),
+            Err(e) => {
+                error!(epoch = push.epoch, error = %e, "the master's map does not fit this world: ignored");
+            }
+        }
+    }
     let stale = super::proxy::forget_departed_proxies(world, &members);
     if stale > 0 {
         info!(
@@ -131,17 +142,40 @@ fn apply_map(world: &mut World, push: MapPush) {
             "proxies of shards that left the cluster removed"
         );
     }
-    if push.epoch <= epoch.0 {
-        return;
+    let mut m = world.resource_mut::<Membership>();
+    if m.members != members {
+        m.version += 1;
+        m.members = members;
     }
-    let map = match CellMap::from_leaves(grid, Epoch(push.epoch), push.leaves.into_iter().collect())
-    {
-        Ok(m) => m,
-        Err(e) => {
-            error!(epoch = push.epoch, error = %e, "the master's map does not fit this world: ignored");
-            return;
-        }
-    };
+    m.settled.extend(departed.iter().copied());
+    m.dead = dead.clone();
+    // After the new map (an adopter promotes into the cells it now owns) and after the dead
+    // member's proxies went (its replica takes their place).
+    super::replica::on_departed(world, &departed, &dead);
+}
+
+/// Members the previous push named and `members` does not, members declared dead this shard
+/// has not settled yet (its first push may come after a death), and any this shard still has a
+/// handoff open to that `members` does not name.
+fn departed_members(
+    world: &World,
+    members: &BTreeSet<ShardId>,
+    dead: &std::collections::BTreeMap<ShardId, Option<ShardId>>,
+) -> Vec<ShardId> {
+    let known = world.resource::<Membership>();
+    let mut gone: BTreeSet<ShardId> = known.members.difference(members).copied().collect();
+    gone.extend(
+        dead.keys()
+            .filter(|d| !members.contains(d) && !known.settled.contains(d)),
+    );
+    if let Some(book) = world.get_resource::<super::handoff::Handoffs>() {
+        gone.extend(book.0.open_to().filter(|s| !members.contains(s)));
+    }
+    gone.into_iter().collect()
+}
+
+/// The master's newer `map`: moves it settles end, and it replaces this shard's.
+fn install_map(world: &mut World, me: ShardId, map: CellMap) {
     let (mut out, mut inc) = (0, 0);
     let mut moves = world.resource_mut::<CellMoves>();
     moves.outgoing.retain(|cell, _| {
@@ -164,7 +198,7 @@ fn apply_map(world: &mut World, push: MapPush) {
     let mut stats = world.resource_mut::<HandoffStats>();
     stats.cells_moved_out += out;
     stats.cells_moved_in += inc;
-    info!(epoch = push.epoch, "new cell map");
+    info!(epoch = map.epoch().0, "new cell map");
     world.insert_resource(Space::new(me, map));
 }
 

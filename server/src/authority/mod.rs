@@ -5,6 +5,7 @@
 //! - [`cell_move`]: a leaf's entities shipped to its next owner when the master moves it.
 //! - [`proxy`]: owned entities near a border are mirrored to the neighbour as read-only proxies.
 //! - [`commands`]: a command for an entity reaches its owner, wherever that is.
+//! - [`replica`]: buddy replication of owned entities, and failover of a dead shard's.
 //! - [`links`]: every message from a neighbour shard, applied in arrival order.
 
 pub mod cell_move;
@@ -12,6 +13,7 @@ pub mod commands;
 pub mod handoff;
 pub mod links;
 pub mod proxy;
+pub mod replica;
 
 use crate::core::commands::CommandSystems;
 use crate::core::{Plugin, ReceiveSteps, ReplicationCache, ShardApp, ShardSystems};
@@ -31,6 +33,9 @@ impl Plugin for AuthorityPlugin {
         app.world.init_resource::<cell_move::CellMoves>();
         app.world.init_resource::<crate::core::resources::Drained>();
         app.world.init_resource::<handoff::OutgoingOffers>();
+        app.world.init_resource::<replica::ReplicaOut>();
+        app.world.init_resource::<replica::Replicas>();
+        app.world.init_resource::<replica::Membership>();
         app.add_systems_raw(
             (cell_move::on_space_notices, links::receive_shard_messages)
                 .chain()
@@ -53,6 +58,9 @@ impl Plugin for AuthorityPlugin {
                     .after(ReplicationCache),
             ),
         );
-        app.add_systems(ShardSystems::Replicate, proxy::mirror_proxies);
+        app.add_systems(
+            ShardSystems::Replicate,
+            (proxy::mirror_proxies, replica::send_replica).chain(),
+        );
     }
 }

@@ -348,6 +348,7 @@ impl Forming {
             epoch,
             leaves,
             members,
+            ..
         } = push;
         let map = CellMap::from_leaves(self.grid, Epoch(epoch), leaves.into_iter().collect())
             .map_err(|e| FormError::BadMap(e.to_string()))?;

@@ -172,6 +172,11 @@ pub struct Master {
     pub failovers: u64,
     /// A member not heard from this long is declared dead (`[cluster] shard_silence_ms`).
     silence_ms: u64,
+    /// Members declared dead, newest last (at most `limits::SHARDS_MAX`), with the member that
+    /// adopted their cells and replica: every map push carries it (`MapPush::dead`).
+    dead: VecDeque<(ShardId, Option<ShardId>)>,
+    /// Entities of dead shards their adopters took over, by the dead shards' last reports.
+    pub adopted_entities: u64,
 }
 
 impl Master {
@@ -203,6 +208,8 @@ impl Master {
             moves_aborted: 0,
             failovers: 0,
             silence_ms: limits::SHARD_DEAD_AFTER_MS,
+            dead: VecDeque::new(),
+            adopted_entities: 0,
         }
     }
 
@@ -350,7 +357,7 @@ impl Master {
     /// What a late joiner gets after its id: the map and the live members it must link to.
     pub fn push_for_joiner(&self) -> Option<MapPush> {
         let map = self.map.as_ref()?;
-        Some(Self::push_of(map, &self.members))
+        Some(Self::push_of(map, &self.members, &self.dead))
     }
 
     /// The map with the member list as it is now, for every member but `except` (a joiner gets
@@ -474,7 +481,7 @@ impl Master {
             .map(|m| (m.info.id, m.info.weight))
             .collect();
         let map = assign_contiguous(&self.grid, &weights)?;
-        let push = Self::push_of(&map, &self.members);
+        let push = Self::push_of(&map, &self.members, &self.dead);
         self.event(
             "placed",
             format!(
@@ -489,7 +496,11 @@ impl Master {
     }
 
     /// The map and the live members (a dead one is fenced: out of the membership for good).
-    fn push_of(map: &CellMap, members: &BTreeMap<ShardId, Member>) -> MapPush {
+    fn push_of(
+        map: &CellMap,
+        members: &BTreeMap<ShardId, Member>,
+        dead: &VecDeque<(ShardId, Option<ShardId>)>,
+    ) -> MapPush {
         MapPush {
             epoch: map.epoch().0,
             leaves: map.leaves().iter().map(|(c, s)| (*c, *s)).collect(),
@@ -498,7 +509,14 @@ impl Master {
                 .filter(|m| m.alive)
                 .map(|m| m.info.clone())
                 .collect(),
+            dead: dead.iter().copied().collect(),
         }
+    }
+
+    /// Whether `id` was declared dead (`Some`), and the member that adopted its cells and
+    /// replica if one did.
+    pub fn adopter_of(&self, id: ShardId) -> Option<Option<ShardId>> {
+        self.dead.iter().find(|(d, _)| *d == id).map(|(_, a)| *a)
     }
 
     pub fn map(&self) -> Option<&CellMap> {
@@ -684,9 +702,62 @@ impl Master {
             "dead",
             format!("shard {} {why}: declared dead and fenced", id.0),
         );
+        let adopter = self.adopt_all(id);
+        // Its players' avatars are the adopter's now, waiting for their clients to come back
+        // (with their resume tickets): seated there for as long as an avatar waits.
+        if let Some(to) = adopter {
+            let until = self.now_ms.saturating_add(self.sent_on_wait_ms);
+            for name in gone {
+                self.seat(&name, to);
+                if self.sent_on.len() < DIRECTORY_MAX {
+                    self.sent_on.insert(name, (to, until));
+                }
+            }
+        }
+        if self.dead.len() >= limits::SHARDS_MAX {
+            self.dead.pop_front();
+        }
+        self.dead.push_back((id, adopter));
         if let Some((_, next)) = self.balancer.as_mut() {
             *next = self.now_ms;
         }
+    }
+
+    /// Failover of dead member `id`: every leaf of it to the buddy that holds its replica (the
+    /// one its last heartbeat named), in one map, if that buddy is alive and linked; the
+    /// adopter. Without one its leaves wait for the balancer, and what it owned is lost.
+    fn adopt_all(&mut self, id: ShardId) -> Option<ShardId> {
+        let (buddy, owned, lag) = self.members.get(&id).map(|m| {
+            (
+                m.load.buddy,
+                m.load.owned_entities,
+                m.load.replica_lag_ticks,
+            )
+        })?;
+        let to = buddy.filter(|b| self.members.get(b).is_some_and(|m| m.alive && m.linked))?;
+        let map = self.map.as_mut()?;
+        let leaves: Vec<CellId> = map.cells_of(id).collect();
+        let mut epoch = map.epoch();
+        for cell in &leaves {
+            match map.reassign(*cell, to) {
+                Ok(e) => epoch = e,
+                Err(e) => tracing::error!(%cell, error = %e, "failover could not reassign a leaf"),
+            }
+        }
+        self.failovers += leaves.len() as u64;
+        self.adopted_entities += u64::from(owned);
+        self.event(
+            "failover",
+            format!(
+                "epoch {}: shard {} adopted dead shard {}'s {} cells and its replica \
+                 ({owned} entities at its last report, replica {lag} ticks behind)",
+                epoch.0,
+                to.0,
+                id.0,
+                leaves.len()
+            ),
+        );
+        Some(to)
     }
 
     /// A shard's request: the notices to send, to whom.
@@ -745,7 +816,7 @@ impl Master {
         let Some(map) = &self.map else {
             return Vec::new();
         };
-        let push = Self::push_of(map, &self.members);
+        let push = Self::push_of(map, &self.members, &self.dead);
         self.members
             .values()
             .filter(|m| m.alive)

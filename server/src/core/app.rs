@@ -338,8 +338,16 @@ impl ShardApp {
         let players_arrived = log.arrived.drain(..).collect();
         let players_left = log.left.drain(..).collect();
         let players_sent_on = log.sent_on.drain(..).collect();
+        let replica = self
+            .world
+            .get_resource::<super::resources::ReplicaStatus>()
+            .copied()
+            .unwrap_or_default();
+        let (buddy, replica_lag_ticks) = (replica.buddy, replica.lag_ticks);
         let h = self.world.resource::<HandoffStats>();
         ShardLoad {
+            buddy,
+            replica_lag_ticks,
             tick: self.tick_number(),
             owned_entities: owned as u32,
             in_transit: in_transit as u32,

@@ -19,6 +19,7 @@ use super::commands::{CommandSystems, Delivered, DeliveredRaw, GameCommands};
 use super::components::Position;
 use super::components::{Networked, Proxy, ReplicatedComponents};
 use super::resources::ProxyApplyTick;
+use bevy_ecs::change_detection::Tick;
 use bevy_ecs::prelude::*;
 use bitcode::{DecodeOwned, Encode};
 use zonescaler_bots::game::{BotBrain, BotGame, BrainFactory};
@@ -48,6 +49,9 @@ pub struct MigrateCodec {
     pub kind: u8,
     pub name: &'static str,
     pub encode: fn(EntityRef) -> Option<Vec<u8>>,
+    /// Whether the entity's component was added or changed after `last_run` (up to `this_run`):
+    /// buddy replication sends only what changed.
+    pub changed: fn(EntityRef, Tick, Tick) -> bool,
     pub insert: fn(&mut EntityWorldMut, &[u8]) -> bool,
     pub remove: fn(&mut EntityWorldMut),
 }
@@ -233,6 +237,10 @@ impl ShardApp {
                 kind,
                 name: T::NAME,
                 encode: |e| e.get::<T>().and_then(|v| encode_checked(T::NAME, v)),
+                changed: |e, last, this| {
+                    e.get_change_ticks::<T>()
+                        .is_some_and(|t| t.is_changed(last, this))
+                },
                 insert: insert_decoded::<T>,
                 remove: |e| {
                     e.remove::<T>();
@@ -313,6 +321,17 @@ pub fn encode_migrating(world: &World, entity: Entity) -> Vec<ComponentBlob> {
             })
         })
         .collect()
+}
+
+/// Whether any migrating component of `entity` was added or changed after `last_run`.
+pub fn migrating_changed(world: &World, entity: Entity, last_run: Tick, this_run: Tick) -> bool {
+    let reg = world.resource::<GameRegistry>();
+    let Ok(e) = world.get_entity(entity) else {
+        return false;
+    };
+    reg.migrating
+        .iter()
+        .any(|c| (c.changed)(e, last_run, this_run))
 }
 
 /// Insert the migrating components a handoff carried.

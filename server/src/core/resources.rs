@@ -303,3 +303,12 @@ impl Forwards {
         );
     }
 }
+
+/// Buddy replication as the master hears of it (`authority::replica` keeps it current): the
+/// member holding this shard's replica (once it acknowledged a batch), and how many ticks the
+/// newest acknowledged batch is behind this shard's tick.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub buddy: Option<ShardId>,
+    pub lag_ticks: u32,
+}

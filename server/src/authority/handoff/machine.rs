@@ -96,7 +96,21 @@ pub struct HandoffBook {
     /// Target: the newest attempt accepted per entity (a duplicate of an older one is acked too).
     newest_accepted: BTreeMap<NetId, u32>,
     order: VecDeque<(u64, NetId, u32)>,
+    /// Target: the newest attempt accepted per entity, kept [`ACCEPTED_KEEP_MS`] (far longer
+    /// than the answers): a failover asks about a dead source's attempts seconds later
+    /// (`authority::replica`), after the entity may have moved on from here.
+    accepted_long: BTreeMap<NetId, u32>,
+    accepted_order: VecDeque<(u64, NetId, u32)>,
 }
+
+/// How long a target remembers that it took an entity at an attempt (longer than a dead
+/// shard's silence and its failover).
+pub const ACCEPTED_KEEP_MS: u64 = 120_000;
+
+const _: () = assert!(ACCEPTED_KEEP_MS >= 2 * limits::SHARD_SILENCE_MS_MAX);
+
+/// Most takes remembered that long (the oldest go first past it).
+pub const ACCEPTED_LOG_MAX: usize = 262_144;
 
 impl HandoffBook {
     /// A book for attempts answered within `timeout_ms` (the cluster's `handoff_timeout_ms`).
@@ -110,6 +124,8 @@ impl HandoffBook {
             answers: BTreeMap::new(),
             newest_accepted: BTreeMap::new(),
             order: VecDeque::new(),
+            accepted_long: BTreeMap::new(),
+            accepted_order: VecDeque::new(),
         }
     }
 
@@ -228,6 +244,46 @@ impl HandoffBook {
         })
     }
 
+    /// Close `id`'s attempt to `to` numbered `generation` without an answer (failover settled
+    /// it: see `authority::replica`). False if that names no open attempt.
+    pub fn close(&mut self, id: NetId, to: ShardId, generation: u32) -> bool {
+        self.settle(id, to, generation)
+    }
+
+    /// The attempts open to `to`: `(entity, attempt number)`.
+    pub fn attempts_to(&self, to: ShardId) -> Vec<(NetId, u32)> {
+        (self.open.iter())
+            .filter(|(_, a)| a.to == to)
+            .map(|(id, a)| (*id, a.generation))
+            .collect()
+    }
+
+    /// Failover: the attempt for `id`, open to a dead shard, is now the adopter `to`'s to
+    /// answer (it holds the dead shard's replica). Never cancelled on a timeout: the adopter
+    /// always answers, once it holds the map that made it the adopter.
+    pub fn retarget(&mut self, now_ms: u64, id: NetId, to: ShardId) -> Option<u32> {
+        let a = *self.open.get(&id)?;
+        self.settle(id, a.to, a.generation);
+        self.inherit(now_ms, id, to, a.generation);
+        Some(a.generation)
+    }
+
+    /// Failover: this shard promoted a dead shard's replica of `id`, which was frozen there in
+    /// an attempt numbered `generation` to `to`: the attempt is this shard's now, its cancel
+    /// already sent (the caller sends it), so `to`'s answer settles it.
+    pub fn inherit(&mut self, now_ms: u64, id: NetId, to: ShardId, generation: u32) {
+        self.open.insert(
+            id,
+            Attempt {
+                to,
+                generation,
+                sent_ms: now_ms,
+                cancel_sent: true,
+            },
+        );
+        *self.open_per.entry(to).or_default() += 1;
+    }
+
     /// The neighbours that have attempts of this shard's open.
     pub fn open_to(&self) -> impl Iterator<Item = ShardId> + '_ {
         self.open_per.keys().copied()
@@ -280,6 +336,15 @@ impl HandoffBook {
                 self.newest_accepted.remove(&id);
             }
         }
+        while let Some(&(at, id, generation)) = self.accepted_order.front() {
+            if now_ms.saturating_sub(at) < ACCEPTED_KEEP_MS {
+                break;
+            }
+            self.accepted_order.pop_front();
+            if self.accepted_long.get(&id) == Some(&generation) {
+                self.accepted_long.remove(&id);
+            }
+        }
         out
     }
 
@@ -289,13 +354,21 @@ impl HandoffBook {
         if answer == Answer::Accepted {
             let newest = self.newest_accepted.entry(id).or_insert(generation);
             *newest = (*newest).max(generation);
+            if self.accepted_order.len() >= ACCEPTED_LOG_MAX
+                && let Some((_, old, g)) = self.accepted_order.pop_front()
+                && self.accepted_long.get(&old) == Some(&g)
+            {
+                self.accepted_long.remove(&old);
+            }
+            let long = self.accepted_long.entry(id).or_insert(generation);
+            *long = (*long).max(generation);
+            self.accepted_order.push_back((now_ms, id, generation));
         }
     }
 
     fn accepted(&self, id: NetId, generation: u32) -> bool {
-        self.newest_accepted
-            .get(&id)
-            .is_some_and(|g| *g >= generation)
+        let at_least = |g: Option<&u32>| g.is_some_and(|g| *g >= generation);
+        at_least(self.newest_accepted.get(&id)) || at_least(self.accepted_long.get(&id))
     }
 
     /// Target, step 2: `from` offers `id` at `generation`; `verdict` is the world's answer (does
@@ -648,5 +721,60 @@ mod tests {
             1,
             "a bare timeout never resumes the entity"
         );
+    }
+
+    #[test]
+    fn a_failover_retargets_an_attempt_and_an_inherited_one_is_settled_by_its_answer() {
+        let mut src = HandoffBook::new(TIMEOUT);
+        let g = src.offer(0, id(1), B, 4).expect("free");
+        // B died; C adopted it: the attempt is C's to answer, and never cancelled by time.
+        assert_eq!(src.retarget(10, id(1), C), Some(g));
+        assert_eq!(src.in_flight_to(B), 0);
+        assert_eq!(src.attempts_to(C), vec![(id(1), g)]);
+        assert!(
+            src.poll(10 + 10 * TIMEOUT).is_empty(),
+            "no cancel of a retargeted attempt"
+        );
+        assert_eq!(
+            src.on_ack(id(1), B, g),
+            None,
+            "the dead target's late ack settles nothing"
+        );
+        assert!(matches!(
+            src.on_ack(id(1), C, g),
+            Some(Effect::Release { .. })
+        ));
+        // The adopter inherits the dead source's attempt to B: B's answer settles it.
+        let mut adopter = HandoffBook::new(TIMEOUT);
+        adopter.inherit(0, id(2), B, 7);
+        assert!(matches!(
+            adopter.on_refuse(5, id(2), B, 7, RefuseReason::Cancelled),
+            Some(Effect::Resume { .. })
+        ));
+    }
+
+    #[test]
+    fn a_target_remembers_what_it_took_long_after_the_answers_keep() {
+        let mut dst = HandoffBook::new(TIMEOUT);
+        dst.on_request(0, A, id(1), 5, Ok(()));
+        // Well past the answers' keep: a failover's cancel for that attempt is still acked.
+        let later = TIMEOUT + limits::HANDOFF_RECORD_MARGIN_MS + 1;
+        dst.poll(later);
+        assert_eq!(dst.records(), 0, "the answer itself is forgotten");
+        assert_eq!(
+            dst.on_cancel(later, C, id(1), 5),
+            Effect::Send(
+                C,
+                ShardMessage::HandoffAck {
+                    id: id(1),
+                    generation: 5
+                }
+            )
+        );
+        dst.poll(later + ACCEPTED_KEEP_MS);
+        assert!(matches!(
+            dst.on_cancel(later + ACCEPTED_KEEP_MS, C, id(1), 5),
+            Effect::Send(_, ShardMessage::HandoffRefuse { .. })
+        ));
     }
 }

@@ -24,7 +24,8 @@
 //! 5. Two things settle an attempt without its answer: a proxy update for the entity at the
 //!    attempt's number or later, from whoever owns it now, proves the target took it (the ack is
 //!    late: [`taken_meanwhile`]); and the target leaving the cluster (drained, so it owned no
-//!    cell and took nothing) refuses it ([`forget_departed`]).
+//!    cell and took nothing) refuses it (`replica::on_departed`); a target that died is settled
+//!    by the shard that adopted its cells (see `super::replica`).
 //!
 //! The request carries everything the entity is: its replicated components (which stay on the
 //! source, typed, as the proxy's) and the server-only components the game registered with
@@ -56,7 +57,6 @@ use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemParam;
 use bytes::Bytes;
 use glam::Vec3;
-use std::collections::BTreeSet;
 use tracing::{debug, warn};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
@@ -88,7 +88,7 @@ pub struct Rechecks(Vec<NetId>);
 #[derive(Resource, Debug, Default)]
 pub struct OutgoingOffers(Vec<(Entity, ShardId, HandoffRequest)>);
 
-fn send(world: &mut World, to: ShardId, msg: &ShardMessage) {
+pub(crate) fn send(world: &mut World, to: ShardId, msg: &ShardMessage) {
     world
         .resource_mut::<ShardOutbox>()
         .messages
@@ -97,7 +97,7 @@ fn send(world: &mut World, to: ShardId, msg: &ShardMessage) {
 
 /// Who an avatar's player is, for the target: from its client, or from what a previous
 /// handoff carried while the client is still on its way.
-fn player_of(
+pub(crate) fn player_of(
     avatar: Option<&Avatar>,
     awaiting: Option<&AwaitingClient>,
     clients: &Clients,
@@ -328,6 +328,13 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             effect.is_some_and(|e| apply(world, e))
         }
         ShardMessage::HandoffCancel { id, generation } => {
+            if held_at_or_after(world, id, generation) {
+                // Taken at that attempt (and perhaps handed on since), whether or not the book
+                // still remembers it: a failover's inherited cancel can come after the answer's
+                // keep (`authority::replica`).
+                send(world, from, &ShardMessage::HandoffAck { id, generation });
+                return true;
+            }
             let effect = world
                 .resource_mut::<Handoffs>()
                 .0
@@ -342,7 +349,27 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             true
         }
         ShardMessage::ProxyBatch(_) => false,
+        ShardMessage::Replica(batch) => super::replica::on_batch(world, from, batch),
+        ShardMessage::ReplicaAck { tick } => super::replica::on_ack(world, from, tick),
+        ShardMessage::Orphan {
+            dead,
+            epoch,
+            id,
+            generation,
+        } => super::replica::on_orphan(world, from, dead, epoch, id, generation),
     }
+}
+
+/// Whether this shard holds `id` (owned, frozen or as a proxy) at ownership generation
+/// `generation` or later: then the attempt numbered `generation` was taken (only its target
+/// can hold the entity at that number, and generations only grow along its owners).
+pub(crate) fn held_at_or_after(world: &World, id: NetId, generation: u32) -> bool {
+    let Some(&e) = world.resource::<NetIndex>().0.get(&id) else {
+        return false;
+    };
+    world
+        .get::<Generation>(e)
+        .is_some_and(|g| g.0 >= generation)
 }
 
 /// An owner's proxy update for `id` at `generation` came while this shard still holds `id`
@@ -372,32 +399,8 @@ pub(crate) fn taken_meanwhile(world: &mut World, id: NetId, generation: u32) {
     }
 }
 
-/// The master's member list changed: attempts open to a shard no longer in it (drained, so it
-/// took none of them and will answer none) are settled as refused, their entities simulated
-/// here again ([`HandoffBook::on_departed`]). Without this they would stay frozen for good.
-pub(crate) fn forget_departed(world: &mut World, members: &BTreeSet<ShardId>) {
-    let Some(book) = world.get_resource::<Handoffs>() else {
-        return;
-    };
-    let gone: Vec<ShardId> = (book.0.open_to())
-        .filter(|s| !members.contains(s))
-        .collect();
-    let now_ms = world.resource::<TickClock>().now_ms;
-    for to in gone {
-        let effects = world.resource_mut::<Handoffs>().0.on_departed(now_ms, to);
-        debug!(
-            shard = to.0,
-            entities = effects.len(),
-            "handoffs to a drained shard resumed"
-        );
-        for effect in effects {
-            apply(world, effect);
-        }
-    }
-}
-
 /// Carry out one of the book's effects on the world. False if it named an entity that is gone.
-fn apply(world: &mut World, effect: Effect) -> bool {
+pub(crate) fn apply(world: &mut World, effect: Effect) -> bool {
     match effect {
         Effect::Send(to, msg) => {
             if let ShardMessage::HandoffRefuse { id, reason, .. } = &msg {
@@ -504,6 +507,21 @@ fn take(world: &mut World, from: ShardId, req: HandoffRequest) {
 /// simulated.
 fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
     let now_ms = world.resource::<TickClock>().now_ms;
+    let sent_ms = req.sent_ms;
+    install(world, entity, req);
+    world.entity_mut(entity).insert(Owned);
+    let transit_ms = now_ms.saturating_sub(sent_ms).max(1);
+    let mut stats = world.resource_mut::<HandoffStats>();
+    stats.accepted += 1;
+    stats.transit_ms.saturating_record(transit_ms);
+    metrics::histogram!("zonescaler_handoff_transit_seconds").record(transit_ms as f64 / 1_000.0);
+}
+
+/// Give `entity` the state `req` carries (position, movement, generation, replicated and
+/// migrating components, its player awaiting the client), without `Owned`: a handoff's target
+/// and a promoted replica ([`super::replica`]) both start from it.
+pub(crate) fn install(world: &mut World, entity: Entity, req: HandoffRequest) {
+    let now_ms = world.resource::<TickClock>().now_ms;
     let mut ent = world.entity_mut(entity);
     ent.insert((
         Position(Vec3::from_array(req.pos)),
@@ -531,12 +549,6 @@ fn promote(world: &mut World, entity: Entity, req: HandoffRequest) {
     }
     apply_replicated(world, entity, &req.components);
     insert_migrating(world, entity, &req.migrating);
-    world.entity_mut(entity).insert(Owned);
-    let transit_ms = now_ms.saturating_sub(req.sent_ms).max(1);
-    let mut stats = world.resource_mut::<HandoffStats>();
-    stats.accepted += 1;
-    stats.transit_ms.saturating_record(transit_ms);
-    metrics::histogram!("zonescaler_handoff_transit_seconds").record(transit_ms as f64 / 1_000.0);
 }
 
 /// The entity `id` frozen here for a handoff to `to` at `generation`, if it is still here (a
