@@ -159,10 +159,21 @@ pub const HEARTBEAT_MS: u64 = 200;
 /// of ten periods): past it, the figure says "far behind", not how far.
 pub const TICK_SLOWDOWN_MAX: f32 = 10.0;
 
-/// Link frames a shard keeps for a member it has no link to yet (a joiner whose `Peer` is still
-/// on its way while the master already gave it a cell), sent once the link names itself; past
-/// this they are dropped and the handoffs in them retried after their timeout.
-pub const UNLINKED_MEMBER_BYTES_MAX: usize = 8 << 20;
+/// Session frames (`LinkMessage::Seq`) a shard keeps per member until the member acknowledges
+/// them: about one round trip of traffic while the link is up; everything since the link went
+/// down while it is down (or, for a joiner, not linked yet), sent again in order once it is back.
+/// Past either bound a new frame is dropped and logged (the handoffs in it are cancelled and
+/// answered after their timeout). Half the link queue, so resending all of them after a redial
+/// always fits that queue.
+pub const UNACKED_MEMBER_BYTES_MAX: usize = 32 << 20;
+pub const UNACKED_MEMBER_FRAMES_MAX: usize = 2_048;
+/// What the `Seq` wrapper adds to the frame it carries (tag, number and length; generous, a test
+/// checks it): batches are cut to fit a link frame with it.
+pub const LINK_SEQ_BYTES_FIXED: usize = 32;
+/// Backoff between redials of a dropped link: the first after the least, then doubling up to
+/// the most, for as long as the peer stays in the master's member list.
+pub const LINK_REDIAL_BACKOFF_MS_MIN: u64 = 100;
+pub const LINK_REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 
 /// The default master's silence (`[cluster] shard_silence_ms`): a shard not heard from this long
 /// (no heartbeat, on the master's monotonic clock) is declared dead and fenced: it leaves the
@@ -253,10 +264,19 @@ const _: () = assert!(LINK_FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(SHARD_MESSAGE_BYTES_MAX <= LINK_FRAME_BYTES_MAX);
 // Any one shard message fits a batch frame by itself, so splitting a tick's batch always works.
 const _: () = assert!(
-    LINK_BATCH_BYTES_FIXED + LINK_BATCH_BYTES_PER_MESSAGE + SHARD_MESSAGE_BYTES_MAX
+    LINK_SEQ_BYTES_FIXED
+        + LINK_BATCH_BYTES_FIXED
+        + LINK_BATCH_BYTES_PER_MESSAGE
+        + SHARD_MESSAGE_BYTES_MAX
         <= LINK_FRAME_BYTES_MAX
 );
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_QUEUE_BYTES_MAX);
+const _: () = assert!(UNACKED_MEMBER_BYTES_MAX * 2 <= LINK_QUEUE_BYTES_MAX);
+const _: () = assert!(UNACKED_MEMBER_FRAMES_MAX * 2 <= LINK_QUEUE_FRAMES_MAX);
+const _: () = assert!(LINK_FRAME_BYTES_MAX <= UNACKED_MEMBER_BYTES_MAX);
+const _: () = assert!(LINK_REDIAL_BACKOFF_MS_MIN <= LINK_REDIAL_BACKOFF_MS_MAX);
+// A redial at the longest backoff still comes well within the shortest silence.
+const _: () = assert!(LINK_REDIAL_BACKOFF_MS_MAX < SHARD_SILENCE_MS_MIN * 3);
 const _: () = assert!(LINK_FRAME_BYTES_MAX <= LINK_INBOX_BYTES_MAX);
 const _: () = assert!(LINK_HANDSHAKES_PENDING_MAX <= LINKS_MAX);
 const _: () = assert!(LINK_HANDSHAKE_TIMEOUT_MS < IDLE_TIMEOUT_MS);

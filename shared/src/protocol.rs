@@ -530,6 +530,21 @@ pub enum LinkMessage {
     ToMaster(MasterRequest),
     /// Master → shard: an answer or an order.
     FromMaster(MasterNotice),
+    /// During play, between two members: one frame of their session, `frame` an encoded
+    /// `LinkMessage` (never `Seq`, `Ack` or `Relink`). Numbered from 1 in each direction for as
+    /// long as both are members, across links: after a dropped link is redialled the sender sends
+    /// again every frame not acknowledged, and the receiver delivers each number once, in order.
+    Seq { seq: u64, frame: Vec<u8> },
+    /// The receiver of session frames has every one up to `received`: the sender forgets them.
+    Ack { received: u64 },
+    /// First frame of a redialled link, from its dialer (the larger id): who it is, the member it
+    /// meant to reach (an acceptor that is not `to` refuses the link), and the last session frame
+    /// it has from `to`.
+    Relink {
+        from: ShardId,
+        to: ShardId,
+        received: u64,
+    },
 }
 
 /// What a shard asks of the master.

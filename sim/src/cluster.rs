@@ -1284,7 +1284,7 @@ impl ClusterSim {
         {
             let len = zonescaler_shared::codec::encode(&msg).len();
             let (bytes, msgs) = j.held.entry(from).or_default();
-            if *bytes + len > limits::UNLINKED_MEMBER_BYTES_MAX {
+            if *bytes + len > limits::UNACKED_MEMBER_BYTES_MAX {
                 self.membership.unlinked_drops += 1;
                 tracing::debug!(
                     from,

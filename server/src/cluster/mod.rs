@@ -20,6 +20,7 @@ pub mod local;
 pub mod master;
 pub mod moves;
 pub mod node;
+pub mod session;
 
 pub use balancer::{Balancer, CellInput, Plan, ShardInput};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};

@@ -5,14 +5,24 @@
 //! each received batch back into shard messages from that neighbour, carries heartbeats to the
 //! master, and routes requests to the master and its notices back (on the master's own shard,
 //! straight through its [`Master`]).
+//!
+//! Every frame to a member during play goes through its session ([`super::session`]): numbered,
+//! kept until acknowledged, sent again after a dropped link comes back. A link that drops between
+//! two members is redialled by the one with the larger id (as at forming), with capped
+//! exponential backoff ([`redial_backoff_ms`]), for as long as the master lists the other; its
+//! first frame, `Relink`, names the dialer and the member it meant to reach, and the acceptor
+//! refuses it unless that is itself. A member the master removed (dead, drained) is not redialled
+//! and its session ends.
 
 use super::forming::Formed;
 use super::lease::{Lease, LeaseState};
 use super::master::Master;
+use super::session::{Arrival, Sessions};
 use crate::core::ShardApp;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
-use tracing::{error, info, warn};
+use std::net::SocketAddr;
+use tracing::{debug, error, info, warn};
 use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::CellMap;
@@ -42,43 +52,44 @@ pub struct Node {
     pub batch_bytes_out: u64,
     /// Links up that have not said who they are yet (a late joiner dialing in).
     unnamed: BTreeSet<LinkId>,
-    /// Members that left the cluster (drained): their links going down is no fault.
+    /// Members that left the cluster (drained, or declared dead): their links going down is no
+    /// fault, and they are not redialled.
     departed: BTreeSet<ShardId>,
-    /// Frames for members whose link has not named itself yet, in order: a joiner's `Peer` may
-    /// arrive after the master gave it a cell, and the first handoffs to it must not be lost.
-    held: HeldFrames,
+    /// The numbered frames to and from each member, kept until acknowledged: sent once its link
+    /// names itself (a joiner's `Peer` may arrive after the master gave it a cell) or is back.
+    sessions: Sessions,
+    /// Dropped links this shard redials (to members with a smaller id).
+    redials: BTreeMap<ShardId, Redial>,
+    /// Redials since start, for the metrics.
+    pub redial_stats: RedialStats,
 }
 
-/// Frames kept for members in the member list that this shard has no link to yet, sent in
-/// order once the link names itself, at most [`limits::UNLINKED_MEMBER_BYTES_MAX`] per member
-/// (past that they are dropped and counted: the handoffs in them are retried after their
-/// timeout).
-#[derive(Debug, Default)]
-pub struct HeldFrames {
-    frames: BTreeMap<ShardId, (usize, Vec<Bytes>)>,
-    /// Frames held so far, and dropped for want of room.
-    pub held: u64,
-    pub dropped: u64,
+/// A dropped link to a member being redialled.
+#[derive(Debug)]
+struct Redial {
+    /// When the link dropped.
+    since_ms: u64,
+    /// Dials that failed since.
+    failures: u32,
+    /// When to dial next.
+    next_ms: u64,
+    /// The dial under way.
+    dialing: Option<LinkId>,
 }
 
-impl HeldFrames {
-    /// Keep `frame` for `to`; false (and counted) when `to`'s frames are at their bound.
-    pub fn hold(&mut self, to: ShardId, frame: Bytes) -> bool {
-        let (bytes, frames) = self.frames.entry(to).or_default();
-        if *bytes + frame.len() > limits::UNLINKED_MEMBER_BYTES_MAX {
-            self.dropped += 1;
-            return false;
-        }
-        *bytes += frame.len();
-        frames.push(frame);
-        self.held += 1;
-        true
-    }
+/// Redials since start: dials started, links back up, dials that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedialStats {
+    pub dialled: u64,
+    pub up: u64,
+    pub failed: u64,
+}
 
-    /// `to`'s frames, oldest first, no longer held (its link named itself, or it left).
-    pub fn take(&mut self, to: ShardId) -> Vec<Bytes> {
-        self.frames.remove(&to).map(|(_, f)| f).unwrap_or_default()
-    }
+/// The wait before the next dial of a dropped link after `failures` failed ones: from
+/// `LINK_REDIAL_BACKOFF_MS_MIN`, doubling, at most `LINK_REDIAL_BACKOFF_MS_MAX`.
+pub fn redial_backoff_ms(failures: u32) -> u64 {
+    let doubled = limits::LINK_REDIAL_BACKOFF_MS_MIN << failures.min(16);
+    doubled.min(limits::LINK_REDIAL_BACKOFF_MS_MAX)
 }
 
 impl std::fmt::Debug for Node {
@@ -110,7 +121,9 @@ impl Node {
             batch_bytes_out: 0,
             unnamed: BTreeSet::new(),
             departed: BTreeSet::new(),
-            held: HeldFrames::default(),
+            sessions: Sessions::default(),
+            redials: BTreeMap::new(),
+            redial_stats: RedialStats::default(),
         }
     }
 
@@ -127,12 +140,16 @@ impl Node {
                     "shard left the cluster (drained, or declared dead)"
                 );
                 self.departed.insert(m.id);
-                let lost = self.held.take(m.id).len();
+                if let Some(dial) = self.redials.remove(&m.id).and_then(|r| r.dialing) {
+                    self.links.close(dial, "the shard left the cluster");
+                }
+                let lost = self.sessions.forget(m.id);
                 if lost > 0 {
                     warn!(
                         shard = m.id.0,
                         frames = lost,
-                        "shard left before it linked: frames held for it dropped"
+                        "shard left with frames it never acknowledged: dropped (its handoffs \
+                         are resumed here, its proxies removed)"
                     );
                 }
             }
@@ -165,10 +182,12 @@ impl Node {
             return;
         };
         let notices = m.members_changed(Some(id));
-        self.name_link(id, link);
         info!(shard = id.0, %addr, "shard joined the running cluster");
-        self.send(id, &LinkMessage::Joined { id });
-        self.send(id, &LinkMessage::Map(push));
+        // Before its session's frames: its forming reads these two unnumbered.
+        for msg in [LinkMessage::Joined { id }, LinkMessage::Map(push)] {
+            self.links.send(link, Bytes::from(codec::encode(&msg)));
+        }
+        self.name_link(id, link, 0);
         for (to, notice) in notices {
             self.notify(app, to, notice);
         }
@@ -186,8 +205,11 @@ impl Node {
                     && !self.link_of.contains_key(&id)
                     && !self.departed.contains(&id) =>
             {
-                self.name_link(id, link);
+                self.name_link(id, link, 0);
                 info!(shard = id.0, "linked to a shard that joined");
+            }
+            Ok(LinkMessage::Relink { from, to, received }) => {
+                self.relinked_by_peer(link, from, to, received);
             }
             Ok(other) => {
                 warn!(%link, ?other, "unexpected first message on a new link: closing it");
@@ -202,43 +224,179 @@ impl Node {
         }
     }
 
-    /// `link` is `id`'s: what was held for `id` goes out on it first, in order.
-    fn name_link(&mut self, id: ShardId, link: LinkId) {
+    /// `link` is `id`'s, and `id` has our session frames up to `received`: every frame it has
+    /// not acknowledged goes out on it first, in order (all of them to a joiner; those in flight
+    /// or kept while the link was down after a redial).
+    fn name_link(&mut self, id: ShardId, link: LinkId, received: u64) {
         self.unnamed.remove(&link);
         self.link_of.insert(id, link);
         self.peer_of.insert(link, id);
-        for frame in self.held.take(id) {
+        for frame in self.sessions.relinked(id, received) {
             self.links.send(link, frame);
         }
     }
 
-    fn send(&mut self, to: ShardId, msg: &LinkMessage) {
-        self.send_frame(to, Bytes::from(codec::encode(msg)));
+    /// A member with a larger id redialled a dropped link to this shard. Refused unless it is a
+    /// member and meant this shard (the process at an address can change: a restarted shard is
+    /// a new member). A link of ours to it that still looks up is replaced: its end saw it drop.
+    fn relinked_by_peer(&mut self, link: LinkId, from: ShardId, to: ShardId, received: u64) {
+        let listed = self.members.iter().any(|m| m.id == from);
+        if to != self.me || from <= self.me || !listed || self.departed.contains(&from) {
+            warn!(%link, from = from.0, to = to.0, "a redialled link from no member, or meant for another shard: closing it");
+            self.unnamed.remove(&link);
+            self.links
+                .close(link, "relink refused: not the member you dialled");
+            return;
+        }
+        if let Some(old) = self.link_of.remove(&from) {
+            self.peer_of.remove(&old);
+            self.links.close(old, "replaced by a redialled link");
+        }
+        info!(
+            shard = from.0,
+            resend = self.sessions.unacked(from),
+            "the shard redialled a dropped link: sending again what it did not acknowledge"
+        );
+        self.name_link(from, link, received);
     }
 
-    /// One frame for `to`: on its link; held for a member whose link has not named itself yet
-    /// (a joiner whose `Peer` is on its way); else dropped (no such member, or it left).
-    fn send_frame(&mut self, to: ShardId, frame: Bytes) {
-        if let Some(link) = self.link_of.get(&to) {
-            self.links.send(*link, frame);
-        } else if to != self.me
-            && !self.departed.contains(&to)
-            && self.members.iter().any(|m| m.id == to)
-        {
-            if !self.held.hold(to, frame) {
-                warn!(
-                    shard = to.0,
-                    "no link to shard yet and its held frames are at their bound; frame dropped"
-                );
+    fn send(&mut self, to: ShardId, msg: &LinkMessage) {
+        self.send_frame(to, codec::encode(msg));
+    }
+
+    /// One frame (an encoded `LinkMessage`) for `to`, numbered in its session: on its link, or
+    /// kept until the link names itself or is back (a joiner whose `Peer` is on its way, a link
+    /// being redialled). To a member that left, on the link it may still have, unnumbered (its
+    /// session ended); to no member, dropped.
+    fn send_frame(&mut self, to: ShardId, frame: Vec<u8>) {
+        let link = self.link_of.get(&to).copied();
+        if self.departed.contains(&to) || to == self.me {
+            match link {
+                Some(link) => self.links.send(link, Bytes::from(frame)),
+                None => warn!(shard = to.0, "no link to shard; frame dropped"),
             }
-        } else {
-            warn!(shard = to.0, "no link to shard; frame dropped");
+            return;
+        }
+        if link.is_none() && !self.members.iter().any(|m| m.id == to) {
+            warn!(shard = to.0, "no such member; frame dropped");
+            return;
+        }
+        match (self.sessions.push(to, frame, link.is_some()), link) {
+            (Some(wire), Some(link)) => self.links.send(link, wire),
+            (Some(_), None) => {}
+            (None, _) => warn!(
+                shard = to.0,
+                unacked = self.sessions.unacked(to),
+                "frames kept for shard at their bound: frame dropped (its handoffs are cancelled \
+                 after their timeout)"
+            ),
         }
     }
 
-    /// Frames held for members not linked yet, and dropped for want of room, since start.
+    /// Frames kept for members with no link (not named yet, or down), and dropped for want of
+    /// room, since start.
     pub fn held_frames(&self) -> (u64, u64) {
-        (self.held.held, self.held.dropped)
+        (self.sessions.kept_unlinked, self.sessions.dropped)
+    }
+
+    /// Session frames sent again on redialled links, and received twice and dropped.
+    pub fn session_frames(&self) -> (u64, u64) {
+        (self.sessions.resent, self.sessions.duplicates)
+    }
+
+    /// After a tick's link events: tell each member how far its frames arrived.
+    pub fn send_acks(&mut self) {
+        for (id, received) in self.sessions.acks_due() {
+            if let Some(link) = self.link_of.get(&id) {
+                let ack = LinkMessage::Ack { received };
+                self.links.send(*link, Bytes::from(codec::encode(&ack)));
+            }
+        }
+    }
+
+    /// Dial the dropped links whose backoff is over.
+    pub fn poll_redials(&mut self, now_ms: u64) {
+        let due: Vec<ShardId> = (self.redials.iter())
+            .filter(|(_, r)| r.dialing.is_none() && r.next_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let addr = (self.members.iter())
+                .find(|m| m.id == id)
+                .and_then(|m| m.link_addr.parse::<SocketAddr>().ok());
+            let Some(addr) = addr else {
+                warn!(
+                    shard = id.0,
+                    "not redialling: no longer a member, or no link address"
+                );
+                self.redials.remove(&id);
+                continue;
+            };
+            let link = self.links.dial(addr);
+            self.redial_stats.dialled += 1;
+            if let Some(r) = self.redials.get_mut(&id) {
+                info!(shard = id.0, %addr, failures = r.failures, "redialling a dropped link");
+                r.dialing = Some(link);
+            }
+        }
+    }
+
+    /// A link to `id` is gone while both are members: redial it (the larger id does) or wait.
+    fn link_lost(&mut self, id: ShardId, reason: &str, now_ms: u64) {
+        let unacked = self.sessions.unacked(id);
+        if self.me > id {
+            warn!(shard = id.0, %reason, unacked, "link to a member lost: redialling it; frames for it are kept until it is back");
+            self.redials.entry(id).or_insert(Redial {
+                since_ms: now_ms,
+                failures: 0,
+                next_ms: now_ms,
+                dialing: None,
+            });
+        } else {
+            warn!(shard = id.0, %reason, unacked, "link to a member lost: waiting for it to redial (the larger id dials); frames for it are kept until it is back");
+        }
+    }
+
+    /// A dial of ours came up or failed: `true` if it was a redial.
+    fn redial_outcome(&mut self, link: LinkId, up: Result<(), &str>, now_ms: u64) -> bool {
+        let Some(id) = (self.redials.iter())
+            .find(|(_, r)| r.dialing == Some(link))
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        match up {
+            Ok(()) => {
+                let Some(r) = self.redials.remove(&id) else {
+                    return true;
+                };
+                self.redial_stats.up += 1;
+                let relink = LinkMessage::Relink {
+                    from: self.me,
+                    to: id,
+                    received: self.sessions.received(id),
+                };
+                self.links.send(link, Bytes::from(codec::encode(&relink)));
+                info!(
+                    shard = id.0,
+                    down_ms = now_ms.saturating_sub(r.since_ms),
+                    failures = r.failures,
+                    resend = self.sessions.unacked(id),
+                    "link redialled: sending again what the shard did not acknowledge"
+                );
+                self.name_link(id, link, 0);
+            }
+            Err(reason) => {
+                self.redial_stats.failed += 1;
+                if let Some(r) = self.redials.get_mut(&id) {
+                    r.dialing = None;
+                    r.failures += 1;
+                    r.next_ms = now_ms + redial_backoff_ms(r.failures);
+                    info!(shard = id.0, %reason, failures = r.failures, next_in_ms = redial_backoff_ms(r.failures), "redial failed");
+                }
+            }
+        }
+        true
     }
 
     /// Send one tick's shard messages: one frame per neighbour, or several in order where they
@@ -252,7 +410,7 @@ impl Node {
             for batch in batch_frames(msgs) {
                 let frame = codec::encode(&LinkMessage::Batch(batch));
                 self.batch_bytes_out += frame.len() as u64;
-                self.send_frame(to, Bytes::from(frame));
+                self.send_frame(to, frame);
             }
         }
     }
@@ -378,21 +536,23 @@ impl Node {
             }
             LinkEvent::Down { link, reason, .. } => {
                 self.unnamed.remove(&link);
-                let peer = self.peer(link);
-                if let Some(id) = peer.filter(|id| self.departed.contains(id)) {
-                    info!(shard = id.0, "link to a drained shard closed");
+                let Some(id) = self.peer_of.remove(&link) else {
+                    debug!(%link, %reason, "a link that names no member closed (replaced, or never named)");
+                    return;
+                };
+                if self.link_of.get(&id) == Some(&link) {
                     self.link_of.remove(&id);
-                    self.peer_of.remove(&link);
+                }
+                if self.departed.contains(&id) {
+                    info!(shard = id.0, "link to a shard that left closed");
+                } else {
+                    self.link_lost(id, &reason, now_ms);
+                }
+            }
+            LinkEvent::Up { link, dialed, .. } => {
+                if dialed && self.redial_outcome(link, Ok(()), now_ms) {
                     return;
                 }
-                error!(
-                    %link,
-                    shard = peer.map(|s| s.0),
-                    %reason,
-                    "link to a member lost (its entities in handoff stay frozen: failover is not built yet)"
-                );
-            }
-            LinkEvent::Up { link, .. } => {
                 // A late joiner dialing in: it says who it is with its first message. The link
                 // is authenticated (the cluster secret), so the count bounds only mistakes.
                 if self.unnamed.len() >= limits::SHARDS_MAX {
@@ -402,7 +562,9 @@ impl Node {
                     self.unnamed.insert(link);
                 }
             }
-            LinkEvent::Failed { .. } => {}
+            LinkEvent::Failed { link, reason, .. } => {
+                self.redial_outcome(link, Err(&reason), now_ms);
+            }
         }
     }
 
@@ -415,6 +577,10 @@ impl Node {
         now_ms: u64,
     ) {
         match msg {
+            LinkMessage::Seq { seq, frame } => {
+                self.on_session_frame(app, from, seq, &frame, now_ms)
+            }
+            LinkMessage::Ack { received } => self.sessions.acked(from, received),
             LinkMessage::Batch(msgs) => {
                 for m in msgs {
                     app.push_shard_message(from, Bytes::from(m));
@@ -456,6 +622,43 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Frame `seq` of `from`'s session: delivered if it is the next one.
+    fn on_session_frame(
+        &mut self,
+        app: &mut ShardApp,
+        from: ShardId,
+        seq: u64,
+        frame: &[u8],
+        now_ms: u64,
+    ) {
+        if self.departed.contains(&from) {
+            // Its session ended when the master let it go; what it sent before is stale (a
+            // fenced shard's last ticks), and its cells and proxies are handled already.
+            debug!(shard = from.0, "a frame from a shard that left; dropped");
+            return;
+        }
+        match self.sessions.receive(from, seq) {
+            Arrival::Duplicate => return,
+            Arrival::Gap { missing } => error!(
+                shard = from.0,
+                missing, "session frames never came (a bug: senders never drop a numbered frame)"
+            ),
+            Arrival::Deliver => {}
+        }
+        match codec::decode_link_message(frame) {
+            Ok(LinkMessage::Seq { .. } | LinkMessage::Ack { .. } | LinkMessage::Relink { .. }) => {
+                error!(
+                    shard = from.0,
+                    "a session frame inside a session frame; dropped"
+                );
+            }
+            Ok(msg) => self.on_link_message(app, from, msg, now_ms),
+            Err(e) => error!(shard = from.0, error = %e, "bad session frame; dropped"),
+        }
+    }
+}
+
 /// One neighbour's messages of one tick as batches that each fit a link frame and the
 /// receiver's batch limits, in order. A message over `SHARD_MESSAGE_BYTES_MAX` would make the
 /// receiver refuse its whole batch: it is left out and logged (encoders split proxy batches and
@@ -471,7 +674,7 @@ pub fn batch_frames(msgs: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
         let cost = m.len() + limits::LINK_BATCH_BYTES_PER_MESSAGE;
         let full = out.last().is_none_or(|b| {
             b.len() >= limits::LINK_BATCH_MESSAGES_MAX
-                || bytes + cost > limits::LINK_FRAME_BYTES_MAX
+                || bytes + cost > limits::LINK_FRAME_BYTES_MAX - limits::LINK_SEQ_BYTES_FIXED
         });
         if full {
             out.push(Vec::new());
@@ -515,12 +718,34 @@ mod tests {
                 "every frame fits the link: {} bytes",
                 f.len()
             );
+            let wrapped = codec::encode(&LinkMessage::Seq {
+                seq: u64::MAX,
+                frame: f.clone(),
+            });
+            assert!(
+                wrapped.len() <= limits::LINK_FRAME_BYTES_MAX,
+                "and still does in its session's wrapper: {} bytes",
+                wrapped.len()
+            );
             match codec::decode_link_message(f) {
                 Ok(LinkMessage::Batch(b)) => back.extend(b),
                 other => panic!("a frame the receiver accepts: {other:?}"),
             }
         }
         assert_eq!(back, msgs, "every message, once, in order");
+    }
+
+    #[test]
+    fn redials_back_off_exponentially_to_a_cap() {
+        let waits: Vec<u64> = (0..8).map(redial_backoff_ms).collect();
+        assert_eq!(waits[0], limits::LINK_REDIAL_BACKOFF_MS_MIN);
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "never shorter");
+        assert_eq!(waits[1], 2 * waits[0], "doubling");
+        assert_eq!(waits[7], limits::LINK_REDIAL_BACKOFF_MS_MAX, "capped");
+        assert_eq!(
+            redial_backoff_ms(u32::MAX),
+            limits::LINK_REDIAL_BACKOFF_MS_MAX
+        );
     }
 
     #[test]
@@ -545,33 +770,5 @@ mod tests {
             batch_frames(Vec::new()).is_empty(),
             "nothing to send, no frame"
         );
-    }
-
-    #[test]
-    fn frames_for_a_member_not_linked_yet_are_held_in_order_within_a_bound() {
-        let mut held = HeldFrames::default();
-        let joiner = ShardId(3);
-        for i in 0..3u8 {
-            assert!(held.hold(joiner, Bytes::from(vec![i; 10])));
-        }
-        assert!(held.hold(ShardId(4), Bytes::from_static(b"other")));
-        let out = held.take(joiner);
-        assert_eq!(
-            out.iter().map(|f| f[0]).collect::<Vec<_>>(),
-            [0, 1, 2],
-            "sent oldest first once the link names itself"
-        );
-        assert!(held.take(joiner).is_empty(), "taken once");
-        assert_eq!(held.take(ShardId(4)).len(), 1, "each member's own");
-
-        let half = limits::UNLINKED_MEMBER_BYTES_MAX / 2;
-        assert!(held.hold(joiner, Bytes::from(vec![0; half])));
-        assert!(held.hold(joiner, Bytes::from(vec![0; half])));
-        assert!(
-            !held.hold(joiner, Bytes::from_static(b"x")),
-            "past the bound a frame is dropped, not kept"
-        );
-        assert_eq!((held.held, held.dropped), (6, 1));
-        assert_eq!(held.take(joiner).len(), 2, "what fit is kept");
     }
 }

@@ -212,7 +212,7 @@ impl ShardMetrics {
             publish(
                 app,
                 &server.stats(),
-                node.map(|n| (n.links.stats(), n.held_frames())),
+                node.map(|n| (n.links.stats(), SessionCounters::of(n))),
                 std::mem::take(&mut self.queues),
             );
         }
@@ -223,21 +223,51 @@ impl ShardMetrics {
     }
 }
 
+/// What a node's sessions and redials counted since start (`Node::held_frames`,
+/// `Node::session_frames`, `Node::redial_stats`).
+#[derive(Clone, Copy, Debug, Default)]
+struct SessionCounters {
+    held: u64,
+    dropped: u64,
+    resent: u64,
+    duplicates: u64,
+    redials: crate::cluster::node::RedialStats,
+}
+
+impl SessionCounters {
+    fn of(n: &Node) -> Self {
+        let (held, dropped) = n.held_frames();
+        let (resent, duplicates) = n.session_frames();
+        Self {
+            held,
+            dropped,
+            resent,
+            duplicates,
+            redials: n.redial_stats,
+        }
+    }
+}
+
 /// The once-a-second part: the world, the shard's counters, the transports' counters.
-/// `links`: the links' counters, and the frames held for members not linked yet and dropped
-/// (`Node::held_frames`); none on a lone shard.
+/// `links`: the links' counters and the sessions' ([`SessionCounters`]); none on a lone shard.
 fn publish(
     app: &mut ShardApp,
     net: &NetStats,
-    links: Option<(LinkStats, (u64, u64))>,
+    links: Option<(LinkStats, SessionCounters)>,
     queues: TickQueues,
 ) {
     publish_world(app, queues, net);
     publish_stats(app, net, links.as_ref().map(|(l, _)| l));
     publish_transport(net, links.as_ref().map(|(l, _)| l));
-    let (held, dropped) = links.map_or((0, 0), |(_, h)| h);
-    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "held").absolute(held);
-    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "dropped").absolute(dropped);
+    let c = links.map(|(_, c)| c).unwrap_or_default();
+    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "held").absolute(c.held);
+    counter!("zonescaler_link_frames_unlinked_total", "outcome" => "dropped").absolute(c.dropped);
+    counter!("zonescaler_link_frames_again_total", "outcome" => "resent").absolute(c.resent);
+    counter!("zonescaler_link_frames_again_total", "outcome" => "duplicate").absolute(c.duplicates);
+    let r = c.redials;
+    counter!("zonescaler_link_redials_total", "outcome" => "dialled").absolute(r.dialled);
+    counter!("zonescaler_link_redials_total", "outcome" => "up").absolute(r.up);
+    counter!("zonescaler_link_redials_total", "outcome" => "failed").absolute(r.failed);
 }
 
 /// Descriptions and units of every metric (promtool wants a HELP line for each).
@@ -339,7 +369,15 @@ fn describe_transport() {
     );
     describe_counter!(
         "zonescaler_link_frames_unlinked_total",
-        "Link frames for a member this shard had no link to yet (a joiner whose first message is on its way): held and sent once it linked (outcome=held), or dropped past the bound (outcome=dropped)."
+        "Link frames for a member this shard had no link to (a joiner whose first message is on its way, or a dropped link being redialled): kept and sent once it linked (outcome=held), or dropped past the session's bound (outcome=dropped)."
+    );
+    describe_counter!(
+        "zonescaler_link_frames_again_total",
+        "Session frames sent again on a redialled link because the peer had not acknowledged them (outcome=resent), and received again and dropped (outcome=duplicate)."
+    );
+    describe_counter!(
+        "zonescaler_link_redials_total",
+        "Redials of dropped links to members: dials started (outcome=dialled), links back up (outcome=up), dials that failed and backed off (outcome=failed)."
     );
     describe_counter!(
         "zonescaler_connections_total",
@@ -692,6 +730,8 @@ mod tests {
             "zonescaler_client_datagrams_total",
             "zonescaler_link_bytes_total",
             "zonescaler_link_frames_unlinked_total",
+            "zonescaler_link_frames_again_total",
+            "zonescaler_link_redials_total",
             "zonescaler_connection_closes_total",
             "zonescaler_decode_errors_total",
             "zonescaler_replication_lag_seconds",

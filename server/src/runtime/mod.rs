@@ -367,6 +367,8 @@ impl Shard {
             for ev in buf.link_events.drain(..) {
                 n.on_link_event(&mut self.app, ev, now);
             }
+            n.send_acks();
+            n.poll_redials(now);
             if n.master.is_some() {
                 self.api_orders(now);
             }
@@ -423,10 +425,12 @@ impl Shard {
         match lease {
             LeaseState::Holds => {
                 if let Some(since) = self.lease_lapsed_at.take() {
+                    let paused_ms = now.saturating_sub(since);
                     warn!(
-                        paused_ms = now.saturating_sub(since),
+                        paused_ms,
                         "the master answered again: lease renewed, simulating again"
                     );
+                    println!("zonescaler: lease renewed after {paused_ms} ms: simulating again");
                 }
                 Ok(true)
             }
@@ -438,6 +442,9 @@ impl Shard {
                     );
                     self.lease_lapsed_at = Some(now);
                     self.app.world.resource_mut::<ShardStats>().lease_lapses += 1;
+                    println!(
+                        "zonescaler: lease lapsed: simulation paused until the master answers"
+                    );
                 }
                 Ok(false)
             }
