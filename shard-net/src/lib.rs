@@ -7,10 +7,12 @@
 //!   used by the simulator and by tests, so the same shard code runs deterministically.
 //!
 //! Shards talk to each other over [`link`]: authenticated QUIC links that deliver nothing until
-//! both ends have proven membership of the cluster.
+//! both ends have proven membership of the cluster; [`fault`] can cut a link endpoint off the
+//! network on command, for tests of partitions.
 
 mod admission;
 mod closing;
+pub mod fault;
 pub mod link;
 pub mod mem;
 pub mod quic;

@@ -754,12 +754,16 @@ pub struct LinkOptions {
     /// How long a link has to complete its handshake, from `dial` or from the first packet of an
     /// incoming one. Defaults to `LINK_HANDSHAKE_TIMEOUT_MS`.
     pub handshake_timeout: Duration,
+    /// Test only: a switch that cuts the endpoint off the network on command
+    /// ([`crate::fault`]). `None` (the default): quinn's own socket, nothing in its path.
+    pub partition: Option<crate::fault::PartitionSwitch>,
 }
 
 impl Default for LinkOptions {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_millis(limits::LINK_HANDSHAKE_TIMEOUT_MS),
+            partition: None,
         }
     }
 }
@@ -972,7 +976,12 @@ impl ClusterLinks {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         let server_config = link_server_config(identity)?;
         let client_config = link_client_config()?;
-        let endpoint = crate::udp::endpoint(listen, Some(server_config))?;
+        let endpoint = match &options.partition {
+            Some(switch) => {
+                crate::udp::endpoint_with_switch(listen, Some(server_config), switch.clone())?
+            }
+            None => crate::udp::endpoint(listen, Some(server_config))?,
+        };
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: listen,
             source,

@@ -58,6 +58,29 @@ pub(crate) fn endpoint(
         .map_err(|source| NetError::Bind { addr, source })
 }
 
+/// [`endpoint`] on a socket that drops everything while `switch` is cut ([`crate::fault`]).
+pub(crate) fn endpoint_with_switch(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    switch: crate::fault::PartitionSwitch,
+) -> Result<quinn::Endpoint, NetError> {
+    use quinn::Runtime as _;
+    tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    bind(addr)
+        .and_then(|socket| runtime.wrap_udp_socket(socket))
+        .and_then(|inner| {
+            let socket = Arc::new(crate::fault::CutSocket::new(inner, switch));
+            quinn::Endpoint::new_with_abstract_socket(
+                quinn::EndpointConfig::default(),
+                server,
+                socket,
+                runtime,
+            )
+        })
+        .map_err(|source| NetError::Bind { addr, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -442,6 +442,7 @@ async fn handshakes_that_do_not_finish_in_time_are_closed() {
         HASH,
         LinkOptions {
             handshake_timeout: SHORT_HANDSHAKE,
+            ..LinkOptions::default()
         },
     );
 

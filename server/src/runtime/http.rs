@@ -16,16 +16,22 @@
 //!   that could take cells). `zonescaler drain --shard N` calls it and follows the drain.
 //!
 //! The API routes answer 503 on a shard without the master role (or before the cluster formed).
+//!
+//! Test only, on any shard: `POST /api/debug/partition?ms=N` (the operator's API token) cuts
+//! this shard's links off the network for `N` ms (at most [`PARTITION_MS_MAX`]), both ways,
+//! without closing them (`zonescaler_net::fault`); `ms=0` heals at once. 202 with the cut; 404
+//! unless the shard was started with `ZONESCALER_TEST_FAULTS=1`.
 
 use crate::cluster::{ClusterView, DrainRefused};
-use axum::extract::Path;
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
+use zonescaler_net::fault::PartitionSwitch;
 
 /// The view the API serves, replaced by the tick thread whenever the master's changes.
 pub type SharedView = Arc<Mutex<Option<ClusterView>>>;
@@ -50,14 +56,21 @@ pub enum ApiCommand {
     },
 }
 
-/// Serve the API and the dashboard until the runtime stops.
+/// The longest cut `POST /api/debug/partition` makes.
+pub const PARTITION_MS_MAX: u64 = 600_000;
+
+/// Serve the API and the dashboard until the runtime stops; `partition`: the test-only fault
+/// switch of this shard's links, when enabled.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     view: SharedView,
     commands: ApiCommands,
     api_token: String,
+    partition: Option<PartitionSwitch>,
 ) {
-    if let Err(e) = axum::serve(listener, router(view, commands, api_token)).await {
+    let debug = debug_router(partition, Arc::new(api_token.clone()));
+    let app = router(view, commands, api_token).merge(debug);
+    if let Err(e) = axum::serve(listener, app).await {
         error!(error = %e, "HTTP API stopped");
     }
 }
@@ -185,6 +198,43 @@ fn drain_router(view: SharedView, commands: ApiCommands, drain_token: Arc<String
     )
 }
 
+/// `POST /api/debug/partition?ms=N`: test only (see the module docs).
+fn debug_router(switch: Option<PartitionSwitch>, token: Arc<String>) -> axum::Router {
+    axum::Router::new().route(
+        "/api/debug/partition",
+        axum::routing::post(move |RawQuery(query): RawQuery, headers: HeaderMap| {
+            let allowed = authorized(&headers, &token);
+            let switch = switch.clone();
+            async move {
+                let Some(switch) = switch else {
+                    return error_json(
+                        StatusCode::NOT_FOUND,
+                        "test faults are not enabled on this shard (ZONESCALER_TEST_FAULTS=1)"
+                            .into(),
+                    );
+                };
+                if !allowed {
+                    return unauthorized();
+                }
+                let ms = (query.as_deref().unwrap_or_default().split('&'))
+                    .find_map(|kv| kv.strip_prefix("ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|ms| *ms <= PARTITION_MS_MAX);
+                let Some(ms) = ms else {
+                    return error_json(
+                        StatusCode::BAD_REQUEST,
+                        format!("give ?ms=N, 0..={PARTITION_MS_MAX}"),
+                    );
+                };
+                switch.cut_for(Duration::from_millis(ms));
+                warn!(ms, "test fault: this shard's links are cut off the network");
+                let body = serde_json::json!({ "partitioned_ms": ms });
+                (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+            }
+        }),
+    )
+}
+
 /// The routes.
 pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axum::Router {
     let token = Arc::new(api_token);
@@ -272,11 +322,22 @@ mod tests {
 
     /// `GET path` over a real TCP connection, with an optional bearer token: (status, body).
     async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        request(addr, "GET", path, token).await
+    }
+
+    async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connects");
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.expect("request sent");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("response read");
@@ -287,6 +348,50 @@ mod tests {
             .expect("a status line");
         let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
         (status, body)
+    }
+
+    async fn serve_with(partition: Option<PartitionSwitch>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let view: SharedView = Arc::new(Mutex::new(None));
+        let commands = ApiCommands::default();
+        tokio::spawn(serve_http(
+            listener,
+            view,
+            commands,
+            "tok".into(),
+            partition,
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_partition_switch_answers_only_where_enabled_and_to_the_operator() {
+        let path = "/api/debug/partition?ms=5000";
+        let off = serve_with(None).await;
+        let (status, body) = request(off, "POST", path, Some("tok")).await;
+        assert_eq!(status, 404, "not enabled: {body}");
+
+        let switch = PartitionSwitch::default();
+        let on = serve_with(Some(switch.clone())).await;
+        let (status, _) = request(on, "POST", path, None).await;
+        assert_eq!(status, 401, "the operator's token is needed");
+        assert!(!switch.is_cut());
+        let (status, body) = request(on, "POST", "/api/debug/partition?ms=x", Some("tok")).await;
+        assert_eq!(status, 400, "{body}");
+        let too_long = format!("/api/debug/partition?ms={}", PARTITION_MS_MAX + 1);
+        let (status, _) = request(on, "POST", &too_long, Some("tok")).await;
+        assert_eq!(status, 400, "bounded");
+        assert!(!switch.is_cut(), "refusals cut nothing");
+        let (status, body) = request(on, "POST", path, Some("tok")).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(body.contains("5000"), "{body}");
+        assert!(switch.is_cut(), "the links are cut");
+        let (status, _) = request(on, "POST", "/api/debug/partition?ms=0", Some("tok")).await;
+        assert_eq!(status, 202);
+        assert!(!switch.is_cut(), "ms=0 heals");
     }
 
     #[tokio::test]
@@ -301,6 +406,7 @@ mod tests {
             view.clone(),
             ApiCommands::default(),
             "s3cret".into(),
+            None,
         ));
         let op = Some("s3cret");
 

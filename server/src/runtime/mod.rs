@@ -37,7 +37,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
-use zonescaler_net::link::{ClusterAuth, ClusterLinks, LinkEvent, LinkEvents, LinkStats};
+use zonescaler_net::fault::PartitionSwitch;
+use zonescaler_net::link::{
+    ClusterAuth, ClusterLinks, LinkEvent, LinkEvents, LinkOptions, LinkStats,
+};
 use zonescaler_net::quic::{NetStats, QuicEvents, QuicServer, ServerLimits};
 use zonescaler_net::tls::ServerIdentity;
 use zonescaler_shared::ShardId;
@@ -241,7 +244,8 @@ impl Shard {
             .map(metrics::ShardMetrics::install)
             .transpose()?;
         let metrics_addr = metrics.as_ref().map(|m| m.addr().to_string());
-        let (view, commands) = serve_http(rt, &opts)?;
+        let partition = test_faults()?;
+        let (view, commands) = serve_http(rt, &opts, partition.clone())?;
 
         let node = match &opts.cluster {
             None => None,
@@ -255,8 +259,7 @@ impl Shard {
                 match join_cluster(
                     rt,
                     c,
-                    &opts.config,
-                    &identity,
+                    (&opts.config, &identity, partition),
                     me,
                     protocol.cluster_hash(),
                     stop,
@@ -574,10 +577,33 @@ fn read_counters(at: Duration, net: &NetStats, links: Option<&LinkStats>) -> Loa
     }
 }
 
+/// Test only: whether `ZONESCALER_TEST_FAULTS=1` enables the fault switch of this shard's links
+/// (`POST /api/debug/partition`, see `http`): the switch, or `None` (not set). Any other value
+/// is an error, so a typo never leaves a switch on, or off, by surprise.
+fn test_faults() -> anyhow::Result<Option<PartitionSwitch>> {
+    match std::env::var(TEST_FAULTS_ENV).as_deref() {
+        Err(_) | Ok("" | "0") => Ok(None),
+        Ok("1") => {
+            warn!(
+                "{TEST_FAULTS_ENV}=1: test faults enabled; POST /api/debug/partition cuts this \
+                 shard's links (never set this in production)"
+            );
+            println!("zonescaler: test faults enabled ({TEST_FAULTS_ENV}=1): not for production");
+            Ok(Some(PartitionSwitch::default()))
+        }
+        Ok(other) => bail!("{TEST_FAULTS_ENV} must be 1 or unset (got {other:?})"),
+    }
+}
+
+/// The environment variable that enables test faults ([`test_faults`]).
+pub const TEST_FAULTS_ENV: &str = "ZONESCALER_TEST_FAULTS";
+
 /// Serve the dashboard and the API on `--http`, if asked: the view the tick thread fills.
+/// `partition`: the test-only fault switch, served too when enabled.
 fn serve_http(
     rt: &tokio::runtime::Runtime,
     opts: &ShardOptions,
+    partition: Option<PartitionSwitch>,
 ) -> anyhow::Result<(SharedView, ApiCommands)> {
     let view: SharedView = Arc::new(Mutex::new(None));
     let commands: ApiCommands = Arc::default();
@@ -599,6 +625,7 @@ fn serve_http(
             view.clone(),
             commands.clone(),
             token,
+            partition,
         ));
     }
     Ok((view, commands))
@@ -667,14 +694,17 @@ fn announce_ready(
 fn join_cluster(
     rt: &tokio::runtime::Runtime,
     c: &ClusterOptions,
-    config: &WorldConfig,
-    identity: &ServerIdentity,
+    (config, identity, partition): (&WorldConfig, &ServerIdentity, Option<PartitionSwitch>),
     mut me: JoinRequest,
     cluster_hash: u64,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Option<Node>> {
     let auth = ClusterAuth::new(&c.secret, cluster_hash).context("bad cluster secret")?;
-    let (links, mut events) = ClusterLinks::bind(c.link_listen, identity, auth)
+    let options = LinkOptions {
+        partition,
+        ..LinkOptions::default()
+    };
+    let (links, mut events) = ClusterLinks::bind_with(c.link_listen, identity, auth, options)
         .with_context(|| format!("cannot listen for shard links on {}", c.link_listen))?;
     me.link_addr = links.local_addr().to_string();
     let grid = CellGrid::from_config(config);
