@@ -19,11 +19,16 @@
 //! are answered at once and its notices arrive for the next tick, as do its cell moves
 //! ([`LocalCluster::move_cell`]) and new maps; every tick is a heartbeat and an admission round.
 //! A shard can be killed ([`LocalCluster::kill`]): it goes silent and the master's liveness
-//! check, run every tick, declares it dead in due time.
+//! check, run every tick, declares it dead in due time. Every shard but the master holds an
+//! ownership lease (`cluster::lease`, as its runtime does): it ticks only while the lease holds,
+//! and stops for good once it is lost. A shard's links can be cut for a while
+//! ([`LocalCluster::partition`]): its shard messages, heartbeats, requests and notices are lost
+//! both ways, so its lease lapses and the master declares it dead, as over a real partition.
 //! Client traffic is the test's:
 //! push events into a shard and read what it sent with [`LocalCluster::step`]'s return value.
 
 use super::balancer::Balancer;
+use super::lease::{Lease, LeaseState};
 use super::master::Master;
 use super::moves::MoveError;
 use crate::app::GameSetup;
@@ -41,6 +46,14 @@ pub struct LocalCluster {
     pub shards: Vec<ShardApp>,
     /// Shards killed ([`Self::kill`]): silent from then on, as a crashed process.
     killed: Vec<bool>,
+    /// Each shard's ownership lease (none on the master: it is the authority).
+    leases: Vec<Option<Lease>>,
+    /// Shards that lost their lease (fenced, or cut off too long): stopped, as their process.
+    lost: Vec<bool>,
+    /// Until when each shard's links are cut ([`Self::partition`]).
+    cut_until: Vec<u64>,
+    /// Which shards ticked in the last step.
+    ticked: Vec<bool>,
     pub master: Master,
     pub map: CellMap,
     config: WorldConfig,
@@ -114,6 +127,10 @@ impl LocalCluster {
             now_ms: 0,
             notices: Vec::new(),
             killed: vec![false; n],
+            leases: (0..n).map(|i| (i > 0).then(|| Lease::new(0))).collect(),
+            lost: vec![false; n],
+            cut_until: vec![0; n],
+            ticked: vec![false; n],
         })
     }
 
@@ -140,6 +157,10 @@ impl LocalCluster {
             &self.game,
         ));
         self.killed.push(false);
+        self.leases.push(Some(Lease::new(self.now_ms)));
+        self.lost.push(false);
+        self.cut_until.push(0);
+        self.ticked.push(false);
         self.notices.extend(self.master.members_changed(Some(id)));
         Ok(id)
     }
@@ -161,8 +182,94 @@ impl LocalCluster {
         }
     }
 
+    /// Cut shard `id`'s links for `ms` from now: whatever it sends or is sent is lost (shard
+    /// messages, heartbeats and their answers, requests to the master and its notices), while
+    /// it goes on as its lease allows.
+    pub fn partition(&mut self, id: ShardId, ms: u64) {
+        if let Some(c) = self.cut_until.get_mut(usize::from(id.0)) {
+            *c = self.now_ms + ms;
+        }
+    }
+
+    /// Whether shard `id` ticked in the last step (not killed, drained, stopped, or paused by
+    /// a lapsed lease).
+    pub fn simulating(&self, id: ShardId) -> bool {
+        self.ticked.get(usize::from(id.0)) == Some(&true)
+    }
+
+    /// Whether shard `id` stopped because it lost its ownership lease (fenced, or cut off past
+    /// the master's silence), as its process exits.
+    pub fn lost_lease(&self, id: ShardId) -> bool {
+        self.lost.get(usize::from(id.0)) == Some(&true)
+    }
+
+    /// The cluster's clock (ms since it started).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
     fn silent(&self, i: usize) -> bool {
-        self.killed[i] || self.shards[i].drained()
+        self.killed[i] || self.lost[i] || self.shards[i].drained()
+    }
+
+    /// Whether traffic between shard `a` and shard `b` (or the master, 0) is lost now.
+    fn cut(&self, a: usize, b: usize) -> bool {
+        a != b && (self.cut_until[a] > self.now_ms || self.cut_until[b] > self.now_ms)
+    }
+
+    /// Tick every shard whose lease holds; one that lost it stops.
+    fn tick_shards(&mut self) {
+        for i in 0..self.shards.len() {
+            self.ticked[i] = false;
+            if self.silent(i) {
+                continue;
+            }
+            let lease = self.leases[i]
+                .as_ref()
+                .map_or(LeaseState::Holds, |l| l.state(self.now_ms));
+            match lease {
+                LeaseState::Holds => {
+                    self.shards[i].set_now_ms(self.now_ms);
+                    self.shards[i].tick();
+                    self.ticked[i] = true;
+                }
+                LeaseState::Lapsed { .. } => {}
+                LeaseState::Lost(_) => self.lost[i] = true,
+            }
+        }
+    }
+
+    /// Every running shard reports to the master (numbered for its lease); the answers that
+    /// are not cut off renew (or end) the leases.
+    fn heartbeats(&mut self) {
+        for i in 0..self.shards.len() {
+            if self.silent(i) {
+                continue;
+            }
+            let mut load = self.shards[i].load();
+            load.seq = self.leases[i].as_mut().map_or(0, |l| l.sent(self.now_ms));
+            if self.cut(i, 0) {
+                continue;
+            }
+            let answer = self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
+            match (answer, self.leases[i].as_mut()) {
+                (Some(MasterNotice::Lease { seq, lease_ms }), Some(l)) => {
+                    l.answered(seq, u64::from(lease_ms));
+                }
+                (Some(MasterNotice::Fenced), Some(l)) => l.fenced(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Deliver the master's `notices`, but not to shards cut off from it.
+    fn deliver_notices(&mut self, notices: Vec<(ShardId, MasterNotice)>) {
+        for (to, notice) in notices {
+            let i = usize::from(to.0);
+            if i < self.shards.len() && !self.cut(i, 0) {
+                self.shards[i].push_master_notice(notice);
+            }
+        }
     }
 
     /// Order the move of leaf `cell` to shard `to` (see `cluster::moves`): the shards hear of
@@ -207,12 +314,7 @@ impl LocalCluster {
                 .tick_hz
         });
         self.now_ms += 1_000 / u64::from(hz.max(1));
-        for i in 0..self.shards.len() {
-            if !self.silent(i) {
-                self.shards[i].set_now_ms(self.now_ms);
-                self.shards[i].tick();
-            }
-        }
+        self.tick_shards();
         let mut mail = Vec::new();
         let mut notices = std::mem::take(&mut self.notices);
         notices.extend(self.master.housekeeping(self.now_ms).1);
@@ -225,35 +327,27 @@ impl LocalCluster {
             for (to, bytes) in s.drain_shard_outbox() {
                 mail.push((from, to, bytes));
             }
-            for req in s.drain_master_requests() {
+            let requests = s.drain_master_requests();
+            if self.cut_until[i] > self.now_ms || self.cut_until[0] > self.now_ms {
+                continue; // lost with the link to the master
+            }
+            for req in requests {
                 notices.extend(self.master.request(from, req, self.now_ms));
             }
         }
         for (from, to, bytes) in mail {
-            if silent.get(usize::from(to.0)) != Some(&false) || !deliver(from, to, &bytes) {
+            let (a, b) = (usize::from(from.0), usize::from(to.0));
+            if silent.get(b) != Some(&false) || self.cut(a, b) || !deliver(from, to, &bytes) {
                 continue;
             }
-            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
+            if let Some(s) = self.shards.get_mut(b) {
                 s.push_shard_message(from, bytes);
             }
         }
-        for (to, notice) in notices {
-            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
-                s.push_master_notice(notice);
-            }
-        }
-        for (i, s) in self.shards.iter_mut().enumerate() {
-            if silent[i] {
-                continue;
-            }
-            let load = s.load();
-            self.master.heartbeat(ShardId(i as u16), load, self.now_ms);
-        }
-        for (to, notice) in self.master.admit(self.now_ms) {
-            if let Some(s) = self.shards.get_mut(usize::from(to.0)) {
-                s.push_master_notice(notice);
-            }
-        }
+        self.deliver_notices(notices);
+        self.heartbeats();
+        let admitted = self.master.admit(self.now_ms);
+        self.deliver_notices(admitted);
         if let Some(map) = self.master.map() {
             self.map.clone_from(map);
         }
