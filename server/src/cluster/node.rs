@@ -85,6 +85,28 @@ pub struct RedialStats {
     pub failed: u64,
 }
 
+/// Whether `me` takes a link whose first frame is `Relink { from, to }`: only one meant for it,
+/// from a listed member that has not left, with a larger id (the one that redials); else why
+/// not.
+pub fn relink_allowed(
+    me: ShardId,
+    (from, to): (ShardId, ShardId),
+    members: &[MemberInfo],
+    departed: &BTreeSet<ShardId>,
+) -> Result<(), &'static str> {
+    if to != me {
+        Err("not the member you dialled (a new process at its address?)")
+    } else if departed.contains(&from) {
+        Err("you left the cluster")
+    } else if !members.iter().any(|m| m.id == from) {
+        Err("not a member")
+    } else if from <= me {
+        Err("the larger id redials, not the smaller")
+    } else {
+        Ok(())
+    }
+}
+
 /// The wait before the next dial of a dropped link after `failures` failed ones: from
 /// `LINK_REDIAL_BACKOFF_MS_MIN`, doubling, at most `LINK_REDIAL_BACKOFF_MS_MAX`.
 pub fn redial_backoff_ms(failures: u32) -> u64 {
@@ -240,12 +262,10 @@ impl Node {
     /// member and meant this shard (the process at an address can change: a restarted shard is
     /// a new member). A link of ours to it that still looks up is replaced: its end saw it drop.
     fn relinked_by_peer(&mut self, link: LinkId, from: ShardId, to: ShardId, received: u64) {
-        let listed = self.members.iter().any(|m| m.id == from);
-        if to != self.me || from <= self.me || !listed || self.departed.contains(&from) {
-            warn!(%link, from = from.0, to = to.0, "a redialled link from no member, or meant for another shard: closing it");
+        if let Err(why) = relink_allowed(self.me, (from, to), &self.members, &self.departed) {
+            warn!(%link, from = from.0, to = to.0, why, "a redialled link refused: closing it");
             self.unnamed.remove(&link);
-            self.links
-                .close(link, "relink refused: not the member you dialled");
+            self.links.close(link, &format!("relink refused: {why}"));
             return;
         }
         if let Some(old) = self.link_of.remove(&from) {
@@ -746,6 +766,33 @@ mod tests {
             redial_backoff_ms(u32::MAX),
             limits::LINK_REDIAL_BACKOFF_MS_MAX
         );
+    }
+
+    #[test]
+    fn a_relink_is_taken_only_from_a_listed_larger_member_that_meant_this_shard() {
+        let member = |id| MemberInfo {
+            id: ShardId(id),
+            client_addr: String::new(),
+            link_addr: String::new(),
+            metrics_addr: String::new(),
+            weight: 1,
+        };
+        let members = [member(0), member(1), member(2), member(3)];
+        let me = ShardId(1);
+        let mut departed = BTreeSet::new();
+        let ask = |from, to, departed: &BTreeSet<ShardId>| {
+            relink_allowed(me, (ShardId(from), ShardId(to)), &members, departed)
+        };
+        assert_eq!(ask(2, 1, &departed), Ok(()));
+        assert!(ask(2, 3, &departed).is_err(), "meant for another shard");
+        assert!(
+            ask(0, 1, &departed).is_err(),
+            "the smaller id never redials"
+        );
+        assert!(ask(7, 1, &departed).is_err(), "no such member");
+        departed.insert(ShardId(2));
+        assert!(ask(2, 1, &departed).is_err(), "a member that left");
+        assert_eq!(ask(3, 1, &departed), Ok(()));
     }
 
     #[test]
