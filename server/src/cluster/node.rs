@@ -60,6 +60,9 @@ pub struct Node {
     sessions: Sessions,
     /// Dropped links this shard redials (to members with a smaller id).
     redials: BTreeMap<ShardId, Redial>,
+    /// When each redialled link came back, and the failures before: one that drops again soon
+    /// after (the peer refused the relink, or the path is flapping) keeps its backoff.
+    relinked: BTreeMap<ShardId, (u64, u32)>,
     /// Redials since start, for the metrics.
     pub redial_stats: RedialStats,
 }
@@ -145,6 +148,7 @@ impl Node {
             departed: BTreeSet::new(),
             sessions: Sessions::default(),
             redials: BTreeMap::new(),
+            relinked: BTreeMap::new(),
             redial_stats: RedialStats::default(),
         }
     }
@@ -162,6 +166,7 @@ impl Node {
                     "shard left the cluster (drained, or declared dead)"
                 );
                 self.departed.insert(m.id);
+                self.relinked.remove(&m.id);
                 if let Some(dial) = self.redials.remove(&m.id).and_then(|r| r.dialing) {
                     self.links.close(dial, "the shard left the cluster");
                 }
@@ -366,10 +371,21 @@ impl Node {
         let unacked = self.sessions.unacked(id);
         if self.me > id {
             warn!(shard = id.0, %reason, unacked, "link to a member lost: redialling it; frames for it are kept until it is back");
+            // Up for less than the longest backoff: count it as one more failure, so a relink the
+            // peer refuses is not redialled in a tight loop.
+            let failures = (self.relinked.remove(&id))
+                .filter(|(at, _)| now_ms < at + limits::LINK_REDIAL_BACKOFF_MS_MAX)
+                .map_or(0, |(_, f)| f + 1);
+            let next_ms = now_ms
+                + if failures == 0 {
+                    0
+                } else {
+                    redial_backoff_ms(failures)
+                };
             self.redials.entry(id).or_insert(Redial {
                 since_ms: now_ms,
-                failures: 0,
-                next_ms: now_ms,
+                failures,
+                next_ms,
                 dialing: None,
             });
         } else {
@@ -391,6 +407,7 @@ impl Node {
                     return true;
                 };
                 self.redial_stats.up += 1;
+                self.relinked.insert(id, (now_ms, r.failures));
                 let relink = LinkMessage::Relink {
                     from: self.me,
                     to: id,
