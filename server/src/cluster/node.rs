@@ -309,11 +309,11 @@ impl Node {
         match (self.sessions.push(to, frame, link.is_some()), link) {
             (Some(wire), Some(link)) => self.links.send(link, wire),
             (Some(_), None) => {}
-            (None, _) => warn!(
+            (None, _) => error!(
                 shard = to.0,
                 unacked = self.sessions.unacked(to),
-                "frames kept for shard at their bound: frame dropped (its handoffs are cancelled \
-                 after their timeout)"
+                "frames kept for shard at their bound (its link is down or it does not \
+                 acknowledge): frame dropped; handoffs in it are cancelled after their timeout"
             ),
         }
     }
