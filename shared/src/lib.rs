@@ -4,8 +4,9 @@
 //! grid, cell map and contiguous placement ([`cellmap`]), position
 //! quantisation ([`quant`]), the seeded RNG ([`rng`]), the wire types ([`protocol`]), the one codec
 //! that turns them into bytes ([`codec`]) and the protocol registry whose hash every handshake
-//! checks ([`registry`]), and the signed redirect tokens that
-//! move a client between shards ([`token`]). Nothing here does I/O or reads a clock.
+//! checks ([`registry`]), the signed redirect tokens that
+//! move a client between shards ([`token`]), and the resume tickets that bring a client back to
+//! its avatar when its shard dies ([`resume`]). Nothing here does I/O or reads a clock.
 
 pub mod cellmap;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod protocol;
 pub mod quant;
 pub mod registry;
+pub mod resume;
 pub mod rng;
 pub mod ticket;
 pub mod token;
