@@ -517,6 +517,7 @@ impl BotClient {
             name: self.cfg.name.clone(),
             ticket: self.cfg.ticket.clone(),
             token: None,
+            resume: None,
         }))
     }
 
@@ -530,6 +531,7 @@ impl BotClient {
             name: self.cfg.name.clone(),
             ticket: None,
             token: Some(redirect.token.clone()),
+            resume: None,
         }))
     }
 
@@ -665,6 +667,8 @@ impl BotClient {
                 self.prepare = Some(p);
                 Ok(None)
             }
+            // Resuming after a lost shard is the swarm's business (not taught yet).
+            Ok(ServerControl::Resume(_)) => Ok(None),
             Ok(ServerControl::Queued(place)) => {
                 if self.welcome.is_some() {
                     self.metrics.error("queued_after_welcome");

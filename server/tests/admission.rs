@@ -65,6 +65,7 @@ fn hello(hash: u64, name: &str, token: Option<Vec<u8>>) -> Bytes {
         name: name.into(),
         ticket: None,
         token,
+        resume: None,
     })))
 }
 

@@ -397,6 +397,7 @@ fn log_in(c: &mut LocalCluster, i: usize, conn: u64, name: &str) -> NetId {
         name: name.into(),
         ticket: None,
         token: None,
+        resume: None,
     });
     c.shards[i].push_event(control(conn, &hello));
     for _ in 0..3 {
@@ -505,6 +506,7 @@ fn a_player_steering_through_a_cell_move_is_redirected_once_and_its_last_input_c
                                 name: String::new(),
                                 ticket: None,
                                 token: Some(r.token),
+                                resume: None,
                             });
                             c.shards[1].push_event(control(51, &hello));
                         }

@@ -236,6 +236,7 @@ fn hello(app: &ShardApp, name: &str) -> Bytes {
         name: name.into(),
         ticket: None,
         token: None,
+        resume: None,
     })))
 }
 
@@ -556,6 +557,7 @@ fn arrive_with_token(c: &mut LocalCluster, i: usize, conn: u64, token: Vec<u8>) 
         name: String::new(),
         ticket: None,
         token: Some(token),
+        resume: None,
     });
     c.shards[i].push_event(control(conn, &hello));
 }

@@ -28,6 +28,7 @@ fn hello(app: &ShardApp, name: &str, ticket: Option<Vec<u8>>) -> Bytes {
         name: name.into(),
         ticket,
         token: None,
+        resume: None,
     })))
 }
 

@@ -242,6 +242,7 @@ fn attackers_are_closed_with_a_reason_and_bots_keep_playing() {
             name: "old".into(),
             ticket: None,
             token: None,
+            resume: None,
         }));
         old[2..4].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
         let wrong_version = attack_at_login(shard.addr, &shard.trust, &old).await;

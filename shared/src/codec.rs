@@ -144,6 +144,7 @@ mod tests {
             name: "bot-1".into(),
             ticket: None,
             token: None,
+            resume: None,
         })
     }
 
@@ -231,6 +232,7 @@ mod tests {
             name: "x".repeat(200),
             ticket: None,
             token: None,
+            resume: None,
         });
         assert_eq!(
             decode_client_control(&encode(&long)),

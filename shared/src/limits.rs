@@ -142,6 +142,9 @@ pub const REDIRECT_WAIT_MS: u64 = 15_000;
 pub const HANDOFF_RECORDS_MAX: usize = 65_536;
 /// Shards in one cluster (ids are `u16`; the master pushes every member to every shard).
 pub const SHARDS_MAX: usize = 1_024;
+/// Other shards a client is told it may resume through (`ServerControl::Resume`): a few live
+/// ones are enough to reach any, since each redirects the client to its avatar's shard.
+pub const RESUME_SHARDS_MAX: usize = 8;
 /// Shard messages in one link batch frame. A tick's messages for one neighbour that do not fit
 /// one frame (by count or by `LINK_FRAME_BYTES_MAX`) go in several, in order.
 pub const LINK_BATCH_MESSAGES_MAX: usize = 262_144;
@@ -197,6 +200,7 @@ pub const fn lease_ms_for(silence_ms: u64) -> u64 {
 /// The lease at the default silence, and its margin.
 pub const SHARD_LEASE_MS: u64 = lease_ms_for(SHARD_DEAD_AFTER_MS);
 pub const SHARD_LEASE_MARGIN_MS: u64 = SHARD_DEAD_AFTER_MS - SHARD_LEASE_MS;
+const _: () = assert!(RESUME_SHARDS_MAX < SHARDS_MAX);
 const _: () = assert!(SHARD_DEAD_AFTER_MS >= SHARD_SILENCE_MS_MIN);
 const _: () = assert!(SHARD_DEAD_AFTER_MS <= SHARD_SILENCE_MS_MAX);
 // Even the shortest lease outlasts two heartbeats, and its margin ten ticks at 30 Hz.

@@ -2,7 +2,7 @@
 //!
 //! | channel | client → shard | shard → client |
 //! |---|---|---|
-//! | reliable control stream | [`ClientControl`] (`Hello`, `Command`, `Say`) | [`ServerControl`] (`Welcome`, `Error`, `Redirect`, `CellMap`, `Message`, `Queued`) |
+//! | reliable control stream | [`ClientControl`] (`Hello`, `Command`, `Say`) | [`ServerControl`] (`Welcome`, `Error`, `Redirect`, `CellMap`, `Message`, `Queued`, `Prepare`, `Resume`) |
 //! | unreliable datagrams | [`ClientDatagram`] (`Input`) | [`ServerDatagram`] (snapshot parts) |
 //!
 //! Bytes are produced and checked only by [`crate::codec`]; every type here implements
@@ -15,7 +15,7 @@ use bitcode::{Decode, Encode};
 use std::sync::Arc;
 
 /// Bumped on every incompatible change to a type in this module.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Semantic checks the codec runs after decoding (lengths, ranges).
 pub trait Validate {
@@ -63,6 +63,10 @@ pub struct Hello {
     /// A redirect token from another shard of the cluster ([`crate::token`]): bind to the avatar
     /// it names (after a handoff) or spawn where it says (a login that came through another shard).
     pub token: Option<Vec<u8>>,
+    /// A resume ticket ([`crate::resume`]) from the client's last shard, which it lost: bind to
+    /// its avatar, wherever the cluster now keeps it (this shard redirects there). Taken only
+    /// without `token`; `ticket` is not needed with it.
+    pub resume: Option<Vec<u8>>,
 }
 
 /// Client → shard as a datagram.
@@ -109,6 +113,22 @@ pub enum ServerControl {
     /// Nothing may follow (the shard can refuse the avatar); a connection that sends no `Hello`
     /// is closed by that shard after `limits::HELLO_TIMEOUT_MS`. A client may ignore it.
     Prepare(Prepare),
+    /// How to come back if this shard is lost: a resume ticket for the avatar this client plays,
+    /// and other shards to present it to. Sent with every `Welcome` and refreshed every
+    /// [`crate::resume::RESUME_TICKET_REFRESH_MS`]; keep the newest.
+    Resume(Resume),
+}
+
+/// See [`ServerControl::Resume`].
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Resume {
+    /// The shard that sent it (the one to skip when it is the one lost).
+    pub shard: ShardId,
+    /// Opaque to the client: present it in [`Hello::resume`].
+    pub ticket: Vec<u8>,
+    /// Other live shards and their client addresses (`host:port`; empty where the transport
+    /// routes by shard id), at most [`limits::RESUME_SHARDS_MAX`]: any of them takes the ticket.
+    pub shards: Vec<(ShardId, String)>,
 }
 
 /// Where a [`ServerControl::Redirect`] may soon send the client.
@@ -208,6 +228,12 @@ pub enum ErrorCode {
     /// No shard can take this player: every one is at its client cap and the login queue is
     /// full, or no shard takes players at all (a cap of 0, or no shard alive).
     NoRoom,
+    /// The resume ticket is good but the avatar has no new owner yet (its shard is not declared
+    /// dead yet, or its copy is being promoted): try again shortly, through any live shard.
+    ResumeLater,
+    /// The resume ticket did not verify, expired, or its avatar exists no more: log in anew
+    /// with the login ticket.
+    ResumeFailed,
 }
 
 impl ErrorCode {
@@ -227,11 +253,13 @@ impl ErrorCode {
             Self::AccountInUse => 11,
             Self::SessionTakenOver => 12,
             Self::NoRoom => 13,
+            Self::ResumeLater => 14,
+            Self::ResumeFailed => 15,
         }
     }
 
     /// Every code, in close-code order (metrics count closes by each, zeros included).
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::BadMessage,
         Self::WrongVersion,
         Self::ProtocolMismatch,
@@ -245,6 +273,8 @@ impl ErrorCode {
         Self::AccountInUse,
         Self::SessionTakenOver,
         Self::NoRoom,
+        Self::ResumeLater,
+        Self::ResumeFailed,
     ];
 
     /// The reason behind a QUIC application close code, if it is one of ours.
@@ -270,6 +300,8 @@ impl ErrorCode {
             Self::AccountInUse => "account_in_use",
             Self::SessionTakenOver => "session_taken_over",
             Self::NoRoom => "no_room",
+            Self::ResumeLater => "resume_later",
+            Self::ResumeFailed => "resume_failed",
         }
     }
 }
@@ -568,6 +600,9 @@ pub enum MasterRequest {
     /// The source of cell move `id`: no entity of the cell is owned or frozen here any more;
     /// the map may flip.
     CellShipped { id: u64 },
+    /// A client presented a resume ticket for `account` on this shard (as `session`): on which
+    /// shard does the directory seat it? Answered with [`MasterNotice::Located`].
+    Locate { account: String, session: u64 },
 }
 
 /// What the master tells a shard.
@@ -612,6 +647,13 @@ pub enum MasterNotice {
     /// gave its cells to others: it must not simulate or serve anything again. It stops;
     /// restarted, it joins as a new member.
     Fenced,
+    /// The answer to a [`MasterRequest::Locate`]: the shard the directory seats `account` on,
+    /// `None` when it seats it nowhere (it logged out, or its avatar was lost).
+    Located {
+        account: String,
+        session: u64,
+        shard: Option<ShardId>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -852,6 +894,8 @@ impl Validate for LinkMessage {
             | Self::ToMaster(MasterRequest::Release { account, .. })
             | Self::FromMaster(MasterNotice::Claim { account, .. })
             | Self::FromMaster(MasterNotice::Kick { account })
+            | Self::ToMaster(MasterRequest::Locate { account, .. })
+            | Self::FromMaster(MasterNotice::Located { account, .. })
                 if account.len() > limits::PLAYER_NAME_BYTES_MAX =>
             {
                 Err("account name too long")
@@ -1060,6 +1104,13 @@ impl Validate for ClientControl {
             {
                 Err("ticket too long")
             }
+            Self::Hello(h)
+                if h.resume
+                    .as_ref()
+                    .is_some_and(|t| t.len() > crate::resume::RESUME_TICKET_BYTES_MAX) =>
+            {
+                Err("resume ticket too long")
+            }
             Self::Hello(_) => Ok(()),
             Self::Command(c) if c.bytes.len() > limits::COMMAND_BYTES_MAX => {
                 Err("command over limits")
@@ -1100,6 +1151,16 @@ impl Validate for ServerControl {
             Self::Redirect(_) => Ok(()),
             Self::Prepare(p) if p.addr.len() > limits::ADDR_BYTES_MAX => Err("prepare over limits"),
             Self::Prepare(_) => Ok(()),
+            Self::Resume(r)
+                if r.ticket.len() > crate::resume::RESUME_TICKET_BYTES_MAX
+                    || r.shards.len() > limits::RESUME_SHARDS_MAX
+                    || r.shards
+                        .iter()
+                        .any(|(_, a)| a.len() > limits::ADDR_BYTES_MAX) =>
+            {
+                Err("resume over limits")
+            }
+            Self::Resume(_) => Ok(()),
             Self::Message(m) if !m.within_limits() => Err("message over limits"),
             Self::Message(_) => Ok(()),
             Self::Queued(q)

@@ -249,10 +249,7 @@ mod tests {
             keys.verify(&bitcode::encode(&forged), 0),
             Err(ResumeError::BadSignature)
         );
-        assert_eq!(
-            keys.verify(&[0u8; 300], 0),
-            Err(ResumeError::TooLarge(300))
-        );
+        assert_eq!(keys.verify(&[0u8; 300], 0), Err(ResumeError::TooLarge(300)));
         assert_eq!(keys.verify(&[1, 2, 3], 0), Err(ResumeError::Malformed));
     }
 

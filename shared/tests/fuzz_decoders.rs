@@ -5,11 +5,11 @@
 //! Properties: no decoder panics on any input; whatever decodes re-encodes to bytes that decode to
 //! the same value (so a shard never acts on a message it could not have been sent).
 
-use zonescaler_shared::NetId;
 use zonescaler_shared::codec::{self, DecodeError};
 use zonescaler_shared::protocol::*;
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
+use zonescaler_shared::{NetId, ShardId};
 
 fn corpus() -> Vec<Vec<u8>> {
     let snapshot = ServerDatagram::Snapshot(SnapshotPart {
@@ -52,6 +52,7 @@ fn corpus() -> Vec<Vec<u8>> {
             name: "player-one".into(),
             ticket: Some(vec![7; 40]),
             token: None,
+            resume: None,
         })),
         codec::encode(&ClientControl::Command(ClientCommand {
             kind: 1,
@@ -84,6 +85,18 @@ fn corpus() -> Vec<Vec<u8>> {
         codec::encode(&ServerControl::Error(ErrorMsg {
             code: ErrorCode::BadMessage,
             detail: "nope".into(),
+        })),
+        codec::encode(&ClientControl::Hello(Hello {
+            protocol_hash: 0xABCD,
+            name: String::new(),
+            ticket: None,
+            token: None,
+            resume: Some(vec![9; 60]),
+        })),
+        codec::encode(&ServerControl::Resume(Resume {
+            shard: ShardId(1),
+            ticket: vec![9; 60],
+            shards: vec![(ShardId(2), "127.0.0.1:4434".into())],
         })),
         codec::encode(&snapshot),
     ]

@@ -361,6 +361,7 @@ impl Sim {
                 Phase::Playing { id, .. } => Some((*c, id)),
                 Phase::AwaitHello { .. }
                 | Phase::AwaitClaim { .. }
+                | Phase::AwaitLocate { .. }
                 | Phase::Queued { .. }
                 | Phase::Redirected { .. } => None,
             })

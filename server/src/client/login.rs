@@ -3,7 +3,9 @@
 //! 1. The protocol hash must be the game's client hash.
 //! 2. A redirect token (from another shard of the cluster) binds the client to the avatar it
 //!    names (after a handoff) or spawns it where the token says (a login that came in through
-//!    another shard, whose account was claimed there). Nothing else is asked.
+//!    another shard, whose account was claimed there). Nothing else is asked. A resume ticket
+//!    (the client lost its shard) binds it to its avatar here or sends it where the avatar is
+//!    ([`super::resume`]).
 //! 3. Otherwise the account comes from the login ticket, checked against the configured login
 //!    keys (a server without keys takes the name in `Hello`: development only), and so does the
 //!    spawn point, if the game's account service chose one.
@@ -47,14 +49,14 @@ use zonescaler_shared::{ConnId, NetId, ShardId, limits};
 pub struct Login<'w, 's> {
     pub clock: Res<'w, TickClock>,
     config: Res<'w, Config>,
-    space: Res<'w, Space>,
+    pub(super) space: Res<'w, Space>,
     registry: Res<'w, GameRegistry>,
-    directory: Res<'w, ClusterDirectory>,
+    pub(super) directory: Res<'w, ClusterDirectory>,
     policy: Res<'w, LoginPolicy>,
-    cluster: Res<'w, ClusterMode>,
+    pub(super) cluster: Res<'w, ClusterMode>,
     ids: ResMut<'w, IdAllocator>,
     rng: ResMut<'w, ShardRng>,
-    master: ResMut<'w, MasterOutbox>,
+    pub(super) master: ResMut<'w, MasterOutbox>,
     logins: ResMut<'w, Logins>,
     /// This shard's own login queue (used alone; in a cluster the master's decides).
     queue: ResMut<'w, LoginQueue>,
@@ -105,6 +107,9 @@ pub fn on_hello(
     }
     if let Some(token) = &hello.token {
         return on_token(conn, token, closing, login);
+    }
+    if let Some(ticket) = &hello.resume {
+        return super::resume::on_resume(conn, ticket, closing, login);
     }
     let (account, spawn) = identify(&hello, login)?;
     if let Some(c) = closing.clients.0.get_mut(&conn) {
@@ -402,7 +407,13 @@ fn finish_login(
 
 /// Send the client to shard `to` with a signed grant; it keeps this connection until it is
 /// welcomed there.
-fn redirect(conn: ConnId, to: ShardId, what: GrantKind, closing: &mut Closing, login: &Login) {
+pub(super) fn redirect(
+    conn: ConnId,
+    to: ShardId,
+    what: GrantKind,
+    closing: &mut Closing,
+    login: &Login,
+) {
     let r = login.directory.redirect(to, what, login.clock.now_ms);
     if let Some(c) = closing.clients.0.get_mut(&conn) {
         if matches!(c.phase, Phase::AwaitClaim { .. }) {
@@ -451,6 +462,7 @@ fn welcome(
         &ServerControl::CellMap(login.space.client_view()),
         &mut closing.outbox,
     );
+    super::resume::send_resume(conn, closing, &login.space, &login.directory, &login.clock);
 }
 
 /// A `Hello` with a redirect token from another shard.
@@ -474,6 +486,46 @@ fn on_token(
         }
         GrantKind::Avatar(id) => id,
     };
+    match find_avatar(id, login) {
+        Found::Waiting(w) => {
+            bind(conn, id, w, closing, login);
+            Ok(())
+        }
+        Found::Moved(to) => {
+            redirect(conn, to, GrantKind::Avatar(id), closing, login);
+            Ok(())
+        }
+        Found::Played | Found::Nothing => Err((
+            ErrorCode::BadToken,
+            format!("avatar {id} is not waiting for a client here"),
+        )),
+    }
+}
+
+/// An avatar here waiting for its client (handed off, or promoted after its shard died).
+pub(super) struct Waiting {
+    entity: Entity,
+    /// The account it belongs to.
+    pub name: String,
+    last_input_seq: u32,
+    at: Vec3,
+}
+
+/// What this shard knows of avatar `id`.
+pub(super) enum Found {
+    /// It is here, waiting for its client, and no connection took it this tick.
+    Waiting(Waiting),
+    /// It went on to this shard (handed off, frozen on its way, or forwarded) before its client
+    /// came.
+    Moved(ShardId),
+    /// It is simulated here and a client plays it (or took it this tick).
+    Played,
+    /// Nothing here says where it is.
+    Nothing,
+}
+
+/// Where avatar `id` is, as this shard sees it.
+pub(super) fn find_avatar(id: NetId, login: &mut Login) -> Found {
     if *login.claimed_tick != login.clock.tick.0 {
         login.claimed.clear();
         *login.claimed_tick = login.clock.tick.0;
@@ -485,51 +537,53 @@ fn on_token(
         .and_then(|e| login.entities.get(*e).ok().map(|q| (*e, q)));
     match found {
         Some((e, (pos, Some(awaiting), _, _))) if !login.claimed.contains(&e) => {
-            login.claimed.push(e);
-            let (name, seq, at) = (awaiting.name.clone(), awaiting.last_input_seq, pos.0);
-            if let Some(c) = closing.clients.0.get_mut(&conn) {
-                c.name = name;
-            }
-            if let Some(v) = closing.viewers.0.get_mut(&conn) {
-                v.last_input_seq = seq;
-            }
-            closing
-                .commands
-                .entity(e)
-                .remove::<AwaitingClient>()
-                .insert(Avatar { conn });
-            closing.stats.redirected_in += 1;
-            welcome(conn, e, id, at, closing, login);
-            Ok(())
+            Found::Waiting(Waiting {
+                entity: e,
+                name: awaiting.name.clone(),
+                last_input_seq: awaiting.last_input_seq,
+                at: pos.0,
+            })
         }
         // It moved on before its client arrived: follow it.
-        Some((_, (_, None, Some(proxy), _))) => {
-            redirect(conn, proxy.owner, GrantKind::Avatar(id), closing, login);
-            Ok(())
-        }
-        Some((_, (_, None, None, Some(transit)))) => {
-            redirect(conn, transit.to, GrantKind::Avatar(id), closing, login);
-            Ok(())
-        }
+        Some((_, (_, None, Some(proxy), _))) => Found::Moved(proxy.owner),
+        Some((_, (_, None, None, Some(transit)))) => Found::Moved(transit.to),
         // Gone from here (handed on, its proxy dropped): follow it while the wait lasts.
-        _ if let Some(to) = login.forwards.get(id, login.clock.now_ms) => {
-            redirect(conn, to, GrantKind::Avatar(id), closing, login);
-            Ok(())
-        }
-        _ => Err((
-            ErrorCode::BadToken,
-            format!("avatar {id} is not waiting for a client here"),
-        )),
+        _ if let Some(to) = login.forwards.get(id, login.clock.now_ms) => Found::Moved(to),
+        Some(_) => Found::Played,
+        None => Found::Nothing,
     }
 }
 
-/// Logins waiting for the master's answer about their account.
+/// Bind `conn` to the avatar `w` (id `id`) that waited for it, and welcome it.
+pub(super) fn bind(conn: ConnId, id: NetId, w: Waiting, closing: &mut Closing, login: &mut Login) {
+    login.claimed.push(w.entity);
+    if let Some(c) = closing.clients.0.get_mut(&conn) {
+        c.name = w.name;
+    }
+    if let Some(v) = closing.viewers.0.get_mut(&conn) {
+        v.last_input_seq = w.last_input_seq;
+    }
+    closing
+        .commands
+        .entity(w.entity)
+        .remove::<AwaitingClient>()
+        .insert(Avatar { conn });
+    closing.stats.redirected_in += 1;
+    welcome(conn, w.entity, id, w.at, closing, login);
+}
+
+/// Logins waiting for the master's answer about their account (a claim, or where it is seated).
 pub fn pending_logins(closing: &Closing) -> usize {
     closing
         .clients
         .0
         .values()
-        .filter(|c| matches!(c.phase, Phase::AwaitClaim { .. }))
+        .filter(|c| {
+            matches!(
+                c.phase,
+                Phase::AwaitClaim { .. } | Phase::AwaitLocate { .. }
+            )
+        })
         .count()
 }
 

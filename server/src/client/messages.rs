@@ -5,6 +5,7 @@
 //! which knows where each player is; a lone shard answers everything itself.
 
 use super::login::{Login, on_claim_answer};
+use super::resume::on_located;
 use super::{Clients, Closing, Phase, send_control};
 use crate::core::messages::PlayerMessages;
 use crate::core::resources::{ClusterMode, MasterInbox, MasterOutbox, Outbox, ShardStats};
@@ -114,6 +115,11 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
                 session,
                 outcome,
             } => on_claim_answer(ConnId(session), &account, outcome, &mut closing, &mut login),
+            MasterNotice::Located {
+                account,
+                session,
+                shard,
+            } => on_located(ConnId(session), &account, shard, &mut closing, &mut login),
             MasterNotice::Kick { account } => {
                 if let Some(conn) = playing_or_waiting(&closing.clients, &account) {
                     closing.close(

@@ -4,7 +4,8 @@
 //! redirect token or a login ticket), the account is claimed (with the master in a cluster,
 //! locally on a lone shard) and the avatar spawned or bound, or the login redirected to the shard
 //! that owns its spawn point (or made to wait for a seat when every shard is at its client cap:
-//! [`admission`]); inputs are queued for `Simulate`; a client's game command is queued
+//! [`admission`]), or, with a resume ticket, bound to its avatar wherever the cluster keeps it
+//! ([`resume`]); inputs are queued for `Simulate`; a client's game command is queued
 //! for its own avatar's owner; chat is routed like the game's player messages. Anything that does
 //! not decode, or is not allowed, closes that one connection with a logged reason and nothing
 //! else. What each client sees is the interest plugin's business ([`crate::interest::Viewers`]).
@@ -15,6 +16,7 @@ pub mod input;
 pub mod login;
 pub mod messages;
 pub mod receive;
+pub mod resume;
 
 pub use directory::{ClusterDirectory, LoginPolicy, Sessions};
 
@@ -65,6 +67,7 @@ impl Plugin for ClientPlugin {
             (
                 receive::drop_clients_without_avatar,
                 messages::route_messages,
+                resume::refresh_resume_tickets,
             ),
         );
     }
@@ -85,6 +88,13 @@ pub enum Phase {
     Queued { spawn: Option<QPos> },
     /// Logged in and driving `avatar`.
     Playing { avatar: Entity, id: NetId },
+    /// `Hello` carried a resume ticket for `avatar`, issued by shard `from`, which this shard does
+    /// not hold: the master is asked where the account is seated (session `conn`).
+    AwaitLocate {
+        since_tick: u64,
+        avatar: NetId,
+        from: ShardId,
+    },
     /// Sent to shard `to` (its avatar was handed off there, or its login belongs there). Until
     /// the client hangs up, it keeps receiving snapshots around `avatar` (now a proxy) and its
     /// inputs are forwarded to `to`.
@@ -97,7 +107,10 @@ impl Phase {
         match *self {
             Self::Playing { avatar, .. } => Some(avatar),
             Self::Redirected { avatar, .. } => avatar,
-            Self::AwaitHello { .. } | Self::AwaitClaim { .. } | Self::Queued { .. } => None,
+            Self::AwaitHello { .. }
+            | Self::AwaitClaim { .. }
+            | Self::AwaitLocate { .. }
+            | Self::Queued { .. } => None,
         }
     }
 }
@@ -117,6 +130,8 @@ pub struct ClientState {
     /// Chat lines allowed: refilled by [`limits::CLIENT_SAYS_PER_SECOND_MAX`] each second.
     pub say_budget: u32,
     pub say_budget_second: u64,
+    /// When (`TickClock::now_ms`) this client was last sent a resume ticket.
+    pub resume_sent_ms: u64,
 }
 
 impl ClientState {
@@ -130,6 +145,7 @@ impl ClientState {
             commands_this_tick: 0,
             say_budget: limits::CLIENT_SAYS_PER_SECOND_MAX,
             say_budget_second: 0,
+            resume_sent_ms: 0,
         }
     }
 }

@@ -151,7 +151,10 @@ fn on_command(
     };
     let avatar = match client.phase {
         Phase::Playing { id, .. } => id,
-        Phase::Redirected { .. } | Phase::AwaitClaim { .. } | Phase::Queued { .. } => {
+        Phase::Redirected { .. }
+        | Phase::AwaitClaim { .. }
+        | Phase::AwaitLocate { .. }
+        | Phase::Queued { .. } => {
             return Ok(());
         }
         Phase::AwaitHello { .. } => {
@@ -206,7 +209,8 @@ fn on_say(
     Ok(())
 }
 
-/// Close clients that did not say `Hello` (or whose account claim went unanswered) in time.
+/// Close clients that did not say `Hello` (or whose account claim, or resume, went unanswered) in
+/// time.
 fn close_silent_clients(tick: u64, closing: &mut Closing, tick_hz: u32) {
     let ticks = |ms: u64| ms * u64::from(tick_hz) / 1_000;
     let (hello, claim) = (
@@ -229,6 +233,16 @@ fn close_silent_clients(tick: u64, closing: &mut Closing, tick_hz: u32) {
                     ErrorCode::Unexpected,
                     format!(
                         "the master did not confirm the account within {} ms; try again",
+                        limits::LOGIN_CLAIM_TIMEOUT_MS
+                    ),
+                ))
+            }
+            Phase::AwaitLocate { since_tick, .. } if tick.saturating_sub(since_tick) > claim => {
+                Some((
+                    *conn,
+                    ErrorCode::ResumeLater,
+                    format!(
+                        "the master did not say where the account is within {} ms",
                         limits::LOGIN_CLAIM_TIMEOUT_MS
                     ),
                 ))

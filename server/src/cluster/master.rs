@@ -794,6 +794,7 @@ impl Master {
                 )],
             },
             MasterRequest::CellShipped { id } => self.finish_move(from, id),
+            MasterRequest::Locate { account, session } => self.locate(from, account, session),
             MasterRequest::Shout(msg) => self
                 .members
                 .values()
@@ -1166,6 +1167,21 @@ impl Master {
             self.unconfirmed.remove(account);
             self.unseat(account, u.shard);
         }
+    }
+
+    /// Where the directory seats `account`, for a client that resumes through `from` (its
+    /// session there is `session`). Failover seats a dead shard's players on the shard that
+    /// adopts their avatars, so this is where a resuming client's avatar is, or will be.
+    fn locate(&self, from: ShardId, account: String, session: u64) -> Vec<(ShardId, MasterNotice)> {
+        let shard = self.player(&account);
+        vec![(
+            from,
+            MasterNotice::Located {
+                account,
+                session,
+                shard,
+            },
+        )]
     }
 
     /// The shard a player is on, per the directory.

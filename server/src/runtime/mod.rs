@@ -660,6 +660,7 @@ fn build_app(opts: &ShardOptions, node: Option<&Node>, keys: LoginKeys) -> Shard
     if let (Some(n), Some(c)) = (node, &opts.cluster) {
         app.world.insert_resource(ClusterDirectory {
             key: TokenKey::new(&c.secret),
+            resume: zonescaler_shared::resume::ResumeKeys::new(&c.secret),
             client_addrs: n.client_addrs(),
         });
         app.world.insert_resource(ClusterMode(true));

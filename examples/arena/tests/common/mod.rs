@@ -139,7 +139,8 @@ impl Arena {
                     ServerControl::Error(e) => c.closed = Some((e.code, e.detail)),
                     ServerControl::CellMap(_)
                     | ServerControl::Queued(_)
-                    | ServerControl::Prepare(_) => {}
+                    | ServerControl::Prepare(_)
+                    | ServerControl::Resume(_) => {}
                 }
             }
         }
@@ -173,6 +174,7 @@ impl Arena {
             name: name.into(),
             ticket: None,
             token: None,
+            resume: None,
         });
         app.push_event(NetEvent::Control {
             conn,
@@ -220,6 +222,7 @@ impl Arena {
             name: String::new(),
             ticket: None,
             token: Some(token),
+            resume: None,
         });
         app.push_event(NetEvent::Control {
             conn,
