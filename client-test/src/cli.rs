@@ -27,7 +27,9 @@ pub const BOTS_MAX: usize = 20_000;
 #[derive(clap::Args, Debug, Clone)]
 pub struct BotArgs {
     /// Shard address to connect to (host:port). Bots follow redirects to the cluster's other
-    /// shards from there.
+    /// shards from there; a bot that loses its shard comes back through the others its resume
+    /// ticket named (or this one), resuming its avatar or logging in anew (the report's
+    /// `failovers` line).
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub connect: String,
     /// Number of bots.

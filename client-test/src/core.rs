@@ -252,6 +252,19 @@ pub struct BotMetrics {
     pub redirects_prepared: u64,
     /// Handoffs whose new connection had been opened on a `Prepare`, before the redirect came.
     pub handoffs_preconnected: u64,
+    /// Times the bot lost its shard without a redirect (the connection timed out, closed, or the
+    /// shard said it was shutting down) and set out to come back.
+    pub failovers: u64,
+    /// Of them, those where it came back to its avatar with its resume ticket.
+    pub resumes: u64,
+    /// Resumes that could not be done (no ticket, refused, or no shard took it in time): the bot
+    /// then logs in anew with its login ticket.
+    pub resumes_failed: u64,
+    /// Fresh logins after a failed resume that got the bot playing again.
+    pub relogins: u64,
+    /// Lost shard noticed → first complete snapshot again (resumed or logged in anew), in
+    /// microseconds.
+    pub failover_gap_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
     /// Game commands the brain queued that were handed to the transport.
     pub commands_sent: u64,
@@ -450,6 +463,14 @@ pub struct BotClient {
     hops: u32,
     /// The newest `Prepare` not yet taken by the transport ([`Self::take_prepare`]).
     prepare: Option<Prepare>,
+    /// The newest resume ticket and the shards to present it to.
+    resume: Option<Resume>,
+    /// When the bot noticed it lost its shard, until it plays again (or gives up).
+    lost_at_us: Option<u64>,
+    /// Coming back by a fresh login (the resume failed) rather than a resume.
+    relogging: bool,
+    /// The `Welcome` of the comeback arrived: its first complete snapshot ends the failover gap.
+    back: bool,
     /// The border walk's next end (true: the second).
     walk_to_b: bool,
     /// A crowd bot's current goal, relative to the hot spot's centre (it moves with the hot spot).
@@ -502,6 +523,10 @@ impl BotClient {
             hop_connected_at_us: None,
             hops: 0,
             prepare: None,
+            resume: None,
+            lost_at_us: None,
+            relogging: false,
+            back: false,
             walk_to_b: true,
             crowd_goal: None,
             metrics: BotMetrics::default(),
@@ -512,6 +537,10 @@ impl BotClient {
     pub fn hello(&mut self, now_us: u64) -> Vec<u8> {
         self.metrics.tick(now_us);
         self.metrics.connected_at_us = Some(now_us);
+        self.login_hello()
+    }
+
+    fn login_hello(&self) -> Vec<u8> {
         codec::encode(&ClientControl::Hello(Hello {
             protocol_hash: self.protocol_hash,
             name: self.cfg.name.clone(),
@@ -519,6 +548,68 @@ impl BotClient {
             token: None,
             resume: None,
         }))
+    }
+
+    /// The bot's shard is lost without a redirect, noticed at `now_us`: the failover gap starts
+    /// (unless it runs already: a shard that took the resume died too), and a redirect under way
+    /// is no handoff any more. What to do next: [`Self::resume_hello`] to shards of
+    /// [`Self::resume_info`], or, without a ticket, [`Self::resume_failed`] and a fresh login.
+    pub fn lost_shard(&mut self, now_us: u64) {
+        self.metrics.tick(now_us);
+        if self.lost_at_us.is_none() {
+            self.metrics.failovers += 1;
+            self.lost_at_us = Some(now_us);
+        }
+        self.back = false;
+        self.redirect_abandoned();
+        self.switched_from_us = None;
+        self.prepare = None;
+    }
+
+    /// Whether the bot lost its shard and does not play again yet.
+    pub fn is_coming_back(&self) -> bool {
+        self.lost_at_us.is_some()
+    }
+
+    /// Whether the bot comes back by a fresh login (its resume failed).
+    pub fn is_relogging(&self) -> bool {
+        self.relogging
+    }
+
+    /// The newest resume ticket, and where the shard that sent it said to present it.
+    pub fn resume_info(&self) -> Option<&Resume> {
+        self.resume.as_ref()
+    }
+
+    /// `Hello` with the resume ticket (no login ticket, no token), if the bot holds one.
+    pub fn resume_hello(&self) -> Option<Vec<u8>> {
+        let r = self.resume.as_ref()?;
+        Some(codec::encode(&ClientControl::Hello(Hello {
+            protocol_hash: self.protocol_hash,
+            name: self.cfg.name.clone(),
+            ticket: None,
+            token: None,
+            resume: Some(r.ticket.clone()),
+        })))
+    }
+
+    /// The resume cannot be done (`why` goes in the report's errors): the bot logs in anew, with
+    /// the `Hello` returned (its login ticket), still timed as the same failover.
+    pub fn resume_failed(&mut self, why: &str) -> Vec<u8> {
+        if !self.relogging {
+            self.metrics.resumes_failed += 1;
+            self.relogging = true;
+        }
+        self.metrics.error(&format!("resume: {why}"));
+        self.login_hello()
+    }
+
+    /// The bot could not get back into the game at all: the failover ends unfinished.
+    pub fn gave_up(&mut self, why: &str) {
+        self.metrics.error(&format!("failover: {why}"));
+        self.lost_at_us = None;
+        self.relogging = false;
+        self.back = false;
     }
 
     /// The first control message on the connection a [`Redirect`] asked for. It carries the
@@ -623,7 +714,11 @@ impl BotClient {
                         "welcome carries another protocol hash".into(),
                     ));
                 }
-                if self.welcome.is_some() {
+                if self.lost_at_us.is_some() {
+                    // Back after losing the shard: a new shard (maybe a new avatar).
+                    self.back = true;
+                    self.reset_snapshots();
+                } else if self.welcome.is_some() {
                     // A new shard: its ticks and baselines have nothing to do with the old one's.
                     self.switched_from_us = self.redirected_at_us.take();
                     if let Some(at) = self.switched_from_us {
@@ -633,12 +728,7 @@ impl BotClient {
                             self.metrics.handoff_connect_us.push(since(c));
                         }
                     }
-                    self.history.clear();
-                    self.view = View::new();
-                    self.departed.clear();
-                    self.partial.clear();
-                    self.latest_tick = 0;
-                    self.in_flight.clear();
+                    self.reset_snapshots();
                 } else {
                     self.metrics.welcomed_at_us = Some(now_us);
                     self.metrics.admitted(now_us);
@@ -648,7 +738,9 @@ impl BotClient {
                 Ok(None)
             }
             Ok(ServerControl::Redirect(r)) => {
-                if self.welcome.is_some() {
+                if self.lost_at_us.is_some() {
+                    // A resume sent on to where the avatar is: part of the failover.
+                } else if self.welcome.is_some() {
                     // A chain of redirects is one handoff, timed from its first.
                     self.redirected_at_us.get_or_insert(now_us);
                     self.hops += 1;
@@ -667,8 +759,10 @@ impl BotClient {
                 self.prepare = Some(p);
                 Ok(None)
             }
-            // Resuming after a lost shard is the swarm's business (not taught yet).
-            Ok(ServerControl::Resume(_)) => Ok(None),
+            Ok(ServerControl::Resume(r)) => {
+                self.resume = Some(r);
+                Ok(None)
+            }
             Ok(ServerControl::Queued(place)) => {
                 if self.welcome.is_some() {
                     self.metrics.error("queued_after_welcome");
@@ -703,6 +797,16 @@ impl BotClient {
                 Err(BotError::Protocol(e.to_string()))
             }
         }
+    }
+
+    /// Forget every snapshot: the next shard's ticks and baselines have nothing to do with these.
+    fn reset_snapshots(&mut self) {
+        self.history.clear();
+        self.view = View::new();
+        self.departed.clear();
+        self.partial.clear();
+        self.latest_tick = 0;
+        self.in_flight.clear();
     }
 
     /// A datagram from the shard: a snapshot part.
@@ -817,6 +921,20 @@ impl BotClient {
                 .push(gap.min(u64::from(u32::MAX)) as u32);
             if std::mem::take(&mut self.hops) > 1 {
                 self.metrics.handoffs_chained += 1;
+            }
+        }
+        if self.back
+            && let Some(at) = self.lost_at_us.take()
+        {
+            self.back = false;
+            let gap = now_us.saturating_sub(at);
+            self.metrics
+                .failover_gap_us
+                .push(gap.min(u64::from(u32::MAX)) as u32);
+            if std::mem::take(&mut self.relogging) {
+                self.metrics.relogins += 1;
+            } else {
+                self.metrics.resumes += 1;
             }
         }
         self.metrics.last_snapshot_at_us = Some(now_us);

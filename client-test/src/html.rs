@@ -84,6 +84,12 @@ pub fn render(r: &Report) -> String {
         "redirect to first snapshot from the new shard (ms)",
         "handoffs",
     ));
+    out.push_str(&histogram(
+        "Failover gap",
+        &r.histograms.failover_gap_ms,
+        "lost shard noticed to first snapshot again (ms)",
+        "comebacks",
+    ));
     out.push_str("</div>\n<h2>Timeline</h2>\n<div class=\"grid\">\n");
     out.push_str(&timeline(&r.timeline));
     out.push_str("</div>\n</body>\n</html>\n");
@@ -129,7 +135,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn summary(out: &mut String, r: &Report) {
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 17] = [
         (
             "bots",
             format!(
@@ -182,6 +188,22 @@ fn summary(out: &mut String, r: &Report) {
                 num(r.handoff_gap_ms_p50, 1),
                 num(r.handoff_gap_ms_p99, 1),
                 num(r.handoff_gap_ms_max, 1)
+            ),
+        ),
+        (
+            "failovers (shard lost)",
+            format!(
+                "{} ({} resumed, {} resumes failed, {} logged in anew)",
+                r.failovers, r.resumes, r.resumes_failed, r.relogins
+            ),
+        ),
+        (
+            "failover gap",
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms",
+                num(r.failover_gap_ms_p50, 1),
+                num(r.failover_gap_ms_p99, 1),
+                num(r.failover_gap_ms_max, 1)
             ),
         ),
         (
@@ -491,6 +513,9 @@ mod tests {
                 m.handoff_gap_us = vec![12_000, 30_000];
                 m.timeline.handoff(2 * s, 40_000);
                 m.timeline.handoff(3 * s, 700_000);
+                m.failovers = 1;
+                m.resumes = 1;
+                m.failover_gap_us = vec![850_000];
             }
             if b == 2 {
                 m.error_at(s, "login: closed by shard: <b>bad_ticket</b> & \"more\"");
@@ -525,14 +550,15 @@ mod tests {
         }
         assert_eq!(
             page.matches("<svg").count(),
-            4,
-            "three histograms and the timeline, each one SVG"
+            5,
+            "four histograms and the timeline, each one SVG"
         );
-        assert_eq!(page.matches("</svg>").count(), 4);
+        assert_eq!(page.matches("</svg>").count(), 5);
         for axis in [
             "input round trip (ms)",
             "complete snapshots per second (per bot)",
             "redirect to first snapshot from the new shard (ms)",
+            "lost shard noticed to first snapshot again (ms)",
             "time since start (s)",
             "bots connected",
             "handoffs / s",
@@ -552,6 +578,12 @@ mod tests {
             assert!(page.contains(&number), "the summary shows `{number}`");
         }
         assert!(page.contains("<th>handoffs</th><td>2</td>"));
+        assert!(
+            page.contains("<td>1 (1 resumed, 0 resumes failed, 0 logged in anew)</td>"),
+            "the failovers and how the bots came back"
+        );
+        assert!(page.contains(&format!("max {} ms", num(r.failover_gap_ms_max, 1))));
+        assert!((r.failover_gap_ms_max - 850.0).abs() < 1.0, "{r:?}");
         assert!(
             page.contains("&lt;b&gt;bad_ticket&lt;/b&gt; &amp; &quot;more&quot;"),
             "error kinds are escaped"
@@ -578,7 +610,7 @@ mod tests {
             &[],
         );
         let page = render(&r);
-        assert_eq!(page.matches("<svg").count(), 4);
+        assert_eq!(page.matches("<svg").count(), 5);
         assert!(page.contains("no samples") && page.contains("no events recorded"));
         assert!(
             !page.contains("NaN") && !page.contains("\"inf") && !page.contains(">inf"),

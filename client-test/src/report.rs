@@ -152,6 +152,8 @@ pub struct Histograms {
     pub snapshots_per_sec: Distribution,
     /// Handoff gap, milliseconds, one sample per handoff.
     pub handoff_gap_ms: Distribution,
+    /// Failover gap, milliseconds, one sample per comeback after a lost shard.
+    pub failover_gap_ms: Distribution,
 }
 
 /// The JSON report of `zonescaler-bots --report-json`.
@@ -199,6 +201,20 @@ pub struct Report {
     /// Of that, redirect received → the new connection's QUIC handshake done.
     pub handoff_connect_ms_p50: f64,
     pub handoff_connect_ms_p99: f64,
+    /// Times a bot lost its shard without a redirect (timed out, closed, silent, shutting down)
+    /// and set out to come back; of them, those that came back to their avatar with the resume
+    /// ticket (`resumes`), resumes that failed (`resumes_failed`: the bot logged in anew), and
+    /// fresh logins that got a bot playing again (`relogins`). `failovers - resumes - relogins`
+    /// bots did not come back (why is in `errors`, as `failover: …`), or the run ended first.
+    pub failovers: u64,
+    pub resumes: u64,
+    pub resumes_failed: u64,
+    pub relogins: u64,
+    /// Lost shard noticed → first complete snapshot again, over every comeback (resumed or
+    /// logged in anew) of every bot (0 when there was none).
+    pub failover_gap_ms_p50: f64,
+    pub failover_gap_ms_p99: f64,
+    pub failover_gap_ms_max: f64,
     /// Snapshot parts that came after a newer snapshot was complete (the bot was behind its
     /// datagrams), and snapshots begun but never completed (a part lost or overtaken).
     pub snapshot_parts_stale: u64,
@@ -291,6 +307,8 @@ impl Report {
         let requested = run.bots_requested;
         let mut rtt = micros_histogram();
         let mut gaps = micros_histogram();
+        let mut failover_gaps = micros_histogram();
+        let (mut failovers, mut resumes, mut resumes_failed, mut relogins) = (0, 0, 0, 0);
         let mut welcomes = micros_histogram();
         let mut connects = micros_histogram();
         let mut sps = Vec::new();
@@ -310,6 +328,13 @@ impl Report {
             for &g in &m.handoff_gap_us {
                 gaps.saturating_record(u64::from(g).max(1));
             }
+            for &g in &m.failover_gap_us {
+                failover_gaps.saturating_record(u64::from(g).max(1));
+            }
+            failovers += m.failovers;
+            resumes += m.resumes;
+            resumes_failed += m.resumes_failed;
+            relogins += m.relogins;
             for &w in &m.handoff_welcome_us {
                 welcomes.saturating_record(u64::from(w).max(1));
             }
@@ -361,6 +386,7 @@ impl Report {
                 sorted_quantile(&sps, 1.0),
             ),
             handoff_gap_ms: micros_distribution(&gaps),
+            failover_gap_ms: micros_distribution(&failover_gaps),
         };
         Self {
             game: run.game.clone(),
@@ -400,6 +426,13 @@ impl Report {
             handoff_connect_ms_p50: quantile_ms(&connects, 0.5),
             handoff_connect_ms_p99: quantile_ms(&connects, 0.99),
             handoffs_chained: chained,
+            failovers,
+            resumes,
+            resumes_failed,
+            relogins,
+            failover_gap_ms_p50: quantile_ms(&failover_gaps, 0.5),
+            failover_gap_ms_p99: quantile_ms(&failover_gaps, 0.99),
+            failover_gap_ms_max: quantile_ms(&failover_gaps, 1.0),
             redirects_prepared: prepared,
             handoffs_preconnected: preconnected,
             snapshot_parts_stale: stale,
@@ -433,6 +466,8 @@ impl Report {
              handoffs        {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
              (connected p50 {:.1} ms  p99 {:.1} ms, Welcome p50 {:.1} ms  p99 {:.1} ms; \
              {} chained, {} of {} prepared connected ahead)\n\
+             failovers       {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
+             ({} resumed, {} resumes failed, {} logged in anew)\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n\
              bots' runtime   lag p99 {:.1} ms  max {:.1} ms (a 10 ms timer, late)\n",
             self.game,
@@ -465,6 +500,13 @@ impl Report {
             self.handoffs_chained,
             self.handoffs_preconnected,
             self.redirects_prepared,
+            self.failovers,
+            self.failover_gap_ms_p50,
+            self.failover_gap_ms_p99,
+            self.failover_gap_ms_max,
+            self.resumes,
+            self.resumes_failed,
+            self.relogins,
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,
@@ -544,6 +586,54 @@ mod tests {
             (r.handoffs, r.handoff_gap_ms_p50, r.handoff_gap_ms_max),
             (0, 0.0, 0.0),
             "no handoff: the gap numbers are 0, not garbage"
+        );
+    }
+
+    #[test]
+    fn failovers_are_counted_and_their_gaps_are_percentiles_over_every_comeback() {
+        let mk = |gaps: &[u32], resumes, failed, relogins| BotOutcome {
+            metrics: BotMetrics {
+                failovers: gaps.len() as u64,
+                resumes,
+                resumes_failed: failed,
+                relogins,
+                failover_gap_us: gaps.to_vec(),
+                ..Default::default()
+            },
+            active_s: 10.0,
+            connected: true,
+        };
+        let gaps: Vec<u32> = (1..=100).map(|ms| ms * 10_000).collect();
+        let outcomes = vec![mk(&gaps[..60], 60, 0, 0), mk(&gaps[60..], 38, 2, 2)];
+        let r = Report::build(&run("border", 2), &outcomes);
+        assert_eq!(
+            (r.failovers, r.resumes, r.resumes_failed, r.relogins),
+            (100, 98, 2, 2)
+        );
+        assert!((r.failover_gap_ms_p50 - 500.0).abs() < 1.0, "{r:?}");
+        assert!((r.failover_gap_ms_p99 - 990.0).abs() < 1.0, "{r:?}");
+        assert!((r.failover_gap_ms_max - 1_000.0).abs() < 1.0, "{r:?}");
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        for field in [
+            "failovers",
+            "resumes",
+            "resumes_failed",
+            "relogins",
+            "failover_gap_ms_p50",
+            "failover_gap_ms_p99",
+            "failover_gap_ms_max",
+        ] {
+            assert!(json.get(field).is_some(), "the JSON report has `{field}`");
+        }
+        let text = r.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("failovers "))
+            .unwrap_or("");
+        assert!(
+            line.starts_with("failovers       100  gap p50 500.")
+                && line.ends_with("ms  (98 resumed, 2 resumes failed, 2 logged in anew)"),
+            "{text}"
         );
     }
 

@@ -380,7 +380,7 @@ async fn scout(
     let scout = async move {
         let mut session = login(&mut bot, endpoint, cfg.addr, &cfg.server_name, hello, start)
             .await
-            .map_err(|kind| anyhow!("the scout could not log in to {}: {kind}", cfg.addr))?;
+            .map_err(|f| anyhow!("the scout could not log in to {}: {}", cfg.addr, f.kind))?;
         let found = loop {
             if let (Some(w), Some(map)) = (bot.welcome(), bot.cell_map()) {
                 break (w.clone(), map.clone());
@@ -736,8 +736,40 @@ fn is_welcome(bytes: &[u8]) -> bool {
     )
 }
 
+/// Why a login (or a resume) did not get the bot a `Welcome`.
+#[derive(Debug)]
+struct LoginFailed {
+    /// The report's error kind.
+    kind: String,
+    /// The code of the shard's refusal, if it refused.
+    refused: Option<ErrorCode>,
+}
+
+impl From<String> for LoginFailed {
+    fn from(kind: String) -> Self {
+        Self {
+            kind,
+            refused: None,
+        }
+    }
+}
+
+impl LoginFailed {
+    fn opening(e: &OpenError, redirect: bool) -> Self {
+        let refused = match e {
+            OpenError::Read(NetError::PeerClosed { code, .. }) => ErrorCode::from_close_code(*code),
+            _ => None,
+        };
+        Self {
+            kind: e.kind(redirect),
+            refused,
+        }
+    }
+}
+
 /// Log `bot` in at `addr` with `hello`, following the redirects a login may get (its spawn point
-/// belongs to another shard): the session that welcomed it, or the report's error kind.
+/// belongs to another shard, or a resume's avatar is on another shard): the session that
+/// welcomed it, or why not.
 async fn login(
     bot: &mut BotClient,
     endpoint: &quinn::Endpoint,
@@ -745,10 +777,10 @@ async fn login(
     server_name: &str,
     hello: Vec<u8>,
     start: Instant,
-) -> Result<ClientSession, String> {
+) -> Result<ClientSession, LoginFailed> {
     let (mut session, mut msg, _, _) = open(endpoint, addr, server_name, &hello)
         .await
-        .map_err(|e| e.kind(false))?;
+        .map_err(|e| LoginFailed::opening(&e, false))?;
     let mut redirects = 0;
     loop {
         match bot.on_control(micros_since(start), &msg) {
@@ -762,14 +794,18 @@ async fn login(
                     .map_err(|e| error_kind("login: while queued", &e))?;
             }
             Ok(None) => {
-                return Err("login: the first answer was neither Welcome nor Redirect".into());
+                return Err(String::from(
+                    "login: the first answer was neither Welcome nor Redirect",
+                )
+                .into());
             }
             Ok(Some(r)) => {
                 redirects += 1;
                 if redirects > REDIRECTS_IN_A_ROW_MAX {
                     return Err(format!(
                         "login: redirected more than {REDIRECTS_IN_A_ROW_MAX} times in a row"
-                    ));
+                    )
+                    .into());
                 }
                 // No session to keep yet: the old shard has nothing of ours.
                 let via = session.conn.remote_address();
@@ -784,9 +820,20 @@ async fn login(
                     hello,
                 )
                 .await
-                .map_err(|e| e.kind(true))?;
+                .map_err(|e| LoginFailed::opening(&e, true))?;
             }
-            Err(e) => return Err(format!("login_refused: {e}")),
+            Err(e) => {
+                let refused = match &e {
+                    BotError::Refused { code, .. } => {
+                        ErrorCode::ALL.into_iter().find(|c| c.as_str() == *code)
+                    }
+                    BotError::Protocol(_) => None,
+                };
+                return Err(LoginFailed {
+                    kind: format!("login_refused: {e}"),
+                    refused,
+                });
+            }
         }
     }
 }
@@ -807,6 +854,15 @@ struct Connections {
 }
 
 impl Connections {
+    /// The bot is back in the game on `session` after losing its shard.
+    fn back(&mut self, session: ClientSession) {
+        self.link = Link::new(session);
+        self.link_alive = true;
+        self.hop = None;
+        self.redirects = 0;
+        self.ready = None;
+    }
+
     /// The current connection ended: an error for the report (`kind`), unless a redirect is under
     /// way, whose outcome decides how the bot goes on.
     fn lost(&mut self, bot: &mut BotClient, now_us: u64, kind: impl FnOnce() -> String) {
@@ -948,7 +1004,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     );
     // A login may wait in the login queue until the run ends; then it never played.
     let logged_in = match tokio::time::timeout_at(deadline.into(), logging_in).await {
-        Ok(r) => r,
+        Ok(r) => r.map_err(|f| f.kind),
         Err(_) if bot.is_queued() => {
             Err("login: still in the login queue when the run ended".into())
         }
@@ -982,84 +1038,20 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     // real clients run their own frame clocks at arbitrary phases.
     let period = Duration::from_secs_f64(1.0 / f64::from(run.input_hz.max(1)));
     let phase = period.mul_f32(Rng::new(seed ^ 0xC10C).next_f32());
-    let mut inputs = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-    inputs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let end = tokio::time::sleep_until(deadline.into());
-    tokio::pin!(end);
-    let mut last_snaps = 0;
-    // The second up to which this bot handed its timeline to the run's.
-    let mut handed_over_s = 0;
-    while conns.link_alive || conns.hop.is_some() {
-        tokio::select! {
-            _ = &mut end => break,
-            d = conns.link.conn.read_datagram(), if conns.link_alive => match d {
-                Ok(bytes) => {
-                    bot.on_datagram(now_us(), &bytes);
-                    let new = bot.metrics.snapshots - last_snaps;
-                    if new > 0 {
-                        live.snapshots.fetch_add(new, Ordering::Relaxed);
-                        last_snaps = bot.metrics.snapshots;
-                    }
-                }
-                Err(e) => {
-                    let kind = || error_kind("connection", &NetError::from(e));
-                    conns.lost(&mut bot, now_us(), kind);
-                }
-            },
-            c = conns.link.control.recv(), if conns.link_alive => match c {
-                Some(Ok(bytes)) => match bot.on_control(now_us(), &bytes) {
-                    Ok(None) => {
-                        if let Some(p) = bot.take_prepare().filter(|_| run.preconnect) {
-                            let via = conns.link.conn.remote_address();
-                            conns.prepare(p, via);
-                        }
-                    }
-                    Ok(Some(r)) => {
-                        let via = conns.link.conn.remote_address();
-                        conns.follow(&mut bot, r, via);
-                    }
-                    // The core counted the refusal; the session is over unless a redirect is
-                    // under way.
-                    Err(_) => conns.link_alive = false,
-                },
-                Some(Err(e)) => conns.lost(&mut bot, now_us(), || error_kind("control", &e)),
-                None => conns.link_alive = false,
-            },
-            r = async {
-                match conns.hop.as_mut() {
-                    Some(h) => h.await,
-                    None => std::future::pending().await,
-                }
-            }, if conns.hop.is_some() => {
-                conns.hop = None;
-                if conns.arrived(&mut bot, r, now_us()) {
-                    live.handoffs.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            _ = inputs.tick() => {
-                let now = now_us();
-                conns.expire_ready();
-                if conns.link_alive {
-                    if let Some(b) = bot.next_input(now)
-                        && conns.link.conn.send_datagram(b.into()).is_err()
-                    {
-                        bot.metrics.error_at(now, "send_input_failed");
-                    }
-                    for msg in bot.take_control() {
-                        if !conns.link.send_control(msg) {
-                            bot.metrics.error_at(now, "control_send_queue_full");
-                        }
-                    }
-                }
-                if let Some(s) = Timeline::second_of(now).filter(|s| *s > handed_over_s) {
-                    let ended = bot.metrics.timeline.drain_before(now);
-                    run.timeline
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .merge(&ended);
-                    handed_over_s = s;
-                }
-            }
+    let inputs = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+    let mut play = Play {
+        inputs,
+        last_snaps: 0,
+        handed_over_s: 0,
+        backoff: Rng::new(seed ^ 0xBAC0FF),
+    };
+    play.inputs
+        .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Play; when the shard is lost, come back through another and play on.
+    while let Ended::Lost { via } = play.session(&mut conns, &mut bot, run).await {
+        match come_back(&mut bot, &conns.endpoint, run, via, &mut play.backoff).await {
+            Some(session) => conns.back(session),
+            None => break,
         }
     }
     conns.hop = None; // abandon a redirect still being followed
@@ -1072,6 +1064,286 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
         metrics: bot.metrics,
         active_s,
         connected: true,
+    }
+}
+
+/// How a bot's session on a shard ended.
+enum Ended {
+    /// The run is over, or the shard refused it for good (its stated reason is in the report).
+    Done,
+    /// The shard is lost without a redirect (the connection timed out or closed, the shard went
+    /// silent, or said it was shutting down): the bot comes back through another shard. `via`:
+    /// the lost shard's address.
+    Lost { via: SocketAddr },
+}
+
+/// A bot's input clock and the counters its loop keeps across sessions.
+struct Play {
+    inputs: tokio::time::Interval,
+    last_snaps: u64,
+    /// The second up to which this bot handed its timeline to the run's.
+    handed_over_s: u32,
+    /// Jitter of the comeback's retries.
+    backoff: Rng,
+}
+
+/// A playing bot hears nothing from its shard for this long: the shard is taken for lost. A live
+/// shard sends a snapshot every tick (30 a second); QUIC's own idle timeout
+/// (`limits::IDLE_TIMEOUT_MS`, 10 s) is far too late for a player, who sees a frozen world after a
+/// few hundred milliseconds.
+pub const SHARD_SILENT_AFTER: Duration = Duration::from_millis(1_500);
+
+/// Whether an error that ended the connection means the shard is gone (rather than that it
+/// refused the bot for good): anything but a close with one of the shard's own codes, save
+/// `shutting_down`.
+fn is_loss(e: &NetError) -> bool {
+    match e {
+        NetError::PeerClosed { code, .. } => match ErrorCode::from_close_code(*code) {
+            Some(c) => c == ErrorCode::ShuttingDown,
+            None => true,
+        },
+        _ => true,
+    }
+}
+
+impl Play {
+    /// Play on `conns` until the run ends or the shard is lost.
+    async fn session(&mut self, conns: &mut Connections, bot: &mut BotClient, run: &Run) -> Ended {
+        let (start, live) = (run.start, &run.live);
+        let now_us = || micros_since(start);
+        let end = tokio::time::sleep_until(run.deadline.into());
+        tokio::pin!(end);
+        let mut heard = Instant::now();
+        // Set when the session ends with a loss (rather than a refusal for good).
+        let mut lost = false;
+        let via = conns.link.conn.remote_address();
+        while conns.link_alive || conns.hop.is_some() {
+            tokio::select! {
+                _ = &mut end => return Ended::Done,
+                d = conns.link.conn.read_datagram(), if conns.link_alive => match d {
+                    Ok(bytes) => {
+                        heard = Instant::now();
+                        bot.on_datagram(now_us(), &bytes);
+                        let new = bot.metrics.snapshots - self.last_snaps;
+                        if new > 0 {
+                            live.snapshots.fetch_add(new, Ordering::Relaxed);
+                            self.last_snaps = bot.metrics.snapshots;
+                        }
+                    }
+                    Err(e) => {
+                        let e = NetError::from(e);
+                        lost = is_loss(&e);
+                        conns.lost(bot, now_us(), || error_kind("connection", &e));
+                    }
+                },
+                c = conns.link.control.recv(), if conns.link_alive => match c {
+                    Some(Ok(bytes)) => match bot.on_control(now_us(), &bytes) {
+                        Ok(None) => {
+                            heard = Instant::now();
+                            if let Some(p) = bot.take_prepare().filter(|_| run.preconnect) {
+                                let via = conns.link.conn.remote_address();
+                                conns.prepare(p, via);
+                            }
+                        }
+                        Ok(Some(r)) => {
+                            let via = conns.link.conn.remote_address();
+                            conns.follow(bot, r, via);
+                        }
+                        // The core counted the refusal; the session is over unless a redirect is
+                        // under way.
+                        Err(e) => {
+                            lost = matches!(e, BotError::Refused { code, .. }
+                                if code == ErrorCode::ShuttingDown.as_str());
+                            conns.link_alive = false;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        lost = is_loss(&e);
+                        conns.lost(bot, now_us(), || error_kind("control", &e));
+                    }
+                    None => {
+                        lost = true;
+                        conns.link_alive = false;
+                    }
+                },
+                r = async {
+                    match conns.hop.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                }, if conns.hop.is_some() => {
+                    conns.hop = None;
+                    if conns.arrived(bot, r, now_us()) {
+                        live.handoffs.fetch_add(1, Ordering::Relaxed);
+                        heard = Instant::now();
+                    }
+                },
+                _ = self.inputs.tick() => {
+                    if conns.link_alive && conns.hop.is_none() && heard.elapsed() >= SHARD_SILENT_AFTER {
+                        bot.metrics.error_at(now_us(), "connection: shard silent");
+                        conns.link_alive = false;
+                        lost = true;
+                    }
+                    self.tick(conns, bot, run);
+                }
+            }
+        }
+        if lost {
+            conns.link.conn.close(0u32.into(), b"lost");
+            Ended::Lost { via }
+        } else {
+            Ended::Done
+        }
+    }
+
+    /// One input tick: send the input and the brain's control messages, and hand finished
+    /// seconds of the timeline to the run's.
+    fn tick(&mut self, conns: &mut Connections, bot: &mut BotClient, run: &Run) {
+        let now = micros_since(run.start);
+        conns.expire_ready();
+        if conns.link_alive {
+            if let Some(b) = bot.next_input(now)
+                && conns.link.conn.send_datagram(b.into()).is_err()
+            {
+                bot.metrics.error_at(now, "send_input_failed");
+            }
+            for msg in bot.take_control() {
+                if !conns.link.send_control(msg) {
+                    bot.metrics.error_at(now, "control_send_queue_full");
+                }
+            }
+        }
+        if let Some(s) = Timeline::second_of(now).filter(|s| *s > self.handed_over_s) {
+            let ended = bot.metrics.timeline.drain_before(now);
+            run.timeline
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .merge(&ended);
+            self.handed_over_s = s;
+        }
+    }
+}
+
+/// How long a bot that lost its shard tries to resume (the master declares a shard dead after
+/// its `[cluster] shard_silence_ms`, 3 s by default, and the avatar waits for its client
+/// `limits::REDIRECT_WAIT_MS` after that) before it logs in anew instead.
+pub const RESUME_TRY_FOR: Duration = Duration::from_secs(20);
+/// How long a bot that lost its shard tries to come back at all, resuming or logging in anew.
+pub const COMEBACK_TRY_FOR: Duration = Duration::from_secs(30);
+/// The first wait between tries, doubled after each up to [`RETRY_WAIT_MAX`], each drawn between
+/// half and all of it so the bots of one lost shard do not retry in step.
+const RETRY_WAIT_FIRST: Duration = Duration::from_millis(100);
+const RETRY_WAIT_MAX: Duration = Duration::from_millis(500);
+const _: () = assert!(RESUME_TRY_FOR.as_millis() < COMEBACK_TRY_FOR.as_millis());
+
+/// The shards a bot that lost the one at `lost` may try: the others its last resume ticket
+/// named, then the run's own address, resolved and without `lost`.
+fn comeback_shards(
+    bot: &BotClient,
+    run: &Run,
+    lost: SocketAddr,
+) -> impl Future<Output = Vec<SocketAddr>> + Send + 'static {
+    let named: Vec<String> = bot.resume_info().map_or_else(Vec::new, |r| {
+        (r.shards.iter())
+            .filter(|(shard, _)| *shard != r.shard)
+            .map(|(_, addr)| addr.clone())
+            .collect()
+    });
+    resolve_all(named, run.addr, lost)
+}
+
+async fn resolve_all(
+    named: Vec<String>,
+    run_addr: SocketAddr,
+    lost: SocketAddr,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for addr in named {
+        if let Ok(a) = resolve(&addr, lost).await
+            && !out.contains(&a)
+        {
+            out.push(a);
+        }
+    }
+    if !out.contains(&run_addr) {
+        out.push(run_addr);
+    }
+    out.retain(|a| *a != lost);
+    out
+}
+
+/// Come back after losing the shard at `lost`: present the resume ticket to the other shards in
+/// turn (following the redirect to the avatar's new owner) until one welcomes the bot, waiting a
+/// little longer after each `resume_later` or failed connection; if the resume fails for good
+/// (or takes [`RESUME_TRY_FOR`]), log in anew with the login ticket the same way. The session
+/// that welcomed the bot, or `None` when it gave up ([`COMEBACK_TRY_FOR`]) or the run ended.
+async fn come_back(
+    bot: &mut BotClient,
+    endpoint: &quinn::Endpoint,
+    run: &Run,
+    lost: SocketAddr,
+    jitter: &mut Rng,
+) -> Option<ClientSession> {
+    bot.lost_shard(micros_since(run.start));
+    let began = Instant::now();
+    let shards = comeback_shards(bot, run, lost).await;
+    if shards.is_empty() {
+        bot.gave_up("no other shard to go to");
+        return None;
+    }
+    let mut hello = match bot.resume_hello() {
+        Some(h) => h,
+        None => bot.resume_failed("no resume ticket"),
+    };
+    let (mut wait, mut attempt) = (RETRY_WAIT_FIRST, jitter.next_u64() as usize);
+    loop {
+        let left = COMEBACK_TRY_FOR.saturating_sub(began.elapsed());
+        let until = (Instant::now() + left).min(run.deadline);
+        let addr = shards[attempt % shards.len()];
+        let tried = login(
+            bot,
+            endpoint,
+            addr,
+            &run.server_name,
+            hello.clone(),
+            run.start,
+        );
+        let failed = match tokio::time::timeout_at(until.into(), tried).await {
+            Ok(Ok(session)) => return Some(session),
+            Ok(Err(f)) => f,
+            Err(_) if Instant::now() >= run.deadline => return None,
+            Err(_) => {
+                bot.gave_up(&format!("not back within {COMEBACK_TRY_FOR:?}"));
+                return None;
+            }
+        };
+        let resuming = !bot.is_relogging();
+        match failed.refused {
+            // The ticket is bad or its avatar is gone: log in anew.
+            Some(ErrorCode::ResumeFailed | ErrorCode::BadToken) if resuming => {
+                hello = bot.resume_failed(failed.refused.map_or("", ErrorCode::as_str));
+            }
+            Some(ErrorCode::BadTicket | ErrorCode::ProtocolMismatch | ErrorCode::WrongVersion) => {
+                bot.gave_up(&failed.kind);
+                return None;
+            }
+            _ if resuming && began.elapsed() >= RESUME_TRY_FOR => {
+                hello = bot.resume_failed("not resumed in time");
+            }
+            // `resume_later`, a shard that did not answer or is at its cap, a claim the master
+            // has not settled: try the next shard a little later.
+            _ => {}
+        }
+        attempt += 1;
+        let pause = wait.mul_f32(0.5 + jitter.next_f32() / 2.0);
+        tokio::time::sleep(pause).await;
+        wait = (wait * 2).min(RETRY_WAIT_MAX);
+        if began.elapsed() >= COMEBACK_TRY_FOR || Instant::now() >= run.deadline {
+            if Instant::now() < run.deadline {
+                bot.gave_up(&format!("not back within {COMEBACK_TRY_FOR:?}"));
+            }
+            return None;
+        }
     }
 }
 

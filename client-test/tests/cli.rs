@@ -97,8 +97,8 @@ fn cli_run_logs_in_with_minted_tickets_and_writes_both_reports() {
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert_eq!(
         page.matches("<svg").count(),
-        4,
-        "three histograms, one timeline"
+        5,
+        "four histograms, one timeline"
     );
     assert!(page.contains("2 connected of 2 requested (0 failed)"));
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));

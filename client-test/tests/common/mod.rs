@@ -43,6 +43,12 @@ pub enum Answer {
     },
     /// Redirect at once (a login that belongs to another shard).
     Redirect(Redirect),
+    /// Refuse with this code (an `Error`, then the close).
+    Refuse(ErrorCode),
+    /// As `Play` without a redirect, with `resume` sent after the `Welcome`; once `vanish_after`
+    /// inputs have arrived the shard sends that connection nothing more, as a shard killed with
+    /// `kill -9` (the QUIC connection itself stays up: only the game goes silent).
+    PlayThenVanish { resume: Resume, vanish_after: u64 },
 }
 
 /// What a fake shard saw.
@@ -158,9 +164,23 @@ pub fn fake_shard_for(
                                 let answer = answer(&hello, addr);
                                 names.insert(conn, hello.name.clone());
                                 seen.hellos.push(hello);
+                                let (mut resume, mut vanish_after) = (None, None);
                                 let (prepare, redirect_after) = match answer {
                                     Answer::Redirect(r) => {
                                         send(conn, &ServerControl::Redirect(r));
+                                        continue;
+                                    }
+                                    Answer::Refuse(code) => {
+                                        let detail = format!("refused: {}", code.as_str());
+                                        send(
+                                            conn,
+                                            &ServerControl::Error(ErrorMsg { code, detail }),
+                                        );
+                                        server.dispatch(NetCommand::Close {
+                                            conn,
+                                            code,
+                                            reason: "refused".into(),
+                                        });
                                         continue;
                                     }
                                     Answer::Play { redirect_after } => (None, redirect_after),
@@ -169,6 +189,13 @@ pub fn fake_shard_for(
                                         prepare,
                                         redirect_after,
                                     } => (Some((prepare_after, prepare)), redirect_after),
+                                    Answer::PlayThenVanish {
+                                        resume: r,
+                                        vanish_after: v,
+                                    } => {
+                                        (resume, vanish_after) = (Some(r), Some(v));
+                                        (None, None)
+                                    }
                                 };
                                 let welcome = ServerControl::Welcome(Welcome {
                                     avatar: AVATAR,
@@ -182,11 +209,15 @@ pub fn fake_shard_for(
                                 });
                                 send(conn, &welcome);
                                 send(conn, &ServerControl::CellMap(map.clone()));
+                                if let Some(r) = resume {
+                                    send(conn, &ServerControl::Resume(r));
+                                }
                                 playing.insert(
                                     conn,
                                     Playing {
                                         redirect: redirect_after,
                                         prepare,
+                                        vanish_after,
                                         ..Playing::default()
                                     },
                                 );
@@ -246,7 +277,11 @@ pub fn fake_shard_for(
                     last_input_seq,
                     redirect,
                     prepare,
+                    vanish_after,
                 } = p;
+                if vanish_after.is_some_and(|after| *inputs >= after) {
+                    continue;
+                }
                 // A full snapshot every tick: the avatar alone, where it spawned.
                 let part = SnapshotPart {
                     tick,
@@ -295,6 +330,7 @@ struct Playing {
     last_input_seq: u32,
     redirect: Option<(u64, Redirect)>,
     prepare: Option<(u64, Prepare)>,
+    vanish_after: Option<u64>,
 }
 
 /// A demo-game swarm of `bots` against `addr` that plays 3 s after a ramp of zero.
