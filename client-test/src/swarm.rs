@@ -1235,6 +1235,10 @@ pub const COMEBACK_TRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_WAIT_FIRST: Duration = Duration::from_millis(100);
 const RETRY_WAIT_MAX: Duration = Duration::from_millis(500);
 const _: () = assert!(RESUME_TRY_FOR.as_millis() < COMEBACK_TRY_FOR.as_millis());
+/// The longest one resume try may take (connecting, the master's answer, a redirect) before the
+/// bot tries the next shard: a shard that died too does not answer at all, and the connection
+/// attempt alone would wait [`CONNECT_TIMEOUT`].
+const RESUME_ATTEMPT_MAX: Duration = Duration::from_secs(3);
 
 /// The shards a bot that lost the one at `lost` may try: the others its last resume ticket
 /// named, then the run's own address, resolved and without `lost`.
@@ -1296,9 +1300,15 @@ async fn come_back(
         None => bot.resume_failed("no resume ticket"),
     };
     let (mut wait, mut attempt) = (RETRY_WAIT_FIRST, jitter.next_u64() as usize);
+    let give_up_at = (began + COMEBACK_TRY_FOR).min(run.deadline);
     loop {
-        let left = COMEBACK_TRY_FOR.saturating_sub(began.elapsed());
-        let until = (Instant::now() + left).min(run.deadline);
+        let resuming = !bot.is_relogging();
+        // A resume is answered within a master round trip; a fresh login may wait in the queue.
+        let until = if resuming {
+            give_up_at.min(Instant::now() + RESUME_ATTEMPT_MAX)
+        } else {
+            give_up_at
+        };
         let addr = shards[attempt % shards.len()];
         let tried = login(
             bot,
@@ -1311,13 +1321,8 @@ async fn come_back(
         let failed = match tokio::time::timeout_at(until.into(), tried).await {
             Ok(Ok(session)) => return Some(session),
             Ok(Err(f)) => f,
-            Err(_) if Instant::now() >= run.deadline => return None,
-            Err(_) => {
-                bot.gave_up(&format!("not back within {COMEBACK_TRY_FOR:?}"));
-                return None;
-            }
+            Err(_) => LoginFailed::from(format!("no answer from {addr} in time")),
         };
-        let resuming = !bot.is_relogging();
         match failed.refused {
             // The ticket is bad or its avatar is gone: log in anew.
             Some(ErrorCode::ResumeFailed | ErrorCode::BadToken) if resuming => {
@@ -1336,9 +1341,10 @@ async fn come_back(
         }
         attempt += 1;
         let pause = wait.mul_f32(0.5 + jitter.next_f32() / 2.0);
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep_until((Instant::now() + pause).min(give_up_at).into()).await;
         wait = (wait * 2).min(RETRY_WAIT_MAX);
-        if began.elapsed() >= COMEBACK_TRY_FOR || Instant::now() >= run.deadline {
+        if Instant::now() >= give_up_at {
+            // The run's end is no failure of the bot's.
             if Instant::now() < run.deadline {
                 bot.gave_up(&format!("not back within {COMEBACK_TRY_FOR:?}"));
             }
