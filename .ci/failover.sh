@@ -8,13 +8,17 @@
 #   again as a new member, is alive in the master's view, and is given cells;
 # - the bots that were not on the killed shard keep playing: snapshots/s p50 over all bots at
 #   least 20, and every bot connected at the start;
+# - the killed shard's bots come back by themselves with their resume tickets, at least 90% of
+#   them on their own avatars, failover_gap_ms p99 (from the last datagram of the dead shard to
+#   the first complete snapshot again) at most GAP_BAR_MS (5000);
 # - the dead shard's cells and replica went to its buddy (the master's "failover" event), and
 #   after the bots leave nothing is lost or doubled: total_entities (the median of the last
 #   samples: a handoff in flight counts twice or not at all for a moment) equals the count
 #   before the bots.
 # Printed: the time from the kill to the last cell on a live member, the adoption, the bots'
 # errors (what the players of the dead shard saw).
-# Usage: [SHARDS=4] [BOTS=100] [DURATION=25s] [KILL=2] [KILL_AFTER=8] bash .ci/failover.sh
+# Usage: [SHARDS=4] [BOTS=100] [DURATION=25s] [KILL=2] [KILL_AFTER=8] [FAILOVER_BAR_S=5]
+#        [GAP_BAR_MS=5000] [OUT_DIR=dir] bash .ci/failover.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/cluster_lib.sh
@@ -24,6 +28,7 @@ duration=${DURATION:-25s}
 kill_shard=${KILL:-2}
 kill_after=${KILL_AFTER:-8}
 failover_bar_s=${FAILOVER_BAR_S:-5}
+gap_bar_ms=${GAP_BAR_MS:-5000}
 dir=${OUT_DIR:-$(mktemp -d)}
 mkdir -p "$dir"
 port=$(( 20000 + RANDOM % 20000 ))
@@ -71,9 +76,9 @@ for _ in range(45):
 PY
 touch "$dir/stop"; wait "$sampler" 2>/dev/null || true
 
-python3 - "$dir" "$bots" "$failover_bar_s" <<'PY'
+python3 - "$dir" "$bots" "$failover_bar_s" "$gap_bar_ms" <<'PY'
 import json, sys
-d, bots, bar = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+d, bots, bar, gap_bar_ms = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 killed = float(open(f"{d}/killed_at").read())
 samples = [json.loads(l) for l in open(f"{d}/samples.jsonl") if l.strip()]
 problems = []
@@ -125,6 +130,16 @@ else:
     print(f"failover: {len(events)} dead/failover events, first: {events[:2]}")
 r = json.load(open(f"{d}/report.json"))
 if r["bots_connected"] != bots: problems.append(f"connected {r['bots_connected']} of {bots}")
+# The dead shard's players come back by themselves, on their own avatars.
+fo, res = r["failovers"], r["resumes"]
+print(f"failover: {fo} bots lost their shard, {res} resumed on their avatars, "
+      f"{r['resumes_failed']} resumes failed, {r['relogins']} logged in anew; failover_gap_ms "
+      f"p50 {r['failover_gap_ms_p50']:.0f} p99 {r['failover_gap_ms_p99']:.0f} max {r['failover_gap_ms_max']:.0f} "
+      f"(from the last datagram of the dead shard)")
+if fo == 0: problems.append("no bot lost its shard")
+elif res < 0.9 * fo: problems.append(f"only {res} of {fo} bots resumed on their avatars")
+if r["failover_gap_ms_p99"] > gap_bar_ms:
+    problems.append(f"failover_gap_ms p99 {r['failover_gap_ms_p99']:.0f} > {gap_bar_ms}")
 if r["snapshots_per_sec_p50"] < 20: problems.append(f"snapshots_per_sec_p50 {r['snapshots_per_sec_p50']:.1f} < 20")
 print(f"failover: bots {r['bots_connected']}/{bots} connected, snapshots/s p50 {r['snapshots_per_sec_p50']:.1f}, "
       f"handoffs {r['handoffs']}, errors {r['errors']}")

@@ -262,7 +262,7 @@ pub struct BotMetrics {
     pub resumes_failed: u64,
     /// Fresh logins after a failed resume that got the bot playing again.
     pub relogins: u64,
-    /// Lost shard noticed → first complete snapshot again (resumed or logged in anew), in
+    /// Last heard from the lost shard → first complete snapshot again (resumed or logged in anew), in
     /// microseconds.
     pub failover_gap_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
@@ -550,7 +550,7 @@ impl BotClient {
         }))
     }
 
-    /// The bot's shard is lost without a redirect, noticed at `now_us`: the failover gap starts
+    /// The bot's shard is lost without a redirect, last heard at `now_us`: the failover gap starts
     /// (unless it runs already: a shard that took the resume died too), and a redirect under way
     /// is no handoff any more. What to do next: [`Self::resume_hello`] to shards of
     /// [`Self::resume_info`], or, without a ticket, [`Self::resume_failed`] and a fresh login.

@@ -87,7 +87,7 @@ pub fn render(r: &Report) -> String {
     out.push_str(&histogram(
         "Failover gap",
         &r.histograms.failover_gap_ms,
-        "lost shard noticed to first snapshot again (ms)",
+        "lost shard last heard to first snapshot again (ms)",
         "comebacks",
     ));
     out.push_str("</div>\n<h2>Timeline</h2>\n<div class=\"grid\">\n");
@@ -558,7 +558,7 @@ mod tests {
             "input round trip (ms)",
             "complete snapshots per second (per bot)",
             "redirect to first snapshot from the new shard (ms)",
-            "lost shard noticed to first snapshot again (ms)",
+            "lost shard last heard to first snapshot again (ms)",
             "time since start (s)",
             "bots connected",
             "handoffs / s",

@@ -41,6 +41,12 @@ use zonescaler_shared::{codec, limits};
 
 /// How long a connection attempt may take, and then again the wait for the shard's first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a redirect may take to welcome the bot (connect, `Hello`, `Welcome`): a few hundred
+/// milliseconds on a loaded machine, so one this late went to a shard that died (its avatar
+/// was handed there just before): the bot gives up on it, goes silent on the old shard too
+/// (which sent it on), and comes back with its resume ticket.
+const HOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Redirects followed in a row without a `Welcome` in between. More means the shards keep
 /// pointing at each other (or the avatar outruns its client): give up rather than loop.
 const REDIRECTS_IN_A_ROW_MAX: u32 = 4;
@@ -885,14 +891,19 @@ impl Connections {
             bot.redirect_abandoned();
             None
         } else {
-            Some(Box::pin(follow(
+            let hop = follow(
                 ready,
                 self.endpoint.clone(),
                 self.server_name.clone(),
                 r.addr.clone(),
                 via,
                 bot.hello_redirected(&r),
-            )))
+            );
+            Some(Box::pin(async move {
+                tokio::time::timeout(HOP_TIMEOUT, hop)
+                    .await
+                    .unwrap_or(Err(OpenError::ReadTimeout))
+            }))
         };
     }
 
@@ -1048,8 +1059,9 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     play.inputs
         .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Play; when the shard is lost, come back through another and play on.
-    while let Ended::Lost { via } = play.session(&mut conns, &mut bot, run).await {
-        match come_back(&mut bot, &conns.endpoint, run, via, &mut play.backoff).await {
+    while let Ended::Lost { via, heard } = play.session(&mut conns, &mut bot, run).await {
+        let heard_us = heard.saturating_duration_since(run.start).as_micros() as u64;
+        match come_back(&mut bot, &conns.endpoint, run, (via, heard_us), &mut play.backoff).await {
             Some(session) => conns.back(session),
             None => break,
         }
@@ -1073,8 +1085,9 @@ enum Ended {
     Done,
     /// The shard is lost without a redirect (the connection timed out or closed, the shard went
     /// silent, or said it was shutting down): the bot comes back through another shard. `via`:
-    /// the lost shard's address.
-    Lost { via: SocketAddr },
+    /// the lost shard's address; `heard`: when the bot last heard from it (the failover gap
+    /// runs from there: the player's world stopped then, not when the bot gave up on it).
+    Lost { via: SocketAddr, heard: Instant },
 }
 
 /// A bot's input clock and the counters its loop keeps across sessions.
@@ -1190,7 +1203,7 @@ impl Play {
         }
         if lost {
             conns.link.conn.close(0u32.into(), b"lost");
-            Ended::Lost { via }
+            Ended::Lost { via, heard }
         } else {
             Ended::Done
         }
@@ -1285,10 +1298,10 @@ async fn come_back(
     bot: &mut BotClient,
     endpoint: &quinn::Endpoint,
     run: &Run,
-    lost: SocketAddr,
+    (lost, heard_us): (SocketAddr, u64),
     jitter: &mut Rng,
 ) -> Option<ClientSession> {
-    bot.lost_shard(micros_since(run.start));
+    bot.lost_shard(heard_us.min(micros_since(run.start)));
     let began = Instant::now();
     let shards = comeback_shards(bot, run, lost).await;
     if shards.is_empty() {
