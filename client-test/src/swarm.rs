@@ -1061,7 +1061,15 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     // Play; when the shard is lost, come back through another and play on.
     while let Ended::Lost { via, heard } = play.session(&mut conns, &mut bot, run).await {
         let heard_us = heard.saturating_duration_since(run.start).as_micros() as u64;
-        match come_back(&mut bot, &conns.endpoint, run, (via, heard_us), &mut play.backoff).await {
+        match come_back(
+            &mut bot,
+            &conns.endpoint,
+            run,
+            (via, heard_us),
+            &mut play.backoff,
+        )
+        .await
+        {
             Some(session) => conns.back(session),
             None => break,
         }

@@ -5,20 +5,16 @@
 //! again, through a redirect when that shard does not hold it. Before the failover it is told to
 //! try again later; with a bad ticket, or an avatar that is gone, to log in anew.
 //!
-//! Buddy replication, which promotes the dead shard's avatars, is built separately: these tests
-//! put the avatar in the state failover leaves it in (owned by the adopting shard, same `NetId`,
-//! `AwaitingClient`, the account seated there), as the contract between the two says.
+//! The failover is the real one: the dead shard's buddy adopts its cells and promotes its replica
+//! (`authority::replica`), and the master seats its players there.
 
 use bytes::Bytes;
-use glam::Vec3;
 use zonescaler_net::{NetCommand, NetEvent};
 use zonescaler_server::ShardApp;
 use zonescaler_server::app::demo_game;
 use zonescaler_server::cluster::LocalCluster;
-use zonescaler_server::core::components::{
-    Avatar, AwaitingClient, Generation, MoveTarget, NetIndex, Networked, Owned, Player, Position,
-};
-use zonescaler_server::core::resources::{PlayerLog, TickClock};
+use zonescaler_server::core::components::{Avatar, AwaitingClient, NetIndex};
+use zonescaler_server::core::resources::TickClock;
 use zonescaler_shared::codec;
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::{
@@ -106,31 +102,6 @@ fn log_in(c: &mut LocalCluster, conn: u64, name: &str) -> (Welcome, Resume) {
     }
 }
 
-/// What failover leaves of a dead shard's player on the shard that adopted its cell: the avatar,
-/// same `NetId`, owned, waiting for its client; the account seated there.
-fn adopt(app: &mut ShardApp, id: NetId, name: &str, at: Vec3) {
-    let since_ms = app.world.resource::<TickClock>().now_ms;
-    app.world.spawn((
-        Networked(id),
-        Position(at),
-        MoveTarget {
-            target: at,
-            speed_mps: 1.0,
-        },
-        Generation(2),
-        Player {
-            account: name.into(),
-        },
-        AwaitingClient {
-            name: name.into(),
-            since_ms,
-            last_input_seq: 0,
-        },
-        Owned,
-    ));
-    app.world.resource_mut::<PlayerLog>().arrived(name);
-}
-
 #[test]
 fn a_client_that_lost_its_shard_resumes_through_another_and_is_bound_to_its_own_avatar() {
     let mut c = cluster(3);
@@ -171,12 +142,18 @@ fn a_client_that_lost_its_shard_resumes_through_another_and_is_bound_to_its_own_
         .find(|s| *s != adopter)
         .expect("two living shards");
     let (a, b) = (usize::from(adopter.0), usize::from(through.0));
-    adopt(&mut c.shards[a], w.avatar, "ann", at);
-    adopt(&mut c.shards[a], cat.avatar, "cat", at);
-    for _ in 0..3 {
-        c.step();
+    // Promoted from the dead shard's replica, waiting for their clients, seated there.
+    for id in [w.avatar, cat.avatar] {
+        let world = &mut c.shards[a].world;
+        let e = world.resource::<NetIndex>().0.get(&id).copied();
+        let waiting = e.and_then(|e| world.get::<AwaitingClient>(e));
+        assert!(
+            waiting.is_some(),
+            "{id} waits for its client on the adopter"
+        );
     }
     assert_eq!(c.master.player("ann"), Some(adopter));
+    assert_eq!(c.master.player("cat"), Some(adopter));
 
     // Straight to the shard that holds the avatar: bound at once.
     hello(&mut c.shards[a], 20, "", None, Some(&cat_ticket.ticket));

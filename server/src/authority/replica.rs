@@ -42,6 +42,7 @@ use crate::core::components::{
     Position, Proxy, ReplicatedComponents,
 };
 use crate::core::registry::{encode_migrating, migrating_changed};
+pub use crate::core::resources::Membership;
 use crate::core::resources::{ReplicaStatus, ShardOutbox, TickClock};
 use crate::core::space::Space;
 use crate::interest::Viewers;
@@ -155,17 +156,6 @@ pub struct Replicas {
     /// The newest adoption: the dead member, the newest tick of it the replica held, and the
     /// entities promoted.
     pub last_adoption: Option<(ShardId, u64, u64)>,
-}
-
-/// The members and the dead, as the newest map push says.
-#[derive(Resource, Debug, Default, Clone)]
-pub struct Membership {
-    pub members: BTreeSet<ShardId>,
-    pub dead: BTreeMap<ShardId, Option<ShardId>>,
-    /// Grows with every change of `members`.
-    pub version: u64,
-    /// Members whose departure this shard settled (`on_departed`).
-    pub settled: BTreeSet<ShardId>,
 }
 
 /// The buddy `me` replicates to under `map`: the member (not `me`) owning the most leaves that

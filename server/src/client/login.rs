@@ -63,6 +63,8 @@ pub struct Login<'w, 's> {
     index: Res<'w, NetIndex>,
     /// Where avatars went on before their client came (the client is sent after them).
     forwards: Res<'w, crate::core::resources::Forwards>,
+    /// Members and the dead (where what went to a dead shard is now).
+    pub(super) membership: Option<Res<'w, crate::core::resources::Membership>>,
     entities: Query<
         'w,
         's,

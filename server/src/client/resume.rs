@@ -92,10 +92,21 @@ fn take(
             ErrorCode::ResumeFailed,
             format!("avatar {id} is not account {account:?}'s"),
         )),
-        Found::Moved(to) => {
-            redirect(conn, to, GrantKind::Avatar(id), closing, login);
-            Ok(())
-        }
+        // Gone on to a shard that died since: its adopter promoted it.
+        Found::Moved(to) => match login
+            .membership
+            .as_ref()
+            .map_or(Some(to), |m| m.successor(to))
+        {
+            Some(s) => {
+                redirect(conn, s, GrantKind::Avatar(id), closing, login);
+                Ok(())
+            }
+            None => Err((
+                ErrorCode::ResumeFailed,
+                format!("avatar {id} went to shard {}, which left", to.0),
+            )),
+        },
         Found::Played => Err((
             ErrorCode::ResumeFailed,
             format!("avatar {id} is played by another connection"),

@@ -312,3 +312,27 @@ pub struct ReplicaStatus {
     pub buddy: Option<ShardId>,
     pub lag_ticks: u32,
 }
+
+/// The members and the dead, as the newest map push says (`authority::cell_move` keeps it).
+#[derive(Resource, Debug, Default, Clone)]
+pub struct Membership {
+    pub members: std::collections::BTreeSet<ShardId>,
+    /// Members declared dead, with the member that adopted their cells, if one did.
+    pub dead: std::collections::BTreeMap<ShardId, Option<ShardId>>,
+    /// Grows with every change of `members`.
+    pub version: u64,
+    /// Members whose departure this shard settled (`authority::replica::on_departed`).
+    pub settled: std::collections::BTreeSet<ShardId>,
+}
+
+impl Membership {
+    /// Where to look for what was on its way to `to`: `to` while it is a member (or before any
+    /// push named the members); the shard that adopted it if it died; `None` if it left
+    /// without one (drained, or dead with no replica).
+    pub fn successor(&self, to: ShardId) -> Option<ShardId> {
+        if self.members.is_empty() || self.members.contains(&to) {
+            return Some(to);
+        }
+        self.dead.get(&to).copied().flatten()
+    }
+}
