@@ -28,8 +28,9 @@
 //! - **a crash**: in about 30% of the seeds (a stream of their own), 1–2 s in, a random shard
 //!   other than the master's, the joiner's or a draining one stops dead: no tick, nothing sent or
 //!   heard. The master's liveness check (every tick, as `Node` runs it) declares it dead after
-//!   `SHARD_DEAD_AFTER_MS` and its balancer gives its leaves to the living. What it held is lost
-//!   (no replica yet: out of `no_lost_entities`); its bots are orphaned.
+//!   `SHARD_DEAD_AFTER_MS` and gives its leaves to its buddy, which promotes its replica: what it
+//!   held must be simulated again within `FAILOVER_BOUND_MS` of the adopter hearing of it
+//!   (`no_lost_entities`); its bots are orphaned (they do not resume here).
 //!
 //! - **quitters**: in half the seeds, a bot in the middle of a redirect (sent on, not yet
 //!   welcomed) quits now and then, hanging up on both shards.
@@ -944,9 +945,9 @@ impl ClusterSim {
     /// The operator drains a random shard other than the master's, among those that tick and
     /// take work, as `zonescaler drain` does.
     /// A random shard other than the master's that ticks, is not the late joiner and is not
-    /// being drained crashes: it stops where it is (out of `live`, hearing nothing), and what it
-    /// held is lost (there is no replica yet): its entities leave `alive`, and its bots (playing
-    /// there, or on their way there) are orphaned, out of `players_keep_avatars`.
+    /// being drained crashes: it stops where it is (out of `live`, hearing nothing); what it held
+    /// waits in `crash_limbo` for its adopter, and its bots (playing there, or on their way
+    /// there) are orphaned, out of `players_keep_avatars`.
     fn crash(&mut self, tick: u64) {
         let joiner = self.joiner.as_ref().map(|j| j.id);
         let candidates: Vec<usize> = self

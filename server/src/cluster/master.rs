@@ -979,8 +979,8 @@ impl Master {
     }
 
     /// Failover of leaf `cell` of dead (fenced) shard `from`: `to` owns it from the new epoch on,
-    /// at once (nobody simulates it; the lease stopped `from` before it was declared dead). What
-    /// `from` held there is lost: buddy replication, which would hand it over, is not built yet.
+    /// at once (nobody simulates it; the lease stopped `from` before it was declared dead). Only
+    /// for a dead shard nobody adopted ([`Self::adopt_all`]): what it held there is lost.
     fn adopt_cell(
         &mut self,
         cell: CellId,
@@ -1008,7 +1008,7 @@ impl Master {
             "failover",
             format!(
                 "epoch {}: cell {cell} of dead shard {} now on shard {} ({lost} entities it last \
-                 reported there are lost: buddy replication is not built yet)",
+                 reported there are lost: its buddy was gone too)",
                 epoch.0, from.0, to.0
             ),
         );

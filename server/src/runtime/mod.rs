@@ -476,7 +476,7 @@ impl Shard {
             error!(
                 shard = dead.0,
                 "shard silent for [cluster] shard_silence_ms: declared dead and fenced; its \
-                 cells go to live shards (what it held is lost: buddy replication is not built yet)"
+                 cells and replica go to its buddy (see the failover event)"
             );
         }
         if let Some(m) = n.master.as_ref() {
