@@ -131,3 +131,13 @@ fn no_lost_entities_fires_when_the_buddy_lost_the_replica() {
     assert_eq!(v.invariant, "no_lost_entities", "{v}");
     assert!(v.detail.contains("did not come back"), "{v}");
 }
+
+/// Found by the first sweep with buddy replication: seed 6033's shard 3 had an attempt open to
+/// shard 2 when 2 crashed, for an entity 2 had handed to 3 a moment before. Shard 2's replica
+/// said the entity was despawned (its proxy was gone when the batch was built: the new owner's
+/// remove came in the same tick as its ack), so the adopter took its own attempt for moved on and
+/// dropped its copy: lost. A removal now names the handoff's generation.
+#[test]
+fn regression_cluster_seed_6033_a_handed_on_entity_is_no_despawned_one() {
+    run_cluster_seed(6033).unwrap_or_else(|v| panic!("{v}"));
+}

@@ -365,8 +365,11 @@ fn collect_upserts(
     upserts
 }
 
-/// The entities sent before and not owned or frozen here this tick: handed on (their new
-/// generation) or despawned (`u32::MAX`).
+/// The entities sent before and not owned or frozen here this tick: handed on (the generation
+/// their next owner took them at) or despawned (`u32::MAX`). One last sent frozen in a handoff
+/// was handed on at that attempt's number, even if its proxy here is gone already (the new
+/// owner's remove can come in the same tick as its ack): an entity frozen here is never
+/// despawned (a player who quits leaves it frozen until the answer).
 fn collect_removes(world: &World, out: &mut ReplicaOut, tick: u64) -> Vec<(NetId, u32)> {
     let index = &world.resource::<NetIndex>().0;
     let mut removes = Vec::new();
@@ -377,7 +380,9 @@ fn collect_removes(world: &World, out: &mut ReplicaOut, tick: u64) -> Vec<(NetId
         let next = index
             .get(id)
             .and_then(|e| world.get::<Generation>(*e))
-            .map_or(u32::MAX, |g| g.0);
+            .map(|g| g.0)
+            .or(s.transit.map(|(_, g)| g))
+            .unwrap_or(u32::MAX);
         removes.push((*id, next));
         false
     });
