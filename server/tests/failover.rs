@@ -89,6 +89,7 @@ fn a_dead_shards_entities_come_back_on_its_buddy_and_nothing_is_lost_or_doubled(
     c.kill(dying);
     let silence_ticks = limits::SHARD_DEAD_AFTER_MS * hz / 1_000;
     let mut taken_over = None;
+    let mut adopted_at = None;
     let mut handed_to_dead = 0usize;
     for t in 1..=silence_ticks + 3 * hz {
         c.step();
@@ -103,10 +104,16 @@ fn a_dead_shards_entities_come_back_on_its_buddy_and_nothing_is_lost_or_doubled(
                 })
                 .sum(),
         );
-        // Never two simulating copies (`held_by` panics), and before the failover nothing the
-        // living held is lost: it is theirs still, or the dead shard's.
+        // Never two simulating copies (`held_by` panics), and until the adopter promoted the
+        // replica nothing the living held is lost: it is theirs still, or the dead shard's;
+        // after, nothing at all is.
         let now = held_by(&mut c, &[0, 1]);
-        if taken_over.is_none() {
+        if adopted_at.is_none()
+            && (0..2).any(|i| c.shards[i].world.resource::<Replicas>().adopted(dying))
+        {
+            adopted_at = Some(t);
+        }
+        if adopted_at.is_none() {
             let dead = held(&mut c, 2);
             for id in everything.difference(&now) {
                 assert!(
@@ -126,6 +133,9 @@ fn a_dead_shards_entities_come_back_on_its_buddy_and_nothing_is_lost_or_doubled(
         }
     }
     let t = taken_over.expect("the dead shard's cells were given away");
+    let a = adopted_at.expect("the adopter promoted the replica");
+    // Once it heard from the other live shard what it took from the dead one (a link hop).
+    assert!(a <= t + 3, "promoted {} ticks after the map flipped", a - t);
     assert!(
         t * 1_000 / hz >= limits::SHARD_DEAD_AFTER_MS,
         "not before the silence: after {t} ticks"

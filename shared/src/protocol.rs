@@ -462,7 +462,19 @@ pub enum ShardMessage {
         id: NetId,
         generation: u32,
     },
+    /// Failover: the entities the sender took from `dead` by handoff (`(id, generation)`), for
+    /// its adopter, which promotes none of them from `dead`'s replica (that may not have heard
+    /// of the handoff). Every member sends its list, `last` on its final part, empty or not: the
+    /// adopter promotes once all did.
+    Taken {
+        dead: ShardId,
+        ids: Vec<(NetId, u32)>,
+        last: bool,
+    },
 }
+
+/// Entries in one [`ShardMessage::Taken`].
+pub const TAKEN_IDS_MAX: usize = 2_048;
 
 /// Entries in one [`ProxyBatch`], upserts and removes together. A sender splits a tick's traffic
 /// into several batches past this (or past `limits::SHARD_MESSAGE_BYTES_MAX` encoded), so it
@@ -1040,6 +1052,8 @@ impl Validate for ShardMessage {
                 Err("command over limits")
             }
             Self::Replica(b) => b.validate(),
+            Self::Taken { ids, .. } if ids.len() > TAKEN_IDS_MAX => Err("taken list too long"),
+            Self::Taken { .. } => Ok(()),
             Self::HandoffAck { .. }
             | Self::HandoffRefuse { .. }
             | Self::HandoffCancel { .. }

@@ -83,7 +83,7 @@ use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
 use zonescaler_server::ShardApp;
 use zonescaler_server::authority::handoff::Handoffs;
-use zonescaler_server::authority::replica::Membership as ShardMembership;
+use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::client::{Clients, LoginPolicy};
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
@@ -1012,11 +1012,12 @@ impl ClusterSim {
         };
         // From the verdict, or from when the adopter heard of it (a partition may hold the
         // master's map back), whichever is later.
+        // Once it adopted: it heard of the death and every live member told it what it took
+        // from the dead shard (a partition may hold either back).
         let heard = self.shards[adopter]
             .world
-            .resource::<ShardMembership>()
-            .settled
-            .contains(&ShardId(c as u16));
+            .resource::<Replicas>()
+            .adopted(ShardId(c as u16));
         if !heard {
             return Ok(true);
         }
@@ -1531,17 +1532,24 @@ impl ClusterSim {
                 // cells to be given away (an entity resumed in a leaf the dead shard still owns
                 // is offered to it again), which `failover_completes` bounds; it runs on the
                 // source's link to the master after.
+                let adopted = |c: usize| match self.master.adopter_of(ShardId(c as u16)) {
+                    Some(Some(a)) => {
+                        let a = usize::from(a.0);
+                        (self.shards[a].world.resource::<Replicas>()).adopted(ShardId(c as u16))
+                    }
+                    _ => true,
+                };
                 let awaiting_verdict = self.crashed.get(&dst).is_some_and(|(_, v)| {
-                    v.is_none() || self.map.cells_of(ShardId(dst as u16)).next().is_some()
+                    v.is_none()
+                        || self.map.cells_of(ShardId(dst as u16)).next().is_some()
+                        || !adopted(dst)
                 });
                 // One retargeted to a crashed shard's adopter waits for the adopter to hold the
                 // map that made it so (its link to the master may be cut meanwhile).
                 let adopter_unaware = self.crashed.keys().any(|&c| {
                     let c = ShardId(c as u16);
                     self.master.adopter_of(c) == Some(Some(ShardId(dst as u16)))
-                        && !(self.shards[dst].world.resource::<ShardMembership>())
-                            .settled
-                            .contains(&c)
+                        && !self.shards[dst].world.resource::<Replicas>().adopted(c)
                 });
                 let cut = awaiting_verdict
                     || adopter_unaware

@@ -141,3 +141,16 @@ fn no_lost_entities_fires_when_the_buddy_lost_the_replica() {
 fn regression_cluster_seed_6033_a_handed_on_entity_is_no_despawned_one() {
     run_cluster_seed(6033).unwrap_or_else(|v| panic!("{v}"));
 }
+
+/// Found by the same sweep: seed 3352's shard 2 was handing an entity to the late joiner when it
+/// crashed; the joiner took it, but the replica never heard (two owners once the adopter
+/// promoted it). The adopter now waits for every live member's `Taken` list. With that, the
+/// seed lost an entity shard 1 had handed to shard 2 just before the crash, acknowledged but not
+/// yet replicated (so was seed 2286): the source keeps what it handed (`Handed`) and asks the
+/// adopter, which gives it back when nobody holds it.
+#[test]
+fn regression_cluster_seeds_3352_and_2286_what_the_dead_shard_took_or_gave_just_before() {
+    for seed in [3352, 2286] {
+        run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
+    }
+}

@@ -169,7 +169,9 @@ fn departed_members(
             .filter(|d| !members.contains(d) && !known.settled.contains(d)),
     );
     if let Some(book) = world.get_resource::<super::handoff::Handoffs>() {
-        gone.extend(book.0.open_to().filter(|s| !members.contains(s)));
+        gone.extend(
+            (book.0.open_to()).filter(|s| !members.contains(s) && !known.settled.contains(s)),
+        );
     }
     gone.into_iter().collect()
 }

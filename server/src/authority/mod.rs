@@ -36,6 +36,7 @@ impl Plugin for AuthorityPlugin {
         app.world.init_resource::<replica::ReplicaOut>();
         app.world.init_resource::<replica::Replicas>();
         app.world.init_resource::<replica::Membership>();
+        app.world.init_resource::<replica::Handed>();
         app.add_systems_raw(
             (cell_move::on_space_notices, links::receive_shard_messages)
                 .chain()

@@ -142,6 +142,94 @@ pub struct Held {
     pub tick: u64,
 }
 
+/// How long a source keeps what it handed off ([`Handed`]): far longer than a target takes to
+/// replicate it, and longer than the longest silence that could hide the target's death.
+pub const HANDED_KEEP_MS: u64 = 2 * limits::SHARD_SILENCE_MS_MAX;
+
+/// What this shard handed off, kept in case the target dies before its buddy holds it: the
+/// request sent per entity until answered, then, acknowledged, [`HANDED_KEEP_MS`] long. On the
+/// target's death each record still named is asked of the adopter ([`ShardMessage::Orphan`]):
+/// an ack drops it (the adopter, or an owner after it, holds the entity at that generation or
+/// later), a refusal brings the entity back here from the record (nobody does).
+#[derive(Resource, Debug, Default)]
+pub struct Handed {
+    offered: HashMap<NetId, HandoffRequest>,
+    records: HashMap<NetId, (ShardId, HandoffRequest, u64)>,
+    order: std::collections::VecDeque<(u64, NetId)>,
+    /// Records asked of an adopter, with it.
+    asked: HashMap<NetId, (ShardId, HandoffRequest)>,
+    /// Entities brought back from a record since start.
+    pub restored: u64,
+}
+
+impl Handed {
+    /// `req` was sent.
+    pub fn offered(&mut self, req: HandoffRequest) {
+        if self.offered.len() < limits::ENTITIES_PER_SHARD_MAX || self.offered.contains_key(&req.id)
+        {
+            self.offered.insert(req.id, req);
+        }
+    }
+
+    /// `to` took `id` at `generation`: the request sent is kept.
+    pub fn released(&mut self, now_ms: u64, id: NetId, to: ShardId, generation: u32) {
+        while let Some(&(at, old)) = self.order.front() {
+            let full = self.records.len() >= limits::ENTITIES_PER_SHARD_MAX;
+            if now_ms.saturating_sub(at) < HANDED_KEEP_MS && !full {
+                break;
+            }
+            self.order.pop_front();
+            if self.records.get(&old).is_some_and(|r| r.2 == at) {
+                self.records.remove(&old);
+            }
+        }
+        if let Some(req) = self
+            .offered
+            .remove(&id)
+            .filter(|r| r.generation == generation)
+        {
+            self.records.insert(id, (to, req, now_ms));
+            self.order.push_back((now_ms, id));
+        }
+    }
+
+    /// The attempt for `id` was refused: nothing of it was handed.
+    pub fn refused(&mut self, id: NetId) {
+        self.offered.remove(&id);
+    }
+
+    /// Records of handoffs to `gone` (or asked of `gone`, an adopter that died too).
+    fn take_for(&mut self, gone: ShardId) -> Vec<HandoffRequest> {
+        let ids: Vec<NetId> = (self.records.iter())
+            .filter(|(_, r)| r.0 == gone)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out: Vec<HandoffRequest> = ids
+            .into_iter()
+            .filter_map(|id| self.records.remove(&id).map(|r| r.1))
+            .collect();
+        let asked: Vec<NetId> = (self.asked.iter())
+            .filter(|(_, a)| a.0 == gone)
+            .map(|(id, _)| *id)
+            .collect();
+        out.extend(
+            asked
+                .into_iter()
+                .filter_map(|id| self.asked.remove(&id).map(|a| a.1)),
+        );
+        out.sort_unstable_by_key(|r| r.id);
+        out
+    }
+}
+
+/// An adoption under way ([`Replicas::adopting`]).
+#[derive(Debug, Default)]
+pub struct Adopting {
+    held: Held,
+    waiting: BTreeSet<ShardId>,
+    taken: BTreeMap<NetId, u32>,
+}
+
 /// The replicas this shard holds for the members it is buddy of, and what failover left.
 #[derive(Resource, Debug, Default)]
 pub struct Replicas {
@@ -151,11 +239,24 @@ pub struct Replicas {
     adopted: BTreeMap<ShardId, (u64, HashMap<NetId, (u32, u64)>)>,
     /// Orphans that came before the map that makes this shard their adopter.
     pending: Vec<(ShardId, ShardId, u64, NetId, u32)>,
+    /// Adoptions waiting for every live member's `Taken` list: the replica, who has yet to
+    /// report, and what was taken from the dead shard (the newest generation per entity).
+    adopting: BTreeMap<ShardId, Adopting>,
+    /// `Taken` lists that came before this shard knew it adopts: per dead member, who sent its
+    /// last part, and the entities.
+    early: BTreeMap<ShardId, (BTreeSet<ShardId>, BTreeMap<NetId, u32>)>,
     /// Entities promoted from replicas since start.
     pub promoted: u64,
     /// The newest adoption: the dead member, the newest tick of it the replica held, and the
     /// entities promoted.
     pub last_adoption: Option<(ShardId, u64, u64)>,
+}
+
+impl Replicas {
+    /// Whether this shard adopted dead `dead` and promoted its replica.
+    pub fn adopted(&self, dead: ShardId) -> bool {
+        self.adopted.contains_key(&dead)
+    }
 }
 
 /// The buddy `me` replicates to under `map`: the member (not `me`) owning the most leaves that
@@ -513,13 +614,153 @@ pub fn on_departed(
     let epoch = world.resource::<Space>().map.epoch().0;
     for &gone in departed {
         match dead.get(&gone) {
-            Some(Some(adopter)) if *adopter == me => adopt(world, gone),
-            Some(Some(adopter)) => orphans_to(world, gone, *adopter, epoch),
-            // Drained (it took none of them), or dead with no one holding its replica.
-            _ => resume_all(world, gone),
+            Some(Some(adopter)) if *adopter == me => start_adoption(world, gone),
+            Some(Some(adopter)) => {
+                report_taken(world, gone, *adopter);
+                orphans_to(world, gone, *adopter, epoch);
+                ask_handed(world, gone, *adopter, epoch);
+            }
+            // Dead with no one holding its replica: what it took from here comes back.
+            Some(None) => {
+                resume_all(world, gone);
+                let records = world.resource_mut::<Handed>().take_for(gone);
+                for req in records {
+                    restore(world, req);
+                }
+            }
+            // Drained: it took none of the open attempts, and handed on all it took.
+            None => {
+                resume_all(world, gone);
+                world.resource_mut::<Handed>().take_for(gone);
+            }
         }
         world.resource_mut::<Replicas>().owners.remove(&gone);
     }
+    // A member that left no longer owes a `Taken` list.
+    let adopting: Vec<ShardId> = world
+        .resource::<Replicas>()
+        .adopting
+        .keys()
+        .copied()
+        .collect();
+    for d in adopting {
+        try_finish(world, d);
+    }
+}
+
+/// Tell `adopter` what this shard took from dead `gone`, in parts, the last one marked.
+fn report_taken(world: &mut World, gone: ShardId, adopter: ShardId) {
+    let ids = world.resource::<Handoffs>().0.taken_from(gone);
+    let parts: Vec<&[(NetId, u32)]> = if ids.is_empty() {
+        vec![&[]]
+    } else {
+        ids.chunks(zonescaler_shared::protocol::TAKEN_IDS_MAX)
+            .collect()
+    };
+    let n = parts.len();
+    for (i, part) in parts.into_iter().enumerate() {
+        let msg = ShardMessage::Taken {
+            dead: gone,
+            ids: part.to_vec(),
+            last: i + 1 == n,
+        };
+        handoff::send(world, adopter, &msg);
+    }
+}
+
+/// This shard adopts dead `gone`: its replica waits for every other live member's `Taken`
+/// list (what they took from `gone`, which its replica may not know was handed away).
+fn start_adoption(world: &mut World, gone: ShardId) {
+    let me = world.resource::<Space>().me;
+    let members = world.resource::<Membership>().members.clone();
+    let mut taken: BTreeMap<NetId, u32> = world
+        .resource::<Handoffs>()
+        .0
+        .taken_from(gone)
+        .into_iter()
+        .collect();
+    let mut replicas = world.resource_mut::<Replicas>();
+    if replicas.adopting.contains_key(&gone) || replicas.adopted.contains_key(&gone) {
+        return;
+    }
+    let held = replicas.owners.remove(&gone).unwrap_or_default();
+    tracing::debug!(
+        dead = gone.0,
+        entities = held.entities.len(),
+        tick = held.tick,
+        "adoption started"
+    );
+    let (reported, early) = replicas.early.remove(&gone).unwrap_or_default();
+    for (id, g) in early {
+        let t = taken.entry(id).or_insert(g);
+        *t = (*t).max(g);
+    }
+    let waiting = (members.iter())
+        .filter(|m| **m != me && **m != gone && !reported.contains(m))
+        .copied()
+        .collect();
+    replicas.adopting.insert(
+        gone,
+        Adopting {
+            held,
+            waiting,
+            taken,
+        },
+    );
+    try_finish(world, gone);
+}
+
+/// A member's list of what it took from dead `dead`.
+pub fn on_taken(
+    world: &mut World,
+    from: ShardId,
+    dead: ShardId,
+    ids: Vec<(NetId, u32)>,
+    last: bool,
+) -> bool {
+    let mut replicas = world.resource_mut::<Replicas>();
+    let (taken, waiting) = match replicas.adopting.get_mut(&dead) {
+        Some(a) => (&mut a.taken, Some(&mut a.waiting)),
+        None => {
+            if replicas.early.len() >= limits::SHARDS_MAX && !replicas.early.contains_key(&dead) {
+                return false;
+            }
+            let e = replicas.early.entry(dead).or_default();
+            if last {
+                e.0.insert(from);
+            }
+            (&mut e.1, None)
+        }
+    };
+    for (id, g) in ids {
+        if taken.len() >= limits::ENTITIES_PER_SHARD_MAX && !taken.contains_key(&id) {
+            break;
+        }
+        let t = taken.entry(id).or_insert(g);
+        *t = (*t).max(g);
+    }
+    if let Some(w) = waiting
+        && last
+    {
+        w.remove(&from);
+    }
+    try_finish(world, dead);
+    true
+}
+
+/// Promote `dead`'s replica once every live member reported what it took from it.
+fn try_finish(world: &mut World, dead: ShardId) {
+    let members = world.resource::<Membership>().members.clone();
+    let mut replicas = world.resource_mut::<Replicas>();
+    let Some(a) = replicas.adopting.get_mut(&dead) else {
+        return;
+    };
+    a.waiting.retain(|m| members.contains(m));
+    if !a.waiting.is_empty() {
+        return;
+    }
+    let a = replicas.adopting.remove(&dead).expect("just seen");
+    adopt(world, dead, a.held, &a.taken);
     answer_pending(world);
 }
 
@@ -569,6 +810,86 @@ fn orphans_to(world: &mut World, gone: ShardId, adopter: ShardId, epoch: u64) {
             "handoffs to a dead shard asked of its adopter"
         );
     }
+}
+
+/// What this shard handed to dead `gone` and still holds a record of: asked of `adopter`,
+/// unless the entity is back here at that generation or later.
+fn ask_handed(world: &mut World, gone: ShardId, adopter: ShardId, epoch: u64) {
+    let records = world.resource_mut::<Handed>().take_for(gone);
+    for req in records {
+        if handoff::held_at_or_after(world, req.id, req.generation)
+            && world
+                .resource::<NetIndex>()
+                .0
+                .get(&req.id)
+                .is_some_and(|e| world.get::<Proxy>(*e).is_none())
+        {
+            continue;
+        }
+        let msg = ShardMessage::Orphan {
+            dead: gone,
+            epoch,
+            id: req.id,
+            generation: req.generation,
+        };
+        handoff::send(world, adopter, &msg);
+        world
+            .resource_mut::<Handed>()
+            .asked
+            .insert(req.id, (adopter, req));
+    }
+}
+
+/// The adopter's answer to a record asked of it (an ack or a refusal that named no attempt of
+/// the book's): acked, the record goes; refused, the entity comes back here from it. False if
+/// it named no record.
+pub fn on_handed_answer(
+    world: &mut World,
+    from: ShardId,
+    id: NetId,
+    generation: u32,
+    taken: bool,
+) -> bool {
+    let mut handed = world.resource_mut::<Handed>();
+    let matches = handed
+        .asked
+        .get(&id)
+        .is_some_and(|(a, r)| *a == from && r.generation == generation);
+    if !matches {
+        return false;
+    }
+    let (_, req) = handed.asked.remove(&id).expect("just seen");
+    if !taken {
+        restore(world, req);
+    }
+    true
+}
+
+/// Bring back an entity handed to a shard that died before anyone held it, from the request
+/// this shard sent: owned here at that generation (a neighbour's handoff moves it on if it
+/// stands in a foreign cell). Not if this shard holds it at that generation or later already.
+fn restore(world: &mut World, req: HandoffRequest) {
+    let existing = world.resource::<NetIndex>().0.get(&req.id).copied();
+    let e = match existing {
+        // Held here, or mirrored by an owner, at that generation or later.
+        Some(e)
+            if world
+                .get::<Generation>(e)
+                .is_some_and(|g| g.0 >= req.generation) =>
+        {
+            return;
+        }
+        Some(e) => {
+            world.entity_mut(e).remove::<(Proxy, InTransit, Owned)>();
+            e
+        }
+        None => world.spawn(Networked(req.id)).id(),
+    };
+    let id = req.id;
+    handoff::install(world, e, req);
+    world.entity_mut(e).insert(Owned);
+    world.resource_mut::<Handed>().restored += 1;
+    info!(id = %id, "entity handed to a shard that died before anyone held it: simulated here again");
 }
 
 /// An orphan from `from`: answered now if this shard adopted `dead` in a map at least `epoch`,
@@ -644,17 +965,20 @@ fn answer_pending(world: &mut World) {
     }
 }
 
-/// This shard adopted dead `gone` (the map that says so is installed): settle its own attempts to it against
-/// the replica, then promote the replica.
-fn adopt(world: &mut World, gone: ShardId) {
+/// This shard adopted dead `gone` (the map that says so is installed, every live member said
+/// what it took from it): settle its own attempts to it against the replica, then promote the
+/// replica, but for what someone took from `gone` at a newer generation than the replica's.
+fn adopt(world: &mut World, gone: ShardId, held: Held, taken: &BTreeMap<NetId, u32>) {
     let now_ms = world.resource::<TickClock>().now_ms;
-    let held = world
-        .resource_mut::<Replicas>()
-        .owners
-        .remove(&gone)
-        .unwrap_or_default();
     let mut entities = held.entities;
-    settle_own_attempts(world, gone, &mut entities, &held.tombstones);
+    let mut tombstones = held.tombstones;
+    for (id, g) in taken {
+        let t = tombstones.entry(*id).or_insert((*g, now_ms));
+        t.0 = t.0.max(*g);
+    }
+    settle_own_attempts(world, gone, &mut entities, &tombstones);
+    restore_own_handed(world, gone, &entities, &tombstones);
+    entities.retain(|id, r| taken.get(id).is_none_or(|g| *g <= r.generation));
     let mut promoted = 0;
     for (_, r) in entities {
         promoted += u64::from(promote_replica(world, r));
@@ -665,7 +989,7 @@ fn adopt(world: &mut World, gone: ShardId) {
     replicas
         .adopted
         .retain(|_, (at, _)| now_ms.saturating_sub(*at) <= TOMBSTONE_KEEP_MS);
-    replicas.adopted.insert(gone, (now_ms, held.tombstones));
+    replicas.adopted.insert(gone, (now_ms, tombstones));
     metrics::counter!("zonescaler_replica_promoted_total").increment(promoted);
     info!(
         dead = gone.0,
@@ -690,6 +1014,7 @@ fn settle_own_attempts(
             .get(&id)
             .is_some_and(|r| r.generation >= generation);
         let moved_on = tombstones.get(&id).is_some_and(|(g, _)| *g >= generation);
+        tracing::debug!(id = %id, generation, in_replica, moved_on, "own attempt to the dead shard settled");
         if !in_replica && !moved_on {
             let effect = world.resource_mut::<Handoffs>().0.on_refuse(
                 now_ms,
@@ -714,6 +1039,25 @@ fn settle_own_attempts(
             if let Some(&e) = world.resource::<NetIndex>().0.get(&id) {
                 world.despawn(e);
             }
+        }
+    }
+}
+
+/// What this shard handed to dead `gone` that its replica does not hold (nor a newer owner):
+/// back from the record.
+fn restore_own_handed(
+    world: &mut World,
+    gone: ShardId,
+    entities: &BTreeMap<NetId, ReplicaEntity>,
+    tombstones: &HashMap<NetId, (u32, u64)>,
+) {
+    let records = world.resource_mut::<Handed>().take_for(gone);
+    for req in records {
+        let g = req.generation;
+        let in_replica = entities.get(&req.id).is_some_and(|r| r.generation >= g);
+        let moved_on = tombstones.get(&req.id).is_some_and(|(t, _)| *t >= g);
+        if !in_replica && !moved_on {
+            restore(world, req);
         }
     }
 }

@@ -99,7 +99,7 @@ pub struct HandoffBook {
     /// Target: the newest attempt accepted per entity, kept [`ACCEPTED_KEEP_MS`] (far longer
     /// than the answers): a failover asks about a dead source's attempts seconds later
     /// (`authority::replica`), after the entity may have moved on from here.
-    accepted_long: BTreeMap<NetId, u32>,
+    accepted_long: BTreeMap<NetId, (u32, ShardId)>,
     accepted_order: VecDeque<(u64, NetId, u32)>,
 }
 
@@ -250,6 +250,16 @@ impl HandoffBook {
         self.settle(id, to, generation)
     }
 
+    /// Entities this shard took from `from` (within [`ACCEPTED_KEEP_MS`], the newest take of
+    /// each): `(entity, attempt number)`. What a failover's adopter must not promote from the
+    /// dead `from`'s replica, which may not have heard of the handoff.
+    pub fn taken_from(&self, from: ShardId) -> Vec<(NetId, u32)> {
+        (self.accepted_long.iter())
+            .filter(|(_, (_, f))| *f == from)
+            .map(|(id, (g, _))| (*id, *g))
+            .collect()
+    }
+
     /// The attempts open to `to`: `(entity, attempt number)`.
     pub fn attempts_to(&self, to: ShardId) -> Vec<(NetId, u32)> {
         (self.open.iter())
@@ -341,14 +351,24 @@ impl HandoffBook {
                 break;
             }
             self.accepted_order.pop_front();
-            if self.accepted_long.get(&id) == Some(&generation) {
+            if self
+                .accepted_long
+                .get(&id)
+                .is_some_and(|(g, _)| *g == generation)
+            {
                 self.accepted_long.remove(&id);
             }
         }
         out
     }
 
-    fn record(&mut self, now_ms: u64, id: NetId, generation: u32, answer: Answer) {
+    fn record(
+        &mut self,
+        now_ms: u64,
+        (from, id): (ShardId, NetId),
+        generation: u32,
+        answer: Answer,
+    ) {
         self.answers.insert((id, generation), answer);
         self.order.push_back((now_ms, id, generation));
         if answer == Answer::Accepted {
@@ -356,19 +376,22 @@ impl HandoffBook {
             *newest = (*newest).max(generation);
             if self.accepted_order.len() >= ACCEPTED_LOG_MAX
                 && let Some((_, old, g)) = self.accepted_order.pop_front()
-                && self.accepted_long.get(&old) == Some(&g)
+                && self.accepted_long.get(&old).is_some_and(|(n, _)| *n == g)
             {
                 self.accepted_long.remove(&old);
             }
-            let long = self.accepted_long.entry(id).or_insert(generation);
-            *long = (*long).max(generation);
+            let long = self.accepted_long.entry(id).or_insert((generation, from));
+            if generation >= long.0 {
+                *long = (generation, from);
+            }
             self.accepted_order.push_back((now_ms, id, generation));
         }
     }
 
     fn accepted(&self, id: NetId, generation: u32) -> bool {
         let at_least = |g: Option<&u32>| g.is_some_and(|g| *g >= generation);
-        at_least(self.newest_accepted.get(&id)) || at_least(self.accepted_long.get(&id))
+        at_least(self.newest_accepted.get(&id))
+            || at_least(self.accepted_long.get(&id).map(|(g, _)| g))
     }
 
     /// Target, step 2: `from` offers `id` at `generation`; `verdict` is the world's answer (does
@@ -410,7 +433,7 @@ impl HandoffBook {
             // late cancel be refused after this shard took it.
             return refuse(RefuseReason::Full);
         }
-        self.record(now_ms, id, generation, Answer::Accepted);
+        self.record(now_ms, (from, id), generation, Answer::Accepted);
         vec![
             Effect::Take {
                 from,
@@ -428,7 +451,7 @@ impl HandoffBook {
             return Effect::Send(from, ShardMessage::HandoffAck { id, generation });
         }
         if !self.answers.contains_key(&(id, generation)) {
-            self.record(now_ms, id, generation, Answer::Cancelled);
+            self.record(now_ms, (from, id), generation, Answer::Cancelled);
         }
         Effect::Send(
             from,

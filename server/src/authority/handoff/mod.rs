@@ -256,6 +256,9 @@ pub fn send_offers(world: &mut World) {
     let offers = std::mem::take(&mut world.resource_mut::<OutgoingOffers>().0);
     for (e, to, mut req) in offers {
         req.migrating = encode_migrating(world, e);
+        world
+            .resource_mut::<super::replica::Handed>()
+            .offered(req.clone());
         send(world, to, &ShardMessage::HandoffRequest(req));
         if let Some(conn) = world.get::<Avatar>(e).map(|a| a.conn) {
             prepare_client(world, conn, to);
@@ -314,7 +317,10 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
                 .resource_mut::<Handoffs>()
                 .0
                 .on_ack(id, from, generation);
-            effect.is_some_and(|e| apply(world, e))
+            match effect {
+                Some(e) => apply(world, e),
+                None => super::replica::on_handed_answer(world, from, id, generation, true),
+            }
         }
         ShardMessage::HandoffRefuse {
             id,
@@ -325,7 +331,10 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
                 .resource_mut::<Handoffs>()
                 .0
                 .on_refuse(now_ms, id, from, generation, reason);
-            effect.is_some_and(|e| apply(world, e))
+            match effect {
+                Some(e) => apply(world, e),
+                None => super::replica::on_handed_answer(world, from, id, generation, false),
+            }
         }
         ShardMessage::HandoffCancel { id, generation } => {
             if held_at_or_after(world, id, generation) {
@@ -357,6 +366,9 @@ pub fn on_message(world: &mut World, from: ShardId, msg: ShardMessage) -> bool {
             id,
             generation,
         } => super::replica::on_orphan(world, from, dead, epoch, id, generation),
+        ShardMessage::Taken { dead, ids, last } => {
+            super::replica::on_taken(world, from, dead, ids, last)
+        }
     }
 }
 
@@ -564,6 +576,10 @@ fn release(world: &mut World, id: NetId, from: ShardId, generation: u32) -> bool
     let Some(e) = in_transit(world, id, from, generation) else {
         return false;
     };
+    let now_ms = world.resource::<TickClock>().now_ms;
+    world
+        .resource_mut::<super::replica::Handed>()
+        .released(now_ms, id, from, generation);
     let old_generation = world.get::<Generation>(e).map_or(0, |g| g.0);
     let avatar = world.get::<Avatar>(e).copied();
     if world.get::<AwaitingClient>(e).is_some() {
@@ -667,6 +683,7 @@ fn resume(
     world
         .resource_mut::<Mirrors>()
         .assume_sent(to, id, pos, rev, generation.wrapping_sub(1));
+    world.resource_mut::<super::replica::Handed>().refused(id);
     world
         .entity_mut(e)
         .remove::<InTransit>()
