@@ -147,11 +147,11 @@ fn apply_map(world: &mut World, push: MapPush) {
         m.version += 1;
         m.members = members;
     }
-    m.settled.extend(departed.iter().copied());
     m.dead = dead.clone();
     // After the new map (an adopter promotes into the cells it now owns) and after the dead
     // member's proxies went (its replica takes their place).
     super::replica::on_departed(world, &departed, &dead);
+    (world.resource_mut::<Membership>().settled).extend(departed);
 }
 
 /// Members the previous push named and `members` does not, members declared dead this shard
@@ -169,9 +169,9 @@ fn departed_members(
             .filter(|d| !members.contains(d) && !known.settled.contains(d)),
     );
     if let Some(book) = world.get_resource::<super::handoff::Handoffs>() {
-        gone.extend(
-            (book.0.open_to()).filter(|s| !members.contains(s) && !known.settled.contains(s)),
-        );
+        // Settled before too (an attempt opened while the push that dropped it was on its
+        // way): only its attempts are settled again (`replica::on_departed`).
+        gone.extend((book.0.open_to()).filter(|s| !members.contains(s)));
     }
     gone.into_iter().collect()
 }

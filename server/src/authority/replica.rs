@@ -613,6 +613,16 @@ pub fn on_departed(
     let me = world.resource::<Space>().me;
     let epoch = world.resource::<Space>().map.epoch().0;
     for &gone in departed {
+        let again = world.resource::<Membership>().settled.contains(&gone);
+        if again {
+            // Only attempts opened since (`cell_move::departed_members`).
+            match dead.get(&gone) {
+                Some(Some(adopter)) if *adopter != me => orphans_to(world, gone, *adopter, epoch),
+                Some(Some(_)) => {}
+                _ => resume_all(world, gone),
+            }
+            continue;
+        }
         match dead.get(&gone) {
             Some(Some(adopter)) if *adopter == me => start_adoption(world, gone),
             Some(Some(adopter)) => {

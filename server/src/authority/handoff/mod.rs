@@ -178,6 +178,7 @@ pub struct Offerer<'w, 's> {
     clients: Res<'w, Clients>,
     viewers: Res<'w, Viewers>,
     parts: Query<'w, 's, OfferParts, With<Owned>>,
+    membership: Option<Res<'w, crate::core::resources::Membership>>,
 }
 
 impl Offerer<'_, '_> {
@@ -188,6 +189,14 @@ impl Offerer<'_, '_> {
         let Ok((net, generation, mt, cache, avatar, awaiting)) = self.parts.get(e) else {
             return false;
         };
+        // A cell of a member that left (its map not replaced yet): nobody would answer.
+        let gone = self
+            .membership
+            .as_ref()
+            .is_some_and(|m| !m.members.is_empty() && !m.members.contains(&to));
+        if gone {
+            return false;
+        }
         let now_ms = self.clock.now_ms;
         let Ok(number) = self.book.0.offer(now_ms, net.0, to, generation.0) else {
             return false;
