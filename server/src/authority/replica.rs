@@ -346,7 +346,6 @@ pub fn send_replica(world: &mut World) {
         buddy: out.reported_buddy(),
         lag_ticks: out.lag_ticks(tick),
     };
-    metrics::gauge!("zonescaler_replica_lag_ticks").set(f64::from(status.lag_ticks));
     *world.resource_mut::<ReplicaOut>() = out;
     world.insert_resource(status);
     let mut outbox = world.resource_mut::<ShardOutbox>();

@@ -16,7 +16,7 @@
 use crate::cluster::Node;
 use crate::core::ShardApp;
 use crate::core::components::{InTransit, Owned, Proxy};
-use crate::core::resources::{HandoffStats, ShardInbox, ShardStats, TickClock};
+use crate::core::resources::{HandoffStats, ReplicaStatus, ShardInbox, ShardStats, TickClock};
 use crate::interest::Viewers;
 use anyhow::Context;
 use bevy_ecs::query::With;
@@ -326,6 +326,16 @@ fn describe() {
         "zonescaler_queue_length",
         "Items in a shard queue: the most a tick found in client_inbox and link_inbox, and left in client_outbox and link_outbox, over the last second; handshakes in progress now."
     );
+    describe_gauge!(
+        "zonescaler_replica_lag_ticks",
+        "Ticks between this shard's tick and the last replica batch its buddy acknowledged (0 without a buddy)."
+    );
+    describe_counter!(
+        "zonescaler_replica_promoted_total",
+        "Entities this shard took over from a dead member's replica (failover)."
+    );
+    // Counted by the failover code; registered now so it is exported, at 0, before the first.
+    let _ = counter!("zonescaler_replica_promoted_total");
     describe_counter!(
         "zonescaler_snapshot_bytes_total",
         Unit::Bytes,
@@ -428,6 +438,9 @@ fn publish_world(app: &mut ShardApp, queues: TickQueues, net: &NetStats) {
     ] {
         gauge!("zonescaler_queue_length", "queue" => queue).set(len as f64);
     }
+    // Zero until the shard has a buddy (a lone shard has none).
+    let replica_lag = w.get_resource::<ReplicaStatus>().map_or(0, |r| r.lag_ticks);
+    gauge!("zonescaler_replica_lag_ticks").set(f64::from(replica_lag));
 }
 
 /// The shard's own counters, as absolute values; decode errors with the transports' refusals.
@@ -736,6 +749,7 @@ mod tests {
             "zonescaler_decode_errors_total",
             "zonescaler_replication_lag_seconds",
             "zonescaler_queue_length",
+            "zonescaler_replica_lag_ticks",
             "zonescaler_process_resident_memory_bytes",
             "zonescaler_process_cpu_seconds_total",
         ] {
