@@ -15,19 +15,28 @@ wait_up() {
 
 # start_sampler NAME HTTP DIR [EVERY_S]: sample GET /api/cluster every EVERY_S seconds (default
 # 1) into DIR/samples.jsonl (each with its time "t") until DIR/stop exists; runs in the
-# background, its pid in $sampler.
+# background, its pid in $sampler. HTTP may name several shards' API addresses, comma-separated:
+# the one that answered last is asked first (a shard without the master role redirects to it;
+# one that is down is skipped), so the samples go on while the master role moves.
 start_sampler() {
   python3 - "$1" "$2" "$3/samples.jsonl" "$3/stop" "${4:-1}" <<'PY' &
 import json, os, sys, time, urllib.request
 name, http, out, stop, every = sys.argv[1:6]
+apis = http.split(",")
 with open(out, "w") as f:
     while not os.path.exists(stop):
-        try:
-            v = json.load(urllib.request.urlopen(f"http://{http}/api/cluster", timeout=5))
-            v["t"] = time.time()
-            f.write(json.dumps(v) + "\n"); f.flush()
-        except Exception as e:
-            print(f"{name}: sample failed:", e, file=sys.stderr)
+        errors = []
+        for api in list(apis):
+            try:
+                v = json.load(urllib.request.urlopen(f"http://{api}/api/cluster", timeout=2))
+                v["t"] = time.time()
+                f.write(json.dumps(v) + "\n"); f.flush()
+                apis.remove(api); apis.insert(0, api)
+                break
+            except Exception as e:
+                errors.append(f"{api}: {e}")
+        else:
+            print(f"{name}: sample failed:", "; ".join(errors), file=sys.stderr)
         time.sleep(float(every))
 PY
   sampler=$!

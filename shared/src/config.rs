@@ -113,9 +113,15 @@ pub struct ClusterSection {
     /// shard stops simulating by itself two thirds of this after it last heard the master's
     /// answer (its ownership lease), so no two shards ever own a cell. Shorter recovers faster;
     /// longer spares a shard that stalls for a moment on a busy machine (what a dead shard held
-    /// is lost until buddy replication exists). The master's setting is the one that counts:
-    /// it grants the leases.
+    /// comes back from its buddy's replica). The master's setting is the one that counts: it
+    /// grants the leases.
     pub shard_silence_ms: u64,
+    /// The members elect a new master once the master has not answered them for this long
+    /// (`limits::MASTER_SILENCE_MS_MIN..=MASTER_SILENCE_MS_MAX`); the successor fences it and
+    /// gives its cells to its buddy. Below two thirds of `shard_silence_ms` (the members'
+    /// leases) the new master answers before any other shard pauses; shorter recovers faster,
+    /// longer spares a master whose tick stalls for a moment.
+    pub master_silence_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -131,6 +137,7 @@ impl Default for ClusterSection {
             login_queue_max: LOGIN_QUEUE_DEFAULT,
             connections_per_address_max: limits::CONNECTIONS_PER_ADDRESS_MAX as u32,
             shard_silence_ms: limits::SHARD_DEAD_AFTER_MS,
+            master_silence_ms: limits::MASTER_SILENCE_MS_DEFAULT,
         }
     }
 }
@@ -585,6 +592,18 @@ impl WorldConfig {
                 ),
             ));
         }
+        let master = limits::MASTER_SILENCE_MS_MIN..=limits::MASTER_SILENCE_MS_MAX;
+        if !master.contains(&c.master_silence_ms) {
+            return Err(bad(
+                "cluster.master_silence_ms",
+                format!(
+                    "must be in {}..={} ms (got {})",
+                    master.start(),
+                    master.end(),
+                    c.master_silence_ms
+                ),
+            ));
+        }
         if c.clients_per_shard_max as usize > limits::CLIENTS_PER_SHARD_MAX {
             return Err(bad(
                 "cluster.clients_per_shard_max",
@@ -777,6 +796,10 @@ mod tests {
             (
                 "[cluster]\nshard_silence_ms = 60001\n",
                 "cluster.shard_silence_ms",
+            ),
+            (
+                "[cluster]\nmaster_silence_ms = 499\n",
+                "cluster.master_silence_ms",
             ),
             ("[balancer]\ntick_cpu_max = 1.5\n", "balancer.tick_cpu_max"),
             ("[balancer]\newma_alpha = 0.0\n", "balancer.ewma_alpha"),

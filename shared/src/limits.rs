@@ -187,6 +187,18 @@ pub const SHARD_DEAD_AFTER_MS: u64 = 3_000;
 pub const SHARD_SILENCE_MS_MIN: u64 = 1_000;
 pub const SHARD_SILENCE_MS_MAX: u64 = 60_000;
 
+/// The default `[cluster] master_silence_ms`: members elect a successor once the master has not
+/// answered them for this long (`cluster::election`). Half the default shard silence: the new
+/// master answers before the members' leases (two thirds of the shard silence) lapse, so a
+/// master's death pauses no other shard.
+pub const MASTER_SILENCE_MS_DEFAULT: u64 = 1_500;
+/// The range `[cluster] master_silence_ms` may take: not below a few heartbeats and a tick stall
+/// (a false election deposes a live master), not past a minute.
+pub const MASTER_SILENCE_MS_MIN: u64 = 500;
+pub const MASTER_SILENCE_MS_MAX: u64 = 60_000;
+const _: () = assert!(MASTER_SILENCE_MS_MIN > 2 * HEARTBEAT_MS);
+const _: () = assert!(MASTER_SILENCE_MS_DEFAULT < lease_ms_for(SHARD_DEAD_AFTER_MS));
+
 /// The ownership lease the master grants with a silence of `silence_ms`: two thirds of it. A
 /// shard simulates its cells only while the master has answered a heartbeat it sent less than
 /// this long ago (by its own monotonic clock). The master declares it dead no sooner than

@@ -560,10 +560,14 @@ pub struct ReplicaEntity {
 pub enum LinkMessage {
     /// Joiner → master: a new shard of this cluster.
     Join(JoinRequest),
-    /// Master → joiner: its shard id (the map follows once every expected shard has joined).
-    Joined { id: ShardId },
+    /// Master → joiner: its shard id and the master's own (the map follows once every expected
+    /// shard has joined).
+    Joined { id: ShardId, master: ShardId },
     /// Master → every shard: the cell map and the members.
     Map(MapPush),
+    /// A member that does not hold the master role → a joiner that asked it to join: the
+    /// master's links are at `master` (join there).
+    NotMaster { master: String },
     /// Between two non-master shards, first frame of the dialer: who it is.
     Peer { id: ShardId },
     /// Shard → master, every `HEARTBEAT_MS`: load and counters.
@@ -589,6 +593,47 @@ pub enum LinkMessage {
         to: ShardId,
         received: u64,
     },
+    /// Between members, in their session: the election of a new master when the master falls
+    /// silent (`cluster::election`).
+    Election(ElectionMessage),
+}
+
+/// The master's election, between members (`cluster::election`): a member that has not heard
+/// the master for its silence stands for the next term; a majority of the members' votes makes it
+/// the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ElectionMessage {
+    /// The sender stands for master in `term`, holding the master's state as of `version`
+    /// ([`Standby::version`]) and the map of `epoch`: a member with newer state refuses it.
+    Candidacy { term: u64, version: u64, epoch: u64 },
+    /// The answer to the candidacy for `term`.
+    Vote { term: u64, granted: bool },
+    /// The sender won `term` with a majority: it is the master now.
+    Elected { term: u64 },
+}
+
+/// The master's state that is not in the map pushes, as every member keeps it so that any of them
+/// can take the master's role over (`cluster::election`). Sent to every member as it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Standby {
+    /// Numbers the master's state: one more with each of these messages (a member's first one
+    /// starts it, `full`), continued by a successor.
+    pub version: u64,
+    /// The master's term (0: the shard that formed the cluster).
+    pub term: u64,
+    /// Whether `seats` is the whole player directory (a member's first one), or the changes since
+    /// the previous one.
+    pub full: bool,
+    /// Player → the shard the directory seats it on; `None`: out of the directory.
+    pub seats: Vec<(String, Option<ShardId>)>,
+    /// Members being drained.
+    pub draining: Vec<ShardId>,
+    /// Each member's buddy (the one holding its replica), as its heartbeats named it.
+    pub buddies: Vec<(ShardId, ShardId)>,
+    /// Cell moves under way: id, leaf, from, to. A successor aborts them.
+    pub moves: Vec<(u64, crate::CellId, ShardId, ShardId)>,
+    /// The id the next joiner gets (ids are never reused).
+    pub next_id: u16,
 }
 
 /// What a shard asks of the master.
@@ -659,6 +704,8 @@ pub enum MasterNotice {
     /// gave its cells to others: it must not simulate or serve anything again. It stops;
     /// restarted, it joins as a new member.
     Fenced,
+    /// The master's state for its successors ([`Standby`]; boxed: the other notices are small).
+    Standby(Box<Standby>),
     /// The answer to a [`MasterRequest::Locate`]: the shard the directory seats `account` on,
     /// `None` when it seats it nowhere (it logged out, or its avatar was lost).
     Located {
@@ -712,6 +759,9 @@ pub struct JoinRequest {
     pub link_addr: String,
     /// Where the joiner serves `/metrics` (`host:port`; empty when it does not).
     pub metrics_addr: String,
+    /// Where the joiner serves the HTTP API (`host:port`; empty when it does not): the cluster's
+    /// API is there while it holds the master role.
+    pub http_addr: String,
     /// Capacity weight: its share of the cells is proportional to it.
     pub weight: u32,
 }
@@ -733,6 +783,8 @@ pub struct MemberInfo {
     pub client_addr: String,
     pub link_addr: String,
     pub metrics_addr: String,
+    /// Where it serves the HTTP API (empty: nowhere).
+    pub http_addr: String,
     pub weight: u32,
 }
 
@@ -745,6 +797,12 @@ pub struct ShardLoad {
     /// Numbers this shard's heartbeats, from 1 (0: not numbered, as in a test). The master's
     /// [`MasterNotice::Lease`] answer echoes it.
     pub seq: u64,
+    /// The newest heartbeat the master's [`MasterNotice::Lease`] answered, as this shard heard
+    /// it: the master holds its role while a majority has heard it recently
+    /// (`cluster::election`).
+    pub lease_seq: u64,
+    /// The master's term this shard follows.
+    pub term: u64,
     pub tick: u64,
     pub owned_entities: u32,
     pub in_transit: u32,

@@ -932,7 +932,8 @@ impl ClusterSim {
         let notices = self.master.members_changed(Some(id));
         tracing::info!(shard = id.0, "sim: the master admitted the late joiner");
         let now = self.now_us;
-        for msg in [LinkMessage::Joined { id }, LinkMessage::Map(push)] {
+        let master = ShardId(0);
+        for msg in [LinkMessage::Joined { id, master }, LinkMessage::Map(push)] {
             self.net
                 .send(now, 0, from as u32, Packet::Link(link, msg), true);
         }
@@ -2208,6 +2209,7 @@ fn join_request(i: usize, weight: u32) -> JoinRequest {
         client_addr: String::new(),
         link_addr: format!("sim:{i}"),
         metrics_addr: String::new(),
+        http_addr: String::new(),
         weight,
     }
 }

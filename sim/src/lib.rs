@@ -76,6 +76,8 @@ pub fn square_world(half_m: f32, seed: u64, npcs: usize) -> WorldConfig {
 /// What travels on the simulated wire: client connections, and in the multi-shard simulator
 /// shard links too.
 #[derive(Clone, Debug)]
+// Shard-link messages are a heartbeat's size at most; boxing them is not worth a simulated hop.
+#[allow(clippy::large_enum_variant)]
 enum Packet {
     /// A shard link came up (the multi-shard simulator only): both ends hear it.
     LinkUp(zonescaler_net::link::LinkId),

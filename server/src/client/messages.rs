@@ -144,7 +144,8 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
             | MasterNotice::MoveAborted { .. }
             | MasterNotice::Drained => {}
             // The ownership lease is the node's (`cluster::lease`): never pushed into the app.
-            MasterNotice::Lease { .. } | MasterNotice::Fenced => {}
+            // So are the election and the master's state for successors.
+            MasterNotice::Lease { .. } | MasterNotice::Fenced | MasterNotice::Standby(_) => {}
         }
     }
 }

@@ -17,6 +17,8 @@ use zonescaler_shared::cellmap::{CellGrid, CellMap, Epoch};
 use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MapPush, MemberInfo, ShardLoad};
 
 /// What happened on the links (the driver's `LinkEvent`s, decoded).
+// A handful of these while a cluster forms: a boxed message would cost more to read than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum FormEvent {
     Up(LinkId),
@@ -28,6 +30,7 @@ pub enum FormEvent {
 }
 
 /// What the driver must do.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum FormAction {
     Send(LinkId, LinkMessage),
@@ -53,6 +56,8 @@ pub enum FormError {
     MapBeforeId,
     #[error("the master's cell map does not fit this world config (same --world everywhere?): {0}")]
     BadMap(String),
+    #[error("the shard dialled does not hold the master role; the master's links are at {0}")]
+    NotMaster(String),
     #[error("cannot place the cells: {0}")]
     Placement(String),
 }
@@ -63,6 +68,8 @@ pub struct Formed {
     pub me: ShardId,
     pub map: CellMap,
     pub members: Vec<MemberInfo>,
+    /// The member holding the master role.
+    pub master_id: ShardId,
     /// The link to each other member.
     pub link_of: BTreeMap<ShardId, LinkId>,
     /// The master's state, on the master only.
@@ -79,6 +86,8 @@ enum State {
     Joining {
         master_link: Option<LinkId>,
         id: Option<ShardId>,
+        /// The member holding the master role (its `Joined` says which).
+        master: ShardId,
     },
     /// Everyone, linking every pair once the map is known.
     Linking {
@@ -86,6 +95,7 @@ enum State {
         map: CellMap,
         members: Vec<MemberInfo>,
         master: Option<Master>,
+        master_id: ShardId,
     },
     Done,
 }
@@ -117,6 +127,7 @@ impl Forming {
             client_addr: me.client_addr.clone(),
             link_addr: me.link_addr.clone(),
             metrics_addr: me.metrics_addr.clone(),
+            http_addr: me.http_addr.clone(),
             weight: me.weight,
         };
         let m = master(Master::new(grid, expect, info, now_ms));
@@ -142,6 +153,7 @@ impl Forming {
             State::Joining {
                 master_link: None,
                 id: None,
+                master: ShardId(0),
             },
         );
         (f, vec![FormAction::Dial(ShardId(0), master_addr)])
@@ -221,6 +233,7 @@ impl Forming {
             map,
             members,
             mut master,
+            master_id,
         } = std::mem::replace(&mut self.state, State::Done)
         else {
             return None;
@@ -232,6 +245,7 @@ impl Forming {
             me,
             map,
             members,
+            master_id,
             link_of: self.link_of,
             master,
             early: self.early,
@@ -265,7 +279,8 @@ impl Forming {
                 Ok(id) => {
                     out.push(FormAction::Say(format!("shard {} joined", id.0)));
                     self.link_of.insert(id, link);
-                    out.push(FormAction::Send(link, LinkMessage::Joined { id }));
+                    let master = ShardId(0);
+                    out.push(FormAction::Send(link, LinkMessage::Joined { id, master }));
                 }
                 Err(e) => {
                     out.push(FormAction::Say(format!("join refused: {e}")));
@@ -300,13 +315,18 @@ impl Forming {
         let State::Gathering(master) = std::mem::replace(&mut self.state, State::Done) else {
             return Ok(());
         };
-        self.enter_linking(ShardId(0), push, Some(master), out)?;
+        self.enter_linking(ShardId(0), push, Some(master), ShardId(0), out)?;
         let _ = now_ms;
         Ok(())
     }
 
     fn join(&mut self, ev: FormEvent, out: &mut Vec<FormAction>) -> Result<(), FormError> {
-        let State::Joining { master_link, id } = &mut self.state else {
+        let State::Joining {
+            master_link,
+            id,
+            master,
+        } = &mut self.state
+        else {
             return Ok(());
         };
         let is_master = |l: LinkId| *master_link == Some(l);
@@ -321,14 +341,22 @@ impl Forming {
                 return Err(FormError::MasterLeft(reason));
             }
             FormEvent::Message(l, msg) if is_master(l) => match msg {
-                LinkMessage::Joined { id: given } => *id = Some(given),
+                LinkMessage::Joined {
+                    id: given,
+                    master: m,
+                } => {
+                    *id = Some(given);
+                    *master = m;
+                }
+                LinkMessage::NotMaster { master } => return Err(FormError::NotMaster(master)),
                 LinkMessage::Map(push) => {
                     let me = id.ok_or(FormError::MapBeforeId)?;
-                    self.link_of.insert(ShardId(0), l);
+                    let master = *master;
+                    self.link_of.insert(master, l);
                     self.state = State::Done;
-                    self.enter_linking(me, push, None, out)?;
+                    self.enter_linking(me, push, None, master, out)?;
                 }
-                other => self.early.push((ShardId(0), other)),
+                other => self.early.push((*master, other)),
             },
             _ => {}
         }
@@ -342,6 +370,7 @@ impl Forming {
         me: ShardId,
         push: MapPush,
         master: Option<Master>,
+        master_id: ShardId,
         out: &mut Vec<FormAction>,
     ) -> Result<(), FormError> {
         let MapPush {
@@ -353,7 +382,7 @@ impl Forming {
         let map = CellMap::from_leaves(self.grid, Epoch(epoch), leaves.into_iter().collect())
             .map_err(|e| FormError::BadMap(e.to_string()))?;
         for m in &members {
-            if m.id != me && m.id != ShardId(0) && m.id < me {
+            if m.id != me && m.id != master_id && m.id < me {
                 out.push(FormAction::Dial(m.id, m.link_addr.clone()));
             }
         }
@@ -362,6 +391,7 @@ impl Forming {
             map,
             members,
             master,
+            master_id,
         };
         Ok(())
     }
@@ -419,6 +449,7 @@ mod tests {
             client_addr: format!("c{i}"),
             link_addr: format!("l{i}"),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         }
     }

@@ -14,9 +14,13 @@
 //! - **Holds**: simulate.
 //! - **Lapsed**: no answer for a while (the master is slow, or unreachable): do not simulate,
 //!   keep networking and heartbeating; a late answer renews it and the shard goes on.
-//! - **Lost**: lapsed for the master's silence more (half again the lease it granted), or the
-//!   master said `Fenced`: the master has given (or is about to give) its cells away. The shard
-//!   stops; restarted, it joins anew.
+//! - **Lost**: lapsed for three times the master's silence more ([`GIVE_UP_SILENCES`]), or the
+//!   master said `Fenced`: the master has given its cells away, or no master has been elected
+//!   (`cluster::election`) in all that time. The shard stops; restarted, it joins anew. While
+//!   the lease is lapsed an election may run: a new master's answers renew it as the old one's
+//!   did.
+//! - An answer with a lease of 0 (a master that lost its majority) renews nothing: it only says
+//!   the master is there (`cluster::election`).
 //!
 //! Pure: the clock comes in with every call.
 //!
@@ -31,6 +35,12 @@ const SENT_REMEMBERED: usize = (limits::SHARD_SILENCE_MS_MAX / limits::HEARTBEAT
 
 /// The lease before the master's first answer: the shortest any master grants.
 const FIRST_LEASE_MS: u64 = limits::lease_ms_for(limits::SHARD_SILENCE_MS_MIN);
+
+/// How many of the master's silences a lapsed lease waits, past the first, for a master (the
+/// old one, or one elected meanwhile) to answer before the shard gives up: elections start a
+/// silence after the master was last heard and take a fraction of one, or half a silence more
+/// per candidate in line that is dead too.
+pub const GIVE_UP_SILENCES: u64 = 3;
 
 /// What the lease allows now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +100,11 @@ impl Lease {
         }
     }
 
+    /// The number the next heartbeat will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// A heartbeat goes out now: its number.
     pub fn sent(&mut self, now_ms: u64) -> u64 {
         let seq = self.next_seq;
@@ -109,7 +124,7 @@ impl Lease {
                 break;
             }
             self.sent.pop_front();
-            if s == seq {
+            if s == seq && lease_ms > 0 {
                 self.until_ms = self.until_ms.max(at + lease_ms);
                 self.granted_ms = lease_ms;
             }
@@ -129,8 +144,8 @@ impl Lease {
             return LeaseState::Holds;
         }
         let for_ms = now_ms - self.until_ms;
-        // The master's silence: half again the lease it grants.
-        if for_ms >= self.granted_ms * 3 / 2 {
+        // The master's silence is half again the lease it grants.
+        if for_ms >= GIVE_UP_SILENCES * (self.granted_ms * 3 / 2) {
             LeaseState::Lost(LostWhy::Silent {
                 for_ms: now_ms - (self.until_ms - self.granted_ms),
             })
@@ -228,12 +243,30 @@ mod tests {
             );
             assert!(
                 matches!(
-                    l.state(last + lease + silence),
+                    l.state(last + lease + GIVE_UP_SILENCES * (lease * 3 / 2) - 1),
+                    LeaseState::Lapsed { .. }
+                ),
+                "silence {silence}: waits for an election"
+            );
+            assert!(
+                matches!(
+                    l.state(last + lease + GIVE_UP_SILENCES * (lease * 3 / 2)),
                     LeaseState::Lost(LostWhy::Silent { .. })
                 ),
-                "silence {silence}: gives up once the master surely gave its cells away"
+                "silence {silence}: gives up once no master answered for that long"
             );
         }
+    }
+
+    #[test]
+    fn an_answer_without_a_lease_renews_nothing() {
+        let mut l = Lease::new(0);
+        let s = l.sent(100);
+        l.answered(s, 0);
+        assert_eq!(l.state(FIRST_LEASE_MS), LeaseState::Lapsed { for_ms: 0 });
+        let s = l.sent(FIRST_LEASE_MS + 10);
+        l.answered(s, SHARD_LEASE_MS);
+        assert_eq!(l.state(FIRST_LEASE_MS + 20), LeaseState::Holds);
     }
 
     #[test]

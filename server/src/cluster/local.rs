@@ -48,6 +48,9 @@ pub struct LocalCluster {
     killed: Vec<bool>,
     /// Each shard's ownership lease (none on the master: it is the authority).
     leases: Vec<Option<Lease>>,
+    /// The newest heartbeat of each shard the master answered (`ShardLoad::lease_seq`: the
+    /// master acts while a majority heard it recently, `cluster::election`).
+    lease_seqs: Vec<u64>,
     /// Shards that lost their lease (fenced, or cut off too long): stopped, as their process.
     lost: Vec<bool>,
     /// Until when each shard's links are cut ([`Self::partition`]).
@@ -76,6 +79,7 @@ fn member(i: usize) -> JoinRequest {
         client_addr: format!("local:{i}"),
         link_addr: format!("local:{i}"),
         metrics_addr: String::new(),
+        http_addr: String::new(),
         weight: 1,
     }
 }
@@ -89,6 +93,7 @@ pub fn placed_master(config: &WorldConfig, n: usize) -> Result<Master, String> {
         client_addr: first.client_addr,
         link_addr: first.link_addr,
         metrics_addr: String::new(),
+        http_addr: String::new(),
         weight: 1,
     };
     let c = &config.cluster;
@@ -96,7 +101,8 @@ pub fn placed_master(config: &WorldConfig, n: usize) -> Result<Master, String> {
         .with_duplicate_rule(config.login.duplicate)
         .with_admission(c.clients_per_shard_max, c.login_queue_max)
         .with_move_timeout(c.cell_move_timeout_ms)
-        .with_silence(c.shard_silence_ms);
+        .with_silence(c.shard_silence_ms)
+        .with_master_silence(c.master_silence_ms);
     for i in 1..n {
         master.join(member(i), 0).map_err(|e| e.to_string())?;
     }
@@ -128,6 +134,7 @@ impl LocalCluster {
             notices: Vec::new(),
             killed: vec![false; n],
             leases: (0..n).map(|i| (i > 0).then(|| Lease::new(0))).collect(),
+            lease_seqs: vec![0; n],
             lost: vec![false; n],
             cut_until: vec![0; n],
             ticked: vec![false; n],
@@ -248,6 +255,7 @@ impl LocalCluster {
             }
             let mut load = self.shards[i].load();
             load.seq = self.leases[i].as_mut().map_or(0, |l| l.sent(self.now_ms));
+            load.lease_seq = self.lease_seqs[i];
             if self.cut(i, 0) {
                 continue;
             }
@@ -255,6 +263,7 @@ impl LocalCluster {
             match (answer, self.leases[i].as_mut()) {
                 (Some(MasterNotice::Lease { seq, lease_ms }), Some(l)) => {
                     l.answered(seq, u64::from(lease_ms));
+                    self.lease_seqs[i] = self.lease_seqs[i].max(seq);
                 }
                 (Some(MasterNotice::Fenced), Some(l)) => l.fenced(),
                 _ => {}

@@ -27,17 +27,18 @@
 //! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
 use super::balancer::{Action, Balancer, CellInput, ShardInput};
+use super::election::Support;
 use super::moves::{ActiveMove, MoveEnd, MoveError, MoveTable};
 use crate::client::admission::{Admission, Verdict, Waiter};
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, assign_contiguous};
+use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, Epoch, assign_contiguous};
 use zonescaler_shared::config::{CLIENTS_PER_SHARD_DEFAULT, DuplicateLogin, LOGIN_QUEUE_DEFAULT};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
     ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo, MessageScope,
-    NoRoomWhy, PlayerMessage, ShardLoad,
+    NoRoomWhy, PlayerMessage, ShardLoad, Standby,
 };
 use zonescaler_shared::{CellId, ShardId};
 
@@ -106,10 +107,10 @@ pub enum DrainRefused {
     #[error("no shard {0} in the cluster")]
     NoSuchShard(u16),
     #[error(
-        "shard 0 holds the master role and cannot be drained (moving the master role is not \
-         built yet)"
+        "shard {0} holds the master role and cannot be drained (kill it instead: the others \
+         elect a successor and adopt its cells)"
     )]
-    Master,
+    Master(u16),
     #[error("shard {0} is not alive; a dead shard's cells are recovered by failover, not drained")]
     NotAlive(u16),
     #[error(
@@ -172,18 +173,53 @@ pub struct Master {
     pub failovers: u64,
     /// A member not heard from this long is declared dead (`[cluster] shard_silence_ms`).
     silence_ms: u64,
+    /// Members elect a successor after this long without this master (`[cluster]
+    /// master_silence_ms`): how long their promises run.
+    master_silence_ms: u64,
     /// Members declared dead, newest last (at most `limits::SHARDS_MAX`), with the member that
     /// adopted their cells and replica: every map push carries it (`MapPush::dead`).
     dead: VecDeque<(ShardId, Option<ShardId>)>,
     /// Entities of dead shards their adopters took over, by the dead shards' last reports.
     pub adopted_entities: u64,
+    /// This master's own member id.
+    me: ShardId,
+    /// The term this master holds the role in (0: it formed the cluster; see
+    /// [`super::election`]).
+    term: u64,
+    /// Until when each member promised not to vote for another master: this one acts only while
+    /// a majority did ([`Self::quorum`]).
+    support: Support,
+    /// What the members hold of this master's state, for a successor ([`Self::standby`]).
+    standby: StandbyOut,
 }
+
+/// The master's state as sent to the members ([`Master::standby`]): its version, the directory
+/// changes not sent yet, the members that have had the whole of it, and what was sent last.
+#[derive(Debug, Default)]
+struct StandbyOut {
+    version: u64,
+    seats: BTreeMap<String, Option<ShardId>>,
+    full_sent: BTreeSet<ShardId>,
+    last: Standby,
+}
+
+/// Directory entries in one [`Standby`] message (a whole directory goes in several).
+pub const STANDBY_SEATS_PER_MESSAGE: usize = 1_024;
+const _: () = assert!(
+    STANDBY_SEATS_PER_MESSAGE * (limits::PLAYER_NAME_BYTES_MAX + 8) + 64 * 1_024
+        <= limits::LINK_FRAME_BYTES_MAX
+);
+
+/// How far a successor moves the map's epoch on: past any map its predecessor may have pushed to
+/// some members and not to it.
+pub const TAKEOVER_EPOCH_GAP: u64 = 1 << 20;
 
 impl Master {
     /// A master that is itself member 0 and waits for `expected` members in all.
     pub fn new(grid: CellGrid, expected: usize, me: MemberInfo, now_ms: u64) -> Self {
         let mut members = BTreeMap::new();
         let next_id = me.id.0 + 1;
+        let me_id = me.id;
         members.insert(me.id, Member::new(me, now_ms, true));
         Self {
             grid,
@@ -208,8 +244,213 @@ impl Master {
             moves_aborted: 0,
             failovers: 0,
             silence_ms: limits::SHARD_DEAD_AFTER_MS,
+            master_silence_ms: limits::MASTER_SILENCE_MS_DEFAULT,
             dead: VecDeque::new(),
             adopted_entities: 0,
+            me: me_id,
+            term: 0,
+            support: Support::default(),
+            standby: StandbyOut::default(),
+        }
+    }
+
+    /// The successor of a master that fell silent: this member (`me`) won the election for
+    /// `term` with `voters` behind it (see [`super::election`]). Its state is what every member
+    /// holds of the old master's: the map, the members and the dead of the last push, and the
+    /// [`Standby`] (directory, draining members, buddies, moves under way, the next id). Call
+    /// [`Self::take_over`] next, once configured as the old one was.
+    #[allow(clippy::too_many_arguments)]
+    pub fn successor(
+        map: &CellMap,
+        members: &[MemberInfo],
+        dead: &[(ShardId, Option<ShardId>)],
+        standby: &Standby,
+        seats: &BTreeMap<String, ShardId>,
+        me: ShardId,
+        term: u64,
+        voters: &[ShardId],
+        now_ms: u64,
+    ) -> Result<Self, CellMapError> {
+        let info = (members.iter().find(|m| m.id == me).cloned()).unwrap_or(MemberInfo {
+            id: me,
+            client_addr: String::new(),
+            link_addr: String::new(),
+            metrics_addr: String::new(),
+            http_addr: String::new(),
+            weight: 1,
+        });
+        let grid = *map.grid();
+        let mut m = Self::new(grid, members.len(), info, now_ms);
+        for i in members {
+            let mut member = Member::new(i.clone(), now_ms, true);
+            member.draining = standby.draining.contains(&i.id);
+            member.load.buddy = (standby.buddies.iter())
+                .find(|(of, _)| *of == i.id)
+                .map(|(_, b)| *b);
+            m.members.insert(i.id, member);
+        }
+        let top = members.iter().map(|i| i.id.0).max().unwrap_or(me.0);
+        m.next_id = standby.next_id.max(top.saturating_add(1));
+        let epoch = Epoch(map.epoch().0.saturating_add(TAKEOVER_EPOCH_GAP));
+        m.map = Some(CellMap::from_leaves(grid, epoch, map.leaves().clone())?);
+        m.dead = dead.iter().copied().collect();
+        for (name, shard) in seats {
+            m.seat(name, *shard);
+        }
+        m.moves = MoveTable::resumed(standby.moves.iter().map(|(id, cell, from, to)| {
+            ActiveMove {
+                id: *id,
+                cell: *cell,
+                from: *from,
+                to: *to,
+                // Aborted by `take_over` (the old master's word on it died with it).
+                started_ms: 0,
+            }
+        }));
+        m.term = term;
+        m.support = Support::all_from(voters.iter().copied(), now_ms, m.master_silence_ms);
+        m.standby = StandbyOut {
+            version: standby.version,
+            ..StandbyOut::default()
+        };
+        Ok(m)
+    }
+
+    /// A successor takes the role over from `old`, the master that fell silent: `old` is declared
+    /// dead and fenced, its cells go to its buddy (with its replica) as any dead member's do, the
+    /// moves the old master had under way are aborted, and every member gets the new map (with
+    /// an epoch past any the old master may have pushed). The notices to send.
+    pub fn take_over(&mut self, old: ShardId, now_ms: u64) -> Vec<(ShardId, MasterNotice)> {
+        self.now_ms = now_ms;
+        let me = self.me();
+        self.event(
+            "master",
+            format!(
+                "shard {} holds the master role in term {} (shard {} fell silent)",
+                me.0, self.term, old.0
+            ),
+        );
+        self.declare_dead(old, "held the master role and fell silent");
+        let mut out = Vec::new();
+        for m in self.moves.take_all() {
+            out.extend(self.abort(m, "the master that ordered it fell silent"));
+        }
+        out.extend(self.members_changed(None));
+        out
+    }
+
+    /// This master's own member id.
+    pub fn me(&self) -> ShardId {
+        self.me
+    }
+
+    /// The term it holds the role in.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Members (itself included) whose promise not to vote for another master runs now, and
+    /// whether they are a majority of the live members: a master acts only while they are
+    /// ([`super::election`]).
+    pub fn quorum(&self, now_ms: u64) -> (usize, bool) {
+        let alive: Vec<ShardId> = (self.members.values())
+            .filter(|m| m.alive)
+            .map(|m| m.info.id)
+            .collect();
+        self.support.holds(self.me, &alive, now_ms)
+    }
+
+    /// The master's state the members do not have yet ([`Standby`]): the changes since the last
+    /// round to those that have the whole, the whole to the others (a joiner, everyone after a
+    /// takeover). Nothing while nothing changed. Call it every housekeeping round.
+    pub fn standby(&mut self) -> Vec<(ShardId, MasterNotice)> {
+        if self.map.is_none() {
+            return Vec::new();
+        }
+        let now = self.standby_now();
+        let targets: Vec<ShardId> = (self.members.values())
+            .filter(|m| m.alive && m.info.id != self.me)
+            .map(|m| m.info.id)
+            .collect();
+        let fresh: Vec<ShardId> = (targets.iter())
+            .filter(|id| !self.standby.full_sent.contains(id))
+            .copied()
+            .collect();
+        let changed = !self.standby.seats.is_empty() || now != self.standby.last;
+        if !changed && fresh.is_empty() {
+            return Vec::new();
+        }
+        self.standby.version += 1;
+        let version = self.standby.version;
+        let chunks = |seats: Vec<(String, Option<ShardId>)>, full: bool| -> Vec<Standby> {
+            let mut out: Vec<Standby> = seats
+                .chunks(STANDBY_SEATS_PER_MESSAGE)
+                .enumerate()
+                .map(|(i, c)| Standby {
+                    version,
+                    full: full && i == 0,
+                    seats: c.to_vec(),
+                    ..now.clone()
+                })
+                .collect();
+            if out.is_empty() {
+                out.push(Standby {
+                    version,
+                    full,
+                    ..now.clone()
+                });
+            }
+            out
+        };
+        let mut out = Vec::new();
+        let delta = std::mem::take(&mut self.standby.seats)
+            .into_iter()
+            .collect();
+        let delta = chunks(delta, false);
+        for id in targets.iter().filter(|id| !fresh.contains(id)) {
+            out.extend(
+                delta
+                    .iter()
+                    .map(|s| (*id, MasterNotice::Standby(Box::new(s.clone())))),
+            );
+        }
+        if !fresh.is_empty() {
+            let whole = (self.players.iter())
+                .map(|(name, shard)| (name.clone(), Some(*shard)))
+                .collect();
+            let whole = chunks(whole, true);
+            for id in fresh {
+                out.extend(
+                    whole
+                        .iter()
+                        .map(|s| (id, MasterNotice::Standby(Box::new(s.clone())))),
+                );
+                self.standby.full_sent.insert(id);
+            }
+        }
+        self.standby.last = now;
+        out
+    }
+
+    /// The master's state besides the directory, as a [`Standby`] without seats or version.
+    fn standby_now(&self) -> Standby {
+        Standby {
+            version: 0,
+            term: self.term,
+            full: false,
+            seats: Vec::new(),
+            draining: (self.members.values())
+                .filter(|m| m.alive && m.draining)
+                .map(|m| m.info.id)
+                .collect(),
+            buddies: (self.members.values())
+                .filter(|m| m.alive)
+                .filter_map(|m| m.load.buddy.map(|b| (m.info.id, b)))
+                .collect(),
+            moves: (self.moves.active())
+                .map(|m| (m.id, m.cell, m.from, m.to))
+                .collect(),
+            next_id: self.next_id,
         }
     }
 
@@ -224,6 +465,15 @@ impl Master {
     /// clamped to its range); the leases it grants are two thirds of that.
     pub fn with_silence(mut self, ms: u64) -> Self {
         self.silence_ms = ms.clamp(limits::SHARD_SILENCE_MS_MIN, limits::SHARD_SILENCE_MS_MAX);
+        self
+    }
+
+    /// Members elect a successor after `ms` without the master's answers (`[cluster]
+    /// master_silence_ms`, clamped to its range): the promises this master counts on run that
+    /// long, less a tenth ([`super::election`]).
+    pub fn with_master_silence(mut self, ms: u64) -> Self {
+        self.master_silence_ms =
+            ms.clamp(limits::MASTER_SILENCE_MS_MIN, limits::MASTER_SILENCE_MS_MAX);
         self
     }
 
@@ -266,6 +516,7 @@ impl Master {
             *n = n.saturating_sub(1);
         }
         *self.seats.entry(shard).or_default() += 1;
+        self.standby.seats.insert(name.to_owned(), Some(shard));
     }
 
     /// Take `name` out of the directory if it is on `shard` there.
@@ -277,6 +528,7 @@ impl Master {
         if let Some(n) = self.seats.get_mut(&shard) {
             *n = n.saturating_sub(1);
         }
+        self.standby.seats.insert(name.to_owned(), None);
     }
 
     /// Players on every shard that takes work: the seats admission may give.
@@ -348,9 +600,12 @@ impl Master {
             client_addr: req.client_addr,
             link_addr: req.link_addr,
             metrics_addr: req.metrics_addr,
+            http_addr: req.http_addr,
             weight: req.weight,
         };
         self.members.insert(id, Member::new(info, now_ms, !late));
+        // Its election starts when it has formed, after this: no vote of its within the silence.
+        self.support.promised(id, now_ms, self.master_silence_ms);
         Ok(id)
     }
 
@@ -384,8 +639,8 @@ impl Master {
         if m.draining {
             return Ok(());
         }
-        if id == ShardId(0) {
-            return Err(DrainRefused::Master);
+        if id == self.me {
+            return Err(DrainRefused::Master(id.0));
         }
         if !m.alive {
             return Err(DrainRefused::NotAlive(id.0));
@@ -492,6 +747,9 @@ impl Master {
             ),
         );
         self.map = Some(map);
+        // Each member's election starts with the map: none votes within the silence after it.
+        let ids: Vec<ShardId> = self.members.keys().copied().collect();
+        self.support = Support::all_from(ids, self.now_ms, self.master_silence_ms);
         Ok(push)
     }
 
@@ -543,6 +801,8 @@ impl Master {
             return Some(MasterNotice::Fenced);
         }
         let seq = load.seq;
+        self.support
+            .heard(from, load.lease_seq, self.master_silence_ms);
         for name in &load.players_left {
             self.unseat(name, from);
         }
@@ -572,7 +832,14 @@ impl Master {
                 ..load
             };
         }
-        let lease_ms = limits::lease_ms_for(self.silence_ms) as u32;
+        self.support.answered(from, seq, now_ms);
+        // Without a majority behind it this master grants no lease (another may be elected),
+        // but still answers: a member that hears it promises again, and the majority may return.
+        let lease_ms = if self.quorum(now_ms).1 {
+            limits::lease_ms_for(self.silence_ms) as u32
+        } else {
+            0
+        };
         Some(MasterNotice::Lease { seq, lease_ms })
     }
 
@@ -685,6 +952,8 @@ impl Master {
             return;
         };
         m.alive = false;
+        self.support.forget(id);
+        self.standby.full_sent.remove(&id);
         self.admission.forget_gateway(id);
         // Its players' sessions died with it: out of the directory (a player who comes back
         // logs in afresh), and their seats with them.
@@ -1267,6 +1536,8 @@ impl Master {
             })
             .collect();
         ClusterView {
+            master: self.me.0,
+            term: self.term,
             epoch: self.map.as_ref().map_or(0, |m| m.epoch().0),
             placed: self.map.is_some(),
             expected_shards: self.expected,
@@ -1289,6 +1560,14 @@ impl Master {
 /// The cluster as the master sees it (`GET /api/cluster`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ClusterView {
+    /// The member holding the master role (the one serving this view) and its term (0: the
+    /// shard that formed the cluster; one more with each successor, `cluster::election`).
+    pub master: u16,
+    pub term: u64,
+    /// Served by a shard that does not hold the master role: the master's API address (empty
+    /// when it serves none). Nothing else is filled then; the API answers `307` to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_api: Option<String>,
     pub epoch: u64,
     /// Whether the cells have been placed (every expected shard joined).
     pub placed: bool,
@@ -1328,6 +1607,16 @@ pub struct PlayerView {
 }
 
 impl ClusterView {
+    /// What a shard that does not hold the master role serves: where the master's API is.
+    pub fn pointer(master: ShardId, term: u64, api: String) -> Self {
+        Self {
+            master: master.0,
+            term,
+            master_api: Some(api),
+            ..Self::default()
+        }
+    }
+
     /// Where the directory says `name` is, with that shard's client address.
     pub fn player(&self, name: &str) -> Option<PlayerView> {
         let shard = *self.directory.get(name)?;
@@ -1490,6 +1779,7 @@ mod tests {
             client_addr: addr.into(),
             link_addr: addr.into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         }
     }
@@ -1499,6 +1789,7 @@ mod tests {
             client_addr: addr.into(),
             link_addr: addr.into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight,
         }
     }
@@ -2235,7 +2526,7 @@ mod tests {
         m.join(join("b", 1), 0).expect("join");
         m.join(join("c", 1), 0).expect("join");
         m.place().expect("placement");
-        assert_eq!(m.drain(ShardId(0), 1), Err(DrainRefused::Master));
+        assert_eq!(m.drain(ShardId(0), 1), Err(DrainRefused::Master(0)));
         assert_eq!(m.drain(ShardId(7), 1), Err(DrainRefused::NoSuchShard(7)));
         m.drain(ShardId(2), 1).expect("drains");
         assert!(m.view().shards.iter().any(|s| s.id == 2 && s.draining));
@@ -2342,6 +2633,166 @@ mod tests {
         assert!(m.check_liveness(5_000).is_empty(), "declared dead once");
     }
 
+    /// What member `to` holds of the master's state after these notices.
+    fn held_by(
+        to: ShardId,
+        notices: &[(ShardId, MasterNotice)],
+        held: &mut (Standby, BTreeMap<String, ShardId>),
+    ) {
+        for (dest, n) in notices {
+            if let (true, MasterNotice::Standby(s)) = (*dest == to, n) {
+                crate::cluster::node::apply_standby(&mut held.0, &mut held.1, (**s).clone());
+            }
+        }
+    }
+
+    /// The master's state reaches every member as it changes (the whole to a newcomer, changes
+    /// after), and a member rebuilds the master from it: the directory, buddies and draining
+    /// members as they were; the silent master fenced and its cells with its buddy; the players
+    /// it held seated there; a map epoch past any the old master may have pushed; moves under
+    /// way aborted; the voters' majority behind it.
+    /// Three members, their players and buddies reported, the state sent to shard 1 as it
+    /// changes (a player leaves, a move starts): the master, what shard 1 holds, and the cell
+    /// moving.
+    fn master_with_state_held_by_1() -> (Master, (Standby, BTreeMap<String, ShardId>), CellId) {
+        let mut m = three_with_balancer();
+        let arrive = |names: &[&str], buddy: u16, seq: u64| ShardLoad {
+            players_arrived: names.iter().map(|n| (*n).to_string()).collect(),
+            buddy: Some(ShardId(buddy)),
+            ..beat(seq)
+        };
+        m.heartbeat(ShardId(0), arrive(&["ann"], 1, 1), 100);
+        m.heartbeat(ShardId(1), arrive(&["bob", "cy"], 2, 1), 100);
+        m.heartbeat(ShardId(2), arrive(&[], 1, 1), 100);
+        let mut held = (Standby::default(), BTreeMap::new());
+        let first = m.standby();
+        held_by(ShardId(1), &first, &mut held);
+        assert!(held.0.version > 0);
+        assert_eq!(held.1.len(), 3, "the whole directory first: {:?}", held.1);
+        assert!(
+            first.iter().all(|(to, _)| *to != ShardId(0)),
+            "not to the master itself"
+        );
+        assert!(m.standby().is_empty(), "nothing changed, nothing sent");
+        m.heartbeat(
+            ShardId(1),
+            ShardLoad {
+                players_left: vec!["cy".into()],
+                ..beat(2)
+            },
+            200,
+        );
+        let change = m.standby();
+        held_by(ShardId(1), &change, &mut held);
+        assert_eq!(
+            held.1.keys().cloned().collect::<Vec<_>>(),
+            ["ann", "bob"],
+            "a change, not the whole"
+        );
+        let cell = m
+            .map()
+            .expect("placed")
+            .cells_of(ShardId(2))
+            .next()
+            .expect("a cell");
+        m.move_cell(cell, ShardId(1), 300).expect("a move");
+        held_by(ShardId(1), &m.standby(), &mut held);
+        assert_eq!(held.0.moves.len(), 1);
+        assert!(held.0.buddies.contains(&(ShardId(0), ShardId(1))));
+        (m, held, cell)
+    }
+
+    #[test]
+    fn a_successor_takes_the_masters_state_over_from_what_every_member_holds() {
+        let (m, held, cell) = master_with_state_held_by_1();
+        // The master falls silent; shard 1 won term 1 with 1 and 2's votes.
+        let map = m.map().expect("placed").clone();
+        let members: Vec<MemberInfo> = m.members().values().map(|x| x.info.clone()).collect();
+        let voters = [ShardId(1), ShardId(2)];
+        let mut s = Master::successor(
+            &map,
+            &members,
+            &[],
+            &held.0,
+            &held.1,
+            ShardId(1),
+            1,
+            &voters,
+            5_000,
+        )
+        .expect("rebuilt");
+        let master_cells = map.cells_of(ShardId(0)).count();
+        let notices = s.take_over(ShardId(0), 5_000);
+        let after = s.map().expect("a map");
+        assert!(after.epoch().0 > map.epoch().0 + TAKEOVER_EPOCH_GAP - 1);
+        assert_eq!(after.cells_of(ShardId(0)).count(), 0);
+        assert_eq!(
+            after.cells_of(ShardId(1)).count(),
+            map.cells_of(ShardId(1)).count() + master_cells,
+            "the old master's cells went to its buddy"
+        );
+        assert_eq!(s.adopter_of(ShardId(0)), Some(Some(ShardId(1))));
+        assert_eq!(
+            s.player("ann"),
+            Some(ShardId(1)),
+            "seated with its avatar's adopter"
+        );
+        assert_eq!(s.player("bob"), Some(ShardId(1)));
+        assert_eq!(s.player("cy"), None);
+        assert!(notices.iter().any(|(to, n)| *to == ShardId(2)
+            && matches!(n, MasterNotice::MoveAborted { cell: c, .. } if *c == cell)));
+        assert!(notices.iter().any(|(to, n)| *to == ShardId(2)
+            && matches!(n, MasterNotice::Map(p) if p.dead.contains(&(ShardId(0), Some(ShardId(1)))))));
+        assert!(notices.iter().all(|(to, _)| *to != ShardId(0)));
+        assert_eq!(
+            s.quorum(5_000),
+            (2, true),
+            "its voters are a majority of the living"
+        );
+        assert_eq!(
+            s.heartbeat(ShardId(0), beat(9), 5_100),
+            Some(MasterNotice::Fenced)
+        );
+        let view = s.view();
+        assert_eq!((view.master, view.term), (1, 1));
+        // Every living member gets the whole state from the successor, at a newer version.
+        let whole = s.standby();
+        assert!(whole.iter().any(|(to, n)| *to == ShardId(2)
+            && matches!(n, MasterNotice::Standby(x) if x.full && x.version > held.0.version && x.term == 1)));
+    }
+
+    /// A master acts only while a majority of the members promised not to vote for another
+    /// (`cluster::election`): their heartbeats say they heard its answers. Without, it still
+    /// answers, but with a lease of 0.
+    #[test]
+    fn a_master_without_its_majority_grants_no_lease() {
+        let mut m = three_with_balancer();
+        let promise = crate::cluster::election::promise_ms(limits::MASTER_SILENCE_MS_DEFAULT);
+        assert!(m.quorum(0).1);
+        assert!(!m.quorum(promise).1, "the promises from forming ran out");
+        for s in [1, 2] {
+            m.heartbeat(ShardId(s), beat(1), 100);
+        }
+        // Answered, and heard: shard 1 promises again from the answer's time.
+        m.heartbeat(ShardId(1), beat(2), 300);
+        assert_eq!(m.quorum(100 + promise - 1), (2, true));
+        assert_eq!(m.quorum(100 + promise), (1, false));
+        assert_eq!(
+            m.heartbeat(
+                ShardId(2),
+                ShardLoad {
+                    seq: 5,
+                    ..ShardLoad::default()
+                },
+                100 + promise
+            ),
+            Some(MasterNotice::Lease {
+                seq: 5,
+                lease_ms: 0
+            })
+        );
+    }
+
     /// Three members placed, balancing every minute (the first round at once).
     fn three_with_balancer() -> Master {
         let config = WorldConfig::default();
@@ -2354,9 +2805,11 @@ mod tests {
         m
     }
 
+    /// Heartbeat `seq` of a member that heard the answer to the one before.
     fn beat(seq: u64) -> ShardLoad {
         ShardLoad {
             seq,
+            lease_seq: seq.saturating_sub(1),
             ..ShardLoad::default()
         }
     }

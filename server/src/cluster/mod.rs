@@ -7,12 +7,15 @@
 //!   driven over QUIC by the runtime and over the seeded network by the simulator.
 //! - [`moves`]: the master's table of cell moves under way, and what ends them.
 //! - [`node`]: a formed shard's links during play.
+//! - [`election`]: who holds the master role; a successor elected by a majority when the master
+//!   falls silent, behind one small interface ([`MasterElection`]).
 //! - [`lease`]: a shard's ownership lease, renewed by the master's answers to its heartbeats.
 //! - [`load`]: a shard's load over one report window, from readings its driver hands in.
 //! - [`balancer`]: the pure, deterministic policy that plans cell moves, splits and merges from
 //!   the shards' loads.
 
 pub mod balancer;
+pub mod election;
 pub mod forming;
 pub mod lease;
 pub mod load;
@@ -23,6 +26,7 @@ pub mod node;
 pub mod session;
 
 pub use balancer::{Balancer, CellInput, Plan, ShardInput};
+pub use election::{ElectionOut, ElectionView, MasterElection, QuorumElection, Support};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};
 pub use lease::{Lease, LeaseState, LostWhy};
 pub use load::{LoadCounters, LoadWindow};

@@ -68,6 +68,21 @@ pub struct MoveTable {
 }
 
 impl MoveTable {
+    /// A table of `moves` under way (a successor's, from its predecessor's state); new moves
+    /// get ids past theirs.
+    pub fn resumed(moves: impl IntoIterator<Item = ActiveMove>) -> Self {
+        let active: BTreeMap<u64, ActiveMove> = moves.into_iter().map(|m| (m.id, m)).collect();
+        Self {
+            next_id: active.keys().max().copied().unwrap_or(0),
+            active,
+        }
+    }
+
+    /// Every move under way, taken out of the table (a successor aborts its predecessor's).
+    pub fn take_all(&mut self) -> Vec<ActiveMove> {
+        std::mem::take(&mut self.active).into_values().collect()
+    }
+
     /// Moves under way.
     pub fn active(&self) -> impl Iterator<Item = &ActiveMove> {
         self.active.values()

@@ -14,14 +14,16 @@
 //! refuses it unless that is itself. A member the master removed (dead, drained) is not redialled
 //! and its session ends.
 
+use super::election::{ElectionOut, ElectionView, MasterElection, QuorumElection};
 use super::forming::Formed;
-use super::lease::{Lease, LeaseState};
+use super::lease::{Lease, LeaseState, LostWhy};
 use super::master::Master;
 use super::session::{Arrival, Sessions};
 use crate::core::ShardApp;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
@@ -29,8 +31,22 @@ use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    JoinRequest, LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
+    ElectionMessage, JoinRequest, LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
+    Standby,
 };
+
+/// How a master is configured from the world config (the duplicate-login rule, admission, the
+/// silence, the balancer): applied to the master that forms the cluster and to any successor.
+pub type MasterSettings = Arc<dyn Fn(Master) -> Master + Send + Sync>;
+
+/// The master role changed hands (for the runtime to say so and move the API's view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleChange {
+    pub master: ShardId,
+    pub term: u64,
+    /// This process holds the role now.
+    pub mine: bool,
+}
 
 /// A formed cluster, seen from this process, with its links.
 pub struct Node {
@@ -65,7 +81,30 @@ pub struct Node {
     relinked: BTreeMap<ShardId, (u64, u32)>,
     /// Redials since start, for the metrics.
     pub redial_stats: RedialStats,
+    /// Who holds the master role, and the election of a successor when it falls silent.
+    election: Box<dyn MasterElection>,
+    /// The master's state as this member holds it, for a successor ([`Standby`]; its player
+    /// directory in `standby_seats`).
+    pub standby: Standby,
+    pub standby_seats: BTreeMap<String, ShardId>,
+    /// The dead members of the last map push (a successor pushes them on).
+    dead: Vec<(ShardId, Option<ShardId>)>,
+    /// The newest heartbeat the master answered (`ShardLoad::lease_seq`).
+    lease_seq: u64,
+    /// How a successor is configured (`None`: as [`Master::successor`] makes it).
+    settings: Option<MasterSettings>,
+    /// Changes of the master role since the runtime last took them.
+    pub role_changes: Vec<RoleChange>,
+    /// This process held the role and another was elected: it must stop.
+    deposed: bool,
+    /// Requests sent to the master that it may not have heard: each with the heartbeat sent
+    /// after it. The master's answer to that heartbeat says it heard the request (one ordered
+    /// session); until then, should the master die, the request goes to its successor.
+    unconfirmed: std::collections::VecDeque<(u64, MasterRequest)>,
 }
+
+/// Requests to the master kept until it has surely heard them ([`Node::to_master`]).
+const UNCONFIRMED_REQUESTS_MAX: usize = 4_096;
 
 /// A dropped link to a member being redialled.
 #[derive(Debug)]
@@ -132,6 +171,12 @@ impl Node {
     pub fn new(formed: Formed, links: ClusterLinks, events: LinkEvents, now_ms: u64) -> Self {
         let peer_of = formed.link_of.iter().map(|(id, l)| (*l, *id)).collect();
         let lease = formed.master.is_none().then(|| Lease::new(now_ms));
+        let election = QuorumElection::new(
+            formed.me,
+            formed.master_id,
+            limits::MASTER_SILENCE_MS_DEFAULT,
+            now_ms,
+        );
         Self {
             lease,
             me: formed.me,
@@ -150,7 +195,173 @@ impl Node {
             redials: BTreeMap::new(),
             relinked: BTreeMap::new(),
             redial_stats: RedialStats::default(),
+            election: Box::new(election),
+            standby: Standby::default(),
+            standby_seats: BTreeMap::new(),
+            dead: Vec::new(),
+            lease_seq: 0,
+            settings: None,
+            role_changes: Vec::new(),
+            deposed: false,
+            unconfirmed: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Configure a successor as `settings` does, and elect one after `silence_ms` without the
+    /// master's answers (`[cluster] master_silence_ms`).
+    pub fn with_succession(
+        mut self,
+        settings: MasterSettings,
+        silence_ms: u64,
+        now_ms: u64,
+    ) -> Self {
+        let silence_ms =
+            silence_ms.clamp(limits::MASTER_SILENCE_MS_MIN, limits::MASTER_SILENCE_MS_MAX);
+        let master = self.election.master();
+        let mut e = QuorumElection::new(self.me, master, silence_ms, now_ms);
+        if self.master.is_some() {
+            e = QuorumElection::new(self.me, self.me, silence_ms, now_ms);
+        }
+        self.election = Box::new(e);
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The member holding the master role, as far as this one knows.
+    pub fn master_id(&self) -> ShardId {
+        self.election.master()
+    }
+
+    /// The master's term, as far as this member knows.
+    pub fn term(&self) -> u64 {
+        self.election.term()
+    }
+
+    /// What the election sees from here.
+    fn election_view(&self) -> ElectionView {
+        let mut reachable: BTreeSet<ShardId> = self.link_of.keys().copied().collect();
+        reachable.insert(self.me);
+        ElectionView {
+            members: self.members.iter().map(|m| m.id).collect(),
+            reachable,
+            version: self.standby.version,
+            epoch: self.map.epoch().0,
+        }
+    }
+
+    /// Run the election (every tick): stand when the master has been silent long enough.
+    pub fn poll_election(&mut self, app: &mut ShardApp, now_ms: u64) {
+        if self.deposed {
+            return;
+        }
+        let view = self.election_view();
+        let outs = self.election.poll(now_ms, &view);
+        self.election_outs(app, outs, now_ms);
+    }
+
+    fn election_outs(&mut self, app: &mut ShardApp, outs: Vec<ElectionOut>, now_ms: u64) {
+        for out in outs {
+            match out {
+                ElectionOut::Send(to, msg) => {
+                    if let ElectionMessage::Candidacy { term, .. } = msg {
+                        debug!(to = to.0, term, "standing for master");
+                    }
+                    self.send(to, &LinkMessage::Election(msg));
+                }
+                ElectionOut::Won { term, from, voters } => {
+                    self.take_over(app, term, from, &voters, now_ms)
+                }
+                ElectionOut::Follow { master, term } => {
+                    warn!(
+                        master = master.0,
+                        term,
+                        resent = self.unconfirmed.len(),
+                        "a new master was elected: following it (requests the old one may not \
+                         have heard go to it)"
+                    );
+                    let resend: Vec<MasterRequest> =
+                        self.unconfirmed.iter().map(|(_, r)| r.clone()).collect();
+                    for req in resend {
+                        self.send(master, &LinkMessage::ToMaster(req));
+                    }
+                    self.role_changes.push(RoleChange {
+                        master,
+                        term,
+                        mine: false,
+                    });
+                }
+                ElectionOut::Deposed { term } => {
+                    error!(
+                        term,
+                        "another shard was elected master while this one was cut off: \
+                         stepping down (it fenced this shard and took its cells)"
+                    );
+                    self.master = None;
+                    self.deposed = true;
+                }
+            }
+        }
+    }
+
+    /// This member won the election for `term`: it becomes the master, from the state it holds
+    /// of `old`'s, fences `old` and gives its cells to their buddy.
+    fn take_over(
+        &mut self,
+        app: &mut ShardApp,
+        term: u64,
+        old: ShardId,
+        voters: &[ShardId],
+        now_ms: u64,
+    ) {
+        let built = Master::successor(
+            &self.map,
+            &self.members,
+            &self.dead,
+            &self.standby,
+            &self.standby_seats,
+            self.me,
+            term,
+            voters,
+            now_ms,
+        );
+        let mut m = match built {
+            Ok(m) => m,
+            Err(e) => {
+                error!(error = %e, "won the election but cannot rebuild the map: not taking the role");
+                return;
+            }
+        };
+        if let Some(settings) = &self.settings {
+            m = settings(m);
+        }
+        error!(
+            term,
+            old = old.0,
+            voters = voters.len(),
+            "the master fell silent: this shard was elected master; fencing the old one and \
+             giving its cells to its buddy"
+        );
+        let notices = m.take_over(old, now_ms);
+        self.master = Some(m);
+        self.lease = None;
+        // Its own requests the old master may not have heard, answered here now.
+        for (_, req) in std::mem::take(&mut self.unconfirmed) {
+            self.master_request(app, self.me, req, now_ms);
+        }
+        self.role_changes.push(RoleChange {
+            master: self.me,
+            term,
+            mine: true,
+        });
+        for (to, notice) in notices {
+            self.notify(app, to, notice);
+        }
+    }
+
+    /// Whether this process holds the master role and a majority of the members behind it:
+    /// only then does it act as the master (see `cluster::election`).
+    pub fn master_acts(&self, now_ms: u64) -> bool {
+        self.master.as_ref().is_some_and(|m| m.quorum(now_ms).1)
     }
 
     /// A map notice went by: keep the member list (a member joined or left) in step.
@@ -187,11 +398,20 @@ impl Node {
             }
         }
         self.members = push.members.clone();
+        self.dead = push.dead.clone();
     }
 
     /// On the master: a shard that dialed in during play asks to join.
     fn late_join(&mut self, app: &mut ShardApp, link: LinkId, req: JoinRequest, now_ms: u64) {
         let Some(m) = self.master.as_mut() else {
+            let master = self.master_id();
+            let addr = (self.members.iter())
+                .find(|m| m.id == master)
+                .map(|m| m.link_addr.clone());
+            if let Some(master) = addr {
+                let msg = LinkMessage::NotMaster { master };
+                self.links.send(link, Bytes::from(codec::encode(&msg)));
+            }
             self.links
                 .close(link, "this shard does not hold the master role");
             return;
@@ -211,7 +431,8 @@ impl Node {
         let notices = m.members_changed(Some(id));
         info!(shard = id.0, %addr, "shard joined the running cluster");
         // Before its session's frames: its forming reads these two unnumbered.
-        for msg in [LinkMessage::Joined { id }, LinkMessage::Map(push)] {
+        let master = self.me;
+        for msg in [LinkMessage::Joined { id, master }, LinkMessage::Map(push)] {
             self.links.send(link, Bytes::from(codec::encode(&msg)));
         }
         self.name_link(id, link, 0);
@@ -224,7 +445,7 @@ impl Node {
     /// master) or `Peer` (a joiner linking to every member once it has the map).
     fn unnamed_message(&mut self, app: &mut ShardApp, link: LinkId, bytes: &[u8], now_ms: u64) {
         match codec::decode_link_message(bytes) {
-            Ok(LinkMessage::Join(req)) if self.master.is_some() => {
+            Ok(LinkMessage::Join(req)) => {
                 self.late_join(app, link, req, now_ms);
             }
             Ok(LinkMessage::Peer { id })
@@ -459,17 +680,31 @@ impl Node {
 
     /// Report load to the master (on the master: record it directly), numbered for the lease.
     pub fn heartbeat(&mut self, mut load: ShardLoad, now_ms: u64) {
+        load.term = self.election.term();
         if let Some(m) = self.master.as_mut() {
             m.heartbeat(self.me, load, now_ms);
         } else {
             load.seq = self.lease.as_mut().map_or(0, |l| l.sent(now_ms));
-            self.send(ShardId(0), &LinkMessage::Heartbeat(load));
+            load.lease_seq = self.lease_seq;
+            let master = self.master_id();
+            self.send(master, &LinkMessage::Heartbeat(load));
         }
     }
 
     /// What this shard's lease allows at `now_ms` (the monotonic clock): the master always
     /// holds its own.
     pub fn lease(&self, now_ms: u64) -> LeaseState {
+        if self.deposed {
+            return LeaseState::Lost(LostWhy::Fenced);
+        }
+        if let Some(m) = &self.master {
+            // The master's own lease is its majority's promises (`cluster::election`).
+            return if m.quorum(now_ms).1 {
+                LeaseState::Holds
+            } else {
+                LeaseState::Lapsed { for_ms: 0 }
+            };
+        }
         self.lease
             .as_ref()
             .map_or(LeaseState::Holds, |l| l.state(now_ms))
@@ -482,7 +717,13 @@ impl Node {
             if self.master.is_some() {
                 self.master_request(app, self.me, req, now_ms);
             } else {
-                self.send(ShardId(0), &LinkMessage::ToMaster(req));
+                let master = self.master_id();
+                self.send(master, &LinkMessage::ToMaster(req.clone()));
+                let after = self.lease.as_ref().map_or(0, Lease::next_seq);
+                if self.unconfirmed.len() >= UNCONFIRMED_REQUESTS_MAX {
+                    self.unconfirmed.pop_front();
+                }
+                self.unconfirmed.push_back((after, req));
             }
         }
     }
@@ -507,10 +748,14 @@ impl Node {
     /// overdue or lost a party, and run a balancing round when one is due, sending their
     /// notices. The members newly declared dead.
     pub fn master_housekeeping(&mut self, app: &mut ShardApp, now_ms: u64) -> Vec<ShardId> {
+        if !self.master_acts(now_ms) {
+            return Vec::new();
+        }
         let Some(m) = self.master.as_mut() else {
             return Vec::new();
         };
-        let (dead, notices) = m.housekeeping(now_ms);
+        let (dead, mut notices) = m.housekeeping(now_ms);
+        notices.extend(m.standby());
         for (to, notice) in notices {
             self.notify(app, to, notice);
         }
@@ -526,6 +771,9 @@ impl Node {
 
     /// On the master: one admission round ([`Master::admit`]), its notices delivered.
     pub fn admit(&mut self, app: &mut ShardApp, now_ms: u64) {
+        if !self.master_acts(now_ms) {
+            return;
+        }
         let Some(m) = self.master.as_mut() else {
             return;
         };
@@ -624,6 +872,8 @@ impl Node {
                 }
             }
             LinkMessage::Heartbeat(load) => {
+                let outs = self.election.heard_term(load.term);
+                self.election_outs(app, outs, now_ms);
                 let answer = self
                     .master
                     .as_mut()
@@ -632,24 +882,42 @@ impl Node {
                     self.send(from, &LinkMessage::FromMaster(answer));
                 }
             }
-            LinkMessage::ToMaster(req) => self.master_request(app, from, req, now_ms),
-            LinkMessage::FromMaster(MasterNotice::Lease { seq, lease_ms })
-                if from == ShardId(0) =>
-            {
-                if let Some(l) = self.lease.as_mut() {
-                    l.answered(seq, u64::from(lease_ms));
+            LinkMessage::ToMaster(req) => {
+                if self.master_acts(now_ms) {
+                    self.master_request(app, from, req, now_ms);
+                } else if self.master.is_some() {
+                    warn!(
+                        shard = from.0,
+                        "a request while this master has no majority behind it: dropped"
+                    );
                 }
             }
-            LinkMessage::FromMaster(MasterNotice::Fenced) if from == ShardId(0) => {
-                error!("the master declared this shard dead and gave its cells to others: fenced");
-                if let Some(l) = self.lease.as_mut() {
-                    l.fenced();
+            LinkMessage::Election(msg) => {
+                let view = self.election_view();
+                let outs = self.election.on_message(from, msg, now_ms, &view);
+                self.election_outs(app, outs, now_ms);
+            }
+            LinkMessage::FromMaster(notice) if from != self.master_id() => {
+                // A master of a newer term (a joiner learns the term from its first state).
+                if let MasterNotice::Standby(s) = &notice
+                    && s.term > self.election.term()
+                {
+                    let view = self.election_view();
+                    let elected = ElectionMessage::Elected { term: s.term };
+                    let outs = self.election.on_message(from, elected, now_ms, &view);
+                    self.election_outs(app, outs, now_ms);
+                    if self.master_id() == from {
+                        self.on_master_notice(app, notice, now_ms);
+                        return;
+                    }
                 }
+                debug!(
+                    shard = from.0,
+                    master = self.master_id().0,
+                    "a master's notice from a shard that does not hold the role; ignored"
+                );
             }
-            LinkMessage::FromMaster(notice) if from == ShardId(0) => {
-                self.observe(&notice);
-                app.push_master_notice(notice);
-            }
+            LinkMessage::FromMaster(notice) => self.on_master_notice(app, notice, now_ms),
             other => warn!(
                 shard = from.0,
                 ?other,
@@ -660,6 +928,39 @@ impl Node {
 }
 
 impl Node {
+    /// A notice from the master this member follows.
+    fn on_master_notice(&mut self, app: &mut ShardApp, notice: MasterNotice, now_ms: u64) {
+        match notice {
+            MasterNotice::Lease { seq, lease_ms } => {
+                self.election.heard_master(now_ms);
+                self.lease_seq = self.lease_seq.max(seq);
+                while self
+                    .unconfirmed
+                    .front()
+                    .is_some_and(|(after, _)| *after <= seq)
+                {
+                    self.unconfirmed.pop_front();
+                }
+                if let Some(l) = self.lease.as_mut() {
+                    l.answered(seq, u64::from(lease_ms));
+                }
+            }
+            MasterNotice::Fenced => {
+                error!("the master declared this shard dead and gave its cells to others: fenced");
+                if let Some(l) = self.lease.as_mut() {
+                    l.fenced();
+                }
+            }
+            MasterNotice::Standby(s) => {
+                apply_standby(&mut self.standby, &mut self.standby_seats, *s);
+            }
+            notice => {
+                self.observe(&notice);
+                app.push_master_notice(notice);
+            }
+        }
+    }
+
     /// Frame `seq` of `from`'s session: delivered if it is the next one.
     fn on_session_frame(
         &mut self,
@@ -694,6 +995,24 @@ impl Node {
             Err(e) => error!(shard = from.0, error = %e, "bad session frame; dropped"),
         }
     }
+}
+
+/// Apply one [`Standby`] message of the master's to the state this member holds.
+pub fn apply_standby(held: &mut Standby, seats: &mut BTreeMap<String, ShardId>, mut s: Standby) {
+    if s.full {
+        seats.clear();
+    }
+    for (name, seat) in std::mem::take(&mut s.seats) {
+        match seat {
+            Some(shard) => {
+                seats.insert(name, shard);
+            }
+            None => {
+                seats.remove(&name);
+            }
+        }
+    }
+    *held = s;
 }
 
 /// One neighbour's messages of one tick as batches that each fit a link frame and the
@@ -792,6 +1111,7 @@ mod tests {
             client_addr: String::new(),
             link_addr: String::new(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let members = [member(0), member(1), member(2), member(3)];

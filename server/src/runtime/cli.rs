@@ -76,10 +76,11 @@ struct ShardArgs {
     /// included) before placing the cells. Needs a cluster secret.
     #[arg(long, conflicts_with = "join")]
     expect_shards: Option<usize>,
-    /// Join the cluster whose master's shard links listen at this address. Needs the
-    /// cluster's secret.
-    #[arg(long)]
-    join: Option<SocketAddr>,
+    /// Join the running cluster through the shard links at this address: the master's, or any
+    /// member's (it points to the master). Several, comma-separated, are tried in order, so a
+    /// restarted shard finds the cluster whichever member died. Needs the cluster's secret.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<SocketAddr>,
     /// UDP address for shard links (cluster mode).
     #[arg(long, default_value = "127.0.0.1:0")]
     link_listen: SocketAddr,
@@ -305,11 +306,11 @@ fn shard_options(
 fn cluster_options(
     config: &WorldConfig,
     expect_shards: Option<usize>,
-    join: Option<SocketAddr>,
+    join: Vec<SocketAddr>,
     link_listen: SocketAddr,
     weight: u32,
 ) -> Result<Option<ClusterOptions>, String> {
-    let role = match (expect_shards, join) {
+    let role = match (expect_shards, (!join.is_empty()).then_some(join)) {
         (Some(0), _) => return Err("--expect-shards must be at least 1".into()),
         (Some(n), None) if n > limits::SHARDS_MAX => {
             return Err(format!(
@@ -319,7 +320,7 @@ fn cluster_options(
         }
         (Some(1) | None, None) => return Ok(None),
         (Some(n), None) => Role::Master { expect_shards: n },
-        (_, Some(master)) => Role::Join { master },
+        (_, Some(members)) => Role::Join { members },
     };
     if !(1..=1_000).contains(&weight) {
         return Err(format!("--weight must be in 1..=1000 (got {weight})"));

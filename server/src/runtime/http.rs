@@ -15,7 +15,10 @@
 //!   such shard; 409 when it cannot be drained (the master's shard, a dead one, the last one
 //!   that could take cells). `zonescaler drain --shard N` calls it and follows the drain.
 //!
-//! The API routes answer 503 on a shard without the master role (or before the cluster formed).
+//! The API routes answer `307 Temporary Redirect` to the master's API on a shard that does not
+//! hold the master role (the master moves when it dies: `cluster::election`), with the master's
+//! id and API address in a JSON body too; 503 before the cluster formed, or when the master
+//! serves no API.
 //!
 //! Test only, on any shard: `POST /api/debug/partition?ms=N` (the operator's API token) cuts
 //! this shard's links off the network for `N` ms (at most [`PARTITION_MS_MAX`]), both ways,
@@ -79,10 +82,42 @@ fn error_json(status: StatusCode, text: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
 }
 
+/// Why this shard cannot answer `path` itself: no view yet (503), or another holds the master
+/// role (307 to its API, or 503 when it serves none). `None`: this shard is the master.
+fn not_here(v: Option<&ClusterView>, path: &str) -> Option<Response> {
+    let Some(v) = v else {
+        return Some(no_master());
+    };
+    let api = v.master_api.as_deref()?;
+    let body = serde_json::json!({
+        "error": format!(
+            "shard {} holds the master role (term {}); its API is at {}",
+            v.master,
+            v.term,
+            if api.is_empty() { "no address (it serves no API)" } else { api }
+        ),
+        "master": v.master,
+        "term": v.term,
+        "api": api,
+    });
+    if api.is_empty() {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
+    }
+    let location = format!("http://{api}{path}");
+    Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+            axum::Json(body),
+        )
+            .into_response(),
+    )
+}
+
 /// `POST /api/shards/{id}/drain`, once authorised: queue the order and wait for its answer.
-async fn drain(commands: ApiCommands, shard: u16, has_master: bool) -> Response {
-    if !has_master {
-        return no_master();
+async fn drain(commands: ApiCommands, shard: u16, elsewhere: Option<Response>) -> Response {
+    if let Some(r) = elsewhere {
+        return r;
     }
     let (reply, answer) = oneshot::channel();
     {
@@ -171,23 +206,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// `POST /api/shards/{id}/drain`.
 fn drain_router(view: SharedView, commands: ApiCommands, drain_token: Arc<String>) -> axum::Router {
-    let has_master = move || {
-        view.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    };
+    let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     axum::Router::new().route(
         "/api/shards/{id}/drain",
         axum::routing::post(move |Path(id): Path<String>, headers: HeaderMap| {
             let allowed = authorized(&headers, &drain_token);
-            let master = has_master();
+            let elsewhere = not_here(current().as_ref(), &format!("/api/shards/{id}/drain"));
             let commands = commands.clone();
             async move {
                 if !allowed {
                     return unauthorized();
                 }
                 match id.parse::<u16>() {
-                    Ok(shard) => drain(commands, shard, master).await,
+                    Ok(shard) => drain(commands, shard, elsewhere).await,
                     Err(_) => error_json(
                         StatusCode::BAD_REQUEST,
                         format!("{id:?} is no shard id (a number, 0..=65535)"),
@@ -274,10 +305,10 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
             axum::routing::get(move || {
                 let v = cluster();
                 async move {
-                    match v {
-                        Some(v) => axum::Json(v).into_response(),
-                        None => no_master(),
+                    if let Some(r) = not_here(v.as_ref(), "/api/cluster") {
+                        return r;
                     }
+                    axum::Json(v).into_response()
                 }
             }),
         )
@@ -289,6 +320,9 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
                 async move {
                     if !allowed {
                         return unauthorized();
+                    }
+                    if let Some(r) = not_here(v.as_ref(), &format!("/api/players/{name}")) {
+                        return r;
                     }
                     match v {
                         None => no_master(),
@@ -418,20 +452,18 @@ mod tests {
             client_addr: "127.0.0.1:4433".into(),
             link_addr: "127.0.0.1:5433".into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
-        let joined = m
-            .join(
-                JoinRequest {
-                    client_addr: "127.0.0.1:4434".into(),
-                    link_addr: "127.0.0.1:5434".into(),
-                    metrics_addr: String::new(),
-                    weight: 1,
-                },
-                0,
-            )
-            .expect("joins");
+        let req = JoinRequest {
+            client_addr: "127.0.0.1:4434".into(),
+            link_addr: "127.0.0.1:5434".into(),
+            metrics_addr: String::new(),
+            http_addr: String::new(),
+            weight: 1,
+        };
+        let joined = m.join(req, 0).expect("joins");
         m.place().expect("placed");
         m.heartbeat(
             joined,

@@ -270,8 +270,23 @@ fn publish(
     counter!("zonescaler_link_redials_total", "outcome" => "failed").absolute(r.failed);
 }
 
+/// Descriptions of the buddy replication's metrics.
+fn describe_replica() {
+    describe_gauge!(
+        "zonescaler_replica_lag_ticks",
+        "Ticks between this shard's tick and the last replica batch its buddy acknowledged (0 without a buddy)."
+    );
+    describe_counter!(
+        "zonescaler_replica_promoted_total",
+        "Entities this shard took over from a dead member's replica (failover)."
+    );
+    // Counted by the failover code; registered now so it is exported, at 0, before the first.
+    let _ = counter!("zonescaler_replica_promoted_total");
+}
+
 /// Descriptions and units of every metric (promtool wants a HELP line for each).
 fn describe() {
+    describe_replica();
     describe_histogram!(
         "zonescaler_tick_duration_seconds",
         Unit::Seconds,
@@ -326,16 +341,6 @@ fn describe() {
         "zonescaler_queue_length",
         "Items in a shard queue: the most a tick found in client_inbox and link_inbox, and left in client_outbox and link_outbox, over the last second; handshakes in progress now."
     );
-    describe_gauge!(
-        "zonescaler_replica_lag_ticks",
-        "Ticks between this shard's tick and the last replica batch its buddy acknowledged (0 without a buddy)."
-    );
-    describe_counter!(
-        "zonescaler_replica_promoted_total",
-        "Entities this shard took over from a dead member's replica (failover)."
-    );
-    // Counted by the failover code; registered now so it is exported, at 0, before the first.
-    let _ = counter!("zonescaler_replica_promoted_total");
     describe_counter!(
         "zonescaler_snapshot_bytes_total",
         Unit::Bytes,

@@ -23,8 +23,10 @@ pub mod up;
 use crate::app::GameSetup;
 use crate::client::{ClusterDirectory, LoginPolicy};
 use crate::cluster::balancer::Balancer;
+use crate::cluster::node::MasterSettings;
 use crate::cluster::{
-    FormAction, FormEvent, Formed, Forming, LeaseState, LoadCounters, LoadWindow, Node,
+    FormAction, FormError, FormEvent, Formed, Forming, LeaseState, LoadCounters, LoadWindow,
+    Master, Node,
 };
 use crate::core::ShardApp;
 use crate::core::resources::{ClusterMode, Inbox, ShardInbox, ShardStats};
@@ -119,8 +121,9 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Role {
     /// Hold the master role and wait for this many shards (itself included).
     Master { expect_shards: usize },
-    /// Join the cluster whose master's links are at this address.
-    Join { master: SocketAddr },
+    /// Join the running cluster through the links at these addresses, in order: the master's,
+    /// or any member's (a member that does not hold the role names the master's).
+    Join { members: Vec<SocketAddr> },
 }
 
 /// How a shard takes part in a cluster.
@@ -254,6 +257,7 @@ impl Shard {
                     client_addr: addr.to_string(),
                     link_addr: String::new(),
                     metrics_addr: metrics_addr.clone().unwrap_or_default(),
+                    http_addr: opts.http.map(|a| a.to_string()).unwrap_or_default(),
                     weight: c.weight,
                 };
                 match join_cluster(
@@ -295,10 +299,22 @@ impl Shard {
         Ok(Some(shard))
     }
 
-    /// The master's first view, and the link messages that came before the first tick.
+    /// The master's first view (elsewhere, where the master's API is), and the link messages
+    /// that came before the first tick.
     fn after_forming(&mut self) {
-        if let Some(m) = self.node.as_ref().and_then(|n| n.master.as_ref()) {
-            *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
+        if let Some(n) = self.node.as_ref() {
+            let view = match n.master.as_ref() {
+                Some(m) => m.view(),
+                None => {
+                    let master = n.master_id();
+                    let api = (n.members.iter())
+                        .find(|m| m.id == master)
+                        .map(|m| m.http_addr.clone())
+                        .unwrap_or_default();
+                    crate::cluster::ClusterView::pointer(master, n.term(), api)
+                }
+            };
+            *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(view);
         }
         if let Some(n) = self.node.as_mut() {
             let now = cluster_ms();
@@ -372,10 +388,12 @@ impl Shard {
             }
             n.send_acks();
             n.poll_redials(now);
-            if n.master.is_some() {
+            n.poll_election(&mut self.app, now);
+            if n.master_acts(now) {
                 self.api_orders(now);
             }
         }
+        self.role_changes();
         if !self.lease_allows(now)? {
             // Still heartbeat (the master's answer renews the lease), but run nothing.
             if pace.heartbeat_due() {
@@ -481,6 +499,41 @@ impl Shard {
         }
         if let Some(m) = n.master.as_ref() {
             *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.view());
+        }
+    }
+
+    /// The master role changed hands: say so, and serve the new master's view (here) or a
+    /// pointer to its API (elsewhere).
+    fn role_changes(&mut self) {
+        let Some(n) = self.node.as_mut() else {
+            return;
+        };
+        for change in std::mem::take(&mut n.role_changes) {
+            let view = if change.mine {
+                println!(
+                    "zonescaler: this shard ({}) holds the master role now (term {}): the \
+                     cluster API and the player directory are served here",
+                    n.me.0, change.term
+                );
+                n.master.as_ref().map(Master::view)
+            } else {
+                let api = (n.members.iter())
+                    .find(|m| m.id == change.master)
+                    .map(|m| m.http_addr.clone())
+                    .unwrap_or_default();
+                println!(
+                    "zonescaler: shard {} holds the master role now (term {}); its API: {}",
+                    change.master.0,
+                    change.term,
+                    if api.is_empty() { "none" } else { &api }
+                );
+                Some(crate::cluster::ClusterView::pointer(
+                    change.master,
+                    change.term,
+                    api,
+                ))
+            };
+            *self.view.lock().unwrap_or_else(PoisonError::into_inner) = view;
         }
     }
 
@@ -712,38 +765,87 @@ fn join_cluster(
     let duplicate = config.login.duplicate;
     let move_timeout_ms = config.cluster.cell_move_timeout_ms;
     let silence_ms = config.cluster.shard_silence_ms;
+    let master_silence_ms = config.cluster.master_silence_ms;
     let balancer = Balancer::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let round_ms = config.balancer.round_ms;
     let (cap, queue_max) = (
         config.cluster.clients_per_shard_max,
         config.cluster.login_queue_max,
     );
-    let (forming, acts) = match &c.role {
-        Role::Master { expect_shards } => Forming::master(
-            grid,
-            me,
-            *expect_shards,
-            |m| {
-                m.with_duplicate_rule(duplicate)
-                    .with_admission(cap, queue_max)
-                    .with_move_timeout(move_timeout_ms)
-                    .with_silence(silence_ms)
-                    .with_balancer(balancer, round_ms)
-            },
-            cluster_ms(),
-        ),
-        Role::Join { master } => Forming::joiner(grid, me, master.to_string()),
-    };
-    let formed = rt.block_on(async {
-        tokio::select! {
-            f = form(forming, acts, &links, &mut events) => Some(f),
-            _ = wait_for_stop(stop.clone()) => None,
-        }
+    // The master that forms the cluster and any successor are configured alike.
+    let settings: MasterSettings = Arc::new(move |m: Master| {
+        m.with_duplicate_rule(duplicate)
+            .with_admission(cap, queue_max)
+            .with_move_timeout(move_timeout_ms)
+            .with_silence(silence_ms)
+            .with_master_silence(master_silence_ms)
+            .with_balancer(balancer.clone(), round_ms)
     });
+    let formed = match &c.role {
+        Role::Master { expect_shards } => {
+            let s = settings.clone();
+            let (forming, acts) = Forming::master(grid, me, *expect_shards, |m| s(m), cluster_ms());
+            rt.block_on(async {
+                tokio::select! {
+                    f = form(forming, acts, &links, &mut events) => Some(f),
+                    _ = wait_for_stop(stop.clone()) => None,
+                }
+            })
+        }
+        Role::Join { members } => rt.block_on(async {
+            tokio::select! {
+                f = join_through(grid, me, members, &links, &mut events) => Some(f),
+                _ = wait_for_stop(stop.clone()) => None,
+            }
+        }),
+    };
     match formed {
-        Some(f) => Ok(Some(Node::new(f?, links, events, cluster_ms()))),
+        Some(f) => {
+            let now = cluster_ms();
+            let node =
+                Node::new(f?, links, events, now).with_succession(settings, master_silence_ms, now);
+            Ok(Some(node))
+        }
         None => Ok(None),
     }
+}
+
+/// Join the running cluster through `members`' link addresses, in order, following a member's
+/// pointer to the master (`NotMaster`); the last error when none let this shard in.
+async fn join_through(
+    grid: CellGrid,
+    me: JoinRequest,
+    members: &[SocketAddr],
+    links: &ClusterLinks,
+    events: &mut LinkEvents,
+) -> anyhow::Result<Formed> {
+    let mut tries: std::collections::VecDeque<String> =
+        members.iter().map(ToString::to_string).collect();
+    let mut last = anyhow::anyhow!("no address to join through (--join)");
+    // Pointers followed at most: a cluster in the middle of an election may point around.
+    let mut redirects = 8;
+    while let Some(addr) = tries.pop_front() {
+        let (forming, acts) = Forming::joiner(grid, me.clone(), addr.clone());
+        match form(forming, acts, links, events).await {
+            Ok(f) => return Ok(f),
+            Err(e) => {
+                if let Some(FormError::NotMaster(master)) = e.downcast_ref::<FormError>()
+                    && redirects > 0
+                    && *master != me.link_addr
+                {
+                    redirects -= 1;
+                    println!(
+                        "zonescaler: {addr} does not hold the master role; joining at {master}"
+                    );
+                    tries.push_front(master.clone());
+                } else {
+                    println!("zonescaler: cannot join through {addr}: {e:#}");
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Drive [`Forming`] over the links until the cluster formed (or failed, or timed out).

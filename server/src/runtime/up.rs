@@ -7,7 +7,8 @@
 //! it cannot recover from; `Supervisor::stop_all` stops everything.
 //!
 //! With `--shards N` (N > 1), shard 0 holds the master role (`--expect-shards N`) and the others
-//! join it (`--join`); `up` generates a cluster secret (passed in the environment, never on a
+//! join it (`--join`, every other shard's link address: any member points to the master); every
+//! shard serves the API on `--http`'s port + its index (one without the master role redirects); `up` generates a cluster secret (passed in the environment, never on a
 //! command line) and one TLS certificate that every shard presents, so bots trust the whole
 //! cluster with one `--cert` file and follow redirects between shards. It also writes a login key
 //! pair (`login.key` for the bots and `zonescaler ticket`, `login.pub` for the shards) and the
@@ -21,13 +22,13 @@
 //! prints its exit status and the last `LOG_TAIL_LINES` lines of its log, then (see `verdict`):
 //!
 //! - a shard that exited 0 was drained: said, not restarted;
-//! - a non-master shard of a cluster (shard 1 and up) that died (non-zero, or a signal) is
-//!   started again with the same command (`--join` the master, the same addresses), after a
-//!   backoff (`Backoff`: 1 s, doubled for each death within 30 s of its start, at most 30 s).
-//!   The master gives the new process a new shard id; the cluster keeps running meanwhile;
-//! - shard 0's death stops the cluster (and `up` exits 1): it holds the master role, the API
-//!   and the player directory, and no other shard can take them over yet (no master failover);
-//!   so does a lone shard's (`--shards 1`), and any shard's before the cluster first served;
+//! - a shard of a cluster that died (non-zero, or a signal) is started again, joining the running
+//!   cluster (`--join` every other shard; shard 0 too: if it held the master role, the others
+//!   elected a successor meanwhile, `cluster::election`), after a backoff (`Backoff`: 1 s,
+//!   doubled for each death within 30 s of its start, at most 30 s). The master gives the new
+//!   process a new shard id; the cluster keeps running meanwhile;
+//! - a lone shard's death (`--shards 1`) stops `up` (exit 1), and so does any shard's before the
+//!   cluster first served;
 //! - the bots' end is said; the cluster keeps running.
 //!
 //! `Supervisor` holds the per-child state (name, role, log, how to build its command, start
@@ -36,7 +37,8 @@
 //! stops everything at once while a restart waits.
 //!
 //! **Status.** Once a second `up` asks the master's `GET /api/cluster` (plain HTTP/1.1 on a std
-//! `TcpStream` with short timeouts) and shows per shard: alive, cells, clients, owned entities,
+//! `TcpStream` with short timeouts; the address that answered last first, then every shard's,
+//! following a shard's pointer to the master; it says so when the master role moved) and shows per shard: alive, cells, clients, owned entities,
 //! proxies, tick p99 and the tick thread's CPU share (both over the shard's last heartbeat
 //! window), and handoffs per second (the change of `handoffs_out` between two polls), then a
 //! totals line. On a terminal the table is redrawn in place (cursor up, overwrite, clear to end
@@ -127,7 +129,9 @@ pub struct UpOptions {
     /// First shard's UDP port for shard links; shard i uses link-port + i.
     #[arg(long, default_value_t = 5433)]
     pub link_port: u16,
-    /// Where the master serves the dashboard and the HTTP API (`/`, `GET /api/cluster`).
+    /// Where shard 0 serves the dashboard and the HTTP API (`/`, `GET /api/cluster`); shard i
+    /// serves it on this port + i. The shard holding the master role answers; the others
+    /// redirect (`307`) to it, so this address keeps working after the master moves.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
     /// First shard's port for Prometheus metrics (`GET /metrics`); shard i uses metrics-port + i.
@@ -148,6 +152,18 @@ pub struct UpOptions {
 }
 
 impl UpOptions {
+    /// Where shard `i` serves the API: `--http`'s port + `i` (`--http` itself if it has no
+    /// port to add to; `check_options` refuses that for a cluster).
+    pub fn http_of(&self, i: usize) -> String {
+        match self.http.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(p) => format!("{host}:{}", usize::from(p) + i),
+                Err(_) => self.http.clone(),
+            },
+            None => self.http.clone(),
+        }
+    }
+
     /// The first shard's metrics port: `--metrics-port`, else `--port` + 5000.
     pub fn metrics_port(&self) -> u16 {
         self.metrics_port
@@ -197,6 +213,16 @@ fn check_options(opts: &UpOptions) -> anyhow::Result<()> {
     {
         bail!("--port / --link-port / --metrics-port + --shards runs past port 65535");
     }
+    if opts.shards > 1 {
+        let port = (opts.http.rsplit_once(':')).and_then(|(_, p)| p.parse::<u16>().ok());
+        match port {
+            None => bail!("--http {:?}: give a host:port", opts.http),
+            Some(p) if usize::from(p) + opts.shards > usize::from(u16::MAX) => {
+                bail!("--http's port + --shards runs past port 65535")
+            }
+            Some(_) => {}
+        }
+    }
     if !opts.weights.is_empty() && opts.weights.len() != opts.shards {
         bail!(
             "--weights names {} weights for {} shards: give one per shard",
@@ -238,7 +264,7 @@ fn run(
             Some(&opts.bot_scenario),
         );
         let exe = exe.to_path_buf();
-        let command = move || {
+        let command = move |_restart| {
             let mut command = Command::new(&exe);
             command.args(&args).stdin(Stdio::null());
             command
@@ -354,7 +380,7 @@ fn start_shards(
             files.clone(),
             shard.clone(),
         );
-        let command = move || shard_command(&o, &e, &f, &s, i);
+        let command = move |restart| shard_command(&o, &e, &f, &s, i, restart);
         shard.pid = children.start(&shard.name, role, &shard.log, Box::new(command))?;
         shards.push(shard);
     }
@@ -367,6 +393,7 @@ fn shard_command(
     files: &RunFiles,
     shard: &ShardInfo,
     i: usize,
+    restart: bool,
 ) -> Command {
     let mut command = Command::new(exe);
     command
@@ -391,12 +418,19 @@ fn shard_command(
         if let Some(w) = opts.weights.get(i) {
             command.args(["--weight", &w.to_string()]);
         }
-        if i == 0 {
+        // Every shard serves the API: the master's answers, the others point to it.
+        command.args(["--http", &opts.http_of(i)]);
+        if i == 0 && !restart {
             let expect = opts.shards.to_string();
-            command.args(["--expect-shards", &expect, "--http", &opts.http]);
+            command.args(["--expect-shards", &expect]);
         } else {
-            let master_links = format!("{}:{}", opts.host, opts.link_port);
-            command.args(["--join", &master_links]);
+            // Through any member (one that does not hold the master role points to it): shard
+            // 0 first, the others after, so a restart finds the cluster whichever shard died.
+            let members: Vec<String> = (0..opts.shards)
+                .filter(|j| *j != i)
+                .map(|j| format!("{}:{}", opts.host, usize::from(opts.link_port) + j))
+                .collect();
+            command.args(["--join", &members.join(",")]);
         }
     }
     // A terminal's Ctrl-C signals the whole foreground process group. Shards get a group of
@@ -475,7 +509,15 @@ fn supervise(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let metrics = format!("http://{}:{}/metrics", opts.host, opts.metrics_port());
-    let mut status = Status::new((opts.shards > 1).then(|| opts.http.clone()), metrics);
+    let apis = (0..opts.shards).map(|i| opts.http_of(i));
+    let mut status = Status::new(
+        if opts.shards > 1 {
+            apis.collect()
+        } else {
+            Vec::new()
+        },
+        metrics,
+    );
     let start = Instant::now();
     let mut next_poll = start;
     let mut next_summary = SUMMARY_EVERY;
@@ -494,7 +536,10 @@ fn supervise(
         }
         if Instant::now() >= next_poll {
             let t = start.elapsed();
-            status.poll(t);
+            let news = status.poll(t);
+            if !news.is_empty() {
+                screen.say(&news);
+            }
             if screen.tty {
                 screen.draw(status.frame(t));
             } else if t >= next_summary {
@@ -542,10 +587,10 @@ fn verdict(exit: &Exit, stage: Stage) -> Verdict {
         (Role::Joiner, Stage::Starting) => Verdict::Stop(format!(
             "{died} before the cluster served, so it is not restarted; its log: {log}"
         )),
-        (Role::Master, _) => Verdict::Stop(format!(
-            "{died}; it holds the master role (the cluster API and the player directory) and \
-             master failover is not built yet, so the cluster cannot continue without it; \
-             its log: {log}"
+        // The others elect a successor (`cluster::election`); the process joins again.
+        (Role::Master, Stage::Serving) => Verdict::Restart,
+        (Role::Master, Stage::Starting) => Verdict::Stop(format!(
+            "{died} before the cluster served, so it is not restarted; its log: {log}"
         )),
         (Role::Alone, _) => Verdict::Stop(format!("{died}; its log: {log}")),
     }
@@ -651,7 +696,9 @@ enum Start {
 }
 
 /// Builds a child's command; called again for each restart.
-type CommandFn = Box<dyn Fn() -> Command>;
+/// Builds a child's command; `true` for a restart (a restarted shard 0 joins the running
+/// cluster instead of forming a new one).
+type CommandFn = Box<dyn Fn(bool) -> Command>;
 
 /// One child process and what `up` knows of it.
 struct Child {
@@ -694,7 +741,7 @@ impl Supervisor {
         log: &Path,
         command: CommandFn,
     ) -> anyhow::Result<u32> {
-        let process = spawn(name, command(), log, Start::First)?;
+        let process = spawn(name, command(false), log, Start::First)?;
         let pid = process.id();
         self.children.push(Child {
             name: name.into(),
@@ -762,7 +809,7 @@ impl Supervisor {
             let start = Start::Restart {
                 attempt: due.attempt,
             };
-            c.process = spawn(&c.name, (c.command)(), &c.log, start)
+            c.process = spawn(&c.name, (c.command)(true), &c.log, start)
                 .with_context(|| format!("cannot restart {}", c.name))?;
             c.started = Instant::now();
             c.exited = None;
@@ -1003,6 +1050,11 @@ fn command_line(command: &Command) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 struct View {
+    /// The member holding the master role, and its term.
+    master: u16,
+    term: u64,
+    /// Set when the shard asked does not hold the master role: where the master's API is.
+    master_api: Option<String>,
     epoch: u64,
     expected_shards: usize,
     total_entities: u64,
@@ -1193,8 +1245,12 @@ fn summary_line(latest: &Sample, rates: Option<&Rates>, t: Duration) -> String {
 
 /// What the status display knows.
 struct Status {
-    /// The master's HTTP address; `None` for one shard (no master, no API).
+    /// Every shard's API address, shard 0's first; empty for one shard (no master, no API).
+    apis: Vec<String>,
+    /// The address that answered last: the master's, as far as `up` knows.
     api: Option<String>,
+    /// The master and its term at the last answer.
+    master: Option<(u16, u64)>,
     /// Shard 0's metrics URL, for the one-shard line.
     metrics: String,
     latest: Option<Sample>,
@@ -1206,9 +1262,11 @@ struct Status {
 }
 
 impl Status {
-    fn new(api: Option<String>, metrics: String) -> Self {
+    fn new(apis: Vec<String>, metrics: String) -> Self {
         Status {
-            api,
+            api: apis.first().cloned(),
+            apis,
+            master: None,
             metrics,
             latest: None,
             previous: None,
@@ -1217,23 +1275,62 @@ impl Status {
         }
     }
 
-    fn poll(&mut self, t: Duration) {
-        let Some(api) = &self.api else {
-            return;
-        };
-        let got = http_get(api, "/api/cluster").and_then(|(code, body)| {
-            if code != 200 {
-                bail!("answered HTTP {code}");
+    /// Ask the master's API for the cluster: the address that answered last first, then every
+    /// shard's (a shard that does not hold the master role points to the one that does). What
+    /// to tell the user: that the master role moved, and where the API is now.
+    fn poll(&mut self, t: Duration) -> Vec<String> {
+        let mut tries: Vec<String> = self.api.iter().cloned().collect();
+        tries.extend(
+            self.apis
+                .iter()
+                .filter(|a| Some(*a) != self.api.as_ref())
+                .cloned(),
+        );
+        let mut error = None;
+        let mut i = 0;
+        while i < tries.len() && i < 2 * self.apis.len() + 2 {
+            let api = tries[i].clone();
+            i += 1;
+            let got = http_get(&api, "/api/cluster").and_then(|(code, body)| {
+                if code != 200 && code != 307 {
+                    bail!("answered HTTP {code}");
+                }
+                Ok(parse_view(&body)?)
+            });
+            match got {
+                Ok(View {
+                    master_api: Some(to),
+                    ..
+                }) => {
+                    // Not the master: ask the one it names next.
+                    if !to.is_empty() && !tries[..i].contains(&to) {
+                        tries.insert(i, to);
+                    }
+                }
+                Ok(view) => {
+                    let mut news = Vec::new();
+                    let now = (view.master, view.term);
+                    if self.master.is_some_and(|m| m != now) {
+                        news.push(format!(
+                            "zonescaler up: shard {} holds the master role now (term {}); the \
+                             API is at http://{api}/api/cluster (every shard's address \
+                             redirects there)",
+                            now.0, now.1
+                        ));
+                    }
+                    self.master = Some(now);
+                    self.api = Some(api);
+                    self.record(Sample { t, view });
+                    self.error = None;
+                    return news;
+                }
+                Err(e) => {
+                    error.get_or_insert_with(|| format!("http://{api}/api/cluster: {e:#}"));
+                }
             }
-            Ok(parse_view(&body)?)
-        });
-        match got {
-            Ok(view) => {
-                self.record(Sample { t, view });
-                self.error = None;
-            }
-            Err(e) => self.error = Some(format!("http://{api}/api/cluster: {e:#}")),
         }
+        self.error = Some(error.unwrap_or_else(|| "no shard holds the master role".into()));
+        Vec::new()
     }
 
     fn record(&mut self, sample: Sample) {
@@ -1246,7 +1343,7 @@ impl Status {
 
     /// The terminal's table.
     fn frame(&self, t: Duration) -> Vec<String> {
-        if self.api.is_none() {
+        if self.apis.is_empty() {
             return vec![format!(
                 " shard-0 running, t={}s; its numbers: {}",
                 t.as_secs(),
@@ -1265,7 +1362,7 @@ impl Status {
 
     /// The piped summary line; its rates run from the previous summary's sample.
     fn summary(&mut self, t: Duration) -> String {
-        if self.api.is_none() {
+        if self.apis.is_empty() {
             return format!("up: t={}s shards=1/1 running", t.as_secs());
         }
         if let Some(e) = &self.error {
@@ -1527,6 +1624,7 @@ mod tests {
                 row(2, true, 250, 748, 5.25, 2000),
                 row(3, false, 0, 0, 0.0, 0),
             ],
+            ..View::default()
         };
         let mut before = now.clone();
         before.handoffs_total = 2170;
@@ -1631,7 +1729,7 @@ mod tests {
             summary_line(&now, rates.as_ref(), Duration::from_secs(30)),
             "up: t=30s epoch=3 shards=3/4 players=500 clients=500 entities=1504 handoffs/s=213 tick_p99_ms=[4.1,3.9,5.2,0.0] tick_cpu_pct=[16,16,31,0]"
         );
-        let mut status = Status::new(Some("127.0.0.1:8080".into()), String::new());
+        let mut status = Status::new(vec!["127.0.0.1:8080".into()], String::new());
         status.record(before);
         assert!(
             status
@@ -1655,7 +1753,7 @@ mod tests {
             status.summary(Duration::from_secs(40)),
             "up: t=40s api_error=\"http://127.0.0.1:8080/api/cluster: timed out\""
         );
-        let mut alone = Status::new(None, "http://127.0.0.1:9100/metrics".into());
+        let mut alone = Status::new(Vec::new(), "http://127.0.0.1:9100/metrics".into());
         assert_eq!(
             alone.summary(Duration::from_secs(10)),
             "up: t=10s shards=1/1 running"
@@ -1675,6 +1773,7 @@ mod tests {
             client_addr: "127.0.0.1:4433".into(),
             link_addr: "127.0.0.1:5433".into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
@@ -1682,6 +1781,7 @@ mod tests {
             client_addr: "127.0.0.1:4434".into(),
             link_addr: "127.0.0.1:5434".into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let second = m.join(join, 0).expect("joins");
@@ -1899,13 +1999,15 @@ mod tests {
             Verdict::Stop(why) => why,
             other => panic!("expected a stop, got {other:?}"),
         };
-        let master = stop(verdict(&exit(Role::Master, killed), Serving));
+        assert_eq!(
+            verdict(&exit(Role::Master, killed), Serving),
+            Verdict::Restart,
+            "the others elect a successor; the process joins again"
+        );
+        let early_master = stop(verdict(&exit(Role::Master, killed), Starting));
         assert!(
-            master.contains("exited unexpectedly (signal: 9")
-                && master.contains("master role")
-                && master.contains("failover is not built yet")
-                && master.ends_with("its log: /run/shard-1.log"),
-            "the master's death says why the cluster stops: {master}"
+            early_master.contains("before the cluster served"),
+            "{early_master}"
         );
         let alone = stop(verdict(&exit(Role::Alone, failed), Serving));
         assert!(
@@ -1925,7 +2027,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("shard-1.log");
         let mut children = Supervisor::default();
-        let command = || {
+        let command = |_restart| {
             let mut c = Command::new("sh");
             c.args(["-c", "echo ran; exit 3"]).stdin(Stdio::piped());
             c
