@@ -165,6 +165,20 @@ impl<P: Clone> MemNetwork<P> {
         out
     }
 
+    /// A link between `a` and `b` died: every message in flight between them, either way, for
+    /// which `on_link` says it travelled on that link, is lost (counted in `dropped`). What is
+    /// sent afterwards travels as before: a new link.
+    pub fn drop_between(&mut self, a: u32, b: u32, on_link: impl Fn(&P) -> bool) -> usize {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|_, m| {
+            let between = (m.from, m.to) == (a, b) || (m.from, m.to) == (b, a);
+            !(between && on_link(&m.payload))
+        });
+        let lost = before - self.in_flight.len();
+        self.dropped += lost as u64;
+        lost
+    }
+
     /// Messages still in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -257,5 +271,31 @@ mod tests {
         net.set_partition(0, 1, false);
         let got: Vec<u8> = net.poll(20_000).into_iter().map(|(_, _, p)| p).collect();
         assert_eq!(got, vec![1, 2], "a reliable link delivers in send order");
+    }
+
+    #[test]
+    fn a_dead_link_loses_what_was_in_flight_on_it_and_nothing_else() {
+        let mut net = MemNetwork::new(
+            3,
+            LinkFaults {
+                delay_us: 1_000,
+                ..LinkFaults::PERFECT
+            },
+        );
+        for i in 0..4u32 {
+            net.send(0, 0, 1, i, true);
+            net.send(0, 1, 0, 10 + i, true);
+            net.send(0, 0, 2, 20 + i, true);
+        }
+        assert_eq!(
+            net.drop_between(1, 0, |p| p % 2 == 0),
+            4,
+            "the even ones were on the link"
+        );
+        net.send(0, 0, 1, 100, true);
+        let mut got: Vec<u32> = net.poll(10_000).into_iter().map(|(_, _, p)| p).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 3, 11, 13, 20, 21, 22, 23, 100]);
+        assert_eq!(net.dropped, 4);
     }
 }
