@@ -1,8 +1,13 @@
 //! The multi-shard simulator: N shards of one world and a few dozen bots over the seeded network.
-//! Shard links are delayed and jittered, ordered and reliable (as QUIC streams are), and now and
-//! then partitioned (messages wait, as a stream retransmits); client datagrams also see loss,
-//! duplication and reordering. NPCs wander across borders and are handed off; bots walk back and
-//! forth across borders and follow their avatar from shard to shard with redirect tokens.
+//! Shard links are delayed and jittered, ordered and reliable while they live (as QUIC streams
+//! are), now and then partitioned (messages wait, as a stream retransmits), and in half the
+//! seeds they die now and then, losing what is in flight on them: the only message loss on
+//! links, since a QUIC stream loses nothing while its link lives. Every play-time frame goes
+//! through the members' production `Sessions` (numbered, kept until acknowledged, sent again
+//! after the redial), the larger id redials with the production backoff, and each process has
+//! its own clocks (see [`wire`]); client datagrams also see loss, duplication and reordering.
+//! NPCs wander across borders and are handed off; bots walk back and forth across borders and
+//! follow their avatar from shard to shard with redirect tokens.
 //! The cluster forms as it does in production, through the same [`Forming`] state machine over
 //! the simulated links: shard 0 holds the master role, the others join it (one after the other,
 //! so process `i` is shard `i`) with random weights, the master places the cells and pushes the
@@ -31,6 +36,15 @@
 //!   `SHARD_DEAD_AFTER_MS` and gives its leaves to its buddy, which promotes its replica: what it
 //!   held must be simulated again within `FAILOVER_BOUND_MS` of the adopter hearing of it
 //!   (`no_lost_entities`); its bots are orphaned (they do not resume here).
+//!
+//! - **a long cut**: in about 25% of the seeds (a stream of their own), 1–3 s in, a random shard
+//!   other than the master's (not the joiner, not draining) is partitioned from the master for
+//!   its silence and 0.2–2.7 s more. Every shard but the master holds its production ownership
+//!   `Lease` (numbered heartbeats, the master's answers), and obeys it as the runtime does: it
+//!   simulates only while it holds, pauses while it lapsed, and stops once lost (fenced, or
+//!   silent too long). The cut shard pauses, the master declares it dead and its buddy adopts;
+//!   once the cut heals it hears `Fenced` and stops. A dead link that outlasts the silence does
+//!   the same, and a shard that lost its lease before the verdict stops as a crash does.
 //!
 //! - **quitters**: in half the seeds, a bot in the middle of a redirect (sent on, not yet
 //!   welcomed) quits now and then, hanging up on both shards.
@@ -65,19 +79,40 @@
 //!   `SHARD_DEAD_AFTER_MS` + [`FAILOVER_BOUND_MS`] of the last message it heard from it (a
 //!   handoff to a crashed shard waits on that; its proxies may stay until the member list
 //!   without it reached their holder);
-//! - `no_false_death`: the master declares dead only shards that crashed (the simulation does
-//!   not run the shards' leases, so a partition past the silence must stop the run: partitions
-//!   heal within [`ClusterConfig::partition_ticks_max`]).
+//! - `no_false_death`: the master declares dead only shards that crashed, stopped, or were cut
+//!   off from it (partitioned, or their link to it dead) within its silence and a second;
+//! - `single_authority` across fencing: a shard the master declared dead while it ran never
+//!   simulates again (its lease paused it before the verdict); with the check above over the
+//!   shards that did not stop, no entity is simulated by two shards at any tick;
+//! - `fenced_shard_stops`: such a shard stops (its lease lost: told `Fenced`, or silent) within
+//!   its lease and a second of the verdict;
+//! - `links_lose_nothing`: every session frame is delivered in order, none missing (a gap means
+//!   a frame lost with a dead link was never sent again);
+//! - `links_heal`: a dead link between two members is back within the longest redial backoff,
+//!   half a second and three round trips of its cause ending (ticks partitioned, and the wait
+//!   after a dial that met a partition, do not count).
+//!
+//! What a shard taken down holds comes back from its buddy's replica; when its link to that
+//! buddy was dead or partitioned at the time (or came back too lately for the kept frames to
+//! arrive), its replica is as old as the cut, and what it lacks is lost and counted
+//! (`Membership::crash_entities_stale`), not a violation. Not simulated: a crashed process
+//! restarting as a new member (the simulation has one late joiner, drawn before the run), and
+//! the master's own crash.
 //!
 //! A run reports its joins, drains and crashes in [`Membership`]: joins, leaves given to
 //! joiners, the entities a joiner owned, drains ordered and done, crashes, what they lost and
 //! how long their failover took.
+
+mod wire;
+
+pub use wire::{Clock, LinkStats};
 
 use crate::load::ModelledLoad;
 use crate::{Packet, Violation};
 use bevy_ecs::query::Has;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use wire::{DeadLink, Lease};
 use zonescaler_bots::{BotClient, BotConfig, Scenario, border_walks};
 use zonescaler_net::link::LinkId;
 use zonescaler_net::mem::{LinkFaults, MemNetwork};
@@ -85,6 +120,8 @@ use zonescaler_server::ShardApp;
 use zonescaler_server::authority::handoff::Handoffs;
 use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::client::{Clients, LoginPolicy};
+use zonescaler_server::cluster::LeaseState;
+use zonescaler_server::cluster::session::Sessions;
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
 use zonescaler_server::core::components::{InTransit, Networked, Owned, Position, Proxy};
@@ -92,6 +129,7 @@ use zonescaler_server::core::resources::{DespawnLog, HandoffStats};
 use zonescaler_server::core::space::Space;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, Epoch};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::protocol::MemberInfo;
 use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MapPush, MasterNotice, MasterRequest};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
@@ -136,10 +174,9 @@ pub struct ClusterConfig {
     pub bots: usize,
     /// Chance per tick that a random pair of shards is partitioned (healed after a while).
     pub partition_chance: f32,
-    /// A partition heals after 5 ticks and up to this many more: 40 (1.3 s at 30 Hz) keeps it
-    /// shorter than the master's silence (`SHARD_DEAD_AFTER_MS`), since the simulation does not
-    /// run the shards' ownership leases (`cluster::lease`), which would stop a shard cut off
-    /// from the master for longer (`no_false_death` guards that).
+    /// A partition heals after 5 ticks and up to this many more: 40 (1.3 s at 30 Hz) keeps these
+    /// short ones shorter than the master's silence (`SHARD_DEAD_AFTER_MS`); the ones past it are
+    /// [`Self::long_cut`]s.
     pub partition_ticks_max: u64,
     /// Chance per tick (after the first second) that the master orders a random leaf moved to
     /// a random other shard.
@@ -177,6 +214,40 @@ pub struct ClusterConfig {
     /// `failover_completes`: the master's map gives the crashed shard no leaf within
     /// `SHARD_DEAD_AFTER_MS` and this long (simulated) of the crash.
     pub failover_bound_ms: u64,
+    /// Chance per tick that the link between a random pair of members dies, losing what is in
+    /// flight on it both ways (`wire`); dials fail for up to 1.5 s after.
+    pub link_death_chance: f32,
+    /// Off only to sabotage a run: after a redial, neither end sends again what the other has
+    /// not acknowledged.
+    pub resend_after_redial: bool,
+    /// Off only to sabotage a run: dead links are never redialled.
+    pub redial: bool,
+    /// A long cut: at this tick a random shard other than the master's (one that ticks, is not
+    /// the late joiner, not draining and not crashed) is partitioned from the master for this
+    /// many ticks, longer than the master's silence: its lease lapses, the master declares it
+    /// dead and its buddy adopts its cells; once the cut heals it is told it is fenced.
+    pub long_cut: Option<(u64, u64)>,
+    /// Whether the shards obey their ownership leases (anything else only to sabotage a run).
+    pub leases: Leases,
+    /// Off only to sabotage a run: the master answers every other shard's heartbeats (their
+    /// leases hold) but records none, so it declares shards dead that were never cut off.
+    pub heartbeats_heard: bool,
+    /// Each process's monotonic clock runs fast or slow by up to this (parts per million).
+    pub clock_skew_ppm_max: u64,
+    /// A quarter of the processes step their wall clock once, by up to this either way.
+    pub wall_step_ms_max: u64,
+}
+
+/// What the shards do with their ownership lease (`cluster::lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leases {
+    /// As the runtime does: simulate only while it holds, pause while it lapsed, stop once it
+    /// is lost.
+    Obeyed,
+    /// Sabotage: simulate whatever the lease says.
+    Ignored,
+    /// Sabotage: a lost lease only pauses, the process never stops.
+    NeverLost,
 }
 
 impl ClusterConfig {
@@ -187,8 +258,9 @@ impl ClusterConfig {
         Self::smoke_with(seed, true)
     }
 
-    /// [`Self::smoke`] as it was before crashes were simulated: the same run for every seed, a
-    /// crash seed without its crash. Regression tests of older findings replay these.
+    /// [`Self::smoke`] as it was before crashes were simulated: a crash seed without its crash,
+    /// and none of the faults simulated after crashes (link deaths, long cuts, clock skew and
+    /// steps). Regression tests of older findings replay these.
     pub fn smoke_without_crash(seed: u64) -> Self {
         Self::smoke_with(seed, false)
     }
@@ -229,7 +301,22 @@ impl ClusterConfig {
         // Its own stream too: a seed without a crash runs as it did before crashes existed.
         let mut k = Rng::new(seed ^ 0x0C2A_5111);
         let crash_at_tick = k.chance(0.3).then(|| 30 + k.below(31)).filter(|_| crashes);
-        let balance = join_at_tick.is_some() || drain_at_tick.is_some() || crash_at_tick.is_some();
+        // The faults after crashes draw from a stream of their own too.
+        let mut f = Rng::new(seed ^ 0x0F_A017_5EED);
+        let link_death_chance = if f.chance(0.5) && crashes { 0.01 } else { 0.0 };
+        let silence_ticks = world.cluster.shard_silence_ms * 30 / 1_000;
+        let long_cut = f
+            .chance(0.25)
+            .then(|| (30 + f.below(61), silence_ticks + 6 + f.below(75)))
+            .filter(|_| crashes);
+        let (clock_skew_ppm_max, wall_step_ms_max) = if crashes { (1_000, 1_000) } else { (0, 0) };
+        // A dead link can outlast the master's silence too: any seed that may lose a shard
+        // runs the balancer, which evacuates a dead shard no buddy adopts.
+        let balance = join_at_tick.is_some()
+            || drain_at_tick.is_some()
+            || crash_at_tick.is_some()
+            || long_cut.is_some()
+            || link_death_chance > 0.0;
         // Its own stream too: a seed without quitters runs as it did before they existed.
         let quit_chance = if Rng::new(seed ^ 0x0009_017E).chance(0.5) {
             0.05
@@ -265,6 +352,14 @@ impl ClusterConfig {
             quit_chance,
             crash_at_tick,
             failover_bound_ms: FAILOVER_BOUND_MS,
+            link_death_chance,
+            resend_after_redial: true,
+            redial: true,
+            long_cut,
+            leases: Leases::Obeyed,
+            heartbeats_heard: true,
+            clock_skew_ppm_max,
+            wall_step_ms_max,
         }
     }
 
@@ -412,6 +507,38 @@ pub struct ClusterSim {
     failure: Option<(&'static str, String)>,
     /// Joins and drains, for reports and tests.
     pub membership: Membership,
+    /// Each process's clocks (`wire::Clock`), by endpoint.
+    clocks: Vec<Clock>,
+    /// Each process's sessions with the other members, the member list it last heard, and the
+    /// members it saw leave.
+    sessions: Vec<Sessions>,
+    members: Vec<Vec<MemberInfo>>,
+    left: Vec<BTreeSet<ShardId>>,
+    /// Each shard's ownership lease (none on the master).
+    leases: Vec<Option<Lease>>,
+    /// Links that died and are not back at both ends, by (smaller, larger) id.
+    dead_links: BTreeMap<(usize, usize), DeadLink>,
+    /// Draws link deaths (a stream of its own).
+    link_rng: Rng,
+    /// Link deaths, redials, frames sent again.
+    pub link_stats: LinkStats,
+    /// Shards the master declared dead while they still ran (a long cut), and the tick of the
+    /// verdict: out of the checks but still running until their lease is lost, and never
+    /// simulating again.
+    fenced: BTreeMap<usize, u64>,
+    /// Shards whose lease lapsed this tick (they did not simulate), and those that simulated.
+    paused: BTreeSet<usize>,
+    ticked: BTreeSet<usize>,
+    /// The last tick each shard was cut off from the master (partitioned, or its link dead).
+    cut_from_master: BTreeMap<usize, u64>,
+    /// The tick each pair's dead link last came back at both ends, and the last tick each pair
+    /// was partitioned.
+    link_back_at: BTreeMap<(usize, usize), u64>,
+    cut_at: BTreeMap<(usize, usize), u64>,
+    /// Shards taken down while their link to the buddy the master knew was dead or cut, or back
+    /// too lately for what it kept to have arrived: their replica is as old as the cut, and what
+    /// it lacks (entities they took meanwhile) is lost (counted), as in production.
+    stale_replica: BTreeSet<usize>,
 }
 
 /// The late joiner: its process while it forms, and its links.
@@ -423,10 +550,9 @@ struct Joiner {
     links: BTreeMap<LinkId, (usize, usize)>,
     dialed_at: u64,
     /// Members that do not know who is on its link yet (the master until its `Join`, the others
-    /// until its `Peer`): what they send it is held until then (`Node`'s held frames), in
-    /// order, with the bytes held per member.
+    /// until its `Peer`): what they send it is kept in their session until then, as `Node`
+    /// keeps it.
     unnamed_at: BTreeSet<usize>,
-    held: BTreeMap<usize, (usize, Vec<LinkMessage>)>,
     /// The tick it first held a leaf of the master's map.
     first_cell_at: Option<u64>,
 }
@@ -455,6 +581,15 @@ pub struct Membership {
     pub crash_entities_lost: u64,
     pub crash_bots_orphaned: u64,
     pub failover_ms: u64,
+    /// Shards the master declared dead while they still ran (cut off from it past its silence),
+    /// the ticks shards spent paused by a lapsed lease, and shards that stopped because they
+    /// lost their lease.
+    pub fenced: u64,
+    pub lease_paused_ticks: u64,
+    pub leases_lost: u64,
+    /// Entities of a shard taken down while its link to its buddy was dead (or just back), which
+    /// its stale replica did not hold: lost, as in production.
+    pub crash_entities_stale: u64,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -497,6 +632,8 @@ pub struct ClusterOutcome {
     pub membership: Membership,
     /// Bots that quit mid-redirect ([`ClusterConfig::quit_chance`]).
     pub quitters: u64,
+    /// Link deaths, redials, and frames sent again.
+    pub links: LinkStats,
 }
 
 impl ClusterSim {
@@ -534,6 +671,22 @@ impl ClusterSim {
             .ok_or("shard 0 formed without the master role")?
             .with_sent_on_wait(SENT_ON_WAIT_MS);
         let map = formed[0].map.clone();
+        let mut members: Vec<Vec<MemberInfo>> = formed.iter().map(|f| f.members.clone()).collect();
+        members.resize(bot_base, Vec::new());
+        // The processes' clocks draw from a stream of their own.
+        let mut clock_rng = Rng::new(cfg.seed ^ 0x0C10_C5EE);
+        let run_us = cfg.ticks * 1_000_000 / u64::from(cfg.world.simulation.tick_hz);
+        // One for each process, and one for a joiner whether or not a seed has one.
+        let clocks: Vec<Clock> = (0..=cfg.shards)
+            .map(|i| {
+                let (skew, step) = (cfg.clock_skew_ppm_max, cfg.wall_step_ms_max);
+                Clock::draw(&mut clock_rng, i == 0, skew, step, run_us)
+            })
+            .collect();
+        // Every shard but the master holds a lease from the end of forming, as `Node::new`.
+        let leases = (0..bot_base)
+            .map(|i| (i > 0 && i < cfg.shards).then(|| Lease::new(clocks[i].mono_ms(now_us))))
+            .collect();
         // The simulation is its own account service: a seeded key, so runs replay exactly.
         let signer =
             TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
@@ -560,6 +713,7 @@ impl ClusterSim {
             .map(|_| ModelledLoad::new(cfg.world.simulation.tick_hz))
             .collect();
         let quit_rng = Rng::new(cfg.seed ^ 0x0051_7E00);
+        let link_rng = Rng::new(cfg.seed ^ 0x0001_14CD_EAD0);
         let mut sim = Self {
             cfg,
             shards,
@@ -600,11 +754,26 @@ impl ClusterSim {
             orphan_avatars: BTreeSet::new(),
             failure: None,
             membership: Membership::default(),
+            clocks,
+            sessions: wire::sessions_for(bot_base),
+            members,
+            left: vec![BTreeSet::new(); bot_base],
+            leases,
+            dead_links: BTreeMap::new(),
+            link_rng,
+            link_stats: LinkStats::default(),
+            fenced: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            ticked: BTreeSet::new(),
+            cut_from_master: BTreeMap::new(),
+            link_back_at: BTreeMap::new(),
+            cut_at: BTreeMap::new(),
+            stale_replica: BTreeSet::new(),
         };
         sim.epochs_held = vec![sim.map.epoch().0; sim.n()];
         sim.map_taken_at = vec![0; sim.n()];
         for (to, from, msg) in early {
-            sim.on_link_message(to, usize::from(from.0), msg);
+            sim.on_wire_message(to, usize::from(from.0), msg);
         }
         Ok(sim)
     }
@@ -639,6 +808,7 @@ impl ClusterSim {
                 .collect(),
             membership: self.membership,
             quitters: self.bots.iter().filter(|b| b.quit.is_some()).count() as u64,
+            links: self.link_stats,
         })
     }
 
@@ -657,6 +827,8 @@ impl ClusterSim {
         let now = self.now_us;
         let next_tick = self.shards[0].tick_number() + 1;
         self.weather(next_tick);
+        self.long_cut(next_tick);
+        self.link_weather();
         self.dial_in(next_tick);
         self.reshape(next_tick);
         self.log_bots_in(now, next_tick);
@@ -664,28 +836,49 @@ impl ClusterSim {
         for (from, to, packet) in self.net.poll(now) {
             self.deliver(now, from as usize, to as usize, packet);
         }
+        self.send_acks();
         self.take_in_joiner(next_tick);
         if self.cfg.crash_at_tick == Some(next_tick) {
             self.crash(next_tick);
         }
-        let live: Vec<usize> = self.live().collect();
-        for &i in &live {
+        // The lease decides who simulates (`runtime`'s `lease_allows`): a lapsed one pauses the
+        // tick (the shard still heartbeats and drains its links), a lost one stops the process.
+        self.paused.clear();
+        self.ticked.clear();
+        for i in self.live().collect::<Vec<_>>() {
+            match self.lease_state(i) {
+                LeaseState::Holds => {
+                    self.ticked.insert(i);
+                }
+                LeaseState::Lapsed { .. } => {
+                    self.paused.insert(i);
+                    self.membership.lease_paused_ticks += 1;
+                }
+                LeaseState::Lost(why) => self.lease_lost(i, next_tick, &why.to_string()),
+            }
+        }
+        let ticking: Vec<usize> = self.ticked.iter().copied().collect();
+        for &i in &ticking {
             // `RUST_LOG=debug` replays say which shard logged what, and when.
             let _span = tracing::debug_span!("shard", i, tick = next_tick).entered();
+            let wall_ms = self.clocks[i].wall_ms(now);
             let s = &mut self.shards[i];
-            s.set_now_ms(now / 1_000);
+            s.set_now_ms(wall_ms);
             s.tick();
         }
+        let live: Vec<usize> = self.live().collect();
         let heartbeat_ticks =
             (limits::HEARTBEAT_MS * u64::from(self.cfg.world.simulation.tick_hz) / 1_000).max(1);
         if next_tick.is_multiple_of(heartbeat_ticks) {
             for &i in &live {
                 let mut load = self.shards[i].load();
                 self.loads[i].close(&mut load);
+                let mono = self.mono_ms(i);
+                load.seq = (self.leases[i].as_mut()).map_or(0, |l| l.sent(mono));
                 self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }
-        for &i in &live {
+        for &i in &ticking {
             let link_bytes = self.send_batches(i);
             let period = std::time::Duration::from_micros(self.tick_us);
             self.loads[i].after_tick(&self.shards[i], period, link_bytes);
@@ -712,7 +905,58 @@ impl ClusterSim {
                 );
             }
         }
+        // Shard 0 never pauses (it holds no lease) and never stops, so its tick is the run's.
         self.shards[0].tick_number()
+    }
+
+    /// Shard `i` lost its lease (fenced, or cut off from the master too long): the process
+    /// stops, as the runtime does ("lost its ownership lease"). One the master has not declared
+    /// dead yet goes as a crash does (its verdict follows).
+    fn lease_lost(&mut self, i: usize, tick: u64, why: &str) {
+        tracing::info!(shard = i, tick, why, "sim: lost its lease, stopped");
+        self.membership.leases_lost += 1;
+        if !self.crashed.contains_key(&i) {
+            self.take_down(i, tick);
+        }
+        self.fenced.remove(&i);
+        self.departed.insert(i);
+    }
+
+    /// The long cut ([`ClusterConfig::long_cut`]): a random shard other than the master's that
+    /// ticks, is not the late joiner, not draining and not crashed, cut off from the master
+    /// past its silence. Also keeps `cut_from_master` (`no_false_death`).
+    fn long_cut(&mut self, next_tick: u64) {
+        if let Some((at, ticks)) = self.cfg.long_cut.filter(|(at, _)| *at == next_tick) {
+            let joiner = self.joiner.as_ref().map(|j| j.id);
+            let candidates: Vec<usize> = (self.live())
+                .filter(|&i| {
+                    i != 0
+                        && Some(i) != joiner
+                        && !self.draining.contains_key(&i)
+                        && !self.crashed.contains_key(&i)
+                })
+                .collect();
+            if !candidates.is_empty() {
+                let mut pick = Rng::new(self.cfg.seed ^ 0x0010_C0CC);
+                let c = candidates[pick.below(candidates.len() as u64) as usize];
+                tracing::info!(shard = c, tick = at, ticks, "sim: long cut from the master");
+                let heal = next_tick + ticks;
+                let e = self.partitions.entry((0, c)).or_insert(heal);
+                *e = (*e).max(heal);
+                self.net.set_partition(0, c as u32, true);
+            }
+        }
+        let cut: Vec<usize> = (1..self.n())
+            .filter(|&i| {
+                self.partitions.contains_key(&(0, i)) || self.dead_links.contains_key(&(0, i))
+            })
+            .collect();
+        for i in cut {
+            self.cut_from_master.insert(i, next_tick);
+        }
+        for pair in self.partitions.keys() {
+            self.cut_at.insert(*pair, next_tick);
+        }
     }
 
     /// A packet from endpoint `from` arrived at endpoint `to`.
@@ -741,10 +985,12 @@ impl ClusterSim {
             }
             return;
         }
-        // A new link waits for its first message to say who is on it (`Node`'s unnamed links).
-        let Packet::Link(link, msg) = packet else {
-            return;
+        let (link, msg) = match packet {
+            Packet::Link(link, msg) => (link, msg),
+            Packet::Frame(bytes) => return self.on_frame(to, from, &bytes),
+            _ => return,
         };
+        // A new link waits for its first message to say who is on it (`Node`'s unnamed links).
         let unnamed = self
             .joiner
             .as_ref()
@@ -752,7 +998,7 @@ impl ClusterSim {
         if unnamed {
             self.unnamed_message(to, from, link, msg);
         } else {
-            self.on_link_message(to, from, msg);
+            self.on_wire_message(to, from, msg);
         }
     }
 
@@ -772,7 +1018,6 @@ impl ClusterSim {
             links: BTreeMap::new(),
             dialed_at: next_tick,
             unnamed_at: self.live().collect(),
-            held: BTreeMap::new(),
             first_cell_at: None,
         });
         self.joiner_acts(acts);
@@ -806,7 +1051,7 @@ impl ClusterSim {
     /// A packet for the joiner while it forms: a link event for its [`Forming`]. Messages sent
     /// during play travel on `LinkId(0)`: they are on the joiner's link to their sender.
     fn joiner_event(&mut self, from: usize, packet: Packet) {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.mono_ms(self.cfg.shards);
         let Some(j) = self.joiner.as_mut() else {
             return;
         };
@@ -823,6 +1068,13 @@ impl ClusterSim {
                 None => return,
             },
             Packet::Link(link, msg) => FormEvent::Message(link, msg),
+            Packet::Frame(bytes) => match (
+                link_to(&j.links),
+                zonescaler_shared::codec::decode_link_message(&bytes),
+            ) {
+                (Some(link), Ok(msg)) => FormEvent::Message(link, msg),
+                _ => return,
+            },
             _ => return,
         };
         let Some(f) = j.forming.as_mut() else {
@@ -840,7 +1092,7 @@ impl ClusterSim {
     /// Once the joiner formed, it is shard `id` and ticks from now on: the messages it kept
     /// while it formed come first, in order.
     fn take_in_joiner(&mut self, tick: u64) {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.mono_ms(self.cfg.shards);
         let Some(j) = self.joiner.as_mut() else {
             return;
         };
@@ -868,10 +1120,12 @@ impl ClusterSim {
             .push(ModelledLoad::new(self.cfg.world.simulation.tick_hz));
         self.epochs_held.push(formed.map.epoch().0);
         self.map_taken_at.push(tick);
+        self.leases[id] = Some(Lease::new(now_ms));
+        self.members[id] = formed.members.clone();
         self.membership.joins += 1;
         tracing::info!(shard = id, tick, "sim: the late joiner formed, ticking");
         for (from, msg) in formed.early {
-            self.on_link_message(id, usize::from(from.0), msg);
+            self.on_wire_message(id, usize::from(from.0), msg);
         }
     }
 
@@ -899,16 +1153,21 @@ impl ClusterSim {
         };
         j.unnamed_at.remove(&at);
         let to = j.id;
-        let (_, msgs) = j.held.remove(&at).unwrap_or_default();
-        for msg in msgs {
-            self.link_send(at, to, msg);
+        for frame in self.sessions[at].relinked(ShardId(to as u16), 0) {
+            self.net.send(
+                self.now_us,
+                at as u32,
+                to as u32,
+                Packet::Frame(frame),
+                true,
+            );
         }
     }
 
     /// On the master, as `Node::late_join`: admit the joiner, answer `Joined` and the map on its
     /// link, and tell the others who is in the cluster now.
     fn late_join(&mut self, from: usize, link: LinkId, req: JoinRequest) {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.master_ms();
         let id = match self.master.join(req, now_ms) {
             Ok(id) => id,
             Err(e) => {
@@ -943,29 +1202,58 @@ impl ClusterSim {
         }
     }
 
-    /// The operator drains a random shard other than the master's, among those that tick and
-    /// take work, as `zonescaler drain` does.
-    /// A random shard other than the master's that ticks, is not the late joiner and is not
-    /// being drained crashes: it stops where it is (out of `live`, hearing nothing); what it held
-    /// waits in `crash_limbo` for its adopter, and its bots (playing there, or on their way
-    /// there) are orphaned, out of `players_keep_avatars`.
+    /// A random shard other than the master's that ticks, is not the late joiner, is not being
+    /// drained and was not fenced crashes: it stops where it is (out of `live`, hearing
+    /// nothing), and is taken down for the checks ([`Self::take_down`]).
     fn crash(&mut self, tick: u64) {
         let joiner = self.joiner.as_ref().map(|j| j.id);
         let candidates: Vec<usize> = self
             .live()
-            .filter(|&i| i != 0 && Some(i) != joiner && !self.draining.contains_key(&i))
+            .filter(|&i| {
+                i != 0
+                    && Some(i) != joiner
+                    && !self.draining.contains_key(&i)
+                    && !self.crashed.contains_key(&i)
+            })
             .collect();
         if candidates.is_empty() {
             return;
         }
         let mut pick = Rng::new(self.cfg.seed ^ 0x0C2A_5112);
         let c = candidates[pick.below(candidates.len() as u64) as usize];
+        self.take_down(c, tick);
+        self.departed.insert(c);
+        self.membership.crashes += 1;
+    }
+
+    /// Shard `c` is gone for the checks as of `tick` (it crashed, lost its lease, or the master
+    /// fenced it): what it held waits in `crash_limbo` for its adopter, its bots (playing
+    /// there, or on their way there) are orphaned, out of `players_keep_avatars`.
+    fn take_down(&mut self, c: usize, tick: u64) {
         let owned = owned_of(&mut self.shards[c]);
         let frozen = in_transit_of(&mut self.shards[c]);
         let lost: BTreeSet<NetId> = (owned.keys().copied())
             .chain(frozen.iter().map(|(id, _, _)| *id))
             .collect();
         self.crash_limbo.extend(lost.iter().map(|id| (*id, c)));
+        let buddy = (self.master.members().get(&ShardId(c as u16)))
+            .and_then(|m| m.load.buddy)
+            .map(|b| usize::from(b.0));
+        if let Some(b) = buddy {
+            let key = (b.min(c), b.max(c));
+            let settle = 2 * self.cfg.lag_bound_ticks() as u64 + 2;
+            let dead = self.dead_links.contains_key(&key) || self.partitions.contains_key(&key);
+            let lately = (self.link_back_at.get(&key)).is_some_and(|at| tick <= at + settle)
+                || (self.cut_at.get(&key)).is_some_and(|at| tick <= at + settle);
+            if dead || lately {
+                tracing::info!(
+                    shard = c,
+                    buddy = b,
+                    "sim: taken down while its buddy's link was dead: its replica is stale"
+                );
+                self.stale_replica.insert(c);
+            }
+        }
         let mut orphaned = 0;
         for b in &mut self.bots {
             let avatar_lost = b.bot.welcome().is_some_and(|w| lost.contains(&w.avatar));
@@ -981,11 +1269,10 @@ impl ClusterSim {
             tick,
             entities = lost.len(),
             bots = orphaned,
-            "sim: crashed"
+            "sim: gone (crashed, lost its lease or fenced)"
         );
-        self.departed.insert(c);
         self.crashed.insert(c, (tick, None));
-        self.membership.crashes += 1;
+        self.draining.remove(&c);
         self.membership.crash_entities_held += lost.len() as u64;
         self.membership.crash_bots_orphaned += orphaned;
     }
@@ -1026,6 +1313,12 @@ impl ClusterSim {
         if tick <= verdict.max(since) + self.cfg.ticks_in(FAILOVER_BOUND_MS) {
             return Ok(true);
         }
+        if self.stale_replica.contains(&c) {
+            self.crash_limbo.remove(&id);
+            self.crash_lost.insert(id);
+            self.membership.crash_entities_stale += 1;
+            return Ok(true);
+        }
         Err(format!(
             "{id} of crashed shard {c} did not come back {FAILOVER_BOUND_MS} ms after shard {adopter} adopted it (verdict at tick {verdict}, heard at tick {since})"
         ))
@@ -1035,7 +1328,7 @@ impl ClusterSim {
     /// `SHARD_DEAD_AFTER_MS` + `failover_bound_ms` of the last message the master heard from it
     /// (a partition may hold its last heartbeats back past the crash).
     fn check_failover(&mut self, tick: u64) -> Result<(), Violation> {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.master_ms();
         let bound_ms = self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms;
         for (&c, &(at, _)) in &self.crashed {
             let heard_ms =
@@ -1081,7 +1374,7 @@ impl ClusterSim {
             return;
         }
         let d = candidates[self.rng.below(candidates.len() as u64) as usize];
-        match self.master.drain(ShardId(d as u16), self.now_us / 1_000) {
+        match self.master.drain(ShardId(d as u16), self.master_ms()) {
             Ok(()) => {
                 tracing::info!(shard = d, tick, "sim: drain ordered");
                 self.membership.drains_ordered += 1;
@@ -1123,17 +1416,39 @@ impl ClusterSim {
     /// The master's part: moves that are overdue are aborted; now and then a leaf is ordered
     /// moved, split or merged. Its notices travel the links from shard 0.
     fn reshape(&mut self, next_tick: u64) {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.master_ms();
         // The master's housekeeping, as `Node::master_housekeeping` does it.
         let dead = self.master.check_liveness(now_ms);
+        // A shard cut off from the master within its silence (and a second) may be declared
+        // dead while it runs: its lease has stopped it, and it is fenced.
+        let recent = self
+            .cfg
+            .ticks_in(self.cfg.world.cluster.shard_silence_ms + 1_000);
         for d in &dead {
             let d = usize::from(d.0);
+            let was_cut = (self.cut_from_master.get(&d))
+                .is_some_and(|at| next_tick.saturating_sub(*at) <= recent);
             match self.crashed.get_mut(&d) {
                 Some((_, verdict)) => *verdict = Some(next_tick),
+                None if was_cut => {
+                    tracing::info!(
+                        shard = d,
+                        tick = next_tick,
+                        "sim: declared dead while running: fenced"
+                    );
+                    self.take_down(d, next_tick);
+                    if let Some((_, v)) = self.crashed.get_mut(&d) {
+                        *v = Some(next_tick);
+                    }
+                    self.fenced.insert(d, next_tick);
+                    self.membership.fenced += 1;
+                }
                 None => {
                     self.failure.get_or_insert((
                         "no_false_death",
-                        format!("the master declared shard {d} dead, which never crashed"),
+                        format!(
+                            "the master declared shard {d} dead, which never crashed and was not cut off from it"
+                        ),
                     ));
                 }
             }
@@ -1273,73 +1588,56 @@ impl ClusterSim {
         }
     }
 
-    /// A link message from shard `from` to shard `to`, if `from` has a link to `to`: not to a
-    /// drained shard (its links closed). One for a joiner whose `Peer` (or, on the master,
-    /// `Join`) `from` has not heard yet is held until then, as `Node::send_frame` holds it.
-    fn link_send(&mut self, from: usize, to: usize, msg: LinkMessage) {
-        if self.departed.contains(&to) {
-            return;
-        }
-        if let Some(j) = self
-            .joiner
-            .as_mut()
-            .filter(|j| j.id == to && j.unnamed_at.contains(&from))
-        {
-            let len = zonescaler_shared::codec::encode(&msg).len();
-            let (bytes, msgs) = j.held.entry(from).or_default();
-            if *bytes + len > limits::UNACKED_MEMBER_BYTES_MAX {
-                self.membership.unlinked_drops += 1;
-                tracing::debug!(
-                    from,
-                    to,
-                    ?msg,
-                    "no link to the joiner yet, held ones full: dropped"
-                );
-            } else {
-                *bytes += len;
-                msgs.push(msg);
-                self.membership.unlinked_held += 1;
-                tracing::debug!(from, to, "no link to the joiner yet: held");
-            }
-            return;
-        }
-        self.net.send(
-            self.now_us,
-            from as u32,
-            to as u32,
-            Packet::Link(LinkId(0), msg),
-            true,
-        );
-    }
-
     /// A link message from shard `from` arrived at shard `to` (as a node handles it).
     fn on_link_message(&mut self, to: usize, from: usize, msg: LinkMessage) {
-        let now_ms = self.now_us / 1_000;
+        let now_ms = self.master_ms();
         match msg {
             LinkMessage::Batch(msgs) => {
                 for m in msgs {
                     self.shards[to].push_shard_message(ShardId(from as u16), Bytes::from(m));
                 }
             }
+            LinkMessage::Heartbeat(load) if to == 0 && from != 0 && !self.cfg.heartbeats_heard => {
+                // Sabotage: answered, so the shard's lease holds, but not recorded.
+                let silence_ms = self.cfg.world.cluster.shard_silence_ms;
+                let lease_ms = limits::lease_ms_for(silence_ms) as u32;
+                let answer = MasterNotice::Lease {
+                    seq: load.seq,
+                    lease_ms,
+                };
+                self.link_send(0, from, LinkMessage::FromMaster(answer));
+            }
             LinkMessage::Heartbeat(mut load) if to == 0 => {
                 if !self.cfg.buddies_reported {
                     load.buddy = None;
                 }
-                // The answer (a lease, or `Fenced`) is the runtime's (`cluster::lease`), which
-                // the simulation does not run: a crashed shard never wakes up.
-                let _ = self.master.heartbeat(ShardId(from as u16), load, now_ms);
+                // The answer renews the shard's lease, or tells a shard declared dead that it
+                // is fenced.
+                let answer = self.master.heartbeat(ShardId(from as u16), load, now_ms);
+                if let Some(answer) = answer.filter(|_| from != 0) {
+                    self.link_send(0, from, LinkMessage::FromMaster(answer));
+                }
             }
             LinkMessage::ToMaster(req) if to == 0 => self.master_request(from, req),
-            LinkMessage::FromMaster(notice) => self.shards[to].push_master_notice(notice),
+            LinkMessage::FromMaster(
+                notice @ (MasterNotice::Lease { .. } | MasterNotice::Fenced),
+            ) => {
+                self.lease_answer(to, &notice);
+            }
+            LinkMessage::FromMaster(notice) => {
+                if let MasterNotice::Map(push) = &notice {
+                    self.observe(to, push);
+                }
+                self.shards[to].push_master_notice(notice);
+            }
             _ => {}
         }
     }
 
     /// The master answers shard `from`; its notices travel the links from shard 0.
     fn master_request(&mut self, from: usize, req: MasterRequest) {
-        let notices = self
-            .master
-            .request(ShardId(from as u16), req, self.now_us / 1_000);
+        let now_ms = self.master_ms();
+        let notices = self.master.request(ShardId(from as u16), req, now_ms);
         self.record_map();
         for (to, notice) in notices {
             self.notify(usize::from(to.0), notice);
@@ -1351,6 +1649,9 @@ impl ClusterSim {
             self.record_push(push);
         }
         if to == 0 {
+            if let MasterNotice::Map(push) = &notice {
+                self.observe(0, push);
+            }
             self.shards[0].push_master_notice(notice);
         } else {
             self.link_send(0, to, LinkMessage::FromMaster(notice));
@@ -1423,10 +1724,16 @@ impl ClusterSim {
         }
         self.check_membership(tick)?;
         self.check_failover(tick)?;
-        // A drained shard is out of the checks: it held nothing when it left (checked above).
-        let now: Vec<OwnedAt> = of_present(&mut self.shards, &self.departed, owned_of);
+        if let Err((invariant, detail)) = self.check_links(tick) {
+            return fail(invariant, detail);
+        }
+        self.check_fenced(tick)?;
+        // A drained shard is out of the checks: it held nothing when it left (checked above);
+        // so is a fenced one, which `check_fenced` keeps from simulating.
+        let absent = self.absent();
+        let now: Vec<OwnedAt> = of_present(&mut self.shards, &absent, owned_of);
         let transit: Vec<Vec<(NetId, InTransit, QPos)>> =
-            of_present(&mut self.shards, &self.departed, in_transit_of);
+            of_present(&mut self.shards, &absent, in_transit_of);
         for s in &mut self.shards {
             for id in std::mem::take(&mut s.world.resource_mut::<DespawnLog>().0) {
                 self.alive.remove(&id);
@@ -1552,9 +1859,7 @@ impl ClusterSim {
                     self.master.adopter_of(c) == Some(Some(ShardId(dst as u16)))
                         && !self.shards[dst].world.resource::<Replicas>().adopted(c)
                 });
-                let cut = awaiting_verdict
-                    || adopter_unaware
-                    || self.partitions.contains_key(&(src.min(via), src.max(via)));
+                let cut = awaiting_verdict || adopter_unaware || self.cut(src, via);
                 // After a partition heals, the held messages need a full bound again.
                 let key = (*id, src, t.generation);
                 let waited = if cut {
@@ -1588,7 +1893,7 @@ impl ClusterSim {
             .map(|(id, _, q)| (*id, *q))
             .collect();
         for (i, s) in self.shards.iter().enumerate() {
-            if !self.departed.contains(&i) {
+            if !self.departed.contains(&i) && !self.fenced.contains_key(&i) {
                 for id in s.world.resource::<Handoffs>().0.open_ids() {
                     frozen.entry(id).or_default();
                 }
@@ -1608,14 +1913,14 @@ impl ClusterSim {
             + 2 * bound
             + 2
             + self.cfg.ticks_in(SENT_ON_WAIT_MS);
+        let cut_off: BTreeSet<usize> = (1..self.n()).filter(|&s| self.cut(0, s)).collect();
         for b in &mut self.bots {
             let Some(q) = b.quit.as_mut() else {
                 continue;
             };
             // A crashed shard reports nothing: the master forgets its players at its verdict.
             let cut = q.shards.iter().any(|&s| {
-                (s != 0 && self.partitions.contains_key(&(0, s)))
-                    || self.crashed.get(&s).is_some_and(|(_, v)| v.is_none())
+                cut_off.contains(&s) || self.crashed.get(&s).is_some_and(|(_, v)| v.is_none())
             });
             if !cut {
                 q.waited += 1;
@@ -1762,7 +2067,7 @@ impl ClusterSim {
             self.boundary = BoundaryIndex::new(map);
         }
         for (i, s) in self.shards.iter().enumerate() {
-            if self.departed.contains(&i) {
+            if self.departed.contains(&i) || self.fenced.contains_key(&i) {
                 continue;
             }
             let held = &s.world.resource::<Space>().map;
@@ -1849,8 +2154,11 @@ impl ClusterSim {
     fn check_strays(&mut self, tick: u64, now: &[OwnedAt]) -> Result<(), Violation> {
         let margin = self.cfg.world.cluster.handoff_margin_m;
         let bound = self.cfg.stray_bound_ticks();
-        let disturbed: BTreeSet<usize> =
-            self.partitions.keys().flat_map(|(a, b)| [*a, *b]).collect();
+        let disturbed: BTreeSet<usize> = self
+            .cut_pairs()
+            .into_iter()
+            .flat_map(|(a, b)| [a, b])
+            .collect();
         let mut strays = BTreeMap::new();
         for (o, owned) in now.iter().enumerate() {
             let me = ShardId(o as u16);
@@ -1891,8 +2199,8 @@ impl ClusterSim {
                 detail,
             })
         };
-        for pair in self.partitions.keys() {
-            self.disturbed.insert(*pair, tick);
+        for pair in self.cut_pairs() {
+            self.disturbed.insert(pair, tick);
         }
         self.disturbed
             .retain(|_, at| tick.saturating_sub(*at) <= 2 * bound as u64);
@@ -1902,7 +2210,7 @@ impl ClusterSim {
         let mut proxies_total = 0;
         let mut proxied: BTreeSet<(NetId, ShardId)> = BTreeSet::new();
         for (me, app) in self.shards.iter_mut().enumerate() {
-            if self.departed.contains(&me) {
+            if self.departed.contains(&me) || self.fenced.contains_key(&me) {
                 continue;
             }
             let w = &mut app.world;
@@ -1967,6 +2275,7 @@ impl ClusterSim {
                     if usize::from(s.0) != o
                         && !disturbed(o, usize::from(s.0))
                         && !self.departed.contains(&usize::from(s.0))
+                        && !self.fenced.contains_key(&usize::from(s.0))
                         && map.grid().rect(*cell).intersects_circle(*xz, radius)
                     {
                         let n = self.near_for.get(&(*id, *s)).copied().unwrap_or(0) + 1;
@@ -1993,6 +2302,74 @@ impl ClusterSim {
 }
 
 impl ClusterSim {
+    /// Shards out of the checks: stopped (drained, crashed, lost their lease) or fenced.
+    fn absent(&self) -> BTreeSet<usize> {
+        (self.departed.iter().copied())
+            .chain(self.fenced.keys().copied())
+            .collect()
+    }
+
+    /// Pairs of shards that cannot talk now: partitioned, their link dead, or one of them
+    /// paused by its lease (it reads and answers nothing until it simulates again).
+    fn cut_pairs(&self) -> Vec<(usize, usize)> {
+        let mut pairs: BTreeSet<(usize, usize)> = self.partitions.keys().copied().collect();
+        pairs.extend(self.dead_links.keys().copied());
+        for &p in &self.paused {
+            for o in 0..self.n() {
+                if o != p {
+                    pairs.insert((p.min(o), p.max(o)));
+                }
+            }
+        }
+        pairs.into_iter().collect()
+    }
+
+    fn cut(&self, a: usize, b: usize) -> bool {
+        let key = (a.min(b), a.max(b));
+        self.partitions.contains_key(&key)
+            || self.dead_links.contains_key(&key)
+            || self.paused.contains(&a)
+            || self.paused.contains(&b)
+    }
+
+    /// Single authority across fencing: a shard the master declared dead while it ran never
+    /// simulates again (its lease stopped it before the verdict, and it must stay stopped while
+    /// its adopter owns what it owned); and it stops (`fenced_shard_stops`) within its lease
+    /// and a second of the verdict: told `Fenced` once the cut heals, or lost by silence.
+    fn check_fenced(&mut self, tick: u64) -> Result<(), Violation> {
+        let lease_ms = limits::lease_ms_for(self.cfg.world.cluster.shard_silence_ms);
+        let bound = self.cfg.ticks_in(lease_ms + 1_000);
+        for (&c, &verdict) in &self.fenced {
+            let fail = |invariant, detail| {
+                Err(Violation {
+                    seed: self.cfg.seed,
+                    tick,
+                    invariant,
+                    detail,
+                })
+            };
+            if self.ticked.contains(&c) {
+                let adopter = self.master.adopter_of(ShardId(c as u16)).flatten();
+                return fail(
+                    "single_authority",
+                    format!(
+                        "shard {c}, declared dead and fenced at tick {verdict}, simulated at tick {tick} (its cells adopted by {adopter:?})"
+                    ),
+                );
+            }
+            if tick > verdict + bound {
+                return fail(
+                    "fenced_shard_stops",
+                    format!(
+                        "shard {c}, declared dead and fenced at tick {verdict}, still runs {} ticks later (bound {bound})",
+                        tick - verdict
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// What each shard holds of entity `id`, for a violation's detail.
     fn whereabouts(&mut self, id: NetId) -> String {
         let mut out = Vec::new();

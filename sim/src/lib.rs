@@ -86,6 +86,9 @@ enum Packet {
         zonescaler_net::link::LinkId,
         zonescaler_shared::protocol::LinkMessage,
     ),
+    /// An encoded link frame during play (the multi-shard simulator only): a member's session
+    /// frame (`LinkMessage::Seq`), an `Ack` or a `Relink`, as `Node` puts them on a link.
+    Frame(Bytes),
     Connect,
     Control(Bytes),
     Datagram(Bytes),
@@ -104,7 +107,7 @@ impl Packet {
             Self::Control(bytes) => NetEvent::Control { conn, bytes },
             Self::Datagram(bytes) => NetEvent::Datagram { conn, bytes },
             Self::Close(reason) => NetEvent::Disconnected { conn, reason },
-            Self::Link(..) | Self::LinkUp(_) => return None,
+            Self::Link(..) | Self::LinkUp(_) | Self::Frame(_) => return None,
         })
     }
 
@@ -281,7 +284,7 @@ impl Sim {
                     }
                     Packet::Datagram(bytes) => bot.on_datagram(now, &bytes),
                     Packet::Close(_) => b.connected = false,
-                    Packet::Connect | Packet::Link(..) | Packet::LinkUp(_) => {}
+                    Packet::Connect | Packet::Link(..) | Packet::LinkUp(_) | Packet::Frame(_) => {}
                 }
             }
         }

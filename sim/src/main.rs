@@ -6,7 +6,7 @@ use std::time::Instant;
 use zonescaler_sim::balance::{
     CONVERGED_MAX_OVER_MEAN, EdgeCase, ScaleConfig, ScaleReport, ScaleSim, Spread, edge_cases,
 };
-use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, Membership};
+use zonescaler_sim::cluster::{ClusterConfig, ClusterSim, LinkStats, Membership};
 use zonescaler_sim::{Sim, SimConfig};
 
 /// Deterministic ZoneScaler simulator: a shard and simulated clients over a seeded faulty network,
@@ -112,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 .run()
                 .map(|o| {
                     members.add(join, drain, &o.membership);
+                    members.add_links(&o.links);
                     quit_seeds += u64::from(o.quitters > 0);
                     quitters += o.quitters;
                     let m = &o.membership;
@@ -211,6 +212,22 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.crash_bots_orphaned,
             t.failover_ms_max
         ))?;
+        let l = &t.links;
+        say(&format!(
+            "links: {} died with {} frames in flight, {} redials up ({} dials, {} failed), {} frames sent again, {} duplicates dropped, {} dropped at a session's bound",
+            l.deaths,
+            l.frames_lost,
+            l.redials_up,
+            l.dials,
+            l.dials_failed,
+            l.frames_resent,
+            l.duplicates,
+            l.frames_dropped
+        ))?;
+        say(&format!(
+            "leases: {} shards fenced while running, {} stopped on a lost lease, {} shard-ticks paused; {} entities lost with a replica stale from a dead or cut buddy link",
+            t.fenced, t.leases_lost, t.lease_paused_ticks, t.crash_entities_stale
+        ))?;
         say(&format!(
             "quitters: {quitters} bots quit mid-redirect, in {quit_seeds} seeds (each must leave the player directory)"
         ))?;
@@ -236,6 +253,11 @@ struct MembershipTally {
     crash_entities_lost: u64,
     crash_bots_orphaned: u64,
     failover_ms_max: u64,
+    fenced: u64,
+    leases_lost: u64,
+    lease_paused_ticks: u64,
+    crash_entities_stale: u64,
+    links: LinkStats,
 }
 
 impl MembershipTally {
@@ -255,6 +277,22 @@ impl MembershipTally {
         self.crash_entities_lost += m.crash_entities_lost;
         self.crash_bots_orphaned += m.crash_bots_orphaned;
         self.failover_ms_max = self.failover_ms_max.max(m.failover_ms);
+        self.fenced += m.fenced;
+        self.leases_lost += m.leases_lost;
+        self.lease_paused_ticks += m.lease_paused_ticks;
+        self.crash_entities_stale += m.crash_entities_stale;
+    }
+
+    fn add_links(&mut self, l: &LinkStats) {
+        let t = &mut self.links;
+        t.deaths += l.deaths;
+        t.frames_lost += l.frames_lost;
+        t.dials += l.dials;
+        t.redials_up += l.redials_up;
+        t.dials_failed += l.dials_failed;
+        t.frames_resent += l.frames_resent;
+        t.duplicates += l.duplicates;
+        t.frames_dropped += l.frames_dropped;
     }
 }
 
