@@ -478,6 +478,21 @@ fn refusal(world: &World, from: ShardId, req: &HandoffRequest) -> Option<RefuseR
 
 /// Target side of step 2.
 fn on_request(world: &mut World, from: ShardId, req: HandoffRequest) {
+    if held_at_or_after(world, req.id, req.generation) {
+        // Taken at that attempt, here or by an owner before this one, whether or not the book
+        // remembers it: a failover can retarget an attempt it inherited to the adopter of the
+        // shard that took it (simulator seed 1881: refused `Conflict`, the source resumed a
+        // copy the adopter had promoted, two owners). The source must let go, as on any ack.
+        send(
+            world,
+            from,
+            &ShardMessage::HandoffAck {
+                id: req.id,
+                generation: req.generation,
+            },
+        );
+        return;
+    }
     let verdict = refusal(world, from, &req).map_or(Ok(()), Err);
     let now_ms = world.resource::<TickClock>().now_ms;
     let effects = world.resource_mut::<Handoffs>().0.on_request(
