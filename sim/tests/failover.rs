@@ -152,3 +152,18 @@ fn regression_cluster_seeds_3352_and_2286_what_the_dead_shard_took_or_gave_just_
         run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
     }
 }
+
+/// Found by the first sweep with link deaths and long cuts: seed 1881's shard 2 offered an
+/// entity to shard 1 and crashed; shard 1 took it, then was cut off from the master and fenced,
+/// and shard 0 promoted it from shard 1's replica. Shard 3, adopting shard 2 only then, inherited
+/// the attempt and offered it to shard 1's adopter, which refused `Conflict` (it held it at that
+/// generation); shard 3 resumed its copy: two owners. A request for an entity the target holds
+/// at that generation or later is now answered `HandoffAck`.
+#[test]
+fn regression_cluster_seed_1881_an_inherited_attempt_retargeted_to_the_adopter_of_its_taker() {
+    let cfg = ClusterConfig::smoke(1881);
+    assert!(cfg.crash_at_tick.is_some() && cfg.long_cut.is_some());
+    let o = run_cluster_seed(1881).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(o.membership.crashes, 1, "{:?}", o.membership);
+    assert_eq!(o.membership.fenced, 1, "{:?}", o.membership);
+}
