@@ -323,6 +323,82 @@ mod tests {
         );
     }
 
+    /// `n` ids minted by each of `shards`, from counter 1, each at generation `g % 5`.
+    fn owned_ids(shards: &[u16], n: u64) -> Vec<(crate::NetId, u32)> {
+        let mut ids: Vec<(crate::NetId, u32)> = shards
+            .iter()
+            .flat_map(|s| (1..=n).map(move |c| (crate::NetId::new(crate::ShardId(*s), c), c)))
+            .map(|(id, c)| (id.expect("48 bits"), (c % 5) as u32))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn ownership_reports_round_trip_compactly_and_malformed_lists_are_refused() {
+        use crate::protocol::{AuditPart, IdList};
+        // Every third id, from three minting shards: gaps of 3, three groups.
+        let owned: Vec<_> = owned_ids(&[0, 1, 7], 3_000)
+            .into_iter()
+            .step_by(3)
+            .collect();
+        let part = AuditPart {
+            report: 4,
+            part: 0,
+            parts: 1,
+            tick: 900,
+            epoch: 3,
+            taken_ms: 1_700_000_000_000,
+            owned: IdList::from_sorted(&owned),
+            in_transit: IdList::from_sorted(&owned[..2]),
+        };
+        let bytes = encode(&LinkMessage::Audit(part.clone()));
+        let back = decode_link_message(&bytes);
+        assert_eq!(back, Ok(LinkMessage::Audit(part.clone())), "round-trips");
+        assert_eq!(
+            part.owned.entries(),
+            Ok(owned.clone()),
+            "the same pairs back"
+        );
+        // Gaps and generations take a byte each (bitcode packs a column by its largest value):
+        // raw (u64, u32) pairs would be twelve.
+        assert!(
+            bytes.len() < 2 * owned.len() + 128,
+            "{} bytes for {} entries",
+            bytes.len(),
+            owned.len()
+        );
+        let refused = |p: AuditPart| decode_link_message(&encode(&LinkMessage::Audit(p)));
+        let spoilt: [(&str, fn(&mut AuditPart)); 6] = [
+            ("part past the count", |p| p.part = 1),
+            ("no parts", |p| p.parts = 0),
+            ("too many parts", |p| {
+                p.parts = limits::AUDIT_PARTS_MAX as u16 + 1
+            }),
+            ("a gap of 0", |p| p.owned.deltas[5] = 0),
+            ("counts that do not add up", |p| p.owned.groups[0].1 += 1),
+            ("groups out of order", |p| p.owned.groups.swap(0, 1)),
+        ];
+        for (what, spoil) in spoilt {
+            let mut p = part.clone();
+            spoil(&mut p);
+            assert!(matches!(refused(p), Err(DecodeError::Invalid(_))), "{what}");
+        }
+        let mut crowded = part.clone();
+        let many = owned_ids(&[1], limits::AUDIT_PART_ENTRIES_MAX as u64 + 1);
+        crowded.owned = IdList::from_sorted(&many);
+        assert_eq!(
+            refused(crowded),
+            Err(DecodeError::Invalid("audit part over limits"))
+        );
+        let mut overflow = part;
+        overflow.owned.deltas[1] = u64::MAX;
+        assert_eq!(
+            refused(overflow),
+            Err(DecodeError::Invalid("id counter past 48 bits"))
+        );
+    }
+
     #[test]
     fn frame_lengths_are_checked_before_reading() {
         let f = frame(&[1, 2, 3]);

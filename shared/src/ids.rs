@@ -13,6 +13,8 @@ pub struct NetId(pub u64);
 impl NetId {
     /// Bits left for the per-shard counter.
     pub const COUNTER_BITS: u32 = 48;
+    /// The counter's bits.
+    pub const COUNTER_MASK: u64 = (1 << Self::COUNTER_BITS) - 1;
 
     /// The id `counter` minted by `shard`; `None` once the 48-bit counter is exhausted.
     pub fn new(shard: ShardId, counter: u64) -> Option<Self> {
@@ -28,12 +30,7 @@ impl NetId {
 
 impl fmt::Display for NetId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.origin().0,
-            self.0 & ((1 << Self::COUNTER_BITS) - 1)
-        )
+        write!(f, "{}:{}", self.origin().0, self.0 & Self::COUNTER_MASK)
     }
 }
 

@@ -158,6 +158,27 @@ pub const CELL_LOADS_PER_HEARTBEAT_MAX: usize = 4_096;
 /// How often a shard reports its load to the master.
 pub const HEARTBEAT_MS: u64 = 200;
 
+/// How often a shard reports what it owns to the master, and the master takes its cluster-wide
+/// ownership audit (`GET /api/audit`).
+pub const AUDIT_MS: u64 = 1_000;
+/// Entries (owned and frozen together) in one part of an ownership report; a shard with more
+/// sends its report in several parts. At most about `AUDIT_ENTRY_BYTES_MAX` each on the wire.
+pub const AUDIT_PART_ENTRIES_MAX: usize = 16_384;
+/// Parts of one ownership report: enough for a shard at `ENTITIES_PER_SHARD_MAX` (asserted).
+pub const AUDIT_PARTS_MAX: usize = 16;
+/// A generous bound of one report entry's bytes on the wire at its worst (an 8-byte gap, a
+/// 4-byte generation, a group of its own), so a full part fits a link frame (asserted).
+pub const AUDIT_ENTRY_BYTES_MAX: usize = 32;
+/// Entries the master keeps of every member's latest report together (about 16 bytes each in
+/// memory): a report that would pass it is not kept, and the audit names its member unaudited.
+pub const AUDIT_ENTITIES_MAX: usize = 4_000_000;
+/// Entities owned twice that one audit lists (all of them are counted).
+pub const AUDIT_DUPLICATES_LISTED_MAX: usize = 64;
+/// How far apart two shards' clocks may be for the audit's time rule: an owner at an older
+/// generation is a second owner only if its report was taken more than this after the report
+/// of the owner at the newer one (`cluster::audit`). On one machine the clocks are one.
+pub const AUDIT_CLOCK_SKEW_MS: u64 = 100;
+
 /// The most a load report's `tick_slowdown` counts for (a shard that ran one tick in a window
 /// of ten periods): past it, the figure says "far behind", not how far.
 pub const TICK_SLOWDOWN_MAX: f32 = 10.0;
@@ -212,6 +233,16 @@ pub const fn lease_ms_for(silence_ms: u64) -> u64 {
 /// The lease at the default silence, and its margin.
 pub const SHARD_LEASE_MS: u64 = lease_ms_for(SHARD_DEAD_AFTER_MS);
 pub const SHARD_LEASE_MARGIN_MS: u64 = SHARD_DEAD_AFTER_MS - SHARD_LEASE_MS;
+// A shard's whole ownership report fits its parts, and one part a link frame in its session.
+const _: () = assert!(ENTITIES_PER_SHARD_MAX <= AUDIT_PARTS_MAX * AUDIT_PART_ENTRIES_MAX);
+const _: () = assert!(AUDIT_PARTS_MAX <= u16::MAX as usize);
+const _: () = assert!(
+    AUDIT_PART_ENTRIES_MAX * AUDIT_ENTRY_BYTES_MAX + LINK_SEQ_BYTES_FIXED + 1_024
+        <= LINK_FRAME_BYTES_MAX
+);
+// The master keeps at least a few full shards' reports, and audits no faster than heartbeats.
+const _: () = assert!(AUDIT_ENTITIES_MAX >= 4 * ENTITIES_PER_SHARD_MAX);
+const _: () = assert!(AUDIT_MS >= HEARTBEAT_MS);
 const _: () = assert!(RESUME_SHARDS_MAX < SHARDS_MAX);
 const _: () = assert!(SHARD_DEAD_AFTER_MS >= SHARD_SILENCE_MS_MIN);
 const _: () = assert!(SHARD_DEAD_AFTER_MS <= SHARD_SILENCE_MS_MAX);

@@ -572,6 +572,9 @@ pub enum LinkMessage {
     Peer { id: ShardId },
     /// Shard → master, every `HEARTBEAT_MS`: load and counters.
     Heartbeat(ShardLoad),
+    /// Shard → master, every `limits::AUDIT_MS`: one part of the ownership report the master's
+    /// cluster-wide audit reads (the `NetId`s this shard owns and holds frozen in handoffs).
+    Audit(AuditPart),
     /// One tick's shard messages for the receiver, each already encoded (`ShardMessage`).
     Batch(Vec<Vec<u8>>),
     /// Shard → master: a request only the master can answer (it holds the player directory).
@@ -897,6 +900,165 @@ impl ShardLoad {
     }
 }
 
+/// One part of a shard's ownership report for the master's audit (`cluster::audit`): what it
+/// owned and what it held frozen in handoffs when it took the report, between two ticks. A
+/// report whose lists pass [`limits::AUDIT_PART_ENTRIES_MAX`] entries goes in several parts, sent
+/// together and in order (a link session delivers them so), each list cut in ascending order:
+/// the master keeps a report only once it has every part.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct AuditPart {
+    /// Numbers this shard's reports, from 1: a part of another report drops one half received.
+    pub report: u64,
+    /// `part` of `parts` (0-based), at most [`limits::AUDIT_PARTS_MAX`] parts.
+    pub part: u16,
+    pub parts: u16,
+    /// The shard's tick, map epoch and clock (Unix milliseconds in production, the simulated
+    /// time in tests) when it took the report: its state held then and until its next tick.
+    pub tick: u64,
+    pub epoch: u64,
+    pub taken_ms: u64,
+    /// Owned here (`Owned`), with each entity's ownership generation.
+    pub owned: IdList,
+    /// Frozen here in a handoff (`InTransit`), with the attempt's number: not owners.
+    pub in_transit: IdList,
+}
+
+/// A shard's whole ownership report, before it is cut into [`AuditPart`]s and after the master
+/// put them together: each list sorted by id, each id once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnershipReport {
+    pub tick: u64,
+    pub epoch: u64,
+    pub taken_ms: u64,
+    /// `(id, its ownership generation)` of every entity owned.
+    pub owned: Vec<(NetId, u32)>,
+    /// `(id, the attempt's number)` of every entity frozen in a handoff.
+    pub in_transit: Vec<(NetId, u32)>,
+}
+
+impl OwnershipReport {
+    /// The parts of this report as report number `report`: the owned entries, then the frozen
+    /// ones, [`limits::AUDIT_PART_ENTRIES_MAX`] a part, in order (one part when it has none).
+    /// Past [`limits::AUDIT_PARTS_MAX`] parts (more than a shard may hold) the rest is left
+    /// out: the master then sees fewer entities, never a second owner.
+    pub fn parts(&self, report: u64) -> Vec<AuditPart> {
+        let per = limits::AUDIT_PART_ENTRIES_MAX;
+        let total = self.owned.len() + self.in_transit.len();
+        let parts = total.div_ceil(per).clamp(1, limits::AUDIT_PARTS_MAX);
+        let owned_len = self.owned.len();
+        (0..parts)
+            .map(|k| {
+                let (from, to) = (k * per, ((k + 1) * per).min(total));
+                let owned = &self.owned[from.min(owned_len)..to.min(owned_len)];
+                let frozen =
+                    &self.in_transit[from.saturating_sub(owned_len)..to.saturating_sub(owned_len)];
+                AuditPart {
+                    report,
+                    part: k as u16,
+                    parts: parts as u16,
+                    tick: self.tick,
+                    epoch: self.epoch,
+                    taken_ms: self.taken_ms,
+                    owned: IdList::from_sorted(owned),
+                    in_transit: IdList::from_sorted(frozen),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A sorted list of distinct `(NetId, u32)` pairs, compact on the wire: ids grouped by the shard
+/// that minted them (the top 16 bits), each group's counters as gaps. Shards mint ids from 1
+/// upwards, so an owned set is mostly runs of small gaps: `bitcode` packs a column by its
+/// largest value, so the gaps and generations usually take a byte each (or less), where raw
+/// ids would take eight (a single jump between two minting shards in one column would make
+/// every entry eight bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct IdList {
+    /// Per minting shard, ascending: its number and how many ids of it follow in `deltas`.
+    pub groups: Vec<(u16, u32)>,
+    /// Per id: the first of a group its counter (the id's low 48 bits), each next one its gap
+    /// from the one before (at least 1).
+    pub deltas: Vec<u64>,
+    /// Per id: the number paired with it (a generation).
+    pub values: Vec<u32>,
+}
+
+impl IdList {
+    /// `entries`, which must be sorted by id with no id twice (a debug assertion says so).
+    pub fn from_sorted(entries: &[(NetId, u32)]) -> Self {
+        debug_assert!(
+            entries.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, distinct"
+        );
+        let mut list = Self {
+            groups: Vec::new(),
+            deltas: Vec::with_capacity(entries.len()),
+            values: Vec::with_capacity(entries.len()),
+        };
+        let mut prev: Option<NetId> = None;
+        for &(id, value) in entries {
+            let (group, counter) = (id.origin().0, id.0 & NetId::COUNTER_MASK);
+            match list.groups.last_mut() {
+                Some((g, n)) if *g == group => {
+                    *n += 1;
+                    let before = prev.map_or(0, |p| p.0 & NetId::COUNTER_MASK);
+                    list.deltas.push(counter - before);
+                }
+                _ => {
+                    list.groups.push((group, 1));
+                    list.deltas.push(counter);
+                }
+            }
+            list.values.push(value);
+            prev = Some(id);
+        }
+        list
+    }
+
+    /// Entries in the list.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The pairs, in ascending id order; why not when the list is malformed (counts that do not
+    /// add up, groups out of order, a gap of 0, a counter past 48 bits).
+    pub fn entries(&self) -> Result<Vec<(NetId, u32)>, &'static str> {
+        let mut out = Vec::with_capacity(self.values.len());
+        self.walk(|id, v| out.push((id, v)))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each pair in ascending id order, or says why the list is malformed (the
+    /// decoder's check, which allocates nothing).
+    pub fn walk(&self, mut f: impl FnMut(NetId, u32)) -> Result<(), &'static str> {
+        let counted: u64 = self.groups.iter().map(|(_, n)| u64::from(*n)).sum();
+        if counted != self.deltas.len() as u64 || self.deltas.len() != self.values.len() {
+            return Err("id list lengths disagree");
+        }
+        if self.groups.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err("id list groups out of order");
+        }
+        let mut pairs = self.deltas.iter().zip(&self.values);
+        for &(group, n) in &self.groups {
+            let mut counter = 0u64;
+            for (i, (&d, &v)) in (&mut pairs).take(n as usize).enumerate() {
+                if i > 0 && d == 0 {
+                    return Err("id listed twice");
+                }
+                counter = counter.checked_add(d).ok_or("id counter past 48 bits")?;
+                let id = NetId::new(ShardId(group), counter).ok_or("id counter past 48 bits")?;
+                f(id, v);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What one cell holds.
 #[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
 pub struct CellLoad {
@@ -954,6 +1116,15 @@ impl Validate for LinkMessage {
             Self::Heartbeat(h) if !h.figures_ok() => {
                 Err("load figure not finite, negative, or a share over 1")
             }
+            Self::Audit(a)
+                if a.parts == 0
+                    || a.part >= a.parts
+                    || usize::from(a.parts) > limits::AUDIT_PARTS_MAX
+                    || a.owned.len() + a.in_transit.len() > limits::AUDIT_PART_ENTRIES_MAX =>
+            {
+                Err("audit part over limits")
+            }
+            Self::Audit(a) => a.owned.walk(|_, _| {}).and(a.in_transit.walk(|_, _| {})),
             Self::Batch(b)
                 if b.len() > limits::LINK_BATCH_MESSAGES_MAX
                     || b.iter().any(|m| m.len() > limits::SHARD_MESSAGE_BYTES_MAX) =>

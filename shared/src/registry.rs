@@ -21,6 +21,10 @@ use crate::protocol::PROTOCOL_VERSION;
 /// Revision of the message layout in [`crate::protocol`]; bump with any field change.
 const SCHEMA_REVISION: &str = "zonescaler-wire/snapshot-age-baseline-index-moved-rare/proxy-batch-only-handoff-redirect-cellmap/tickets-commands-migrate-messages/shard-load-window/8";
 
+/// Revision of the messages only shards exchange (`LinkMessage`, `ShardMessage`), in the
+/// cluster hash alone: a change there needs no new client. Bump with any change to them.
+const CLUSTER_SCHEMA_REVISION: &str = "zonescaler-cluster-wire/audit/1";
+
 /// One registered command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandEntry {
@@ -180,6 +184,7 @@ impl ProtocolRegistry {
     pub fn cluster_hash(&self) -> u64 {
         let mut h = Fnv::new();
         h.eat(&self.client_hash().to_le_bytes());
+        h.eat(CLUSTER_SCHEMA_REVISION.as_bytes());
         h.eat(b"migrating");
         for n in &self.migrating {
             h.eat(n.as_bytes());
