@@ -17,7 +17,9 @@
 //! The master places the cells on `n` shards of equal weight; shard links are perfect (a message
 //! sent in one tick arrives for the next); requests to the master (login claims, tells, shouts)
 //! are answered at once and its notices arrive for the next tick, as do its cell moves
-//! ([`LocalCluster::move_cell`]) and new maps; every tick is a heartbeat and an admission round.
+//! ([`LocalCluster::move_cell`]) and new maps; every tick is a heartbeat and an admission round,
+//! and every `limits::AUDIT_MS` each shard reports what it owns to the master's ownership
+//! audit ([`crate::cluster::audit`]; the master takes one as often: `master.audit()`).
 //! A shard can be killed ([`LocalCluster::kill`]): it goes silent and the master's liveness
 //! check, run every tick, declares it dead in due time. Every shard but the master holds an
 //! ownership lease (`cluster::lease`, as its runtime does): it ticks only while the lease holds,
@@ -37,6 +39,7 @@ use bytes::Bytes;
 use zonescaler_net::NetCommand;
 use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
+use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{JoinRequest, MasterNotice, MemberInfo};
 use zonescaler_shared::{CellId, ShardId};
 
@@ -64,6 +67,9 @@ pub struct LocalCluster {
     now_ms: u64,
     /// The master's notices for the next step (a move ordered between steps, for instance).
     notices: Vec<(ShardId, MasterNotice)>,
+    /// When the shards next report what they own, and the reports sent so far.
+    next_audit_ms: u64,
+    audits_sent: u64,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -132,6 +138,8 @@ impl LocalCluster {
             game: game.clone(),
             now_ms: 0,
             notices: Vec::new(),
+            next_audit_ms: 0,
+            audits_sent: 0,
             killed: vec![false; n],
             leases: (0..n).map(|i| (i > 0).then(|| Lease::new(0))).collect(),
             lease_seqs: vec![0; n],
@@ -246,9 +254,36 @@ impl LocalCluster {
         }
     }
 
-    /// Every running shard reports to the master (numbered for its lease); the answers that
-    /// are not cut off renew (or end) the leases.
+    /// Every shard reports what it owns now (those running and not cut off from the master),
+    /// and the master takes its ownership audit of them: what the cluster holds at this instant
+    /// (the step's reports are all taken between the same two ticks).
+    pub fn audit(&mut self) -> std::sync::Arc<super::Audit> {
+        self.report_ownership();
+        self.master.take_audit(self.now_ms)
+    }
+
+    /// Every running shard not cut off from the master reports what it owns.
+    fn report_ownership(&mut self) {
+        for i in 0..self.shards.len() {
+            if self.silent(i) || self.cut(i, 0) {
+                continue;
+            }
+            self.audits_sent += 1;
+            let report = self.shards[i].ownership_report(self.now_ms);
+            for part in report.parts(self.audits_sent) {
+                self.master.audit_part(ShardId(i as u16), part, self.now_ms);
+            }
+        }
+    }
+
+    /// Every running shard reports to the master (numbered for its lease), and every
+    /// `limits::AUDIT_MS` what it owns; the answers that are not cut off renew (or end) the
+    /// leases.
     fn heartbeats(&mut self) {
+        if self.now_ms >= self.next_audit_ms {
+            self.next_audit_ms = self.now_ms + limits::AUDIT_MS;
+            self.report_ownership();
+        }
         for i in 0..self.shards.len() {
             if self.silent(i) {
                 continue;

@@ -26,6 +26,7 @@
 //!   to its sender as "not online"); a shout goes to every live shard.
 //! - **Events**: placement, joins and deaths, kept (the last [`EVENTS_MAX`]) for the dashboard.
 
+use super::audit::{Audit, AuditSummary, Auditor};
 use super::balancer::{Action, Balancer, CellInput, ShardInput};
 use super::election::Support;
 use super::moves::{ActiveMove, MoveEnd, MoveError, MoveTable};
@@ -37,8 +38,8 @@ use zonescaler_shared::cellmap::{CellGrid, CellMap, CellMapError, Epoch, assign_
 use zonescaler_shared::config::{CLIENTS_PER_SHARD_DEFAULT, DuplicateLogin, LOGIN_QUEUE_DEFAULT};
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo, MessageScope,
-    NoRoomWhy, PlayerMessage, ShardLoad, Standby,
+    AuditPart, ClaimOutcome, JoinRequest, MapPush, MasterNotice, MasterRequest, MemberInfo,
+    MessageScope, NoRoomWhy, PlayerMessage, ShardLoad, Standby,
 };
 use zonescaler_shared::{CellId, ShardId};
 
@@ -191,6 +192,8 @@ pub struct Master {
     support: Support,
     /// What the members hold of this master's state, for a successor ([`Self::standby`]).
     standby: StandbyOut,
+    /// The members' ownership reports and the audits taken from them ([`super::audit`]).
+    audit: Auditor,
 }
 
 /// The master's state as sent to the members ([`Master::standby`]): its version, the directory
@@ -251,6 +254,7 @@ impl Master {
             term: 0,
             support: Support::default(),
             standby: StandbyOut::default(),
+            audit: Auditor::default(),
         }
     }
 
@@ -697,6 +701,7 @@ impl Master {
         let mut out = Vec::new();
         for (id, clients) in done {
             self.members.remove(&id);
+            self.audit.forget(id);
             self.admission.forget_gateway(id);
             self.seats.remove(&id);
             let players = Arc::make_mut(&mut self.players);
@@ -843,6 +848,33 @@ impl Master {
         Some(MasterNotice::Lease { seq, lease_ms })
     }
 
+    /// Part of a member's ownership report ([`super::audit`]); one from a shard that is no live
+    /// member (fenced, drained, its report on its way) is dropped: a dead member's entities are
+    /// its adopter's to report.
+    pub fn audit_part(&mut self, from: ShardId, part: AuditPart, now_ms: u64) {
+        if !self.members.get(&from).is_some_and(|m| m.alive) {
+            return;
+        }
+        if let Err(e) = self.audit.part(from, part, now_ms) {
+            tracing::warn!(shard = from.0, error = %e, "ownership report part refused");
+        }
+    }
+
+    /// Take the ownership audit now, of every live member's latest report (the housekeeping
+    /// does every `limits::AUDIT_MS`).
+    pub fn take_audit(&mut self, now_ms: u64) -> Arc<Audit> {
+        let live: Vec<ShardId> = (self.members.values())
+            .filter(|m| m.alive)
+            .map(|m| m.info.id)
+            .collect();
+        self.audit.take(now_ms, &live)
+    }
+
+    /// The latest ownership audit.
+    pub fn audit(&self) -> Arc<Audit> {
+        self.audit.latest()
+    }
+
     /// One admission round (call it after heartbeats): seats given to logins whose client never
     /// arrived are freed, then waiting logins are seated while shards have room. The notices to
     /// send: seats granted, places that moved, refusals when no shard can take players any more.
@@ -918,6 +950,9 @@ impl Master {
     /// drained shards let go. The members newly declared dead, and the notices to send.
     pub fn housekeeping(&mut self, now_ms: u64) -> (Vec<ShardId>, Vec<(ShardId, MasterNotice)>) {
         let dead = self.check_liveness(now_ms);
+        if self.audit.due(now_ms) {
+            self.take_audit(now_ms);
+        }
         let mut notices = self.check_moves(now_ms);
         notices.extend(self.balance(now_ms));
         if !dead.is_empty() {
@@ -954,6 +989,8 @@ impl Master {
         m.alive = false;
         self.support.forget(id);
         self.standby.full_sent.remove(&id);
+        // Before its cells go anywhere: its adopter continues its entities' generations.
+        self.audit.forget(id);
         self.admission.forget_gateway(id);
         // Its players' sessions died with it: out of the directory (a player who comes back
         // logs in afresh), and their seats with them.
@@ -1463,6 +1500,9 @@ impl Master {
         let mut view = self.shard_view();
         view.cells = self.cell_views();
         view.events = self.events.iter().cloned().collect();
+        let audit = self.audit.latest();
+        view.audit = audit.summary();
+        view.audit_full = audit;
         let w = self.grid.world();
         view.world = WorldView {
             min_x: w.min[0],
@@ -1590,6 +1630,11 @@ pub struct ClusterView {
     pub cells: Vec<CellView>,
     /// The latest cluster events, oldest first.
     pub events: Vec<ClusterEvent>,
+    /// The latest ownership audit, in short (`GET /api/audit` has all of it).
+    pub audit: AuditSummary,
+    /// The latest ownership audit, for `GET /api/audit` (operator only: it names entities).
+    #[serde(skip)]
+    pub audit_full: Arc<Audit>,
     /// The player directory itself (name → shard), for `GET /api/players/{name}`; not part of
     /// `/api/cluster`, which stays the same size however many players log in.
     #[serde(skip)]
@@ -2981,5 +3026,49 @@ mod tests {
         assert_eq!(leaves_of(&m, 2), 0);
         // A shard that is no member (drained and gone) gets no answer.
         assert_eq!(m.heartbeat(ShardId(9), beat(1), now + 10), None);
+    }
+
+    /// The ownership audit reads the live members' latest reports: a dead member's leaves it
+    /// when it is declared dead (its adopter continues its entities' generations), and a fenced
+    /// member's later report is not taken.
+    #[test]
+    fn the_audit_forgets_a_dead_member_before_its_adopter_reports_its_entities() {
+        use zonescaler_shared::NetId;
+        use zonescaler_shared::protocol::OwnershipReport;
+        let mut m = three_with_balancer();
+        let e = |n| NetId::new(ShardId(2), n).expect("48 bits");
+        let report = |taken_ms, owned: Vec<(NetId, u32)>| OwnershipReport {
+            taken_ms,
+            owned,
+            ..OwnershipReport::default()
+        };
+        let send = |m: &mut Master, from: u16, r: &OwnershipReport, now| {
+            for p in r.parts(now) {
+                m.audit_part(ShardId(from), p, now);
+            }
+        };
+        send(&mut m, 0, &report(900, vec![]), 1_000);
+        send(&mut m, 1, &report(900, vec![(e(1), 0)]), 1_000);
+        send(&mut m, 2, &report(900, vec![(e(2), 5), (e(3), 0)]), 1_000);
+        let audit = m.take_audit(1_000);
+        assert!(audit.complete, "{audit:?}");
+        assert_eq!((audit.total_owned, audit.duplicates), (3, 0));
+        assert_eq!(m.view().audit.total_owned, 3, "the cluster view's summary");
+
+        // Shard 2 falls silent and is declared dead; shard 1 adopts its entities at their
+        // generations. Were shard 2's last report kept, both would be two owners.
+        for (s, t) in [(0, 3_500), (1, 3_500)] {
+            m.heartbeat(ShardId(s), beat(2), t);
+        }
+        assert_eq!(m.check_liveness(3_500), [ShardId(2)]);
+        let adopted = vec![(e(1), 0), (e(2), 5), (e(3), 0)];
+        send(&mut m, 1, &report(3_600, adopted), 3_700);
+        // A report the dead shard sent before it died, arriving late: not taken.
+        send(&mut m, 2, &report(2_900, vec![(e(2), 5), (e(3), 0)]), 3_700);
+        let audit = m.take_audit(3_800);
+        assert_eq!(audit.duplicates, 0, "{audit:?}");
+        assert_eq!((audit.total_owned, audit.distinct_entities), (3, 3));
+        assert_eq!(audit.shards.len(), 2, "the living's reports only");
+        assert!(audit.complete);
     }
 }

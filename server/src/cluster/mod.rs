@@ -11,9 +11,12 @@
 //!   falls silent, behind one small interface ([`MasterElection`]).
 //! - [`lease`]: a shard's ownership lease, renewed by the master's answers to its heartbeats.
 //! - [`load`]: a shard's load over one report window, from readings its driver hands in.
+//! - [`audit`]: the master's cluster-wide audit of who owns every entity, from the shards'
+//!   ownership reports.
 //! - [`balancer`]: the pure, deterministic policy that plans cell moves, splits and merges from
 //!   the shards' loads.
 
+pub mod audit;
 pub mod balancer;
 pub mod election;
 pub mod forming;
@@ -25,6 +28,7 @@ pub mod moves;
 pub mod node;
 pub mod session;
 
+pub use audit::{Audit, AuditSummary, Auditor};
 pub use balancer::{Balancer, CellInput, Plan, ShardInput};
 pub use election::{ElectionOut, ElectionView, MasterElection, QuorumElection, Support};
 pub use forming::{FormAction, FormError, FormEvent, Formed, Forming};

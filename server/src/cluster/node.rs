@@ -31,8 +31,8 @@ use zonescaler_shared::cellmap::CellMap;
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
-    ElectionMessage, JoinRequest, LinkMessage, MasterNotice, MasterRequest, MemberInfo, ShardLoad,
-    Standby,
+    ElectionMessage, JoinRequest, LinkMessage, MasterNotice, MasterRequest, MemberInfo,
+    OwnershipReport, ShardLoad, Standby,
 };
 
 /// How a master is configured from the world config (the duplicate-login rule, admission, the
@@ -101,6 +101,8 @@ pub struct Node {
     /// after it. The master's answer to that heartbeat says it heard the request (one ordered
     /// session); until then, should the master die, the request goes to its successor.
     unconfirmed: std::collections::VecDeque<(u64, MasterRequest)>,
+    /// Ownership reports sent since start (each numbers its parts).
+    audits_sent: u64,
 }
 
 /// Requests to the master kept until it has surely heard them ([`Node::to_master`]).
@@ -204,6 +206,7 @@ impl Node {
             role_changes: Vec::new(),
             deposed: false,
             unconfirmed: std::collections::VecDeque::new(),
+            audits_sent: 0,
         }
     }
 
@@ -691,6 +694,20 @@ impl Node {
         }
     }
 
+    /// Report what this shard owns to the master's audit (on the master: record it directly),
+    /// in as many parts as it takes, numbered.
+    pub fn audit(&mut self, report: &OwnershipReport, now_ms: u64) {
+        self.audits_sent += 1;
+        let master = self.master_id();
+        for part in report.parts(self.audits_sent) {
+            if let Some(m) = self.master.as_mut() {
+                m.audit_part(self.me, part, now_ms);
+            } else {
+                self.send(master, &LinkMessage::Audit(part));
+            }
+        }
+    }
+
     /// What this shard's lease allows at `now_ms` (the monotonic clock): the master always
     /// holds its own.
     pub fn lease(&self, now_ms: u64) -> LeaseState {
@@ -890,6 +907,11 @@ impl Node {
                         shard = from.0,
                         "a request while this master has no majority behind it: dropped"
                     );
+                }
+            }
+            LinkMessage::Audit(part) => {
+                if let Some(m) = self.master.as_mut() {
+                    m.audit_part(from, part, now_ms);
                 }
             }
             LinkMessage::Election(msg) => {

@@ -7,7 +7,8 @@
 
 use super::commands::CommandSystems;
 use super::components::{
-    InCell, InTransit, NetIndex, Networked, Owned, Player, Position, Proxy, ReplicatedComponents,
+    Generation, InCell, InTransit, NetIndex, Networked, Owned, Player, Position, Proxy,
+    ReplicatedComponents,
 };
 use super::resources::{
     ClusterMode, Config, HandoffStats, IdAllocator, Inbox, MasterInbox, MasterOutbox, Outbox,
@@ -24,7 +25,7 @@ use zonescaler_shared::cellmap::{CellGrid, CellMap};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::CellLoad;
-use zonescaler_shared::protocol::{MasterNotice, MasterRequest, ShardLoad};
+use zonescaler_shared::protocol::{MasterNotice, MasterRequest, OwnershipReport, ShardLoad};
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::{ShardId, Tick};
 
@@ -361,6 +362,38 @@ impl ShardApp {
             players_sent_on,
             cells,
             ..ShardLoad::default()
+        }
+    }
+
+    /// What this shard owns now, for the master's ownership audit (`cluster::audit`): every
+    /// owned entity with its ownership generation and every one frozen in a handoff with the
+    /// attempt's number, sorted by id, with the tick, the map epoch and `taken_ms`, the
+    /// driver's clock now (the app reads none). Call it between ticks: the state it reports
+    /// then holds until the next one.
+    pub fn ownership_report(&mut self, taken_ms: u64) -> OwnershipReport {
+        let (mut owned, mut in_transit) = (Vec::new(), Vec::new());
+        let mut q = self
+            .world
+            .query::<(&Networked, &Generation, Has<Owned>, Option<&InTransit>)>();
+        for (n, g, is_owned, transit) in q.iter(&self.world) {
+            if is_owned {
+                owned.push((n.0, g.0));
+            }
+            if let Some(t) = transit {
+                in_transit.push((n.0, t.generation));
+            }
+        }
+        // One entity per id on a shard (`NetIndex`); were there two, the report names it once.
+        for list in [&mut owned, &mut in_transit] {
+            list.sort_unstable();
+            list.dedup_by_key(|e| e.0);
+        }
+        OwnershipReport {
+            tick: self.tick_number(),
+            epoch: self.world.resource::<Space>().map.epoch().0,
+            taken_ms,
+            owned,
+            in_transit,
         }
     }
 

@@ -395,9 +395,13 @@ impl Shard {
         }
         self.role_changes();
         if !self.lease_allows(now)? {
-            // Still heartbeat (the master's answer renews the lease), but run nothing.
+            // Still heartbeat (the master's answer renews the lease) and report what it holds
+            // (frozen, its own still), but run nothing.
             if pace.heartbeat_due() {
                 self.heartbeat(window, now);
+            }
+            if pace.audit_due() {
+                self.audit(now);
             }
             return Ok(());
         }
@@ -428,6 +432,9 @@ impl Shard {
         }
         if pace.heartbeat_due() {
             self.heartbeat(window, now);
+        }
+        if pace.audit_due() {
+            self.audit(now);
         }
         if let Some(m) = self.metrics.as_mut() {
             let node = self.node.as_ref();
@@ -535,6 +542,16 @@ impl Shard {
             };
             *self.view.lock().unwrap_or_else(PoisonError::into_inner) = view;
         }
+    }
+
+    /// Report what this shard owns to the master's ownership audit, timed by the wall clock
+    /// the ticks use (`unix_ms`: comparable across the cluster's processes, unlike `now`).
+    fn audit(&mut self, now: u64) {
+        let Some(n) = self.node.as_mut() else {
+            return;
+        };
+        let report = self.app.ownership_report(unix_ms());
+        n.audit(&report, now);
     }
 
     /// Carry out the API's orders (on the master), answering each.
@@ -911,6 +928,7 @@ struct Pacing {
     next: Instant,
     tick_us: Histogram<u64>,
     last_heartbeat: Instant,
+    last_audit: Instant,
     last_report: Instant,
     stats_every: Duration,
     last_bytes: u64,
@@ -946,6 +964,7 @@ impl Pacing {
             tick_us: Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)
                 .expect("invariant: valid static bounds"),
             last_heartbeat: now,
+            last_audit: now,
             last_report: now,
             stats_every,
             last_bytes: 0,
@@ -978,6 +997,14 @@ impl Pacing {
         let due = self.last_heartbeat.elapsed() >= Duration::from_millis(limits::HEARTBEAT_MS);
         if due {
             self.last_heartbeat = Instant::now();
+        }
+        due
+    }
+
+    fn audit_due(&mut self) -> bool {
+        let due = self.last_audit.elapsed() >= Duration::from_millis(limits::AUDIT_MS);
+        if due {
+            self.last_audit = Instant::now();
         }
         due
     }
