@@ -157,6 +157,9 @@ checks = [
     ("zonescaler_process_resident_memory_bytes", "nonzero"),
     ("zonescaler_process_cpu_seconds_total", "up"),
 ]
+# The master's ownership audit: on shard 0 only, taken every second, no entity owned twice.
+if shard == 0:
+    checks += [("zonescaler_audits_total", "up"), ("zonescaler_audit_duplicates_total", "zero")]
 problems = []
 print(f"  {'series':<62} {'scrape 1':>14} {'scrape 2':>14}  check")
 for name, check in checks:

@@ -9,6 +9,11 @@
 //!   derived from the cluster secret; `zonescaler up` writes it to its run directory): 401
 //!   without it.
 //!
+//! - `GET /api/audit`: the master's latest ownership audit (`cluster::audit`): per shard the
+//!   entities it owns and holds frozen in handoffs, the totals, and the entities owned by two
+//!   shards at once (none, unless something is wrong), with the counts since the master
+//!   started. It names entities, so it needs the operator's API token as above.
+//!
 //! - `POST /api/shards/{id}/drain`: start draining shard `id` (the operator's API token, as
 //!   above): the balancer moves every cell of it to the others, and once it owns nothing it
 //!   leaves the cluster and exits 0. 202 when the drain started (or already runs); 404 for no
@@ -171,7 +176,7 @@ fn unauthorized() -> Response {
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
         axum::Json(serde_json::json!({
-            "error": "player lookups and orders need the operator's API token: Authorization: Bearer TOKEN (zonescaler up writes it to api.token in its run directory)"
+            "error": "player lookups, the audit and orders need the operator's API token: Authorization: Bearer TOKEN (zonescaler up writes it to api.token in its run directory)"
         })),
     )
         .into_response()
@@ -272,6 +277,8 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
     let drain_route = drain_router(view.clone(), commands, token.clone());
     let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let cluster = current.clone();
+    let audit_view = current.clone();
+    let audit_token = token.clone();
     axum::Router::new()
         .route(
             "/",
@@ -309,6 +316,20 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
                         return r;
                     }
                     axum::Json(v).into_response()
+                }
+            }),
+        )
+        .route(
+            "/api/audit",
+            axum::routing::get(move |headers: HeaderMap| {
+                let allowed = authorized(&headers, &audit_token);
+                let v = audit_view();
+                async move {
+                    match (allowed, v) {
+                        (false, _) => unauthorized(),
+                        (true, None) => no_master(),
+                        (true, Some(v)) => axum::Json(&*v.audit_full).into_response(),
+                    }
                 }
             }),
         )
@@ -506,5 +527,94 @@ mod tests {
         let (status, body) = get(addr, "/", None).await;
         assert_eq!(status, 200);
         assert!(body.contains("<html"), "the dashboard page: {body}");
+    }
+
+    #[tokio::test]
+    async fn the_audit_is_served_to_the_operator_with_its_duplicates() {
+        use zonescaler_shared::NetId;
+        use zonescaler_shared::protocol::OwnershipReport;
+        let view: SharedView = Arc::new(Mutex::new(None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(serve_http(
+            listener,
+            view.clone(),
+            ApiCommands::default(),
+            "s3cret".into(),
+            None,
+        ));
+        let op = Some("s3cret");
+        let (status, body) = get(addr, "/api/audit", op).await;
+        assert_eq!(status, 503, "no master view yet: {body}");
+
+        let me = MemberInfo {
+            id: ShardId(0),
+            client_addr: "127.0.0.1:4433".into(),
+            link_addr: "127.0.0.1:5433".into(),
+            metrics_addr: String::new(),
+            weight: 1,
+        };
+        let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
+        let joined = m
+            .join(
+                JoinRequest {
+                    client_addr: "127.0.0.1:4434".into(),
+                    link_addr: "127.0.0.1:5434".into(),
+                    metrics_addr: String::new(),
+                    weight: 1,
+                },
+                0,
+            )
+            .expect("joins");
+        m.place().expect("placed");
+        // Both shards own entity 0:7 at generation 2: two owners.
+        let id = |n| NetId::new(ShardId(0), n).expect("48 bits");
+        for (shard, owned) in [
+            (ShardId(0), vec![(id(5), 0), (id(7), 2)]),
+            (joined, vec![(id(7), 2)]),
+        ] {
+            let r = OwnershipReport {
+                taken_ms: 1_000,
+                owned,
+                in_transit: vec![(id(9), 1)],
+                ..OwnershipReport::default()
+            };
+            for p in r.parts(1) {
+                m.audit_part(shard, p, 1_000);
+            }
+        }
+        m.take_audit(1_100);
+        *view.lock().expect("not poisoned") = Some(m.view());
+
+        let (status, body) = get(addr, "/api/audit", None).await;
+        assert_eq!(status, 401, "no token, no audit: {body}");
+        let (status, _) = get(addr, "/api/audit", Some("wrong")).await;
+        assert_eq!(status, 401, "a wrong token is no token");
+        let (status, body) = get(addr, "/api/audit", op).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["audits_total"], 1, "{body}");
+        assert_eq!(v["complete"], true, "{body}");
+        assert_eq!(v["total_owned"], 3, "{body}");
+        assert_eq!(v["total_in_transit"], 2, "{body}");
+        assert_eq!(v["distinct_entities"], 3, "{body}");
+        assert_eq!(v["duplicates"], 1, "{body}");
+        assert_eq!(v["duplicates_total"], 1, "{body}");
+        assert_eq!(v["listed"][0]["id"], "0:7", "{body}");
+        assert_eq!(v["listed"][0]["rule"], "same_generation", "{body}");
+        assert_eq!(v["listed"][0]["owners"].as_array().map(Vec::len), Some(2));
+        assert_eq!(v["shards"].as_array().map(Vec::len), Some(2), "{body}");
+
+        let (status, body) = get(addr, "/api/cluster", None).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["audit"]["duplicates"], 1, "the summary: {body}");
+        assert_eq!(v["audit"]["total_owned"], 3, "{body}");
+        assert!(
+            !body.contains("0:7"),
+            "the open view names no entity: {body}"
+        );
     }
 }

@@ -215,6 +215,9 @@ impl ShardMetrics {
                 node.map(|n| (n.links.stats(), SessionCounters::of(n))),
                 std::mem::take(&mut self.queues),
             );
+            if let Some(m) = node.and_then(|n| n.master.as_ref()) {
+                publish_audit(&m.audit());
+            }
         }
         if self.last_upkeep.elapsed() >= UPKEEP_EVERY {
             self.last_upkeep = Instant::now();
@@ -282,6 +285,12 @@ fn describe_replica() {
     );
     // Counted by the failover code; registered now so it is exported, at 0, before the first.
     let _ = counter!("zonescaler_replica_promoted_total");
+}
+
+/// The master's ownership audit (`cluster::audit`): on the master only.
+fn publish_audit(a: &crate::cluster::Audit) {
+    counter!("zonescaler_audits_total").absolute(a.audits_total);
+    counter!("zonescaler_audit_duplicates_total").absolute(a.duplicates_total);
 }
 
 /// Descriptions and units of every metric (promtool wants a HELP line for each).
@@ -358,6 +367,14 @@ fn describe() {
     describe_counter!(
         "zonescaler_redirects_prepared_total",
         "Clients told that a redirect may follow (their avatar was offered to another shard), so they can connect there ahead of it."
+    );
+    describe_counter!(
+        "zonescaler_audits_total",
+        "Ownership audits the master took (every second, from every live shard's report of the entities it owns); on the master only."
+    );
+    describe_counter!(
+        "zonescaler_audit_duplicates_total",
+        "Entities the master's ownership audits found owned by two shards at once, summed over audits (one owned twice for three audits counts 3; should stay 0); on the master only."
     );
     describe_counter!(
         "zonescaler_lease_lapses_total",
