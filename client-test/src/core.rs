@@ -25,6 +25,12 @@ const PARTIAL_SNAPSHOTS_MAX: usize = 8;
 /// Texts of the newest player messages a bot keeps (for tests and debugging; the count is in
 /// [`BotMetrics::messages_received`]).
 pub const LAST_MESSAGES_KEPT: usize = 8;
+/// How long one complete snapshot that shows a bot its own avatar counts as playing, at most:
+/// until the next one, or this long. Snapshots come every tick (33 ms at 30 Hz), and one per
+/// `snapshot_window_ms` (250 ms) to a client behind on its acknowledgements, so a bot that
+/// plays is always covered; a lost shard (1.5 s of silence before the bot gives up on it) or a
+/// slow login is not.
+pub const PLAYING_COVER_US: u64 = 500_000;
 /// Salt of the brain's random stream, so it is independent of the movement scenario's.
 const BRAIN_RNG_SALT: u64 = 0x4252_4149_4e00;
 /// Salt of where a crowd bot starts in its crowd, so a ticket's spawn point does not depend on
@@ -279,6 +285,13 @@ pub struct BotMetrics {
     /// The newest time the bot was given: errors counted without a time of their own
     /// ([`Self::error`]) go in its second of the timeline.
     pub clock_us: u64,
+    /// Time the bot was playing: each complete snapshot that showed it its own avatar counts
+    /// until the next one, at most [`PLAYING_COVER_US`]; the last one's time, until then.
+    pub playing_us: u64,
+    pub playing_since_us: Option<u64>,
+    /// The bot's whole run, from its turn in the ramp to the end of the swarm's run (0 until
+    /// [`Self::end_run`]): what [`Self::playing_fraction`] divides by.
+    pub run_us: u64,
 }
 
 impl BotMetrics {
@@ -300,6 +313,28 @@ impl BotMetrics {
 
     fn tick(&mut self, now_us: u64) {
         self.clock_us = self.clock_us.max(now_us);
+    }
+
+    /// A complete snapshot came at `now_us`, showing the bot its own avatar or not.
+    fn played(&mut self, now_us: u64, sees_itself: bool) {
+        if let Some(since) = self.playing_since_us.take() {
+            self.playing_us += now_us.saturating_sub(since).min(PLAYING_COVER_US);
+        }
+        if sees_itself {
+            self.playing_since_us = Some(now_us);
+        }
+    }
+
+    /// The bot's run began at `start_us` (its turn in the ramp) and ended at `end_us`.
+    pub fn end_run(&mut self, start_us: u64, end_us: u64) {
+        self.played(end_us, false);
+        self.run_us = end_us.saturating_sub(start_us);
+    }
+
+    /// The share of its run the bot was playing (a live avatar, receiving snapshots), 0..=1;
+    /// `None` before [`Self::end_run`].
+    pub fn playing_fraction(&self) -> Option<f64> {
+        (self.run_us > 0).then(|| (self.playing_us as f64 / self.run_us as f64).min(1.0))
     }
 
     /// The login was let through the queue at `now_us` (if it waited).
@@ -888,11 +923,11 @@ impl BotClient {
         if unknown > 0 {
             self.metrics.errors_n("update_for_unknown_entity", unknown);
         }
-        if let Some(w) = &self.welcome
-            && !view.contains_key(&w.avatar)
-        {
+        let sees_itself = self.welcome.as_ref().map(|w| view.contains_key(&w.avatar));
+        if sees_itself == Some(false) {
             self.metrics.avatar_missing += 1;
         }
+        self.metrics.played(now_us, sees_itself == Some(true));
         self.latest_tick = tick;
         let begun = self.partial.len();
         self.partial.retain(|t, _| *t > tick);
@@ -1606,6 +1641,54 @@ mod tests {
         bot.on_control(6 * S + 1, &welcome(hash)).expect("welcomed");
         bot.on_datagram(6 * S + 2, &snapshot(12));
         assert_eq!((bot.metrics.handoffs, bot.metrics.handoffs_chained), (3, 1));
+    }
+
+    #[test]
+    fn a_bot_plays_while_snapshots_show_it_its_avatar_and_not_across_a_lost_shard() {
+        let mut bot = BotClient::new(BotConfig::new("b", Scenario::Idle, 1));
+        let hash = BotGame::demo().protocol.client_hash();
+        let _ = bot.hello(0);
+        bot.on_control(S, &welcome(hash))
+            .expect("welcomed 1 s into its run");
+        // A snapshot every tick (33 ms) from 1 s to 10 s: 9 s of play.
+        let tick_us = 33_000;
+        let mut tick = 2;
+        let mut now = S;
+        while now <= 10 * S {
+            bot.on_datagram(now, &snapshot(tick));
+            (tick, now) = (tick + 1, now + tick_us);
+        }
+        let last = now - tick_us;
+        // Its shard dies: 3 s of nothing (half a second of it still counts, as a late
+        // snapshot would), then it is back from 13 s to the run's end at 20 s.
+        now = 13 * S;
+        while now <= 20 * S {
+            bot.on_datagram(now, &snapshot(tick));
+            (tick, now) = (tick + 1, now + tick_us);
+        }
+        bot.metrics.end_run(0, 20 * S);
+        // Each snapshot counts until the next; the last one until the run's end.
+        let played = (last - S) + PLAYING_COVER_US + (20 * S - 13 * S);
+        assert_eq!(bot.metrics.playing_us, played);
+        let f = bot.metrics.playing_fraction().expect("the run ended");
+        assert!((f - played as f64 / (20 * S) as f64).abs() < 1e-9, "{f}");
+        assert!((0.82..0.84).contains(&f), "about 16.5 s of 20: {f}");
+        // Snapshots that do not show its avatar are no play.
+        let mut lost = BotClient::new(BotConfig::new("c", Scenario::Idle, 1));
+        lost.on_control(0, &welcome(hash)).expect("welcomed");
+        let mut blind = welcome(hash);
+        if let Ok(ServerControl::Welcome(mut w)) = codec::decode_server_control(&blind) {
+            w.avatar = NetId(99);
+            blind = codec::encode(&ServerControl::Welcome(w));
+        }
+        lost.on_control(0, &blind)
+            .expect("welcomed as another avatar");
+        for t in 1..30 {
+            lost.on_datagram(t * tick_us, &snapshot(t + 1));
+        }
+        lost.metrics.end_run(0, S);
+        assert_eq!(lost.metrics.playing_fraction(), Some(0.0));
+        assert_eq!(BotMetrics::default().playing_fraction(), None, "no run yet");
     }
 
     /// The target of an input datagram.

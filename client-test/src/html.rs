@@ -135,7 +135,7 @@ fn tick(v: f64, step: f64) -> String {
 }
 
 fn summary(out: &mut String, r: &Report) {
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 18] = [
         (
             "bots",
             format!(
@@ -204,6 +204,14 @@ fn summary(out: &mut String, r: &Report) {
                 num(r.failover_gap_ms_p50, 1),
                 num(r.failover_gap_ms_p99, 1),
                 num(r.failover_gap_ms_max, 1)
+            ),
+        ),
+        (
+            "playing",
+            format!(
+                "{}% of each bot's run (mean), min {}%",
+                num(r.playing_fraction_mean * 100.0, 1),
+                num(r.playing_fraction_min * 100.0, 1)
             ),
         ),
         (

@@ -215,6 +215,12 @@ pub struct Report {
     pub failover_gap_ms_p50: f64,
     pub failover_gap_ms_p99: f64,
     pub failover_gap_ms_max: f64,
+    /// The share of its run each bot was playing (its own avatar in view, complete snapshots
+    /// coming: each counts until the next, at most `core::PLAYING_COVER_US`), from its turn in
+    /// the ramp to the run's end, as the mean over bots and the least of them: logins, lost
+    /// shards and slow comebacks are what it is not. A bot that never logged in counts 0.
+    pub playing_fraction_mean: f64,
+    pub playing_fraction_min: f64,
     /// Snapshot parts that came after a newer snapshot was complete (the bot was behind its
     /// datagrams), and snapshots begun but never completed (a part lost or overtaken).
     pub snapshot_parts_stale: u64,
@@ -365,6 +371,9 @@ impl Report {
             timeline.merge(&m.timeline);
         }
         let connected = outcomes.iter().filter(|o| o.connected).count();
+        let playing: Vec<f64> = (outcomes.iter())
+            .filter_map(|o| o.metrics.playing_fraction())
+            .collect();
         let mut lag = micros_histogram();
         for &us in &run.runtime_lag_us {
             lag.saturating_record(u64::from(us).max(1));
@@ -433,6 +442,12 @@ impl Report {
             failover_gap_ms_p50: quantile_ms(&failover_gaps, 0.5),
             failover_gap_ms_p99: quantile_ms(&failover_gaps, 0.99),
             failover_gap_ms_max: quantile_ms(&failover_gaps, 1.0),
+            playing_fraction_mean: if playing.is_empty() {
+                0.0
+            } else {
+                playing.iter().sum::<f64>() / playing.len() as f64
+            },
+            playing_fraction_min: playing.iter().copied().reduce(f64::min).unwrap_or(0.0),
             redirects_prepared: prepared,
             handoffs_preconnected: preconnected,
             snapshot_parts_stale: stale,
@@ -468,6 +483,7 @@ impl Report {
              {} chained, {} of {} prepared connected ahead)\n\
              failovers       {}  gap p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  \
              ({} resumed, {} resumes failed, {} logged in anew)\n\
+             playing         {:.1}% of each bot's run (mean), min {:.1}%\n\
              game traffic    {} commands, {} chat lines sent; {} messages received\n\
              bots' runtime   lag p99 {:.1} ms  max {:.1} ms (a 10 ms timer, late)\n",
             self.game,
@@ -507,6 +523,8 @@ impl Report {
             self.resumes,
             self.resumes_failed,
             self.relogins,
+            self.playing_fraction_mean * 100.0,
+            self.playing_fraction_min * 100.0,
             self.commands_sent_total,
             self.says_sent_total,
             self.messages_received_total,
@@ -755,6 +773,33 @@ mod tests {
         assert!(!plain.render().contains("hotspot"));
         let json = serde_json::to_value(&plain).expect("a report serializes");
         assert!(json.get("hotspot").is_none(), "no hot spot, no field");
+    }
+
+    #[test]
+    fn the_playing_share_is_the_mean_over_bots_a_bot_that_never_played_counting_zero() {
+        let bot = |playing_us, run_us| BotOutcome {
+            metrics: BotMetrics {
+                playing_us,
+                run_us,
+                ..Default::default()
+            },
+            active_s: 10.0,
+            connected: playing_us > 0,
+        };
+        let outcomes = [
+            bot(10_000_000, 10_000_000),
+            bot(9_000_000, 10_000_000),
+            bot(0, 8_000_000),
+        ];
+        let r = Report::build(&run("border", 3), &outcomes);
+        assert!((r.playing_fraction_mean - 1.9 / 3.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(r.playing_fraction_min, 0.0);
+        assert!(
+            r.render()
+                .contains("playing         63.3% of each bot's run (mean), min 0.0%")
+        );
+        let json = serde_json::to_value(&r).expect("a report serializes");
+        assert!(json["playing_fraction_mean"].as_f64().is_some());
     }
 
     #[test]

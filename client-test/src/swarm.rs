@@ -485,6 +485,11 @@ fn micros_since(start: Instant) -> u64 {
     start.elapsed().as_micros() as u64
 }
 
+/// Microseconds from `start` to `end` (0 if `end` is earlier).
+fn micros_until(start: Instant, end: Instant) -> u64 {
+    end.saturating_duration_since(start).as_micros() as u64
+}
+
 /// A logged-in connection. Datagrams are read in the bot's loop; control messages are read and
 /// written by tasks of their own, because neither reads nor writes on a stream are cancel-safe.
 struct Link {
@@ -1002,6 +1007,10 @@ impl Connections {
 async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOutcome {
     let (start, deadline, live) = (run.start, run.deadline, &run.live);
     let now_us = || micros_since(start);
+    // The bot's run, for the share of it spent playing: from its turn in the ramp to the end.
+    let (start_us, end_us) = (cfg.login_at_us, || {
+        now_us().min(micros_until(start, deadline))
+    });
     let seed = cfg.seed;
     let mut bot = BotClient::with_game(cfg, &run.game);
     let hello = bot.hello(now_us());
@@ -1026,6 +1035,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
         Err(kind) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
             bot.metrics.error_at(now_us(), &kind);
+            bot.metrics.end_run(start_us, end_us());
             return BotOutcome {
                 metrics: bot.metrics,
                 active_s: 0.0,
@@ -1076,6 +1086,7 @@ async fn run_bot(endpoint: quinn::Endpoint, cfg: BotConfig, run: &Run) -> BotOut
     }
     conns.hop = None; // abandon a redirect still being followed
     conns.link.close(b"run finished");
+    bot.metrics.end_run(start_us, end_us());
     let active_s = Instant::now()
         .min(deadline)
         .saturating_duration_since(welcomed)
