@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use zonescaler_net::link::LinkId;
 use zonescaler_shared::ShardId;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, Epoch};
-use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MapPush, MemberInfo, ShardLoad};
+use zonescaler_shared::protocol::{
+    JoinRequest, LinkMessage, MapPush, MasterNotice, MemberInfo, ShardLoad,
+};
 
 /// What happened on the links (the driver's `LinkEvent`s, decoded).
 // A handful of these while a cluster forms: a boxed message would cost more to read than it saves.
@@ -354,6 +356,16 @@ impl Forming {
                     let master = *master;
                     self.link_of.insert(master, l);
                     self.state = State::Done;
+                    // The shard app takes this push again as its first notice, as it takes every
+                    // later one: its members and its dead are then known from the first tick. A
+                    // joiner that replaces a dead member (`up` restarting it at its address)
+                    // arrives in the very push that names the death, and the adopter promotes the
+                    // dead member's replica only once every live member said what it took from it
+                    // (`ShardMessage::Taken`): without this the joiner said so (nothing) only with
+                    // its next push, a balancing round later, and resumes that reached the
+                    // adopter meanwhile found no avatar (`.ci/chaos.sh`: 136 of 141 failed).
+                    let notice = LinkMessage::FromMaster(MasterNotice::Map(push.clone()));
+                    self.early.push((master, notice));
                     self.enter_linking(me, push, None, master, out)?;
                 }
                 other => self.early.push((*master, other)),
@@ -507,6 +519,47 @@ mod tests {
             assert_eq!(f.map, formed[0].map, "everyone has the master's map");
         }
         assert!(formed[0].master.is_some() && formed[1].master.is_none());
+    }
+
+    /// A joiner's shard app takes the map it formed with as its first master notice, so it
+    /// settles the dead members that push names from its first tick (it owes their adopters the
+    /// list of what it took from them: nothing).
+    #[test]
+    fn a_joiner_hands_its_first_map_to_its_app_with_the_dead_it_names() {
+        let grid = CellGrid::from_config(&WorldConfig::default());
+        let (mut j, _) = Forming::joiner(grid, req(3), "l0".into());
+        j.dialed(ShardId(0), LinkId(1));
+        j.on_event(FormEvent::Up(LinkId(1)), 0).expect("up");
+        let joined = LinkMessage::Joined { id: ShardId(3) };
+        j.on_event(FormEvent::Message(LinkId(1), joined), 0)
+            .expect("an id");
+        let member = |i: u16| MemberInfo {
+            id: ShardId(i),
+            client_addr: format!("c{i}"),
+            link_addr: format!("l{i}"),
+            metrics_addr: String::new(),
+            weight: 1,
+        };
+        let map = CellMap::single(grid, ShardId(0));
+        let push = MapPush {
+            epoch: 7,
+            leaves: map.leaves().iter().map(|(c, s)| (*c, *s)).collect(),
+            members: vec![member(0), member(3)],
+            dead: vec![(ShardId(1), Some(ShardId(0)))],
+        };
+        j.on_event(
+            FormEvent::Message(LinkId(1), LinkMessage::Map(push.clone())),
+            0,
+        )
+        .expect("the map");
+        let formed = j
+            .finish(0)
+            .expect("linked to the master, the only other member");
+        assert_eq!(
+            formed.early,
+            vec![(ShardId(0), LinkMessage::FromMaster(MasterNotice::Map(push)))],
+            "the push, dead members and all, is the app's first notice"
+        );
     }
 
     #[test]
