@@ -7,9 +7,10 @@
 # - the master's ownership audit (`GET /api/audit`, polled every second for the whole run,
 #   with the operator's token) never finds an entity owned by two shards: no audit lists a
 #   duplicate and `duplicates_total` stays 0;
-# - nothing is lost or doubled: once the bots left, `total_entities` (`GET /api/cluster`, the
-#   median of the last samples, as failover.sh) and the audit's `distinct_entities` equal the
-#   count before the first kill (the world's NPCs);
+# - nothing is lost or doubled: once the bots left, `total_entities` (`GET /api/cluster`) and
+#   the audit's `distinct_entities` equal the count before the bots (the world's NPCs), each the
+#   median of the last samples (an NPC crossing a border between two shards' reports counts
+#   on both or on neither for a moment);
 # - every kill was seen and restarted by `up`, and every bot logged in;
 # - the bots were playing (their own avatar in view, snapshots coming) at least PLAYING_BAR
 #   (0.95) of their runs on average (`playing_fraction_mean` of their report).
@@ -77,7 +78,8 @@ with open(out, "w") as f:
 PY
 auditor=$!
 # The first samples see the world before the bots and the kills: its NPCs.
-sleep 2.5
+sleep 4.5
+date +%s.%N >"$dir/bots_began"
 
 "$exe" bots --connect "127.0.0.1:$port" --cert "$dir/cluster.pem" --login-key "$dir/login.key" \
   --bots "$bots" --duration "$duration" --scenario border --seed "$seed" \
@@ -106,7 +108,7 @@ wait "$bots_pid" || bots_rc=$?
 bots_pid=
 # Until the bots' avatars are gone and total_entities is back, at most about a minute.
 wait_settled "$http" "$dir"
-sleep 2 # one more audit, of the settled world
+sleep 6 # a few audits of the settled world (an audit reads reports up to a second old)
 touch "$dir/stop"; wait "$sampler" "$auditor" 2>/dev/null || true
 
 status=0
@@ -121,8 +123,12 @@ answered = [a for a in audits if "error" not in a]
 failed = len(audits) - len(answered)
 if not samples or not answered:
     sys.exit("chaos: no sample of /api/cluster or /api/audit")
-# The world before the bots (the first samples): its NPCs.
-world = samples[0]["total_entities"]
+# The world before the bots: its NPCs. Medians: shards report at different moments, so an NPC
+# crossing a border between two reports counts on both or on neither for a moment, in the
+# heartbeats' total_entities and in an audit's distinct_entities alike.
+med = lambda v: sorted(v)[len(v) // 2]
+began = float(open(f"{d}/bots_began").read())
+world = med([s["total_entities"] for s in samples if s["t"] < began] or [samples[0]["total_entities"]])
 # Every audit the master took, once each (the poll can see one twice, or miss one).
 taken = {a["audits_total"]: a for a in answered}
 dups = [a for a in taken.values() if a["duplicates"] > 0]
@@ -144,15 +150,22 @@ if dups or last["duplicates_total"] > 0:
     shown = dups[0]["listed"] if dups else last["last_duplicates"]
     print("chaos: first duplicates listed:", json.dumps(shown[:5]))
     open(f"{d}/duplicate_ids", "w").write("\n".join(x["id"] for x in shown[:5]) + "\n")
-tail = sorted(s["total_entities"] for s in samples[-10:])
-final = tail[len(tail) // 2]
-print(f"chaos: total_entities {world} before the bots and the kills, {final} after they left "
-      f"(last samples {tail}); the last audit's distinct_entities {last['distinct_entities']} "
-      f"(complete: {last['complete']})")
+# After the bots' avatars went (wait_settled: players 0 and the count back, or it gave up).
+settled_at = float(open(f"{d}/settled").read())
+tail = sorted(s["total_entities"] for s in samples if s["t"] > settled_at) or \
+    sorted(s["total_entities"] for s in samples[-10:])
+final = med(tail)
+print(f"chaos: total_entities {world} before the bots and the kills (median), {final} after "
+      f"they left (median of the samples since they settled: {tail})")
 if final != world:
     problems.append(f"total_entities {final} after, {world} before: {'lost' if final < world else 'doubled'} {abs(final - world)}")
-if last["complete"] and last["distinct_entities"] != world:
-    problems.append(f"the last audit holds {last['distinct_entities']} distinct entities, {world} before")
+settled = [a for a in answered if a["t"] > settled_at + 2 and a["complete"]]
+held = med([a["distinct_entities"] for a in settled]) if settled else None
+print(f"chaos: the last audits' distinct_entities {[a['distinct_entities'] for a in settled]}")
+if held is None:
+    problems.append("no complete audit after the bots left")
+elif held != world:
+    problems.append(f"the last audits hold {held} distinct entities (median), {world} before")
 r = json.load(open(f"{d}/report.json"))
 print(f"chaos: bots {r['bots_connected']}/{bots} connected; playing {100 * r['playing_fraction_mean']:.1f}% "
       f"of their runs on average (min {100 * r['playing_fraction_min']:.1f}%); failovers {r['failovers']} "
