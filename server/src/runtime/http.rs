@@ -275,10 +275,9 @@ fn debug_router(switch: Option<PartitionSwitch>, token: Arc<String>) -> axum::Ro
 pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axum::Router {
     let token = Arc::new(api_token);
     let drain_route = drain_router(view.clone(), commands, token.clone());
+    let audit_route = audit_router(view.clone(), token.clone());
     let current = move || view.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let cluster = current.clone();
-    let audit_view = current.clone();
-    let audit_token = token.clone();
     axum::Router::new()
         .route(
             "/",
@@ -320,20 +319,6 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
             }),
         )
         .route(
-            "/api/audit",
-            axum::routing::get(move |headers: HeaderMap| {
-                let allowed = authorized(&headers, &audit_token);
-                let v = audit_view();
-                async move {
-                    match (allowed, v) {
-                        (false, _) => unauthorized(),
-                        (true, None) => no_master(),
-                        (true, Some(v)) => axum::Json(&*v.audit_full).into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
             "/api/players/{name}",
             axum::routing::get(move |Path(name): Path<String>, headers: HeaderMap| {
                 let allowed = authorized(&headers, &token);
@@ -362,6 +347,25 @@ pub fn router(view: SharedView, commands: ApiCommands, api_token: String) -> axu
             }),
         )
         .merge(drain_route)
+        .merge(audit_route)
+}
+
+/// `GET /api/audit`: the latest ownership audit, to the operator.
+fn audit_router(view: SharedView, token: Arc<String>) -> axum::Router {
+    axum::Router::new().route(
+        "/api/audit",
+        axum::routing::get(move |headers: HeaderMap| {
+            let allowed = authorized(&headers, &token);
+            let v = view.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            async move {
+                match (allowed, v) {
+                    (false, _) => unauthorized(),
+                    (true, None) => no_master(),
+                    (true, Some(v)) => axum::Json(&*v.audit_full).into_response(),
+                }
+            }
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -529,26 +533,11 @@ mod tests {
         assert!(body.contains("<html"), "the dashboard page: {body}");
     }
 
-    #[tokio::test]
-    async fn the_audit_is_served_to_the_operator_with_its_duplicates() {
+    /// A placed two-shard master whose shards both own entity 0:7 at generation 2 (two
+    /// owners), audited.
+    fn master_with_a_duplicate() -> Master {
         use zonescaler_shared::NetId;
         use zonescaler_shared::protocol::OwnershipReport;
-        let view: SharedView = Arc::new(Mutex::new(None));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        tokio::spawn(serve_http(
-            listener,
-            view.clone(),
-            ApiCommands::default(),
-            "s3cret".into(),
-            None,
-        ));
-        let op = Some("s3cret");
-        let (status, body) = get(addr, "/api/audit", op).await;
-        assert_eq!(status, 503, "no master view yet: {body}");
-
         let me = MemberInfo {
             id: ShardId(0),
             client_addr: "127.0.0.1:4433".into(),
@@ -569,12 +558,9 @@ mod tests {
             )
             .expect("joins");
         m.place().expect("placed");
-        // Both shards own entity 0:7 at generation 2: two owners.
         let id = |n| NetId::new(ShardId(0), n).expect("48 bits");
-        for (shard, owned) in [
-            (ShardId(0), vec![(id(5), 0), (id(7), 2)]),
-            (joined, vec![(id(7), 2)]),
-        ] {
+        let owned = [vec![(id(5), 0), (id(7), 2)], vec![(id(7), 2)]];
+        for (shard, owned) in [ShardId(0), joined].into_iter().zip(owned) {
             let r = OwnershipReport {
                 taken_ms: 1_000,
                 owned,
@@ -586,7 +572,27 @@ mod tests {
             }
         }
         m.take_audit(1_100);
-        *view.lock().expect("not poisoned") = Some(m.view());
+        m
+    }
+
+    #[tokio::test]
+    async fn the_audit_is_served_to_the_operator_with_its_duplicates() {
+        let view: SharedView = Arc::new(Mutex::new(None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(serve_http(
+            listener,
+            view.clone(),
+            ApiCommands::default(),
+            "s3cret".into(),
+            None,
+        ));
+        let op = Some("s3cret");
+        let (status, body) = get(addr, "/api/audit", op).await;
+        assert_eq!(status, 503, "no master view yet: {body}");
+        *view.lock().expect("not poisoned") = Some(master_with_a_duplicate().view());
 
         let (status, body) = get(addr, "/api/audit", None).await;
         assert_eq!(status, 401, "no token, no audit: {body}");

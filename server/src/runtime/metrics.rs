@@ -368,6 +368,26 @@ fn describe() {
         "zonescaler_redirects_prepared_total",
         "Clients told that a redirect may follow (their avatar was offered to another shard), so they can connect there ahead of it."
     );
+    describe_transport();
+    describe_failover();
+}
+
+/// Descriptions of the failover metrics: replication, the lease, the master's audit.
+fn describe_failover() {
+    describe_gauge!(
+        "zonescaler_replica_lag_ticks",
+        "Ticks between this shard's tick and the last replica batch its buddy acknowledged (0 without a buddy)."
+    );
+    describe_counter!(
+        "zonescaler_replica_promoted_total",
+        "Entities this shard took over from a dead member's replica (failover)."
+    );
+    // Counted by the failover code; registered now so it is exported, at 0, before the first.
+    let _ = counter!("zonescaler_replica_promoted_total");
+    describe_counter!(
+        "zonescaler_lease_lapses_total",
+        "Times this shard's ownership lease lapsed (the master did not answer its heartbeats in time) and its simulation paused until the master answered."
+    );
     describe_counter!(
         "zonescaler_audits_total",
         "Ownership audits the master took (every second, from every live shard's report of the entities it owns); on the master only."
@@ -376,11 +396,6 @@ fn describe() {
         "zonescaler_audit_duplicates_total",
         "Entities the master's ownership audits found owned by two shards at once, summed over audits (one owned twice for three audits counts 3; should stay 0); on the master only."
     );
-    describe_counter!(
-        "zonescaler_lease_lapses_total",
-        "Times this shard's ownership lease lapsed (the master did not answer its heartbeats in time) and its simulation paused until the master answered."
-    );
-    describe_transport();
 }
 
 /// Descriptions of the transports' metrics.
