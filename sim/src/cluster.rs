@@ -85,7 +85,8 @@
 //!   simulates again (its lease paused it before the verdict); with the check above over the
 //!   shards that did not stop, no entity is simulated by two shards at any tick;
 //! - `fenced_shard_stops`: such a shard stops (its lease lost: told `Fenced`, or silent) within
-//!   its lease and a second of the verdict;
+//!   its lease, the silences it waits for an election of a new master and a second of the
+//!   verdict;
 //! - `links_lose_nothing`: every session frame is delivered in order, none missing (a gap means
 //!   a frame lost with a dead link was never sent again);
 //! - `links_heal`: a dead link between two members is back within the longest redial backoff,
@@ -516,6 +517,9 @@ pub struct ClusterSim {
     left: Vec<BTreeSet<ShardId>>,
     /// Each shard's ownership lease (none on the master).
     leases: Vec<Option<Lease>>,
+    /// The newest heartbeat of each shard the master answered, as the shard heard it
+    /// (`ShardLoad::lease_seq`, as `Node` reports it: the master counts its majority by it).
+    lease_seqs: Vec<u64>,
     /// Links that died and are not back at both ends, by (smaller, larger) id.
     dead_links: BTreeMap<(usize, usize), DeadLink>,
     /// Draws link deaths (a stream of its own).
@@ -759,6 +763,7 @@ impl ClusterSim {
             members,
             left: vec![BTreeSet::new(); bot_base],
             leases,
+            lease_seqs: vec![0; bot_base],
             dead_links: BTreeMap::new(),
             link_rng,
             link_stats: LinkStats::default(),
@@ -875,6 +880,7 @@ impl ClusterSim {
                 self.loads[i].close(&mut load);
                 let mono = self.mono_ms(i);
                 load.seq = (self.leases[i].as_mut()).map_or(0, |l| l.sent(mono));
+                load.lease_seq = self.lease_seqs[i];
                 self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }
@@ -2334,11 +2340,14 @@ impl ClusterSim {
 
     /// Single authority across fencing: a shard the master declared dead while it ran never
     /// simulates again (its lease stopped it before the verdict, and it must stay stopped while
-    /// its adopter owns what it owned); and it stops (`fenced_shard_stops`) within its lease
-    /// and a second of the verdict: told `Fenced` once the cut heals, or lost by silence.
+    /// its adopter owns what it owned); and it stops (`fenced_shard_stops`) within its lease,
+    /// the silences a lapsed lease waits for an election (`lease::GIVE_UP_SILENCES`) and a
+    /// second of the verdict: told `Fenced` once the cut heals, or lost by silence.
     fn check_fenced(&mut self, tick: u64) -> Result<(), Violation> {
-        let lease_ms = limits::lease_ms_for(self.cfg.world.cluster.shard_silence_ms);
-        let bound = self.cfg.ticks_in(lease_ms + 1_000);
+        let silence_ms = self.cfg.world.cluster.shard_silence_ms;
+        let lease_ms = limits::lease_ms_for(silence_ms);
+        let give_up_ms = zonescaler_server::cluster::lease::GIVE_UP_SILENCES * silence_ms;
+        let bound = self.cfg.ticks_in(lease_ms + give_up_ms + 1_000);
         for (&c, &verdict) in &self.fenced {
             let fail = |invariant, detail| {
                 Err(Violation {

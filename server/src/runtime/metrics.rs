@@ -273,20 +273,6 @@ fn publish(
     counter!("zonescaler_link_redials_total", "outcome" => "failed").absolute(r.failed);
 }
 
-/// Descriptions of the buddy replication's metrics.
-fn describe_replica() {
-    describe_gauge!(
-        "zonescaler_replica_lag_ticks",
-        "Ticks between this shard's tick and the last replica batch its buddy acknowledged (0 without a buddy)."
-    );
-    describe_counter!(
-        "zonescaler_replica_promoted_total",
-        "Entities this shard took over from a dead member's replica (failover)."
-    );
-    // Counted by the failover code; registered now so it is exported, at 0, before the first.
-    let _ = counter!("zonescaler_replica_promoted_total");
-}
-
 /// The master's ownership audit (`cluster::audit`): on the master only.
 fn publish_audit(a: &crate::cluster::Audit) {
     counter!("zonescaler_audits_total").absolute(a.audits_total);
@@ -295,7 +281,6 @@ fn publish_audit(a: &crate::cluster::Audit) {
 
 /// Descriptions and units of every metric (promtool wants a HELP line for each).
 fn describe() {
-    describe_replica();
     describe_histogram!(
         "zonescaler_tick_duration_seconds",
         Unit::Seconds,

@@ -528,6 +528,9 @@ impl ClusterSim {
 
     /// The master's answer to a heartbeat reached shard `to`.
     pub(super) fn lease_answer(&mut self, to: usize, notice: &MasterNotice) {
+        if let (MasterNotice::Lease { seq, .. }, Some(s)) = (notice, self.lease_seqs.get_mut(to)) {
+            *s = (*s).max(*seq);
+        }
         let Some(l) = self.leases.get_mut(to).and_then(Option::as_mut) else {
             return;
         };
