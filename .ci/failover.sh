@@ -39,7 +39,7 @@ http="127.0.0.1:$(( port + 200 ))"
 # Every shard's API address (shard i serves on --http's port + i), shard 0's first.
 apis=""
 for i in $(seq 0 $(( shards - 1 ))); do apis="$apis${apis:+,}127.0.0.1:$(( port + 200 + i ))"; done
-cargo build -q --release -p zonescaler-server --bin zonescaler
+env -u OUT_DIR cargo build -q --release -p zonescaler-server --bin zonescaler
 exe="${CARGO_TARGET_DIR:-target}/release/zonescaler"
 
 "$exe" up --shards "$shards" --port "$port" --link-port $(( port + 100 )) --http "$http" \
