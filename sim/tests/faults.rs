@@ -105,7 +105,7 @@ fn fenced_shard_stops_fires_when_a_lost_lease_only_pauses() {
     let v = first_failure(0..20, |seed| {
         let mut cfg = long_cut(seed);
         cfg.leases = Leases::NeverLost;
-        cfg.ticks = 360;
+        cfg.ticks = 900;
         cfg
     });
     assert_eq!(v.invariant, "fenced_shard_stops", "{v}");
