@@ -530,7 +530,10 @@ mod tests {
         let (mut j, _) = Forming::joiner(grid, req(3), "l0".into());
         j.dialed(ShardId(0), LinkId(1));
         j.on_event(FormEvent::Up(LinkId(1)), 0).expect("up");
-        let joined = LinkMessage::Joined { id: ShardId(3) };
+        let joined = LinkMessage::Joined {
+            id: ShardId(3),
+            master: ShardId(0),
+        };
         j.on_event(FormEvent::Message(LinkId(1), joined), 0)
             .expect("an id");
         let member = |i: u16| MemberInfo {
@@ -538,6 +541,7 @@ mod tests {
             client_addr: format!("c{i}"),
             link_addr: format!("l{i}"),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let map = CellMap::single(grid, ShardId(0));

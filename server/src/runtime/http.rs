@@ -543,6 +543,7 @@ mod tests {
             client_addr: "127.0.0.1:4433".into(),
             link_addr: "127.0.0.1:5433".into(),
             metrics_addr: String::new(),
+            http_addr: String::new(),
             weight: 1,
         };
         let mut m = Master::new(CellGrid::from_config(&WorldConfig::default()), 2, me, 0);
@@ -552,6 +553,7 @@ mod tests {
                     client_addr: "127.0.0.1:4434".into(),
                     link_addr: "127.0.0.1:5434".into(),
                     metrics_addr: String::new(),
+                    http_addr: String::new(),
                     weight: 1,
                 },
                 0,
