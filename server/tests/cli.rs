@@ -491,44 +491,6 @@ fn api_cluster(addr: &str) -> serde_json::Value {
     }
 }
 
-/// Shard 0 holds the master role and nothing takes it over yet: its death stops the cluster
-/// with exit 1 and says why, and no shard outlives it.
-#[cfg(target_os = "linux")]
-#[test]
-fn a_killed_master_stops_the_cluster_and_says_why() {
-    let base = 20_000 + (std::process::id() % 9_000) as u16;
-    let mut up = spawn_cluster("master", base, 2, false);
-    let (master, other) = (up.shard_pids[0], up.shard_pids[1]);
-    kill_9(master);
-    let minute = std::time::Duration::from_secs(60);
-    assert!(
-        within(minute, || !alive(up.child.id())),
-        "up stops when the master dies:\n{}",
-        up.stdout()
-    );
-    let status = up.child.wait().expect("reaped");
-    assert!(gone_within_15s(other), "shard {other} outlived up");
-    let stderr = up.stderr();
-    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with("zonescaler up: shard-0 exited ")
-                && l.contains("(signal: 9 (SIGKILL)); last lines of")),
-        "the report says how the master died: {stderr}"
-    );
-    assert!(
-        stderr.contains("zonescaler: shard-0 exited unexpectedly (signal: 9 (SIGKILL)); it holds the master role")
-            && stderr.contains("failover is not built yet, so the cluster cannot continue without it"),
-        "the error says why the cluster stops: {stderr}"
-    );
-    assert!(
-        !up.stdout().contains("restarting"),
-        "the master is not restarted:\n{}",
-        up.stdout()
-    );
-}
-
 /// An operator makes a login key pair and mints a ticket for local testing: the ticket names the
 /// account and spawn point, verifies with the public half only, and expires when asked.
 #[test]
