@@ -290,7 +290,7 @@ impl LocalCluster {
             }
             let mut load = self.shards[i].load();
             load.seq = self.leases[i].as_mut().map_or(0, |l| l.sent(self.now_ms));
-            load.lease_seq = self.lease_seqs[i];
+            load.lease_seq = self.lease_seqs.get(i).copied().unwrap_or(0);
             if self.cut(i, 0) {
                 continue;
             }
@@ -298,6 +298,9 @@ impl LocalCluster {
             match (answer, self.leases[i].as_mut()) {
                 (Some(MasterNotice::Lease { seq, lease_ms }), Some(l)) => {
                     l.answered(seq, u64::from(lease_ms));
+                    if self.lease_seqs.len() <= i {
+                        self.lease_seqs.resize(i + 1, 0);
+                    }
                     self.lease_seqs[i] = self.lease_seqs[i].max(seq);
                 }
                 (Some(MasterNotice::Fenced), Some(l)) => l.fenced(),
