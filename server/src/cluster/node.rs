@@ -230,6 +230,14 @@ impl Node {
         self
     }
 
+    /// Where member `id` serves the HTTP API (empty: nowhere, or no such member).
+    pub fn api_of(&self, id: ShardId) -> String {
+        (self.members.iter())
+            .find(|m| m.id == id)
+            .map(|m| m.http_addr.clone())
+            .unwrap_or_default()
+    }
+
     /// The member holding the master role, as far as this one knows.
     pub fn master_id(&self) -> ShardId {
         self.election.master()

@@ -305,14 +305,11 @@ impl Shard {
         if let Some(n) = self.node.as_ref() {
             let view = match n.master.as_ref() {
                 Some(m) => m.view(),
-                None => {
-                    let master = n.master_id();
-                    let api = (n.members.iter())
-                        .find(|m| m.id == master)
-                        .map(|m| m.http_addr.clone())
-                        .unwrap_or_default();
-                    crate::cluster::ClusterView::pointer(master, n.term(), api)
-                }
+                None => crate::cluster::ClusterView::pointer(
+                    n.master_id(),
+                    n.term(),
+                    n.api_of(n.master_id()),
+                ),
             };
             *self.view.lock().unwrap_or_else(PoisonError::into_inner) = Some(view);
         }
@@ -524,10 +521,7 @@ impl Shard {
                 );
                 n.master.as_ref().map(Master::view)
             } else {
-                let api = (n.members.iter())
-                    .find(|m| m.id == change.master)
-                    .map(|m| m.http_addr.clone())
-                    .unwrap_or_default();
+                let api = n.api_of(change.master);
                 println!(
                     "zonescaler: shard {} holds the master role now (term {}); its API: {}",
                     change.master.0,
