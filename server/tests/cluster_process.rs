@@ -444,3 +444,55 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
     drop(killed);
     let _ = std::fs::remove_file(&world);
 }
+
+/// Two shards, and the one that is not the master dies: the master, with half of the members
+/// behind it and the silent half holding its membership, may still act (`cluster::election`),
+/// so it declares the dead one after the default silence (3 s: far past the 1.35 s the dead
+/// one's last promise runs), takes all its cells and keeps simulating.
+#[test]
+fn two_shards_survive_the_death_of_the_one_that_is_not_the_master() {
+    let master = Shard::start(&["--expect-shards", "2", "--http", "127.0.0.1:0"], SECRET);
+    let http = master.line_with("dashboard on");
+    let waiting = master.line_with("master waiting");
+    let links = waiting
+        .rsplit(' ')
+        .next()
+        .expect("link address")
+        .to_string();
+    let other = Shard::start(&["--join", &links], SECRET);
+    let other_addr = listen_addr(&other);
+    let (view, _) = wait_view(
+        &http,
+        "two members with cells",
+        Duration::from_secs(30),
+        |v| member_at(v, &other_addr).is_some_and(|(_, cells)| cells > 0),
+    );
+    let cells = view["cells"].as_array().expect("cells").len();
+    let status = Command::new("kill")
+        .args(["-9", &other.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (view, took) = wait_view(
+        &http,
+        "every cell on the master",
+        Duration::from_secs(15),
+        |v| {
+            v["cells"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(|c| c["shard"].as_u64() == Some(0)))
+        },
+    );
+    eprintln!("the master took every cell {took:?} after the kill");
+    assert_eq!(view["cells"].as_array().expect("cells").len(), cells);
+    let tick = |v: &serde_json::Value| v["shards"][0]["tick"].as_u64().expect("a tick");
+    let before = tick(&view);
+    let (view, _) = wait_view(
+        &http,
+        "the master simulating on alone",
+        Duration::from_secs(10),
+        |v| tick(v) > before + 30,
+    );
+    assert_eq!(view["shards"][0]["alive"], true, "{view}");
+    drop(other);
+}

@@ -806,6 +806,9 @@ pub struct ShardLoad {
     pub lease_seq: u64,
     /// The master's term this shard follows.
     pub term: u64,
+    /// [`members_digest`] of the members this shard's last map push named: the master knows
+    /// from it which membership a silent member would count votes in (`cluster::election`).
+    pub members_digest: u64,
     pub tick: u64,
     pub owned_entities: u32,
     pub in_transit: u32,
@@ -859,6 +862,23 @@ pub struct ShardLoad {
     pub buddy: Option<ShardId>,
     /// Ticks between this shard's newest tick and the newest its buddy acknowledged.
     pub replica_lag_ticks: u32,
+}
+
+/// A digest of a membership (the members' ids, in any order; FNV-1a over them sorted), as a
+/// heartbeat reports it ([`ShardLoad::members_digest`]). Never 0, so a heartbeat without one
+/// (0) matches no membership.
+pub fn members_digest(ids: impl IntoIterator<Item = ShardId>) -> u64 {
+    let mut ids: Vec<u16> = ids.into_iter().map(|id| id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        for byte in id.to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash.max(1)
 }
 
 impl ShardLoad {

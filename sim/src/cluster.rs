@@ -881,6 +881,9 @@ impl ClusterSim {
                 let mono = self.mono_ms(i);
                 load.seq = (self.leases[i].as_mut()).map_or(0, |l| l.sent(mono));
                 load.lease_seq = self.lease_seqs[i];
+                load.members_digest = zonescaler_shared::protocol::members_digest(
+                    self.members[i].iter().map(|m| m.id),
+                );
                 self.send_to_master(i, LinkMessage::Heartbeat(load));
             }
         }

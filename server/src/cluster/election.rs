@@ -414,6 +414,11 @@ impl Support {
         }
     }
 
+    /// Whether `member`'s promise runs at `now_ms`.
+    pub fn runs(&self, member: ShardId, now_ms: u64) -> bool {
+        self.until.get(&member).is_some_and(|u| *u > now_ms)
+    }
+
     /// `member` left the membership.
     pub fn forget(&mut self, member: ShardId) {
         self.sent.remove(&member);
@@ -424,7 +429,7 @@ impl Support {
     /// and whether they are a majority of them.
     pub fn holds(&self, me: ShardId, members: &[ShardId], now_ms: u64) -> (usize, bool) {
         let with = (members.iter())
-            .filter(|id| **id == me || self.until.get(id).is_some_and(|u| *u > now_ms))
+            .filter(|id| **id == me || self.runs(**id, now_ms))
             .count();
         (with, with >= majority(members.len().max(1)))
     }

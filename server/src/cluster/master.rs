@@ -354,14 +354,29 @@ impl Master {
     }
 
     /// Members (itself included) whose promise not to vote for another master runs now, and
-    /// whether they are a majority of the live members: a master acts only while they are
-    /// ([`super::election`]).
+    /// whether this master may act: while they are a majority of the live members, or exactly
+    /// half when every other member reported this very membership ([`super::election`]).
+    ///
+    /// The half is safe: a candidate needs a majority of the membership it heard of, the members
+    /// that promised do not vote, and this master does not; a member whose last heartbeat named
+    /// this membership (`ShardLoad::members_digest`) counts in it, so at most half can vote,
+    /// short of any majority. It is what lets two shards survive the death of the one that is
+    /// not the master (and three, two deaths one after the other). A member that may hold
+    /// another membership (one that missed a join or a death) keeps the strict majority.
     pub fn quorum(&self, now_ms: u64) -> (usize, bool) {
         let alive: Vec<ShardId> = (self.members.values())
             .filter(|m| m.alive)
             .map(|m| m.info.id)
             .collect();
-        self.support.holds(self.me, &alive, now_ms)
+        let (with, majority) = self.support.holds(self.me, &alive, now_ms);
+        if majority || with * 2 < alive.len() {
+            return (with, majority);
+        }
+        let digest = zonescaler_shared::protocol::members_digest(alive.iter().copied());
+        let same_view = (self.members.values())
+            .filter(|m| m.alive && m.info.id != self.me && !self.support.runs(m.info.id, now_ms))
+            .all(|m| m.load.members_digest == digest);
+        (with, same_view)
     }
 
     /// The master's state the members do not have yet ([`Standby`]): the changes since the last
@@ -608,6 +623,11 @@ impl Master {
             weight: req.weight,
         };
         self.members.insert(id, Member::new(info, now_ms, !late));
+        if late {
+            // The first map it gets names the members as they are now: until its heartbeats
+            // say otherwise, that is the membership it would count votes in.
+            self.note_first_view(&[id]);
+        }
         // Its election starts when it has formed, after this: no vote of its within the silence.
         self.support.promised(id, now_ms, self.master_silence_ms);
         Ok(id)
@@ -754,8 +774,24 @@ impl Master {
         self.map = Some(map);
         // Each member's election starts with the map: none votes within the silence after it.
         let ids: Vec<ShardId> = self.members.keys().copied().collect();
-        self.support = Support::all_from(ids, self.now_ms, self.master_silence_ms);
+        self.support = Support::all_from(ids.clone(), self.now_ms, self.master_silence_ms);
+        self.note_first_view(&ids);
         Ok(push)
+    }
+
+    /// `ids` get their first map now, naming the live members: the membership each holds until
+    /// its heartbeats report one (`ShardLoad::members_digest`, for [`Self::quorum`]).
+    fn note_first_view(&mut self, ids: &[ShardId]) {
+        let digest = zonescaler_shared::protocol::members_digest(
+            (self.members.values())
+                .filter(|m| m.alive)
+                .map(|m| m.info.id),
+        );
+        for id in ids {
+            if let Some(m) = self.members.get_mut(id) {
+                m.load.members_digest = digest;
+            }
+        }
     }
 
     /// The map and the live members (a dead one is fenced: out of the membership for good).
@@ -2836,6 +2872,92 @@ mod tests {
                 lease_ms: 0
             })
         );
+    }
+
+    /// With exactly half of the members behind it, a master acts only while every silent one
+    /// last reported this very membership: they alone are short of any majority. So two shards
+    /// survive the death of the one that is not the master, and a member that may count votes
+    /// among another membership keeps the strict majority.
+    #[test]
+    fn a_master_with_half_acts_only_while_the_silent_half_holds_its_membership() {
+        use zonescaler_shared::protocol::members_digest;
+        let promise = crate::cluster::election::promise_ms(limits::MASTER_SILENCE_MS_DEFAULT);
+        let config = WorldConfig::default();
+        let mut m = Master::new(CellGrid::from_config(&config), 2, info("a"), 0);
+        m.join(join("b", 1), 0).expect("join");
+        m.place().expect("placement");
+        let both = members_digest([ShardId(0), ShardId(1)]);
+        m.heartbeat(ShardId(1), beat(1), 100);
+        assert_eq!(m.quorum(promise + 1), (1, false), "no membership reported");
+        m.heartbeat(
+            ShardId(1),
+            ShardLoad {
+                members_digest: both,
+                ..beat(2)
+            },
+            200,
+        );
+        assert_eq!(
+            m.quorum(200 + promise + 1),
+            (1, true),
+            "its half, same view"
+        );
+        // The silent member is declared dead in time, and the master, alone, is its majority.
+        let silence = m.silence_ms;
+        m.heartbeat(ShardId(0), beat(1), 200 + silence);
+        let (dead, _) = m.housekeeping(200 + silence + 1);
+        assert_eq!(dead, vec![ShardId(1)]);
+        assert_eq!(m.quorum(200 + silence + 2), (1, true));
+
+        // Four members: two silent ones with the master's membership leave two short of three.
+        let mut m = Master::new(CellGrid::from_config(&config), 4, info("a"), 0);
+        for name in ["b", "c", "d"] {
+            m.join(join(name, 1), 0).expect("join");
+        }
+        m.place().expect("placement");
+        let four = members_digest((0..4).map(ShardId));
+        let three = members_digest((0..3).map(ShardId));
+        for (s, digest) in [(1, four), (2, four), (3, four)] {
+            let load = ShardLoad {
+                members_digest: digest,
+                ..beat(1)
+            };
+            m.heartbeat(ShardId(s), load, 100);
+            m.heartbeat(
+                ShardId(s),
+                ShardLoad {
+                    members_digest: digest,
+                    ..beat(2)
+                },
+                150,
+            );
+        }
+        for (seq, at) in [(3, 1_000), (4, 1_100)] {
+            m.heartbeat(
+                ShardId(1),
+                ShardLoad {
+                    members_digest: four,
+                    ..beat(seq)
+                },
+                at,
+            );
+        }
+        let later = 150 + promise + 1;
+        assert_eq!(m.quorum(later), (2, true));
+        // Shard 3 last named a membership without itself: it may count votes among three.
+        m.heartbeat(
+            ShardId(3),
+            ShardLoad {
+                members_digest: three,
+                seq: 3,
+                lease_seq: 1,
+                ..ShardLoad::default()
+            },
+            160,
+        );
+        assert_eq!(m.quorum(later), (2, false));
+        // One of four behind it is never enough.
+        assert_eq!(m.quorum(1_000 + promise + 1).1, false);
     }
 
     /// Three members placed, balancing every minute (the first round at once).

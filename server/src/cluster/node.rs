@@ -428,6 +428,16 @@ impl Node {
             return;
         };
         let addr = req.client_addr.clone();
+        if !m.quorum(now_ms).1 {
+            // A member added now would count towards a majority this master does not hold: a
+            // master cut off in a minority could grow one beside the master the rest elected.
+            warn!(%addr, "late join refused: this master has no majority behind it now");
+            self.links.close(
+                link,
+                "the master has no majority behind it now; try again shortly",
+            );
+            return;
+        }
         let id = match m.join(req, now_ms) {
             Ok(id) => id,
             Err(e) => {
@@ -692,6 +702,8 @@ impl Node {
     /// Report load to the master (on the master: record it directly), numbered for the lease.
     pub fn heartbeat(&mut self, mut load: ShardLoad, now_ms: u64) {
         load.term = self.election.term();
+        load.members_digest =
+            zonescaler_shared::protocol::members_digest(self.members.iter().map(|m| m.id));
         if let Some(m) = self.master.as_mut() {
             m.heartbeat(self.me, load, now_ms);
         } else {
