@@ -470,6 +470,98 @@ fn a_killed_non_master_shard_is_restarted_and_the_cluster_keeps_running() {
     assert!(!stderr.contains("unexpectedly"), "{stderr}");
 }
 
+/// The master's process dies: the other shards elect a successor, `up` says which shard holds
+/// the role now and where the API is, and restarts the dead process, which joins the running
+/// cluster through the other members; every cell is on a live member. Ctrl-C still stops it
+/// all with exit 0.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_master_is_succeeded_and_its_process_restarted() {
+    let base = 30_000 + (std::process::id() % 9_000) as u16;
+    let mut up = spawn_cluster("master-kill", base, 3, true);
+    let (master, others) = (up.shard_pids[0], [up.shard_pids[1], up.shard_pids[2]]);
+    kill_9(master);
+    let minute = std::time::Duration::from_secs(60);
+    let up_pid = up.child.id();
+    let succeeded = within(minute, || {
+        up.stdout().contains("holds the master role now") || !alive(up_pid)
+    });
+    let out = up.stdout();
+    assert!(
+        succeeded && alive(up_pid),
+        "up names the successor within a minute:\n{out}"
+    );
+    let line = (out.lines())
+        .find(|l| l.contains("holds the master role now"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("(term ") && line.contains("the API is at"),
+        "it names the term and the API's address: {line}"
+    );
+    let api = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("an API address in: {line}"))
+        .to_string();
+    let mut view = serde_json::Value::Null;
+    let moved = within(minute, || {
+        view = api_cluster(&api);
+        let master = view["master"].as_u64();
+        let shards = view["shards"].as_array().cloned().unwrap_or_default();
+        let live: Vec<u64> = (shards.iter())
+            .filter(|s| s["alive"] == true)
+            .filter_map(|s| s["id"].as_u64())
+            .collect();
+        let cells = view["cells"].as_array().cloned().unwrap_or_default();
+        master.is_some_and(|m| m != 0)
+            && view["term"].as_u64().is_some_and(|t| t >= 1)
+            && !live.contains(&0)
+            && !cells.is_empty()
+            && cells
+                .iter()
+                .all(|c| c["shard"].as_u64().is_some_and(|s| live.contains(&s)))
+    });
+    assert!(
+        moved,
+        "the successor serves the API at {api} ({line}), shard 0 fenced, every cell on a live member: {view}\n{}",
+        up.stdout()
+    );
+    let restarted = within(minute, || {
+        up.stdout().contains("restarting shard-0") || !alive(up_pid)
+    });
+    assert!(
+        restarted && alive(up_pid),
+        "up restarts the master's process:\n{}",
+        up.stdout()
+    );
+    let log = up.run_dir.join("shard-0.log");
+    let joined = within(minute, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.split("=== zonescaler up: shard-0 restarted (attempt ")
+            .nth(1)
+            .is_some_and(|after| after.contains(" linked; "))
+    });
+    assert!(
+        joined,
+        "the restarted shard-0 joins the running cluster:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(others.iter().all(|p| alive(*p)), "the other shards run on");
+
+    up.ctrl_c();
+    assert!(
+        within(minute, || !alive(up.child.id())),
+        "up stops on Ctrl-C"
+    );
+    let status = up.child.wait().expect("reaped");
+    for pid in others {
+        assert!(gone_within_15s(pid), "shard {pid} outlived up");
+    }
+    assert!(status.success(), "up exits 0 on Ctrl-C: {status}");
+}
+
 /// `GET /api/cluster` at `addr` as JSON (`Null` while it does not answer 200).
 #[cfg(target_os = "linux")]
 fn api_cluster(addr: &str) -> serde_json::Value {

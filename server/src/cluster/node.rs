@@ -108,6 +108,10 @@ pub struct Node {
 /// Requests to the master kept until it has surely heard them ([`Node::to_master`]).
 const UNCONFIRMED_REQUESTS_MAX: usize = 4_096;
 
+/// Why a master refuses a late joiner while it has no majority behind it (the joiner tries
+/// again: the majority may come back, or a successor be elected).
+pub const NO_MAJORITY: &str = "the master has no majority behind it now; try again shortly";
+
 /// A dropped link to a member being redialled.
 #[derive(Debug)]
 struct Redial {
@@ -431,11 +435,8 @@ impl Node {
         if !m.quorum(now_ms).1 {
             // A member added now would count towards a majority this master does not hold: a
             // master cut off in a minority could grow one beside the master the rest elected.
-            warn!(%addr, "late join refused: this master has no majority behind it now");
-            self.links.close(
-                link,
-                "the master has no majority behind it now; try again shortly",
-            );
+            warn!(%addr, "late join refused: {NO_MAJORITY}");
+            self.links.close(link, NO_MAJORITY);
             return;
         }
         let id = match m.join(req, now_ms) {

@@ -87,14 +87,10 @@ fn error_json(status: StatusCode, text: String) -> Response {
     (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
 }
 
-/// Why this shard cannot answer `path` itself: no view yet (503), or another holds the master
-/// role (307 to its API, or 503 when it serves none). `None`: this shard is the master.
-fn not_here(v: Option<&ClusterView>, path: &str) -> Option<Response> {
-    let Some(v) = v else {
-        return Some(no_master());
-    };
-    let api = v.master_api.as_deref()?;
-    let body = serde_json::json!({
+/// What a shard without the master role answers: who holds it, in which term, and its API
+/// (`zonescaler up` reads `api` from it).
+pub(crate) fn pointer_body(v: &ClusterView, api: &str) -> serde_json::Value {
+    serde_json::json!({
         "error": format!(
             "shard {} holds the master role (term {}); its API is at {}",
             v.master,
@@ -104,7 +100,17 @@ fn not_here(v: Option<&ClusterView>, path: &str) -> Option<Response> {
         "master": v.master,
         "term": v.term,
         "api": api,
-    });
+    })
+}
+
+/// Why this shard cannot answer `path` itself: no view yet (503), or another holds the master
+/// role (307 to its API, or 503 when it serves none). `None`: this shard is the master.
+fn not_here(v: Option<&ClusterView>, path: &str) -> Option<Response> {
+    let Some(v) = v else {
+        return Some(no_master());
+    };
+    let api = v.master_api.as_deref()?;
+    let body = pointer_body(v, api);
     if api.is_empty() {
         return Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
     }

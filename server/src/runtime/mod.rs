@@ -805,7 +805,7 @@ fn join_cluster(
         }
         Role::Join { members } => rt.block_on(async {
             tokio::select! {
-                f = join_through(grid, me, members, &links, &mut events) => Some(f),
+                f = join_through(grid, me, members, &links, &mut events, Duration::from_millis(4 * master_silence_ms)) => Some(f),
                 _ = wait_for_stop(stop.clone()) => None,
             }
         }),
@@ -823,32 +823,68 @@ fn join_cluster(
 
 /// Join the running cluster through `members`' link addresses, in order, following a member's
 /// pointer to the master (`NotMaster`); the last error when none let this shard in.
+///
+/// While the cluster is electing a master (the members still point to the one that died at
+/// this process's own address, a restarted master's case, or the master has no majority behind
+/// it yet) it tries them all again every half second for up to `patience`.
 async fn join_through(
     grid: CellGrid,
     me: JoinRequest,
     members: &[SocketAddr],
     links: &ClusterLinks,
     events: &mut LinkEvents,
+    patience: Duration,
 ) -> anyhow::Result<Formed> {
+    let until = Instant::now() + patience;
+    loop {
+        let (result, electing) = join_round(grid, me.clone(), members, links, events).await;
+        match result {
+            Err(e) if electing && Instant::now() < until => {
+                println!(
+                    "zonescaler: the cluster is electing a master; trying again shortly ({e:#})"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One pass of [`join_through`] over `members`: the result, and whether a member said the
+/// cluster is between masters.
+async fn join_round(
+    grid: CellGrid,
+    me: JoinRequest,
+    members: &[SocketAddr],
+    links: &ClusterLinks,
+    events: &mut LinkEvents,
+) -> (anyhow::Result<Formed>, bool) {
     let mut tries: std::collections::VecDeque<String> =
         members.iter().map(ToString::to_string).collect();
     let mut last = anyhow::anyhow!("no address to join through (--join)");
+    let mut electing = false;
     // Pointers followed at most: a cluster in the middle of an election may point around.
     let mut redirects = 8;
     while let Some(addr) = tries.pop_front() {
         let (forming, acts) = Forming::joiner(grid, me.clone(), addr.clone());
         match form(forming, acts, links, events).await {
-            Ok(f) => return Ok(f),
+            Ok(f) => return (Ok(f), false),
             Err(e) => {
-                if let Some(FormError::NotMaster(master)) = e.downcast_ref::<FormError>()
+                let not_master = match e.downcast_ref::<FormError>() {
+                    Some(FormError::NotMaster(master)) => Some(master.clone()),
+                    _ => None,
+                };
+                electing |= not_master.as_ref() == Some(&me.link_addr)
+                    || format!("{e:#}").contains(crate::cluster::node::NO_MAJORITY);
+                if let Some(master) = not_master
                     && redirects > 0
-                    && *master != me.link_addr
+                    && master != me.link_addr
                 {
                     redirects -= 1;
                     println!(
                         "zonescaler: {addr} does not hold the master role; joining at {master}"
                     );
-                    tries.push_front(master.clone());
+                    tries.push_front(master);
                 } else {
                     println!("zonescaler: cannot join through {addr}: {e:#}");
                 }
@@ -856,7 +892,7 @@ async fn join_through(
             }
         }
     }
-    Err(last)
+    (Err(last), electing)
 }
 
 /// Drive [`Forming`] over the links until the cluster formed (or failed, or timed out).

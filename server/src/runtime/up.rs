@@ -1096,6 +1096,16 @@ fn parse_view(body: &[u8]) -> Result<View, serde_json::Error> {
     serde_json::from_slice(body)
 }
 
+/// The master's API address in the body of a `307` from a shard without the role
+/// (`{"master", "term", "api"}`).
+fn parse_pointer(body: &[u8]) -> Result<String, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Pointer {
+        api: String,
+    }
+    Ok(serde_json::from_slice::<Pointer>(body)?.api)
+}
+
 /// Handoffs per second from `from` to `to` (`None` without time between them). A shard missing
 /// from `from` has no rate yet; a counter that went down (a restarted shard) counts as 0.
 fn handoff_rates(from: &Sample, to: &Sample) -> Option<Rates> {
@@ -1291,11 +1301,14 @@ impl Status {
         while i < tries.len() && i < 2 * self.apis.len() + 2 {
             let api = tries[i].clone();
             i += 1;
-            let got = http_get(&api, "/api/cluster").and_then(|(code, body)| {
-                if code != 200 && code != 307 {
-                    bail!("answered HTTP {code}");
-                }
-                Ok(parse_view(&body)?)
+            let got = http_get(&api, "/api/cluster").and_then(|(code, body)| match code {
+                200 => Ok(parse_view(&body)?),
+                // A shard without the master role points to the one that holds it.
+                307 => Ok(View {
+                    master_api: Some(parse_pointer(&body)?),
+                    ..View::default()
+                }),
+                _ => bail!("answered HTTP {code}"),
             });
             match got {
                 Ok(View {
@@ -1310,7 +1323,9 @@ impl Status {
                 Ok(view) => {
                     let mut news = Vec::new();
                     let now = (view.master, view.term);
-                    if self.master.is_some_and(|m| m != now) {
+                    // The cluster forms with shard 0 as the master in term 0: a successor found at
+                    // the first answer (the master died before it) is news too.
+                    if self.master.unwrap_or((0, 0)) != now {
                         news.push(format!(
                             "zonescaler up: shard {} holds the master role now (term {}); the \
                              API is at http://{api}/api/cluster (every shard's address \
@@ -1799,6 +1814,12 @@ mod tests {
         m.heartbeat(second, load, 10);
         let body = serde_json::to_vec(&m.view()).expect("serializes");
         let v = parse_view(&body).expect("the status reads the API's JSON");
+        // A shard without the role answers 307 with a pointer: the status follows its `api`.
+        let pointer =
+            crate::cluster::master::ClusterView::pointer(ShardId(1), 1, "127.0.0.1:8081".into());
+        let redirect = super::super::http::pointer_body(&pointer, "127.0.0.1:8081");
+        let to = parse_pointer(redirect.to_string().as_bytes()).expect("a pointer");
+        assert_eq!(to, "127.0.0.1:8081");
         assert_eq!(
             (v.epoch, v.expected_shards, v.players),
             (m.view().epoch, 2, 1)
