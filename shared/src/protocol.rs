@@ -710,11 +710,14 @@ pub enum MasterNotice {
     /// The master's state for its successors ([`Standby`]; boxed: the other notices are small).
     Standby(Box<Standby>),
     /// The answer to a [`MasterRequest::Locate`]: the shard the directory seats `account` on,
-    /// `None` when it seats it nowhere (it logged out, or its avatar was lost).
+    /// `None` when it seats it nowhere (it logged out, or its avatar was lost), and whether
+    /// that shard reported within the last two heartbeats (`live`: not the silent shard the
+    /// client lost; its client was on its way elsewhere).
     Located {
         account: String,
         session: u64,
         shard: Option<ShardId>,
+        live: bool,
     },
 }
 

@@ -493,10 +493,21 @@ fn on_token(
             bind(conn, id, w, closing, login);
             Ok(())
         }
-        Found::Moved(to) => {
-            redirect(conn, to, GrantKind::Avatar(id), closing, login);
-            Ok(())
-        }
+        // Gone on to a shard that died since: its adopter promoted it.
+        Found::Moved(to) => match login
+            .membership
+            .as_ref()
+            .map_or(Some(to), |m| m.successor(to))
+        {
+            Some(s) => {
+                redirect(conn, s, GrantKind::Avatar(id), closing, login);
+                Ok(())
+            }
+            None => Err((
+                ErrorCode::BadToken,
+                format!("avatar {id} went to shard {}, which left", to.0),
+            )),
+        },
         Found::Played | Found::Nothing => Err((
             ErrorCode::BadToken,
             format!("avatar {id} is not waiting for a client here"),

@@ -119,7 +119,15 @@ pub fn on_master_notices(mut inbox: ResMut<MasterInbox>, mut closing: Closing, m
                 account,
                 session,
                 shard,
-            } => on_located(ConnId(session), &account, shard, &mut closing, &mut login),
+                live,
+            } => on_located(
+                ConnId(session),
+                &account,
+                shard,
+                live,
+                &mut closing,
+                &mut login,
+            ),
             MasterNotice::Kick { account } => {
                 if let Some(conn) = playing_or_waiting(&closing.clients, &account) {
                     closing.close(

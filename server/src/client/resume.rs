@@ -131,12 +131,17 @@ enum Route {
     Gone,
 }
 
-/// `me` was asked to resume a client whose ticket `from` issued; the master seats it on `seat`.
-fn route(me: ShardId, from: ShardId, seat: Option<ShardId>) -> Route {
+/// `me` was asked to resume a client whose ticket `from` issued; the master seats it on `seat`,
+/// a shard that reports (`live`) or has fallen silent.
+///
+/// A client seated on its ticket's issuer either lost that shard (silent, not declared dead
+/// yet: later) or was on its way from it to another that died (a live seat: the issuer knows
+/// where it sent the avatar, and so where that shard's adopter has it now).
+fn route(me: ShardId, from: ShardId, seat: Option<ShardId>, live: bool) -> Route {
     match seat {
         None => Route::Gone,
         Some(s) if s == me => Route::Here,
-        Some(s) if s == from => Route::NotFailedOver(s),
+        Some(s) if s == from && !live => Route::NotFailedOver(s),
         Some(s) => Route::To(s),
     }
 }
@@ -146,6 +151,7 @@ pub fn on_located(
     conn: ConnId,
     account: &str,
     seat: Option<ShardId>,
+    live: bool,
     closing: &mut Closing,
     login: &mut Login,
 ) {
@@ -157,7 +163,7 @@ pub fn on_located(
         // That resume is gone (the client left while waiting).
         _ => return,
     };
-    let outcome = match route(login.space.me, from, seat) {
+    let outcome = match route(login.space.me, from, seat, live) {
         Route::Here => {
             let found = find_avatar(avatar, login);
             take(conn, account, avatar, found, closing, login)
@@ -238,13 +244,25 @@ mod tests {
     #[test]
     fn a_resume_goes_where_the_master_seats_the_account_unless_that_is_the_lost_shard() {
         let (me, lost, adopter) = (ShardId(1), ShardId(2), ShardId(3));
-        assert_eq!(route(me, lost, Some(adopter)), Route::To(adopter));
-        assert_eq!(route(me, lost, Some(me)), Route::Here);
+        for live in [false, true] {
+            assert_eq!(route(me, lost, Some(adopter), live), Route::To(adopter));
+            assert_eq!(route(me, lost, Some(me), live), Route::Here);
+            assert_eq!(route(me, lost, None, live), Route::Gone);
+        }
         assert_eq!(
-            route(me, lost, Some(lost)),
+            route(me, lost, Some(lost), false),
             Route::NotFailedOver(lost),
-            "never redirect a client to the shard it lost"
+            "never redirect a client to the silent shard it lost"
         );
-        assert_eq!(route(me, lost, None), Route::Gone);
+    }
+
+    /// A client on its way from its ticket's issuer to a shard that died resumes elsewhere; the
+    /// directory still seats it on the issuer, which reports: the client goes there, and the
+    /// issuer sends it on to the dead shard's adopter (it waited for "later" until the seat
+    /// expired, 15 s, before).
+    #[test]
+    fn a_client_seated_on_its_live_issuer_is_sent_there() {
+        let (me, issuer) = (ShardId(1), ShardId(2));
+        assert_eq!(route(me, issuer, Some(issuer), true), Route::To(issuer));
     }
 }

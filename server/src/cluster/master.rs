@@ -1514,14 +1514,24 @@ impl Master {
     /// Where the directory seats `account`, for a client that resumes through `from` (its
     /// session there is `session`). Failover seats a dead shard's players on the shard that
     /// adopts their avatars, so this is where a resuming client's avatar is, or will be.
+    ///
+    /// `live` when that shard reported within two heartbeats: a client that lost its shard
+    /// notices only after a silence longer than that, so a live seat is not the shard it lost,
+    /// but the one it was being sent on from (the directory seats it there until it arrives).
     fn locate(&self, from: ShardId, account: String, session: u64) -> Vec<(ShardId, MasterNotice)> {
         let shard = self.player(&account);
+        let live = shard.and_then(|s| self.members.get(&s)).is_some_and(|m| {
+            m.alive
+                && (m.info.id == self.me
+                    || self.now_ms.saturating_sub(m.last_heard_ms) <= 2 * limits::HEARTBEAT_MS)
+        });
         vec![(
             from,
             MasterNotice::Located {
                 account,
                 session,
                 shard,
+                live,
             },
         )]
     }
