@@ -229,7 +229,8 @@ pub enum ErrorCode {
     /// full, or no shard takes players at all (a cap of 0, or no shard alive).
     NoRoom,
     /// The resume ticket is good but the avatar has no new owner yet (its shard is not declared
-    /// dead yet, or its copy is being promoted): try again shortly, through any live shard.
+    /// dead yet, or its copy is being promoted): try again shortly, through any live shard. Also
+    /// the answer to a redirect whose avatar is not on that shard (yet): resume with the ticket.
     ResumeLater,
     /// The resume ticket did not verify, expired, or its avatar exists no more: log in anew
     /// with the login ticket.

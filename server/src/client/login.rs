@@ -508,7 +508,15 @@ fn on_token(
                 format!("avatar {id} went to shard {}, which left", to.0),
             )),
         },
-        Found::Played | Found::Nothing => Err((
+        // Not here (yet): a shard adopting a dead one's cells promotes its avatars a moment
+        // after the master seats their players here, and a resume may be sent here in between.
+        // The client tries its resume ticket again (the master says where the avatar is then);
+        // an avatar that is gone for good ends in `ResumeFailed` that way.
+        Found::Nothing => Err((
+            ErrorCode::ResumeLater,
+            format!("avatar {id} is not here (yet): resume with the ticket"),
+        )),
+        Found::Played => Err((
             ErrorCode::BadToken,
             format!("avatar {id} is not waiting for a client here"),
         )),

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tracing::{debug, error, info, warn};
 use zonescaler_net::link::{ClusterLinks, LinkEvent, LinkEvents, LinkId};
 use zonescaler_shared::ShardId;
-use zonescaler_shared::cellmap::CellMap;
+use zonescaler_shared::cellmap::{CellMap, Epoch};
 use zonescaler_shared::codec;
 use zonescaler_shared::limits;
 use zonescaler_shared::protocol::{
@@ -51,6 +51,7 @@ pub struct RoleChange {
 /// A formed cluster, seen from this process, with its links.
 pub struct Node {
     pub me: ShardId,
+    /// The newest map the master pushed (the placement at first).
     pub map: CellMap,
     pub members: Vec<MemberInfo>,
     pub links: ClusterLinks,
@@ -275,11 +276,45 @@ impl Node {
     }
 
     fn election_outs(&mut self, app: &mut ShardApp, outs: Vec<ElectionOut>, now_ms: u64) {
+        // One line per candidacy (not per member it goes to): elections are rare, and an
+        // operator reading a slow failover wants to see who stood when.
+        let mut stood = None;
         for out in outs {
             match out {
                 ElectionOut::Send(to, msg) => {
-                    if let ElectionMessage::Candidacy { term, .. } = msg {
-                        debug!(to = to.0, term, "standing for master");
+                    match msg {
+                        ElectionMessage::Candidacy {
+                            term,
+                            version,
+                            epoch,
+                        } if stood != Some(term) => {
+                            stood = Some(term);
+                            info!(
+                                term,
+                                version, epoch, "the master is silent: standing for master"
+                            );
+                        }
+                        ElectionMessage::Vote {
+                            term,
+                            granted: true,
+                        } => {
+                            debug!(to = to.0, term, "voted for a candidate");
+                        }
+                        ElectionMessage::Vote {
+                            term,
+                            granted: false,
+                        } => {
+                            let view = self.election_view();
+                            info!(
+                                to = to.0,
+                                term,
+                                version = view.version,
+                                epoch = view.epoch,
+                                "refused a candidate its vote (this shard hears the master, voted \
+                                 in that term already, or holds newer state)"
+                            );
+                        }
+                        _ => {}
                     }
                     self.send(to, &LinkMessage::Election(msg));
                 }
@@ -414,6 +449,16 @@ impl Node {
         }
         self.members = push.members.clone();
         self.dead = push.dead.clone();
+        // The map too: a successor rebuilds the master from it, and a candidacy names its epoch
+        // (a member that kept its first map stood with epoch 1, and a successor pushed that
+        // map again, undoing every cell move since the cluster formed).
+        if push.epoch > self.map.epoch().0 {
+            let leaves = push.leaves.iter().copied().collect();
+            match CellMap::from_leaves(*self.map.grid(), Epoch(push.epoch), leaves) {
+                Ok(map) => self.map = map,
+                Err(e) => warn!(epoch = push.epoch, error = %e, "a map push that does not fit"),
+            }
+        }
     }
 
     /// On the master: a shard that dialed in during play asks to join.

@@ -364,10 +364,16 @@ fn audit_router(view: SharedView, token: Arc<String>) -> axum::Router {
             let allowed = authorized(&headers, &token);
             let v = view.lock().unwrap_or_else(PoisonError::into_inner).clone();
             async move {
-                match (allowed, v) {
-                    (false, _) => unauthorized(),
-                    (true, None) => no_master(),
-                    (true, Some(v)) => axum::Json(&*v.audit_full).into_response(),
+                if !allowed {
+                    return unauthorized();
+                }
+                // A shard without the master role holds no audit: it points to the master's.
+                if let Some(r) = not_here(v.as_ref(), "/api/audit") {
+                    return r;
+                }
+                match v {
+                    None => no_master(),
+                    Some(v) => axum::Json(&*v.audit_full).into_response(),
                 }
             }
         }),
@@ -630,5 +636,22 @@ mod tests {
             !body.contains("0:7"),
             "the open view names no entity: {body}"
         );
+
+        // On a shard without the master role every API route points to the master's, the
+        // audit too (it answered its own empty one, so a poller saw no audit after a failover).
+        *view.lock().expect("not poisoned") =
+            Some(ClusterView::pointer(ShardId(2), 3, "127.0.0.1:9".into()));
+        for path in ["/api/audit", "/api/cluster"] {
+            let (status, body) = get(addr, path, op).await;
+            assert_eq!(status, 307, "{path}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(
+                (v["master"].as_u64(), v["term"].as_u64()),
+                (Some(2), Some(3))
+            );
+            assert_eq!(v["api"], "127.0.0.1:9", "{body}");
+        }
+        let (status, _) = get(addr, "/api/audit", None).await;
+        assert_eq!(status, 401, "no token, no pointer either");
     }
 }
