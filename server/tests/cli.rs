@@ -477,7 +477,7 @@ fn a_killed_non_master_shard_is_restarted_and_the_cluster_keeps_running() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_killed_master_is_succeeded_and_its_process_restarted() {
-    let base = 30_000 + (std::process::id() % 9_000) as u16;
+    let base = 20_000 + (std::process::id() % 9_000) as u16;
     let mut up = spawn_cluster("master-kill", base, 3, true);
     let (master, others) = (up.shard_pids[0], [up.shard_pids[1], up.shard_pids[2]]);
     kill_9(master);

@@ -117,8 +117,13 @@ fn a_client_that_lost_its_shard_resumes_through_another_and_is_bound_to_its_own_
     );
 
     c.kill(ShardId(0));
-    // Before the master declared shard 0 dead, a resume can only be told to come back later:
-    // the account is still seated on the shard the client lost.
+    // A client takes its shard for lost after a silence (the bots: 1.5 s); here a little more
+    // than two heartbeats, past which the master no longer counts shard 0 as reporting
+    // (`Located::live`). Before the master declared shard 0 dead, a resume can only be told to
+    // come back later: the account is still seated on the shard the client lost.
+    for _ in 0..(2 * limits::HEARTBEAT_MS + 100) * hz / 1_000 {
+        c.step();
+    }
     hello(&mut c.shards[1], 10, "", None, Some(&r.ticket));
     let t = step_until(&mut c, 1, 10, 5, |t| t.error.is_some());
     assert_eq!(

@@ -1521,9 +1521,7 @@ impl Master {
     fn locate(&self, from: ShardId, account: String, session: u64) -> Vec<(ShardId, MasterNotice)> {
         let shard = self.player(&account);
         let live = shard.and_then(|s| self.members.get(&s)).is_some_and(|m| {
-            m.alive
-                && (m.info.id == self.me
-                    || self.now_ms.saturating_sub(m.last_heard_ms) <= 2 * limits::HEARTBEAT_MS)
+            m.alive && self.now_ms.saturating_sub(m.last_heard_ms) <= 2 * limits::HEARTBEAT_MS
         });
         vec![(
             from,
@@ -2968,6 +2966,39 @@ mod tests {
         assert_eq!(m.quorum(later), (2, false));
         // One of four behind it is never enough.
         assert!(!m.quorum(1_000 + promise + 1).1);
+    }
+
+    /// A resume's `Locate` says whether the seat's shard still reports: a client sent on from a
+    /// live shard goes back there, one that lost its (silent) shard waits for the verdict.
+    #[test]
+    fn a_located_seat_says_whether_its_shard_still_reports() {
+        let mut m = three_with_balancer();
+        let load = ShardLoad {
+            players_arrived: vec!["ann".into()],
+            ..beat(1)
+        };
+        m.heartbeat(ShardId(1), load, 100);
+        let locate = |m: &mut Master, at| {
+            let req = MasterRequest::Locate {
+                account: "ann".into(),
+                session: 7,
+            };
+            match m.request(ShardId(2), req, at).as_slice() {
+                [(to, MasterNotice::Located { shard, live, .. })] if *to == ShardId(2) => {
+                    (*shard, *live)
+                }
+                other => panic!("one answer to the asker: {other:?}"),
+            }
+        };
+        assert_eq!(
+            locate(&mut m, 100 + limits::HEARTBEAT_MS),
+            (Some(ShardId(1)), true)
+        );
+        assert_eq!(
+            locate(&mut m, 100 + 2 * limits::HEARTBEAT_MS + 1),
+            (Some(ShardId(1)), false),
+            "silent for two heartbeats: maybe the shard the client lost"
+        );
     }
 
     /// Three members placed, balancing every minute (the first round at once).
