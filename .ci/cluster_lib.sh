@@ -53,7 +53,9 @@ import json, sys, time, urllib.request
 http, samples, settled = sys.argv[1:4]
 # The median of the first samples (the world before the bots): one read can catch an NPC on its
 # way between two shards' heartbeats, counted on both or on neither.
-head = sorted(json.loads(l)["total_entities"] for l in open(samples).readlines()[:5])
+# Only samples without players: the bots may start within the first five.
+early = [json.loads(l) for l in open(samples).readlines()[:5]]
+head = sorted(s["total_entities"] for s in early if s["players"] == 0) or [early[0]["total_entities"]]
 first = head[len(head) // 2]
 time.sleep(16)
 # Three reads in a row: one read can catch an NPC between two shards' heartbeats (counted on

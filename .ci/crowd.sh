@@ -78,7 +78,9 @@ PY
   local up_pid=$!
   wait_up crowd "$dir" "$shards" "$up_pid"
   start_sampler crowd "$http" "$dir"
-  sleep 2
+  # Five samples of the world before the bots: their median is its count (one read can catch
+  # an NPC between two shards' heartbeats; with two samples, 999 of 1000 was the median once).
+  sleep 5.5
   date +%s.%N > "$dir/bots_start"
   grep '^Udp:' /proc/net/snmp > "$dir/udp_before" 2>/dev/null || true
   machine_cpu "$up_pid" > "$dir/cpu_before"
