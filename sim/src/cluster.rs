@@ -515,6 +515,8 @@ pub struct ClusterSim {
     sessions: Vec<Sessions>,
     members: Vec<Vec<MemberInfo>>,
     left: Vec<BTreeSet<ShardId>>,
+    /// The joiner, at each member that took its `Peer` (`Node`'s `peered`).
+    peered: Vec<BTreeSet<ShardId>>,
     /// Each shard's ownership lease (none on the master).
     leases: Vec<Option<Lease>>,
     /// The newest heartbeat of each shard the master answered, as the shard heard it
@@ -762,6 +764,7 @@ impl ClusterSim {
             sessions: wire::sessions_for(bot_base),
             members,
             left: vec![BTreeSet::new(); bot_base],
+            peered: vec![BTreeSet::new(); bot_base],
             leases,
             lease_seqs: vec![0; bot_base],
             dead_links: BTreeMap::new(),
@@ -1162,6 +1165,7 @@ impl ClusterSim {
         };
         j.unnamed_at.remove(&at);
         let to = j.id;
+        self.peered[at].insert(ShardId(to as u16));
         for frame in self.sessions[at].relinked(ShardId(to as u16), 0) {
             self.net.send(
                 self.now_us,

@@ -72,6 +72,10 @@ pub struct Node {
     /// Members that left the cluster (drained, or declared dead): their links going down is no
     /// fault, and they are not redialled.
     departed: BTreeSet<ShardId>,
+    /// Joiners that linked to this member with `Peer` (at most `limits::SHARDS_MAX`): members
+    /// even before the master's push naming them reaches this one, so their redials are taken
+    /// ([`relink_allowed`]).
+    peered: BTreeSet<ShardId>,
     /// The numbered frames to and from each member, kept until acknowledged: sent once its link
     /// names itself (a joiner's `Peer` may arrive after the master gave it a cell) or is back.
     sessions: Sessions,
@@ -135,19 +139,22 @@ pub struct RedialStats {
 }
 
 /// Whether `me` takes a link whose first frame is `Relink { from, to }`: only one meant for it,
-/// from a listed member that has not left, with a larger id (the one that redials); else why
-/// not.
+/// from a listed member, or a joiner that linked to it with `Peer` (`peered`: the master's push
+/// naming it may not have reached `me`, cut off from the master, and never will if the master
+/// dies: refused, the two could never talk again, nor elect a successor), that has not left,
+/// with a larger id (the one that redials); else why not.
 pub fn relink_allowed(
     me: ShardId,
     (from, to): (ShardId, ShardId),
     members: &[MemberInfo],
+    peered: &BTreeSet<ShardId>,
     departed: &BTreeSet<ShardId>,
 ) -> Result<(), &'static str> {
     if to != me {
         Err("not the member you dialled (a new process at its address?)")
     } else if departed.contains(&from) {
         Err("you left the cluster")
-    } else if !members.iter().any(|m| m.id == from) {
+    } else if !members.iter().any(|m| m.id == from) && !peered.contains(&from) {
         Err("not a member")
     } else if from <= me {
         Err("the larger id redials, not the smaller")
@@ -198,6 +205,7 @@ impl Node {
             batch_bytes_out: 0,
             unnamed: BTreeSet::new(),
             departed: BTreeSet::new(),
+            peered: BTreeSet::new(),
             sessions: Sessions::default(),
             redials: BTreeMap::new(),
             relinked: BTreeMap::new(),
@@ -521,6 +529,9 @@ impl Node {
                     && !self.departed.contains(&id) =>
             {
                 self.name_link(id, link, 0);
+                if self.peered.len() < limits::SHARDS_MAX {
+                    self.peered.insert(id);
+                }
                 info!(shard = id.0, "linked to a shard that joined");
             }
             Ok(LinkMessage::Relink { from, to, received }) => {
@@ -555,7 +566,14 @@ impl Node {
     /// member and meant this shard (the process at an address can change: a restarted shard is
     /// a new member). A link of ours to it that still looks up is replaced: its end saw it drop.
     fn relinked_by_peer(&mut self, link: LinkId, from: ShardId, to: ShardId, received: u64) {
-        if let Err(why) = relink_allowed(self.me, (from, to), &self.members, &self.departed) {
+        let allowed = relink_allowed(
+            self.me,
+            (from, to),
+            &self.members,
+            &self.peered,
+            &self.departed,
+        );
+        if let Err(why) = allowed {
             warn!(%link, from = from.0, to = to.0, why, "a redialled link refused: closing it");
             self.unnamed.remove(&link);
             self.links.close(link, &format!("relink refused: {why}"));
@@ -1205,8 +1223,15 @@ mod tests {
         let members = [member(0), member(1), member(2), member(3)];
         let me = ShardId(1);
         let mut departed = BTreeSet::new();
+        let peered = BTreeSet::from([ShardId(5)]);
         let ask = |from, to, departed: &BTreeSet<ShardId>| {
-            relink_allowed(me, (ShardId(from), ShardId(to)), &members, departed)
+            relink_allowed(
+                me,
+                (ShardId(from), ShardId(to)),
+                &members,
+                &peered,
+                departed,
+            )
         };
         assert_eq!(ask(2, 1, &departed), Ok(()));
         assert!(ask(2, 3, &departed).is_err(), "meant for another shard");
@@ -1218,6 +1243,14 @@ mod tests {
         departed.insert(ShardId(2));
         assert!(ask(2, 1, &departed).is_err(), "a member that left");
         assert_eq!(ask(3, 1, &departed), Ok(()));
+        // A joiner that linked with `Peer` before the push naming it reached this member (the
+        // master cut off from it, and perhaps dead: the push may never come).
+        assert_eq!(ask(5, 1, &departed), Ok(()), "a joiner that peered");
+        departed.insert(ShardId(5));
+        assert!(
+            ask(5, 1, &departed).is_err(),
+            "a joiner that peered and left"
+        );
     }
 
     #[test]

@@ -293,7 +293,13 @@ impl ClusterSim {
         received: u64,
     ) {
         let key = (at.min(from), at.max(from));
-        let allowed = relink_allowed(ShardId(at as u16), claim, &self.members[at], &self.left[at]);
+        let allowed = relink_allowed(
+            ShardId(at as u16),
+            claim,
+            &self.members[at],
+            &self.peered[at],
+            &self.left[at],
+        );
         let Some(d) = self.dead_links.get_mut(&key) else {
             return;
         };
