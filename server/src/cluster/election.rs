@@ -240,6 +240,14 @@ impl QuorumElection {
             _ => {}
         }
         self.voted = Some((term, from));
+        // A vote is a promise: the candidate, should it win, counts this member's support from
+        // its win for `promise_ms` (`Support::all_from`), so this member must not vote again (for
+        // a newer term's candidate) within the silence after this vote, as after hearing a
+        // master. Without this a voter could elect two masters a moment apart, each counting it
+        // in its majority. A win comes within half a silence of the candidacy (a candidacy ends
+        // then) and the vote after the candidacy, so the winner's count (win + 0.9 silence)
+        // ends before this member's silence does (vote + silence).
+        self.heard_ms = self.heard_ms.max(now_ms);
         // A vote for another's newer term ends a candidacy of this member's own.
         if self.standing.as_ref().is_some_and(|s| s.term <= term) {
             self.standing = None;
@@ -668,6 +676,45 @@ mod tests {
         }
         assert_eq!(nodes[&ShardId(4)].master(), ShardId(2));
         assert_eq!(now, SILENCE + SILENCE / 2);
+    }
+
+    #[test]
+    fn a_voter_does_not_vote_for_a_newer_term_within_the_silence_after_its_vote() {
+        let mut nodes = cluster(4);
+        nodes.remove(&ShardId(0));
+        let all = [0, 1, 2, 3];
+        let views: BTreeMap<_, _> = (1..4)
+            .map(|i| (ShardId(i), view(&all, &[1, 2, 3])))
+            .collect();
+        let v = &views[&ShardId(3)];
+        let voter = nodes.get_mut(&ShardId(3)).unwrap();
+        let candidacy = |term| ElectionMessage::Candidacy {
+            term,
+            version: 5,
+            epoch: 3,
+        };
+        let granted = |out: Vec<ElectionOut>| {
+            out.iter().any(|o| {
+                matches!(
+                    o,
+                    ElectionOut::Send(_, ElectionMessage::Vote { granted: true, .. })
+                )
+            })
+        };
+        // Shard 2 stands in term 1 and gets the vote (it may win with it and count on it).
+        assert!(granted(voter.on_message(
+            ShardId(2),
+            candidacy(1),
+            SILENCE,
+            v
+        )));
+        // Shard 1, which never heard of it, stands in term 2 a moment later: refused, or the
+        // voter would be in two majorities at once.
+        let out = voter.on_message(ShardId(1), candidacy(2), SILENCE + 50, v);
+        assert!(!granted(out), "a second vote within the silence");
+        // A silence after its vote, with no master heard, it may vote again.
+        let out = voter.on_message(ShardId(1), candidacy(3), 2 * SILENCE + 1, v);
+        assert!(granted(out), "a vote after the silence");
     }
 
     #[test]
