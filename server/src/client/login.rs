@@ -493,21 +493,7 @@ fn on_token(
             bind(conn, id, w, closing, login);
             Ok(())
         }
-        // Gone on to a shard that died since: its adopter promoted it.
-        Found::Moved(to) => match login
-            .membership
-            .as_ref()
-            .map_or(Some(to), |m| m.successor(to))
-        {
-            Some(s) => {
-                redirect(conn, s, GrantKind::Avatar(id), closing, login);
-                Ok(())
-            }
-            None => Err((
-                ErrorCode::BadToken,
-                format!("avatar {id} went to shard {}, which left", to.0),
-            )),
-        },
+        Found::Moved(to) => follow(conn, id, to, ErrorCode::BadToken, closing, login),
         // Not here (yet): a shard adopting a dead one's cells promotes its avatars a moment
         // after the master seats their players here, and a resume may be sent here in between.
         // The client tries its resume ticket again (the master says where the avatar is then);
@@ -521,6 +507,28 @@ fn on_token(
             format!("avatar {id} is not waiting for a client here"),
         )),
     }
+}
+
+/// Avatar `id` went on to shard `to` before `conn` came for it: redirect the client there, or
+/// to `to`'s adopter if `to` died since (it promoted the avatar); `gone` when `to` left without
+/// one.
+pub(super) fn follow(
+    conn: ConnId,
+    id: NetId,
+    to: ShardId,
+    gone: ErrorCode,
+    closing: &mut Closing,
+    login: &mut Login,
+) -> Result<(), Refusal> {
+    let next = (login.membership.as_ref()).map_or(Some(to), |m| m.successor(to));
+    let Some(s) = next else {
+        return Err((
+            gone,
+            format!("avatar {id} went to shard {}, which left", to.0),
+        ));
+    };
+    redirect(conn, s, GrantKind::Avatar(id), closing, login);
+    Ok(())
 }
 
 /// An avatar here waiting for its client (handed off, or promoted after its shard died).

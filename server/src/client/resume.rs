@@ -17,7 +17,7 @@
 //! A ticket only ever binds an avatar that waits for its client: a playing avatar cannot be taken
 //! from its connection with a copied ticket.
 
-use super::login::{Found, Login, bind, find_avatar, redirect};
+use super::login::{Found, Login, bind, find_avatar, follow, redirect};
 use super::{ClientState, Clients, Closing, ClusterDirectory, Phase, Refusal, send_control};
 use crate::core::resources::{Outbox, TickClock};
 use crate::core::space::Space;
@@ -92,21 +92,7 @@ fn take(
             ErrorCode::ResumeFailed,
             format!("avatar {id} is not account {account:?}'s"),
         )),
-        // Gone on to a shard that died since: its adopter promoted it.
-        Found::Moved(to) => match login
-            .membership
-            .as_ref()
-            .map_or(Some(to), |m| m.successor(to))
-        {
-            Some(s) => {
-                redirect(conn, s, GrantKind::Avatar(id), closing, login);
-                Ok(())
-            }
-            None => Err((
-                ErrorCode::ResumeFailed,
-                format!("avatar {id} went to shard {}, which left", to.0),
-            )),
-        },
+        Found::Moved(to) => follow(conn, id, to, ErrorCode::ResumeFailed, closing, login),
         Found::Played => Err((
             ErrorCode::ResumeFailed,
             format!("avatar {id} is played by another connection"),
