@@ -398,6 +398,25 @@ fn dead_or_stalled_shards_lose_their_cells_to_the_living_and_a_stalled_one_stops
         "the API says what happened: {events}"
     );
 
+    // Two reports of the stalled-to-be shard after the failover: it holds the membership
+    // without the dead one, so the master, with half of the two behind it, may still act when
+    // this one falls silent (`Master::quorum`). Stalled before it knew, the strict majority
+    // holds, and two of three gone stop the master, as they must.
+    let tick_of = |v: &serde_json::Value| {
+        (v["shards"].as_array().into_iter().flatten())
+            .find(|s| s["id"].as_u64() == Some(stalled_id))
+            .and_then(|s| s["tick"].as_u64())
+    };
+    for _ in 0..2 {
+        let before = tick_of(&cluster_view(&http));
+        wait_view(
+            &http,
+            "a report of the stalled-to-be shard",
+            Duration::from_secs(10),
+            |v| tick_of(v) != before,
+        );
+    }
+
     // SIGSTOP past the silence, then SIGCONT: its cells are gone meanwhile, and it stops.
     let pid = stalled.child.id().to_string();
     let signal = |sig: &str| {
