@@ -638,6 +638,10 @@ pub struct Standby {
     pub moves: Vec<(u64, crate::CellId, ShardId, ShardId)>,
     /// The id the next joiner gets (ids are never reused).
     pub next_id: u16,
+    /// Seats that wait for their shard to report the player (a login granted there, a player
+    /// sent on to it), at most `STANDBY_PENDING_MAX`, by name: a successor frees each unless
+    /// its shard reports the player within the wait, as the old master would have.
+    pub pending: Vec<(String, ShardId)>,
 }
 
 /// What a shard asks of the master.

@@ -104,8 +104,10 @@
 //! joiners, the entities a joiner owned, drains ordered and done, crashes, what they lost and
 //! how long their failover took.
 
+mod succession;
 mod wire;
 
+pub use succession::{MASTER_SETTLE_BOUND_MS, MASTER_SETTLE_SILENCES};
 pub use wire::{Clock, LinkStats};
 
 use crate::load::ModelledLoad;
@@ -123,6 +125,11 @@ use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::client::{Clients, LoginPolicy};
 use zonescaler_server::cluster::LeaseState;
 use zonescaler_server::cluster::session::Sessions;
+use zonescaler_server::cluster::election::{
+    MasterElection, QuorumElection,
+};
+use zonescaler_server::cluster::node::UNCONFIRMED_REQUESTS_MAX;
+use zonescaler_server::cluster::reports::PlayerReports;
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
 use zonescaler_server::core::components::{InTransit, Networked, Owned, Position, Proxy};
@@ -131,7 +138,9 @@ use zonescaler_server::core::space::Space;
 use zonescaler_shared::cellmap::{CellGrid, CellMap, Epoch};
 use zonescaler_shared::config::WorldConfig;
 use zonescaler_shared::protocol::MemberInfo;
-use zonescaler_shared::protocol::{JoinRequest, LinkMessage, MapPush, MasterNotice, MasterRequest};
+use zonescaler_shared::protocol::{
+    JoinRequest, LinkMessage, MapPush, MasterNotice, MasterRequest, Standby,
+};
 use zonescaler_shared::quant::QPos;
 use zonescaler_shared::rng::Rng;
 use zonescaler_shared::ticket::{LoginKeys, LoginTicket, TicketSigner};
@@ -150,6 +159,11 @@ pub const DRAIN_BOUND_MS: u64 = 30_000;
 /// balancing round it makes due at once, with margin. Smoke runs crash a shard by 2 s and last
 /// 8 s, so the bound ends inside every run.
 pub const FAILOVER_BOUND_MS: u64 = 1_000;
+
+/// How much longer a run with a master crash lasts (5 s at 30 Hz): the election (a silence, and
+/// half of one per member ahead in line), the takeover, and the failovers it starts, with their
+/// bounds, all end inside it.
+pub const MASTER_CRASH_EXTRA_TICKS: u64 = 150;
 
 /// Link ids the late joiner's dials get start here (the initial forming's count from 1; during
 /// play the simulation addresses shard messages by endpoint, on `LinkId(0)`).
@@ -230,13 +244,24 @@ pub struct ClusterConfig {
     pub long_cut: Option<(u64, u64)>,
     /// Whether the shards obey their ownership leases (anything else only to sabotage a run).
     pub leases: Leases,
-    /// Off only to sabotage a run: the master answers every other shard's heartbeats (their
-    /// leases hold) but records none, so it declares shards dead that were never cut off.
+    /// Off only to sabotage a run: the master answers the heartbeats of the last shard that
+    /// formed (its lease holds) but records none, so it declares it dead though it was never
+    /// cut off (the others' keep the master's majority).
     pub heartbeats_heard: bool,
     /// Each process's monotonic clock runs fast or slow by up to this (parts per million).
     pub clock_skew_ppm_max: u64,
     /// A quarter of the processes step their wall clock once, by up to this either way.
     pub wall_step_ms_max: u64,
+    /// The tick at which the process holding the master role crashes (postponed while a late
+    /// joiner forms: it dials the master's address only); `None`: the master never crashes.
+    /// The live members elect a successor ([`QuorumElection`]), which takes the role over from
+    /// the master's state they hold ([`Master::successor`]).
+    pub master_crash_at_tick: Option<u64>,
+    /// Off only to sabotage a run: election messages are never delivered (no successor).
+    pub elections_delivered: bool,
+    /// Only to sabotage a run: when a member wins an election, another live member is told it
+    /// won that term too (a forged `Elected` naming itself): two masters of one term.
+    pub forge_second_winner: bool,
 }
 
 /// What the shards do with their ownership lease (`cluster::lease`).
@@ -311,13 +336,21 @@ impl ClusterConfig {
             .then(|| (30 + f.below(61), silence_ticks + 6 + f.below(75)))
             .filter(|_| crashes);
         let (clock_skew_ppm_max, wall_step_ms_max) = if crashes { (1_000, 1_000) } else { (0, 0) };
+        // The master's crash draws from a stream of its own too; a run with one lasts longer,
+        // so that the election, the takeover and the failovers after it end inside it.
+        let mut mc = Rng::new(seed ^ 0x0A57_E2C2);
+        let master_crash_at_tick = mc
+            .chance(0.3)
+            .then(|| 75 + mc.below(31))
+            .filter(|_| crashes);
         // A dead link can outlast the master's silence too: any seed that may lose a shard
         // runs the balancer, which evacuates a dead shard no buddy adopts.
         let balance = join_at_tick.is_some()
             || drain_at_tick.is_some()
             || crash_at_tick.is_some()
             || long_cut.is_some()
-            || link_death_chance > 0.0;
+            || link_death_chance > 0.0
+            || master_crash_at_tick.is_some();
         // Its own stream too: a seed without quitters runs as it did before they existed.
         let quit_chance = if Rng::new(seed ^ 0x0009_017E).chance(0.5) {
             0.05
@@ -333,7 +366,11 @@ impl ClusterConfig {
         }
         Self {
             seed,
-            ticks: 240,
+            ticks: if master_crash_at_tick.is_some() {
+                240 + MASTER_CRASH_EXTRA_TICKS
+            } else {
+                240
+            },
             shards: 2 + rng.below(3) as usize,
             world,
             link_faults,
@@ -361,7 +398,15 @@ impl ClusterConfig {
             heartbeats_heard: true,
             clock_skew_ppm_max,
             wall_step_ms_max,
+            master_crash_at_tick,
+            elections_delivered: true,
+            forge_second_winner: false,
         }
+    }
+
+    /// Simulated ms in `ticks`.
+    fn ms_in(&self, ticks: u64) -> u64 {
+        ticks * 1_000 / u64::from(self.world.simulation.tick_hz)
     }
 
     /// Ticks in `ms` of simulated time.
@@ -545,6 +590,35 @@ pub struct ClusterSim {
     /// too lately for what it kept to have arrived: their replica is as old as the cut, and what
     /// it lacks (entities they took meanwhile) is lost (counted), as in production.
     stale_replica: BTreeSet<usize>,
+    /// The run's tick (the master's process may crash, so no shard's tick number is the run's).
+    tick: u64,
+    /// The process holding the master role (`self.master` is its state), and whether it is
+    /// down (crashed, or deposed) with no successor yet.
+    master_at: usize,
+    master_down: bool,
+    /// Each process's election (`Node`'s), the master's state it holds for a successor
+    /// (`Node::standby`, `standby_seats`), the dead of the last map push it heard, and its
+    /// requests to the master not confirmed yet (`Node::unconfirmed`: after which heartbeat).
+    elections: Vec<QuorumElection>,
+    standbys: Vec<Standby>,
+    standby_seats: Vec<BTreeMap<String, ShardId>>,
+    held_dead: Vec<Vec<(ShardId, Option<ShardId>)>>,
+    unconfirmed: Vec<VecDeque<(u64, MasterRequest)>>,
+    /// Each process's player reports the master has not answered (`Node`'s).
+    reports: Vec<PlayerReports>,
+    /// The master's crash: its process and tick, and the tick a successor took the role over.
+    master_crash: Option<(usize, u64)>,
+    master_takeover: Option<u64>,
+    /// Ticks on which the master did not act (no majority behind it, or the role vacant), and
+    /// their count when each shard was taken down (`failover_completes` does not count them).
+    idle_ticks: u64,
+    idle_at: BTreeMap<usize, u64>,
+    /// Each process's own tick number when its member list last changed (a paused shard does
+    /// not tick, and handles the change only once it does).
+    members_at: Vec<u64>,
+    /// Ticks since the master's crash, with no successor yet, on which no two running
+    /// processes were cut off from each other (`settles_to_one_master` counts these).
+    vacant_connected: u64,
 }
 
 /// The late joiner: its process while it forms, and its links.
@@ -596,6 +670,12 @@ pub struct Membership {
     /// Entities of a shard taken down while its link to its buddy was dead (or just back), which
     /// its stale replica did not hold: lost, as in production.
     pub crash_entities_stale: u64,
+    /// Masters crashed, successors that took the role over, the newest term, and the simulated
+    /// time from the master's crash until its successor held the role (the longest).
+    pub master_crashes: u64,
+    pub takeovers: u64,
+    pub max_term: u64,
+    pub master_failover_ms: u64,
 }
 
 impl std::fmt::Debug for ClusterSim {
@@ -693,6 +773,14 @@ impl ClusterSim {
         let leases = (0..bot_base)
             .map(|i| (i > 0 && i < cfg.shards).then(|| Lease::new(clocks[i].mono_ms(now_us))))
             .collect();
+        // Every process runs the election from the end of forming (`Node::with_succession`).
+        let master_silence_ms = cfg.world.cluster.master_silence_ms;
+        let elections = (0..bot_base)
+            .map(|i| {
+                let mono = clocks[i.min(cfg.shards)].mono_ms(now_us);
+                QuorumElection::new(ShardId(i as u16), ShardId(0), master_silence_ms, mono)
+            })
+            .collect();
         // The simulation is its own account service: a seeded key, so runs replay exactly.
         let signer =
             TicketSigner::from_seed("sim", seed_bytes(cfg.seed)).map_err(|e| e.to_string())?;
@@ -777,6 +865,21 @@ impl ClusterSim {
             link_back_at: BTreeMap::new(),
             cut_at: BTreeMap::new(),
             stale_replica: BTreeSet::new(),
+            tick: 0,
+            master_at: 0,
+            master_down: false,
+            elections,
+            standbys: vec![Standby::default(); bot_base],
+            standby_seats: vec![BTreeMap::new(); bot_base],
+            held_dead: vec![Vec::new(); bot_base],
+            unconfirmed: vec![VecDeque::new(); bot_base],
+            reports: vec![PlayerReports::default(); bot_base],
+            master_crash: None,
+            master_takeover: None,
+            idle_ticks: 0,
+            idle_at: BTreeMap::new(),
+            members_at: vec![0; bot_base],
+            vacant_connected: 0,
         };
         sim.epochs_held = vec![sim.map.epoch().0; sim.n()];
         sim.map_taken_at = vec![0; sim.n()];
@@ -833,7 +936,8 @@ impl ClusterSim {
     fn step(&mut self) -> u64 {
         self.now_us += self.tick_us;
         let now = self.now_us;
-        let next_tick = self.shards[0].tick_number() + 1;
+        self.tick += 1;
+        let next_tick = self.tick;
         self.weather(next_tick);
         self.long_cut(next_tick);
         self.link_weather();
@@ -848,6 +952,22 @@ impl ClusterSim {
         self.take_in_joiner(next_tick);
         if self.cfg.crash_at_tick == Some(next_tick) {
             self.crash(next_tick);
+        }
+        // The master crashes once no joiner forms (it dials the master's address only) and the
+        // role is held.
+        let joiner_forming = (self.joiner.as_ref()).is_some_and(|j| j.forming.is_some());
+        if self.cfg.master_crash_at_tick.is_some_and(|t| next_tick >= t)
+            && self.master_crash.is_none()
+            && !joiner_forming
+            && self.master_up()
+            && self.master_crash_survivable()
+        {
+            self.crash_master(next_tick);
+        }
+        self.poll_elections();
+        if !self.master_acts() {
+            self.idle_ticks += 1;
+            tracing::debug!(tick = next_tick, "sim: the master does not act");
         }
         // The lease decides who simulates (`runtime`'s `lease_allows`): a lapsed one pauses the
         // tick (the shard still heartbeats and drains its links), a lost one stops the process.
@@ -884,6 +1004,23 @@ impl ClusterSim {
                 let mono = self.mono_ms(i);
                 load.seq = (self.leases[i].as_mut()).map_or(0, |l| l.sent(mono));
                 load.lease_seq = self.lease_seqs[i];
+                load.term = self.elections[i].term();
+                let direct = self.is_master(i);
+                self.reports[i].sending(&mut load, direct);
+                if std::env::var("SIM_TRACE_PLAYER").is_ok_and(|n| {
+                    load.players_arrived.contains(&n)
+                        || load.players_left.contains(&n)
+                        || load.players_sent_on.contains(&n)
+                }) {
+                    eprintln!(
+                        "tick {next_tick} shard {i} -> master {} seq {}: arrived {:?} left {:?} sent_on {:?}",
+                        self.elections[i].master().0,
+                        load.seq,
+                        load.players_arrived,
+                        load.players_left,
+                        load.players_sent_on
+                    );
+                }
                 load.members_digest = zonescaler_shared::protocol::members_digest(
                     self.members[i].iter().map(|m| m.id),
                 );
@@ -895,7 +1032,7 @@ impl ClusterSim {
             let period = std::time::Duration::from_micros(self.tick_us);
             self.loads[i].after_tick(&self.shards[i], period, link_bytes);
             for req in self.shards[i].drain_master_requests() {
-                self.send_to_master(i, LinkMessage::ToMaster(req));
+                self.to_master(i, req);
             }
             for cmd in self.shards[i].drain_outbox() {
                 let to = (self.bot_base as u64 + cmd.conn().0) as u32;
@@ -917,8 +1054,7 @@ impl ClusterSim {
                 );
             }
         }
-        // Shard 0 never pauses (it holds no lease) and never stops, so its tick is the run's.
-        self.shards[0].tick_number()
+        self.tick
     }
 
     /// Shard `i` lost its lease (fenced, or cut off from the master too long): the process
@@ -940,9 +1076,10 @@ impl ClusterSim {
     fn long_cut(&mut self, next_tick: u64) {
         if let Some((at, ticks)) = self.cfg.long_cut.filter(|(at, _)| *at == next_tick) {
             let joiner = self.joiner.as_ref().map(|j| j.id);
+            let master = self.master_at;
             let candidates: Vec<usize> = (self.live())
                 .filter(|&i| {
-                    i != 0
+                    i != master
                         && Some(i) != joiner
                         && !self.draining.contains_key(&i)
                         && !self.crashed.contains_key(&i)
@@ -953,14 +1090,18 @@ impl ClusterSim {
                 let c = candidates[pick.below(candidates.len() as u64) as usize];
                 tracing::info!(shard = c, tick = at, ticks, "sim: long cut from the master");
                 let heal = next_tick + ticks;
-                let e = self.partitions.entry((0, c)).or_insert(heal);
+                let e = (self.partitions)
+                    .entry((master.min(c), master.max(c)))
+                    .or_insert(heal);
                 *e = (*e).max(heal);
-                self.net.set_partition(0, c as u32, true);
+                self.net.set_partition(master as u32, c as u32, true);
             }
         }
-        let cut: Vec<usize> = (1..self.n())
+        let m = self.master_at;
+        let cut: Vec<usize> = (0..self.n())
             .filter(|&i| {
-                self.partitions.contains_key(&(0, i)) || self.dead_links.contains_key(&(0, i))
+                let key = (m.min(i), m.max(i));
+                i != m && (self.partitions.contains_key(&key) || self.dead_links.contains_key(&key))
             })
             .collect();
         for i in cut {
@@ -1134,6 +1275,8 @@ impl ClusterSim {
         self.map_taken_at.push(tick);
         self.leases[id] = Some(Lease::new(now_ms));
         self.members[id] = formed.members.clone();
+        let silence_ms = self.cfg.world.cluster.master_silence_ms;
+        self.elections[id] = QuorumElection::new(formed.me, formed.master_id, silence_ms, now_ms);
         self.membership.joins += 1;
         tracing::info!(shard = id, tick, "sim: the late joiner formed, ticking");
         for (from, msg) in formed.early {
@@ -1145,7 +1288,7 @@ impl ClusterSim {
     /// `Join` (on the master) or `Peer` (on the others), as `Node::unnamed_message` takes them.
     fn unnamed_message(&mut self, to: usize, from: usize, link: LinkId, msg: LinkMessage) {
         match msg {
-            LinkMessage::Join(req) if to == 0 => self.late_join(from, link, req),
+            LinkMessage::Join(req) if to == self.master_at => self.late_join(from, link, req),
             LinkMessage::Peer { id } if usize::from(id.0) == from => self.named(to),
             // `Node` closes such a link; the joiner then cannot form.
             other => {
@@ -1204,12 +1347,13 @@ impl ClusterSim {
         let notices = self.master.members_changed(Some(id));
         tracing::info!(shard = id.0, "sim: the master admitted the late joiner");
         let now = self.now_us;
-        let master = ShardId(0);
+        let at = self.master_at;
+        let master = ShardId(at as u16);
         for msg in [LinkMessage::Joined { id, master }, LinkMessage::Map(push)] {
             self.net
-                .send(now, 0, from as u32, Packet::Link(link, msg), true);
+                .send(now, at as u32, from as u32, Packet::Link(link, msg), true);
         }
-        self.named(0);
+        self.named(at);
         for (to, notice) in notices {
             self.notify(usize::from(to.0), notice);
         }
@@ -1223,7 +1367,7 @@ impl ClusterSim {
         let candidates: Vec<usize> = self
             .live()
             .filter(|&i| {
-                i != 0
+                i != self.master_at
                     && Some(i) != joiner
                     && !self.draining.contains_key(&i)
                     && !self.crashed.contains_key(&i)
@@ -1285,6 +1429,7 @@ impl ClusterSim {
             "sim: gone (crashed, lost its lease or fenced)"
         );
         self.crashed.insert(c, (tick, None));
+        self.idle_at.insert(c, self.idle_ticks);
         self.draining.remove(&c);
         self.membership.crash_entities_held += lost.len() as u64;
         self.membership.crash_bots_orphaned += orphaned;
@@ -1341,6 +1486,11 @@ impl ClusterSim {
     /// `SHARD_DEAD_AFTER_MS` + `failover_bound_ms` of the last message the master heard from it
     /// (a partition may hold its last heartbeats back past the crash).
     fn check_failover(&mut self, tick: u64) -> Result<(), Violation> {
+        // Nobody declares deaths while the role is vacant (`settles_to_one_master` bounds
+        // that); a successor's silence for each member starts at its takeover.
+        if !self.master_up() {
+            return Ok(());
+        }
         let now_ms = self.master_ms();
         let bound_ms = self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms;
         for (&c, &(at, _)) in &self.crashed {
@@ -1354,7 +1504,10 @@ impl ClusterSim {
                 }
                 continue;
             }
-            if now_ms.saturating_sub(heard_ms) > bound_ms {
+            // Time the master spent without a majority since the crash (a dead link, a
+            // partition) does not count: it declares nobody dead then.
+            let idle_ms = self.cfg.ms_in(self.idle_ticks - self.idle_at.get(&c).copied().unwrap_or(0));
+            if now_ms.saturating_sub(heard_ms) > bound_ms + idle_ms {
                 let events: Vec<String> = (self.master.view().events.iter().rev().take(4))
                     .map(|e| format!("{}: {}", e.kind, e.text))
                     .collect();
@@ -1376,7 +1529,7 @@ impl ClusterSim {
         let members = self.master.members();
         let candidates: Vec<usize> = self
             .live()
-            .filter(|&i| i != 0)
+            .filter(|&i| i != self.master_at)
             .filter(|&i| {
                 members
                     .get(&ShardId(i as u16))
@@ -1429,6 +1582,10 @@ impl ClusterSim {
     /// The master's part: moves that are overdue are aborted; now and then a leaf is ordered
     /// moved, split or merged. Its notices travel the links from shard 0.
     fn reshape(&mut self, next_tick: u64) {
+        // Only a master with a majority behind it acts (`Node::master_housekeeping`).
+        if !self.master_acts() {
+            return;
+        }
         let now_ms = self.master_ms();
         // The master's housekeeping, as `Node::master_housekeeping` does it.
         let dead = self.master.check_liveness(now_ms);
@@ -1477,6 +1634,8 @@ impl ClusterSim {
             notices.extend(self.master.members_changed(None));
         }
         notices.extend(self.master.check_drained(now_ms));
+        // Its state, for a successor.
+        notices.extend(self.master.standby());
         if self.cfg.drain_at_tick == Some(next_tick) {
             self.order_drain(next_tick);
         }
@@ -1592,25 +1751,58 @@ impl ClusterSim {
         bytes_out
     }
 
-    /// A message for the master (shard 0): over the link, or straight in on shard 0 itself.
+    /// A message for the master `from` follows: over the link, or straight in on the master
+    /// itself.
     fn send_to_master(&mut self, from: usize, msg: LinkMessage) {
-        if from == 0 {
-            self.on_link_message(0, 0, msg);
-        } else {
-            self.link_send(from, 0, msg);
+        let to = usize::from(self.elections[from].master().0);
+        if to != from {
+            self.link_send(from, to, msg);
+        } else if from == self.master_at && self.master_up() {
+            self.on_link_message(from, from, msg);
         }
+    }
+
+    /// A request of shard `from`'s for the master: kept until a lease answer past its next
+    /// heartbeat confirms the master heard it, and sent again to a successor
+    /// (`Node::to_master`).
+    fn to_master(&mut self, from: usize, req: MasterRequest) {
+        let to = usize::from(self.elections[from].master().0);
+        if to != from {
+            let after = self.leases[from].as_ref().map_or(0, Lease::next_seq);
+            let u = &mut self.unconfirmed[from];
+            if u.len() >= UNCONFIRMED_REQUESTS_MAX {
+                u.pop_front();
+            }
+            u.push_back((after, req.clone()));
+        }
+        self.send_to_master(from, LinkMessage::ToMaster(req));
+    }
+
+    /// Whether process `p` holds the master role and is up.
+    fn is_master(&self, p: usize) -> bool {
+        p == self.master_at && self.master_up()
     }
 
     /// A link message from shard `from` arrived at shard `to` (as a node handles it).
     fn on_link_message(&mut self, to: usize, from: usize, msg: LinkMessage) {
         let now_ms = self.master_ms();
+        if let LinkMessage::Heartbeat(load) = &msg {
+            self.heard_term(to, load.term);
+        }
+        let master = self.is_master(to);
         match msg {
             LinkMessage::Batch(msgs) => {
                 for m in msgs {
                     self.shards[to].push_shard_message(ShardId(from as u16), Bytes::from(m));
                 }
             }
-            LinkMessage::Heartbeat(load) if to == 0 && from != 0 && !self.cfg.heartbeats_heard => {
+            LinkMessage::Election(msg) => self.election_message(to, from, msg),
+            LinkMessage::FromMaster(notice)
+                if from != usize::from(self.elections[to].master().0)
+                    && !self.from_another_master(to, from, &notice) => {}
+            LinkMessage::Heartbeat(load)
+                if master && from + 1 == self.cfg.shards && from != to && !self.cfg.heartbeats_heard =>
+            {
                 // Sabotage: answered, so the shard's lease holds, but not recorded.
                 let silence_ms = self.cfg.world.cluster.shard_silence_ms;
                 let lease_ms = limits::lease_ms_for(silence_ms) as u32;
@@ -1618,24 +1810,34 @@ impl ClusterSim {
                     seq: load.seq,
                     lease_ms,
                 };
-                self.link_send(0, from, LinkMessage::FromMaster(answer));
+                self.link_send(to, from, LinkMessage::FromMaster(answer));
             }
-            LinkMessage::Heartbeat(mut load) if to == 0 => {
+            LinkMessage::Heartbeat(mut load) if master => {
                 if !self.cfg.buddies_reported {
                     load.buddy = None;
                 }
                 // The answer renews the shard's lease, or tells a shard declared dead that it
                 // is fenced.
                 let answer = self.master.heartbeat(ShardId(from as u16), load, now_ms);
-                if let Some(answer) = answer.filter(|_| from != 0) {
-                    self.link_send(0, from, LinkMessage::FromMaster(answer));
+                if let Some(answer) = answer.filter(|_| from != to) {
+                    self.link_send(to, from, LinkMessage::FromMaster(answer));
                 }
             }
-            LinkMessage::ToMaster(req) if to == 0 => self.master_request(from, req),
+            // A master without a majority drops requests (`Node`): the sender sends them again
+            // to a successor, should one be elected.
+            LinkMessage::ToMaster(req) if master => {
+                if self.master_acts() {
+                    self.master_request(from, req);
+                }
+            }
             LinkMessage::FromMaster(
                 notice @ (MasterNotice::Lease { .. } | MasterNotice::Fenced),
             ) => {
+                self.master_state(to, &notice);
                 self.lease_answer(to, &notice);
+            }
+            LinkMessage::FromMaster(notice @ MasterNotice::Standby(_)) => {
+                self.master_state(to, &notice);
             }
             LinkMessage::FromMaster(notice) => {
                 if let MasterNotice::Map(push) = &notice {
@@ -1661,13 +1863,17 @@ impl ClusterSim {
         if let MasterNotice::Map(push) = &notice {
             self.record_push(push);
         }
-        if to == 0 {
-            if let MasterNotice::Map(push) = &notice {
-                self.observe(0, push);
+        let at = self.master_at;
+        if to == at {
+            match &notice {
+                MasterNotice::Map(push) => self.observe(at, push),
+                // The master's own state needs no standby.
+                MasterNotice::Standby(_) => return,
+                _ => {}
             }
-            self.shards[0].push_master_notice(notice);
+            self.shards[at].push_master_notice(notice);
         } else {
-            self.link_send(0, to, LinkMessage::FromMaster(notice));
+            self.link_send(at, to, LinkMessage::FromMaster(notice));
         }
     }
 
@@ -1736,6 +1942,7 @@ impl ClusterSim {
             return fail(invariant, detail);
         }
         self.check_membership(tick)?;
+        self.check_masters(tick)?;
         self.check_failover(tick)?;
         if let Err((invariant, detail)) = self.check_links(tick) {
             return fail(invariant, detail);
@@ -1926,7 +2133,11 @@ impl ClusterSim {
             + 2 * bound
             + 2
             + self.cfg.ticks_in(SENT_ON_WAIT_MS);
-        let cut_off: BTreeSet<usize> = (1..self.n()).filter(|&s| self.cut(0, s)).collect();
+        // While the role is vacant nobody forgets anyone: every shard counts as cut off.
+        let m = self.master_at;
+        let cut_off: BTreeSet<usize> = (0..self.n())
+            .filter(|&s| !self.master_acts() || (s != m && self.cut(m, s)))
+            .collect();
         for b in &mut self.bots {
             let Some(q) = b.quit.as_mut() else {
                 continue;
@@ -2042,6 +2253,12 @@ impl ClusterSim {
                     .cfg
                     .ticks_in(self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms);
             }
+            // Nobody gives it cells while the master role is vacant.
+            if let Some((_, at)) = self.master_crash
+                && at <= j.dialed_at + bound
+            {
+                bound += self.master_takeover.unwrap_or(tick).saturating_sub(at);
+            }
             let drained = self.draining.contains_key(&j.id) || self.departed.contains(&j.id);
             let waited = tick.saturating_sub(j.dialed_at);
             if j.first_cell_at.is_none() && !drained && waited > bound {
@@ -2151,7 +2368,7 @@ impl ClusterSim {
                 .count();
             if got > 0 {
                 self.membership.cells_to_joiners += got as u64;
-                j.first_cell_at.get_or_insert(self.shards[0].tick_number());
+                j.first_cell_at.get_or_insert(self.tick);
             }
         }
         if self.bad_map.is_none() {
@@ -2243,7 +2460,9 @@ impl ClusterSim {
                 // reaches their holder: its verdict, then a push on a link that may be cut.
                 if let Some((_, verdict)) = self.crashed.get(&o) {
                     let pushed = verdict.is_some_and(|v| tick > v + 2 * bound as u64 + 2);
-                    if !pushed || disturbed(me, 0) {
+                    let heard = !(self.members[me].iter()).any(|m| usize::from(m.id.0) == o)
+                        && app.tick_number() > self.members_at[me] + 2;
+                    if !pushed || !heard || disturbed(me, self.master_at) {
                         continue;
                     }
                     return fail(

@@ -168,8 +168,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 if args.cluster {
                     let cfg = ClusterConfig::smoke(seed);
                     say(&format!(
-                        "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}, crash at tick {:?}",
-                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick, cfg.crash_at_tick
+                        "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}, crash at tick {:?}, master crash at tick {:?}",
+                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick, cfg.crash_at_tick, cfg.master_crash_at_tick
                     ))?;
                 }
                 let flag = if args.cluster { " --cluster" } else { "" };
@@ -212,6 +212,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
             t.crash_bots_orphaned,
             t.failover_ms_max
         ))?;
+        say(&format!(
+            "masters: {} crashed; {} successors took the role over, in terms up to {}; a successor held the role at most {} ms after the master's crash",
+            t.master_crashes, t.takeovers, t.max_term, t.master_failover_ms_max
+        ))?;
         let l = &t.links;
         say(&format!(
             "links: {} died with {} frames in flight, {} redials up ({} dials, {} failed), {} frames sent again, {} duplicates dropped, {} dropped at a session's bound",
@@ -253,6 +257,10 @@ struct MembershipTally {
     crash_entities_lost: u64,
     crash_bots_orphaned: u64,
     failover_ms_max: u64,
+    master_crashes: u64,
+    takeovers: u64,
+    max_term: u64,
+    master_failover_ms_max: u64,
     fenced: u64,
     leases_lost: u64,
     lease_paused_ticks: u64,
@@ -277,6 +285,10 @@ impl MembershipTally {
         self.crash_entities_lost += m.crash_entities_lost;
         self.crash_bots_orphaned += m.crash_bots_orphaned;
         self.failover_ms_max = self.failover_ms_max.max(m.failover_ms);
+        self.master_crashes += m.master_crashes;
+        self.takeovers += m.takeovers;
+        self.max_term = self.max_term.max(m.max_term);
+        self.master_failover_ms_max = self.master_failover_ms_max.max(m.master_failover_ms);
         self.fenced += m.fenced;
         self.leases_lost += m.leases_lost;
         self.lease_paused_ticks += m.lease_paused_ticks;

@@ -112,7 +112,7 @@ fn fenced_shard_stops_fires_when_a_lost_lease_only_pauses() {
 }
 
 #[test]
-fn no_false_death_fires_when_the_master_hears_no_heartbeats() {
+fn no_false_death_fires_when_the_master_records_none_of_a_shards_heartbeats() {
     let v = first_failure(0..5, |seed| {
         let mut cfg = ClusterConfig::smoke(seed);
         cfg.heartbeats_heard = false;

@@ -2,7 +2,7 @@
 
 use super::handoff;
 use super::proxy::{ProxyHints, ProxyParts, refresh_proxy, remove_proxy, upsert_proxy};
-use crate::core::resources::{ProxyApplyTick, ShardInbox};
+use crate::core::resources::{Membership, ProxyApplyTick, ShardInbox};
 use bevy_ecs::prelude::*;
 use tracing::warn;
 use zonescaler_shared::ShardId;
@@ -22,6 +22,14 @@ pub fn receive_shard_messages(
     world.resource_mut::<ProxyApplyTick>().0 = Some(this_run);
     let messages = std::mem::take(&mut world.resource_mut::<ShardInbox>().messages);
     for (from, bytes) in messages {
+        // A shard declared dead is fenced and its entities are its adopter's: what it sent
+        // before it died and this shard had not applied yet (this shard was paused, or both
+        // came in one tick) would bring back proxies the map push just removed.
+        let dead = (world.get_resource::<Membership>()).is_some_and(|m| m.dead.contains_key(&from));
+        if dead {
+            world.resource_mut::<ShardInbox>().stale += 1;
+            continue;
+        }
         let msg = match codec::decode_shard_message(&bytes) {
             Ok(m) => m,
             Err(e) => {

@@ -208,6 +208,9 @@ struct StandbyOut {
 
 /// Directory entries in one [`Standby`] message (a whole directory goes in several).
 pub const STANDBY_SEATS_PER_MESSAGE: usize = 1_024;
+/// Seats waiting to be confirmed that a [`Standby`] names (the first by name; a successor keeps
+/// any others for good, as it keeps every seat).
+pub const STANDBY_PENDING_MAX: usize = 1_024;
 const _: () = assert!(
     STANDBY_SEATS_PER_MESSAGE * (limits::PLAYER_NAME_BYTES_MAX + 8) + 64 * 1_024
         <= limits::LINK_FRAME_BYTES_MAX
@@ -287,7 +290,9 @@ impl Master {
         let mut m = Self::new(grid, members.len(), info, now_ms);
         for i in members {
             let mut member = Member::new(i.clone(), now_ms, true);
-            member.draining = standby.draining.contains(&i.id);
+            // The master cannot leave: a drain of the member that now holds the role ends here
+            // (it would evacuate itself and let itself go, and the cluster its master).
+            member.draining = standby.draining.contains(&i.id) && i.id != me;
             member.load.buddy = (standby.buddies.iter())
                 .find(|(of, _)| *of == i.id)
                 .map(|(_, b)| *b);
@@ -300,6 +305,13 @@ impl Master {
         m.dead = dead.iter().copied().collect();
         for (name, shard) in seats {
             m.seat(name, *shard);
+        }
+        // Seats the old master waited on: freed unless their shard reports the player within
+        // the wait, which `take_over` starts (once configured).
+        for (name, shard) in &standby.pending {
+            if m.players.get(name) == Some(shard) && m.sent_on.len() < DIRECTORY_MAX {
+                m.sent_on.insert(name.clone(), (*shard, now_ms));
+            }
         }
         m.moves = MoveTable::resumed(standby.moves.iter().map(|(id, cell, from, to)| {
             ActiveMove {
@@ -334,6 +346,9 @@ impl Master {
                 me.0, self.term, old.0
             ),
         );
+        for (_, until) in self.sent_on.values_mut() {
+            *until = now_ms.saturating_add(self.sent_on_wait_ms);
+        }
         self.declare_dead(old, "held the master role and fell silent");
         let mut out = Vec::new();
         for m in self.moves.take_all() {
@@ -470,6 +485,13 @@ impl Master {
                 .map(|m| (m.id, m.cell, m.from, m.to))
                 .collect(),
             next_id: self.next_id,
+            pending: (self.sent_on.iter())
+                .map(|(name, (shard, _))| (name.clone(), *shard))
+                .chain((self.unconfirmed.iter()).map(|(name, u)| (name.clone(), u.shard)))
+                .collect::<BTreeMap<String, ShardId>>()
+                .into_iter()
+                .take(STANDBY_PENDING_MAX)
+                .collect(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod local;
 pub mod master;
 pub mod moves;
 pub mod node;
+pub mod reports;
 pub mod session;
 
 pub use audit::{Audit, AuditSummary, Auditor};

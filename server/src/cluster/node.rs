@@ -18,6 +18,7 @@ use super::election::{ElectionOut, ElectionView, MasterElection, QuorumElection}
 use super::forming::Formed;
 use super::lease::{Lease, LeaseState, LostWhy};
 use super::master::Master;
+use super::reports::PlayerReports;
 use super::session::{Arrival, Sessions};
 use crate::core::ShardApp;
 use bytes::Bytes;
@@ -108,10 +109,12 @@ pub struct Node {
     unconfirmed: std::collections::VecDeque<(u64, MasterRequest)>,
     /// Ownership reports sent since start (each numbers its parts).
     audits_sent: u64,
+    /// Player reports of heartbeats the master has not answered: a successor gets them.
+    reports: PlayerReports,
 }
 
 /// Requests to the master kept until it has surely heard them ([`Node::to_master`]).
-const UNCONFIRMED_REQUESTS_MAX: usize = 4_096;
+pub const UNCONFIRMED_REQUESTS_MAX: usize = 4_096;
 
 /// Why a master refuses a late joiner while it has no majority behind it (the joiner tries
 /// again: the majority may come back, or a successor be elected).
@@ -220,6 +223,7 @@ impl Node {
             deposed: false,
             unconfirmed: std::collections::VecDeque::new(),
             audits_sent: 0,
+            reports: PlayerReports::default(),
         }
     }
 
@@ -337,6 +341,8 @@ impl Node {
                         "a new master was elected: following it (requests the old one may not \
                          have heard go to it)"
                     );
+                    // Its player reports the old one never answered go with the next heartbeat.
+                    self.reports.new_master();
                     let resend: Vec<MasterRequest> =
                         self.unconfirmed.iter().map(|(_, r)| r.clone()).collect();
                     for req in resend {
@@ -401,6 +407,7 @@ impl Node {
         );
         let notices = m.take_over(old, now_ms);
         self.master = Some(m);
+        self.reports.new_master();
         self.lease = None;
         // Its own requests the old master may not have heard, answered here now.
         for (_, req) in std::mem::take(&mut self.unconfirmed) {
@@ -769,9 +776,11 @@ impl Node {
         load.members_digest =
             zonescaler_shared::protocol::members_digest(self.members.iter().map(|m| m.id));
         if let Some(m) = self.master.as_mut() {
+            self.reports.sending(&mut load, true);
             m.heartbeat(self.me, load, now_ms);
         } else {
             load.seq = self.lease.as_mut().map_or(0, |l| l.sent(now_ms));
+            self.reports.sending(&mut load, false);
             load.lease_seq = self.lease_seq;
             let master = self.master_id();
             self.send(master, &LinkMessage::Heartbeat(load));
@@ -1040,6 +1049,7 @@ impl Node {
             MasterNotice::Lease { seq, lease_ms } => {
                 self.election.heard_master(now_ms);
                 self.lease_seq = self.lease_seq.max(seq);
+                self.reports.answered(seq);
                 while self
                     .unconfirmed
                     .front()
@@ -1058,6 +1068,7 @@ impl Node {
                 }
             }
             MasterNotice::Standby(s) => {
+                self.reports.standby();
                 apply_standby(&mut self.standby, &mut self.standby_seats, *s);
             }
             notice => {

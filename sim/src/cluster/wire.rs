@@ -156,7 +156,7 @@ impl ClusterSim {
 
     /// The master's clock now (its liveness, moves and rounds run on it).
     pub(super) fn master_ms(&self) -> u64 {
-        self.mono_ms(0)
+        self.mono_ms(self.master_at)
     }
 
     /// Whether `from` has a link to `to` it can send on (not while the link is dead and not
@@ -351,7 +351,11 @@ impl ClusterSim {
                 self.dead_links.remove(&key);
             }
         }
+        if self.members[p] != push.members {
+            self.members_at[p] = self.shards.get(p).map_or(0, |s| s.tick_number());
+        }
         self.members[p] = push.members.clone();
+        self.held_dead[p] = push.dead.clone();
     }
 
     /// Links die now and then (their own stream), losing what is in flight on them; a dead
@@ -392,7 +396,7 @@ impl ClusterSim {
             b,
             lost,
             broken_us,
-            tick = self.shards[0].tick_number(),
+            tick = self.tick,
             "sim: a link died"
         );
         self.link_stats.deaths += 1;
@@ -425,7 +429,7 @@ impl ClusterSim {
             };
             if d.dialer_up && d.acceptor_up {
                 self.dead_links.remove(&key);
-                self.link_back_at.insert(key, self.shards[0].tick_number());
+                self.link_back_at.insert(key, self.tick);
                 continue;
             }
             if d.dialer_up || self.departed.contains(&d.dialer) || !self.cfg.redial {
@@ -521,10 +525,14 @@ impl ClusterSim {
         Ok(())
     }
 
-    /// What shard `i`'s lease allows now (the master holds no lease).
+    /// What shard `i`'s lease allows now (the master's is its majority's promises).
     pub(super) fn lease_state(&self, i: usize) -> LeaseState {
-        let state = (self.leases.get(i).and_then(Option::as_ref))
-            .map_or(LeaseState::Holds, |l| l.state(self.mono_ms(i)));
+        let state = if i == self.master_at && self.master_up() {
+            self.master_lease()
+        } else {
+            (self.leases.get(i).and_then(Option::as_ref))
+                .map_or(LeaseState::Holds, |l| l.state(self.mono_ms(i)))
+        };
         match (self.cfg.leases, state) {
             (Leases::Ignored, _) => LeaseState::Holds,
             (Leases::NeverLost, LeaseState::Lost(_)) => LeaseState::Lapsed { for_ms: 0 },

@@ -1,0 +1,394 @@
+//! The master role's succession, as `Node` runs it: every process runs the production
+//! [`QuorumElection`] on its own clock, keeps the master's state it hears ([`Standby`], the map
+//! and the dead of the last push), and follows whoever won; the winner builds its master with
+//! [`Master::successor`] and takes the role over ([`Master::take_over`]). The master's process
+//! crashes in the seeds that draw it ([`ClusterConfig::master_crash_at_tick`]).
+//!
+//! Checked every tick:
+//! - `one_master`: no two live processes hold the role in one term, and at most one process
+//!   holding it acts (a majority behind it) at any tick;
+//! - `settles_to_one_master`: after the master's crash a live successor holds the role and
+//!   acts within [`MASTER_SETTLE_BOUND_MS`] (simulated), the longest an election may take: the
+//!   silence, half of one for each member ahead in line, a lost candidacy's rest and the next.
+//!
+//! [`ClusterConfig::master_crash_at_tick`]: super::ClusterConfig::master_crash_at_tick
+
+use super::ClusterSim;
+use crate::Violation;
+use std::collections::BTreeSet;
+use zonescaler_server::cluster::election::{ElectionOut, ElectionView, MasterElection};
+use zonescaler_server::cluster::node::apply_standby;
+use zonescaler_server::cluster::{Balancer, LeaseState, Master};
+use zonescaler_server::core::space::Space;
+use zonescaler_shared::protocol::{ElectionMessage, LinkMessage, MasterNotice};
+use zonescaler_shared::{ShardId, limits};
+
+/// `settles_to_one_master`'s bound past the crash, in master silences: one for the silence, one
+/// and a half for the members that may stand ahead in line (up to three, half a silence each),
+/// and one and a half more for a candidacy that lost (a partition, a member that refused for
+/// newer state) and the rest before the next.
+pub const MASTER_SETTLE_SILENCES: u64 = 4;
+
+/// [`MASTER_SETTLE_SILENCES`] at the default master silence, plus a second for link delay and
+/// heartbeats (simulated).
+pub const MASTER_SETTLE_BOUND_MS: u64 =
+    MASTER_SETTLE_SILENCES * limits::MASTER_SILENCE_MS_DEFAULT + 1_000;
+
+impl ClusterSim {
+    /// Whether the process holding the master role is up (not crashed, not deposed).
+    pub(super) fn master_up(&self) -> bool {
+        !self.master_down
+    }
+
+    /// Whether the master acts now: up, with a majority behind it (`Node::master_acts`).
+    pub(super) fn master_acts(&self) -> bool {
+        self.master_up() && self.master.quorum(self.master_ms()).1
+    }
+
+    /// The master's own lease (`Node::lease`): its majority's promises.
+    pub(super) fn master_lease(&self) -> LeaseState {
+        if self.master_acts() {
+            LeaseState::Holds
+        } else {
+            LeaseState::Lapsed { for_ms: 0 }
+        }
+    }
+
+    /// The process the master role's holder crashes: it stops where it is, as any crash, and
+    /// nobody holds the role until a successor wins.
+    pub(super) fn crash_master(&mut self, tick: u64) {
+        let c = self.master_at;
+        tracing::info!(shard = c, tick, "sim: the master's process crashed");
+        self.take_down(c, tick);
+        self.departed.insert(c);
+        self.membership.crashes += 1;
+        self.membership.master_crashes += 1;
+        self.master_down = true;
+        self.master_crash = Some((c, tick));
+    }
+
+    /// Whether the members left after the master's crash can elect a successor: a majority of
+    /// the membership they know runs (with two shards, or one dead and not yet declared so, it
+    /// cannot, by design: the crash waits until it can).
+    pub(super) fn master_crash_survivable(&self) -> bool {
+        let members: Vec<usize> = (self.master.members().values())
+            .filter(|m| m.alive)
+            .map(|m| usize::from(m.info.id.0))
+            .collect();
+        let running = (members.iter())
+            .filter(|&&i| {
+                i != self.master_at && !self.departed.contains(&i) && !self.fenced.contains_key(&i)
+            })
+            .count();
+        let known = (self.live())
+            .filter(|&i| i != self.master_at)
+            .all(|i| self.members[i].len() == members.len());
+        known && running >= zonescaler_server::cluster::election::majority(members.len())
+    }
+
+    /// What process `p`'s election sees (`Node::election_view`): the members of the last push,
+    /// those it has a link to (a crashed member's link lingers until its idle timeout), and the
+    /// master's state and map it holds.
+    fn election_view(&self, p: usize) -> ElectionView {
+        let idle = self.cfg.ticks_in(limits::IDLE_TIMEOUT_MS);
+        let reachable: BTreeSet<ShardId> = (self.members[p].iter())
+            .map(|m| usize::from(m.id.0))
+            .filter(|&q| {
+                let gone = match self.crashed.get(&q) {
+                    Some((at, _)) => self.tick > at + idle,
+                    None => self.departed.contains(&q),
+                };
+                q == p || (self.linked(p, q) && !gone)
+            })
+            .map(|q| ShardId(q as u16))
+            .collect();
+        ElectionView {
+            members: self.members[p].iter().map(|m| m.id).collect(),
+            reachable,
+            version: self.standbys[p].version,
+            epoch: self.shards[p].world.resource::<Space>().map.epoch().0,
+        }
+    }
+
+    /// Every process that runs polls its election (`Node::poll_election`, every tick).
+    pub(super) fn poll_elections(&mut self) {
+        let running: Vec<usize> = self.live().collect();
+        for p in running {
+            let now = self.mono_ms(p);
+            let view = self.election_view(p);
+            let outs = self.elections[p].poll(now, &view);
+            self.election_outs(p, outs);
+        }
+    }
+
+    /// An election message from `from` reached `to`.
+    pub(super) fn election_message(&mut self, to: usize, from: usize, msg: ElectionMessage) {
+        let now = self.mono_ms(to);
+        let view = self.election_view(to);
+        let outs = self.elections[to].on_message(ShardId(from as u16), msg, now, &view);
+        self.election_outs(to, outs);
+    }
+
+    /// A heartbeat at `to` named `term`: a master deposed hears it here.
+    pub(super) fn heard_term(&mut self, to: usize, term: u64) {
+        let outs = self.elections[to].heard_term(term);
+        self.election_outs(to, outs);
+    }
+
+    /// A master's notice at `to` from `from`, which `to` does not follow: a master of a newer
+    /// term (its first state names it) is followed, as `Node` does; anything else is ignored.
+    /// Whether the notice is to be taken.
+    pub(super) fn from_another_master(
+        &mut self,
+        to: usize,
+        from: usize,
+        notice: &MasterNotice,
+    ) -> bool {
+        let MasterNotice::Standby(s) = notice else {
+            return false;
+        };
+        if s.term <= self.elections[to].term() {
+            return false;
+        }
+        self.election_message(to, from, ElectionMessage::Elected { term: s.term });
+        usize::from(self.elections[to].master().0) == from
+    }
+
+    /// A notice from the master `to` follows: leases renew its election's silence and confirm
+    /// its requests; the master's state is kept for a successor.
+    pub(super) fn master_state(&mut self, to: usize, notice: &MasterNotice) {
+        match notice {
+            MasterNotice::Lease { seq, .. } => {
+                let now = self.mono_ms(to);
+                self.elections[to].heard_master(now);
+                self.reports[to].answered(*seq);
+                let u = &mut self.unconfirmed[to];
+                while u.front().is_some_and(|(after, _)| after <= seq) {
+                    u.pop_front();
+                }
+            }
+            MasterNotice::Standby(s) => {
+                self.reports[to].standby();
+                apply_standby(
+                    &mut self.standbys[to],
+                    &mut self.standby_seats[to],
+                    (**s).clone(),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Carry out what an election step of process `p` asks (`Node::election_outs`).
+    fn election_outs(&mut self, p: usize, outs: Vec<ElectionOut>) {
+        for out in outs {
+            match out {
+                ElectionOut::Send(to, msg) => {
+                    if self.cfg.elections_delivered {
+                        self.link_send(p, usize::from(to.0), LinkMessage::Election(msg));
+                    }
+                }
+                ElectionOut::Won { term, from, voters } => {
+                    self.take_over(p, term, usize::from(from.0), &voters);
+                }
+                ElectionOut::Follow { master, term } => {
+                    tracing::info!(shard = p, master = master.0, term, "sim: following");
+                    self.membership.max_term = self.membership.max_term.max(term);
+                    self.reports[p].new_master();
+                    let to = usize::from(master.0);
+                    let resend: Vec<_> = self.unconfirmed[p].iter().map(|(_, r)| r.clone()).collect();
+                    for req in resend {
+                        self.link_send(p, to, LinkMessage::ToMaster(req));
+                    }
+                }
+                ElectionOut::Deposed { term } => {
+                    if p == self.master_at && self.master_up() {
+                        tracing::info!(shard = p, term, "sim: the master was deposed");
+                        self.master_down = true;
+                    }
+                    if self.live().any(|i| i == p) {
+                        self.lease_lost(p, self.tick, "deposed: another shard holds the role");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Process `p` won `term` with `voters`: it builds the master from the state it holds of
+    /// `old`'s (`Node::take_over`), fences `old` and gives its cells to its buddy.
+    fn take_over(&mut self, p: usize, term: u64, old: usize, voters: &[ShardId]) {
+        let tick = self.tick;
+        let now_ms = self.mono_ms(p);
+        if self.master_up() && self.master_at != p && self.master_acts() {
+            self.failure.get_or_insert((
+                "one_master",
+                format!(
+                    "shard {p} won term {term} while shard {} holds the role in term {} and acts",
+                    self.master_at,
+                    self.master.term()
+                ),
+            ));
+            return;
+        }
+        let map = self.shards[p].world.resource::<Space>().map.clone();
+        let built = Master::successor(
+            &map,
+            &self.members[p],
+            &self.held_dead[p],
+            &self.standbys[p],
+            &self.standby_seats[p],
+            ShardId(p as u16),
+            term,
+            voters,
+            now_ms,
+        );
+        let mut m = match built {
+            Ok(m) => m,
+            Err(e) => {
+                self.failure.get_or_insert((
+                    "settles_to_one_master",
+                    format!("shard {p} won term {term} but cannot rebuild the map: {e}"),
+                ));
+                return;
+            }
+        };
+        if self.cfg.balance {
+            match Balancer::new(&self.cfg.world) {
+                Ok(b) => m = m.with_balancer(b, self.cfg.world.balancer.round_ms),
+                Err(e) => {
+                    self.failure
+                        .get_or_insert(("settles_to_one_master", format!("balancer: {e}")));
+                    return;
+                }
+            }
+        }
+        m = (m.with_silence(self.cfg.world.cluster.shard_silence_ms))
+            .with_sent_on_wait(super::SENT_ON_WAIT_MS);
+        // The old master, if it still runs, stopped acting before anyone could win (its
+        // majority's promises ran out): it is deposed, and stops once it hears so.
+        let previous = self.master_at;
+        if self.master_up() && previous != p && self.live().any(|i| i == previous) {
+            self.master_down = true;
+            self.lease_lost(previous, tick, "deposed: a successor won");
+        }
+        tracing::info!(shard = p, term, old, tick, "sim: won the election, taking over");
+        let notices = m.take_over(ShardId(old as u16), now_ms);
+        self.master = m;
+        self.master_at = p;
+        self.master_down = false;
+        self.leases[p] = None;
+        self.reports[p].new_master();
+        // A successor starts every wait of the directory anew (`Master::take_over`): a quitter's
+        // seat with them.
+        for b in &mut self.bots {
+            if let Some(q) = b.quit.as_mut() {
+                q.waited = 0;
+            }
+        }
+        self.membership.takeovers += 1;
+        self.membership.max_term = self.membership.max_term.max(term);
+        if let Some((_, at)) = self.master_crash
+            && self.master_takeover.is_none()
+        {
+            self.master_takeover = Some(tick);
+            self.membership.master_failover_ms = self.ms_of(tick - at);
+        }
+        if let Some((_, verdict)) = self.crashed.get_mut(&old)
+            && verdict.is_none()
+        {
+            *verdict = Some(tick);
+        }
+        // Its own requests the old master may not have heard, answered here now.
+        for (_, req) in std::mem::take(&mut self.unconfirmed[p]) {
+            self.master_request(p, req);
+        }
+        self.record_map();
+        for (to, notice) in notices {
+            self.notify(usize::from(to.0), notice);
+        }
+        if self.cfg.forge_second_winner {
+            self.forge_winner(p, term);
+        }
+    }
+
+    /// Sabotage: another live member is told it won `term` itself.
+    fn forge_winner(&mut self, p: usize, term: u64) {
+        let Some(q) = self.live().find(|&q| q != p) else {
+            return;
+        };
+        let now = self.mono_ms(q);
+        let view = self.election_view(q);
+        let forged = ElectionMessage::Elected { term };
+        let _ = self.elections[q].on_message(ShardId(q as u16), forged, now, &view);
+    }
+
+    /// Simulated ms in `ticks`.
+    fn ms_of(&self, ticks: u64) -> u64 {
+        ticks * 1_000 / u64::from(self.cfg.world.simulation.tick_hz)
+    }
+
+    /// `one_master` and `settles_to_one_master` (see the module docs).
+    pub(super) fn check_masters(&mut self, tick: u64) -> Result<(), Violation> {
+        let fail = |invariant, detail| {
+            Err(Violation {
+                seed: self.cfg.seed,
+                tick,
+                invariant,
+                detail,
+            })
+        };
+        let mut holders: Vec<(usize, u64)> = (self.live())
+            .filter(|&p| usize::from(self.elections[p].master().0) == p)
+            .map(|p| (p, self.elections[p].term()))
+            .collect();
+        holders.sort_by_key(|(_, t)| *t);
+        if let Some(w) = holders.windows(2).find(|w| w[0].1 == w[1].1) {
+            return fail(
+                "one_master",
+                format!(
+                    "shards {} and {} both hold the master role in term {}",
+                    w[0].0, w[1].0, w[0].1
+                ),
+            );
+        }
+        if let Some((c, at)) = self.master_crash {
+            let bound = self.cfg.ticks_in(self.master_settle_bound_ms());
+            let settled = self.master_up() && self.master_at != c && self.master_acts();
+            let running: Vec<usize> = self.live().collect();
+            // A shard paused by its lapsed lease still runs its election: only partitions and
+            // dead links keep members from electing.
+            let linked = |a: usize, b: usize| {
+                let key = (a.min(b), a.max(b));
+                !self.partitions.contains_key(&key) && !self.dead_links.contains_key(&key)
+            };
+            let connected = (running.iter())
+                .all(|&a| running.iter().all(|&b| a >= b || linked(a, b)));
+            if self.master_takeover.is_none() && connected {
+                self.vacant_connected += 1;
+            }
+            if self.master_takeover.is_none() && !settled && self.vacant_connected > bound {
+                let terms: Vec<String> = (self.live())
+                    .map(|p| {
+                        let e = &self.elections[p];
+                        format!("{p}: term {} master {}", e.term(), e.master().0)
+                    })
+                    .collect();
+                return fail(
+                    "settles_to_one_master",
+                    format!(
+                        "the master (shard {c}) crashed at tick {at} and no successor holds the role {} ticks later, {} of them with every running shard linked to the others (bound {bound}); {}",
+                        tick - at,
+                        self.vacant_connected,
+                        terms.join(", ")
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `settles_to_one_master`'s bound at this run's master silence.
+    fn master_settle_bound_ms(&self) -> u64 {
+        MASTER_SETTLE_SILENCES * self.cfg.world.cluster.master_silence_ms + 1_000
+    }
+}
