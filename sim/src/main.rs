@@ -169,7 +169,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     let cfg = ClusterConfig::smoke(seed);
                     say(&format!(
                         "shards {}, late joiner dials in at tick {:?}, drain ordered at tick {:?}, crash at tick {:?}, master crash at tick {:?}",
-                        cfg.shards, cfg.join_at_tick, cfg.drain_at_tick, cfg.crash_at_tick, cfg.master_crash_at_tick
+                        cfg.shards,
+                        cfg.join_at_tick,
+                        cfg.drain_at_tick,
+                        cfg.crash_at_tick,
+                        cfg.master_crash_at_tick
                     ))?;
                 }
                 let flag = if args.cluster { " --cluster" } else { "" };

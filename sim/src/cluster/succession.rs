@@ -138,7 +138,7 @@ impl ClusterSim {
     /// A master's notice at `to` from `from`, which `to` does not follow: a master of a newer
     /// term (its first state names it) is followed, as `Node` does; anything else is ignored.
     /// Whether the notice is to be taken.
-    pub(super) fn from_another_master(
+    pub(super) fn follows_newer_master(
         &mut self,
         to: usize,
         from: usize,
@@ -196,7 +196,8 @@ impl ClusterSim {
                     self.membership.max_term = self.membership.max_term.max(term);
                     self.reports[p].new_master();
                     let to = usize::from(master.0);
-                    let resend: Vec<_> = self.unconfirmed[p].iter().map(|(_, r)| r.clone()).collect();
+                    let resend: Vec<_> =
+                        self.unconfirmed[p].iter().map(|(_, r)| r.clone()).collect();
                     for req in resend {
                         self.link_send(p, to, LinkMessage::ToMaster(req));
                     }
@@ -271,7 +272,13 @@ impl ClusterSim {
             self.master_down = true;
             self.lease_lost(previous, tick, "deposed: a successor won");
         }
-        tracing::info!(shard = p, term, old, tick, "sim: won the election, taking over");
+        tracing::info!(
+            shard = p,
+            term,
+            old,
+            tick,
+            "sim: won the election, taking over"
+        );
         let notices = m.take_over(ShardId(old as u16), now_ms);
         self.master = m;
         self.master_at = p;
@@ -361,8 +368,8 @@ impl ClusterSim {
                 let key = (a.min(b), a.max(b));
                 !self.partitions.contains_key(&key) && !self.dead_links.contains_key(&key)
             };
-            let connected = (running.iter())
-                .all(|&a| running.iter().all(|&b| a >= b || linked(a, b)));
+            let connected =
+                (running.iter()).all(|&a| running.iter().all(|&b| a >= b || linked(a, b)));
             if self.master_takeover.is_none() && connected {
                 self.vacant_connected += 1;
             }

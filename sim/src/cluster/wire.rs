@@ -391,14 +391,7 @@ impl ClusterSim {
             .dead_links
             .get(&(acceptor, dialer))
             .map_or(0, |d| d.failures);
-        tracing::info!(
-            a,
-            b,
-            lost,
-            broken_us,
-            tick = self.tick,
-            "sim: a link died"
-        );
+        tracing::info!(a, b, lost, broken_us, tick = self.tick, "sim: a link died");
         self.link_stats.deaths += 1;
         self.link_stats.frames_lost += lost as u64;
         self.dead_links.insert(
