@@ -2383,6 +2383,7 @@ impl ClusterSim {
     fn check_strays(&mut self, tick: u64, now: &[OwnedAt]) -> Result<(), Violation> {
         let margin = self.cfg.world.cluster.handoff_margin_m;
         let bound = self.cfg.stray_bound_ticks();
+        let acts = self.master_acts();
         let disturbed: BTreeSet<usize> = self
             .cut_pairs()
             .into_iter()
@@ -2397,7 +2398,9 @@ impl ClusterSim {
                 if !away || disturbed.contains(&o) || self.orphan_avatars.contains(id) {
                     continue;
                 }
-                let n = self.stray_for.get(id).copied().unwrap_or(0) + 1;
+                // A master without a majority (or no master) moves and flips nothing: its ticks
+                // do not count.
+                let n = self.stray_for.get(id).copied().unwrap_or(0) + u64::from(acts);
                 if n > bound {
                     return Err(Violation {
                         seed: self.cfg.seed,

@@ -72,10 +72,14 @@ fn one_master_fires_when_a_second_member_is_told_it_won_the_same_term() {
 /// never held (reports are kept until the master's state after the answer arrives); 716, a
 /// successor that was being drained drained itself and the cluster its master; 409, proxies a
 /// paused shard brought back from a dead master's last batches after the push that removed
-/// them; 71, a quitter's seat the successor held without the wait its predecessor had on it.
+/// them; 71, a quitter's seat the successor held without the wait its predecessor had on it;
+/// 5673, two members that stood at once, split the vote, and rested alike to split it again,
+/// forever; 6375, a source that brought back an entity from a dead shard without an adopter,
+/// which that shard had handed on (two owners); 1561, a seat on a drained shard a successor
+/// kept for good.
 #[test]
 fn seeds_found_failing_with_a_master_crash_pass() {
-    for seed in [219, 716, 409, 71] {
+    for seed in [219, 716, 409, 71, 5673, 6375, 1561] {
         assert!(
             ClusterConfig::smoke(seed).master_crash_at_tick.is_some(),
             "seed {seed} draws a master crash"

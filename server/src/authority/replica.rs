@@ -109,6 +109,14 @@ pub struct ReplicaOut {
     /// Batches and entity entries sent since start.
     pub batches: u64,
     pub entries: u64,
+    /// What this shard handed on (or despawned) lately, with the generation its next owner took
+    /// it at and when (kept [`TOMBSTONE_KEEP_MS`]): a new buddy gets them with its first
+    /// snapshot, so that, should this shard die, its adopter knows what it handed on before
+    /// that buddy streamed (a handoff source still waiting on it asks the adopter, which must
+    /// not send back what lives on elsewhere).
+    handed_on: HashMap<NetId, (u32, u64)>,
+    /// The next batch carries `handed_on` (the buddy changed).
+    tombstones_due: bool,
 }
 
 impl ReplicaOut {
@@ -337,7 +345,26 @@ pub fn send_replica(world: &mut World) {
     }
     let last_run = out.last_run.unwrap_or(ChangeTick::new(0));
     let mut upserts = collect_upserts(world, &mut out, tick, last_run, this_run, full);
-    let removes = collect_removes(world, &mut out, tick);
+    let mut removes = collect_removes(world, &mut out, tick);
+    let now_ms = world.resource::<TickClock>().now_ms;
+    out.handed_on
+        .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= TOMBSTONE_KEEP_MS);
+    for (id, next) in &removes {
+        if out.handed_on.len() < limits::ENTITIES_PER_SHARD_MAX || out.handed_on.contains_key(id) {
+            out.handed_on.insert(*id, (*next, now_ms));
+        }
+    }
+    if std::mem::take(&mut out.tombstones_due) {
+        // Not what is owned here again (an upsert and a remove of one entity in one batch
+        // would remove it), nor what this batch removes already.
+        let listed: std::collections::HashSet<NetId> = removes.iter().map(|(id, _)| *id).collect();
+        let mut old: Vec<(NetId, u32)> = (out.handed_on.iter())
+            .filter(|(id, _)| !out.sent.contains_key(id) && !listed.contains(id))
+            .map(|(id, (next, _))| (*id, *next))
+            .collect();
+        old.sort_unstable_by_key(|(id, _)| *id);
+        removes.extend(old);
+    }
     out.entries += (upserts.len() + removes.len()) as u64;
     let batches = split(tick, full, &mut upserts, removes);
     out.batches += batches.len() as u64;
@@ -390,6 +417,7 @@ fn choose_buddy(world: &mut World) {
         }
         out.buddy = buddy;
         out.needs_full = true;
+        out.tombstones_due = true;
         out.acked_tick = 0;
     }
 }
@@ -629,12 +657,19 @@ pub fn on_departed(
                 orphans_to(world, gone, *adopter, epoch);
                 ask_handed(world, gone, *adopter, epoch);
             }
-            // Dead with no one holding its replica: what it took from here comes back.
+            // Dead with no one holding its replica: what it had not taken yet comes back; what it
+            // took is lost with it, as everything it held is. Not brought back from the records
+            // here: nobody knows whether it handed an entity on before it died (a source that
+            // restored one the dead shard had handed on made two owners of it).
             Some(None) => {
                 resume_all(world, gone);
-                let records = world.resource_mut::<Handed>().take_for(gone);
-                for req in records {
-                    restore(world, req);
+                let lost = world.resource_mut::<Handed>().take_for(gone).len();
+                if lost > 0 {
+                    warn!(
+                        shard = gone.0,
+                        entities = lost,
+                        "a dead shard no one holds a replica of took entities from here: lost with it"
+                    );
                 }
             }
             // Drained: it took none of the open attempts, and handed on all it took.

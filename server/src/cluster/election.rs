@@ -161,9 +161,17 @@ impl QuorumElection {
             .filter(|id| **id < self.me && **id != self.master && view.members.contains(id))
             .count() as u64;
         let wait = self.silence_ms + rank * (self.silence_ms / 2);
+        // After a lost candidacy the members in line stand again half a silence apart by their
+        // place among all members (reachable or not): two that stood at once (each could not
+        // reach the other, so each was first in line) and split the vote would otherwise rest
+        // alike and split it again, forever.
+        let place = (view.members.iter())
+            .filter(|id| **id < self.me && **id != self.master)
+            .count() as u64;
+        let rest = self.silence_ms + place * (self.silence_ms / 2);
         let rested = self
             .lost_ms
-            .is_none_or(|at| now_ms.saturating_sub(at) >= self.silence_ms);
+            .is_none_or(|at| now_ms.saturating_sub(at) >= rest);
         self.silent_for(now_ms) >= wait && rested
     }
 
@@ -541,6 +549,44 @@ mod tests {
             assert_eq!(nodes[&ShardId(i)].master(), ShardId(1));
             assert_eq!(nodes[&ShardId(i)].term(), 1);
         }
+    }
+
+    #[test]
+    fn two_members_that_stood_at_once_and_split_the_vote_do_not_split_it_again() {
+        // Shards 1 and 2 survive the master of three; their link was down when the silence ran
+        // out, so each was first in line: both stand for term 1 and each refuses the other.
+        let mut nodes = cluster(3);
+        nodes.remove(&ShardId(0));
+        let all = [0, 1, 2];
+        let alone: BTreeMap<_, _> = [
+            (ShardId(1), view(&all, &[1])),
+            (ShardId(2), view(&all, &[2])),
+        ]
+        .into_iter()
+        .collect();
+        let q = poll_all(&mut nodes, SILENCE, &alone);
+        let done = run(&mut nodes, q, SILENCE, &alone, &BTreeSet::new());
+        assert!(
+            !done
+                .iter()
+                .any(|(_, o)| matches!(o, ElectionOut::Won { .. })),
+            "{done:?}"
+        );
+        // The link is back. The candidacies end unwon; shard 1 stands again first, alone, and
+        // wins with shard 2's vote.
+        let linked: BTreeMap<_, _> = [1, 2].map(|i| (ShardId(i), view(&all, &[1, 2]))).into();
+        let lost = SILENCE + SILENCE / 2;
+        assert!(poll_all(&mut nodes, lost, &linked).is_empty());
+        let again = lost + SILENCE;
+        let q = poll_all(&mut nodes, again, &linked);
+        assert!(q.iter().all(|(from, _)| *from == ShardId(1)), "{q:?}");
+        let done = run(&mut nodes, q, again, &linked, &BTreeSet::new());
+        assert!(
+            done.iter()
+                .any(|(id, o)| *id == ShardId(1) && matches!(o, ElectionOut::Won { .. })),
+            "{done:?}"
+        );
+        assert_eq!(nodes[&ShardId(2)].master(), ShardId(1));
     }
 
     #[test]

@@ -303,8 +303,12 @@ impl Master {
         let epoch = Epoch(map.epoch().0.saturating_add(TAKEOVER_EPOCH_GAP));
         m.map = Some(CellMap::from_leaves(grid, epoch, map.leaves().clone())?);
         m.dead = dead.iter().copied().collect();
+        // A seat on a shard that is no member any more (drained, or dead, while the state was on
+        // its way) seats nobody.
         for (name, shard) in seats {
-            m.seat(name, *shard);
+            if members.iter().any(|i| i.id == *shard) {
+                m.seat(name, *shard);
+            }
         }
         // Seats the old master waited on: freed unless their shard reports the player within
         // the wait, which `take_over` starts (once configured).

@@ -184,6 +184,7 @@ impl ClusterSim {
         for out in outs {
             match out {
                 ElectionOut::Send(to, msg) => {
+                    tracing::debug!(from = p, to = to.0, ?msg, tick = self.tick, "sim: election");
                     if self.cfg.elections_delivered {
                         self.link_send(p, usize::from(to.0), LinkMessage::Election(msg));
                     }
@@ -281,6 +282,7 @@ impl ClusterSim {
         );
         let notices = m.take_over(ShardId(old as u16), now_ms);
         self.master = m;
+        tracing::info!(old, adopter = ?self.master.adopter_of(ShardId(old as u16)), "sim: the successor's verdict on the old master");
         self.master_at = p;
         self.master_down = false;
         self.leases[p] = None;
