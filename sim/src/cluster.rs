@@ -615,10 +615,9 @@ pub struct ClusterSim {
     /// The master's crash: its process and tick, and the tick a successor took the role over.
     master_crash: Option<(usize, u64)>,
     master_takeover: Option<u64>,
-    /// Ticks on which the master did not act (no majority behind it, or the role vacant), and
-    /// their count when each shard was taken down (`failover_completes` does not count them).
-    idle_ticks: u64,
-    idle_at: BTreeMap<usize, u64>,
+    /// The latest ticks on which the master did not act (no majority behind it, or the role
+    /// vacant): `failover_completes` does not count them.
+    idle_log: VecDeque<u64>,
     /// Each process's own tick number when its member list last changed (a paused shard does
     /// not tick, and handles the change only once it does).
     members_at: Vec<u64>,
@@ -882,8 +881,7 @@ impl ClusterSim {
             reports: vec![PlayerReports::default(); bot_base],
             master_crash: None,
             master_takeover: None,
-            idle_ticks: 0,
-            idle_at: BTreeMap::new(),
+            idle_log: VecDeque::new(),
             members_at: vec![0; bot_base],
             vacant_connected: 0,
         };
@@ -975,7 +973,10 @@ impl ClusterSim {
         }
         self.poll_elections();
         if !self.master_acts() {
-            self.idle_ticks += 1;
+            if self.idle_log.len() >= 4_096 {
+                self.idle_log.pop_front();
+            }
+            self.idle_log.push_back(next_tick);
             tracing::debug!(tick = next_tick, "sim: the master does not act");
         }
         // The lease decides who simulates (`runtime`'s `lease_allows`): a lapsed one pauses the
@@ -1424,7 +1425,6 @@ impl ClusterSim {
             "sim: gone (crashed, lost its lease or fenced)"
         );
         self.crashed.insert(c, (tick, None));
-        self.idle_at.insert(c, self.idle_ticks);
         self.draining.remove(&c);
         self.membership.crash_entities_held += lost.len() as u64;
         self.membership.crash_bots_orphaned += orphaned;
@@ -1499,11 +1499,12 @@ impl ClusterSim {
                 }
                 continue;
             }
-            // Time the master spent without a majority since the crash (a dead link, a
-            // partition) does not count: it declares nobody dead then.
-            let idle_ms = self
-                .cfg
-                .ms_in(self.idle_ticks - self.idle_at.get(&c).copied().unwrap_or(0));
+            // Time the master spent without a majority since it last heard from the shard (a
+            // dead link, a partition, the role vacant) does not count: it declares nobody dead
+            // then.
+            let since = tick.saturating_sub(self.cfg.ticks_in(now_ms.saturating_sub(heard_ms)));
+            let idle = self.idle_log.iter().filter(|t| **t >= since).count() as u64;
+            let idle_ms = self.cfg.ms_in(idle);
             if now_ms.saturating_sub(heard_ms) > bound_ms + idle_ms {
                 let events: Vec<String> = (self.master.view().events.iter().rev().take(4))
                     .map(|e| format!("{}: {}", e.kind, e.text))
@@ -2396,6 +2397,14 @@ impl ClusterSim {
                 let away =
                     self.map.owner_at(*xz) != Some(me) && !self.boundary.owns_near(*xz, margin, me);
                 if !away || disturbed.contains(&o) || self.orphan_avatars.contains(id) {
+                    continue;
+                }
+                // Nothing is handed to a shard being drained: an entity that wanders into one of
+                // its leaves stays with its owner until the drain moves that leaf.
+                let draining = (self.map.owner_at(*xz))
+                    .and_then(|s| self.master.members().get(&s))
+                    .is_some_and(|m| m.draining);
+                if draining {
                     continue;
                 }
                 // A master without a majority (or no master) moves and flips nothing: its ticks
