@@ -76,10 +76,13 @@ fn one_master_fires_when_a_second_member_is_told_it_won_the_same_term() {
 /// 5673, two members that stood at once, split the vote, and rested alike to split it again,
 /// forever; 6375, a source that brought back an entity from a dead shard without an adopter,
 /// which that shard had handed on (two owners); 1561, a seat on a drained shard a successor
-/// kept for good.
+/// kept for good; 6586 and 6750, a cell move the old master ordered after its last state left,
+/// which its successor never aborted: the member kept it open for good, and an entity standing
+/// in its leaf was never handed to the leaf's owner (members now end their moves when the role
+/// changes hands).
 #[test]
 fn seeds_found_failing_with_a_master_crash_pass() {
-    for seed in [219, 716, 409, 71, 5673, 6375, 1561] {
+    for seed in [219, 716, 409, 71, 5673, 6375, 1561, 6586, 6750] {
         assert!(
             ClusterConfig::smoke(seed).master_crash_at_tick.is_some(),
             "seed {seed} draws a master crash"
