@@ -2253,12 +2253,9 @@ impl ClusterSim {
                     .cfg
                     .ticks_in(self.cfg.world.cluster.shard_silence_ms + self.cfg.failover_bound_ms);
             }
-            // Nobody gives it cells while the master role is vacant.
-            if let Some((_, at)) = self.master_crash
-                && at <= j.dialed_at + bound
-            {
-                bound += self.master_takeover.unwrap_or(tick).saturating_sub(at);
-            }
+            // Nobody gives it cells while the master acts on nothing (the role vacant, or its
+            // holder without a majority: a dead link, a partition).
+            bound += self.idle_log.iter().filter(|t| **t >= j.dialed_at).count() as u64;
             let drained = self.draining.contains_key(&j.id) || self.departed.contains(&j.id);
             let waited = tick.saturating_sub(j.dialed_at);
             if j.first_cell_at.is_none() && !drained && waited > bound {

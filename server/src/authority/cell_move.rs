@@ -71,6 +71,26 @@ impl CellMoves {
     }
 }
 
+/// Another shard holds the master role now (or this one took it): the cell moves under way on
+/// `app` end, as aborted. A successor aborts every move its predecessor ordered, but it knows
+/// only those in the last state it heard; one ordered after that would stay open here for good,
+/// and an entity standing in its leaf would never be handed to the leaf's owner. The moves ended.
+pub fn abort_moves(app: &mut crate::core::ShardApp) -> usize {
+    let open: Vec<(u64, CellId)> = {
+        let m = app.world.resource::<CellMoves>();
+        (m.outgoing.iter().chain(m.incoming.iter()))
+            .map(|(cell, peer)| (peer.id, *cell))
+            .collect()
+    };
+    for (id, cell) in &open {
+        app.push_master_notice(MasterNotice::MoveAborted {
+            id: *id,
+            cell: *cell,
+        });
+    }
+    open.len()
+}
+
 /// `Receive`, before the links: the master's new maps and move orders (other notices stay for
 /// the client layer). A map is taken only if it is newer than the one this shard has.
 pub fn on_space_notices(world: &mut World) {

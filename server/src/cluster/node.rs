@@ -343,7 +343,7 @@ impl Node {
                     );
                     // Its player reports the old one never answered go with the next heartbeat.
                     self.reports.new_master();
-                    app.abort_moves();
+                    crate::authority::cell_move::abort_moves(app);
                     let resend: Vec<MasterRequest> =
                         self.unconfirmed.iter().map(|(_, r)| r.clone()).collect();
                     for req in resend {
@@ -409,7 +409,7 @@ impl Node {
         let notices = m.take_over(old, now_ms);
         self.master = Some(m);
         self.reports.new_master();
-        app.abort_moves();
+        crate::authority::cell_move::abort_moves(app);
         self.lease = None;
         // Its own requests the old master may not have heard, answered here now.
         for (_, req) in std::mem::take(&mut self.unconfirmed) {

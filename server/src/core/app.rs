@@ -296,29 +296,6 @@ impl ShardApp {
         self.world.resource_mut::<MasterInbox>().0.push(notice);
     }
 
-    /// Another shard holds the master role now (or this one took it): the cell moves under way
-    /// here end, as aborted. A successor aborts every move its predecessor ordered, but it knows
-    /// only those in the last state it heard; one ordered after that would stay open here for
-    /// good, and an entity standing in its leaf would never be handed to the leaf's owner. The
-    /// moves ended.
-    pub fn abort_moves(&mut self) -> usize {
-        let open: Vec<(u64, zonescaler_shared::CellId)> = {
-            let m = self
-                .world
-                .resource::<crate::authority::cell_move::CellMoves>();
-            (m.outgoing.iter().chain(m.incoming.iter()))
-                .map(|(cell, peer)| (peer.id, *cell))
-                .collect()
-        };
-        for (id, cell) in &open {
-            self.push_master_notice(MasterNotice::MoveAborted {
-                id: *id,
-                cell: *cell,
-            });
-        }
-        open.len()
-    }
-
     /// Take the requests for the master the last tick made.
     pub fn drain_master_requests(&mut self) -> Vec<MasterRequest> {
         std::mem::take(&mut self.world.resource_mut::<MasterOutbox>().0)

@@ -196,7 +196,7 @@ impl ClusterSim {
                     tracing::info!(shard = p, master = master.0, term, "sim: following");
                     self.membership.max_term = self.membership.max_term.max(term);
                     self.reports[p].new_master();
-                    self.shards[p].abort_moves();
+                    zonescaler_server::authority::cell_move::abort_moves(&mut self.shards[p]);
                     let to = usize::from(master.0);
                     let resend: Vec<_> =
                         self.unconfirmed[p].iter().map(|(_, r)| r.clone()).collect();
@@ -288,7 +288,7 @@ impl ClusterSim {
         self.master_down = false;
         self.leases[p] = None;
         self.reports[p].new_master();
-        self.shards[p].abort_moves();
+        zonescaler_server::authority::cell_move::abort_moves(&mut self.shards[p]);
         // A successor starts every wait of the directory anew (`Master::take_over`): a quitter's
         // seat with them.
         for b in &mut self.bots {
