@@ -670,6 +670,9 @@ pub struct Membership {
     /// the ticks shards spent paused by a lapsed lease, and shards that stopped because they
     /// lost their lease.
     pub fenced: u64,
+    /// Fences a successor did not know of (they died with the master that declared them): the
+    /// shard is a member again.
+    pub unfenced: u64,
     pub lease_paused_ticks: u64,
     pub leases_lost: u64,
     /// Entities of a shard taken down while its link to its buddy was dead (or just back), which
@@ -2576,7 +2579,9 @@ impl ClusterSim {
     /// simulates again (its lease stopped it before the verdict, and it must stay stopped while
     /// its adopter owns what it owned); and it stops (`fenced_shard_stops`) within its lease,
     /// the silences a lapsed lease waits for an election (`lease::GIVE_UP_SILENCES`) and a
-    /// second of the verdict: told `Fenced` once the cut heals, or lost by silence.
+    /// second of the verdict: told `Fenced` once the cut heals, or lost by silence. A fence the
+    /// successor never heard of died with its master (`unfence_forgotten`): the shard is a
+    /// member again.
     fn check_fenced(&mut self, tick: u64) -> Result<(), Violation> {
         let silence_ms = self.cfg.world.cluster.shard_silence_ms;
         let lease_ms = limits::lease_ms_for(silence_ms);

@@ -233,8 +233,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
             l.frames_dropped
         ))?;
         say(&format!(
-            "leases: {} shards fenced while running, {} stopped on a lost lease, {} shard-ticks paused; {} entities lost with a replica stale from a dead or cut buddy link",
-            t.fenced, t.leases_lost, t.lease_paused_ticks, t.crash_entities_stale
+            "leases: {} shards fenced while running ({} of those fences died with their master), {} stopped on a lost lease, {} shard-ticks paused; {} entities lost with a replica stale from a dead or cut buddy link",
+            t.fenced, t.unfenced, t.leases_lost, t.lease_paused_ticks, t.crash_entities_stale
         ))?;
         say(&format!(
             "quitters: {quitters} bots quit mid-redirect, in {quit_seeds} seeds (each must leave the player directory)"
@@ -266,6 +266,7 @@ struct MembershipTally {
     max_term: u64,
     master_failover_ms_max: u64,
     fenced: u64,
+    unfenced: u64,
     leases_lost: u64,
     lease_paused_ticks: u64,
     crash_entities_stale: u64,
@@ -294,6 +295,7 @@ impl MembershipTally {
         self.max_term = self.max_term.max(m.max_term);
         self.master_failover_ms_max = self.master_failover_ms_max.max(m.master_failover_ms);
         self.fenced += m.fenced;
+        self.unfenced += m.unfenced;
         self.leases_lost += m.leases_lost;
         self.lease_paused_ticks += m.lease_paused_ticks;
         self.crash_entities_stale += m.crash_entities_stale;

@@ -90,3 +90,24 @@ fn seeds_found_failing_with_a_master_crash_pass() {
         run_cluster_seed(seed).unwrap_or_else(|v| panic!("{v}"));
     }
 }
+
+/// Seeds 4467 and 7134: a master fenced a shard cut off from it, and lost its own majority
+/// before the push naming the shard dead reached any other member (its links to them were dead).
+/// A successor elected by members that never heard of the fence, the fenced shard among them,
+/// holds it as a member, so it simulates its cells again: nobody adopted them (an adopter waits
+/// for every other live member's report on the dead shard, so it cannot have promoted them).
+#[test]
+fn a_fence_no_member_heard_of_dies_with_its_master() {
+    for seed in [4467, 7134] {
+        let o = (ClusterSim::new(ClusterConfig::smoke(seed))
+            .expect("forms")
+            .run())
+        .unwrap_or_else(|v| panic!("{v}"));
+        let m = o.membership;
+        assert!(m.fenced >= 1, "seed {seed} fences a shard");
+        assert!(
+            m.unfenced >= 1,
+            "seed {seed}: the fence died with its master"
+        );
+    }
+}

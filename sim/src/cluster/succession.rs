@@ -16,6 +16,7 @@
 use super::ClusterSim;
 use crate::Violation;
 use std::collections::BTreeSet;
+use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::cluster::election::{ElectionOut, ElectionView, MasterElection};
 use zonescaler_server::cluster::node::apply_standby;
 use zonescaler_server::cluster::{Balancer, LeaseState, Master};
@@ -287,6 +288,7 @@ impl ClusterSim {
         self.master_at = p;
         self.master_down = false;
         self.leases[p] = None;
+        self.unfence_forgotten(tick);
         self.reports[p].new_master();
         zonescaler_server::authority::cell_move::abort_moves(&mut self.shards[p]);
         // A successor starts every wait of the directory anew (`Master::take_over`): a quitter's
@@ -319,6 +321,47 @@ impl ClusterSim {
         }
         if self.cfg.forge_second_winner {
             self.forge_winner(p, term);
+        }
+    }
+
+    /// A fence the successor does not know of died with the master that declared it: the push
+    /// that named the shard dead reached no member that the successor heard from (an adopter
+    /// promotes only once every other live member reported on the dead shard, so each of them
+    /// holds that push, and any majority that elects a successor counts one of them). The shard
+    /// is a member again under the new master, and simulates its cells again once it follows
+    /// it. That is a violation only if its cells were promoted somewhere: then two shards own
+    /// them.
+    fn unfence_forgotten(&mut self, tick: u64) {
+        let forgotten: Vec<(usize, u64)> = (self.fenced.iter())
+            .filter(|(c, _)| (self.master.members()).contains_key(&ShardId(**c as u16)))
+            .map(|(c, v)| (*c, *v))
+            .collect();
+        for (c, verdict) in forgotten {
+            let adopters: Vec<usize> = (self.live())
+                .filter(|&i| {
+                    (self.shards[i].world.resource::<Replicas>()).adopted(ShardId(c as u16))
+                })
+                .collect();
+            if !adopters.is_empty() {
+                self.failure.get_or_insert((
+                    "single_authority",
+                    format!(
+                        "shard {c}, fenced at tick {verdict}, is a member again under the successor, but shard(s) {adopters:?} adopted its cells"
+                    ),
+                ));
+                continue;
+            }
+            tracing::info!(
+                shard = c,
+                verdict,
+                tick,
+                "sim: the fence died with the master that declared it: a member again"
+            );
+            self.fenced.remove(&c);
+            self.crashed.remove(&c);
+            self.crash_limbo.retain(|_, s| *s != c);
+            self.stale_replica.remove(&c);
+            self.membership.unfenced += 1;
         }
     }
 
