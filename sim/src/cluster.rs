@@ -133,8 +133,8 @@ use zonescaler_server::authority::replica::Replicas;
 use zonescaler_server::client::{Clients, LoginPolicy};
 use zonescaler_server::cluster::LeaseState;
 use zonescaler_server::cluster::election::{MasterElection, QuorumElection};
-use zonescaler_server::cluster::node::UNCONFIRMED_REQUESTS_MAX;
 use zonescaler_server::cluster::reports::PlayerReports;
+use zonescaler_server::cluster::requests::UnconfirmedRequests;
 use zonescaler_server::cluster::session::Sessions;
 use zonescaler_server::cluster::{Balancer, FormAction, FormEvent, Formed, Forming, Master};
 use zonescaler_server::core::boundary::BoundaryIndex;
@@ -609,7 +609,7 @@ pub struct ClusterSim {
     standbys: Vec<Standby>,
     standby_seats: Vec<BTreeMap<String, ShardId>>,
     held_dead: Vec<Vec<(ShardId, Option<ShardId>)>>,
-    unconfirmed: Vec<VecDeque<(u64, MasterRequest)>>,
+    unconfirmed: Vec<UnconfirmedRequests>,
     /// Each process's player reports the master has not answered (`Node`'s).
     reports: Vec<PlayerReports>,
     /// The master's crash: its process and tick, and the tick a successor took the role over.
@@ -880,7 +880,7 @@ impl ClusterSim {
             standbys: vec![Standby::default(); bot_base],
             standby_seats: vec![BTreeMap::new(); bot_base],
             held_dead: vec![Vec::new(); bot_base],
-            unconfirmed: vec![VecDeque::new(); bot_base],
+            unconfirmed: vec![UnconfirmedRequests::default(); bot_base],
             reports: vec![PlayerReports::default(); bot_base],
             master_crash: None,
             master_takeover: None,
@@ -1770,11 +1770,7 @@ impl ClusterSim {
         let to = usize::from(self.elections[from].master().0);
         if to != from {
             let after = self.leases[from].as_ref().map_or(0, Lease::next_seq);
-            let u = &mut self.unconfirmed[from];
-            if u.len() >= UNCONFIRMED_REQUESTS_MAX {
-                u.pop_front();
-            }
-            u.push_back((after, req.clone()));
+            self.unconfirmed[from].sent(after, req.clone());
         }
         self.send_to_master(from, LinkMessage::ToMaster(req));
     }
@@ -1846,6 +1842,7 @@ impl ClusterSim {
                 if let MasterNotice::Map(push) = &notice {
                     self.observe(to, push);
                 }
+                self.master_state(to, &notice);
                 self.shards[to].push_master_notice(notice);
             }
             _ => {}

@@ -11,6 +11,8 @@
 //!   falls silent, behind one small interface ([`MasterElection`]).
 //! - [`lease`]: a shard's ownership lease, renewed by the master's answers to its heartbeats.
 //! - [`load`]: a shard's load over one report window, from readings its driver hands in.
+//! - [`requests`], [`reports`]: what a member keeps for a successor until the master surely
+//!   heard it.
 //! - [`audit`]: the master's cluster-wide audit of who owns every entity, from the shards'
 //!   ownership reports.
 //! - [`balancer`]: the pure, deterministic policy that plans cell moves, splits and merges from
@@ -27,6 +29,7 @@ pub mod master;
 pub mod moves;
 pub mod node;
 pub mod reports;
+pub mod requests;
 pub mod session;
 
 pub use audit::{Audit, AuditSummary, Auditor};

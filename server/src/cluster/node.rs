@@ -19,6 +19,7 @@ use super::forming::Formed;
 use super::lease::{Lease, LeaseState, LostWhy};
 use super::master::Master;
 use super::reports::PlayerReports;
+use super::requests::UnconfirmedRequests;
 use super::session::{Arrival, Sessions};
 use crate::core::ShardApp;
 use bytes::Bytes;
@@ -106,15 +107,12 @@ pub struct Node {
     /// Requests sent to the master that it may not have heard: each with the heartbeat sent
     /// after it. The master's answer to that heartbeat says it heard the request (one ordered
     /// session); until then, should the master die, the request goes to its successor.
-    unconfirmed: std::collections::VecDeque<(u64, MasterRequest)>,
+    unconfirmed: UnconfirmedRequests,
     /// Ownership reports sent since start (each numbers its parts).
     audits_sent: u64,
     /// Player reports of heartbeats the master has not answered: a successor gets them.
     reports: PlayerReports,
 }
-
-/// Requests to the master kept until it has surely heard them ([`Node::to_master`]).
-pub const UNCONFIRMED_REQUESTS_MAX: usize = 4_096;
 
 /// Why a master refuses a late joiner while it has no majority behind it (the joiner tries
 /// again: the majority may come back, or a successor be elected).
@@ -221,7 +219,7 @@ impl Node {
             settings: None,
             role_changes: Vec::new(),
             deposed: false,
-            unconfirmed: std::collections::VecDeque::new(),
+            unconfirmed: UnconfirmedRequests::default(),
             audits_sent: 0,
             reports: PlayerReports::default(),
         }
@@ -344,9 +342,7 @@ impl Node {
                     // Its player reports the old one never answered go with the next heartbeat.
                     self.reports.new_master();
                     crate::authority::cell_move::abort_moves(app);
-                    let resend: Vec<MasterRequest> =
-                        self.unconfirmed.iter().map(|(_, r)| r.clone()).collect();
-                    for req in resend {
+                    for req in self.unconfirmed.pending() {
                         self.send(master, &LinkMessage::ToMaster(req));
                     }
                     self.role_changes.push(RoleChange {
@@ -412,7 +408,7 @@ impl Node {
         crate::authority::cell_move::abort_moves(app);
         self.lease = None;
         // Its own requests the old master may not have heard, answered here now.
-        for (_, req) in std::mem::take(&mut self.unconfirmed) {
+        for req in self.unconfirmed.take() {
             self.master_request(app, self.me, req, now_ms);
         }
         self.role_changes.push(RoleChange {
@@ -832,10 +828,7 @@ impl Node {
                 let master = self.master_id();
                 self.send(master, &LinkMessage::ToMaster(req.clone()));
                 let after = self.lease.as_ref().map_or(0, Lease::next_seq);
-                if self.unconfirmed.len() >= UNCONFIRMED_REQUESTS_MAX {
-                    self.unconfirmed.pop_front();
-                }
-                self.unconfirmed.push_back((after, req));
+                self.unconfirmed.sent(after, req);
             }
         }
     }
@@ -1052,13 +1045,7 @@ impl Node {
                 self.election.heard_master(now_ms);
                 self.lease_seq = self.lease_seq.max(seq);
                 self.reports.answered(seq);
-                while self
-                    .unconfirmed
-                    .front()
-                    .is_some_and(|(after, _)| *after <= seq)
-                {
-                    self.unconfirmed.pop_front();
-                }
+                self.unconfirmed.confirmed(seq);
                 if let Some(l) = self.lease.as_mut() {
                     l.answered(seq, u64::from(lease_ms));
                 }
@@ -1075,6 +1062,7 @@ impl Node {
             }
             notice => {
                 self.observe(&notice);
+                self.unconfirmed.answered(&notice);
                 app.push_master_notice(notice);
             }
         }

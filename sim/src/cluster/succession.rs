@@ -163,10 +163,7 @@ impl ClusterSim {
                 let now = self.mono_ms(to);
                 self.elections[to].heard_master(now);
                 self.reports[to].answered(*seq);
-                let u = &mut self.unconfirmed[to];
-                while u.front().is_some_and(|(after, _)| after <= seq) {
-                    u.pop_front();
-                }
+                self.unconfirmed[to].confirmed(*seq);
             }
             MasterNotice::Standby(s) => {
                 self.reports[to].standby();
@@ -176,7 +173,7 @@ impl ClusterSim {
                     (**s).clone(),
                 );
             }
-            _ => {}
+            notice => self.unconfirmed[to].answered(notice),
         }
     }
 
@@ -199,9 +196,7 @@ impl ClusterSim {
                     self.reports[p].new_master();
                     zonescaler_server::authority::cell_move::abort_moves(&mut self.shards[p]);
                     let to = usize::from(master.0);
-                    let resend: Vec<_> =
-                        self.unconfirmed[p].iter().map(|(_, r)| r.clone()).collect();
-                    for req in resend {
+                    for req in self.unconfirmed[p].pending() {
                         self.link_send(p, to, LinkMessage::ToMaster(req));
                     }
                 }
@@ -312,7 +307,7 @@ impl ClusterSim {
             *verdict = Some(tick);
         }
         // Its own requests the old master may not have heard, answered here now.
-        for (_, req) in std::mem::take(&mut self.unconfirmed[p]) {
+        for req in self.unconfirmed[p].take() {
             self.master_request(p, req);
         }
         self.record_map();
