@@ -81,10 +81,13 @@ fn one_master_fires_when_a_second_member_is_told_it_won_the_same_term() {
 /// in its leaf was never handed to the leaf's owner (members now end their moves when the role
 /// changes hands); 4082, a login claim the old master had granted, sent again to the successor
 /// because no heartbeat answer confirmed it: the successor took the player's own session over
-/// and its avatar went (a claim answered in full is no longer kept for a successor).
+/// and its avatar went (a claim answered in full is no longer kept for a successor); 2109, a
+/// login granted on one shard arrived on another and quit after it was sent on: the state for
+/// successors named the login's stale wait instead of the seat's, and the successor kept the
+/// seat for good.
 #[test]
 fn seeds_found_failing_with_a_master_crash_pass() {
-    for seed in [219, 716, 409, 71, 5673, 6375, 1561, 6586, 6750, 4082] {
+    for seed in [219, 716, 409, 71, 5673, 6375, 1561, 6586, 6750, 4082, 2109] {
         assert!(
             ClusterConfig::smoke(seed).master_crash_at_tick.is_some(),
             "seed {seed} draws a master crash"

@@ -489,9 +489,12 @@ impl Master {
                 .map(|m| (m.id, m.cell, m.from, m.to))
                 .collect(),
             next_id: self.next_id,
+            // Only waits on the seat the directory holds: a successor waits on nothing else.
             pending: (self.sent_on.iter())
-                .map(|(name, (shard, _))| (name.clone(), *shard))
-                .chain((self.unconfirmed.iter()).map(|(name, u)| (name.clone(), u.shard)))
+                .map(|(name, (shard, _))| (name, *shard))
+                .chain((self.unconfirmed.iter()).map(|(name, u)| (name, u.shard)))
+                .filter(|(name, shard)| self.players.get(*name) == Some(shard))
+                .map(|(name, shard)| (name.clone(), shard))
                 .collect::<BTreeMap<String, ShardId>>()
                 .into_iter()
                 .take(STANDBY_PENDING_MAX)
@@ -882,12 +885,13 @@ impl Master {
                 self.sent_on.insert(name.clone(), (from, until));
             }
         }
+        // An arrival anywhere ends the login's wait: the player is seated where it plays (a
+        // wait left on the shard the login was granted would name a seat it no longer has, and
+        // a successor would take it for the seat's own: seed 2109).
         for name in &load.players_arrived {
             self.sent_on.remove(name);
             self.seat(name, from);
-            if self.unconfirmed.get(name).is_some_and(|u| u.shard == from) {
-                self.unconfirmed.remove(name);
-            }
+            self.unconfirmed.remove(name);
         }
         if let Some(m) = self.members.get_mut(&from) {
             m.linked = true;
@@ -2450,6 +2454,34 @@ mod tests {
             "p2's seat came back"
         );
         assert_eq!(m.player("p2"), None);
+    }
+
+    /// Seed 2109: a login granted on one shard arrived on the other, was sent on from there, and
+    /// quit. The login's wait on the first shard stayed, and the state for successors named it
+    /// instead of the wait on the seat: a successor kept the seat for good.
+    #[test]
+    fn a_login_that_arrives_on_another_shard_ends_its_wait_and_successors_wait_on_its_seat() {
+        let mut m = placed_pair(DuplicateLogin::Refuse);
+        claim(&mut m, 0, "p1", 1);
+        let granted = m.player("p1").expect("seated");
+        let other = ShardId(1 - granted.0);
+        m.heartbeat(other, arriving(&["p1"]), 10);
+        m.heartbeat(other, sent_on(&["p1"]), 20);
+        let pending: Vec<Vec<(String, ShardId)>> = (m.standby().into_iter())
+            .filter_map(|(_, n)| match n {
+                MasterNotice::Standby(s) => Some(s.pending),
+                _ => None,
+            })
+            .collect();
+        assert!(!pending.is_empty(), "the other member gets the state");
+        for p in pending {
+            assert_eq!(p, vec![("p1".to_string(), other)], "the wait on its seat");
+        }
+        // Its seat is freed by the wait of the shard that sent it on, not kept for the login.
+        assert!(m.admit(20 + limits::REDIRECT_WAIT_MS - 1).is_empty());
+        assert_eq!(m.player("p1"), Some(other));
+        m.admit(20 + limits::REDIRECT_WAIT_MS.max(limits::ADMISSION_ARRIVAL_WAIT_MS));
+        assert_eq!(m.player("p1"), None);
     }
 
     #[test]
