@@ -167,3 +167,32 @@ fn regression_cluster_seed_1881_an_inherited_attempt_retargeted_to_the_adopter_o
     assert_eq!(o.membership.crashes, 1, "{:?}", o.membership);
     assert_eq!(o.membership.fenced, 1, "{:?}", o.membership);
 }
+
+/// Seed 2706: shard 1 offered an avatar to shard 2 and crashed; shard 2, cut off from the master,
+/// took it, streamed it to its buddy, shard 3, and was fenced. Shard 3 promoted it from shard 2's
+/// replica; then shard 0, adopting shard 1, found it frozen in shard 1's attempt to shard 2,
+/// which was no member any more, and simulated it too: two owners. An adopter now asks the dead
+/// target's adopter (`Orphan`), which answers from the target's replica, as it does for any
+/// source's attempt to that shard.
+#[test]
+fn regression_cluster_seed_2706_a_dead_sources_attempt_to_a_target_that_died_too() {
+    let cfg = ClusterConfig::smoke(2706);
+    assert!(cfg.crash_at_tick.is_some() && cfg.long_cut.is_some());
+    let o = run_cluster_seed(2706).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(o.membership.crashes, 1, "{:?}", o.membership);
+    assert_eq!(o.membership.fenced, 1, "{:?}", o.membership);
+}
+
+/// Seed 4079: shard 1 handed an entity to shard 2, which handed it on to shard 3; shard 1 kept
+/// a fresh proxy of it from shard 3. When shard 2 was fenced, shard 1 asked its adopter, shard 3,
+/// about its record of that handoff; shard 3 acknowledged and recorded shard 1's proxy as mirrored
+/// at the record's older generation, so the remove it sent when the entity left shard 1's border
+/// named that generation and left the newer proxy there for good. The adopter now records it at
+/// the generation the entity is owned at there (its components sent again with the next refresh).
+#[test]
+fn regression_cluster_seed_4079_an_answered_record_keeps_the_proxy_generation() {
+    let cfg = ClusterConfig::smoke(4079);
+    assert!(cfg.long_cut.is_some());
+    let o = run_cluster_seed(4079).unwrap_or_else(|v| panic!("{v}"));
+    assert_eq!(o.membership.fenced, 1, "{:?}", o.membership);
+}

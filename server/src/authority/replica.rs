@@ -969,19 +969,25 @@ fn answer_orphan(world: &mut World, from: ShardId, dead: ShardId, id: NetId, gen
         .get(&dead)
         .and_then(|(_, t)| t.get(&id))
         .is_some_and(|(next, _)| *next >= generation);
-    let owned_here = world
-        .resource::<NetIndex>()
-        .0
-        .get(&id)
-        .is_some_and(|e| world.get::<Proxy>(*e).is_none());
+    let owned_here = (world.resource::<NetIndex>().0.get(&id).copied())
+        .filter(|e| world.get::<Proxy>(*e).is_none());
     if moved_on || handoff::held_at_or_after(world, id, generation) {
         handoff::send(world, from, &ShardMessage::HandoffAck { id, generation });
-        // The ack leaves `from` a proxy of this shard's at `generation`: owned here, the next
-        // mirror pass refreshes it or removes it; owned elsewhere (or gone), it goes now.
-        if owned_here {
+        // The ack leaves `from` a proxy of this shard's at `generation` (an open attempt it
+        // releases), or `from` holds one already, from this shard's mirroring, at the entity's
+        // generation here (a record of a handoff long taken, the entity handed on since). Owned
+        // here, the next mirror pass refreshes it (components too) or removes it, at the
+        // generation it is owned at here: a remove at the older `generation` would leave a
+        // newer proxy there for good. Owned elsewhere (or gone), it goes now.
+        if let Some(e) = owned_here {
+            let current = world
+                .get::<Generation>(e)
+                .map_or(0, |g| g.0)
+                .max(generation);
+            let rev = (world.get::<ReplicatedComponents>(e)).map_or(0, |c| c.rev.wrapping_add(1));
             world
                 .resource_mut::<Mirrors>()
-                .assume_sent(from, id, QPos::default(), 0, generation);
+                .assume_sent(from, id, QPos::default(), rev, current);
         } else {
             let epoch = world.resource::<Space>().map.epoch().0;
             let batch = ProxyBatch {
@@ -1110,7 +1116,10 @@ fn restore_own_handed(
 /// its target is asked about. False if this shard holds it already at that generation or later.
 fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
     let me = world.resource::<Space>().me;
-    let members = world.resource::<Membership>().members.clone();
+    let (members, dead) = {
+        let m = world.resource::<Membership>();
+        (m.members.clone(), m.dead.clone())
+    };
     let existing = world.resource::<NetIndex>().0.get(&r.id).copied();
     if let Some(e) = existing {
         // Held here at that generation or later (taken from the dead shard, or mirrored by an
@@ -1122,7 +1131,43 @@ fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
             return false;
         }
     }
-    let transit = r.transit.filter(|(to, _)| members.contains(to));
+    // The dead shard was handing it to a member that died too, and that another member
+    // adopted: that adopter decides, from the target's replica, as for any source's orphan
+    // (the target may have taken it, and its adopter promoted it: owned here as well, it had
+    // two owners). Adopted here, this shard's own world decides (it holds it at that number or
+    // later, or the target handed it on: not promoted). Dead with no adopter: what the target
+    // took is lost with it, so the replica's copy is the only one. An adopter that died too:
+    // its own adopter decides, for it.
+    let live_adopter = |mut gone: ShardId| {
+        for _ in 0..limits::SHARDS_MAX {
+            match dead.get(&gone).copied().flatten() {
+                Some(a) if members.contains(&a) => return Some((gone, a)),
+                Some(a) if a != gone => gone = a,
+                _ => return None,
+            }
+        }
+        None
+    };
+    let mut orphan_of = None;
+    let transit = match r.transit {
+        Some((to, g)) if !members.contains(&to) => match live_adopter(to) {
+            Some((gone, adopter)) if adopter != me => {
+                orphan_of = Some(gone);
+                Some((adopter, g))
+            }
+            Some((gone, _)) => {
+                let moved_on = (world.resource::<Replicas>().adopted.get(&gone))
+                    .and_then(|(_, t)| t.get(&r.id))
+                    .is_some_and(|(next, _)| *next >= g);
+                if moved_on || handoff::held_at_or_after(world, r.id, g) {
+                    return false;
+                }
+                None
+            }
+            _ => None,
+        },
+        t => t,
+    };
     if let Some((to, g)) = transit
         && to == me
     {
@@ -1172,11 +1217,16 @@ fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
                 .resource_mut::<Handoffs>()
                 .0
                 .inherit(now_ms, id, to, g);
-            handoff::send(
-                world,
-                to,
-                &ShardMessage::HandoffCancel { id, generation: g },
-            );
+            let msg = match orphan_of {
+                Some(dead) => ShardMessage::Orphan {
+                    dead,
+                    epoch: world.resource::<Space>().map.epoch().0,
+                    id,
+                    generation: g,
+                },
+                None => ShardMessage::HandoffCancel { id, generation: g },
+            };
+            handoff::send(world, to, &msg);
         }
         None => {
             world.entity_mut(e).insert(Owned);
