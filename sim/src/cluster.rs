@@ -1067,6 +1067,7 @@ impl ClusterSim {
         }
         self.fenced.remove(&i);
         self.departed.insert(i);
+        self.drop_held_frames(i);
     }
 
     /// The long cut ([`ClusterConfig::long_cut`]): a random shard other than the master's that
@@ -1379,6 +1380,7 @@ impl ClusterSim {
         let c = candidates[pick.below(candidates.len() as u64) as usize];
         self.take_down(c, tick);
         self.departed.insert(c);
+        self.drop_held_frames(c);
         self.membership.crashes += 1;
     }
 

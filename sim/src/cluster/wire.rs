@@ -14,8 +14,9 @@
 //!
 //! **Message loss on links.** A QUIC stream never loses a message while its link lives (the
 //! simulated network keeps link messages reliable and ordered, and a partition only delays
-//! them); a link that dies (its idle timeout ran out over a cut, a stream error, a `too_slow`
-//! close) loses everything in flight on it, both ways. That is the loss simulated: a dead link
+//! them while their sender runs: a process that stops takes with it what a cut holds of its
+//! frames, as nobody is left to send them again); a link that dies (its idle timeout ran out
+//! over a cut, a stream error, a `too_slow` close) loses everything in flight on it, both ways. That is the loss simulated: a dead link
 //! drops its in-flight frames ([`MemNetwork::drop_between`]), both ends keep what they send
 //! meanwhile, and dials fail while the cause lasts (up to 1.5 s).
 //!
@@ -378,6 +379,33 @@ impl ClusterSim {
             self.kill_link(live[a], live[b], broken_us);
         }
         self.poll_redials();
+    }
+
+    /// Process `c` stopped (crashed, or gave up on a lost lease): what it sent that a partition
+    /// holds is lost. A partition only delays link messages because QUIC sends them again until
+    /// they arrive; a process that is gone sends nothing again, so its frames held across a cut
+    /// must not arrive once the cut heals (a crashed master's lease answer, arriving seconds
+    /// after its crash, made a member that heard it refuse every candidate for another silence).
+    pub(super) fn drop_held_frames(&mut self, c: usize) {
+        let cut: Vec<usize> = (self.partitions.keys())
+            .filter_map(|&(a, b)| match (a == c, b == c) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect();
+        for other in cut {
+            let lost =
+                (self.net).drop_between(c as u32, other as u32, |p| matches!(p, Packet::Frame(_)));
+            if lost > 0 {
+                tracing::info!(
+                    shard = c,
+                    other,
+                    lost,
+                    "sim: frames held by a cut died with their sender"
+                );
+            }
+        }
     }
 
     /// The link between `a` and `b` dies: what is in flight on it is lost both ways.
