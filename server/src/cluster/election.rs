@@ -11,7 +11,10 @@
 //! heard the master (its answers to heartbeats, [`MasterElection::heard_master`]) for the
 //! silence (`[cluster] shard_silence_ms`) may stand for the next term: the first in line is the
 //! lowest-id member it can reach, the others stand half a silence later each, in id order, should
-//! the first not win. A member grants one vote per term, and only
+//! the first not win. A member that hears the candidacy of one ahead of it (newer state, or the
+//! same and a lower id) lets that one stand alone next time, once per candidate and vacancy, so
+//! that two candidates split by a vote do not stand together again. A member grants one vote per
+//! term, and only
 //! - to a term newer than the one it follows,
 //! - while it has not heard its master for the silence itself (a member that still hears a live
 //!   master never helps depose it),
@@ -127,6 +130,12 @@ pub struct QuorumElection {
     /// master last at slightly different times): answered once it has, unless the master is heard
     /// again first.
     deferred: Option<(ShardId, ElectionMessage)>,
+    /// A candidate ahead of this member (newer state, or the same and a lower id) stood: this
+    /// member does not stand before then, so that the candidate's next try is not split.
+    yield_until_ms: u64,
+    /// The candidates this member yielded to since it last heard a master: once each, so that
+    /// one that can never win (it reaches no majority) does not keep this member from standing.
+    yielded_to: BTreeSet<ShardId>,
 }
 
 impl QuorumElection {
@@ -143,7 +152,42 @@ impl QuorumElection {
             lost_ms: None,
             seen_term: 0,
             deferred: None,
+            yield_until_ms: 0,
+            yielded_to: BTreeSet::new(),
         }
+    }
+
+    /// Half a silence for each member (not the master) with an id below `id` in `view`: a
+    /// member's place in line.
+    fn place(&self, id: ShardId, view: &ElectionView) -> u64 {
+        (view.members.iter())
+            .filter(|m| **m < id && **m != self.master)
+            .count() as u64
+    }
+
+    /// A candidacy of `from`'s holding `version` and `epoch`: if it is ahead of this member (the
+    /// successor is the lowest id holding the newest state), this member lets it stand alone
+    /// next time. Two members whose rests after a split vote end together would otherwise
+    /// stand together again, each refusing the other, for as long as both run (seed 2429: a
+    /// member that missed the master's last state and one that had it).
+    fn yield_to(
+        &mut self,
+        from: ShardId,
+        version: u64,
+        epoch: u64,
+        now_ms: u64,
+        view: &ElectionView,
+    ) {
+        let ahead = (version, epoch) > (view.version, view.epoch)
+            || ((version, epoch) == (view.version, view.epoch) && from < self.me);
+        if !ahead || from == self.me || !self.yielded_to.insert(from) {
+            return;
+        }
+        // Its candidacy (half a silence), its rest after a loss (`may_stand`), and half a
+        // silence for the messages.
+        let half = self.silence_ms / 2;
+        let until = now_ms + half + self.silence_ms + self.place(from, view) * half + half;
+        self.yield_until_ms = self.yield_until_ms.max(until);
     }
 
     fn silent_for(&self, now_ms: u64) -> u64 {
@@ -151,8 +195,9 @@ impl QuorumElection {
     }
 
     /// Whether this member may stand now: the master silent for the silence, plus half a silence
-    /// for each reachable member with a smaller id (the first in line stands first), and a
-    /// silence after a candidacy of its own that failed.
+    /// for each reachable member with a smaller id (the first in line stands first), a silence
+    /// after a candidacy of its own that failed, and not while it yields to a candidate ahead of
+    /// it.
     fn may_stand(&self, now_ms: u64, view: &ElectionView) -> bool {
         if self.master == self.me || self.standing.is_some() {
             return false;
@@ -165,14 +210,11 @@ impl QuorumElection {
         // place among all members (reachable or not): two that stood at once (each could not
         // reach the other, so each was first in line) and split the vote would otherwise rest
         // alike and split it again, forever.
-        let place = (view.members.iter())
-            .filter(|id| **id < self.me && **id != self.master)
-            .count() as u64;
-        let rest = self.silence_ms + place * (self.silence_ms / 2);
+        let rest = self.silence_ms + self.place(self.me, view) * (self.silence_ms / 2);
         let rested = self
             .lost_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= rest);
-        self.silent_for(now_ms) >= wait && rested
+        self.silent_for(now_ms) >= wait && rested && now_ms >= self.yield_until_ms
     }
 
     fn stand(&mut self, now_ms: u64, view: &ElectionView) -> Vec<ElectionOut> {
@@ -276,6 +318,7 @@ impl MasterElection for QuorumElection {
     fn heard_master(&mut self, now_ms: u64) {
         self.heard_ms = self.heard_ms.max(now_ms);
         self.deferred = None;
+        self.yielded_to.clear();
     }
 
     fn poll(&mut self, now_ms: u64, view: &ElectionView) -> Vec<ElectionOut> {
@@ -312,6 +355,9 @@ impl MasterElection for QuorumElection {
                 version,
                 epoch,
             } => {
+                if term > self.term {
+                    self.yield_to(from, version, epoch, now_ms, view);
+                }
                 // Silent for most of the silence: the master is likely gone here too; answer
                 // when the silence is up rather than refuse now.
                 let nearly = self.silent_for(now_ms) >= self.silence_ms / 2;
@@ -350,6 +396,7 @@ impl MasterElection for QuorumElection {
                 self.heard_ms = self.heard_ms.max(now_ms);
                 self.standing = None;
                 self.lost_ms = None;
+                self.yielded_to.clear();
                 let mut out = Vec::new();
                 if was_master && from != self.me {
                     out.push(ElectionOut::Deposed { term });
@@ -587,6 +634,67 @@ mod tests {
             "{done:?}"
         );
         assert_eq!(nodes[&ShardId(2)].master(), ShardId(1));
+    }
+
+    /// Seed 2429: shard 2 missed the master's last state and the join of shard 4; shards 3 and
+    /// 4 hold it. 2 and 3 stood at once (the link between them looked down), each refused the
+    /// other, and their rests after the loss end together (each has one member below it in its
+    /// own view): they stood together again for as long as they ran. Now 2, having heard the
+    /// candidacy of 3 (newer state), lets 3 stand alone, and votes for it.
+    #[test]
+    fn a_member_that_heard_a_candidate_with_newer_state_lets_it_stand_alone_next_time() {
+        let mut nodes = cluster(5);
+        nodes.remove(&ShardId(0));
+        nodes.remove(&ShardId(1));
+        let stale = ElectionView {
+            version: 4,
+            ..view(&[0, 1, 2, 3], &[2, 3])
+        };
+        let newest = |reachable: &[u16]| view(&[0, 2, 3, 4], reachable);
+        let apart: BTreeMap<_, _> = [
+            (
+                ShardId(2),
+                ElectionView {
+                    reachable: [ShardId(2)].into(),
+                    ..stale.clone()
+                },
+            ),
+            (ShardId(3), newest(&[3, 4])),
+            (ShardId(4), newest(&[3, 4])),
+        ]
+        .into();
+        let q = poll_all(&mut nodes, SILENCE, &apart);
+        assert_eq!(
+            (q.iter().map(|(from, _)| *from)).collect::<BTreeSet<_>>(),
+            [ShardId(2), ShardId(3)].into(),
+            "both first in line"
+        );
+        let linked: BTreeMap<_, _> = [
+            (ShardId(2), stale.clone()),
+            (ShardId(3), newest(&[2, 3, 4])),
+            (ShardId(4), newest(&[2, 3, 4])),
+        ]
+        .into();
+        let done = run(&mut nodes, q, SILENCE, &linked, &BTreeSet::new());
+        assert!(
+            !done
+                .iter()
+                .any(|(_, o)| matches!(o, ElectionOut::Won { .. })),
+            "split: {done:?}"
+        );
+        // Both candidacies end unwon; the rests of 2 and 3 end together.
+        let lost = SILENCE + SILENCE / 2;
+        assert!(poll_all(&mut nodes, lost, &linked).is_empty());
+        let again = lost + SILENCE + SILENCE / 2;
+        let q = poll_all(&mut nodes, again, &linked);
+        assert!(q.iter().all(|(from, _)| *from == ShardId(3)), "{q:?}");
+        let done = run(&mut nodes, q, again, &linked, &BTreeSet::new());
+        assert!(
+            done.iter().any(|(id, o)| *id == ShardId(3)
+                && matches!(o, ElectionOut::Won { voters, .. } if voters.len() == 3)),
+            "{done:?}"
+        );
+        assert_eq!(nodes[&ShardId(2)].master(), ShardId(3));
     }
 
     #[test]
