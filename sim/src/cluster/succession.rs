@@ -302,7 +302,7 @@ impl ClusterSim {
             && self.master_takeover.is_none()
         {
             self.master_takeover = Some(tick);
-            self.membership.master_failover_ms = self.ms_of(tick - at);
+            self.membership.master_failover_ms = self.cfg.ms_in(tick - at);
         }
         if let Some((_, verdict)) = self.crashed.get_mut(&old)
             && verdict.is_none()
@@ -372,11 +372,6 @@ impl ClusterSim {
         let view = self.election_view(q);
         let forged = ElectionMessage::Elected { term };
         let _ = self.elections[q].on_message(ShardId(q as u16), forged, now, &view);
-    }
-
-    /// Simulated ms in `ticks`.
-    fn ms_of(&self, ticks: u64) -> u64 {
-        ticks * 1_000 / u64::from(self.cfg.world.simulation.tick_hz)
     }
 
     /// `one_master` and `settles_to_one_master` (see the module docs).
