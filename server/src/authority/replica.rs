@@ -1112,14 +1112,56 @@ fn restore_own_handed(
     }
 }
 
+/// Where replica `r`'s attempt (the dead shard was handing it on) goes now: `(to, generation)`
+/// to ask, and the dead target whose adopter that is (an `Orphan`, not a cancel); `None` when
+/// this shard's own world says it is not to be promoted.
+///
+/// The dead shard was handing it to a member that died too, and that another member adopted:
+/// that adopter decides, from the target's replica, as for any source's orphan (the target may
+/// have taken it, and its adopter promoted it: owned here as well, it had two owners). Adopted
+/// here, this shard's own world decides (it holds it at that number or later, or the target
+/// handed it on: not promoted). Dead with no adopter: what the target took is lost with it, so
+/// the replica's copy is the only one. An adopter that died too: its own adopter decides, for
+/// it.
+fn replica_transit(
+    world: &World,
+    r: &ReplicaEntity,
+) -> Option<(Option<(ShardId, u32)>, Option<ShardId>)> {
+    let me = world.resource::<Space>().me;
+    let membership = world.resource::<Membership>();
+    let (members, dead) = (&membership.members, &membership.dead);
+    let live_adopter = |mut gone: ShardId| {
+        for _ in 0..limits::SHARDS_MAX {
+            match dead.get(&gone).copied().flatten() {
+                Some(a) if members.contains(&a) => return Some((gone, a)),
+                Some(a) if a != gone => gone = a,
+                _ => return None,
+            }
+        }
+        None
+    };
+    let Some((to, g)) = r.transit.filter(|(to, _)| !members.contains(to)) else {
+        return Some((r.transit, None));
+    };
+    match live_adopter(to) {
+        Some((gone, adopter)) if adopter != me => Some((Some((adopter, g)), Some(gone))),
+        Some((gone, _)) => {
+            let moved_on = (world.resource::<Replicas>().adopted.get(&gone))
+                .and_then(|(_, t)| t.get(&r.id))
+                .is_some_and(|(next, _)| *next >= g);
+            if moved_on || handoff::held_at_or_after(world, r.id, g) {
+                return None;
+            }
+            Some((None, None))
+        }
+        None => Some((None, None)),
+    }
+}
+
 /// Make replica `r` an entity of this shard: owned, or frozen in the dead shard's attempt that
 /// its target is asked about. False if this shard holds it already at that generation or later.
 fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
     let me = world.resource::<Space>().me;
-    let (members, dead) = {
-        let m = world.resource::<Membership>();
-        (m.members.clone(), m.dead.clone())
-    };
     let existing = world.resource::<NetIndex>().0.get(&r.id).copied();
     if let Some(e) = existing {
         // Held here at that generation or later (taken from the dead shard, or mirrored by an
@@ -1131,42 +1173,8 @@ fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
             return false;
         }
     }
-    // The dead shard was handing it to a member that died too, and that another member
-    // adopted: that adopter decides, from the target's replica, as for any source's orphan
-    // (the target may have taken it, and its adopter promoted it: owned here as well, it had
-    // two owners). Adopted here, this shard's own world decides (it holds it at that number or
-    // later, or the target handed it on: not promoted). Dead with no adopter: what the target
-    // took is lost with it, so the replica's copy is the only one. An adopter that died too:
-    // its own adopter decides, for it.
-    let live_adopter = |mut gone: ShardId| {
-        for _ in 0..limits::SHARDS_MAX {
-            match dead.get(&gone).copied().flatten() {
-                Some(a) if members.contains(&a) => return Some((gone, a)),
-                Some(a) if a != gone => gone = a,
-                _ => return None,
-            }
-        }
-        None
-    };
-    let mut orphan_of = None;
-    let transit = match r.transit {
-        Some((to, g)) if !members.contains(&to) => match live_adopter(to) {
-            Some((gone, adopter)) if adopter != me => {
-                orphan_of = Some(gone);
-                Some((adopter, g))
-            }
-            Some((gone, _)) => {
-                let moved_on = (world.resource::<Replicas>().adopted.get(&gone))
-                    .and_then(|(_, t)| t.get(&r.id))
-                    .is_some_and(|(next, _)| *next >= g);
-                if moved_on || handoff::held_at_or_after(world, r.id, g) {
-                    return false;
-                }
-                None
-            }
-            _ => None,
-        },
-        t => t,
+    let Some((transit, orphan_of)) = replica_transit(world, &r) else {
+        return false;
     };
     if let Some((to, g)) = transit
         && to == me
@@ -1210,29 +1218,39 @@ fn promote_replica(world: &mut World, r: ReplicaEntity) -> bool {
         world.entity_mut(e).remove::<AwaitingClient>();
     }
     match transit.filter(|(to, _)| *to != me) {
-        Some((to, g)) => {
-            let now_ms = world.resource::<TickClock>().now_ms;
-            world.entity_mut(e).insert(InTransit { to, generation: g });
-            world
-                .resource_mut::<Handoffs>()
-                .0
-                .inherit(now_ms, id, to, g);
-            let msg = match orphan_of {
-                Some(dead) => ShardMessage::Orphan {
-                    dead,
-                    epoch: world.resource::<Space>().map.epoch().0,
-                    id,
-                    generation: g,
-                },
-                None => ShardMessage::HandoffCancel { id, generation: g },
-            };
-            handoff::send(world, to, &msg);
-        }
+        Some((to, g)) => inherit_attempt(world, e, id, (to, g), orphan_of),
         None => {
             world.entity_mut(e).insert(Owned);
         }
     }
     true
+}
+
+/// Promoted entity `e` stays frozen in the dead shard's attempt to `to`, now this shard's: a
+/// cancel asks `to` whether it took it, or an `Orphan` asks the adopter of dead target `orphan_of`.
+fn inherit_attempt(
+    world: &mut World,
+    e: Entity,
+    id: NetId,
+    (to, g): (ShardId, u32),
+    orphan_of: Option<ShardId>,
+) {
+    let now_ms = world.resource::<TickClock>().now_ms;
+    world.entity_mut(e).insert(InTransit { to, generation: g });
+    world
+        .resource_mut::<Handoffs>()
+        .0
+        .inherit(now_ms, id, to, g);
+    let msg = match orphan_of {
+        Some(dead) => ShardMessage::Orphan {
+            dead,
+            epoch: world.resource::<Space>().map.epoch().0,
+            id,
+            generation: g,
+        },
+        None => ShardMessage::HandoffCancel { id, generation: g },
+    };
+    handoff::send(world, to, &msg);
 }
 
 #[cfg(test)]
