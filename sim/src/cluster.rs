@@ -1066,8 +1066,7 @@ impl ClusterSim {
             self.take_down(i, tick);
         }
         self.fenced.remove(&i);
-        self.departed.insert(i);
-        self.drop_held_frames(i);
+        self.stopped(i);
     }
 
     /// The long cut ([`ClusterConfig::long_cut`]): a random shard other than the master's that
@@ -1379,8 +1378,7 @@ impl ClusterSim {
         let mut pick = Rng::new(self.cfg.seed ^ 0x0C2A_5112);
         let c = candidates[pick.below(candidates.len() as u64) as usize];
         self.take_down(c, tick);
-        self.departed.insert(c);
-        self.drop_held_frames(c);
+        self.stopped(c);
         self.membership.crashes += 1;
     }
 

@@ -104,9 +104,7 @@ pub struct Node {
     pub role_changes: Vec<RoleChange>,
     /// This process held the role and another was elected: it must stop.
     deposed: bool,
-    /// Requests sent to the master that it may not have heard: each with the heartbeat sent
-    /// after it. The master's answer to that heartbeat says it heard the request (one ordered
-    /// session); until then, should the master die, the request goes to its successor.
+    /// Requests sent to the master that it may not have heard: a successor gets them.
     unconfirmed: UnconfirmedRequests,
     /// Ownership reports sent since start (each numbers its parts).
     audits_sent: u64,

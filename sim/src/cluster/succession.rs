@@ -63,8 +63,7 @@ impl ClusterSim {
         let c = self.master_at;
         tracing::info!(shard = c, tick, "sim: the master's process crashed");
         self.take_down(c, tick);
-        self.departed.insert(c);
-        self.drop_held_frames(c);
+        self.stopped(c);
         self.membership.crashes += 1;
         self.membership.master_crashes += 1;
         self.master_down = true;

@@ -381,12 +381,18 @@ impl ClusterSim {
         self.poll_redials();
     }
 
-    /// Process `c` stopped (crashed, or gave up on a lost lease): what it sent that a partition
-    /// holds is lost. A partition only delays link messages because QUIC sends them again until
+    /// Process `c` stopped (crashed, or gave up on a lost lease): it leaves `live`, and what it
+    /// sent that a partition holds is lost ([`Self::drop_held_frames`]).
+    pub(super) fn stopped(&mut self, c: usize) {
+        self.departed.insert(c);
+        self.drop_held_frames(c);
+    }
+
+    /// What stopped process `c` sent that a partition holds is lost. A partition only delays link messages because QUIC sends them again until
     /// they arrive; a process that is gone sends nothing again, so its frames held across a cut
     /// must not arrive once the cut heals (a crashed master's lease answer, arriving seconds
     /// after its crash, made a member that heard it refuse every candidate for another silence).
-    pub(super) fn drop_held_frames(&mut self, c: usize) {
+    fn drop_held_frames(&mut self, c: usize) {
         let cut: Vec<usize> = (self.partitions.keys())
             .filter_map(|&(a, b)| match (a == c, b == c) {
                 (true, _) => Some(b),
